@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh Debian 12 machine (run as root): system packages, the .venv,
+# the project installed in it. Quick when everything is already present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+# Debian packages the code and the tests use. Keep one per line: dpkg-query checks each.
+PACKAGES=(
+    python3 python3-venv python3-dev gcc make
+    iproute2 iputils-ping procps psmisc kmod ethtool
+    tcpdump tshark iperf3 openvpn
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "bootstrap: missing Debian packages: ${missing[*]}; run 'make bootstrap' as root" >&2
+        exit 1
+    fi
+    echo "bootstrap: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture; answer once, non-interactively.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The venv uses Debian's interpreter, so a pyenv or other python3 on PATH does not leak in.
+PY=/usr/bin/python3
+[[ -x "$PY" ]] || PY=$(command -v python3)
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "bootstrap: creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.softudc-installed"
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+    echo "bootstrap: installing the project and its dev tools into $VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+    touch "$stamp"
+fi
