@@ -65,3 +65,22 @@ def _check_frame_len(n: int) -> None:
         raise WireError(f"frame: Ethernet frame of {n} bytes, need at least {ETH_HEADER_LEN}")
     if n > MAX_FRAME_LEN:
         raise WireError(f"frame: Ethernet frame of {n} bytes exceeds {MAX_FRAME_LEN}")
+
+
+def peek_frame(buf: bytes | bytearray | memoryview, n: int) -> tuple[int, int]:
+    """Hot-path check of a received datagram of `n` bytes known to start with id 2.
+
+    Returns (vnet, flags); the frame is buf[FRAME_PREFIX_LEN:n]. Same rules as
+    `parse_frame_message`, without building objects.
+    """
+    if n < FRAME_PREFIX_LEN + ETH_HEADER_LEN:
+        raise WireError(f"frame: datagram of {n} bytes is shorter than prefix + Ethernet header")
+    flags = (buf[2] << 8) | buf[3]
+    if flags & ~KNOWN_FLAGS:
+        raise WireError(f"frame: unknown flags {flags:#06x}")
+    if buf[4] >> 4 != 3:
+        raise WireError(f"etherip: version {buf[4] >> 4}, expected 3")
+    vnet = ((buf[4] & 0x0F) << 8) | buf[5]
+    if vnet == 0 or vnet > 4094:
+        raise WireError(f"frame: vnet id {vnet} out of range 1..4094")
+    return vnet, flags

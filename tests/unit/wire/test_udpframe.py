@@ -54,3 +54,17 @@ def test_truncated_and_oversized_frames_are_refused() -> None:
 def test_vnet_zero_is_not_a_udp_frame() -> None:
     with pytest.raises(WireError, match="reserved"):
         parse_frame_message(bytes([0, 2, 0, 0, 0x30, 0]) + bytes(14))
+
+
+@given(st.binary(max_size=40))
+def test_peek_agrees_with_parse(buf: bytes) -> None:
+    from softudc.wire.udpframe import peek_frame
+
+    buf = b"\x00\x02" + buf
+    try:
+        msg = parse_frame_message(buf)
+    except WireError:
+        with pytest.raises(WireError):
+            peek_frame(buf, len(buf))
+        return
+    assert peek_frame(buf, len(buf)) == (msg.vnet, msg.flags)

@@ -1,0 +1,3 @@
+from gatekeeper.agent import main
+
+main()

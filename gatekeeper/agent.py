@@ -1,0 +1,75 @@
+"""gatekeeper: the per-host agent. A thin asyncio shell: the local API, the VARP timer and the
+metrics endpoint around the VNET service and its forwarding threads."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from gatekeeper import api
+from gatekeeper.config import ConfigError, load_config
+from gatekeeper.metrics import make_registry
+from gatekeeper.vnet.devices import Devices
+from gatekeeper.vnet.service import VnetService
+
+log = logging.getLogger("gatekeeper")
+TICK = 0.25
+
+
+async def run(config_path: str) -> None:
+    config = load_config(config_path)
+    state_file = Path(config.api_socket).with_name("gatekeeper-state.json")
+    service = VnetService(config, Devices(), time.monotonic, state_file)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, service.start)  # netlink calls block
+    started = time.time()
+
+    def status() -> dict[str, Any]:
+        return {"host": config.host, "underlay": config.underlay_address, "transport": config.transport,
+                "flood": config.flood, "group": config.varp_group, "uptime": round(time.time() - started, 1),
+                "vnets": [v["vnet"] for v in service.list_vnets()]}
+
+    if config.metrics_listen:
+        addr, port = config.metrics_listen.rsplit(":", 1)
+        start_http_server(int(port), addr=addr, registry=make_registry(service))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            service.tick()
+
+    log.info("gatekeeper %s up: underlay %s, transport %s, flood %s", config.host,
+             config.underlay_address, config.transport, config.flood)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            api_task = tg.create_task(api.serve(config.api_socket, api.operations(service, status)), name="api")
+            tick_task = tg.create_task(ticker(), name="varp-timer")
+            await stop.wait()
+            api_task.cancel()
+            tick_task.cancel()
+    finally:
+        service.stop()
+        log.info("gatekeeper %s stopped", config.host)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="gatekeeper", description="SoftUDC per-host agent")
+    parser.add_argument("--config", required=True, help="gatekeeper TOML file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(run(args.config))
+    except ConfigError as e:
+        print(f"gatekeeper: {e}", file=sys.stderr)
+        sys.exit(2)

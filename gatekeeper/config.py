@@ -1,0 +1,140 @@
+"""The gatekeeper's configuration file (TOML): parsed into a frozen dataclass, every error naming
+the file and the field. configs/gatekeeper.example.toml documents each key."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gatekeeper.vnet.varp_cache import VarpTimers
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class GatekeeperConfig:
+    host: str
+    api_socket: str
+    underlay_interface: str
+    underlay_address: str
+    underlay_mtu: int = 1500
+    transport: str = "udp"
+    varp_group: str = "224.10.0.1"
+    flood: str = "multicast"
+    member_hosts: tuple[str, ...] = ()
+    learn: bool = True
+    varp_timers: VarpTimers = field(default_factory=VarpTimers)
+    metrics_listen: str | None = None
+
+
+_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics"}
+_UNDERLAY = {"interface", "address", "mtu"}
+_DATAPLANE = {"transport"}
+_VARP = {"group", "flood", "hosts", "learn", "ttl", "stale_ttl", "probe_interval", "probe_max",
+         "queue_max", "failed_ttl"}
+_METRICS = {"listen"}
+
+
+def load_config(path: str | Path) -> GatekeeperConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (copy configs/gatekeeper.example.toml)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConfig:
+    def fail(fieldname: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}: {fieldname}: {msg}")
+
+    def table(name: str, allowed: set[str]) -> dict[str, Any]:
+        value = raw.get(name, {})
+        if not isinstance(value, dict):
+            raise fail(name, "must be a table")
+        unknown = set(value) - allowed
+        if unknown:
+            raise fail(f"{name}.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
+        return value
+
+    unknown = set(raw) - _TOP
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(_TOP))})")
+    for key in ("host", "api_socket"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise fail(key, "required string")
+    underlay = table("underlay", _UNDERLAY)
+    dataplane = table("dataplane", _DATAPLANE)
+    varp = table("varp", _VARP)
+    metrics = table("metrics", _METRICS)
+
+    if not isinstance(underlay.get("interface"), str):
+        raise fail("underlay.interface", "required string (the host's underlay NIC)")
+    address = underlay.get("address")
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        raise fail("underlay.address", f"{address!r} is not an IPv4 address") from None
+    mtu = underlay.get("mtu", 1500)
+    if not isinstance(mtu, int) or not 1280 <= mtu <= 65535:
+        raise fail("underlay.mtu", f"{mtu!r} is not an MTU between 1280 and 65535")
+    transport = dataplane.get("transport", "udp")
+    if transport not in ("udp", "raw"):
+        raise fail("dataplane.transport", f"{transport!r}, expected 'udp' or 'raw'")
+    group = varp.get("group", "224.10.0.1")
+    try:
+        if not ipaddress.IPv4Address(group).is_multicast:
+            raise ValueError
+    except ValueError:
+        raise fail("varp.group", f"{group!r} is not an IPv4 multicast address") from None
+    flood = varp.get("flood", "multicast")
+    if flood not in ("multicast", "members"):
+        raise fail("varp.flood", f"{flood!r}, expected 'multicast' or 'members'")
+    hosts = varp.get("hosts", [])
+    if not isinstance(hosts, list):
+        raise fail("varp.hosts", "must be a list of IPv4 addresses")
+    for i, h in enumerate(hosts):
+        try:
+            ipaddress.IPv4Address(h)
+        except ValueError:
+            raise fail(f"varp.hosts[{i}]", f"{h!r} is not an IPv4 address") from None
+    timers: dict[str, Any] = {}
+    for key in ("ttl", "stale_ttl", "probe_interval", "failed_ttl"):
+        if key in varp:
+            v = varp[key]
+            if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
+                raise fail(f"varp.{key}", f"{v!r} must be a positive number of seconds")
+            timers[key] = float(v)
+    for key in ("probe_max", "queue_max"):
+        if key in varp:
+            v = varp[key]
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1000:
+                raise fail(f"varp.{key}", f"{v!r} must be an integer 1..1000")
+            timers[key] = v
+    learn = varp.get("learn", True)
+    if not isinstance(learn, bool):
+        raise fail("varp.learn", "must be true or false")
+    listen = metrics.get("listen")
+    if listen is not None and (not isinstance(listen, str) or ":" not in listen):
+        raise fail("metrics.listen", f"{listen!r}, expected 'ADDRESS:PORT'")
+    return GatekeeperConfig(
+        host=raw["host"],
+        api_socket=raw["api_socket"],
+        underlay_interface=underlay["interface"],
+        underlay_address=str(address),
+        underlay_mtu=mtu,
+        transport=transport,
+        varp_group=group,
+        flood=flood,
+        member_hosts=tuple(hosts),
+        learn=learn,
+        varp_timers=VarpTimers(**timers),
+        metrics_listen=listen,
+    )

@@ -1,0 +1,67 @@
+"""The gatekeeper's Prometheus metrics, all defined here, in the daemon's own registry.
+
+The forwarding threads keep plain integer counters; this collector reads them at scrape time,
+so the hot path never takes a metrics lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gatekeeper.vnet.service import VnetService
+
+
+class GatekeeperCollector(Collector):
+    def __init__(self, service: VnetService) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        host = self.service.config.host
+        frames = CounterMetricFamily("softudc_vnet_frames", "Frames forwarded per VNET and direction",
+                                     labels=["host", "vnet", "direction"])
+        octets = CounterMetricFamily("softudc_vnet_bytes", "Inner frame bytes per VNET and direction",
+                                     labels=["host", "vnet", "direction"])
+        flooded = CounterMetricFamily("softudc_vnet_flooded_frames",
+                                      "Broadcast/multicast frames sent to every member host",
+                                      labels=["host", "vnet"])
+        for port in list(self.service.forwarder.vnets.values()):
+            v = str(port.vnet)
+            frames.add_metric([host, v, "tx"], port.stats[0])
+            frames.add_metric([host, v, "rx"], port.stats[2])
+            octets.add_metric([host, v, "tx"], port.stats[1])
+            octets.add_metric([host, v, "rx"], port.stats[3])
+            flooded.add_metric([host, v], port.stats[4])
+        yield frames
+        yield octets
+        yield flooded
+        drops = CounterMetricFamily("softudc_dataplane_drops", "Frames and datagrams dropped, by reason",
+                                    labels=["host", "path", "reason"])
+        for path, counter in self.service.forwarder.drops.items():
+            for reason, n in list(counter.items()):
+                drops.add_metric([host, path, reason], n)
+        yield drops
+        varp = CounterMetricFamily("softudc_varp_messages", "VARP events by kind", labels=["host", "kind"])
+        for kind, n in list(self.service.varp_counts.items()):
+            varp.add_metric([host, kind], n)
+        yield varp
+        entries = GaugeMetricFamily("softudc_varp_cache_entries", "VARP cache entries by state",
+                                    labels=["host", "state"])
+        counts: dict[str, int] = {}
+        for e in self.service.varp_entries():
+            counts[str(e["state"])] = counts.get(str(e["state"]), 0) + 1
+        for state in ("incomplete", "reachable", "stale", "failed"):
+            entries.add_metric([host, state], counts.get(state, 0))
+        yield entries
+        vnets = GaugeMetricFamily("softudc_vnets", "VNETs present on this host", labels=["host"])
+        vnets.add_metric([host], len(self.service.forwarder.vnets))
+        yield vnets
+
+
+def make_registry(service: VnetService) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(GatekeeperCollector(service))
+    return registry

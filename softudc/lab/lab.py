@@ -1,0 +1,359 @@
+"""Build and tear down a lab: hosts as network namespaces on underlay segments.
+
+    mgmt ns (br0 10.99.0.1) ── mg0 of every host (10.99.0.11, .12, ...)
+    segment ns s0 (br0) ── ul0 of h1, h2 ...     10.100.0.0/24
+    segment ns s1 (br0) ── ul0 of h3 ...         10.100.1.0/24
+    router ns ── one leg per segment (.1), routes unicast, does not forward multicast
+
+Every namespace is named `sudc-<lab>-<role>`, so several labs coexist and `down` finds all of a
+lab's namespaces by prefix even when its state file is gone (after a crash). The addresses live
+only inside these namespaces; the root namespace gets nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from softudc.lab import shell
+from softudc.lab.shell import ip
+
+NAME_RE = re.compile(r"^[a-z0-9]{1,10}$")
+PREFIX = "sudc-"
+METRICS_PORT = 9464
+
+
+class LabError(RuntimeError):
+    pass
+
+
+@dataclass
+class LabSpec:
+    name: str
+    hosts: int = 3
+    segments: int = 1
+    underlay_mtu: int = 1500
+    gatekeepers: bool = True
+    transport: str = "udp"
+    flood: str = "multicast"
+    offloads: bool = True
+    varp: dict[str, float] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not NAME_RE.match(self.name):
+            raise LabError(f"lab name {self.name!r}: use 1-10 lowercase letters or digits")
+        if not 1 <= self.hosts <= 200:
+            raise LabError(f"hosts: {self.hosts} is out of range 1..200")
+        if not 1 <= self.segments <= min(self.hosts, 50):
+            raise LabError(f"segments: {self.segments} must be between 1 and the host count")
+        if not 1280 <= self.underlay_mtu <= 9000:
+            raise LabError(f"underlay_mtu: {self.underlay_mtu} is out of range 1280..9000")
+        if self.transport not in ("udp", "raw"):
+            raise LabError(f"transport: {self.transport!r}, expected 'udp' or 'raw'")
+        if self.flood not in ("multicast", "members"):
+            raise LabError(f"flood: {self.flood!r}, expected 'multicast' or 'members'")
+
+
+@dataclass
+class Host:
+    name: str
+    netns: str
+    segment: int
+    underlay_ip: str
+    mgmt_ip: str
+    api_socket: str
+    config_path: str
+    log_path: str
+    pid: int | None = None
+
+
+@dataclass
+class Endpoint:
+    name: str
+    netns: str
+    host: str
+    vnet: int
+    ip: str
+    mac: str
+    host_ifname: str
+
+
+@dataclass
+class Lab:
+    spec: LabSpec
+    state_dir: str
+    hosts: list[Host] = field(default_factory=list)
+    endpoints: dict[str, Endpoint] = field(default_factory=dict)
+
+    @property
+    def prefix(self) -> str:
+        return f"{PREFIX}{self.spec.name}-"
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.state_dir) / "labs" / self.spec.name
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise LabError(f"lab {self.spec.name}: no host {name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
+
+    def segment_ns(self, k: int) -> str:
+        return f"{self.prefix}s{k}"
+
+    @property
+    def mgmt_ns(self) -> str:
+        return f"{self.prefix}mgmt"
+
+    @property
+    def router_ns(self) -> str:
+        return f"{self.prefix}rt"
+
+    def save(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / "lab.json.tmp"
+        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        tmp.replace(self.dir / "lab.json")
+
+
+def default_state_dir() -> str:
+    env = os.environ.get("SOFTUDC_STATE_DIR")
+    if env:
+        return env
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "softudc")
+
+
+def load_lab(name: str, state_dir: str | None = None) -> Lab:
+    state_dir = state_dir or default_state_dir()
+    path = Path(state_dir) / "labs" / name / "lab.json"
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise LabError(f"no lab {name!r} under {state_dir} (start one with `softudc lab up {name}`)") from None
+    lab = Lab(LabSpec(**raw["spec"]), raw["state_dir"])
+    lab.hosts = [Host(**h) for h in raw["hosts"]]
+    lab.endpoints = {k: Endpoint(**e) for k, e in raw["endpoints"].items()}
+    return lab
+
+
+def underlay_ip(segment: int, index: int) -> str:
+    return f"10.100.{segment}.{11 + index}"
+
+
+def lab_up(spec: LabSpec, state_dir: str | None = None, *, progress: bool = False) -> Lab:
+    """Create the lab; on any failure, remove what was made and re-raise."""
+    spec.validate()
+    if os.geteuid() != 0:
+        raise LabError("softudc lab needs root (network namespaces); run it as root")
+    lab = Lab(spec, state_dir or default_state_dir())
+    if any(ns.startswith(lab.prefix) for ns in shell.netns_list()):
+        raise LabError(f"lab {spec.name!r} exists already; `softudc lab down {spec.name}` removes it")
+    lab.dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _build(lab, progress)
+    except BaseException:
+        lab_down(spec.name, lab.state_dir)
+        raise
+    return lab
+
+
+def _say(progress: bool, msg: str) -> None:
+    if progress:
+        print(f"  {msg}", file=sys.stderr, flush=True)
+
+
+def _build(lab: Lab, progress: bool) -> None:
+    spec = lab.spec
+    _say(progress, f"namespaces for {spec.hosts} hosts on {spec.segments} segment(s)")
+    _make_switch(lab.mgmt_ns, "10.99.0.1/24")
+    for k in range(spec.segments):
+        _make_switch(lab.segment_ns(k), None)
+    if spec.segments > 1:
+        _make_router(lab)
+    for i in range(spec.hosts):
+        seg = i * spec.segments // spec.hosts
+        name = f"h{i + 1}"
+        hdir = lab.dir / name
+        hdir.mkdir(parents=True, exist_ok=True)
+        host = Host(
+            name=name,
+            netns=f"{lab.prefix}{name}",
+            segment=seg,
+            underlay_ip=underlay_ip(seg, i),
+            mgmt_ip=f"10.99.0.{11 + i}",
+            api_socket=str(hdir / "gatekeeper.sock"),
+            config_path=str(hdir / "gatekeeper.toml"),
+            log_path=str(hdir / "gatekeeper.log"),
+        )
+        _make_host(lab, host)
+        lab.hosts.append(host)
+    lab.save()
+    if spec.gatekeepers:
+        for host in lab.hosts:
+            _say(progress, f"gatekeeper on {host.name} ({host.underlay_ip})")
+            start_gatekeeper(lab, host)
+        lab.save()
+
+
+def _make_switch(netns: str, addr: str | None) -> None:
+    shell.run(["ip", "netns", "add", netns])
+    ip("link", "set", "lo", "up", netns=netns)
+    ip("link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0",
+       "mcast_snooping", "0", netns=netns)
+    if addr:
+        ip("addr", "add", addr, "dev", "br0", netns=netns)
+    ip("link", "set", "br0", "up", netns=netns)
+    _sysctl(netns, "net.ipv6.conf.all.disable_ipv6", "1")
+
+
+def _sysctl(netns: str, key: str, value: str) -> None:
+    shell.in_netns(netns, "sysctl", "-qw", f"{key}={value}")
+
+
+def _link(a_ns: str, a_name: str, b_ns: str, b_name: str, mtu: int) -> None:
+    """A veth pair created directly inside the two namespaces (no transient name in the root ns)."""
+    ip("link", "add", a_name, "netns", a_ns, "mtu", str(mtu), "type", "veth",
+       "peer", "name", b_name, "netns", b_ns, "mtu", str(mtu))
+    ip("link", "set", b_name, "master", "br0", "up", netns=b_ns)
+
+
+def _make_router(lab: Lab) -> None:
+    rt = lab.router_ns
+    shell.run(["ip", "netns", "add", rt])
+    ip("link", "set", "lo", "up", netns=rt)
+    _sysctl(rt, "net.ipv4.ip_forward", "1")
+    for k in range(lab.spec.segments):
+        _link(rt, f"seg{k}", lab.segment_ns(k), "rt", lab.spec.underlay_mtu)
+        ip("addr", "add", f"10.100.{k}.1/24", "dev", f"seg{k}", netns=rt)
+        ip("link", "set", f"seg{k}", "up", netns=rt)
+
+
+def _make_host(lab: Lab, host: Host) -> None:
+    ns = host.netns
+    shell.run(["ip", "netns", "add", ns])
+    ip("link", "set", "lo", "up", netns=ns)
+    _sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
+    _link(ns, "ul0", lab.segment_ns(host.segment), host.name, lab.spec.underlay_mtu)
+    ip("addr", "add", f"{host.underlay_ip}/24", "dev", "ul0", netns=ns)
+    ip("link", "set", "ul0", "up", netns=ns)
+    if not lab.spec.offloads:
+        shell.in_netns(ns, "ethtool", "-K", "ul0", "tso", "off", "gso", "off", "gro", "off")
+    if lab.spec.segments > 1:
+        ip("route", "add", "10.100.0.0/16", "via", f"10.100.{host.segment}.1", netns=ns)
+    _link(ns, "mg0", lab.mgmt_ns, host.name, 1500)
+    ip("addr", "add", f"{host.mgmt_ip}/24", "dev", "mg0", netns=ns)
+    ip("link", "set", "mg0", "up", netns=ns)
+
+
+def gatekeeper_config(lab: Lab, host: Host) -> str:
+    spec = lab.spec
+    varp = "\n".join(f"{k} = {v}" for k, v in sorted(spec.varp.items()))
+    members = [h.underlay_ip for h in lab.hosts if h.name != host.name]
+    return f"""# Written by `softudc lab up {spec.name}`.
+host = "{host.name}"
+api_socket = "{host.api_socket}"
+
+[underlay]
+interface = "ul0"
+address = "{host.underlay_ip}"
+mtu = {spec.underlay_mtu}
+
+[dataplane]
+transport = "{spec.transport}"
+
+[varp]
+flood = "{spec.flood}"
+hosts = {json.dumps(members)}
+{varp}
+
+[metrics]
+listen = "{host.mgmt_ip}:{METRICS_PORT}"
+"""
+
+
+def start_gatekeeper(lab: Lab, host: Host, timeout: float = 15.0) -> None:
+    Path(host.config_path).write_text(gatekeeper_config(lab, host))
+    log = open(host.log_path, "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", host.netns, sys.executable, "-m", "gatekeeper", "--config", host.config_path],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    log.close()
+    host.pid = proc.pid  # `ip netns exec` execs, so this is the gatekeeper's own PID
+    from gatekeeper.client import GatekeeperClient, GatekeeperError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise LabError(f"gatekeeper on {host.name} exited with {proc.returncode}; see {host.log_path}:\n"
+                           + _tail(host.log_path))
+        try:
+            GatekeeperClient(host.api_socket).call("status")
+            return
+        except (OSError, GatekeeperError):
+            if time.monotonic() > deadline:
+                raise LabError(f"gatekeeper on {host.name} did not answer within {timeout:.0f} s; "
+                               f"see {host.log_path}:\n" + _tail(host.log_path)) from None
+            time.sleep(0.05)
+
+
+def stop_gatekeeper(host: Host) -> None:
+    if host.pid:
+        shell.stop_pid(host.pid)
+        host.pid = None
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def lab_down(name: str, state_dir: str | None = None) -> list[str]:
+    """Stop every process in the lab's namespaces (by PID), delete the namespaces and the state.
+
+    Works from the namespace names alone, so it also cleans up after a crash. Returns what it removed.
+    """
+    if not NAME_RE.match(name):
+        raise LabError(f"lab name {name!r}: use 1-10 lowercase letters or digits")
+    state_dir = state_dir or default_state_dir()
+    prefix = f"{PREFIX}{name}-"
+    removed = []
+    pids: set[int] = set()
+    with contextlib.suppress(LabError, KeyError, TypeError, ValueError):
+        pids.update(h.pid for h in load_lab(name, state_dir).hosts if h.pid)
+    namespaces = [ns for ns in shell.netns_list() if ns.startswith(prefix)]
+    for ns in namespaces:
+        pids.update(shell.netns_pids(ns))
+    for pid in sorted(pids):
+        shell.stop_pid(pid)
+    for ns in namespaces:
+        shell.run(["ip", "netns", "del", ns], check=False)
+        removed.append(ns)
+    shutil.rmtree(Path(state_dir) / "labs" / name, ignore_errors=True)
+    return removed
+
+
+def lab_status(name: str, state_dir: str | None = None) -> dict[str, object]:
+    lab = load_lab(name, state_dir)
+    present = set(shell.netns_list())
+    hosts = []
+    for h in lab.hosts:
+        hosts.append({
+            "host": h.name, "netns": h.netns, "netns_present": h.netns in present,
+            "segment": h.segment, "underlay": h.underlay_ip, "mgmt": h.mgmt_ip,
+            "gatekeeper_pid": h.pid, "gatekeeper_alive": bool(h.pid and shell.pid_alive(h.pid)),
+        })
+    return {"lab": name, "hosts": hosts, "endpoints": [dataclasses.asdict(e) for e in lab.endpoints.values()]}
