@@ -46,7 +46,7 @@ class LabSpec:
     transport: str = "udp"
     flood: str = "multicast"
     offloads: bool = True
-    varp: dict[str, float] = field(default_factory=dict)
+    varp: dict[str, float | bool] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -258,7 +258,7 @@ def _make_host(lab: Lab, host: Host) -> None:
 
 def gatekeeper_config(lab: Lab, host: Host) -> str:
     spec = lab.spec
-    varp = "\n".join(f"{k} = {v}" for k, v in sorted(spec.varp.items()))
+    varp = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.varp.items()))
     members = [h.underlay_ip for h in lab.hosts if h.name != host.name]
     return f"""# Written by `softudc lab up {spec.name}`.
 host = "{host.name}"

@@ -1,0 +1,138 @@
+"""Fixtures for end-to-end tests: labs with unique names, packet captures, and a check that
+nothing a test made survives it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gatekeeper.client import GatekeeperClient
+from softudc.lab import Lab, LabSpec, lab_down, lab_up
+from softudc.lab import shell
+from softudc.lab.endpoint import add_endpoint
+
+
+def _why_not_root() -> str | None:
+    if os.geteuid() != 0:
+        return "end-to-end tests need root (network namespaces)"
+    if shutil.which("ip") is None:
+        return "iproute2 is not installed (run `make bootstrap`)"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def _need_root() -> None:
+    reason = _why_not_root()
+    if reason:
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
+    made: list[Lab] = []
+
+    def make(**kwargs: Any) -> Lab:
+        name = "t" + secrets.token_hex(3)
+        lab = lab_up(LabSpec(name=name, **kwargs), str(tmp_path / "state"))
+        made.append(lab)
+        return lab
+
+    yield make
+    for lab in made:
+        pids = [h.pid for h in lab.hosts if h.pid]
+        lab_down(lab.spec.name, lab.state_dir)
+        left = [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
+        assert not left, f"lab down left namespaces behind: {left}"
+        alive = [p for p in pids if shell.pid_alive(p)]
+        assert not alive, f"lab down left gatekeepers running: {alive}"
+
+
+def gk(lab: Lab, host: str) -> GatekeeperClient:
+    return GatekeeperClient(lab.host(host).api_socket)
+
+
+def create_vnet(lab: Lab, vnet: int, hosts: list[str] | None = None, **kwargs: Any) -> None:
+    for h in hosts or [h.name for h in lab.hosts]:
+        gk(lab, h).call("vnet.create", vnet=vnet, **kwargs)
+
+
+def endpoints(lab: Lab, spec: dict[str, tuple[str, int, str]]) -> None:
+    """spec: name -> (host, vnet, ip/prefix)."""
+    for name, (host, vnet, addr) in spec.items():
+        add_endpoint(lab, name, host, vnet, addr)
+
+
+def ns_run(netns: str, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True,
+                          check=check, timeout=timeout)
+
+
+def ping(lab: Lab, src: str, dst_ip: str, count: int = 3, interval: float = 0.2, size: int | None = None,
+         df: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2"]
+    if size is not None:
+        argv += ["-s", str(size)]
+    if df:
+        argv += ["-M", "do"]
+    return ns_run(lab.endpoints[src].netns, *argv, dst_ip, check=False)
+
+
+class Capture:
+    """tcpdump on one interface of one namespace, written to a pcap; stopped by PID."""
+
+    def __init__(self, netns: str, ifname: str, path: Path, bpf: str = "") -> None:
+        self.path = path
+        self._err = path.with_suffix(".err")
+        argv = ["ip", "netns", "exec", netns, "tcpdump", "-i", ifname, "--immediate-mode", "-U", "-n", "-w", str(path)]
+        if bpf:
+            argv += bpf.split()
+        with open(self._err, "w") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + 5
+        while "listening on" not in self._err.read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tcpdump on {netns}/{ifname} did not start: {self._err.read_text()}")
+            time.sleep(0.02)
+
+    def stop(self) -> Path:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.path
+
+
+@pytest.fixture
+def captures(tmp_path: Path) -> Iterator[Callable[..., Capture]]:
+    started: list[Capture] = []
+
+    def start(netns: str, ifname: str, name: str, bpf: str = "") -> Capture:
+        cap = Capture(netns, ifname, tmp_path / f"{name}.pcap", bpf)
+        started.append(cap)
+        return cap
+
+    yield start
+    for cap in started:
+        cap.stop()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
