@@ -16,8 +16,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.client import GatekeeperClient
-from softudc.lab import Lab, LabSpec, lab_down, lab_up
-from softudc.lab import shell
+from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
 from softudc.lab.endpoint import add_endpoint
 
 
