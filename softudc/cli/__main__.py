@@ -1,0 +1,3 @@
+from softudc.cli.main import main
+
+main()

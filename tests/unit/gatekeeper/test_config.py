@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gatekeeper.config import ConfigError, load_config, parse_config
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "configs" / "gatekeeper.example.toml"
+BASE = {"host": "h1", "api_socket": "/tmp/x.sock", "underlay": {"interface": "ul0", "address": "10.0.0.1"}}
+
+
+def test_the_example_config_loads() -> None:
+    cfg = load_config(EXAMPLE)
+    assert cfg.transport == "udp" and cfg.varp_group == "224.10.0.1" and cfg.varp_timers.queue_max == 16
+
+
+@pytest.mark.parametrize(
+    ("patch", "field"),
+    [
+        ({"colour": 1}, "colour"),
+        ({"underlay": {"interface": "ul0", "address": "nope"}}, "underlay.address"),
+        ({"underlay": {"interface": "ul0", "address": "10.0.0.1", "mtu": 100}}, "underlay.mtu"),
+        ({"dataplane": {"transport": "gre"}}, "dataplane.transport"),
+        ({"varp": {"group": "10.0.0.1"}}, "varp.group"),
+        ({"varp": {"hosts": ["1.2.3.4", "x"]}}, "varp.hosts[1]"),
+        ({"varp": {"ttl": -1}}, "varp.ttl"),
+        ({"varp": {"probe_max": 0}}, "varp.probe_max"),
+        ({"varp": {"typo": 0}}, "varp.typo"),
+        ({"metrics": {"listen": "9464"}}, "metrics.listen"),
+    ],
+)
+def test_errors_name_the_file_and_field(patch: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({**BASE, **patch}, "gk.toml")
+    assert str(e.value).startswith(f"gk.toml: {field}: ")
+
+
+def test_toml_syntax_errors_name_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.toml"
+    p.write_text('host = "h1"\nunderlay = {\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml: .*line 2"):
+        load_config(p)
+
+
+@given(st.dictionaries(st.sampled_from(["host", "api_socket", "underlay", "varp", "x"]),
+                       st.one_of(st.integers(), st.text(max_size=5), st.dictionaries(st.text(max_size=5),
+                                                                                    st.integers()))))
+def test_arbitrary_input_gives_config_error_or_config(raw: dict[str, object]) -> None:
+    with contextlib.suppress(ConfigError):
+        parse_config(raw)
