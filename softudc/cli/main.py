@@ -108,7 +108,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from softudc.demo import run_demo
 
-    run_demo(a.state_dir, keep=a.keep)
+    run_demo(a.state_dir, keep=not a.down)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(fn=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job: a lab, two VNETs, endpoints pinging across hosts")
-    demo.add_argument("--keep", action="store_true", help="leave the lab running afterwards")
+    demo.add_argument("--down", action="store_true", help="remove the lab at the end (default: leave it up)")
     demo.set_defaults(fn=cmd_demo)
     return p
 
