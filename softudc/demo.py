@@ -4,6 +4,7 @@ pinging across hosts, isolation shown, and an endpoint moved between hosts under
 
 from __future__ import annotations
 
+import itertools
 import re
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def run_demo(state_dir: str | None, keep: bool = True) -> None:
     moved_in = time.monotonic() - t0
     out, _ = pinger.communicate(timeout=10)
     seqs = sorted(int(s) for s in re.findall(r"icmp_seq=(\d+) ttl", out))
-    gap = max((b - a for a, b in zip(seqs, seqs[1:], strict=False)), default=0) * 10
+    gap = max((b - a for a, b in itertools.pairwise(seqs)), default=0) * 10
     print(f"  re-plugged in {moved_in * 1000:.0f} ms; longest ping gap {gap} ms; "
           "h3 sent a gratuitous VARP ANNOUNCE, every host re-learned blue2 at once")
     for h in lab.hosts:

@@ -102,7 +102,7 @@ def cmd_counters(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> None:
     from softudc.bench import run_bench
 
-    run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=a.seconds)
+    run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=a.seconds, offloads=a.offloads == "on")
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -178,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--reps", type=int, default=3)
     bench.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per test")
+    bench.add_argument("--offloads", choices=["on", "off"], default="on",
+                       help="TSO/GSO/GRO on the underlay NICs (off: every underlay packet is a real <= MTU packet)")
     bench.set_defaults(fn=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job: a lab, two VNETs, endpoints pinging across hosts")

@@ -1,0 +1,22 @@
+"""`softudc bench NAME`: measurements that compare side by side in one run and report ratios."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: bool = True) -> None:
+    if name == "dataplane":
+        from softudc.bench.dataplane import run_dataplane
+
+        result = run_dataplane(reps=reps, seconds=seconds, offloads=offloads)
+    else:  # argparse restricts the choices; this is for library callers
+        raise ValueError(f"unknown benchmark {name!r}")
+    if as_json:
+        json.dump(result, sys.stdout, indent=2)
+        print()
+    else:
+        from softudc.bench.report import print_table
+
+        print_table(result)

@@ -1,0 +1,186 @@
+"""`softudc bench dataplane`: our VNET transports against the underlay, kernel VXLAN and OpenVPN
+(tap) on the same two-host underlay, interleaved, in one run.
+
+Each design gets a fresh 2-host lab per repetition; designs are interleaved and their order is
+reversed on every other repetition, so slow drifts on a shared machine hit all designs alike.
+Results are medians over repetitions; ratios are medians of per-repetition ratios (both sides
+measured minutes apart in the same repetition), as reference/dataplane.md recommends.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gatekeeper.client import GatekeeperClient
+from softudc.bench import measure
+from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
+from softudc.lab.endpoint import add_endpoint
+from softudc.lab.shell import ip
+
+DESIGNS = ["underlay", "vxlan", "openvpn", "ours_udp", "ours_raw"]
+GUEST_A, GUEST_B = "10.20.0.1", "10.20.0.2"
+
+
+@dataclass
+class Path:
+    """Where traffic starts and ends for one design."""
+
+    client_ns: str
+    server_ns: str
+    server_ip: str
+    mtu: int
+    pids: list[int] = field(default_factory=list)
+
+
+def _guest(lab: Lab, name: str, host_ns: str, bridge: str, addr: str, mtu: int) -> str:
+    ns = f"{lab.prefix}e-{name}"
+    shell.run(["ip", "netns", "add", ns])
+    ip("link", "set", "lo", "up", netns=ns)
+    ip("link", "add", "eth0", "netns", ns, "mtu", str(mtu), "type", "veth", "peer", "name", f"ep-{name}",
+       "netns", host_ns, "mtu", str(mtu))
+    ip("link", "set", f"ep-{name}", "master", bridge, "up", netns=host_ns)
+    ip("addr", "add", f"{addr}/24", "dev", "eth0", netns=ns)
+    ip("link", "set", "eth0", "up", netns=ns)
+    return ns
+
+
+def _bridge(host_ns: str, name: str) -> None:
+    ip("link", "add", name, "type", "bridge", "stp_state", "0", "forward_delay", "0", netns=host_ns)
+    ip("link", "set", name, "up", netns=host_ns)
+
+
+def setup_underlay(lab: Lab) -> Path:
+    h1, h2 = lab.hosts
+    return Path(h1.netns, h2.netns, h2.underlay_ip, lab.spec.underlay_mtu)
+
+
+def setup_vxlan(lab: Lab) -> Path:
+    h1, h2 = lab.hosts
+    mtu = lab.spec.underlay_mtu - 50
+    for me, peer, guest_ip, name in ((h1, h2, GUEST_A, "a"), (h2, h1, GUEST_B, "b")):
+        _bridge(me.netns, "br42")
+        ip("link", "add", "vx42", "type", "vxlan", "id", "42", "local", me.underlay_ip, "remote", peer.underlay_ip,
+           "dstport", "4789", "dev", "ul0", netns=me.netns)
+        ip("link", "set", "vx42", "master", "br42", "mtu", str(mtu), "up", netns=me.netns)
+        _guest(lab, name, me.netns, "br42", guest_ip, mtu)
+    return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, mtu)
+
+
+def setup_openvpn(lab: Lab) -> Path:
+    """OpenVPN 2.6 in tap mode, peer to peer over UDP, no crypto: what a user would pick instead."""
+    h1, h2 = lab.hosts
+    mtu = lab.spec.underlay_mtu - 42  # measured: UDP payload = frame (reference/dataplane.md)
+    pids = []
+    for me, peer, guest_ip, name in ((h1, h2, GUEST_A, "a"), (h2, h1, GUEST_B, "b")):
+        log = open(os.path.join(lab.dir, f"openvpn-{me.name}.log"), "wb")  # noqa: SIM115
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", me.netns, "openvpn", "--dev", "ovtap", "--dev-type", "tap", "--proto", "udp",
+             "--local", me.underlay_ip, "--remote", peer.underlay_ip, "--lport", "1194", "--rport", "1194",
+             "--cipher", "none", "--auth", "none", "--disable-dco", "--fast-io", "--tun-mtu", str(mtu),
+             "--verb", "1"], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        pids.append(proc.pid)
+        deadline = time.monotonic() + 10
+        while "ovtap" not in ip("-o", "link", "show", netns=me.netns):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"openvpn on {me.name} did not create its tap; see {log.name}")
+            time.sleep(0.1)
+        _bridge(me.netns, "brov")
+        ip("link", "set", "ovtap", "master", "brov", "up", netns=me.netns)
+        _guest(lab, name, me.netns, "brov", guest_ip, mtu)
+    return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, mtu, pids)
+
+
+def setup_ours(lab: Lab) -> Path:
+    for h in lab.hosts:
+        info = GatekeeperClient(h.api_socket).call("vnet.create", vnet=10)
+    add_endpoint(lab, "a", "h1", 10, f"{GUEST_A}/24")
+    add_endpoint(lab, "b", "h2", 10, f"{GUEST_B}/24")
+    return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, int(info["mtu"]))
+
+
+SETUPS: dict[str, tuple[Callable[[Lab], Path], dict[str, Any]]] = {
+    "underlay": (setup_underlay, {"gatekeepers": False}),
+    "vxlan": (setup_vxlan, {"gatekeepers": False}),
+    "openvpn": (setup_openvpn, {"gatekeepers": False}),
+    "ours_udp": (setup_ours, {"transport": "udp"}),
+    "ours_raw": (setup_ours, {"transport": "raw"}),
+}
+
+
+def measure_design(design: str, seconds: float, offloads: bool, state_dir: str) -> dict[str, float]:
+    setup, spec_args = SETUPS[design]
+    lab = lab_up(LabSpec("b" + secrets.token_hex(3), hosts=2, offloads=offloads, **spec_args), state_dir)
+    server = None
+    try:
+        path = setup(lab)
+        measure.wait_reachable(path.client_ns, path.server_ip, path.mtu - 28)
+        p50, p99 = measure.ping_percentiles(path.client_ns, path.server_ip)
+        server = measure.IperfServer.start(path.server_ns)
+        frags = [measure.frag_creates(h.netns) for h in lab.hosts]
+        tcp = measure.iperf_tcp_mbps(path.client_ns, path.server_ip, seconds)
+        pps = measure.iperf_udp_pps(path.client_ns, path.server_ip, max(2.0, seconds - 1))
+        fragments = sum(measure.frag_creates(h.netns) for h in lab.hosts) - sum(frags)
+        return {"tcp_mbps": tcp, "udp64_pps": pps, "ping_p50_us": p50, "ping_p99_us": p99,
+                "fragments": float(fragments), "mtu": float(path.mtu)}
+    finally:
+        if server:
+            server.stop()
+        lab_down(lab.spec.name, state_dir)
+
+
+def run_dataplane(reps: int = 3, seconds: float = 5.0, offloads: bool = True,
+                  designs: list[str] | None = None, state_dir: str | None = None) -> dict[str, Any]:
+    if os.geteuid() != 0:
+        raise RuntimeError("softudc bench dataplane needs root (it builds network namespaces)")
+    designs = designs or DESIGNS
+    import tempfile
+
+    state = state_dir or tempfile.mkdtemp(prefix="softudc-bench-")
+    runs: list[dict[str, dict[str, float]]] = []
+    total = reps * len(designs)
+    done = 0
+    started = time.monotonic()
+    for rep in range(reps):
+        order = designs if rep % 2 == 0 else list(reversed(designs))
+        run: dict[str, dict[str, float]] = {}
+        for design in order:
+            done += 1
+            print(f"[{done}/{total}] rep {rep + 1}/{reps} {design} ... ", end="", file=sys.stderr, flush=True)
+            run[design] = measure_design(design, seconds, offloads, state)
+            r = run[design]
+            print(f"tcp {r['tcp_mbps']:.0f} Mbit/s, udp64 {r['udp64_pps']:.0f} pps, p50 {r['ping_p50_us']:.0f} us, "
+                  f"frags {r['fragments']:.0f}  ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+        runs.append(run)
+    results = {d: {k: statistics.median(r[d][k] for r in runs) for k in runs[0][d]} for d in designs}
+
+    def ratio(a: str, b: str, metric: str) -> float | None:
+        if a not in designs or b not in designs:
+            return None
+        return statistics.median(r[a][metric] / r[b][metric] for r in runs if r[b][metric])
+
+    ratios = {
+        "ours_udp_tcp_vs_vxlan": ratio("ours_udp", "vxlan", "tcp_mbps"),
+        "ours_udp_tcp_vs_openvpn": ratio("ours_udp", "openvpn", "tcp_mbps"),
+        "ours_udp_pps_vs_vxlan": ratio("ours_udp", "vxlan", "udp64_pps"),
+        "ours_raw_tcp_vs_openvpn": ratio("ours_raw", "openvpn", "tcp_mbps"),
+        "ours_udp_tcp_vs_underlay": ratio("ours_udp", "underlay", "tcp_mbps"),
+    }
+    return {
+        "benchmark": "dataplane",
+        "reps": reps,
+        "seconds": seconds,
+        "underlay_offloads": offloads,
+        "cpus": os.cpu_count(),
+        "results": results,
+        "ratios": {k: v for k, v in ratios.items() if v is not None},
+        "runs": runs,
+    }
