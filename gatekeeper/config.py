@@ -24,6 +24,7 @@ class GatekeeperConfig:
     underlay_address: str
     underlay_mtu: int = 1500
     transport: str = "udp"
+    offload: bool = True
     varp_group: str = "224.10.0.1"
     flood: str = "multicast"
     member_hosts: tuple[str, ...] = ()
@@ -34,7 +35,7 @@ class GatekeeperConfig:
 
 _TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics"}
 _UNDERLAY = {"interface", "address", "mtu"}
-_DATAPLANE = {"transport"}
+_DATAPLANE = {"transport", "offload"}
 _VARP = {"group", "flood", "hosts", "learn", "ttl", "stale_ttl", "probe_interval", "probe_max",
          "queue_max", "failed_ttl"}
 _METRICS = {"listen"}
@@ -88,6 +89,9 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     transport = dataplane.get("transport", "udp")
     if transport not in ("udp", "raw"):
         raise fail("dataplane.transport", f"{transport!r}, expected 'udp' or 'raw'")
+    offload = dataplane.get("offload", True)
+    if not isinstance(offload, bool):
+        raise fail("dataplane.offload", "must be true or false")
     group = varp.get("group", "224.10.0.1")
     try:
         if not ipaddress.IPv4Address(group).is_multicast:
@@ -131,6 +135,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
         underlay_address=str(address),
         underlay_mtu=mtu,
         transport=transport,
+        offload=offload,
         varp_group=group,
         flood=flood,
         member_hosts=tuple(hosts),

@@ -20,8 +20,12 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
 
 
 class DeviceError(RuntimeError):
@@ -36,11 +40,19 @@ def tap_name(vnet: int) -> str:
     return f"vntap{vnet}"
 
 
-def open_tap(name: str) -> int:
-    """Create (or attach to) TAP `name`; the device lives as long as the returned fd."""
+def open_tap(name: str, offload: bool = False) -> int:
+    """Create (or attach to) TAP `name`; the device lives as long as the returned fd.
+
+    With `offload`, every read and write carries a virtio_net_hdr, and the kernel may hand over
+    TCPv4 super-frames and frames with a partial checksum (reference/dataplane.md: the one lever
+    that matters, x5.8 TCP).
+    """
     fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    flags = IFF_TAP | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), IFF_TAP | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", name.encode(), flags))
+        if offload:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
     except OSError as e:
         os.close(fd)
         raise DeviceError(f"cannot create TAP {name}: {e} (is /dev/net/tun available?)") from e

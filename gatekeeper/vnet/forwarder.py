@@ -7,6 +7,11 @@ Threads (reference/dataplane.md: process layout barely matters on 2 cores, the G
   raw  - the same for IPv4 protocol 97 (opened only when a VNET uses the raw transport; every raw
          socket gets a copy of every proto-97 packet in the namespace, so there is exactly one).
 
+UDP VNETs use TAP offloads (IFF_VNET_HDR, TUNSETOFFLOAD CSUM|TSO4): a TCP super-frame of up to
+64 KiB is read at once, cut into MSS-sized frames (`offload.segment`) and sent with one sendmsg
+and UDP_SEGMENT; the receive socket has UDP_GRO, and consecutive segments are merged back into
+one super-frame per TAP write (`offload.coalesce`). Nothing is IP-fragmented on the underlay.
+
 The forwarding table is the VARP cache's `fdb` dict, read without a lock; misses, learning and
 VARP go through `ControlPlane`, which holds the lock. Counters are plain ints per thread, summed
 at scrape time, so the hot path takes no lock.
@@ -20,6 +25,7 @@ import os
 import queue
 import select
 import socket
+import struct
 import threading
 import time
 from collections import Counter
@@ -27,13 +33,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gatekeeper.vnet import offload
+from gatekeeper.vnet.offload import NO_VNET_HDR, VNET_HDR_LEN, OffloadError
 from softudc.wire import ETHERIP_PROTO, VNET_PORT, WireError
-from softudc.wire.udpframe import FRAME_PREFIX_LEN, frame_prefix, peek_frame
+from softudc.wire.udpframe import FLAG_CSUM_PARTIAL, FRAME_PREFIX_LEN, frame_prefix, peek_frame
 
 BATCH = 64
-BUF_SIZE = 65536 + FRAME_PREFIX_LEN
+BUF_SIZE = 65536 + 64
 IP_PMTUDISC_DO = 2
 IP_MTU_DISCOVER = 10
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+MAX_GSO_SEGMENTS = 64
+MAX_UDP_PAYLOAD = 65507
+# Received datagrams land at RX_OFF, so a virtio header fits in front of the frame.
+RX_OFF = 16
 
 
 class ControlPlane(Protocol):
@@ -52,12 +67,15 @@ class VnetPort:
     transport: str  # "udp" | "raw"
     mtu: int
     members: tuple[str, ...] = ()
+    offload: bool = False  # the TAP carries a virtio_net_hdr (UDP transport only)
     prefix: bytes = b""
-    # tx_frames, tx_bytes, rx_frames, rx_bytes, flooded
-    stats: list[int] = field(default_factory=lambda: [0, 0, 0, 0, 0])
+    prefix_partial: bytes = b""
+    # tx_frames, tx_bytes, rx_frames, rx_bytes, flooded, tx_datagrams, rx_datagrams, tx_superframes, rx_superframes
+    stats: list[int] = field(default_factory=lambda: [0] * 9)
 
     def __post_init__(self) -> None:
         self.prefix = frame_prefix(self.vnet)
+        self.prefix_partial = frame_prefix(self.vnet, FLAG_CSUM_PARTIAL)
 
     @property
     def max_frame(self) -> int:
@@ -117,6 +135,7 @@ class Forwarder:
         self._setup_multicast(s)
         # Never fragment the outer packet: an oversize frame fails with EMSGSIZE and is counted.
         s.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
         return s
 
     def _setup_multicast(self, s: socket.socket) -> None:
@@ -205,23 +224,69 @@ class Forwarder:
             return (self.group,)
         return port.members
 
-    def send_frame(self, port: VnetPort, frame: bytes | memoryview, addr: str, drops: Counter[str]) -> None:
-        """Slow-path send (queued frames, tests); the TAP loop inlines the same."""
-        msg = port.prefix + bytes(frame)
-        self._send(port, memoryview(msg), len(msg), addr, drops)
+    def send_frame(self, port: VnetPort, frame: bytes, addr: str, drops: Counter[str]) -> None:
+        """Slow-path send of a frame as read from the TAP (queued frames): same as the TAP loop."""
+        buf = bytearray(FRAME_PREFIX_LEN) + frame
+        self._emit(port, memoryview(buf), len(buf), (addr,), drops)
 
-    def _send(self, port: VnetPort, mv: memoryview, end: int, addr: str, drops: Counter[str]) -> None:
+    def _emit(self, port: VnetPort, mv: memoryview, end: int, targets: tuple[str, ...], drops: Counter[str]) -> None:
+        """Send what the TAP gave us, which sits at mv[FRAME_PREFIX_LEN:end] (behind a virtio
+        header on offload ports), to every target."""
+        start = FRAME_PREFIX_LEN
+        if port.offload:
+            flags, gso_type = mv[start], mv[start + 1]
+            if gso_type:
+                try:
+                    hdr = offload.parse_vnet_hdr(mv[start:])
+                    data, stride, count = offload.segment(mv[start + VNET_HDR_LEN:end], hdr, port.prefix_partial)
+                except OffloadError:
+                    drops["gso_unsupported"] += 1
+                    return
+                port.stats[7] += 1
+                for addr in targets:
+                    self._send_gso(port, data, stride, count, addr, drops)
+                return
+            start += VNET_HDR_LEN
+            mv[start - FRAME_PREFIX_LEN:start] = port.prefix_partial if flags & 1 else port.prefix
+        else:
+            mv[:FRAME_PREFIX_LEN] = port.prefix
+        for addr in targets:
+            self._send(port, mv, start - FRAME_PREFIX_LEN, end, addr, drops)
+
+    def _send(self, port: VnetPort, mv: memoryview, start: int, end: int, addr: str, drops: Counter[str]) -> None:
         try:
             if port.transport == "udp":
-                self._udp.sendto(mv[:end], (addr, self.port))
+                self._udp.sendto(mv[start:end], (addr, self.port))
             else:
                 assert self._raw is not None
-                self._raw.sendto(mv[4:end], (addr, 0))
+                self._raw.sendto(mv[start + 4:end], (addr, 0))
         except OSError as e:
             drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
             return
-        port.stats[0] += 1
-        port.stats[1] += end - FRAME_PREFIX_LEN
+        stats = port.stats
+        stats[0] += 1
+        stats[1] += end - start - FRAME_PREFIX_LEN
+        stats[5] += 1
+
+    def _send_gso(self, port: VnetPort, data: bytes, stride: int, count: int, addr: str,
+                  drops: Counter[str]) -> None:
+        """Equal-sized datagrams in as few sendmsg calls as UDP_SEGMENT allows."""
+        per_call = max(1, min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // stride))
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", stride))]
+        mv = memoryview(data)
+        sent = 0
+        for first in range(0, count, per_call):
+            chunk = mv[first * stride:(first + per_call) * stride]
+            try:
+                self._udp.sendmsg([chunk], cmsg if len(chunk) > stride else [], 0, (addr, self.port))
+            except OSError as e:
+                drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
+                continue
+            sent += min(per_call, count - first)
+        stats = port.stats
+        stats[0] += sent
+        stats[1] += len(data) - count * FRAME_PREFIX_LEN
+        stats[5] += sent
 
     def send_varp(self, msg: bytes, addr: str) -> None:
         try:
@@ -249,6 +314,8 @@ class Forwarder:
                 if port is None:
                     continue
                 vnet = port.vnet
+                # The Ethernet frame starts after our prefix and, on offload ports, the virtio header.
+                eth = FRAME_PREFIX_LEN + (VNET_HDR_LEN if port.offload else 0)
                 for _ in range(BATCH):
                     try:
                         n = os.readv(fd, [body])
@@ -257,25 +324,23 @@ class Forwarder:
                     except OSError:
                         drops["tap_read_error"] += 1
                         break
-                    if n < 14:
+                    end = FRAME_PREFIX_LEN + n
+                    if end - eth < 14:
                         drops["runt"] += 1
                         continue
-                    if n > port.max_frame:
+                    if end - eth > port.max_frame and not (port.offload and buf[FRAME_PREFIX_LEN + 1]):
                         drops["oversize"] += 1
                         continue
-                    mv[:FRAME_PREFIX_LEN] = port.prefix
-                    end = n + FRAME_PREFIX_LEN
-                    if buf[FRAME_PREFIX_LEN] & 1:  # group bit: broadcast or multicast
+                    if buf[eth] & 1:  # group bit: broadcast or multicast
                         port.stats[4] += 1
-                        for addr in self.flood_targets(port):
-                            self._send(port, mv, end, addr, drops)
+                        self._emit(port, mv, end, self.flood_targets(port), drops)
                         continue
-                    key = (vnet, bytes(buf[6:12]))
+                    key = (vnet, bytes(buf[eth:eth + 6]))
                     dest = fdb.get(key)
                     if dest is not None:
                         if key in stale:
                             self.control.on_stale(vnet, key[1])
-                        self._send(port, mv, end, dest, drops)
+                        self._emit(port, mv, end, (dest,), drops)
                     elif key in local_macs:
                         continue  # the bridge has not learned it yet; it already delivered locally
                     else:
@@ -284,11 +349,13 @@ class Forwarder:
     def _udp_loop(self) -> None:
         buf = bytearray(BUF_SIZE)
         mv = memoryview(buf)
+        into = [mv[RX_OFF:]]
         sock = self._udp
         drops = self.drops["udp"]
+        cmsg_space = socket.CMSG_SPACE(4)
         while not self._stopping:
             try:
-                n, (src, _) = sock.recvfrom_into(buf)
+                n, anc, _flags, (src, _) = sock.recvmsg_into(into, cmsg_space)
             except OSError:
                 if self._stopping:
                     return
@@ -296,18 +363,64 @@ class Forwarder:
                 continue
             if n == 0 and self._stopping:
                 return
-            if n >= 2 and buf[0] == 0 and buf[1] == 2:
-                try:
-                    vnet, _flags = peek_frame(buf, n)
-                except WireError:
-                    drops["bad_frame"] += 1
-                    continue
-                self._deliver(vnet, mv, FRAME_PREFIX_LEN, n, src, drops)
-            elif n >= 2 and buf[0] == 0 and buf[1] == 1:
-                self.varp_rx += 1
-                self.control.on_varp(bytes(mv[:n]), src)
+            stride = n
+            for level, kind, data in anc:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    stride = struct.unpack("=i", data[:4])[0] or n
+            if stride >= n:
+                self._rx_datagram(mv, RX_OFF, RX_OFF + n, src, drops)
             else:
-                drops["bad_message"] += 1
+                self._rx_batch(mv, n, stride, src, drops)
+
+    def _rx_datagram(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str]) -> None:
+        """One datagram at mv[off:end]; mv[off-10:off] may be overwritten (room for a virtio header)."""
+        if end - off >= 2 and mv[off] == 0 and mv[off + 1] == 2:
+            try:
+                vnet, flags = peek_frame(mv[off:end], end - off)
+            except WireError:
+                drops["bad_frame"] += 1
+                return
+            self._deliver(vnet, mv, off + FRAME_PREFIX_LEN, end, src, drops, partial=bool(flags & FLAG_CSUM_PARTIAL))
+        elif end - off >= 2 and mv[off] == 0 and mv[off + 1] == 1:
+            self.varp_rx += 1
+            self.control.on_varp(bytes(mv[off:end]), src)
+        else:
+            drops["bad_message"] += 1
+
+    def _rx_batch(self, mv: memoryview, n: int, stride: int, src: str, drops: Counter[str]) -> None:
+        """A UDP_GRO batch: datagrams of `stride` bytes (the last may be shorter) from one sender."""
+        count = -(-n // stride)
+        head = bytes(mv[RX_OFF:RX_OFF + FRAME_PREFIX_LEN])
+        port = None
+        if head[:3] == b"\x00\x02\x00" and head[3] == FLAG_CSUM_PARTIAL:
+            try:
+                vnet, _ = peek_frame(mv[RX_OFF:RX_OFF + stride], min(stride, n))
+                port = self.vnets.get(vnet)
+            except WireError:
+                port = None
+        if port is None or not port.offload:
+            for k in range(count):
+                off = RX_OFF + k * stride
+                self._rx_datagram(mv, off, min(off + stride, RX_OFF + n), src, drops)
+            return
+        batch = mv[RX_OFF:RX_OFF + n]
+        stats = port.stats
+        for first, length, mss in offload.coalesce(batch, stride, count, FRAME_PREFIX_LEN):
+            if length == 1:  # anything that does not merge, also another VNET's datagram
+                off = RX_OFF + first * stride
+                self._rx_datagram(mv, off, min(off + stride, RX_OFF + n), src, drops)
+                continue
+            out = offload.merge(batch, stride, first, length, mss, FRAME_PREFIX_LEN)
+            self._learn(port.vnet, memoryview(out)[VNET_HDR_LEN:], src)
+            try:
+                os.write(port.fd, out)
+            except OSError:
+                drops["tap_write_error"] += 1
+                continue
+            stats[2] += length
+            stats[3] += len(out) - VNET_HDR_LEN
+            stats[6] += length
+            stats[8] += 1
 
     def _raw_loop(self) -> None:
         buf = bytearray(BUF_SIZE)
@@ -341,7 +454,17 @@ class Forwarder:
                 continue
             self._deliver(word & 0x0FFF, mv, ihl + 2, n, src, drops)
 
-    def _deliver(self, vnet: int, mv: memoryview, off: int, end: int, src: str, drops: Counter[str]) -> None:
+    def _learn(self, vnet: int, frame: memoryview, src: str) -> None:
+        if self.learn and not frame[6] & 1:
+            key = (vnet, bytes(frame[6:12]))
+            if self.fdb.get(key) == src:
+                self.seen[key] = self.clock()
+            elif key not in self.local_macs:
+                self.control.on_learn(vnet, key[1], src)
+
+    def _deliver(self, vnet: int, mv: memoryview, off: int, end: int, src: str, drops: Counter[str],
+                 partial: bool = False, counted: bool = False) -> None:
+        """Write the frame at mv[off:end] to the VNET's TAP; mv[off-10:off] is free for a virtio header."""
         port = self.vnets.get(vnet)
         if port is None:
             drops["not_member"] += 1
@@ -349,19 +472,23 @@ class Forwarder:
         if end - off > port.max_frame:
             drops["oversize"] += 1
             return
-        if self.learn and not mv[off + 6] & 1:
-            key = (vnet, bytes(mv[off + 6:off + 12]))
-            if self.fdb.get(key) == src:
-                self.seen[key] = self.clock()
-            elif key not in self.local_macs:
-                self.control.on_learn(vnet, key[1], src)
+        self._learn(vnet, mv[off:end], src)
+        if port.offload:
+            mv[off - VNET_HDR_LEN:off] = offload.needs_csum_hdr(mv[off:end], mv, off) if partial else NO_VNET_HDR
+            off -= VNET_HDR_LEN
+        elif partial:
+            drops["partial_csum_to_plain_tap"] += 1  # a plain TAP cannot finish the checksum
+            return
         try:
             os.write(port.fd, mv[off:end])
         except OSError:
             drops["tap_write_error"] += 1
             return
-        port.stats[2] += 1
-        port.stats[3] += end - off
+        stats = port.stats
+        stats[2] += 1
+        stats[3] += end - off - (VNET_HDR_LEN if port.offload else 0)
+        if not counted:
+            stats[6] += 1
 
 
 def mtu_for(transport: str, underlay_mtu: int) -> int:

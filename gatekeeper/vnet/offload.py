@@ -26,6 +26,7 @@ the length actually written, which is what NEEDS_CSUM means to the kernel.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ ETH_P_IP = 0x0800
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
 MAX_IP_LEN = 65535
+_SEG_FIELDS = np.dtype([("len", ">u2"), ("id", ">u2"), ("csum", ">u2"), ("seq", ">u4")])
 NO_VNET_HDR = bytes(VNET_HDR_LEN)
 
 
@@ -79,7 +81,11 @@ def ipv4_checksums(headers: np.ndarray) -> np.ndarray:
 
 
 def ipv4_checksum(header: bytes | bytearray | memoryview) -> int:
-    return int(ipv4_checksums(np.frombuffer(bytes(header), dtype=np.uint8).reshape(1, -1))[0])
+    """Checksum of one header (its checksum field zeroed); plain Python beats numpy at 20 bytes."""
+    total: int = sum(struct.unpack(f"!{len(header) // 2}H", header))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
 
 
 def pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
@@ -103,48 +109,54 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes) -> tuple[bytes, int,
     l4 = ETH_LEN + ihl
     if frame[ETH_LEN + 9] != IPPROTO_TCP or len(frame) < l4 + 20:
         raise OffloadError("TCPV4 super-frame without a TCP header")
-    thl = (frame[l4 + 12] >> 4) * 4
-    hlen = l4 + thl
+    hlen = l4 + (frame[l4 + 12] >> 4) * 4
     mss = hdr.gso_size
     payload = len(frame) - hlen
-    if mss <= 0 or payload <= 0:
+    if mss <= 0 or payload <= 0 or hlen > len(frame):
         raise OffloadError(f"bad super-frame: mss {mss}, payload {payload}")
     n = -(-payload // mss)
-    plen = len(prefix)
-    stride = plen + hlen + mss
-    out = np.zeros((n, stride), dtype=np.uint8)
-    src = np.frombuffer(frame, dtype=np.uint8)
-    out[:, :plen] = np.frombuffer(prefix, dtype=np.uint8)
-    out[:, plen:plen + hlen] = src[:hlen]
-    padded = np.zeros(n * mss, dtype=np.uint8)
-    padded[:payload] = src[hlen:]
-    out[:, plen + hlen:] = padded.reshape(n, mss)
     last = payload - (n - 1) * mss
+    plen = len(prefix)
+    width = plen + hlen
+    stride = width + mss
+
+    # The header every segment starts from: full-size length, the first segment's id and seq,
+    # ACK-only flags (PSH/FIN go on the last, CWR on the first), IPv4 checksum for that header.
+    template = bytearray(prefix) + bytearray(frame[:hlen])
     ip0, tcp0 = plen + ETH_LEN, plen + l4
-    # IPv4 total length and id
-    lengths = np.full(n, ihl + thl + mss, dtype=np.uint32)
-    lengths[-1] = ihl + thl + last
-    out[:, ip0 + 2] = lengths >> 8
-    out[:, ip0 + 3] = lengths & 0xFF
-    ident = (int(src[ETH_LEN + 4]) << 8 | int(src[ETH_LEN + 5])) + np.arange(n, dtype=np.uint32)
-    out[:, ip0 + 4] = (ident >> 8) & 0xFF
-    out[:, ip0 + 5] = ident & 0xFF
-    out[:, ip0 + 10:ip0 + 12] = 0
-    csum = ipv4_checksums(np.ascontiguousarray(out[:, ip0:ip0 + ihl]))
-    out[:, ip0 + 10] = csum >> 8
-    out[:, ip0 + 11] = csum & 0xFF
-    # TCP sequence numbers and flags
-    seq0 = int.from_bytes(bytes(src[l4 + 4:l4 + 8]), "big")
-    seqs = (seq0 + np.arange(n, dtype=np.uint64) * mss) & 0xFFFFFFFF
-    for k in range(4):
-        out[:, tcp0 + 4 + k] = (seqs >> (24 - 8 * k)) & 0xFF
-    flags = int(src[l4 + 13])
-    out[:, tcp0 + 13] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    flags = template[tcp0 + 13]
+    template[ip0 + 2:ip0 + 4] = (hlen - ETH_LEN + mss).to_bytes(2, "big")
+    template[ip0 + 10:ip0 + 12] = b"\0\0"
+    template[tcp0 + 13] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
+    base = sum(struct.unpack(f"!{ihl // 2}H", template[ip0:ip0 + ihl]))
+
+    out = np.empty((n, stride), dtype=np.uint8)
+    out[:, :width] = np.frombuffer(template, dtype=np.uint8)
+    src = np.frombuffer(frame, dtype=np.uint8)
+    if n > 1:
+        out[:n - 1, width:] = src[hlen:hlen + (n - 1) * mss].reshape(n - 1, mss)
+    out[n - 1, width:width + last] = src[hlen + (n - 1) * mss:]
+
+    idx = np.arange(n, dtype=np.uint32)
+    ident0 = int.from_bytes(template[ip0 + 4:ip0 + 6], "big")
+    idents = (idx + ident0) & 0xFFFF
+    # Checksum = ~fold(base - ident0 + ident_i), adjusted for the shorter last segment.
+    sums = np.full(n, base - ident0, dtype=np.int64) + idents
+    sums[-1] += last - mss
+    sums = ((sums - 1) % 0xFFFF + 1).astype(np.uint32)  # one's-complement fold of a positive sum
+    csums = ~sums & 0xFFFF
+    seqs = (int.from_bytes(template[tcp0 + 4:tcp0 + 8], "big") + idx.astype(np.uint64) * mss) & 0xFFFFFFFF
+    # The per-segment fields, big-endian, scattered into their columns in one assignment.
+    fields = np.empty(n, dtype=_SEG_FIELDS)
+    fields["len"] = hlen - ETH_LEN + mss
+    fields["len"][-1] = hlen - ETH_LEN + last
+    fields["id"] = idents
+    fields["csum"] = csums
+    fields["seq"] = seqs
+    cols = np.array([ip0 + 2, ip0 + 3, ip0 + 4, ip0 + 5, ip0 + 10, ip0 + 11, tcp0 + 4, tcp0 + 5, tcp0 + 6, tcp0 + 7])
+    out[:, cols] = fields.view(np.uint8).reshape(n, 10)
     out[0, tcp0 + 13] |= flags & TCP_CWR
     out[-1, tcp0 + 13] |= flags & (TCP_FIN | TCP_PSH)
-    if n == 1:
-        out[0, tcp0 + 13] = flags
-    # The TCP checksum stays partial: the receiver seeds it for the length it writes.
     size = n * stride - (mss - last)
     return out.reshape(-1)[:size].tobytes(), stride, n
 
@@ -196,58 +208,78 @@ def needs_csum_hdr(frame: memoryview, writable: bytearray | memoryview, offset: 
     return _VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, l4, csum_off)
 
 
+_NO_MERGE = TCP_SYN | TCP_RST | TCP_URG | TCP_FIN | TCP_CWR | TCP_ECE
+
+
+@functools.lru_cache(maxsize=64)
+def _and_mask(prefix_len: int, l4: int, hlen: int) -> np.ndarray:
+    """Byte mask over `prefix + headers`: 0xFF where segments of one flow must be equal, 0 where
+    they may differ (IPv4 total length, id, checksum; TCP seq and checksum), and all flag bits but
+    PSH at the TCP flags (so every segment carries the first one's ACK-only flags, PSH allowed)."""
+    mask = np.full(prefix_len + hlen, 0xFF, dtype=np.uint8)
+    p = prefix_len
+    for a, b in ((ETH_LEN + 2, ETH_LEN + 6), (ETH_LEN + 10, ETH_LEN + 12), (l4 + 4, l4 + 8), (l4 + 16, l4 + 18)):
+        mask[p + a:p + b] = 0
+    mask[p + l4 + 13] = 0xFF & ~TCP_PSH
+    return mask
+
+
 def coalesce(buf: memoryview, stride: int, count: int, prefix_len: int) -> Iterator[tuple[int, int, int]]:
     """Group the `count` datagrams of a GRO batch (datagram i at i*stride, the last possibly
     shorter, total len(buf)) into runs that can merge: yields (first index, run length, mss).
 
-    A run of length 1 is a frame to deliver alone. Datagrams are `prefix + frame`; the caller has
-    already checked that every prefix is a frame of one VNET with CSUM_PARTIAL set.
+    A run of length 1 is a frame to deliver alone. Datagrams are `prefix + frame`; runs only form
+    between datagrams whose prefix is identical. The checks are Linux GRO's: same flow and TCP
+    options, consecutive sequence numbers, only ACK (and PSH, which ends a run) set, equal sizes
+    but for a shorter last one, and at most 64 KiB merged.
     """
-    i = 0
     total = len(buf)
+    full = total // stride  # datagrams of exactly `stride` bytes
+    i = 0
     while i < count:
         start = i * stride
         end = min(start + stride, total)
         frame = buf[start + prefix_len:end]
         info = _tcp_info(frame)
-        if info is None or info[2] & (TCP_SYN | TCP_RST | TCP_URG | TCP_FIN | TCP_CWR | TCP_ECE) \
-                or not info[2] & TCP_ACK:
+        if info is None or info[2] != TCP_ACK or end - start != stride:
             yield i, 1, 0
             i += 1
             continue
-        l4, hlen, flags = info
-        mss = (end - start) - prefix_len - hlen
-        if mss <= 0 or flags & TCP_PSH:
+        l4, hlen, _ = info
+        mss = stride - prefix_len - hlen
+        if mss <= 0:
             yield i, 1, 0
             i += 1
             continue
-        seq = int.from_bytes(frame[l4 + 4:l4 + 8], "big")
-        key_a = bytes(frame[:ETH_LEN + 2]) + bytes(frame[ETH_LEN + 6:ETH_LEN + 10]) + bytes(frame[ETH_LEN + 12:l4 + 4])
-        key_b = bytes(frame[l4 + 8:l4 + 13]) + bytes(frame[l4 + 14:l4 + 16]) + bytes(frame[l4 + 18:hlen])
-        size = hlen + mss
-        j = i + 1
-        while j < count:
-            s2 = j * stride
-            e2 = min(s2 + stride, total)
-            f2 = buf[s2 + prefix_len:e2]
-            n2 = len(f2) - hlen
-            if n2 <= 0 or n2 > mss or size + n2 - ETH_LEN > MAX_IP_LEN:
-                break
-            if bytes(f2[:ETH_LEN + 2]) + bytes(f2[ETH_LEN + 6:ETH_LEN + 10]) + bytes(f2[ETH_LEN + 12:l4 + 4]) != key_a:
-                break
-            if bytes(f2[l4 + 8:l4 + 13]) + bytes(f2[l4 + 14:l4 + 16]) + bytes(f2[l4 + 18:hlen]) != key_b:
-                break
-            if int.from_bytes(f2[l4 + 4:l4 + 8], "big") != (seq + (j - i) * mss) & 0xFFFFFFFF:
-                break
-            f2_flags = f2[l4 + 13]
-            if f2_flags & ~(TCP_ACK | TCP_PSH):
-                break
-            size += n2
-            j += 1
-            if f2_flags & TCP_PSH or n2 < mss:
-                break  # PSH or a short segment ends a run, as in Linux GRO
+        width = prefix_len + hlen
+        rows = np.frombuffer(buf, dtype=np.uint8, count=full * stride).reshape(full, stride)
+        heads = rows[i:, :width]
+        diff = ((heads ^ heads[0]) & _and_mask(prefix_len, l4, hlen)).any(axis=1)
+        seqs = np.ascontiguousarray(heads[:, prefix_len + l4 + 4:prefix_len + l4 + 8]).view(">u4").ravel()
+        expected = (np.arange(len(heads), dtype=np.uint64) * mss + int(seqs[0])) & 0xFFFFFFFF
+        bad = np.flatnonzero(diff | (seqs != expected))
+        run = int(bad[0]) if len(bad) else len(heads)
+        psh = np.flatnonzero(heads[:run, prefix_len + l4 + 13] & TCP_PSH)
+        if len(psh):
+            run = int(psh[0]) + 1  # PSH ends a run, as in Linux GRO
+        j = i + run
+        if j == full and full < count and not len(psh):
+            j += _tail_continues(buf, full * stride, heads[0], prefix_len, l4, hlen, int(seqs[0]) + run * mss)
+        j = min(j, i + max(1, (MAX_IP_LEN + ETH_LEN - hlen) // mss))  # keep the merged packet under 64 KiB
         yield i, j - i, mss
         i = j
+
+
+def _tail_continues(buf: memoryview, off: int, head0: np.ndarray, prefix_len: int, l4: int, hlen: int,
+                    seq: int) -> int:
+    """1 if the shorter last datagram at `off` continues the run, else 0."""
+    width = prefix_len + hlen
+    if len(buf) - off <= width:
+        return 0
+    last = np.frombuffer(buf, dtype=np.uint8, count=width, offset=off)
+    if ((last ^ head0) & _and_mask(prefix_len, l4, hlen)).any():
+        return 0
+    return int(int.from_bytes(buf[off + prefix_len + l4 + 4:off + prefix_len + l4 + 8], "big") == seq & 0xFFFFFFFF)
 
 
 def merge(buf: memoryview, stride: int, first: int, count: int, mss: int, prefix_len: int) -> bytes:
@@ -255,17 +287,20 @@ def merge(buf: memoryview, stride: int, first: int, count: int, mss: int, prefix
     total = len(buf)
     start = first * stride + prefix_len
     head_frame = buf[start:min(first * stride + stride, total)]
-    l4, hlen, _ = _tcp_info(head_frame)  # type: ignore[misc]
-    parts = [bytearray(head_frame[:hlen])]
-    flags = 0
-    for k in range(first, first + count):
-        s = k * stride + prefix_len
-        e = min(k * stride + stride, total)
-        parts.append(bytearray(buf[s + hlen:e]))
-        flags |= buf[s + l4 + 13]
-    head = parts[0]
-    payload_len = sum(len(p) for p in parts[1:])
-    ip_len = hlen - ETH_LEN + payload_len
+    info = _tcp_info(head_frame)
+    assert info is not None
+    l4, hlen, _ = info
+    end = min((first + count) * stride, total)
+    span = np.frombuffer(buf, dtype=np.uint8, count=end - first * stride, offset=first * stride)
+    full = len(span) // stride
+    rows = span[:full * stride].reshape(full, stride)[:, prefix_len + hlen:]
+    tail = span[full * stride + prefix_len + hlen:] if len(span) > full * stride else span[:0]
+    payload = rows.tobytes() + tail.tobytes()
+    flags = int(np.bitwise_or.reduce(span[:full * stride].reshape(full, stride)[:, prefix_len + l4 + 13]))
+    if len(tail) or len(span) > full * stride:
+        flags |= buf[full * stride + first * stride + prefix_len + l4 + 13]
+    head = bytearray(head_frame[:hlen])
+    ip_len = hlen - ETH_LEN + len(payload)
     head[ETH_LEN + 2] = ip_len >> 8
     head[ETH_LEN + 3] = ip_len & 0xFF
     head[ETH_LEN + 10] = head[ETH_LEN + 11] = 0
@@ -279,4 +314,4 @@ def merge(buf: memoryview, stride: int, first: int, count: int, mss: int, prefix
     head[l4 + 17] = ps & 0xFF
     gso = GSO_TCPV4 if count > 1 else GSO_NONE
     vh = _VNET_HDR.pack(F_NEEDS_CSUM, gso, hlen, mss if count > 1 else 0, l4, 16)
-    return vh + b"".join(parts)
+    return vh + bytes(head) + payload

@@ -90,11 +90,12 @@ class VnetService:
                 return self._describe(existing)
             mtu = mtu_for(transport, self.config.underlay_mtu)
             self.devices.ensure_bridge(bridge_name(vnet), mtu)
-            fd = open_tap(tap_name(vnet))
+            offload = transport == "udp" and self.config.offload
+            fd = open_tap(tap_name(vnet), offload=offload)
             try:
                 self.devices.enslave(tap_name(vnet), bridge_name(vnet), mtu)
                 port = VnetPort(vnet, fd, transport, mtu,
-                                tuple(m for m in member_hosts if m != self.config.underlay_address))
+                                tuple(m for m in member_hosts if m != self.config.underlay_address), offload)
                 self.forwarder.add_vnet(port)
             except Exception:
                 os.close(fd)
@@ -123,10 +124,11 @@ class VnetService:
     def _describe(self, port: VnetPort) -> dict[str, Any]:
         return {
             "vnet": port.vnet, "bridge": bridge_name(port.vnet), "tap": tap_name(port.vnet),
-            "transport": port.transport, "mtu": port.mtu, "members": list(port.members),
+            "transport": port.transport, "offload": port.offload, "mtu": port.mtu, "members": list(port.members),
             "ports": sorted(i for i, (v, _) in self.ports.items() if v == port.vnet),
             "tx_frames": port.stats[0], "tx_bytes": port.stats[1], "rx_frames": port.stats[2],
-            "rx_bytes": port.stats[3], "flooded": port.stats[4],
+            "rx_bytes": port.stats[3], "flooded": port.stats[4], "tx_datagrams": port.stats[5],
+            "rx_datagrams": port.stats[6], "tx_superframes": port.stats[7], "rx_superframes": port.stats[8],
         }
 
     def attach(self, vnet: int, ifname: str, mac: str) -> dict[str, Any]:
