@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
+from softudc.bench.measure import frag_creates
 from softudc.lab import Lab
 from tests.e2e.conftest import Capture, create_vnet, endpoints, gk, ns_run, ping
 
@@ -79,16 +80,11 @@ def test_mtu_fits_the_underlay_and_nothing_fragments(make_lab: Callable[..., Lab
     assert gk(lab, "h1").call("vnet.list")[0]["mtu"] == mtu
     eth0 = ns_run(lab.endpoints["a1"].netns, "ip", "-o", "link", "show", "eth0").stdout
     assert f"mtu {mtu} " in eth0
-    frag_before = _frag_creates(lab, "h1")
+    frag_before = frag_creates(lab.host("h1").netns)
     full = ping(lab, "a1", "10.0.0.2", count=3, size=mtu - 28, df=True)
     assert full.returncode == 0, full.stdout + full.stderr
     # One byte more cannot leave the guest with DF set: the sender is told, nothing vanishes.
     over = ping(lab, "a1", "10.0.0.2", count=1, size=mtu - 27, df=True)
     assert over.returncode != 0 and "message too long" in (over.stdout + over.stderr).lower()
-    assert _frag_creates(lab, "h1") == frag_before
+    assert frag_creates(lab.host("h1").netns) == frag_before
 
-
-def _frag_creates(lab: Lab, host: str) -> int:
-    out = ns_run(lab.host(host).netns, "cat", "/proc/net/snmp").stdout.splitlines()
-    names, values = [line.split() for line in out if line.startswith("Ip:")][:2]
-    return int(dict(zip(names, values, strict=True))["FragCreates"])
