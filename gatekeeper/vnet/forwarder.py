@@ -491,6 +491,13 @@ class Forwarder:
             stats[6] += 1
 
 
+def gso_max_size_for(mtu: int) -> int:
+    """Largest TSO burst a guest should build so that all its segments fit one UDP_SEGMENT send
+    (65,507 bytes of UDP payload): a 64 KiB burst would cost a second send and a second GRO batch."""
+    stride = FRAME_PREFIX_LEN + mtu + 14
+    return min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // stride) * (mtu - 40)
+
+
 def mtu_for(transport: str, underlay_mtu: int) -> int:
     """Largest inner MTU whose encapsulated packet fits the underlay (DESIGN.md, "MTU")."""
     overhead = 20 + 2 + 14 if transport == "raw" else 20 + 8 + FRAME_PREFIX_LEN + 14

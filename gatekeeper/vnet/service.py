@@ -14,7 +14,7 @@ from typing import Any
 
 from gatekeeper.config import GatekeeperConfig
 from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
-from gatekeeper.vnet.forwarder import Forwarder, VnetPort, mtu_for
+from gatekeeper.vnet.forwarder import Forwarder, VnetPort, gso_max_size_for, mtu_for
 from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, VarpCache
 from softudc.wire import VarpMessage, VarpOp, WireError, build_varp, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
@@ -148,7 +148,11 @@ class VnetService:
             self.devices.forget_fdb(bridge_name(vnet), raw_mac.hex(":"))
             self._save()
         self.announce(vnet, raw_mac.hex(":"))
-        return {"vnet": vnet, "ifname": ifname, "mac": raw_mac.hex(":"), "mtu": port.mtu}
+        result: dict[str, Any] = {"vnet": vnet, "ifname": ifname, "mac": raw_mac.hex(":"), "mtu": port.mtu}
+        if port.offload:
+            # Like the MTU, a hint for the guest: TSO bursts that fit one GSO send.
+            result["gso_max_size"] = gso_max_size_for(port.mtu)
+        return result
 
     def detach(self, ifname: str) -> dict[str, Any]:
         with self.lock:

@@ -52,7 +52,10 @@ def _plug(lab: Lab, ep: Endpoint) -> None:
     ip("link", "add", "eth0", "netns", ep.netns, "address", ep.mac, "type", "veth",
        "peer", "name", ep.host_ifname, "netns", h.netns)
     result = GatekeeperClient(h.api_socket).call("port.attach", vnet=ep.vnet, ifname=ep.host_ifname, mac=ep.mac)
-    ip("link", "set", "eth0", "mtu", str(result["mtu"]), "up", netns=ep.netns)
+    settings = ["mtu", str(result["mtu"])]
+    if "gso_max_size" in result:
+        settings += ["gso_max_size", str(result["gso_max_size"])]
+    ip("link", "set", "eth0", *settings, "up", netns=ep.netns)
     ip("addr", "replace", ep.ip, "dev", "eth0", netns=ep.netns)
 
 

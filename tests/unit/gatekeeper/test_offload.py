@@ -10,6 +10,7 @@ from scapy.layers.l2 import Ether
 from gatekeeper.vnet.offload import (
     F_NEEDS_CSUM,
     GSO_TCPV4,
+    TCP_SYN,
     VNET_HDR_LEN,
     VnetHdr,
     coalesce,
@@ -111,3 +112,36 @@ def test_partial_checksum_is_seeded_so_the_kernel_can_finish_it() -> None:
     pkt = Ether(bytes(frame))
     del pkt[TCP].chksum
     assert (~words & 0xFFFF) == Ether(bytes(pkt))[TCP].chksum
+
+
+@given(st.integers(2, 12), st.integers(0, 11), st.sampled_from(["seq", "vnet", "flow", "flags", "none"]))
+def test_scalar_and_vectorised_grouping_agree(count: int, where: int, kind: str) -> None:
+    import gatekeeper.vnet.offload as off
+
+    payload = bytes(1000 * count)
+    buf, stride, n = segment(memoryview(super_frame(payload)), VnetHdr(1, GSO_TCPV4, 66, 1000, 34, 16), PREFIX)
+    data = bytearray(buf)
+    k = where % n
+    base = k * stride
+    if kind == "seq":
+        data[base + 6 + 38] ^= 0x01
+    elif kind == "vnet":
+        data[base + 5] ^= 0x01  # another VNET's datagram in the middle of the batch
+    elif kind == "flow":
+        data[base + 6 + 34] ^= 0x01  # TCP source port
+    elif kind == "flags":
+        data[base + 6 + 47] |= TCP_SYN
+    results = []
+    for threshold in (0, 100):
+        off.SCALAR_BATCH = threshold
+        try:
+            results.append(list(coalesce(memoryview(bytes(data)), stride, n, len(PREFIX))))
+        finally:
+            off.SCALAR_BATCH = 4
+    assert results[0] == results[1]
+    # Runs cover every datagram exactly once, in order.
+    flat = [i for first, length, _ in results[0] for i in range(first, first + length)]
+    assert flat == list(range(n))
+    if kind != "none":
+        # The altered datagram never joins the run before it.
+        assert all(not first < k < first + length for first, length, _ in results[0])
