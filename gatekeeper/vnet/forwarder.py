@@ -49,6 +49,13 @@ MAX_GSO_SEGMENTS = 64
 MAX_UDP_PAYLOAD = 65507
 # Received datagrams land at RX_OFF, so a virtio header fits in front of the frame.
 RX_OFF = 16
+MAX_BATCH = 64
+MIN_BATCH_STRIDE = 512  # small datagrams (ACKs, VARP) are not worth batching
+RX_BUF_SIZE = RX_OFF + MAX_BATCH * 1600 + BUF_SIZE
+# Raw transport: the outer IPv4 header (20 bytes, no options) and the EtherIP header come first.
+RAW_PREFIX_LEN = 22
+# Outer total length, id and checksum may differ between the packets of one batch.
+RAW_PREFIX_MASK = bytes([0xFF, 0xFF, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFF, 0, 0] + [0xFF] * 10)
 
 
 class ControlPlane(Protocol):
@@ -236,22 +243,60 @@ class Forwarder:
         if port.offload:
             flags, gso_type = mv[start], mv[start + 1]
             if gso_type:
-                try:
-                    hdr = offload.parse_vnet_hdr(mv[start:])
-                    data, stride, count = offload.segment(mv[start + VNET_HDR_LEN:end], hdr, port.prefix_partial)
-                except OffloadError:
-                    drops["gso_unsupported"] += 1
-                    return
-                port.stats[7] += 1
-                for addr in targets:
-                    self._send_gso(port, data, stride, count, addr, drops)
+                self._emit_gso(port, mv, end, targets, drops)
                 return
+            csum_start = mv[start + 6] | mv[start + 7] << 8
+            csum_offset = mv[start + 8] | mv[start + 9] << 8
             start += VNET_HDR_LEN
-            mv[start - FRAME_PREFIX_LEN:start] = port.prefix_partial if flags & 1 else port.prefix
+            partial = bool(flags & 1)
+            if partial and port.transport == "raw":
+                # A plain EtherIP receiver must never see a partial checksum: finish it here.
+                if start + csum_start + csum_offset + 2 > end:
+                    drops["bad_csum_offsets"] += 1
+                    return
+                offload.complete_csum(mv, start + csum_start, csum_offset, end)
+                partial = False
+            mv[start - FRAME_PREFIX_LEN:start] = port.prefix_partial if partial else port.prefix
         else:
             mv[:FRAME_PREFIX_LEN] = port.prefix
         for addr in targets:
             self._send(port, mv, start - FRAME_PREFIX_LEN, end, addr, drops)
+
+    def _emit_gso(self, port: VnetPort, mv: memoryview, end: int, targets: tuple[str, ...],
+                  drops: Counter[str]) -> None:
+        """A TCP super-frame: cut in userspace, then one UDP_SEGMENT send (UDP transport) or one
+        send per segment with complete checksums (raw transport: no GSO for raw sockets)."""
+        start = FRAME_PREFIX_LEN
+        raw = port.transport == "raw"
+        try:
+            hdr = offload.parse_vnet_hdr(mv[start:])
+            prefix = port.prefix[4:] if raw else port.prefix_partial
+            data, stride, count = offload.segment(mv[start + VNET_HDR_LEN:end], hdr, prefix, full_csum=raw)
+        except OffloadError:
+            drops["gso_unsupported"] += 1
+            return
+        port.stats[7] += 1
+        for addr in targets:
+            if raw:
+                self._send_each(port, data, stride, count, addr, drops)
+            else:
+                self._send_gso(port, data, stride, count, addr, drops)
+
+    def _send_each(self, port: VnetPort, data: bytes, stride: int, count: int, addr: str,
+                   drops: Counter[str]) -> None:
+        assert self._raw is not None
+        mv = memoryview(data)
+        sent = 0
+        for k in range(count):
+            try:
+                self._raw.sendto(mv[k * stride:(k + 1) * stride], (addr, 0))
+                sent += 1
+            except OSError as e:
+                drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
+        stats = port.stats
+        stats[0] += sent
+        stats[1] += len(data) - count * 2
+        stats[5] += sent
 
     def _send(self, port: VnetPort, mv: memoryview, start: int, end: int, addr: str, drops: Counter[str]) -> None:
         try:
@@ -346,16 +391,32 @@ class Forwarder:
                     else:
                         self.control.on_miss(vnet, key[1], bytes(body[:n]))
 
+    # --- receiving ----------------------------------------------------------------------------
+    #
+    # Datagrams land in one buffer at RX_OFF. A batch is a run of datagrams of equal size (the
+    # last may be shorter) laid out back to back: either what the kernel's UDP GRO handed over in
+    # one recvmsg, or what a userspace drain collected (MSG_DONTWAIT reads of what is already
+    # queued: no waiting, so no added latency) when the underlay delivers datagrams one by one, as
+    # it does without GRO and always for raw sockets. Batches go through `offload.coalesce`.
+
     def _udp_loop(self) -> None:
-        buf = bytearray(BUF_SIZE)
+        buf = bytearray(RX_BUF_SIZE)
         mv = memoryview(buf)
-        into = [mv[RX_OFF:]]
         sock = self._udp
         drops = self.drops["udp"]
         cmsg_space = socket.CMSG_SPACE(4)
+
+        def recv(off: int, flags: int) -> tuple[int, int, str]:
+            n, anc, _flags, (src, _) = sock.recvmsg_into([mv[off:off + BUF_SIZE]], cmsg_space, flags)
+            gso = n
+            for level, kind, data in anc:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    gso = struct.unpack("=i", data[:4])[0] or n
+            return n, gso, src
+
         while not self._stopping:
             try:
-                n, anc, _flags, (src, _) = sock.recvmsg_into(into, cmsg_space)
+                n, gso, src = recv(RX_OFF, 0)
             except OSError:
                 if self._stopping:
                     return
@@ -363,17 +424,48 @@ class Forwarder:
                 continue
             if n == 0 and self._stopping:
                 return
-            stride = n
-            for level, kind, data in anc:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    stride = struct.unpack("=i", data[:4])[0] or n
-            if stride >= n:
-                self._rx_datagram(mv, RX_OFF, RX_OFF + n, src, drops)
+            if gso < n:
+                self._rx_batch(mv, RX_OFF, n, gso, src, FRAME_PREFIX_LEN, drops)
             else:
-                self._rx_batch(mv, n, stride, src, drops)
+                self._rx_drain(mv, n, src, recv, FRAME_PREFIX_LEN, drops)
+
+    def _rx_drain(self, mv: memoryview, n: int, src: str, recv: Callable[[int, int], tuple[int, int, str]],
+                  prefix_len: int, drops: Counter[str], prefix_mask: bytes | None = None) -> None:
+        """The datagram at RX_OFF (n bytes) plus whatever equal-sized ones are queued behind it."""
+        stride, end, count = n, RX_OFF + n, 1
+        while count < MAX_BATCH and end + BUF_SIZE <= len(mv) and stride >= MIN_BATCH_STRIDE:
+            try:
+                m, gso, src2 = recv(end, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                drops["recv_error"] += 1
+                break
+            if src2 != src or gso < m or m > stride:
+                # Not part of this batch: finish the batch, then handle it on its own.
+                self._rx_batch(mv, RX_OFF, end - RX_OFF, stride, src, prefix_len, drops, prefix_mask, count)
+                if gso < m:
+                    self._rx_batch(mv, end, m, gso, src2, prefix_len, drops, prefix_mask)
+                else:
+                    self._rx_one(mv, end, end + m, src2, drops, prefix_len)
+                return
+            end += m
+            count += 1
+            if m < stride:
+                break  # a shorter datagram ends a batch
+        if count == 1:
+            self._rx_one(mv, RX_OFF, end, src, drops, prefix_len)
+        else:
+            self._rx_batch(mv, RX_OFF, end - RX_OFF, stride, src, prefix_len, drops, prefix_mask, count)
+
+    def _rx_one(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str], prefix_len: int) -> None:
+        if prefix_len == FRAME_PREFIX_LEN:
+            self._rx_datagram(mv, off, end, src, drops)
+        else:
+            self._rx_raw(mv, off, end, src, drops)
 
     def _rx_datagram(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str]) -> None:
-        """One datagram at mv[off:end]; mv[off-10:off] may be overwritten (room for a virtio header)."""
+        """One UDP datagram at mv[off:end]; mv[off-10:off] may be overwritten (room for a virtio header)."""
         if end - off >= 2 and mv[off] == 0 and mv[off + 1] == 2:
             try:
                 vnet, flags = peek_frame(mv[off:end], end - off)
@@ -387,30 +479,35 @@ class Forwarder:
         else:
             drops["bad_message"] += 1
 
-    def _rx_batch(self, mv: memoryview, n: int, stride: int, src: str, drops: Counter[str]) -> None:
-        """A UDP_GRO batch: datagrams of `stride` bytes (the last may be shorter) from one sender."""
-        count = -(-n // stride)
-        head = bytes(mv[RX_OFF:RX_OFF + FRAME_PREFIX_LEN])
-        port = None
-        if head[:3] == b"\x00\x02\x00" and head[3] == FLAG_CSUM_PARTIAL:
-            try:
-                vnet, _ = peek_frame(mv[RX_OFF:RX_OFF + stride], min(stride, n))
-                port = self.vnets.get(vnet)
-            except WireError:
-                port = None
+    def _rx_raw(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str]) -> None:
+        """One raw IPv4 packet at mv[off:end]: outer header, EtherIP header, frame."""
+        ihl = (mv[off] & 0x0F) * 4
+        if end - off < ihl + 2 + 14:
+            drops["bad_frame"] += 1
+            return
+        word = (mv[off + ihl] << 8) | mv[off + ihl + 1]
+        if word >> 12 != 3:
+            drops["bad_frame"] += 1
+            return
+        self._deliver(word & 0x0FFF, mv, off + ihl + 2, end, src, drops)
+
+    def _rx_batch(self, mv: memoryview, off: int, n: int, stride: int, src: str, prefix_len: int,
+                  drops: Counter[str], prefix_mask: bytes | None = None, count: int = 0) -> None:
+        """A batch at mv[off:off+n]: datagrams of `stride` bytes, the last possibly shorter."""
+        count = count or -(-n // stride)
+        batch = mv[off:off + n]
+        port = self._batch_port(batch, stride, prefix_len)
         if port is None or not port.offload:
             for k in range(count):
-                off = RX_OFF + k * stride
-                self._rx_datagram(mv, off, min(off + stride, RX_OFF + n), src, drops)
+                self._rx_one(mv, off + k * stride, min(off + (k + 1) * stride, off + n), src, drops, prefix_len)
             return
-        batch = mv[RX_OFF:RX_OFF + n]
         stats = port.stats
-        for first, length, mss in offload.coalesce(batch, stride, count, FRAME_PREFIX_LEN):
+        for first, length, mss in offload.coalesce(batch, stride, count, prefix_len, prefix_mask):
             if length == 1:  # anything that does not merge, also another VNET's datagram
-                off = RX_OFF + first * stride
-                self._rx_datagram(mv, off, min(off + stride, RX_OFF + n), src, drops)
+                o = off + first * stride
+                self._rx_one(mv, o, min(o + stride, off + n), src, drops, prefix_len)
                 continue
-            out = offload.merge(batch, stride, first, length, mss, FRAME_PREFIX_LEN)
+            out = offload.merge(batch, stride, first, length, mss, prefix_len)
             self._learn(port.vnet, memoryview(out)[VNET_HDR_LEN:], src)
             try:
                 os.write(port.fd, out)
@@ -422,15 +519,36 @@ class Forwarder:
             stats[6] += length
             stats[8] += 1
 
+    def _batch_port(self, batch: memoryview, stride: int, prefix_len: int) -> VnetPort | None:
+        """The VNET of the batch's first datagram, if it is a frame (coalesce keeps runs in it)."""
+        if prefix_len == FRAME_PREFIX_LEN:
+            if batch[0] != 0 or batch[1] != 2:
+                return None
+            try:
+                vnet, _ = peek_frame(batch[:stride], min(stride, len(batch)))
+            except WireError:
+                return None
+        else:
+            word = (batch[prefix_len - 2] << 8) | batch[prefix_len - 1]
+            if word >> 12 != 3:
+                return None
+            vnet = word & 0x0FFF
+        return self.vnets.get(vnet)
+
     def _raw_loop(self) -> None:
-        buf = bytearray(BUF_SIZE)
+        buf = bytearray(RX_BUF_SIZE)
         mv = memoryview(buf)
         assert self._raw is not None
         sock = self._raw
         drops = self.drops["raw"]
+
+        def recv(off: int, flags: int) -> tuple[int, int, str]:
+            n = sock.recv_into(mv[off:off + BUF_SIZE], 0, flags)
+            return n, n, socket.inet_ntoa(mv[off + 12:off + 16]) if n >= 20 else ""
+
         while not self._stopping:
             try:
-                n = sock.recv_into(buf)
+                n, _, src = recv(RX_OFF, 0)
             except OSError:
                 if self._stopping:
                     return
@@ -440,19 +558,14 @@ class Forwarder:
                 if self._stopping:
                     return
                 continue
-            # A raw socket hands over the outer IPv4 header too (dataplane.md pitfall 2).
-            ihl = (buf[0] & 0x0F) * 4
-            if n < ihl + 2 + 14:
-                drops["bad_frame"] += 1
-                continue
-            word = (buf[ihl] << 8) | buf[ihl + 1]
-            if word >> 12 != 3:
-                drops["bad_frame"] += 1
-                continue
-            src = socket.inet_ntoa(buf[12:16])
             if src == self.local_addr:
                 continue
-            self._deliver(word & 0x0FFF, mv, ihl + 2, n, src, drops)
+            # A raw socket hands over the outer IPv4 header too (dataplane.md pitfall 2); only
+            # option-less headers batch, and the header's id and checksum may differ.
+            if n >= 22 and mv[RX_OFF] == 0x45:
+                self._rx_drain(mv, n, src, recv, RAW_PREFIX_LEN, drops, RAW_PREFIX_MASK)
+            else:
+                self._rx_raw(mv, RX_OFF, RX_OFF + n, src, drops)
 
     def _learn(self, vnet: int, frame: memoryview, src: str) -> None:
         if self.learn and not frame[6] & 1:

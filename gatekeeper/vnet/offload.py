@@ -99,9 +99,12 @@ def pseudo_sum(src: bytes, dst: bytes, proto: int, length: int) -> int:
     return total
 
 
-def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes) -> tuple[bytes, int, int]:
+def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = False) -> tuple[bytes, int, int]:
     """Cut a TCPV4 super-frame into `prefix + frame` datagrams of equal size (the last may be
-    shorter). Returns (buffer, datagram size, datagram count), ready for UDP_SEGMENT."""
+    shorter). Returns (buffer, datagram size, datagram count), ready for UDP_SEGMENT.
+
+    With `full_csum` every segment gets its complete TCP checksum (for peers that must never
+    see a partial one: the raw EtherIP transport); otherwise the checksum is left partial."""
     if hdr.gso_type & ~GSO_ECN != GSO_TCPV4:
         raise OffloadError(f"gso_type {hdr.gso_type:#x} not supported (only TCPV4 is offered)")
     if len(frame) < ETH_LEN + 20 or (frame[12] << 8 | frame[13]) != ETH_P_IP:
@@ -158,8 +161,41 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes) -> tuple[bytes, int,
     out[:, cols] = fields.view(np.uint8).reshape(n, 10)
     out[0, tcp0 + 13] |= flags & TCP_CWR
     out[-1, tcp0 + 13] |= flags & (TCP_FIN | TCP_PSH)
+    if full_csum:
+        out[n - 1, width + last:] = 0  # the padding must not count
+        _tcp_checksums(out, tcp0, hlen - l4, mss, last, bytes(frame[ETH_LEN + 12:ETH_LEN + 20]))
     size = n * stride - (mss - last)
     return out.reshape(-1)[:size].tobytes(), stride, n
+
+
+def _tcp_checksums(out: np.ndarray, tcp0: int, thl: int, mss: int, last: int, addrs: bytes) -> None:
+    """Complete TCP checksums of every row of `out` (segments from column tcp0), in place."""
+    out[:, tcp0 + 16:tcp0 + 18] = 0
+    block = out[:, tcp0:]
+    total = block[:, 0::2].sum(axis=1, dtype=np.uint64) * 256 + block[:, 1::2].sum(axis=1, dtype=np.uint64)
+    lengths = np.full(len(out), thl + mss, dtype=np.uint64)
+    lengths[-1] = thl + last
+    src_dst = sum(struct.unpack("!4H", addrs))
+    total += lengths + (src_dst + IPPROTO_TCP)
+    while (total >> 16).any():
+        total = (total & 0xFFFF) + (total >> 16)
+    csum = (~total & 0xFFFF).astype(np.uint16)
+    out[:, tcp0 + 16] = csum >> 8
+    out[:, tcp0 + 17] = csum & 0xFF
+
+
+def complete_csum(buf: bytearray | memoryview, start: int, offset: int, end: int) -> None:
+    """Finish a partial checksum in place, as the kernel's skb_checksum_help does: the field at
+    start+offset holds the pseudo-header seed; sum [start, end), complement, store."""
+    data = np.frombuffer(buf, dtype=np.uint8, count=end - start, offset=start)
+    total = int(data[0::2].sum(dtype=np.uint64)) * 256 + int(data[1::2].sum(dtype=np.uint64))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    csum = ~total & 0xFFFF
+    if csum == 0 and offset == 6:
+        csum = 0xFFFF  # UDP: a computed zero is sent as all ones (RFC 768)
+    buf[start + offset] = csum >> 8
+    buf[start + offset + 1] = csum & 0xFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +249,14 @@ _NO_MERGE = TCP_SYN | TCP_RST | TCP_URG | TCP_FIN | TCP_CWR | TCP_ECE
 
 
 @functools.lru_cache(maxsize=64)
-def _and_mask(prefix_len: int, l4: int, hlen: int) -> np.ndarray:
-    """Byte mask over `prefix + headers`: 0xFF where segments of one flow must be equal, 0 where
-    they may differ (IPv4 total length, id, checksum; TCP seq and checksum), and all flag bits but
-    PSH at the TCP flags (so every segment carries the first one's ACK-only flags, PSH allowed)."""
+def _and_mask(prefix_mask: bytes, l4: int, hlen: int) -> np.ndarray:
+    """Byte mask over `prefix + headers`: the prefix's own mask, then 0xFF where segments of one
+    flow must be equal, 0 where they may differ (IPv4 total length, id, checksum; TCP seq and
+    checksum), and all flag bits but PSH at the TCP flags (so every segment carries the first one's
+    ACK-only flags, PSH allowed)."""
+    prefix_len = len(prefix_mask)
     mask = np.full(prefix_len + hlen, 0xFF, dtype=np.uint8)
+    mask[:prefix_len] = np.frombuffer(prefix_mask, dtype=np.uint8)
     p = prefix_len
     for a, b in ((ETH_LEN + 2, ETH_LEN + 6), (ETH_LEN + 10, ETH_LEN + 12), (l4 + 4, l4 + 8), (l4 + 16, l4 + 18)):
         mask[p + a:p + b] = 0
@@ -225,15 +264,18 @@ def _and_mask(prefix_len: int, l4: int, hlen: int) -> np.ndarray:
     return mask
 
 
-def coalesce(buf: memoryview, stride: int, count: int, prefix_len: int) -> Iterator[tuple[int, int, int]]:
+def coalesce(buf: memoryview, stride: int, count: int, prefix_len: int,
+             prefix_mask: bytes | None = None) -> Iterator[tuple[int, int, int]]:
     """Group the `count` datagrams of a GRO batch (datagram i at i*stride, the last possibly
     shorter, total len(buf)) into runs that can merge: yields (first index, run length, mss).
 
     A run of length 1 is a frame to deliver alone. Datagrams are `prefix + frame`; runs only form
-    between datagrams whose prefix is identical. The checks are Linux GRO's: same flow and TCP
+    between datagrams whose prefix is identical where `prefix_mask` (default: all of it) says so.
+    The checks are Linux GRO's: same flow and TCP
     options, consecutive sequence numbers, only ACK (and PSH, which ends a run) set, equal sizes
     but for a shorter last one, and at most 64 KiB merged.
     """
+    pmask = prefix_mask if prefix_mask is not None else b"\xff" * prefix_len
     total = len(buf)
     full = total // stride  # datagrams of exactly `stride` bytes
     i = 0
@@ -253,11 +295,11 @@ def coalesce(buf: memoryview, stride: int, count: int, prefix_len: int) -> Itera
             i += 1
             continue
         if full - i <= SCALAR_BATCH:
-            j = i + _scalar_run(buf, stride, i, full, prefix_len, l4, hlen, mss)
+            j = i + _scalar_run(buf, stride, i, full, pmask, l4, hlen, mss)
             if j == full and full < count and not buf[(j - 1) * stride + prefix_len + l4 + 13] & TCP_PSH:
                 head0 = np.frombuffer(buf, dtype=np.uint8, count=prefix_len + hlen, offset=i * stride)
                 seq0 = int.from_bytes(buf[i * stride + prefix_len + l4 + 4:i * stride + prefix_len + l4 + 8], "big")
-                j += _tail_continues(buf, full * stride, head0, prefix_len, l4, hlen, seq0 + (j - i) * mss)
+                j += _tail_continues(buf, full * stride, head0, pmask, l4, hlen, seq0 + (j - i) * mss)
             j = min(j, i + max(1, (MAX_IP_LEN + ETH_LEN - hlen) // mss))
             yield i, j - i, mss
             i = j
@@ -265,7 +307,7 @@ def coalesce(buf: memoryview, stride: int, count: int, prefix_len: int) -> Itera
         width = prefix_len + hlen
         rows = np.frombuffer(buf, dtype=np.uint8, count=full * stride).reshape(full, stride)
         heads = rows[i:, :width]
-        diff = ((heads ^ heads[0]) & _and_mask(prefix_len, l4, hlen)).any(axis=1)
+        diff = ((heads ^ heads[0]) & _and_mask(pmask, l4, hlen)).any(axis=1)
         seqs = np.ascontiguousarray(heads[:, prefix_len + l4 + 4:prefix_len + l4 + 8]).view(">u4").ravel()
         expected = (np.arange(len(heads), dtype=np.uint64) * mss + int(seqs[0])) & 0xFFFFFFFF
         bad = np.flatnonzero(diff | (seqs != expected))
@@ -275,17 +317,18 @@ def coalesce(buf: memoryview, stride: int, count: int, prefix_len: int) -> Itera
             run = int(psh[0]) + 1  # PSH ends a run, as in Linux GRO
         j = i + run
         if j == full and full < count and not len(psh):
-            j += _tail_continues(buf, full * stride, heads[0], prefix_len, l4, hlen, int(seqs[0]) + run * mss)
+            j += _tail_continues(buf, full * stride, heads[0], pmask, l4, hlen, int(seqs[0]) + run * mss)
         j = min(j, i + max(1, (MAX_IP_LEN + ETH_LEN - hlen) // mss))  # keep the merged packet under 64 KiB
         yield i, j - i, mss
         i = j
 
 
-def _scalar_run(buf: memoryview, stride: int, i: int, full: int, prefix_len: int, l4: int, hlen: int,
+def _scalar_run(buf: memoryview, stride: int, i: int, full: int, prefix_mask: bytes, l4: int, hlen: int,
                 mss: int) -> int:
     """The same checks as the vectorised path, one datagram at a time: cheaper for a handful."""
     base = i * stride
-    mask = _and_mask(prefix_len, l4, hlen)
+    prefix_len = len(prefix_mask)
+    mask = _and_mask(prefix_mask, l4, hlen)
     ref = bytes(buf[base:base + prefix_len + hlen])
     seq0 = int.from_bytes(ref[prefix_len + l4 + 4:prefix_len + l4 + 8], "big")
     run = 1
@@ -301,14 +344,15 @@ def _scalar_run(buf: memoryview, stride: int, i: int, full: int, prefix_len: int
     return run
 
 
-def _tail_continues(buf: memoryview, off: int, head0: np.ndarray, prefix_len: int, l4: int, hlen: int,
+def _tail_continues(buf: memoryview, off: int, head0: np.ndarray, prefix_mask: bytes, l4: int, hlen: int,
                     seq: int) -> int:
     """1 if the shorter last datagram at `off` continues the run, else 0."""
+    prefix_len = len(prefix_mask)
     width = prefix_len + hlen
     if len(buf) - off <= width:
         return 0
     last = np.frombuffer(buf, dtype=np.uint8, count=width, offset=off)
-    if ((last ^ head0) & _and_mask(prefix_len, l4, hlen)).any():
+    if ((last ^ head0) & _and_mask(prefix_mask, l4, hlen)).any():
         return 0
     return int(int.from_bytes(buf[off + prefix_len + l4 + 4:off + prefix_len + l4 + 8], "big") == seq & 0xFFFFFFFF)
 

@@ -90,7 +90,7 @@ class VnetService:
                 return self._describe(existing)
             mtu = mtu_for(transport, self.config.underlay_mtu)
             self.devices.ensure_bridge(bridge_name(vnet), mtu)
-            offload = transport == "udp" and self.config.offload
+            offload = self.config.offload
             fd = open_tap(tap_name(vnet), offload=offload)
             try:
                 self.devices.enslave(tap_name(vnet), bridge_name(vnet), mtu)
@@ -149,7 +149,7 @@ class VnetService:
             self._save()
         self.announce(vnet, raw_mac.hex(":"))
         result: dict[str, Any] = {"vnet": vnet, "ifname": ifname, "mac": raw_mac.hex(":"), "mtu": port.mtu}
-        if port.offload:
+        if port.offload and port.transport == "udp":
             # Like the MTU, a hint for the guest: TSO bursts that fit one GSO send.
             result["gso_max_size"] = gso_max_size_for(port.mtu)
         return result
