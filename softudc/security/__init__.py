@@ -1,0 +1,1 @@
+"""Keys and replay protection shared by the gatekeeper's ESP and VARP authentication."""
