@@ -26,13 +26,14 @@ class ReplayWindow:
         """The full 64-bit number for the low 32 bits on the wire (RFC 4303 A2.2)."""
         th, tl = self.top >> 32, self.top & MASK32
         bl = (tl - self.size + 1) & MASK32
-        if tl >= self.size - 1:  # Case A: the window lies within one 2^32 subspace
+        if tl >= self.size - 1:
+            # Case A: the window lies within one 2^32 subspace. A number below it is taken to
+            # be from the next subspace; if it is really an old one, the ICV (whose AAD holds
+            # the high bits) fails and the window does not move.
             seqh = th if seq_low >= bl else th + 1
-        else:  # Case B: the window spans two subspaces
-            seqh = th - 1 if seq_low >= bl else th
-        if seqh < 0:
-            seqh = 0
-        return (seqh << 32) | seq_low
+        else:
+            seqh = th - 1 if seq_low >= bl else th  # Case B: the window spans two subspaces
+        return (max(seqh, 0) << 32) | seq_low
 
     def check(self, seq: int) -> str | None:
         """None if `seq` may be accepted, else why not ('replay' or 'too_old')."""
@@ -51,7 +52,7 @@ class ReplayWindow:
         """Record a verified `seq`."""
         if seq > self.top:
             shift = seq - self.top
-            self.bitmap = ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
+            self.bitmap = 1 if shift >= self.size else ((self.bitmap << shift) | 1) & ((1 << self.size) - 1)
             self.top = seq
         else:
             self.bitmap |= 1 << (self.top - seq)
