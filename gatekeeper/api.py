@@ -25,6 +25,7 @@ def operations(service: VnetService, status: Callable[[], dict[str, Any]]) -> di
         "vnet.create": service.create_vnet,
         "vnet.delete": service.delete_vnet,
         "vnet.list": service.list_vnets,
+        "vnet.keys": service.set_keys,
         "port.attach": service.attach,
         "port.detach": service.detach,
         "varp.cache": service.varp_entries,

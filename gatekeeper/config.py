@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.vnet.varp_cache import VarpTimers
+from softudc.security.keys import VnetKeys
 
 
 class ConfigError(ValueError):
@@ -31,9 +32,12 @@ class GatekeeperConfig:
     learn: bool = True
     varp_timers: VarpTimers = field(default_factory=VarpTimers)
     metrics_listen: str | None = None
+    keys_file: str | None = None
+    varp_auth_window: float = 30.0
 
 
-_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics"}
+_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security"}
+_SECURITY = {"keys_file", "varp_window"}
 _UNDERLAY = {"interface", "address", "mtu"}
 _DATAPLANE = {"transport", "offload"}
 _VARP = {"group", "flood", "hosts", "learn", "ttl", "stale_ttl", "probe_interval", "probe_max",
@@ -75,6 +79,13 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     dataplane = table("dataplane", _DATAPLANE)
     varp = table("varp", _VARP)
     metrics = table("metrics", _METRICS)
+    security = table("security", _SECURITY)
+    keys_file = security.get("keys_file")
+    if keys_file is not None and not isinstance(keys_file, str):
+        raise fail("security.keys_file", "must be a path")
+    window = security.get("varp_window", 30)
+    if not isinstance(window, int | float) or isinstance(window, bool) or not 0 < window <= 3600:
+        raise fail("security.varp_window", f"{window!r} must be seconds in (0, 3600]")
 
     if not isinstance(underlay.get("interface"), str):
         raise fail("underlay.interface", "required string (the host's underlay NIC)")
@@ -142,4 +153,51 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
         learn=learn,
         varp_timers=VarpTimers(**timers),
         metrics_listen=listen,
+        keys_file=keys_file,
+        varp_auth_window=float(window),
     )
+
+
+def load_keys(path: str | Path) -> dict[int, VnetKeys]:
+    """The keys file: per VNET its security level, send epoch and master secrets by epoch.
+
+        [vnets.10]
+        security = "conf"          # none | auth | conf
+        send_epoch = 1
+        secrets = { 1 = "64 hex digits", 2 = "..." }
+    """
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such keys file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    out: dict[int, VnetKeys] = {}
+    vnets = raw.get("vnets", {})
+    if not isinstance(vnets, dict) or set(raw) - {"vnets"}:
+        raise ConfigError(f"{path}: expected only [vnets.<id>] tables")
+    for name, entry in vnets.items():
+        where = f"{path}: vnets.{name}"
+        try:
+            out[int(name)] = parse_vnet_keys(int(name), entry)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{where}: {e}") from None
+    return out
+
+
+def parse_vnet_keys(vnet: int, entry: Any) -> VnetKeys:
+    """One VNET's keys, from the keys file or the API (`vnet.keys`)."""
+    if not isinstance(entry, dict) or set(entry) - {"security", "send_epoch", "secrets"}:
+        raise ValueError("expected security, send_epoch and secrets")
+    level = entry.get("security", "none")
+    if level not in ("none", "auth", "conf"):
+        raise ValueError(f"security {level!r}, expected none, auth or conf")
+    secrets = entry.get("secrets", {})
+    if not isinstance(secrets, dict):
+        raise ValueError("secrets must map epoch numbers to hex strings")
+    parsed = {int(epoch): bytes.fromhex(str(secret)) for epoch, secret in secrets.items()}
+    send = entry.get("send_epoch")
+    keys = VnetKeys(None if level == "none" else level, parsed, None if send is None else int(send))
+    keys.validate(vnet)
+    return keys

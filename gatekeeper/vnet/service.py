@@ -3,21 +3,26 @@ by the forwarding threads (misses, learning, VARP messages); all cache access un
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.config import GatekeeperConfig
+from gatekeeper.config import GatekeeperConfig, load_keys, parse_vnet_keys
 from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
-from gatekeeper.vnet.forwarder import Forwarder, VnetPort, gso_max_size_for, mtu_for
+from gatekeeper.vnet.forwarder import Forwarder
+from gatekeeper.vnet.port import VnetPort, gso_max_size_for, mtu_for
 from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, VarpCache
-from softudc.wire import VarpMessage, VarpOp, WireError, build_varp, parse_varp
+from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for, varp_mac
+from softudc.wire import VarpMessage, VarpOp, VarpTrailer, WireError, build_varp, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
+from softudc.wire.varp import VARP_LEN
 
 
 class ServiceError(RuntimeError):
@@ -38,7 +43,7 @@ def parse_mac(text: str) -> bytes:
 
 class VnetService:
     def __init__(self, config: GatekeeperConfig, devices: Devices, clock: Callable[[], float],
-                 state_file: Path | None = None) -> None:
+                 state_file: Path | None = None, wall_clock_ns: Callable[[], int] = time.time_ns) -> None:
         self.config = config
         self.devices = devices
         self.lock = threading.RLock()
@@ -53,6 +58,11 @@ class VnetService:
             local_macs=self.local_macs, control=self, learn=config.learn, clock=clock,
         )
         self._my_addr = ipaddress.IPv4Address(config.underlay_address)
+        self._wall_ns = wall_clock_ns
+        # Keys from the keys file: used when a VNET is created without keys of its own.
+        self.keyring: dict[int, VnetKeys] = load_keys(config.keys_file) if config.keys_file else {}
+        self._varp_keys: dict[tuple[int, int], bytes] = {}
+        self._varp_seen: dict[tuple[int, int, bytes], int] = {}  # replay cache: (key id, ts, mac) -> ts
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -67,41 +77,88 @@ class VnetService:
 
     # --- API operations -----------------------------------------------------------------------
 
-    def create_vnet(self, vnet: int, transport: str | None = None, members: list[str] | None = None) -> dict[str, Any]:
-        if not isinstance(vnet, int) or not 1 <= vnet <= MAX_VNET_ID:
+    def create_vnet(self, vnet: int, transport: str | None = None, members: list[str] | None = None,
+                    security: str | None = None, keys: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create (or, idempotently, update the members of) a VNET on this host.
+
+        `security` none | auth | conf. Keys come with the request (`keys`: the same fields as a
+        keys-file entry) or from the keys file named in the configuration.
+        """
+        if not isinstance(vnet, int) or isinstance(vnet, bool) or not 1 <= vnet <= MAX_VNET_ID:
             raise ServiceError(f"vnet: {vnet!r} is not a VNET id in 1..{MAX_VNET_ID}")
         transport = transport or self.config.transport
         if transport not in ("udp", "raw"):
             raise ServiceError(f"transport: {transport!r}, expected 'udp' or 'raw'")
+        vnet_keys = self._keys_for(vnet, security, keys)
+        level = vnet_keys.level if vnet_keys and vnet_keys.level else "none"
+        if level != "none" and transport != "udp":
+            raise ServiceError(f"security {level} travels as ESP in UDP (RFC 3948); use transport 'udp'")
         member_hosts = tuple(members) if members is not None else self.config.member_hosts
         for m in member_hosts:
             try:
                 ipaddress.IPv4Address(m)
             except ValueError:
                 raise ServiceError(f"members: {m!r} is not an IPv4 address") from None
+        others = tuple(m for m in member_hosts if m != self.config.underlay_address)
         with self.lock:
             existing = self.forwarder.vnets.get(vnet)
             if existing is not None:
-                if existing.transport != transport:
-                    raise ServiceError(f"vnet {vnet} exists with transport {existing.transport}; "
-                                       "delete it first to change the transport")
-                existing.members = tuple(m for m in member_hosts if m != self.config.underlay_address)
+                if (existing.transport, existing.security) != (transport, level):
+                    raise ServiceError(f"vnet {vnet} exists with transport {existing.transport}, security "
+                                       f"{existing.security}; delete it first to change them")
+                existing.members = others
+                if vnet_keys is not None:
+                    self.forwarder.sas.set_keys(vnet, vnet_keys)
                 self._save()
                 return self._describe(existing)
-            mtu = mtu_for(transport, self.config.underlay_mtu)
+            mtu = mtu_for(transport, self.config.underlay_mtu, level)
             self.devices.ensure_bridge(bridge_name(vnet), mtu)
             offload = self.config.offload
             fd = open_tap(tap_name(vnet), offload=offload)
             try:
                 self.devices.enslave(tap_name(vnet), bridge_name(vnet), mtu)
-                port = VnetPort(vnet, fd, transport, mtu,
-                                tuple(m for m in member_hosts if m != self.config.underlay_address), offload)
+                self.forwarder.sas.set_keys(vnet, vnet_keys)
+                port = VnetPort(vnet, fd, transport, mtu, others, offload, level)
                 self.forwarder.add_vnet(port)
             except Exception:
                 os.close(fd)
+                self.forwarder.sas.set_keys(vnet, None)
                 raise
             self._save()
             return self._describe(port)
+
+    def _keys_for(self, vnet: int, security: str | None, keys: dict[str, Any] | None) -> VnetKeys | None:
+        vnet_keys: VnetKeys | None
+        if keys is not None:
+            try:
+                vnet_keys = parse_vnet_keys(vnet, {"security": security or "none", **keys})
+            except (ValueError, TypeError) as e:
+                raise ServiceError(f"keys: {e}") from None
+        else:
+            vnet_keys = self.keyring.get(vnet)
+        if security not in (None, "none", "auth", "conf"):
+            raise ServiceError(f"security: {security!r}, expected none, auth or conf")
+        if security not in (None, "none") and (vnet_keys is None or vnet_keys.level != security):
+            where = f"the keys file {self.config.keys_file}" if self.config.keys_file else "the request"
+            raise ServiceError(f"vnet {vnet} security {security} needs its keys: none with that level in {where} "
+                               "(pass keys={secrets: {epoch: hex}, send_epoch: N} or add it to the keys file)")
+        return vnet_keys
+
+    def set_keys(self, vnet: int, keys: dict[str, Any]) -> dict[str, Any]:
+        """Replace a VNET's keys (rotation: add the new epoch everywhere, then send with it,
+        then drop the old one; receivers accept every epoch they hold, so nothing is lost)."""
+        with self.lock:
+            port = self.forwarder.vnets.get(vnet)
+            if port is None:
+                raise ServiceError(f"vnet {vnet} does not exist on this host")
+            try:
+                vnet_keys = parse_vnet_keys(vnet, {"security": port.security, **keys})
+            except (ValueError, TypeError) as e:
+                raise ServiceError(f"keys: {e}") from None
+            self.forwarder.sas.set_keys(vnet, vnet_keys)
+            self._varp_keys = {k: v for k, v in self._varp_keys.items() if k[0] != vnet}
+            self._save()
+            return {"vnet": vnet, **self.forwarder.sas.describe(vnet)}
 
     def delete_vnet(self, vnet: int) -> dict[str, Any]:
         with self.lock:
@@ -124,7 +181,8 @@ class VnetService:
     def _describe(self, port: VnetPort) -> dict[str, Any]:
         return {
             "vnet": port.vnet, "bridge": bridge_name(port.vnet), "tap": tap_name(port.vnet),
-            "transport": port.transport, "offload": port.offload, "mtu": port.mtu, "members": list(port.members),
+            "transport": port.transport, "offload": port.offload, "mtu": port.mtu,
+            **self.forwarder.sas.describe(port.vnet), "members": list(port.members),
             "ports": sorted(i for i, (v, _) in self.ports.items() if v == port.vnet),
             "tx_frames": port.stats[0], "tx_bytes": port.stats[1], "rx_frames": port.stats[2],
             "rx_bytes": port.stats[3], "flooded": port.stats[4], "tx_datagrams": port.stats[5],
@@ -151,7 +209,7 @@ class VnetService:
         result: dict[str, Any] = {"vnet": vnet, "ifname": ifname, "mac": raw_mac.hex(":"), "mtu": port.mtu}
         if port.offload and port.transport == "udp":
             # Like the MTU, a hint for the guest: TSO bursts that fit one GSO send.
-            result["gso_max_size"] = gso_max_size_for(port.mtu)
+            result["gso_max_size"] = gso_max_size_for(port.mtu, port.secure)
         return result
 
     def detach(self, ifname: str) -> dict[str, Any]:
@@ -170,7 +228,7 @@ class VnetService:
         port = self.forwarder.vnets.get(vnet)
         if port is None:
             raise ServiceError(f"vnet {vnet} does not exist on this host")
-        msg = build_varp(VarpMessage(VarpOp.ANNOUNCE, vnet, raw_mac, self._my_addr))
+        msg = self._varp(VarpOp.ANNOUNCE, vnet, raw_mac)
         for addr in self.forwarder.flood_targets(port):
             self.forwarder.send_varp(msg, addr)
         self.varp_counts["announce_tx"] += 1
@@ -220,11 +278,15 @@ class VnetService:
         if msg.vnet not in self.forwarder.vnets:
             self.varp_counts["not_member"] += 1
             return
+        why = self._varp_refused(msg, buf)
+        if why is not None:
+            self.varp_counts[why] += 1
+            return
         key = (msg.vnet, msg.vmac)
         if msg.op is VarpOp.REQUEST:
             self.varp_counts["request_rx"] += 1
             if key in self.local_macs:
-                reply = build_varp(VarpMessage(VarpOp.ANNOUNCE, msg.vnet, msg.vmac, self._my_addr))
+                reply = self._varp(VarpOp.ANNOUNCE, msg.vnet, msg.vmac)
                 self.forwarder.send_varp(reply, src)
                 self.varp_counts["reply_tx"] += 1
             return
@@ -234,6 +296,56 @@ class VnetService:
             return
         with self.lock:
             self._run(self.cache.announce(msg.vnet, msg.vmac, str(msg.addr)))
+
+    # --- VARP authentication ------------------------------------------------------------------
+
+    def _varp_key(self, vnet: int, epoch: int, secret: bytes) -> bytes:
+        key = self._varp_keys.get((vnet, epoch))
+        if key is None:
+            key = self._varp_keys[(vnet, epoch)] = derive_varp_key(secret, vnet, epoch)
+        return key
+
+    def _varp(self, op: VarpOp, vnet: int, mac: bytes) -> bytes:
+        """A VARP message from this host; signed when the VNET has keys."""
+        body = build_varp(VarpMessage(op, vnet, mac, self._my_addr))
+        keys = self.forwarder.sas.keys(vnet)
+        if keys is None or not keys.secrets:
+            return body
+        epoch = keys.send_epoch if keys.send_epoch is not None else max(keys.secrets)
+        key_id, ts = spi_for(vnet, epoch), self._wall_ns()
+        mac_ = varp_mac(self._varp_key(vnet, epoch, keys.secrets[epoch]), body, key_id, ts)
+        return build_varp(VarpMessage(op, vnet, mac, self._my_addr, VarpTrailer(key_id, ts, mac_)))
+
+    def _varp_refused(self, msg: VarpMessage, buf: bytes) -> str | None:
+        """Why a received VARP message must be dropped, or None. VNETs with keys accept only
+        messages signed under one of their epochs, fresh (within the window) and not seen before."""
+        keys = self.forwarder.sas.keys(msg.vnet)
+        if keys is None or not keys.secrets:
+            return None
+        t = msg.trailer
+        if t is None:
+            return "unauthenticated"
+        try:
+            vnet, epoch = parse_spi(t.key_id)
+        except ValueError:
+            return "unknown_key"
+        if vnet != msg.vnet or epoch not in keys.secrets:
+            return "unknown_key"
+        expected = varp_mac(self._varp_key(vnet, epoch, keys.secrets[epoch]), buf[:VARP_LEN], t.key_id, t.timestamp_ns)
+        if not hmac.compare_digest(expected, t.mac):
+            return "bad_mac"
+        now = self._wall_ns()
+        window = int(self.config.varp_auth_window * 1e9)
+        if abs(now - t.timestamp_ns) > window:
+            return "stale"
+        seen_key = (t.key_id, t.timestamp_ns, t.mac)
+        with self.lock:
+            if seen_key in self._varp_seen:
+                return "replayed"
+            self._varp_seen[seen_key] = t.timestamp_ns
+            if len(self._varp_seen) > 4096:
+                self._varp_seen = {k: ts for k, ts in self._varp_seen.items() if now - ts <= window}
+        return None
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -245,7 +357,7 @@ class VnetService:
                 port = self.forwarder.vnets.get(cmd.vnet)
                 if port is None:
                     continue
-                msg = build_varp(VarpMessage(VarpOp.REQUEST, cmd.vnet, cmd.mac, self._my_addr))
+                msg = self._varp(VarpOp.REQUEST, cmd.vnet, cmd.mac)
                 for addr in self.forwarder.flood_targets(port):
                     self.forwarder.send_varp(msg, addr)
                 self.varp_counts["request_tx"] += 1
@@ -262,13 +374,23 @@ class VnetService:
         if self.state_file is None:
             return
         state = {
-            "vnets": [{"vnet": p.vnet, "transport": p.transport, "members": list(p.members)}
+            "vnets": [{"vnet": p.vnet, "transport": p.transport, "members": list(p.members),
+                       "security": p.security, "keys": self._keys_state(p.vnet)}
                       for p in self.forwarder.vnets.values()],
             "ports": [{"ifname": i, "vnet": v, "mac": m.hex(":")} for i, (v, m) in self.ports.items()],
         }
         tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
+        # The state holds VNET secrets: readable by root only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(state, indent=1))
         tmp.replace(self.state_file)
+
+    def _keys_state(self, vnet: int) -> dict[str, Any] | None:
+        keys = self.forwarder.sas.keys(vnet)
+        if keys is None:
+            return None
+        return {"send_epoch": keys.send_epoch, "secrets": {str(e): k.hex() for e, k in keys.secrets.items()}}
 
     def _restore(self) -> None:
         """After a restart: recreate the VNETs and re-attach ports that still exist."""
@@ -276,7 +398,7 @@ class VnetService:
             return
         state = json.loads(self.state_file.read_text())
         for v in state.get("vnets", []):
-            self.create_vnet(v["vnet"], v["transport"], v["members"])
+            self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"))
         for p in state.get("ports", []):
             if self.devices.index(p["ifname"]) is not None:
                 self.attach(p["vnet"], p["ifname"], p["mac"])

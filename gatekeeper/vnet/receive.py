@@ -1,0 +1,369 @@
+"""The receive side of the forwarder: UDP/1798, raw protocol 97 and ESP on UDP/4500 into the TAPs.
+
+Datagrams land in one buffer at RX_OFF. A batch is a run of datagrams of equal size (the last may
+be shorter) laid out back to back: either what the kernel's UDP GRO handed over in one recvmsg, or
+what a userspace drain collected (MSG_DONTWAIT reads of what is already queued: no waiting, so
+no added latency) when the underlay delivers datagrams one by one, as it does without GRO and
+always for raw sockets. Batches go through `offload.coalesce`, so a burst reaches the TAP as one
+super-frame.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from collections import Counter
+from collections.abc import Callable
+
+from gatekeeper.vnet import offload
+from gatekeeper.vnet.esp_sa import EspDrop, SecurityAssociations
+from gatekeeper.vnet.offload import NO_VNET_HDR, VNET_HDR_LEN
+from gatekeeper.vnet.port import (
+    BUF_SIZE,
+    MAX_BATCH,
+    MIN_BATCH_STRIDE,
+    RAW_PREFIX_LEN,
+    RAW_PREFIX_MASK,
+    RX_BUF_SIZE,
+    RX_OFF,
+    SOL_UDP,
+    UDP_GRO,
+    ControlPlane,
+    VnetPort,
+)
+from softudc.wire import WireError
+from softudc.wire.udpframe import FLAG_CSUM_PARTIAL, FRAME_PREFIX_LEN, peek_frame
+
+Recv = Callable[[int, int], tuple[int, int, str]]
+
+
+class Receiver:
+    """Mixed into `Forwarder`; these are the attributes it relies on."""
+
+    vnets: dict[int, VnetPort]
+    drops: dict[str, Counter[str]]
+    control: ControlPlane
+    sas: SecurityAssociations
+    fdb: dict[tuple[int, bytes], str]
+    seen: dict[tuple[int, bytes], float]
+    local_macs: set[tuple[int, bytes]]
+    learn: bool
+    clock: Callable[[], float]
+    local_addr: str
+    varp_rx: int
+    _stopping: bool
+    _udp: socket.socket
+    _raw: socket.socket | None
+    _esp: socket.socket | None
+
+    def _udp_loop(self) -> None:
+        buf = bytearray(RX_BUF_SIZE)
+        mv = memoryview(buf)
+        sock = self._udp
+        drops = self.drops["udp"]
+        cmsg_space = socket.CMSG_SPACE(4)
+
+        def recv(off: int, flags: int) -> tuple[int, int, str]:
+            n, anc, _flags, (src, _) = sock.recvmsg_into([mv[off:off + BUF_SIZE]], cmsg_space, flags)
+            gso = n
+            for level, kind, data in anc:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    gso = struct.unpack("=i", data[:4])[0] or n
+            return n, gso, src
+
+        while not self._stopping:
+            try:
+                n, gso, src = recv(RX_OFF, 0)
+            except OSError:
+                if self._stopping:
+                    return
+                drops["recv_error"] += 1
+                continue
+            if n == 0 and self._stopping:
+                return
+            if gso < n:
+                self._rx_batch(mv, RX_OFF, n, gso, src, FRAME_PREFIX_LEN, drops)
+            else:
+                self._rx_drain(mv, n, src, recv, FRAME_PREFIX_LEN, drops)
+
+    def _rx_drain(self, mv: memoryview, n: int, src: str, recv: Callable[[int, int], tuple[int, int, str]],
+                  prefix_len: int, drops: Counter[str], prefix_mask: bytes | None = None) -> None:
+        """The datagram at RX_OFF (n bytes) plus whatever equal-sized ones are queued behind it."""
+        stride, end, count = n, RX_OFF + n, 1
+        while count < MAX_BATCH and end + BUF_SIZE <= len(mv) and stride >= MIN_BATCH_STRIDE:
+            try:
+                m, gso, src2 = recv(end, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                drops["recv_error"] += 1
+                break
+            if src2 != src or gso < m or m > stride:
+                # Not part of this batch: finish the batch, then handle it on its own.
+                self._rx_batch(mv, RX_OFF, end - RX_OFF, stride, src, prefix_len, drops, prefix_mask, count)
+                if gso < m:
+                    self._rx_batch(mv, end, m, gso, src2, prefix_len, drops, prefix_mask)
+                else:
+                    self._rx_one(mv, end, end + m, src2, drops, prefix_len)
+                return
+            end += m
+            count += 1
+            if m < stride:
+                break  # a shorter datagram ends a batch
+        if count == 1:
+            self._rx_one(mv, RX_OFF, end, src, drops, prefix_len)
+        else:
+            self._rx_batch(mv, RX_OFF, end - RX_OFF, stride, src, prefix_len, drops, prefix_mask, count)
+
+    def _rx_one(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str], prefix_len: int) -> None:
+        if prefix_len == FRAME_PREFIX_LEN:
+            self._rx_datagram(mv, off, end, src, drops)
+        else:
+            self._rx_raw(mv, off, end, src, drops)
+
+    def _rx_datagram(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str]) -> None:
+        """One UDP datagram at mv[off:end]; mv[off-10:off] may be overwritten (room for a virtio header)."""
+        if end - off >= 2 and mv[off] == 0 and mv[off + 1] == 2:
+            try:
+                vnet, flags = peek_frame(mv[off:end], end - off)
+            except WireError:
+                drops["bad_frame"] += 1
+                return
+            self._deliver(vnet, mv, off + FRAME_PREFIX_LEN, end, src, drops, partial=bool(flags & FLAG_CSUM_PARTIAL))
+        elif end - off >= 2 and mv[off] == 0 and mv[off + 1] == 1:
+            self.varp_rx += 1
+            self.control.on_varp(bytes(mv[off:end]), src)
+        else:
+            drops["bad_message"] += 1
+
+    def _rx_raw(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str]) -> None:
+        """One raw IPv4 packet at mv[off:end]: outer header, EtherIP header, frame."""
+        ihl = (mv[off] & 0x0F) * 4
+        if end - off < ihl + 2 + 14:
+            drops["bad_frame"] += 1
+            return
+        word = (mv[off + ihl] << 8) | mv[off + ihl + 1]
+        if word >> 12 != 3:
+            drops["bad_frame"] += 1
+            return
+        self._deliver(word & 0x0FFF, mv, off + ihl + 2, end, src, drops)
+
+    def _rx_batch(self, mv: memoryview, off: int, n: int, stride: int, src: str, prefix_len: int,
+                  drops: Counter[str], prefix_mask: bytes | None = None, count: int = 0) -> None:
+        """A batch at mv[off:off+n]: datagrams of `stride` bytes, the last possibly shorter."""
+        count = count or -(-n // stride)
+        batch = mv[off:off + n]
+        port = self._batch_port(batch, stride, prefix_len)
+        if port is None or not port.offload or port.secure:
+            for k in range(count):
+                self._rx_one(mv, off + k * stride, min(off + (k + 1) * stride, off + n), src, drops, prefix_len)
+            return
+        stats = port.stats
+        for first, length, mss in offload.coalesce(batch, stride, count, prefix_len, prefix_mask):
+            if length == 1:  # anything that does not merge, also another VNET's datagram
+                o = off + first * stride
+                self._rx_one(mv, o, min(o + stride, off + n), src, drops, prefix_len)
+                continue
+            out = offload.merge(batch, stride, first, length, mss, prefix_len)
+            self._learn(port.vnet, memoryview(out)[VNET_HDR_LEN:], src)
+            try:
+                os.write(port.fd, out)
+            except OSError:
+                drops["tap_write_error"] += 1
+                continue
+            stats[2] += length
+            stats[3] += len(out) - VNET_HDR_LEN
+            stats[6] += length
+            stats[8] += 1
+
+    def _esp_loop(self) -> None:
+        buf = bytearray(RX_BUF_SIZE)
+        mv = memoryview(buf)
+        assert self._esp is not None
+        sock = self._esp
+        drops = self.drops["esp"]
+        cmsg_space = socket.CMSG_SPACE(4)
+
+        def recv(off: int, flags: int) -> tuple[int, int, str]:
+            n, anc, _flags, (src, _) = sock.recvmsg_into([mv[off:off + BUF_SIZE]], cmsg_space, flags)
+            gso = n
+            for level, kind, data in anc:
+                if level == SOL_UDP and kind == UDP_GRO:
+                    gso = struct.unpack("=i", data[:4])[0] or n
+            return n, gso, src
+
+        while not self._stopping:
+            try:
+                n, gso, src = recv(RX_OFF, 0)
+            except OSError:
+                if self._stopping:
+                    return
+                drops["recv_error"] += 1
+                continue
+            if n == 0:
+                if self._stopping:
+                    return
+                continue
+            if gso < n:
+                self._rx_esp(mv, RX_OFF, RX_OFF + n, gso, src, drops)
+                continue
+            # No kernel GRO: collect what is already queued from the same sender, equal sizes.
+            end = RX_OFF + n
+            extra: tuple[int, int, int, str] | None = None
+            while end + BUF_SIZE <= len(mv) and n >= MIN_BATCH_STRIDE:
+                try:
+                    m, g, src2 = recv(end, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    drops["recv_error"] += 1
+                    break
+                if src2 != src or g < m or m > n:
+                    extra = (end, m, g, src2)
+                    break
+                end += m
+                if m < n:
+                    break
+            self._rx_esp(mv, RX_OFF, end, n, src, drops)
+            if extra is not None:
+                o, m, g, src2 = extra
+                self._rx_esp(mv, o, o + m, g, src2, drops)
+
+    def _rx_esp(self, mv: memoryview, off: int, end: int, stride: int, src: str, drops: Counter[str]) -> None:
+        """Open every ESP packet of a batch; merge the plaintext frames as any other batch."""
+        plains: list[tuple[int, bytes]] = []
+        for o in range(off, end, stride):
+            try:
+                plains.append(self.sas.open(mv[o:min(o + stride, end)], src))
+            except EspDrop as e:
+                drops[e.reason] += 1
+        i = 0
+        while i < len(plains):
+            vnet, first = plains[i]
+            j = i + 1
+            while j < len(plains) and plains[j][0] == vnet and len(plains[j - 1][1]) == len(first) \
+                    and len(plains[j][1]) <= len(first):
+                j += 1
+            self._deliver_plain(vnet, [p for _, p in plains[i:j]], src, drops)
+            i = j
+
+    def _deliver_plain(self, vnet: int, payloads: list[bytes], src: str, drops: Counter[str]) -> None:
+        """Verified `EtherIP header + frame` payloads of one VNET, equal sizes but the last."""
+        port = self.vnets.get(vnet)
+        if port is not None and port.offload and len(payloads) > 1:
+            stride = len(payloads[0])
+            batch = memoryview(b"".join(payloads))
+            for first, length, mss in offload.coalesce(batch, stride, len(payloads), 2):
+                if length > 1:
+                    out = offload.merge(batch, stride, first, length, mss, 2)
+                    self._learn(vnet, memoryview(out)[VNET_HDR_LEN:], src)
+                    try:
+                        os.write(port.fd, out)
+                    except OSError:
+                        drops["tap_write_error"] += 1
+                        continue
+                    port.stats[2] += length
+                    port.stats[3] += len(out) - VNET_HDR_LEN
+                    port.stats[6] += length
+                    port.stats[8] += 1
+                else:
+                    self._deliver_one_plain(vnet, payloads[first], src, drops)
+            return
+        for payload in payloads:
+            self._deliver_one_plain(vnet, payload, src, drops)
+
+    def _deliver_one_plain(self, vnet: int, payload: bytes, src: str, drops: Counter[str]) -> None:
+        buf = bytearray(VNET_HDR_LEN) + payload
+        if ((payload[0] << 8 | payload[1]) & 0x0FFF) != vnet:
+            drops["esp_vnet_mismatch"] += 1  # the SA's VNET and the EtherIP header disagree
+            return
+        self._deliver(vnet, memoryview(buf), VNET_HDR_LEN + 2, len(buf), src, drops, via_esp=True)
+
+    def _batch_port(self, batch: memoryview, stride: int, prefix_len: int) -> VnetPort | None:
+        """The VNET of the batch's first datagram, if it is a frame (coalesce keeps runs in it)."""
+        if prefix_len == FRAME_PREFIX_LEN:
+            if batch[0] != 0 or batch[1] != 2:
+                return None
+            try:
+                vnet, _ = peek_frame(batch[:stride], min(stride, len(batch)))
+            except WireError:
+                return None
+        else:
+            word = (batch[prefix_len - 2] << 8) | batch[prefix_len - 1]
+            if word >> 12 != 3:
+                return None
+            vnet = word & 0x0FFF
+        return self.vnets.get(vnet)
+
+    def _raw_loop(self) -> None:
+        buf = bytearray(RX_BUF_SIZE)
+        mv = memoryview(buf)
+        assert self._raw is not None
+        sock = self._raw
+        drops = self.drops["raw"]
+
+        def recv(off: int, flags: int) -> tuple[int, int, str]:
+            n = sock.recv_into(mv[off:off + BUF_SIZE], 0, flags)
+            return n, n, socket.inet_ntoa(mv[off + 12:off + 16]) if n >= 20 else ""
+
+        while not self._stopping:
+            try:
+                n, _, src = recv(RX_OFF, 0)
+            except OSError:
+                if self._stopping:
+                    return
+                drops["recv_error"] += 1
+                continue
+            if n == 0:
+                if self._stopping:
+                    return
+                continue
+            if src == self.local_addr:
+                continue
+            # A raw socket hands over the outer IPv4 header too (dataplane.md pitfall 2); only
+            # option-less headers batch, and the header's id and checksum may differ.
+            if n >= 22 and mv[RX_OFF] == 0x45:
+                self._rx_drain(mv, n, src, recv, RAW_PREFIX_LEN, drops, RAW_PREFIX_MASK)
+            else:
+                self._rx_raw(mv, RX_OFF, RX_OFF + n, src, drops)
+
+    def _learn(self, vnet: int, frame: memoryview, src: str) -> None:
+        if self.learn and not frame[6] & 1:
+            key = (vnet, bytes(frame[6:12]))
+            if self.fdb.get(key) == src:
+                self.seen[key] = self.clock()
+            elif key not in self.local_macs:
+                self.control.on_learn(vnet, key[1], src)
+
+    def _deliver(self, vnet: int, mv: memoryview, off: int, end: int, src: str, drops: Counter[str],
+                 partial: bool = False, counted: bool = False, via_esp: bool = False) -> None:
+        """Write the frame at mv[off:end] to the VNET's TAP; mv[off-10:off] is free for a virtio header."""
+        port = self.vnets.get(vnet)
+        if port is None:
+            drops["not_member"] += 1
+            return
+        if port.secure and not via_esp:
+            drops["plaintext_on_secure_vnet"] += 1  # only ESP may carry this VNET's frames
+            return
+        if end - off > port.max_frame:
+            drops["oversize"] += 1
+            return
+        self._learn(vnet, mv[off:end], src)
+        if port.offload:
+            mv[off - VNET_HDR_LEN:off] = offload.needs_csum_hdr(mv[off:end], mv, off) if partial else NO_VNET_HDR
+            off -= VNET_HDR_LEN
+        elif partial:
+            drops["partial_csum_to_plain_tap"] += 1  # a plain TAP cannot finish the checksum
+            return
+        try:
+            os.write(port.fd, mv[off:end])
+        except OSError:
+            drops["tap_write_error"] += 1
+            return
+        stats = port.stats
+        stats[2] += 1
+        stats[3] += end - off - (VNET_HDR_LEN if port.offload else 0)
+        if not counted:
+            stats[6] += 1
+
