@@ -47,6 +47,7 @@ class LabSpec:
     flood: str = "multicast"
     offloads: bool = True
     varp: dict[str, float | bool] = field(default_factory=dict)
+    security: dict[str, float | str] = field(default_factory=dict)
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -260,6 +261,7 @@ def gatekeeper_config(lab: Lab, host: Host) -> str:
     spec = lab.spec
     varp = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.varp.items()))
     members = [h.underlay_ip for h in lab.hosts if h.name != host.name]
+    security = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.security.items()))
     return f"""# Written by `softudc lab up {spec.name}`.
 host = "{host.name}"
 api_socket = "{host.api_socket}"
@@ -279,6 +281,9 @@ hosts = {json.dumps(members)}
 
 [metrics]
 listen = "{host.mgmt_ip}:{METRICS_PORT}"
+
+[security]
+{security}
 """
 
 
