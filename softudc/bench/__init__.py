@@ -6,11 +6,12 @@ import json
 import sys
 
 
-def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: bool = True) -> None:
+def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: bool = True,
+              designs: list[str] | None = None) -> None:
     if name == "dataplane":
         from softudc.bench.dataplane import run_dataplane
 
-        result = run_dataplane(reps=reps, seconds=seconds, offloads=offloads)
+        result = run_dataplane(reps=reps, seconds=seconds, offloads=offloads, designs=designs)
     else:  # argparse restricts the choices; this is for library callers
         raise ValueError(f"unknown benchmark {name!r}")
     if as_json:

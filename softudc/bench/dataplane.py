@@ -25,7 +25,7 @@ from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.shell import ip
 
-DESIGNS = ["underlay", "vxlan", "openvpn", "ours_udp", "ours_raw"]
+DESIGNS = ["underlay", "vxlan", "openvpn", "openvpn_gcm", "ours_udp", "ours_raw", "ours_esp"]
 GUEST_A, GUEST_B = "10.20.0.1", "10.20.0.2"
 
 
@@ -74,17 +74,29 @@ def setup_vxlan(lab: Lab) -> Path:
     return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, mtu)
 
 
-def setup_openvpn(lab: Lab) -> Path:
-    """OpenVPN 2.6 in tap mode, peer to peer over UDP, no crypto: what a user would pick instead."""
+def setup_openvpn(lab: Lab, gcm: bool = False) -> Path:
+    """OpenVPN 2.6 in tap mode, peer to peer over UDP: what a user would pick instead. Without
+    crypto, or with AES-256-GCM (TLS 1.3 between self-signed peers pinned by fingerprint)."""
     h1, h2 = lab.hosts
-    mtu = lab.spec.underlay_mtu - 42  # measured: UDP payload = frame (reference/dataplane.md)
+    # Measured overheads (reference/dataplane.md): UDP payload = frame; GCM adds 24 bytes.
+    mtu = lab.spec.underlay_mtu - (66 if gcm else 42)
+    crypto: dict[str, list[str]] = {h.name: ["--cipher", "none", "--auth", "none"] for h in lab.hosts}
+    if gcm:
+        from softudc.bench.certs import self_signed
+
+        (s_crt, s_key, s_fp), (c_crt, c_key, c_fp) = (self_signed(lab.dir, n) for n in ("ovs", "ovc"))
+        common = ["--data-ciphers", "AES-256-GCM"]
+        crypto = {h1.name: ["--tls-server", "--dh", "none", "--cert", str(s_crt), "--key", str(s_key),
+                            "--peer-fingerprint", c_fp, *common],
+                  h2.name: ["--tls-client", "--cert", str(c_crt), "--key", str(c_key), "--peer-fingerprint", s_fp,
+                            *common]}
     pids = []
     for me, peer, guest_ip, name in ((h1, h2, GUEST_A, "a"), (h2, h1, GUEST_B, "b")):
         log = open(os.path.join(lab.dir, f"openvpn-{me.name}.log"), "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             ["ip", "netns", "exec", me.netns, "openvpn", "--dev", "ovtap", "--dev-type", "tap", "--proto", "udp",
              "--local", me.underlay_ip, "--remote", peer.underlay_ip, "--lport", "1194", "--rport", "1194",
-             "--cipher", "none", "--auth", "none", "--disable-dco", "--fast-io", "--tun-mtu", str(mtu),
+             *crypto[me.name], "--disable-dco", "--fast-io", "--tun-mtu", str(mtu),
              "--verb", "1"], stdout=log, stderr=subprocess.STDOUT)
         log.close()
         pids.append(proc.pid)
@@ -99,9 +111,12 @@ def setup_openvpn(lab: Lab) -> Path:
     return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, mtu, pids)
 
 
-def setup_ours(lab: Lab) -> Path:
+def setup_ours(lab: Lab, security: str = "none") -> Path:
+    extra: dict[str, Any] = {}
+    if security != "none":
+        extra = {"security": security, "keys": {"send_epoch": 1, "secrets": {"1": secrets.token_hex(32)}}}
     for h in lab.hosts:
-        info = GatekeeperClient(h.api_socket).call("vnet.create", vnet=10)
+        info = GatekeeperClient(h.api_socket).call("vnet.create", vnet=10, **extra)
     add_endpoint(lab, "a", "h1", 10, f"{GUEST_A}/24")
     add_endpoint(lab, "b", "h2", 10, f"{GUEST_B}/24")
     return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, int(info["mtu"]))
@@ -111,8 +126,10 @@ SETUPS: dict[str, tuple[Callable[[Lab], Path], dict[str, Any]]] = {
     "underlay": (setup_underlay, {"gatekeepers": False}),
     "vxlan": (setup_vxlan, {"gatekeepers": False}),
     "openvpn": (setup_openvpn, {"gatekeepers": False}),
+    "openvpn_gcm": (lambda lab: setup_openvpn(lab, gcm=True), {"gatekeepers": False}),
     "ours_udp": (setup_ours, {"transport": "udp"}),
     "ours_raw": (setup_ours, {"transport": "raw"}),
+    "ours_esp": (lambda lab: setup_ours(lab, "conf"), {"transport": "udp"}),
 }
 
 
@@ -142,6 +159,9 @@ def run_dataplane(reps: int = 3, seconds: float = 5.0, offloads: bool = True,
     if os.geteuid() != 0:
         raise RuntimeError("softudc bench dataplane needs root (it builds network namespaces)")
     designs = designs or DESIGNS
+    unknown = set(designs) - set(SETUPS)
+    if unknown:
+        raise ValueError(f"unknown design(s) {', '.join(sorted(unknown))}; known: {', '.join(DESIGNS)}")
     import tempfile
 
     state = state_dir or tempfile.mkdtemp(prefix="softudc-bench-")
@@ -173,6 +193,8 @@ def run_dataplane(reps: int = 3, seconds: float = 5.0, offloads: bool = True,
         "ours_udp_pps_vs_vxlan": ratio("ours_udp", "vxlan", "udp64_pps"),
         "ours_raw_tcp_vs_openvpn": ratio("ours_raw", "openvpn", "tcp_mbps"),
         "ours_udp_tcp_vs_underlay": ratio("ours_udp", "underlay", "tcp_mbps"),
+        "ours_esp_tcp_vs_openvpn_gcm": ratio("ours_esp", "openvpn_gcm", "tcp_mbps"),
+        "ours_esp_tcp_vs_vxlan": ratio("ours_esp", "vxlan", "tcp_mbps"),
     }
     return {
         "benchmark": "dataplane",

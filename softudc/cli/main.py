@@ -102,7 +102,9 @@ def cmd_counters(a: argparse.Namespace) -> None:
 def cmd_bench(a: argparse.Namespace) -> None:
     from softudc.bench import run_bench
 
-    run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=a.seconds, offloads=a.offloads == "on")
+    designs = a.designs.split(",") if a.designs else None
+    run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=a.seconds, offloads=a.offloads == "on",
+              designs=designs)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -178,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--reps", type=int, default=3)
     bench.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per test")
+    bench.add_argument("--designs", help="comma-separated subset, e.g. vxlan,ours_udp (default: all)")
     bench.add_argument("--offloads", choices=["on", "off"], default="on",
                        help="TSO/GSO/GRO on the underlay NICs (off: every underlay packet is a real <= MTU packet)")
     bench.set_defaults(fn=cmd_bench)
@@ -192,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (LabError, GatekeeperError, CommandError) as e:
+    except (LabError, GatekeeperError, CommandError, ValueError) as e:
         print(f"softudc: {e}", file=sys.stderr)
         sys.exit(1)
     except FileNotFoundError as e:
