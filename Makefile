@@ -21,7 +21,7 @@ e2e: bootstrap
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: bootstrap
-	$(VENV)/bin/ruff check softudc gatekeeper tests
+	$(VENV)/bin/ruff check softudc gatekeeper vnetd tests
 	$(VENV)/bin/mypy
 
 clean:

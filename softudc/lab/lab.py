@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,8 @@ class LabSpec:
     offloads: bool = True
     varp: dict[str, float | bool] = field(default_factory=dict)
     security: dict[str, float | str] = field(default_factory=dict)
+    vnetd: bool = False
+    vnetd_peering: str = "mesh"
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -62,6 +65,8 @@ class LabSpec:
             raise LabError(f"transport: {self.transport!r}, expected 'udp' or 'raw'")
         if self.flood not in ("multicast", "members"):
             raise LabError(f"flood: {self.flood!r}, expected 'multicast' or 'members'")
+        if self.vnetd_peering not in ("mesh", "chain"):
+            raise LabError(f"vnetd_peering: {self.vnetd_peering!r}, expected 'mesh' or 'chain'")
 
 
 @dataclass
@@ -89,11 +94,24 @@ class Endpoint:
 
 
 @dataclass
+class VnetdInfo:
+    segment: int
+    netns: str
+    address: str
+    api_socket: str
+    config_path: str
+    log_path: str
+    pid: int | None = None
+
+
+@dataclass
 class Lab:
     spec: LabSpec
     state_dir: str
     hosts: list[Host] = field(default_factory=list)
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
+    vnetds: list[VnetdInfo] = field(default_factory=list)
+    relay_key: str = field(default_factory=lambda: secrets.token_hex(32))
 
     @property
     def prefix(self) -> str:
@@ -145,6 +163,8 @@ def load_lab(name: str, state_dir: str | None = None) -> Lab:
     lab = Lab(LabSpec(**raw["spec"]), raw["state_dir"])
     lab.hosts = [Host(**h) for h in raw["hosts"]]
     lab.endpoints = {k: Endpoint(**e) for k, e in raw["endpoints"].items()}
+    lab.vnetds = [VnetdInfo(**v) for v in raw.get("vnetds", [])]
+    lab.relay_key = raw.get("relay_key", lab.relay_key)
     return lab
 
 
@@ -199,6 +219,14 @@ def _build(lab: Lab, progress: bool) -> None:
         )
         _make_host(lab, host)
         lab.hosts.append(host)
+    if spec.vnetd:
+        from softudc.lab.vnetd import make_vnetd, start_vnetd
+
+        for k in range(spec.segments):
+            info = make_vnetd(lab, k)
+            lab.vnetds.append(info)
+            _say(progress, f"vnetd on segment {k} ({info.address}, {spec.vnetd_peering})")
+            start_vnetd(lab, info)
     lab.save()
     if spec.gatekeepers:
         for host in lab.hosts:
@@ -215,14 +243,14 @@ def _make_switch(netns: str, addr: str | None) -> None:
     if addr:
         ip("addr", "add", addr, "dev", "br0", netns=netns)
     ip("link", "set", "br0", "up", netns=netns)
-    _sysctl(netns, "net.ipv6.conf.all.disable_ipv6", "1")
+    set_sysctl(netns, "net.ipv6.conf.all.disable_ipv6", "1")
 
 
-def _sysctl(netns: str, key: str, value: str) -> None:
+def set_sysctl(netns: str, key: str, value: str) -> None:
     shell.in_netns(netns, "sysctl", "-qw", f"{key}={value}")
 
 
-def _link(a_ns: str, a_name: str, b_ns: str, b_name: str, mtu: int) -> None:
+def link(a_ns: str, a_name: str, b_ns: str, b_name: str, mtu: int) -> None:
     """A veth pair created directly inside the two namespaces (no transient name in the root ns)."""
     ip("link", "add", a_name, "netns", a_ns, "mtu", str(mtu), "type", "veth",
        "peer", "name", b_name, "netns", b_ns, "mtu", str(mtu))
@@ -233,9 +261,9 @@ def _make_router(lab: Lab) -> None:
     rt = lab.router_ns
     shell.run(["ip", "netns", "add", rt])
     ip("link", "set", "lo", "up", netns=rt)
-    _sysctl(rt, "net.ipv4.ip_forward", "1")
+    set_sysctl(rt, "net.ipv4.ip_forward", "1")
     for k in range(lab.spec.segments):
-        _link(rt, f"seg{k}", lab.segment_ns(k), "rt", lab.spec.underlay_mtu)
+        link(rt, f"seg{k}", lab.segment_ns(k), "rt", lab.spec.underlay_mtu)
         ip("addr", "add", f"10.100.{k}.1/24", "dev", f"seg{k}", netns=rt)
         ip("link", "set", f"seg{k}", "up", netns=rt)
 
@@ -244,15 +272,15 @@ def _make_host(lab: Lab, host: Host) -> None:
     ns = host.netns
     shell.run(["ip", "netns", "add", ns])
     ip("link", "set", "lo", "up", netns=ns)
-    _sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
-    _link(ns, "ul0", lab.segment_ns(host.segment), host.name, lab.spec.underlay_mtu)
+    set_sysctl(ns, "net.ipv6.conf.all.disable_ipv6", "1")
+    link(ns, "ul0", lab.segment_ns(host.segment), host.name, lab.spec.underlay_mtu)
     ip("addr", "add", f"{host.underlay_ip}/24", "dev", "ul0", netns=ns)
     ip("link", "set", "ul0", "up", netns=ns)
     if not lab.spec.offloads:
         shell.in_netns(ns, "ethtool", "-K", "ul0", "tso", "off", "gso", "off", "gro", "off")
     if lab.spec.segments > 1:
         ip("route", "add", "10.100.0.0/16", "via", f"10.100.{host.segment}.1", netns=ns)
-    _link(ns, "mg0", lab.mgmt_ns, host.name, 1500)
+    link(ns, "mg0", lab.mgmt_ns, host.name, 1500)
     ip("addr", "add", f"{host.mgmt_ip}/24", "dev", "mg0", netns=ns)
     ip("link", "set", "mg0", "up", netns=ns)
 
@@ -338,7 +366,9 @@ def lab_down(name: str, state_dir: str | None = None) -> list[str]:
     removed = []
     pids: set[int] = set()
     with contextlib.suppress(LabError, KeyError, TypeError, ValueError):
-        pids.update(h.pid for h in load_lab(name, state_dir).hosts if h.pid)
+        old = load_lab(name, state_dir)
+        pids.update(h.pid for h in old.hosts if h.pid)
+        pids.update(v.pid for v in old.vnetds if v.pid)
     namespaces = [ns for ns in shell.netns_list() if ns.startswith(prefix)]
     for ns in namespaces:
         pids.update(shell.netns_pids(ns))

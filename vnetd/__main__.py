@@ -1,0 +1,3 @@
+from vnetd.daemon import main
+
+main()

@@ -1,0 +1,89 @@
+"""vnetd's configuration file (TOML); configs/vnetd.example.toml documents each key."""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class VnetdConfig:
+    name: str
+    address: str
+    interface: str
+    api_socket: str
+    key: bytes
+    key_id: int = 1
+    group: str = "224.10.0.1"
+    ports: tuple[int, ...] = (1798, 4500)
+    peers: tuple[str, ...] = ()
+    hello_interval: float = 1.0
+    metrics_listen: str | None = None
+
+
+_KEYS = {"name", "address", "interface", "api_socket", "key", "key_id", "group", "ports", "peers",
+         "hello_interval", "metrics"}
+
+
+def load_config(path: str | Path) -> VnetdConfig:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (copy configs/vnetd.example.toml)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict[str, Any], where: str = "<config>") -> VnetdConfig:
+    def fail(name: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}: {name}: {msg}")
+
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise fail(sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(_KEYS))})")
+    for k in ("name", "address", "interface", "api_socket", "key"):
+        if not isinstance(raw.get(k), str) or not raw[k]:
+            raise fail(k, "required string")
+    try:
+        ipaddress.IPv4Address(raw["address"])
+    except ValueError:
+        raise fail("address", f"{raw['address']!r} is not an IPv4 address") from None
+    try:
+        key = bytes.fromhex(raw["key"])
+    except ValueError:
+        raise fail("key", "must be hex") from None
+    if len(key) < 16:
+        raise fail("key", f"{len(key)} bytes; the relay key needs at least 16")
+    peers = raw.get("peers", [])
+    if not isinstance(peers, list):
+        raise fail("peers", "must be a list of IPv4 addresses")
+    for i, p in enumerate(peers):
+        try:
+            ipaddress.IPv4Address(p)
+        except ValueError:
+            raise fail(f"peers[{i}]", f"{p!r} is not an IPv4 address") from None
+    ports = raw.get("ports", [1798, 4500])
+    if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+        raise fail("ports", "must be a list of UDP ports")
+    group = raw.get("group", "224.10.0.1")
+    try:
+        if not ipaddress.IPv4Address(group).is_multicast:
+            raise ValueError
+    except ValueError:
+        raise fail("group", f"{group!r} is not an IPv4 multicast address") from None
+    hello = raw.get("hello_interval", 1.0)
+    if not isinstance(hello, int | float) or isinstance(hello, bool) or not 0.05 <= hello <= 60:
+        raise fail("hello_interval", "seconds between 0.05 and 60")
+    metrics = raw.get("metrics", {})
+    listen = metrics.get("listen") if isinstance(metrics, dict) else None
+    return VnetdConfig(raw["name"], raw["address"], raw["interface"], raw["api_socket"], key,
+                       int(raw.get("key_id", 1)), group, tuple(ports), tuple(peers), float(hello), listen)

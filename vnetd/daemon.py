@@ -1,0 +1,217 @@
+"""vnetd: a thin asyncio shell around `core.RelayCore`.
+
+Sockets, all in the segment's network namespace:
+  capture - raw IPv4/UDP: every UDP packet delivered here, with its IP header; we keep those sent
+            to the VARP group on the relayed ports (the host joins the group for this).
+  relay   - UDP on our address, port 1798: authenticated relay messages (id 3) to and from peers.
+  inject  - raw IPPROTO_RAW (header included): re-sends a relayed packet onto our segment as it
+            was, original source address included, so replies go straight back to its sender.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from softudc import localapi
+from softudc.wire import WireError
+from softudc.wire.ipv4 import with_udp_checksum
+from softudc.wire.relay import RelayAuthError, RelayMessage, RelayOp, build_relay, parse_relay
+from vnetd.config import ConfigError, VnetdConfig, load_config
+from vnetd.core import Command, Hello, Inject, Relay, RelayCore
+
+log = logging.getLogger("vnetd")
+RELAY_PORT = 1798
+TICK = 0.2
+TIMESTAMP_WINDOW_NS = 60 * 10**9
+
+
+class Vnetd:
+    def __init__(self, config: VnetdConfig) -> None:
+        self.config = config
+        # Sequence numbers start at the wall clock in ns: a restarted vnetd never reuses a name
+        # its peers still remember as seen.
+        self.core = RelayCore(config.address, hello_interval=config.hello_interval, seq=time.time_ns())
+        for p in config.peers:
+            self.core.add_peer(p)
+        self.counts: dict[str, int] = {}
+        self.started = time.time()
+        ifindex = socket.if_nametoindex(config.interface)
+        mreqn = socket.inet_aton(config.group) + socket.inet_aton(config.address) + struct.pack("@i", ifindex)
+        self.relay = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.relay.bind((config.address, RELAY_PORT))
+        self.relay.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)  # makes the host join
+        self.relay.setblocking(False)
+        self.capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        self.capture.setblocking(False)
+        self.inject = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.inject.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+        self.inject.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        self._group = socket.inet_aton(config.group)
+        self._me = socket.inet_aton(config.address)
+
+    def _count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+    def on_capture(self) -> None:
+        while True:
+            try:
+                packet = self.capture.recv(65535)
+            except BlockingIOError:
+                return
+            if len(packet) < 28 or packet[16:20] != self._group or packet[12:16] == self._me:
+                continue
+            ihl = (packet[0] & 0x0F) * 4
+            dport = int.from_bytes(packet[ihl + 2:ihl + 4], "big") if len(packet) >= ihl + 8 else 0
+            if dport not in self.config.ports:
+                continue
+            try:
+                # Captured next to the sender, the checksum may still be the partial one of an
+                # offloading NIC; relay the packet as it will be valid on the far side.
+                packet = with_udp_checksum(packet)
+            except WireError:
+                self._count("malformed_capture")
+                continue
+            self.run(self.core.local(packet, time.monotonic()))
+
+    def on_relay(self) -> None:
+        while True:
+            try:
+                data, (src, _) = self.relay.recvfrom(65535)
+            except BlockingIOError:
+                return
+            try:
+                msg = parse_relay(data, self.config.key)
+            except RelayAuthError:
+                self._count("auth_failed")
+                continue
+            except WireError:
+                self._count("malformed")
+                continue
+            if msg.key_id != self.config.key_id or abs(time.time_ns() - msg.timestamp_ns) > TIMESTAMP_WINDOW_NS:
+                self._count("stale_or_unknown_key")
+                continue
+            now = time.monotonic()
+            if msg.op is RelayOp.HELLO:
+                self.core.hello(src, now)
+            else:
+                self.run(self.core.relayed(src, str(msg.origin), msg.seq, msg.hops, msg.packet, now))
+
+    def run(self, commands: list[Command]) -> None:
+        for cmd in commands:
+            try:
+                if isinstance(cmd, Inject):
+                    dst = socket.inet_ntoa(cmd.packet[16:20])
+                    self.inject.sendto(cmd.packet, (dst, 0))
+                    self._count("injected_sent")
+                elif isinstance(cmd, Relay):
+                    msg = RelayMessage(RelayOp.PACKET, ipaddress.IPv4Address(cmd.origin), cmd.seq, cmd.hops,
+                                       self.config.key_id, time.time_ns(), cmd.packet)
+                    self.relay.sendto(build_relay(msg, self.config.key), (cmd.peer, RELAY_PORT))
+                elif isinstance(cmd, Hello):
+                    msg = RelayMessage(RelayOp.HELLO, ipaddress.IPv4Address(self.config.address), 0, 0,
+                                       self.config.key_id, time.time_ns())
+                    self.relay.sendto(build_relay(msg, self.config.key), (cmd.peer, RELAY_PORT))
+            except OSError:
+                self._count("send_error")  # a peer that is gone; HELLOs tell when it is back
+
+    # --- API ----------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.config.name, "address": self.config.address, "group": self.config.group,
+                "uptime": round(time.time() - self.started, 1), "peers": self.peers(),
+                "counts": {**self.core.counts, **self.counts}}
+
+    def peers(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [{"address": p.address, "up": p.up, "tx": p.tx, "rx": p.rx,
+                 "last_seen_s": None if p.last_seen is None else round(now - p.last_seen, 1)}
+                for p in self.core.peers.values()]
+
+    def peer_add(self, address: str) -> dict[str, Any]:
+        ipaddress.IPv4Address(address)
+        self.core.add_peer(address)
+        return {"added": address}
+
+    def peer_del(self, address: str) -> dict[str, Any]:
+        if address not in self.core.peers:
+            raise ValueError(f"{address} is not a peer (see `peers`)")
+        self.core.remove_peer(address)
+        return {"removed": address}
+
+
+class VnetdCollector(Collector):
+    def __init__(self, d: Vnetd) -> None:
+        self.d = d
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        name = self.d.config.name
+        events = CounterMetricFamily("softudc_vnetd_events", "Relay events by kind", labels=["vnetd", "kind"])
+        for kind, n in {**self.d.core.counts, **self.d.counts}.items():
+            events.add_metric([name, kind], n)
+        yield events
+        up = GaugeMetricFamily("softudc_vnetd_peer_up", "1 if the peer answered recently", labels=["vnetd", "peer"])
+        msgs = CounterMetricFamily("softudc_vnetd_peer_messages", "Messages per peer and direction",
+                                   labels=["vnetd", "peer", "direction"])
+        for p in list(self.d.core.peers.values()):
+            up.add_metric([name, p.address], 1.0 if p.up else 0.0)
+            msgs.add_metric([name, p.address, "tx"], p.tx)
+            msgs.add_metric([name, p.address, "rx"], p.rx)
+        yield up
+        yield msgs
+
+
+async def run(config_path: str) -> None:
+    config = load_config(config_path)
+    d = Vnetd(config)
+    loop = asyncio.get_running_loop()
+    loop.add_reader(d.capture.fileno(), d.on_capture)
+    loop.add_reader(d.relay.fileno(), d.on_relay)
+    if config.metrics_listen:
+        registry = CollectorRegistry()
+        registry.register(VnetdCollector(d))
+        addr, port = config.metrics_listen.rsplit(":", 1)
+        start_http_server(int(port), addr=addr, registry=registry)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def ticker() -> None:
+        while True:
+            d.run(d.core.tick(time.monotonic()))
+            await asyncio.sleep(TICK)
+
+    ops: dict[str, Callable[..., Any]] = {"status": d.status, "peers": d.peers, "peer.add": d.peer_add,
+                                          "peer.del": d.peer_del}
+    log.info("vnetd %s up on %s, peers %s", config.name, config.address, ", ".join(config.peers) or "none")
+    async with asyncio.TaskGroup() as tg:
+        api = tg.create_task(localapi.serve(config.api_socket, ops, (ValueError,)), name="api")
+        tick = tg.create_task(ticker(), name="hello-timer")
+        await stop.wait()
+        api.cancel()
+        tick.cancel()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="vnetd", description="SoftUDC wide-area VNET relay")
+    parser.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        asyncio.run(run(args.config))
+    except ConfigError as e:
+        print(f"vnetd: {e}", file=sys.stderr)
+        sys.exit(2)
