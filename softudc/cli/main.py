@@ -29,7 +29,8 @@ def _print(obj: Any, as_json: bool) -> None:
 
 def cmd_lab_up(a: argparse.Namespace) -> None:
     spec = LabSpec(a.name, hosts=a.hosts, segments=a.segments, underlay_mtu=a.mtu, gatekeepers=not a.no_gatekeepers,
-                   transport=a.transport, flood=a.flood, offloads=not a.no_offloads)
+                   transport=a.transport, flood=a.flood, offloads=not a.no_offloads, vnetd=a.vnetd,
+                   vnetd_peering=a.vnetd_peering)
     print(f"lab {a.name}: starting", file=sys.stderr)
     lab = lab_up(spec, a.state_dir, progress=True)
     for h in lab.hosts:
@@ -99,6 +100,27 @@ def cmd_counters(a: argparse.Namespace) -> None:
     _each_host(a, "counters")
 
 
+def cmd_vnetd(a: argparse.Namespace) -> None:
+    lab = load_lab(a.lab, a.state_dir)
+    if not lab.vnetds:
+        raise LabError(f"lab {a.lab} has no vnetd (start it with `softudc lab up {a.lab} --segments N --vnetd`)")
+    chosen = lab.vnetds if a.segment is None else [v for v in lab.vnetds if v.segment == a.segment]
+    if not chosen:
+        raise LabError(f"lab {a.lab} has no vnetd on segment {a.segment}")
+    out = {f"segment-{v.segment}": GatekeeperClient(v.api_socket).call(a.sub) for v in chosen}
+    if a.json:
+        _print(out, True)
+        return
+    for name, result in out.items():
+        peers = result["peers"] if a.sub == "status" else result
+        print(f"{name}:")
+        for p in peers:
+            state = "up" if p["up"] else "DOWN"
+            print(f"  peer {p['address']:15} {state:4}  tx {p['tx']}  rx {p['rx']}  last seen {p['last_seen_s']} s")
+        if a.sub == "status":
+            print("  " + "  ".join(f"{k}={v}" for k, v in sorted(result["counts"].items())))
+
+
 def cmd_bench(a: argparse.Namespace) -> None:
     from softudc.bench import run_bench
 
@@ -129,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--flood", choices=["multicast", "members"], default="multicast")
     up.add_argument("--no-gatekeepers", action="store_true")
     up.add_argument("--no-offloads", action="store_true", help="turn off TSO/GSO/GRO on the underlay NICs")
+    up.add_argument("--vnetd", action="store_true", help="a vnetd per segment (multicast does not cross the router)")
+    up.add_argument("--vnetd-peering", choices=["mesh", "chain"], default="mesh")
     up.set_defaults(fn=cmd_lab_up)
     down = lab.add_parser("down", help="remove a lab: namespaces, links, processes")
     down.add_argument("name")
@@ -174,6 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     varp = sub.add_parser("varp", help="VARP state").add_subparsers(dest="sub", required=True)
     host_cmd(varp, "cache", cmd_varp_cache, False)
     host_cmd(sub, "counters", cmd_counters, False)
+
+    vd = sub.add_parser("vnetd", help="wide-area relays of a lab").add_subparsers(dest="sub", required=True)
+    for name in ("status", "peers"):
+        c = vd.add_parser(name)
+        c.add_argument("--lab", required=True)
+        c.add_argument("--segment", type=int)
+        c.add_argument("--json", action="store_true")
+        c.set_defaults(fn=cmd_vnetd)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("bench_name", choices=["dataplane"])
