@@ -36,6 +36,22 @@ from softudc.wire import WireError
 from softudc.wire.udpframe import FLAG_CSUM_PARTIAL, FRAME_PREFIX_LEN, peek_frame
 
 Recv = Callable[[int, int], tuple[int, int, str]]
+ESP_PREFIX = -1  # marks batches of ESP packets: opened one by one, then merged as plaintext
+
+
+def _gro_receiver(sock: socket.socket, mv: memoryview) -> Recv:
+    """recv(offset, flags) -> (bytes, GRO segment size or the same bytes, sender) into mv[offset:]."""
+    cmsg_space = socket.CMSG_SPACE(4)
+
+    def recv(off: int, flags: int) -> tuple[int, int, str]:
+        n, anc, _flags, (src, _) = sock.recvmsg_into([mv[off:off + BUF_SIZE]], cmsg_space, flags)
+        gso = n
+        for level, kind, data in anc:
+            if level == SOL_UDP and kind == UDP_GRO:
+                gso = struct.unpack("=i", data[:4])[0] or n
+        return n, gso, src
+
+    return recv
 
 
 class Receiver:
@@ -58,20 +74,14 @@ class Receiver:
     _esp: socket.socket | None
 
     def _udp_loop(self) -> None:
+        self._receive(self._udp, self.drops["udp"], FRAME_PREFIX_LEN)
+
+    def _receive(self, sock: socket.socket, drops: Counter[str], prefix_len: int) -> None:
+        """Blocking receive loop of a UDP socket with UDP_GRO: kernel batches as they come,
+        single datagrams plus whatever is queued behind them (`_rx_drain`)."""
         buf = bytearray(RX_BUF_SIZE)
         mv = memoryview(buf)
-        sock = self._udp
-        drops = self.drops["udp"]
-        cmsg_space = socket.CMSG_SPACE(4)
-
-        def recv(off: int, flags: int) -> tuple[int, int, str]:
-            n, anc, _flags, (src, _) = sock.recvmsg_into([mv[off:off + BUF_SIZE]], cmsg_space, flags)
-            gso = n
-            for level, kind, data in anc:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    gso = struct.unpack("=i", data[:4])[0] or n
-            return n, gso, src
-
+        recv = _gro_receiver(sock, mv)
         while not self._stopping:
             try:
                 n, gso, src = recv(RX_OFF, 0)
@@ -80,12 +90,14 @@ class Receiver:
                     return
                 drops["recv_error"] += 1
                 continue
-            if n == 0 and self._stopping:
-                return
+            if n == 0:
+                if self._stopping:
+                    return
+                continue
             if gso < n:
-                self._rx_batch(mv, RX_OFF, n, gso, src, FRAME_PREFIX_LEN, drops)
+                self._rx_batch(mv, RX_OFF, n, gso, src, prefix_len, drops)
             else:
-                self._rx_drain(mv, n, src, recv, FRAME_PREFIX_LEN, drops)
+                self._rx_drain(mv, n, src, recv, prefix_len, drops)
 
     def _rx_drain(self, mv: memoryview, n: int, src: str, recv: Callable[[int, int], tuple[int, int, str]],
                   prefix_len: int, drops: Counter[str], prefix_mask: bytes | None = None) -> None:
@@ -117,7 +129,9 @@ class Receiver:
             self._rx_batch(mv, RX_OFF, end - RX_OFF, stride, src, prefix_len, drops, prefix_mask, count)
 
     def _rx_one(self, mv: memoryview, off: int, end: int, src: str, drops: Counter[str], prefix_len: int) -> None:
-        if prefix_len == FRAME_PREFIX_LEN:
+        if prefix_len == ESP_PREFIX:
+            self._rx_esp(mv, off, end, end - off, src, drops)
+        elif prefix_len == FRAME_PREFIX_LEN:
             self._rx_datagram(mv, off, end, src, drops)
         else:
             self._rx_raw(mv, off, end, src, drops)
@@ -153,82 +167,26 @@ class Receiver:
                   drops: Counter[str], prefix_mask: bytes | None = None, count: int = 0) -> None:
         """A batch at mv[off:off+n]: datagrams of `stride` bytes, the last possibly shorter."""
         count = count or -(-n // stride)
+        if prefix_len == ESP_PREFIX:
+            self._rx_esp(mv, off, off + n, stride, src, drops)
+            return
         batch = mv[off:off + n]
         port = self._batch_port(batch, stride, prefix_len)
         if port is None or not port.offload or port.secure:
             for k in range(count):
                 self._rx_one(mv, off + k * stride, min(off + (k + 1) * stride, off + n), src, drops, prefix_len)
             return
-        stats = port.stats
         for first, length, mss in offload.coalesce(batch, stride, count, prefix_len, prefix_mask):
             if length == 1:  # anything that does not merge, also another VNET's datagram
                 o = off + first * stride
                 self._rx_one(mv, o, min(o + stride, off + n), src, drops, prefix_len)
                 continue
-            out = offload.merge(batch, stride, first, length, mss, prefix_len)
-            self._learn(port.vnet, memoryview(out)[VNET_HDR_LEN:], src)
-            try:
-                os.write(port.fd, out)
-            except OSError:
-                drops["tap_write_error"] += 1
-                continue
-            stats[2] += length
-            stats[3] += len(out) - VNET_HDR_LEN
-            stats[6] += length
-            stats[8] += 1
+            self._write_merged(port, offload.merge(batch, stride, first, length, mss, prefix_len), length, src,
+                               drops)
 
     def _esp_loop(self) -> None:
-        buf = bytearray(RX_BUF_SIZE)
-        mv = memoryview(buf)
         assert self._esp is not None
-        sock = self._esp
-        drops = self.drops["esp"]
-        cmsg_space = socket.CMSG_SPACE(4)
-
-        def recv(off: int, flags: int) -> tuple[int, int, str]:
-            n, anc, _flags, (src, _) = sock.recvmsg_into([mv[off:off + BUF_SIZE]], cmsg_space, flags)
-            gso = n
-            for level, kind, data in anc:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    gso = struct.unpack("=i", data[:4])[0] or n
-            return n, gso, src
-
-        while not self._stopping:
-            try:
-                n, gso, src = recv(RX_OFF, 0)
-            except OSError:
-                if self._stopping:
-                    return
-                drops["recv_error"] += 1
-                continue
-            if n == 0:
-                if self._stopping:
-                    return
-                continue
-            if gso < n:
-                self._rx_esp(mv, RX_OFF, RX_OFF + n, gso, src, drops)
-                continue
-            # No kernel GRO: collect what is already queued from the same sender, equal sizes.
-            end = RX_OFF + n
-            extra: tuple[int, int, int, str] | None = None
-            while end + BUF_SIZE <= len(mv) and n >= MIN_BATCH_STRIDE:
-                try:
-                    m, g, src2 = recv(end, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    drops["recv_error"] += 1
-                    break
-                if src2 != src or g < m or m > n:
-                    extra = (end, m, g, src2)
-                    break
-                end += m
-                if m < n:
-                    break
-            self._rx_esp(mv, RX_OFF, end, n, src, drops)
-            if extra is not None:
-                o, m, g, src2 = extra
-                self._rx_esp(mv, o, o + m, g, src2, drops)
+        self._receive(self._esp, self.drops["esp"], ESP_PREFIX)
 
     def _rx_esp(self, mv: memoryview, off: int, end: int, stride: int, src: str, drops: Counter[str]) -> None:
         """Open every ESP packet of a batch; merge the plaintext frames as any other batch."""
@@ -256,17 +214,7 @@ class Receiver:
             batch = memoryview(b"".join(payloads))
             for first, length, mss in offload.coalesce(batch, stride, len(payloads), 2):
                 if length > 1:
-                    out = offload.merge(batch, stride, first, length, mss, 2)
-                    self._learn(vnet, memoryview(out)[VNET_HDR_LEN:], src)
-                    try:
-                        os.write(port.fd, out)
-                    except OSError:
-                        drops["tap_write_error"] += 1
-                        continue
-                    port.stats[2] += length
-                    port.stats[3] += len(out) - VNET_HDR_LEN
-                    port.stats[6] += length
-                    port.stats[8] += 1
+                    self._write_merged(port, offload.merge(batch, stride, first, length, mss, 2), length, src, drops)
                 else:
                     self._deliver_one_plain(vnet, payloads[first], src, drops)
             return
@@ -279,6 +227,20 @@ class Receiver:
             drops["esp_vnet_mismatch"] += 1  # the SA's VNET and the EtherIP header disagree
             return
         self._deliver(vnet, memoryview(buf), VNET_HDR_LEN + 2, len(buf), src, drops, via_esp=True)
+
+    def _write_merged(self, port: VnetPort, out: bytes, segments: int, src: str, drops: Counter[str]) -> None:
+        """One TAP write of a rebuilt super-frame (virtio header + frame) made of `segments` frames."""
+        self._learn(port.vnet, memoryview(out)[VNET_HDR_LEN:], src)
+        try:
+            os.write(port.fd, out)
+        except OSError:
+            drops["tap_write_error"] += 1
+            return
+        stats = port.stats
+        stats[2] += segments
+        stats[3] += len(out) - VNET_HDR_LEN
+        stats[6] += segments
+        stats[8] += 1
 
     def _batch_port(self, batch: memoryview, stride: int, prefix_len: int) -> VnetPort | None:
         """The VNET of the batch's first datagram, if it is a frame (coalesce keeps runs in it)."""

@@ -1,0 +1,1 @@
+"""The gatekeeper's hypervisor driver: VMs through libvirt (QEMU, TCG or KVM)."""

@@ -1,0 +1,122 @@
+"""libvirt domain XML, built in one declarative place from a `VmSpec`, and read back.
+
+A SoftUDC VM boots a kernel directly (no disk yet); each NIC is a virtio interface on the bridge
+of its VNET, with the MTU the VNET allows, so the guest never sends a frame the underlay cannot
+carry. The serial console goes to a log file (and a pty for interactive use).
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+from gatekeeper.vnet.devices import bridge_name
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    vnet: int
+    mac: str
+    mtu: int = 1452
+    ip: str | None = None  # address/prefix the guest configures (passed on its command line)
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    kernel: str
+    initrd: str
+    vcpus: int = 1
+    memory_mib: int = 128
+    nics: tuple[NicSpec, ...] = ()
+    accel: str = "qemu"  # "qemu" (TCG) or "kvm"
+    console_log: str | None = None
+    extra_cmdline: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cmdline(self) -> str:
+        args = ["console=ttyS0", "quiet", "panic=-1", f"svname={self.name}"]
+        if self.nics:
+            first = self.nics[0]
+            args.append(f"svmtu={first.mtu}")
+            if first.ip:
+                args.append(f"svip={first.ip}")
+        if self.extra_cmdline:
+            args.append(self.extra_cmdline)
+        return " ".join(args)
+
+
+NS = "https://softudc.io/xmlns/vm/1"
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def domain_xml(spec: VmSpec) -> str:
+    if spec.accel not in ("qemu", "kvm"):
+        raise ValueError(f"accel {spec.accel!r}: expected qemu (TCG) or kvm")
+    dom = ET.Element("domain", {"type": spec.accel})
+    _sub(dom, "name", spec.name)
+    meta = _sub(dom, "metadata")
+    sv = ET.SubElement(meta, f"{{{NS}}}vm")
+    for nic in spec.nics:
+        ET.SubElement(sv, f"{{{NS}}}nic", {"vnet": str(nic.vnet), "mac": nic.mac, "mtu": str(nic.mtu),
+                                           **({"ip": nic.ip} if nic.ip else {})})
+    for k, v in spec.metadata.items():
+        ET.SubElement(sv, f"{{{NS}}}meta", {"key": k, "value": v})
+    _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
+    _sub(dom, "vcpu", str(spec.vcpus))
+    os_ = _sub(dom, "os")
+    _sub(os_, "type", "hvm", arch="x86_64", machine="pc")
+    _sub(os_, "kernel", spec.kernel)
+    _sub(os_, "initrd", spec.initrd)
+    _sub(os_, "cmdline", spec.cmdline)
+    _sub(dom, "on_poweroff", "destroy")
+    _sub(dom, "on_reboot", "destroy")
+    _sub(dom, "on_crash", "destroy")
+    if spec.accel == "kvm":
+        cpu = _sub(dom, "cpu", mode="host-passthrough")
+        _sub(cpu, "feature", policy="disable", name="arch-capabilities")
+    dev = _sub(dom, "devices")
+    for nic in spec.nics:
+        iface = _sub(dev, "interface", type="bridge")
+        _sub(iface, "source", bridge=bridge_name(nic.vnet))
+        _sub(iface, "mac", address=nic.mac)
+        _sub(iface, "model", type="virtio")
+        _sub(iface, "mtu", size=str(nic.mtu))
+    serial = _sub(dev, "serial", type="pty")
+    if spec.console_log:
+        _sub(serial, "log", file=spec.console_log, append="on")
+    _sub(serial, "target", port="0")
+    _sub(dev, "console", type="pty")
+    _sub(dev, "memballoon", model="none")
+    ET.register_namespace("softudc", NS)
+    return ET.tostring(dom, encoding="unicode")
+
+
+@dataclass(frozen=True)
+class DomainNic:
+    vnet: int
+    mac: str
+    tap: str | None
+
+
+def domain_nics(xml: str) -> list[DomainNic]:
+    """The VNET NICs of a (live) domain: bridge vnbr<ID>, MAC, and the tap libvirt made."""
+    root = ET.fromstring(xml)
+    out = []
+    for iface in root.findall("./devices/interface"):
+        source = iface.find("source")
+        mac = iface.find("mac")
+        target = iface.find("target")
+        bridge = source.get("bridge", "") if source is not None else ""
+        if not bridge.startswith("vnbr") or mac is None:
+            continue
+        tap = target.get("dev") if target is not None else None
+        out.append(DomainNic(int(bridge[4:]), mac.get("address", ""), tap))
+    return out
