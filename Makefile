@@ -3,21 +3,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: bootstrap demo test unit e2e lint clean
+GUEST_DIR ?= build/guest
+
+.PHONY: bootstrap guest demo test unit e2e lint clean
 
 bootstrap:
 	@VENV=$(VENV) scripts/bootstrap.sh
 
-demo: bootstrap
+# The test guest (Debian cloud kernel + busybox initramfs), cached in $(GUEST_DIR).
+guest: bootstrap
+	@scripts/build-guest.sh $(GUEST_DIR)
+
+demo: bootstrap guest
 	$(VENV)/bin/softudc demo
 
-test: bootstrap lint
+test: bootstrap guest lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: bootstrap
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-e2e: bootstrap
+e2e: bootstrap guest
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: bootstrap

@@ -10,6 +10,8 @@ PACKAGES=(
     python3 python3-venv python3-dev gcc make
     iproute2 iputils-ping procps psmisc kmod ethtool
     tcpdump tshark iperf3 openvpn
+    qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+    cpio xz-utils zstd
 )
 
 missing=()
@@ -27,6 +29,8 @@ if ((${#missing[@]})); then
     # tshark asks whether non-root users may capture; answer once, non-interactively.
     echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
     apt-get update -qq
+    # libvirt-daemon-system creates the libvirt-qemu user the QEMU driver resolves before reading
+    # qemu.conf; its postinst starts nothing here (no systemd).
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
@@ -41,6 +45,6 @@ stamp="$VENV/.softudc-installed"
 if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     echo "bootstrap: installing the project and its dev tools into $VENV"
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev]'
+    "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,vm]'
     touch "$stamp"
 fi

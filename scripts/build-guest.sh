@@ -3,7 +3,7 @@
 # the virtio modules, guest/init). Reproducible for a given package set; cached: it does nothing
 # when OUTDIR already holds a guest built from the same inputs.
 set -euo pipefail
-OUT=${1:?usage: build-guest.sh OUTDIR}
+OUT=$(realpath -m "${1:?usage: build-guest.sh OUTDIR}")
 here=$(cd "$(dirname "$0")/.." && pwd)
 kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 [[ -n "$kpkg" ]] || { echo "build-guest: no linux-image-cloud-amd64 in apt's lists; run 'apt-get update'" >&2; exit 1; }
@@ -17,7 +17,7 @@ trap 'rm -rf "$work"' EXIT
 chmod 755 "$work"  # apt-get download as root drops to _apt, which must be able to write here
 cd "$work"
 echo "build-guest: downloading $kpkg and $bpkg"
-apt-get download -qq "$kpkg" "$bpkg"
+apt-get download -qq -o APT::Sandbox::User=root "$kpkg" "$bpkg"
 dpkg-deb -x "$kpkg"_*.deb kernel
 dpkg-deb -x "$bpkg"_*.deb busybox
 kver=${kpkg#linux-image-}
@@ -25,7 +25,7 @@ depmod -b kernel "$kver"
 mkdir -p root/bin root/etc root/lib/modules
 cp busybox/bin/busybox root/bin/busybox
 # The virtio drivers are modules in the cloud kernel; load them in dependency order.
-modprobe -d kernel -S "$kver" --show-depends virtio_pci virtio_net virtio_blk \
+modprobe -a -d kernel -S "$kver" --show-depends virtio_pci virtio_net virtio_blk \
     | awk '/^insmod/{print $2}' | while read -r path; do
         name=$(basename "$path")
         case "$name" in
