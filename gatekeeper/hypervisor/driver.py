@@ -174,7 +174,7 @@ class Hypervisor:
         return {"name": dom.name(), "state": STATES.get(state, "unknown"),
                 "nics": [{"vnet": n.vnet, "mac": n.mac, "tap": n.tap} for n in nics]}
 
-    def list(self) -> list[dict[str, Any]]:
+    def domains(self) -> list[dict[str, Any]]:
         return [self.describe(d) for d in self.conn().listAllDomains(0)]
 
     def stats(self) -> list[dict[str, Any]]:
@@ -217,8 +217,9 @@ class Hypervisor:
             job["state"] = "failed"
             job["error"] = e.get_error_message()
             running = self._still_here(name)
+            where = "keeps running on this host" if running else "is not running here"
             raise HypervisorError(f"migration of {name} to {dest_uri} failed: {e.get_error_message()}; "
-                                  f"{name} {'keeps running on this host' if running else 'is not running here'}") from None
+                                  f"{name} {where}") from None
         job.update(state="completed", wall_ms=round((time.monotonic() - t0) * 1000))
         self._leave(name, "migrated away")
         return dict(job)
