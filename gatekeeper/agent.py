@@ -17,6 +17,7 @@ from prometheus_client import start_http_server
 from gatekeeper import api
 from gatekeeper.config import ConfigError, load_config
 from gatekeeper.metrics import make_registry
+from gatekeeper.vms import VmService
 from gatekeeper.vnet.devices import Devices
 from gatekeeper.vnet.service import VnetService
 
@@ -30,6 +31,11 @@ async def run(config_path: str) -> None:
     service = VnetService(config, Devices(), time.monotonic, state_file)
     loop = asyncio.get_running_loop()
     await loop.run_in_executor(None, service.start)  # netlink calls block
+    vms = VmService(config.hypervisor, service) if config.hypervisor else None
+    if vms is not None:
+        # After a restart: running VMs are left as they are and re-adopted, never restarted.
+        adopted = await loop.run_in_executor(None, vms.hv.adopt)
+        log.info("adopted %d running VM(s): %s", len(adopted), ", ".join(adopted) or "none")
     started = time.time()
 
     def status() -> dict[str, Any]:
@@ -53,7 +59,10 @@ async def run(config_path: str) -> None:
              config.underlay_address, config.transport, config.flood)
     try:
         async with asyncio.TaskGroup() as tg:
-            api_task = tg.create_task(api.serve(config.api_socket, api.operations(service, status)), name="api")
+            ops = api.operations(service, status)
+            if vms is not None:
+                ops.update(vms.operations())
+            api_task = tg.create_task(api.serve(config.api_socket, ops), name="api")
             tick_task = tg.create_task(ticker(), name="varp-timer")
             await stop.wait()
             api_task.cancel()

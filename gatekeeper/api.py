@@ -27,4 +27,6 @@ def operations(service: VnetService, status: Callable[[], dict[str, Any]]) -> di
 
 
 async def serve(path: str, ops: dict[str, Callable[..., Any]]) -> None:
-    await localapi.serve(path, ops, (ServiceError, DeviceError))
+    from gatekeeper.hypervisor.driver import HypervisorError
+
+    await localapi.serve(path, ops, (ServiceError, DeviceError, HypervisorError))

@@ -34,9 +34,20 @@ class GatekeeperConfig:
     metrics_listen: str | None = None
     keys_file: str | None = None
     varp_auth_window: float = 30.0
+    hypervisor: HypervisorConfig | None = None
 
 
-_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security"}
+@dataclass(frozen=True)
+class HypervisorConfig:
+    uri: str
+    kernel: str
+    initrd: str
+    accel: str = "qemu"
+    console_dir: str | None = None
+
+
+_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security", "hypervisor"}
+_HYPERVISOR = {"uri", "kernel", "initrd", "accel", "console_dir"}
 _SECURITY = {"keys_file", "varp_window"}
 _UNDERLAY = {"interface", "address", "mtu"}
 _DATAPLANE = {"transport", "offload"}
@@ -139,6 +150,16 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     listen = metrics.get("listen")
     if listen is not None and (not isinstance(listen, str) or ":" not in listen):
         raise fail("metrics.listen", f"{listen!r}, expected 'ADDRESS:PORT'")
+    hypervisor = None
+    if "hypervisor" in raw:
+        hv = table("hypervisor", _HYPERVISOR)
+        for key in ("uri", "kernel", "initrd"):
+            if not isinstance(hv.get(key), str) or not hv[key]:
+                raise fail(f"hypervisor.{key}", "required string")
+        if hv.get("accel", "qemu") not in ("qemu", "kvm"):
+            raise fail("hypervisor.accel", f"{hv.get('accel')!r}, expected 'qemu' (TCG) or 'kvm'")
+        hypervisor = HypervisorConfig(hv["uri"], hv["kernel"], hv["initrd"], hv.get("accel", "qemu"),
+                                      hv.get("console_dir"))
     return GatekeeperConfig(
         host=raw["host"],
         api_socket=raw["api_socket"],
@@ -155,6 +176,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
         metrics_listen=listen,
         keys_file=keys_file,
         varp_auth_window=float(window),
+        hypervisor=hypervisor,
     )
 
 

@@ -212,6 +212,29 @@ class VnetService:
             result["gso_max_size"] = gso_max_size_for(port.mtu, port.secure)
         return result
 
+    def register_local(self, vnet: int, mac: str, ifname: str | None) -> None:
+        """A NIC someone else plugged into the VNET's bridge (libvirt, for a VM): its MAC is
+        local now; tell every host at once."""
+        raw_mac = parse_mac(mac)
+        with self.lock:
+            if vnet not in self.forwarder.vnets:
+                self.varp_counts["nic_on_unknown_vnet"] += 1
+                return
+            if ifname:
+                self.ports[ifname] = (vnet, raw_mac)
+            self.local_macs.add((vnet, raw_mac))
+            self._run(self.cache.forget(vnet, raw_mac))
+            self.devices.forget_fdb(bridge_name(vnet), raw_mac.hex(":"))
+        self.announce(vnet, raw_mac.hex(":"))
+
+    def unregister_local(self, vnet: int, mac: str) -> None:
+        raw_mac = parse_mac(mac)
+        with self.lock:
+            self.local_macs.discard((vnet, raw_mac))
+            for ifname, entry in list(self.ports.items()):
+                if entry == (vnet, raw_mac):
+                    del self.ports[ifname]
+
     def detach(self, ifname: str) -> dict[str, Any]:
         with self.lock:
             entry = self.ports.pop(ifname, None)

@@ -51,6 +51,8 @@ class LabSpec:
     security: dict[str, float | str] = field(default_factory=dict)
     vnetd: bool = False
     vnetd_peering: str = "mesh"
+    vms: bool = False
+    guest_dir: str | None = None  # default: build/guest of this checkout, or $SOFTUDC_GUEST_DIR
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -80,6 +82,7 @@ class Host:
     config_path: str
     log_path: str
     pid: int | None = None
+    libvirtd_pid: int | None = None
 
 
 @dataclass
@@ -112,6 +115,7 @@ class Lab:
     endpoints: dict[str, Endpoint] = field(default_factory=dict)
     vnetds: list[VnetdInfo] = field(default_factory=list)
     relay_key: str = field(default_factory=lambda: secrets.token_hex(32))
+    accel: str = "qemu"
 
     @property
     def prefix(self) -> str:
@@ -165,7 +169,17 @@ def load_lab(name: str, state_dir: str | None = None) -> Lab:
     lab.endpoints = {k: Endpoint(**e) for k, e in raw["endpoints"].items()}
     lab.vnetds = [VnetdInfo(**v) for v in raw.get("vnetds", [])]
     lab.relay_key = raw.get("relay_key", lab.relay_key)
+    lab.accel = raw.get("accel", "qemu")
     return lab
+
+
+def guest_dir(spec: LabSpec) -> Path:
+    """The test guest's kernel and initrd (`make guest` builds them)."""
+    d = Path(spec.guest_dir or os.environ.get("SOFTUDC_GUEST_DIR")
+             or Path(__file__).resolve().parents[2] / "build" / "guest")
+    if not (d / "vmlinuz").exists() or not (d / "initrd.img").exists():
+        raise LabError(f"no test guest in {d}; build it with `make guest`")
+    return d
 
 
 def underlay_ip(segment: int, index: int) -> str:
@@ -227,6 +241,17 @@ def _build(lab: Lab, progress: bool) -> None:
             lab.vnetds.append(info)
             _say(progress, f"vnetd on segment {k} ({info.address}, {spec.vnetd_peering})")
             start_vnetd(lab, info)
+    if spec.vms:
+        from softudc.lab.libvirt import start_libvirtd
+
+        guest = guest_dir(spec)
+        for host in lab.hosts:
+            _say(progress, f"libvirtd on {host.name} (qemu+tcp://{host.mgmt_ip}/system)")
+            host.libvirtd_pid = start_libvirtd(lab, host)
+        from softudc.lab.accel import probe_accel
+
+        lab.accel = probe_accel(guest, Path(lab.state_dir))
+        _say(progress, f"accelerator: {lab.accel} ({'KVM probe boot succeeded' if lab.accel == 'kvm' else 'TCG'})")
     lab.save()
     if spec.gatekeepers:
         for host in lab.hosts:
@@ -290,6 +315,21 @@ def gatekeeper_config(lab: Lab, host: Host) -> str:
     varp = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.varp.items()))
     members = [h.underlay_ip for h in lab.hosts if h.name != host.name]
     security = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.security.items()))
+    hypervisor = ""
+    if spec.vms:
+        from softudc.lab.libvirt import libvirt_uri
+
+        g = guest_dir(spec)
+        console = lab.dir / host.name / "consoles"
+        console.mkdir(parents=True, exist_ok=True)
+        hypervisor = f"""
+[hypervisor]
+uri = "{libvirt_uri(lab, host)}"
+kernel = "{g / 'vmlinuz'}"
+initrd = "{g / 'initrd.img'}"
+accel = "{lab.accel}"
+console_dir = "{console}"
+"""
     return f"""# Written by `softudc lab up {spec.name}`.
 host = "{host.name}"
 api_socket = "{host.api_socket}"
@@ -312,7 +352,7 @@ listen = "{host.mgmt_ip}:{METRICS_PORT}"
 
 [security]
 {security}
-"""
+{hypervisor}"""
 
 
 def start_gatekeeper(lab: Lab, host: Host, timeout: float = 15.0) -> None:
@@ -369,6 +409,7 @@ def lab_down(name: str, state_dir: str | None = None) -> list[str]:
         old = load_lab(name, state_dir)
         pids.update(h.pid for h in old.hosts if h.pid)
         pids.update(v.pid for v in old.vnetds if v.pid)
+        pids.update(h.libvirtd_pid for h in old.hosts if h.libvirtd_pid)
     namespaces = [ns for ns in shell.netns_list() if ns.startswith(prefix)]
     for ns in namespaces:
         pids.update(shell.netns_pids(ns))

@@ -69,8 +69,11 @@ migration_host = "{host.mgmt_ip}"
 def start_libvirtd(lab: Lab, host: Host, timeout: float = 15.0) -> int:
     write_config(lab, host)
     base = libvirt_dir(lab, host)
+    # The mount points are libvirt's standard directories; they may not exist yet (nothing has
+    # started the system daemon), and a bind mount needs them.
+    targets = " ".join(DIRS.values())
     mounts = "; ".join(f"mount --bind {base / d} {target}" for d, target in DIRS.items())
-    script = (f"hostname {host.name}; {mounts}; "
+    script = (f"set -e; mkdir -p {targets}; hostname {host.name}; {mounts}; "
               "exec libvirtd --listen -f /etc/libvirt/libvirtd.conf -p /run/libvirt/libvirtd.pid")
     log = open(base / "log" / "libvirtd.stdout", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["ip", "netns", "exec", host.netns, "unshare", "--uts", "--mount", "--propagation",

@@ -1,0 +1,68 @@
+"""The gatekeeper's VM operations: VM specs from API requests, on top of the hypervisor driver,
+wired to the VNET service so a VM's MACs are local exactly while it runs here."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from gatekeeper.config import HypervisorConfig
+from gatekeeper.hypervisor.domain import DomainNic, NicSpec, VmSpec
+from gatekeeper.hypervisor.driver import Hypervisor, HypervisorError
+from gatekeeper.vnet.service import VnetService, parse_mac
+
+
+class VmService:
+    def __init__(self, config: HypervisorConfig, vnets: VnetService) -> None:
+        self.config = config
+        self.vnets = vnets
+        self.hv = Hypervisor(config.uri, self._arrived, self._left)
+
+    def _arrived(self, nics: list[DomainNic], _name: str) -> None:
+        for nic in nics:
+            self.vnets.register_local(nic.vnet, nic.mac, nic.tap)
+
+    def _left(self, nics: list[DomainNic], _name: str) -> None:
+        for nic in nics:
+            self.vnets.unregister_local(nic.vnet, nic.mac)
+
+    def start(self, name: str, nics: list[dict[str, Any]], vcpus: int = 1, memory_mib: int = 128,
+              accel: str | None = None) -> dict[str, Any]:
+        if not name or not name.replace("-", "").isalnum() or len(name) > 50:
+            raise HypervisorError(f"name: {name!r}; use letters, digits and '-' (at most 50)")
+        if not 1 <= int(vcpus) <= 64 or not 32 <= int(memory_mib) <= 1 << 20:
+            raise HypervisorError(f"vcpus {vcpus} / memory_mib {memory_mib} out of range (1..64 / 32..1048576)")
+        specs = []
+        for i, nic in enumerate(nics):
+            vnet = nic.get("vnet")
+            port = self.vnets.forwarder.vnets.get(vnet) if isinstance(vnet, int) else None
+            if port is None or not isinstance(vnet, int):
+                raise HypervisorError(f"nics[{i}].vnet: {vnet!r} does not exist on this host; create it first")
+            mac = parse_mac(str(nic.get("mac", ""))).hex(":")
+            specs.append(NicSpec(vnet, mac, port.mtu, nic.get("ip")))
+        console = os.path.join(self.config.console_dir, f"{name}.log") if self.config.console_dir else None
+        spec = VmSpec(name, self.config.kernel, self.config.initrd, int(vcpus), int(memory_mib), tuple(specs),
+                      accel or self.config.accel, console, extra_cmdline=_probe_arg(nics))
+        return self.hv.start(spec)
+
+    def operations(self) -> dict[str, Any]:
+        hv = self.hv
+        return {
+            "vm.start": self.start,
+            "vm.stop": hv.stop,
+            "vm.list": hv.domains,
+            "vm.stats": hv.stats,
+            "vm.pause": hv.pause,
+            "vm.resume": hv.resume,
+            "vm.migrate": hv.migrate,
+            "vm.job": hv.job,
+            "vm.cancel": hv.cancel,
+            "vm.completed_job": hv.completed_job,
+            "vm.adopt": hv.adopt,
+        }
+
+
+def _probe_arg(nics: list[dict[str, Any]]) -> str:
+    """Addresses the test guest should ping and fetch over HTTP (it reports on /probe)."""
+    probes = [str(p) for nic in nics for p in nic.get("probe", [])]
+    return f"svprobe={','.join(probes)}" if probes else ""
