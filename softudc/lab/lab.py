@@ -192,6 +192,10 @@ def lab_up(spec: LabSpec, state_dir: str | None = None, *, progress: bool = Fals
     if os.geteuid() != 0:
         raise LabError("softudc lab needs root (network namespaces); run it as root")
     lab = Lab(spec, state_dir or default_state_dir())
+    longest = lab.dir / "h999" / "libvirt" / "run" / "libvirt-sock"
+    if len(str(longest.resolve())) > 100:
+        raise LabError(f"state dir {lab.state_dir} is too deep: the lab's unix sockets would pass the 108-byte "
+                       "limit; use a shorter --state-dir (or SOFTUDC_STATE_DIR)")
     if any(ns.startswith(lab.prefix) for ns in shell.netns_list()):
         raise LabError(f"lab {spec.name!r} exists already; `softudc lab down {spec.name}` removes it")
     lab.dir.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,12 +38,14 @@ def _need_root() -> None:
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
+def make_lab() -> Iterator[Callable[..., Lab]]:
     made: list[Lab] = []
+    # Short: unix socket paths (libvirtd's, the gatekeepers') must stay under 108 bytes.
+    state = tempfile.mkdtemp(prefix="sudc")
 
     def make(**kwargs: Any) -> Lab:
         name = "t" + secrets.token_hex(3)
-        lab = lab_up(LabSpec(name=name, **kwargs), str(tmp_path / "state"))
+        lab = lab_up(LabSpec(name=name, **kwargs), state)
         made.append(lab)
         return lab
 
@@ -54,6 +57,7 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
         assert not left, f"lab down left namespaces behind: {left}"
         alive = [p for p in pids if shell.pid_alive(p)]
         assert not alive, f"lab down left gatekeepers running: {alive}"
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def gk(lab: Lab, host: str) -> GatekeeperClient:
