@@ -30,7 +30,7 @@ def _print(obj: Any, as_json: bool) -> None:
 def cmd_lab_up(a: argparse.Namespace) -> None:
     spec = LabSpec(a.name, hosts=a.hosts, segments=a.segments, underlay_mtu=a.mtu, gatekeepers=not a.no_gatekeepers,
                    transport=a.transport, flood=a.flood, offloads=not a.no_offloads, vnetd=a.vnetd,
-                   vnetd_peering=a.vnetd_peering)
+                   vnetd_peering=a.vnetd_peering, vms=a.vms)
     print(f"lab {a.name}: starting", file=sys.stderr)
     lab = lab_up(spec, a.state_dir, progress=True)
     for h in lab.hosts:
@@ -153,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-offloads", action="store_true", help="turn off TSO/GSO/GRO on the underlay NICs")
     up.add_argument("--vnetd", action="store_true", help="a vnetd per segment (multicast does not cross the router)")
     up.add_argument("--vnetd-peering", choices=["mesh", "chain"], default="mesh")
+    up.add_argument("--vms", action="store_true", help="a libvirtd per host, for real QEMU guests")
     up.set_defaults(fn=cmd_lab_up)
     down = lab.add_parser("down", help="remove a lab: namespaces, links, processes")
     down.add_argument("name")
@@ -206,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--segment", type=int)
         c.add_argument("--json", action="store_true")
         c.set_defaults(fn=cmd_vnetd)
+
+    from softudc.cli import vm
+
+    vm.add_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("bench_name", choices=["dataplane"])
