@@ -34,6 +34,10 @@ class VmService:
             raise HypervisorError(f"vcpus {vcpus} / memory_mib {memory_mib} out of range (1..64 / 32..1048576)")
         specs = []
         for i, nic in enumerate(nics):
+            if nic.get("bridge"):  # a plain bridge, outside any VNET (no VARP)
+                mac = parse_mac(str(nic.get("mac", ""))).hex(":")
+                specs.append(NicSpec(0, mac, int(nic.get("mtu", 1500)), nic.get("ip"), str(nic["bridge"])))
+                continue
             vnet = nic.get("vnet")
             port = self.vnets.forwarder.vnets.get(vnet) if isinstance(vnet, int) else None
             if port is None or not isinstance(vnet, int):

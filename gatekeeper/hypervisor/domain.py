@@ -19,6 +19,7 @@ class NicSpec:
     mac: str
     mtu: int = 1452
     ip: str | None = None  # address/prefix the guest configures (passed on its command line)
+    bridge: str | None = None  # a plain bridge instead of the VNET's (benchmark baselines)
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ def domain_xml(spec: VmSpec) -> str:
     dev = _sub(dom, "devices")
     for nic in spec.nics:
         iface = _sub(dev, "interface", type="bridge")
-        _sub(iface, "source", bridge=bridge_name(nic.vnet))
+        _sub(iface, "source", bridge=nic.bridge or bridge_name(nic.vnet))
         _sub(iface, "mac", address=nic.mac)
         _sub(iface, "model", type="virtio")
         _sub(iface, "mtu", size=str(nic.mtu))

@@ -7,16 +7,24 @@ import sys
 
 
 def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: bool = True,
-              designs: list[str] | None = None) -> None:
+              designs: list[str] | None = None, runs: int = 10) -> None:
     if name == "dataplane":
         from softudc.bench.dataplane import run_dataplane
 
         result = run_dataplane(reps=reps, seconds=seconds, offloads=offloads, designs=designs)
+    elif name == "migration":
+        from softudc.bench.migration import run_migration
+
+        result = run_migration(runs=runs)
     else:  # argparse restricts the choices; this is for library callers
         raise ValueError(f"unknown benchmark {name!r}")
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         print()
+    elif name == "migration":
+        for mode in ("vnet", "plain_l2"):
+            print(mode, {k: round(v, 1) for k, v in result[mode].items()})
+        print(result["ratios"])
     else:
         from softudc.bench.report import print_table
 

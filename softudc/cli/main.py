@@ -126,7 +126,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
     designs = a.designs.split(",") if a.designs else None
     run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=a.seconds, offloads=a.offloads == "on",
-              designs=designs)
+              designs=designs, runs=a.runs)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("bench_name", choices=["dataplane"])
+    bench.add_argument("bench_name", choices=["dataplane", "migration"])
+    bench.add_argument("--runs", type=int, default=10, help="migrations per mode (migration)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--reps", type=int, default=3)
     bench.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per test")
