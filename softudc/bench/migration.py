@@ -69,9 +69,9 @@ def _one(lab: Lab, name: str, src: str, dst: str, pinger_ns: str) -> dict[str, f
     stamps = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\].*icmp_seq=\d+ ttl", out, re.M)]
     sent = int(re.search(r"(\d+) packets transmitted", out).group(1))  # type: ignore[union-attr]
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return {"total_ms": float(job.get("total_ms") or result["wall_ms"]), "downtime_ms": float(job.get("downtime_ms") or 0),
-            "lost_pings": float(sent - len(stamps)), "longest_gap_ms": round(max(gaps, default=0) * 1000, 1),
-            "wall_ms": float(result["wall_ms"])}
+    return {"total_ms": float(job.get("total_ms") or result["wall_ms"]),
+            "downtime_ms": float(job.get("downtime_ms") or 0), "lost_pings": float(sent - len(stamps)),
+            "longest_gap_ms": round(max(gaps, default=0) * 1000, 1), "wall_ms": float(result["wall_ms"])}
 
 
 def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any]:
@@ -99,8 +99,8 @@ def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any
                 r = _one(lab, name, where, dst, pinger)
                 per[mode].append(r)
                 print(f"[{mode} {i + 1}/{runs}] {where} -> {dst}: total {r['total_ms']:.0f} ms, downtime "
-                      f"{r['downtime_ms']:.0f} ms, lost {r['lost_pings']:.0f}, longest gap {r['longest_gap_ms']:.0f} ms",
-                      file=sys.stderr, flush=True)
+                      f"{r['downtime_ms']:.0f} ms, lost {r['lost_pings']:.0f}, "
+                      f"longest gap {r['longest_gap_ms']:.0f} ms", file=sys.stderr, flush=True)
                 where = dst
             GatekeeperClient(lab.host(where).api_socket, timeout=60).call("vm.stop", name=name, force=True)
         med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in per.items()}
