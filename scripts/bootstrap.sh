@@ -8,7 +8,7 @@ VENV=${VENV:-.venv}
 # Debian packages the code and the tests use. Keep one per line: dpkg-query checks each.
 PACKAGES=(
     python3 python3-venv python3-dev gcc make
-    iproute2 iputils-ping procps psmisc kmod ethtool
+    iproute2 iputils-ping procps psmisc kmod ethtool curl
     tcpdump tshark iperf3 openvpn
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     cpio xz-utils zstd

@@ -23,6 +23,7 @@ from typing import Any
 from gatekeeper.client import GatekeeperClient
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
 from softudc.lab.endpoint import add_endpoint
+from softudc.lab.guest import wait_for_page
 from softudc.lab.libvirt import migration_uri
 from softudc.lab.shell import ip
 
@@ -45,15 +46,6 @@ def _plain_l2(lab: Lab) -> str:
     ip("addr", "add", f"{PINGER_IP}/24", "dev", "eth0", netns=pinger)
     ip("link", "set", "eth0", "up", netns=pinger)
     return pinger
-
-
-def _wait_http(netns: str, timeout: float = 90) -> None:
-    code = f"import urllib.request; urllib.request.urlopen('http://{VM_IP}/counter', timeout=2).read()"
-    deadline = time.monotonic() + timeout
-    while subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", code], capture_output=True).returncode:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the guest at {VM_IP} did not answer HTTP within {timeout:.0f} s")
-        time.sleep(0.5)
 
 
 def _one(lab: Lab, name: str, src: str, dst: str, pinger_ns: str) -> dict[str, float]:
@@ -92,7 +84,7 @@ def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any
                 nic = {"bridge": "brl2", "mac": "52:54:00:00:bb:01", "ip": f"{VM_IP}/24", "mtu": 1500}
             GatekeeperClient(lab.host("h1").api_socket, timeout=60).call("vm.start", name=name, nics=[nic])
             pinger = lab.endpoints["p"].netns if mode == "vnet" else plain_pinger
-            _wait_http(pinger)
+            wait_for_page(pinger, f"http://{VM_IP}/counter")
             where = "h1"
             for i in range(runs):
                 dst = "h2" if where == "h1" else "h1"

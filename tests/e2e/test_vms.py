@@ -7,7 +7,6 @@ import itertools
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -15,18 +14,14 @@ import pytest
 
 from gatekeeper.client import GatekeeperError
 from softudc.lab import Lab
+from softudc.lab.guest import http_get
 from softudc.lab.lab import start_gatekeeper
-from tests.e2e.conftest import create_vnet, endpoints, gk, ns_run, wait_until
+from tests.e2e.conftest import create_vnet, endpoints, gk, wait_until
 
 pytestmark = [pytest.mark.vm]
 
-GET = ("import sys, urllib.request\n"
-       "try: print(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode().strip())\n"
-       "except Exception as e: print('')")
-
-
 def http(lab: Lab, endpoint: str, url: str) -> str:
-    return ns_run(lab.endpoints[endpoint].netns, sys.executable, "-c", GET, url).stdout.strip()
+    return http_get(lab.endpoints[endpoint].netns, url)
 
 
 def start_vm(lab: Lab, host: str, name: str, vnet: int, mac: str, ip: str, probe: list[str] | None = None) -> None:
