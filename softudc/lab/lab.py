@@ -192,8 +192,9 @@ def lab_up(spec: LabSpec, state_dir: str | None = None, *, progress: bool = Fals
     if os.geteuid() != 0:
         raise LabError("softudc lab needs root (network namespaces); run it as root")
     lab = Lab(spec, state_dir or default_state_dir())
-    longest = lab.dir / "h999" / "libvirt" / "run" / "libvirt-sock"
-    if len(str(longest.resolve())) > 100:
+    host_dir = lab.dir.resolve() / f"h{spec.hosts}"
+    longest = host_dir / ("libvirt/run/libvirt-sock" if spec.vms else "gatekeeper.sock")
+    if len(str(longest)) > 107:
         raise LabError(f"state dir {lab.state_dir} is too deep: the lab's unix sockets would pass the 108-byte "
                        "limit; use a shorter --state-dir (or SOFTUDC_STATE_DIR)")
     if any(ns.startswith(lab.prefix) for ns in shell.netns_list()):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,8 +39,8 @@ def test_head_end_replication_spans_segments(make_lab: Callable[..., Lab]) -> No
     assert out.returncode == 0, out.stdout
 
 
-def test_down_cleans_up_after_a_crash(tmp_path: Path) -> None:
-    state = str(tmp_path / "state")
+def test_down_cleans_up_after_a_crash() -> None:
+    state = tempfile.mkdtemp(prefix="sudc")
     name = "c" + os.urandom(3).hex()
     lab = lab_up(LabSpec(name=name, hosts=2), state)
     try:
@@ -58,6 +60,7 @@ def test_down_cleans_up_after_a_crash(tmp_path: Path) -> None:
     assert not [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
     assert not [p for p in pids if shell.pid_alive(p)]
     assert sleeper.returncode is not None
+    shutil.rmtree(state, ignore_errors=True)
 
 
 def test_status_reports_hosts_and_endpoints(make_lab: Callable[..., Lab]) -> None:
@@ -77,3 +80,5 @@ def test_bad_lab_names_and_sizes_are_refused(tmp_path: Path) -> None:
     for spec in (LabSpec(name="Bad_Name"), LabSpec(name="ok", hosts=0), LabSpec(name="ok", segments=5, hosts=2)):
         with pytest.raises(LabError):
             lab_up(spec, str(tmp_path))
+    with pytest.raises(LabError, match="too deep"):
+        lab_up(LabSpec(name="ok", vms=True), str(tmp_path / ("d" * 90)))
