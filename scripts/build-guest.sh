@@ -5,8 +5,13 @@
 set -euo pipefail
 OUT=$(realpath -m "${1:?usage: build-guest.sh OUTDIR}")
 here=$(cd "$(dirname "$0")/.." && pwd)
-kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
-[[ -n "$kpkg" ]] || { echo "build-guest: no linux-image-cloud-amd64 in apt's lists; run 'apt-get update'" >&2; exit 1; }
+find_kernel() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}'; }
+kpkg=$(find_kernel)
+if [[ -z "$kpkg" && $(id -u) -eq 0 ]]; then
+    apt-get update -qq  # a machine whose package lists were never fetched
+    kpkg=$(find_kernel)
+fi
+[[ -n "$kpkg" ]] || { echo "build-guest: no linux-image-cloud-amd64 in apt's lists; run 'apt-get update' as root" >&2; exit 1; }
 bpkg=busybox-static
 stamp="$kpkg $(apt-cache policy $bpkg | awk '/Candidate/{print $2}') $(sha256sum "$here/guest/init" "$0" | sha256sum | cut -c1-16)"
 if [[ -f "$OUT/vmlinuz" && -f "$OUT/initrd.img" && "$(cat "$OUT/stamp" 2>/dev/null)" == "$stamp" ]]; then
