@@ -4,12 +4,15 @@ wired to the VNET service so a VM's MACs are local exactly while it runs here.""
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from gatekeeper.config import HypervisorConfig
 from gatekeeper.hypervisor.domain import DomainNic, NicSpec, VmSpec
 from gatekeeper.hypervisor.driver import Hypervisor, HypervisorError
 from gatekeeper.vnet.service import VnetService, parse_mac
+
+ANNOUNCE_REPEATS = (0.5, 1.5)  # seconds after the first gratuitous ANNOUNCE
 
 
 class VmService:
@@ -20,7 +23,18 @@ class VmService:
 
     def _arrived(self, nics: list[DomainNic], _name: str) -> None:
         for nic in nics:
-            self.vnets.register_local(nic.vnet, nic.mac, nic.tap)
+            self.vnets.register_local(nic.vnet, nic.mac, nic.tap)  # announces at once
+        # Repeat, as QEMU repeats its RARPs: the source host may still hold the MAC as local for a
+        # moment after the guest resumed here, and would ignore the first announce.
+        for delay in ANNOUNCE_REPEATS:
+            timer = threading.Timer(delay, self._announce_again, (nics,))
+            timer.daemon = True
+            timer.start()
+
+    def _announce_again(self, nics: list[DomainNic]) -> None:
+        for nic in nics:
+            if nic.vnet in self.vnets.forwarder.vnets:
+                self.vnets.announce(nic.vnet, nic.mac)
 
     def _left(self, nics: list[DomainNic], _name: str) -> None:
         for nic in nics:

@@ -59,8 +59,10 @@ def test_live_migration_keeps_the_guest_and_every_host_relearns_it(make_lab: Cal
     lab = make_lab(hosts=3, vms=True)
     create_vnet(lab, 10)
     start_vm(lab, "h1", "va", 10, "52:54:00:0a:00:01", "10.0.0.11/24")
+    start_vm(lab, "h2", "vb", 10, "52:54:00:0a:00:02", "10.0.0.12/24", ["10.0.0.11"])  # another VM pinging va
     endpoints(lab, {"e2": ("h2", 10, "10.0.0.2/24")})
     assert wait_until(lambda: counter(lab, "e2", "10.0.0.11") is not None, timeout=60)
+    assert wait_until(lambda: "ping=ok http=va" in http(lab, "e2", "http://10.0.0.12/probe"), timeout=60)
     before = counter(lab, "e2", "10.0.0.11")
     assert before is not None
     pinger = subprocess.Popen(["ip", "netns", "exec", lab.endpoints["e2"].netns, "ping", "-n", "-i", "0.01",
@@ -82,10 +84,17 @@ def test_live_migration_keeps_the_guest_and_every_host_relearns_it(make_lab: Cal
     assert seqs[-1] >= sent - 3, f"pings did not resume after the migration (last reply {seqs[-1]} of {sent})"
     after = counter(lab, "e2", "10.0.0.11")
     assert after is not None and after > before, (before, after)  # the same guest kept counting
-    where = {h.name: [d["name"] for d in gk(lab, h.name).call("vm.list")] for h in lab.hosts}
-    assert where == {"h1": [], "h2": [], "h3": ["va"]}, where
-    cache = [e for e in gk(lab, "h2").call("varp.cache") if e["mac"] == "52:54:00:0a:00:01"]
-    assert cache and cache[0]["addr"] == lab.host("h3").underlay_ip
+    where = {h.name: sorted(d["name"] for d in gk(lab, h.name).call("vm.list")) for h in lab.hosts}
+    assert where == {"h1": [], "h2": ["vb"], "h3": ["va"]}, where
+
+    def points_to_h3(host: str) -> bool:
+        cache = [e for e in gk(lab, host).call("varp.cache") if e["mac"] == "52:54:00:0a:00:01"]
+        return bool(cache) and cache[0]["addr"] == lab.host("h3").underlay_ip
+
+    assert wait_until(lambda: points_to_h3("h1") and points_to_h3("h2"), timeout=5)
+    # The other VM's own pings reach va on h3 (its probe runs every second).
+    time.sleep(2)
+    assert "10.0.0.11 ping=ok http=va" in http(lab, "e2", "http://10.0.0.12/probe")
 
 
 @pytest.mark.migration
