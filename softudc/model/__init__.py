@@ -1,0 +1,1 @@
+"""The farm descriptor: what admins write (YAML), validated with positions in every error."""

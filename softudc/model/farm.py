@@ -1,0 +1,354 @@
+"""The Farm descriptor (apiVersion softudc.io/v1alpha1, kind Farm), as admins write it:
+
+    apiVersion: softudc.io/v1alpha1
+    kind: Farm
+    metadata: {name: shop, labels: {team: web}}
+    spec:
+      vnets:
+        - {name: front, subnet: 10.0.0.0/24, security: none}      # security: none | auth | conf
+      placementGroups:
+        - {name: web-spread, policy: anti-affinity, maxPerHost: 1} # affinity | anti-affinity |
+                                                                    # soft-affinity | soft-anti-affinity
+      vms:
+        - name: web
+          replicas: 2                # instances web-0, web-1
+          vcpus: 1
+          memory: 256Mi              # Ki, Mi, Gi, Ti
+          image: test-guest
+          placementGroup: web-spread
+          migration: {policy: live, maxDowntimeMs: 100}             # live | cold | none
+          nics:
+            - {vnet: front, address: pool}                          # or a static address, or a list of
+                                                                    # them, one per replica
+`validate()` reports every problem at once, each as `file:line:col: field.path: message`, and
+returns a Farm only when there is none.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from softudc.model.source import DescriptorError, Mark, Node, Problem, load
+
+API_VERSION = "softudc.io/v1alpha1"
+NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
+SIZE_RE = re.compile(r"^([0-9]+)(Ki|Mi|Gi|Ti)$")
+UNITS = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
+SECURITY = ("none", "auth", "conf")
+POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
+MIGRATION = ("live", "cold", "none")
+MAX_REPLICAS = 1000
+
+
+@dataclass(frozen=True)
+class VnetDef:
+    name: str
+    subnet: ipaddress.IPv4Network
+    security: str = "none"
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class NicDef:
+    vnet: str
+    addresses: tuple[ipaddress.IPv4Address, ...] = ()  # empty: from the VNET's pool
+
+
+@dataclass(frozen=True)
+class GroupDef:
+    name: str
+    policy: str
+    max_per_host: int | None = None
+
+
+@dataclass(frozen=True)
+class VmDef:
+    name: str
+    replicas: int
+    vcpus: int
+    memory_mib: int
+    image: str
+    nics: tuple[NicDef, ...]
+    group: str | None = None
+    migration: str = "live"
+    max_downtime_ms: int | None = None
+
+    def instance_names(self) -> list[str]:
+        return [f"{self.name}-{i}" for i in range(self.replicas)]
+
+
+@dataclass(frozen=True)
+class Farm:
+    name: str
+    vnets: tuple[VnetDef, ...]
+    vms: tuple[VmDef, ...]
+    groups: tuple[GroupDef, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def fail(self, mark: Mark, path: str, message: str) -> None:
+        self.problems.append(Problem(mark, path, message))
+
+    def mapping(self, node: Node, path: str, allowed: set[str], required: set[str]) -> dict[str, Node] | None:
+        if not isinstance(node.value, dict):
+            self.fail(node.mark, path, f"expected a mapping, got {_kind(node.value)}")
+            return None
+        for key, mark in node.key_marks.items():
+            if key not in allowed:
+                self.fail(mark, _join(path, key), f"unknown field (known: {', '.join(sorted(allowed))})")
+        for key in sorted(required - set(node.value)):
+            self.fail(node.mark, _join(path, key), "required field is missing")
+        return {k: v for k, v in node.value.items() if k in allowed}
+
+    def seq(self, node: Node, path: str) -> list[Node]:
+        if not isinstance(node.value, list):
+            self.fail(node.mark, path, f"expected a list, got {_kind(node.value)}")
+            return []
+        return list(node.value)
+
+    def name(self, node: Node, path: str) -> str | None:
+        if not isinstance(node.value, str) or not NAME_RE.match(node.value):
+            self.fail(node.mark, path, f"{node.value!r} is not a name (lowercase letters, digits, '-'; at most 40)")
+            return None
+        return node.value
+
+    def integer(self, node: Node, path: str, lo: int, hi: int) -> int | None:
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            self.fail(node.mark, path, f"{v!r} must be an integer from {lo} to {hi}")
+            return None
+        return v
+
+    def choice(self, node: Node, path: str, choices: tuple[str, ...]) -> str | None:
+        if node.value not in choices:
+            self.fail(node.mark, path, f"{node.value!r}, expected one of: {', '.join(choices)}")
+            return None
+        return str(node.value)
+
+    def unique(self, items: list[tuple[str | None, Mark, str]], what: str) -> None:
+        seen: dict[str, Mark] = {}
+        for name, mark, path in items:
+            if name is None:
+                continue
+            if name in seen:
+                self.fail(mark, path, f"duplicate {what} name {name!r} (first at line {seen[name].line})")
+            else:
+                seen[name] = mark
+
+
+def _kind(v: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(v), type(v).__name__)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _each(c: _Checker, node: Node | None, path: str, fn: Callable[[Node, str], Any]) -> list[Any]:
+    if node is None:
+        return []
+    return [fn(item, f"{path}[{i}]") for i, item in enumerate(c.seq(node, path))]
+
+
+def parse_size_mib(text: Any) -> int | None:
+    m = SIZE_RE.match(str(text)) if isinstance(text, str) else None
+    if not m:
+        return None
+    mib = int(m.group(1)) * UNITS[m.group(2)]
+    return int(mib) if mib == int(mib) else None
+
+
+def validate(text: str, file: str = "<farm>") -> Farm:
+    root, problems = load(text, file)
+    c = _Checker()
+    c.problems.extend(problems)
+    if root is None:
+        raise DescriptorError(c.problems)
+    top = c.mapping(root, "", {"apiVersion", "kind", "metadata", "spec", "status"},
+                    {"apiVersion", "kind", "metadata", "spec"})
+    if top is None:
+        raise DescriptorError(c.problems)
+    if "apiVersion" in top and top["apiVersion"].value != API_VERSION:
+        c.fail(top["apiVersion"].mark, "apiVersion", f"{top['apiVersion'].value!r}, expected {API_VERSION}")
+    if "kind" in top and top["kind"].value != "Farm":
+        c.fail(top["kind"].mark, "kind", f"{top['kind'].value!r}, expected Farm")
+    name, labels = None, {}
+    meta = c.mapping(top["metadata"], "metadata", {"name", "labels"}, {"name"}) if "metadata" in top else None
+    if meta:
+        name = c.name(meta["name"], "metadata.name") if "name" in meta else None
+        if "labels" in meta:
+            lab = meta["labels"]
+            if not isinstance(lab.value, dict) or not all(isinstance(v.value, str) for v in lab.value.values()):
+                c.fail(lab.mark, "metadata.labels", "expected a mapping of strings")
+            else:
+                labels = {k: v.value for k, v in lab.value.items()}
+    spec = c.mapping(top["spec"], "spec", {"vnets", "vms", "placementGroups"}, {"vnets", "vms"}) \
+        if "spec" in top else None
+    if spec is None:
+        raise DescriptorError(c.problems)
+
+    vnets = [v for v in _each(c, spec.get("vnets"), "spec.vnets", lambda n, p: _vnet(c, n, p)) if v]
+    c.unique([(v.name, m, p) for v, m, p in vnets], "VNET")
+    groups = [g for g in _each(c, spec.get("placementGroups"), "spec.placementGroups", lambda n, p: _group(c, n, p))
+              if g]
+    c.unique([(g.name, m, p) for g, m, p in groups], "placement group")
+    vnet_by_name = {v.name: v for v, _, _ in vnets}
+    group_names = {g.name for g, _, _ in groups}
+    vms = [v for v in _each(c, spec.get("vms"), "spec.vms", lambda n, p: _vm(c, n, p, vnet_by_name, group_names))
+           if v]
+    c.unique([(v.name, m, p) for v, m, p in vms], "VM")
+    _check_addresses(c, [(v, m, p) for v, m, p in vms], vnet_by_name)
+    if c.problems or name is None:
+        raise DescriptorError(c.problems)
+    return Farm(name, tuple(v for v, _, _ in vnets), tuple(v for v, _, _ in vms), tuple(g for g, _, _ in groups),
+                labels)
+
+
+def _vnet(c: _Checker, node: Node, path: str) -> tuple[VnetDef, Mark, str] | None:
+    m = c.mapping(node, path, {"name", "subnet", "security", "mtu"}, {"name", "subnet"})
+    if m is None:
+        return None
+    name = c.name(m["name"], f"{path}.name") if "name" in m else None
+    subnet = None
+    if "subnet" in m:
+        try:
+            subnet = ipaddress.IPv4Network(str(m["subnet"].value))
+            if subnet.prefixlen > 30:
+                c.fail(m["subnet"].mark, f"{path}.subnet", f"{subnet} is too small for VMs (at most /30)")
+                subnet = None
+        except ValueError as e:
+            c.fail(m["subnet"].mark, f"{path}.subnet", f"{m['subnet'].value!r} is not an IPv4 subnet ({e})")
+    security = c.choice(m["security"], f"{path}.security", SECURITY) if "security" in m else "none"
+    mtu = c.integer(m["mtu"], f"{path}.mtu", 576, 9000) if "mtu" in m else None
+    if name is None or subnet is None or security is None or ("mtu" in m and mtu is None):
+        return None
+    return VnetDef(name, subnet, security, mtu), node.mark, f"{path}.name"
+
+
+def _group(c: _Checker, node: Node, path: str) -> tuple[GroupDef, Mark, str] | None:
+    m = c.mapping(node, path, {"name", "policy", "maxPerHost"}, {"name", "policy"})
+    if m is None:
+        return None
+    name = c.name(m["name"], f"{path}.name") if "name" in m else None
+    policy = c.choice(m["policy"], f"{path}.policy", POLICIES) if "policy" in m else None
+    max_per_host = None
+    if "maxPerHost" in m:
+        max_per_host = c.integer(m["maxPerHost"], f"{path}.maxPerHost", 1, MAX_REPLICAS)
+        if policy in ("affinity", "soft-affinity") and max_per_host is not None:
+            c.fail(m["maxPerHost"].mark, f"{path}.maxPerHost",
+                   f"maxPerHost contradicts policy {policy} (affinity puts every member on one host)")
+            max_per_host = None
+    if name is None or policy is None:
+        return None
+    return GroupDef(name, policy, max_per_host), node.mark, f"{path}.name"
+
+
+def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: set[str]
+        ) -> tuple[VmDef, Mark, str] | None:
+    m = c.mapping(node, path, {"name", "replicas", "vcpus", "memory", "image", "nics", "placementGroup",
+                               "migration"}, {"name", "memory", "image", "nics"})
+    if m is None:
+        return None
+    ok = True
+    name = c.name(m["name"], f"{path}.name") if "name" in m else None
+    replicas = c.integer(m["replicas"], f"{path}.replicas", 0, MAX_REPLICAS) if "replicas" in m else 1
+    vcpus = c.integer(m["vcpus"], f"{path}.vcpus", 1, 256) if "vcpus" in m else 1
+    memory = None
+    if "memory" in m:
+        memory = parse_size_mib(m["memory"].value)
+        if memory is None or not 32 <= memory <= 4 * 1024 * 1024:
+            c.fail(m["memory"].mark, f"{path}.memory",
+                   f"{m['memory'].value!r} is not a size from 32Mi to 4Ti (a number and Ki, Mi, Gi or Ti)")
+            memory = None
+    image = m["image"].value if "image" in m else None
+    if "image" in m and (not isinstance(image, str) or not image):
+        c.fail(m["image"].mark, f"{path}.image", "expected an image name")
+        image = None
+    group = None
+    if "placementGroup" in m:
+        group = m["placementGroup"].value
+        if group not in groups:
+            c.fail(m["placementGroup"].mark, f"{path}.placementGroup",
+                   f"no placement group {group!r} in spec.placementGroups")
+            ok = False
+    migration: str | None = "live"
+    max_downtime: int | None = None
+    if "migration" in m:
+        mig = c.mapping(m["migration"], f"{path}.migration", {"policy", "maxDowntimeMs"}, set())
+        if mig:
+            migration = c.choice(mig["policy"], f"{path}.migration.policy", MIGRATION) if "policy" in mig else "live"
+            if "maxDowntimeMs" in mig:
+                max_downtime = c.integer(mig["maxDowntimeMs"], f"{path}.migration.maxDowntimeMs", 1, 60_000)
+                ok = ok and max_downtime is not None
+    nics = []
+    for i, nic_node in enumerate(c.seq(m["nics"], f"{path}.nics") if "nics" in m else []):
+        nic = _nic(c, nic_node, f"{path}.nics[{i}]", vnets, replicas or 0)
+        ok = ok and nic is not None
+        if nic:
+            nics.append(nic)
+    if None in (name, replicas, vcpus, memory, image, migration) or not ok:
+        return None
+    assert name and replicas is not None and vcpus and memory and image and migration
+    return VmDef(name, replicas, vcpus, memory, image, tuple(nics), group, migration, max_downtime), node.mark, \
+        f"{path}.name"
+
+
+def _nic(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], replicas: int) -> NicDef | None:
+    m = c.mapping(node, path, {"vnet", "address"}, {"vnet"})
+    if m is None:
+        return None
+    vnet = m["vnet"].value if "vnet" in m else None
+    if vnet not in vnets:
+        c.fail(m["vnet"].mark, f"{path}.vnet", f"no VNET {vnet!r} in spec.vnets")
+        return None
+    subnet = vnets[vnet].subnet
+    raw = m["address"].value if "address" in m else "pool"
+    if raw == "pool":
+        return NicDef(vnet)
+    nodes = raw if isinstance(raw, list) else [m["address"]]
+    addresses = []
+    for j, a in enumerate(nodes):
+        apath = f"{path}.address" + (f"[{j}]" if isinstance(raw, list) else "")
+        try:
+            addr = ipaddress.IPv4Address(str(a.value))
+        except ValueError:
+            c.fail(a.mark, apath, f"{a.value!r} is neither 'pool' nor an IPv4 address")
+            return None
+        if addr not in subnet or addr in (subnet.network_address, subnet.broadcast_address):
+            c.fail(a.mark, apath, f"{addr} is not a host address of {vnet}'s subnet {subnet}")
+            return None
+        addresses.append(addr)
+    if len(addresses) != replicas:
+        c.fail(m["address"].mark, f"{path}.address",
+               f"{len(addresses)} static address(es) for {replicas} replica(s); give one per replica or 'pool'")
+        return None
+    return NicDef(vnet, tuple(addresses))
+
+
+def _check_addresses(c: _Checker, vms: list[tuple[VmDef, Mark, str]], vnets: dict[str, VnetDef]) -> None:
+    """Static addresses are unique per VNET, and every pool has room for its instances."""
+    used: dict[tuple[str, ipaddress.IPv4Address], str] = {}
+    pool_demand: dict[str, int] = {}
+    for vm, mark, path in vms:
+        for nic in vm.nics:
+            if not nic.addresses:
+                pool_demand[nic.vnet] = pool_demand.get(nic.vnet, 0) + vm.replicas
+            for addr in nic.addresses:
+                if (nic.vnet, addr) in used:
+                    c.fail(mark, path.rsplit(".", 1)[0] + ".nics",
+                           f"address {addr} on {nic.vnet} is also given to {used[(nic.vnet, addr)]}")
+                used[(nic.vnet, addr)] = vm.name
+    for vnet, demand in pool_demand.items():
+        # Hosts of the subnet, less the gateway (.1) convention and the static addresses.
+        room = vnets[vnet].subnet.num_addresses - 3 - sum(1 for (v, _) in used if v == vnet)
+        if demand > room:
+            c.fail(Mark(vms[0][1].file, 1, 1), f"spec.vnets.{vnet}",
+                   f"{demand} instances need pool addresses but {vnets[vnet].subnet} has room for {room}")
