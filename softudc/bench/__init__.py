@@ -12,6 +12,10 @@ def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: 
         from softudc.bench.dataplane import run_dataplane
 
         result = run_dataplane(reps=reps, seconds=seconds, offloads=offloads, designs=designs)
+    elif name == "placement":
+        from softudc.bench.placement import run_placement
+
+        result = run_placement()
     elif name == "migration":
         from softudc.bench.migration import run_migration
 
@@ -21,6 +25,13 @@ def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: 
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         print()
+    elif name == "placement":
+        from softudc.bench.placement import run_placement
+
+        result = run_placement()
+    elif name == "placement":
+        for cluster, r in result["clusters"].items():
+            print(cluster, r)
     elif name == "migration":
         for mode in ("vnet", "plain_l2"):
             print(mode, {k: round(v, 1) for k, v in result[mode].items()})
