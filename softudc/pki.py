@@ -1,0 +1,162 @@
+"""The manager's certificate authority: `softudc init` creates it; gatekeepers join with a
+one-time token and get a client certificate; manager <-> gatekeeper traffic is mutual TLS only.
+
+Files in the PKI directory: ca.crt, ca.key (0600), tokens.json (only SHA-256 digests of tokens,
+never the tokens themselves).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+CA_DAYS = 3650
+LEAF_DAYS = 365
+
+
+class PkiError(RuntimeError):
+    """A PKI operation that cannot be done; the message says what to do."""
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+@dataclass
+class Issued:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+class CertificateAuthority:
+    def __init__(self, directory: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+        self.directory = directory
+        self.cert = cert
+        self.key = key
+
+    @classmethod
+    def create(cls, directory: Path, name: str = "SoftUDC CA") -> CertificateAuthority:
+        directory.mkdir(parents=True, exist_ok=True)
+        if (directory / "ca.key").exists():
+            raise PkiError(f"{directory} already holds a CA; remove it first if you really mean to replace it "
+                           "(every gatekeeper would have to join again)")
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(_now() - datetime.timedelta(minutes=5))
+                .not_valid_after(_now() + datetime.timedelta(days=CA_DAYS))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                             content_commitment=False, key_encipherment=False,
+                                             data_encipherment=False, key_agreement=False,
+                                             encipher_only=False, decipher_only=False), critical=True)
+                .sign(key, hashes.SHA256()))
+        _write_private(directory / "ca.key", _key_pem(key))
+        (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return cls(directory, cert, key)
+
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        try:
+            cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+            key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        except FileNotFoundError:
+            raise PkiError(f"no CA in {directory}; create one with `softudc init`") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise PkiError(f"{directory}/ca.key is not an EC key")
+        return cls(directory, cert, key)
+
+    @property
+    def cert_pem(self) -> bytes:
+        return self.cert.public_bytes(serialization.Encoding.PEM)
+
+    def _leaf(self, common_name: str, usage: x509.ObjectIdentifier, public_key: ec.EllipticCurvePublicKey,
+              sans: list[x509.GeneralName]) -> x509.Certificate:
+        builder = (x509.CertificateBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                   .issuer_name(self.cert.subject).public_key(public_key)
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(_now() - datetime.timedelta(minutes=5))
+                   .not_valid_after(_now() + datetime.timedelta(days=LEAF_DAYS))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def issue_server(self, name: str, addresses: list[str]) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        sans: list[x509.GeneralName] = [x509.DNSName(name)]
+        sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in addresses]
+        cert = self._leaf(name, ExtendedKeyUsageOID.SERVER_AUTH, key.public_key(), sans)
+        return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+    def issue_client(self, name: str) -> Issued:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, key.public_key(), [])
+        return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+    def sign_csr(self, csr_pem: bytes, name: str) -> bytes:
+        """A gatekeeper keeps its key: it sends a CSR with its join token; the name is the
+        token's, never the one the CSR asks for."""
+        csr = x509.load_pem_x509_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise PkiError("the certificate request's signature does not verify")
+        public = csr.public_key()
+        if not isinstance(public, ec.EllipticCurvePublicKey):
+            raise PkiError("only EC keys are accepted")
+        return self._leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, public, []).public_bytes(serialization.Encoding.PEM)
+
+    # --- one-time join tokens -----------------------------------------------------------------
+
+    def _tokens(self) -> dict[str, dict[str, object]]:
+        try:
+            data: dict[str, dict[str, object]] = json.loads((self.directory / "tokens.json").read_text())
+            return data
+        except FileNotFoundError:
+            return {}
+
+    def _save_tokens(self, tokens: dict[str, dict[str, object]]) -> None:
+        _write_private(self.directory / "tokens.json", json.dumps(tokens, indent=1).encode())
+
+    def create_join_token(self, host: str, ttl: float = 3600.0) -> str:
+        token = secrets.token_urlsafe(32)
+        tokens = self._tokens()
+        tokens[hashlib.sha256(token.encode()).hexdigest()] = {"host": host, "expires": time.time() + ttl}
+        self._save_tokens(tokens)
+        return token
+
+    def redeem_join_token(self, token: str) -> str:
+        """The host the token was made for; the token is gone afterwards (one time only)."""
+        tokens = self._tokens()
+        entry = tokens.pop(hashlib.sha256(token.encode()).hexdigest(), None)
+        self._save_tokens({k: v for k, v in tokens.items() if float(v["expires"]) > time.time()})  # type: ignore[arg-type]
+        if entry is None:
+            raise PkiError("unknown or already used join token; create a new one with `softudc host join-token`")
+        if float(entry["expires"]) < time.time():  # type: ignore[arg-type]
+            raise PkiError("the join token has expired; create a new one")
+        return str(entry["host"])
