@@ -1,0 +1,160 @@
+"""Desired state in SQLite (WAL), behind a small interface an etcd backend can implement too.
+
+Every write gets the next value of one global revision; objects keep the revision they were last
+written at, so `put(..., expect=rev)` is a compare-and-swap and `changes(since)` is a watch (the
+manager's controllers and the CLI's `--wait` poll it). Deletes leave a tombstone until compacted,
+so a watcher learns about them. An event log records what happened, for `describe`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS objects (
+    kind TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL,
+    spec TEXT NOT NULL, status TEXT NOT NULL DEFAULT '{}', deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, name));
+CREATE INDEX IF NOT EXISTS objects_revision ON objects(revision);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+    type TEXT NOT NULL, message TEXT NOT NULL);
+INSERT OR IGNORE INTO meta VALUES ('revision', 0);
+"""
+
+
+class Conflict(RuntimeError):
+    """The object changed since the caller read it (compare-and-swap failed); read it again."""
+
+
+@dataclass(frozen=True)
+class Obj:
+    kind: str
+    name: str
+    revision: int
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    deleted: bool = False
+
+
+class Store(Protocol):
+    def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int: ...
+    def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int: ...
+    def get(self, kind: str, name: str) -> Obj | None: ...
+    def objects(self, kind: str) -> list[Obj]: ...
+    def delete(self, kind: str, name: str, expect: int | None = None) -> int: ...
+    def changes(self, since: int) -> list[Obj]: ...
+    def revision(self) -> int: ...
+    def event(self, kind: str, name: str, type_: str, message: str) -> None: ...
+    def events(self, kind: str, name: str, limit: int = 50) -> list[dict[str, Any]]: ...
+
+
+class SqliteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _next(self, db: sqlite3.Connection) -> int:
+        db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
+        return int(db.execute("SELECT value FROM meta WHERE key = 'revision'").fetchone()[0])
+
+    def _check(self, db: sqlite3.Connection, kind: str, name: str, expect: int | None) -> tuple[int, bool] | None:
+        row: tuple[int, bool] | None = db.execute(
+            "SELECT revision, deleted FROM objects WHERE kind=? AND name=?", (kind, name)).fetchone()
+        if expect is not None:
+            current = 0 if row is None or row[1] else row[0]
+            if current != expect:
+                raise Conflict(f"{kind}/{name} is at revision {current}, not {expect}; read it again")
+        return row
+
+    def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int:
+        with self._tx() as db:
+            self._check(db, kind, name, expect)
+            rev = self._next(db)
+            db.execute("INSERT INTO objects (kind, name, revision, spec, status, deleted) VALUES (?, ?, ?, ?, '{}', 0) "
+                       "ON CONFLICT(kind, name) DO UPDATE SET revision=excluded.revision, spec=excluded.spec, "
+                       "deleted=0", (kind, name, rev, json.dumps(spec, sort_keys=True)))
+            return rev
+
+    def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int:
+        with self._tx() as db:
+            row = self._check(db, kind, name, None)
+            if row is None or row[1]:
+                raise KeyError(f"{kind}/{name} does not exist")
+            rev = self._next(db)
+            db.execute("UPDATE objects SET status=?, revision=? WHERE kind=? AND name=?",
+                       (json.dumps(status, sort_keys=True), rev, kind, name))
+            return rev
+
+    def delete(self, kind: str, name: str, expect: int | None = None) -> int:
+        with self._tx() as db:
+            row = self._check(db, kind, name, expect)
+            if row is None or row[1]:
+                raise KeyError(f"{kind}/{name} does not exist")
+            rev = self._next(db)
+            db.execute("UPDATE objects SET deleted=1, revision=? WHERE kind=? AND name=?", (rev, kind, name))
+            return rev
+
+    def _obj(self, row: tuple[Any, ...]) -> Obj:
+        return Obj(row[0], row[1], row[2], json.loads(row[3]), json.loads(row[4]), bool(row[5]))
+
+    def get(self, kind: str, name: str) -> Obj | None:
+        with self._lock:
+            row = self._db.execute("SELECT kind, name, revision, spec, status, deleted FROM objects "
+                                   "WHERE kind=? AND name=? AND deleted=0", (kind, name)).fetchone()
+        return self._obj(row) if row else None
+
+    def objects(self, kind: str) -> list[Obj]:
+        with self._lock:
+            rows = self._db.execute("SELECT kind, name, revision, spec, status, deleted FROM objects "
+                                    "WHERE kind=? AND deleted=0 ORDER BY name", (kind,)).fetchall()
+        return [self._obj(r) for r in rows]
+
+    def changes(self, since: int) -> list[Obj]:
+        """Objects written (or deleted) after revision `since`, oldest first: a watch by polling."""
+        with self._lock:
+            rows = self._db.execute("SELECT kind, name, revision, spec, status, deleted FROM objects "
+                                    "WHERE revision > ? ORDER BY revision", (since,)).fetchall()
+        return [self._obj(r) for r in rows]
+
+    def revision(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
+
+    def event(self, kind: str, name: str, type_: str, message: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO events (time, kind, name, type, message) VALUES (?, ?, ?, ?, ?)",
+                       (time.time(), kind, name, type_, message))
+
+    def events(self, kind: str, name: str, limit: int = 50) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT time, type, message FROM events WHERE kind=? AND name=? "
+                                    "ORDER BY id DESC LIMIT ?", (kind, name, limit)).fetchall()
+        return [{"time": t, "type": ty, "message": m} for t, ty, m in reversed(rows)]
