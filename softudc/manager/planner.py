@@ -124,10 +124,10 @@ def plan_farm(farm: Farm, hosts: list[Host], current: list[Instance],
         index = int(step.request.rsplit("-", 1)[1])
         addresses: dict[str, str] = {}
         for nic in vm.nics:
-            addr: ipaddress.IPv4Address | None = nic.addresses[index] if nic.addresses else next(pools[nic.vnet], None)
-            if addr is None:
+            chosen = nic.addresses[index] if nic.addresses else next(pools[nic.vnet], None)
+            if chosen is None:
                 raise PlanError(f"VNET {nic.vnet} of farm {farm.name} has no free address left")
-            addresses[nic.vnet] = str(addr)
+            addresses[nic.vnet] = str(chosen)
         plan.create.append(Instance(step.request, vm.name, step.host, addresses))
         plan.reasons[step.request] = step.reason
     return plan
