@@ -208,9 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true")
         c.set_defaults(fn=cmd_vnetd)
 
-    from softudc.cli import vm
+    from softudc.cli import farm, vm
 
     vm.add_parser(sub)
+    farm.add_parser(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("bench_name", choices=["dataplane", "migration", "placement"])
