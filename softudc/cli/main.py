@@ -208,10 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true")
         c.set_defaults(fn=cmd_vnetd)
 
-    from softudc.cli import farm, vm
+    from softudc.cli import farm, manager, vm
 
     vm.add_parser(sub)
     farm.add_parser(sub)
+    manager.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("bench_name", choices=["dataplane", "migration", "placement"])
@@ -232,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
+    if args.cmd == "init":
+        from softudc.cli.manager import init_defaults
+
+        init_defaults(args)
     try:
         args.fn(args)
     except (LabError, GatekeeperError, CommandError, ValueError) as e:

@@ -1,0 +1,72 @@
+"""`softudc init` and `softudc manager`: the manager's state directory and its API daemon."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from softudc.lab.lab import default_state_dir
+
+
+def _dir(a: argparse.Namespace) -> Path:
+    return Path(a.state_dir or default_state_dir()) / "manager"
+
+
+def cmd_init(a: argparse.Namespace) -> None:
+    from softudc.manager.api import init
+    from softudc.pki import PkiError
+
+    d = _dir(a)
+    d.mkdir(parents=True, exist_ok=True)
+    try:
+        token = init(d, a.address)
+    except PkiError as e:
+        raise SystemExit(f"softudc: {e}") from None
+    print(f"manager state in {d}: CA, server certificate for {', '.join(a.address)}, store")
+    print(f"admin token (shown once; keep it): {token}")
+
+
+def cmd_manager(a: argparse.Namespace) -> None:
+    from softudc.manager.api import Manager, serve
+    from softudc.pki import PkiError
+
+    try:
+        m = Manager(_dir(a))
+    except PkiError as e:
+        raise SystemExit(f"softudc: {e}") from None
+    host, port = a.listen.rsplit(":", 1)
+    server = serve(m, host, int(port))
+    if a.metrics:
+        mhost, mport = a.metrics.rsplit(":", 1)
+        start_http_server(int(mport), addr=mhost, registry=m.registry)
+    print(f"manager API on https://{host}:{server.server_address[1]}/v1 (OpenAPI: /v1/openapi.json)",
+          file=sys.stderr, flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.shutdown()
+
+
+def add_parsers(sub: Any) -> None:
+    i = sub.add_parser("init", help="create the manager's CA, server certificate, store and admin token")
+    i.add_argument("--address", action="append", default=None, help="address the API is reached at (repeatable)")
+    i.set_defaults(fn=cmd_init)
+    m = sub.add_parser("manager", help="run the manager's API")
+    m.add_argument("--listen", default="127.0.0.1:8443")
+    m.add_argument("--metrics", default=None, help="ADDRESS:PORT for Prometheus")
+    m.set_defaults(fn=cmd_manager)
+
+
+def init_defaults(a: argparse.Namespace) -> None:
+    if getattr(a, "address", None) is None:
+        a.address = ["127.0.0.1"]
+
+
+

@@ -1,0 +1,277 @@
+"""The manager's REST API over HTTPS (stdlib server, one thread per request).
+
+Administrators authenticate with bearer tokens (roles in `auth`); gatekeepers with client
+certificates from the manager's CA (their routes refuse anything else): the TLS context asks for
+a client certificate and verifies it when one is given. Farms are stored only when their
+descriptor validates; the response then lists every problem with its position.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+
+from softudc.manager.auth import AuthError, Principal, TokenStore
+from softudc.manager.store import SqliteStore
+from softudc.model.farm import validate
+from softudc.model.source import DescriptorError
+from softudc.pki import CertificateAuthority, PkiError
+
+MAX_BODY = 1 << 20
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "SoftUDC manager", "version": "v1"},
+    "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
+    "security": [{"token": []}],
+    "paths": {
+        "/v1/farms": {"get": {"summary": "Farms the caller may read", "responses": {"200": {"description": "list"}}}},
+        "/v1/farms/{name}": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {"summary": "A farm: spec, status, events", "responses": {"200": {"description": "farm"},
+                                                                             "404": {"description": "no such farm"}}},
+            "put": {"summary": "Apply a farm descriptor (YAML)",
+                    "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}},
+                    "responses": {"200": {"description": "stored"}, "400": {"description": "problems"},
+                                  "409": {"description": "changed since read"}}},
+            "delete": {"summary": "Delete a farm", "responses": {"200": {"description": "deleted"}}},
+        },
+        "/v1/hosts": {"get": {"summary": "Hosts and their last status", "responses": {"200": {"description": "list"}}}},
+        "/v1/hosts/join": {"post": {"summary": "A gatekeeper joins: one-time token + CSR -> certificate",
+                                    "security": [], "responses": {"200": {"description": "certificate"},
+                                                                  "403": {"description": "bad token"}}}},
+        "/v1/hosts/{name}/status": {"put": {"summary": "A gatekeeper reports (mutual TLS only)", "security": [],
+                                            "parameters": [{"name": "name", "in": "path", "required": True,
+                                                            "schema": {"type": "string"}}],
+                                            "responses": {"200": {"description": "stored"},
+                                                          "403": {"description": "no or wrong client certificate"}}}},
+    },
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.extra = extra
+
+
+class Manager:
+    """The manager's state and the API's operations, independent of HTTP."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.store = SqliteStore(state_dir / "state.db")
+        self.tokens = TokenStore(state_dir / "tokens.json")
+        self.ca = CertificateAuthority.load(state_dir / "pki")
+        self.registry = CollectorRegistry()
+        self.requests = Counter("softudc_manager_requests", "API requests by route and status",
+                                ["route", "status"], registry=self.registry)
+
+    def list_farms(self, who: Principal) -> list[dict[str, Any]]:
+        return [{"name": o.name, "revision": o.revision, "vms": sum(v["replicas"] for v in o.spec.get("vms", []))}
+                for o in self.store.objects("farm") if who.can_read(o.name)]
+
+    def get_farm(self, who: Principal, name: str) -> dict[str, Any]:
+        obj = self.store.get("farm", name)
+        if obj is None or not who.can_read(name):  # a farm you may not read does not exist for you
+            raise ApiError(404, f"no farm {name!r}")
+        return {"name": name, "revision": obj.revision, "spec": obj.spec, "status": obj.status,
+                "events": self.store.events("farm", name)}
+
+    def put_farm(self, who: Principal, name: str, text: str, expect: int | None) -> dict[str, Any]:
+        if not who.can_write(name):
+            raise ApiError(403, f"{who.name} ({who.role}) may not change farm {name!r}")
+        try:
+            farm = validate(text, f"farms/{name}")
+        except DescriptorError as e:
+            raise ApiError(400, f"{len(e.problems)} problem(s); nothing was changed",
+                           problems=[str(p) for p in e.problems]) from None
+        if farm.name != name:
+            raise ApiError(400, f"metadata.name is {farm.name!r} but the URL names {name!r}")
+        spec = {"descriptor": text, "vnets": [v.name for v in farm.vnets],
+                "vms": [{"name": v.name, "replicas": v.replicas} for v in farm.vms]}
+        from softudc.manager.store import Conflict
+
+        try:
+            rev = self.store.put("farm", name, spec, expect)
+        except Conflict as e:
+            raise ApiError(409, str(e)) from None
+        self.store.event("farm", name, "Applied", f"by {who.name}: revision {rev}")
+        return {"name": name, "revision": rev}
+
+    def delete_farm(self, who: Principal, name: str) -> dict[str, Any]:
+        if not who.can_write(name):
+            raise ApiError(403, f"{who.name} ({who.role}) may not delete farm {name!r}")
+        try:
+            rev = self.store.delete("farm", name)
+        except KeyError:
+            raise ApiError(404, f"no farm {name!r}") from None
+        self.store.event("farm", name, "Deleted", f"by {who.name}")
+        return {"name": name, "deleted": True, "revision": rev}
+
+    def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
+        return [{"name": o.name, "revision": o.revision, **o.status} for o in self.store.objects("host")]
+
+    def join(self, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            host = self.ca.redeem_join_token(str(body.get("token", "")))
+            cert = self.ca.sign_csr(str(body.get("csr", "")).encode(), host)
+        except PkiError as e:
+            raise ApiError(403, str(e)) from None
+        except ValueError as e:
+            raise ApiError(400, f"csr: not a PEM certificate request ({e})") from None
+        self.store.put("host", host, {"joined": time.time()})
+        return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
+
+    def host_status(self, peer_cn: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        if peer_cn is None:
+            raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
+        if peer_cn != name:
+            raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
+        if self.store.get("host", name) is None:
+            raise ApiError(404, f"host {name!r} never joined")
+        self.store.set_status("host", name, {**body, "reported": time.time()})
+        return {"host": name, "stored": True}
+
+
+Route = tuple[str, re.Pattern[str], str]
+ROUTES: list[Route] = [
+    ("GET", re.compile(r"^/v1/openapi\.json$"), "openapi"),
+    ("GET", re.compile(r"^/v1/farms$"), "list_farms"),
+    ("GET", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "get_farm"),
+    ("PUT", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "put_farm"),
+    ("DELETE", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "delete_farm"),
+    ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
+    ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
+    ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/status$"), "host_status"),
+]
+
+
+def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "softudc-manager"
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:  # quiet; metrics count requests
+            pass
+
+        def _reply(self, status: int, body: Any, route: str) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            m.requests.labels(route, str(status)).inc()
+
+        def _body(self) -> bytes:
+            n = int(self.headers.get("Content-Length") or 0)
+            if n > MAX_BODY:
+                raise ApiError(413, f"body of {n} bytes; the limit is {MAX_BODY}")
+            return self.rfile.read(n) if n else b""
+
+        def _json(self) -> dict[str, Any]:
+            try:
+                data = json.loads(self._body() or b"{}")
+            except ValueError:
+                raise ApiError(400, "body must be JSON") from None
+            if not isinstance(data, dict):
+                raise ApiError(400, "body must be a JSON object")
+            return data
+
+        def _peer_cn(self) -> str | None:
+            cert = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
+            if not cert:
+                return None
+            subject: Any = cert.get("subject", ())  # ((("commonName", "h1"),), ...)
+            for rdn in subject:
+                for key, value in rdn:
+                    if key == "commonName":
+                        return str(value)
+            return None
+
+        def _dispatch(self, method: str) -> None:
+            path = self.path.split("?", 1)[0]
+            for meth, pattern, op in ROUTES:
+                match = pattern.match(path)
+                if not match:
+                    continue
+                if meth != method:
+                    continue
+                try:
+                    self._reply(200, self._run(op, **match.groupdict()), op)
+                except AuthError as e:
+                    self._reply(e.status, {"error": str(e)}, op)
+                except ApiError as e:
+                    self._reply(e.status, {"error": str(e), **e.extra}, op)
+                except Exception as e:
+                    self._reply(500, {"error": f"internal error: {type(e).__name__}: {e}"}, op)
+                return
+            known = any(p.match(path) for _, p, _ in ROUTES)
+            self._reply(405 if known else 404, {"error": f"{method} {path}: " +
+                                                ("method not allowed" if known else "no such route")}, "unknown")
+
+        def _run(self, op: str, **args: str) -> Any:
+            if op == "openapi":
+                return OPENAPI
+            if op == "join":
+                return m.join(self._json())
+            if op == "host_status":
+                return m.host_status(self._peer_cn(), args["name"], self._json())
+            who = m.tokens.authenticate(self.headers.get("Authorization"))
+            if op == "put_farm":
+                expect = self.headers.get("If-Match")
+                return m.put_farm(who, args["name"], self._body().decode("utf-8", "replace"),
+                                  int(expect) if expect and expect.isdigit() else None)
+            fn: Callable[..., Any] = getattr(m, op)
+            return fn(who, **args)
+
+        def do_GET(self) -> None:
+            self._dispatch("GET")
+
+        def do_PUT(self) -> None:
+            self._dispatch("PUT")
+
+        def do_POST(self) -> None:
+            self._dispatch("POST")
+
+        def do_DELETE(self) -> None:
+            self._dispatch("DELETE")
+
+    return Handler
+
+
+def serve(m: Manager, host: str, port: int) -> ThreadingHTTPServer:
+    """Start the API on a background thread; returns the server (`.server_address`, `.shutdown()`)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(m.state_dir / "pki" / "server.crt"), str(m.state_dir / "pki" / "server.key"))
+    ctx.load_verify_locations(str(m.state_dir / "pki" / "ca.crt"))
+    ctx.verify_mode = ssl.CERT_OPTIONAL  # admins come with tokens, gatekeepers with certificates
+    server = ThreadingHTTPServer((host, port), make_handler(m))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="manager-api", daemon=True).start()
+    return server
+
+
+def init(state_dir: Path, addresses: list[str]) -> str:
+    """`softudc init`: the CA, the API's server certificate, the store; returns an admin token."""
+    ca = CertificateAuthority.create(state_dir / "pki")
+    issued = ca.issue_server("softudc-manager", addresses)
+    (state_dir / "pki" / "server.crt").write_bytes(issued.cert_pem)
+    key = state_dir / "pki" / "server.key"
+    key.write_bytes(issued.key_pem)
+    key.chmod(0o600)
+    SqliteStore(state_dir / "state.db").close()
+    return TokenStore(state_dir / "tokens.json").create("admin", "admin")

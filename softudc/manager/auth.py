@@ -1,0 +1,67 @@
+"""Admin API tokens with roles: `admin` (everything), and per-farm `operator` (read and change
+those farms) and `viewer` (read them). Tokens are kept only as SHA-256 digests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("admin", "operator", "viewer")
+
+
+class AuthError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+    farms: tuple[str, ...] = ()  # for operator and viewer: the farms they may touch
+
+    def can_read(self, farm: str) -> bool:
+        return self.role == "admin" or farm in self.farms
+
+    def can_write(self, farm: str) -> bool:
+        return self.role == "admin" or (self.role == "operator" and farm in self.farms)
+
+
+class TokenStore:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, dict[str, object]]:
+        try:
+            data: dict[str, dict[str, object]] = json.loads(self.path.read_text())
+            return data
+        except FileNotFoundError:
+            return {}
+
+    def create(self, name: str, role: str, farms: list[str] | None = None) -> str:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r}, expected one of {', '.join(ROLES)}")
+        if role != "admin" and not farms:
+            raise ValueError(f"a {role} token needs the farms it is for")
+        token = "sudc_" + secrets.token_urlsafe(32)
+        tokens = self._load()
+        tokens[hashlib.sha256(token.encode()).hexdigest()] = {"name": name, "role": role, "farms": farms or []}
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(tokens, f, indent=1)
+        return token
+
+    def authenticate(self, header: str | None) -> Principal:
+        if not header or not header.startswith("Bearer "):
+            raise AuthError(401, "missing 'Authorization: Bearer <token>' (create one with `softudc init`)")
+        entry = self._load().get(hashlib.sha256(header[7:].strip().encode()).hexdigest())
+        if entry is None:
+            raise AuthError(401, "unknown token")
+        farms = entry.get("farms", [])
+        assert isinstance(farms, list)
+        return Principal(str(entry["name"]), str(entry["role"]), tuple(str(f) for f in farms))

@@ -1,0 +1,142 @@
+"""The manager API over real HTTPS on loopback: tokens and roles, farm validation, gatekeeper
+join and mutual TLS, persistence across a restart."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from softudc.manager.api import Manager, init, serve
+from softudc.manager.auth import TokenStore
+
+ROOT = Path(__file__).parents[3]
+DEMO = (ROOT / "configs" / "farms" / "demo.yaml").read_text()
+
+
+class Api:
+    def __init__(self, state: Path, port: int, cert: tuple[str, str] | None = None) -> None:
+        self.ctx = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+        if cert:
+            self.ctx.load_cert_chain(*cert)
+        self.port = port
+
+    def call(self, method: str, path: str, body: Any = None, token: str | None = None,
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        conn = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.ctx, timeout=10)
+        h = dict(headers or {})
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        data = body if isinstance(body, str | bytes) or body is None else json.dumps(body)
+        conn.request(method, path, body=data, headers=h)
+        r = conn.getresponse()
+        payload = json.loads(r.read() or b"null")
+        conn.close()
+        return r.status, payload
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> Iterator[tuple[Path, int, str]]:
+    admin = init(tmp_path, ["127.0.0.1"])
+    server = serve(Manager(tmp_path), "127.0.0.1", 0)
+    yield tmp_path, server.server_address[1], admin
+    server.shutdown()
+
+
+def test_apply_get_and_delete_with_an_admin_token(manager: tuple[Path, int, str]) -> None:
+    state, port, admin = manager
+    api = Api(state, port)
+    assert api.call("GET", "/v1/farms")[0] == 401
+    status, body = api.call("PUT", "/v1/farms/demo", DEMO, admin, {"Content-Type": "application/yaml"})
+    assert status == 200 and body["revision"] >= 1
+    status, farm = api.call("GET", "/v1/farms/demo", token=admin)
+    assert status == 200 and farm["spec"]["vnets"] == ["front", "back"]
+    assert farm["events"][0]["type"] == "Applied"
+    assert api.call("PUT", "/v1/farms/demo", DEMO, admin, {"If-Match": "0"})[0] == 409  # stale
+    assert api.call("DELETE", "/v1/farms/demo", token=admin)[0] == 200
+    assert api.call("GET", "/v1/farms/demo", token=admin)[0] == 404
+
+
+def test_a_broken_descriptor_is_refused_whole_and_stores_nothing(manager: tuple[Path, int, str]) -> None:
+    state, port, admin = manager
+    api = Api(state, port)
+    bad = DEMO.replace("memory: 128Mi", "memory: lots", 1).replace("vnet: front", "vnet: nowhere")
+    status, body = api.call("PUT", "/v1/farms/demo", bad, admin)
+    assert status == 400 and len(body["problems"]) == 2
+    assert any("spec.vms[0].memory" in p for p in body["problems"])
+    assert api.call("GET", "/v1/farms", token=admin)[1] == []
+
+
+def test_roles_viewer_cannot_apply_and_scoped_tokens_cannot_see_other_farms(manager: tuple[Path, int, str]) -> None:
+    state, port, admin = manager
+    api = Api(state, port)
+    api.call("PUT", "/v1/farms/demo", DEMO, admin)
+    api.call("PUT", "/v1/farms/shop", DEMO.replace("name: demo", "name: shop"), admin)
+    tokens = TokenStore(state / "tokens.json")
+    viewer = tokens.create("v", "viewer", ["demo"])
+    operator = tokens.create("o", "operator", ["shop"])
+    assert api.call("GET", "/v1/farms/demo", token=viewer)[0] == 200
+    assert api.call("PUT", "/v1/farms/demo", DEMO, viewer)[0] == 403
+    assert [f["name"] for f in api.call("GET", "/v1/farms", token=viewer)[1]] == ["demo"]
+    assert api.call("GET", "/v1/farms/shop", token=viewer)[0] == 404  # not even its existence
+    assert api.call("PUT", "/v1/farms/shop", DEMO.replace("name: demo", "name: shop"), operator)[0] == 200
+    assert api.call("DELETE", "/v1/farms/demo", token=operator)[0] == 403
+
+
+def _csr(name: str) -> tuple[str, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([x509.NameAttribute(
+        NameOID.COMMON_NAME, name)])).sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+def test_gatekeepers_join_once_and_report_only_with_their_certificate(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    state, port, admin = manager
+    api = Api(state, port)
+    m = Manager(state)
+    token = m.ca.create_join_token("h1")
+    csr, key = _csr("whatever")
+    status, joined = api.call("POST", "/v1/hosts/join", {"token": token, "csr": csr})
+    assert status == 200 and joined["host"] == "h1"
+    assert api.call("POST", "/v1/hosts/join", {"token": token, "csr": csr})[0] == 403  # one time only
+    cert, pem = tmp_path / "h1.crt", tmp_path / "h1.key"
+    cert.write_text(joined["certificate"])
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    gk = Api(state, port, (str(cert), str(pem)))
+    assert gk.call("PUT", "/v1/hosts/h1/status", {"vcpus": 8, "memory_mib": 8192})[0] == 200
+    assert gk.call("PUT", "/v1/hosts/h2/status", {"vcpus": 8})[0] == 403  # another host's route
+    assert api.call("PUT", "/v1/hosts/h1/status", {"vcpus": 1})[0] == 403  # no certificate at all
+    hosts = api.call("GET", "/v1/hosts", token=admin)[1]
+    assert hosts[0]["name"] == "h1" and hosts[0]["vcpus"] == 8
+
+
+def test_restarting_the_manager_loses_nothing(tmp_path: Path) -> None:
+    admin = init(tmp_path, ["127.0.0.1"])
+    first = serve(Manager(tmp_path), "127.0.0.1", 0)
+    Api(tmp_path, first.server_address[1]).call("PUT", "/v1/farms/demo", DEMO, admin)
+    first.shutdown()
+    second = serve(Manager(tmp_path), "127.0.0.1", 0)
+    try:
+        status, farm = Api(tmp_path, second.server_address[1]).call("GET", "/v1/farms/demo", token=admin)
+        assert status == 200 and farm["spec"]["descriptor"] == DEMO
+    finally:
+        second.shutdown()
+
+
+def test_the_openapi_document_lists_every_route(manager: tuple[Path, int, str]) -> None:
+    state, port, _ = manager
+    status, doc = Api(state, port).call("GET", "/v1/openapi.json")
+    assert status == 200 and doc["openapi"].startswith("3.")
+    routes = {"/v1/farms", "/v1/farms/{name}", "/v1/hosts", "/v1/hosts/join", "/v1/hosts/{name}/status"}
+    assert routes <= set(doc["paths"])
