@@ -4,17 +4,14 @@ the file and the field. configs/gatekeeper.example.toml documents each key."""
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gatekeeper.vnet.varp_cache import VarpTimers
+from softudc.configfile import ConfigError as ConfigError  # re-exported for the daemons
+from softudc.configfile import read_toml
 from softudc.security.keys import VnetKeys
-
-
-class ConfigError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -57,14 +54,7 @@ _METRICS = {"listen"}
 
 
 def load_config(path: str | Path) -> GatekeeperConfig:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (copy configs/gatekeeper.example.toml)") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    return parse_config(raw, str(path))
+    return parse_config(read_toml(path, "copy configs/gatekeeper.example.toml"), str(path))
 
 
 def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConfig:
@@ -188,13 +178,7 @@ def load_keys(path: str | Path) -> dict[int, VnetKeys]:
         send_epoch = 1
         secrets = { 1 = "64 hex digits", 2 = "..." }
     """
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such keys file") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
+    raw = read_toml(path, "the keys file named in [security] keys_file")
     out: dict[int, VnetKeys] = {}
     vnets = raw.get("vnets", {})
     if not isinstance(vnets, dict) or set(raw) - {"vnets"}:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    pass
+from softudc.configfile import ConfigError as ConfigError  # re-exported for the daemons
+from softudc.configfile import read_toml
 
 
 @dataclass(frozen=True)
@@ -33,14 +31,7 @@ _KEYS = {"name", "address", "interface", "api_socket", "key", "key_id", "group",
 
 
 def load_config(path: str | Path) -> VnetdConfig:
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (copy configs/vnetd.example.toml)") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    return parse_config(raw, str(path))
+    return parse_config(read_toml(path, "copy configs/vnetd.example.toml"), str(path))
 
 
 def parse_config(raw: dict[str, Any], where: str = "<config>") -> VnetdConfig:

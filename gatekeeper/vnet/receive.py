@@ -77,11 +77,22 @@ class Receiver:
         self._receive(self._udp, self.drops["udp"], FRAME_PREFIX_LEN)
 
     def _receive(self, sock: socket.socket, drops: Counter[str], prefix_len: int) -> None:
-        """Blocking receive loop of a UDP socket with UDP_GRO: kernel batches as they come,
-        single datagrams plus whatever is queued behind them (`_rx_drain`)."""
+        """Receive loop of a UDP socket with UDP_GRO: kernel batches as they come, single
+        datagrams plus whatever is queued behind them (`_rx_drain`)."""
         buf = bytearray(RX_BUF_SIZE)
         mv = memoryview(buf)
         recv = _gro_receiver(sock, mv)
+
+        def handle(n: int, gso: int, src: str) -> None:
+            if gso < n:
+                self._rx_batch(mv, RX_OFF, n, gso, src, prefix_len, drops)
+            else:
+                self._rx_drain(mv, n, src, recv, prefix_len, drops)
+
+        self._loop(recv, drops, handle)
+
+    def _loop(self, recv: Recv, drops: Counter[str], handle: Callable[[int, int, str], None]) -> None:
+        """The blocking part every receive thread shares: wait, count errors, stop on request."""
         while not self._stopping:
             try:
                 n, gso, src = recv(RX_OFF, 0)
@@ -94,10 +105,7 @@ class Receiver:
                 if self._stopping:
                     return
                 continue
-            if gso < n:
-                self._rx_batch(mv, RX_OFF, n, gso, src, prefix_len, drops)
-            else:
-                self._rx_drain(mv, n, src, recv, prefix_len, drops)
+            handle(n, gso, src)
 
     def _rx_drain(self, mv: memoryview, n: int, src: str, recv: Callable[[int, int], tuple[int, int, str]],
                   prefix_len: int, drops: Counter[str], prefix_mask: bytes | None = None) -> None:
@@ -269,26 +277,17 @@ class Receiver:
             n = sock.recv_into(mv[off:off + BUF_SIZE], 0, flags)
             return n, n, socket.inet_ntoa(mv[off + 12:off + 16]) if n >= 20 else ""
 
-        while not self._stopping:
-            try:
-                n, _, src = recv(RX_OFF, 0)
-            except OSError:
-                if self._stopping:
-                    return
-                drops["recv_error"] += 1
-                continue
-            if n == 0:
-                if self._stopping:
-                    return
-                continue
+        def handle(n: int, _gso: int, src: str) -> None:
             if src == self.local_addr:
-                continue
+                return
             # A raw socket hands over the outer IPv4 header too (dataplane.md pitfall 2); only
             # option-less headers batch, and the header's id and checksum may differ.
             if n >= 22 and mv[RX_OFF] == 0x45:
                 self._rx_drain(mv, n, src, recv, RAW_PREFIX_LEN, drops, RAW_PREFIX_MASK)
             else:
                 self._rx_raw(mv, RX_OFF, RX_OFF + n, src, drops)
+
+        self._loop(recv, drops, handle)
 
     def _learn(self, vnet: int, frame: memoryview, src: str) -> None:
         if self.learn and not frame[6] & 1:
