@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from softudc.manager.auth import AuthError, Principal, TokenStore
+from softudc.manager.controller import host_desired, inventory, reconcile_farm
 from softudc.manager.store import SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
@@ -49,6 +50,12 @@ OPENAPI: dict[str, Any] = {
         "/v1/hosts/join": {"post": {"summary": "A gatekeeper joins: one-time token + CSR -> certificate",
                                     "security": [], "responses": {"200": {"description": "certificate"},
                                                                   "403": {"description": "bad token"}}}},
+        "/v1/hosts/{name}/desired": {"get": {"summary": "What a gatekeeper should run (mutual TLS only)",
+                                             "security": [], "parameters": [{"name": "name", "in": "path",
+                                                                             "required": True,
+                                                                             "schema": {"type": "string"}}],
+                                             "responses": {"200": {"description": "VNETs and VMs"},
+                                                           "403": {"description": "no or wrong certificate"}}}},
         "/v1/hosts/{name}/status": {"put": {"summary": "A gatekeeper reports (mutual TLS only)", "security": [],
                                             "parameters": [{"name": "name", "in": "path", "required": True,
                                                             "schema": {"type": "string"}}],
@@ -74,6 +81,7 @@ class Manager:
         self.tokens = TokenStore(state_dir / "tokens.json")
         self.ca = CertificateAuthority.load(state_dir / "pki")
         self.registry = CollectorRegistry()
+        self._reconcile_lock = threading.RLock()
         self.requests = Counter("softudc_manager_requests", "API requests by route and status",
                                 ["route", "status"], registry=self.registry)
 
@@ -107,7 +115,9 @@ class Manager:
         except Conflict as e:
             raise ApiError(409, str(e)) from None
         self.store.event("farm", name, "Applied", f"by {who.name}: revision {rev}")
-        return {"name": name, "revision": rev}
+        self.reconcile()
+        obj = self.store.get("farm", name)
+        return {"name": name, "revision": rev, "status": obj.status if obj else {}}
 
     def delete_farm(self, who: Principal, name: str) -> dict[str, Any]:
         if not who.can_write(name):
@@ -117,6 +127,7 @@ class Manager:
         except KeyError:
             raise ApiError(404, f"no farm {name!r}") from None
         self.store.event("farm", name, "Deleted", f"by {who.name}")
+        self.reconcile()
         return {"name": name, "deleted": True, "revision": rev}
 
     def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
@@ -141,7 +152,58 @@ class Manager:
         if self.store.get("host", name) is None:
             raise ApiError(404, f"host {name!r} never joined")
         self.store.set_status("host", name, {**body, "reported": time.time()})
+        self.reconcile()
         return {"host": name, "stored": True}
+
+    def desired(self, peer_cn: str | None, name: str) -> dict[str, Any]:
+        """What a gatekeeper should run (mutual TLS only: its certificate names the host)."""
+        if peer_cn is None or peer_cn != name:
+            raise ApiError(403, "gatekeeper routes need this host's client certificate from the manager's CA")
+        with self._reconcile_lock:
+            farms = [(validate(o.spec["descriptor"], o.name), o.status) for o in self.store.objects("farm")]
+        return host_desired(name, farms)
+
+    def reconcile(self) -> None:
+        """Re-plan every farm against the hosts' latest reports; store statuses; log changes."""
+        with self._reconcile_lock:
+            reports = {o.name: o.status for o in self.store.objects("host")}
+            hosts = inventory(reports)
+            taken: dict[tuple[str, str], int] = {}
+            farms = self.store.objects("farm")
+            for o in farms:
+                taken.update({(o.name, k): v for k, v in o.status.get("vnet_ids", {}).items()})
+            for o in farms:
+                farm = validate(o.spec["descriptor"], o.name)
+                _charge_others(hosts, farms, o.name)
+                status, summary = reconcile_farm(farm, o.status, hosts, taken, reports)
+                if status != o.status:
+                    self.store.set_status("farm", o.name, status)
+                    if summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
+                        self.store.event("farm", o.name, "Planned", summary)
+                for h in hosts:  # the next farm starts from clean usage again
+                    h.used_vcpus = h.used_memory_mib = 0
+                    h.groups.clear()
+
+
+def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:
+    """Usage of every farm but `current` (whose own instances the planner accounts for)."""
+    by_name = {h.name: h for h in hosts}
+    for o in farms:
+        if o.name == current:
+            continue
+        sizes = {}
+        try:
+            sizes = {v.name: v for v in validate(o.spec["descriptor"], o.name).vms}
+        except DescriptorError:
+            continue
+        for inst in o.status.get("instances", []):
+            h, vm = by_name.get(inst["host"]), sizes.get(inst["vm"])
+            if h is not None and vm is not None:
+                h.used_vcpus += vm.vcpus
+                h.used_memory_mib += vm.memory_mib
+                if vm.group:
+                    key = f"{o.name}/{vm.group}"
+                    h.groups[key] = h.groups.get(key, 0) + 1
 
 
 Route = tuple[str, re.Pattern[str], str]
@@ -154,6 +216,7 @@ ROUTES: list[Route] = [
     ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
     ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/status$"), "host_status"),
+    ("GET", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/desired$"), "desired"),
 ]
 
 
@@ -228,6 +291,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
                 return m.join(self._json())
             if op == "host_status":
                 return m.host_status(self._peer_cn(), args["name"], self._json())
+            if op == "desired":
+                return m.desired(self._peer_cn(), args["name"])
             who = m.tokens.authenticate(self.headers.get("Authorization"))
             if op == "put_farm":
                 expect = self.headers.get("If-Match")

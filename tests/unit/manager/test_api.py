@@ -140,3 +140,39 @@ def test_the_openapi_document_lists_every_route(manager: tuple[Path, int, str]) 
     assert status == 200 and doc["openapi"].startswith("3.")
     routes = {"/v1/farms", "/v1/farms/{name}", "/v1/hosts", "/v1/hosts/join", "/v1/hosts/{name}/status"}
     assert routes <= set(doc["paths"])
+
+
+def _join(state: Path, port: int, m: Manager, host: str, tmp: Path) -> Api:
+    csr, key = _csr(host)
+    status, joined = Api(state, port).call("POST", "/v1/hosts/join", {"token": m.ca.create_join_token(host),
+                                                                      "csr": csr})
+    assert status == 200
+    cert, pem = tmp / f"{host}.crt", tmp / f"{host}.key"
+    cert.write_text(joined["certificate"])
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    return Api(state, port, (str(cert), str(pem)))
+
+
+def test_applied_farms_are_placed_on_reporting_hosts_and_each_gets_its_part(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    state, port, admin = manager
+    m = Manager(state)
+    gks = {h: _join(state, port, m, h, tmp_path) for h in ("h1", "h2", "h3")}
+    for h, gk in gks.items():
+        assert gk.call("PUT", f"/v1/hosts/{h}/status", {"vcpus": 8, "memory_mib": 8192, "state": "ready",
+                                                       "running": []})[0] == 200
+    api = Api(state, port)
+    status, applied = api.call("PUT", "/v1/farms/demo", DEMO, admin)
+    assert status == 200 and applied["status"]["conditions"]["Placed"] is True
+    parts = {h: gk.call("GET", f"/v1/hosts/{h}/desired")[1] for h, gk in gks.items()}
+    names = sorted(vm["name"] for p in parts.values() for vm in p["vms"])
+    assert names == ["demo--db-0", "demo--web-0", "demo--web-1", "demo--web-2"]
+    assert api.call("GET", "/v1/hosts/h1/desired")[0] == 403  # no certificate
+    assert gks["h2"].call("GET", "/v1/hosts/h1/desired")[0] == 403  # someone else's
+    # Scaling web 3 -> 2 removes exactly web-2 from the hosts' desired state.
+    api.call("PUT", "/v1/farms/demo", DEMO.replace("replicas: 3", "replicas: 2"), admin)
+    names = sorted(vm["name"] for h, gk in gks.items() for vm in gk.call("GET", f"/v1/hosts/{h}/desired")[1]["vms"])
+    assert names == ["demo--db-0", "demo--web-0", "demo--web-1"]
+    events = api.call("GET", "/v1/farms/demo", token=admin)[1]["events"]
+    assert [e["type"] for e in events].count("Planned") == 2
