@@ -50,6 +50,21 @@ async def run(config_path: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    async def manager_loop() -> None:
+        assert config.manager is not None
+        from gatekeeper.manager_client import ManagerClient
+
+        mc = config.manager
+        client = ManagerClient(mc.url, mc.ca, mc.cert, mc.key, config.host, service, vms, mc.vcpus, mc.memory_mib)
+        while True:
+            try:
+                done = await loop.run_in_executor(None, client.sync)
+                if done:
+                    log.info("converged: %s", "; ".join(done))
+            except Exception as e:
+                log.warning("manager sync: %s", e)
+            await asyncio.sleep(mc.interval)
+
     async def ticker() -> None:
         while True:
             await asyncio.sleep(TICK)
@@ -64,9 +79,13 @@ async def run(config_path: str) -> None:
                 ops.update(vms.operations())
             api_task = tg.create_task(api.serve(config.api_socket, ops), name="api")
             tick_task = tg.create_task(ticker(), name="varp-timer")
+            if config.manager is not None:
+                sync_task = tg.create_task(manager_loop(), name="manager-sync")
             await stop.wait()
             api_task.cancel()
             tick_task.cancel()
+            if config.manager is not None:
+                sync_task.cancel()
     finally:
         service.stop()
         log.info("gatekeeper %s stopped", config.host)

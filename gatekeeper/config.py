@@ -32,6 +32,18 @@ class GatekeeperConfig:
     keys_file: str | None = None
     varp_auth_window: float = 30.0
     hypervisor: HypervisorConfig | None = None
+    manager: ManagerConfig | None = None
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    url: str
+    ca: str
+    cert: str
+    key: str
+    vcpus: int
+    memory_mib: int
+    interval: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +55,8 @@ class HypervisorConfig:
     console_dir: str | None = None
 
 
-_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security", "hypervisor"}
+_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security", "hypervisor", "manager"}
+_MANAGER = {"url", "ca", "cert", "key", "vcpus", "memory_mib", "interval"}
 _HYPERVISOR = {"uri", "kernel", "initrd", "accel", "console_dir"}
 _SECURITY = {"keys_file", "varp_window"}
 _UNDERLAY = {"interface", "address", "mtu"}
@@ -150,6 +163,17 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
             raise fail("hypervisor.accel", f"{hv.get('accel')!r}, expected 'qemu' (TCG) or 'kvm'")
         hypervisor = HypervisorConfig(hv["uri"], hv["kernel"], hv["initrd"], hv.get("accel", "qemu"),
                                       hv.get("console_dir"))
+    manager = None
+    if "manager" in raw:
+        mg = table("manager", _MANAGER)
+        for key in ("url", "ca", "cert", "key"):
+            if not isinstance(mg.get(key), str) or not mg[key]:
+                raise fail(f"manager.{key}", "required string")
+        for key in ("vcpus", "memory_mib"):
+            if not isinstance(mg.get(key), int) or mg[key] <= 0:
+                raise fail(f"manager.{key}", "required positive integer (the capacity this host offers)")
+        manager = ManagerConfig(mg["url"], mg["ca"], mg["cert"], mg["key"], mg["vcpus"], mg["memory_mib"],
+                                float(mg.get("interval", 2.0)))
     return GatekeeperConfig(
         host=raw["host"],
         api_socket=raw["api_socket"],
@@ -167,6 +191,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
         keys_file=keys_file,
         varp_auth_window=float(window),
         hypervisor=hypervisor,
+        manager=manager,
     )
 
 

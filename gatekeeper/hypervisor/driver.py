@@ -175,7 +175,13 @@ class Hypervisor:
                 "nics": [{"vnet": n.vnet, "mac": n.mac, "tap": n.tap} for n in nics]}
 
     def domains(self) -> list[dict[str, Any]]:
-        return [self.describe(d) for d in self.conn().listAllDomains(0)]
+        out = []
+        for dom in self.conn().listAllDomains(0):
+            try:
+                out.append(self.describe(dom))
+            except libvirt.libvirtError:
+                continue  # undefined while we were listing (a stop or a migration finishing)
+        return out
 
     def stats(self) -> list[dict[str, Any]]:
         """Per-VM counters from getAllDomainStats (getCPUStats needs cgroups, absent here)."""

@@ -52,6 +52,7 @@ class LabSpec:
     vnetd: bool = False
     vnetd_peering: str = "mesh"
     vms: bool = False
+    manager: bool = False
     guest_dir: str | None = None  # default: build/guest of this checkout, or $SOFTUDC_GUEST_DIR
 
     def validate(self) -> None:
@@ -116,6 +117,8 @@ class Lab:
     vnetds: list[VnetdInfo] = field(default_factory=list)
     relay_key: str = field(default_factory=lambda: secrets.token_hex(32))
     accel: str = "qemu"
+    manager_pid: int | None = None
+    manager_files: dict[str, dict[str, str]] = field(default_factory=dict)  # host -> ca, cert, key
 
     @property
     def prefix(self) -> str:
@@ -170,6 +173,8 @@ def load_lab(name: str, state_dir: str | None = None) -> Lab:
     lab.vnetds = [VnetdInfo(**v) for v in raw.get("vnetds", [])]
     lab.relay_key = raw.get("relay_key", lab.relay_key)
     lab.accel = raw.get("accel", "qemu")
+    lab.manager_pid = raw.get("manager_pid")
+    lab.manager_files = raw.get("manager_files", {})
     return lab
 
 
@@ -257,6 +262,14 @@ def _build(lab: Lab, progress: bool) -> None:
 
         lab.accel = probe_accel(guest, Path(lab.state_dir))
         _say(progress, f"accelerator: {lab.accel} ({'KVM probe boot succeeded' if lab.accel == 'kvm' else 'TCG'})")
+    if spec.manager:
+        from softudc.lab.manager import MANAGER_ADDR, join_host, start_manager
+
+        lab.manager_pid, _ = start_manager(lab)
+        _say(progress, f"manager on https://{MANAGER_ADDR}:8443 (management network)")
+        for host in lab.hosts:
+            lab.manager_files[host.name] = join_host(lab, host)
+            _say(progress, f"{host.name} joined the manager")
     lab.save()
     if spec.gatekeepers:
         for host in lab.hosts:
@@ -320,6 +333,19 @@ def gatekeeper_config(lab: Lab, host: Host) -> str:
     varp = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.varp.items()))
     members = [h.underlay_ip for h in lab.hosts if h.name != host.name]
     security = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.security.items()))
+    manager = ""
+    if spec.manager and host.name in lab.manager_files:
+        f = lab.manager_files[host.name]
+        manager = f"""
+[manager]
+url = "https://10.99.0.1:8443"
+ca = "{f['ca']}"
+cert = "{f['cert']}"
+key = "{f['key']}"
+vcpus = 4
+memory_mib = 2048
+interval = 1.0
+"""
     hypervisor = ""
     if spec.vms:
         from softudc.lab.libvirt import libvirt_uri
@@ -357,7 +383,7 @@ listen = "{host.mgmt_ip}:{METRICS_PORT}"
 
 [security]
 {security}
-{hypervisor}"""
+{hypervisor}{manager}"""
 
 
 def start_gatekeeper(lab: Lab, host: Host, timeout: float = 15.0) -> None:
@@ -415,6 +441,8 @@ def lab_down(name: str, state_dir: str | None = None) -> list[str]:
         pids.update(h.pid for h in old.hosts if h.pid)
         pids.update(v.pid for v in old.vnetds if v.pid)
         pids.update(h.libvirtd_pid for h in old.hosts if h.libvirtd_pid)
+        if old.manager_pid:
+            pids.add(old.manager_pid)
     namespaces = [ns for ns in shell.netns_list() if ns.startswith(prefix)]
     for ns in namespaces:
         pids.update(shell.netns_pids(ns))

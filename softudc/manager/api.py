@@ -161,7 +161,24 @@ class Manager:
             raise ApiError(403, "gatekeeper routes need this host's client certificate from the manager's CA")
         with self._reconcile_lock:
             farms = [(validate(o.spec["descriptor"], o.name), o.status) for o in self.store.objects("farm")]
-        return host_desired(name, farms)
+            desired = host_desired(name, farms)
+            for v in desired["vnets"]:
+                if v["security"] != "none":
+                    v["keys"] = self._vnet_keys(v["farm"], v["name"])
+        return desired
+
+    def _vnet_keys(self, farm: str, vnet: str) -> dict[str, Any]:
+        """A secured VNET's master secret: made once by the manager, handed only to gatekeepers
+        (over mutual TLS), never shown in a farm's status."""
+        key = f"{farm}/{vnet}"
+        obj = self.store.get("vnetkey", key)
+        if obj is None:
+            import secrets
+
+            self.store.put("vnetkey", key, {"send_epoch": 1, "secrets": {"1": secrets.token_hex(32)}})
+            obj = self.store.get("vnetkey", key)
+        assert obj is not None
+        return dict(obj.spec)
 
     def reconcile(self) -> None:
         """Re-plan every farm against the hosts' latest reports; store statuses; log changes."""
