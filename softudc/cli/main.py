@@ -30,7 +30,7 @@ def _print(obj: Any, as_json: bool) -> None:
 def cmd_lab_up(a: argparse.Namespace) -> None:
     spec = LabSpec(a.name, hosts=a.hosts, segments=a.segments, underlay_mtu=a.mtu, gatekeepers=not a.no_gatekeepers,
                    transport=a.transport, flood=a.flood, offloads=not a.no_offloads, vnetd=a.vnetd,
-                   vnetd_peering=a.vnetd_peering, vms=a.vms)
+                   vnetd_peering=a.vnetd_peering, vms=a.vms, manager=a.manager)
     print(f"lab {a.name}: starting", file=sys.stderr)
     lab = lab_up(spec, a.state_dir, progress=True)
     for h in lab.hosts:
@@ -154,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--vnetd", action="store_true", help="a vnetd per segment (multicast does not cross the router)")
     up.add_argument("--vnetd-peering", choices=["mesh", "chain"], default="mesh")
     up.add_argument("--vms", action="store_true", help="a libvirtd per host, for real QEMU guests")
+    up.add_argument("--manager", action="store_true", help="run the manager and join every host to it")
     up.set_defaults(fn=cmd_lab_up)
     down = lab.add_parser("down", help="remove a lab: namespaces, links, processes")
     down.add_argument("name")
@@ -208,11 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true")
         c.set_defaults(fn=cmd_vnetd)
 
-    from softudc.cli import farm, manager, vm
+    from softudc.cli import admin, farm, manager, vm
 
     vm.add_parser(sub)
     farm.add_parser(sub)
     manager.add_parsers(sub)
+    admin.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("bench_name", choices=["dataplane", "migration", "placement"])
