@@ -254,11 +254,25 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
             m.requests.labels(route, str(status)).inc()
 
+        def _read_body(self) -> None:
+            """Read the whole body before anything else: one left in the stream would corrupt the
+            next request on this keep-alive connection."""
+            self._raw = b""
+            self._too_big = False
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                n = -1
+            if n < 0 or n > MAX_BODY:
+                self._too_big = True
+                self.close_connection = True
+                return
+            self._raw = self.rfile.read(n) if n else b""
+
         def _body(self) -> bytes:
-            n = int(self.headers.get("Content-Length") or 0)
-            if n > MAX_BODY:
-                raise ApiError(413, f"body of {n} bytes; the limit is {MAX_BODY}")
-            return self.rfile.read(n) if n else b""
+            if self._too_big:
+                raise ApiError(413, f"body missing a valid Content-Length or over {MAX_BODY} bytes")
+            return self._raw
 
         def _json(self) -> dict[str, Any]:
             try:
@@ -281,6 +295,7 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             return None
 
         def _dispatch(self, method: str) -> None:
+            self._read_body()
             path = self.path.split("?", 1)[0]
             for meth, pattern, op in ROUTES:
                 match = pattern.match(path)
@@ -329,6 +344,12 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:
             self._dispatch("DELETE")
+
+        def __getattr__(self, name: str) -> Any:
+            # Any other method (TRACE, PATCH, OPTIONS, ...): 405 with a message, not a bare 501.
+            if name.startswith("do_"):
+                return lambda: self._dispatch(name[3:])
+            raise AttributeError(name)
 
     return Handler
 
