@@ -41,8 +41,7 @@ def cmd_apply(a: argparse.Namespace) -> None:
         raise LabError(f"{a.file}: {len(e.problems)} problem(s); nothing was changed") from None
     lab = _lab(a)
     if a.dry_run:
-        print(f"{farm.name}: valid; the manager would plan it on its hosts (`softudc plan -f {a.file} --lab "
-              f"{a.lab}` shows a plan here)")
+        _show_plan(_ok(*call(lab, "POST", f"/v1/farms/{farm.name}/plan", text)), farm.name)
         return
     body = _ok(*call(lab, "PUT", f"/v1/farms/{farm.name}", text))
     print(f"farm {farm.name} applied (revision {body['revision']})")
@@ -58,6 +57,32 @@ def cmd_apply(a: argparse.Namespace) -> None:
         time.sleep(1)
     print(file=sys.stderr)
     _print_farm(_ok(*call(lab, "GET", f"/v1/farms/{farm.name}")))
+
+
+def _show_plan(plan: dict[str, Any], name: str) -> None:
+    print(f"farm {name}: {plan['summary']}")
+    for i in plan["create"]:
+        print(f"  + {i['name']:14} on {i['host']:5} " + " ".join(f"{v}:{a}" for v, a in sorted(i["addresses"].items())))
+    for i in plan["delete"]:
+        print(f"  - {i['name']:14} on {i['host']}")
+    for n, why in plan["unplaced"].items():
+        print(f"  ! {n} cannot be placed: " + "; ".join(why))
+    if not plan["changes"]:
+        print("  no changes")
+
+
+def cmd_diff(a: argparse.Namespace) -> None:
+    """Exit 0: applying the file would change nothing; 1: it would (like `kubectl diff`)."""
+    text = Path(a.file).read_text()
+    try:
+        farm = validate(text, a.file)
+    except DescriptorError as e:
+        for p in e.problems:
+            print(p, file=sys.stderr)
+        raise LabError(f"{a.file}: {len(e.problems)} problem(s)") from None
+    plan = _ok(*call(_lab(a), "POST", f"/v1/farms/{farm.name}/plan", text))
+    _show_plan(plan, farm.name)
+    sys.exit(1 if plan["changes"] else 0)
 
 
 def _print_farm(f: dict[str, Any]) -> None:
@@ -124,6 +149,10 @@ def add_parsers(sub: Any) -> None:
     ap.add_argument("--no-wait", dest="wait", action="store_false")
     ap.add_argument("--timeout", type=float, default=180)
     ap.set_defaults(fn=cmd_apply)
+    df = sub.add_parser("diff", help="what applying a farm descriptor would change (exit 1 if anything)")
+    df.add_argument("-f", "--file", required=True)
+    df.add_argument("--lab", required=True)
+    df.set_defaults(fn=cmd_diff)
     g = sub.add_parser("get", help="farms, vms or hosts known to the lab's manager")
     g.add_argument("what", choices=["farms", "vms", "hosts"])
     g.add_argument("--lab", required=True)

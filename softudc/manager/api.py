@@ -46,6 +46,11 @@ OPENAPI: dict[str, Any] = {
                                   "409": {"description": "changed since read"}}},
             "delete": {"summary": "Delete a farm", "responses": {"200": {"description": "deleted"}}},
         },
+        "/v1/farms/{name}/plan": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "post": {"summary": "What applying a descriptor would change (stores nothing)",
+                     "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}},
+                     "responses": {"200": {"description": "plan"}, "400": {"description": "problems"}}}},
         "/v1/hosts": {"get": {"summary": "Hosts and their last status", "responses": {"200": {"description": "list"}}}},
         "/v1/hosts/join": {"post": {"summary": "A gatekeeper joins: one-time token + CSR -> certificate",
                                     "security": [], "responses": {"200": {"description": "certificate"},
@@ -180,26 +185,52 @@ class Manager:
         assert obj is not None
         return dict(obj.spec)
 
+    def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Any],
+                  reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
+        """One farm's next status against the hosts, the other farms' usage counted."""
+        hosts = inventory(reports)
+        taken: dict[tuple[str, str], int] = {}
+        for o in farms:
+            taken.update({(o.name, k): v for k, v in o.status.get("vnet_ids", {}).items()})
+        _charge_others(hosts, farms, farm.name)
+        return reconcile_farm(farm, status, hosts, taken, reports)
+
     def reconcile(self) -> None:
         """Re-plan every farm against the hosts' latest reports; store statuses; log changes."""
         with self._reconcile_lock:
             reports = {o.name: o.status for o in self.store.objects("host")}
-            hosts = inventory(reports)
-            taken: dict[tuple[str, str], int] = {}
             farms = self.store.objects("farm")
             for o in farms:
-                taken.update({(o.name, k): v for k, v in o.status.get("vnet_ids", {}).items()})
-            for o in farms:
-                farm = validate(o.spec["descriptor"], o.name)
-                _charge_others(hosts, farms, o.name)
-                status, summary = reconcile_farm(farm, o.status, hosts, taken, reports)
+                status, summary = self._plan_one(validate(o.spec["descriptor"], o.name), o.status, farms, reports)
                 if status != o.status:
                     self.store.set_status("farm", o.name, status)
                     if summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
                         self.store.event("farm", o.name, "Planned", summary)
-                for h in hosts:  # the next farm starts from clean usage again
-                    h.used_vcpus = h.used_memory_mib = 0
-                    h.groups.clear()
+
+    def plan(self, who: Principal, name: str, text: str) -> dict[str, Any]:
+        """What applying `text` would change (`softudc diff`, `apply --dry-run`); stores nothing."""
+        if not who.can_read(name) and self.store.get("farm", name) is not None:
+            raise ApiError(404, f"no farm {name!r}")
+        if who.role == "viewer" and not who.can_read(name):
+            raise ApiError(403, f"{who.name} (viewer) may not plan farm {name!r}")
+        try:
+            farm = validate(text, f"farms/{name}")
+        except DescriptorError as e:
+            raise ApiError(400, f"{len(e.problems)} problem(s)", problems=[str(p) for p in e.problems]) from None
+        if farm.name != name:
+            raise ApiError(400, f"metadata.name is {farm.name!r} but the URL names {name!r}")
+        with self._reconcile_lock:
+            reports = {o.name: o.status for o in self.store.objects("host")}
+            farms = self.store.objects("farm")
+            current = self.store.get("farm", name)
+            status, summary = self._plan_one(farm, current.status if current else {}, farms, reports)
+        before = {i["name"]: i for i in (current.status.get("instances", []) if current else [])}
+        after = {i["name"]: i for i in status["instances"]}
+        create = [after[n] for n in sorted(set(after) - set(before))]
+        delete = [before[n] for n in sorted(set(before) - set(after))]
+        changed_spec = current is None or current.spec.get("descriptor") != text
+        return {"summary": summary, "create": create, "delete": delete, "unplaced": status["unplaced"],
+                "changes": bool(create or delete or status["unplaced"]) or changed_spec}
 
 
 def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:
@@ -230,6 +261,7 @@ ROUTES: list[Route] = [
     ("GET", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "get_farm"),
     ("PUT", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "put_farm"),
     ("DELETE", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "delete_farm"),
+    ("POST", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})/plan$"), "plan"),
     ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
     ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/status$"), "host_status"),
@@ -326,6 +358,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             if op == "desired":
                 return m.desired(self._peer_cn(), args["name"])
             who = m.tokens.authenticate(self.headers.get("Authorization"))
+            if op == "plan":
+                return m.plan(who, args["name"], self._body().decode("utf-8", "replace"))
             if op == "put_farm":
                 expect = self.headers.get("If-Match")
                 return m.put_farm(who, args["name"], self._body().decode("utf-8", "replace"),

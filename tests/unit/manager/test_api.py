@@ -176,3 +176,23 @@ def test_applied_farms_are_placed_on_reporting_hosts_and_each_gets_its_part(
     assert names == ["demo--db-0", "demo--web-0", "demo--web-1"]
     events = api.call("GET", "/v1/farms/demo", token=admin)[1]["events"]
     assert [e["type"] for e in events].count("Planned") == 2
+
+
+def test_plan_is_a_dry_run_that_stores_nothing(manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    state, port, admin = manager
+    m = Manager(state)
+    for h in ("h1", "h2", "h3"):
+        _join(state, port, m, h, tmp_path).call("PUT", f"/v1/hosts/{h}/status",
+                                                 {"vcpus": 8, "memory_mib": 8192, "running": []})
+    api = Api(state, port)
+    status, plan = api.call("POST", "/v1/farms/demo/plan", DEMO, admin)
+    assert status == 200 and plan["changes"] and len(plan["create"]) == 4
+    assert api.call("GET", "/v1/farms/demo", token=admin)[0] == 404  # nothing stored
+    api.call("PUT", "/v1/farms/demo", DEMO, admin)
+    assert api.call("POST", "/v1/farms/demo/plan", DEMO, admin)[1]["changes"] is False
+    bigger = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("replicas: 3", "replicas: 4"), admin)[1]
+    assert bigger["changes"] and bigger["create"] == [] and list(bigger["unplaced"]) == ["web-3"]  # 3 hosts
+    smaller = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("replicas: 3", "replicas: 2"), admin)[1]
+    assert [i["name"] for i in smaller["delete"]] == ["web-2"] and smaller["create"] == []
+    status, bad = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("128Mi", "lots", 1), admin)
+    assert status == 400 and bad["problems"]
