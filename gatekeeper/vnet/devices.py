@@ -14,7 +14,6 @@ import fcntl
 import os
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -114,19 +113,6 @@ class Devices:
             idx = _lookup(ipr, ifname)
             if idx is not None:
                 ipr.link("del", index=idx)
-
-    def master_of(self, ifname: str) -> str | None:
-        with self._nl() as ipr:
-            idx = _lookup(ipr, ifname)
-            if idx is None:
-                return None
-            master = ipr.get_links(idx)[0].get("IFLA_MASTER")
-            return str(ipr.get_links(master)[0].get("IFLA_IFNAME")) if master else None
-
-    def mtu_of(self, ifname: str) -> int:
-        with self._nl() as ipr:
-            link: Any = ipr.get_links(_require(ipr, ifname))[0]
-            return int(link.get("IFLA_MTU"))
 
     def forget_fdb(self, bridge: str, mac: str) -> None:
         """Remove a learned MAC from the bridge, e.g. one that used to be remote and is now here."""

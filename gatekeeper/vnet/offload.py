@@ -64,24 +64,8 @@ def parse_vnet_hdr(buf: bytes | bytearray | memoryview) -> VnetHdr:
     return VnetHdr(*_VNET_HDR.unpack_from(buf))
 
 
-def build_vnet_hdr(h: VnetHdr) -> bytes:
-    return _VNET_HDR.pack(h.flags, h.gso_type, h.hdr_len, h.gso_size, h.csum_start, h.csum_offset)
-
-
 class OffloadError(ValueError):
     """A frame the offload path cannot handle; the caller drops and counts it."""
-
-
-def _fold(total: np.ndarray) -> np.ndarray:
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return total
-
-
-def ipv4_checksums(headers: np.ndarray) -> np.ndarray:
-    """One's-complement checksums of an (n, ihl) uint8 array of IPv4 headers (checksum field zeroed)."""
-    words = headers.view(">u2").astype(np.uint32)
-    return (~_fold(words.sum(axis=1)) & 0xFFFF).astype(np.uint16)
 
 
 def ipv4_checksum(header: bytes | bytearray | memoryview) -> int:
@@ -203,13 +187,6 @@ def complete_csum(buf: bytearray | memoryview, start: int, offset: int, end: int
         csum = 0xFFFF  # UDP: a computed zero is sent as all ones (RFC 768)
     buf[start + offset] = csum >> 8
     buf[start + offset + 1] = csum & 0xFF
-
-
-@dataclass(frozen=True, slots=True)
-class TcpKey:
-    """What must be equal for two segments to merge: everything but length, id, checksums, seq, PSH."""
-
-    head: bytes
 
 
 def _tcp_info(frame: memoryview) -> tuple[int, int, int] | None:

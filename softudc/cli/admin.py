@@ -11,7 +11,7 @@ from typing import Any
 
 from softudc.lab import LabError, load_lab
 from softudc.lab.manager import call
-from softudc.model.farm import validate
+from softudc.model.farm import Farm, validate
 from softudc.model.source import DescriptorError
 
 
@@ -31,14 +31,22 @@ def _ok(status: int, body: Any) -> Any:
     return body
 
 
-def cmd_apply(a: argparse.Namespace) -> None:
-    text = Path(a.file).read_text()
+def _read_farm(path: str) -> tuple[str, Farm]:
+    """The descriptor's text and its Farm; every problem printed, then an error, if invalid."""
     try:
-        farm = validate(text, a.file)
+        text = Path(path).read_text()
+    except OSError as e:
+        raise LabError(f"{path}: {e.strerror}") from None
+    try:
+        return text, validate(text, path)
     except DescriptorError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
-        raise LabError(f"{a.file}: {len(e.problems)} problem(s); nothing was changed") from None
+        raise LabError(f"{path}: {len(e.problems)} problem(s); nothing was changed") from None
+
+
+def cmd_apply(a: argparse.Namespace) -> None:
+    text, farm = _read_farm(a.file)
     lab = _lab(a)
     if a.dry_run:
         _show_plan(_ok(*call(lab, "POST", f"/v1/farms/{farm.name}/plan", text)), farm.name)
@@ -73,13 +81,7 @@ def _show_plan(plan: dict[str, Any], name: str) -> None:
 
 def cmd_diff(a: argparse.Namespace) -> None:
     """Exit 0: applying the file would change nothing; 1: it would (like `kubectl diff`)."""
-    text = Path(a.file).read_text()
-    try:
-        farm = validate(text, a.file)
-    except DescriptorError as e:
-        for p in e.problems:
-            print(p, file=sys.stderr)
-        raise LabError(f"{a.file}: {len(e.problems)} problem(s)") from None
+    text, farm = _read_farm(a.file)
     plan = _ok(*call(_lab(a), "POST", f"/v1/farms/{farm.name}/plan", text))
     _show_plan(plan, farm.name)
     sys.exit(1 if plan["changes"] else 0)

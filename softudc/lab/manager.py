@@ -4,7 +4,6 @@ joins it with a one-time token and a CSR, as a real host would, and syncs over m
 from __future__ import annotations
 
 import json
-import ssl
 import subprocess
 import sys
 import time
@@ -87,11 +86,6 @@ def join_host(lab: Lab, host: Host) -> dict[str, str]:
     return files
 
 
-def admin_api(lab: Lab) -> tuple[ssl.SSLContext, str]:
-    d = manager_dir(lab)
-    return ssl.create_default_context(cafile=str(d / "pki" / "ca.crt")), (d / "admin.token").read_text()
-
-
 def call(lab: Lab, method: str, path: str, body: str | None = None) -> tuple[int, object]:
     """An admin API call from the management namespace (where the manager listens)."""
     d = manager_dir(lab)
@@ -108,6 +102,3 @@ def call(lab: Lab, method: str, path: str, body: str | None = None) -> tuple[int
     if not status.isdigit():
         raise LabError(f"manager call {method} {path} failed: {out.stderr.strip()}")
     return int(status), json.loads(payload or "null")
-
-
-
