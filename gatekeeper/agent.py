@@ -55,7 +55,9 @@ async def run(config_path: str) -> None:
         from gatekeeper.manager_client import ManagerClient
 
         mc = config.manager
-        client = ManagerClient(mc.url, mc.ca, mc.cert, mc.key, config.host, service, vms, mc.vcpus, mc.memory_mib)
+        client = ManagerClient(mc.url, mc.ca, mc.cert, mc.key, config.host, service, vms, mc.vcpus, mc.memory_mib,
+                               state_file.with_name("gatekeeper-managed.json"),
+                               config.hypervisor.migration_uri if config.hypervisor else None)
         while True:
             try:
                 done = await loop.run_in_executor(None, client.sync)

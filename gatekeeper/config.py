@@ -53,11 +53,12 @@ class HypervisorConfig:
     initrd: str
     accel: str = "qemu"
     console_dir: str | None = None
+    migration_uri: str | None = None  # how other hosts' libvirtd reach this one (live migration)
 
 
 _TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security", "hypervisor", "manager"}
 _MANAGER = {"url", "ca", "cert", "key", "vcpus", "memory_mib", "interval"}
-_HYPERVISOR = {"uri", "kernel", "initrd", "accel", "console_dir"}
+_HYPERVISOR = {"uri", "kernel", "initrd", "accel", "console_dir", "migration_uri"}
 _SECURITY = {"keys_file", "varp_window"}
 _UNDERLAY = {"interface", "address", "mtu"}
 _DATAPLANE = {"transport", "offload"}
@@ -161,8 +162,11 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
                 raise fail(f"hypervisor.{key}", "required string")
         if hv.get("accel", "qemu") not in ("qemu", "kvm"):
             raise fail("hypervisor.accel", f"{hv.get('accel')!r}, expected 'qemu' (TCG) or 'kvm'")
+        if "migration_uri" in hv and (not isinstance(hv["migration_uri"], str) or "://" not in hv["migration_uri"]):
+            raise fail("hypervisor.migration_uri", f"{hv['migration_uri']!r}, expected a libvirt URI such as "
+                       "'qemu+tcp://10.99.0.11/system'")
         hypervisor = HypervisorConfig(hv["uri"], hv["kernel"], hv["initrd"], hv.get("accel", "qemu"),
-                                      hv.get("console_dir"))
+                                      hv.get("console_dir"), hv.get("migration_uri"))
     manager = None
     if "manager" in raw:
         mg = table("manager", _MANAGER)

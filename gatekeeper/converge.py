@@ -3,11 +3,16 @@ out, the agent carries them out (and reports what it could not do).
 
 Order matters: VNETs exist before VMs plug into them; VMs stop before their VNETs go. Only VMs
 named `<farm>--<instance>` are the manager's; anything else on the host is left alone.
+
+Migrations: the manager moves an instance by listing it on the source with `migrate_to` (the
+destination's libvirt URI and an attempt id) and on the destination with `incoming` (its VNETs
+are made, the VM is neither started nor stopped there). The source starts the migration once
+per attempt; a VM that just left by migration is not restarted here while the manager catches up.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MANAGED = "--"
@@ -15,7 +20,7 @@ MANAGED = "--"
 
 @dataclass(frozen=True)
 class Action:
-    op: str  # vnet.create | vm.start | vm.stop | vnet.delete
+    op: str  # vnet.create | vm.start | vm.migrate | vm.stop | vnet.delete
     args: dict[str, Any]
 
     def __str__(self) -> str:
@@ -23,25 +28,42 @@ class Action:
         return f"{self.op} {what}"
 
 
-def converge(desired: dict[str, Any], vnets_here: list[int], vms_here: list[dict[str, Any]],
-             managed_vnets: set[int]) -> list[Action]:
-    """`managed_vnets`: VNET ids this gatekeeper created for the manager (others are left alone)."""
+@dataclass
+class Here:
+    """What this host runs, as the converge step needs to know it."""
+
+    vnets: list[int]
+    vms: list[dict[str, Any]]
+    managed_vnets: set[int] = field(default_factory=set)  # VNETs created for the manager
+    attempts: dict[str, str] = field(default_factory=dict)  # VM -> migration attempt already started
+    departed: set[str] = field(default_factory=set)  # VMs that just left by migration
+
+
+def converge(desired: dict[str, Any], here: Here) -> list[Action]:
     want_vnets = {v["id"]: v for v in desired.get("vnets", [])}
     want_vms = {v["name"]: v for v in desired.get("vms", [])}
-    have_vms = {v["name"]: v for v in vms_here}
+    have_vms = {v["name"]: v for v in here.vms}
     actions: list[Action] = []
     for vid, v in sorted(want_vnets.items()):
-        if vid not in vnets_here:
+        if vid not in here.vnets:
             actions.append(Action("vnet.create", {"vnet": vid, "security": v.get("security", "none")}))
     for name, vm in sorted(want_vms.items()):
         have = have_vms.get(name)
-        if have is None or have.get("state") not in ("running", "paused"):
+        running = have is not None and have.get("state") in ("running", "paused")
+        if vm.get("incoming"):
+            continue  # arriving by migration: libvirt brings it
+        move = vm.get("migrate_to")
+        if move:
+            if running and here.attempts.get(name) != move["attempt"]:
+                actions.append(Action("vm.migrate", {"name": name, **move}))
+            continue
+        if not running and name not in here.departed:
             actions.append(Action("vm.start", {"name": name, "vcpus": vm["vcpus"], "memory_mib": vm["memory_mib"],
                                                "nics": vm["nics"]}))
     for name in sorted(have_vms):
         if MANAGED in name and name not in want_vms:
             actions.append(Action("vm.stop", {"name": name, "force": True}))
-    for vid in sorted(managed_vnets - set(want_vnets)):
-        if vid in vnets_here:
+    for vid in sorted(here.managed_vnets - set(want_vnets)):
+        if vid in here.vnets:
             actions.append(Action("vnet.delete", {"vnet": vid}))
     return actions

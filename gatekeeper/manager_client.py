@@ -1,5 +1,10 @@
 """The gatekeeper's side of the manager: report this host, fetch what it should run, converge.
-Everything over mutual TLS with the certificate the host got when it joined."""
+Everything over mutual TLS with the certificate the host got when it joined.
+
+What it created for the manager (VNET ids) is kept in a small file next to the gatekeeper's
+state, so a restarted gatekeeper still removes them when the manager stops wanting them.
+Migrations run on their own threads; their progress and outcome go out with every report.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +12,55 @@ import http.client
 import json
 import logging
 import ssl
+import threading
+import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from gatekeeper.converge import MANAGED, converge
+from gatekeeper.converge import MANAGED, Here, converge
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
 
 log = logging.getLogger("gatekeeper.manager")
+DEPARTED_FOR = 120.0  # seconds a VM that migrated away is not restarted here
 
 
 class ManagerClient:
     def __init__(self, url: str, ca: str, cert: str, key: str, host: str, vnets: VnetService,
-                 vms: VmService | None, vcpus: int, memory_mib: int) -> None:
+                 vms: VmService | None, vcpus: int, memory_mib: int, state_file: Path | None = None,
+                 migration_uri: str | None = None) -> None:
         u = urlparse(url)
         self.address, self.port = u.hostname or "127.0.0.1", u.port or 8443
         self.ctx = ssl.create_default_context(cafile=ca)
         self.ctx.load_cert_chain(cert, key)
         self.host = host
         self.vnets, self.vms = vnets, vms
-        self.capacity = {"vcpus": vcpus, "memory_mib": memory_mib}
-        self.managed_vnets: set[int] = set()
+        self.capacity: dict[str, Any] = {"vcpus": vcpus, "memory_mib": memory_mib}
+        if migration_uri:
+            self.capacity["migration_uri"] = migration_uri
+        self.state_file = state_file
+        self.managed_vnets: set[int] = self._load_managed()
         self.errors: list[str] = []
+        self.migrations: dict[str, dict[str, Any]] = {}  # VM -> the latest outgoing attempt
+        self.arrivals: dict[str, dict[str, Any]] = {}  # VM -> libvirt's record of its incoming migration
+        self._lock = threading.Lock()
+        self.desired: dict[str, Any] = {}
+
+    def _load_managed(self) -> set[int]:
+        if self.state_file is None or not self.state_file.exists():
+            return set()
+        try:
+            return {int(v) for v in json.loads(self.state_file.read_text()).get("managed_vnets", [])}
+        except (ValueError, OSError) as e:
+            log.warning("%s: %s; VNETs made for the manager before a restart will not be removed", self.state_file, e)
+            return set()
+
+    def _save_managed(self) -> None:
+        if self.state_file is not None:
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"managed_vnets": sorted(self.managed_vnets)}))
+            tmp.replace(self.state_file)
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=10)
@@ -43,17 +75,39 @@ class ManagerClient:
             raise RuntimeError(f"manager: {method} {path}: {r.status} {data.get('error') if data else ''}")
         return data
 
+    def report(self, vms_here: list[dict[str, Any]]) -> dict[str, Any]:
+        running = [v["name"] for v in vms_here if MANAGED in v["name"] and v["state"] == "running"]
+        with self._lock:
+            migrations = {n: dict(j) for n, j in self.migrations.items()}
+        for name, job in migrations.items():
+            if job["state"] == "copying" and self.vms is not None:
+                progress = self.vms.hv.job(name)
+                job.update({k: progress[k] for k in ("data_total", "data_processed") if progress.get(k)})
+        return {**self.capacity, "state": "ready", "running": running, "errors": self.errors[-5:],
+                "migrations": migrations, "arrivals": dict(self.arrivals)}
+
     def sync(self) -> list[str]:
         """One round: report, fetch, converge. Returns what was done (for the log)."""
         vms_here = self.vms.hv.domains() if self.vms else []
-        running = [v["name"] for v in vms_here if MANAGED in v["name"] and v["state"] == "running"]
-        self._call("PUT", f"/v1/hosts/{self.host}/status",
-                   {**self.capacity, "state": "ready", "running": running, "errors": self.errors[-5:]})
-        desired = self._call("GET", f"/v1/hosts/{self.host}/desired")
-        here = [v["vnet"] for v in self.vnets.list_vnets()]
+        self._note_arrivals(self.desired, vms_here)
+        self._call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
+        desired = self.desired = self._call("GET", f"/v1/hosts/{self.host}/desired")
+        now = time.monotonic()
+        with self._lock:
+            wanted = {v["name"] for v in desired.get("vms", [])}
+            for name in [n for n, j in self.migrations.items() if n not in wanted and j["state"] != "copying"]:
+                del self.migrations[name]  # the manager has taken note; forget it
+            attempts = {n: j["attempt"] for n, j in self.migrations.items()}
+            departed = {n for n, j in self.migrations.items()
+                        if j["state"] == "completed" and now - j["ended"] < DEPARTED_FOR}
+        if self.vms is not None:  # also those migrated through the local API, outside the manager
+            departed |= {n for n, j in list(self.vms.hv.migrations.items())
+                         if j.get("state") == "completed" and time.time() - j["started"] < DEPARTED_FOR}
+        here = Here([v["vnet"] for v in self.vnets.list_vnets()], vms_here, set(self.managed_vnets), attempts,
+                    departed)
         done = []
         self.errors = []
-        for action in converge(desired, here, vms_here, self.managed_vnets):
+        for action in converge(desired, here):
             try:
                 self._apply(action.op, action.args, desired)
                 done.append(str(action))
@@ -62,6 +116,18 @@ class ManagerClient:
                 log.warning("%s failed: %s", action, e)
         return done
 
+    def _note_arrivals(self, desired: dict[str, Any], vms_here: list[dict[str, Any]]) -> None:
+        """For VMs arriving here by migration: libvirt's record (downtime), reported once running."""
+        running = {v["name"] for v in vms_here if v["state"] == "running"}
+        incoming = {v["name"] for v in desired.get("vms", []) if v.get("incoming")}
+        self.arrivals = {n: a for n, a in self.arrivals.items() if n in incoming}
+        for name in incoming & running:
+            if name not in self.arrivals and self.vms is not None:
+                try:
+                    self.arrivals[name] = self.vms.hv.completed_job(name)
+                except Exception as e:  # the record is a nicety; the VM runs either way
+                    self.arrivals[name] = {"error": str(e)}
+
     def _apply(self, op: str, args: dict[str, Any], desired: dict[str, Any]) -> None:
         if op == "vnet.create":
             vnet = next(v for v in desired["vnets"] if v["id"] == args["vnet"])
@@ -69,13 +135,37 @@ class ManagerClient:
             self.vnets.create_vnet(args["vnet"], security=security if security != "none" else None,
                                    keys=vnet.get("keys"))
             self.managed_vnets.add(args["vnet"])
+            self._save_managed()
         elif op == "vnet.delete":
             self.vnets.delete_vnet(args["vnet"])
             self.managed_vnets.discard(args["vnet"])
+            self._save_managed()
+        elif self.vms is None:
+            raise RuntimeError("this host has no hypervisor configured ([hypervisor] in the gatekeeper's config)")
         elif op == "vm.start":
-            if self.vms is None:
-                raise RuntimeError("this host has no hypervisor configured")
-            self.vms.start(args["name"], args["nics"],
-                           args["vcpus"], args["memory_mib"])
-        elif op == "vm.stop" and self.vms is not None:
+            self.vms.start(args["name"], args["nics"], args["vcpus"], args["memory_mib"])
+        elif op == "vm.stop":
             self.vms.hv.stop(args["name"], force=True)
+        elif op == "vm.migrate":
+            self._start_migration(args)
+
+    def _start_migration(self, args: dict[str, Any]) -> None:
+        name = args["name"]
+        job = {"attempt": args["attempt"], "to": args["host"], "state": "copying", "started": time.time()}
+        with self._lock:
+            self.migrations[name] = job
+        assert self.vms is not None
+        hv = self.vms.hv
+
+        def run() -> None:
+            try:
+                result = hv.migrate(name, args["uri"], int(args.get("bandwidth_mib", 0)),
+                                    int(args.get("downtime_ms", 0)))
+                update = {"state": "completed", "wall_ms": result.get("wall_ms")}
+            except Exception as e:
+                update = {"state": "failed", "error": str(e)}
+                log.warning("migration of %s to %s failed: %s", name, args["host"], e)
+            with self._lock:
+                job.update(update, ended=time.monotonic())
+
+        threading.Thread(target=run, name=f"migrate-{name}", daemon=True).start()

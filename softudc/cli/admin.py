@@ -9,10 +9,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from softudc.lab import LabError, load_lab
 from softudc.lab.manager import call
 from softudc.model.farm import Farm, validate
 from softudc.model.source import DescriptorError
+from softudc.placement.model import fmt_mib
 
 
 def _lab(a: argparse.Namespace) -> Any:
@@ -99,23 +102,133 @@ def _print_farm(f: dict[str, Any]) -> None:
         print(f"  {name}: cannot be placed: " + "; ".join(why))
 
 
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """kubectl-style: upper-case headers, aligned columns, '-' for nothing."""
+    cells = [[c.upper() for c in columns]] + [[_cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _cell(v: Any) -> str:
+    if v is None or v == [] or v == {}:
+        return "-"
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, dict):
+        return ",".join(f"{k}:{x}" for k, x in v.items())
+    return str(v)
+
+
+def _farms(lab: Any) -> list[dict[str, Any]]:
+    return [_ok(*call(lab, "GET", f"/v1/farms/{f['name']}")) for f in _ok(*call(lab, "GET", "/v1/farms"))]
+
+
+def _rows(lab: Any, what: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """The rows of `softudc get WHAT`, the table's columns and the extra columns of `-o wide`."""
+    if what == "hosts":
+        hosts = _ok(*call(lab, "GET", "/v1/hosts"))
+        rows = [{"name": h["name"], "state": h.get("state", "joined"), "vms": len(h.get("running", [])),
+                 "vcpus": f"{h.get('used_vcpus', 0)}/{h.get('vcpus', '?')}",
+                 "memory": f"{fmt_mib(h.get('used_memory_mib', 0))}/{fmt_mib(h.get('memory_mib', 0))}",
+                 "reported": _ago(h.get("reported")), "running": h.get("running", []),
+                 "migration_uri": h.get("migration_uri"), "errors": h.get("errors", [])} for h in hosts]
+        return rows, ["name", "state", "vms", "vcpus", "memory", "reported"], ["migration_uri", "running", "errors"]
+    farms = _farms(lab)
+    if what == "farms":
+        rows = [{"name": f["name"], "revision": f["revision"], "vms": len(f["status"].get("instances", [])),
+                 **{k.lower(): v for k, v in f["status"].get("conditions", {}).items()},
+                 "vnets": f["status"].get("vnet_ids", {}), "unplaced": list(f["status"].get("unplaced", {}))}
+                for f in farms]
+        return rows, ["name", "revision", "vms", "ready"], ["placed", "degraded", "vnets", "unplaced"]
+    running = {vm: h["name"] for h in _ok(*call(lab, "GET", "/v1/hosts")) for vm in h.get("running", [])}
+    rows = []
+    for f in farms:
+        spec = validate(f["spec"]["descriptor"], f"farms/{f['name']}")
+        if what == "vnets":
+            spans: dict[str, set[str]] = {}
+            vm_vnets = {v.name: {n.vnet for n in v.nics} for v in spec.vms}
+            for i in f["status"].get("instances", []):
+                for vnet in vm_vnets.get(i["vm"], ()):
+                    spans.setdefault(vnet, set()).add(i["host"])
+            rows += [{"farm": f["name"], "name": v.name, "id": f["status"].get("vnet_ids", {}).get(v.name),
+                      "subnet": str(v.subnet), "security": v.security, "hosts": sorted(spans.get(v.name, ())),
+                      "mtu": v.mtu} for v in spec.vnets]
+            continue
+        sizes = {v.name: v for v in spec.vms}
+        for i in f["status"].get("instances", []):
+            moving = i.get("migrating")
+            state = "running" if running.get(f"{f['name']}--{i['name']}") == i["host"] else "pending"
+            if moving:
+                state = f"moving->{moving['to']}"
+            vm = sizes.get(i["vm"])
+            rows.append({"farm": f["name"], "name": i["name"], "host": i["host"], "state": state,
+                         "addresses": i.get("addresses", {}), "vcpus": vm.vcpus if vm else None,
+                         "memory": fmt_mib(vm.memory_mib) if vm else None,
+                         "migration": vm.migration if vm else None})
+    if what == "vnets":
+        return rows, ["farm", "name", "id", "subnet", "security"], ["mtu", "hosts"]
+    return rows, ["farm", "name", "host", "state", "addresses"], ["vcpus", "memory", "migration"]
+
+
+def _ago(t: Any) -> str:
+    return f"{time.time() - float(t):.0f}s ago" if isinstance(t, int | float) else "never"
+
+
 def cmd_get(a: argparse.Namespace) -> None:
-    lab = _lab(a)
-    if a.what == "farms":
-        rows = _ok(*call(lab, "GET", "/v1/farms"))
-    elif a.what == "hosts":
-        rows = [{k: h.get(k) for k in ("name", "state", "vcpus", "memory_mib", "running")}
-                for h in _ok(*call(lab, "GET", "/v1/hosts"))]
-    else:
-        rows = []
-        for f in _ok(*call(lab, "GET", "/v1/farms")):
-            full = _ok(*call(lab, "GET", f"/v1/farms/{f['name']}"))
-            rows += [{"farm": f["name"], **i} for i in full["status"].get("instances", [])]
+    rows, columns, wide = _rows(_lab(a), a.what)
     if a.output == "json":
         print(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        print("  ".join(f"{k}={v}" for k, v in r.items()))
+    elif a.output == "yaml":
+        print(yaml.safe_dump(rows, sort_keys=False, default_flow_style=False), end="")
+    elif not rows:
+        print(f"no {a.what}", file=sys.stderr)
+    else:
+        _table(rows, columns + (wide if a.output == "wide" else []))
+
+
+def managed_instance(lab: Any, name: str) -> tuple[str, str] | None:
+    """`farm/instance`, `farm--instance` (its name on the host) or a bare instance name that one
+    farm has: (farm, instance); None when no farm of the manager has it."""
+    for sep in ("/", "--"):
+        if sep in name:
+            farm, instance = name.split(sep, 1)
+            return farm, instance
+    owners = [f["name"] for f in _farms(lab) if any(i["name"] == name for i in f["status"].get("instances", []))]
+    if len(owners) > 1:
+        raise LabError(f"farms {', '.join(owners)} each have an instance {name}; say which: FARM/{name}")
+    return (owners[0], name) if owners else None
+
+
+def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float) -> None:
+    """`softudc vm migrate` when a manager runs: ask it, then follow the farm's status."""
+    body = _ok(*call(lab, "POST", f"/v1/farms/{farm}/instances/{instance}/migrate", json.dumps({"to": to})))
+    src, kind = body["instance"]["host"], "cold" if body["instance"]["migrating"].get("cold") else "live"
+    t0 = time.monotonic()
+    while True:
+        f = _ok(*call(lab, "GET", f"/v1/farms/{farm}"))
+        inst = next((i for i in f["status"].get("instances", []) if i["name"] == instance), None)
+        if inst is None:
+            raise LabError(f"{farm}/{instance} was removed from its farm while it moved")
+        moving = inst.get("migrating")
+        if not moving:
+            break
+        total, done = moving.get("data_total") or 0, moving.get("data_processed") or 0
+        pct = f"{100 * done / total:5.1f}%" if total else "  ...  "
+        print(f"\r  {farm}/{instance}: {src} -> {to} ({kind})  {moving.get('state', '?'):9} {pct} "
+              f"{done / 2**20:7.1f} MiB  {time.monotonic() - t0:5.1f} s", end="", file=sys.stderr, flush=True)
+        if time.monotonic() - t0 > timeout:
+            print(file=sys.stderr)
+            raise LabError(f"{farm}/{instance} is still moving after {timeout:.0f} s; follow it with "
+                           f"`softudc describe farm {farm} --lab {lab.spec.name}`")
+        time.sleep(0.5)
+    print(file=sys.stderr)
+    outcome = next((e for e in reversed(f.get("events", [])) if e["type"] in ("Migrated", "MigrationFailed")
+                    and e["message"].startswith(f"{instance}:")), None)
+    message = outcome["message"] if outcome else "(no event recorded)"
+    if inst["host"] != to:
+        raise LabError(f"migration failed: {message}")
+    print(f"{farm}/{instance} now runs on {to}: {message}")
 
 
 def cmd_describe(a: argparse.Namespace) -> None:
@@ -155,11 +268,16 @@ def add_parsers(sub: Any) -> None:
     df.add_argument("-f", "--file", required=True)
     df.add_argument("--lab", required=True)
     df.set_defaults(fn=cmd_diff)
-    g = sub.add_parser("get", help="farms, vms or hosts known to the lab's manager")
-    g.add_argument("what", choices=["farms", "vms", "hosts"])
+    g = sub.add_parser("get", help="farms, vms, hosts or vnets known to the lab's manager")
+    g.add_argument("what", choices=["farms", "vms", "hosts", "vnets"])
     g.add_argument("--lab", required=True)
-    g.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    g.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
     g.set_defaults(fn=cmd_get)
+    hl = sub.add_parser("host", help="hosts of the lab's manager").add_subparsers(dest="sub", required=True)
+    ls = hl.add_parser("list", help="hosts: state, capacity and what the farms use of it")
+    ls.add_argument("--lab", required=True)
+    ls.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
+    ls.set_defaults(fn=cmd_get, what="hosts")
     d = sub.add_parser("describe", help="a farm: status, instances, events")
     d.add_argument("kind", choices=["farm"])
     d.add_argument("name")

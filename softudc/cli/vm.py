@@ -1,4 +1,5 @@
-"""`softudc vm ...`: VMs on a lab's hosts, through their gatekeepers (until the manager exists)."""
+"""`softudc vm ...`: VMs on a lab's hosts, through their gatekeepers; `vm migrate` of a farm's VM
+goes through the lab's manager (NAME is `farm/instance`, or an instance name one farm has)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ def cmd_stop(a: argparse.Namespace) -> None:
 
 def cmd_migrate(a: argparse.Namespace) -> None:
     lab = load_lab(a.lab, a.state_dir)
+    if lab.manager_pid:  # the manager's VMs move through it, or it would put them back
+        from softudc.cli.admin import managed_instance, migrate_managed
+
+        target = managed_instance(lab, a.name)
+        if target:
+            migrate_managed(lab, *target, a.to, a.timeout)
+            return
     src = find_vm(lab, a.name)
     if src == a.to:
         raise LabError(f"{a.name} already runs on {a.to}")
@@ -125,4 +133,5 @@ def add_parser(sub: Any) -> None:
     mg.add_argument("--to", required=True)
     mg.add_argument("--bandwidth", type=int, default=1000, help="MiB/s (0: libvirt's default)")
     mg.add_argument("--downtime", type=int, default=50, help="maximum downtime, ms")
+    mg.add_argument("--timeout", type=float, default=600, help="seconds to follow a migration through the manager")
     mg.set_defaults(fn=cmd_migrate)

@@ -348,7 +348,7 @@ interval = 1.0
 """
     hypervisor = ""
     if spec.vms:
-        from softudc.lab.libvirt import libvirt_uri
+        from softudc.lab.libvirt import libvirt_uri, migration_uri
 
         g = guest_dir(spec)
         console = lab.dir / host.name / "consoles"
@@ -360,6 +360,7 @@ kernel = "{g / 'vmlinuz'}"
 initrd = "{g / 'initrd.img'}"
 accel = "{lab.accel}"
 console_dir = "{console}"
+migration_uri = "{migration_uri(host)}"
 """
     return f"""# Written by `softudc lab up {spec.name}`.
 host = "{host.name}"

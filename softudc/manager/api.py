@@ -22,10 +22,12 @@ from prometheus_client import CollectorRegistry, Counter
 
 from softudc.manager.auth import AuthError, Principal, TokenStore
 from softudc.manager.controller import host_desired, inventory, reconcile_farm
+from softudc.manager.planner import occupied
 from softudc.manager.store import SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
 from softudc.pki import CertificateAuthority, PkiError
+from softudc.placement import Group, Request, place
 
 MAX_BODY = 1 << 20
 
@@ -51,6 +53,15 @@ OPENAPI: dict[str, Any] = {
             "post": {"summary": "What applying a descriptor would change (stores nothing)",
                      "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}},
                      "responses": {"200": {"description": "plan"}, "400": {"description": "problems"}}}},
+        "/v1/farms/{name}/instances/{instance}/migrate": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "instance", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "post": {"summary": "Move an instance to another host (live, or cold by the VM's policy)",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}}}}},
+                     "responses": {"200": {"description": "migration requested; follow the farm's status"},
+                                   "400": {"description": "bad body"}, "404": {"description": "no such farm"},
+                                   "409": {"description": "cannot move there now (and why)"}}}},
         "/v1/hosts": {"get": {"summary": "Hosts and their last status", "responses": {"200": {"description": "list"}}}},
         "/v1/hosts/join": {"post": {"summary": "A gatekeeper joins: one-time token + CSR -> certificate",
                                     "security": [], "responses": {"200": {"description": "certificate"},
@@ -135,8 +146,66 @@ class Manager:
         self.reconcile()
         return {"name": name, "deleted": True, "revision": rev}
 
+    def migrate(self, who: Principal, name: str, instance: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Move an instance to another host: live (the source's gatekeeper migrates it peer to
+        peer) or, for `migration: {policy: cold}`, stopped here and started there. The destination
+        must be ready and have room under the farm's placement rules."""
+        if not who.can_write(name):
+            raise ApiError(403, f"{who.name} ({who.role}) may not migrate VMs of farm {name!r}")
+        to = body.get("to")
+        if not isinstance(to, str) or not to:
+            raise ApiError(400, "body: 'to' must name the destination host")
+        with self._reconcile_lock:
+            obj = self.store.get("farm", name)
+            if obj is None or not who.can_read(name):
+                raise ApiError(404, f"no farm {name!r}")
+            farm = validate(obj.spec["descriptor"], name)
+            instances = obj.status.get("instances", [])
+            inst = next((i for i in instances if i["name"] == instance), None)
+            if inst is None:
+                raise ApiError(404, f"farm {name} has no instance {instance!r} (see `softudc get vms`)")
+            vm = next(v for v in farm.vms if v.name == inst["vm"])
+            if vm.migration == "none":
+                raise ApiError(409, f"{instance}: its VM {vm.name} has migration policy 'none'")
+            if inst.get("migrating"):
+                raise ApiError(409, f"{instance} is already moving to {inst['migrating']['to']}; wait for it")
+            if inst["host"] == to:
+                raise ApiError(409, f"{instance} already runs on {to}")
+            reports = {o.name: o.status for o in self.store.objects("host")}
+            report = reports.get(to)
+            if report is None or "vcpus" not in report:
+                raise ApiError(404, f"no host {to!r} has reported to this manager (see `softudc host list`)")
+            live = vm.migration == "live"
+            if live and not report.get("migration_uri"):
+                raise ApiError(409, f"{to} accepts no live migrations: its gatekeeper has no "
+                                    "hypervisor.migration_uri")
+            hosts = inventory(reports)
+            _charge_others(hosts, self.store.objects("farm"), current="")
+            dest = [h for h in hosts if h.name == to]
+            groups = [Group(f"{name}/{g.name}", g.policy, g.max_per_host) for g in farm.groups]
+            request = Request(instance, vm.vcpus, vm.memory_mib, f"{name}/{vm.group}" if vm.group else None)
+            fit = place(dest, [request], groups)
+            if fit.unplaced:
+                raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(fit.unplaced[instance]))
+            attempt = f"{int(time.time() * 1000):x}"
+            inst["migrating"] = ({"to": to, "attempt": attempt, "since": time.time(), "state": "requested"} |
+                                 ({"uri": report["migration_uri"]} if live else {"cold": True}))
+            self.store.set_status("farm", name, {**obj.status, "instances": instances})
+            kind = "live" if live else "cold"
+            self.store.event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
+        return {"farm": name, "instance": inst}
+
     def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
-        return [{"name": o.name, "revision": o.revision, **o.status} for o in self.store.objects("host")]
+        """Hosts with their last report and what the farms take of them (VMs, vCPUs, memory)."""
+        objs = self.store.objects("host")
+        hosts = {h.name: h for h in inventory({o.name: o.status for o in objs})}
+        _charge_others(list(hosts.values()), self.store.objects("farm"), current="")
+        out = []
+        for o in objs:
+            h = hosts.get(o.name)
+            used = {"used_vcpus": h.used_vcpus, "used_memory_mib": h.used_memory_mib} if h else {}
+            out.append({"name": o.name, "revision": o.revision, **_visible(who, o.status), **used})
+        return out
 
     def join(self, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -186,14 +255,14 @@ class Manager:
         return dict(obj.spec)
 
     def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Any],
-                  reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:
+                  reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
         """One farm's next status against the hosts, the other farms' usage counted."""
         hosts = inventory(reports)
         taken: dict[tuple[str, str], int] = {}
         for o in farms:
             taken.update({(o.name, k): v for k, v in o.status.get("vnet_ids", {}).items()})
         _charge_others(hosts, farms, farm.name)
-        return reconcile_farm(farm, status, hosts, taken, reports)
+        return reconcile_farm(farm, status, hosts, taken, reports, time.time())
 
     def reconcile(self) -> None:
         """Re-plan every farm against the hosts' latest reports; store statuses; log changes."""
@@ -201,7 +270,10 @@ class Manager:
             reports = {o.name: o.status for o in self.store.objects("host")}
             farms = self.store.objects("farm")
             for o in farms:
-                status, summary = self._plan_one(validate(o.spec["descriptor"], o.name), o.status, farms, reports)
+                status, summary, seen = self._plan_one(validate(o.spec["descriptor"], o.name), o.status, farms,
+                                                       reports)
+                for kind, message in seen:
+                    self.store.event("farm", o.name, kind, message)
                 if status != o.status:
                     self.store.set_status("farm", o.name, status)
                     if summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
@@ -223,7 +295,7 @@ class Manager:
             reports = {o.name: o.status for o in self.store.objects("host")}
             farms = self.store.objects("farm")
             current = self.store.get("farm", name)
-            status, summary = self._plan_one(farm, current.status if current else {}, farms, reports)
+            status, summary, _ = self._plan_one(farm, current.status if current else {}, farms, reports)
         before = {i["name"]: i for i in (current.status.get("instances", []) if current else [])}
         after = {i["name"]: i for i in status["instances"]}
         create = [after[n] for n in sorted(set(after) - set(before))]
@@ -231,6 +303,17 @@ class Manager:
         changed_spec = current is None or current.spec.get("descriptor") != text
         return {"summary": summary, "create": create, "delete": delete, "unplaced": status["unplaced"],
                 "changes": bool(create or delete or status["unplaced"]) or changed_spec}
+
+
+def _visible(who: Principal, report: dict[str, Any]) -> dict[str, Any]:
+    """A host's report as `who` may see it: VMs of farms it may not read are left out."""
+    def mine(vm: str) -> bool:
+        return who.can_read(vm.split("--", 1)[0])
+
+    return {**report, "running": [v for v in report.get("running", []) if mine(v)],
+            "migrations": {k: v for k, v in report.get("migrations", {}).items() if mine(k)},
+            "arrivals": {k: v for k, v in report.get("arrivals", {}).items() if mine(k)},
+            "errors": [e for e in report.get("errors", []) if who.role == "admin"]}
 
 
 def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:
@@ -245,13 +328,14 @@ def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:
         except DescriptorError:
             continue
         for inst in o.status.get("instances", []):
-            h, vm = by_name.get(inst["host"]), sizes.get(inst["vm"])
-            if h is not None and vm is not None:
-                h.used_vcpus += vm.vcpus
-                h.used_memory_mib += vm.memory_mib
-                if vm.group:
-                    key = f"{o.name}/{vm.group}"
-                    h.groups[key] = h.groups.get(key, 0) + 1
+            for where in occupied(inst):
+                h, vm = by_name.get(where), sizes.get(inst["vm"])
+                if h is not None and vm is not None:
+                    h.used_vcpus += vm.vcpus
+                    h.used_memory_mib += vm.memory_mib
+                    if vm.group:
+                        key = f"{o.name}/{vm.group}"
+                        h.groups[key] = h.groups.get(key, 0) + 1
 
 
 Route = tuple[str, re.Pattern[str], str]
@@ -262,6 +346,8 @@ ROUTES: list[Route] = [
     ("PUT", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "put_farm"),
     ("DELETE", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "delete_farm"),
     ("POST", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})/plan$"), "plan"),
+    ("POST", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})/instances/(?P<instance>[a-z0-9-]{1,60})/migrate$"),
+     "migrate"),
     ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
     ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/status$"), "host_status"),
@@ -358,6 +444,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             if op == "desired":
                 return m.desired(self._peer_cn(), args["name"])
             who = m.tokens.authenticate(self.headers.get("Authorization"))
+            if op == "migrate":
+                return m.migrate(who, args["name"], args["instance"], self._json())
             if op == "plan":
                 return m.plan(who, args["name"], self._body().decode("utf-8", "replace"))
             if op == "put_farm":

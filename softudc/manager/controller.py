@@ -39,20 +39,73 @@ def inventory(host_reports: dict[str, dict[str, Any]]) -> list[Host]:
             for name, r in sorted(host_reports.items()) if "vcpus" in r and "memory_mib" in r]
 
 
+MIGRATION_STALL_S = 600.0  # a requested migration the source never started is given up after this
+
+
+def observe(farm: str, instances: list[dict[str, Any]], reports: dict[str, dict[str, Any]],
+            now: float) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+    """Instances as the hosts' reports show them: migrations that finished, failed or progressed,
+    and VMs found running on another host than planned (moved outside the manager).
+    Returns the instances and (type, message) events."""
+    running_on: dict[str, list[str]] = {}
+    for host, r in sorted(reports.items()):
+        for vm in r.get("running", []):
+            running_on.setdefault(vm, []).append(host)
+    out, events = [], []
+    for inst in instances:
+        inst = dict(inst)
+        name = vm_name(farm, inst["name"])
+        where = running_on.get(name, [])
+        moving = inst.get("migrating")
+        if moving and moving.get("cold"):
+            if not where:  # stopped on the source: start it on the destination
+                events.append(("Migrated", f"{inst['name']}: {inst['host']} -> {moving['to']} (cold: stopped, "
+                                           "started there)"))
+                inst["host"] = moving["to"]
+                del inst["migrating"]
+        elif moving:
+            job = reports.get(inst["host"], {}).get("migrations", {}).get(name, {})
+            job = job if job.get("attempt") == moving["attempt"] else {}
+            if moving["to"] in where and (job.get("state") == "completed" or inst["host"] not in where):
+                downtime = reports.get(moving["to"], {}).get("arrivals", {}).get(name, {}).get("downtime_ms", "?")
+                events.append(("Migrated", f"{inst['name']}: {inst['host']} -> {moving['to']} live in "
+                                           f"{job.get('wall_ms', '?')} ms, downtime {downtime} ms"))
+                inst["host"] = moving["to"]
+                del inst["migrating"]
+            elif job.get("state") == "failed":
+                events.append(("MigrationFailed", f"{inst['name']}: {inst['host']} -> {moving['to']}: "
+                                                  f"{job.get('error')}; it stays on {inst['host']}"))
+                del inst["migrating"]
+            elif not job and now - moving.get("since", now) > MIGRATION_STALL_S:
+                events.append(("MigrationFailed", f"{inst['name']}: {inst['host']} never started the migration "
+                                                  f"to {moving['to']} (is its gatekeeper running?)"))
+                del inst["migrating"]
+            elif job:
+                inst["migrating"] = {**moving, **{k: job[k] for k in ("state", "data_total", "data_processed")
+                                                  if k in job}}
+        elif where and inst["host"] not in where:
+            events.append(("Moved", f"{inst['name']} runs on {where[0]}, not on {inst['host']} (moved outside the "
+                                    f"manager); it now belongs to {where[0]}"))
+            inst["host"] = where[0]
+        out.append(inst)
+    return out, events
+
+
 def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],
-                   taken_vnet_ids: dict[tuple[str, str], int], host_reports: dict[str, dict[str, Any]]
-                   ) -> tuple[dict[str, Any], str]:
-    """The farm's new status (instances placed, kept or gone) and a one-line summary for events.
-    `hosts` carry the usage of every other farm already."""
-    current = [Instance(i["name"], i["vm"], i["host"], dict(i.get("addresses", {})))
-               for i in status.get("instances", [])]
+                   taken_vnet_ids: dict[tuple[str, str], int], host_reports: dict[str, dict[str, Any]],
+                   now: float = 0.0) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
+    """The farm's new status (instances placed, kept or gone), a one-line summary, and what was
+    observed on the hosts as events. `hosts` carry the usage of every other farm already."""
+    observed, events = observe(farm.name, status.get("instances", []), host_reports, now)
+    current = [Instance(i["name"], i["vm"], i["host"], dict(i.get("addresses", {})), i.get("migrating"))
+               for i in observed]
     known = {**taken_vnet_ids, **{(farm.name, k): v for k, v in status.get("vnet_ids", {}).items()}}
     plan = plan_farm(farm, hosts, current, known)
     instances = sorted(plan.keep + plan.create, key=lambda i: i.name)
     running = {vm for r in host_reports.values() for vm in r.get("running", [])}
     ready = all(vm_name(farm.name, i.name) in running for i in instances)
     new_status = {
-        "instances": [asdict(i) for i in instances],
+        "instances": [{k: v for k, v in asdict(i).items() if v is not None} for i in instances],
         "vnet_ids": plan.vnet_ids,
         "unplaced": plan.unplaced,
         "conditions": {"Placed": not plan.unplaced, "Ready": ready and not plan.unplaced,
@@ -61,7 +114,7 @@ def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],
     summary = f"+{len(plan.create)} -{len(plan.delete)} ={len(plan.keep)}"
     if plan.unplaced:
         summary += f", {len(plan.unplaced)} cannot be placed"
-    return new_status, summary
+    return new_status, summary, events
 
 
 def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:
@@ -73,11 +126,10 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
         vm_defs = {v.name: v for v in farm.vms}
         vnet_defs = {v.name: v for v in farm.vnets}
         for inst in status.get("instances", []):
-            if inst["host"] != host:
-                continue
+            moving = inst.get("migrating") or {}
             vm = vm_defs.get(inst["vm"])
-            if vm is None:
-                continue
+            if vm is None or host not in (inst["host"], moving.get("to")) or moving.get("cold"):
+                continue  # not here; or moving cold: stopped everywhere until it is stopped
             nics = []
             for nic in vm.nics:
                 vid = ids[nic.vnet]
@@ -87,6 +139,12 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
                 ip = f"{inst['addresses'][nic.vnet]}/{subnet.prefixlen}" \
                     if ipaddress.IPv4Address(inst["addresses"][nic.vnet]) in subnet else None
                 nics.append({"vnet": vid, "mac": nic_mac(farm.name, inst["name"], nic.vnet), "ip": ip})
-            vms.append({"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-                        "nics": nics})
+            entry: dict[str, Any] = {"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus,
+                                     "memory_mib": vm.memory_mib, "nics": nics}
+            if moving and host == inst["host"]:
+                entry["migrate_to"] = {"host": moving["to"], "uri": moving["uri"], "attempt": moving["attempt"],
+                                       "downtime_ms": vm.max_downtime_ms or 0}
+            elif moving:
+                entry["incoming"] = True
+            vms.append(entry)
     return {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}

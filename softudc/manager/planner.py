@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
+from typing import Any
 
 from softudc.model.farm import Farm
 from softudc.placement import Group, Host, Request, place
@@ -29,6 +30,7 @@ class Instance:
     vm: str
     host: str
     addresses: dict[str, str] = field(default_factory=dict)
+    migrating: dict[str, Any] | None = None  # {to, attempt, uri, state, ...} while it moves
 
 
 @dataclass
@@ -60,6 +62,12 @@ class FarmPlan:
         if not self.changes:
             lines.append("  no changes")
         return "\n".join(lines)
+
+
+def occupied(inst: Instance | dict[str, Any]) -> list[str]:
+    """Hosts an instance takes room on: its own, and while it migrates, the destination too."""
+    host, moving = (inst.host, inst.migrating) if isinstance(inst, Instance) else (inst["host"], inst.get("migrating"))
+    return [host, moving["to"]] if moving else [host]
 
 
 def allocate_vnet_ids(farm: Farm, taken: dict[tuple[str, str], int]) -> dict[str, int]:
@@ -101,12 +109,13 @@ def plan_farm(farm: Farm, hosts: list[Host], current: list[Instance],
             continue
         plan.keep.append(inst)
         vm = desired[inst.name]
-        h = host_by_name.get(inst.host)
-        if h is not None:  # what stays counts against capacity and the group rules
-            h.used_vcpus += vm.vcpus
-            h.used_memory_mib += vm.memory_mib
-            if vm.group:
-                h.groups[vm.group] = h.groups.get(vm.group, 0) + 1
+        for where in occupied(inst):  # what stays counts against capacity and the group rules
+            h = host_by_name.get(where)
+            if h is not None:
+                h.used_vcpus += vm.vcpus
+                h.used_memory_mib += vm.memory_mib
+                if vm.group:
+                    h.groups[vm.group] = h.groups.get(vm.group, 0) + 1
     new = [Request(n, vm.vcpus, vm.memory_mib, vm.group) for n, vm in desired.items() if n not in by_name]
     placement = place(hosts, new, groups, cpu_ratio, mem_ratio)
     plan.unplaced = placement.unplaced

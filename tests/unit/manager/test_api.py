@@ -196,3 +196,39 @@ def test_plan_is_a_dry_run_that_stores_nothing(manager: tuple[Path, int, str], t
     assert [i["name"] for i in smaller["delete"]] == ["web-2"] and smaller["create"] == []
     status, bad = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("128Mi", "lots", 1), admin)
     assert status == 400 and bad["problems"]
+
+
+def test_migrating_an_instance_checks_the_destination_then_hands_the_move_to_both_gatekeepers(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    state, port, admin = manager
+    m = Manager(state)
+    gks = {h: _join(state, port, m, h, tmp_path) for h in ("h1", "h2", "h3", "h4")}
+    for h, gk in gks.items():
+        extra = {"migration_uri": f"qemu+tcp://{h}/system"} if h != "h4" else {}
+        gk.call("PUT", f"/v1/hosts/{h}/status", {"vcpus": 8, "memory_mib": 8192, "running": [], **extra})
+    api = Api(state, port)
+    api.call("PUT", "/v1/farms/demo", DEMO, admin)
+    where = {i["name"]: i["host"] for i in api.call("GET", "/v1/farms/demo", token=admin)[1]["status"]["instances"]}
+    free = next(h for h in ("h1", "h2", "h3") if h != where["db-0"])
+
+    def migrate(instance: str, to: Any, token: str = admin) -> tuple[int, Any]:
+        return api.call("POST", f"/v1/farms/demo/instances/{instance}/migrate", {"to": to}, token)
+
+    assert migrate("web-0", where["web-1"])[0] == 409  # anti-affinity: a web VM is there already
+    assert "anti-affinity" in migrate("web-0", where["web-1"])[1]["error"]
+    assert migrate("db-0", where["db-0"])[0] == 409  # already there
+    assert migrate("db-0", "h9")[0] == 404
+    assert migrate("nope-0", free)[0] == 404
+    assert migrate("db-0", 7)[0] == 400
+    assert "migration_uri" in migrate("db-0", "h4")[1]["error"]
+    viewer = TokenStore(state / "tokens.json").create("v", "viewer", ["demo"])
+    assert migrate("db-0", free, viewer)[0] == 403
+    status, body = migrate("db-0", free)
+    assert status == 200 and body["instance"]["migrating"]["to"] == free
+    assert migrate("db-0", free)[0] == 409  # one move at a time
+    src = gks[where["db-0"]].call("GET", f"/v1/hosts/{where['db-0']}/desired")[1]
+    dst = gks[free].call("GET", f"/v1/hosts/{free}/desired")[1]
+    assert next(v for v in src["vms"] if v["name"] == "demo--db-0")["migrate_to"]["uri"] == f"qemu+tcp://{free}/system"
+    assert next(v for v in dst["vms"] if v["name"] == "demo--db-0")["incoming"] is True
+    events = api.call("GET", "/v1/farms/demo", token=admin)[1]["events"]
+    assert events[-1]["type"] == "Migrating"

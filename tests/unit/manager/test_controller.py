@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from gatekeeper.converge import converge
+from gatekeeper.converge import Here, converge
 from softudc.manager.controller import host_desired, inventory, reconcile_farm, vm_name
 from softudc.model.farm import validate
 
@@ -12,7 +13,7 @@ REPORTS = {f"h{i}": {"vcpus": 8, "memory_mib": 8192, "state": "ready", "running"
 
 def test_a_farm_becomes_placed_instances_and_per_host_desired_state() -> None:
     farm = validate(DEMO, "demo.yaml")
-    status, summary = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    status, summary, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
     assert summary == "+4 -0 =0"
     assert status["conditions"] == {"Placed": True, "Ready": False, "Degraded": True}  # not running yet
     per_host = {h: host_desired(h, [(farm, status)]) for h in REPORTS}
@@ -26,29 +27,116 @@ def test_a_farm_becomes_placed_instances_and_per_host_desired_state() -> None:
 
 def test_ready_once_every_instance_runs_and_reapply_changes_nothing() -> None:
     farm = validate(DEMO, "demo.yaml")
-    status, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
     running = {h: {**r, "running": [vm["name"] for vm in host_desired(h, [(farm, status)])["vms"]]}
                for h, r in REPORTS.items()}
-    again, summary = reconcile_farm(farm, status, inventory(REPORTS), {}, running)
+    again, summary, _ = reconcile_farm(farm, status, inventory(REPORTS), {}, running)
     assert summary == "+0 -0 =4" and again["conditions"]["Ready"] is True
     assert again["instances"] == status["instances"] and again["vnet_ids"] == status["vnet_ids"]
 
 
 def test_converge_creates_vnets_before_vms_and_only_touches_managed_vms() -> None:
     farm = validate(DEMO, "demo.yaml")
-    status, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
     desired = host_desired("h1", [(farm, status)])
-    actions = converge(desired, [], [{"name": "someone-elses", "state": "running"},
-                                     {"name": vm_name("demo", "gone-0"), "state": "running"}], set())
+    actions = converge(desired, Here([], [{"name": "someone-elses", "state": "running"},
+                                          {"name": vm_name("demo", "gone-0"), "state": "running"}]))
     ops = [a.op for a in actions]
     assert ops.index("vnet.create") < ops.index("vm.start")
     assert [a.args["name"] for a in actions if a.op == "vm.stop"] == ["demo--gone-0"]
     # Converged: nothing left to do.
-    done = converge(desired, [v["id"] for v in desired["vnets"]],
-                    [{"name": v["name"], "state": "running"} for v in desired["vms"]], set())
+    done = converge(desired, Here([v["id"] for v in desired["vnets"]],
+                                  [{"name": v["name"], "state": "running"} for v in desired["vms"]]))
     assert done == []
     # A deleted farm: its VMs stop, then the VNETs this gatekeeper made for it go.
-    empty = converge({"vnets": [], "vms": []}, [v["id"] for v in desired["vnets"]],
-                     [{"name": v["name"], "state": "running"} for v in desired["vms"]],
-                     {v["id"] for v in desired["vnets"]})
+    empty = converge({"vnets": [], "vms": []}, Here([v["id"] for v in desired["vnets"]],
+                                                   [{"name": v["name"], "state": "running"} for v in desired["vms"]],
+                                                   {v["id"] for v in desired["vnets"]}))
     assert [a.op for a in empty][-1] == "vnet.delete" and "vm.stop" in [a.op for a in empty]
+
+
+def _running(farm: Any, status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {h: {**r, "running": [vm["name"] for vm in host_desired(h, [(farm, status)])["vms"]
+                                 if not vm.get("incoming")]} for h, r in REPORTS.items()}
+
+
+def _move(status: dict[str, Any], instance: str, to: str, **extra: Any) -> dict[str, Any]:
+    instances = [dict(i, migrating={"to": to, "attempt": "a1", "since": 0.0, **extra}) if i["name"] == instance
+                 else i for i in status["instances"]]
+    return {**status, "instances": instances}
+
+
+def test_a_live_migration_lists_the_vm_on_both_hosts_then_moves_it_when_the_destination_runs_it() -> None:
+    farm = validate(DEMO, "demo.yaml")
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    db = next(i for i in status["instances"] if i["name"] == "db-0")
+    src, dst = db["host"], next(h for h in REPORTS if h != db["host"])
+    moving = _move(status, "db-0", dst, uri=f"qemu+tcp://{dst}/system")
+    on_src = next(v for v in host_desired(src, [(farm, moving)])["vms"] if v["name"] == "demo--db-0")
+    on_dst = host_desired(dst, [(farm, moving)])
+    assert on_src["migrate_to"] == {"host": dst, "uri": f"qemu+tcp://{dst}/system", "attempt": "a1",
+                                    "downtime_ms": 0}
+    assert any(v["name"] == "demo--db-0" and v["incoming"] for v in on_dst["vms"])
+    back = next(n["vnet"] for v in on_dst["vms"] if v["name"] == "demo--db-0" for n in v["nics"])
+    assert back in {v["id"] for v in on_dst["vnets"]}  # the destination gets the VNET before the VM arrives
+    # The source migrates once per attempt; the destination neither starts nor stops it.
+    here = Here([v["id"] for v in host_desired(src, [(farm, moving)])["vnets"]],
+                [{"name": "demo--db-0", "state": "running"}])
+    assert [a.op for a in converge(host_desired(src, [(farm, moving)]), here) if "db-0" in str(a)] == ["vm.migrate"]
+    here.attempts["demo--db-0"] = "a1"
+    assert not [a for a in converge(host_desired(src, [(farm, moving)]), here) if "db-0" in str(a)]
+    dst_here = Here([v["id"] for v in on_dst["vnets"]], [{"name": "demo--db-0", "state": "paused"}])
+    assert not [a for a in converge(on_dst, dst_here) if "db-0" in str(a)]
+    # Still copying: nothing moves; the progress shows in the status.
+    reports = _running(farm, status)
+    reports[src]["migrations"] = {"demo--db-0": {"attempt": "a1", "state": "copying", "data_processed": 5}}
+    still, _, events = reconcile_farm(farm, moving, inventory(REPORTS), {}, reports)
+    db = next(i for i in still["instances"] if i["name"] == "db-0")
+    assert db["host"] == src and db["migrating"]["data_processed"] == 5 and events == []
+    # Done: it runs on the destination and the source says completed.
+    reports[src]["migrations"]["demo--db-0"] = {"attempt": "a1", "state": "completed", "wall_ms": 600}
+    reports[dst]["running"].append("demo--db-0")
+    reports[dst]["arrivals"] = {"demo--db-0": {"downtime_ms": 30}}
+    done, _, events = reconcile_farm(farm, still, inventory(REPORTS), {}, reports)
+    db = next(i for i in done["instances"] if i["name"] == "db-0")
+    assert db["host"] == dst and "migrating" not in db
+    assert events == [("Migrated", f"db-0: {src} -> {dst} live in 600 ms, downtime 30 ms")]
+
+
+def test_a_failed_migration_leaves_the_vm_where_it_was_and_says_why() -> None:
+    farm = validate(DEMO, "demo.yaml")
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
+    dst = next(h for h in REPORTS if h != src)
+    reports = _running(farm, status)
+    reports[src]["migrations"] = {"demo--db-0": {"attempt": "a1", "state": "failed", "error": "no route"}}
+    after, _, events = reconcile_farm(farm, _move(status, "db-0", dst, uri="x"), inventory(REPORTS), {}, reports)
+    db = next(i for i in after["instances"] if i["name"] == "db-0")
+    assert db["host"] == src and "migrating" not in db
+    assert events[0][0] == "MigrationFailed" and "no route" in events[0][1]
+    # A failure record of an older attempt does not end a new one.
+    reports[src]["migrations"]["demo--db-0"]["attempt"] = "old"
+    after, _, events = reconcile_farm(farm, _move(status, "db-0", dst, uri="x"), inventory(REPORTS), {}, reports)
+    assert next(i for i in after["instances"] if i["name"] == "db-0").get("migrating") and events == []
+
+
+def test_a_vm_found_running_elsewhere_belongs_to_that_host_and_a_cold_move_stops_it_first() -> None:
+    farm = validate(DEMO, "demo.yaml")
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
+    dst = next(h for h in REPORTS if h != src)
+    reports = _running(farm, status)
+    reports[src]["running"].remove("demo--db-0")
+    reports[dst]["running"].append("demo--db-0")
+    after, _, events = reconcile_farm(farm, status, inventory(REPORTS), {}, reports)
+    assert next(i for i in after["instances"] if i["name"] == "db-0")["host"] == dst
+    assert events[0][0] == "Moved"
+    # Cold: on no host while it stops; once it runs nowhere, it belongs to the destination.
+    cold = _move(status, "db-0", dst, cold=True)
+    assert all("demo--db-0" not in [v["name"] for v in host_desired(h, [(farm, cold)])["vms"]] for h in REPORTS)
+    reports = _running(farm, status)
+    waiting, _, _ = reconcile_farm(farm, cold, inventory(REPORTS), {}, reports)
+    assert next(i for i in waiting["instances"] if i["name"] == "db-0")["host"] == src
+    reports[src]["running"].remove("demo--db-0")
+    moved, _, events = reconcile_farm(farm, cold, inventory(REPORTS), {}, reports)
+    assert next(i for i in moved["instances"] if i["name"] == "db-0")["host"] == dst and events[0][0] == "Migrated"
