@@ -4,10 +4,11 @@ out, the agent carries them out (and reports what it could not do).
 Order matters: VNETs exist before VMs plug into them; VMs stop before their VNETs go. Only VMs
 named `<farm>--<instance>` are the manager's; anything else on the host is left alone.
 
-Migrations: the manager moves an instance by listing it on the source with `migrate_to` (the
-destination's libvirt URI and an attempt id) and on the destination with `incoming` (its VNETs
-are made, the VM is neither started nor stopped there). The source starts the migration once
-per attempt; a VM that just left by migration is not restarted here while the manager catches up.
+Migrations: the manager lists a moving instance on the destination with `incoming` (its VNETs
+are made, the VM is neither started nor stopped there); once the destination reports it
+`prepared`, on the source with `migrate_to` (the destination's libvirt URI and an attempt id).
+The source starts the migration once per attempt; a VM that just left by migration is not
+restarted here while the manager catches up.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ MANAGED = "--"
 
 @dataclass(frozen=True)
 class Action:
-    op: str  # vnet.create | vm.start | vm.migrate | vm.stop | vnet.delete
+    op: str  # vnet.create | vm.start | vm.migrate | vm.stop | vnet.delete | vnet.keep
     args: dict[str, Any]
 
     def __str__(self) -> str:
@@ -37,6 +38,7 @@ class Here:
     managed_vnets: set[int] = field(default_factory=set)  # VNETs created for the manager
     attempts: dict[str, str] = field(default_factory=dict)  # VM -> migration attempt already started
     departed: set[str] = field(default_factory=set)  # VMs that just left by migration
+    ports: dict[int, list[str]] = field(default_factory=dict)  # VNET -> interfaces plugged into it
 
 
 def converge(desired: dict[str, Any], here: Here) -> list[Action]:
@@ -60,10 +62,17 @@ def converge(desired: dict[str, Any], here: Here) -> list[Action]:
         if not running and name not in here.departed:
             actions.append(Action("vm.start", {"name": name, "vcpus": vm["vcpus"], "memory_mib": vm["memory_mib"],
                                                "nics": vm["nics"]}))
+    leaving: set[str] = set()  # TAPs of the VMs stopped here now
     for name in sorted(have_vms):
         if MANAGED in name and name not in want_vms:
             actions.append(Action("vm.stop", {"name": name, "force": True}))
+            leaving.update(n.get("tap") or "" for n in have_vms[name].get("nics", []))
     for vid in sorted(here.managed_vnets - set(want_vnets)):
-        if vid in here.vnets:
+        if vid not in here.vnets:
+            continue
+        others = sorted(set(here.ports.get(vid, [])) - leaving)
+        if others:  # someone plugged something else in: keep the VNET rather than cut it off
+            actions.append(Action("vnet.keep", {"vnet": vid, "ports": others}))
+        else:
             actions.append(Action("vnet.delete", {"vnet": vid}))
     return actions

@@ -84,7 +84,13 @@ class ManagerClient:
                 progress = self.vms.hv.job(name)
                 job.update({k: progress[k] for k in ("data_total", "data_processed") if progress.get(k)})
         return {**self.capacity, "state": "ready", "running": running, "errors": self.errors[-5:],
-                "migrations": migrations, "arrivals": dict(self.arrivals)}
+                "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared()}
+
+    def _prepared(self) -> list[str]:
+        """Incoming VMs whose VNETs exist here: the source may start migrating them."""
+        have = {v["vnet"] for v in self.vnets.list_vnets()}
+        return sorted(vm["name"] for vm in self.desired.get("vms", [])
+                      if vm.get("incoming") and all(n["vnet"] in have for n in vm["nics"]))
 
     def sync(self) -> list[str]:
         """One round: report, fetch, converge. Returns what was done (for the log)."""
@@ -103,11 +109,16 @@ class ManagerClient:
         if self.vms is not None:  # also those migrated through the local API, outside the manager
             departed |= {n for n, j in list(self.vms.hv.migrations.items())
                          if j.get("state") == "completed" and time.time() - j["started"] < DEPARTED_FOR}
-        here = Here([v["vnet"] for v in self.vnets.list_vnets()], vms_here, set(self.managed_vnets), attempts,
-                    departed)
+        vnets_here = self.vnets.list_vnets()
+        here = Here([v["vnet"] for v in vnets_here], vms_here, set(self.managed_vnets), attempts, departed,
+                    {v["vnet"]: v.get("ports", []) for v in vnets_here})
         done = []
         self.errors = []
         for action in converge(desired, here):
+            if action.op == "vnet.keep":
+                self.errors.append(f"VNET {action.args['vnet']} is no longer needed here but kept: "
+                                   f"{', '.join(action.args['ports'])} still plugged into it (unplug to remove it)")
+                continue
             try:
                 self._apply(action.op, action.args, desired)
                 done.append(str(action))

@@ -24,15 +24,18 @@ def manager_dir(lab: Lab) -> Path:
     return lab.dir / "manager"
 
 
-def start_manager(lab: Lab, timeout: float = 15.0) -> tuple[int, str]:
-    """Initialise and start the lab's manager; returns (pid, admin token)."""
+def start_manager(lab: Lab, timeout: float = 15.0, fresh: bool = True) -> tuple[int, str]:
+    """Start the lab's manager (initialised first unless `fresh` is False: a restart keeps its
+    CA, store and tokens); returns (pid, admin token)."""
     from softudc.manager.api import init
 
     d = manager_dir(lab)
     d.mkdir(parents=True, exist_ok=True)
-    token = init(d, [MANAGER_ADDR])
-    (d / "admin.token").write_text(token)
-    (d / "admin.token").chmod(0o600)
+    if fresh:
+        token = init(d, [MANAGER_ADDR])
+        (d / "admin.token").write_text(token)
+        (d / "admin.token").chmod(0o600)
+    token = (d / "admin.token").read_text().strip()
     log = open(d / "manager.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["ip", "netns", "exec", lab.mgmt_ns, sys.executable, "-m", "softudc.cli",
                              "--state-dir", str(lab.dir), "manager", "--listen", f"{MANAGER_ADDR}:{MANAGER_PORT}"],

@@ -476,6 +476,29 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class TlsServer(ThreadingHTTPServer):
+    """HTTPS with the TLS handshake on each connection's own thread, so that one slow or broken
+    client never holds up the accept loop (wrapping the listening socket would)."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], ctx: ssl.SSLContext) -> None:
+        super().__init__(address, handler)
+        self.ctx = ctx
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        request.settimeout(30)
+        try:
+            tls = self.ctx.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return  # a failed handshake concerns that client only
+        try:
+            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
+        finally:
+            tls.close()
+
+
 def serve(m: Manager, host: str, port: int) -> ThreadingHTTPServer:
     """Start the API on a background thread; returns the server (`.server_address`, `.shutdown()`)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -483,9 +506,7 @@ def serve(m: Manager, host: str, port: int) -> ThreadingHTTPServer:
     ctx.load_cert_chain(str(m.state_dir / "pki" / "server.crt"), str(m.state_dir / "pki" / "server.key"))
     ctx.load_verify_locations(str(m.state_dir / "pki" / "ca.crt"))
     ctx.verify_mode = ssl.CERT_OPTIONAL  # admins come with tokens, gatekeepers with certificates
-    server = ThreadingHTTPServer((host, port), make_handler(m))
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    server.daemon_threads = True
+    server = TlsServer((host, port), make_handler(m), ctx)
     threading.Thread(target=server.serve_forever, name="manager-api", daemon=True).start()
     return server
 

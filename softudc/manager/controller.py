@@ -83,6 +83,8 @@ def observe(farm: str, instances: list[dict[str, Any]], reports: dict[str, dict[
             elif job:
                 inst["migrating"] = {**moving, **{k: job[k] for k in ("state", "data_total", "data_processed")
                                                   if k in job}}
+            elif not moving.get("prepared") and name in reports.get(moving["to"], {}).get("prepared", []):
+                inst["migrating"] = {**moving, "prepared": True, "state": "prepared"}
         elif where and inst["host"] not in where:
             events.append(("Moved", f"{inst['name']} runs on {where[0]}, not on {inst['host']} (moved outside the "
                                     f"manager); it now belongs to {where[0]}"))
@@ -141,10 +143,10 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
                 nics.append({"vnet": vid, "mac": nic_mac(farm.name, inst["name"], nic.vnet), "ip": ip})
             entry: dict[str, Any] = {"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus,
                                      "memory_mib": vm.memory_mib, "nics": nics}
-            if moving and host == inst["host"]:
+            if moving and host == inst["host"] and moving.get("prepared"):  # the destination has the VNETs
                 entry["migrate_to"] = {"host": moving["to"], "uri": moving["uri"], "attempt": moving["attempt"],
                                        "downtime_ms": vm.max_downtime_ms or 0}
-            elif moving:
+            elif moving and host != inst["host"]:
                 entry["incoming"] = True
             vms.append(entry)
     return {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}

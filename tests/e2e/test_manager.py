@@ -1,9 +1,14 @@
 """The manager drives a lab: a farm applied from YAML is placed, every host's gatekeeper
 converges to its part over mutual TLS, VMs reach each other on their VNETs, scaling changes only
-what changed, and deleting the farm leaves nothing on any host."""
+what changed, migrations go through the manager, restarts of a gatekeeper or of the manager lose
+and duplicate nothing, and deleting the farm leaves nothing on any host."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,9 +17,11 @@ import pytest
 
 from softudc.lab import Lab
 from softudc.lab.endpoint import add_endpoint, remove_endpoint
-from softudc.lab.guest import wait_for_page
-from softudc.lab.manager import call
-from tests.e2e.conftest import gk, wait_until
+from softudc.lab.guest import http_get, wait_for_page
+from softudc.lab.lab import start_gatekeeper
+from softudc.lab.manager import call, start_manager
+from softudc.lab.shell import stop_pid
+from tests.e2e.conftest import gk, ns_run, wait_until
 
 pytestmark = [pytest.mark.manager, pytest.mark.vm]
 DEMO = (Path(__file__).parents[2] / "configs" / "farms" / "demo.yaml").read_text()
@@ -28,11 +35,40 @@ def farm(lab: Lab) -> dict[str, Any]:
 
 
 def running(lab: Lab) -> dict[str, str]:
-    return {vm["name"]: h.name for h in lab.hosts for vm in gk(lab, h.name).call("vm.list")
-            if vm["state"] == "running"}
+    """VM -> the host it runs on; fails if any VM runs on two hosts."""
+    pairs = [(vm["name"], h.name) for h in lab.hosts for vm in gk(lab, h.name).call("vm.list")
+             if vm["state"] == "running"]
+    names = [n for n, _ in pairs]
+    assert len(names) == len(set(names)), f"a VM runs twice: {sorted(pairs)}"
+    return dict(pairs)
 
 
-def test_apply_scale_and_delete_a_farm(make_lab: Callable[..., Lab]) -> None:
+def host_leftovers(lab: Lab, host: str) -> list[str]:
+    """What a farm could leave on a host: links (bridges, TAPs), VNETs in the gatekeeper's state,
+    libvirt domains (defined or running)."""
+    links = json.loads(ns_run(lab.host(host).netns, "ip", "-d", "-j", "link").stdout)
+    left = [f"link {link['ifname']}" for link in links
+            if link.get("linkinfo", {}).get("info_kind") in ("bridge", "tun")]
+    hdir = Path(lab.host(host).api_socket).parent
+    state = json.loads((hdir / "gatekeeper-state.json").read_text()) if (hdir / "gatekeeper-state.json").exists() \
+        else {}
+    left += [f"state vnet {v}" for v in state.get("vnets", [])]
+    managed = json.loads((hdir / "gatekeeper-managed.json").read_text()).get("managed_vnets", [])
+    left += [f"managed vnet {v}" for v in managed]
+    left += [f"domain {vm['name']}" for vm in gk(lab, host).call("vm.list")]
+    left += [f"vnet {v['vnet']}" for v in gk(lab, host).call("vnet.list")]
+    return left
+
+
+def instances(lab: Lab) -> dict[str, dict[str, Any]]:
+    return {i["name"]: i for i in farm(lab)["status"]["instances"]}
+
+
+def page(ns: str, ip: str, path: str = "counter") -> str:
+    return http_get(ns, f"http://{ip}/{path}")
+
+
+def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab(hosts=3, vms=True, manager=True)
     status, _ = call(lab, "PUT", "/v1/farms/demo", DEMO)
     assert status == 200
@@ -49,14 +85,75 @@ def test_apply_scale_and_delete_a_farm(make_lab: Callable[..., Lab]) -> None:
         if inst["vm"] == "web":
             assert wait_for_page(ns, f"http://{inst['addresses']['front']}/index.html", timeout=60) == \
                 f"demo--{inst['name']}"
+
     # Scale 3 -> 2: exactly web-2 goes; the rest stay where they are.
     before = running(lab)
     call(lab, "PUT", "/v1/farms/demo", DEMO.replace("replicas: 3", "replicas: 2"))
     assert wait_until(lambda: "demo--web-2" not in running(lab), timeout=60)
+    assert running(lab) == {k: v for k, v in before.items() if k != "demo--web-2"}
+
+    # Migrate web-0 live to the host web-2 left, through the manager: same guest, still counting.
+    web0 = instances(lab)["web-0"]
+    free = before["demo--web-2"]
+    ip = web0["addresses"]["front"]
+    count = int(page(ns, ip) or -1)
+    status, body = call(lab, "POST", "/v1/farms/demo/instances/web-0/migrate", json.dumps({"to": free}))
+    assert status == 200, body
+    assert wait_until(lambda: instances(lab)["web-0"]["host"] == free and "migrating" not in instances(lab)["web-0"],
+                      timeout=120, interval=0.5), instances(lab)["web-0"]
+    assert wait_until(lambda: running(lab).get("demo--web-0") == free, timeout=30)
+    assert wait_until(lambda: int(page(ns, ip) or -1) > count >= 0, timeout=30)  # not restarted
+    types = [e["type"] for e in farm(lab)["events"]]
+    assert "Migrating" in types and "Migrated" in types
+
+    # Scale 2 -> 3: exactly one VM is created (web-2, on the host web-0 left); nothing else moves.
+    before = running(lab)
+    call(lab, "PUT", "/v1/farms/demo", DEMO)
+    assert wait_until(lambda: "demo--web-2" in running(lab), timeout=120)
     after = running(lab)
-    assert after == {k: v for k, v in before.items() if k != "demo--web-2"}
-    # Delete: no domain, no VNET left on any host.
+    assert {k: v for k, v in after.items() if k != "demo--web-2"} == before
+    assert after["demo--web-2"] == web0["host"]
+
+    # Remove the db VM from the descriptor: only db-0 goes, and its secured VNET with it.
+    db_host = after["demo--db-0"]
+    no_db = DEMO[:DEMO.index("    - name: db")]
+    assert call(lab, "PUT", "/v1/farms/demo", no_db)[0] == 200
+    assert wait_until(lambda: "demo--db-0" not in running(lab), timeout=60)
+    assert running(lab) == {k: v for k, v in after.items() if k != "demo--db-0"}
+    back = farm(lab)["status"]["vnet_ids"].get("back")
+    assert back is None or wait_until(lambda: back not in [v["vnet"] for v in gk(lab, db_host).call("vnet.list")],
+                                      timeout=30)
+
+    # A gatekeeper crashes and comes back: its VMs are neither lost nor started twice.
+    victim = lab.host(web0["host"] if web0["host"] != "h1" else free)
+    mine = sorted(n for n, h in running(lab).items() if h == victim.name)
+    assert mine and victim.pid
+    counts = {n: int(wait_for_page(ns, f"http://{instances(lab)[n.split('--')[1]]['addresses']['front']}/counter",
+                                   timeout=60)) for n in mine}
+    os.kill(victim.pid, signal.SIGKILL)
+    time.sleep(3)  # the manager hears nothing from it meanwhile; nothing may be re-placed
+    start_gatekeeper(lab, victim)
+    lab.save()
+    time.sleep(3)  # a few sync rounds
+    assert running(lab) == {k: v for k, v in after.items() if k != "demo--db-0"}
+    for n, c in counts.items():
+        addr = instances(lab)[n.split("--")[1]]["addresses"]["front"]
+        assert wait_until(lambda a=addr, c=c: int(page(ns, a) or -1) > c >= 0, timeout=30), n  # same guests
+
+    # The manager restarts: it loses nothing and changes nothing on the hosts.
+    before_restart = farm(lab)
+    assert lab.manager_pid
+    stop_pid(lab.manager_pid)
+    lab.manager_pid, _ = start_manager(lab, fresh=False)
+    lab.save()
+    again = farm(lab)
+    assert again["status"]["instances"] == before_restart["status"]["instances"]
+    assert again["spec"] == before_restart["spec"]
+    time.sleep(3)
+    assert running(lab) == {k: v for k, v in after.items() if k != "demo--db-0"}
+
+    # Delete: no domain, TAP, bridge or VNET state left on any host.
     remove_endpoint(lab, "admin")
     assert call(lab, "DELETE", "/v1/farms/demo")[0] == 200
-    assert wait_until(lambda: not any(gk(lab, h.name).call("vm.list") for h in lab.hosts), timeout=60)
-    assert wait_until(lambda: not any(gk(lab, h.name).call("vnet.list") for h in lab.hosts), timeout=30)
+    assert wait_until(lambda: not any(host_leftovers(lab, h.name) for h in lab.hosts), timeout=90), \
+        {h.name: host_leftovers(lab, h.name) for h in lab.hosts}

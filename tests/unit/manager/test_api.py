@@ -226,9 +226,11 @@ def test_migrating_an_instance_checks_the_destination_then_hands_the_move_to_bot
     status, body = migrate("db-0", free)
     assert status == 200 and body["instance"]["migrating"]["to"] == free
     assert migrate("db-0", free)[0] == 409  # one move at a time
-    src = gks[where["db-0"]].call("GET", f"/v1/hosts/{where['db-0']}/desired")[1]
     dst = gks[free].call("GET", f"/v1/hosts/{free}/desired")[1]
-    assert next(v for v in src["vms"] if v["name"] == "demo--db-0")["migrate_to"]["uri"] == f"qemu+tcp://{free}/system"
     assert next(v for v in dst["vms"] if v["name"] == "demo--db-0")["incoming"] is True
+    gks[free].call("PUT", f"/v1/hosts/{free}/status", {"vcpus": 8, "memory_mib": 8192, "running": [],
+                                                       "migration_uri": "x", "prepared": ["demo--db-0"]})
+    src = gks[where["db-0"]].call("GET", f"/v1/hosts/{where['db-0']}/desired")[1]
+    assert next(v for v in src["vms"] if v["name"] == "demo--db-0")["migrate_to"]["uri"] == f"qemu+tcp://{free}/system"
     events = api.call("GET", "/v1/farms/demo", token=admin)[1]["events"]
     assert events[-1]["type"] == "Migrating"

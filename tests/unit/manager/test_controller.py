@@ -72,6 +72,11 @@ def test_a_live_migration_lists_the_vm_on_both_hosts_then_moves_it_when_the_dest
     db = next(i for i in status["instances"] if i["name"] == "db-0")
     src, dst = db["host"], next(h for h in REPORTS if h != db["host"])
     moving = _move(status, "db-0", dst, uri=f"qemu+tcp://{dst}/system")
+    # First the destination makes the VNETs; the source keeps the VM as it is until then.
+    assert "migrate_to" not in next(v for v in host_desired(src, [(farm, moving)])["vms"] if v["name"] == "demo--db-0")
+    reports = _running(farm, status)
+    reports[dst]["prepared"] = ["demo--db-0"]
+    moving, _, _ = reconcile_farm(farm, moving, inventory(REPORTS), {}, reports)
     on_src = next(v for v in host_desired(src, [(farm, moving)])["vms"] if v["name"] == "demo--db-0")
     on_dst = host_desired(dst, [(farm, moving)])
     assert on_src["migrate_to"] == {"host": dst, "uri": f"qemu+tcp://{dst}/system", "attempt": "a1",
@@ -140,3 +145,11 @@ def test_a_vm_found_running_elsewhere_belongs_to_that_host_and_a_cold_move_stops
     reports[src]["running"].remove("demo--db-0")
     moved, _, events = reconcile_farm(farm, cold, inventory(REPORTS), {}, reports)
     assert next(i for i in moved["instances"] if i["name"] == "db-0")["host"] == dst and events[0][0] == "Migrated"
+
+
+def test_a_vnet_the_manager_no_longer_needs_stays_while_something_else_is_plugged_into_it() -> None:
+    vm = {"name": "demo--web-2", "state": "running", "nics": [{"vnet": 2, "mac": "52:54:00:00:00:01", "tap": "vnet0"}]}
+    gone = converge({"vnets": [], "vms": []}, Here([2], [vm], {2}, ports={2: ["vnet0"]}))
+    assert [a.op for a in gone] == ["vm.stop", "vnet.delete"]  # only the leaving VM's TAP
+    kept = converge({"vnets": [], "vms": []}, Here([2], [vm], {2}, ports={2: ["vnet0", "ep-admin"]}))
+    assert [(a.op, a.args.get("ports")) for a in kept] == [("vm.stop", None), ("vnet.keep", ["ep-admin"])]
