@@ -42,6 +42,7 @@ class ManagerClient:
         self.state_file = state_file
         self.managed_vnets: set[int] = self._load_managed()
         self.errors: list[str] = []
+        self.notes: list[str] = []  # what is kept on purpose, worth knowing
         self.migrations: dict[str, dict[str, Any]] = {}  # VM -> the latest outgoing attempt
         self.arrivals: dict[str, dict[str, Any]] = {}  # VM -> libvirt's record of its incoming migration
         self._lock = threading.Lock()
@@ -84,6 +85,7 @@ class ManagerClient:
                 progress = self.vms.hv.job(name)
                 job.update({k: progress[k] for k in ("data_total", "data_processed") if progress.get(k)})
         return {**self.capacity, "state": "ready", "running": running, "errors": self.errors[-5:],
+                "notes": self.notes[-5:],
                 "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared()}
 
     def _prepared(self) -> list[str]:
@@ -113,11 +115,11 @@ class ManagerClient:
         here = Here([v["vnet"] for v in vnets_here], vms_here, set(self.managed_vnets), attempts, departed,
                     {v["vnet"]: v.get("ports", []) for v in vnets_here})
         done = []
-        self.errors = []
+        self.errors, self.notes = [], []
         for action in converge(desired, here):
             if action.op == "vnet.keep":
-                self.errors.append(f"VNET {action.args['vnet']} is no longer needed here but kept: "
-                                   f"{', '.join(action.args['ports'])} still plugged into it (unplug to remove it)")
+                self.notes.append(f"VNET {action.args['vnet']} is no longer needed here but kept: "
+                                  f"{', '.join(action.args['ports'])} still plugged into it (unplug to remove it)")
                 continue
             try:
                 self._apply(action.op, action.args, desired)

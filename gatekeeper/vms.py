@@ -81,6 +81,7 @@ class VmService:
 
 
 def _probe_arg(nics: list[dict[str, Any]]) -> str:
-    """Addresses the test guest should ping and fetch over HTTP (it reports on /probe)."""
-    probes = [str(p) for nic in nics for p in nic.get("probe", [])]
+    """Addresses the test guest should ping and fetch over HTTP (it reports on /probe): those
+    asked for, else the NIC's peers on its VNET (the manager lists them)."""
+    probes = [str(p) for nic in nics for p in nic.get("probe", nic.get("peers", []))]
     return f"svprobe={','.join(probes)}" if probes else ""

@@ -1,33 +1,28 @@
-"""`softudc demo` (what `make demo` runs): a 3-host lab with a libvirtd and a gatekeeper per host,
-two VNETs that share one subnet (red secured with ESP), real QEMU guests on both talking across
-hosts, and a live migration under a 10 ms ping. The lab stays up for you to explore."""
+"""`softudc demo` (what `make demo` runs): a 3-host lab (a libvirtd and a gatekeeper per host)
+driven by the manager. The farm in configs/farms/demo.yaml is planned and applied: two VNETs on
+one subnet (back secured with ESP), a web tier spread across the hosts, a database. The web
+guests ping and fetch each other across hosts, the database is live-migrated through the manager
+under a 10 ms ping, and the demo prints where everything runs. The lab stays up to explore."""
 
 from __future__ import annotations
 
 import itertools
 import re
-import secrets
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from gatekeeper.client import GatekeeperClient
-from softudc.lab import Lab, LabSpec, lab_down, lab_up
+from softudc.cli.admin import get_rows, migrate_managed, ok, print_table
+from softudc.lab import Lab, LabError, LabSpec, lab_down, lab_up
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get, wait_for_page
-from softudc.lab.libvirt import migration_uri
+from softudc.lab.manager import call
 
 NAME = "demo"
-# name: (host, vnet, address, the addresses it probes)
-VMS = {
-    "blue-a": ("h1", 10, "10.0.0.11", ["10.0.0.12"]),
-    "blue-b": ("h2", 10, "10.0.0.12", ["10.0.0.11"]),
-    "red-a": ("h3", 20, "10.0.0.12", ["10.0.0.11"]),
-    "red-b": ("h1", 20, "10.0.0.11", ["10.0.0.12"]),
-}
-MACS = {"blue-a": "52:54:00:0a:00:0a", "blue-b": "52:54:00:0a:00:0b", "red-a": "52:54:00:14:00:0a",
-        "red-b": "52:54:00:14:00:0b"}
+FARM = Path(__file__).resolve().parents[1] / "configs" / "farms" / "demo.yaml"
+ADMIN_IP = "10.0.0.250"
 
 
 def step(msg: str) -> None:
@@ -37,49 +32,26 @@ def step(msg: str) -> None:
 def run_demo(state_dir: str | None, keep: bool = True) -> None:
     lab_down(NAME, state_dir)  # idempotent: a previous demo is replaced
     t0 = time.monotonic()
-    step("lab: 3 hosts (network namespaces), each with its own libvirtd and gatekeeper")
-    lab = lab_up(LabSpec(NAME, hosts=3, vms=True), state_dir, progress=True)
-    gk = {h.name: GatekeeperClient(h.api_socket, timeout=300) for h in lab.hosts}
-    step("VNETs: 10 (blue, plain) and 20 (red, ESP AES-GCM); both use 10.0.0.0/24")
-    red_keys = {"send_epoch": 1, "secrets": {"1": secrets.token_hex(32)}}
-    for c in gk.values():
-        blue = c.call("vnet.create", vnet=10)
-        red = c.call("vnet.create", vnet=20, security="conf", keys=red_keys)
-    print(f"  blue: UDP/1798, MTU {blue['mtu']}   red: ESP on UDP/4500 (spi {red['spi']}), MTU {red['mtu']}")
-    step(f"VMs (QEMU, {'KVM' if lab.accel == 'kvm' else 'TCG'}, direct kernel boot) plugged into the VNETs")
-    for name, (host, vnet, ip, probe) in VMS.items():
-        gk[host].call("vm.start", name=name, nics=[{"vnet": vnet, "mac": MACS[name], "ip": f"{ip}/24",
-                                                    "probe": probe}])
-        print(f"  {name:7} on {host}  vnet {vnet}  {ip}")
-    # An admin's window into each VNET: a namespace plugged into it, to read the guests' pages.
-    add_endpoint(lab, "adminb", "h3", 10, "10.0.0.2/24")
-    add_endpoint(lab, "adminr", "h2", 20, "10.0.0.2/24")
-    admin = {10: lab.endpoints["adminb"].netns, 20: lab.endpoints["adminr"].netns}
-    step("guests talk to each other across hosts (each pings its peer and fetches its page)")
-    failures = 0
-    for name, (host, vnet, ip, probe) in VMS.items():
-        peer = next(n for n, v in VMS.items() if v[1] == vnet and v[2] == probe[0])
-        try:
-            report = wait_for_page(admin[vnet], f"http://{ip}/probe", f"ping=ok http={peer}", timeout=120)
-            print(f"  {name:7} ({host}) -> {probe[0]}: {report}")
-        except TimeoutError as e:
-            failures += 1
-            print(f"  {name:7} ({host}) -> {probe[0]}: FAILED ({e})")
-    step("isolation: 10.0.0.12 is blue-b on VNET 10 and red-a on VNET 20")
-    for vnet in (10, 20):
-        print(f"  from VNET {vnet}: http://10.0.0.12/ is {http_get(admin[vnet], 'http://10.0.0.12/index.html')!r}")
-    failures += _migrate(lab, gk, admin[10])
-    step("where everything runs")
-    for host, c in gk.items():
-        for vm in c.call("vm.list"):
-            print(f"  {vm['name']:7} {host}  {vm['state']}")
-    h1 = lab.host("h1")
-    print(f"\n  ready in {time.monotonic() - t0:.0f} s. Try:")
-    print("    .venv/bin/softudc vm list --lab demo")
-    print("    .venv/bin/softudc vm migrate blue-a --lab demo --to h2")
-    print("    .venv/bin/softudc varp cache --lab demo --host h1")
-    print(f"    ip netns exec {lab.mgmt_ns} curl -s http://{h1.mgmt_ip}:9464/metrics | grep softudc_vnet")
-    print("  console: comes with the manager (not in this release)")
+    step("lab: 3 hosts (network namespaces), each with a libvirtd and a gatekeeper; the manager on the "
+         "management network, every host joined with a one-time token (mutual TLS from then on)")
+    lab = lab_up(LabSpec(NAME, hosts=3, vms=True, manager=True), state_dir, progress=True)
+    failures = _apply(lab)
+    instances = _instances(lab)
+    failures += _probe(lab, instances)
+    failures += _migrate(lab, instances)
+    step("where everything runs (softudc host list / get vms / get vnets)")
+    for what in ("hosts", "vms", "vnets"):
+        rows, columns, _ = get_rows(lab, what)
+        print_table(rows, columns)
+        print()
+    print(f"  ready in {time.monotonic() - t0:.0f} s. Try:")
+    print("    .venv/bin/softudc get vms --lab demo -o wide")
+    print("    .venv/bin/softudc describe farm demo --lab demo")
+    print("    .venv/bin/softudc vm migrate demo/db-0 --to h1 --lab demo")
+    print("    sed 's/replicas: 3/replicas: 2/' configs/farms/demo.yaml | tee /tmp/demo2.yaml"
+          " && .venv/bin/softudc diff -f /tmp/demo2.yaml --lab demo")
+    print(f"    ip netns exec {lab.mgmt_ns} curl -s http://{lab.host('h1').mgmt_ip}:9464/metrics | grep softudc_vnet")
+    print("  console: not in this release (the CLI and the manager's API are the way in)")
     if keep:
         print("  the lab stays up; remove it with: .venv/bin/softudc lab down demo")
     else:
@@ -89,29 +61,98 @@ def run_demo(state_dir: str | None, keep: bool = True) -> None:
         sys.exit(1)
 
 
-def _migrate(lab: Lab, gk: dict[str, GatekeeperClient], admin_ns: str) -> int:
-    step("live migration: blue-b h2 -> h3 while the admin pings it every 10 ms")
-    before = http_get(admin_ns, "http://10.0.0.12/counter")
-    pinger = subprocess.Popen(["ip", "netns", "exec", admin_ns, "ping", "-n", "-D", "-i", "0.01", "10.0.0.12"],
+def _apply(lab: Lab) -> int:
+    text = FARM.read_text()
+    step(f"plan of {FARM.parent.parent.name}/{FARM.parent.name}/{FARM.name} (softudc apply --dry-run)")
+    plan = ok(*call(lab, "POST", "/v1/farms/demo/plan", text))
+    for i in plan["create"]:
+        addrs = " ".join(f"{v}:{a}" for v, a in sorted(i["addresses"].items()))
+        print(f"  + {i['name']:6} on {i['host']}  {addrs}")
+    for name, why in plan["unplaced"].items():
+        print(f"  ! {name} cannot be placed: " + "; ".join(why))
+    step("apply: the manager stores the farm; each gatekeeper fetches its part and converges")
+    ok(*call(lab, "PUT", "/v1/farms/demo", text))
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 180:
+        st = ok(*call(lab, "GET", "/v1/farms/demo"))["status"]
+        ready = sum(1 for i in st["instances"] if _running_on(lab, i))
+        print(f"\r  {ready}/{len(st['instances'])} VMs running  {time.monotonic() - t0:4.0f} s", end="", flush=True)
+        if st["conditions"].get("Ready"):
+            print(f"\n  farm demo is Ready: VNETs {st['vnet_ids']}")
+            return 0
+        time.sleep(1)
+    print("\n  FAILED: the farm did not become Ready in 180 s (see `softudc describe farm demo --lab demo`)")
+    return 1
+
+
+def _running_on(lab: Lab, inst: dict[str, Any]) -> bool:
+    return any(f"demo--{inst['name']}" in h.get("running", []) and h["name"] == inst["host"]
+               for h in ok(*call(lab, "GET", "/v1/hosts")))
+
+
+def _instances(lab: Lab) -> dict[str, dict[str, Any]]:
+    return {i["name"]: i for i in ok(*call(lab, "GET", "/v1/farms/demo"))["status"]["instances"]}
+
+
+def _probe(lab: Lab, instances: dict[str, dict[str, Any]]) -> int:
+    step("web guests ping and fetch each other across hosts over VNET front (each guest's /probe)")
+    vnets = ok(*call(lab, "GET", "/v1/farms/demo"))["status"]["vnet_ids"]
+    add_endpoint(lab, "admin", "h1", vnets["front"], f"{ADMIN_IP}/24")  # an admin's window into front
+    ns = lab.endpoints["admin"].netns
+    failures = 0
+    for name, inst in sorted(instances.items()):
+        if "front" not in inst["addresses"]:
+            continue
+        ip = inst["addresses"]["front"]
+        peers = len([i for i in instances.values() if "front" in i["addresses"]]) - 1
+        try:
+            # Every peer answers both ping and HTTP: as many "ping=ok" and "http=demo--" as peers.
+            report = wait_for_page(ns, f"http://{ip}/probe", timeout=120)
+            deadline = time.monotonic() + 60
+            while report.count("ping=ok") < peers or report.count("http=demo--") < peers:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(report.replace("\n", "; "))
+                time.sleep(1)
+                report = http_get(ns, f"http://{ip}/probe")
+            for line in report.splitlines():
+                print(f"  {name} ({inst['host']}, {ip}) -> {line}")
+        except TimeoutError as e:
+            failures += 1
+            print(f"  {name} ({inst['host']}): FAILED ({e})")
+    db = instances.get("db-0", {}).get("addresses", {}).get("back")
+    if db:
+        seen = http_get(ns, f"http://{db}/index.html")
+        print(f"  isolation: {db} is db-0 on VNET back; from front it is {seen or 'unreachable'!r}")
+        failures += bool(seen and "db" in seen)
+    return failures
+
+
+def _migrate(lab: Lab, instances: dict[str, dict[str, Any]]) -> int:
+    db = instances["db-0"]
+    src = db["host"]
+    dest = next(h.name for h in lab.hosts if h.name != src)
+    ip = db["addresses"]["back"]
+    step(f"live migration through the manager: db-0 {src} -> {dest} on the ESP-secured VNET back, "
+         "pinged every 10 ms")
+    vnets = ok(*call(lab, "GET", "/v1/farms/demo"))["status"]["vnet_ids"]
+    add_endpoint(lab, "adminb", src, vnets["back"], f"{ADMIN_IP}/24")  # keeps VNET back on the source
+    ns = lab.endpoints["adminb"].netns
+    before = wait_for_page(ns, f"http://{ip}/counter", timeout=60)
+    pinger = subprocess.Popen(["ip", "netns", "exec", ns, "ping", "-n", "-D", "-i", "0.01", ip],
                               stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     try:
-        result: dict[str, Any] = gk["h2"].call("vm.migrate", name="blue-b", dest_uri=migration_uri(lab.host("h3")),
-                                               bandwidth_mib=1000, downtime_ms=50)
-    except Exception as e:
-        pinger.kill()
+        migrate_managed(lab, "demo", "db-0", dest, timeout=300)
+    except LabError as e:
         print(f"  FAILED: {e}")
         return 1
-    job = gk["h3"].call("vm.completed_job", name="blue-b")
-    time.sleep(1)
-    pinger.send_signal(2)
-    out, _ = pinger.communicate(timeout=10)
+    finally:
+        time.sleep(1)
+        pinger.send_signal(2)
+        out, _ = pinger.communicate(timeout=10)
     stamps = [float(t) for t in re.findall(r"^\[(\d+\.\d+)\].*icmp_seq", out, re.M)]
     gap = max((b - a for a, b in itertools.pairwise(stamps)), default=0) * 1000
-    after = http_get(admin_ns, "http://10.0.0.12/counter")
-    print(f"  migrated in {result['wall_ms']} ms, downtime {job['downtime_ms']} ms, longest ping gap {gap:.0f} ms")
-    print(f"  the guest's uptime counter went {before} -> {after}: the same guest, still running")
-    cache = [e for e in gk["h1"].call("varp.cache") if e["mac"] == MACS["blue-b"]]
-    if cache:
-        print(f"  h1's VARP cache: blue-b is at {cache[0]['addr']} (h3) - learned from h3's gratuitous ANNOUNCE")
-    return 0
+    after = http_get(ns, f"http://{ip}/counter")
+    print(f"  longest ping gap {gap:.0f} ms; the guest's uptime counter went {before} -> {after}: "
+          "the same guest, still running")
+    return 0 if after.isdigit() and int(after) > int(before) else 1

@@ -25,7 +25,7 @@ def _lab(a: argparse.Namespace) -> Any:
     return lab
 
 
-def _ok(status: int, body: Any) -> Any:
+def ok(status: int, body: Any) -> Any:
     if status != 200:
         message = body.get("error", body) if isinstance(body, dict) else body
         for p in body.get("problems", []) if isinstance(body, dict) else []:
@@ -52,13 +52,13 @@ def cmd_apply(a: argparse.Namespace) -> None:
     text, farm = _read_farm(a.file)
     lab = _lab(a)
     if a.dry_run:
-        _show_plan(_ok(*call(lab, "POST", f"/v1/farms/{farm.name}/plan", text)), farm.name)
+        _show_plan(ok(*call(lab, "POST", f"/v1/farms/{farm.name}/plan", text)), farm.name)
         return
-    body = _ok(*call(lab, "PUT", f"/v1/farms/{farm.name}", text))
+    body = ok(*call(lab, "PUT", f"/v1/farms/{farm.name}", text))
     print(f"farm {farm.name} applied (revision {body['revision']})")
     deadline = time.monotonic() + a.timeout
     while a.wait and time.monotonic() < deadline:
-        status = _ok(*call(lab, "GET", f"/v1/farms/{farm.name}"))["status"]
+        status = ok(*call(lab, "GET", f"/v1/farms/{farm.name}"))["status"]
         cond = status.get("conditions", {})
         ready = sum(1 for _ in status.get("instances", []))
         print(f"\r  placed {cond.get('Placed')}, ready {cond.get('Ready')}, {ready} instance(s)", end="",
@@ -67,7 +67,7 @@ def cmd_apply(a: argparse.Namespace) -> None:
             break
         time.sleep(1)
     print(file=sys.stderr)
-    _print_farm(_ok(*call(lab, "GET", f"/v1/farms/{farm.name}")))
+    _print_farm(ok(*call(lab, "GET", f"/v1/farms/{farm.name}")))
 
 
 def _show_plan(plan: dict[str, Any], name: str) -> None:
@@ -85,7 +85,7 @@ def _show_plan(plan: dict[str, Any], name: str) -> None:
 def cmd_diff(a: argparse.Namespace) -> None:
     """Exit 0: applying the file would change nothing; 1: it would (like `kubectl diff`)."""
     text, farm = _read_farm(a.file)
-    plan = _ok(*call(_lab(a), "POST", f"/v1/farms/{farm.name}/plan", text))
+    plan = ok(*call(_lab(a), "POST", f"/v1/farms/{farm.name}/plan", text))
     _show_plan(plan, farm.name)
     sys.exit(1 if plan["changes"] else 0)
 
@@ -102,7 +102,7 @@ def _print_farm(f: dict[str, Any]) -> None:
         print(f"  {name}: cannot be placed: " + "; ".join(why))
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     """kubectl-style: upper-case headers, aligned columns, '-' for nothing."""
     cells = [[c.upper() for c in columns]] + [[_cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
@@ -121,19 +121,21 @@ def _cell(v: Any) -> str:
 
 
 def _farms(lab: Any) -> list[dict[str, Any]]:
-    return [_ok(*call(lab, "GET", f"/v1/farms/{f['name']}")) for f in _ok(*call(lab, "GET", "/v1/farms"))]
+    return [ok(*call(lab, "GET", f"/v1/farms/{f['name']}")) for f in ok(*call(lab, "GET", "/v1/farms"))]
 
 
-def _rows(lab: Any, what: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+def get_rows(lab: Any, what: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """The rows of `softudc get WHAT`, the table's columns and the extra columns of `-o wide`."""
     if what == "hosts":
-        hosts = _ok(*call(lab, "GET", "/v1/hosts"))
+        hosts = ok(*call(lab, "GET", "/v1/hosts"))
         rows = [{"name": h["name"], "state": h.get("state", "joined"), "vms": len(h.get("running", [])),
                  "vcpus": f"{h.get('used_vcpus', 0)}/{h.get('vcpus', '?')}",
                  "memory": f"{fmt_mib(h.get('used_memory_mib', 0))}/{fmt_mib(h.get('memory_mib', 0))}",
                  "reported": _ago(h.get("reported")), "running": h.get("running", []),
-                 "migration_uri": h.get("migration_uri"), "errors": h.get("errors", [])} for h in hosts]
-        return rows, ["name", "state", "vms", "vcpus", "memory", "reported"], ["migration_uri", "running", "errors"]
+                 "migration_uri": h.get("migration_uri"), "errors": h.get("errors", []),
+                 "notes": h.get("notes", [])} for h in hosts]
+        return rows, ["name", "state", "vms", "vcpus", "memory", "reported"], ["migration_uri", "running", "errors",
+                                                                                "notes"]
     farms = _farms(lab)
     if what == "farms":
         rows = [{"name": f["name"], "revision": f["revision"], "vms": len(f["status"].get("instances", [])),
@@ -141,7 +143,7 @@ def _rows(lab: Any, what: str) -> tuple[list[dict[str, Any]], list[str], list[st
                  "vnets": f["status"].get("vnet_ids", {}), "unplaced": list(f["status"].get("unplaced", {}))}
                 for f in farms]
         return rows, ["name", "revision", "vms", "ready"], ["placed", "degraded", "vnets", "unplaced"]
-    running = {vm: h["name"] for h in _ok(*call(lab, "GET", "/v1/hosts")) for vm in h.get("running", [])}
+    running = {vm: h["name"] for h in ok(*call(lab, "GET", "/v1/hosts")) for vm in h.get("running", [])}
     rows = []
     for f in farms:
         spec = validate(f["spec"]["descriptor"], f"farms/{f['name']}")
@@ -176,7 +178,7 @@ def _ago(t: Any) -> str:
 
 
 def cmd_get(a: argparse.Namespace) -> None:
-    rows, columns, wide = _rows(_lab(a), a.what)
+    rows, columns, wide = get_rows(_lab(a), a.what)
     if a.output == "json":
         print(json.dumps(rows, indent=2))
     elif a.output == "yaml":
@@ -184,7 +186,7 @@ def cmd_get(a: argparse.Namespace) -> None:
     elif not rows:
         print(f"no {a.what}", file=sys.stderr)
     else:
-        _table(rows, columns + (wide if a.output == "wide" else []))
+        print_table(rows, columns + (wide if a.output == "wide" else []))
 
 
 def managed_instance(lab: Any, name: str) -> tuple[str, str] | None:
@@ -202,11 +204,11 @@ def managed_instance(lab: Any, name: str) -> tuple[str, str] | None:
 
 def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float) -> None:
     """`softudc vm migrate` when a manager runs: ask it, then follow the farm's status."""
-    body = _ok(*call(lab, "POST", f"/v1/farms/{farm}/instances/{instance}/migrate", json.dumps({"to": to})))
+    body = ok(*call(lab, "POST", f"/v1/farms/{farm}/instances/{instance}/migrate", json.dumps({"to": to})))
     src, kind = body["instance"]["host"], "cold" if body["instance"]["migrating"].get("cold") else "live"
     t0 = time.monotonic()
     while True:
-        f = _ok(*call(lab, "GET", f"/v1/farms/{farm}"))
+        f = ok(*call(lab, "GET", f"/v1/farms/{farm}"))
         inst = next((i for i in f["status"].get("instances", []) if i["name"] == instance), None)
         if inst is None:
             raise LabError(f"{farm}/{instance} was removed from its farm while it moved")
@@ -232,7 +234,7 @@ def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float)
 
 
 def cmd_describe(a: argparse.Namespace) -> None:
-    f = _ok(*call(_lab(a), "GET", f"/v1/farms/{a.name}"))
+    f = ok(*call(_lab(a), "GET", f"/v1/farms/{a.name}"))
     _print_farm(f)
     for e in f.get("events", []):
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['time']))} {e['type']:8} {e['message']}")
@@ -240,7 +242,7 @@ def cmd_describe(a: argparse.Namespace) -> None:
 
 def cmd_delete(a: argparse.Namespace) -> None:
     lab = _lab(a)
-    _ok(*call(lab, "DELETE", f"/v1/farms/{a.name}"))
+    ok(*call(lab, "DELETE", f"/v1/farms/{a.name}"))
     print(f"farm {a.name} deleted")
     if a.wait:
         from gatekeeper.client import GatekeeperClient

@@ -313,7 +313,8 @@ def _visible(who: Principal, report: dict[str, Any]) -> dict[str, Any]:
     return {**report, "running": [v for v in report.get("running", []) if mine(v)],
             "migrations": {k: v for k, v in report.get("migrations", {}).items() if mine(k)},
             "arrivals": {k: v for k, v in report.get("arrivals", {}).items() if mine(k)},
-            "errors": [e for e in report.get("errors", []) if who.role == "admin"]}
+            "errors": [e for e in report.get("errors", []) if who.role == "admin"],
+            "notes": [e for e in report.get("notes", []) if who.role == "admin"]}
 
 
 def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:

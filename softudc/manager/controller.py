@@ -4,7 +4,7 @@ Pure: the API calls it after every change; gatekeepers fetch their part and conv
     farm status = {instances: [{name, vm, host, addresses}], vnet_ids: {vnet: id},
                    conditions: {Placed, Ready, Degraded}, unplaced: {instance: [why]}}
     host desired = {vnets: [{id, security}], vms: [{name, vcpus, memory_mib,
-                    nics: [{vnet, mac, ip}]}]}
+                    nics: [{vnet, mac, ip, peers}]}]}   (peers: the other instances on that VNET)
 
 VM names on hosts are `<farm>--<instance>`, so a host can tell the VMs it manages for farms from
 anything else it runs. MACs derive from that name: stable across migrations and re-applies.
@@ -140,7 +140,11 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
                 subnet = vnet_defs[nic.vnet].subnet
                 ip = f"{inst['addresses'][nic.vnet]}/{subnet.prefixlen}" \
                     if ipaddress.IPv4Address(inst["addresses"][nic.vnet]) in subnet else None
-                nics.append({"vnet": vid, "mac": nic_mac(farm.name, inst["name"], nic.vnet), "ip": ip})
+                peers = sorted({o["addresses"][nic.vnet] for o in status["instances"]
+                                if o["name"] != inst["name"] and nic.vnet in o.get("addresses", {})},
+                               key=ipaddress.IPv4Address)
+                nics.append({"vnet": vid, "mac": nic_mac(farm.name, inst["name"], nic.vnet), "ip": ip,
+                             "peers": peers})
             entry: dict[str, Any] = {"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus,
                                      "memory_mib": vm.memory_mib, "nics": nics}
             if moving and host == inst["host"] and moving.get("prepared"):  # the destination has the VNETs

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +43,13 @@ def running(lab: Lab) -> dict[str, str]:
     names = [n for n, _ in pairs]
     assert len(names) == len(set(names)), f"a VM runs twice: {sorted(pairs)}"
     return dict(pairs)
+
+
+def cli(lab: Lab, *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "softudc.cli", "--state-dir", lab.state_dir, *args,
+                          "--lab", lab.spec.name], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def host_leftovers(lab: Lab, host: str) -> list[str]:
@@ -86,6 +95,20 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
             assert wait_for_page(ns, f"http://{inst['addresses']['front']}/index.html", timeout=60) == \
                 f"demo--{inst['name']}"
 
+    # The web guests reach each other across hosts: each pings and fetches its two peers.
+    for inst in farm(lab)["status"]["instances"]:
+        if inst["vm"] == "web":
+            assert wait_until(lambda i=inst: page(ns, i["addresses"]["front"], "probe").count("ping=ok") == 2 and
+                              page(ns, i["addresses"]["front"], "probe").count("http=demo--web-") == 2,
+                              timeout=60, interval=1), page(ns, inst["addresses"]["front"], "probe")
+    # get and describe show the same as the hosts.
+    vms = json.loads(cli(lab, "get", "vms", "-o", "json"))
+    assert {f"demo--{v['name']}": v["host"] for v in vms} == running(lab)
+    assert {v["state"] for v in vms} == {"running"}
+    described = cli(lab, "describe", "farm", "demo")
+    assert "Ready=True" in described and all(f"{v['name']}" in described for v in vms)
+    assert "front" in cli(lab, "get", "vnets") and "h1" in cli(lab, "host", "list")
+
     # Scale 3 -> 2: exactly web-2 goes; the rest stay where they are.
     before = running(lab)
     call(lab, "PUT", "/v1/farms/demo", DEMO.replace("replicas: 3", "replicas: 2"))
@@ -97,10 +120,9 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     free = before["demo--web-2"]
     ip = web0["addresses"]["front"]
     count = int(page(ns, ip) or -1)
-    status, body = call(lab, "POST", "/v1/farms/demo/instances/web-0/migrate", json.dumps({"to": free}))
-    assert status == 200, body
-    assert wait_until(lambda: instances(lab)["web-0"]["host"] == free and "migrating" not in instances(lab)["web-0"],
-                      timeout=120, interval=0.5), instances(lab)["web-0"]
+    moved = cli(lab, "vm", "migrate", "demo/web-0", "--to", free)
+    assert f"now runs on {free}" in moved and "live in" in moved
+    assert instances(lab)["web-0"]["host"] == free and "migrating" not in instances(lab)["web-0"]
     assert wait_until(lambda: running(lab).get("demo--web-0") == free, timeout=30)
     assert wait_until(lambda: int(page(ns, ip) or -1) > count >= 0, timeout=30)  # not restarted
     types = [e["type"] for e in farm(lab)["events"]]
