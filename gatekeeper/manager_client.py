@@ -168,11 +168,11 @@ class ManagerClient:
         with self._lock:
             self.migrations[name] = job
         assert self.vms is not None
-        hv = self.vms.hv
+        vms = self.vms
 
         def run() -> None:
             try:
-                result = hv.migrate(name, args["uri"], int(args.get("bandwidth_mib", 0)),
+                result = vms.migrate(name, args["uri"], int(args.get("bandwidth_mib", 0)),
                                     int(args.get("downtime_ms", 0)))
                 update = {"state": "completed", "wall_ms": result.get("wall_ms")}
             except Exception as e:

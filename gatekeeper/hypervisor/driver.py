@@ -174,6 +174,9 @@ class Hypervisor:
         return {"name": dom.name(), "state": STATES.get(state, "unknown"),
                 "nics": [{"vnet": n.vnet, "mac": n.mac, "tap": n.tap} for n in nics]}
 
+    def nics(self, name: str) -> list[DomainNic]:
+        return domain_nics(self._dom(name).XMLDesc(0))
+
     def domains(self) -> list[dict[str, Any]]:
         out = []
         for dom in self.conn().listAllDomains(0):

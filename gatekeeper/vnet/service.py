@@ -49,6 +49,7 @@ class VnetService:
         self.lock = threading.RLock()
         self.cache = VarpCache(clock, config.varp_timers)
         self.local_macs: set[tuple[int, bytes]] = set()
+        self.departing: set[tuple[int, bytes]] = set()  # local MACs of VMs migrating away
         self.ports: dict[str, tuple[int, bytes]] = {}  # ifname -> (vnet, mac)
         self.varp_counts: Counter[str] = Counter()
         self.state_file = state_file
@@ -227,9 +228,17 @@ class VnetService:
             self.devices.forget_fdb(bridge_name(vnet), raw_mac.hex(":"))
         self.announce(vnet, raw_mac.hex(":"))
 
+    def expect_departure(self, vnet: int, mac: str, departing: bool) -> None:
+        """A VM NIC here is (or is no longer) migrating away: an ANNOUNCE for its MAC from another
+        host then means it has arrived there, before this host's own `unregister_local`."""
+        key = (vnet, parse_mac(mac))
+        with self.lock:
+            (self.departing.add if departing else self.departing.discard)(key)
+
     def unregister_local(self, vnet: int, mac: str) -> None:
         raw_mac = parse_mac(mac)
         with self.lock:
+            self.departing.discard((vnet, raw_mac))
             self.local_macs.discard((vnet, raw_mac))
             for ifname, entry in list(self.ports.items()):
                 if entry == (vnet, raw_mac):
@@ -314,10 +323,15 @@ class VnetService:
                 self.varp_counts["reply_tx"] += 1
             return
         self.varp_counts["announce_rx"] += 1
-        if key in self.local_macs or not isinstance(msg.addr, ipaddress.IPv4Address):
+        if not isinstance(msg.addr, ipaddress.IPv4Address) or (key in self.local_macs and key not in self.departing):
             self.varp_counts["announce_ignored"] += 1
             return
         with self.lock:
+            if key in self.local_macs:  # a VM migrating away resumed there: send its frames there now
+                self.local_macs.discard(key)
+                self.departing.discard(key)
+                self.devices.forget_fdb(bridge_name(msg.vnet), msg.vmac.hex(":"))  # not to the old TAP
+                self.varp_counts["moved_away"] += 1
             self._run(self.cache.announce(msg.vnet, msg.vmac, str(msg.addr)))
 
     # --- VARP authentication ------------------------------------------------------------------

@@ -80,7 +80,7 @@ def test_a_live_migration_lists_the_vm_on_both_hosts_then_moves_it_when_the_dest
     on_src = next(v for v in host_desired(src, [(farm, moving)])["vms"] if v["name"] == "demo--db-0")
     on_dst = host_desired(dst, [(farm, moving)])
     assert on_src["migrate_to"] == {"host": dst, "uri": f"qemu+tcp://{dst}/system", "attempt": "a1",
-                                    "downtime_ms": 0}
+                                    "downtime_ms": 50}
     assert any(v["name"] == "demo--db-0" and v["incoming"] for v in on_dst["vms"])
     back = next(n["vnet"] for v in on_dst["vms"] if v["name"] == "demo--db-0" for n in v["nics"])
     assert back in {v["id"] for v in on_dst["vnets"]}  # the destination gets the VNET before the VM arrives
