@@ -233,6 +233,12 @@ def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float)
     print(f"{farm}/{instance} now runs on {to}: {message}")
 
 
+def cmd_host_state(a: argparse.Namespace) -> None:
+    body = ok(*call(_lab(a), "PUT", f"/v1/hosts/{a.name}/state", json.dumps({"state": a.state})))
+    print(f"{body['host']} is {body['state']}" + ("" if a.state == "ready" else
+                                                  ": new VMs go elsewhere; those there stay"))
+
+
 def cmd_describe(a: argparse.Namespace) -> None:
     f = ok(*call(_lab(a), "GET", f"/v1/farms/{a.name}"))
     _print_farm(f)
@@ -280,6 +286,11 @@ def add_parsers(sub: Any) -> None:
     ls.add_argument("--lab", required=True)
     ls.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
     ls.set_defaults(fn=cmd_get, what="hosts")
+    hs = hl.add_parser("state", help="take a host out of placement (draining, maintenance) or back in (ready)")
+    hs.add_argument("name")
+    hs.add_argument("state", choices=["ready", "draining", "maintenance"])
+    hs.add_argument("--lab", required=True)
+    hs.set_defaults(fn=cmd_host_state)
     d = sub.add_parser("describe", help="a farm: status, instances, events")
     d.add_argument("kind", choices=["farm"])
     d.add_argument("name")

@@ -30,6 +30,8 @@ from softudc.pki import CertificateAuthority, PkiError
 from softudc.placement import Group, Request, place
 
 MAX_BODY = 1 << 20
+HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
+HOST_DOWN_AFTER_S = 30.0
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -66,6 +68,14 @@ OPENAPI: dict[str, Any] = {
         "/v1/hosts/join": {"post": {"summary": "A gatekeeper joins: one-time token + CSR -> certificate",
                                     "security": [], "responses": {"200": {"description": "certificate"},
                                                                   "403": {"description": "bad token"}}}},
+        "/v1/hosts/{name}/state": {"put": {
+            "summary": "Take a host out of placement or back in (admin)",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "requestBody": {"content": {"application/json": {"schema": {
+                "type": "object", "required": ["state"],
+                "properties": {"state": {"type": "string", "enum": ["ready", "draining", "maintenance"]}}}}}},
+            "responses": {"200": {"description": "stored"}, "400": {"description": "bad state"},
+                          "403": {"description": "not an admin"}, "404": {"description": "no such host"}}}},
         "/v1/hosts/{name}/desired": {"get": {"summary": "What a gatekeeper should run (mutual TLS only)",
                                              "security": [], "parameters": [{"name": "name", "in": "path",
                                                                              "required": True,
@@ -171,7 +181,7 @@ class Manager:
                 raise ApiError(409, f"{instance} is already moving to {inst['migrating']['to']}; wait for it")
             if inst["host"] == to:
                 raise ApiError(409, f"{instance} already runs on {to}")
-            reports = {o.name: o.status for o in self.store.objects("host")}
+            reports = self.reports()
             report = reports.get(to)
             if report is None or "vcpus" not in report:
                 raise ApiError(404, f"no host {to!r} has reported to this manager (see `softudc host list`)")
@@ -195,16 +205,46 @@ class Manager:
             self.store.event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
         return {"farm": name, "instance": inst}
 
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """Each host's last report with the state placement goes by: the one an admin set
+        (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S."""
+        now = time.time()
+        out = {}
+        for o in self.store.objects("host"):
+            state = o.spec.get("state", "ready")
+            if now - float(o.status.get("reported", 0)) > HOST_DOWN_AFTER_S:
+                state = "down"
+            out[o.name] = {**o.status, "state": state}
+        return out
+
+    def set_host_state(self, who: Principal, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An admin takes a host out of placement (draining, maintenance) or back (ready). VMs
+        already there stay; new ones go elsewhere."""
+        if who.role != "admin":
+            raise ApiError(403, f"{who.name} ({who.role}) may not change hosts; that takes an admin token")
+        state = body.get("state")
+        if state not in HOST_STATES:
+            raise ApiError(400, f"state: {state!r}, expected one of {', '.join(HOST_STATES)}")
+        obj = self.store.get("host", name)
+        if obj is None:
+            raise ApiError(404, f"no host {name!r} has joined this manager")
+        self.store.put("host", name, {**obj.spec, "state": state})
+        self.store.event("host", name, "State", f"by {who.name}: {obj.spec.get('state', 'ready')} -> {state}")
+        self.reconcile()
+        return {"host": name, "state": state}
+
     def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
         """Hosts with their last report and what the farms take of them (VMs, vCPUs, memory)."""
         objs = self.store.objects("host")
-        hosts = {h.name: h for h in inventory({o.name: o.status for o in objs})}
+        reports = self.reports()
+        hosts = {h.name: h for h in inventory(reports)}
         _charge_others(list(hosts.values()), self.store.objects("farm"), current="")
         out = []
         for o in objs:
             h = hosts.get(o.name)
             used = {"used_vcpus": h.used_vcpus, "used_memory_mib": h.used_memory_mib} if h else {}
-            out.append({"name": o.name, "revision": o.revision, **_visible(who, o.status), **used})
+            out.append({"name": o.name, "revision": o.revision, **_visible(who, o.status), **used,
+                        "state": reports[o.name].get("state", "joined")})
         return out
 
     def join(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -215,7 +255,8 @@ class Manager:
             raise ApiError(403, str(e)) from None
         except ValueError as e:
             raise ApiError(400, f"csr: not a PEM certificate request ({e})") from None
-        self.store.put("host", host, {"joined": time.time()})
+        old = self.store.get("host", host)
+        self.store.put("host", host, {**(old.spec if old else {}), "joined": time.time()})  # keeps its state
         return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
 
     def host_status(self, peer_cn: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -267,7 +308,7 @@ class Manager:
     def reconcile(self) -> None:
         """Re-plan every farm against the hosts' latest reports; store statuses; log changes."""
         with self._reconcile_lock:
-            reports = {o.name: o.status for o in self.store.objects("host")}
+            reports = self.reports()
             farms = self.store.objects("farm")
             for o in farms:
                 status, summary, seen = self._plan_one(validate(o.spec["descriptor"], o.name), o.status, farms,
@@ -292,7 +333,7 @@ class Manager:
         if farm.name != name:
             raise ApiError(400, f"metadata.name is {farm.name!r} but the URL names {name!r}")
         with self._reconcile_lock:
-            reports = {o.name: o.status for o in self.store.objects("host")}
+            reports = self.reports()
             farms = self.store.objects("farm")
             current = self.store.get("farm", name)
             status, summary, _ = self._plan_one(farm, current.status if current else {}, farms, reports)
@@ -351,6 +392,7 @@ ROUTES: list[Route] = [
      "migrate"),
     ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
+    ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/state$"), "set_host_state"),
     ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/status$"), "host_status"),
     ("GET", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/desired$"), "desired"),
 ]
@@ -445,6 +487,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             if op == "desired":
                 return m.desired(self._peer_cn(), args["name"])
             who = m.tokens.authenticate(self.headers.get("Authorization"))
+            if op == "set_host_state":
+                return m.set_host_state(who, args["name"], self._json())
             if op == "migrate":
                 return m.migrate(who, args["name"], args["instance"], self._json())
             if op == "plan":

@@ -234,3 +234,32 @@ def test_migrating_an_instance_checks_the_destination_then_hands_the_move_to_bot
     assert next(v for v in src["vms"] if v["name"] == "demo--db-0")["migrate_to"]["uri"] == f"qemu+tcp://{free}/system"
     events = api.call("GET", "/v1/farms/demo", token=admin)[1]["events"]
     assert events[-1]["type"] == "Migrating"
+
+
+def test_an_admin_takes_a_host_out_of_placement_and_a_silent_host_is_down(
+        manager: tuple[Path, int, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, port, admin = manager
+    m = Manager(state)
+    gks = {h: _join(state, port, m, h, tmp_path) for h in ("h1", "h2", "h3", "h4")}
+    for h, gk in gks.items():
+        gk.call("PUT", f"/v1/hosts/{h}/status", {"vcpus": 8, "memory_mib": 8192, "running": []})
+    api = Api(state, port)
+    viewer = TokenStore(state / "tokens.json").create("v", "viewer", ["demo"])
+    assert api.call("PUT", "/v1/hosts/h1/state", {"state": "maintenance"}, viewer)[0] == 403
+    assert api.call("PUT", "/v1/hosts/h1/state", {"state": "broken"}, admin)[0] == 400
+    assert api.call("PUT", "/v1/hosts/h9/state", {"state": "ready"}, admin)[0] == 404
+    assert api.call("PUT", "/v1/hosts/h1/state", {"state": "maintenance"}, admin)[0] == 200
+    _join(state, port, m, "h1", tmp_path)  # joining again keeps the state an admin set
+    hosts = {h["name"]: h for h in api.call("GET", "/v1/hosts", token=admin)[1]}
+    assert hosts["h1"]["state"] == "maintenance" and hosts["h2"]["state"] == "ready"
+    api.call("PUT", "/v1/farms/demo", DEMO, admin)
+    placed = {i["host"] for i in api.call("GET", "/v1/farms/demo", token=admin)[1]["status"]["instances"]}
+    assert "h1" not in placed
+    # A host that stops reporting is down: nothing new goes there, and it says why.
+    import softudc.manager.api as manager_api
+
+    monkeypatch.setattr(manager_api, "HOST_DOWN_AFTER_S", -1.0)
+    hosts = {h["name"]: h for h in api.call("GET", "/v1/hosts", token=admin)[1]}
+    assert {h["state"] for h in hosts.values()} == {"down"}
+    status, plan = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("replicas: 3", "replicas: 4"), admin)
+    assert status == 200 and "h2: down" in plan["unplaced"]["web-3"]
