@@ -18,10 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
-
 from softudc.manager.auth import AuthError, Principal, TokenStore
 from softudc.manager.controller import host_desired, inventory, reconcile_farm
+from softudc.manager.metrics import make_registry
 from softudc.manager.planner import occupied
 from softudc.manager.store import SqliteStore
 from softudc.model.farm import validate
@@ -106,10 +105,8 @@ class Manager:
         self.store = SqliteStore(state_dir / "state.db")
         self.tokens = TokenStore(state_dir / "tokens.json")
         self.ca = CertificateAuthority.load(state_dir / "pki")
-        self.registry = CollectorRegistry()
         self._reconcile_lock = threading.RLock()
-        self.requests = Counter("softudc_manager_requests", "API requests by route and status",
-                                ["route", "status"], registry=self.registry)
+        self.registry, self.requests, self.events = make_registry(self.store, self.reports)
 
     def list_farms(self, who: Principal) -> list[dict[str, Any]]:
         return [{"name": o.name, "revision": o.revision, "vms": sum(v["replicas"] for v in o.spec.get("vms", []))}
@@ -140,7 +137,7 @@ class Manager:
             rev = self.store.put("farm", name, spec, expect)
         except Conflict as e:
             raise ApiError(409, str(e)) from None
-        self.store.event("farm", name, "Applied", f"by {who.name}: revision {rev}")
+        self._event("farm", name, "Applied", f"by {who.name}: revision {rev}")
         self.reconcile()
         obj = self.store.get("farm", name)
         return {"name": name, "revision": rev, "status": obj.status if obj else {}}
@@ -152,7 +149,7 @@ class Manager:
             rev = self.store.delete("farm", name)
         except KeyError:
             raise ApiError(404, f"no farm {name!r}") from None
-        self.store.event("farm", name, "Deleted", f"by {who.name}")
+        self._event("farm", name, "Deleted", f"by {who.name}")
         self.reconcile()
         return {"name": name, "deleted": True, "revision": rev}
 
@@ -202,8 +199,12 @@ class Manager:
                                  ({"uri": report["migration_uri"]} if live else {"cold": True}))
             self.store.set_status("farm", name, {**obj.status, "instances": instances})
             kind = "live" if live else "cold"
-            self.store.event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
+            self._event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
         return {"farm": name, "instance": inst}
+
+    def _event(self, kind: str, name: str, type_: str, message: str) -> None:
+        self.store.event(kind, name, type_, message)
+        self.events.labels(type_).inc()
 
     def reports(self) -> dict[str, dict[str, Any]]:
         """Each host's last report with the state placement goes by: the one an admin set
@@ -229,7 +230,7 @@ class Manager:
         if obj is None:
             raise ApiError(404, f"no host {name!r} has joined this manager")
         self.store.put("host", name, {**obj.spec, "state": state})
-        self.store.event("host", name, "State", f"by {who.name}: {obj.spec.get('state', 'ready')} -> {state}")
+        self._event("host", name, "State", f"by {who.name}: {obj.spec.get('state', 'ready')} -> {state}")
         self.reconcile()
         return {"host": name, "state": state}
 
@@ -314,11 +315,11 @@ class Manager:
                 status, summary, seen = self._plan_one(validate(o.spec["descriptor"], o.name), o.status, farms,
                                                        reports)
                 for kind, message in seen:
-                    self.store.event("farm", o.name, kind, message)
+                    self._event("farm", o.name, kind, message)
                 if status != o.status:
                     self.store.set_status("farm", o.name, status)
                     if summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
-                        self.store.event("farm", o.name, "Planned", summary)
+                        self._event("farm", o.name, "Planned", summary)
 
     def plan(self, who: Principal, name: str, text: str) -> dict[str, Any]:
         """What applying `text` would change (`softudc diff`, `apply --dry-run`); stores nothing."""

@@ -263,3 +263,20 @@ def test_an_admin_takes_a_host_out_of_placement_and_a_silent_host_is_down(
     assert {h["state"] for h in hosts.values()} == {"down"}
     status, plan = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("replicas: 3", "replicas: 4"), admin)
     assert status == 200 and "h2: down" in plan["unplaced"]["web-3"]
+
+
+def test_the_manager_exports_farms_hosts_and_events_as_prometheus_metrics(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    state, port, admin = manager
+    m = Manager(state)
+    for h in ("h1", "h2", "h3"):
+        _join(state, port, m, h, tmp_path).call("PUT", f"/v1/hosts/{h}/status",
+                                                 {"vcpus": 8, "memory_mib": 8192, "running": []})
+    m.put_farm(m.tokens.authenticate(f"Bearer {admin}"), "demo", DEMO, None)
+    text = generate_latest(m.registry).decode()
+    assert 'softudc_manager_instances{farm="demo",phase="placed"} 4.0' in text
+    assert 'softudc_manager_farm_ready{farm="demo"} 0.0' in text  # nothing runs yet
+    assert 'softudc_manager_hosts{state="ready"} 3.0' in text
+    assert 'softudc_manager_events_total{type="Applied"} 1.0' in text

@@ -1,0 +1,51 @@
+"""The manager's Prometheus metrics, in its own registry: farms, instances, hosts by state and
+migrations, read from the store at scrape time; API requests and observed events as counters."""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from softudc.manager.store import SqliteStore
+
+
+class ManagerCollector(Collector):
+    def __init__(self, store: SqliteStore, reports: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self.store, self.reports = store, reports
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        farms = self.store.objects("farm")
+        instances = GaugeMetricFamily("softudc_manager_instances", "Instances per farm and condition",
+                                      labels=["farm", "phase"])
+        ready = GaugeMetricFamily("softudc_manager_farm_ready", "1 when every instance of the farm runs",
+                                  labels=["farm"])
+        for f in farms:
+            phases = Tally("migrating" if i.get("migrating") else "placed" for i in f.status.get("instances", []))
+            phases["unplaced"] = len(f.status.get("unplaced", {}))
+            for phase in ("placed", "migrating", "unplaced"):
+                instances.add_metric([f.name, phase], phases[phase])
+            ready.add_metric([f.name], 1.0 if f.status.get("conditions", {}).get("Ready") else 0.0)
+        hosts = GaugeMetricFamily("softudc_manager_hosts", "Hosts by state", labels=["state"])
+        states = Tally(r.get("state", "ready") for r in self.reports().values())
+        for state in ("ready", "draining", "maintenance", "down"):
+            hosts.add_metric([state], states[state])
+        yield instances
+        yield ready
+        yield hosts
+
+
+def make_registry(store: SqliteStore, reports: Callable[[], dict[str, dict[str, Any]]]
+                  ) -> tuple[CollectorRegistry, Counter, Counter]:
+    """The registry, the API request counter and the event counter (Migrated, MigrationFailed...)."""
+    registry = CollectorRegistry()
+    registry.register(ManagerCollector(store, reports))
+    requests = Counter("softudc_manager_requests", "API requests by route and status", ["route", "status"],
+                       registry=registry)
+    events = Counter("softudc_manager_events", "Events recorded, by type (Applied, Planned, Migrated, ...)",
+                     ["type"], registry=registry)
+    return registry, requests, events
