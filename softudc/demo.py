@@ -18,7 +18,7 @@ from softudc.cli.admin import get_rows, migrate_managed, ok, print_table
 from softudc.lab import Lab, LabError, LabSpec, lab_down, lab_up
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get, wait_for_page
-from softudc.lab.manager import call
+from softudc.lab.manager import MANAGER_ADDR, METRICS_PORT, call
 
 NAME = "demo"
 FARM = Path(__file__).resolve().parents[1] / "configs" / "farms" / "demo.yaml"
@@ -51,6 +51,8 @@ def run_demo(state_dir: str | None, keep: bool = True) -> None:
     print("    sed 's/replicas: 3/replicas: 2/' configs/farms/demo.yaml | tee /tmp/demo2.yaml"
           " && .venv/bin/softudc diff -f /tmp/demo2.yaml --lab demo")
     print(f"    ip netns exec {lab.mgmt_ns} curl -s http://{lab.host('h1').mgmt_ip}:9464/metrics | grep softudc_vnet")
+    print(f"    ip netns exec {lab.mgmt_ns} curl -s http://{MANAGER_ADDR}:{METRICS_PORT}/metrics"
+          " | grep softudc_manager")
     print("  console: not in this release (the CLI and the manager's API are the way in)")
     if keep:
         print("  the lab stays up; remove it with: .venv/bin/softudc lab down demo")

@@ -18,6 +18,7 @@ from softudc.lab.lab import Host, Lab, LabError
 
 MANAGER_ADDR = "10.99.0.1"
 MANAGER_PORT = 8443
+METRICS_PORT = 9465
 
 
 def manager_dir(lab: Lab) -> Path:
@@ -38,7 +39,8 @@ def start_manager(lab: Lab, timeout: float = 15.0, fresh: bool = True) -> tuple[
     token = (d / "admin.token").read_text().strip()
     log = open(d / "manager.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["ip", "netns", "exec", lab.mgmt_ns, sys.executable, "-m", "softudc.cli",
-                             "--state-dir", str(lab.dir), "manager", "--listen", f"{MANAGER_ADDR}:{MANAGER_PORT}"],
+                             "--state-dir", str(lab.dir), "manager", "--listen", f"{MANAGER_ADDR}:{MANAGER_PORT}",
+                             "--metrics", f"{MANAGER_ADDR}:{METRICS_PORT}"],
                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()
     deadline = time.monotonic() + timeout

@@ -21,7 +21,7 @@ from softudc.lab import Lab
 from softudc.lab.endpoint import add_endpoint, remove_endpoint
 from softudc.lab.guest import http_get, wait_for_page
 from softudc.lab.lab import start_gatekeeper
-from softudc.lab.manager import call, start_manager
+from softudc.lab.manager import MANAGER_ADDR, METRICS_PORT, call, start_manager
 from softudc.lab.shell import stop_pid
 from tests.e2e.conftest import gk, ns_run, wait_until
 
@@ -108,6 +108,10 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     described = cli(lab, "describe", "farm", "demo")
     assert "Ready=True" in described and all(f"{v['name']}" in described for v in vms)
     assert "front" in cli(lab, "get", "vnets") and "h1" in cli(lab, "host", "list")
+    # The manager's metrics, scraped on the management network.
+    scrape = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    text = ns_run(lab.mgmt_ns, sys.executable, "-c", scrape, f"http://{MANAGER_ADDR}:{METRICS_PORT}/metrics").stdout
+    assert 'softudc_manager_farm_ready{farm="demo"} 1.0' in text and 'softudc_manager_hosts{state="ready"} 3.0' in text
 
     # Scale 3 -> 2: exactly web-2 goes; the rest stay where they are.
     before = running(lab)
