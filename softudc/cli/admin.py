@@ -235,7 +235,7 @@ def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float)
 
 def cmd_host_state(a: argparse.Namespace) -> None:
     body = ok(*call(_lab(a), "PUT", f"/v1/hosts/{a.name}/state", json.dumps({"state": a.state})))
-    print(f"{body['host']} is {body['state']}" + ("" if a.state == "ready" else
+    print(f"{body['host']}: {body['state']}" + ("" if a.state == "ready" else
                                                   ": new VMs go elsewhere; those there stay"))
 
 
