@@ -23,6 +23,7 @@ from gatekeeper.vnet.service import VnetService
 
 log = logging.getLogger("gatekeeper")
 TICK = 0.25
+BUSY_INTERVAL = 0.2  # seconds between manager syncs while a migration is being handed over
 
 
 async def run(config_path: str) -> None:
@@ -65,7 +66,7 @@ async def run(config_path: str) -> None:
                     log.info("converged: %s", "; ".join(done))
             except Exception as e:
                 log.warning("manager sync: %s", e)
-            await asyncio.sleep(mc.interval)
+            await asyncio.sleep(min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval)
 
     async def ticker() -> None:
         while True:

@@ -76,6 +76,10 @@ class ManagerClient:
             raise RuntimeError(f"manager: {method} {path}: {r.status} {data.get('error') if data else ''}")
         return data
 
+    def busy(self) -> bool:
+        """A migration is being handed over (sync more often: each side waits on the other)."""
+        return any(v.get("incoming") or v.get("outgoing") or v.get("migrate_to") for v in self.desired.get("vms", []))
+
     def report(self, vms_here: list[dict[str, Any]]) -> dict[str, Any]:
         running = [v["name"] for v in vms_here if MANAGED in v["name"] and v["state"] == "running"]
         with self._lock:

@@ -152,5 +152,7 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
                                        "downtime_ms": vm.max_downtime_ms or 0}
             elif moving and host != inst["host"]:
                 entry["incoming"] = True
+            elif moving:
+                entry["outgoing"] = True  # soon: the destination is making its VNETs
             vms.append(entry)
     return {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}
