@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from softudc.cli.admin import get_rows, migrate_managed, ok, print_table
+from softudc.cli.connect import LabApi
 from softudc.lab import Lab, LabError, LabSpec, lab_down, lab_up
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get, wait_for_page
@@ -41,7 +42,7 @@ def run_demo(state_dir: str | None, keep: bool = True) -> None:
     failures += _migrate(lab, instances)
     step("where everything runs (softudc host list / get vms / get vnets)")
     for what in ("hosts", "vms", "vnets"):
-        rows, columns, _ = get_rows(lab, what)
+        rows, columns, _ = get_rows(LabApi(lab), what)
         print_table(rows, columns)
         print()
     print(f"  ready in {time.monotonic() - t0:.0f} s. Try:")
@@ -144,7 +145,7 @@ def _migrate(lab: Lab, instances: dict[str, dict[str, Any]]) -> int:
                               stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     try:
-        migrate_managed(lab, "demo", "db-0", dest, timeout=300)
+        migrate_managed(LabApi(lab), "demo", "db-0", dest, timeout=300)
     except LabError as e:
         print(f"  FAILED: {e}")
         return 1

@@ -1,4 +1,5 @@
-"""`softudc apply|get|describe|delete` against a lab's manager (kubectl-style)."""
+"""`softudc apply|diff|get|describe|delete|host` against a manager (kubectl-style): a lab's
+(`--lab NAME`) or any by URL (see `softudc.cli.connect`)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,11 @@ from typing import Any
 
 import yaml
 
-from softudc.lab import LabError, load_lab
-from softudc.lab.manager import call
+from softudc.cli.connect import Api, add_arguments, connect
+from softudc.lab import LabError
 from softudc.model.farm import Farm, validate
 from softudc.model.source import DescriptorError
 from softudc.placement.model import fmt_mib
-
-
-def _lab(a: argparse.Namespace) -> Any:
-    lab = load_lab(a.lab, a.state_dir)
-    if not lab.manager_pid:
-        raise LabError(f"lab {a.lab} has no manager (start it with `softudc lab up {a.lab} --vms --manager`)")
-    return lab
 
 
 def ok(status: int, body: Any) -> Any:
@@ -50,15 +44,15 @@ def _read_farm(path: str) -> tuple[str, Farm]:
 
 def cmd_apply(a: argparse.Namespace) -> None:
     text, farm = _read_farm(a.file)
-    lab = _lab(a)
+    api = connect(a)
     if a.dry_run:
-        _show_plan(ok(*call(lab, "POST", f"/v1/farms/{farm.name}/plan", text)), farm.name)
+        _show_plan(ok(*api.call("POST", f"/v1/farms/{farm.name}/plan", text)), farm.name)
         return
-    body = ok(*call(lab, "PUT", f"/v1/farms/{farm.name}", text))
+    body = ok(*api.call("PUT", f"/v1/farms/{farm.name}", text))
     print(f"farm {farm.name} applied (revision {body['revision']})")
     deadline = time.monotonic() + a.timeout
     while a.wait and time.monotonic() < deadline:
-        status = ok(*call(lab, "GET", f"/v1/farms/{farm.name}"))["status"]
+        status = ok(*api.call("GET", f"/v1/farms/{farm.name}"))["status"]
         cond = status.get("conditions", {})
         ready = sum(1 for _ in status.get("instances", []))
         print(f"\r  placed {cond.get('Placed')}, ready {cond.get('Ready')}, {ready} instance(s)", end="",
@@ -67,7 +61,7 @@ def cmd_apply(a: argparse.Namespace) -> None:
             break
         time.sleep(1)
     print(file=sys.stderr)
-    _print_farm(ok(*call(lab, "GET", f"/v1/farms/{farm.name}")))
+    _print_farm(ok(*api.call("GET", f"/v1/farms/{farm.name}")))
 
 
 def _show_plan(plan: dict[str, Any], name: str) -> None:
@@ -85,7 +79,7 @@ def _show_plan(plan: dict[str, Any], name: str) -> None:
 def cmd_diff(a: argparse.Namespace) -> None:
     """Exit 0: applying the file would change nothing; 1: it would (like `kubectl diff`)."""
     text, farm = _read_farm(a.file)
-    plan = ok(*call(_lab(a), "POST", f"/v1/farms/{farm.name}/plan", text))
+    plan = ok(*connect(a).call("POST", f"/v1/farms/{farm.name}/plan", text))
     _show_plan(plan, farm.name)
     sys.exit(1 if plan["changes"] else 0)
 
@@ -120,14 +114,14 @@ def _cell(v: Any) -> str:
     return str(v)
 
 
-def _farms(lab: Any) -> list[dict[str, Any]]:
-    return [ok(*call(lab, "GET", f"/v1/farms/{f['name']}")) for f in ok(*call(lab, "GET", "/v1/farms"))]
+def _farms(api: Api) -> list[dict[str, Any]]:
+    return [ok(*api.call("GET", f"/v1/farms/{f['name']}")) for f in ok(*api.call("GET", "/v1/farms"))]
 
 
-def get_rows(lab: Any, what: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+def get_rows(api: Api, what: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """The rows of `softudc get WHAT`, the table's columns and the extra columns of `-o wide`."""
     if what == "hosts":
-        hosts = ok(*call(lab, "GET", "/v1/hosts"))
+        hosts = ok(*api.call("GET", "/v1/hosts"))
         rows = [{"name": h["name"], "state": h.get("state", "joined"), "vms": len(h.get("running", [])),
                  "vcpus": f"{h.get('used_vcpus', 0)}/{h.get('vcpus', '?')}",
                  "memory": f"{fmt_mib(h.get('used_memory_mib', 0))}/{fmt_mib(h.get('memory_mib', 0))}",
@@ -136,14 +130,14 @@ def get_rows(lab: Any, what: str) -> tuple[list[dict[str, Any]], list[str], list
                  "notes": h.get("notes", [])} for h in hosts]
         return rows, ["name", "state", "vms", "vcpus", "memory", "reported"], ["migration_uri", "running", "errors",
                                                                                 "notes"]
-    farms = _farms(lab)
+    farms = _farms(api)
     if what == "farms":
         rows = [{"name": f["name"], "revision": f["revision"], "vms": len(f["status"].get("instances", [])),
                  **{k.lower(): v for k, v in f["status"].get("conditions", {}).items()},
                  "vnets": f["status"].get("vnet_ids", {}), "unplaced": list(f["status"].get("unplaced", {}))}
                 for f in farms]
         return rows, ["name", "revision", "vms", "ready"], ["placed", "degraded", "vnets", "unplaced"]
-    running = {vm: h["name"] for h in ok(*call(lab, "GET", "/v1/hosts")) for vm in h.get("running", [])}
+    running = {vm: h["name"] for h in ok(*api.call("GET", "/v1/hosts")) for vm in h.get("running", [])}
     rows = []
     for f in farms:
         spec = validate(f["spec"]["descriptor"], f"farms/{f['name']}")
@@ -178,7 +172,7 @@ def _ago(t: Any) -> str:
 
 
 def cmd_get(a: argparse.Namespace) -> None:
-    rows, columns, wide = get_rows(_lab(a), a.what)
+    rows, columns, wide = get_rows(connect(a), a.what)
     if a.output == "json":
         print(json.dumps(rows, indent=2))
     elif a.output == "yaml":
@@ -189,26 +183,26 @@ def cmd_get(a: argparse.Namespace) -> None:
         print_table(rows, columns + (wide if a.output == "wide" else []))
 
 
-def managed_instance(lab: Any, name: str) -> tuple[str, str] | None:
+def managed_instance(api: Api, name: str) -> tuple[str, str] | None:
     """`farm/instance`, `farm--instance` (its name on the host) or a bare instance name that one
     farm has: (farm, instance); None when no farm of the manager has it."""
     for sep in ("/", "--"):
         if sep in name:
             farm, instance = name.split(sep, 1)
             return farm, instance
-    owners = [f["name"] for f in _farms(lab) if any(i["name"] == name for i in f["status"].get("instances", []))]
+    owners = [f["name"] for f in _farms(api) if any(i["name"] == name for i in f["status"].get("instances", []))]
     if len(owners) > 1:
         raise LabError(f"farms {', '.join(owners)} each have an instance {name}; say which: FARM/{name}")
     return (owners[0], name) if owners else None
 
 
-def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float) -> None:
+def migrate_managed(api: Api, farm: str, instance: str, to: str, timeout: float) -> None:
     """`softudc vm migrate` when a manager runs: ask it, then follow the farm's status."""
-    body = ok(*call(lab, "POST", f"/v1/farms/{farm}/instances/{instance}/migrate", json.dumps({"to": to})))
+    body = ok(*api.call("POST", f"/v1/farms/{farm}/instances/{instance}/migrate", json.dumps({"to": to})))
     src, kind = body["instance"]["host"], "cold" if body["instance"]["migrating"].get("cold") else "live"
     t0 = time.monotonic()
     while True:
-        f = ok(*call(lab, "GET", f"/v1/farms/{farm}"))
+        f = ok(*api.call("GET", f"/v1/farms/{farm}"))
         inst = next((i for i in f["status"].get("instances", []) if i["name"] == instance), None)
         if inst is None:
             raise LabError(f"{farm}/{instance} was removed from its farm while it moved")
@@ -222,7 +216,7 @@ def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float)
         if time.monotonic() - t0 > timeout:
             print(file=sys.stderr)
             raise LabError(f"{farm}/{instance} is still moving after {timeout:.0f} s; follow it with "
-                           f"`softudc describe farm {farm} --lab {lab.spec.name}`")
+                           f"`softudc describe farm {farm} {api.hint}`")
         time.sleep(0.5)
     print(file=sys.stderr)
     outcome = next((e for e in reversed(f.get("events", [])) if e["type"] in ("Migrated", "MigrationFailed")
@@ -234,71 +228,73 @@ def migrate_managed(lab: Any, farm: str, instance: str, to: str, timeout: float)
 
 
 def cmd_host_state(a: argparse.Namespace) -> None:
-    body = ok(*call(_lab(a), "PUT", f"/v1/hosts/{a.name}/state", json.dumps({"state": a.state})))
+    body = ok(*connect(a).call("PUT", f"/v1/hosts/{a.name}/state", json.dumps({"state": a.state})))
     print(f"{body['host']}: {body['state']}" + ("" if a.state == "ready" else
                                                   ": new VMs go elsewhere; those there stay"))
 
 
 def cmd_describe(a: argparse.Namespace) -> None:
-    f = ok(*call(_lab(a), "GET", f"/v1/farms/{a.name}"))
+    f = ok(*connect(a).call("GET", f"/v1/farms/{a.name}"))
     _print_farm(f)
     for e in f.get("events", []):
         print(f"  {time.strftime('%H:%M:%S', time.localtime(e['time']))} {e['type']:8} {e['message']}")
 
 
 def cmd_delete(a: argparse.Namespace) -> None:
-    lab = _lab(a)
-    ok(*call(lab, "DELETE", f"/v1/farms/{a.name}"))
+    api = connect(a)
+    ok(*api.call("DELETE", f"/v1/farms/{a.name}"))
     print(f"farm {a.name} deleted")
     if a.wait:
-        from gatekeeper.client import GatekeeperClient
-
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            left = [vm["name"] for h in lab.hosts for vm in GatekeeperClient(h.api_socket).call("vm.list")
-                    if vm["name"].startswith(f"{a.name}--")]
+        deadline = time.monotonic() + a.timeout
+        while True:  # the hosts' own reports: what still runs there
+            left = [vm for h in ok(*api.call("GET", "/v1/hosts")) for vm in h.get("running", [])
+                    if vm.startswith(f"{a.name}--")]
             if not left:
-                print("  no VM of it is left on any host")
+                print("  no VM of it runs on any host")
                 return
+            if time.monotonic() > deadline:
+                raise LabError(f"VMs of {a.name} still run after {a.timeout:.0f} s: {', '.join(left)} "
+                               "(see `softudc host list -o wide` for the hosts' errors)")
+            print(f"\r  {len(left)} VM(s) still running", end="", file=sys.stderr, flush=True)
             time.sleep(1)
-        raise LabError(f"VMs of {a.name} still present after 120 s: {', '.join(left)}")
 
 
 def add_parsers(sub: Any) -> None:
-    ap = sub.add_parser("apply", help="apply a farm descriptor through the lab's manager")
+    ap = sub.add_parser("apply", help="apply a farm descriptor through the manager")
     ap.add_argument("-f", "--file", required=True)
-    ap.add_argument("--lab", required=True)
+    add_arguments(ap)
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--no-wait", dest="wait", action="store_false")
     ap.add_argument("--timeout", type=float, default=180)
     ap.set_defaults(fn=cmd_apply)
     df = sub.add_parser("diff", help="what applying a farm descriptor would change (exit 1 if anything)")
     df.add_argument("-f", "--file", required=True)
-    df.add_argument("--lab", required=True)
+    add_arguments(df)
     df.set_defaults(fn=cmd_diff)
-    g = sub.add_parser("get", help="farms, vms, hosts or vnets known to the lab's manager")
+    g = sub.add_parser("get", help="farms, vms, hosts or vnets known to the manager")
     g.add_argument("what", choices=["farms", "vms", "hosts", "vnets"])
-    g.add_argument("--lab", required=True)
+    add_arguments(g)
     g.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
     g.set_defaults(fn=cmd_get)
-    hl = sub.add_parser("host", help="hosts of the lab's manager").add_subparsers(dest="sub", required=True)
+    hl = sub.add_parser("host", help="hosts of the manager").add_subparsers(dest="sub", required=True)
     ls = hl.add_parser("list", help="hosts: state, capacity and what the farms use of it")
-    ls.add_argument("--lab", required=True)
+    add_arguments(ls)
     ls.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
     ls.set_defaults(fn=cmd_get, what="hosts")
     hs = hl.add_parser("state", help="take a host out of placement (draining, maintenance) or back in (ready)")
     hs.add_argument("name")
     hs.add_argument("state", choices=["ready", "draining", "maintenance"])
-    hs.add_argument("--lab", required=True)
+    add_arguments(hs)
     hs.set_defaults(fn=cmd_host_state)
     d = sub.add_parser("describe", help="a farm: status, instances, events")
     d.add_argument("kind", choices=["farm"])
     d.add_argument("name")
-    d.add_argument("--lab", required=True)
+    add_arguments(d)
     d.set_defaults(fn=cmd_describe)
     rm = sub.add_parser("delete", help="delete a farm")
     rm.add_argument("kind", choices=["farm"])
     rm.add_argument("name")
-    rm.add_argument("--lab", required=True)
+    add_arguments(rm)
     rm.add_argument("--wait", action="store_true")
+    rm.add_argument("--timeout", type=float, default=120)
     rm.set_defaults(fn=cmd_delete)

@@ -28,8 +28,12 @@ def cmd_init(a: argparse.Namespace) -> None:
         token = init(d, a.address)
     except PkiError as e:
         raise SystemExit(f"softudc: {e}") from None
+    saved = d / "admin.token"
+    saved.write_text(token + "\n")
+    saved.chmod(0o600)
     print(f"manager state in {d}: CA, server certificate for {', '.join(a.address)}, store")
-    print(f"admin token (shown once; keep it): {token}")
+    print(f"admin token: {token}\n  saved in {saved} (0600): `softudc get farms` on this host uses it; "
+          "elsewhere pass --manager URL --ca CA --token-file FILE")
 
 
 def cmd_manager(a: argparse.Namespace) -> None:

@@ -65,10 +65,11 @@ def cmd_migrate(a: argparse.Namespace) -> None:
     lab = load_lab(a.lab, a.state_dir)
     if lab.manager_pid:  # the manager's VMs move through it, or it would put them back
         from softudc.cli.admin import managed_instance, migrate_managed
+        from softudc.cli.connect import LabApi
 
-        target = managed_instance(lab, a.name)
+        target = managed_instance(LabApi(lab), a.name)
         if target:
-            migrate_managed(lab, *target, a.to, a.timeout)
+            migrate_managed(LabApi(lab), *target, a.to, a.timeout)
             return
     src = find_vm(lab, a.name)
     if src == a.to:

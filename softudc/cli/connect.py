@@ -1,0 +1,94 @@
+"""Where the admin commands reach the manager: a lab's (`--lab NAME`, through its management
+namespace) or any manager by URL (`--manager URL`, or $SOFTUDC_MANAGER), with its CA and an API
+token. Without either, the manager `softudc init` made in the state directory, on this host."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+from softudc.lab import LabError, load_lab
+from softudc.lab.lab import Lab, default_state_dir
+from softudc.lab.manager import call
+
+
+class Api(Protocol):
+    @property
+    def hint(self) -> str: ...  # how to name this manager again on a command line
+
+    def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]: ...
+
+
+@dataclass
+class LabApi:
+    lab: Lab
+
+    @property
+    def hint(self) -> str:
+        return f"--lab {self.lab.spec.name}"
+
+    def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
+        return call(self.lab, method, path, body)
+
+
+@dataclass
+class UrlApi:
+    url: str
+    ca: str
+    token: str
+
+    @property
+    def hint(self) -> str:
+        return f"--manager {self.url}"
+
+    def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
+        u = urlparse(self.url)
+        ctx = ssl.create_default_context(cafile=self.ca)
+        conn = http.client.HTTPSConnection(u.hostname or "127.0.0.1", u.port or 8443, context=ctx, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers={"Authorization": f"Bearer {self.token}"})
+            r = conn.getresponse()
+            return r.status, json.loads(r.read() or b"null")
+        except (OSError, ssl.SSLError) as e:
+            raise LabError(f"manager {self.url}: {e} (is it running? is --ca its CA?)") from None
+        finally:
+            conn.close()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lab", help="a lab's manager (softudc lab up NAME --vms --manager)")
+    p.add_argument("--manager", help="manager URL, e.g. https://10.0.0.1:8443 (default $SOFTUDC_MANAGER, "
+                                     "else the one `softudc init` made here)")
+    p.add_argument("--ca", help="the manager's CA certificate (default $SOFTUDC_CA, else from `softudc init`)")
+    p.add_argument("--token-file", help="file with an API token (default $SOFTUDC_TOKEN, else the admin token "
+                                        "`softudc init` saved)")
+
+
+def connect(a: argparse.Namespace) -> Api:
+    if a.lab:
+        lab = load_lab(a.lab, a.state_dir)
+        if not lab.manager_pid:
+            raise LabError(f"lab {a.lab} has no manager (start it with `softudc lab up {a.lab} --vms --manager`)")
+        return LabApi(lab)
+    local = Path(a.state_dir or default_state_dir()) / "manager"
+    url = a.manager or os.environ.get("SOFTUDC_MANAGER") or "https://127.0.0.1:8443"
+    ca = a.ca or os.environ.get("SOFTUDC_CA") or str(local / "pki" / "ca.crt")
+    if not Path(ca).is_file():
+        raise LabError(f"{ca}: no CA certificate; name the manager's with --ca or $SOFTUDC_CA "
+                       "(or use --lab NAME for a lab)")
+    token = os.environ.get("SOFTUDC_TOKEN", "")
+    token_file = a.token_file or ("" if token else str(local / "admin.token"))
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise LabError(f"{token_file}: {e.strerror}; give an API token with --token-file or $SOFTUDC_TOKEN") \
+                from None
+    return UrlApi(url, ca, token)
