@@ -91,7 +91,11 @@ def _print_farm(f: dict[str, Any]) -> None:
     print("  VNETs: " + ", ".join(f"{n}={i}" for n, i in sorted(st.get("vnet_ids", {}).items())))
     for i in st.get("instances", []):
         addrs = " ".join(f"{v}:{a}" for v, a in sorted(i["addresses"].items()))
-        print(f"  {i['name']:14} {i['host']:5} {addrs}")
+        moving = i.get("migrating")
+        state = f"moving to {moving['to']} ({moving.get('state', '?')})" if moving else i.get("state", "?")
+        print(f"  {i['name']:14} {i['host']:5} {state:9} {addrs}")
+        if i.get("error"):
+            print(f"  {'':14} error: {i['error']}")
     for name, why in st.get("unplaced", {}).items():
         print(f"  {name}: cannot be placed: " + "; ".join(why))
 
@@ -137,7 +141,6 @@ def get_rows(api: Api, what: str) -> tuple[list[dict[str, Any]], list[str], list
                  "vnets": f["status"].get("vnet_ids", {}), "unplaced": list(f["status"].get("unplaced", {}))}
                 for f in farms]
         return rows, ["name", "revision", "vms", "ready"], ["placed", "degraded", "vnets", "unplaced"]
-    running = {vm: h["name"] for h in ok(*api.call("GET", "/v1/hosts")) for vm in h.get("running", [])}
     rows = []
     for f in farms:
         spec = validate(f["spec"]["descriptor"], f"farms/{f['name']}")
@@ -154,17 +157,17 @@ def get_rows(api: Api, what: str) -> tuple[list[dict[str, Any]], list[str], list
         sizes = {v.name: v for v in spec.vms}
         for i in f["status"].get("instances", []):
             moving = i.get("migrating")
-            state = "running" if running.get(f"{f['name']}--{i['name']}") == i["host"] else "pending"
+            state = i.get("state", "?")
             if moving:
                 state = f"moving->{moving['to']}"
             vm = sizes.get(i["vm"])
             rows.append({"farm": f["name"], "name": i["name"], "host": i["host"], "state": state,
                          "addresses": i.get("addresses", {}), "vcpus": vm.vcpus if vm else None,
                          "memory": fmt_mib(vm.memory_mib) if vm else None,
-                         "migration": vm.migration if vm else None})
+                         "migration": vm.migration if vm else None, "error": i.get("error")})
     if what == "vnets":
         return rows, ["farm", "name", "id", "subnet", "security"], ["mtu", "hosts"]
-    return rows, ["farm", "name", "host", "state", "addresses"], ["vcpus", "memory", "migration"]
+    return rows, ["farm", "name", "host", "state", "addresses"], ["vcpus", "memory", "migration", "error"]
 
 
 def _ago(t: Any) -> str:
@@ -227,6 +230,17 @@ def migrate_managed(api: Api, farm: str, instance: str, to: str, timeout: float)
     print(f"{farm}/{instance} now runs on {to}: {message}")
 
 
+def cmd_events(a: argparse.Namespace) -> None:
+    query = "&".join(f"{k}={v}" for k, v in (("kind", a.kind), ("name", a.name), ("limit", a.limit)) if v)
+    events = ok(*connect(a).call("GET", "/v1/events" + (f"?{query}" if query else "")))
+    if a.output == "json":
+        print(json.dumps(events, indent=2))
+        return
+    for e in events:
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(e['time']))}  {e['kind']}/{e['name']:10} "
+              f"{e['type']:15} {e['message']}")
+
+
 def cmd_host_state(a: argparse.Namespace) -> None:
     body = ok(*connect(a).call("PUT", f"/v1/hosts/{a.name}/state", json.dumps({"state": a.state})))
     print(f"{body['host']}: {body['state']}" + ("" if a.state == "ready" else
@@ -286,6 +300,13 @@ def add_parsers(sub: Any) -> None:
     hs.add_argument("state", choices=["ready", "draining", "maintenance"])
     add_arguments(hs)
     hs.set_defaults(fn=cmd_host_state)
+    ev = sub.add_parser("events", help="the manager's event log (applies, plans, migrations, host states)")
+    ev.add_argument("--kind", choices=["farm", "host"])
+    ev.add_argument("--name")
+    ev.add_argument("--limit", type=int, default=100)
+    ev.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    add_arguments(ev)
+    ev.set_defaults(fn=cmd_events)
     d = sub.add_parser("describe", help="a farm: status, instances, events")
     d.add_argument("kind", choices=["farm"])
     d.add_argument("name")

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 from softudc.manager.auth import AuthError, Principal, TokenStore
 from softudc.manager.controller import host_desired, inventory, reconcile_farm
@@ -63,6 +64,13 @@ OPENAPI: dict[str, Any] = {
                      "responses": {"200": {"description": "migration requested; follow the farm's status"},
                                    "400": {"description": "bad body"}, "404": {"description": "no such farm"},
                                    "409": {"description": "cannot move there now (and why)"}}}},
+        "/v1/events": {"get": {
+            "summary": "The event log (admins: all; others: their farms')",
+            "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["farm", "host"]}},
+                           {"name": "name", "in": "query", "schema": {"type": "string"}},
+                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
+                                                                        "maximum": 1000}}],
+            "responses": {"200": {"description": "events, oldest first"}, "400": {"description": "bad query"}}}},
         "/v1/hosts": {"get": {"summary": "Hosts and their last status", "responses": {"200": {"description": "list"}}}},
         "/v1/hosts/join": {"post": {"summary": "A gatekeeper joins: one-time token + CSR -> certificate",
                                     "security": [], "responses": {"200": {"description": "certificate"},
@@ -234,6 +242,23 @@ class Manager:
         self.reconcile()
         return {"host": name, "state": state}
 
+    def list_events(self, who: Principal, query: dict[str, str]) -> list[dict[str, Any]]:
+        """The event log: farms' and hosts' events, newest last; non-admins see their farms' only."""
+        kind, name = query.get("kind"), query.get("name")
+        if kind not in (None, "farm", "host"):
+            raise ApiError(400, f"kind: {kind!r}, expected farm or host")
+        limit = query.get("limit", "100")
+        if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+            raise ApiError(400, f"limit: {limit!r}, expected 1..1000")
+        if who.role == "admin":
+            return self.store.events(kind, name, int(limit))
+        if kind == "host":
+            raise ApiError(403, f"{who.name} ({who.role}) may read the events of its farms only")
+        if name is not None and not who.can_read(name):
+            raise ApiError(404, f"no farm {name!r}")
+        events = self.store.events("farm", name, 10 * int(limit))
+        return [e for e in events if who.can_read(e["name"])][-int(limit):]
+
     def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
         """Hosts with their last report and what the farms take of them (VMs, vCPUs, memory)."""
         objs = self.store.objects("host")
@@ -392,6 +417,7 @@ ROUTES: list[Route] = [
     ("POST", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})/instances/(?P<instance>[a-z0-9-]{1,60})/migrate$"),
      "migrate"),
     ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
+    ("GET", re.compile(r"^/v1/events$"), "list_events"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
     ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/state$"), "set_host_state"),
     ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/status$"), "host_status"),
@@ -490,6 +516,9 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             who = m.tokens.authenticate(self.headers.get("Authorization"))
             if op == "set_host_state":
                 return m.set_host_state(who, args["name"], self._json())
+            if op == "list_events":
+                query = dict(parse_qsl(self.path.partition("?")[2]))
+                return m.list_events(who, query)
             if op == "migrate":
                 return m.migrate(who, args["name"], args["instance"], self._json())
             if op == "plan":

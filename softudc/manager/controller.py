@@ -104,10 +104,11 @@ def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],
     known = {**taken_vnet_ids, **{(farm.name, k): v for k, v in status.get("vnet_ids", {}).items()}}
     plan = plan_farm(farm, hosts, current, known)
     instances = sorted(plan.keep + plan.create, key=lambda i: i.name)
-    running = {vm for r in host_reports.values() for vm in r.get("running", [])}
-    ready = all(vm_name(farm.name, i.name) in running for i in instances)
+    running = {(vm, h) for h, r in host_reports.items() for vm in r.get("running", [])}
+    ready = all((vm_name(farm.name, i.name), i.host) in running for i in instances)
     new_status = {
-        "instances": [{k: v for k, v in asdict(i).items() if v is not None} for i in instances],
+        "instances": [{**{k: v for k, v in asdict(i).items() if v is not None},
+                       **instance_state(vm_name(farm.name, i.name), i, running, host_reports)} for i in instances],
         "vnet_ids": plan.vnet_ids,
         "unplaced": plan.unplaced,
         "conditions": {"Placed": not plan.unplaced, "Ready": ready and not plan.unplaced,
@@ -117,6 +118,20 @@ def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],
     if plan.unplaced:
         summary += f", {len(plan.unplaced)} cannot be placed"
     return new_status, summary, events
+
+
+def instance_state(name: str, inst: Instance, running: set[tuple[str, str]],
+                   reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """What the hosts say of an instance: running, migrating, or pending, with the error its host
+    reported for it (a VM that fails to start says why in the farm's own status)."""
+    if inst.migrating:
+        return {"state": "migrating"}
+    if (name, inst.host) in running:
+        return {"state": "running"}
+    report = reports.get(inst.host, {})
+    error = next((e.split(": ", 1)[1] for e in report.get("errors", []) if f" {name}: " in f" {e}"), None)
+    state = {"state": "down" if report.get("state") == "down" else "pending"}
+    return {**state, "error": error} if error else state
 
 
 def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:

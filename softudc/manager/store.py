@@ -55,7 +55,7 @@ class Store(Protocol):
     def changes(self, since: int) -> list[Obj]: ...
     def revision(self) -> int: ...
     def event(self, kind: str, name: str, type_: str, message: str) -> None: ...
-    def events(self, kind: str, name: str, limit: int = 50) -> list[dict[str, Any]]: ...
+    def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
 
 
 class SqliteStore:
@@ -153,8 +153,11 @@ class SqliteStore:
             db.execute("INSERT INTO events (time, kind, name, type, message) VALUES (?, ?, ?, ?, ?)",
                        (time.time(), kind, name, type_, message))
 
-    def events(self, kind: str, name: str, limit: int = 50) -> list[dict[str, Any]]:
+    def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest `limit` events, oldest first; of one kind and object when given."""
+        where = " AND ".join(c for c, v in (("kind=?", kind), ("name=?", name)) if v is not None) or "1"
+        args = [v for v in (kind, name) if v is not None]
         with self._lock:
-            rows = self._db.execute("SELECT time, type, message FROM events WHERE kind=? AND name=? "
-                                    "ORDER BY id DESC LIMIT ?", (kind, name, limit)).fetchall()
-        return [{"time": t, "type": ty, "message": m} for t, ty, m in reversed(rows)]
+            rows = self._db.execute(f"SELECT time, kind, name, type, message FROM events WHERE {where} "
+                                    "ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [{"time": t, "kind": k, "name": n, "type": ty, "message": m} for t, k, n, ty, m in reversed(rows)]

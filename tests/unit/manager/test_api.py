@@ -280,3 +280,25 @@ def test_the_manager_exports_farms_hosts_and_events_as_prometheus_metrics(
     assert 'softudc_manager_farm_ready{farm="demo"} 0.0' in text  # nothing runs yet
     assert 'softudc_manager_hosts{state="ready"} 3.0' in text
     assert 'softudc_manager_events_total{type="Applied"} 1.0' in text
+
+
+def test_the_event_log_shows_farms_and_hosts_to_admins_and_only_their_farms_to_others(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    state, port, admin = manager
+    m = Manager(state)
+    _join(state, port, m, "h1", tmp_path).call("PUT", "/v1/hosts/h1/status", {"vcpus": 8, "memory_mib": 8192})
+    api = Api(state, port)
+    api.call("PUT", "/v1/farms/demo", DEMO, admin)
+    api.call("PUT", "/v1/farms/other", DEMO.replace("name: demo", "name: other"), admin)
+    api.call("PUT", "/v1/hosts/h1/state", {"state": "maintenance"}, admin)
+    status, events = api.call("GET", "/v1/events", token=admin)
+    assert status == 200 and {(e["kind"], e["name"]) for e in events} >= {("farm", "demo"), ("farm", "other"),
+                                                                           ("host", "h1")}
+    assert [e["type"] for e in api.call("GET", "/v1/events?kind=host&name=h1", token=admin)[1]] == ["State"]
+    assert len(api.call("GET", "/v1/events?limit=1", token=admin)[1]) == 1
+    assert api.call("GET", "/v1/events?limit=0", token=admin)[0] == 400
+    viewer = TokenStore(state / "tokens.json").create("v", "viewer", ["demo"])
+    mine = api.call("GET", "/v1/events", token=viewer)[1]
+    assert mine and {e["name"] for e in mine} == {"demo"}
+    assert api.call("GET", "/v1/events?kind=host", token=viewer)[0] == 403
+    assert api.call("GET", "/v1/events?name=other", token=viewer)[0] == 404

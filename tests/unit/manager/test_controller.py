@@ -32,7 +32,25 @@ def test_ready_once_every_instance_runs_and_reapply_changes_nothing() -> None:
                for h, r in REPORTS.items()}
     again, summary, _ = reconcile_farm(farm, status, inventory(REPORTS), {}, running)
     assert summary == "+0 -0 =4" and again["conditions"]["Ready"] is True
-    assert again["instances"] == status["instances"] and again["vnet_ids"] == status["vnet_ids"]
+    def placement(st: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{k: v for k, v in i.items() if k not in ("state", "error")} for i in st["instances"]]
+
+    assert placement(again) == placement(status) and again["vnet_ids"] == status["vnet_ids"]
+    assert {i["state"] for i in status["instances"]} == {"pending"}
+    assert {i["state"] for i in again["instances"]} == {"running"}
+
+
+def test_a_vm_that_fails_to_start_says_why_in_the_farm_status() -> None:
+    farm = validate(DEMO, "demo.yaml")
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    db = next(i for i in status["instances"] if i["name"] == "db-0")
+    reports = {h: dict(r) for h, r in REPORTS.items()}
+    reports[db["host"]]["errors"] = ["vm.start demo--db-0: no image test-guest on this host",
+                                     "vm.start demo--db-10: something else"]
+    after, _, _ = reconcile_farm(farm, status, inventory(REPORTS), {}, reports)
+    db = next(i for i in after["instances"] if i["name"] == "db-0")
+    assert db["state"] == "pending" and db["error"] == "no image test-guest on this host"
+    assert after["conditions"]["Degraded"] is True
 
 
 def test_converge_creates_vnets_before_vms_and_only_touches_managed_vms() -> None:
