@@ -50,18 +50,30 @@ def cmd_apply(a: argparse.Namespace) -> None:
         return
     body = ok(*api.call("PUT", f"/v1/farms/{farm.name}", text))
     print(f"farm {farm.name} applied (revision {body['revision']})")
-    deadline = time.monotonic() + a.timeout
-    while a.wait and time.monotonic() < deadline:
-        status = ok(*api.call("GET", f"/v1/farms/{farm.name}"))["status"]
-        cond = status.get("conditions", {})
-        ready = sum(1 for _ in status.get("instances", []))
-        print(f"\r  placed {cond.get('Placed')}, ready {cond.get('Ready')}, {ready} instance(s)", end="",
-              file=sys.stderr, flush=True)
-        if cond.get("Ready") or status.get("unplaced"):
+    if not a.wait:
+        return
+    t0 = time.monotonic()
+    while True:
+        f = ok(*api.call("GET", f"/v1/farms/{farm.name}"))
+        status = f["status"]
+        instances = status.get("instances", [])
+        up = sum(1 for i in instances if i.get("state") == "running")
+        errors = [f"{i['name']}: {i['error']}" for i in instances if i.get("error")]
+        print(f"\r  {up}/{len(instances)} VMs running  {time.monotonic() - t0:4.0f} s" +
+              (f"  ({errors[0]})" if errors else ""), end="", file=sys.stderr, flush=True)
+        if status.get("conditions", {}).get("Ready") or status.get("unplaced"):
             break
+        if time.monotonic() - t0 > a.timeout:
+            print(file=sys.stderr)
+            _print_farm(f)
+            raise LabError(f"farm {farm.name} is not Ready after {a.timeout:.0f} s; it stays applied and the "
+                           f"manager keeps at it (`softudc describe farm {farm.name}` shows why)")
         time.sleep(1)
     print(file=sys.stderr)
-    _print_farm(ok(*api.call("GET", f"/v1/farms/{farm.name}")))
+    _print_farm(f)
+    if status.get("unplaced"):
+        raise LabError(f"{len(status['unplaced'])} instance(s) of {farm.name} cannot be placed (reasons above); "
+                       "add hosts or capacity, or lower the replicas")
 
 
 def _show_plan(plan: dict[str, Any], name: str) -> None:

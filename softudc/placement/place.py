@@ -57,6 +57,8 @@ def _assign(h: Host, r: Request) -> None:
 def _explain(hosts: Iterable[Host], r: Request, groups: dict[str, Group], cpu_ratio: float,
              mem_ratio: float, note: str = "") -> list[str]:
     reasons = [w for h in hosts if (w := _why_not(h, r, groups, cpu_ratio, mem_ratio))]
+    if not reasons and not note:
+        reasons = ["there are no hosts (none has joined and reported its capacity)"]
     if note:
         reasons.insert(0, note)
     if len(reasons) <= MAX_REASONS:

@@ -31,9 +31,11 @@ def test_init_then_apply_get_and_delete_by_url(tmp_path: Path) -> None:
     server = serve(Manager(tmp_path / "manager"), "127.0.0.1", 0)
     url = f"https://127.0.0.1:{server.server_address[1]}"
     try:
-        applied = softudc(tmp_path, "apply", "-f", "configs/farms/demo.yaml", "--manager", url, "--no-wait")
-        assert applied.returncode == 0, applied.stderr
-        assert "farm demo applied" in applied.stdout
+        # No host has joined: stored, but nothing can be placed; apply says so and exits 1.
+        applied = softudc(tmp_path, "apply", "-f", "configs/farms/demo.yaml", "--manager", url)
+        assert applied.returncode == 1 and "farm demo applied" in applied.stdout
+        assert "4 instance(s) of demo cannot be placed" in applied.stderr, applied.stderr
+        assert "web-0: cannot be placed: there are no hosts" in applied.stdout
         farms = json.loads(softudc(tmp_path, "get", "farms", "-o", "json", "--manager", url).stdout)
         assert [f["name"] for f in farms] == ["demo"]
         # A viewer token (from $SOFTUDC_TOKEN) reads, and is refused an apply with a clear message.
