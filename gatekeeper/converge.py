@@ -76,3 +76,25 @@ def converge(desired: dict[str, Any], here: Here) -> list[Action]:
         else:
             actions.append(Action("vnet.delete", {"vnet": vid}))
     return actions
+
+
+def recover_migrations(desired: dict[str, Any], here: Here, active: set[str]) -> dict[str, str]:
+    """After a gatekeeper restart: outgoing migrations libvirt is still running (`active`: VMs with
+    a migration job) that the manager asked for. Returns VM -> attempt, to follow, not restart."""
+    out = {}
+    for vm in desired.get("vms", []):
+        move = vm.get("migrate_to")
+        if move and vm["name"] in active and here.attempts.get(vm["name"]) != move["attempt"]:
+            out[vm["name"]] = move["attempt"]
+    return out
+
+
+def settle_recovered(job: dict[str, Any], still_here: bool, still_active: bool) -> dict[str, Any] | None:
+    """A recovered migration's outcome once libvirt's job ends (None while it runs): gone from
+    here means it completed; still here without a job means it was interrupted."""
+    if still_active:
+        return None
+    if not still_here:
+        return {"state": "completed"}
+    return {"state": "failed", "error": "the migration stopped while this host's gatekeeper restarted; "
+                                        "the VM keeps running here (ask for the migration again)"}

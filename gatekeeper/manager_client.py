@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from gatekeeper.converge import MANAGED, Here, converge
+from gatekeeper.converge import MANAGED, Here, converge, recover_migrations, settle_recovered
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
 
@@ -115,6 +115,7 @@ class ManagerClient:
         if self.vms is not None:  # also those migrated through the local API, outside the manager
             departed |= {n for n, j in list(self.vms.hv.migrations.items())
                          if j.get("state") == "completed" and time.time() - j["started"] < DEPARTED_FOR}
+            self._follow_recovered(desired, vms_here, attempts, departed)
         vnets_here = self.vnets.list_vnets()
         here = Here([v["vnet"] for v in vnets_here], vms_here, set(self.managed_vnets), attempts, departed,
                     {v["vnet"]: v.get("ports", []) for v in vnets_here})
@@ -132,6 +133,30 @@ class ManagerClient:
                 self.errors.append(f"{action}: {e}")
                 log.warning("%s failed: %s", action, e)
         return done
+
+    def _follow_recovered(self, desired: dict[str, Any], vms_here: list[dict[str, Any]], attempts: dict[str, str],
+                          departed: set[str]) -> None:
+        """Migrations libvirt carried on while this gatekeeper restarted: followed, not restarted."""
+        assert self.vms is not None
+        wants = [v for v in desired.get("vms", []) if v.get("migrate_to")]
+        recovered = [n for n, j in self.migrations.items() if j.get("recovered") and j["state"] == "copying"]
+        if not wants and not recovered:
+            return
+        active = self.vms.hv.migrating()
+        here_names = {v["name"] for v in vms_here}
+        with self._lock:
+            for name, attempt in recover_migrations(desired, Here([], vms_here, attempts=attempts), active).items():
+                to = next(v["migrate_to"]["host"] for v in wants if v["name"] == name)
+                self.migrations[name] = {"attempt": attempt, "to": to, "state": "copying", "recovered": True,
+                                         "started": time.time()}
+                attempts[name] = attempt
+                log.info("following the migration of %s to %s that was running before this restart", name, to)
+            for name in recovered:
+                outcome = settle_recovered(self.migrations[name], name in here_names, name in active)
+                if outcome:
+                    self.migrations[name].update(outcome, ended=time.monotonic())
+                    if outcome["state"] == "completed":
+                        departed.add(name)
 
     def _note_arrivals(self, desired: dict[str, Any], vms_here: list[dict[str, Any]]) -> None:
         """For VMs arriving here by migration: libvirt's record (downtime), reported once running."""

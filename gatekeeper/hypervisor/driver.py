@@ -174,6 +174,15 @@ class Hypervisor:
         return {"name": dom.name(), "state": STATES.get(state, "unknown"),
                 "nics": [{"vnet": n.vnet, "mac": n.mac, "tap": n.tap} for n in nics]}
 
+    def migrating(self) -> set[str]:
+        """VMs with a live job (a migration started before this process, say) on this host."""
+        out = set()
+        for dom in self.conn().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.jobInfo()[0] not in (libvirt.VIR_DOMAIN_JOB_NONE, libvirt.VIR_DOMAIN_JOB_COMPLETED):
+                    out.add(dom.name())
+        return out
+
     def nics(self, name: str) -> list[DomainNic]:
         return domain_nics(self._dom(name).XMLDesc(0))
 

@@ -37,8 +37,29 @@ def _need_root() -> None:
         pytest.skip(reason)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+
+
+FAILED = pytest.StashKey[bool]()
+
+
+def _print_logs(lab: Lab, lines: int = 40) -> None:
+    """What the lab's daemons said, for a failed test's report (their files go with the lab)."""
+    for log in sorted(lab.dir.rglob("*.log")):
+        if "consoles" in log.parts:
+            continue
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"----- {log.relative_to(lab.dir)} (last {len(tail)} lines)")
+        print("\n".join(tail))
+
+
 @pytest.fixture
-def make_lab() -> Iterator[Callable[..., Lab]]:
+def make_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., Lab]]:
     made: list[Lab] = []
     # Short: unix socket paths (libvirtd's, the gatekeepers') must stay under 108 bytes.
     state = tempfile.mkdtemp(prefix="sudc")
@@ -50,6 +71,9 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
         return lab
 
     yield make
+    if request.node.stash.get(FAILED, False):
+        for lab in made:
+            _print_logs(lab)
     for lab in made:
         pids = [h.pid for h in lab.hosts if h.pid]
         lab_down(lab.spec.name, lab.state_dir)

@@ -47,7 +47,7 @@ def running(lab: Lab) -> dict[str, str]:
 
 def cli(lab: Lab, *args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "softudc.cli", "--state-dir", lab.state_dir, *args,
-                          "--lab", lab.spec.name], capture_output=True, text=True, timeout=120)
+                          "--lab", lab.spec.name], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -124,7 +124,7 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     free = before["demo--web-2"]
     ip = web0["addresses"]["front"]
     count = int(page(ns, ip) or -1)
-    moved = cli(lab, "vm", "migrate", "demo/web-0", "--to", free)
+    moved = cli(lab, "vm", "migrate", "demo/web-0", "--to", free, "--timeout", "240")
     assert f"now runs on {free}" in moved and "live in" in moved
     assert instances(lab)["web-0"]["host"] == free and "migrating" not in instances(lab)["web-0"]
     assert wait_until(lambda: running(lab).get("demo--web-0") == free, timeout=30)
