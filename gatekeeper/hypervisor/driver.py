@@ -28,7 +28,8 @@ STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "pau
           libvirt.VIR_DOMAIN_CRASHED: "crashed", libvirt.VIR_DOMAIN_BLOCKED: "running",
           libvirt.VIR_DOMAIN_PMSUSPENDED: "suspended", libvirt.VIR_DOMAIN_NOSTATE: "unknown"}
 MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+                 | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_AUTO_CONVERGE)
+MIGRATION_TIMEOUT_S = 300.0
 
 _events_started = threading.Lock()
 _events_running = False
@@ -215,8 +216,11 @@ class Hypervisor:
 
     # --- live migration -----------------------------------------------------------------------
 
-    def migrate(self, name: str, dest_uri: str, bandwidth_mib: int = 0, downtime_ms: int = 0) -> dict[str, Any]:
-        """Live-migrate peer to peer; blocks until done. On any failure the VM keeps running here."""
+    def migrate(self, name: str, dest_uri: str, bandwidth_mib: int = 0, downtime_ms: int = 0,
+                timeout_s: float = MIGRATION_TIMEOUT_S) -> dict[str, Any]:
+        """Live-migrate peer to peer; blocks until done. QEMU slows a guest that dirties memory
+        faster than it can be copied (auto-converge); after `timeout_s` the migration is aborted.
+        On any failure the VM keeps running here."""
         dom = self._dom(name)
         if not dom.isActive():
             raise HypervisorError(f"VM {name} is not running; only running VMs migrate live")
@@ -228,19 +232,30 @@ class Hypervisor:
             with contextlib.suppress(libvirt.libvirtError):
                 dom.migrateSetMaxDowntime(int(downtime_ms), 0)
         t0 = time.monotonic()
+        watchdog = threading.Timer(timeout_s, self._abort_slow, (dom, job, timeout_s))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             job["state"] = "copying"
             dom.migrateToURI3(dest_uri, params, MIGRATE_FLAGS)
         except libvirt.libvirtError as e:
             job["state"] = "failed"
-            job["error"] = e.get_error_message()
+            job["error"] = job.get("timed_out") or e.get_error_message()
             running = self._still_here(name)
             where = "keeps running on this host" if running else "is not running here"
-            raise HypervisorError(f"migration of {name} to {dest_uri} failed: {e.get_error_message()}; "
+            raise HypervisorError(f"migration of {name} to {dest_uri} failed: {job['error']}; "
                                   f"{name} {where}") from None
+        finally:
+            watchdog.cancel()
         job.update(state="completed", wall_ms=round((time.monotonic() - t0) * 1000))
         self._leave(name, "migrated away")
         return dict(job)
+
+    def _abort_slow(self, dom: Any, job: dict[str, Any], timeout_s: float) -> None:
+        job["timed_out"] = (f"not done after {timeout_s:.0f} s (the guest dirties memory faster than it "
+                            "can be copied, or the destination is slow); aborted")
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.abortJob()
 
     def _still_here(self, name: str) -> bool:
         try:
