@@ -90,6 +90,7 @@ class ManagerClient:
                 job.update({k: progress[k] for k in ("data_total", "data_processed") if progress.get(k)})
         return {**self.capacity, "state": "ready", "running": running, "errors": self.errors[-5:],
                 "notes": self.notes[-5:],
+                "sizes": {v["name"]: [v.get("vcpus"), v.get("memory_mib")] for v in vms_here if MANAGED in v["name"]},
                 "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared()}
 
     def _prepared(self) -> list[str]:

@@ -170,10 +170,10 @@ class Hypervisor:
         return {"name": name, "state": "running"}
 
     def describe(self, dom: Any) -> dict[str, Any]:
-        state = dom.state()[0]
+        state, max_kib, _, vcpus, _ = dom.info()
         nics = domain_nics(dom.XMLDesc(0))
-        return {"name": dom.name(), "state": STATES.get(state, "unknown"),
-                "nics": [{"vnet": n.vnet, "mac": n.mac, "tap": n.tap} for n in nics]}
+        return {"name": dom.name(), "state": STATES.get(state, "unknown"), "vcpus": vcpus,
+                "memory_mib": max_kib // 1024, "nics": [{"vnet": n.vnet, "mac": n.mac, "tap": n.tap} for n in nics]}
 
     def migrating(self) -> set[str]:
         """VMs with a live job (a migration started before this process, say) on this host."""

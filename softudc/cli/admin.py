@@ -82,6 +82,8 @@ def _show_plan(plan: dict[str, Any], name: str) -> None:
         print(f"  + {i['name']:14} on {i['host']:5} " + " ".join(f"{v}:{a}" for v, a in sorted(i["addresses"].items())))
     for i in plan["delete"]:
         print(f"  - {i['name']:14} on {i['host']}")
+    for i in plan.get("resize", []):
+        print(f"  ~ {i['name']:14} on {i['host']:5} {i['change']}")
     for n, why in plan["unplaced"].items():
         print(f"  ! {n} cannot be placed: " + "; ".join(why))
     if not plan["changes"]:
@@ -108,8 +110,13 @@ def _print_farm(f: dict[str, Any]) -> None:
         print(f"  {i['name']:14} {i['host']:5} {state:9} {addrs}")
         if i.get("error"):
             print(f"  {'':14} error: {i['error']}")
+        if i.get("change"):
+            print(f"  {'':14} pending: {i['change']}")
     for name, why in st.get("unplaced", {}).items():
         print(f"  {name}: cannot be placed: " + "; ".join(why))
+    if any(i.get("change") for i in st.get("instances", [])):
+        print(f"  (a running VM takes a new size once stopped: `softudc vm stop {f['name']}/INSTANCE`; "
+              "the manager starts it again)")
 
 
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
@@ -176,10 +183,11 @@ def get_rows(api: Api, what: str) -> tuple[list[dict[str, Any]], list[str], list
             rows.append({"farm": f["name"], "name": i["name"], "host": i["host"], "state": state,
                          "addresses": i.get("addresses", {}), "vcpus": vm.vcpus if vm else None,
                          "memory": fmt_mib(vm.memory_mib) if vm else None,
-                         "migration": vm.migration if vm else None, "error": i.get("error")})
+                         "migration": vm.migration if vm else None, "error": i.get("error"),
+                         "pending": i.get("change")})
     if what == "vnets":
         return rows, ["farm", "name", "id", "subnet", "security"], ["mtu", "hosts"]
-    return rows, ["farm", "name", "host", "state", "addresses"], ["vcpus", "memory", "migration", "error"]
+    return rows, ["farm", "name", "host", "state", "addresses"], ["vcpus", "memory", "migration", "error", "pending"]
 
 
 def _ago(t: Any) -> str:

@@ -56,6 +56,7 @@ def cmd_start(a: argparse.Namespace) -> None:
 
 def cmd_stop(a: argparse.Namespace) -> None:
     lab = load_lab(a.lab, a.state_dir)
+    a.name = a.name.replace("/", "--")  # a farm's VM: farm/instance is farm--instance on its host
     host = find_vm(lab, a.name)
     GatekeeperClient(lab.host(host).api_socket, timeout=60).call("vm.stop", name=a.name, force=a.force)
     print(f"{a.name} stopped on {host}")

@@ -368,7 +368,10 @@ class Manager:
         create = [after[n] for n in sorted(set(after) - set(before))]
         delete = [before[n] for n in sorted(set(before) - set(after))]
         changed_spec = current is None or current.spec.get("descriptor") != text
+        resize = [{"name": i["name"], "host": i["host"], "change": i["change"]} for i in status["instances"]
+                  if i.get("change")]
         return {"summary": summary, "create": create, "delete": delete, "unplaced": status["unplaced"],
+                "resize": resize,
                 "changes": bool(create or delete or status["unplaced"]) or changed_spec}
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from softudc.manager.planner import Instance, plan_farm
 from softudc.model.farm import Farm
 from softudc.placement import Host
+from softudc.placement.model import fmt_mib
 
 SEPARATOR = "--"
 
@@ -105,10 +106,13 @@ def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],
     plan = plan_farm(farm, hosts, current, known)
     instances = sorted(plan.keep + plan.create, key=lambda i: i.name)
     running = {(vm, h) for h, r in host_reports.items() for vm in r.get("running", [])}
+    sizes = {v.name: (v.vcpus, v.memory_mib) for v in farm.vms}
     ready = all((vm_name(farm.name, i.name), i.host) in running for i in instances)
     new_status = {
         "instances": [{**{k: v for k, v in asdict(i).items() if v is not None},
-                       **instance_state(vm_name(farm.name, i.name), i, running, host_reports)} for i in instances],
+                       **instance_state(vm_name(farm.name, i.name), i, running, host_reports),
+                       **pending_change(vm_name(farm.name, i.name), i, sizes.get(i.vm), host_reports)}
+                      for i in instances],
         "vnet_ids": plan.vnet_ids,
         "unplaced": plan.unplaced,
         "conditions": {"Placed": not plan.unplaced, "Ready": ready and not plan.unplaced,
@@ -132,6 +136,18 @@ def instance_state(name: str, inst: Instance, running: set[tuple[str, str]],
     error = next((e.split(": ", 1)[1] for e in report.get("errors", []) if f" {name}: " in f" {e}"), None)
     state = {"state": "down" if report.get("state") == "down" else "pending"}
     return {**state, "error": error} if error else state
+
+
+def pending_change(name: str, inst: Instance, want: tuple[int, int] | None,
+                   reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """A running VM whose size the descriptor changed keeps its old size until it restarts (a
+    live VM is never restarted behind the admin's back): say so rather than stay silent."""
+    have = reports.get(inst.host, {}).get("sizes", {}).get(name)
+    if want is None or not have or None in have or tuple(have) == want:
+        return {}
+    parts = [f"{what} {a} -> {b}" for what, a, b in (("vCPUs", have[0], want[0]),
+                                                      ("memory", fmt_mib(have[1]), fmt_mib(want[1]))) if a != b]
+    return {"change": ", ".join(parts) + " after a stop and start"}
 
 
 def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:

@@ -188,3 +188,20 @@ def test_a_restarted_gatekeeper_follows_a_migration_libvirt_is_still_running_ins
     assert settle_recovered({}, still_here=False, still_active=False) == {"state": "completed"}
     interrupted = settle_recovered({}, still_here=True, still_active=False)
     assert interrupted is not None and interrupted["state"] == "failed" and "keeps running here" in interrupted["error"]
+
+
+def test_a_resized_vm_keeps_running_and_its_status_says_the_new_size_waits_for_a_restart() -> None:
+    farm = validate(DEMO, "demo.yaml")
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    reports = _running(farm, status)
+    for r in reports.values():
+        r["sizes"] = {vm: [1, 128] for vm in r["running"]}
+    same, _, _ = reconcile_farm(farm, status, inventory(REPORTS), {}, reports)
+    assert not any("change" in i for i in same["instances"])
+    bigger = validate(DEMO.replace("memory: 128Mi\n      image: test-guest\n      placementGroup",
+                                   "memory: 256Mi\n      image: test-guest\n      placementGroup"), "demo.yaml")
+    after, summary, _ = reconcile_farm(bigger, status, inventory(REPORTS), {}, reports)
+    assert summary == "+0 -0 =4"  # nothing is recreated behind the admin's back
+    changes = {i["name"]: i.get("change") for i in after["instances"]}
+    later = "memory 128Mi -> 256Mi after a stop and start"
+    assert changes == {"db-0": None, "web-0": later, "web-1": later, "web-2": later}
