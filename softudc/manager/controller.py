@@ -69,8 +69,10 @@ def observe(farm: str, instances: list[dict[str, Any]], reports: dict[str, dict[
             job = job if job.get("attempt") == moving["attempt"] else {}
             if moving["to"] in where and (job.get("state") == "completed" or inst["host"] not in where):
                 downtime = reports.get(moving["to"], {}).get("arrivals", {}).get(name, {}).get("downtime_ms", "?")
-                events.append(("Migrated", f"{inst['name']}: {inst['host']} -> {moving['to']} live in "
-                                           f"{job.get('wall_ms', '?')} ms, downtime {downtime} ms"))
+                copy = f"copied in {job['wall_ms']} ms, " if job.get("wall_ms") else ""
+                took = f", {now - moving['since']:.1f} s after the request" if moving.get("since") else ""
+                events.append(("Migrated", f"{inst['name']}: {inst['host']} -> {moving['to']} live, {copy}"
+                                           f"downtime {downtime} ms{took}"))
                 inst["host"] = moving["to"]
                 del inst["migrating"]
             elif job.get("state") == "failed":

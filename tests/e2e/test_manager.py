@@ -125,7 +125,7 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     ip = web0["addresses"]["front"]
     count = int(page(ns, ip) or -1)
     moved = cli(lab, "vm", "migrate", "demo/web-0", "--to", free, "--timeout", "240")
-    assert f"now runs on {free}" in moved and "live in" in moved
+    assert f"now runs on {free}" in moved and "live, " in moved and "downtime" in moved
     assert instances(lab)["web-0"]["host"] == free and "migrating" not in instances(lab)["web-0"]
     assert wait_until(lambda: running(lab).get("demo--web-0") == free, timeout=30)
     assert wait_until(lambda: int(page(ns, ip) or -1) > count >= 0, timeout=30)  # not restarted

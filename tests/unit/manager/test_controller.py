@@ -123,7 +123,7 @@ def test_a_live_migration_lists_the_vm_on_both_hosts_then_moves_it_when_the_dest
     done, _, events = reconcile_farm(farm, still, inventory(REPORTS), {}, reports)
     db = next(i for i in done["instances"] if i["name"] == "db-0")
     assert db["host"] == dst and "migrating" not in db
-    assert events == [("Migrated", f"db-0: {src} -> {dst} live in 600 ms, downtime 30 ms")]
+    assert events == [("Migrated", f"db-0: {src} -> {dst} live, copied in 600 ms, downtime 30 ms")]
 
 
 def test_a_failed_migration_leaves_the_vm_where_it_was_and_says_why() -> None:
