@@ -176,7 +176,7 @@ class ManagerClient:
             vnet = next(v for v in desired["vnets"] if v["id"] == args["vnet"])
             security = vnet.get("security", "none")
             self.vnets.create_vnet(args["vnet"], security=security if security != "none" else None,
-                                   keys=vnet.get("keys"))
+                                   keys=vnet.get("keys"), mtu=vnet.get("mtu"))
             self.managed_vnets.add(args["vnet"])
             self._save_managed()
         elif op == "vnet.delete":

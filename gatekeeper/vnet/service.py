@@ -6,6 +6,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import threading
 import time
@@ -23,6 +24,8 @@ from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for,
 from softudc.wire import VarpMessage, VarpOp, VarpTrailer, WireError, build_varp, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
 from softudc.wire.varp import VARP_LEN
+
+log = logging.getLogger("gatekeeper.vnet")
 
 
 class ServiceError(RuntimeError):
@@ -79,11 +82,13 @@ class VnetService:
     # --- API operations -----------------------------------------------------------------------
 
     def create_vnet(self, vnet: int, transport: str | None = None, members: list[str] | None = None,
-                    security: str | None = None, keys: dict[str, Any] | None = None) -> dict[str, Any]:
+                    security: str | None = None, keys: dict[str, Any] | None = None,
+                    mtu: int | None = None) -> dict[str, Any]:
         """Create (or, idempotently, update the members of) a VNET on this host.
 
         `security` none | auth | conf. Keys come with the request (`keys`: the same fields as a
-        keys-file entry) or from the keys file named in the configuration.
+        keys-file entry) or from the keys file named in the configuration. `mtu`: a smaller MTU
+        than the largest that fits the underlay (the default); an existing VNET keeps its own.
         """
         if not isinstance(vnet, int) or isinstance(vnet, bool) or not 1 <= vnet <= MAX_VNET_ID:
             raise ServiceError(f"vnet: {vnet!r} is not a VNET id in 1..{MAX_VNET_ID}")
@@ -112,7 +117,11 @@ class VnetService:
                     self.forwarder.sas.set_keys(vnet, vnet_keys)
                 self._save()
                 return self._describe(existing)
-            mtu = mtu_for(transport, self.config.underlay_mtu, level)
+            fits = mtu_for(transport, self.config.underlay_mtu, level)
+            if mtu is not None and not 576 <= mtu <= fits:
+                raise ServiceError(f"vnet {vnet}: MTU {mtu} does not fit: with transport {transport}, security "
+                                   f"{level} and an underlay MTU of {self.config.underlay_mtu}, at most {fits}")
+            mtu = mtu or fits
             self.devices.ensure_bridge(bridge_name(vnet), mtu)
             offload = self.config.offload
             fd = open_tap(tap_name(vnet), offload=offload)
@@ -412,7 +421,7 @@ class VnetService:
             return
         state = {
             "vnets": [{"vnet": p.vnet, "transport": p.transport, "members": list(p.members),
-                       "security": p.security, "keys": self._keys_state(p.vnet)}
+                       "security": p.security, "keys": self._keys_state(p.vnet), "mtu": p.mtu}
                       for p in self.forwarder.vnets.values()],
             "ports": [{"ifname": i, "vnet": v, "mac": m.hex(":")} for i, (v, m) in self.ports.items()],
         }
@@ -435,7 +444,12 @@ class VnetService:
             return
         state = json.loads(self.state_file.read_text())
         for v in state.get("vnets", []):
-            self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"))
+            try:
+                self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"),
+                                 v.get("mtu"))
+            except ServiceError as e:  # the underlay shrank since: the largest MTU that fits now
+                log.warning("restoring vnet %s: %s; using the largest MTU that fits", v["vnet"], e)
+                self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"))
         for p in state.get("ports", []):
             if self.devices.index(p["ifname"]) is not None:
                 self.attach(p["vnet"], p["ifname"], p["mac"])

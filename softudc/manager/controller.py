@@ -169,7 +169,7 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
             for nic in vm.nics:
                 vid = ids[nic.vnet]
                 vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet,
-                              "security": vnet_defs[nic.vnet].security}
+                              "security": vnet_defs[nic.vnet].security, "mtu": vnet_defs[nic.vnet].mtu}
                 subnet = vnet_defs[nic.vnet].subnet
                 ip = f"{inst['addresses'][nic.vnet]}/{subnet.prefixlen}" \
                     if ipaddress.IPv4Address(inst["addresses"][nic.vnet]) in subnet else None

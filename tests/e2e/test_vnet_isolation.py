@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
+from gatekeeper.client import GatekeeperError
 from softudc.bench.measure import frag_creates
 from softudc.lab import Lab
 from tests.e2e.conftest import Capture, create_vnet, endpoints, gk, ns_run, ping
@@ -88,3 +89,16 @@ def test_mtu_fits_the_underlay_and_nothing_fragments(make_lab: Callable[..., Lab
     assert over.returncode != 0 and "message too long" in (over.stdout + over.stderr).lower()
     assert frag_creates(lab.host("h1").netns) == frag_before
 
+
+
+def test_a_vnet_can_ask_for_a_smaller_mtu_but_not_a_larger_one(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(hosts=2)
+    create_vnet(lab, 10, mtu=1400)
+    endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
+    assert gk(lab, "h1").call("vnet.list")[0]["mtu"] == 1400
+    assert "mtu 1400 " in ns_run(lab.endpoints["a1"].netns, "ip", "-o", "link", "show", "eth0").stdout
+    assert ping(lab, "a1", "10.0.0.2", count=2, size=1400 - 28, df=True).returncode == 0
+    with pytest.raises(GatekeeperError) as e:
+        gk(lab, "h1").call("vnet.create", vnet=11, mtu=1500)
+    assert "MTU 1500 does not fit" in str(e.value) and "at most 1452" in str(e.value)
+    assert [v["vnet"] for v in gk(lab, "h1").call("vnet.list")] == [10]
