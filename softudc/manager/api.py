@@ -27,7 +27,7 @@ from softudc.manager.store import SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
 from softudc.pki import CertificateAuthority, PkiError
-from softudc.placement import Group, Request, place
+from softudc.placement import Group, Request, charge, place
 
 MAX_BODY = 1 << 20
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
@@ -402,11 +402,8 @@ def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:
             for where in occupied(inst):
                 h, vm = by_name.get(where), sizes.get(inst["vm"])
                 if h is not None and vm is not None:
-                    h.used_vcpus += vm.vcpus
-                    h.used_memory_mib += vm.memory_mib
-                    if vm.group:
-                        key = f"{o.name}/{vm.group}"
-                        h.groups[key] = h.groups.get(key, 0) + 1
+                    group = f"{o.name}/{vm.group}" if vm.group else None
+                    charge(h, Request(inst["name"], vm.vcpus, vm.memory_mib, group))
 
 
 Route = tuple[str, re.Pattern[str], str]

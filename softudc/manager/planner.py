@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from softudc.model.farm import Farm
-from softudc.placement import Group, Host, Request, place
+from softudc.placement import Group, Host, Request, charge, place
 
 MAX_VNET_ID = 4094
 
@@ -112,10 +112,7 @@ def plan_farm(farm: Farm, hosts: list[Host], current: list[Instance],
         for where in occupied(inst):  # what stays counts against capacity and the group rules
             h = host_by_name.get(where)
             if h is not None:
-                h.used_vcpus += vm.vcpus
-                h.used_memory_mib += vm.memory_mib
-                if vm.group:
-                    h.groups[vm.group] = h.groups.get(vm.group, 0) + 1
+                charge(h, Request(inst.name, vm.vcpus, vm.memory_mib, vm.group))
     new = [Request(n, vm.vcpus, vm.memory_mib, vm.group) for n, vm in desired.items() if n not in by_name]
     placement = place(hosts, new, groups, cpu_ratio, mem_ratio)
     plan.unplaced = placement.unplaced

@@ -47,7 +47,8 @@ def _why_not(h: Host, r: Request, groups: dict[str, Group], cpu_ratio: float, me
     return None
 
 
-def _assign(h: Host, r: Request) -> None:
+def charge(h: Host, r: Request) -> None:
+    """Count `r` against `h`: its capacity and its groups (what runs there already, or is placed)."""
     h.used_vcpus += r.vcpus
     h.used_memory_mib += r.memory_mib
     if r.group:
@@ -87,7 +88,7 @@ def place(hosts: list[Host], requests: list[Request], groups: list[Group] | None
             h = hosts[i]
             why = _why_not(h, r, gmap, cpu_ratio, mem_ratio)
             if why is None:
-                _assign(h, r)
+                charge(h, r)
                 plan.steps.append(Placement(r.name, h.name, f"affinity {g.name}: with the group on {h.name}",
                                             _score(h, cpu_ratio, mem_ratio)))
                 heapq.heappush(heap, (-_score(h, cpu_ratio, mem_ratio), i))  # stale entries are skipped
@@ -127,7 +128,7 @@ def place(hosts: list[Host], requests: list[Request], groups: list[Group] | None
             continue
         h = hosts[chosen]
         before = _score(h, cpu_ratio, mem_ratio)
-        _assign(h, r)
+        charge(h, r)
         reason = f"most free capacity ({before:.0%})"
         if g is not None:
             reason += f", {g.policy} {g.name}"
@@ -185,7 +186,7 @@ def place_ffd(hosts: list[Host], requests: list[Request], groups: list[Group] | 
                 break
             h = hosts[i]
             if _why_not(h, r, gmap, cpu_ratio, mem_ratio) is None:
-                _assign(h, r)
+                charge(h, r)
                 tree.update(i, _free(h, cpu_ratio, mem_ratio)[1])
                 plan.steps.append(Placement(r.name, h.name, "first fit", 0.0))
                 break
