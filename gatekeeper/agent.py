@@ -59,14 +59,15 @@ async def run(config_path: str) -> None:
         client = ManagerClient(mc.url, mc.ca, mc.cert, mc.key, config.host, service, vms, mc.vcpus, mc.memory_mib,
                                state_file.with_name("gatekeeper-managed.json"),
                                config.hypervisor.migration_uri if config.hypervisor else None)
-        while True:
+        while True:  # each round waits for a change of what to run, or the interval, on the manager
+            wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
             try:
-                done = await loop.run_in_executor(None, client.sync)
+                done = await loop.run_in_executor(None, client.sync, wait)
                 if done:
                     log.info("converged: %s", "; ".join(done))
             except Exception as e:
                 log.warning("manager sync: %s", e)
-            await asyncio.sleep(min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval)
+                await asyncio.sleep(mc.interval)
 
     async def ticker() -> None:
         while True:

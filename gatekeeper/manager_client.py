@@ -63,8 +63,8 @@ class ManagerClient:
             tmp.write_text(json.dumps({"managed_vnets": sorted(self.managed_vnets)}))
             tmp.replace(self.state_file)
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=10)
+    def _call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
+        conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=timeout)
         try:
             conn.request(method, path, body=None if body is None else json.dumps(body),
                          headers={"Content-Type": "application/json"})
@@ -99,12 +99,17 @@ class ManagerClient:
         return sorted(vm["name"] for vm in self.desired.get("vms", [])
                       if vm.get("incoming") and all(n["vnet"] in have for n in vm["nics"]))
 
-    def sync(self) -> list[str]:
-        """One round: report, fetch, converge. Returns what was done (for the log)."""
+    def sync(self, wait: float = 0.0) -> list[str]:
+        """One round: report, fetch what to run (waiting up to `wait` seconds for it to change: the
+        manager answers at once when it does), converge. Returns what was done (for the log)."""
         vms_here = self.vms.hv.domains() if self.vms else []
         self._note_arrivals(self.desired, vms_here)
         self._call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
-        desired = self.desired = self._call("GET", f"/v1/hosts/{self.host}/desired")
+        etag = self.desired.get("etag", "")
+        desired = self.desired = self._call("GET", f"/v1/hosts/{self.host}/desired?since={etag}&wait={wait:g}",
+                                            timeout=wait + 10)
+        if desired.get("etag") == etag and wait > 0:
+            vms_here = self.vms.hv.domains() if self.vms else []  # what changed here while it waited
         now = time.monotonic()
         with self._lock:
             wanted = {v["name"] for v in desired.get("vms", [])}

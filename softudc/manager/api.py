@@ -8,7 +8,9 @@ descriptor validates; the response then lists every problem with its position.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import re
 import ssl
 import threading
@@ -32,6 +34,7 @@ from softudc.placement import Group, Request, charge, place
 MAX_BODY = 1 << 20
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
 HOST_DOWN_AFTER_S = 30.0
+MAX_WAIT_S = 60.0  # longest long poll of a gatekeeper's desired state
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -83,10 +86,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"state": {"type": "string", "enum": ["ready", "draining", "maintenance"]}}}}}},
             "responses": {"200": {"description": "stored"}, "400": {"description": "bad state"},
                           "403": {"description": "not an admin"}, "404": {"description": "no such host"}}}},
-        "/v1/hosts/{name}/desired": {"get": {"summary": "What a gatekeeper should run (mutual TLS only)",
-                                             "security": [], "parameters": [{"name": "name", "in": "path",
-                                                                             "required": True,
-                                                                             "schema": {"type": "string"}}],
+        "/v1/hosts/{name}/desired": {"get": {"summary": "What a gatekeeper should run (mutual TLS only); a long "
+                                                        "poll with since=ETAG&wait=SECONDS",
+                                             "security": [], "parameters": [
+                                                 {"name": "name", "in": "path", "required": True,
+                                                  "schema": {"type": "string"}},
+                                                 {"name": "since", "in": "query", "schema": {"type": "string"}},
+                                                 {"name": "wait", "in": "query",
+                                                  "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
                                              "responses": {"200": {"description": "VNETs and VMs"},
                                                            "403": {"description": "no or wrong certificate"}}}},
         "/v1/hosts/{name}/status": {"put": {"summary": "A gatekeeper reports (mutual TLS only)", "security": [],
@@ -114,6 +121,8 @@ class Manager:
         self.tokens = TokenStore(state_dir / "tokens.json")
         self.ca = CertificateAuthority.load(state_dir / "pki")
         self._reconcile_lock = threading.RLock()
+        self._changed = threading.Condition()
+        self._generation = 0
         self.registry, self.requests, self.events = make_registry(self.store, self.reports)
 
     def list_farms(self, who: Principal) -> list[dict[str, Any]]:
@@ -206,6 +215,7 @@ class Manager:
             inst["migrating"] = ({"to": to, "attempt": attempt, "since": time.time(), "state": "requested"} |
                                  ({"uri": report["migration_uri"]} if live else {"cold": True}))
             self.store.set_status("farm", name, {**obj.status, "instances": instances})
+            self._changes_made()
             kind = "live" if live else "cold"
             self._event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
         return {"farm": name, "instance": inst}
@@ -296,10 +306,32 @@ class Manager:
         self.reconcile()
         return {"host": name, "stored": True}
 
-    def desired(self, peer_cn: str | None, name: str) -> dict[str, Any]:
-        """What a gatekeeper should run (mutual TLS only: its certificate names the host)."""
+    def desired(self, peer_cn: str | None, name: str, since: str = "", wait: float = 0.0) -> dict[str, Any]:
+        """What a gatekeeper should run (mutual TLS only: its certificate names the host), with an
+        `etag`. A long poll: given the etag it has (`since`), the answer waits up to `wait` seconds
+        for a change, so hosts hear of an apply or a migration at once without polling fast."""
         if peer_cn is None or peer_cn != name:
             raise ApiError(403, "gatekeeper routes need this host's client certificate from the manager's CA")
+        deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT_S)
+        while True:
+            with self._changed:
+                seen = self._generation
+            desired = self._desired(name)
+            etag = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
+            left = deadline - time.monotonic()
+            if etag != since or left <= 0:
+                return {**desired, "etag": etag}
+            with self._changed:
+                if self._generation == seen:
+                    self._changed.wait(left)
+
+    def _changes_made(self) -> None:
+        """Wake the long polls: what some host should run may have changed."""
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def _desired(self, name: str) -> dict[str, Any]:
         with self._reconcile_lock:
             farms = [(validate(o.spec["descriptor"], o.name), o.status) for o in self.store.objects("farm")]
             desired = host_desired(name, farms)
@@ -345,6 +377,7 @@ class Manager:
                     self.store.set_status("farm", o.name, status)
                     if summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
                         self._event("farm", o.name, "Planned", summary)
+        self._changes_made()
 
     def plan(self, who: Principal, name: str, text: str) -> dict[str, Any]:
         """What applying `text` would change (`softudc diff`, `apply --dry-run`); stores nothing."""
@@ -512,7 +545,14 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             if op == "host_status":
                 return m.host_status(self._peer_cn(), args["name"], self._json())
             if op == "desired":
-                return m.desired(self._peer_cn(), args["name"])
+                query = dict(parse_qsl(self.path.partition("?")[2]))
+                try:
+                    wait = float(query.get("wait", 0))
+                    if not math.isfinite(wait):
+                        raise ValueError(wait)
+                except ValueError:
+                    raise ApiError(400, f"wait: {query['wait']!r} is not a number of seconds") from None
+                return m.desired(self._peer_cn(), args["name"], query.get("since", ""), wait)
             who = m.tokens.authenticate(self.headers.get("Authorization"))
             if op == "set_host_state":
                 return m.set_host_state(who, args["name"], self._json())

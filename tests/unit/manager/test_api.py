@@ -302,3 +302,28 @@ def test_the_event_log_shows_farms_and_hosts_to_admins_and_only_their_farms_to_o
     assert mine and {e["name"] for e in mine} == {"demo"}
     assert api.call("GET", "/v1/events?kind=host", token=viewer)[0] == 403
     assert api.call("GET", "/v1/events?name=other", token=viewer)[0] == 404
+
+
+def test_a_gatekeeper_long_polls_its_desired_state_and_hears_of_a_change_at_once(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    import threading
+
+    state, port, admin = manager
+    m = Manager(state)
+    gk = _join(state, port, m, "h1", tmp_path)
+    gk.call("PUT", "/v1/hosts/h1/status", {"vcpus": 8, "memory_mib": 8192, "running": []})
+    status, first = gk.call("GET", "/v1/hosts/h1/desired")
+    assert status == 200 and first["vms"] == [] and first["etag"]
+    # Nothing changes: after the wait, the same state and etag.
+    same = gk.call("GET", f"/v1/hosts/h1/desired?since={first['etag']}&wait=0.2")[1]
+    assert same["etag"] == first["etag"]
+    assert gk.call("GET", "/v1/hosts/h1/desired?wait=nan")[0] == 400
+    # A farm is applied while the host waits (up to 30 s): the answer comes with the change.
+    answer: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: answer.update(
+        gk.call("GET", f"/v1/hosts/h1/desired?since={first['etag']}&wait=30")[1]))
+    waiter.start()
+    Api(state, port).call("PUT", "/v1/farms/demo", DEMO.replace("replicas: 3", "replicas: 1"), admin)
+    waiter.join(timeout=10)
+    assert not waiter.is_alive(), "the long poll did not return when the farm changed"
+    assert answer["etag"] != first["etag"] and {v["name"] for v in answer["vms"]} == {"demo--db-0", "demo--web-0"}
