@@ -302,6 +302,9 @@ class Manager:
             raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
         if self.store.get("host", name) is None:
             raise ApiError(404, f"host {name!r} never joined")
+        problems = report_problems(body)
+        if problems:  # one broken gatekeeper must not break planning for every farm
+            raise ApiError(400, f"report from {name} refused, nothing stored: " + "; ".join(problems))
         self.store.set_status("host", name, {**body, "reported": time.time()})
         self.reconcile()
         return {"host": name, "stored": True}
@@ -406,6 +409,36 @@ class Manager:
         return {"summary": summary, "create": create, "delete": delete, "unplaced": status["unplaced"],
                 "resize": resize,
                 "changes": bool(create or delete or status["unplaced"]) or changed_spec}
+
+
+REPORT_FIELDS: dict[str, tuple[type, type | None]] = {
+    # field: (type, type of its items or values)
+    "vcpus": (int, None), "memory_mib": (int, None), "state": (str, None), "migration_uri": (str, None),
+    "running": (list, str), "errors": (list, str), "notes": (list, str), "prepared": (list, str),
+    "migrations": (dict, dict), "arrivals": (dict, dict), "sizes": (dict, list),
+}
+
+
+def _exactly(value: Any, kind: type) -> bool:
+    return type(value) is kind  # bool is no int here
+
+
+def report_problems(body: dict[str, Any]) -> list[str]:
+    """What is wrong with a gatekeeper's report (unknown fields pass: newer gatekeepers may add some)."""
+    problems = []
+    for key, (kind, inner) in REPORT_FIELDS.items():
+        if key not in body:
+            continue
+        value: Any = body[key]
+        if not _exactly(value, kind):
+            problems.append(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
+        elif kind is int and value <= 0:
+            problems.append(f"{key}: {value} must be positive")
+        elif inner is not None:
+            items = value.values() if isinstance(value, dict) else value
+            if not all(isinstance(i, inner) for i in items):
+                problems.append(f"{key}: every entry must be a {inner.__name__}")
+    return problems
 
 
 def _visible(who: Principal, report: dict[str, Any]) -> dict[str, Any]:

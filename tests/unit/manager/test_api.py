@@ -327,3 +327,22 @@ def test_a_gatekeeper_long_polls_its_desired_state_and_hears_of_a_change_at_once
     waiter.join(timeout=10)
     assert not waiter.is_alive(), "the long poll did not return when the farm changed"
     assert answer["etag"] != first["etag"] and {v["name"] for v in answer["vms"]} == {"demo--db-0", "demo--web-0"}
+
+
+def test_a_malformed_gatekeeper_report_is_refused_and_planning_goes_on(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    state, port, admin = manager
+    m = Manager(state)
+    gks = {h: _join(state, port, m, h, tmp_path) for h in ("h1", "h2")}
+    good = {"vcpus": 8, "memory_mib": 8192, "running": []}
+    for h, gk in gks.items():
+        assert gk.call("PUT", f"/v1/hosts/{h}/status", good)[0] == 200
+    for bad, why in (({"vcpus": "8"}, "vcpus: expected int"), ({"vcpus": 0}, "vcpus: 0 must be positive"),
+                     ({"running": "demo--web-0"}, "running: expected list"),
+                     ({"sizes": {"demo--web-0": 3}}, "sizes: every entry must be a list"),
+                     ({"migrations": []}, "migrations: expected dict")):
+        status, body = gks["h1"].call("PUT", "/v1/hosts/h1/status", {**good, **bad})
+        assert status == 400 and why in body["error"] and "nothing stored" in body["error"], body
+    status, applied = Api(state, port).call("PUT", "/v1/farms/demo", DEMO.replace("replicas: 3", "replicas: 1"),
+                                            admin)
+    assert status == 200 and applied["status"]["conditions"]["Placed"] is True
