@@ -10,7 +10,7 @@ from typing import Any
 
 from gatekeeper.vnet.varp_cache import VarpTimers
 from softudc.configfile import ConfigError as ConfigError  # re-exported for the daemons
-from softudc.configfile import read_toml
+from softudc.configfile import ipv4_list, read_toml
 from softudc.security.keys import VnetKeys
 
 
@@ -127,14 +127,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     flood = varp.get("flood", "multicast")
     if flood not in ("multicast", "members"):
         raise fail("varp.flood", f"{flood!r}, expected 'multicast' or 'members'")
-    hosts = varp.get("hosts", [])
-    if not isinstance(hosts, list):
-        raise fail("varp.hosts", "must be a list of IPv4 addresses")
-    for i, h in enumerate(hosts):
-        try:
-            ipaddress.IPv4Address(h)
-        except ValueError:
-            raise fail(f"varp.hosts[{i}]", f"{h!r} is not an IPv4 address") from None
+    hosts = ipv4_list(varp.get("hosts", []), "varp.hosts", fail)
     timers: dict[str, Any] = {}
     for key in ("ttl", "stale_ttl", "probe_interval", "failed_ttl"):
         if key in varp:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from softudc.configfile import ConfigError as ConfigError  # re-exported for the daemons
-from softudc.configfile import read_toml
+from softudc.configfile import ipv4_list, read_toml
 
 
 @dataclass(frozen=True)
@@ -54,14 +54,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> VnetdConfig:
         raise fail("key", "must be hex") from None
     if len(key) < 16:
         raise fail("key", f"{len(key)} bytes; the relay key needs at least 16")
-    peers = raw.get("peers", [])
-    if not isinstance(peers, list):
-        raise fail("peers", "must be a list of IPv4 addresses")
-    for i, p in enumerate(peers):
-        try:
-            ipaddress.IPv4Address(p)
-        except ValueError:
-            raise fail(f"peers[{i}]", f"{p!r} is not an IPv4 address") from None
+    peers = ipv4_list(raw.get("peers", []), "peers", fail)
     ports = raw.get("ports", [1798, 4500])
     if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
         raise fail("ports", "must be a list of UDP ports")

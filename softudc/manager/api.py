@@ -473,21 +473,22 @@ def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:
 
 
 Route = tuple[str, re.Pattern[str], str]
+NAME = r"(?P<name>[a-z0-9-]{1,40})"  # a farm or a host
+INSTANCE = r"(?P<instance>[a-z0-9-]{1,60})"
 ROUTES: list[Route] = [
     ("GET", re.compile(r"^/v1/openapi\.json$"), "openapi"),
     ("GET", re.compile(r"^/v1/farms$"), "list_farms"),
-    ("GET", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "get_farm"),
-    ("PUT", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "put_farm"),
-    ("DELETE", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})$"), "delete_farm"),
-    ("POST", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})/plan$"), "plan"),
-    ("POST", re.compile(r"^/v1/farms/(?P<name>[a-z0-9-]{1,40})/instances/(?P<instance>[a-z0-9-]{1,60})/migrate$"),
-     "migrate"),
+    ("GET", re.compile(rf"^/v1/farms/{NAME}$"), "get_farm"),
+    ("PUT", re.compile(rf"^/v1/farms/{NAME}$"), "put_farm"),
+    ("DELETE", re.compile(rf"^/v1/farms/{NAME}$"), "delete_farm"),
+    ("POST", re.compile(rf"^/v1/farms/{NAME}/plan$"), "plan"),
+    ("POST", re.compile(rf"^/v1/farms/{NAME}/instances/{INSTANCE}/migrate$"), "migrate"),
     ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
     ("GET", re.compile(r"^/v1/events$"), "list_events"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
-    ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/state$"), "set_host_state"),
-    ("PUT", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/status$"), "host_status"),
-    ("GET", re.compile(r"^/v1/hosts/(?P<name>[a-z0-9-]{1,40})/desired$"), "desired"),
+    ("PUT", re.compile(rf"^/v1/hosts/{NAME}/state$"), "set_host_state"),
+    ("PUT", re.compile(rf"^/v1/hosts/{NAME}/status$"), "host_status"),
+    ("GET", re.compile(rf"^/v1/hosts/{NAME}/desired$"), "desired"),
 ]
 
 
