@@ -22,6 +22,11 @@
                                                                     # them, one per replica
 `validate()` reports every problem at once, each as `file:line:col: field.path: message`, and
 returns a Farm only when there is none.
+
+A descriptor that validates must also be one the hosts can run and the manager can plan cheaply
+(audit R9, R24, R25): names never contain `--` (it joins farm and instance in VM names), VM names
+fit the gatekeeper's limit, vCPUs and MTUs stay within what a host accepts, and the sizes of
+subnets and of the lists are capped.
 """
 
 from __future__ import annotations
@@ -42,6 +47,21 @@ SECURITY = ("none", "auth", "conf")
 POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 MIGRATION = ("live", "cold", "none")
 MAX_REPLICAS = 1000
+# The gatekeeper's limits (gatekeeper/vms.py `start`, gatekeeper/vnet/port.py `mtu_for`): a
+# descriptor beyond them would validate but stay pending forever.
+MAX_VM_NAME = 50  # `<farm>--<vm>-<replica>`, the libvirt domain name
+MAX_VCPUS = 64
+# The largest VNET MTU whose encapsulated packets fit a 1500-byte underlay (DESIGN.md, "MTU"):
+# UDP framing adds 48 bytes; ESP in UDP adds 78 (with padding to 4 bytes).
+MAX_MTU = {"none": 1452, "auth": 1422, "conf": 1422}
+# Planning cost grows with these; a farm that needs more should be split.
+MAX_PREFIX = 16  # the largest subnet: a /16 (65,534 addresses)
+MAX_VNETS = 16  # per farm: also the farm's share of the 4093 VNET ids
+MAX_VMS = 64  # VM definitions per farm
+MAX_INSTANCES = 1000  # replicas of all VMs of a farm together
+MAX_NICS = 8  # per VM
+MAX_GROUPS = 64
+SEPARATOR = "--"  # joins farm and instance in VM names, so never part of a name
 
 
 @dataclass(frozen=True)
@@ -118,7 +138,18 @@ class _Checker:
         if not isinstance(node.value, str) or not NAME_RE.match(node.value):
             self.fail(node.mark, path, f"{node.value!r} is not a name (lowercase letters, digits, '-'; at most 40)")
             return None
+        if SEPARATOR in node.value:
+            self.fail(node.mark, path, f"{node.value!r} contains '{SEPARATOR}', which joins farm and instance in "
+                                       "VM names; use a single '-'")
+            return None
         return node.value
+
+    def at_most(self, node: Node, path: str, limit: int, what: str) -> bool:
+        """A list no longer than `limit` (checked before its items are looked at)."""
+        if isinstance(node.value, list) and len(node.value) > limit:
+            self.fail(node.mark, path, f"{len(node.value)} {what}, at most {limit} per farm (split the farm)")
+            return False
+        return True
 
     def integer(self, node: Node, path: str, lo: int, hi: int) -> int | None:
         v = node.value
@@ -172,10 +203,13 @@ def validate(text: str, file: str = "<farm>") -> Farm:
     c.problems.extend(problems)
     if root is None:
         raise DescriptorError(c.problems)
-    top = c.mapping(root, "", {"apiVersion", "kind", "metadata", "spec", "status"},
-                    {"apiVersion", "kind", "metadata", "spec"})
+    top = c.mapping(root, "", {"apiVersion", "kind", "metadata", "spec"}, {"apiVersion", "kind", "metadata", "spec"})
     if top is None:
         raise DescriptorError(c.problems)
+    if "status" in root.key_marks:  # the manager writes a farm's status; a descriptor never carries one
+        c.problems[:] = [p for p in c.problems if p.path != "status"]
+        c.fail(root.key_marks["status"], "status", "is written by the manager, not part of a descriptor; remove it "
+                                                   "(`softudc get farm` output is not a descriptor)")
     if "apiVersion" in top and top["apiVersion"].value != API_VERSION:
         c.fail(top["apiVersion"].mark, "apiVersion", f"{top['apiVersion'].value!r}, expected {API_VERSION}")
     if "kind" in top and top["kind"].value != "Farm":
@@ -194,6 +228,9 @@ def validate(text: str, file: str = "<farm>") -> Farm:
         if "spec" in top else None
     if spec is None:
         raise DescriptorError(c.problems)
+    limits = (("vnets", MAX_VNETS, "VNETs"), ("vms", MAX_VMS, "VMs"), ("placementGroups", MAX_GROUPS, "groups"))
+    if not all([c.at_most(spec[k], f"spec.{k}", n, what) for k, n, what in limits if k in spec]):
+        raise DescriptorError(c.problems)
 
     vnets = [v for v in _each(c, spec.get("vnets"), "spec.vnets", lambda n, p: _vnet(c, n, p)) if v]
     c.unique([(v.name, m, p) for v, m, p in vnets], "VNET")
@@ -206,6 +243,7 @@ def validate(text: str, file: str = "<farm>") -> Farm:
            if v]
     c.unique([(v.name, m, p) for v, m, p in vms], "VM")
     _check_addresses(c, [(v, m, p) for v, m, p in vms], vnet_by_name)
+    _check_sizes(c, name, vms, spec["vms"].mark)
     if c.problems or name is None:
         raise DescriptorError(c.problems)
     return Farm(name, tuple(v for v, _, _ in vnets), tuple(v for v, _, _ in vms), tuple(g for g, _, _ in groups),
@@ -224,10 +262,15 @@ def _vnet(c: _Checker, node: Node, path: str) -> tuple[VnetDef, Mark, str] | Non
             if subnet.prefixlen > 30:
                 c.fail(m["subnet"].mark, f"{path}.subnet", f"{subnet} is too small for VMs (at most /30)")
                 subnet = None
+            elif subnet.prefixlen < MAX_PREFIX:
+                c.fail(m["subnet"].mark, f"{path}.subnet", f"{subnet} is too large: at most a /{MAX_PREFIX} "
+                                                           f"({2 ** (32 - MAX_PREFIX) - 2} addresses) per VNET")
+                subnet = None
         except ValueError as e:
             c.fail(m["subnet"].mark, f"{path}.subnet", f"{m['subnet'].value!r} is not an IPv4 subnet ({e})")
     security = c.choice(m["security"], f"{path}.security", SECURITY) if "security" in m else "none"
-    mtu = c.integer(m["mtu"], f"{path}.mtu", 576, 9000) if "mtu" in m else None
+    mtu = c.integer(m["mtu"], f"{path}.mtu", 576, MAX_MTU.get(security or "none", MAX_MTU["none"])) \
+        if "mtu" in m else None
     if name is None or subnet is None or security is None or ("mtu" in m and mtu is None):
         return None
     return VnetDef(name, subnet, security, mtu), node.mark, f"{path}.name"
@@ -260,7 +303,7 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
     ok = True
     name = c.name(m["name"], f"{path}.name") if "name" in m else None
     replicas = c.integer(m["replicas"], f"{path}.replicas", 0, MAX_REPLICAS) if "replicas" in m else 1
-    vcpus = c.integer(m["vcpus"], f"{path}.vcpus", 1, 256) if "vcpus" in m else 1
+    vcpus = c.integer(m["vcpus"], f"{path}.vcpus", 1, MAX_VCPUS) if "vcpus" in m else 1
     memory = None
     if "memory" in m:
         memory = parse_size_mib(m["memory"].value)
@@ -289,6 +332,9 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
                 max_downtime = c.integer(mig["maxDowntimeMs"], f"{path}.migration.maxDowntimeMs", 1, 60_000)
                 ok = ok and max_downtime is not None
     nics = []
+    if "nics" in m and isinstance(m["nics"].value, list) and len(m["nics"].value) > MAX_NICS:
+        c.fail(m["nics"].mark, f"{path}.nics", f"{len(m['nics'].value)} NICs, at most {MAX_NICS} per VM")
+        return None
     for i, nic_node in enumerate(c.seq(m["nics"], f"{path}.nics") if "nics" in m else []):
         nic = _nic(c, nic_node, f"{path}.nics[{i}]", vnets, replicas or 0)
         ok = ok and nic is not None
@@ -352,3 +398,16 @@ def _check_addresses(c: _Checker, vms: list[tuple[VmDef, Mark, str]], vnets: dic
         if demand > room:
             c.fail(Mark(vms[0][1].file, 1, 1), f"spec.vnets.{vnet}",
                    f"{demand} instances need pool addresses but {vnets[vnet].subnet} has room for {room}")
+
+
+def _check_sizes(c: _Checker, farm: str | None, vms: list[tuple[VmDef, Mark, str]], mark: Mark) -> None:
+    """The farm's instances together, and each VM name as a host will see it (`<farm>--<instance>`)."""
+    total = sum(vm.replicas for vm, _, _ in vms)
+    if total > MAX_INSTANCES:
+        c.fail(mark, "spec.vms", f"{total} instances in all, at most {MAX_INSTANCES} per farm (split the farm)")
+    for vm, vm_mark, path in vms:
+        longest = f"{farm or ''}{SEPARATOR}{vm.name}-{max(vm.replicas - 1, 0)}"
+        if farm is not None and len(longest) > MAX_VM_NAME:
+            c.fail(vm_mark, path, f"VM names such as {longest!r} are {len(longest)} characters, over the hosts' "
+                                  f"limit of {MAX_VM_NAME} (farm name + '{SEPARATOR}' + VM name + '-' + replica); "
+                                  "shorten the farm or VM name")
