@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import queue
 import select
@@ -48,9 +49,13 @@ from gatekeeper.vnet.port import (
     VnetPort,
 )
 from gatekeeper.vnet.receive import Receiver
+from gatekeeper.vnet.supervisor import RateLimitedLog, Supervisor
 from softudc.wire import ETHERIP_PROTO, VNET_PORT
 from softudc.wire.esp import ESP_PORT
 from softudc.wire.udpframe import FRAME_PREFIX_LEN
+
+log = logging.getLogger("gatekeeper.vnet.forwarder")
+ControlRequest = tuple[str, VnetPort, threading.Event, list[Exception]]
 
 
 class Forwarder(Receiver):
@@ -84,7 +89,9 @@ class Forwarder(Receiver):
                                                "esp": Counter(), "ctl": Counter()}
         self.varp_rx = 0
         self._stopping = False
-        self._threads: list[threading.Thread] = []
+        # Restarts any worker thread that ends anyway; its health goes into the host report.
+        self.supervisor = Supervisor(clock=time.monotonic)
+        self._errlog = RateLimitedLog(log)
         self._udp = self._open_udp()
         self._raw: socket.socket | None = None
         self._esp: socket.socket | None = None
@@ -92,7 +99,7 @@ class Forwarder(Receiver):
         self._ep = select.epoll()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ep.register(self._wake_r, select.EPOLLIN)
-        self._ctl: queue.Queue[tuple[str, VnetPort, threading.Event]] = queue.Queue()
+        self._ctl: queue.Queue[ControlRequest] = queue.Queue()
 
     # --- sockets ------------------------------------------------------------------------------
 
@@ -143,23 +150,26 @@ class Forwarder(Receiver):
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.supervisor.start()
         self._spawn("tap", self._tap_loop)
         self._spawn("udp", self._udp_loop)
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        t = threading.Thread(target=target, name=f"fwd-{name}", daemon=True)
-        t.start()
-        self._threads.append(t)
+        self.supervisor.add(f"fwd-{name}", target)
+
+    def health(self) -> dict[str, object]:
+        """Each worker thread's state and the restarts so far (`Supervisor.health`)."""
+        return self.supervisor.health()
 
     def stop(self) -> None:
         self._stopping = True
+        self.supervisor.halt()  # before the loops return: their ending is no death to restart
         os.write(self._wake_w, b"x")
         for s in (self._udp, self._raw, self._esp):
             if s is not None:
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-        for t in self._threads:
-            t.join(timeout=2)
+        self.supervisor.stop(timeout=2)
         for s in (self._udp, self._raw, self._esp):
             if s is not None:
                 s.close()
@@ -180,27 +190,36 @@ class Forwarder(Receiver):
     def _control(self, op: str, port: VnetPort) -> None:
         """Registration changes run on the TAP thread, so a fd is never closed under its read."""
         done = threading.Event()
-        self._ctl.put((op, port, done))
+        errors: list[Exception] = []
+        self._ctl.put((op, port, done, errors))
         os.write(self._wake_w, b"x")
         if not done.wait(5):
-            raise RuntimeError(f"forwarder did not apply {op} of vnet {port.vnet} within 5 s")
+            health = self.health()["workers"]
+            raise RuntimeError(f"forwarder did not apply {op} of vnet {port.vnet} within 5 s (workers: {health}); "
+                               "see the gatekeeper's log for why")
+        if errors:
+            raise RuntimeError(f"forwarder could not {op} vnet {port.vnet}: {errors[0]}") from errors[0]
 
     def _apply_control(self) -> None:
         with contextlib.suppress(BlockingIOError):
             os.read(self._wake_r, 4096)
         while True:
             try:
-                op, port, done = self._ctl.get_nowait()
+                op, port, done, errors = self._ctl.get_nowait()
             except queue.Empty:
                 return
-            if op == "add":
-                self.vnets[port.vnet] = port
-                self._ep.register(port.fd, select.EPOLLIN)
-            else:
-                self.vnets.pop(port.vnet, None)
-                with contextlib.suppress(OSError, ValueError):
-                    self._ep.unregister(port.fd)
-            done.set()
+            try:
+                if op == "add":
+                    self._ep.register(port.fd, select.EPOLLIN)
+                    self.vnets[port.vnet] = port
+                else:
+                    self.vnets.pop(port.vnet, None)
+                    with contextlib.suppress(OSError, ValueError):
+                        self._ep.unregister(port.fd)
+            except Exception as e:  # the caller raises it; the TAP thread carries on
+                errors.append(e)
+            finally:
+                done.set()
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -387,7 +406,9 @@ class Forwarder(Receiver):
         body = mv[FRAME_PREFIX_LEN:]
         drops = self.drops["tap"]
         fdb, stale, local_macs = self.fdb, self.stale, self.local_macs
-        ports_by_fd: dict[int, VnetPort] = {}
+        # From the VNETs already registered: after a restart by the supervisor, their TAPs are
+        # served at once, not only after the next registration change.
+        ports_by_fd: dict[int, VnetPort] = {p.fd: p for p in self.vnets.values()}
         while not self._stopping:
             events = self._ep.poll()
             for fd, _ in events:
@@ -416,17 +437,22 @@ class Forwarder(Receiver):
                     if end - eth > port.max_frame and not (port.offload and buf[FRAME_PREFIX_LEN + 1]):
                         drops["oversize"] += 1
                         continue
-                    if buf[eth] & 1:  # group bit: broadcast or multicast
-                        port.stats[4] += 1
-                        self._emit(port, mv, end, self.flood_targets(port), drops)
-                        continue
-                    key = (vnet, bytes(buf[eth:eth + 6]))
-                    dest = fdb.get(key)
-                    if dest is not None:
-                        if key in stale:
-                            self.control.on_stale(vnet, key[1])
-                        self._emit(port, mv, end, (dest,), drops)
-                    elif key in local_macs:
-                        continue  # the bridge has not learned it yet; it already delivered locally
-                    else:
-                        self.control.on_miss(vnet, key[1], bytes(body[:n]))
+                    # One frame's failure is that frame's drop (audit R4: an IndexError from a
+                    # malformed GSO frame used to end this thread and all sending on the host).
+                    try:
+                        if buf[eth] & 1:  # group bit: broadcast or multicast
+                            port.stats[4] += 1
+                            self._emit(port, mv, end, self.flood_targets(port), drops)
+                            continue
+                        key = (vnet, bytes(buf[eth:eth + 6]))
+                        dest = fdb.get(key)
+                        if dest is not None:
+                            if key in stale:
+                                self.control.on_stale(vnet, key[1])
+                            self._emit(port, mv, end, (dest,), drops)
+                        elif key in local_macs:
+                            continue  # the bridge has not learned it yet; it already delivered locally
+                        else:
+                            self.control.on_miss(vnet, key[1], bytes(body[:n]))
+                    except Exception as e:
+                        self._count_error("tap", drops, e)

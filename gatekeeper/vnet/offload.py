@@ -98,9 +98,12 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = Fa
         raise OffloadError("TCPV4 super-frame without an IPv4 header")
     ihl = (frame[ETH_LEN] & 0x0F) * 4
     l4 = ETH_LEN + ihl
-    if frame[ETH_LEN + 9] != IPPROTO_TCP or len(frame) < l4 + 20:
-        raise OffloadError("TCPV4 super-frame without a TCP header")
-    hlen = l4 + (frame[l4 + 12] >> 4) * 4
+    if ihl < 20 or frame[ETH_LEN + 9] != IPPROTO_TCP or len(frame) < l4 + 20:
+        raise OffloadError("TCPV4 super-frame without a valid IPv4 and TCP header")
+    thl = (frame[l4 + 12] >> 4) * 4
+    if thl < 20:  # R4: a data offset below 5 made the header template shorter than its fields
+        raise OffloadError(f"TCPV4 super-frame with a TCP header of {thl} bytes (at least 20)")
+    hlen = l4 + thl
     mss = hdr.gso_size
     payload = len(frame) - hlen
     if mss <= 0 or payload <= 0 or hlen > len(frame):
@@ -200,7 +203,9 @@ def _tcp_info(frame: memoryview) -> tuple[int, int, int] | None:
         return None  # a fragment (MF set or offset): never merge
     l4 = ETH_LEN + ihl
     thl = (frame[l4 + 12] >> 4) * 4
-    if len(frame) < l4 + thl:
+    # R2: the data offset (4 bits, so at most 60 bytes) must cover the fixed 20-byte header, or
+    # the flow mask and the seq/flag offsets below would point past the header.
+    if thl < 20 or len(frame) < l4 + thl:
         return None
     return l4, l4 + thl, frame[l4 + 13]
 
@@ -211,6 +216,8 @@ def needs_csum_hdr(frame: memoryview, writable: bytearray | memoryview, offset: 
     if len(frame) < ETH_LEN + 20 or frame[12] != 0x08 or frame[13] != 0x00:
         return NO_VNET_HDR
     ihl = (frame[ETH_LEN] & 0x0F) * 4
+    if ihl < 20:
+        return NO_VNET_HDR  # not a valid IPv4 header: nothing to seed
     proto = frame[ETH_LEN + 9]
     l4 = ETH_LEN + ihl
     total = (frame[ETH_LEN + 2] << 8) | frame[ETH_LEN + 3]
