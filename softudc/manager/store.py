@@ -4,6 +4,11 @@ Every write gets the next value of one global revision; objects keep the revisio
 written at, so `put(..., expect=rev)` is a compare-and-swap and `changes(since)` is a watch (the
 manager's controllers and the CLI's `--wait` poll it). Deletes leave a tombstone until compacted,
 so a watcher learns about them. An event log records what happened, for `describe`.
+
+A name written again after a delete is a new object (audit R6, R28): it starts with an empty
+status and without the old object's events, so nothing of a deleted farm (its VNET ids, its
+instances, its history) passes to whoever creates that name next. The event log keeps the latest
+MAX_EVENTS per object, and `compact()` drops old tombstones with their events.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
     type TEXT NOT NULL, message TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_object ON events(kind, name, id);
 INSERT OR IGNORE INTO meta VALUES ('revision', 0);
 """
+
+MAX_EVENTS = 1000  # per object: `describe` shows the latest; older ones are dropped as new ones come
 
 
 class Conflict(RuntimeError):
@@ -56,6 +64,7 @@ class Store(Protocol):
     def revision(self) -> int: ...
     def event(self, kind: str, name: str, type_: str, message: str) -> None: ...
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
+    def compact(self, before: int) -> int: ...
 
 
 class SqliteStore:
@@ -95,12 +104,16 @@ class SqliteStore:
         return row
 
     def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int:
+        """Create or update; a tombstone written again is a new object: empty status, no events."""
         with self._tx() as db:
-            self._check(db, kind, name, expect)
+            row = self._check(db, kind, name, expect)
+            if row is None or row[1]:
+                db.execute("DELETE FROM events WHERE kind=? AND name=?", (kind, name))
             rev = self._next(db)
             db.execute("INSERT INTO objects (kind, name, revision, spec, status, deleted) VALUES (?, ?, ?, ?, '{}', 0) "
                        "ON CONFLICT(kind, name) DO UPDATE SET revision=excluded.revision, spec=excluded.spec, "
-                       "deleted=0", (kind, name, rev, json.dumps(spec, sort_keys=True)))
+                       "status=CASE WHEN objects.deleted THEN '{}' ELSE objects.status END, deleted=0",
+                       (kind, name, rev, json.dumps(spec, sort_keys=True)))
             return rev
 
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int:
@@ -152,6 +165,20 @@ class SqliteStore:
         with self._tx() as db:
             db.execute("INSERT INTO events (time, kind, name, type, message) VALUES (?, ?, ?, ?, ?)",
                        (time.time(), kind, name, type_, message))
+            # Retention: keep the object's latest MAX_EVENTS (an index range, cheap per insert).
+            oldest_dropped = db.execute("SELECT id FROM events WHERE kind=? AND name=? ORDER BY id DESC LIMIT 1 "
+                                        "OFFSET ?", (kind, name, MAX_EVENTS)).fetchone()
+            if oldest_dropped:
+                db.execute("DELETE FROM events WHERE kind=? AND name=? AND id <= ?", (kind, name, oldest_dropped[0]))
+
+    def compact(self, before: int) -> int:
+        """Drop tombstones written at or before revision `before`, with their events; a watcher
+        further behind than that lists objects again. Returns how many were dropped."""
+        with self._tx() as db:
+            gone = db.execute("SELECT kind, name FROM objects WHERE deleted=1 AND revision <= ?", (before,)).fetchall()
+            db.executemany("DELETE FROM events WHERE kind=? AND name=?", gone)
+            db.execute("DELETE FROM objects WHERE deleted=1 AND revision <= ?", (before,))
+            return len(gone)
 
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         """The latest `limit` events, oldest first; of one kind and object when given."""
