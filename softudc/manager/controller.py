@@ -12,12 +12,12 @@ anything else it runs. MACs derive from that name: stable across migrations and 
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
+import re
 from dataclasses import asdict
 from typing import Any
 
-from softudc.manager.planner import Instance, plan_farm
+from softudc.manager.planner import Instance, derive_mac, plan_farm
 from softudc.model.farm import Farm
 from softudc.placement import Host
 from softudc.placement.model import fmt_mib
@@ -30,8 +30,16 @@ def vm_name(farm: str, instance: str) -> str:
 
 
 def nic_mac(farm: str, instance: str, vnet: str) -> str:
-    digest = hashlib.sha256(f"{farm}/{instance}/{vnet}".encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+    """The MAC an instance had before MACs were stored in its status (the planner now allocates
+    them, unique per VNET, starting from this one)."""
+    return derive_mac(farm, instance, vnet)
+
+
+def split_vm_name(name: str) -> tuple[str, str] | None:
+    """(farm, instance) of a VM name made by `vm_name`, None for anything else. Exact, since
+    neither part may contain the separator (audit R24)."""
+    parts = name.split(SEPARATOR)
+    return (parts[0], parts[1]) if len(parts) == 2 and all(parts) else None
 
 
 def inventory(host_reports: dict[str, dict[str, Any]]) -> list[Host]:
@@ -102,40 +110,62 @@ def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],
     """The farm's new status (instances placed, kept or gone), a one-line summary, and what was
     observed on the hosts as events. `hosts` carry the usage of every other farm already."""
     observed, events = observe(farm.name, status.get("instances", []), host_reports, now)
-    current = [Instance(i["name"], i["vm"], i["host"], dict(i.get("addresses", {})), i.get("migrating"))
-               for i in observed]
+    current = [Instance(i["name"], i["vm"], i["host"], dict(i.get("addresses", {})), i.get("migrating"),
+                        dict(i.get("macs", {}))) for i in observed]
     known = {**taken_vnet_ids, **{(farm.name, k): v for k, v in status.get("vnet_ids", {}).items()}}
     plan = plan_farm(farm, hosts, current, known)
     instances = sorted(plan.keep + plan.create, key=lambda i: i.name)
     running = {(vm, h) for h, r in host_reports.items() for vm in r.get("running", [])}
     sizes = {v.name: (v.vcpus, v.memory_mib) for v in farm.vms}
     ready = all((vm_name(farm.name, i.name), i.host) in running for i in instances)
+    broken = vnet_errors(plan.vnet_ids, host_reports)
     new_status = {
         "instances": [{**{k: v for k, v in asdict(i).items() if v is not None},
-                       **instance_state(vm_name(farm.name, i.name), i, running, host_reports),
+                       **instance_state(vm_name(farm.name, i.name), i, running, host_reports, broken),
                        **pending_change(vm_name(farm.name, i.name), i, sizes.get(i.vm), host_reports)}
                       for i in instances],
         "vnet_ids": plan.vnet_ids,
         "unplaced": plan.unplaced,
         "conditions": {"Placed": not plan.unplaced, "Ready": ready and not plan.unplaced,
-                       "Degraded": bool(plan.unplaced) or (bool(instances) and not ready)},
+                       "Degraded": bool(plan.unplaced) or (bool(instances) and not ready) or bool(broken)},
     }
+    if broken:  # a VNET a host could not make (MTU, keys...): the farm's owner sees why (audit R25)
+        new_status["vnet_errors"] = [f"{h}: VNET {name}: {why}" for (h, name), why in sorted(broken.items())]
     summary = f"+{len(plan.create)} -{len(plan.delete)} ={len(plan.keep)}"
     if plan.unplaced:
         summary += f", {len(plan.unplaced)} cannot be placed"
     return new_status, summary, events
 
 
+VNET_ERROR = re.compile(r"^vnet\.[a-z]+ ([0-9]+): (.*)$", re.DOTALL)  # converge's "vnet.create 5: why"
+
+
+def vnet_errors(vnet_ids: dict[str, int], reports: dict[str, dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(host, VNET name) -> the error a host reported making or changing one of these VNETs."""
+    names = {str(i): n for n, i in vnet_ids.items()}
+    out = {}
+    for host, report in sorted(reports.items()):
+        for error in report.get("errors", []):
+            m = VNET_ERROR.match(error) if isinstance(error, str) else None
+            if m and m.group(1) in names:
+                out[(host, names[m.group(1)])] = m.group(2)
+    return out
+
+
 def instance_state(name: str, inst: Instance, running: set[tuple[str, str]],
-                   reports: dict[str, dict[str, Any]]) -> dict[str, str]:
+                   reports: dict[str, dict[str, Any]],
+                   vnet_errors: dict[tuple[str, str], str] | None = None) -> dict[str, str]:
     """What the hosts say of an instance: running, migrating, or pending, with the error its host
-    reported for it (a VM that fails to start says why in the farm's own status)."""
+    reported for it or for one of its VNETs (a VM that fails to start says why in the farm's own
+    status)."""
     if inst.migrating:
         return {"state": "migrating"}
     if (name, inst.host) in running:
         return {"state": "running"}
     report = reports.get(inst.host, {})
     error = next((e.split(": ", 1)[1] for e in report.get("errors", []) if f" {name}: " in f" {e}"), None)
+    error = error or next((f"VNET {vnet}: {why}" for (h, vnet), why in sorted((vnet_errors or {}).items())
+                           if h == inst.host and vnet in inst.addresses), None)
     state = {"state": "down" if report.get("state") == "down" else "pending"}
     return {**state, "error": error} if error else state
 
@@ -145,8 +175,9 @@ def pending_change(name: str, inst: Instance, want: tuple[int, int] | None,
     """A running VM whose size the descriptor changed keeps its old size until it restarts (a
     live VM is never restarted behind the admin's back): say so rather than stay silent."""
     have = reports.get(inst.host, {}).get("sizes", {}).get(name)
-    if want is None or not have or None in have or tuple(have) == want:
-        return {}
+    if want is None or not isinstance(have, list) or len(have) != 2 or \
+            not all(type(v) is int for v in have) or tuple(have) == want:
+        return {}  # unknown (the host did not say) or unchanged
     parts = [f"{what} {a} -> {b}" for what, a, b in (("vCPUs", have[0], want[0]),
                                                       ("memory", fmt_mib(have[1]), fmt_mib(want[1]))) if a != b]
     return {"change": ", ".join(parts) + " after a stop and start"}
@@ -167,16 +198,19 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
                 continue  # not here; or moving cold: stopped everywhere until it is stopped
             nics = []
             for nic in vm.nics:
-                vid = ids[nic.vnet]
+                vid = ids.get(nic.vnet)
+                if vid is None:  # a VNET added to a farm that could not be planned (see its status)
+                    continue
                 vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet,
                               "security": vnet_defs[nic.vnet].security, "mtu": vnet_defs[nic.vnet].mtu}
                 subnet = vnet_defs[nic.vnet].subnet
-                ip = f"{inst['addresses'][nic.vnet]}/{subnet.prefixlen}" \
-                    if ipaddress.IPv4Address(inst["addresses"][nic.vnet]) in subnet else None
+                addr = inst.get("addresses", {}).get(nic.vnet)  # none yet: the farm's plan failed
+                ip = f"{addr}/{subnet.prefixlen}" if addr and ipaddress.IPv4Address(addr) in subnet else None
                 peers = sorted({o["addresses"][nic.vnet] for o in status["instances"]
                                 if o["name"] != inst["name"] and nic.vnet in o.get("addresses", {})},
                                key=ipaddress.IPv4Address)
-                nics.append({"vnet": vid, "mac": nic_mac(farm.name, inst["name"], nic.vnet), "ip": ip,
+                mac = inst.get("macs", {}).get(nic.vnet) or nic_mac(farm.name, inst["name"], nic.vnet)
+                nics.append({"vnet": vid, "mac": mac, "ip": ip,
                              "peers": peers})
             entry: dict[str, Any] = {"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus,
                                      "memory_mib": vm.memory_mib, "nics": nics}

@@ -2,17 +2,24 @@
 (and why), their addresses, and the VNET ids. Pure: the manager feeds it the current state and
 applies the plan; `softudc apply --dry-run` prints the same plan.
 
-Stable choices: an instance keeps its host and addresses across re-applies, so scaling web from
-2 to 3 replicas creates exactly web-2 and touches nothing else.
+Stable choices: an instance keeps its host, addresses and MACs across re-applies, so scaling web
+from 2 to 3 replicas creates exactly web-2 and touches nothing else. A NIC added to a VM gets an
+address and a MAC on its kept instances too (audit R10).
+
+Uniqueness is checked, never assumed (audit R6, R26): a VNET id is kept only while no other farm
+holds it, and a MAC only while no other instance on that VNET has it. Pools are walked lazily, so
+planning never lists a whole subnet (audit R9).
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from softudc.model.farm import Farm
+from softudc.model.farm import Farm, VmDef
 from softudc.placement import Group, Host, Request, charge, place
 
 MAX_VNET_ID = 4094
@@ -31,6 +38,7 @@ class Instance:
     host: str
     addresses: dict[str, str] = field(default_factory=dict)
     migrating: dict[str, Any] | None = None  # {to, attempt, uri, state, ...} while it moves
+    macs: dict[str, str] = field(default_factory=dict)  # per VNET, unique on it
 
 
 @dataclass
@@ -71,26 +79,52 @@ def occupied(inst: Instance | dict[str, Any]) -> list[str]:
 
 
 def allocate_vnet_ids(farm: Farm, taken: dict[tuple[str, str], int]) -> dict[str, int]:
-    """A VNET id per VNET of `farm`, keeping ids already given (taken: (farm, vnet) -> id)."""
-    used = set(taken.values())
+    """A VNET id per VNET of `farm` (taken: (farm, vnet) -> id, for every live farm). An id this
+    farm had is kept only while no other farm holds it: a stale id (a deleted farm's, or one in
+    status written before ids were checked) must never put two farms on one segment."""
+    others = {i for (f, _), i in taken.items() if f != farm.name}
+    used = set(others)
     out = {}
     for vnet in farm.vnets:
-        key = (farm.name, vnet.name)
-        if key in taken:
-            out[vnet.name] = taken[key]
+        had = taken.get((farm.name, vnet.name))
+        if had is not None and had not in used and 2 <= had <= MAX_VNET_ID:
+            out[vnet.name] = had
+            used.add(had)
+    for vnet in farm.vnets:
+        if vnet.name in out:
             continue
         free = next((i for i in range(2, MAX_VNET_ID + 1) if i not in used), None)  # 1: the physical network
         if free is None:
-            raise PlanError("all 4093 VNET ids are in use; delete a farm first")
+            raise PlanError(f"all {MAX_VNET_ID - 1} VNET ids are in use, so VNET {vnet.name} gets none; "
+                            "delete a farm (or a VNET) first")
         used.add(free)
         out[vnet.name] = free
     return out
 
 
-def _pool(farm: Farm, vnet: str, taken: set[ipaddress.IPv4Address]) -> list[ipaddress.IPv4Address]:
-    subnet = next(v.subnet for v in farm.vnets if v.name == vnet)
+def _pool(subnet: ipaddress.IPv4Network, taken: set[ipaddress.IPv4Address]) -> Iterator[ipaddress.IPv4Address]:
+    """Free addresses, lowest first, made one at a time: a /16 is never listed whole."""
     # .1 stays free for a gateway, by convention; statics and existing instances are skipped.
-    return [a for a in list(subnet.hosts())[1:] if a not in taken]
+    for n in range(int(subnet.network_address) + 2, int(subnet.broadcast_address)):
+        address = ipaddress.IPv4Address(n)
+        if address not in taken:
+            yield address
+
+
+def derive_mac(farm: str, instance: str, vnet: str, attempt: int = 0) -> str:
+    """A locally administered MAC from the names: stable across migrations and re-applies.
+    `attempt` > 0 picks another one when the first is taken on the VNET."""
+    seed = f"{farm}/{instance}/{vnet}" + (f"/{attempt}" if attempt else "")
+    digest = hashlib.sha256(seed.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def _unique_mac(farm: str, instance: str, vnet: str, used: set[str]) -> str:
+    for attempt in range(len(used) + 1):  # at most len(used) names can be taken
+        mac = derive_mac(farm, instance, vnet, attempt)
+        if mac not in used:
+            return mac
+    raise PlanError(f"no free MAC for {instance} on VNET {vnet}")  # unreachable: see the loop bound
 
 
 def plan_farm(farm: Farm, hosts: list[Host], current: list[Instance],
@@ -116,24 +150,52 @@ def plan_farm(farm: Farm, hosts: list[Host], current: list[Instance],
     new = [Request(n, vm.vcpus, vm.memory_mib, vm.group) for n, vm in desired.items() if n not in by_name]
     placement = place(hosts, new, groups, cpu_ratio, mem_ratio)
     plan.unplaced = placement.unplaced
-    # Addresses: statics by replica index, the pool for the rest, kept for kept instances.
-    taken: dict[str, set[ipaddress.IPv4Address]] = {v.name: set() for v in farm.vnets}
-    for inst in plan.keep:
-        for vnet, addr in inst.addresses.items():
-            taken.setdefault(vnet, set()).add(ipaddress.IPv4Address(addr))
-    for vm in farm.vms:
-        for nic in vm.nics:
-            taken[nic.vnet].update(nic.addresses)
-    pools = {v.name: iter(_pool(farm, v.name, taken[v.name])) for v in farm.vnets}
+    addressing = _Addressing(farm, plan.keep)
+    plan.keep = [addressing.complete(inst, desired[inst.name]) for inst in plan.keep]
     for step in sorted(placement.steps, key=lambda s: s.request):
         vm = desired[step.request]
-        index = int(step.request.rsplit("-", 1)[1])
-        addresses: dict[str, str] = {}
-        for nic in vm.nics:
-            chosen = nic.addresses[index] if nic.addresses else next(pools[nic.vnet], None)
-            if chosen is None:
-                raise PlanError(f"VNET {nic.vnet} of farm {farm.name} has no free address left")
-            addresses[nic.vnet] = str(chosen)
-        plan.create.append(Instance(step.request, vm.name, step.host, addresses))
+        plan.create.append(addressing.complete(Instance(step.request, vm.name, step.host), vm))
         plan.reasons[step.request] = step.reason
     return plan
+
+
+class _Addressing:
+    """Addresses and MACs per VNET: statics by replica index, the pool for the rest; what kept
+    instances have stays theirs, and what they lack (a NIC added since) is given like to a new one."""
+
+    def __init__(self, farm: Farm, kept: list[Instance]) -> None:
+        self.farm = farm
+        wanted = {vm.name: {nic.vnet for nic in vm.nics} for vm in farm.vms}
+        self.taken: dict[str, set[ipaddress.IPv4Address]] = {v.name: set() for v in farm.vnets}
+        self.macs: dict[str, set[str]] = {v.name: set() for v in farm.vnets}
+        for inst in kept:
+            for vnet in wanted.get(inst.vm, set()):
+                if vnet in inst.addresses:
+                    self.taken[vnet].add(ipaddress.IPv4Address(inst.addresses[vnet]))
+                if vnet in inst.macs:
+                    self.macs[vnet].add(inst.macs[vnet])
+        for vm in farm.vms:
+            for nic in vm.nics:
+                self.taken[nic.vnet].update(nic.addresses)
+        self.pools = {v.name: _pool(v.subnet, self.taken[v.name]) for v in farm.vnets}
+
+    def complete(self, inst: Instance, vm: VmDef) -> Instance:
+        """`inst` with an address and a MAC on every VNET its VM has a NIC on (and no others)."""
+        index = int(inst.name.rsplit("-", 1)[1])
+        addresses: dict[str, str] = {}
+        macs: dict[str, str] = {}
+        for nic in vm.nics:
+            have = inst.addresses.get(nic.vnet)
+            chosen = have or (nic.addresses[index] if nic.addresses else next(self.pools[nic.vnet], None))
+            if chosen is None:
+                raise PlanError(f"VNET {nic.vnet} of farm {self.farm.name} has no free address left for "
+                                f"{inst.name}; use a larger subnet or fewer replicas")
+            addresses[nic.vnet] = str(chosen)
+            mac = inst.macs.get(nic.vnet)
+            if mac is None:  # derived as before MACs were stored, then checked against the VNET's others
+                mac = _unique_mac(self.farm.name, inst.name, nic.vnet, self.macs[nic.vnet])
+                self.macs[nic.vnet].add(mac)
+            macs[nic.vnet] = mac
+        if addresses == inst.addresses and macs == inst.macs:
+            return inst
+        return Instance(inst.name, inst.vm, inst.host, addresses, inst.migrating, macs)
