@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from gatekeeper.converge import MANAGED, Here, converge, recover_migrations, settle_recovered
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
+from softudc.atomicfile import move_aside, write_atomic
 
 log = logging.getLogger("gatekeeper.manager")
 DEPARTED_FOR = 120.0  # seconds a VM that migrated away is not restarted here
@@ -52,16 +53,18 @@ class ManagerClient:
         if self.state_file is None or not self.state_file.exists():
             return set()
         try:
-            return {int(v) for v in json.loads(self.state_file.read_text()).get("managed_vnets", [])}
-        except (ValueError, OSError) as e:
+            return {int(v) for v in json.loads(self.state_file.read_bytes()).get("managed_vnets", [])}
+        except OSError as e:
             log.warning("%s: %s; VNETs made for the manager before a restart will not be removed", self.state_file, e)
-            return set()
+        except (ValueError, TypeError, AttributeError) as e:  # empty, truncated or garbage: keep it for a human
+            aside = move_aside(self.state_file)
+            log.warning("%s is corrupt (%s); moved it to %s: VNETs made for the manager before a restart will not "
+                        "be removed", self.state_file, e, aside)
+        return set()
 
     def _save_managed(self) -> None:
         if self.state_file is not None:
-            tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"managed_vnets": sorted(self.managed_vnets)}))
-            tmp.replace(self.state_file)
+            write_atomic(self.state_file, json.dumps({"managed_vnets": sorted(self.managed_vnets)}).encode())
 
     def _call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
         conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=timeout)

@@ -1,8 +1,10 @@
 """The manager's certificate authority: `softudc init` creates it; gatekeepers join with a
 one-time token and get a client certificate; manager <-> gatekeeper traffic is mutual TLS only.
 
-Files in the PKI directory: ca.crt, ca.key (0600), tokens.json (only SHA-256 digests of tokens,
-never the tokens themselves).
+Files in the PKI directory (0700): ca.crt, ca.key (0600, created exclusively), tokens.json (0600;
+only SHA-256 digests of tokens, never the tokens themselves). tokens.json is changed under a lock
+and replaced atomically (`softudc.atomicfile`), so concurrent joins redeem a token once and readers
+never see half a file.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import datetime
 import hashlib
 import ipaddress
 import json
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from softudc.atomicfile import create_exclusive, locked, private_dir, write_atomic
 
 CA_DAYS = 3650
 LEAF_DAYS = 365
@@ -34,10 +37,10 @@ def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+def fingerprint(cert_pem: bytes) -> str:
+    """SHA-256 of a certificate's DER form, hex: what the manager binds a host name to."""
+    der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
+    return hashlib.sha256(der).hexdigest()
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -59,7 +62,7 @@ class CertificateAuthority:
 
     @classmethod
     def create(cls, directory: Path, name: str = "SoftUDC CA") -> CertificateAuthority:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dir(directory)
         if (directory / "ca.key").exists():
             raise PkiError(f"{directory} already holds a CA; remove it first if you really mean to replace it "
                            "(every gatekeeper would have to join again)")
@@ -75,8 +78,8 @@ class CertificateAuthority:
                                              data_encipherment=False, key_agreement=False,
                                              encipher_only=False, decipher_only=False), critical=True)
                 .sign(key, hashes.SHA256()))
-        _write_private(directory / "ca.key", _key_pem(key))
-        (directory / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        create_exclusive(directory / "ca.key", _key_pem(key))
+        write_atomic(directory / "ca.crt", cert.public_bytes(serialization.Encoding.PEM), 0o644)
         return cls(directory, cert, key)
 
     @classmethod
@@ -120,43 +123,66 @@ class CertificateAuthority:
         cert = self._leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, key.public_key(), [])
         return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
 
+    @staticmethod
+    def check_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+        """A certificate request we would sign: PEM, self-signed correctly, an EC key.
+        ValueError if it is not a PEM request at all, PkiError if we refuse it."""
+        csr = x509.load_pem_x509_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise PkiError("the certificate request's signature does not verify; make a new one")
+        if not isinstance(csr.public_key(), ec.EllipticCurvePublicKey):
+            raise PkiError("only EC keys are accepted; make the request with an EC (P-256) key")
+        return csr
+
     def sign_csr(self, csr_pem: bytes, name: str) -> bytes:
         """A gatekeeper keeps its key: it sends a CSR with its join token; the name is the
         token's, never the one the CSR asks for."""
-        csr = x509.load_pem_x509_csr(csr_pem)
-        if not csr.is_signature_valid:
-            raise PkiError("the certificate request's signature does not verify")
-        public = csr.public_key()
-        if not isinstance(public, ec.EllipticCurvePublicKey):
-            raise PkiError("only EC keys are accepted")
+        public = self.check_csr(csr_pem).public_key()
+        assert isinstance(public, ec.EllipticCurvePublicKey)
         return self._leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, public, []).public_bytes(serialization.Encoding.PEM)
+
+    def join(self, token: str, csr_pem: bytes) -> tuple[str, bytes]:
+        """A host joins: (its name, its new certificate). The request is checked before the token
+        is spent, so a broken CSR does not cost the operator a new token."""
+        self.check_csr(csr_pem)
+        host = self.redeem_join_token(token)
+        return host, self.sign_csr(csr_pem, host)
 
     # --- one-time join tokens -----------------------------------------------------------------
 
+    @property
+    def _tokens_path(self) -> Path:
+        return self.directory / "tokens.json"
+
     def _tokens(self) -> dict[str, dict[str, object]]:
         try:
-            data: dict[str, dict[str, object]] = json.loads((self.directory / "tokens.json").read_text())
+            data: dict[str, dict[str, object]] = json.loads(self._tokens_path.read_text())
             return data
         except FileNotFoundError:
             return {}
 
     def _save_tokens(self, tokens: dict[str, dict[str, object]]) -> None:
-        _write_private(self.directory / "tokens.json", json.dumps(tokens, indent=1).encode())
+        write_atomic(self._tokens_path, json.dumps(tokens, indent=1).encode())
 
     def create_join_token(self, host: str, ttl: float = 3600.0) -> str:
         token = secrets.token_urlsafe(32)
-        tokens = self._tokens()
-        tokens[hashlib.sha256(token.encode()).hexdigest()] = {"host": host, "expires": time.time() + ttl}
-        self._save_tokens(tokens)
+        with locked(self._tokens_path):
+            tokens = self._tokens()
+            tokens[hashlib.sha256(token.encode()).hexdigest()] = {"host": host, "expires": time.time() + ttl}
+            self._save_tokens(tokens)
         return token
 
     def redeem_join_token(self, token: str) -> str:
-        """The host the token was made for; the token is gone afterwards (one time only)."""
-        tokens = self._tokens()
-        entry = tokens.pop(hashlib.sha256(token.encode()).hexdigest(), None)
-        self._save_tokens({k: v for k, v in tokens.items() if float(v["expires"]) > time.time()})  # type: ignore[arg-type]
-        if entry is None:
-            raise PkiError("unknown or already used join token; create a new one with `softudc host join-token`")
+        """The host the token was made for; the token is gone afterwards (one time only: the
+        read, the removal and the write happen under one lock, so two joins cannot both win)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        with locked(self._tokens_path):
+            tokens = self._tokens()
+            entry = tokens.pop(digest, None)
+            if entry is None:  # nothing changes: an unknown token never rewrites the file
+                raise PkiError("unknown or already used join token; create a new one with `softudc host join-token`")
+            now = time.time()
+            self._save_tokens({k: v for k, v in tokens.items() if float(v["expires"]) > now})  # type: ignore[arg-type]
         if float(entry["expires"]) < time.time():  # type: ignore[arg-type]
             raise PkiError("the join token has expired; create a new one")
         return str(entry["host"])

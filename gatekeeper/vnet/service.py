@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,12 +20,14 @@ from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
 from gatekeeper.vnet.forwarder import Forwarder
 from gatekeeper.vnet.port import VnetPort, gso_max_size_for, mtu_for
 from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, VarpCache
+from softudc.atomicfile import move_aside, write_atomic
 from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for, varp_mac
 from softudc.wire import VarpMessage, VarpOp, VarpTrailer, WireError, build_varp, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
 from softudc.wire.varp import VARP_LEN
 
 log = logging.getLogger("gatekeeper.vnet")
+MAX_VARP_SEEN = 65536  # signed VARP messages remembered within the freshness window (replay cache)
 
 
 class ServiceError(RuntimeError):
@@ -66,7 +68,10 @@ class VnetService:
         # Keys from the keys file: used when a VNET is created without keys of its own.
         self.keyring: dict[int, VnetKeys] = load_keys(config.keys_file) if config.keys_file else {}
         self._varp_keys: dict[tuple[int, int], bytes] = {}
-        self._varp_seen: dict[tuple[int, int, bytes], int] = {}  # replay cache: (key id, ts, mac) -> ts
+        # Replay cache of signed VARP messages: (key id, ts, mac), and the same in arrival order
+        # with its timestamp, so that pruning by time costs only what it removes (audit R28).
+        self._varp_seen: set[tuple[int, int, bytes]] = set()
+        self._varp_seen_order: deque[tuple[int, tuple[int, int, bytes]]] = deque()
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -386,12 +391,24 @@ class VnetService:
             return "stale"
         seen_key = (t.key_id, t.timestamp_ns, t.mac)
         with self.lock:
+            self._prune_varp_seen(now - window)
             if seen_key in self._varp_seen:
                 return "replayed"
-            self._varp_seen[seen_key] = t.timestamp_ns
-            if len(self._varp_seen) > 4096:
-                self._varp_seen = {k: ts for k, ts in self._varp_seen.items() if now - ts <= window}
+            if len(self._varp_seen) >= MAX_VARP_SEEN:
+                # Only messages with a valid MAC get here, so only key holders can fill the cache;
+                # refusing (VARP retries) keeps every replay out, evicting early would not.
+                return "replay_cache_full"
+            self._varp_seen.add(seen_key)
+            self._varp_seen_order.append((t.timestamp_ns, seen_key))
         return None
+
+    def _prune_varp_seen(self, oldest_ns: int) -> None:
+        """Forget messages older than the freshness window: a replay of them is refused as stale.
+        Entries are pruned in arrival order; one that arrived early with a late timestamp waits
+        behind it, which only keeps it longer than needed, never shorter. Called with the lock."""
+        order = self._varp_seen_order
+        while order and order[0][0] < oldest_ns:
+            self._varp_seen.discard(order.popleft()[1])
 
     # --- helpers ------------------------------------------------------------------------------
 
@@ -425,12 +442,8 @@ class VnetService:
                       for p in self.forwarder.vnets.values()],
             "ports": [{"ifname": i, "vnet": v, "mac": m.hex(":")} for i, (v, m) in self.ports.items()],
         }
-        tmp = self.state_file.with_suffix(".tmp")
-        # The state holds VNET secrets: readable by root only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(state, indent=1))
-        tmp.replace(self.state_file)
+        # The state holds VNET secrets: readable by root only; all or nothing, and durable.
+        write_atomic(self.state_file, json.dumps(state, indent=1).encode())
 
     def _keys_state(self, vnet: int) -> dict[str, Any] | None:
         keys = self.forwarder.sas.keys(vnet)
@@ -438,11 +451,26 @@ class VnetService:
             return None
         return {"send_epoch": keys.send_epoch, "secrets": {str(e): k.hex() for e, k in keys.secrets.items()}}
 
+    def _load_state(self) -> dict[str, Any]:
+        """The saved state, or {} when there is none. A file that does not parse (empty after a
+        crash, truncated, garbage) is moved aside for a human and the gatekeeper starts empty:
+        the manager, or whoever made the VNETs, makes them again (converge)."""
+        if self.state_file is None or not self.state_file.exists():
+            return {}
+        try:
+            state = json.loads(self.state_file.read_bytes())
+            if not isinstance(state, dict) or not all(isinstance(state.get(k, []), list) for k in ("vnets", "ports")):
+                raise ValueError("not an object with lists 'vnets' and 'ports'")
+            return state
+        except (ValueError, UnicodeDecodeError) as e:
+            aside = move_aside(self.state_file)
+            log.warning("state file %s is corrupt (%s); moved it to %s and starting with no VNETs: the manager "
+                        "re-creates them (look at that file, then delete it)", self.state_file, e, aside)
+            return {}
+
     def _restore(self) -> None:
         """After a restart: recreate the VNETs and re-attach ports that still exist."""
-        if self.state_file is None or not self.state_file.exists():
-            return
-        state = json.loads(self.state_file.read_text())
+        state = self._load_state()
         for v in state.get("vnets", []):
             try:
                 self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"),

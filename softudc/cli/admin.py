@@ -267,6 +267,13 @@ def cmd_host_state(a: argparse.Namespace) -> None:
                                                   ": new VMs go elsewhere; those there stay"))
 
 
+def cmd_host_rm(a: argparse.Namespace) -> None:
+    body = ok(*connect(a).call("DELETE", f"/v1/hosts/{a.name}" + ("?force=true" if a.force else "")))
+    print(f"{body['host']}: removed; its certificate is refused from now on (join it again with a new token)")
+    if body.get("instances"):
+        print(f"  still assigned to it: {', '.join(body['instances'])}", file=sys.stderr)
+
+
 def cmd_describe(a: argparse.Namespace) -> None:
     f = ok(*connect(a).call("GET", f"/v1/farms/{a.name}"))
     _print_farm(f)
@@ -320,6 +327,14 @@ def add_parsers(sub: Any) -> None:
     hs.add_argument("state", choices=["ready", "draining", "maintenance"])
     add_arguments(hs)
     hs.set_defaults(fn=cmd_host_state)
+    hr = hl.add_parser("rm", help="remove a host: its certificate is refused from then on")
+    hr.add_argument("name")
+    hr.add_argument("--force", action="store_true", help="even while instances are placed there")
+    add_arguments(hr)
+    hr.set_defaults(fn=cmd_host_rm)
+    from softudc.cli.manager import add_join_token_parser
+
+    add_join_token_parser(hl)
     ev = sub.add_parser("events", help="the manager's event log (applies, plans, migrations, host states)")
     ev.add_argument("--kind", choices=["farm", "host"])
     ev.add_argument("--name")

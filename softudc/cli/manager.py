@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import start_http_server
 
+from softudc.atomicfile import write_atomic
 from softudc.lab.lab import default_state_dir
 
 
@@ -23,14 +24,12 @@ def cmd_init(a: argparse.Namespace) -> None:
     from softudc.pki import PkiError
 
     d = _dir(a)
-    d.mkdir(parents=True, exist_ok=True)
     try:
         token = init(d, a.address)
     except PkiError as e:
         raise SystemExit(f"softudc: {e}") from None
     saved = d / "admin.token"
-    saved.write_text(token + "\n")
-    saved.chmod(0o600)
+    write_atomic(saved, (token + "\n").encode())  # 0600 from its first byte
     print(f"manager state in {d}: CA, server certificate for {', '.join(a.address)}, store")
     print(f"admin token: {token}\n  saved in {saved} (0600): `softudc get farms` on this host uses it; "
           "elsewhere pass --manager URL --ca CA --token-file FILE")
@@ -56,6 +55,26 @@ def cmd_manager(a: argparse.Namespace) -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.shutdown()
+
+
+def cmd_join_token(a: argparse.Namespace) -> None:
+    from softudc.pki import CertificateAuthority, PkiError
+
+    try:
+        token = CertificateAuthority.load(_dir(a) / "pki").create_join_token(a.name, a.ttl)
+    except PkiError as e:
+        raise SystemExit(f"softudc: {e}") from None
+    print(token)
+    print(f"one-time join token for host {a.name}, valid {a.ttl:.0f} s; joining again replaces the host's "
+          "certificate (the old one is refused)", file=sys.stderr)
+
+
+def add_join_token_parser(hosts: Any) -> None:
+    """`softudc host join-token NAME`, run on the manager's host (it writes the manager's state)."""
+    j = hosts.add_parser("join-token", help="a one-time token for a gatekeeper to join as NAME (on the manager's host)")
+    j.add_argument("name")
+    j.add_argument("--ttl", type=float, default=3600.0, help="seconds the token stays valid")
+    j.set_defaults(fn=cmd_join_token)
 
 
 def add_parsers(sub: Any) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager.auth import AuthError, Principal, TokenStore
 from softudc.manager.controller import host_desired, inventory, reconcile_farm
 from softudc.manager.metrics import make_registry
@@ -28,7 +29,7 @@ from softudc.manager.planner import occupied
 from softudc.manager.store import SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
-from softudc.pki import CertificateAuthority, PkiError
+from softudc.pki import CertificateAuthority, PkiError, fingerprint
 from softudc.placement import Group, Request, charge, place
 
 MAX_BODY = 1 << 20
@@ -86,6 +87,13 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"state": {"type": "string", "enum": ["ready", "draining", "maintenance"]}}}}}},
             "responses": {"200": {"description": "stored"}, "400": {"description": "bad state"},
                           "403": {"description": "not an admin"}, "404": {"description": "no such host"}}}},
+        "/v1/hosts/{name}": {"delete": {
+            "summary": "Remove a host (admin): its certificate is refused from then on; join again to come back",
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "force", "in": "query", "schema": {"type": "boolean"}}],
+            "responses": {"200": {"description": "removed"}, "403": {"description": "not an admin"},
+                          "404": {"description": "no such host"},
+                          "409": {"description": "instances are placed there (and which); force to remove anyway"}}}},
         "/v1/hosts/{name}/desired": {"get": {"summary": "What a gatekeeper should run (mutual TLS only); a long "
                                                         "poll with since=ETAG&wait=SECONDS",
                                              "security": [], "parameters": [
@@ -95,12 +103,12 @@ OPENAPI: dict[str, Any] = {
                                                  {"name": "wait", "in": "query",
                                                   "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
                                              "responses": {"200": {"description": "VNETs and VMs"},
-                                                           "403": {"description": "no or wrong certificate"}}}},
+                                                           "403": {"description": "bad certificate"}}}},
         "/v1/hosts/{name}/status": {"put": {"summary": "A gatekeeper reports (mutual TLS only)", "security": [],
                                             "parameters": [{"name": "name", "in": "path", "required": True,
                                                             "schema": {"type": "string"}}],
                                             "responses": {"200": {"description": "stored"},
-                                                          "403": {"description": "no or wrong client certificate"}}}},
+                                                          "403": {"description": "bad certificate"}}}},
     },
 }
 
@@ -116,7 +124,7 @@ class Manager:
     """The manager's state and the API's operations, independent of HTTP."""
 
     def __init__(self, state_dir: Path) -> None:
-        self.state_dir = state_dir
+        self.state_dir = private_dir(state_dir)  # 0700 even when an older version made it 0755
         self.store = SqliteStore(state_dir / "state.db")
         self.tokens = TokenStore(state_dir / "tokens.json")
         self.ca = CertificateAuthority.load(state_dir / "pki")
@@ -284,16 +292,58 @@ class Manager:
         return out
 
     def join(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A gatekeeper joins with a one-time token and a CSR. The host name is bound to the new
+        certificate (its fingerprint is stored): any certificate it had before is refused from
+        now on, so a re-installed or cloned machine with an old certificate cannot act as it."""
         try:
-            host = self.ca.redeem_join_token(str(body.get("token", "")))
-            cert = self.ca.sign_csr(str(body.get("csr", "")).encode(), host)
+            host, cert = self.ca.join(str(body.get("token", "")), str(body.get("csr", "")).encode())
         except PkiError as e:
             raise ApiError(403, str(e)) from None
         except ValueError as e:
-            raise ApiError(400, f"csr: not a PEM certificate request ({e})") from None
+            raise ApiError(400, f"csr: not a PEM certificate request ({e}); send the CSR the gatekeeper "
+                                "made, in PEM") from None
         old = self.store.get("host", host)
-        self.store.put("host", host, {**(old.spec if old else {}), "joined": time.time()})  # keeps its state
+        # `state` (an admin's draining/maintenance) is kept across a re-join; the certificate is not.
+        self.store.put("host", host, {**(old.spec if old else {}), "joined": time.time(),
+                                      "certificate": fingerprint(cert)})
+        if old is not None:
+            self._event("host", host, "Rejoined", "a new certificate; the ones it had before are refused from now on")
         return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
+
+    def authenticate_host(self, name: str, peer_cn: str | None, peer_fingerprint: str | None) -> None:
+        """Gatekeeper routes: the client certificate must name `name` and be the one `name` got
+        at its latest join (hosts that joined before certificates were recorded: any of ours)."""
+        if peer_cn is None or peer_fingerprint is None:
+            raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
+        if peer_cn != name:
+            raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
+        obj = self.store.get("host", name)
+        if obj is None:
+            raise ApiError(403, f"host {name!r} is not joined to this manager (never joined, or removed); "
+                                "join it with a new token")
+        bound = obj.spec.get("certificate")
+        if bound is not None and bound != peer_fingerprint:
+            raise ApiError(403, f"this certificate of {name!r} is superseded: the host was joined again since; "
+                                "if this machine should be that host, join it again with a new token")
+
+    def delete_host(self, who: Principal, name: str, force: bool = False) -> dict[str, Any]:
+        """An admin removes a host: its certificate is refused from then on, and it takes no VMs.
+        Refused while instances are placed there, unless `force` (they then stay assigned to the
+        removed host until moved: use it for a host that is gone for good or not to be trusted)."""
+        if who.role != "admin":
+            raise ApiError(403, f"{who.name} ({who.role}) may not remove hosts; that takes an admin token")
+        if self.store.get("host", name) is None:
+            raise ApiError(404, f"no host {name!r} has joined this manager (see `softudc host list`)")
+        placed = sorted(f"{o.name}/{i['name']}" for o in self.store.objects("farm")
+                        for i in o.status.get("instances", []) if i.get("host") == name)
+        if placed and not force:
+            raise ApiError(409, f"{name} still has {len(placed)} instance(s): {', '.join(placed)}; migrate them "
+                                "away first (softudc vm migrate), or remove it anyway with force", instances=placed)
+        self.store.delete("host", name)
+        self._event("host", name, "Removed", f"by {who.name}: its certificate is refused from now on" +
+                    (f"; instances still assigned to it: {', '.join(placed)}" if placed else ""))
+        self.reconcile()
+        return {"host": name, "removed": True, "instances": placed}
 
     def host_status(self, peer_cn: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
         if peer_cn is None:
@@ -487,6 +537,7 @@ ROUTES: list[Route] = [
     ("GET", re.compile(r"^/v1/events$"), "list_events"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
     ("PUT", re.compile(rf"^/v1/hosts/{NAME}/state$"), "set_host_state"),
+    ("DELETE", re.compile(rf"^/v1/hosts/{NAME}$"), "delete_host"),
     ("PUT", re.compile(rf"^/v1/hosts/{NAME}/status$"), "host_status"),
     ("GET", re.compile(rf"^/v1/hosts/{NAME}/desired$"), "desired"),
 ]
@@ -549,6 +600,10 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
                         return str(value)
             return None
 
+        def _peer_fingerprint(self) -> str | None:
+            der = self.connection.getpeercert(True) if isinstance(self.connection, ssl.SSLSocket) else None
+            return hashlib.sha256(der).hexdigest() if der else None
+
         def _dispatch(self, method: str) -> None:
             self._read_body()
             path = self.path.split("?", 1)[0]
@@ -576,6 +631,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
                 return OPENAPI
             if op == "join":
                 return m.join(self._json())
+            if op in ("host_status", "desired"):  # one certificate per host name (audit R14)
+                m.authenticate_host(args["name"], self._peer_cn(), self._peer_fingerprint())
             if op == "host_status":
                 return m.host_status(self._peer_cn(), args["name"], self._json())
             if op == "desired":
@@ -588,6 +645,9 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
                     raise ApiError(400, f"wait: {query['wait']!r} is not a number of seconds") from None
                 return m.desired(self._peer_cn(), args["name"], query.get("since", ""), wait)
             who = m.tokens.authenticate(self.headers.get("Authorization"))
+            if op == "delete_host":
+                force = dict(parse_qsl(self.path.partition("?")[2])).get("force") in ("1", "true")
+                return m.delete_host(who, args["name"], force)
             if op == "set_host_state":
                 return m.set_host_state(who, args["name"], self._json())
             if op == "list_events":
@@ -662,11 +722,10 @@ def serve(m: Manager, host: str, port: int) -> ThreadingHTTPServer:
 
 def init(state_dir: Path, addresses: list[str]) -> str:
     """`softudc init`: the CA, the API's server certificate, the store; returns an admin token."""
+    private_dir(state_dir)  # the store holds every VNET secret: 0700, its files 0600
     ca = CertificateAuthority.create(state_dir / "pki")
     issued = ca.issue_server("softudc-manager", addresses)
-    (state_dir / "pki" / "server.crt").write_bytes(issued.cert_pem)
-    key = state_dir / "pki" / "server.key"
-    key.write_bytes(issued.key_pem)
-    key.chmod(0o600)
+    write_atomic(state_dir / "pki" / "server.crt", issued.cert_pem, 0o644)
+    create_exclusive(state_dir / "pki" / "server.key", issued.key_pem)  # 0600 from its first byte
     SqliteStore(state_dir / "state.db").close()
     return TokenStore(state_dir / "tokens.json").create("admin", "admin")

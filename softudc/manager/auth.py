@@ -1,14 +1,16 @@
 """Admin API tokens with roles: `admin` (everything), and per-farm `operator` (read and change
-those farms) and `viewer` (read them). Tokens are kept only as SHA-256 digests."""
+those farms) and `viewer` (read them). Tokens are kept only as SHA-256 digests, in a 0600 file
+changed under a lock and replaced atomically: a request never reads half a file."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+
+from softudc.atomicfile import locked, write_atomic
 
 ROLES = ("admin", "operator", "viewer")
 
@@ -49,11 +51,10 @@ class TokenStore:
         if role != "admin" and not farms:
             raise ValueError(f"a {role} token needs the farms it is for")
         token = "sudc_" + secrets.token_urlsafe(32)
-        tokens = self._load()
-        tokens[hashlib.sha256(token.encode()).hexdigest()] = {"name": name, "role": role, "farms": farms or []}
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(tokens, f, indent=1)
+        with locked(self.path):
+            tokens = self._load()
+            tokens[hashlib.sha256(token.encode()).hexdigest()] = {"name": name, "role": role, "farms": farms or []}
+            write_atomic(self.path, json.dumps(tokens, indent=1).encode())
         return token
 
     def authenticate(self, header: str | None) -> Principal:

@@ -14,6 +14,7 @@ MAX_EVENTS per object, and `compact()` drops old tombstones with their events.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -70,10 +71,21 @@ class Store(Protocol):
 class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        # The store holds every VNET master secret: the database and its -wal/-shm files are
+        # created 0600 (umask 077 while SQLite creates them) and existing ones are narrowed.
+        old_umask = os.umask(0o077)
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we answer. With NORMAL, a power loss may roll back
+            # an apply, a migration or a VNET key already handed to gatekeepers (audit R22).
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        finally:
+            os.umask(old_umask)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(self.path + suffix):
+                os.chmod(self.path + suffix, 0o600)
         self._lock = threading.Lock()
 
     def close(self) -> None:

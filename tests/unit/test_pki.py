@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import socket
 import ssl
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,3 +95,99 @@ def test_a_csr_gets_the_tokens_name_not_its_own(tmp_path: Path) -> None:
     assert oct((tmp_path / "ca.key").stat().st_mode & 0o777) == "0o600"
     with pytest.raises(PkiError, match="already holds a CA"):
         CertificateAuthority.create(tmp_path)
+
+
+def _race(n: int, fn: Callable[[], object]) -> list[object]:
+    """Run `fn` on `n` threads released at once; each result or the exception it raised."""
+    start = threading.Barrier(n)
+    results: list[object] = []
+
+    def one() -> None:
+        start.wait()
+        try:
+            results.append(fn())
+        except Exception as e:
+            results.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    return results
+
+
+@pytest.mark.adversarial
+def test_r15_concurrent_joins_with_one_token_redeem_it_exactly_once(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path)
+    for _ in range(5):
+        ca.create_join_token("other")  # the file holds more than the token raced for
+    for trial in range(50):
+        token = ca.create_join_token(f"h{trial}")
+        results = _race(6, functools.partial(ca.redeem_join_token, token))
+        assert sum(r == f"h{trial}" for r in results) == 1, (trial, results)
+        assert all(isinstance(r, PkiError) for r in results if r != f"h{trial}"), results
+    assert len(json.loads((tmp_path / "tokens.json").read_text())) == 5  # the others are all still there
+
+
+@pytest.mark.adversarial
+def test_r15_readers_never_see_a_torn_tokens_file(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path)
+    ca.create_join_token("seed")
+    stop = threading.Event()
+    torn: list[str] = []
+    reads = [0]
+
+    def reader() -> None:
+        while not stop.is_set():
+            text = (tmp_path / "tokens.json").read_text()
+            reads[0] += 1
+            try:
+                json.loads(text)
+            except ValueError:
+                torn.append(text)
+
+    readers = [threading.Thread(target=reader) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for i in range(200):
+            token = ca.create_join_token(f"h{i}")
+            if i % 2:
+                ca.redeem_join_token(token)
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(10)
+    assert reads[0] > 0 and torn == []
+    assert oct((tmp_path / "tokens.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_r15_an_unknown_token_does_not_rewrite_the_tokens_file(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path)
+    ca.create_join_token("h1")
+    before = (tmp_path / "tokens.json").stat()
+    for _ in range(20):
+        with pytest.raises(PkiError, match="unknown or already used"):
+            ca.redeem_join_token("guess")
+    after = (tmp_path / "tokens.json").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_r15_a_bad_csr_does_not_spend_the_token(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path)
+    token = ca.create_join_token("h1")
+    with pytest.raises(ValueError):
+        ca.join(token, b"-----BEGIN CERTIFICATE REQUEST-----\nnot one\n-----END CERTIFICATE REQUEST-----\n")
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])).sign(key, hashes.SHA256()))
+    host, cert = ca.join(token, csr.public_bytes(serialization.Encoding.PEM))
+    assert host == "h1" and x509.load_pem_x509_certificate(cert).subject.rfc4514_string() == "CN=h1"
+
+
+def test_r22_the_ca_directory_is_0700_and_its_key_was_created_exclusively(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    assert oct((tmp_path / "pki").stat().st_mode & 0o777) == "0o700"
+    assert oct((tmp_path / "pki" / "ca.key").stat().st_mode & 0o777) == "0o600"
+    assert ca.key.public_key() == CertificateAuthority.load(tmp_path / "pki").key.public_key()
