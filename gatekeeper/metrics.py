@@ -59,6 +59,21 @@ class GatekeeperCollector(Collector):
         vnets = GaugeMetricFamily("softudc_vnets", "VNETs present on this host", labels=["host"])
         vnets.add_metric([host], len(self.service.forwarder.vnets))
         yield vnets
+        yield from self._workers(host)
+
+    def _workers(self, host: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """The forwarding threads under their supervisor: a restart means one died (see the log)."""
+        supervisor = self.service.forwarder.supervisor
+        restarts = CounterMetricFamily("softudc_gatekeeper_worker_restarts",
+                                       "Data-plane worker threads restarted after they died", labels=["host", "worker"])
+        up = GaugeMetricFamily("softudc_gatekeeper_worker_up", "1 while the data-plane worker thread runs",
+                               labels=["host", "worker"])
+        workers = supervisor.health()["workers"]
+        for worker, n in sorted(supervisor.restarts().items()):
+            restarts.add_metric([host, worker], n)
+            up.add_metric([host, worker], 1 if workers.get(worker) == "running" else 0)
+        yield restarts
+        yield up
 
 
 def make_registry(service: VnetService) -> CollectorRegistry:

@@ -49,7 +49,7 @@ from gatekeeper.vnet.port import (
     VnetPort,
 )
 from gatekeeper.vnet.receive import Receiver
-from gatekeeper.vnet.supervisor import RateLimitedLog, Supervisor
+from gatekeeper.vnet.supervisor import Health, RateLimitedLog, Supervisor
 from softudc.wire import ETHERIP_PROTO, VNET_PORT
 from softudc.wire.esp import ESP_PORT
 from softudc.wire.udpframe import FRAME_PREFIX_LEN
@@ -157,7 +157,7 @@ class Forwarder(Receiver):
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         self.supervisor.add(f"fwd-{name}", target)
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> Health:
         """Each worker thread's state and the restarts so far (`Supervisor.health`)."""
         return self.supervisor.health()
 

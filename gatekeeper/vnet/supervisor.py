@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 log = logging.getLogger("gatekeeper.vnet.supervisor")
 
@@ -65,6 +66,12 @@ class RateLimitedLog:
                             "(softudc_dataplane_drops{reason=%r} counts them; please report this with the "
                             "traceback)", worker, type(exc).__name__, exc, more, reason, exc_info=exc)
         return True
+
+
+class Health(TypedDict):
+    workers: dict[str, str]  # worker name -> running | restarting | dead
+    restarts: int  # restarts of all workers since the gatekeeper started
+    healthy: bool  # every worker runs
 
 
 @dataclass
@@ -179,7 +186,7 @@ class Supervisor:
         watching = self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
         return "restarting" if watching else "dead"
 
-    def health(self) -> dict[str, object]:
+    def health(self) -> Health:
         """What the host report and the local status show: each worker's state, restarts so far,
         and whether every worker runs."""
         with self._lock:
