@@ -42,7 +42,7 @@ async def run(config_path: str) -> None:
     def status() -> dict[str, Any]:
         return {"host": config.host, "underlay": config.underlay_address, "transport": config.transport,
                 "flood": config.flood, "group": config.varp_group, "uptime": round(time.time() - started, 1),
-                "vnets": [v["vnet"] for v in service.list_vnets()]}
+                "vnets": [v["vnet"] for v in service.list_vnets()], "dataplane": service.forwarder.health()}
 
     if config.metrics_listen:
         addr, port = config.metrics_listen.rsplit(":", 1)

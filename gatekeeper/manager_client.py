@@ -91,7 +91,10 @@ class ManagerClient:
             if job["state"] == "copying" and self.vms is not None:
                 progress = self.vms.hv.job(name)
                 job.update({k: progress[k] for k in ("data_total", "data_processed") if progress.get(k)})
-        return {**self.capacity, "state": "ready", "running": running, "errors": self.errors[-5:],
+        # Never "ready" while a forwarding thread is down (audit R2); `dataplane` says which one.
+        dataplane = self.vnets.forwarder.health()
+        return {**self.capacity, "state": "ready" if dataplane["healthy"] else "degraded", "dataplane": dataplane,
+                "running": running, "errors": self.errors[-5:],
                 "notes": self.notes[-5:],
                 "sizes": {v["name"]: [v.get("vcpus"), v.get("memory_mib")] for v in vms_here if MANAGED in v["name"]},
                 "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared()}

@@ -466,6 +466,7 @@ REPORT_FIELDS: dict[str, tuple[type, type | None]] = {
     "vcpus": (int, None), "memory_mib": (int, None), "state": (str, None), "migration_uri": (str, None),
     "running": (list, str), "errors": (list, str), "notes": (list, str), "prepared": (list, str),
     "migrations": (dict, dict), "arrivals": (dict, dict), "sizes": (dict, list),
+    "dataplane": (dict, None),  # forwarding threads: {workers: {name: state}, restarts, healthy} (audit R2)
 }
 
 

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -203,3 +204,23 @@ def test_health_says_dead_when_nothing_will_restart_the_worker() -> None:
     assert sup.health()["workers"] == {"w": "restarting"}
     sup.stop()
     assert sup.health()["workers"] == {"w": "dead"}
+
+
+def test_r2_host_report_is_degraded_while_a_worker_is_down(fwd: Forwarder, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit: the gatekeeper kept reporting `ready` with a dead receive thread. Now the report
+    says `degraded` and which worker, in a shape the manager accepts."""
+    from gatekeeper.manager_client import ManagerClient
+    from softudc.manager.api import report_problems
+
+    monkeypatch.setattr(fwd, "_udp_loop", lambda: None)  # ends at once, again and again
+    fwd.supervisor.halt()  # and nothing restarts it
+    fwd.start()
+    client: Any = object.__new__(ManagerClient)
+    client.__dict__.update(capacity={"vcpus": 2, "memory_mib": 1024}, _lock=threading.Lock(), migrations={},
+                           vms=None, errors=[], notes=[], arrivals={}, desired={}, departed={},
+                           vnets=SimpleNamespace(forwarder=fwd, list_vnets=lambda: []))
+    assert wait_for(lambda: fwd.health()["workers"]["fwd-udp"] == "dead")
+    report = client.report([])
+    assert report["state"] == "degraded"
+    assert report["dataplane"]["workers"]["fwd-udp"] == "dead" and report["dataplane"]["healthy"] is False
+    assert report_problems(report) == []
