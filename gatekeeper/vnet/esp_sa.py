@@ -1,37 +1,60 @@
 """Security associations of one host for its secured VNETs (`auth` and `conf`).
 
 Outbound: one SA per VNET, for its send epoch: SPI, this host's derived key, a 64-bit sequence
-counter that is never reused under that key. Inbound: one SA per (SPI, sender address), derived
-on first use from the VNET's master secret for that epoch, each with its own anti-replay window.
-Removing an epoch removes its SAs, so packets under a retired key fail (counted) from then on.
+counter. A number is used only after a `SequenceStore` has it on disk, so a restarted gatekeeper
+continues above everything it sent before and never reuses a (key, nonce) pair (audit R1); its
+peers accept the higher numbers at once. The counter stops before it could wrap.
+
+Inbound: one SA per (SPI, sender address), derived from the VNET's master secret for that epoch,
+each with its own anti-replay window. A new (SPI, sender) gets a temporary SA that joins the table
+only once a packet verified under it, and the table is an LRU of bounded size, so packets from
+spoofed addresses cost an HKDF and a tag check but no memory (audit R17).
+
+Every SA remembers the fingerprint of the secret it came from; installing keys rebuilds any SA
+whose epoch's secret (or level) changed, even under the same epoch number, and removing a VNET's
+keys removes its SAs (audit R7).
+
+Extended sequence numbers: a receiver infers the high 32 bits from its window. One that joined
+late (a fresh window) or that saw only part of a peer's traffic (the peer's counter is shared by
+all its destinations on the VNET) can be 2^32 or more behind; when the tag fails for the inferred
+number, the next `ESN_LOOKAHEAD` high halves are tried before giving up (audit R8). That bounds
+a forged packet's cost to 1 + ESN_LOOKAHEAD tag checks; the manager rotates keys on a schedule, so
+a counter (restarting at 1 with each new epoch) stays far from the lookahead's reach.
 """
 
 from __future__ import annotations
 
-import itertools
 import threading
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
-from softudc.security.keys import VnetKeys, derive_esp_key, parse_spi, spi_for
+from softudc.security.keys import VnetKeys, derive_esp_key, parse_spi, secret_fingerprint, spi_for
 from softudc.security.replay import ReplayWindow
+from softudc.security.seqstore import SequenceStore, key_id
 from softudc.wire import esp
 from softudc.wire.errors import WireError
 from softudc.wire.esp import EspKey
+
+ESN_LOOKAHEAD = 4  # high halves tried past the inferred one when the tag fails
+MAX_INBOUND_SAS = 4096
+SEQ_LAST = (1 << 64) - 1  # the last number a sender may use under one key (RFC 4303 §3.3.3: never cycle)
 
 
 @dataclass
 class OutboundSA:
     spi: int
     key: EspKey
-    seq: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # next() is atomic in CPython
+    secret_fp: bytes
+    next_seq: int
+    reserved: int  # numbers up to here are on disk as used
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
 class InboundSA:
     vnet: int
     key: EspKey
+    secret_fp: bytes
     window: ReplayWindow = field(default_factory=ReplayWindow)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -45,43 +68,83 @@ class EspDrop(Exception):
 
 
 class SecurityAssociations:
-    def __init__(self, local_addr: str) -> None:
+    def __init__(self, local_addr: str, seq_store: SequenceStore | None = None,
+                 max_inbound: int = MAX_INBOUND_SAS) -> None:
         self.local_addr = local_addr
+        self.seq_store = seq_store or SequenceStore()
+        self.max_inbound = max_inbound
         self._keys: dict[int, VnetKeys] = {}
         self._out: dict[int, OutboundSA] = {}
-        self._in: dict[tuple[int, str], InboundSA] = {}
+        self._in: OrderedDict[tuple[int, str], InboundSA] = OrderedDict()
+        self._table = threading.Lock()  # guards _in (the receive thread and the API both change it)
         self.counts: Counter[str] = Counter()
 
+    # --- keys ---------------------------------------------------------------------------------
+
     def set_keys(self, vnet: int, keys: VnetKeys | None) -> None:
-        """Install (or with None remove) a VNET's keys. Keeping the send epoch keeps the
-        outbound SA and its sequence counter; inbound SAs of epochs no longer present go."""
+        """Install (or with None remove) a VNET's keys. The outbound SA is kept (with its counter)
+        only while its epoch, level and secret stay the same; inbound SAs likewise."""
         if keys is None:
             self._keys.pop(vnet, None)
             self._out.pop(vnet, None)
         else:
             keys.validate(vnet)
             self._keys[vnet] = keys
-            current = self._out.get(vnet)
-            if keys.level is None or keys.send_epoch is None:
-                self._out.pop(vnet, None)
-            elif current is None or current.spi != spi_for(vnet, keys.send_epoch):
-                secret = keys.secrets[keys.send_epoch]
-                self._out[vnet] = OutboundSA(spi_for(vnet, keys.send_epoch),
-                                             derive_esp_key(secret, vnet, keys.send_epoch, self.local_addr, keys.level))
-        for (spi, src) in list(self._in):
-            v, epoch = parse_spi(spi)
-            k = self._keys.get(v)
-            if k is None or epoch not in k.secrets or k.level is None:
-                del self._in[(spi, src)]
+            self._set_outbound(vnet, keys)
+        with self._table:
+            for (spi, src), sa in list(self._in.items()):
+                if not self._current(spi, sa.secret_fp):
+                    del self._in[(spi, src)]
+
+    def _set_outbound(self, vnet: int, keys: VnetKeys) -> None:
+        if keys.level is None or keys.send_epoch is None:
+            self._out.pop(vnet, None)
+            return
+        spi = spi_for(vnet, keys.send_epoch)
+        secret = keys.secrets[keys.send_epoch]
+        fp = secret_fingerprint(keys.level, secret)
+        current = self._out.get(vnet)
+        if current is not None and (current.spi, current.secret_fp) == (spi, fp):
+            return
+        key = derive_esp_key(secret, vnet, keys.send_epoch, self.local_addr, keys.level)
+        first = self.seq_store.first(key_id(key))
+        self._out[vnet] = OutboundSA(spi, key, fp, first, first - 1)
+
+    def _current(self, spi: int, secret_fp: bytes) -> bool:
+        """Whether an SA made from `secret_fp` for `spi` still matches the installed keys."""
+        vnet, epoch = parse_spi(spi)
+        k = self._keys.get(vnet)
+        return (k is not None and k.level is not None and epoch in k.secrets
+                and secret_fingerprint(k.level, k.secrets[epoch]) == secret_fp)
 
     def keys(self, vnet: int) -> VnetKeys | None:
         return self._keys.get(vnet)
+
+    # --- outbound -----------------------------------------------------------------------------
 
     def seal(self, vnet: int, payload: bytes | memoryview) -> bytes:
         sa = self._out.get(vnet)
         if sa is None:
             raise EspDrop("esp_no_outbound_sa")
-        return esp.seal(sa.key, sa.spi, next(sa.seq), payload)
+        return esp.seal(sa.key, sa.spi, self._next_seq(sa), payload)
+
+    def _next_seq(self, sa: OutboundSA) -> int:
+        with sa.lock:
+            seq = sa.next_seq
+            if seq > SEQ_LAST:
+                # Cycling would reuse nonces: stop until the manager hands out a new epoch.
+                self.counts["esp_seq_exhausted"] += 1
+                raise EspDrop("esp_seq_exhausted")
+            if seq > sa.reserved:
+                try:
+                    sa.reserved = self.seq_store.reserve(key_id(sa.key), seq)
+                except OSError:  # not on disk: sending could reuse it after a crash; drop instead
+                    self.counts["esp_seq_store_failed"] += 1
+                    raise EspDrop("esp_seq_store_failed") from None
+            sa.next_seq = seq + 1
+            return seq
+
+    # --- inbound ------------------------------------------------------------------------------
 
     def open(self, buf: bytes | memoryview, src: str) -> tuple[int, bytes]:
         """(vnet, EtherIP header + frame) of a verified packet; EspDrop otherwise."""
@@ -89,22 +152,42 @@ class SecurityAssociations:
             header = esp.peek(buf)
         except WireError:
             raise EspDrop("esp_malformed") from None
-        sa = self._in.get((header.spi, src)) or self._inbound(header.spi, src)
+        slot = (header.spi, src)
+        with self._table:
+            sa = self._in.get(slot)
+            if sa is not None:
+                self._in.move_to_end(slot)
+        fresh = sa is None
+        if sa is None:
+            sa = self._derive(header.spi, src)  # not kept unless the packet verifies
         with sa.lock:
-            seq = sa.window.infer(header.seq_low)
-            why = sa.window.check(seq)
-            if why is not None:
-                raise EspDrop(f"esp_{why}")
-            try:
-                payload = esp.open_(sa.key, buf, seq)
-            except esp.AuthError:
-                raise EspDrop("esp_auth_failed") from None
-            except WireError:
-                raise EspDrop("esp_malformed") from None
+            seq, payload = self._verify(sa, buf, header.seq_low)
             sa.window.update(seq)
+        if fresh:
+            self._keep(slot, sa)
         return sa.vnet, payload
 
-    def _inbound(self, spi: int, src: str) -> InboundSA:
+    def _verify(self, sa: InboundSA, buf: bytes | memoryview, seq_low: int) -> tuple[int, bytes]:
+        seq = sa.window.infer(seq_low)
+        why = sa.window.check(seq)
+        if why is not None:
+            raise EspDrop(f"esp_{why}")
+        for attempt in range(ESN_LOOKAHEAD + 1):
+            candidate = seq + (attempt << 32)
+            if candidate > SEQ_LAST or (attempt and sa.window.check(candidate) is not None):
+                break
+            try:
+                payload = esp.open_(sa.key, buf, candidate)
+            except esp.AuthError:
+                continue
+            except WireError:
+                raise EspDrop("esp_malformed") from None
+            if attempt:
+                self.counts["esp_esn_resync"] += 1
+            return candidate, payload
+        raise EspDrop("esp_auth_failed")
+
+    def _derive(self, spi: int, src: str) -> InboundSA:
         try:
             vnet, epoch = parse_spi(spi)
         except ValueError:
@@ -112,17 +195,38 @@ class SecurityAssociations:
         keys = self._keys.get(vnet)
         if keys is None or keys.level is None or epoch not in keys.secrets:
             raise EspDrop("esp_unknown_spi")
-        sa = InboundSA(vnet, derive_esp_key(keys.secrets[epoch], vnet, epoch, src, keys.level))
-        self._in[(spi, src)] = sa
-        return sa
+        secret = keys.secrets[epoch]
+        try:
+            key = derive_esp_key(secret, vnet, epoch, src, keys.level)
+        except ValueError:  # not an address we can derive a key for
+            raise EspDrop("esp_malformed") from None
+        return InboundSA(vnet, key, secret_fingerprint(keys.level, secret))
+
+    def _keep(self, slot: tuple[int, str], sa: InboundSA) -> None:
+        """A temporary SA whose first packet verified joins the table (least recently used out)."""
+        with self._table:
+            if slot in self._in or not self._current(slot[0], sa.secret_fp):
+                return  # another thread kept one first, or the keys changed meanwhile
+            self._in[slot] = sa
+            while len(self._in) > self.max_inbound:
+                self._in.popitem(last=False)
+                self.counts["esp_sa_evicted"] += 1
+
+    # --- introspection ------------------------------------------------------------------------
+
+    def inbound_count(self) -> int:
+        return len(self._in)
 
     def describe(self, vnet: int) -> dict[str, object]:
         keys = self._keys.get(vnet)
         out = self._out.get(vnet)
+        with self._table:
+            inbound = sum(1 for (spi, _) in self._in if parse_spi(spi)[0] == vnet)
         return {
             "security": keys.level if keys and keys.level else "none",
             "epochs": sorted(keys.secrets) if keys else [],
             "send_epoch": keys.send_epoch if keys else None,
+            "key_fingerprint": keys.fingerprint() if keys else None,
             "spi": f"{out.spi:#010x}" if out else None,
-            "inbound_sas": sum(1 for (spi, _) in self._in if parse_spi(spi)[0] == vnet),
+            "inbound_sas": inbound,
         }

@@ -22,6 +22,7 @@ from gatekeeper.vnet.port import VnetPort, gso_max_size_for, mtu_for
 from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, VarpCache
 from softudc.atomicfile import move_aside, write_atomic
 from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for, varp_mac
+from softudc.security.seqstore import SequenceStore
 from softudc.wire import VarpMessage, VarpOp, VarpTrailer, WireError, build_varp, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
 from softudc.wire.varp import VARP_LEN
@@ -65,6 +66,10 @@ class VnetService:
         )
         self._my_addr = ipaddress.IPv4Address(config.underlay_address)
         self._wall_ns = wall_clock_ns
+        # Outbound ESP sequence numbers are reserved on disk next to the state before use, so a
+        # restarted gatekeeper never reuses a (key, nonce) pair (audit R1).
+        self.forwarder.sas.seq_store = SequenceStore(state_file.with_name("gatekeeper-esp-seq.json")
+                                                     if state_file is not None else None)
         # Keys from the keys file: used when a VNET is created without keys of its own.
         self.keyring: dict[int, VnetKeys] = load_keys(config.keys_file) if config.keys_file else {}
         self._varp_keys: dict[tuple[int, int], bytes] = {}
@@ -119,7 +124,7 @@ class VnetService:
                                        f"{existing.security}; delete it first to change them")
                 existing.members = others
                 if vnet_keys is not None:
-                    self.forwarder.sas.set_keys(vnet, vnet_keys)
+                    self._install_keys(vnet, vnet_keys)
                 self._save()
                 return self._describe(existing)
             fits = mtu_for(transport, self.config.underlay_mtu, level)
@@ -132,12 +137,12 @@ class VnetService:
             fd = open_tap(tap_name(vnet), offload=offload)
             try:
                 self.devices.enslave(tap_name(vnet), bridge_name(vnet), mtu)
-                self.forwarder.sas.set_keys(vnet, vnet_keys)
+                self._install_keys(vnet, vnet_keys)
                 port = VnetPort(vnet, fd, transport, mtu, others, offload, level)
                 self.forwarder.add_vnet(port)
             except Exception:
                 os.close(fd)
-                self.forwarder.sas.set_keys(vnet, None)
+                self._install_keys(vnet, None)
                 raise
             self._save()
             return self._describe(port)
@@ -170,10 +175,32 @@ class VnetService:
                 vnet_keys = parse_vnet_keys(vnet, {"security": port.security, **keys})
             except (ValueError, TypeError) as e:
                 raise ServiceError(f"keys: {e}") from None
-            self.forwarder.sas.set_keys(vnet, vnet_keys)
-            self._varp_keys = {k: v for k, v in self._varp_keys.items() if k[0] != vnet}
+            self._install_keys(vnet, vnet_keys)
             self._save()
             return {"vnet": vnet, **self.forwarder.sas.describe(vnet)}
+
+    def _install_keys(self, vnet: int, keys: VnetKeys | None) -> None:
+        """Keys for the SAs (rebuilt where a secret changed, all gone with None: audit R7) and
+        no VARP key derived from the previous ones."""
+        self.forwarder.sas.set_keys(vnet, keys)
+        self._varp_keys = {k: v for k, v in self._varp_keys.items() if k[0] != vnet}
+
+    def replace_vnet(self, vnet: int, security: str | None = None, keys: dict[str, Any] | None = None,
+                     mtu: int | None = None, members: list[str] | None = None) -> dict[str, Any]:
+        """Make a VNET again with another security level or MTU (what `create_vnet` refuses to
+        change in place): delete it, create it, plug the interfaces that were in it back in."""
+        with self.lock:
+            port = self.forwarder.vnets.get(vnet)
+            if port is None:
+                raise ServiceError(f"vnet {vnet} does not exist on this host; create it with vnet.create")
+            plugged = [(ifname, mac) for ifname, (v, mac) in self.ports.items() if v == vnet]
+            transport = port.transport
+            self.delete_vnet(vnet)
+            result = self.create_vnet(vnet, transport, members, security, keys, mtu)
+            for ifname, mac in plugged:
+                if self.devices.index(ifname) is not None:
+                    self.attach(vnet, ifname, mac.hex(":"))
+            return result
 
     def delete_vnet(self, vnet: int) -> dict[str, Any]:
         with self.lock:
@@ -181,6 +208,7 @@ class VnetService:
             if port is None:
                 raise ServiceError(f"vnet {vnet} does not exist on this host (see `vnet.list`)")
             os.close(port.fd)
+            self._install_keys(vnet, None)  # a later VNET with this id must not inherit keys or SAs (R7)
             for ifname, (v, mac) in list(self.ports.items()):
                 if v == vnet:
                     del self.ports[ifname]
