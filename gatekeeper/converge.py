@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from softudc.security.keys import keys_fingerprint
+
 MANAGED = "--"
 
 
@@ -39,6 +41,8 @@ class Here:
     attempts: dict[str, str] = field(default_factory=dict)  # VM -> migration attempt already started
     departed: set[str] = field(default_factory=set)  # VMs that just left by migration
     ports: dict[int, list[str]] = field(default_factory=dict)  # VNET -> interfaces plugged into it
+    vnet_info: dict[int, dict[str, Any]] = field(default_factory=dict)  # VNET -> what `vnet.list` says of it
+    underlay: str | None = None  # this host's underlay address (not listed among a VNET's members here)
 
 
 def converge(desired: dict[str, Any], here: Here) -> list[Action]:
@@ -49,6 +53,10 @@ def converge(desired: dict[str, Any], here: Here) -> list[Action]:
     for vid, v in sorted(want_vnets.items()):
         if vid not in here.vnets:
             actions.append(Action("vnet.create", {"vnet": vid, "security": v.get("security", "none")}))
+        elif vid in here.vnet_info:
+            change = vnet_change(v, here.vnet_info[vid], here.underlay)
+            if change:
+                actions.append(Action(change, {"vnet": vid, "security": v.get("security", "none")}))
     for name, vm in sorted(want_vms.items()):
         have = have_vms.get(name)
         running = have is not None and have.get("state") in ("running", "paused")
@@ -76,6 +84,35 @@ def converge(desired: dict[str, Any], here: Here) -> list[Action]:
         else:
             actions.append(Action("vnet.delete", {"vnet": vid}))
     return actions
+
+
+def vnet_change(want: dict[str, Any], have: dict[str, Any], underlay: str | None) -> str | None:
+    """How a VNET this host has must change to be what the manager wants (audit R21): a VNET id
+    can change owner, level or MTU, and keys rotate, while the host keeps the VNET. `vnet.recreate`
+    for what cannot change in place (security level, MTU), `vnet.update` for keys and members."""
+    security = want.get("security", "none")
+    if have.get("security", "none") != security:
+        return "vnet.recreate"
+    if want.get("mtu") is not None and want["mtu"] != have.get("mtu"):
+        return "vnet.recreate"
+    keys = want.get("keys")
+    if keys is not None and wanted_fingerprint(security, keys) != have.get("key_fingerprint"):
+        return "vnet.update"
+    members = want.get("members")
+    if members is not None and sorted(set(members) - {underlay}) != sorted(have.get("members", [])):
+        return "vnet.update"
+    return None
+
+
+def wanted_fingerprint(security: str, keys: dict[str, Any]) -> str | None:
+    """The fingerprint the gatekeeper shows for these keys once installed (None if malformed:
+    installing them then fails with the reason, and that error is reported)."""
+    try:
+        secrets = {int(e): bytes.fromhex(str(s)) for e, s in keys.get("secrets", {}).items()}
+        send = keys.get("send_epoch")
+        return keys_fingerprint(None if security == "none" else security, secrets, None if send is None else int(send))
+    except (ValueError, TypeError, AttributeError):
+        return None
 
 
 def recover_migrations(desired: dict[str, Any], here: Here, active: set[str]) -> dict[str, str]:

@@ -40,6 +40,9 @@ class ManagerClient:
         self.capacity: dict[str, Any] = {"vcpus": vcpus, "memory_mib": memory_mib}
         if migration_uri:
             self.capacity["migration_uri"] = migration_uri
+        # Where this host's VNET traffic comes from: the manager lists it among the members of
+        # every VNET this host has an instance on, so peers can refuse anyone else (audit R18).
+        self.capacity["underlay"] = vnets.config.underlay_address
         self.state_file = state_file
         self.managed_vnets: set[int] = self._load_managed()
         self.errors: list[str] = []
@@ -130,7 +133,9 @@ class ManagerClient:
             self._follow_recovered(desired, vms_here, attempts, departed)
         vnets_here = self.vnets.list_vnets()
         here = Here([v["vnet"] for v in vnets_here], vms_here, set(self.managed_vnets), attempts, departed,
-                    {v["vnet"]: v.get("ports", []) for v in vnets_here})
+                    {v["vnet"]: v.get("ports", []) for v in vnets_here},
+                    {v["vnet"]: v for v in vnets_here if v["vnet"] in self.managed_vnets},
+                    self.vnets.config.underlay_address)
         done = []
         self.errors, self.notes = [], []
         for action in converge(desired, here):
@@ -183,13 +188,17 @@ class ManagerClient:
                     self.arrivals[name] = {"error": str(e)}
 
     def _apply(self, op: str, args: dict[str, Any], desired: dict[str, Any]) -> None:
-        if op == "vnet.create":
+        if op in ("vnet.create", "vnet.update", "vnet.recreate"):
             vnet = next(v for v in desired["vnets"] if v["id"] == args["vnet"])
             security = vnet.get("security", "none")
-            self.vnets.create_vnet(args["vnet"], security=security if security != "none" else None,
-                                   keys=vnet.get("keys"), mtu=vnet.get("mtu"))
-            self.managed_vnets.add(args["vnet"])
-            self._save_managed()
+            # members: the underlay addresses of the hosts with an instance on it, when the
+            # manager knows them all (absent: the configured member_hosts, as before).
+            make = self.vnets.replace_vnet if op == "vnet.recreate" else self.vnets.create_vnet
+            make(args["vnet"], security=security if security != "none" else None, keys=vnet.get("keys"),
+                 mtu=vnet.get("mtu"), members=vnet.get("members"))
+            if op == "vnet.create":
+                self.managed_vnets.add(args["vnet"])
+                self._save_managed()
         elif op == "vnet.delete":
             self.vnets.delete_vnet(args["vnet"])
             self.managed_vnets.discard(args["vnet"])

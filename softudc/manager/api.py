@@ -9,6 +9,7 @@ descriptor validates; the response then lists every problem with its position.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
 import re
@@ -22,6 +23,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
+from softudc.manager import vnetkeys
 from softudc.manager.auth import AuthError, Principal, TokenStore
 from softudc.manager.controller import host_desired, inventory, reconcile_farm
 from softudc.manager.metrics import make_registry
@@ -123,6 +125,9 @@ class ApiError(Exception):
 class Manager:
     """The manager's state and the API's operations, independent of HTTP."""
 
+    key_rotation_every_s: float | None = vnetkeys.ROTATE_EVERY_S  # VNET key rotation schedule; None: on demand only
+    key_rotation_step_s: float = vnetkeys.ROTATION_STEP_S  # between a rotation's steps
+
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = private_dir(state_dir)  # 0700 even when an older version made it 0755
         self.store = SqliteStore(state_dir / "state.db")
@@ -174,6 +179,7 @@ class Manager:
             rev = self.store.delete("farm", name)
         except KeyError:
             raise ApiError(404, f"no farm {name!r}") from None
+        self._retire_vnet_keys(name)
         self._event("farm", name, "Deleted", f"by {who.name}")
         self.reconcile()
         return {"name": name, "deleted": True, "revision": rev}
@@ -388,23 +394,65 @@ class Manager:
         with self._reconcile_lock:
             farms = [(validate(o.spec["descriptor"], o.name), o.status) for o in self.store.objects("farm")]
             desired = host_desired(name, farms)
+            addresses = {h: r.get("underlay") for h, r in self.reports().items()}
             for v in desired["vnets"]:
-                if v["security"] != "none":
-                    v["keys"] = self._vnet_keys(v["farm"], v["name"])
+                # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
+                v["keys"] = self._vnet_keys(v["farm"], v["name"])
+                members = [addresses.get(h) for h in v.pop("member_hosts", [])]
+                if all(isinstance(a, str) for a in members):  # else: the hosts' configured members
+                    v["members"] = sorted(set(members), key=ipaddress.IPv4Address)
         return desired
 
     def _vnet_keys(self, farm: str, vnet: str) -> dict[str, Any]:
-        """A secured VNET's master secret: made once by the manager, handed only to gatekeepers
-        (over mutual TLS), never shown in a farm's status."""
-        key = f"{farm}/{vnet}"
-        obj = self.store.get("vnetkey", key)
-        if obj is None:
-            import secrets
+        """A VNET's master secrets by epoch and its send epoch: made by the manager per (farm,
+        VNET) incarnation, rotated on a schedule (softudc/manager/vnetkeys.py), handed only to
+        gatekeepers (over mutual TLS), never shown in a farm's status."""
+        name, now = f"{farm}/{vnet}", time.time()
+        obj = self.store.get("vnetkey", name)
+        record = obj.spec if obj is not None else vnetkeys.new_record(now, self._next_key_epoch())
+        if vnetkeys.due(record, now, self.key_rotation_every_s):
+            record = vnetkeys.start_rotation(record, now, self._next_key_epoch())
+        record = vnetkeys.advance(record, now, self.key_rotation_step_s)
+        if obj is None or record != obj.spec:
+            self.store.put("vnetkey", name, {**record, "farm": farm, "vnet": vnet})
+            if obj is not None:
+                self._event("farm", farm, "KeysRotated", f"VNET {vnet}: send epoch {record['send_epoch']}, "
+                                                         f"epochs {sorted(int(e) for e in record['epochs'])}")
+                self._changes_made()  # the next step reaches the hosts now, not at their next poll
+        return vnetkeys.for_hosts(record, farm, vnet)
 
-            self.store.put("vnetkey", key, {"send_epoch": 1, "secrets": {"1": secrets.token_hex(32)}})
-            obj = self.store.get("vnetkey", key)
-        assert obj is not None
-        return dict(obj.spec)
+    def _next_key_epoch(self) -> int:
+        """A manager-wide epoch counter: a VNET id's next owner never reuses its SPIs."""
+        obj = self.store.get("keyepoch", "counter")
+        epoch = vnetkeys.next_epoch(int(obj.spec["last"]) if obj else 0)
+        self.store.put("keyepoch", "counter", {"last": epoch})
+        return epoch
+
+    def rotate_vnet_keys(self, farm: str, vnet: str | None = None) -> list[str]:
+        """Start a key rotation of one VNET of `farm` now, or of all of them; returns which. The
+        steps then follow `key_rotation_step_s` apart (docs/manager.md, Keys)."""
+        with self._reconcile_lock:
+            started = []
+            for o in self.store.objects("vnetkey"):
+                if o.spec.get("farm") != farm or (vnet is not None and o.spec.get("vnet") != vnet):
+                    continue
+                try:
+                    record = vnetkeys.start_rotation(o.spec, time.time(), self._next_key_epoch())
+                except ValueError as e:
+                    raise ApiError(409, f"farm {farm} VNET {o.spec.get('vnet')}: {e}") from None
+                self.store.put("vnetkey", o.name, record)
+                started.append(str(o.spec.get("vnet")))
+            if not started:
+                raise ApiError(404, f"farm {farm!r} has no VNET {vnet or ''} with keys yet (keys are made when "
+                                    "the first host fetches its desired state)")
+        self._changes_made()
+        return started
+
+    def _retire_vnet_keys(self, farm: str) -> None:
+        """A deleted farm's secrets go with it: a farm made again under its name gets new ones."""
+        for o in self.store.objects("vnetkey"):
+            if o.spec.get("farm") == farm:
+                self.store.delete("vnetkey", o.name)
 
     def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Any],
                   reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
@@ -466,6 +514,7 @@ REPORT_FIELDS: dict[str, tuple[type, type | None]] = {
     "vcpus": (int, None), "memory_mib": (int, None), "state": (str, None), "migration_uri": (str, None),
     "running": (list, str), "errors": (list, str), "notes": (list, str), "prepared": (list, str),
     "migrations": (dict, dict), "arrivals": (dict, dict), "sizes": (dict, list),
+    "underlay": (str, None),  # the host's underlay address: VNET member lists (audit R18)
     "dataplane": (dict, None),  # forwarding threads: {workers: {name: state}, restarts, healthy} (audit R2)
 }
 

@@ -183,6 +183,18 @@ def pending_change(name: str, inst: Instance, want: tuple[int, int] | None,
     return {"change": ", ".join(parts) + " after a stop and start"}
 
 
+def vnet_hosts(farm: Farm, status: dict[str, Any], vnet: str) -> list[str]:
+    """The hosts with an instance on `vnet` (arriving by migration included): the manager turns
+    them into the VNET's member addresses, the only hosts its peers accept traffic from."""
+    on_vnet = {v.name for v in farm.vms if any(n.vnet == vnet for n in v.nics)}
+    hosts = set()
+    for inst in status.get("instances", []):
+        if inst.get("vm") in on_vnet:
+            hosts.add(inst["host"])
+            hosts.add((inst.get("migrating") or {}).get("to") or inst["host"])
+    return sorted(hosts)
+
+
 def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:
     """What `host` should run for all farms: the VNETs its VMs need, and the VMs."""
     vnets: dict[int, dict[str, Any]] = {}
@@ -202,7 +214,8 @@ def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[st
                 if vid is None:  # a VNET added to a farm that could not be planned (see its status)
                     continue
                 vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet,
-                              "security": vnet_defs[nic.vnet].security, "mtu": vnet_defs[nic.vnet].mtu}
+                              "security": vnet_defs[nic.vnet].security, "mtu": vnet_defs[nic.vnet].mtu,
+                              "member_hosts": vnet_hosts(farm, status, nic.vnet)}
                 subnet = vnet_defs[nic.vnet].subnet
                 addr = inst.get("addresses", {}).get(nic.vnet)  # none yet: the farm's plan failed
                 ip = f"{addr}/{subnet.prefixlen}" if addr and ipaddress.IPv4Address(addr) in subnet else None

@@ -1,0 +1,152 @@
+"""VNET keys as the manager issues them: one record per (farm, VNET) incarnation with the farm in
+the derivation (R7), rotation in overlapping steps, every VNET keyed (VARP, R18), member lists."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from softudc.manager import vnetkeys
+from softudc.manager.api import ApiError, Manager, init
+from softudc.manager.auth import Principal
+
+ROOT = Path(__file__).parents[3]
+DEMO = (ROOT / "configs" / "farms" / "demo.yaml").read_text()
+ADMIN = Principal("root", "admin")
+HOSTS = {"h1": "192.0.2.1", "h2": "192.0.2.2", "h3": "192.0.2.3"}
+
+
+@pytest.fixture
+def m(tmp_path: Path) -> Manager:
+    init(tmp_path, ["127.0.0.1"])
+    manager = Manager(tmp_path)
+    manager.key_rotation_every_s = None
+    return manager
+
+
+def report_all(m: Manager, underlay: bool = True) -> None:
+    for h, addr in HOSTS.items():
+        body: dict[str, Any] = {"vcpus": 8, "memory_mib": 8192}
+        if underlay:
+            body["underlay"] = addr
+        if m.store.get("host", h) is None:
+            m.store.put("host", h, {"joined": time.time()})  # as a join leaves it (the PKI is not the point here)
+        m.store.set_status("host", h, {**body, "reported": time.time()})
+    m.reconcile()
+
+
+def vnets_of(m: Manager, host: str) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in m._desired(host)["vnets"]}
+
+
+def db_host(m: Manager) -> str:
+    return next(h for h in HOSTS if "back" in vnets_of(m, h))
+
+
+def test_every_vnet_has_keys_and_the_secured_one_its_level(m: Manager) -> None:
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    have = vnets_of(m, db_host(m))
+    assert have["back"]["security"] == "conf" and have["back"]["keys"]["send_epoch"] >= 1
+    front = next(vnets_of(m, h)["front"] for h in HOSTS if "front" in vnets_of(m, h))
+    assert front["security"] == "none" and front["keys"]["secrets"]  # VARP is signed on `none` VNETs too
+
+
+def test_r7_a_farm_deleted_and_made_again_gets_new_secrets_and_epochs(m: Manager) -> None:
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    before = vnets_of(m, db_host(m))["back"]["keys"]
+    m.delete_farm(ADMIN, "demo")
+    assert not m.store.objects("vnetkey")
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    after = vnets_of(m, db_host(m))["back"]["keys"]
+    assert after["send_epoch"] != before["send_epoch"]
+    assert not set(after["secrets"].values()) & set(before["secrets"].values())
+
+
+def test_r7_the_farm_identity_is_part_of_the_secret_hosts_get() -> None:
+    record = vnetkeys.new_record(0.0, 7)
+    a = vnetkeys.for_hosts(record, "a", "v")["secrets"]["7"]
+    b = vnetkeys.for_hosts(record, "b", "v")["secrets"]["7"]
+    other = vnetkeys.for_hosts({**record, "incarnation": "00"}, "a", "v")["secrets"]["7"]
+    assert len({a, b, other}) == 3 and record["epochs"]["7"]["secret"] not in (a, b)
+
+
+def test_a_rotation_adds_then_sends_then_retires(m: Manager) -> None:
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    host = db_host(m)
+    old = vnets_of(m, host)["back"]["keys"]
+    now = 1_000_000.0
+    with mock.patch("softudc.manager.api.time.time", return_value=now):
+        assert m.rotate_vnet_keys("demo", "back") == ["back"]
+        adding = vnets_of(m, host)["back"]["keys"]
+        with pytest.raises(ApiError, match="in progress"):
+            m.rotate_vnet_keys("demo", "back")
+    assert adding["send_epoch"] == old["send_epoch"] and len(adding["secrets"]) == 2
+    new_epoch = next(e for e in adding["secrets"] if e != str(old["send_epoch"]))
+    with mock.patch("softudc.manager.api.time.time", return_value=now + m.key_rotation_step_s):
+        sending = vnets_of(m, host)["back"]["keys"]
+    assert sending["send_epoch"] == int(new_epoch) and sending["secrets"] == adding["secrets"]
+    with mock.patch("softudc.manager.api.time.time", return_value=now + 2 * m.key_rotation_step_s + 1):
+        done = vnets_of(m, host)["back"]["keys"]
+    assert done == {"send_epoch": int(new_epoch), "secrets": {new_epoch: adding["secrets"][new_epoch]}}
+    assert any(e["type"] == "KeysRotated" for e in m.store.events("farm", "demo"))
+
+
+def test_a_scheduled_rotation_starts_when_the_send_epoch_is_old(m: Manager) -> None:
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    host = db_host(m)
+    first = vnets_of(m, host)["back"]["keys"]
+    m.key_rotation_every_s = 3600.0
+    with mock.patch("softudc.manager.api.time.time", return_value=time.time() + 3601):
+        assert len(vnets_of(m, host)["back"]["keys"]["secrets"]) == 2
+    assert first["send_epoch"] == vnets_of(m, host)["back"]["keys"]["send_epoch"]  # step 1 only: still sends old
+
+
+def test_rotating_an_unknown_vnet_says_what_to_do(m: Manager) -> None:
+    with pytest.raises(ApiError, match="no VNET"):
+        m.rotate_vnet_keys("demo", "back")
+
+
+def test_r18_each_vnet_lists_its_member_hosts_underlay_addresses(m: Manager) -> None:
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    status = m.store.get("farm", "demo")
+    assert status is not None
+    hosts_on = {v: sorted({i["host"] for i in status.status["instances"] if i["vm"] == vm})
+                for v, vm in (("front", "web"), ("back", "db"))}
+    for h in HOSTS:
+        for name, v in vnets_of(m, h).items():
+            assert v["members"] == sorted(HOSTS[x] for x in hosts_on[name])
+            assert "member_hosts" not in v
+
+
+def test_r18_members_are_left_out_while_an_address_is_unknown(m: Manager) -> None:
+    report_all(m, underlay=False)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    assert all("members" not in v for h in HOSTS for v in vnets_of(m, h).values())
+
+
+def test_a_rotation_step_reaches_the_hosts_through_converge(m: Manager) -> None:
+    """R21 end to end on paper: the desired keys differ from what a host holds -> vnet.update."""
+    from gatekeeper.converge import Here, converge, wanted_fingerprint
+
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    host = db_host(m)
+    desired = m._desired(host)
+    back = next(v for v in desired["vnets"] if v["name"] == "back")
+    info = {v["id"]: {"security": v["security"], "mtu": v["mtu"], "members": [a for a in v["members"]
+                                                                            if a != HOSTS[host]],
+                      "key_fingerprint": wanted_fingerprint(v["security"], v["keys"])} for v in desired["vnets"]}
+    here = Here(list(info), [], set(info), vnet_info=info, underlay=HOSTS[host])
+    assert not [a for a in converge(desired, here) if a.op.startswith("vnet.")]
+    m.rotate_vnet_keys("demo", "back")
+    ops = [(a.op, a.args["vnet"]) for a in converge(m._desired(host), here) if a.op.startswith("vnet.")]
+    assert ops == [("vnet.update", back["id"])]
