@@ -1,12 +1,17 @@
 """What vnetd decides, without I/O: which captured packets to relay, which relayed ones to inject,
-where to forward them, and which peers are alive. Clock injected; returns commands.
+where to forward them, and which peers are alive. Clocks injected; returns commands.
 
     event                         condition                         commands
     ---------------------------   -------------------------------   -------------------------------
     local(packet)                 we injected these bytes recently  - (our own re-injection)
     local(packet)                 otherwise                         Relay to every peer (seq = ours+1)
-    relay(msg) from peer P        (origin, seq) seen before         - (counted duplicate)
+    relay(msg) from peer P        P is not a peer                   - (from_unknown_peer)
     relay(msg) from peer P        origin is us                      - (came back around a loop)
+    relay(msg) from peer P        not UDP to the group on a         - (not_relayable: vnetd injects
+                                  relayed port                        nothing else onto a segment)
+    relay(msg) from peer P        timestamp outside the window      - (stale)
+    relay(msg) from peer P        (origin, seq) seen, or seq older  - (duplicate, too_old)
+                                  than the origin's window
     relay(msg) from peer P        new                               Inject(packet); Relay to every
                                                                     peer but P and the origin, hops+1
     hello from P                                                    P marked up
@@ -16,18 +21,32 @@ where to forward them, and which peers are alive. Clock injected; returns comman
 Loops and duplicates cannot survive any peer topology (mesh, chain, triangle): every packet has
 one (origin, seq) name, and each vnetd acts on a name once. A relay never goes back to the peer
 it came from, and hops are bounded.
+
+Replays (audit R23): each origin's sequence numbers only move forward. Like ESP's anti-replay
+window (RFC 4303 §3.4.3), a vnetd keeps per origin the highest number it accepted and a bitmap of
+the SEQ_WINDOW numbers below it: a copy that arrives late by another path is still accepted once,
+anything seen or older than the window never again, however late it is replayed. The timestamp
+window (FRESH_S) covers what a vnetd cannot remember: messages captured before it restarted. An
+origin restarts with a larger sequence number (seeded from its wall clock); if its clock went back,
+its numbers restart below the window, and that is accepted once nothing was accepted from it for
+twice the timestamp window (by then every message of its previous run is stale).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from softudc.wire.relay import MAX_HOPS
 
-SEEN_TTL = 30.0
 INJECTED_TTL = 2.0
+FRESH_S = 30.0  # a relay message's timestamp may be this far from our clock (was 60 s; audit R23)
+SEQ_WINDOW = 4096  # how far behind an origin's newest message a copy by another path may arrive
+MAX_ORIGINS = 1024  # origins remembered (least recently heard forgotten first); only key holders add any
+DEFAULT_GROUP = "224.10.0.1"
+DEFAULT_PORTS = (1798, 4500)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +81,58 @@ class Peer:
 
 
 @dataclass
+class OriginWindow:
+    """What we accepted from one origin: its highest sequence number, and which of the
+    SEQ_WINDOW numbers below it (bit i: top - i)."""
+
+    top: int
+    accepted_at: float  # our monotonic clock when we last accepted something from it
+    bits: int = 1
+
+    def check(self, seq: int) -> str | None:
+        if seq > self.top:
+            return None
+        if self.top - seq >= SEQ_WINDOW:
+            return "too_old"
+        return "duplicate" if self.bits >> (self.top - seq) & 1 else None
+
+    def accept(self, seq: int, now: float) -> None:
+        if seq > self.top:
+            shift = seq - self.top
+            self.bits = ((self.bits << shift) | 1) & ((1 << SEQ_WINDOW) - 1) if shift < SEQ_WINDOW else 1
+            self.top = seq
+        else:
+            self.bits |= 1 << (self.top - seq)
+        self.accepted_at = now
+
+
+def relayable(packet: bytes, group: bytes, ports: tuple[int, ...]) -> str | None:
+    """Why vnetd must not inject `packet` onto its segment, or None: only what it would have
+    captured itself (IPv4 UDP to the VARP group on a relayed port, not fragmented) may go out."""
+    if len(packet) < 28 or packet[0] >> 4 != 4:
+        return "not_ipv4"
+    ihl = (packet[0] & 0x0F) * 4
+    if ihl < 20 or len(packet) < ihl + 8 or int.from_bytes(packet[2:4], "big") != len(packet):
+        return "bad_length"
+    if packet[9] != 17 or int.from_bytes(packet[6:8], "big") & 0x3FFF:  # UDP; no MF flag, offset 0
+        return "not_udp"
+    if packet[16:20] != group:
+        return "not_to_group"
+    if int.from_bytes(packet[ihl + 2:ihl + 4], "big") not in ports:
+        return "not_relayed_port"
+    return None
+
+
+@dataclass
 class RelayCore:
     me: str
     peers: dict[str, Peer] = field(default_factory=dict)
     hello_interval: float = 1.0
     seq: int = 0
+    group: str = DEFAULT_GROUP
+    ports: tuple[int, ...] = DEFAULT_PORTS
     counts: dict[str, int] = field(default_factory=dict)
-    _seen: OrderedDict[tuple[str, int], float] = field(default_factory=OrderedDict)
+    _origins: OrderedDict[str, OriginWindow] = field(default_factory=OrderedDict)
     _injected: OrderedDict[bytes, float] = field(default_factory=OrderedDict)
     _next_hello: float = 0.0
 
@@ -93,14 +157,20 @@ class RelayCore:
             self._count("own_injection_ignored")
             return []
         self.seq += 1
-        self._seen[(self.me, self.seq)] = now
         self._count("captured")
         out: list[Command] = [Relay(p, self.me, self.seq, 0, packet) for p in self.peers]
         for p in self.peers.values():
             p.tx += 1
         return out
 
-    def relayed(self, peer: str, origin: str, seq: int, hops: int, packet: bytes, now: float) -> list[Command]:
+    def fresh(self, sent_ns: int, wall_ns: int) -> bool:
+        """A message's timestamp is within FRESH_S of our wall clock."""
+        return abs(wall_ns - sent_ns) <= FRESH_S * 1e9
+
+    def relayed(self, peer: str, origin: str, seq: int, hops: int, packet: bytes, now: float, *,
+                sent_ns: int, wall_ns: int) -> list[Command]:
+        """A relay message from `peer` (its MAC verified), sent at `sent_ns` by the peer's wall
+        clock; `now` is our monotonic clock, `wall_ns` our wall clock."""
         self._expire(now)
         sender = self.peers.get(peer)
         if sender is None:
@@ -111,10 +181,18 @@ class RelayCore:
         if origin == self.me:
             self._count("looped_back")
             return []
-        if (origin, seq) in self._seen:
-            self._count("duplicate")
+        why = relayable(packet, ipaddress.IPv4Address(self.group).packed, self.ports)
+        if why is not None:
+            self._count("not_relayable")
+            self._count(f"not_relayable_{why}")
             return []
-        self._seen[(origin, seq)] = now
+        if not self.fresh(sent_ns, wall_ns):
+            self._count("stale")
+            return []
+        why = self._sequence_refused(origin, seq, now)
+        if why is not None:
+            self._count(why)
+            return []
         self._injected[self._digest(packet)] = now
         self._count("injected")
         out: list[Command] = [Inject(packet)]
@@ -149,8 +227,27 @@ class RelayCore:
         self._next_hello = now + self.hello_interval
         return [Hello(p) for p in self.peers]
 
+    def _sequence_refused(self, origin: str, seq: int, now: float) -> str | None:
+        """Accept (origin, seq) once, or say why not (duplicate, too_old)."""
+        window = self._origins.get(origin)
+        if window is None:
+            window = self._origins[origin] = OriginWindow(seq, now)
+            if len(self._origins) > MAX_ORIGINS:
+                self._origins.popitem(last=False)
+                self._count("origin_forgotten")
+            return None
+        self._origins.move_to_end(origin)
+        why = window.check(seq)
+        if why == "too_old" and now - window.accepted_at > 2 * FRESH_S:
+            # Nothing accepted from it for twice the timestamp window: whatever it sent before is
+            # stale by now, so this is a restart whose clock went back, not a replay.
+            self._origins[origin] = OriginWindow(seq, now)
+            self._count("origin_restarted")
+            return None
+        if why is None:
+            window.accept(seq, now)
+        return why
+
     def _expire(self, now: float) -> None:
-        while self._seen and next(iter(self._seen.values())) < now - SEEN_TTL:
-            self._seen.popitem(last=False)
         while self._injected and next(iter(self._injected.values())) < now - INJECTED_TTL:
             self._injected.popitem(last=False)

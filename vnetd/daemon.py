@@ -36,7 +36,7 @@ from vnetd.core import Command, Hello, Inject, Relay, RelayCore
 log = logging.getLogger("vnetd")
 RELAY_PORT = 1798
 TICK = 0.2
-TIMESTAMP_WINDOW_NS = 60 * 10**9
+ERROR_LOG_EVERY_S = 10.0  # a receive loop's unexpected errors are logged at most this often
 
 
 class Vnetd:
@@ -44,7 +44,8 @@ class Vnetd:
         self.config = config
         # Sequence numbers start at the wall clock in ns: a restarted vnetd never reuses a name
         # its peers still remember as seen.
-        self.core = RelayCore(config.address, hello_interval=config.hello_interval, seq=time.time_ns())
+        self.core = RelayCore(config.address, hello_interval=config.hello_interval, seq=time.time_ns(),
+                              group=config.group, ports=config.ports)
         for p in config.peers:
             self.core.add_peer(p)
         self.counts: dict[str, int] = {}
@@ -62,9 +63,21 @@ class Vnetd:
         self.inject.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
         self._group = socket.inet_aton(config.group)
         self._me = socket.inet_aton(config.address)
+        self._error_logged = 0.0
+        self.wall_ns: Callable[[], int] = time.time_ns  # injectable, as is the monotonic clock
+        self.monotonic: Callable[[], float] = time.monotonic
 
     def _count(self, name: str) -> None:
         self.counts[name] = self.counts.get(name, 0) + 1
+
+    def _survive(self, where: str, e: Exception) -> None:
+        """One input must never end a receive loop: count the error by kind, log it now and then."""
+        self._count(f"error_{type(e).__name__}")
+        now = time.monotonic()
+        if now - self._error_logged >= ERROR_LOG_EVERY_S:
+            self._error_logged = now
+            log.warning("%s: dropped one input after %s: %s (counted; logged at most every %.0f s)",
+                        where, type(e).__name__, e, ERROR_LOG_EVERY_S)
 
     def on_capture(self) -> None:
         while True:
@@ -72,20 +85,28 @@ class Vnetd:
                 packet = self.capture.recv(65535)
             except BlockingIOError:
                 return
-            if len(packet) < 28 or packet[16:20] != self._group or packet[12:16] == self._me:
-                continue
-            ihl = (packet[0] & 0x0F) * 4
-            dport = int.from_bytes(packet[ihl + 2:ihl + 4], "big") if len(packet) >= ihl + 8 else 0
-            if dport not in self.config.ports:
-                continue
             try:
-                # Captured next to the sender, the checksum may still be the partial one of an
-                # offloading NIC; relay the packet as it will be valid on the far side.
-                packet = with_udp_checksum(packet)
-            except WireError:
-                self._count("malformed_capture")
-                continue
-            self.run(self.core.local(packet, time.monotonic()))
+                self._captured(packet)
+            except Exception as e:
+                self._survive("capture", e)
+
+    def _captured(self, packet: bytes) -> None:
+        """One packet from the capture socket: relayed when it is UDP to the group on a relayed
+        port, sent by someone else on our segment."""
+        if len(packet) < 28 or packet[16:20] != self._group or packet[12:16] == self._me:
+            return
+        ihl = (packet[0] & 0x0F) * 4
+        dport = int.from_bytes(packet[ihl + 2:ihl + 4], "big") if len(packet) >= ihl + 8 else 0
+        if dport not in self.config.ports:
+            return
+        try:
+            # Captured next to the sender, the checksum may still be the partial one of an
+            # offloading NIC; relay the packet as it will be valid on the far side.
+            packet = with_udp_checksum(packet)
+        except WireError:
+            self._count("malformed_capture")
+            return
+        self.run(self.core.local(packet, self.monotonic()))
 
     def on_relay(self) -> None:
         while True:
@@ -94,36 +115,46 @@ class Vnetd:
             except BlockingIOError:
                 return
             try:
-                msg = parse_relay(data, self.config.key)
-            except RelayAuthError:
-                self._count("auth_failed")
-                continue
-            except WireError:
-                self._count("malformed")
-                continue
-            if msg.key_id != self.config.key_id or abs(time.time_ns() - msg.timestamp_ns) > TIMESTAMP_WINDOW_NS:
-                self._count("stale_or_unknown_key")
-                continue
-            now = time.monotonic()
-            if msg.op is RelayOp.HELLO:
-                self.core.hello(src, now)
-            else:
-                self.run(self.core.relayed(src, str(msg.origin), msg.seq, msg.hops, msg.packet, now))
+                self.received(data, src)
+            except Exception as e:
+                self._survive("relay", e)
+
+    def received(self, data: bytes, src: str) -> None:
+        """One datagram on the relay socket: authenticated, fresh, new, then acted on."""
+        try:
+            msg = parse_relay(data, self.config.key)
+        except RelayAuthError:
+            self._count("auth_failed")
+            return
+        except WireError:
+            self._count("malformed")
+            return
+        if msg.key_id != self.config.key_id:
+            self._count("unknown_key")
+            return
+        now, wall = self.monotonic(), self.wall_ns()
+        if msg.op is RelayOp.HELLO:
+            if not self.core.fresh(msg.timestamp_ns, wall):
+                self._count("stale")
+                return
+            self.core.hello(src, now)
+        else:
+            self.run(self.core.relayed(src, str(msg.origin), msg.seq, msg.hops, msg.packet, now,
+                                       sent_ns=msg.timestamp_ns, wall_ns=wall))
 
     def run(self, commands: list[Command]) -> None:
         for cmd in commands:
             try:
-                if isinstance(cmd, Inject):
-                    dst = socket.inet_ntoa(cmd.packet[16:20])
-                    self.inject.sendto(cmd.packet, (dst, 0))
+                if isinstance(cmd, Inject):  # the core checked: UDP to the group on a relayed port
+                    self.inject.sendto(cmd.packet, (self.config.group, 0))
                     self._count("injected_sent")
                 elif isinstance(cmd, Relay):
                     msg = RelayMessage(RelayOp.PACKET, ipaddress.IPv4Address(cmd.origin), cmd.seq, cmd.hops,
-                                       self.config.key_id, time.time_ns(), cmd.packet)
+                                       self.config.key_id, self.wall_ns(), cmd.packet)
                     self.relay.sendto(build_relay(msg, self.config.key), (cmd.peer, RELAY_PORT))
                 elif isinstance(cmd, Hello):
                     msg = RelayMessage(RelayOp.HELLO, ipaddress.IPv4Address(self.config.address), 0, 0,
-                                       self.config.key_id, time.time_ns())
+                                       self.config.key_id, self.wall_ns())
                     self.relay.sendto(build_relay(msg, self.config.key), (cmd.peer, RELAY_PORT))
             except OSError:
                 self._count("send_error")  # a peer that is gone; HELLOs tell when it is back
