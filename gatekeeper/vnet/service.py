@@ -19,6 +19,7 @@ from gatekeeper.config import GatekeeperConfig, load_keys, parse_vnet_keys
 from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
 from gatekeeper.vnet.forwarder import Forwarder
 from gatekeeper.vnet.port import VnetPort, gso_max_size_for, mtu_for
+from gatekeeper.vnet.supervisor import reason_of
 from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, VarpCache
 from softudc.atomicfile import move_aside, write_atomic
 from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for, varp_mac
@@ -325,23 +326,37 @@ class VnetService:
                 "vnets": {p.vnet: self._describe(p) for p in self.forwarder.vnets.values()}}
 
     def tick(self) -> None:
-        with self.lock:
-            self._run(self.cache.tick())
+        """The VARP timer. The lock covers only the cache's decisions (bounded by its limits);
+        the sends they call for happen after it is released. An error costs one tick, counted
+        and logged at a limited rate, never the timer task (and with it the gatekeeper)."""
+        try:
+            with self.lock:
+                commands = self.cache.tick()
+            self._run(commands)
+        except Exception as e:
+            reason = reason_of(e)
+            self.forwarder.drops["ctl"][reason] += 1
+            self.forwarder._errlog("varp-timer", reason, e)
 
     # --- called by the forwarding threads -----------------------------------------------------
+    # Each takes the lock for the cache's decision only and sends (requests, queued frames) after
+    # releasing it, so a forwarding thread never waits for another one's sends.
 
     def on_miss(self, vnet: int, mac: bytes, frame: bytes) -> None:
         with self.lock:
-            self._run(self.cache.miss(vnet, mac, frame))
+            commands = self.cache.miss(vnet, mac, frame)
+        self._run(commands)
 
     def on_stale(self, vnet: int, mac: bytes) -> None:
         with self.lock:
-            self._run(self.cache.use_stale(vnet, mac))
+            commands = self.cache.use_stale(vnet, mac)
+        self._run(commands)
 
     def on_learn(self, vnet: int, mac: bytes, addr: str) -> None:
         with self.lock:
             self.varp_counts["learned"] += 1
-            self._run(self.cache.learn(vnet, mac, addr))
+            commands = self.cache.learn(vnet, mac, addr)
+        self._run(commands)
 
     def on_varp(self, buf: bytes, src: str) -> None:
         try:
@@ -349,8 +364,12 @@ class VnetService:
         except WireError:
             self.varp_counts["bad"] += 1
             return
-        if msg.vnet not in self.forwarder.vnets:
+        port = self.forwarder.vnets.get(msg.vnet)
+        if port is None:
             self.varp_counts["not_member"] += 1
+            return
+        if port.members and src not in port.members:
+            self.varp_counts["not_member_host"] += 1  # R18: the VNET lists its hosts; this is none of them
             return
         why = self._varp_refused(msg, buf)
         if why is not None:
@@ -368,13 +387,20 @@ class VnetService:
         if not isinstance(msg.addr, ipaddress.IPv4Address) or (key in self.local_macs and key not in self.departing):
             self.varp_counts["announce_ignored"] += 1
             return
+        if str(msg.addr) != src:
+            # R18: a host announces only itself. The body's address is not the sender's (vnetd
+            # re-injects relayed packets with their original source, so relaying keeps this true):
+            # believing it would let anyone point a MAC, or a departing VM, at a third address.
+            self.varp_counts["announce_not_from_addr"] += 1
+            return
         with self.lock:
             if key in self.local_macs:  # a VM migrating away resumed there: send its frames there now
                 self.local_macs.discard(key)
                 self.departing.discard(key)
                 self.devices.forget_fdb(bridge_name(msg.vnet), msg.vmac.hex(":"))  # not to the old TAP
                 self.varp_counts["moved_away"] += 1
-            self._run(self.cache.announce(msg.vnet, msg.vmac, str(msg.addr)))
+            commands = self.cache.announce(msg.vnet, msg.vmac, str(msg.addr))
+        self._run(commands)
 
     # --- VARP authentication ------------------------------------------------------------------
 
@@ -441,7 +467,8 @@ class VnetService:
     # --- helpers ------------------------------------------------------------------------------
 
     def _run(self, commands: list[Command]) -> None:
-        """Carry out what the cache decided. Called with the lock held."""
+        """Carry out what the cache decided. Needs no lock (the forwarding paths call it after
+        releasing theirs); refusals (`Dropped`) are counted as ctl drops `varp_<reason>`."""
         drops = self.forwarder.drops["ctl"]
         for cmd in commands:
             if isinstance(cmd, SendRequest):

@@ -22,12 +22,20 @@ without the lock); STALE keys also sit in `stale`, so the first use of one costs
 Unlike Xen vnet G1/G2 (reference/xen-vnet.md §2.8), a stream of frames to a dead MAC does not
 reset the probe count, so it does reach FAILED; announces for unknown keys create entries (they
 are the gratuitous announces a migration sends).
+
+Everything here is fed by the network or by guests, so everything is bounded (`VarpLimits`,
+audit R18/R19): entries per VNET and per host (a new key beyond that is refused, "cache_full";
+known keys still update), INCOMPLETE entries per VNET and per host ("miss_limit": the frame is
+dropped, nothing is asked), bytes of frames queued behind misses per VNET and per host
+("queue_bytes"), and REQUESTs by token buckets per VNET and per host ("request_ratelimited": the
+probe is not counted and is tried again at the next tick, so a burst delays resolution instead of
+failing it). Each refusal is a `Dropped` command, so the caller counts it.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,6 +83,36 @@ class VarpTimers:
     failed_ttl: float = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class VarpLimits:
+    max_entries: int = 16384  # per host: bounds the tick's work under the service lock too
+    max_entries_per_vnet: int = 4096
+    max_incomplete: int = 1024  # unresolved MACs per host (each may hold queued frames)
+    max_incomplete_per_vnet: int = 256
+    max_queued_bytes: int = 8 << 20  # frames waiting for an answer, per host
+    max_queued_bytes_per_vnet: int = 1 << 20
+    request_rate: float = 200.0  # REQUESTs per second the host sends at most, on average
+    request_burst: float = 400.0
+    request_rate_per_vnet: float = 50.0  # so one VNET's guests cannot use the host's whole budget
+    request_burst_per_vnet: float = 100.0
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    rate: float
+    burst: float
+    tokens: float
+    stamp: float
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
 @dataclass(slots=True)
 class Entry:
     state: State
@@ -87,10 +125,20 @@ class Entry:
 
 
 class VarpCache:
-    def __init__(self, clock: Callable[[], float], timers: VarpTimers | None = None) -> None:
+    def __init__(self, clock: Callable[[], float], timers: VarpTimers | None = None,
+                 limits: VarpLimits | None = None) -> None:
         self._clock = clock
         self.timers = timers or VarpTimers()
+        self.limits = limits or VarpLimits()
         self._entries: dict[Key, Entry] = {}
+        # What the limits are checked against, kept up to date by every change of an entry.
+        self._count: Counter[int] = Counter()  # entries per VNET
+        self._incomplete: Counter[int] = Counter()  # INCOMPLETE entries per VNET
+        self._queued: Counter[int] = Counter()  # bytes queued per VNET
+        self._totals = Counter[str]()  # "entries", "incomplete", "queued" for the whole host
+        self._host_bucket = TokenBucket(self.limits.request_rate, self.limits.request_burst,
+                                        self.limits.request_burst, clock())
+        self._vnet_buckets: dict[int, TokenBucket] = {}
         self.fdb: dict[Key, str] = {}
         self.stale: set[Key] = set()
         # Filled by forwarding threads without the lock: key -> last time a frame confirmed it.
@@ -105,14 +153,22 @@ class VarpCache:
         if entry is None or entry.state is State.INCOMPLETE:
             out: list[Command] = []
             if entry is None:
-                entry = Entry(State.INCOMPLETE, None, now, probes=1,
-                              next_probe=now + self.timers.probe_interval, probing=True)
-                self._entries[key] = entry
-                out.append(SendRequest(vnet, mac))
+                refused = self._refuse_new(vnet, incomplete=True)
+                if refused is not None:
+                    return [Dropped(vnet, mac, 1, refused)]
+                entry = Entry(State.INCOMPLETE, None, now, probing=True)
+                self._add(key, entry)
+                out += self._probe(key, entry, now)
             if len(entry.queue) >= self.timers.queue_max:
-                entry.queue.popleft()
+                self._dequeue(vnet, entry.queue.popleft())
                 out.append(Dropped(vnet, mac, 1, "queue_full"))
+            if (self._queued[vnet] + len(frame) > self.limits.max_queued_bytes_per_vnet
+                    or self._totals["queued"] + len(frame) > self.limits.max_queued_bytes):
+                out.append(Dropped(vnet, mac, 1, "queue_bytes"))
+                return out
             entry.queue.append(frame)
+            self._queued[vnet] += len(frame)
+            self._totals["queued"] += len(frame)
             return out
         if entry.state is State.FAILED:
             return [Dropped(vnet, mac, 1, "unresolved")]
@@ -127,9 +183,8 @@ class VarpCache:
         if entry is None or entry.state is not State.STALE or entry.probing:
             return []
         now = self._clock()
-        entry.probing, entry.probes = True, 1
-        entry.next_probe = now + self.timers.probe_interval
-        return [SendRequest(vnet, mac)]
+        entry.probing, entry.probes = True, 0
+        return self._probe(key, entry, now)
 
     def announce(self, vnet: int, mac: bytes, addr: str) -> list[Command]:
         """An ANNOUNCE (reply or gratuitous), or a frame learned from `addr`."""
@@ -137,11 +192,14 @@ class VarpCache:
         entry = self._entries.get(key)
         now = self._clock()
         if entry is None:
+            refused = self._refuse_new(vnet, incomplete=False)
+            if refused is not None:
+                return [Dropped(vnet, mac, 1, refused)]  # one announce (or learned frame) not believed
             entry = Entry(State.REACHABLE, addr, now)
-            self._entries[key] = entry
-        queued = tuple(entry.queue)
-        entry.queue.clear()
-        entry.state, entry.addr, entry.updated = State.REACHABLE, addr, now
+            self._add(key, entry)
+        queued = self._take_queue(vnet, entry)
+        self._set_state(vnet, entry, State.REACHABLE)
+        entry.addr, entry.updated = addr, now
         entry.probing, entry.probes = False, 0
         self.fdb[key] = addr
         self.stale.discard(key)
@@ -152,16 +210,17 @@ class VarpCache:
     def forget(self, vnet: int, mac: bytes) -> list[Command]:
         """The MAC is now local (attached here): drop what the cache thought."""
         key = (vnet, mac)
-        entry = self._entries.pop(key, None)
-        self._unpublish(key)
-        if entry and entry.queue:
-            return [Dropped(vnet, mac, len(entry.queue), "became_local")]
+        entry = self._entries.get(key)
+        queued = len(entry.queue) if entry else 0
+        self._remove(key)
+        if queued:
+            return [Dropped(vnet, mac, queued, "became_local")]
         return []
 
     def forget_vnet(self, vnet: int) -> None:
         for key in [k for k in self._entries if k[0] == vnet]:
-            del self._entries[key]
-            self._unpublish(key)
+            self._remove(key)
+        self._vnet_buckets.pop(vnet, None)
 
     def flush(self) -> list[Command]:
         out: list[Command] = []
@@ -169,6 +228,10 @@ class VarpCache:
             if entry.queue:
                 out.append(Dropped(vnet, mac, len(entry.queue), "flushed"))
         self._entries.clear()
+        self._count.clear()
+        self._incomplete.clear()
+        self._queued.clear()
+        self._totals.clear()
         self.fdb.clear()
         self.stale.clear()
         self.seen.clear()
@@ -193,14 +256,12 @@ class VarpCache:
             if entry.state is State.INCOMPLETE:
                 if now >= entry.next_probe:
                     if entry.probes >= t.probe_max:
-                        entry.state, entry.updated, entry.probing = State.FAILED, now, False
+                        self._set_state(vnet, entry, State.FAILED)
+                        entry.updated, entry.probing = now, False
                         if entry.queue:
-                            out.append(Dropped(vnet, mac, len(entry.queue), "unresolved"))
-                            entry.queue.clear()
+                            out.append(Dropped(vnet, mac, len(self._take_queue(vnet, entry)), "unresolved"))
                     else:
-                        entry.probes += 1
-                        entry.next_probe = now + t.probe_interval
-                        out.append(SendRequest(vnet, mac))
+                        out += self._probe(key, entry, now)
             elif entry.state is State.REACHABLE:
                 if age >= t.ttl:
                     entry.state = State.STALE
@@ -210,9 +271,7 @@ class VarpCache:
                     if entry.probes >= t.probe_max:
                         self._remove(key)
                         continue
-                    entry.probes += 1
-                    entry.next_probe = now + t.probe_interval
-                    out.append(SendRequest(vnet, mac))
+                    out += self._probe(key, entry, now)
                 if age >= t.ttl + t.stale_ttl and not entry.probing:
                     self._remove(key)
             elif entry.state is State.FAILED and age >= t.failed_ttl:
@@ -240,8 +299,73 @@ class VarpCache:
         entry = self._entries.get((vnet, mac))
         return entry.state if entry else None
 
+    def counts(self) -> dict[str, int]:
+        """Host totals the limits apply to: entries, INCOMPLETE entries, queued bytes."""
+        return {"entries": len(self._entries), "incomplete": self._totals["incomplete"],
+                "queued_bytes": self._totals["queued"]}
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def _refuse_new(self, vnet: int, incomplete: bool) -> str | None:
+        """Why a new entry for `vnet` must not be made, or None."""
+        lim = self.limits
+        if len(self._entries) >= lim.max_entries or self._count[vnet] >= lim.max_entries_per_vnet:
+            return "cache_full"
+        if incomplete and (self._totals["incomplete"] >= lim.max_incomplete
+                           or self._incomplete[vnet] >= lim.max_incomplete_per_vnet):
+            return "miss_limit"
+        return None
+
+    def _probe(self, key: Key, entry: Entry, now: float) -> list[Command]:
+        """Send one REQUEST for `key` if both token buckets allow; else try again next tick."""
+        vnet, mac = key
+        lim = self.limits
+        bucket = self._vnet_buckets.get(vnet)
+        if bucket is None:
+            bucket = self._vnet_buckets[vnet] = TokenBucket(lim.request_rate_per_vnet, lim.request_burst_per_vnet,
+                                                            lim.request_burst_per_vnet, now)
+        # The VNET's bucket first: a VNET over its budget must not drain the host's.
+        if not (bucket.take(now) and self._host_bucket.take(now)):
+            entry.next_probe = now  # not a probe: the next tick tries again
+            return [Dropped(vnet, mac, 1, "request_ratelimited")]
+        entry.probes += 1
+        entry.next_probe = now + self.timers.probe_interval
+        return [SendRequest(vnet, mac)]
+
+    def _add(self, key: Key, entry: Entry) -> None:
+        self._entries[key] = entry
+        self._count[key[0]] += 1
+        if entry.state is State.INCOMPLETE:
+            self._incomplete[key[0]] += 1
+            self._totals["incomplete"] += 1
+
+    def _set_state(self, vnet: int, entry: Entry, state: State) -> None:
+        if entry.state is State.INCOMPLETE and state is not State.INCOMPLETE:
+            self._incomplete[vnet] -= 1
+            self._totals["incomplete"] -= 1
+        entry.state = state
+
+    def _dequeue(self, vnet: int, frame: bytes) -> None:
+        self._queued[vnet] -= len(frame)
+        self._totals["queued"] -= len(frame)
+
+    def _take_queue(self, vnet: int, entry: Entry) -> tuple[bytes, ...]:
+        frames = tuple(entry.queue)
+        entry.queue.clear()
+        for frame in frames:
+            self._dequeue(vnet, frame)
+        return frames
+
     def _remove(self, key: Key) -> None:
-        self._entries.pop(key, None)
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            vnet = key[0]
+            self._take_queue(vnet, entry)
+            self._set_state(vnet, entry, State.FAILED)  # whatever it was: no longer INCOMPLETE
+            self._count[vnet] -= 1
+            for counter in (self._count, self._incomplete, self._queued):
+                if counter[vnet] == 0:
+                    del counter[vnet]  # these stay as small as the set of VNETs with entries
         self._unpublish(key)
 
     def _unpublish(self, key: Key) -> None:
