@@ -24,6 +24,7 @@ from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, 
 from softudc.atomicfile import move_aside, write_atomic
 from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for, varp_mac
 from softudc.security.seqstore import SequenceStore
+from softudc.security.seqstore import SequenceStore
 from softudc.wire import VarpMessage, VarpOp, VarpTrailer, WireError, build_varp, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
 from softudc.wire.varp import VARP_LEN
@@ -67,6 +68,10 @@ class VnetService:
         )
         self._my_addr = ipaddress.IPv4Address(config.underlay_address)
         self._wall_ns = wall_clock_ns
+        # Outbound ESP sequence numbers are reserved on disk next to the state before use, so a
+        # restarted gatekeeper never reuses a (key, nonce) pair (audit R1).
+        self.forwarder.sas.seq_store = SequenceStore(state_file.with_name("gatekeeper-esp-seq.json")
+                                                     if state_file is not None else None)
         # Outbound ESP sequence numbers are reserved on disk next to the state before use, so a
         # restarted gatekeeper never reuses a (key, nonce) pair (audit R1).
         self.forwarder.sas.seq_store = SequenceStore(state_file.with_name("gatekeeper-esp-seq.json")
@@ -323,6 +328,8 @@ class VnetService:
         for c in self.forwarder.drops.values():
             drops.update(c)
         return {"drops": dict(drops), "varp": dict(self.varp_counts), "varp_rx": self.forwarder.varp_rx,
+                # SA table evictions (R17), ESN resyncs (R8), senders stopped before a wrap (R1)
+                "esp_sa": {**self.forwarder.sas.counts, "inbound_sas": self.forwarder.sas.inbound_count()},
                 "vnets": {p.vnet: self._describe(p) for p in self.forwarder.vnets.values()}}
 
     def tick(self) -> None:
