@@ -24,7 +24,6 @@ from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, 
 from softudc.atomicfile import move_aside, write_atomic
 from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for, varp_mac
 from softudc.security.seqstore import SequenceStore
-from softudc.security.seqstore import SequenceStore
 from softudc.wire import VarpMessage, VarpOp, VarpTrailer, WireError, build_varp, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
 from softudc.wire.varp import VARP_LEN
@@ -68,10 +67,6 @@ class VnetService:
         )
         self._my_addr = ipaddress.IPv4Address(config.underlay_address)
         self._wall_ns = wall_clock_ns
-        # Outbound ESP sequence numbers are reserved on disk next to the state before use, so a
-        # restarted gatekeeper never reuses a (key, nonce) pair (audit R1).
-        self.forwarder.sas.seq_store = SequenceStore(state_file.with_name("gatekeeper-esp-seq.json")
-                                                     if state_file is not None else None)
         # Outbound ESP sequence numbers are reserved on disk next to the state before use, so a
         # restarted gatekeeper never reuses a (key, nonce) pair (audit R1).
         self.forwarder.sas.seq_store = SequenceStore(state_file.with_name("gatekeeper-esp-seq.json")
