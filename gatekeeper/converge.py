@@ -7,8 +7,14 @@ named `<farm>--<instance>` are the manager's; anything else on the host is left 
 Migrations: the manager lists a moving instance on the destination with `incoming` (its VNETs
 are made, the VM is neither started nor stopped there); once the destination reports it
 `prepared`, on the source with `migrate_to` (the destination's libvirt URI and an attempt id).
-The source starts the migration once per attempt; a VM that just left by migration is not
-restarted here while the manager catches up.
+The source starts the migration once per attempt. A VM that left by migration (completed, or
+ended in an error with the VM no longer running here) is never restarted here by this host's own
+judgement: a copy may run at the destination. Only the manager's explicit `restart_departed` for
+that attempt (it says so once the destination has reported holding no copy) starts it again.
+
+Stopping: a VM the manager listed here before (a farm deleted, an instance removed, a cold move)
+is shut down gracefully (`force` False: ACPI, destroyed after a grace period); one it never told
+this host to run is destroyed at once (a stray or second copy).
 """
 
 from __future__ import annotations
@@ -39,10 +45,11 @@ class Here:
     vms: list[dict[str, Any]]
     managed_vnets: set[int] = field(default_factory=set)  # VNETs created for the manager
     attempts: dict[str, str] = field(default_factory=dict)  # VM -> migration attempt already started
-    departed: set[str] = field(default_factory=set)  # VMs that just left by migration
+    departed: dict[str, str] = field(default_factory=dict)  # VM -> the migration attempt it left by
     ports: dict[int, list[str]] = field(default_factory=dict)  # VNET -> interfaces plugged into it
     vnet_info: dict[int, dict[str, Any]] = field(default_factory=dict)  # VNET -> what `vnet.list` says of it
     underlay: str | None = None  # this host's underlay address (not listed among a VNET's members here)
+    told: set[str] = field(default_factory=set)  # VMs the manager listed here before (stopped gracefully)
 
 
 def converge(desired: dict[str, Any], here: Here) -> list[Action]:
@@ -67,13 +74,16 @@ def converge(desired: dict[str, Any], here: Here) -> list[Action]:
             if running and here.attempts.get(name) != move["attempt"]:
                 actions.append(Action("vm.migrate", {"name": name, **move}))
             continue
-        if not running and name not in here.departed:
+        left = here.departed.get(name)
+        if not running and left is not None and vm.get("restart_departed") != left:
+            actions.append(Action("vm.hold", {"name": name, "attempt": left}))  # said in the report
+        elif not running:
             actions.append(Action("vm.start", {"name": name, "vcpus": vm["vcpus"], "memory_mib": vm["memory_mib"],
                                                "nics": vm["nics"]}))
     leaving: set[str] = set()  # TAPs of the VMs stopped here now
     for name in sorted(have_vms):
         if MANAGED in name and name not in want_vms:
-            actions.append(Action("vm.stop", {"name": name, "force": True}))
+            actions.append(Action("vm.stop", {"name": name, "force": name not in here.told}))
             leaving.update(n.get("tap") or "" for n in have_vms[name].get("nics", []))
     for vid in sorted(here.managed_vnets - set(want_vnets)):
         if vid not in here.vnets:
@@ -84,7 +94,6 @@ def converge(desired: dict[str, Any], here: Here) -> list[Action]:
         else:
             actions.append(Action("vnet.delete", {"vnet": vid}))
     return actions
-
 
 def vnet_change(want: dict[str, Any], have: dict[str, Any], underlay: str | None) -> str | None:
     """How a VNET this host has must change to be what the manager wants (audit R21): a VNET id
@@ -126,12 +135,17 @@ def recover_migrations(desired: dict[str, Any], here: Here, active: set[str]) ->
     return out
 
 
-def settle_recovered(job: dict[str, Any], still_here: bool, still_active: bool) -> dict[str, Any] | None:
-    """A recovered migration's outcome once libvirt's job ends (None while it runs): gone from
-    here means it completed; still here without a job means it was interrupted."""
+def settle_recovered(job: dict[str, Any], still_here: bool, still_active: bool,
+                     present: bool | None = None) -> dict[str, Any] | None:
+    """A recovered migration's outcome once libvirt's job ends (None while it runs): running here
+    without a job means it was interrupted; gone from here (no domain at all: the source is
+    undefined on success) means it completed; defined here but not running is unknown (R12)."""
     if still_active:
         return None
-    if not still_here:
-        return {"state": "completed"}
-    return {"state": "failed", "error": "the migration stopped while this host's gatekeeper restarted; "
-                                        "the VM keeps running here (ask for the migration again)"}
+    if still_here:
+        return {"state": "failed", "error": "the migration stopped while this host's gatekeeper restarted; "
+                                            "the VM keeps running here (ask for the migration again)"}
+    if present:
+        return {"state": "unknown", "error": "the migration ended while this host's gatekeeper restarted and "
+                                             "the VM no longer runs here; it may run at the destination"}
+    return {"state": "completed"}

@@ -19,12 +19,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from gatekeeper.converge import MANAGED, Here, converge, recover_migrations, settle_recovered
+from gatekeeper.hypervisor.driver import MigrationOutcomeUnknown
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
 from softudc.atomicfile import move_aside, write_atomic
 
 log = logging.getLogger("gatekeeper.manager")
-DEPARTED_FOR = 120.0  # seconds a VM that migrated away is not restarted here
+GRACEFUL_STOP_S = 10.0  # a VM asked to power off (ACPI) is destroyed after this (R27b)
+LEFT = ("completed", "unknown")  # outgoing migrations after which the VM may run at the destination
 
 
 class ManagerClient:
@@ -49,6 +51,12 @@ class ManagerClient:
         self.notes: list[str] = []  # what is kept on purpose, worth knowing
         self.migrations: dict[str, dict[str, Any]] = {}  # VM -> the latest outgoing attempt
         self.arrivals: dict[str, dict[str, Any]] = {}  # VM -> libvirt's record of its incoming migration
+        # VMs that left by migration, not to be started here again without the manager's word (R12):
+        # VM -> {attempt, to, ended}; kept while the manager lists the VM here (bounded by that list).
+        self.departed: dict[str, dict[str, Any]] = {}
+        self._local_seen: set[tuple[str, float]] = set()  # local-API migrations already looked at
+        self._told: set[str] = set()  # VMs the manager listed here (stopped gracefully when it stops)
+        self._stopping: dict[str, float] = {}  # VM -> when a graceful stop gives way to destroy
         self._lock = threading.Lock()
         self.desired: dict[str, Any] = {}
 
@@ -100,7 +108,10 @@ class ManagerClient:
                 "running": running, "errors": self.errors[-5:],
                 "notes": self.notes[-5:],
                 "sizes": {v["name"]: [v.get("vcpus"), v.get("memory_mib")] for v in vms_here if MANAGED in v["name"]},
-                "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared()}
+                "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared(),
+                "departed": {n: {"attempt": d["attempt"], "to": d["to"],
+                                 "ago_s": round(max(time.monotonic() - d["ended"], 0.0), 1)}
+                             for n, d in self.departed.items()}}
 
     def _prepared(self) -> list[str]:
         """Incoming VMs whose VNETs exist here: the source may start migrating them."""
@@ -119,26 +130,31 @@ class ManagerClient:
                                             timeout=wait + 10)
         if desired.get("etag") == etag and wait > 0:
             vms_here = self.vms.hv.domains() if self.vms else []  # what changed here while it waited
-        now = time.monotonic()
         with self._lock:
             wanted = {v["name"] for v in desired.get("vms", [])}
             for name in [n for n, j in self.migrations.items() if n not in wanted and j["state"] != "copying"]:
                 del self.migrations[name]  # the manager has taken note; forget it
             attempts = {n: j["attempt"] for n, j in self.migrations.items()}
-            departed = {n for n, j in self.migrations.items()
-                        if j["state"] == "completed" and now - j["ended"] < DEPARTED_FOR}
-        if self.vms is not None:  # also those migrated through the local API, outside the manager
-            departed |= {n for n, j in list(self.vms.hv.migrations.items())
-                         if j.get("state") == "completed" and time.time() - j["started"] < DEPARTED_FOR}
-            self._follow_recovered(desired, vms_here, attempts, departed)
+        if self.vms is not None:
+            self._follow_recovered(desired, vms_here, attempts)
+        departed = self._departures(wanted)
+        on_host = {v["name"] for v in vms_here}
+        self._told = (self._told | wanted) & (on_host | wanted)
+        self._stopping = {n: t for n, t in self._stopping.items() if n in on_host}
         vnets_here = self.vnets.list_vnets()
         here = Here([v["vnet"] for v in vnets_here], vms_here, set(self.managed_vnets), attempts, departed,
                     {v["vnet"]: v.get("ports", []) for v in vnets_here},
                     {v["vnet"]: v for v in vnets_here if v["vnet"] in self.managed_vnets},
-                    self.vnets.config.underlay_address)
+                    self.vnets.config.underlay_address, told=set(self._told))
         done = []
         self.errors, self.notes = [], []
         for action in converge(desired, here):
+            if action.op == "vm.hold":
+                left = self.departed.get(action.args["name"], {})
+                self.errors.append(f"vm.start {action.args['name']}: not restarted: it left this host by migration "
+                                   f"to {left.get('to')} (attempt {action.args['attempt']}); the manager restarts it "
+                                   "here once that host has reported holding no copy")
+                continue
             if action.op == "vnet.keep":
                 self.notes.append(f"VNET {action.args['vnet']} is no longer needed here but kept: "
                                   f"{', '.join(action.args['ports'])} still plugged into it (unplug to remove it)")
@@ -151,8 +167,30 @@ class ManagerClient:
                 log.warning("%s failed: %s", action, e)
         return done
 
-    def _follow_recovered(self, desired: dict[str, Any], vms_here: list[dict[str, Any]], attempts: dict[str, str],
-                          departed: set[str]) -> None:
+    def _departures(self, wanted: set[str]) -> dict[str, str]:
+        """VMs that left this host by migration (through the manager, or the local API) and may run
+        elsewhere: VM -> attempt. Forgotten once the manager no longer lists the VM here (it took
+        note of the move), never after a while: a timer cannot tell that no copy runs elsewhere."""
+        with self._lock:
+            for name, job in self.migrations.items():
+                if job["state"] in LEFT and name not in self.departed:
+                    self.departed[name] = {"attempt": job["attempt"], "to": job["to"],
+                                           "ended": job.get("ended", time.monotonic())}
+        if self.vms is not None:
+            local = {(n, float(j.get("started", 0))): j for n, j in list(self.vms.hv.migrations.items())}
+            for (name, started), job in local.items():
+                if (name, started) in self._local_seen or job.get("state") not in LEFT:
+                    continue
+                self._local_seen.add((name, started))
+                if name not in self.migrations and name not in self.departed:  # behind the manager's back
+                    self.departed[name] = {"attempt": f"local-{started:.0f}", "to": job.get("dest"),
+                                           "ended": time.monotonic()}
+            self._local_seen &= set(local)
+        self.departed = {n: d for n, d in self.departed.items() if n in wanted}
+        return {n: str(d["attempt"]) for n, d in self.departed.items()}
+
+    def _follow_recovered(self, desired: dict[str, Any], vms_here: list[dict[str, Any]],
+                          attempts: dict[str, str]) -> None:
         """Migrations libvirt carried on while this gatekeeper restarted: followed, not restarted."""
         assert self.vms is not None
         wants = [v for v in desired.get("vms", []) if v.get("migrate_to")]
@@ -161,6 +199,7 @@ class ManagerClient:
             return
         active = self.vms.hv.migrating()
         here_names = {v["name"] for v in vms_here}
+        running_here = {v["name"] for v in vms_here if v["state"] == "running"}
         with self._lock:
             for name, attempt in recover_migrations(desired, Here([], vms_here, attempts=attempts), active).items():
                 to = next(v["migrate_to"]["host"] for v in wants if v["name"] == name)
@@ -169,11 +208,10 @@ class ManagerClient:
                 attempts[name] = attempt
                 log.info("following the migration of %s to %s that was running before this restart", name, to)
             for name in recovered:
-                outcome = settle_recovered(self.migrations[name], name in here_names, name in active)
+                outcome = settle_recovered(self.migrations[name], name in running_here, name in active,
+                                           present=name in here_names)
                 if outcome:
                     self.migrations[name].update(outcome, ended=time.monotonic())
-                    if outcome["state"] == "completed":
-                        departed.add(name)
 
     def _note_arrivals(self, desired: dict[str, Any], vms_here: list[dict[str, Any]]) -> None:
         """For VMs arriving here by migration: libvirt's record (downtime), reported once running."""
@@ -207,10 +245,27 @@ class ManagerClient:
             raise RuntimeError("this host has no hypervisor configured ([hypervisor] in the gatekeeper's config)")
         elif op == "vm.start":
             self.vms.start(args["name"], args["nics"], args["vcpus"], args["memory_mib"])
+            self.departed.pop(args["name"], None)  # converge starts a departed VM only on the manager's word
         elif op == "vm.stop":
-            self.vms.hv.stop(args["name"], force=True)
+            self._stop(args["name"], bool(args.get("force", True)))
         elif op == "vm.migrate":
             self._start_migration(args)
+
+    def _stop(self, name: str, force: bool) -> None:
+        """Destroy at once (force), or power off gracefully across sync rounds: ACPI first, destroy
+        once GRACEFUL_STOP_S have passed; the sync loop never blocks on a slow guest."""
+        assert self.vms is not None
+        hv = self.vms.hv
+        deadline = self._stopping.get(name)
+        if force or (deadline is not None and time.monotonic() >= deadline):
+            hv.stop(name, force=True)
+            self._stopping.pop(name, None)
+            return
+        if hv.shutdown(name)["stopping"]:  # asked again each round: a guest may miss the first press
+            self._stopping.setdefault(name, time.monotonic() + GRACEFUL_STOP_S)
+            return
+        hv.stop(name, force=True)  # powered off: undefine it
+        self._stopping.pop(name, None)
 
     def _start_migration(self, args: dict[str, Any]) -> None:
         name = args["name"]
@@ -225,6 +280,9 @@ class ManagerClient:
                 result = vms.migrate(name, args["uri"], int(args.get("bandwidth_mib", 0)),
                                     int(args.get("downtime_ms", 0)))
                 update = {"state": "completed", "wall_ms": result.get("wall_ms")}
+            except MigrationOutcomeUnknown as e:  # it may run at the destination: never restart it blindly
+                update = {"state": "unknown", "error": str(e)}
+                log.warning("migration of %s to %s: %s", name, args["host"], e)
             except Exception as e:
                 update = {"state": "failed", "error": str(e)}
                 log.warning("migration of %s to %s failed: %s", name, args["host"], e)

@@ -20,6 +20,7 @@ from typing import Any
 import libvirt
 
 from gatekeeper.hypervisor.domain import DomainNic, VmSpec, domain_nics, domain_xml
+from softudc import libvirturi
 
 log = logging.getLogger("gatekeeper.hypervisor")
 
@@ -30,6 +31,9 @@ STATES = {libvirt.VIR_DOMAIN_RUNNING: "running", libvirt.VIR_DOMAIN_PAUSED: "pau
 MIGRATE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
                  | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE | libvirt.VIR_MIGRATE_AUTO_CONVERGE)
 MIGRATION_TIMEOUT_S = 300.0
+# Paused because a migration is bringing it in (or, on a source, handing it over): not a VM of this
+# host yet. Its NICs are registered by the RESUMED/STARTED event once it runs here (audit R27a).
+MIGRATION_PAUSES = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP)
 
 _events_started = threading.Lock()
 _events_running = False
@@ -37,6 +41,11 @@ _events_running = False
 
 class HypervisorError(RuntimeError):
     """A VM operation that failed; the message says what happened and what to do."""
+
+
+class MigrationOutcomeUnknown(HypervisorError):
+    """A migration ended in an error, but the VM no longer runs here: it may run on the destination,
+    or nowhere. Nobody may start it again until the destination has said it holds no copy (R12)."""
 
 
 def _start_event_loop() -> None:
@@ -110,10 +119,16 @@ class Hypervisor:
             self.on_leave(nics, name)
 
     def adopt(self) -> list[str]:
-        """After a gatekeeper restart: the running domains stay as they are; register their NICs."""
+        """After a gatekeeper restart: the running domains stay as they are; register their NICs.
+        A domain paused for a migration is skipped: announcing its MACs from here would pull its
+        traffic to a copy that is not running yet (R27a); its RESUMED event registers it if it lands."""
         names = []
         for dom in self.conn().listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE):
-            if dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED):
+            state, reason = dom.state()[:2]
+            if state == libvirt.VIR_DOMAIN_PAUSED and reason in MIGRATION_PAUSES:
+                log.info("%s is paused for a migration; not adopted until it runs here", dom.name())
+                continue
+            if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED):
                 self._arrive(dom, "adopted")
                 names.append(dom.name())
         return names
@@ -160,6 +175,18 @@ class Hypervisor:
             raise HypervisorError(f"cannot stop {name}: {e.get_error_message()}") from None
         self._leave(name, "stopped")
         return {"name": name, "stopped": True}
+
+    def shutdown(self, name: str) -> dict[str, Any]:
+        """Ask the guest to power off (ACPI) and return at once; whoever asked destroys it if it is
+        still running after its grace period (R27b: cold moves and deletes end gracefully)."""
+        dom = self._dom(name)
+        try:
+            active = bool(dom.isActive())
+            if active:
+                dom.shutdown()
+        except libvirt.libvirtError as e:
+            raise HypervisorError(f"cannot shut {name} down: {e.get_error_message()}") from None
+        return {"name": name, "stopping": active}
 
     def pause(self, name: str) -> dict[str, Any]:
         self._dom(name).suspend()
@@ -220,7 +247,12 @@ class Hypervisor:
                 timeout_s: float = MIGRATION_TIMEOUT_S) -> dict[str, Any]:
         """Live-migrate peer to peer; blocks until done. QEMU slows a guest that dirties memory
         faster than it can be copied (auto-converge); after `timeout_s` the migration is aborted.
-        On any failure the VM keeps running here."""
+        On a failure with the VM still running here: HypervisorError; with the VM no longer running
+        here: MigrationOutcomeUnknown (it may run at the destination: never restart it blindly)."""
+        try:
+            libvirturi.check(dest_uri)  # the manager built it; still, never dial anything else (R20)
+        except libvirturi.MigrationUriError as e:
+            raise HypervisorError(f"migration of {name} refused: {e}") from None
         dom = self._dom(name)
         if not dom.isActive():
             raise HypervisorError(f"VM {name} is not running; only running VMs migrate live")
@@ -239,12 +271,17 @@ class Hypervisor:
             job["state"] = "copying"
             dom.migrateToURI3(dest_uri, params, MIGRATE_FLAGS)
         except libvirt.libvirtError as e:
-            job["state"] = "failed"
-            job["error"] = job.get("timed_out") or e.get_error_message()
-            running = self._still_here(name)
-            where = "keeps running on this host" if running else "is not running here"
-            raise HypervisorError(f"migration of {name} to {dest_uri} failed: {job['error']}; "
-                                  f"{name} {where}") from None
+            job["error"] = job.get("timed_out") or e.get_error_message() or str(e)
+            if self._runs_here(name):
+                job["state"] = "failed"
+                raise HypervisorError(f"migration of {name} to {dest_uri} failed: {job['error']}; "
+                                      f"{name} keeps running on this host") from None
+            # An error in the confirm phase, a dropped connection, or the watchdog racing completion:
+            # the VM may well run at the destination now (R12).
+            job["state"] = "unknown"
+            raise MigrationOutcomeUnknown(f"migration of {name} to {dest_uri} ended with an error "
+                                          f"({job['error']}) and {name} no longer runs here: it may run at the "
+                                          "destination; it is not restarted here") from None
         finally:
             watchdog.cancel()
         job.update(state="completed", wall_ms=round((time.monotonic() - t0) * 1000))
@@ -257,9 +294,11 @@ class Hypervisor:
         with contextlib.suppress(libvirt.libvirtError):
             dom.abortJob()
 
-    def _still_here(self, name: str) -> bool:
+    def _runs_here(self, name: str) -> bool:
+        """Running here, not merely active: a source left paused after an error in the last phase may
+        have a running copy at the destination."""
         try:
-            return bool(self.conn().lookupByName(name).isActive())
+            return bool(self.conn().lookupByName(name).state()[0] == libvirt.VIR_DOMAIN_RUNNING)
         except libvirt.libvirtError:
             return False
 

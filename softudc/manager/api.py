@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from softudc import libvirturi
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager import vnetkeys
 from softudc.manager.auth import AuthError, Principal, TokenStore
@@ -64,10 +65,12 @@ OPENAPI: dict[str, Any] = {
         "/v1/farms/{name}/instances/{instance}/migrate": {
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
                            {"name": "instance", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "post": {"summary": "Move an instance to another host (live, or cold by the VM's policy)",
+            "post": {"summary": "Move an instance to another host (live, or cold by the VM's policy); "
+                                "{\"cancel\": true} gives up a cold move, or a live one its source has not started",
                      "requestBody": {"content": {"application/json": {"schema": {
-                         "type": "object", "required": ["to"], "properties": {"to": {"type": "string"}}}}}},
-                     "responses": {"200": {"description": "migration requested; follow the farm's status"},
+                         "type": "object", "properties": {"to": {"type": "string"}, "cancel": {"type": "boolean"}}}}}},
+                     "responses": {"200": {"description": "migration requested (or cancelled); follow the farm's "
+                                                         "status"},
                                    "400": {"description": "bad body"}, "404": {"description": "no such farm"},
                                    "409": {"description": "cannot move there now (and why)"}}}},
         "/v1/events": {"get": {
@@ -137,6 +140,7 @@ class Manager:
         self._changed = threading.Condition()
         self._generation = 0
         self.registry, self.requests, self.events = make_registry(self.store, self.reports)
+        self._addresses: dict[str, str] = {}  # host -> where its reports come from (migration URIs, R20)
 
     def list_farms(self, who: Principal) -> list[dict[str, Any]]:
         return [{"name": o.name, "revision": o.revision, "vms": sum(v["replicas"] for v in o.spec.get("vms", []))}
@@ -187,12 +191,17 @@ class Manager:
     def migrate(self, who: Principal, name: str, instance: str, body: dict[str, Any]) -> dict[str, Any]:
         """Move an instance to another host: live (the source's gatekeeper migrates it peer to
         peer) or, for `migration: {policy: cold}`, stopped here and started there. The destination
-        must be ready and have room under the farm's placement rules."""
+        must be ready and have room under the farm's placement rules; the source must be reporting
+        (a silent host may still run the VM, and there is no fencing yet). `{"cancel": true}` gives
+        up a move that has not reached the point of no return (see cancel_migration)."""
         if not who.can_write(name):
             raise ApiError(403, f"{who.name} ({who.role}) may not migrate VMs of farm {name!r}")
+        cancel = body.get("cancel", False)
+        if not isinstance(cancel, bool):
+            raise ApiError(400, "body: 'cancel' must be true or false")
         to = body.get("to")
-        if not isinstance(to, str) or not to:
-            raise ApiError(400, "body: 'to' must name the destination host")
+        if not cancel and (not isinstance(to, str) or not to):
+            raise ApiError(400, "body: 'to' must name the destination host (or send {\"cancel\": true})")
         with self._reconcile_lock:
             obj = self.store.get("farm", name)
             if obj is None or not who.can_read(name):
@@ -202,21 +211,29 @@ class Manager:
             inst = next((i for i in instances if i["name"] == instance), None)
             if inst is None:
                 raise ApiError(404, f"farm {name} has no instance {instance!r} (see `softudc get vms`)")
+            if cancel:
+                self._cancel_migration(who, obj, instances, inst)
+                return {"farm": name, "instance": inst}
+            assert isinstance(to, str)
             vm = next(v for v in farm.vms if v.name == inst["vm"])
             if vm.migration == "none":
                 raise ApiError(409, f"{instance}: its VM {vm.name} has migration policy 'none'")
             if inst.get("migrating"):
-                raise ApiError(409, f"{instance} is already moving to {inst['migrating']['to']}; wait for it")
+                raise ApiError(409, f"{instance} is already moving to {inst['migrating']['to']}; wait for it, or "
+                                    "cancel it (POST this route with {\"cancel\": true})")
             if inst["host"] == to:
                 raise ApiError(409, f"{instance} already runs on {to}")
             reports = self.reports()
+            source = reports.get(inst["host"], {})
+            if source.get("state", "down") == "down":
+                raise ApiError(409, f"{inst['host']} is down (no report for {HOST_DOWN_AFTER_S:.0f} s): the manager "
+                                    f"cannot tell whether {instance} still runs there, and without fencing a move "
+                                    f"could start a second copy. Bring {inst['host']}'s gatekeeper back and try "
+                                    "again; if the host is gone for good, power it off before recovering its VMs")
             report = reports.get(to)
             if report is None or "vcpus" not in report:
                 raise ApiError(404, f"no host {to!r} has reported to this manager (see `softudc host list`)")
             live = vm.migration == "live"
-            if live and not report.get("migration_uri"):
-                raise ApiError(409, f"{to} accepts no live migrations: its gatekeeper has no "
-                                    "hypervisor.migration_uri")
             hosts = inventory(reports)
             _charge_others(hosts, self.store.objects("farm"), current="")
             dest = [h for h in hosts if h.name == to]
@@ -225,14 +242,50 @@ class Manager:
             fit = place(dest, [request], groups)
             if fit.unplaced:
                 raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(fit.unplaced[instance]))
+            uri = self._migration_uri(to, report) if live else None
             attempt = f"{int(time.time() * 1000):x}"
             inst["migrating"] = ({"to": to, "attempt": attempt, "since": time.time(), "state": "requested"} |
-                                 ({"uri": report["migration_uri"]} if live else {"cold": True}))
+                                 ({"uri": uri} if uri else {"cold": True}))
             self.store.set_status("farm", name, {**obj.status, "instances": instances})
             self._changes_made()
             kind = "live" if live else "cold"
             self._event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
         return {"farm": name, "instance": inst}
+
+    def _cancel_migration(self, who: Principal, obj: Any, instances: list[dict[str, Any]],
+                          inst: dict[str, Any]) -> None:
+        """Give up a move while that is safe: a cold one until it completes (the destination starts
+        the VM only once the source has confirmed it stopped, and the source then simply runs it
+        again), a live one until its source has been told to start it. After that only the outcome
+        the hosts report ends it: libvirt gives up by itself after 300 s."""
+        moving = inst.get("migrating")
+        if not moving:
+            raise ApiError(409, f"{inst['name']} is not moving; nothing to cancel")
+        if not moving.get("cold") and moving.get("prepared"):
+            raise ApiError(409, f"{inst['name']}: the live migration to {moving['to']} is in its source's hands "
+                                f"({moving.get('state', '?')}) and cannot be called back safely; it ends by itself "
+                                "(libvirt aborts it after 300 s) and the farm's events will say how")
+        del inst["migrating"]
+        self.store.set_status("farm", obj.name, {**obj.status, "instances": instances})
+        self._changes_made()
+        self._event("farm", obj.name, "MigrationCancelled", f"by {who.name}: {inst['name']} stays on {inst['host']} "
+                                                            f"(was moving to {moving['to']})")
+
+    def note_address(self, host: str, address: str) -> None:
+        """The address a host's authenticated report came from: its migration URI must name it (R20).
+        One entry per joined host (the caller has authenticated it), so the table is bounded."""
+        self._addresses[host] = address
+
+    def _migration_uri(self, to: str, report: dict[str, Any]) -> str:
+        """The URI the source's libvirtd will connect to, built here (audit R20): never what the
+        destination reported verbatim."""
+        reported = report.get("migration_uri")
+        if not reported:
+            raise ApiError(409, f"{to} accepts no live migrations: its gatekeeper has no hypervisor.migration_uri")
+        try:
+            return libvirturi.for_host(str(reported), self._addresses.get(to))
+        except libvirturi.MigrationUriError as e:
+            raise ApiError(409, f"{to}: its migration_uri is refused: {e}") from None
 
     def _event(self, kind: str, name: str, type_: str, message: str) -> None:
         self.store.event(kind, name, type_, message)
@@ -514,6 +567,7 @@ REPORT_FIELDS: dict[str, tuple[type, type | None]] = {
     "vcpus": (int, None), "memory_mib": (int, None), "state": (str, None), "migration_uri": (str, None),
     "running": (list, str), "errors": (list, str), "notes": (list, str), "prepared": (list, str),
     "migrations": (dict, dict), "arrivals": (dict, dict), "sizes": (dict, list),
+    "departed": (dict, dict),  # VMs that left by migration, not restarted there by itself (audit R12)
     "underlay": (str, None),  # the host's underlay address: VNET member lists (audit R18)
     "dataplane": (dict, None),  # forwarding threads: {workers: {name: state}, restarts, healthy} (audit R2)
 }
@@ -684,7 +738,9 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             if op in ("host_status", "desired"):  # one certificate per host name (audit R14)
                 m.authenticate_host(args["name"], self._peer_cn(), self._peer_fingerprint())
             if op == "host_status":
-                return m.host_status(self._peer_cn(), args["name"], self._json())
+                stored = m.host_status(self._peer_cn(), args["name"], self._json())
+                m.note_address(args["name"], str(self.client_address[0]))  # only once it authenticated (R20)
+                return stored
             if op == "desired":
                 query = dict(parse_qsl(self.path.partition("?")[2]))
                 try:

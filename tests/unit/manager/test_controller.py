@@ -126,24 +126,44 @@ def test_a_live_migration_lists_the_vm_on_both_hosts_then_moves_it_when_the_dest
     assert events == [("Migrated", f"db-0: {src} -> {dst} live, copied in 600 ms, downtime 30 ms")]
 
 
+def _report_again(reports: dict[str, dict[str, Any]], host: str, **fields: Any) -> None:
+    """`host` reports once more (the manager stamps each report with the time it stored it)."""
+    reports[host] = {**reports[host], **fields, "reported": reports[host].get("reported", 100.0) + 1.0}
+
+
 def test_a_failed_migration_leaves_the_vm_where_it_was_and_says_why() -> None:
+    """R12: the failure is said at once, but `migrating` ends only on the destination's fresh word
+    that it holds no copy (a report built after the failure: the second one stored after it)."""
     farm = validate(DEMO, "demo.yaml")
     status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
     src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
     dst = next(h for h in REPORTS if h != src)
-    reports = _running(farm, status)
+    reports = {h: {**r, "reported": 100.0, "sizes": {v: [1, 128] for v in r["running"]}}
+               for h, r in _running(farm, status).items()}
     reports[src]["migrations"] = {"demo--db-0": {"attempt": "a1", "state": "failed", "error": "no route"}}
-    after, _, events = reconcile_farm(farm, _move(status, "db-0", dst, uri="x"), inventory(REPORTS), {}, reports)
+    after, _, events = reconcile_farm(farm, _move(status, "db-0", dst, uri="x", prepared=True), inventory(REPORTS),
+                                      {}, reports)
+    db = next(i for i in after["instances"] if i["name"] == "db-0")
+    assert db["host"] == src and db["migrating"]["outcome"]["state"] == "failed"
+    assert events[0][0] == "MigrationFailed" and "no route" in events[0][1] and f"until {dst} confirms" in events[0][1]
+    after, _, _ = reconcile_farm(farm, after, inventory(REPORTS), {}, reports)  # no new report: no evidence
+    assert next(i for i in after["instances"] if i["name"] == "db-0").get("migrating")
+    _report_again(reports, dst)  # the first report stored after the failure may have been built before it
+    after, _, events = reconcile_farm(farm, after, inventory(REPORTS), {}, reports)
+    assert next(i for i in after["instances"] if i["name"] == "db-0").get("migrating")
+    _report_again(reports, dst)
+    after, _, events = reconcile_farm(farm, after, inventory(REPORTS), {}, reports)
     db = next(i for i in after["instances"] if i["name"] == "db-0")
     assert db["host"] == src and "migrating" not in db
-    assert events[0][0] == "MigrationFailed" and "no route" in events[0][1]
+    assert events == [("MigrationFailed", f"db-0: {src} -> {dst}: no route; {dst} holds no copy, so it keeps "
+                                          f"running on {src}")]
     # A failure record of an older attempt does not end a new one.
     reports[src]["migrations"]["demo--db-0"]["attempt"] = "old"
     after, _, events = reconcile_farm(farm, _move(status, "db-0", dst, uri="x"), inventory(REPORTS), {}, reports)
     assert next(i for i in after["instances"] if i["name"] == "db-0").get("migrating") and events == []
 
 
-def test_a_vm_found_running_elsewhere_belongs_to_that_host_and_a_cold_move_stops_it_first() -> None:
+def test_r5_a_vm_found_running_elsewhere_stays_with_its_host_and_a_cold_move_waits_for_a_fresh_stop() -> None:
     farm = validate(DEMO, "demo.yaml")
     status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
     src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
@@ -152,16 +172,27 @@ def test_a_vm_found_running_elsewhere_belongs_to_that_host_and_a_cold_move_stops
     reports[src]["running"].remove("demo--db-0")
     reports[dst]["running"].append("demo--db-0")
     after, _, events = reconcile_farm(farm, status, inventory(REPORTS), {}, reports)
-    assert next(i for i in after["instances"] if i["name"] == "db-0")["host"] == dst
-    assert events[0][0] == "Moved"
-    # Cold: on no host while it stops; once it runs nowhere, it belongs to the destination.
+    db = next(i for i in after["instances"] if i["name"] == "db-0")
+    assert db["host"] == src and db["unexpected"] == [dst]  # R5: not adopted
+    assert [e[0] for e in events] == ["UnexpectedVM"] and "migrate it there" in events[0][1]
+    again, _, events = reconcile_farm(farm, after, inventory(REPORTS), {}, reports)
+    assert events == []  # said once, not at every report
+    assert "demo--db-0" not in [v["name"] for v in host_desired(dst, [(farm, again)])["vms"]]  # so dst stops it
+    # Cold: on no host while it stops; it moves only once the source has freshly reported no such domain.
     cold = _move(status, "db-0", dst, cold=True)
     assert all("demo--db-0" not in [v["name"] for v in host_desired(h, [(farm, cold)])["vms"]] for h in REPORTS)
-    reports = _running(farm, status)
+    reports = {h: {**r, "reported": 100.0, "sizes": {v: [1, 128] for v in r["running"]}}
+               for h, r in _running(farm, status).items()}
     waiting, _, _ = reconcile_farm(farm, cold, inventory(REPORTS), {}, reports)
     assert next(i for i in waiting["instances"] if i["name"] == "db-0")["host"] == src
-    reports[src]["running"].remove("demo--db-0")
-    moved, _, events = reconcile_farm(farm, cold, inventory(REPORTS), {}, reports)
+    reports[src]["running"].remove("demo--db-0")  # shut down, still defined: not gone yet
+    for _ in range(3):  # however often it reports
+        _report_again(reports, src)
+        waiting, _, _ = reconcile_farm(farm, waiting, inventory(REPORTS), {}, reports)
+        assert next(i for i in waiting["instances"] if i["name"] == "db-0")["host"] == src
+    del reports[src]["sizes"]["demo--db-0"]  # undefined
+    _report_again(reports, src)
+    moved, _, events = reconcile_farm(farm, waiting, inventory(REPORTS), {}, reports)
     assert next(i for i in moved["instances"] if i["name"] == "db-0")["host"] == dst and events[0][0] == "Migrated"
 
 
