@@ -80,17 +80,22 @@ def converge(desired: dict[str, Any], here: Here) -> list[Action]:
         elif not running:
             actions.append(Action("vm.start", {"name": name, "vcpus": vm["vcpus"], "memory_mib": vm["memory_mib"],
                                                "nics": vm["nics"]}))
-    leaving: set[str] = set()  # TAPs of the VMs stopped here now
+    leaving: set[str] = set()  # TAPs of the VMs destroyed here now
+    stopping: set[str] = set()  # TAPs of the VMs shutting down gracefully (gone in a later round)
     for name in sorted(have_vms):
         if MANAGED in name and name not in want_vms:
-            actions.append(Action("vm.stop", {"name": name, "force": name not in here.told}))
-            leaving.update(n.get("tap") or "" for n in have_vms[name].get("nics", []))
+            force = name not in here.told
+            actions.append(Action("vm.stop", {"name": name, "force": force}))
+            (leaving if force else stopping).update(n.get("tap") or "" for n in have_vms[name].get("nics", []))
     for vid in sorted(here.managed_vnets - set(want_vnets)):
         if vid not in here.vnets:
             continue
-        others = sorted(set(here.ports.get(vid, [])) - leaving)
+        ports = set(here.ports.get(vid, []))
+        others = sorted(ports - leaving - stopping)
         if others:  # someone plugged something else in: keep the VNET rather than cut it off
             actions.append(Action("vnet.keep", {"vnet": vid, "ports": others}))
+        elif ports & stopping:
+            continue  # a VM on it is still shutting down: its network stays until it is off
         else:
             actions.append(Action("vnet.delete", {"vnet": vid}))
     return actions

@@ -221,3 +221,12 @@ def test_r27_converge_stops_gracefully_what_the_manager_ran_here_and_destroys_a_
     actions = converge({"vms": []}, Here([], vms, told={"demo--db-0"}))
     assert {a.args["name"]: a.args["force"] for a in actions if a.op == "vm.stop"} == \
         {"demo--db-0": False, "demo--web-0": True}
+
+
+def test_r27_a_vnet_stays_while_a_vm_on_it_shuts_down_gracefully() -> None:
+    vm = {"name": "demo--db-0", "state": "running", "nics": [{"vnet": 2, "mac": "52:54:00:00:00:01", "tap": "vnet0"}]}
+    stopping = converge({"vnets": [], "vms": []}, Here([2], [vm], {2}, ports={2: ["vnet0"]}, told={"demo--db-0"}))
+    assert [(a.op, a.args.get("force")) for a in stopping] == [("vm.stop", False)]  # no vnet.delete yet
+    off = {**vm, "state": "shutoff", "nics": [{"vnet": 2, "mac": "52:54:00:00:00:01", "tap": None}]}
+    gone = converge({"vnets": [], "vms": []}, Here([2], [off], {2}, ports={2: []}, told={"demo--db-0"}))
+    assert [a.op for a in gone] == ["vm.stop", "vnet.delete"]  # undefined, then the VNET goes
