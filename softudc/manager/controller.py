@@ -167,9 +167,10 @@ def _observe_live(inst: dict[str, Any], name: str, where: list[str], reports: di
         return
     if not moving.get("outcome"):
         moving["outcome"] = {"state": job.get("state", "stalled"), "error": job.get("error")}
-        events.append(("MigrationFailed" if job.get("state") != "completed" else "Migrating",
-                       f"{inst['name']}: {src} -> {to}: {_outcome_text(moving['outcome'], src)}; it stays "
-                       f"'migrating' until {to} confirms whether it holds {name}"))
+        if job.get("state") != "completed":  # completed: the destination's report that it runs it is due
+            said = _outcome_text(moving["outcome"], src)
+            events.append(("MigrationFailed", f"{inst['name']}: {src} -> {to}: {said}; it stays 'migrating' until "
+                                              f"{to} confirms whether it holds {name}"))
     if job.get("state") == "copying":
         return  # the source (re)started this attempt after all: follow it
     if _fresh(moving["marks"], "destination", reports.get(to, {})) and \

@@ -163,6 +163,19 @@ def test_r12_an_unknown_outcome_keeps_migrating_until_the_destination_freshly_sa
     assert "holds no copy" in events(mgr, "MigrationFailed")[-1]
 
 
+def test_r12_a_completed_migration_waits_for_the_destination_quietly_then_completes(mgr: Manager) -> None:
+    _, src, dst, src_vms, dst_vms = _live(mgr)
+    attempt = instances(mgr)["db-0"]["migrating"]["attempt"]
+    without = [v for v in src_vms if v != "demo--db-0"]
+    report(mgr, src, without, migrations={"demo--db-0": {"attempt": attempt, "state": "completed", "wall_ms": 9}},
+           departed={"demo--db-0": {"attempt": attempt, "to": dst, "ago_s": 0.0}})
+    assert instances(mgr)["db-0"].get("migrating") and not events(mgr, "MigrationFailed")
+    report(mgr, dst, [*dst_vms, "demo--db-0"])
+    db = instances(mgr)["db-0"]
+    assert db["host"] == dst and "migrating" not in db and not events(mgr, "MigrationFailed")
+    assert "copied in 9 ms" in events(mgr, "Migrated")[-1]
+
+
 def test_r12_a_stalled_or_failed_migration_is_never_settled_by_silence(mgr: Manager,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     _, src, _dst, src_vms, _dst_vms = _live(mgr)
