@@ -1,0 +1,87 @@
+"""One VM, one host, with real gatekeepers, libvirt and QEMU (audit R5, R13, R20, R27): a managed
+VM started on a host the manager did not choose is reported and stopped there, never adopted; a
+cold move through the manager stops the VM gracefully and starts it on the destination only once
+the source has said it holds no such domain, never running it twice; the migration URI handed to
+the source is the one the manager built."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from softudc.lab import Lab
+from softudc.lab.manager import call
+from tests.e2e.conftest import gk, wait_until
+
+pytestmark = [pytest.mark.manager, pytest.mark.vm]
+DEMO = (Path(__file__).parents[2] / "configs" / "farms" / "demo.yaml").read_text()
+COLD = DEMO.replace("migration: {policy: live, maxDowntimeMs: 50}", "migration: {policy: cold}")
+
+
+def farm(lab: Lab) -> dict[str, Any]:
+    status, body = call(lab, "GET", "/v1/farms/demo")
+    assert status == 200 and isinstance(body, dict), body
+    return body
+
+
+def where_runs(lab: Lab, vm: str) -> list[str]:
+    return [h.name for h in lab.hosts for d in gk(lab, h.name).call("vm.list")
+            if d["name"] == vm and d["state"] == "running"]
+
+
+@pytest.mark.adversarial
+def test_r5_r13_r27_a_stray_copy_is_stopped_not_adopted_and_a_cold_move_never_runs_the_vm_twice(
+        make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(hosts=3, vms=True, manager=True)
+    assert call(lab, "PUT", "/v1/farms/demo", COLD)[0] == 200
+    assert wait_until(lambda: farm(lab)["status"]["conditions"]["Ready"], timeout=120), farm(lab)["status"]
+    home = next(i["host"] for i in farm(lab)["status"]["instances"] if i["name"] == "db-0")
+    stray = next(h.name for h in lab.hosts if h.name != home)
+    back = farm(lab)["status"]["vnet_ids"]["back"]
+
+    # R5: a copy of demo--db-0 appears on another host (started there behind the manager's back).
+    gk(lab, stray).call("vm.start", name="demo--db-0", nics=[], vcpus=1, memory_mib=128)
+    assert wait_until(lambda: any(e["type"] == "UnexpectedVM" for e in farm(lab)["events"]), timeout=30)
+    assert wait_until(lambda: where_runs(lab, "demo--db-0") == [home], timeout=30)  # the stray copy is stopped
+    assert next(i for i in farm(lab)["status"]["instances"] if i["name"] == "db-0")["host"] == home
+    assert back not in [v["vnet"] for v in gk(lab, stray).call("vnet.list")]  # and got no VNET (no keys)
+    message = next(e["message"] for e in farm(lab)["events"] if e["type"] == "UnexpectedVM")
+    assert f"on {stray}" in message and "not adopted" in message
+
+    # R13/R27: a cold move; sampled all along, the VM never runs on two hosts.
+    status, body = call(lab, "POST", "/v1/farms/demo/instances/db-0/migrate", json.dumps({"to": stray}))
+    assert status == 200, body
+    seen: list[list[str]] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 120:
+        seen.append(where_runs(lab, "demo--db-0"))
+        db = next(i for i in farm(lab)["status"]["instances"] if i["name"] == "db-0")
+        if "migrating" not in db and seen[-1] == [stray]:
+            break
+        time.sleep(0.5)
+    assert seen[-1] == [stray], seen[-10:]
+    assert all(len(s) <= 1 for s in seen), "the VM ran on two hosts at once"
+    types = [e["type"] for e in farm(lab)["events"]]
+    assert "Migrated" in types and "MigrationFailed" not in types
+    assert call(lab, "DELETE", "/v1/farms/demo")[0] == 200
+    assert wait_until(lambda: not any(gk(lab, h.name).call("vm.list") for h in lab.hosts), timeout=90)
+
+
+def test_r20_the_source_is_handed_the_uri_the_manager_built(make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab(hosts=2, vms=True, manager=True)
+    assert call(lab, "PUT", "/v1/farms/demo", DEMO.replace("replicas: 3", "replicas: 1"))[0] == 200
+    assert wait_until(lambda: farm(lab)["status"]["conditions"]["Ready"], timeout=120), farm(lab)["status"]
+    home = next(i["host"] for i in farm(lab)["status"]["instances"] if i["name"] == "db-0")
+    dest = next(h for h in lab.hosts if h.name != home)
+    status, body = call(lab, "POST", "/v1/farms/demo/instances/db-0/migrate", json.dumps({"to": dest.name}))
+    assert status == 200, body
+    assert isinstance(body, dict)
+    assert body["instance"]["migrating"]["uri"] == f"qemu+tcp://{dest.mgmt_ip}/system"
+    assert wait_until(lambda: where_runs(lab, "demo--db-0") == [dest.name] and
+                      "migrating" not in next(i for i in farm(lab)["status"]["instances"] if i["name"] == "db-0"),
+                      timeout=120), farm(lab)["events"][-5:]
