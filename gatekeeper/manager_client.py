@@ -140,7 +140,7 @@ class ManagerClient:
         departed = self._departures(wanted)
         on_host = {v["name"] for v in vms_here}
         self._told = (self._told | wanted) & (on_host | wanted)
-        self._stopping = {n: t for n, t in self._stopping.items() if n in on_host}
+        self._stopping = {n: t for n, t in self._stopping.items() if n in on_host and n not in wanted}
         vnets_here = self.vnets.list_vnets()
         here = Here([v["vnet"] for v in vnets_here], vms_here, set(self.managed_vnets), attempts, departed,
                     {v["vnet"]: v.get("ports", []) for v in vnets_here},
