@@ -5,6 +5,7 @@ dial is built by the manager. The Manager is driven directly, reports stored as 
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any
@@ -186,6 +187,23 @@ def test_r12_a_stalled_or_failed_migration_is_never_settled_by_silence(mgr: Mana
     for _ in range(5):  # the source, again and again; the destination says nothing (its gatekeeper is down)
         report(mgr, src, src_vms, migrations={"demo--db-0": {"attempt": attempt, "state": "failed", "error": "x"}})
     assert instances(mgr)["db-0"].get("migrating")
+
+
+def test_r12_a_stalled_migration_ends_only_on_the_destinations_word(mgr: Manager,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's stall path: the source's gatekeeper lost the job (restart) and the destination's
+    gatekeeper is down. Before: after 600 s the source booted a copy. Now: it stays `migrating`."""
+    _, src, dst, src_vms, dst_vms = _live(mgr)
+    clock = itertools.count(time.time() + MIGRATION_STALL_S + 60)  # each reading a second later
+    monkeypatch.setattr(time, "time", lambda: float(next(clock)))
+    for _ in range(3):
+        report(mgr, src, [v for v in src_vms if v != "demo--db-0"])  # no job, the VM not running there
+    assert instances(mgr)["db-0"].get("migrating")
+    assert "migrate_to" in next(v for v in mgr._desired(src)["vms"] if v["name"] == "demo--db-0")
+    assert "never started the migration" in events(mgr, "MigrationFailed")[-1]
+    for _ in range(2):  # the destination is back and holds nothing
+        report(mgr, dst, dst_vms)
+    assert "migrating" not in instances(mgr)["db-0"] and instances(mgr)["db-0"]["host"] == src
 
 
 def test_r12_a_vm_lost_in_migration_is_restarted_at_its_source_only_after_the_destination_says_it_has_none(
