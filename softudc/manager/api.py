@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import logging
 import math
 import re
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,19 +28,24 @@ from softudc import libvirturi
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager import vnetkeys
 from softudc.manager.auth import AuthError, Principal, TokenStore
-from softudc.manager.controller import host_desired, inventory, reconcile_farm
+from softudc.manager.controller import host_desired, inventory, reconcile_farm, split_vm_name
+from softudc.manager.farms import FARMS, FarmCache, Usage
 from softudc.manager.metrics import make_registry
-from softudc.manager.planner import occupied
-from softudc.manager.store import SqliteStore
+from softudc.manager.planner import PlanError
+from softudc.manager.store import Obj, SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
-from softudc.placement import Group, Request, charge, place
+from softudc.placement import Group, Host, Request, place
 
 MAX_BODY = 1 << 20
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
 HOST_DOWN_AFTER_S = 30.0
 MAX_WAIT_S = 60.0  # longest long poll of a gatekeeper's desired state
+RECONCILE_EVERY_S = 10.0  # a report that changes nothing still reconciles this often (time-based rules)
+COMPACT_EVERY_S = 60.0
+TOMBSTONES_KEPT = 10_000  # revisions a tombstone outlives its delete (watchers further behind list again)
+log = logging.getLogger("softudc.manager")
 
 OPENAPI: dict[str, Any] = {
     "openapi": "3.0.3",
@@ -138,7 +145,16 @@ class Manager:
         self.ca = CertificateAuthority.load(state_dir / "pki")
         self._reconcile_lock = threading.RLock()
         self._changed = threading.Condition()
-        self._generation = 0
+        self._generation = 0  # bumped to wake every long poll
+        self.farms: FarmCache = FARMS  # validated descriptors, parsed once per text (audit R11)
+        # Long polls wake only when their host's desired state changed (audit R11): per waiting
+        # host, the etag it was last given and a generation a reconcile bumps when that etag moved.
+        self._host_generation: Counter[str] = Counter()
+        self._etags: dict[str, str] = {}
+        self._waiting: Counter[str] = Counter()
+        self._reconciled_at = 0.0  # monotonic; a report that changes nothing skips reconcile shortly after
+        self._busy = True  # a migration is under way (every report may move it on): never skip then
+        self._compacted_at = 0.0
         self.registry, self.requests, self.events = make_registry(self.store, self.reports)
         self._addresses: dict[str, str] = {}  # host -> where its reports come from (migration URIs, R20)
 
@@ -167,12 +183,18 @@ class Manager:
                 "vms": [{"name": v.name, "replicas": v.replicas} for v in farm.vms]}
         from softudc.manager.store import Conflict
 
-        try:
-            rev = self.store.put("farm", name, spec, expect)
-        except Conflict as e:
-            raise ApiError(409, str(e)) from None
-        self._event("farm", name, "Applied", f"by {who.name}: revision {rev}")
-        self.reconcile()
+        with self._reconcile_lock:  # planned, then stored: nothing can take the last VNET id in between
+            current = self.store.get("farm", name)
+            try:  # a spec that cannot be planned is refused whole, like one that does not validate (R10)
+                self._plan_one(farm, current.status if current else {}, self.store.objects("farm"), self.reports())
+            except PlanError as e:
+                raise ApiError(409, f"farm {name} cannot be planned, nothing was changed: {e}") from None
+            try:
+                rev = self.store.put("farm", name, spec, expect)
+            except Conflict as e:
+                raise ApiError(409, str(e)) from None
+            self._event("farm", name, "Applied", f"by {who.name}: revision {rev}")
+            self.reconcile()
         obj = self.store.get("farm", name)
         return {"name": name, "revision": rev, "status": obj.status if obj else {}}
 
@@ -340,8 +362,7 @@ class Manager:
         """Hosts with their last report and what the farms take of them (VMs, vCPUs, memory)."""
         objs = self.store.objects("host")
         reports = self.reports()
-        hosts = {h.name: h for h in inventory(reports)}
-        _charge_others(list(hosts.values()), self.store.objects("farm"), current="")
+        hosts = {h.name: h for h in self._usage(self.store.objects("farm")).hosts(inventory(reports))}
         out = []
         for o in objs:
             h = hosts.get(o.name)
@@ -409,14 +430,29 @@ class Manager:
             raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
         if peer_cn != name:
             raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
-        if self.store.get("host", name) is None:
+        before = self.store.get("host", name)
+        if before is None:
             raise ApiError(404, f"host {name!r} never joined")
         problems = report_problems(body)
         if problems:  # one broken gatekeeper must not break planning for every farm
-            raise ApiError(400, f"report from {name} refused, nothing stored: " + "; ".join(problems))
-        self.store.set_status("host", name, {**body, "reported": time.time()})
-        self.reconcile()
+            raise ApiError(400, f"report from {name} refused, nothing stored: " + "; ".join(problems) +
+                           "; fix the gatekeeper (or upgrade it to this manager's version)")
+        now = time.time()
+        self.store.set_status("host", name, {**body, "reported": now})
+        if self._news(before.status, body, now):
+            self.reconcile()
         return {"host": name, "stored": True}
+
+    def _news(self, before: dict[str, Any], body: dict[str, Any], now: float) -> bool:
+        """Whether a report may change any plan (audit R11). Not when it says what the host's last
+        one said (only `reported` moved), that one was recent (the host was not down), no migration
+        is under way (each report may move one on) and a reconcile ran lately (rules that depend on
+        time alone, such as a stalled migration or a silent host, still run every few seconds)."""
+        same = {k: v for k, v in before.items() if k != "reported"} == {k: v for k, v in body.items()
+                                                                         if k != "reported"}
+        fresh = now - float(before.get("reported", 0)) <= HOST_DOWN_AFTER_S
+        recent = time.monotonic() - self._reconciled_at < RECONCILE_EVERY_S
+        return not (same and fresh and recent and not self._busy)
 
     def desired(self, peer_cn: str | None, name: str, since: str = "", wait: float = 0.0) -> dict[str, Any]:
         """What a gatekeeper should run (mutual TLS only: its certificate names the host), with an
@@ -425,27 +461,55 @@ class Manager:
         if peer_cn is None or peer_cn != name:
             raise ApiError(403, "gatekeeper routes need this host's client certificate from the manager's CA")
         deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT_S)
-        while True:
+        with self._changed:  # counted as waiting from here: a reconcile from now on compares its etag
+            self._waiting[name] += 1
+        try:
+            while True:
+                with self._changed:
+                    seen = (self._generation, self._host_generation[name])
+                desired = self._desired(name)
+                etag = _etag(desired)
+                with self._changed:
+                    self._etags[name] = etag
+                if etag != since or deadline - time.monotonic() <= 0:
+                    return {**desired, "etag": etag}
+                self._wait_for_change(name, seen, deadline)
+        finally:
             with self._changed:
-                seen = self._generation
-            desired = self._desired(name)
-            etag = hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
-            left = deadline - time.monotonic()
-            if etag != since or left <= 0:
-                return {**desired, "etag": etag}
-            with self._changed:
-                if self._generation == seen:
-                    self._changed.wait(left)
+                self._waiting[name] -= 1
+                if self._waiting[name] <= 0:
+                    del self._waiting[name]
 
-    def _changes_made(self) -> None:
-        """Wake the long polls: what some host should run may have changed."""
+    def _wait_for_change(self, name: str, seen: tuple[int, int], deadline: float) -> None:
+        """Sleep until `name`'s desired state may have changed, or the deadline."""
         with self._changed:
-            self._generation += 1
+            while (self._generation, self._host_generation[name]) == seen:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._changed.wait(left)
+
+    def _changes_made(self, hosts: Iterable[str] | None = None) -> None:
+        """Wake the long polls of `hosts` (None: of every host): what they should run may have changed."""
+        with self._changed:
+            if hosts is None:
+                self._generation += 1
+            for host in hosts or ():
+                self._host_generation[host] += 1
             self._changed.notify_all()
+
+    def _wake_changed(self) -> None:
+        """After a reconcile: wake exactly the waiting hosts whose desired state moved from the one
+        they were given (a report from one host no longer wakes, and costs, every long poll)."""
+        with self._changed:
+            waiting = sorted(self._waiting)
+        changed = [h for h in waiting if _etag(self._desired(h)) != self._etags.get(h)]
+        if changed:
+            self._changes_made(changed)
 
     def _desired(self, name: str) -> dict[str, Any]:
         with self._reconcile_lock:
-            farms = [(validate(o.spec["descriptor"], o.name), o.status) for o in self.store.objects("farm")]
+            farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.farm_or_none(o))]
             desired = host_desired(name, farms)
             addresses = {h: r.get("underlay") for h, r in self.reports().items()}
             for v in desired["vnets"]:
@@ -507,38 +571,75 @@ class Manager:
             if o.spec.get("farm") == farm:
                 self.store.delete("vnetkey", o.name)
 
-    def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Any],
-                  reports: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
-        """One farm's next status against the hosts, the other farms' usage counted."""
-        hosts = inventory(reports)
-        taken: dict[tuple[str, str], int] = {}
-        for o in farms:
-            taken.update({(o.name, k): v for k, v in o.status.get("vnet_ids", {}).items()})
-        _charge_others(hosts, farms, farm.name)
-        return reconcile_farm(farm, status, hosts, taken, reports, time.time())
+    def _usage(self, farms: list[Obj]) -> Usage:
+        return Usage([(o.name, self.farms.farm_or_none(o), o.status) for o in farms])
+
+    def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Obj], reports: dict[str, dict[str, Any]],
+                  usage: Usage | None = None, taken: dict[tuple[str, str], int] | None = None
+                  ) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
+        """One farm's next status against the hosts, the other farms' usage counted. Raises
+        PlanError, also when its VNET ids would clash with another farm's (never stored)."""
+        usage = usage or self._usage(farms)
+        taken = _vnet_ids(farms) if taken is None else taken
+        hosts = usage.hosts(inventory(reports), farm.name)
+        planned = reconcile_farm(farm, status, hosts, taken, reports, time.time())
+        _check_vnet_ids(farm.name, planned[0]["vnet_ids"], taken)
+        return planned
 
     def reconcile(self) -> None:
-        """Re-plan every farm against the hosts' latest reports; store statuses; log changes."""
+        """Re-plan every farm against the hosts' latest reports; store statuses; log changes. Each
+        farm is planned once, against the usage of all farms summed once; a farm that fails is
+        Degraded on its own (audit R10, R11)."""
         with self._reconcile_lock:
             reports = self.reports()
             farms = self.store.objects("farm")
+            usage, taken, busy = self._usage(farms), _vnet_ids(farms), False
             for o in farms:
-                status, summary, seen = self._plan_one(validate(o.spec["descriptor"], o.name), o.status, farms,
-                                                       reports)
-                for kind, message in seen:
-                    self._event("farm", o.name, kind, message)
-                if status != o.status:
-                    self.store.set_status("farm", o.name, status)
-                    if summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
-                        self._event("farm", o.name, "Planned", summary)
-        self._changes_made()
+                status = self._reconcile_farm(o, farms, reports, usage, taken)
+                for key in [k for k in taken if k[0] == o.name]:
+                    del taken[key]
+                taken.update({(o.name, k): v for k, v in status.get("vnet_ids", {}).items()})
+                usage.update(o.name, self.farms.farm_or_none(o), status)
+                busy = busy or any(i.get("migrating") for i in status.get("instances", []))
+            self._busy, self._reconciled_at = busy, time.monotonic()
+            self._compact()
+        self._wake_changed()
+
+    def _reconcile_farm(self, o: Obj, farms: list[Obj], reports: dict[str, dict[str, Any]], usage: Usage,
+                        taken: dict[tuple[str, str], int]) -> dict[str, Any]:
+        """One farm's step, isolated: whatever goes wrong becomes that farm's Degraded condition with
+        the reason (and an event when the reason is new); the other farms go on. Its hosts keep
+        what they had."""
+        try:
+            status, summary, seen = self._plan_one(self.farms.farm(o), o.status, farms, reports, usage, taken)
+        except Exception as e:  # per-farm isolation: one farm's failure is not every farm's
+            status, summary, seen = _degraded(o.status, _why(e)), "", []
+            if status["problem"] != o.status.get("problem"):
+                self._event("farm", o.name, "Degraded", status["problem"])
+                if not isinstance(e, PlanError | DescriptorError):
+                    log.exception("farm %s: reconcile failed", o.name)
+        for kind, message in seen:
+            self._event("farm", o.name, kind, message)
+        if status != o.status:
+            self.store.set_status("farm", o.name, status)
+            if summary and summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
+                self._event("farm", o.name, "Planned", summary)
+        return status
+
+    def _compact(self) -> None:
+        """Now and then, drop tombstones old enough that no watcher should still need them (R28)."""
+        if time.monotonic() - self._compacted_at > COMPACT_EVERY_S:
+            self._compacted_at = time.monotonic()
+            self.store.compact(self.store.revision() - TOMBSTONES_KEPT)
 
     def plan(self, who: Principal, name: str, text: str) -> dict[str, Any]:
         """What applying `text` would change (`softudc diff`, `apply --dry-run`); stores nothing."""
-        if not who.can_read(name) and self.store.get("farm", name) is not None:
+        exists = self.store.get("farm", name) is not None
+        if exists and not who.can_read(name):
             raise ApiError(404, f"no farm {name!r}")
-        if who.role == "viewer" and not who.can_read(name):
-            raise ApiError(403, f"{who.name} (viewer) may not plan farm {name!r}")
+        if not exists and not who.can_write(name):  # planning costs work and shows capacity (R28)
+            raise ApiError(403, f"{who.name} ({who.role}) may not plan farm {name!r}: it does not exist, and "
+                                "planning a new farm takes a token that may create it")
         try:
             farm = validate(text, f"farms/{name}")
         except DescriptorError as e:
@@ -549,7 +650,10 @@ class Manager:
             reports = self.reports()
             farms = self.store.objects("farm")
             current = self.store.get("farm", name)
-            status, summary, _ = self._plan_one(farm, current.status if current else {}, farms, reports)
+            try:
+                status, summary, _ = self._plan_one(farm, current.status if current else {}, farms, reports)
+            except PlanError as e:
+                raise ApiError(409, f"farm {name} cannot be planned: {e}") from None
         before = {i["name"]: i for i in (current.status.get("instances", []) if current else [])}
         after = {i["name"]: i for i in status["instances"]}
         create = [after[n] for n in sorted(set(after) - set(before))]
@@ -577,8 +681,40 @@ def _exactly(value: Any, kind: type) -> bool:
     return type(value) is kind  # bool is no int here
 
 
+# The inner shapes of the report fields the manager reads (audit R10): every value is checked, so
+# nothing in a stored report can raise later in planning. Keys not listed here pass (newer
+# gatekeepers may add some) and are never read. A type tuple lists what is allowed; None: null.
+_NUMBER = (int, float)
+REPORT_ENTRIES: dict[str, dict[str, tuple[type | None, ...]]] = {
+    "migrations": {"attempt": (str,), "to": (str,), "state": (str,), "error": (str, None), "started": _NUMBER,
+                   "ended": _NUMBER, "wall_ms": (*_NUMBER, None), "data_total": (*_NUMBER, None),
+                   "data_processed": (*_NUMBER, None), "recovered": (bool,)},
+    "arrivals": {"downtime_ms": (*_NUMBER, None), "total_ms": (*_NUMBER, None), "data_total": (*_NUMBER, None),
+                 "error": (str, None)},
+}
+
+
+def _is(value: Any, kinds: tuple[type | None, ...]) -> bool:
+    return any(value is None if k is None else type(value) is k for k in kinds)  # bool is no int here
+
+
+def _entry_problems(key: str, vm: str, entry: Any) -> list[str]:
+    """An entry of a VM-keyed field: `sizes` [vCPUs, MiB] (null when unknown), or a mapping."""
+    if key == "sizes":
+        if type(entry) is not list or len(entry) != 2 or \
+                not all(v is None or (type(v) is int and v > 0) for v in entry):
+            return [f"sizes.{vm}: {entry!r}, expected [vCPUs, memory MiB] (positive integers or null)"]
+        return []
+    fields = REPORT_ENTRIES.get(key)
+    if fields is None:
+        return []
+    return [f"{key}.{vm}.{f}: {entry[f]!r}, expected {' or '.join('null' if k is None else k.__name__ for k in kinds)}"
+            for f, kinds in fields.items() if f in entry and not _is(entry[f], kinds)]
+
+
 def report_problems(body: dict[str, Any]) -> list[str]:
-    """What is wrong with a gatekeeper's report (unknown fields pass: newer gatekeepers may add some)."""
+    """Everything wrong with a gatekeeper's report, each named (unknown fields pass: newer
+    gatekeepers may add some)."""
     problems = []
     for key, (kind, inner) in REPORT_FIELDS.items():
         if key not in body:
@@ -586,44 +722,98 @@ def report_problems(body: dict[str, Any]) -> list[str]:
         value: Any = body[key]
         if not _exactly(value, kind):
             problems.append(f"{key}: expected {kind.__name__}, got {type(value).__name__}")
-        elif kind is int and value <= 0:
+            continue
+        if kind is int and value <= 0:
             problems.append(f"{key}: {value} must be positive")
-        elif inner is not None:
-            items = value.values() if isinstance(value, dict) else value
-            if not all(isinstance(i, inner) for i in items):
-                problems.append(f"{key}: every entry must be a {inner.__name__}")
-    return problems
+        if inner is None:
+            continue
+        entries = value.items() if isinstance(value, dict) else enumerate(value)
+        bad = [f"{key}[{k!r}]" for k, v in entries if not _exactly(v, inner)]
+        if bad:
+            problems.append(f"{key}: every entry must be a {inner.__name__}, not " + ", ".join(bad[:5]) +
+                            (f" and {len(bad) - 5} more" if len(bad) > 5 else ""))
+        elif isinstance(value, dict):
+            problems.extend(p for vm, entry in value.items() for p in _entry_problems(key, vm, entry))
+    return problems[:50]  # the first fifty say enough
+
+
+# What a host's report shows to non-admins (audit R24): an allow-list. Fields keyed by VM name are
+# cut to the VMs of farms the caller may read; everything else (errors, notes, the migration URI,
+# fields added later) is for admins only.
+VM_LISTS = ("running", "prepared")
+VM_MAPS = ("sizes", "migrations", "arrivals")
+PUBLIC_FIELDS = ("vcpus", "memory_mib", "state", "reported")
 
 
 def _visible(who: Principal, report: dict[str, Any]) -> dict[str, Any]:
-    """A host's report as `who` may see it: VMs of farms it may not read are left out."""
-    def mine(vm: str) -> bool:
-        return who.can_read(vm.split("--", 1)[0])
+    """A host's report as `who` may see it: an admin all of it; others the allow-listed fields,
+    with only the VMs of farms they may read (ownership from the exact `<farm>--<instance>`)."""
+    if who.role == "admin":
+        return dict(report)
 
-    return {**report, "running": [v for v in report.get("running", []) if mine(v)],
-            "migrations": {k: v for k, v in report.get("migrations", {}).items() if mine(k)},
-            "arrivals": {k: v for k, v in report.get("arrivals", {}).items() if mine(k)},
-            "errors": [e for e in report.get("errors", []) if who.role == "admin"],
-            "notes": [e for e in report.get("notes", []) if who.role == "admin"]}
+    def mine(vm: Any) -> bool:
+        owner = split_vm_name(vm) if isinstance(vm, str) else None
+        return owner is not None and who.can_read(owner[0])
+
+    out: dict[str, Any] = {k: report[k] for k in PUBLIC_FIELDS if k in report}
+    out.update({k: [v for v in report.get(k, []) if mine(v)] for k in VM_LISTS})
+    out.update({k: {vm: v for vm, v in report.get(k, {}).items() if mine(vm)} for k in VM_MAPS})
+    return out
 
 
-def _charge_others(hosts: list[Any], farms: list[Any], current: str) -> None:
-    """Usage of every farm but `current` (whose own instances the planner accounts for)."""
-    by_name = {h.name: h for h in hosts}
-    for o in farms:
-        if o.name == current:
-            continue
-        sizes = {}
-        try:
-            sizes = {v.name: v for v in validate(o.spec["descriptor"], o.name).vms}
-        except DescriptorError:
-            continue
-        for inst in o.status.get("instances", []):
-            for where in occupied(inst):
-                h, vm = by_name.get(where), sizes.get(inst["vm"])
-                if h is not None and vm is not None:
-                    group = f"{o.name}/{vm.group}" if vm.group else None
-                    charge(h, Request(inst["name"], vm.vcpus, vm.memory_mib, group))
+def _charge_others(hosts: list[Host], farms: list[Obj], current: str) -> None:
+    """Usage of every farm but `current` (whose own instances the planner accounts for), from the
+    farms validated once per descriptor."""
+    usage = Usage([(o.name, FARMS.farm_or_none(o), o.status) for o in farms])
+    for h, charged in zip(hosts, usage.hosts(hosts, current), strict=True):
+        h.used_vcpus, h.used_memory_mib, h.groups = charged.used_vcpus, charged.used_memory_mib, charged.groups
+
+
+def _etag(desired: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _vnet_ids(farms: list[Obj]) -> dict[tuple[str, str], int]:
+    return {(o.name, k): v for o in farms for k, v in o.status.get("vnet_ids", {}).items()}
+
+
+def _check_vnet_ids(farm: str, ids: dict[str, int], taken: dict[tuple[str, str], int]) -> None:
+    """Reconcile's invariant (audit R6): no VNET id is used by two farms, or their VMs would share
+    one segment. The planner allocates against every farm; this is the check that it did."""
+    others = {i: f"{f}/{v}" for (f, v), i in taken.items() if f != farm}
+    clash = [f"{v} = {i}, already {others[i]}'s" for v, i in sorted(ids.items()) if i in others]
+    if clash:
+        raise PlanError("VNET ids would be used twice: " + "; ".join(clash) + " (left as it was; report this bug)")
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, DescriptorError):
+        return (f"its stored descriptor no longer validates ({len(e.problems)} problem(s), first: {e.problems[0]}); "
+                "apply it again with the problems fixed")
+    if isinstance(e, PlanError):
+        return f"cannot be planned: {e}"
+    return f"internal error while planning it ({type(e).__name__}: {e}); see the manager's log"
+
+
+def _degraded(status: dict[str, Any], problem: str) -> dict[str, Any]:
+    """The farm's last status, kept (its hosts keep running what they ran), marked Degraded."""
+    return {**status, "conditions": {**status.get("conditions", {}), "Ready": False, "Degraded": True},
+            "problem": problem}
+
+
+IF_MATCH = re.compile(r'^\s*(?:"([0-9]{1,18})"|([0-9]{1,18}))\s*$')
+
+
+def parse_if_match(header: str | None) -> int | None:
+    """The revision an If-Match names: `3`, or the quoted entity tag `"3"` (RFC 9110). Anything
+    else is refused: a compare-and-swap silently turned off overwrites someone's change (R28)."""
+    if header is None:
+        return None
+    m = IF_MATCH.match(header)
+    if not m:
+        raise ApiError(400, f"If-Match: {header!r} is not a farm revision; send the revision you read "
+                            "(`softudc get farm NAME`) as 3 or \"3\", or no If-Match to overwrite")
+    return int(m.group(1) or m.group(2))
 
 
 Route = tuple[str, re.Pattern[str], str]
@@ -687,8 +877,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
         def _json(self) -> dict[str, Any]:
             try:
                 data = json.loads(self._body() or b"{}")
-            except ValueError:
-                raise ApiError(400, "body must be JSON") from None
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
+                raise ApiError(400, "body must be JSON (and not nested hundreds of levels deep)") from None
             if not isinstance(data, dict):
                 raise ApiError(400, "body must be a JSON object")
             return data
@@ -764,9 +954,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
             if op == "plan":
                 return m.plan(who, args["name"], self._body().decode("utf-8", "replace"))
             if op == "put_farm":
-                expect = self.headers.get("If-Match")
-                return m.put_farm(who, args["name"], self._body().decode("utf-8", "replace"),
-                                  int(expect) if expect and expect.isdigit() else None)
+                expect = parse_if_match(self.headers.get("If-Match"))
+                return m.put_farm(who, args["name"], self._body().decode("utf-8", "replace"), expect)
             fn: Callable[..., Any] = getattr(m, op)
             return fn(who, **args)
 
