@@ -109,6 +109,7 @@ class ManagerClient:
                 "notes": self.notes[-5:],
                 "sizes": {v["name"]: [v.get("vcpus"), v.get("memory_mib")] for v in vms_here if MANAGED in v["name"]},
                 "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared(),
+                "vnets": sorted(self.vnets.forwarder.vnets),  # carried here: a member of each (audit R18)
                 "departed": {n: {"attempt": d["attempt"], "to": d["to"],
                                  "ago_s": round(max(time.monotonic() - d["ended"], 0.0), 1)}
                              for n, d in self.departed.items()}}

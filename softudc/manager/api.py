@@ -511,13 +511,17 @@ class Manager:
         with self._reconcile_lock:
             farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.farm_or_none(o))]
             desired = host_desired(name, farms)
-            addresses = {h: r.get("underlay") for h, r in self.reports().items()}
+            reports = self.reports()
+            addresses = {h: a for h, r in reports.items() if (a := _ipv4(r.get("underlay"))) is not None}
             for v in desired["vnets"]:
                 # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
                 v["keys"] = self._vnet_keys(v["farm"], v["name"])
-                members = [addresses.get(h) for h in v.pop("member_hosts", [])]
-                if all(isinstance(a, str) for a in members):  # else: the hosts' configured members
-                    v["members"] = sorted(set(members), key=ipaddress.IPv4Address)
+                # Members: the hosts with an instance on it (all addresses known, else the hosts'
+                # configured members apply), and hosts that carry it anyway (an admin's port).
+                hosts = v.pop("member_hosts", [])
+                if all(h in addresses for h in hosts):
+                    carrying = [h for h, r in reports.items() if v["id"] in (r.get("vnets") or []) and h in addresses]
+                    v["members"] = sorted({addresses[h] for h in [*hosts, *carrying]}, key=ipaddress.IPv4Address)
         return desired
 
     def _vnet_keys(self, farm: str, vnet: str) -> dict[str, Any]:
@@ -673,8 +677,17 @@ REPORT_FIELDS: dict[str, tuple[type, type | None]] = {
     "migrations": (dict, dict), "arrivals": (dict, dict), "sizes": (dict, list),
     "departed": (dict, dict),  # VMs that left by migration, not restarted there by itself (audit R12)
     "underlay": (str, None),  # the host's underlay address: VNET member lists (audit R18)
+    "vnets": (list, int),  # the VNET ids the host carries (an admin's port kept one): members too
     "dataplane": (dict, None),  # forwarding threads: {workers: {name: state}, restarts, healthy} (audit R2)
 }
+
+
+def _ipv4(text: Any) -> str | None:
+    """`text` if it is an IPv4 address (a report's `underlay`), else None."""
+    try:
+        return str(ipaddress.IPv4Address(text)) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _exactly(value: Any, kind: type) -> bool:

@@ -150,3 +150,26 @@ def test_a_rotation_step_reaches_the_hosts_through_converge(m: Manager) -> None:
     m.rotate_vnet_keys("demo", "back")
     ops = [(a.op, a.args["vnet"]) for a in converge(m._desired(host), here) if a.op.startswith("vnet.")]
     assert ops == [("vnet.update", back["id"])]
+
+
+def test_r18_a_host_that_carries_the_vnet_without_an_instance_is_a_member_too(m: Manager) -> None:
+    """An admin's port kept a VNET on a host whose instance left: its traffic must still pass."""
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    host = db_host(m)
+    back = vnets_of(m, host)["back"]
+    other = next(h for h in HOSTS if h != host)
+    assert HOSTS[other] not in back["members"]
+    m.store.set_status("host", other, {"vcpus": 8, "memory_mib": 8192, "underlay": HOSTS[other],
+                                       "vnets": [back["id"]], "reported": time.time()})
+    assert HOSTS[other] in vnets_of(m, host)["back"]["members"]
+
+
+@pytest.mark.adversarial
+def test_r18_a_bogus_underlay_address_in_a_report_breaks_nothing(m: Manager) -> None:
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    host = db_host(m)
+    m.store.set_status("host", host, {"vcpus": 8, "memory_mib": 8192, "underlay": "not-an-address",
+                                      "reported": time.time()})
+    assert all("members" not in v for v in vnets_of(m, host).values())  # unknown: the hosts' own lists
