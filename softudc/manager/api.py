@@ -509,7 +509,7 @@ class Manager:
 
     def _desired(self, name: str) -> dict[str, Any]:
         with self._reconcile_lock:
-            farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.farm_or_none(o))]
+            farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.for_hosts(o))]
             desired = host_desired(name, farms)
             reports = self.reports()
             addresses = {h: a for h, r in reports.items() if (a := _ipv4(r.get("underlay"))) is not None}
@@ -576,7 +576,7 @@ class Manager:
                 self.store.delete("vnetkey", o.name)
 
     def _usage(self, farms: list[Obj]) -> Usage:
-        return Usage([(o.name, self.farms.farm_or_none(o), o.status) for o in farms])
+        return Usage([(o.name, self.farms.for_hosts(o), o.status) for o in farms])
 
     def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Obj], reports: dict[str, dict[str, Any]],
                   usage: Usage | None = None, taken: dict[tuple[str, str], int] | None = None
@@ -603,7 +603,7 @@ class Manager:
                 for key in [k for k in taken if k[0] == o.name]:
                     del taken[key]
                 taken.update({(o.name, k): v for k, v in status.get("vnet_ids", {}).items()})
-                usage.update(o.name, self.farms.farm_or_none(o), status)
+                usage.update(o.name, self.farms.for_hosts(o), status)
                 busy = busy or any(i.get("migrating") for i in status.get("instances", []))
             self._busy, self._reconciled_at = busy, time.monotonic()
             self._compact()
@@ -777,7 +777,7 @@ def _visible(who: Principal, report: dict[str, Any]) -> dict[str, Any]:
 def _charge_others(hosts: list[Host], farms: list[Obj], current: str) -> None:
     """Usage of every farm but `current` (whose own instances the planner accounts for), from the
     farms validated once per descriptor."""
-    usage = Usage([(o.name, FARMS.farm_or_none(o), o.status) for o in farms])
+    usage = Usage([(o.name, FARMS.for_hosts(o), o.status) for o in farms])
     for h, charged in zip(hosts, usage.hosts(hosts, current), strict=True):
         h.used_vcpus, h.used_memory_mib, h.groups = charged.used_vcpus, charged.used_memory_mib, charged.groups
 

@@ -24,18 +24,21 @@ class FarmCache:
     """Validated farms by (name, digest of the descriptor). A descriptor that no longer validates
     (stored before a rule was added) is remembered as its error, so it is not parsed again either."""
 
+    # Such a farm is not planned again (it is Degraded until applied again) but what it runs keeps
+    # running and counting against its hosts: `for_hosts` reads it without the newer limits.
+
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
-        self._farms: OrderedDict[tuple[str, str], Farm | DescriptorError] = OrderedDict()
+        self._farms: OrderedDict[tuple[str, str, bool], Farm | DescriptorError] = OrderedDict()
 
-    def farm(self, obj: Obj) -> Farm:
+    def farm(self, obj: Obj, strict: bool = True) -> Farm:
         """The stored farm's descriptor, validated; raises DescriptorError."""
         text = str(obj.spec.get("descriptor", ""))
-        key = (obj.name, hashlib.sha256(text.encode()).hexdigest())
+        key = (obj.name, hashlib.sha256(text.encode()).hexdigest(), strict)
         found = self._farms.get(key)
         if found is None:
             try:
-                found = validate(text, obj.name)
+                found = validate(text, obj.name, strict=strict)
             except DescriptorError as e:
                 found = e
             self._farms[key] = found
@@ -52,6 +55,17 @@ class FarmCache:
             return self.farm(obj)
         except DescriptorError:
             return None
+
+    def for_hosts(self, obj: Obj) -> Farm | None:
+        """The farm as its hosts run it: validated, or failing that, validated without the limits
+        added since it was stored; None when even that fails."""
+        try:
+            return self.farm(obj)
+        except DescriptorError:
+            try:
+                return self.farm(obj, strict=False)
+            except DescriptorError:
+                return None
 
 
 FARMS = FarmCache()  # validation is a pure function of the text: one cache serves every Manager

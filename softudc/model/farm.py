@@ -26,7 +26,9 @@ returns a Farm only when there is none.
 A descriptor that validates must also be one the hosts can run and the manager can plan cheaply
 (audit R9, R24, R25): names never contain `--` (it joins farm and instance in VM names), VM names
 fit the gatekeeper's limit, vCPUs and MTUs stay within what a host accepts, and the sizes of
-subnets and of the lists are capped.
+subnets and of the lists are capped. `validate(..., strict=False)` leaves out exactly these
+rules, for descriptors stored before them: such a farm is Degraded until applied again, but what
+it runs keeps running.
 """
 
 from __future__ import annotations
@@ -111,8 +113,9 @@ class Farm:
 
 
 class _Checker:
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = True) -> None:
         self.problems: list[Problem] = []
+        self.strict = strict  # False: the limits added after descriptors were stored are not checked
 
     def fail(self, mark: Mark, path: str, message: str) -> None:
         self.problems.append(Problem(mark, path, message))
@@ -138,7 +141,7 @@ class _Checker:
         if not isinstance(node.value, str) or not NAME_RE.match(node.value):
             self.fail(node.mark, path, f"{node.value!r} is not a name (lowercase letters, digits, '-'; at most 40)")
             return None
-        if SEPARATOR in node.value:
+        if SEPARATOR in node.value and self.strict:
             self.fail(node.mark, path, f"{node.value!r} contains '{SEPARATOR}', which joins farm and instance in "
                                        "VM names; use a single '-'")
             return None
@@ -146,7 +149,7 @@ class _Checker:
 
     def at_most(self, node: Node, path: str, limit: int, what: str) -> bool:
         """A list no longer than `limit` (checked before its items are looked at)."""
-        if isinstance(node.value, list) and len(node.value) > limit:
+        if isinstance(node.value, list) and len(node.value) > limit and self.strict:
             self.fail(node.mark, path, f"{len(node.value)} {what}, at most {limit} per farm (split the farm)")
             return False
         return True
@@ -197,9 +200,9 @@ def parse_size_mib(text: Any) -> int | None:
     return int(mib) if mib == int(mib) else None
 
 
-def validate(text: str, file: str = "<farm>") -> Farm:
+def validate(text: str, file: str = "<farm>", strict: bool = True) -> Farm:
     root, problems = load(text, file)
-    c = _Checker()
+    c = _Checker(strict)
     c.problems.extend(problems)
     if root is None:
         raise DescriptorError(c.problems)
@@ -208,8 +211,9 @@ def validate(text: str, file: str = "<farm>") -> Farm:
         raise DescriptorError(c.problems)
     if "status" in root.key_marks:  # the manager writes a farm's status; a descriptor never carries one
         c.problems[:] = [p for p in c.problems if p.path != "status"]
-        c.fail(root.key_marks["status"], "status", "is written by the manager, not part of a descriptor; remove it "
-                                                   "(`softudc get farm` output is not a descriptor)")
+        if c.strict:
+            c.fail(root.key_marks["status"], "status", "is written by the manager, not part of a descriptor; "
+                                                       "remove it (`softudc get farm` output is not a descriptor)")
     if "apiVersion" in top and top["apiVersion"].value != API_VERSION:
         c.fail(top["apiVersion"].mark, "apiVersion", f"{top['apiVersion'].value!r}, expected {API_VERSION}")
     if "kind" in top and top["kind"].value != "Farm":
@@ -243,7 +247,8 @@ def validate(text: str, file: str = "<farm>") -> Farm:
            if v]
     c.unique([(v.name, m, p) for v, m, p in vms], "VM")
     _check_addresses(c, [(v, m, p) for v, m, p in vms], vnet_by_name)
-    _check_sizes(c, name, vms, spec["vms"].mark)
+    if c.strict:
+        _check_sizes(c, name, vms, spec["vms"].mark)
     if c.problems or name is None:
         raise DescriptorError(c.problems)
     return Farm(name, tuple(v for v, _, _ in vnets), tuple(v for v, _, _ in vms), tuple(g for g, _, _ in groups),
@@ -262,15 +267,15 @@ def _vnet(c: _Checker, node: Node, path: str) -> tuple[VnetDef, Mark, str] | Non
             if subnet.prefixlen > 30:
                 c.fail(m["subnet"].mark, f"{path}.subnet", f"{subnet} is too small for VMs (at most /30)")
                 subnet = None
-            elif subnet.prefixlen < MAX_PREFIX:
+            elif subnet.prefixlen < MAX_PREFIX and c.strict:
                 c.fail(m["subnet"].mark, f"{path}.subnet", f"{subnet} is too large: at most a /{MAX_PREFIX} "
                                                            f"({2 ** (32 - MAX_PREFIX) - 2} addresses) per VNET")
                 subnet = None
         except ValueError as e:
             c.fail(m["subnet"].mark, f"{path}.subnet", f"{m['subnet'].value!r} is not an IPv4 subnet ({e})")
     security = c.choice(m["security"], f"{path}.security", SECURITY) if "security" in m else "none"
-    mtu = c.integer(m["mtu"], f"{path}.mtu", 576, MAX_MTU.get(security or "none", MAX_MTU["none"])) \
-        if "mtu" in m else None
+    top = MAX_MTU.get(security or "none", MAX_MTU["none"]) if c.strict else 9000
+    mtu = c.integer(m["mtu"], f"{path}.mtu", 576, top) if "mtu" in m else None
     if name is None or subnet is None or security is None or ("mtu" in m and mtu is None):
         return None
     return VnetDef(name, subnet, security, mtu), node.mark, f"{path}.name"
@@ -303,7 +308,7 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
     ok = True
     name = c.name(m["name"], f"{path}.name") if "name" in m else None
     replicas = c.integer(m["replicas"], f"{path}.replicas", 0, MAX_REPLICAS) if "replicas" in m else 1
-    vcpus = c.integer(m["vcpus"], f"{path}.vcpus", 1, MAX_VCPUS) if "vcpus" in m else 1
+    vcpus = c.integer(m["vcpus"], f"{path}.vcpus", 1, MAX_VCPUS if c.strict else 256) if "vcpus" in m else 1
     memory = None
     if "memory" in m:
         memory = parse_size_mib(m["memory"].value)
@@ -332,7 +337,7 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
                 max_downtime = c.integer(mig["maxDowntimeMs"], f"{path}.migration.maxDowntimeMs", 1, 60_000)
                 ok = ok and max_downtime is not None
     nics = []
-    if "nics" in m and isinstance(m["nics"].value, list) and len(m["nics"].value) > MAX_NICS:
+    if "nics" in m and isinstance(m["nics"].value, list) and len(m["nics"].value) > MAX_NICS and c.strict:
         c.fail(m["nics"].mark, f"{path}.nics", f"{len(m['nics'].value)} NICs, at most {MAX_NICS} per VM")
         return None
     for i, nic_node in enumerate(c.seq(m["nics"], f"{path}.nics") if "nics" in m else []):

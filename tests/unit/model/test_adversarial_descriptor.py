@@ -151,3 +151,14 @@ def test_r9_expensive_descriptors_cost_work_linear_in_their_text(text: str) -> N
         source._BoundedLoader = original  # type: ignore[misc]
     assert _Counting.composed <= len(text)  # no value is built twice: no expansion
     assert elapsed < 5.0  # generous; the alias bombs took minutes or all memory on f836a52
+
+
+def test_descriptors_stored_before_the_limits_still_read_without_them() -> None:
+    """A farm stored before these rules is Degraded (strict) but its hosts keep running it (lenient)."""
+    old = HEAD.replace("name: f", "name: a--b") + GOOD_SPEC.replace("/24", "/8").replace(
+        "memory: 128Mi", "memory: 128Mi, vcpus: 128") + "status: {}\n"
+    assert len(_problems(old)) >= 4
+    farm = validate(old, "farms/f", strict=False)
+    assert farm.name == "a--b" and farm.vms[0].vcpus == 128
+    with pytest.raises(DescriptorError, match="aliases"):  # what makes parsing itself costly stays refused
+        validate(HEAD + GOOD_SPEC + "x: &a [1]\n", "farms/f", strict=False)
