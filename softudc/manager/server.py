@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import selectors
@@ -34,15 +35,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+log = logging.getLogger("softudc.manager.server")
+
 READ_DEADLINE_S = 10.0  # from accept to the last byte of the request (handshake, headers, body)
 MAX_PENDING = 512  # connections whose request is still being read (a socket and a buffer each)
 MAX_PENDING_BYTES = 64 << 20  # bytes buffered for them in all
 MAX_HEADER_BYTES = 64 << 10  # request line and headers
-MAX_WORKERS = 32  # requests being answered at once
+MAX_WORKERS = 64  # requests being answered at once
 MAX_LONG_POLLS = 256  # GET .../desired?wait=S being held at once (about one per gatekeeper)
 WRITE_TIMEOUT_S = 30.0  # per send of the answer
 SWEEP_EVERY_S = 0.2  # how often expired connections are looked for
 
+_EXPECT_CONTINUE = re.compile(rb"^expect:[ \t]*100-continue[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _CONTENT_LENGTH = re.compile(rb"^content-length:[ \t]*(.*?)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
@@ -168,10 +172,16 @@ class TlsServer(ThreadingHTTPServer):
         next_sweep = time.monotonic() + SWEEP_EVERY_S
         while not self._stopping:
             for key, _ in self._selector.select(SWEEP_EVERY_S):
-                if key.data is None:
-                    self._take_incoming()
-                else:
-                    self._advance(key.data)
+                try:
+                    if key.data is None:
+                        self._take_incoming()
+                    else:
+                        self._advance(key.data)
+                except Exception as e:  # a bug must cost one connection at most, never the intake
+                    self.counts[f"error_{type(e).__name__}"] += 1
+                    log.exception("manager API intake: dropped a connection after an unexpected error")
+                    if key.data is not None and key.data in self._pending:
+                        self._drop(key.data)
             now = time.monotonic()
             if now >= next_sweep:
                 next_sweep = now + SWEEP_EVERY_S
@@ -215,6 +225,9 @@ class TlsServer(ThreadingHTTPServer):
                 self._buffered += len(chunk)
                 if p.need is None:
                     p.need = request_size(p.buf, self.max_body)
+                    if p.need is not None and len(p.buf) < p.need and _EXPECT_CONTINUE.search(p.buf[:p.need]):
+                        # curl & co. wait for this before sending a body (RFC 9110 §10.1.1)
+                        p.sock.send(b"HTTP/1.1 100 Continue\r\n\r\n")
                 if p.need is not None and len(p.buf) >= p.need:
                     self._dispatch(p)
                     return
@@ -272,6 +285,9 @@ class TlsServer(ThreadingHTTPServer):
             self._handler(sock, address, self)
         except (ssl.SSLError, OSError):
             self.counts["closed_while_answering"] += 1
+        except Exception as e:
+            self.counts[f"error_{type(e).__name__}"] += 1
+            log.exception("manager API: a request failed outside its handler's error handling")
         finally:
             pool.release()
             sock.close()
@@ -286,6 +302,9 @@ def _one_request(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestH
             server = self.server
             assert isinstance(server, TlsServer)
             self.rfile = io.BytesIO(server.prefetched())
+
+        def handle_expect_100(self) -> bool:
+            return True  # the intake said 100 Continue already, when the body was still to come
 
         def send_response(self, code: int, message: str | None = None) -> None:
             super().send_response(code, message)

@@ -193,3 +193,16 @@ def test_request_framing_never_raises_on_garbage(data: bytes) -> None:
     size = request_size(data, 1 << 20)
     assert size is None or size >= data.find(b"\r\n\r\n") + 4
     is_long_poll(data.split(b"\r\n", 1)[0])
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+        slow_deadline: tuple[Path, TlsServer, str]) -> None:
+    state, server, _ = slow_deadline
+    client = _tls_client(state, server.server_address[1])
+    client.sendall(b"POST /v1/hosts/join HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert client.recv(100).startswith(b"HTTP/1.1 100 Continue")
+    client.sendall(b"{}")
+    answer = b""
+    while chunk := client.recv(65536):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"csr: not a PEM certificate request" in answer
