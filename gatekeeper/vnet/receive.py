@@ -120,6 +120,7 @@ class Receiver:
             if n == 0:
                 if self._stopping:
                     return
+                drops["empty"] += 1  # a zero-length datagram: nothing to look at, but on record
                 continue
             try:
                 handle(n, gso, src)
