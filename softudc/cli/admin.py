@@ -103,6 +103,10 @@ def _print_farm(f: dict[str, Any]) -> None:
     print(f"farm {f['name']}  revision {f['revision']}  " +
           "  ".join(f"{k}={v}" for k, v in sorted(st.get("conditions", {}).items())))
     print("  VNETs: " + ", ".join(f"{n}={i}" for n, i in sorted(st.get("vnet_ids", {}).items())))
+    if st.get("problem"):  # the farm could not be planned: what it runs stays as it was
+        print(f"  problem: {st['problem']}")
+    for error in st.get("vnet_errors", []):
+        print(f"  VNET error: {error}")
     for i in st.get("instances", []):
         addrs = " ".join(f"{v}:{a}" for v, a in sorted(i["addresses"].items()))
         moving = i.get("migrating")

@@ -423,3 +423,13 @@ def test_r11_big_reports_cost_work_linear_in_their_size(farms: int, entries: int
     seen = _visible(Principal("v", "viewer", ("f0",)), report)
     assert len(seen[field]) == len([v for v in vms if v.startswith("f0--")])
     assert time.monotonic() - start < 2.0
+
+
+def test_r10_r25_describe_shows_why_a_farm_is_degraded(capsys: pytest.CaptureFixture[str]) -> None:
+    from softudc.cli.admin import _print_farm
+
+    _print_farm({"name": "x", "revision": 3, "status": {
+        "conditions": {"Degraded": True}, "problem": "cannot be planned: all 4093 VNET ids are in use",
+        "vnet_errors": ["h1: VNET v: MTU 1452 does not fit"], "instances": []}})
+    out = capsys.readouterr().out
+    assert "problem: cannot be planned: all 4093 VNET ids" in out and "VNET error: h1: VNET v: MTU" in out
