@@ -26,6 +26,7 @@ from softudc.atomicfile import move_aside, write_atomic
 
 log = logging.getLogger("gatekeeper.manager")
 GRACEFUL_STOP_S = 10.0  # a VM asked to power off (ACPI) is destroyed after this (R27b)
+STRAY_NOTED_S, STRAYS_KEPT = 60.0, 20
 LEFT = ("completed", "unknown")  # outgoing migrations after which the VM may run at the destination
 
 
@@ -57,6 +58,7 @@ class ManagerClient:
         self._local_seen: set[tuple[str, float]] = set()  # local-API migrations already looked at
         self._told: set[str] = set()  # VMs the manager listed here (stopped gracefully when it stops)
         self._stopping: dict[str, float] = {}  # VM -> when a graceful stop gives way to destroy
+        self._strays: dict[str, float] = {}  # VM never told to run here -> when it was destroyed (noted)
         self._lock = threading.Lock()
         self.desired: dict[str, Any] = {}
 
@@ -166,7 +168,17 @@ class ManagerClient:
             except Exception as e:
                 self.errors.append(f"{action}: {e}")
                 log.warning("%s failed: %s", action, e)
+        self._note_strays()
         return done
+
+    def _note_strays(self) -> None:
+        """Managed VMs destroyed here because the manager never told this host to run them: said in
+        the notes of the reports of the next STRAY_NOTED_S (bounded: the latest STRAYS_KEPT)."""
+        now = time.monotonic()
+        recent = sorted((t, n) for n, t in self._strays.items() if now - t < STRAY_NOTED_S)[-STRAYS_KEPT:]
+        self._strays = {n: t for t, n in recent}
+        self.notes.extend(f"{n} ran here though the manager never told this host to run it; destroyed "
+                          f"{now - t:.0f} s ago" for t, n in recent)
 
     def _departures(self, wanted: set[str]) -> dict[str, str]:
         """VMs that left this host by migration (through the manager, or the local API) and may run
@@ -249,6 +261,8 @@ class ManagerClient:
             self.departed.pop(args["name"], None)  # converge starts a departed VM only on the manager's word
         elif op == "vm.stop":
             self._stop(args["name"], bool(args.get("force", True)))
+            if args.get("force", True):  # reports say so for a while: the admin hears of a stray copy (R5)
+                self._strays[args["name"]] = time.monotonic()
         elif op == "vm.migrate":
             self._start_migration(args)
 

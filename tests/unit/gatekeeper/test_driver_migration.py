@@ -230,3 +230,20 @@ def test_r27_a_vnet_stays_while_a_vm_on_it_shuts_down_gracefully() -> None:
     off = {**vm, "state": "shutoff", "nics": [{"vnet": 2, "mac": "52:54:00:00:00:01", "tap": None}]}
     gone = converge({"vnets": [], "vms": []}, Here([2], [off], {2}, ports={2: []}, told={"demo--db-0"}))
     assert [a.op for a in gone] == ["vm.stop", "vnet.delete"]  # undefined, then the VNET goes
+
+
+def test_r5_a_stray_copy_destroyed_here_is_said_in_the_reports_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatekeeper.manager_client import STRAY_NOTED_S, STRAYS_KEPT
+
+    hv, _ = hypervisor()
+    c = client(hv)
+    clock = [1000.0]
+    monkeypatch.setattr("gatekeeper.manager_client.time.monotonic", lambda: clock[0])
+    c._strays = {f"demo--web-{i}": 1000.0 - i for i in range(STRAYS_KEPT + 5)}
+    c.notes = []
+    c._note_strays()
+    assert len(c.notes) == STRAYS_KEPT and any("demo--web-0 ran here" in n for n in c.notes)  # bounded, newest kept
+    clock[0] += STRAY_NOTED_S
+    c.notes = []
+    c._note_strays()
+    assert c.notes == [] and c._strays == {}
