@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from softudc.atomicfile import write_atomic
 from softudc.lab.lab import Host, Lab, LabError
 
 MANAGER_ADDR = "10.99.0.1"
@@ -34,8 +35,7 @@ def start_manager(lab: Lab, timeout: float = 15.0, fresh: bool = True) -> tuple[
     d.mkdir(parents=True, exist_ok=True)
     if fresh:
         token = init(d, [MANAGER_ADDR])
-        (d / "admin.token").write_text(token)
-        (d / "admin.token").chmod(0o600)
+        write_atomic(d / "admin.token", token.encode())  # 0600 from its first byte (audit R22)
     token = (d / "admin.token").read_text().strip()
     log = open(d / "manager.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["ip", "netns", "exec", lab.mgmt_ns, sys.executable, "-m", "softudc.cli",
@@ -85,9 +85,8 @@ def join_host(lab: Lab, host: Host) -> dict[str, str]:
              "key": str(hdir / "gatekeeper.key")}
     Path(files["ca"]).write_text(joined["ca"])
     Path(files["cert"]).write_text(joined["certificate"])
-    Path(files["key"]).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                     serialization.NoEncryption()))
-    Path(files["key"]).chmod(0o600)
+    write_atomic(Path(files["key"]), key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))  # 0600 from the start (R22)
     return files
 
 
