@@ -492,8 +492,9 @@ class Manager:
     def _changes_made(self, hosts: Iterable[str] | None = None) -> None:
         """Wake the long polls of `hosts` (None: of every host): what they should run may have changed."""
         with self._changed:
-            if hosts is None:
-                self._generation += 1
+            if hosts is None:  # a change made outside reconcile (a migration, keys): the next
+                self._generation += 1  # reports must reconcile even if they say nothing new
+                self._busy = True
             for host in hosts or ():
                 self._host_generation[host] += 1
             self._changed.notify_all()
@@ -625,7 +626,10 @@ class Manager:
         for kind, message in seen:
             self._event("farm", o.name, kind, message)
         if status != o.status:
-            self.store.set_status("farm", o.name, status)
+            try:
+                self.store.set_status("farm", o.name, status)
+            except KeyError:  # deleted since this reconcile read it: nothing left to update
+                return o.status
             if summary and summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
                 self._event("farm", o.name, "Planned", summary)
         return status

@@ -5,6 +5,7 @@ the API stores them), and over HTTPS where the HTTP layer is the point."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import json
 import ssl
@@ -307,6 +308,18 @@ def test_r11_a_report_that_says_nothing_new_does_not_reconcile(mgr: Manager, mon
     monkeypatch.setattr(mgr, "_reconciled_at", time.monotonic() - api_module.RECONCILE_EVERY_S - 1)
     mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})  # time-based rules still run now and then
     assert len(runs) == 2
+    mgr._changes_made()  # a change made outside reconcile (a migration request, say)
+    mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})
+    assert len(runs) == 3
+
+
+def test_r10_a_farm_deleted_while_reconcile_runs_is_skipped_not_fatal(mgr: Manager) -> None:
+    mgr.put_farm(ADMIN, "x", farm("x"), None)
+    farms = mgr.store.objects("farm")
+    mgr.store.delete("farm", "x")  # by another request, after this reconcile read the farms
+    usage, taken = mgr._usage(farms), api_module._vnet_ids(farms)
+    stale = dataclasses.replace(farms[0], status={})  # so that the new status differs: it is written
+    assert mgr._reconcile_farm(stale, farms, mgr.reports(), usage, taken) == {}  # KeyError there: skipped
 
 
 def test_r11_a_long_poll_is_woken_only_when_its_hosts_desired_state_changes(
