@@ -8,7 +8,8 @@ peers accept the higher numbers at once. The counter stops before it could wrap.
 Inbound: one SA per (SPI, sender address), derived from the VNET's master secret for that epoch,
 each with its own anti-replay window. A new (SPI, sender) gets a temporary SA that joins the table
 only once a packet verified under it, and the table is an LRU of bounded size, so packets from
-spoofed addresses cost an HKDF and a tag check but no memory (audit R17).
+spoofed addresses cost an HKDF and a tag check but no memory (audit R17); on a VNET with a member
+list (from the manager) a non-member's packets are refused before any key is derived.
 
 Every SA remembers the fingerprint of the secret it came from; installing keys rebuilds any SA
 whose epoch's secret (or level) changed, even under the same epoch number, and removing a VNET's
@@ -75,6 +76,7 @@ class SecurityAssociations:
         self.max_inbound = max_inbound
         self._keys: dict[int, VnetKeys] = {}
         self._out: dict[int, OutboundSA] = {}
+        self._members: dict[int, frozenset[str]] = {}  # VNET -> the only senders accepted (empty: any)
         self._in: OrderedDict[tuple[int, str], InboundSA] = OrderedDict()
         self._table = threading.Lock()  # guards _in (the receive thread and the API both change it)
         self.counts: Counter[str] = Counter()
@@ -87,13 +89,19 @@ class SecurityAssociations:
         if keys is None:
             self._keys.pop(vnet, None)
             self._out.pop(vnet, None)
+            self._members.pop(vnet, None)
         else:
             keys.validate(vnet)
             self._keys[vnet] = keys
             self._set_outbound(vnet, keys)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Drop inbound SAs the keys or member lists no longer allow."""
         with self._table:
             for (spi, src), sa in list(self._in.items()):
-                if not self._current(spi, sa.secret_fp):
+                members = self._members.get(sa.vnet)
+                if not self._current(spi, sa.secret_fp) or (members is not None and src not in members):
                     del self._in[(spi, src)]
 
     def _set_outbound(self, vnet: int, keys: VnetKeys) -> None:
@@ -116,6 +124,15 @@ class SecurityAssociations:
         k = self._keys.get(vnet)
         return (k is not None and k.level is not None and epoch in k.secrets
                 and secret_fingerprint(k.level, k.secrets[epoch]) == secret_fp)
+
+    def set_members(self, vnet: int, members: tuple[str, ...] | None) -> None:
+        """The hosts a VNET accepts ESP from (the manager's member list); empty or None: any.
+        A packet from anyone else is refused before any key is derived for it (audit R17)."""
+        if members:
+            self._members[vnet] = frozenset(members)
+        else:
+            self._members.pop(vnet, None)
+        self._prune()
 
     def keys(self, vnet: int) -> VnetKeys | None:
         return self._keys.get(vnet)
@@ -195,6 +212,9 @@ class SecurityAssociations:
         keys = self._keys.get(vnet)
         if keys is None or keys.level is None or epoch not in keys.secrets:
             raise EspDrop("esp_unknown_spi")
+        members = self._members.get(vnet)
+        if members is not None and src not in members:
+            raise EspDrop("esp_not_member")
         secret = keys.secrets[epoch]
         try:
             key = derive_esp_key(secret, vnet, epoch, src, keys.level)
@@ -205,8 +225,10 @@ class SecurityAssociations:
     def _keep(self, slot: tuple[int, str], sa: InboundSA) -> None:
         """A temporary SA whose first packet verified joins the table (least recently used out)."""
         with self._table:
-            if slot in self._in or not self._current(slot[0], sa.secret_fp):
-                return  # another thread kept one first, or the keys changed meanwhile
+            members = self._members.get(sa.vnet)
+            if slot in self._in or not self._current(slot[0], sa.secret_fp) or (members is not None
+                                                                               and slot[1] not in members):
+                return  # another thread kept one first, or the keys or members changed meanwhile
             self._in[slot] = sa
             while len(self._in) > self.max_inbound:
                 self._in.popitem(last=False)

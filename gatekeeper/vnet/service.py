@@ -126,6 +126,7 @@ class VnetService:
                 existing.members = others
                 if vnet_keys is not None:
                     self._install_keys(vnet, vnet_keys)
+                self.forwarder.sas.set_members(vnet, others)
                 self._save()
                 return self._describe(existing)
             fits = mtu_for(transport, self.config.underlay_mtu, level)
@@ -139,6 +140,7 @@ class VnetService:
             try:
                 self.devices.enslave(tap_name(vnet), bridge_name(vnet), mtu)
                 self._install_keys(vnet, vnet_keys)
+                self.forwarder.sas.set_members(vnet, others)  # ESP from non-members: refused before any HKDF
                 port = VnetPort(vnet, fd, transport, mtu, others, offload, level)
                 self.forwarder.add_vnet(port)
             except Exception:

@@ -242,3 +242,21 @@ def test_r17_any_bytes_from_any_source_only_ever_drop(data: bytes, src: str) -> 
         with contextlib.suppress(EspDrop):
             rx.open(buf, src)
     assert rx.inbound_count() == 0
+
+
+@pytest.mark.adversarial
+def test_r17_a_vnet_with_members_derives_no_key_for_anyone_else() -> None:
+    tx, rx = sender(None), receiver()
+    rx.set_members(5, (A,))
+    packet = tx.seal(5, P)
+    with mock.patch.object(esp_sa, "derive_esp_key", wraps=esp_sa.derive_esp_key) as derive:
+        for i in range(1000):
+            with pytest.raises(EspDrop, match="esp_not_member"):
+                rx.open(packet, f"10.7.{i >> 8}.{i & 255}")
+        assert derive.call_count == 0
+        assert rx.open(packet, A)[0] == 5
+    assert rx.inbound_count() == 1
+    rx.set_members(5, ("10.0.0.9",))  # A left the VNET: its SA goes with it
+    assert rx.inbound_count() == 0
+    rx.set_members(5, None)  # no list: anyone with the key
+    assert rx.open(tx.seal(5, P), A)[0] == 5
