@@ -1,4 +1,4 @@
-"""The manager's REST API over HTTPS (stdlib server, one thread per request).
+"""The manager's REST API over HTTPS (stdlib handler; `server` bounds connections and threads).
 
 Administrators authenticate with bearer tokens (roles in `auth`); gatekeepers with client
 certificates from the manager's CA (their routes refuse anything else): the TLS context asks for
@@ -8,6 +8,7 @@ descriptor validates; the response then lists every problem with its position.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -19,7 +20,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
@@ -32,6 +33,7 @@ from softudc.manager.controller import host_desired, inventory, reconcile_farm, 
 from softudc.manager.farms import FARMS, FarmCache, Usage
 from softudc.manager.metrics import make_registry
 from softudc.manager.planner import PlanError
+from softudc.manager.server import ServerCollector, TlsServer
 from softudc.manager.store import Obj, SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
@@ -997,37 +999,17 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class TlsServer(ThreadingHTTPServer):
-    """HTTPS with the TLS handshake on each connection's own thread, so that one slow or broken
-    client never holds up the accept loop (wrapping the listening socket would)."""
-
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], ctx: ssl.SSLContext) -> None:
-        super().__init__(address, handler)
-        self.ctx = ctx
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        request.settimeout(30)
-        try:
-            tls = self.ctx.wrap_socket(request, server_side=True)
-        except (ssl.SSLError, OSError):
-            return  # a failed handshake concerns that client only
-        try:
-            self.RequestHandlerClass(tls, client_address, self)  # type: ignore[arg-type]
-        finally:
-            tls.close()
-
-
-def serve(m: Manager, host: str, port: int) -> ThreadingHTTPServer:
-    """Start the API on a background thread; returns the server (`.server_address`, `.shutdown()`)."""
+def serve(m: Manager, host: str, port: int, **limits: Any) -> TlsServer:
+    """Start the API on a background thread; returns the server (`.server_address`, `.shutdown()`).
+    `limits`: the server's bounds (see `softudc.manager.server`), for tests."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(m.state_dir / "pki" / "server.crt"), str(m.state_dir / "pki" / "server.key"))
     ctx.load_verify_locations(str(m.state_dir / "pki" / "ca.crt"))
     ctx.verify_mode = ssl.CERT_OPTIONAL  # admins come with tokens, gatekeepers with certificates
-    server = TlsServer((host, port), make_handler(m), ctx)
+    server = TlsServer((host, port), make_handler(m), ctx, max_body=MAX_BODY, **limits)
+    with contextlib.suppress(ValueError):  # a second server for the same Manager (tests): the first one's stay
+        m.registry.register(ServerCollector(server))
     threading.Thread(target=server.serve_forever, name="manager-api", daemon=True).start()
     return server
 

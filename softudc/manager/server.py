@@ -30,10 +30,14 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("softudc.manager.server")
 
@@ -291,6 +295,23 @@ class TlsServer(ThreadingHTTPServer):
         finally:
             pool.release()
             sock.close()
+
+
+class ServerCollector(Collector):
+    """What the server refused or cut off, by reason, and how many requests it is reading."""
+
+    def __init__(self, server: TlsServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        dropped = CounterMetricFamily("softudc_manager_api_dropped", "Connections or requests the API server "
+                                      "refused or cut off, by reason", labels=["reason"])
+        for reason, n in sorted(self.server.counts.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        pending = GaugeMetricFamily("softudc_manager_api_reading", "Connections whose request is still being read")
+        pending.add_metric([], self.server.pending())
+        yield pending
 
 
 def _one_request(handler: type[BaseHTTPRequestHandler]) -> type[BaseHTTPRequestHandler]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import generate_latest
 
 from softudc.manager.api import Manager, init, serve
 from softudc.manager.server import TlsServer, is_long_poll, request_size
@@ -206,3 +207,19 @@ def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
     while chunk := client.recv(65536):
         answer += chunk
     assert answer.startswith(b"HTTP/1.1 400") and b"csr: not a PEM certificate request" in answer
+
+
+def test_r16_what_the_server_refuses_is_in_the_metrics(tmp_path: Path) -> None:
+    init(tmp_path, ["127.0.0.1"])
+    m = Manager(tmp_path)
+    server = serve(m, "127.0.0.1", 0, max_pending=1, read_deadline_s=5.0)
+    held = socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5)
+    try:
+        assert _wait(lambda: server.pending() == 1, 5.0)
+        assert _closed_by_server(socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5))
+        text = generate_latest(m.registry).decode()
+        assert 'softudc_manager_api_dropped_total{reason="refused_too_many_pending"} 1.0' in text
+        assert "softudc_manager_api_reading 1.0" in text
+    finally:
+        held.close()
+        server.shutdown()
