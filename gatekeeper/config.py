@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.vnet.varp_cache import VarpTimers
+from softudc import libvirturi
 from softudc.configfile import ConfigError as ConfigError  # re-exported for the daemons
 from softudc.configfile import ipv4_list, read_toml
 from softudc.security.keys import VnetKeys
@@ -155,9 +156,14 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
                 raise fail(f"hypervisor.{key}", "required string")
         if hv.get("accel", "qemu") not in ("qemu", "kvm"):
             raise fail("hypervisor.accel", f"{hv.get('accel')!r}, expected 'qemu' (TCG) or 'kvm'")
-        if "migration_uri" in hv and (not isinstance(hv["migration_uri"], str) or "://" not in hv["migration_uri"]):
-            raise fail("hypervisor.migration_uri", f"{hv['migration_uri']!r}, expected a libvirt URI such as "
-                       "'qemu+tcp://10.99.0.11/system'")
+        if "migration_uri" in hv:  # the manager accepts only this form (audit R20): say so at startup
+            if not isinstance(hv["migration_uri"], str):
+                raise fail("hypervisor.migration_uri", f"{hv['migration_uri']!r}, expected a libvirt URI such as "
+                           "'qemu+tcp://10.99.0.11/system'")
+            try:
+                libvirturi.check(hv["migration_uri"])
+            except libvirturi.MigrationUriError as e:
+                raise fail("hypervisor.migration_uri", str(e)) from None
         hypervisor = HypervisorConfig(hv["uri"], hv["kernel"], hv["initrd"], hv.get("accel", "qemu"),
                                       hv.get("console_dir"), hv.get("migration_uri"))
     manager = None

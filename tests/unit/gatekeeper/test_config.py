@@ -52,3 +52,14 @@ def test_toml_syntax_errors_name_the_file(tmp_path: Path) -> None:
 def test_arbitrary_input_gives_config_error_or_config(raw: dict[str, object]) -> None:
     with contextlib.suppress(ConfigError):
         parse_config(raw)
+
+
+@pytest.mark.parametrize("uri", ["qemu+ext:///system?command=/sbin/reboot", "qemu+tcp://h1/system", "x://y"])
+def test_r20_a_migration_uri_the_manager_would_refuse_is_refused_at_startup(uri: str) -> None:
+    hv = {"uri": "qemu:///system", "kernel": "/k", "initrd": "/i", "migration_uri": uri}
+    with pytest.raises(ConfigError) as e:
+        parse_config({**BASE, "hypervisor": hv}, "gk.toml")
+    assert str(e.value).startswith("gk.toml: hypervisor.migration_uri: ")
+    assert "qemu+tls://ADDRESS/system" in str(e.value)  # what to write instead
+    good = parse_config({**BASE, "hypervisor": {**hv, "migration_uri": "qemu+tcp://10.99.0.11/system"}}, "gk.toml")
+    assert good.hypervisor is not None and good.hypervisor.migration_uri == "qemu+tcp://10.99.0.11/system"
