@@ -50,19 +50,23 @@ def vnet_on(lab: Lab, host: str, vid: int) -> dict[str, Any] | None:
     return next((v for v in gk(lab, host).call("vnet.list") if v["vnet"] == vid), None)
 
 
+def keyed_with_members(lab: Lab, host: str, vid: int, members: list[str]) -> bool:
+    v = vnet_on(lab, host, vid)
+    return v is not None and v["members"] == members and v["key_fingerprint"] is not None
+
+
 def test_r21_security_and_mtu_changes_reach_hosts_that_have_the_vnet(make_lab: Callable[..., Lab]) -> None:
     lab = make_lab(hosts=2, manager=True)
     apply(lab)
     status, body = call(lab, "GET", "/v1/farms/conv")
-    assert status == 200
+    assert status == 200 and isinstance(body, dict)
     vid = body["status"]["vnet_ids"]["net"]
     hosts = [h.name for h in lab.hosts]
     assert wait_until(lambda: all(vnet_on(lab, h, vid) for h in hosts), timeout=30)
-    for h in lab.hosts:  # R18: keys on a `none` VNET (VARP signed) and the other host as member
-        other = next(o.underlay_ip for o in lab.hosts if o.name != h.name)
-        assert wait_until(lambda h=h, other=other: (v := vnet_on(lab, h.name, vid)) is not None
-                          and v["members"] == [other] and v["key_fingerprint"] is not None, timeout=15)
-        assert vnet_on(lab, h.name, vid)["security"] == "none"  # type: ignore[index]
+    h1, h2 = lab.hosts  # R18: keys on a `none` VNET (VARP signed), the other host as member
+    assert wait_until(lambda: keyed_with_members(lab, h1.name, vid, [h2.underlay_ip]), timeout=15)
+    assert wait_until(lambda: keyed_with_members(lab, h2.name, vid, [h1.underlay_ip]), timeout=15)
+    assert all(vnet_on(lab, h, vid)["security"] == "none" for h in hosts)  # type: ignore[index]
     add_endpoint(lab, "e1", "h1", vid, "10.5.0.201/24")
     add_endpoint(lab, "e2", "h2", vid, "10.5.0.202/24")
     assert ping(lab, "e1", "10.5.0.202").returncode == 0
