@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.vnet import esp_sa
 from gatekeeper.vnet.esp_sa import ESN_LOOKAHEAD, SEQ_LAST, EspDrop, SecurityAssociations
-from softudc.security.keys import VnetKeys
+from softudc.security.keys import VnetKeys, derive_esp_key
 from softudc.security.seqstore import SequenceStore
 from softudc.wire import esp
 
@@ -196,7 +195,7 @@ def test_r8_the_lookahead_is_bounded_for_forged_packets() -> None:
     rx.open(tx.seal(5, P), A)
     forged = bytearray(tx.seal(5, P))
     forged[-1] ^= 1
-    with mock.patch.object(esp_sa.esp, "open_", wraps=esp.open_) as opened, pytest.raises(EspDrop):
+    with mock.patch.object(esp, "open_", wraps=esp.open_) as opened, pytest.raises(EspDrop):
         rx.open(bytes(forged), A)
     assert opened.call_count == 1 + ESN_LOOKAHEAD
     far = sender(None)
@@ -249,7 +248,7 @@ def test_r17_a_vnet_with_members_derives_no_key_for_anyone_else() -> None:
     tx, rx = sender(None), receiver()
     rx.set_members(5, (A,))
     packet = tx.seal(5, P)
-    with mock.patch.object(esp_sa, "derive_esp_key", wraps=esp_sa.derive_esp_key) as derive:
+    with mock.patch("gatekeeper.vnet.esp_sa.derive_esp_key", wraps=derive_esp_key) as derive:
         for i in range(1000):
             with pytest.raises(EspDrop, match="esp_not_member"):
                 rx.open(packet, f"10.7.{i >> 8}.{i & 255}")
