@@ -34,7 +34,7 @@ from softudc.manager.farms import FARMS, FarmCache, Usage
 from softudc.manager.metrics import make_registry
 from softudc.manager.planner import PlanError
 from softudc.manager.server import ServerCollector, TlsServer
-from softudc.manager.store import Obj, SqliteStore
+from softudc.manager.store import Conflict, Obj, SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
@@ -394,7 +394,9 @@ class Manager:
 
     def authenticate_host(self, name: str, peer_cn: str | None, peer_fingerprint: str | None) -> None:
         """Gatekeeper routes: the client certificate must name `name` and be the one `name` got
-        at its latest join (hosts that joined before certificates were recorded: any of ours)."""
+        at its latest join. A host that joined before certificates were recorded is bound to the
+        first certificate it shows (its gatekeeper reports every few seconds, so that is almost
+        surely its own; if not, the real host is refused, says so, and joins again)."""
         if peer_cn is None or peer_fingerprint is None:
             raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
         if peer_cn != name:
@@ -404,7 +406,14 @@ class Manager:
             raise ApiError(403, f"host {name!r} is not joined to this manager (never joined, or removed); "
                                 "join it with a new token")
         bound = obj.spec.get("certificate")
-        if bound is not None and bound != peer_fingerprint:
+        if bound is None:
+            try:  # compare-and-swap: of two first certificates at once, one is bound and the other refused
+                self.store.put("host", name, {**obj.spec, "certificate": peer_fingerprint}, expect=obj.revision)
+            except Conflict:
+                return self.authenticate_host(name, peer_cn, peer_fingerprint)
+            self._event("host", name, "Bound", "joined before certificates were recorded: bound to the certificate "
+                                               "it showed now; any other is refused (join again to change it)")
+        elif bound != peer_fingerprint:
             raise ApiError(403, f"this certificate of {name!r} is superseded: the host was joined again since; "
                                 "if this machine should be that host, join it again with a new token")
 

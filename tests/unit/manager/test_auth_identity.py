@@ -189,3 +189,24 @@ def test_r22_init_refuses_to_replace_a_key(tmp_path: Path) -> None:
     (tmp_path / "pki" / "ca.crt").unlink()
     with pytest.raises(FileExistsError):
         init(tmp_path, ["127.0.0.1"])
+
+
+@pytest.mark.adversarial
+def test_r14_a_host_joined_before_certificates_were_recorded_is_bound_to_the_first_one_it_shows(
+        manager: tuple[Path, int, str], tmp_path: Path) -> None:
+    state, port, admin = manager
+    own = _join(state, port, "h1", tmp_path, "own")
+    m = Manager(state)
+    host = m.store.get("host", "h1")
+    assert host is not None
+    m.store.put("host", "h1", {k: v for k, v in host.spec.items() if k != "certificate"})  # as an older manager left it
+    clone = m.ca.issue_client("h1")  # another certificate of that name, as a copied disk would hold
+    cert, key = tmp_path / "clone.crt", tmp_path / "clone.key"
+    cert.write_bytes(clone.cert_pem)
+    key.write_bytes(clone.key_pem)
+    assert own.call("PUT", "/v1/hosts/h1/status", REPORT)[0] == 200  # the first one shown is bound
+    status, answer = Api(state, port, (str(cert), str(key))).call("PUT", "/v1/hosts/h1/status", REPORT)
+    assert status == 403 and "superseded" in answer["error"]
+    assert own.call("GET", "/v1/hosts/h1/desired")[0] == 200
+    events = Api(state, port).call("GET", "/v1/events?kind=host&name=h1", token=admin)[1]
+    assert [e["type"] for e in events] == ["Bound"]
