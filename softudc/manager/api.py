@@ -719,6 +719,7 @@ REPORT_ENTRIES: dict[str, dict[str, tuple[type | None, ...]]] = {
                    "data_processed": (*_NUMBER, None), "recovered": (bool,)},
     "arrivals": {"downtime_ms": (*_NUMBER, None), "total_ms": (*_NUMBER, None), "data_total": (*_NUMBER, None),
                  "error": (str, None)},
+    "departed": {"attempt": (str,), "to": (str,), "ago_s": (*_NUMBER, None)},
 }
 
 
