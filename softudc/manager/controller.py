@@ -227,17 +227,20 @@ def _restart_decision(inst: dict[str, Any], name: str, where: list[str], reports
     if inst.get("migrating") or where:
         return
     src = reports.get(inst["host"], {})
-    left = src.get("departed", {}).get(name)
+    departed = src.get("departed")
+    left = departed.get(name) if isinstance(departed, dict) else None
     if not isinstance(left, dict) or not isinstance(src.get("reported"), int | float):
         return
-    went = left.get("to")
-    to = next((h for h, r in sorted(reports.items()) if isinstance(went, str) and went in (h, r.get("migration_uri"))),
-              None)
+    went, ago, attempt = left.get("to"), left.get("ago_s"), left.get("attempt")
+    if not isinstance(went, str) or not isinstance(attempt, str) or not isinstance(ago, int | float) \
+            or isinstance(ago, bool) or not 0 <= ago < 1e9:
+        return  # not what a gatekeeper sends: no decision on it
+    to = next((h for h, r in sorted(reports.items()) if went in (h, r.get("migration_uri"))), None)
     dest = reports.get(to or "", {})
-    since = float(src["reported"]) - float(left.get("ago_s") or 0)  # no earlier than the departure
+    since = float(src["reported"]) - float(ago)  # no earlier than the departure
     if to and to != inst["host"] and holds_none(dest, name) and \
             float(dest.get("reported", 0)) > since + DEPARTED_MARGIN_S:
-        inst["restart"] = str(left.get("attempt"))
+        inst["restart"] = attempt
 
 
 def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],

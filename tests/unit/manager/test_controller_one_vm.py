@@ -232,6 +232,21 @@ def test_r12_a_vm_lost_in_migration_is_restarted_at_its_source_only_after_the_de
     assert "restart_departed" not in entry
 
 
+@pytest.mark.adversarial
+@pytest.mark.parametrize("entry", [{"attempt": "a", "to": "h2", "ago_s": "x"}, {"attempt": 1, "to": "h2"},
+                                   {"to": None, "attempt": "a", "ago_s": 1}, "a", {"attempt": "a", "to": "h2",
+                                                                                   "ago_s": float("nan")}])
+def test_r12_a_malformed_departed_entry_decides_nothing_and_breaks_nothing(entry: Any) -> None:
+    farm = validate(DEMO, "demo.yaml")
+    reports = {h: {"vcpus": 8, "memory_mib": 8192, "state": "ready", "running": [], "sizes": {}, "reported": 1e9}
+               for h in HOSTS}
+    status, _, _ = reconcile_farm(farm, {}, inventory(reports), {}, reports)
+    src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
+    reports[src]["departed"] = {"demo--db-0": entry}
+    after, _, _ = reconcile_farm(farm, status, inventory(reports), {}, reports)
+    assert "restart" not in next(i for i in after["instances"] if i["name"] == "db-0")
+
+
 def test_r12_the_departed_report_field_is_accepted_and_shaped() -> None:
     from softudc.manager.api import report_problems
 
