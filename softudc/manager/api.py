@@ -542,9 +542,12 @@ class Manager:
         gatekeepers (over mutual TLS), never shown in a farm's status."""
         name, now = f"{farm}/{vnet}", time.time()
         obj = self.store.get("vnetkey", name)
-        record = obj.spec if obj is not None else vnetkeys.new_record(now, self._next_key_epoch())
+        if obj is not None:
+            record = vnetkeys.upgrade(obj.spec, now)  # a record from before epochs had entries
+        else:
+            record = vnetkeys.new_record(now, self._next_key_epoch())
         if vnetkeys.due(record, now, self.key_rotation_every_s):
-            record = vnetkeys.start_rotation(record, now, self._next_key_epoch())
+            record = vnetkeys.start_rotation(record, now, self._next_key_epoch(vnetkeys.live_epochs(record)))
         record = vnetkeys.advance(record, now, self.key_rotation_step_s)
         if obj is None or record != obj.spec:
             self.store.put("vnetkey", name, {**record, "farm": farm, "vnet": vnet})
@@ -554,10 +557,11 @@ class Manager:
                 self._changes_made()  # the next step reaches the hosts now, not at their next poll
         return vnetkeys.for_hosts(record, farm, vnet)
 
-    def _next_key_epoch(self) -> int:
-        """A manager-wide epoch counter: a VNET id's next owner never reuses its SPIs."""
+    def _next_key_epoch(self, live: set[int] | None = None) -> int:
+        """A manager-wide epoch counter: a VNET id's next owner never reuses its SPIs; never one
+        of the `live` epochs of the VNET it is for."""
         obj = self.store.get("keyepoch", "counter")
-        epoch = vnetkeys.next_epoch(int(obj.spec["last"]) if obj else 0)
+        epoch = vnetkeys.next_epoch(int(obj.spec["last"]) if obj else 0, live or set())
         self.store.put("keyepoch", "counter", {"last": epoch})
         return epoch
 
@@ -570,7 +574,9 @@ class Manager:
                 if o.spec.get("farm") != farm or (vnet is not None and o.spec.get("vnet") != vnet):
                     continue
                 try:
-                    record = vnetkeys.start_rotation(o.spec, time.time(), self._next_key_epoch())
+                    record = vnetkeys.upgrade(o.spec, time.time())
+                    record = vnetkeys.start_rotation(record, time.time(),
+                                                     self._next_key_epoch(vnetkeys.live_epochs(record)))
                 except ValueError as e:
                     raise ApiError(409, f"farm {farm} VNET {o.spec.get('vnet')}: {e}") from None
                 self.store.put("vnetkey", o.name, record)

@@ -40,9 +40,27 @@ def new_record(now: float, epoch: int) -> dict[str, Any]:
             "epochs": {str(epoch): {"secret": secrets.token_hex(32), "since": now}}}
 
 
-def next_epoch(counter: int) -> int:
-    """The epoch after `counter` in 1..65535 (0 is never used: it is the "none yet" of the counter)."""
-    return counter % MAX_EPOCH + 1
+def next_epoch(counter: int, live: set[int] | frozenset[int] = frozenset()) -> int:
+    """The epoch after `counter` in 1..65535 (0 is never used: it is the "none yet" of the
+    counter), skipping the `live` epochs of the VNET it is for (the counter wraps)."""
+    epoch = counter % MAX_EPOCH + 1
+    while epoch in live:
+        epoch = epoch % MAX_EPOCH + 1
+    return epoch
+
+
+def live_epochs(record: dict[str, Any] | None) -> set[int]:
+    return {int(e) for e in record["epochs"]} if record else set()
+
+
+def upgrade(record: dict[str, Any], now: float) -> dict[str, Any]:
+    """A record stored before epochs had their own entries ({send_epoch, secrets}): the same
+    secrets, handed out unchanged (`raw`) so hosts keep their SAs; the next rotation replaces them."""
+    if "epochs" in record:
+        return record
+    epochs = {str(e): {"secret": s, "since": now, "raw": True} for e, s in record.get("secrets", {}).items()}
+    rest = {k: v for k, v in record.items() if k not in ("secrets", "send_epoch")}
+    return {**rest, "incarnation": secrets.token_hex(8), "send_epoch": int(record["send_epoch"]), "epochs": epochs}
 
 
 def start_rotation(record: dict[str, Any], now: float, epoch: int) -> dict[str, Any]:
@@ -81,7 +99,8 @@ def advance(record: dict[str, Any], now: float, step: float) -> dict[str, Any]:
 def for_hosts(record: dict[str, Any], farm: str, vnet: str) -> dict[str, Any]:
     """What a gatekeeper gets: the send epoch and, per live epoch, the derived master secret."""
     return {"send_epoch": record["send_epoch"],
-            "secrets": {e: _derive(v["secret"], farm, vnet, record["incarnation"], int(e)).hex()
+            "secrets": {e: v["secret"] if v.get("raw") else _derive(v["secret"], farm, vnet, record["incarnation"],
+                                                                     int(e)).hex()
                         for e, v in sorted(record["epochs"].items(), key=lambda kv: int(kv[0]))}}
 
 

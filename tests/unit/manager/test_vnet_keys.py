@@ -173,3 +173,24 @@ def test_r18_a_bogus_underlay_address_in_a_report_breaks_nothing(m: Manager) -> 
     m.store.set_status("host", host, {"vcpus": 8, "memory_mib": 8192, "underlay": "not-an-address",
                                       "reported": time.time()})
     assert all("members" not in v for v in vnets_of(m, host).values())  # unknown: the hosts' own lists
+
+
+def test_a_key_record_from_before_this_format_keeps_its_secret_until_rotated(m: Manager) -> None:
+    report_all(m)
+    m.put_farm(ADMIN, "demo", DEMO, None)
+    host = db_host(m)
+    back = vnets_of(m, host)["back"]
+    for o in m.store.objects("vnetkey"):  # as the manager of commit f836a52 stored them
+        m.store.put("vnetkey", o.name, {"send_epoch": 1, "secrets": {"1": "ab" * 32}})
+    m.store.put("keyepoch", "counter", {"last": 0})  # and no counter yet: its next epoch would be 1
+    assert vnets_of(m, host)["back"]["keys"] == {"send_epoch": 1, "secrets": {"1": "ab" * 32}}
+    m.rotate_vnet_keys("demo", "back")
+    rotating = vnets_of(m, host)["back"]["keys"]
+    assert rotating["secrets"]["1"] == "ab" * 32 and len(rotating["secrets"]) == 2  # epoch 1 not reused
+    assert back["id"] == vnets_of(m, host)["back"]["id"]
+
+
+def test_the_epoch_counter_wraps_around_the_live_epochs() -> None:
+    assert vnetkeys.next_epoch(65535) == 1
+    assert vnetkeys.next_epoch(65534, {65535, 1}) == 2
+    assert vnetkeys.next_epoch(3, {4}) == 5
