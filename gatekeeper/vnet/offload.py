@@ -42,6 +42,7 @@ ETH_P_IP = 0x0800
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK, TCP_URG, TCP_ECE, TCP_CWR = 1, 2, 4, 8, 16, 32, 64, 128
 MAX_IP_LEN = 65535
+TCP_MIN_MSS = 88  # Linux's floor for a peer's MSS (since the SACK panic fixes, CVE-2019-11477/9)
 # ufunc reductions called directly: the ndarray.sum/any wrappers cost microseconds per call here.
 _ADD = np.add.reduce
 _OR = np.bitwise_or.reduce
@@ -108,6 +109,10 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = Fa
     payload = len(frame) - hlen
     if mss <= 0 or payload <= 0 or hlen > len(frame):
         raise OffloadError(f"bad super-frame: mss {mss}, payload {payload}")
+    if mss < TCP_MIN_MSS or hlen - ETH_LEN + mss > MAX_IP_LEN:
+        # The guest chooses gso_size: a tiny one would turn 64 KiB into thousands of datagrams,
+        # a huge one into segments no IPv4 length field can describe.
+        raise OffloadError(f"bad super-frame: mss {mss} outside {TCP_MIN_MSS}..{MAX_IP_LEN - (hlen - ETH_LEN)}")
     n = -(-payload // mss)
     last = payload - (n - 1) * mss
     plen = len(prefix)

@@ -197,3 +197,13 @@ def test_runt_frame_after_the_header_checks_is_counted(rx: FakeReceiver) -> None
 
 def test_tcp_helper_builds_twenty_bytes() -> None:
     assert len(tcp(1, data_offset=0)) == 20
+
+
+@pytest.mark.parametrize("mss", [1, 87, 65535 - 40 + 1, 0xFFFF])
+def test_r4_segment_refuses_a_gso_size_outside_what_tcp_and_ipv4_allow(mss: int) -> None:
+    """Found by the send-side fuzz: a guest's gso_size of 0xFFFF made an IPv4 length that does
+    not fit 16 bits (OverflowError); a gso_size of 1 would cut 64 KiB into 64 Ki datagrams."""
+    frame = memoryview(tcp_frame(1000, payload=4000))
+    with pytest.raises(OffloadError, match="mss"):
+        offload.segment(frame, VnetHdr(1, GSO_TCPV4, 54, mss, 34, 16), b"\0" * 6)
+    offload.segment(frame, VnetHdr(1, GSO_TCPV4, 54, 88, 34, 16), b"\0" * 6)  # the smallest allowed
