@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softudc.manager.api import ApiError, Manager, init
 from softudc.manager.auth import Principal
@@ -399,3 +401,59 @@ def test_r12_r13_observe_never_uses_a_report_without_a_time_or_domain_list_as_ev
         moving, _, _ = reconcile_farm(farm, moving, inventory(reports), {}, reports, now=1.0)
     assert next(i for i in moving["instances"] if i["name"] == "db-0")["host"] == src
     assert all("demo--db-0" not in [v["name"] for v in host_desired(h, [(farm, moving)])["vms"]] for h in HOSTS)
+
+
+# --- a property over any reports ---------------------------------------------------------------
+
+_VMS = ["demo--db-0", "demo--web-0", "other--x-0"]
+_HOSTS = ["h1", "h2", "h3", "evil"]
+_job = st.fixed_dictionaries({"attempt": st.sampled_from(["a1", "a2"]),
+                              "state": st.sampled_from(["copying", "completed", "failed", "unknown"])},
+                             optional={"error": st.text(max_size=5), "wall_ms": st.integers(0, 10)})
+_report = st.fixed_dictionaries(
+    {"vcpus": st.just(8), "memory_mib": st.just(8192), "state": st.sampled_from(["ready", "down"]),
+     "running": st.lists(st.sampled_from(_VMS), unique=True), "reported": st.floats(0, 100)},
+    optional={"sizes": st.dictionaries(st.sampled_from(_VMS), st.just([1, 128])),
+              "migrations": st.dictionaries(st.sampled_from(_VMS), _job),
+              "prepared": st.lists(st.sampled_from(_VMS), unique=True),
+              "departed": st.dictionaries(st.sampled_from(_VMS), st.fixed_dictionaries(
+                  {"attempt": st.sampled_from(["a1", "a2"]), "to": st.sampled_from(_HOSTS),
+                   "ago_s": st.floats(0, 1000)}))})
+_moving = st.none() | st.fixed_dictionaries(
+    {"to": st.sampled_from(_HOSTS), "attempt": st.sampled_from(["a1", "a2"]), "since": st.floats(0, 100)},
+    optional={"cold": st.just(True), "prepared": st.booleans(), "uri": st.just("qemu+tcp://10.0.0.1/system")})
+
+
+@pytest.mark.adversarial
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_HOSTS), _report, min_size=1),
+       st.lists(st.tuples(st.sampled_from(["db-0", "web-0"]), st.sampled_from(_HOSTS), _moving), max_size=2,
+                unique_by=lambda t: t[0]),
+       st.floats(0, 2000), st.integers(1, 4))
+def test_r5_r12_r13_no_report_moves_an_instance_anywhere_but_where_the_manager_sent_it(
+        reports: dict[str, dict[str, Any]], insts: list[tuple[str, str, dict[str, Any] | None]], now: float,
+        rounds: int) -> None:
+    from softudc.manager.controller import observe
+
+    instances = [{"name": n, "vm": n.split("-")[0], "host": h, **({"migrating": m} if m else {})}
+                 for n, h, m in insts]
+    for _ in range(rounds):  # marks carry over, as in the stored status
+        before = {i["name"]: i for i in instances}
+        instances, events = observe("demo", instances, reports, now)
+        for inst in instances:
+            old = before[inst["name"]]
+            moving = old.get("migrating") or {}
+            assert inst["host"] in (old["host"], moving.get("to"))  # never to whoever claims it
+            if inst["host"] != old["host"]:
+                name = f"demo--{inst['name']}"
+                if moving.get("cold"):  # only on the source's word that it holds no such domain
+                    assert "sizes" in reports.get(old["host"], {}) and name not in reports[old["host"]]["sizes"]
+                else:  # only once the source was handed it, and the destination runs it
+                    assert moving.get("prepared") and name in reports[moving["to"]]["running"]
+            if "migrating" in old and "migrating" not in inst and inst["host"] == old["host"] \
+                    and not moving.get("cold"):  # a live move given up: the destination said it holds none
+                dest = reports.get(moving["to"], {})
+                assert "sizes" in dest and f"demo--{inst['name']}" not in dest["sizes"]
+        assert all(t in ("Migrated", "MigrationFailed", "UnexpectedVM") for t, _ in events)
+        for h in reports:  # every host reports again, a second later, saying the same
+            reports[h] = {**reports[h], "reported": reports[h]["reported"] + 1.0}
