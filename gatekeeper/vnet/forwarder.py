@@ -6,6 +6,10 @@ Threads (reference/dataplane.md: process layout barely matters on 2 cores, the G
   udp  - blocking recvfrom_into on UDP/1798: frames to their TAP, VARP to the control plane.
   raw  - the same for IPv4 protocol 97 (opened only when a VNET uses the raw transport; every raw
          socket gets a copy of every proto-97 packet in the namespace, so there is exactly one).
+  esp  - ESP in UDP on port 4500 (opened with the first secured VNET).
+Every loop survives whatever one input makes it raise (dropped, counted as `error_<class>`,
+logged at a limited rate), and a supervisor (`supervisor.py`, its own thread) restarts a worker
+that dies anyway, with backoff; `health()` says which run.
 
 UDP VNETs use TAP offloads (IFF_VNET_HDR, TUNSETOFFLOAD CSUM|TSO4): a TCP super-frame of up to
 64 KiB is read at once, cut into MSS-sized frames (`offload.segment`) and sent with one sendmsg
