@@ -625,8 +625,8 @@ class Manager:
             usage, taken, busy = self._usage(farms), _vnet_ids(farms), False
             for o in farms:
                 status = self._reconcile_farm(o, farms, reports, usage, taken)
-                for key in [k for k in taken if k[0] == o.name]:
-                    del taken[key]
+                for vnet in o.status.get("vnet_ids", {}):  # its old ids (read into `taken`) make way
+                    taken.pop((o.name, vnet), None)
                 taken.update({(o.name, k): v for k, v in status.get("vnet_ids", {}).items()})
                 usage.update(o.name, self.farms.for_hosts(o), status)
                 busy = busy or any(i.get("migrating") for i in status.get("instances", []))
