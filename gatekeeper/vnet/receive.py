@@ -33,6 +33,7 @@ from gatekeeper.vnet.port import (
     VnetPort,
 )
 from gatekeeper.vnet.supervisor import RateLimitedLog, reason_of
+from softudc.security.keys import parse_spi
 from softudc.wire import WireError
 from softudc.wire.udpframe import FLAG_CSUM_PARTIAL, FRAME_PREFIX_LEN, peek_frame
 
@@ -220,8 +221,12 @@ class Receiver:
         """Open every ESP packet of a batch; merge the plaintext frames as any other batch."""
         plains: list[tuple[int, bytes]] = []
         for o in range(off, end, stride):
+            packet = mv[o:min(o + stride, end)]
+            if self._esp_from_non_member(packet, src):
+                drops["not_member_host"] += 1
+                continue
             try:
-                plains.append(self.sas.open(mv[o:min(o + stride, end)], src))
+                plains.append(self.sas.open(packet, src))
             except EspDrop as e:
                 drops[e.reason] += 1
         i = 0
@@ -233,6 +238,18 @@ class Receiver:
                 j += 1
             self._deliver_plain(vnet, [p for _, p in plains[i:j]], src, drops)
             i = j
+
+    def _esp_from_non_member(self, packet: memoryview, src: str) -> bool:
+        """R18: a VNET with a member list takes ESP from its members only. Decided on the SPI,
+        which names the VNET, before any key derivation or decryption is spent on the packet."""
+        if len(packet) < 4:
+            return False  # `open` counts it as malformed
+        try:
+            vnet, _ = parse_spi(int.from_bytes(packet[:4], "big"))
+        except ValueError:
+            return False  # not one of our SPIs: `open` counts it
+        port = self.vnets.get(vnet)
+        return port is not None and bool(port.members) and src not in port.members
 
     def _deliver_plain(self, vnet: int, payloads: list[bytes], src: str, drops: Counter[str]) -> None:
         """Verified `EtherIP header + frame` payloads of one VNET, equal sizes but the last."""

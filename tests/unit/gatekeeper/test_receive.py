@@ -207,3 +207,27 @@ def test_r4_segment_refuses_a_gso_size_outside_what_tcp_and_ipv4_allow(mss: int)
     with pytest.raises(OffloadError, match="mss"):
         offload.segment(frame, VnetHdr(1, GSO_TCPV4, 54, mss, 34, 16), b"\0" * 6)
     offload.segment(frame, VnetHdr(1, GSO_TCPV4, 54, 88, 34, 16), b"\0" * 6)  # the smallest allowed
+
+
+@pytest.mark.adversarial
+def test_r18_esp_from_a_host_outside_the_member_list_is_dropped_before_any_crypto(
+        rx: FakeReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    rx.add_port(5, security="conf", members=(PEER,))
+    rx.sas.set_keys(5, KEYS)
+    opened: list[str] = []
+    real_open = rx.sas.open
+
+    def counting_open(buf: memoryview, src: str) -> tuple[int, bytes]:
+        opened.append(src)
+        return real_open(buf, src)
+
+    monkeypatch.setattr(rx.sas, "open", counting_open)
+    stranger = SecurityAssociations("198.51.100.7")
+    stranger.set_keys(5, KEYS)  # even with the key
+    good = b"\x30\x05" + tcp_frame(7, payload=50)
+    rx.run_esp([(stranger.seal(5, good), "198.51.100.7"), None, (b"\x10\x05\x00\x01" + bytes(40), "198.51.100.7")])
+    assert rx.drops["esp"]["not_member_host"] == 2 and opened == []
+    tx = SecurityAssociations(PEER)
+    tx.set_keys(5, KEYS)
+    rx.run_esp([(tx.seal(5, good), PEER)])
+    assert opened == [PEER] and len(rx.tap_frames(5)) == 1
