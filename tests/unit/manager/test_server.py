@@ -4,6 +4,7 @@ bounded; long polls are not cut by the read deadline and have their own bound.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
@@ -222,4 +223,38 @@ def test_r16_what_the_server_refuses_is_in_the_metrics(tmp_path: Path) -> None:
         assert "softudc_manager_api_reading 1.0" in text
     finally:
         held.close()
+        server.shutdown()
+
+
+@pytest.mark.adversarial
+def test_r16_garbage_and_broken_requests_never_stop_the_intake(tmp_path: Path) -> None:
+    """Raw garbage, half handshakes and malformed requests over TLS, then a normal request."""
+    state, server, admin = _start(tmp_path / "m", read_deadline_s=2.0)
+    port = server.server_address[1]
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.binary(max_size=2000), st.booleans())
+    def one(data: bytes, over_tls: bool) -> None:
+        try:
+            s: socket.socket = _tls_client(state, port) if over_tls else socket.create_connection(
+                ("127.0.0.1", port), timeout=5)
+            s.sendall(data)
+            s.close()
+        except (ssl.SSLError, OSError):
+            pass  # the server may close first: what matters is what happens next
+
+    try:
+        one()
+        for request in (b"\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"PUT /v1/farms/x HTTP/1.1\r\n"
+                        b"Content-Length: 99999999999\r\n\r\n", b"X" * 70000):
+            s = _tls_client(state, port)
+            with contextlib.suppress(ssl.SSLError, OSError):
+                s.sendall(request)
+                s.recv(100)
+            s.close()
+        assert Api(state, port).call("GET", "/v1/farms", token=admin)[0] == 200
+        assert server._intake.is_alive()
+        assert not [k for k in server.counts if k.startswith("error_")], server.counts
+        assert _wait(lambda: server.pending() == 0, 5.0)
+    finally:
         server.shutdown()
