@@ -47,7 +47,7 @@ class OutboundSA:
     key: EspKey
     secret_fp: bytes
     next_seq: int
-    reserved: int  # numbers up to here are on disk as used
+    reserved: int  # the last number of the block in use (on disk as used)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -115,8 +115,7 @@ class SecurityAssociations:
         if current is not None and (current.spi, current.secret_fp) == (spi, fp):
             return
         key = derive_esp_key(secret, vnet, keys.send_epoch, self.local_addr, keys.level)
-        first = self.seq_store.first(key_id(key))
-        self._out[vnet] = OutboundSA(spi, key, fp, first, first - 1)
+        self._out[vnet] = OutboundSA(spi, key, fp, next_seq=1, reserved=0)  # the first seal takes a block
 
     def _current(self, spi: int, secret_fp: bytes) -> bool:
         """Whether an SA made from `secret_fp` for `spi` still matches the installed keys."""
@@ -147,17 +146,17 @@ class SecurityAssociations:
 
     def _next_seq(self, sa: OutboundSA) -> int:
         with sa.lock:
+            if sa.next_seq > sa.reserved:
+                try:
+                    sa.next_seq, sa.reserved = self.seq_store.allocate(key_id(sa.key))
+                except OSError:  # not on disk: sending could reuse it after a crash; drop instead
+                    self.counts["esp_seq_store_failed"] += 1
+                    raise EspDrop("esp_seq_store_failed") from None
             seq = sa.next_seq
             if seq > SEQ_LAST:
                 # Cycling would reuse nonces: stop until the manager hands out a new epoch.
                 self.counts["esp_seq_exhausted"] += 1
                 raise EspDrop("esp_seq_exhausted")
-            if seq > sa.reserved:
-                try:
-                    sa.reserved = self.seq_store.reserve(key_id(sa.key), seq)
-                except OSError:  # not on disk: sending could reuse it after a crash; drop instead
-                    self.counts["esp_seq_store_failed"] += 1
-                    raise EspDrop("esp_seq_store_failed") from None
             sa.next_seq = seq + 1
             return seq
 

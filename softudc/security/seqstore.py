@@ -6,8 +6,8 @@ plaintexts leaks, and for both levels the GHASH key can be recovered, which allo
 from (master secret, VNET, epoch, sender), so a gatekeeper that restarted and counted from 1 again
 under the same key reused every nonce it had sent before (audit R1).
 
-The fix here: before a sender uses sequence number n under a key, a mark >= n for that key is
-written to a file and fsync'ed (the file, then its directory). After a restart a sender continues
+The fix here: a sender takes sequence numbers in blocks; before it uses a block, the block's end
+is written as the key's mark to a file and fsync'ed (the file, then its directory). After a restart a sender continues
 after the mark, so it never sends a number it may have sent before, and its peers, whose replay
 windows sit at or below the mark, accept the new numbers at once (a forward jump of at most one
 block, far less than the 2^31 the ESN inference tolerates). Writing once per block keeps the cost
@@ -72,22 +72,20 @@ class SequenceStore:
             return OrderedDict()
         return marks
 
-    def first(self, kid: str) -> int:
-        """The first sequence number a new outbound SA under this key may use."""
+    def allocate(self, kid: str) -> tuple[int, int]:
+        """The next block of sequence numbers under this key, [first, last], disjoint from every
+        block handed out before (in this run or an earlier one): on disk before this returns.
+        Even two SA objects for one key (a VNET deleted and made again while a send was in
+        flight) can never get the same number."""
         with self._lock:
-            return self._marks.get(kid, 0) + 1
-
-    def reserve(self, kid: str, seq: int) -> int:
-        """Make `seq` (and the block after it) safe to use: on disk before this returns.
-        Returns the new mark: every number up to it may be used without asking again."""
-        with self._lock:
-            mark = max(self._marks.get(kid, 0), seq - 1) + self.block
-            self._marks[kid] = mark
+            first = self._marks.get(kid, 0) + 1
+            last = first + self.block - 1
+            self._marks[kid] = last
             self._marks.move_to_end(kid)
             while len(self._marks) > self.max_entries:
                 self._marks.popitem(last=False)
             self._write()
-            return mark
+            return first, last
 
     def _write(self) -> None:
         self.writes += 1

@@ -123,7 +123,7 @@ def test_tampered_replayed_old_and_foreign_packets_are_dropped(make_lab: Callabl
     def forged(secret: str, epoch: int, seq_start: int = 10_000) -> bytes:
         sa = SecurityAssociations(h2)
         sa.set_keys(10, VnetKeys("conf", {epoch: bytes.fromhex(secret)}, epoch))
-        sa._out[10].next_seq = seq_start  # a sequence number the window has not seen
+        sa._out[10].next_seq, sa._out[10].reserved = seq_start, seq_start  # a number the window has not seen
         frame = bytes(Ether(dst=lab.endpoints["c1"].mac, src="02:00:00:00:66:66") / IP(src="10.0.0.66",
                       dst="10.0.0.1") / ICMP(id=0x6666))
         return sa.seal(10, b"\x30\x0a" + frame)

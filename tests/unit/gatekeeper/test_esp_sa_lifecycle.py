@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gatekeeper.vnet.esp_sa import ESN_LOOKAHEAD, SEQ_LAST, EspDrop, SecurityAssociations
 from softudc.security.keys import VnetKeys, derive_esp_key
-from softudc.security.seqstore import SequenceStore
+from softudc.security.seqstore import SequenceStore, key_id
 from softudc.wire import esp
 
 P = bytes([0x30, 5]) + bytes(60)
@@ -86,8 +86,7 @@ def test_r1_a_corrupt_mark_file_is_kept_aside_and_reported(tmp_path: Path, caplo
 
 def test_r1_the_counter_stops_rather_than_wrap() -> None:
     tx = sender(None)
-    sa = tx._out[5]
-    sa.next_seq = sa.reserved = SEQ_LAST
+    tx.seq_store._marks[key_id(tx._out[5].key)] = SEQ_LAST - 1  # every block before the last one used
     assert seq_of(tx.seal(5, P))[1] == SEQ_LAST
     with pytest.raises(EspDrop, match="esp_seq_exhausted"):
         tx.seal(5, P)
@@ -259,3 +258,17 @@ def test_r17_a_vnet_with_members_derives_no_key_for_anyone_else() -> None:
     assert rx.inbound_count() == 0
     rx.set_members(5, None)  # no list: anyone with the key
     assert rx.open(tx.seal(5, P), A)[0] == 5
+
+
+def test_r1_two_sas_for_one_key_never_share_a_number() -> None:
+    """A VNET deleted and made again while a send was in flight: the old SA object may still
+    seal; its blocks and the new one's are disjoint."""
+    tx = sender(None, block=10)
+    old = tx._out[5]
+    sent = [seq_of(tx.seal(5, P))[1] for _ in range(5)]
+    tx.set_keys(5, None)
+    tx.set_keys(5, K)
+    for _ in range(30):  # both objects keep going, across several blocks each
+        sent.append(seq_of(tx.seal(5, P))[1])
+        sent.append(tx._next_seq(old))
+    assert len(sent) == len(set(sent))
