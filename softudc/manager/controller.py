@@ -3,8 +3,9 @@ Pure: the API calls it after every change; gatekeepers fetch their part and conv
 
     farm status = {instances: [{name, vm, host, addresses}], vnet_ids: {vnet: id},
                    conditions: {Placed, Ready, Degraded}, unplaced: {instance: [why]}}
-    host desired = {vnets: [{id, security}], vms: [{name, vcpus, memory_mib,
-                    nics: [{vnet, mac, ip, peers}]}]}   (peers: the other instances on that VNET)
+    host desired = {vnets: [{id, farm, name, security, mtu, member_hosts}], vms: [{name, vcpus,
+                    memory_mib, nics: [{vnet, mac, ip, peers}]}]}   (peers: the other instances on that VNET)
+    (the API replaces member_hosts by `members`, their underlay addresses, and adds `keys`)
 
 VM names on hosts are `<farm>--<instance>`, so a host can tell the VMs it manages for farms from
 anything else it runs. MACs derive from that name: stable across migrations and re-applies.
