@@ -5,7 +5,9 @@ back (its peer drops nothing for longer)."""
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -17,7 +19,8 @@ from scapy.utils import rdpcap
 
 from softudc.lab import Lab
 from softudc.lab.lab import start_gatekeeper, stop_gatekeeper
-from tests.e2e.conftest import Capture, endpoints, gk
+from softudc.lab.shell import pid_alive
+from tests.e2e.conftest import Capture, endpoints, gk, wait_until
 from tests.e2e.test_esp import drops, secure_lab
 
 pytestmark = [pytest.mark.esp, pytest.mark.adversarial]
@@ -35,8 +38,10 @@ def esp_ids(pcap_path: str) -> list[tuple[str, int, int]]:
     return out
 
 
+@pytest.mark.parametrize("how", ["stop", "crash"])
 def test_r1_a_gatekeeper_restart_reuses_no_nonce_and_traffic_resumes_within_a_second(
-        make_lab: Callable[..., Lab], captures: Callable[..., Capture]) -> None:
+        make_lab: Callable[..., Lab], captures: Callable[..., Capture], how: str) -> None:
+    """`stop`: SIGTERM, a clean shutdown; `crash`: SIGKILL, nothing written on the way out."""
     lab = secure_lab(make_lab, {10: "conf"})
     endpoints(lab, {"c1": ("h1", 10, "10.0.0.1/24"), "c2": ("h2", 10, "10.0.0.2/24")})
     h1, h2 = lab.host("h1"), lab.host("h2")
@@ -48,7 +53,13 @@ def test_r1_a_gatekeeper_restart_reuses_no_nonce_and_traffic_resumes_within_a_se
     try:
         time.sleep(2.5)  # steady traffic under h2's first run
         t_stop = time.time()
-        stop_gatekeeper(h2)
+        if how == "crash":
+            assert h2.pid
+            os.kill(h2.pid, signal.SIGKILL)
+            assert wait_until(lambda: not pid_alive(h2.pid or 0), timeout=5)
+            h2.pid = None
+        else:
+            stop_gatekeeper(h2)
         time.sleep(0.5)
         start_gatekeeper(lab, h2)
         lab.save()
