@@ -60,6 +60,20 @@ class GatekeeperCollector(Collector):
         vnets.add_metric([host], len(self.service.forwarder.vnets))
         yield vnets
         yield from self._workers(host)
+        yield from self._esp(host)
+
+    def _esp(self, host: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """The ESP SA table: bounded (evictions count what spoofed or many senders pushed out),
+        ESN resyncs (late joiners), senders stopped (sequence space or its store)."""
+        sas = self.service.forwarder.sas
+        events = CounterMetricFamily("softudc_esp_sa_events", "ESP SA events: sa_evicted, esn_resync, "
+                                     "seq_exhausted, seq_store_failed", labels=["host", "event"])
+        for event, n in sorted(sas.counts.items()):
+            events.add_metric([host, event.removeprefix("esp_")], n)
+        yield events
+        inbound = GaugeMetricFamily("softudc_esp_inbound_sas", "Inbound ESP SAs held (bounded LRU)", labels=["host"])
+        inbound.add_metric([host], sas.inbound_count())
+        yield inbound
 
     def _workers(self, host: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         """The forwarding threads under their supervisor: a restart means one died (see the log)."""

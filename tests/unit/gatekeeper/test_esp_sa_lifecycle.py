@@ -272,3 +272,21 @@ def test_r1_two_sas_for_one_key_never_share_a_number() -> None:
         sent.append(seq_of(tx.seal(5, P))[1])
         sent.append(tx._next_seq(old))
     assert len(sent) == len(set(sent))
+
+
+def test_r17_evictions_and_the_table_size_are_metrics() -> None:
+    from types import SimpleNamespace
+
+    from gatekeeper.metrics import GatekeeperCollector
+
+    rx = receiver(max_inbound=2)
+    for i in range(5):
+        s = SecurityAssociations(f"10.2.0.{i + 1}")
+        s.set_keys(5, K)
+        rx.open(s.seal(5, P), s.local_addr)
+    service = SimpleNamespace(forwarder=SimpleNamespace(sas=rx))
+    samples = {(s.name, s.labels.get("event")): s.value
+               for m in GatekeeperCollector(service)._esp("h1")  # type: ignore[arg-type]
+               for s in m.samples}
+    assert samples[("softudc_esp_sa_events_total", "sa_evicted")] == 3
+    assert samples[("softudc_esp_inbound_sas", None)] == 2
