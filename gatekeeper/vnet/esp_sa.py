@@ -148,7 +148,7 @@ class SecurityAssociations:
         with sa.lock:
             if sa.next_seq > sa.reserved:
                 try:
-                    sa.next_seq, sa.reserved = self.seq_store.allocate(key_id(sa.key))
+                    sa.next_seq, sa.reserved = self.seq_store.allocate(key_id(sa.key), sa.reserved)
                 except OSError:  # not on disk: sending could reuse it after a crash; drop instead
                     self.counts["esp_seq_store_failed"] += 1
                     raise EspDrop("esp_seq_store_failed") from None

@@ -18,6 +18,8 @@ epoch), and a random value small enough to fit would repeat between boots. A mar
 reuse impossible as long as the file survives; it lives next to the gatekeeper's state, which
 holds the keys themselves. Entries are per derived key (a hash of it, never the key), so a new
 secret or epoch starts a fresh count; the file keeps the most recently used `max_entries` keys.
+A key installed again after that many others (only without the manager's rotation, which never
+brings a key back) would count from 1 again: the limit keeps each write small.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from softudc.wire.esp import EspKey
 log = logging.getLogger("softudc.security.seqstore")
 
 BLOCK = 1 << 20  # numbers reserved per write: one fsync per million packets
-MAX_ENTRIES = 4096
+MAX_ENTRIES = 16384  # keys remembered (least recently allocated out): with rotation, old keys never return
 
 
 def key_id(key: EspKey) -> str:
@@ -72,13 +74,14 @@ class SequenceStore:
             return OrderedDict()
         return marks
 
-    def allocate(self, kid: str) -> tuple[int, int]:
+    def allocate(self, kid: str, floor: int = 0) -> tuple[int, int]:
         """The next block of sequence numbers under this key, [first, last], disjoint from every
         block handed out before (in this run or an earlier one): on disk before this returns.
         Even two SA objects for one key (a VNET deleted and made again while a send was in
-        flight) can never get the same number."""
+        flight) can never get the same number. `floor`: the caller's own last number, in case
+        the key's mark was pruned from the file meanwhile."""
         with self._lock:
-            first = self._marks.get(kid, 0) + 1
+            first = max(self._marks.get(kid, 0), floor) + 1
             last = first + self.block - 1
             self._marks[kid] = last
             self._marks.move_to_end(kid)

@@ -290,3 +290,13 @@ def test_r17_evictions_and_the_table_size_are_metrics() -> None:
                for s in m.samples}
     assert samples[("softudc_esp_sa_events_total", "sa_evicted")] == 3
     assert samples[("softudc_esp_inbound_sas", None)] == 2
+
+
+def test_r1_a_key_pruned_from_the_store_while_in_use_still_never_goes_back() -> None:
+    tx = SecurityAssociations(A, SequenceStore(None, block=10, max_entries=1))
+    tx.set_keys(5, K)
+    tx.set_keys(6, K)
+    sent = [seq_of(tx.seal(5, P))[1] for _ in range(5)]
+    seq_of(tx.seal(6, P))  # VNET 6's key takes the only entry: VNET 5's mark is pruned
+    sent += [seq_of(tx.seal(5, P))[1] for _ in range(20)]
+    assert sent == sorted(sent) and len(set(sent)) == len(sent)
