@@ -12,6 +12,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gatekeeper.config import GatekeeperConfig
 from gatekeeper.vnet import service as service_module
@@ -126,3 +128,24 @@ def test_a_failing_tick_is_counted_and_the_timer_lives(service: VnetService, mon
     monkeypatch.setattr(service.cache, "tick", boom)
     service.tick()
     assert service.forwarder.drops["ctl"]["error_ValueError"] == 1
+
+
+@pytest.mark.adversarial
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from([1, 2, 2, 3]), st.sampled_from([5, 5, 6, 0, 2**100]),
+                          st.sampled_from([VICTIM, b"\x03" + bytes(5), bytes(6)]),
+                          st.sampled_from([PEER, EVIL, THIRD, "0.0.0.0", "224.10.0.1"]),
+                          st.sampled_from([PEER, EVIL]), st.integers(0, 80)), max_size=20))
+def test_r18_any_varp_message_is_counted_and_never_raises(service: VnetService,
+                                                          msgs: list[tuple[int, int, bytes, str, str, int]]) -> None:
+    """Whatever VARP arrives (any opcode, VNET, MAC, announced address, sender, truncation),
+    on_varp raises nothing and every message lands in exactly one outcome counter."""
+    outcomes = ("bad", "not_member", "not_member_host", "unauthenticated", "request_rx", "announce_rx")
+    for op, vnet, mac, addr, src, cut in msgs:
+        msg = build_varp(VarpMessage(VarpOp.REQUEST, vnet, mac, ipaddress.IPv4Address(addr)))
+        msg = (msg[:2] + op.to_bytes(2, "big") + msg[4:])[:cut or None]
+        before = sum(service.varp_counts[k] for k in outcomes)
+        service.on_varp(msg, src)
+        assert sum(service.varp_counts[k] for k in outcomes) == before + 1
+    for addr in service.cache.fdb.values():
+        assert addr in (PEER, EVIL)  # only ever a sender's own address
