@@ -532,11 +532,20 @@ class VnetService:
         state = self._load_state()
         for v in state.get("vnets", []):
             try:
-                self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"),
-                                 v.get("mtu"))
-            except ServiceError as e:  # the underlay shrank since: the largest MTU that fits now
-                log.warning("restoring vnet %s: %s; using the largest MTU that fits", v["vnet"], e)
-                self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"))
+                self._restore_vnet(v)
+            except (ServiceError, KeyError, TypeError, ValueError) as e:  # one bad entry costs that entry only
+                log.warning("state file %s: skipped the VNET entry %.200r (%s); whoever made it (the manager) makes "
+                            "it again", self.state_file, v, e)
         for p in state.get("ports", []):
-            if self.devices.index(p["ifname"]) is not None:
-                self.attach(p["vnet"], p["ifname"], p["mac"])
+            try:
+                if self.devices.index(p["ifname"]) is not None:
+                    self.attach(p["vnet"], p["ifname"], p["mac"])
+            except (ServiceError, KeyError, TypeError, ValueError) as e:
+                log.warning("state file %s: skipped the port entry %.200r (%s); attach it again", self.state_file, p, e)
+
+    def _restore_vnet(self, v: dict[str, Any]) -> None:
+        try:
+            self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"), v.get("mtu"))
+        except ServiceError as e:  # the underlay shrank since: the largest MTU that fits now
+            log.warning("restoring vnet %s: %s; using the largest MTU that fits", v["vnet"], e)
+            self.create_vnet(v["vnet"], v["transport"], v["members"], v.get("security"), v.get("keys"))

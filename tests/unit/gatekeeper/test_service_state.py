@@ -9,6 +9,7 @@ import logging
 import stat
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -138,3 +139,17 @@ def test_r28_varp_replay_cache_is_bounded_and_refuses_rather_than_forgets(
     buf = sender._varp(VarpOp.ANNOUNCE, VNET, MAC)
     assert receiver._varp_refused(parse_varp(buf), buf) is None
     assert len(receiver._varp_seen) == 1
+
+
+@pytest.mark.adversarial
+def test_r22_entries_of_a_parseable_but_damaged_state_file_are_skipped_one_by_one(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = {"vnets": [{"transport": "udp"}, {"vnet": "x", "transport": "udp", "members": []}, 7],
+             "ports": [{"vnet": 5}, "eth0"]}
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    svc = _service(tmp_path)
+    svc.devices = SimpleNamespace(index=lambda ifname: 1)  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="gatekeeper.vnet"):
+        svc._restore()  # raised KeyError, ServiceError or TypeError before: the gatekeeper crash-looped
+    assert svc.forwarder.vnets == {}
+    assert caplog.text.count("skipped the VNET entry") == 3 and caplog.text.count("skipped the port entry") == 2
