@@ -125,10 +125,6 @@ class Supervisor:
             if w.thread is not None:
                 w.thread.join(timeout)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     # --- watching -----------------------------------------------------------------------------
 
     def _launch(self, worker: Worker) -> None:
