@@ -89,6 +89,16 @@ OPENAPI: dict[str, Any] = {
                                                          "status"},
                                    "400": {"description": "bad body"}, "404": {"description": "no such farm"},
                                    "409": {"description": "cannot move there now (and why)"}}}},
+        "/v1/farms/{name}/keys/rotate": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "post": {"summary": "New keys for the farm's VNETs (or one: {\"vnet\": NAME}), in three steps "
+                                "key_rotation_step_s apart: added, sent with, the old ones retired",
+                     "requestBody": {"content": {"application/json": {"schema": {
+                         "type": "object", "properties": {"vnet": {"type": "string"}}}}}},
+                     "responses": {"200": {"description": "rotation started (which VNETs)"},
+                                   "400": {"description": "bad body"}, "403": {"description": "read-only token"},
+                                   "404": {"description": "no such farm, or no keys yet"},
+                                   "409": {"description": "that VNET's rotation is still in progress"}}}},
         "/v1/events": {"get": {
             "summary": "The event log (admins: all; others: their farms')",
             "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["farm", "host"]}},
@@ -580,6 +590,8 @@ class Manager:
             for o in self.store.objects("vnetkey"):
                 if o.spec.get("farm") != farm or (vnet is not None and o.spec.get("vnet") != vnet):
                     continue
+                if vnet is None and "rotation" in o.spec:
+                    continue  # all of them: those rotating already go on as they are
                 try:
                     record = vnetkeys.upgrade(o.spec, time.time())
                     record = vnetkeys.start_rotation(record, time.time(),
@@ -593,6 +605,19 @@ class Manager:
                                     "the first host fetches its desired state)")
         self._changes_made()
         return started
+
+    def rotate_keys(self, who: Principal, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """`POST /v1/farms/{name}/keys/rotate` ({"vnet": NAME} for one): new keys for a farm's VNETs."""
+        if not who.can_read(name) or self.store.get("farm", name) is None:
+            raise ApiError(404, f"no farm {name!r}")
+        if not who.can_write(name):
+            raise ApiError(403, f"{who.name} ({who.role}) may not rotate the keys of farm {name!r}")
+        vnet = body.get("vnet")
+        if vnet is not None and not isinstance(vnet, str):
+            raise ApiError(400, f"vnet: {vnet!r}; expected the name of one of the farm's VNETs, or no vnet for all")
+        started = self.rotate_vnet_keys(name, vnet)
+        self._event("farm", name, "KeysRotating", f"by {who.name}: {', '.join(started) or 'nothing to start'}")
+        return {"farm": name, "rotating": started, "step_s": self.key_rotation_step_s}
 
     def _retire_vnet_keys(self, farm: str) -> None:
         """A deleted farm's secrets go with it: a farm made again under its name gets new ones."""
@@ -869,6 +894,7 @@ ROUTES: list[Route] = [
     ("DELETE", re.compile(rf"^/v1/farms/{NAME}$"), "delete_farm"),
     ("POST", re.compile(rf"^/v1/farms/{NAME}/plan$"), "plan"),
     ("POST", re.compile(rf"^/v1/farms/{NAME}/instances/{INSTANCE}/migrate$"), "migrate"),
+    ("POST", re.compile(rf"^/v1/farms/{NAME}/keys/rotate$"), "rotate_keys"),
     ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
     ("GET", re.compile(r"^/v1/events$"), "list_events"),
     ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
@@ -993,6 +1019,8 @@ def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
                 return m.list_events(who, query)
             if op == "migrate":
                 return m.migrate(who, args["name"], args["instance"], self._json())
+            if op == "rotate_keys":
+                return m.rotate_keys(who, args["name"], self._json())
             if op == "plan":
                 return m.plan(who, args["name"], self._body().decode("utf-8", "replace"))
             if op == "put_farm":

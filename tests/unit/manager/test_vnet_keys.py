@@ -194,3 +194,34 @@ def test_the_epoch_counter_wraps_around_the_live_epochs() -> None:
     assert vnetkeys.next_epoch(65535) == 1
     assert vnetkeys.next_epoch(65534, {65535, 1}) == 2
     assert vnetkeys.next_epoch(3, {4}) == 5
+
+
+def test_an_operator_rotates_a_farms_keys_over_https(tmp_path: Path) -> None:
+    from softudc.manager.api import serve
+    from softudc.manager.auth import TokenStore
+    from tests.unit.manager.test_api import Api
+
+    admin = init(tmp_path, ["127.0.0.1"])
+    m = Manager(tmp_path)
+    server = serve(m, "127.0.0.1", 0)
+    try:
+        api = Api(tmp_path, server.server_address[1])
+        report_all(m)
+        assert api.call("PUT", "/v1/farms/demo", DEMO, admin, {"Content-Type": "application/yaml"})[0] == 200
+        before = {h: vnets_of(m, h) for h in HOSTS}  # the hosts fetched: keys exist
+        tokens = TokenStore(tmp_path / "tokens.json")
+        viewer, operator = tokens.create("v", "viewer", ["demo"]), tokens.create("o", "operator", ["demo"])
+        path = "/v1/farms/demo/keys/rotate"
+        assert api.call("POST", path, {}, viewer)[0] == 403
+        assert api.call("POST", "/v1/farms/nope/keys/rotate", {}, operator)[0] == 404
+        assert api.call("POST", path, {"vnet": 3}, operator)[0] == 400
+        status, body = api.call("POST", path, {"vnet": "back"}, operator)
+        assert status == 200 and body["rotating"] == ["back"]
+        assert api.call("POST", path, {"vnet": "back"}, operator)[0] == 409  # one rotation at a time
+        status, body = api.call("POST", path, {}, operator)  # all: the one in progress goes on
+        assert status == 200 and body["rotating"] == ["front"]
+        host = db_host(m)
+        assert len(vnets_of(m, host)["back"]["keys"]["secrets"]) == 2 > len(before[host]["back"]["keys"]["secrets"])
+        assert "KeysRotating" in [e["type"] for e in m.store.events("farm", "demo")]
+    finally:
+        server.shutdown()
