@@ -77,6 +77,9 @@ def domain_xml(spec: VmSpec) -> str:
     _sub(os_, "kernel", spec.kernel)
     _sub(os_, "initrd", spec.initrd)
     _sub(os_, "cmdline", spec.cmdline)
+    # ACPI: a graceful stop (virDomainShutdown: the power button) needs it; without it QEMU runs
+    # with -no-acpi and every stop ends in destroy after its grace period (R27b).
+    _sub(_sub(dom, "features"), "acpi")
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "destroy")
     _sub(dom, "on_crash", "destroy")

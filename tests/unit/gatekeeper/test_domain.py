@@ -37,3 +37,12 @@ def test_kvm_disables_the_msr_pvm_cannot_set() -> None:
 def test_nics_read_back_from_a_live_domain() -> None:
     xml = domain_xml(spec()).replace("<model", "<target dev='vnet3'/><model")
     assert [(n.vnet, n.mac, n.tap) for n in domain_nics(xml)] == [(10, "52:54:00:00:00:01", "vnet3")]
+
+
+def test_r27_domains_have_acpi_so_a_graceful_shutdown_can_reach_the_guest() -> None:
+    import xml.etree.ElementTree as ET
+
+    from gatekeeper.hypervisor.domain import VmSpec, domain_xml
+
+    root = ET.fromstring(domain_xml(VmSpec("demo--db-0", "/k", "/i")))
+    assert root.find("./features/acpi") is not None
