@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from scapy.layers.inet import UDP
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
@@ -95,3 +96,38 @@ def test_garbage_to_a_vnetd_is_counted_and_relaying_goes_on(make_lab: Callable[.
     assert wait_until(lambda: client.call("status")["counts"].get("malformed", 0)
                       + client.call("status")["counts"].get("auth_failed", 0) >= 2)
     assert broadcast_counts(lab, captures, "e1", "after-garbage") == {"e1": 1, "e2": 1, "e3": 1}
+
+
+REPLAY = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 0))
+s.sendto(bytes.fromhex(sys.argv[3]), (sys.argv[2], 1798))
+"""
+
+
+@pytest.mark.adversarial
+def test_r23_a_captured_relay_message_replayed_later_is_not_injected_again(
+        make_lab: Callable[..., Lab], captures: Callable[..., Capture]) -> None:
+    """The audit's vnetd_replay.py on real sockets: a relay message from vnetd 0 to vnetd 1,
+    captured on the wire and sent again from vnetd 0's address 2 s and 31 s later."""
+    lab = three_segments(make_lab)
+    v0, v1 = lab.vnetds[0], lab.vnetds[1]
+    wire = captures(v1.netns, "vd0", "relay", f"udp and src host {v0.address} and dst host {v1.address} and port 1798")
+    assert broadcast_counts(lab, captures, "e1", "replayed") == {"e1": 1, "e2": 1, "e3": 1}
+    marker = b"softudc-replayed"
+    relayed = [bytes(p[UDP].payload) for p in rdpcap(str(wire.stop())) if p.haslayer(UDP) and marker in bytes(p)]
+    assert len(relayed) == 1  # the broadcast, relayed once from segment 0 to segment 1
+    sent_at = time.monotonic()
+    client = GatekeeperClient(v1.api_socket)
+    before = client.call("status")["counts"]
+    at_e2 = captures(lab.endpoints["e2"].netns, "eth0", "replayed-at-e2", "udp port 9999")
+    for later in (2.0, 31.0):
+        time.sleep(max(0.0, sent_at + later - time.monotonic()))
+        ns_run(v0.netns, sys.executable, "-c", REPLAY, v0.address, v1.address, relayed[0].hex())
+        time.sleep(0.5)
+    arrived = [p for p in rdpcap(str(at_e2.stop())) if p.haslayer(Raw) and marker in bytes(p[Raw])]
+    assert arrived == []  # neither replay reached the endpoint
+    after = client.call("status")["counts"]
+    refused = sum(after.get(k, 0) - before.get(k, 0) for k in ("duplicate", "stale", "too_old"))
+    assert refused == 2, {k: (before.get(k), v) for k, v in after.items() if before.get(k) != v}
