@@ -9,6 +9,8 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softudc.manager import vnetkeys
 from softudc.manager.api import ApiError, Manager, init
@@ -225,3 +227,28 @@ def test_an_operator_rotates_a_farms_keys_over_https(tmp_path: Path) -> None:
         assert "KeysRotating" in [e["type"] for e in m.store.events("farm", "demo")]
     finally:
         server.shutdown()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 200), st.booleans()), min_size=1, max_size=40))
+def test_two_hosts_a_step_apart_always_understand_each_other(steps: list[tuple[float, bool]]) -> None:
+    """Whatever the timing of fetches and on-demand rotations: a host that fetched less than
+    `step` seconds after another can always open what the other sends, and the other its packets."""
+    step, every, now, counter = 60.0, 300.0, 0.0, 1
+    record = vnetkeys.new_record(now, 1)
+    seen: list[tuple[float, int, set[int]]] = []  # (time, send epoch, epochs) as hosts fetched them
+    for dt, rotate in steps:
+        now += dt
+        if rotate and "rotation" not in record:
+            counter = vnetkeys.next_epoch(counter, vnetkeys.live_epochs(record))
+            record = vnetkeys.start_rotation(record, now, counter)
+        if vnetkeys.due(record, now, every):  # as Manager._vnet_keys does on every fetch
+            counter = vnetkeys.next_epoch(counter, vnetkeys.live_epochs(record))
+            record = vnetkeys.start_rotation(record, now, counter)
+        record = vnetkeys.advance(record, now, step)
+        send, epochs = record["send_epoch"], vnetkeys.live_epochs(record)
+        assert send in epochs and len(epochs) <= 2
+        for t, other_send, other_epochs in seen:
+            if now - t < step:
+                assert other_send in epochs and send in other_epochs
+        seen.append((now, send, epochs))
