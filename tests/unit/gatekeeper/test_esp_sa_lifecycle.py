@@ -300,3 +300,15 @@ def test_r1_a_key_pruned_from_the_store_while_in_use_still_never_goes_back() -> 
     seq_of(tx.seal(6, P))  # VNET 6's key takes the only entry: VNET 5's mark is pruned
     sent += [seq_of(tx.seal(5, P))[1] for _ in range(20)]
     assert sent == sorted(sent) and len(set(sent)) == len(sent)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, ESN_LOOKAHEAD), st.integers(1, (1 << 32) - 1), st.integers(1, 5))
+def test_r8_a_fresh_receiver_follows_any_sender_within_the_lookahead(high: int, low: int, n: int) -> None:
+    tx = sender(None)
+    sa = tx._out[5]
+    sa.next_seq = (high << 32) + low
+    sa.reserved = sa.next_seq + n
+    rx = receiver()
+    for _ in range(n):
+        assert rx.open(tx.seal(5, P), A)[0] == 5
