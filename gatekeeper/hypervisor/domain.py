@@ -80,6 +80,10 @@ def domain_xml(spec: VmSpec) -> str:
     # ACPI: a graceful stop (virDomainShutdown: the power button) needs it; without it QEMU runs
     # with -no-acpi and every stop ends in destroy after its grace period (R27b).
     _sub(_sub(dom, "features"), "acpi")
+    # No HPET (ACPI's tables bring one; before ACPI the guests had none): a guest live-migrated
+    # under TCG while its kernel set the HPET up panicked in hpet_enable on arrival. Linux keeps
+    # time with the TSC and PIT, as it did here before.
+    _sub(_sub(dom, "clock", offset="utc"), "timer", name="hpet", present="no")
     _sub(dom, "on_poweroff", "destroy")
     _sub(dom, "on_reboot", "destroy")
     _sub(dom, "on_crash", "destroy")

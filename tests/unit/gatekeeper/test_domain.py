@@ -46,3 +46,5 @@ def test_r27_domains_have_acpi_so_a_graceful_shutdown_can_reach_the_guest() -> N
 
     root = ET.fromstring(domain_xml(VmSpec("demo--db-0", "/k", "/i")))
     assert root.find("./features/acpi") is not None
+    hpet = root.find("./clock/timer[@name='hpet']")  # a guest migrated mid-boot panicked in hpet_enable
+    assert hpet is not None and hpet.get("present") == "no"
