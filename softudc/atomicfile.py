@@ -42,27 +42,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_atomic(path: Path, data: bytes, mode: int = PRIVATE) -> None:
-    """Replace `path` with `data`, all or nothing, durable once this returns. On any error (disk
-    full included) the old file is left as it was and the temporary file is removed."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        try:
-            _write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def create_exclusive(path: Path, data: bytes, mode: int = PRIVATE) -> None:
-    """Create `path` with `data`; FileExistsError if it exists (a key is never silently replaced).
-    The file has `mode` from its first byte on; it is fsync'ed, and so is its directory."""
+def _write_new(path: Path, data: bytes, mode: int) -> None:
+    """Create `path` (never an existing one) with `mode` from its first byte, write and fsync
+    `data`; on any error the half-written file is removed."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
@@ -73,6 +55,25 @@ def create_exclusive(path: Path, data: bytes, mode: int = PRIVATE) -> None:
     except BaseException:
         path.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: bytes, mode: int = PRIVATE) -> None:
+    """Replace `path` with `data`, all or nothing, durable once this returns. On any error (disk
+    full included) the old file is left as it was and the temporary file is removed."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    _write_new(tmp, data, mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def create_exclusive(path: Path, data: bytes, mode: int = PRIVATE) -> None:
+    """Create `path` with `data`; FileExistsError if it exists (a key is never silently replaced).
+    The file has `mode` from its first byte on; it is fsync'ed, and so is its directory."""
+    _write_new(path, data, mode)
     fsync_dir(path.parent)
 
 
