@@ -6,6 +6,7 @@ the source is the one the manager built."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gatekeeper.client import GatekeeperError
 from softudc.lab import Lab
 from softudc.lab.manager import call
 from tests.e2e.conftest import gk, wait_until
@@ -45,7 +47,9 @@ def test_r5_r13_r27_a_stray_copy_is_stopped_not_adopted_and_a_cold_move_never_ru
     back = farm(lab)["status"]["vnet_ids"]["back"]
 
     # R5: a copy of demo--db-0 appears on another host (started there behind the manager's back).
-    gk(lab, stray).call("vm.start", name="demo--db-0", nics=[], vcpus=1, memory_mib=128)
+    # Its gatekeeper may destroy the copy before the start even returns: the notes below tell.
+    with contextlib.suppress(GatekeeperError):
+        gk(lab, stray).call("vm.start", name="demo--db-0", nics=[], vcpus=1, memory_mib=128)
     # Its gatekeeper destroys it (never told to run it) and says so in its report; if a report
     # listed it running first, the manager also says it was not adopted.
     assert wait_until(lambda: where_runs(lab, "demo--db-0") == [home], timeout=30)  # the stray copy is stopped
