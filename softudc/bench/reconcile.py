@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from softudc.manager.api import Manager, init
 from softudc.manager.auth import Principal
+from softudc.manager.service import Manager, init
 
 FARM_COUNTS = (5, 10, 20, 40)
 HOSTS = ("h1", "h2", "h3", "h4")

@@ -20,7 +20,7 @@ def _dir(a: argparse.Namespace) -> Path:
 
 
 def cmd_init(a: argparse.Namespace) -> None:
-    from softudc.manager.api import init
+    from softudc.manager.service import init
     from softudc.pki import PkiError
 
     d = _dir(a)
@@ -36,7 +36,8 @@ def cmd_init(a: argparse.Namespace) -> None:
 
 
 def cmd_manager(a: argparse.Namespace) -> None:
-    from softudc.manager.api import Manager, serve
+    from softudc.manager.api import serve
+    from softudc.manager.service import Manager
     from softudc.pki import PkiError
 
     try:

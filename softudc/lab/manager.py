@@ -29,7 +29,7 @@ def manager_dir(lab: Lab) -> Path:
 def start_manager(lab: Lab, timeout: float = 15.0, fresh: bool = True) -> tuple[int, str]:
     """Start the lab's manager (initialised first unless `fresh` is False: a restart keeps its
     CA, store and tokens); returns (pid, admin token)."""
-    from softudc.manager.api import init
+    from softudc.manager.service import init
 
     d = manager_dir(lab)
     d.mkdir(parents=True, exist_ok=True)

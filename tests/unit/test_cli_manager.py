@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from softudc.manager.api import Manager, serve
+from softudc.manager.api import serve
 from softudc.manager.auth import TokenStore
+from softudc.manager.service import Manager
 
 ROOT = Path(__file__).parents[2]
 

@@ -210,7 +210,7 @@ def test_r2_host_report_is_degraded_while_a_worker_is_down(fwd: Forwarder, monke
     """The audit: the gatekeeper kept reporting `ready` with a dead receive thread. Now the report
     says `degraded` and which worker, in a shape the manager accepts."""
     from gatekeeper.manager_client import ManagerClient
-    from softudc.manager.api import report_problems
+    from softudc.manager.reports import report_problems
 
     monkeypatch.setattr(fwd, "_udp_loop", lambda: None)  # ends at once, again and again
     fwd.supervisor.halt()  # and nothing restarts it

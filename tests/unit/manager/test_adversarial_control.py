@@ -19,13 +19,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import softudc.manager.api as api_module
 import softudc.manager.farms as farms_module
 import softudc.manager.planner as planner
-from softudc.manager.api import ApiError, Manager, _visible, init, parse_if_match, report_problems, serve
+import softudc.manager.service as service_module
+from softudc.manager.api import parse_if_match, serve
 from softudc.manager.auth import Principal, TokenStore
 from softudc.manager.controller import inventory, reconcile_farm
 from softudc.manager.planner import PlanError
+from softudc.manager.reports import report_problems, visible_to
+from softudc.manager.service import ApiError, Manager, init
 from softudc.model.farm import validate
 
 pytestmark = pytest.mark.adversarial
@@ -90,7 +92,7 @@ def test_r6_reconcile_never_leaves_one_vnet_id_with_two_farms(mgr: Manager) -> N
 
 def test_r6_the_invariant_check_refuses_a_plan_with_a_clash() -> None:
     with pytest.raises(PlanError, match="used twice: v = 2, already y/w's"):
-        api_module._check_vnet_ids("x", {"v": 2}, {("y", "w"): 2, ("x", "v"): 2})
+        service_module._check_vnet_ids("x", {"v": 2}, {("y", "w"): 2, ("x", "v"): 2})
 
 
 # --- R9 / R28 over HTTP ---------------------------------------------------------------------------
@@ -248,7 +250,7 @@ def test_r10_one_farm_that_cannot_be_planned_is_degraded_alone(mgr: Manager, mon
             raise RuntimeError("boom")
         return reconcile_farm(f, *args)
 
-    monkeypatch.setattr("softudc.manager.api.reconcile_farm", failing)
+    monkeypatch.setattr("softudc.manager.service.reconcile_farm", failing)
     mgr.put_farm(ADMIN, "z", farm("z", "u", replicas=2), None)  # z is planned although x and y fail
     assert len(status(mgr, "z")["instances"]) == 2 and status(mgr, "z")["conditions"]["Placed"]
     x, y = status(mgr, "x"), status(mgr, "y")
@@ -260,7 +262,7 @@ def test_r10_one_farm_that_cannot_be_planned_is_degraded_alone(mgr: Manager, mon
     assert len(degraded) == 1  # one event per new reason, not one per report
     desired = [vm["name"] for h in ("h1", "h2") for vm in mgr._desired(h)["vms"]]
     assert "y--a-0" in desired and "x--a-0" in desired  # what Degraded farms run keeps running
-    monkeypatch.setattr("softudc.manager.api.reconcile_farm", reconcile_farm)
+    monkeypatch.setattr("softudc.manager.service.reconcile_farm", reconcile_farm)
     mgr.reconcile()
     assert "problem" not in status(mgr, "y")  # planned again: the reason is gone
 
@@ -275,7 +277,7 @@ def _count_validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return validate(text, file, strict)
 
     monkeypatch.setattr("softudc.manager.farms.validate", counting)
-    monkeypatch.setattr("softudc.manager.api.validate", counting)
+    monkeypatch.setattr("softudc.manager.service.validate", counting)
     farms_module.FARMS._farms.clear()  # a cold cache, as after a restart
     return calls
 
@@ -306,7 +308,7 @@ def test_r11_a_report_that_says_nothing_new_does_not_reconcile(mgr: Manager, mon
     mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})
     mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})  # the same again: only `reported` moved
     assert len(runs) == 1
-    monkeypatch.setattr(mgr, "_reconciled_at", time.monotonic() - api_module.RECONCILE_EVERY_S - 1)
+    monkeypatch.setattr(mgr, "_reconciled_at", time.monotonic() - service_module.RECONCILE_EVERY_S - 1)
     mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})  # time-based rules still run now and then
     assert len(runs) == 2
     mgr._changes_made()  # a change made outside reconcile (a migration request, say)
@@ -318,7 +320,7 @@ def test_r10_a_farm_deleted_while_reconcile_runs_is_skipped_not_fatal(mgr: Manag
     mgr.put_farm(ADMIN, "x", farm("x"), None)
     farms = mgr.store.objects("farm")
     mgr.store.delete("farm", "x")  # by another request, after this reconcile read the farms
-    usage, taken = mgr._usage(farms), api_module._vnet_ids(farms)
+    usage, taken = mgr._usage(farms), service_module._vnet_ids(farms)
     stale = dataclasses.replace(farms[0], status={})  # so that the new status differs: it is written
     assert mgr._reconcile_farm(stale, farms, mgr.reports(), usage, taken) == {}  # KeyError there: skipped
 
@@ -384,11 +386,11 @@ def test_r24_a_viewer_sees_only_its_farms_vms_in_every_field() -> None:
               "sizes": {"secret--db-0": [4, 4096], "a--web-0": [1, 128], "a--b--web-0": [1, 1]},
               "migrations": {"secret--db-0": {"to": "h2"}, "a--web-0": {"to": "h3"}},
               "arrivals": {"secret--x-0": {}, "a--web-1": {"downtime_ms": 3}}}
-    seen = _visible(Principal("v", "viewer", ("a",)), report)
+    seen = visible_to(Principal("v", "viewer", ("a",)), report)
     assert seen == {"vcpus": 8, "memory_mib": 8192, "state": "ready", "reported": 1.0,
                     "running": ["a--web-0"], "prepared": ["a--web-1"], "sizes": {"a--web-0": [1, 128]},
                     "migrations": {"a--web-0": {"to": "h3"}}, "arrivals": {"a--web-1": {"downtime_ms": 3}}}
-    assert _visible(ADMIN, report) == report
+    assert visible_to(ADMIN, report) == report
 
 
 # --- hypothesis: reports built to be expensive or malformed -------------------------------------
@@ -441,7 +443,7 @@ def test_r11_big_reports_cost_work_linear_in_their_size(farms: int, entries: int
                               "migrations": {v: {"attempt": "1", "to": "h2", "state": "copying"} for v in vms}}
     start = time.monotonic()
     assert report_problems(report) == []
-    seen = _visible(Principal("v", "viewer", ("f0",)), report)
+    seen = visible_to(Principal("v", "viewer", ("f0",)), report)
     assert len(seen[field]) == len([v for v in vms if v.startswith("f0--")])
     assert time.monotonic() - start < 2.0
 

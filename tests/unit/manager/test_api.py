@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from softudc.manager.api import Manager, init, serve
+from softudc.manager.api import serve
 from softudc.manager.auth import TokenStore
+from softudc.manager.service import Manager, init
 
 ROOT = Path(__file__).parents[3]
 DEMO = (ROOT / "configs" / "farms" / "demo.yaml").read_text()
@@ -256,9 +257,9 @@ def test_an_admin_takes_a_host_out_of_placement_and_a_silent_host_is_down(
     placed = {i["host"] for i in api.call("GET", "/v1/farms/demo", token=admin)[1]["status"]["instances"]}
     assert "h1" not in placed
     # A host that stops reporting is down: nothing new goes there, and it says why.
-    import softudc.manager.api as manager_api
+    import softudc.manager.service as manager_service
 
-    monkeypatch.setattr(manager_api, "HOST_DOWN_AFTER_S", -1.0)
+    monkeypatch.setattr(manager_service, "HOST_DOWN_AFTER_S", -1.0)
     hosts = {h["name"]: h for h in api.call("GET", "/v1/hosts", token=admin)[1]}
     assert {h["state"] for h in hosts.values()} == {"down"}
     status, plan = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("replicas: 3", "replicas: 4"), admin)

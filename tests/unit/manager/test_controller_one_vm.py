@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softudc.manager.api import ApiError, Manager, init
 from softudc.manager.auth import Principal
 from softudc.manager.controller import COLD_MOVE_TIMEOUT_S, MIGRATION_STALL_S, host_desired, inventory, reconcile_farm
+from softudc.manager.service import ApiError, Manager, init
 from softudc.model.farm import validate
 
 DEMO = (Path(__file__).parents[3] / "configs" / "farms" / "demo.yaml").read_text()
@@ -250,7 +250,7 @@ def test_r12_a_malformed_departed_entry_decides_nothing_and_breaks_nothing(entry
 
 
 def test_r12_the_departed_report_field_is_accepted_and_shaped() -> None:
-    from softudc.manager.api import report_problems
+    from softudc.manager.reports import report_problems
 
     assert report_problems({"departed": {"demo--db-0": {"attempt": "a", "to": "h2", "ago_s": 1.0}}}) == []
     assert report_problems({"departed": ["demo--db-0"]})

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from softudc.manager.api import Manager, init, serve
+from softudc.manager.api import serve
+from softudc.manager.service import Manager, init
 
 
 def test_schemathesis_finds_no_server_error(tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
-from softudc.manager.api import Manager, init, serve
+from softudc.manager.api import serve
 from softudc.manager.server import TlsServer, is_long_poll, request_size
+from softudc.manager.service import Manager, init
 from tests.unit.manager.test_api import Api
 from tests.unit.manager.test_auth_identity import REPORT, _join
 
