@@ -3,14 +3,13 @@ by the forwarding threads (misses, learning, VARP messages); all cache access un
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
 import logging
 import os
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,15 @@ from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
 from gatekeeper.vnet.forwarder import Forwarder
 from gatekeeper.vnet.port import VnetPort, gso_max_size_for, mtu_for
 from gatekeeper.vnet.supervisor import reason_of
+from gatekeeper.vnet.varp_auth import VarpAuth
 from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, VarpCache
 from softudc.atomicfile import move_aside, write_atomic
-from softudc.security.keys import VnetKeys, derive_varp_key, parse_spi, spi_for, varp_mac
+from softudc.security.keys import VnetKeys
 from softudc.security.seqstore import SequenceStore
-from softudc.wire import VarpMessage, VarpOp, VarpTrailer, WireError, build_varp, parse_varp
+from softudc.wire import VarpOp, WireError, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
-from softudc.wire.varp import VARP_LEN
 
 log = logging.getLogger("gatekeeper.vnet")
-MAX_VARP_SEEN = 65536  # signed VARP messages remembered within the freshness window (replay cache)
 
 
 class ServiceError(RuntimeError):
@@ -65,19 +63,15 @@ class VnetService:
             fdb=self.cache.fdb, stale=self.cache.stale, seen=self.cache.seen,
             local_macs=self.local_macs, control=self, learn=config.learn, clock=clock,
         )
-        self._my_addr = ipaddress.IPv4Address(config.underlay_address)
-        self._wall_ns = wall_clock_ns
         # Outbound ESP sequence numbers are reserved on disk next to the state before use, so a
         # restarted gatekeeper never reuses a (key, nonce) pair (audit R1).
         self.forwarder.sas.seq_store = SequenceStore(state_file.with_name("gatekeeper-esp-seq.json")
                                                      if state_file is not None else None)
         # Keys from the keys file: used when a VNET is created without keys of its own.
         self.keyring: dict[int, VnetKeys] = load_keys(config.keys_file) if config.keys_file else {}
-        self._varp_keys: dict[tuple[int, int], bytes] = {}
-        # Replay cache of signed VARP messages: (key id, ts, mac), and the same in arrival order
-        # with its timestamp, so that pruning by time costs only what it removes (audit R28).
-        self._varp_seen: set[tuple[int, int, bytes]] = set()
-        self._varp_seen_order: deque[tuple[int, tuple[int, int, bytes]]] = deque()
+        self.varp_auth = VarpAuth(lambda vnet: self.forwarder.sas.keys(vnet),
+                                  ipaddress.IPv4Address(config.underlay_address), wall_clock_ns,
+                                  config.varp_auth_window)
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -186,7 +180,7 @@ class VnetService:
         """Keys for the SAs (rebuilt where a secret changed, all gone with None: audit R7) and
         no VARP key derived from the previous ones."""
         self.forwarder.sas.set_keys(vnet, keys)
-        self._varp_keys = {k: v for k, v in self._varp_keys.items() if k[0] != vnet}
+        self.varp_auth.forget(vnet)
 
     def replace_vnet(self, vnet: int, security: str | None = None, keys: dict[str, Any] | None = None,
                      mtu: int | None = None, members: list[str] | None = None) -> dict[str, Any]:
@@ -305,7 +299,7 @@ class VnetService:
         port = self.forwarder.vnets.get(vnet)
         if port is None:
             raise ServiceError(f"vnet {vnet} does not exist on this host")
-        msg = self._varp(VarpOp.ANNOUNCE, vnet, raw_mac)
+        msg = self.varp_auth.message(VarpOp.ANNOUNCE, vnet, raw_mac)
         for addr in self.forwarder.flood_targets(port):
             self.forwarder.send_varp(msg, addr)
         self.varp_counts["announce_tx"] += 1
@@ -375,7 +369,7 @@ class VnetService:
         if port.members and src not in port.members:
             self.varp_counts["not_member_host"] += 1  # R18: the VNET lists its hosts; this is none of them
             return
-        why = self._varp_refused(msg, buf)
+        why = self.varp_auth.refused(msg, buf)
         if why is not None:
             self.varp_counts[why] += 1
             return
@@ -383,7 +377,7 @@ class VnetService:
         if msg.op is VarpOp.REQUEST:
             self.varp_counts["request_rx"] += 1
             if key in self.local_macs:
-                reply = self._varp(VarpOp.ANNOUNCE, msg.vnet, msg.vmac)
+                reply = self.varp_auth.message(VarpOp.ANNOUNCE, msg.vnet, msg.vmac)
                 self.forwarder.send_varp(reply, src)
                 self.varp_counts["reply_tx"] += 1
             return
@@ -406,68 +400,6 @@ class VnetService:
             commands = self.cache.announce(msg.vnet, msg.vmac, str(msg.addr))
         self._run(commands)
 
-    # --- VARP authentication ------------------------------------------------------------------
-
-    def _varp_key(self, vnet: int, epoch: int, secret: bytes) -> bytes:
-        key = self._varp_keys.get((vnet, epoch))
-        if key is None:
-            key = self._varp_keys[(vnet, epoch)] = derive_varp_key(secret, vnet, epoch)
-        return key
-
-    def _varp(self, op: VarpOp, vnet: int, mac: bytes) -> bytes:
-        """A VARP message from this host; signed when the VNET has keys."""
-        body = build_varp(VarpMessage(op, vnet, mac, self._my_addr))
-        keys = self.forwarder.sas.keys(vnet)
-        if keys is None or not keys.secrets:
-            return body
-        epoch = keys.send_epoch if keys.send_epoch is not None else max(keys.secrets)
-        key_id, ts = spi_for(vnet, epoch), self._wall_ns()
-        mac_ = varp_mac(self._varp_key(vnet, epoch, keys.secrets[epoch]), body, key_id, ts)
-        return build_varp(VarpMessage(op, vnet, mac, self._my_addr, VarpTrailer(key_id, ts, mac_)))
-
-    def _varp_refused(self, msg: VarpMessage, buf: bytes) -> str | None:
-        """Why a received VARP message must be dropped, or None. VNETs with keys accept only
-        messages signed under one of their epochs, fresh (within the window) and not seen before."""
-        keys = self.forwarder.sas.keys(msg.vnet)
-        if keys is None or not keys.secrets:
-            return None
-        t = msg.trailer
-        if t is None:
-            return "unauthenticated"
-        try:
-            vnet, epoch = parse_spi(t.key_id)
-        except ValueError:
-            return "unknown_key"
-        if vnet != msg.vnet or epoch not in keys.secrets:
-            return "unknown_key"
-        expected = varp_mac(self._varp_key(vnet, epoch, keys.secrets[epoch]), buf[:VARP_LEN], t.key_id, t.timestamp_ns)
-        if not hmac.compare_digest(expected, t.mac):
-            return "bad_mac"
-        now = self._wall_ns()
-        window = int(self.config.varp_auth_window * 1e9)
-        if abs(now - t.timestamp_ns) > window:
-            return "stale"
-        seen_key = (t.key_id, t.timestamp_ns, t.mac)
-        with self.lock:
-            self._prune_varp_seen(now - window)
-            if seen_key in self._varp_seen:
-                return "replayed"
-            if len(self._varp_seen) >= MAX_VARP_SEEN:
-                # Only messages with a valid MAC get here, so only key holders can fill the cache;
-                # refusing (VARP retries) keeps every replay out, evicting early would not.
-                return "replay_cache_full"
-            self._varp_seen.add(seen_key)
-            self._varp_seen_order.append((t.timestamp_ns, seen_key))
-        return None
-
-    def _prune_varp_seen(self, oldest_ns: int) -> None:
-        """Forget messages older than the freshness window: a replay of them is refused as stale.
-        Entries are pruned in arrival order; one that arrived early with a late timestamp waits
-        behind it, which only keeps it longer than needed, never shorter. Called with the lock."""
-        order = self._varp_seen_order
-        while order and order[0][0] < oldest_ns:
-            self._varp_seen.discard(order.popleft()[1])
-
     # --- helpers ------------------------------------------------------------------------------
 
     def _run(self, commands: list[Command]) -> None:
@@ -479,7 +411,7 @@ class VnetService:
                 port = self.forwarder.vnets.get(cmd.vnet)
                 if port is None:
                     continue
-                msg = self._varp(VarpOp.REQUEST, cmd.vnet, cmd.mac)
+                msg = self.varp_auth.message(VarpOp.REQUEST, cmd.vnet, cmd.mac)
                 for addr in self.forwarder.flood_targets(port):
                     self.forwarder.send_varp(msg, addr)
                 self.varp_counts["request_tx"] += 1

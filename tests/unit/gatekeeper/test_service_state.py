@@ -17,6 +17,7 @@ import pytest
 from gatekeeper.config import GatekeeperConfig
 from gatekeeper.manager_client import ManagerClient
 from gatekeeper.vnet import service as service_module
+from gatekeeper.vnet import varp_auth as varp_auth_module
 from gatekeeper.vnet.esp_sa import SecurityAssociations
 from gatekeeper.vnet.service import VnetService
 from softudc.security.keys import VnetKeys
@@ -111,34 +112,34 @@ def test_r28_varp_replay_cache_is_pruned_by_time_and_still_refuses_every_replay(
     sent = []
     for _ in range(6000):  # more than the 4,096 after which every message rebuilt the whole dict
         clock.ns += 10**7  # 10 ms apart: 60 s in all, twice the window
-        buf = sender._varp(VarpOp.ANNOUNCE, VNET, MAC)
-        assert receiver._varp_refused(parse_varp(buf), buf) is None
+        buf = sender.varp_auth.message(VarpOp.ANNOUNCE, VNET, MAC)
+        assert receiver.varp_auth.refused(parse_varp(buf), buf) is None
         sent.append(buf)
     # Only what is still inside the window is remembered, and it is a deque pruned from the left.
-    assert len(receiver._varp_seen) == len(receiver._varp_seen_order) <= window_ns // 10**7 + 1
+    assert len(receiver.varp_auth.seen) == len(receiver.varp_auth.seen_order) <= window_ns // 10**7 + 1
     fresh, old = sent[-1], sent[0]
-    assert receiver._varp_refused(parse_varp(fresh), fresh) == "replayed"
-    assert receiver._varp_refused(parse_varp(old), old) == "stale"
+    assert receiver.varp_auth.refused(parse_varp(fresh), fresh) == "replayed"
+    assert receiver.varp_auth.refused(parse_varp(old), old) == "stale"
 
 
 @pytest.mark.adversarial
 def test_r28_varp_replay_cache_is_bounded_and_refuses_rather_than_forgets(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(service_module, "MAX_VARP_SEEN", 100)
+    monkeypatch.setattr(varp_auth_module, "MAX_VARP_SEEN", 100)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     sender, receiver, clock = _keyed_pair(tmp_path)
     verdicts = []
     for _ in range(150):  # all within one second: nothing is old enough to prune
         clock.ns += 1000
-        buf = sender._varp(VarpOp.ANNOUNCE, VNET, MAC)
-        verdicts.append(receiver._varp_refused(parse_varp(buf), buf))
+        buf = sender.varp_auth.message(VarpOp.ANNOUNCE, VNET, MAC)
+        verdicts.append(receiver.varp_auth.refused(parse_varp(buf), buf))
     assert verdicts.count(None) == 100 and verdicts.count("replay_cache_full") == 50
-    assert len(receiver._varp_seen) == 100
+    assert len(receiver.varp_auth.seen) == 100
     clock.ns += int(receiver.config.varp_auth_window * 1e9) + 10**6  # the window passed: room again
-    buf = sender._varp(VarpOp.ANNOUNCE, VNET, MAC)
-    assert receiver._varp_refused(parse_varp(buf), buf) is None
-    assert len(receiver._varp_seen) == 1
+    buf = sender.varp_auth.message(VarpOp.ANNOUNCE, VNET, MAC)
+    assert receiver.varp_auth.refused(parse_varp(buf), buf) is None
+    assert len(receiver.varp_auth.seen) == 1
 
 
 @pytest.mark.adversarial
