@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gatekeeper.client import GatekeeperClient, GatekeeperError
+from softudc.cli.errors import CliError
 from softudc.lab import LabError, LabSpec, lab_down, lab_status, lab_up, load_lab
 from softudc.lab.endpoint import add_endpoint, move_endpoint, remove_endpoint
 from softudc.lab.shell import CommandError
@@ -241,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         init_defaults(args)
     try:
         args.fn(args)
-    except (LabError, GatekeeperError, CommandError, ValueError) as e:
+    except (CliError, GatekeeperError, CommandError, ValueError) as e:
         print(f"softudc: {e}", file=sys.stderr)
         sys.exit(1)
     except FileNotFoundError as e:

@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from softudc.cli.errors import CliError
 from softudc.lab import shell
 from softudc.lab.shell import ip
 
@@ -33,8 +34,8 @@ PREFIX = "sudc-"
 METRICS_PORT = 9464
 
 
-class LabError(RuntimeError):
-    pass
+class LabError(CliError):
+    """A lab could not be built, found or used; the message says what to do."""
 
 
 @dataclass

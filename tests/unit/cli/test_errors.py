@@ -1,0 +1,26 @@
+"""The CLI's one error type: main prints it and exits 1; lab problems are CliErrors too."""
+
+from __future__ import annotations
+
+import pytest
+
+from softudc.cli import main as cli_main
+from softudc.cli.errors import CliError
+from softudc.lab import LabError
+
+
+def test_lab_error_is_a_cli_error() -> None:
+    assert issubclass(LabError, CliError)
+    assert not issubclass(CliError, LabError)
+
+
+def test_main_prints_a_cli_error_and_exits_1(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    def refuse(_: object) -> None:
+        raise CliError("the manager refused; run `softudc get hosts` to see why")
+
+    monkeypatch.setattr(cli_main, "cmd_lab_down", refuse)
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(["lab", "down", "x"])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == "softudc: the manager refused; run `softudc get hosts` to see why\n"
