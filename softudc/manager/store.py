@@ -1,9 +1,11 @@
 """Desired state in SQLite (WAL), behind a small interface an etcd backend can implement too.
 
 Every write gets the next value of one global revision; objects keep the revision they were last
-written at, so `put(..., expect=rev)` is a compare-and-swap and `changes(since)` is a watch (the
-manager's controllers and the CLI's `--wait` poll it). Deletes leave a tombstone until compacted,
-so a watcher learns about them. An event log records what happened, for `describe`.
+written at, so `put(..., expect=rev)` is a compare-and-swap and `watch(since, timeout)` hands out
+what changed after `since`, waking as soon as a write of this process commits (the manager's
+controller loop runs on it; `changes(since)` is the same without waiting). Deletes leave a
+tombstone until compacted, so a watcher learns about them. An event log records what happened,
+for `describe`; events are not revisions (a watcher is not woken by one).
 
 A name written again after a delete is a new object (audit R6, R28): it starts with an empty
 status and without the old object's events, so nothing of a deleted farm (its VNET ids, its
@@ -56,16 +58,20 @@ class Obj:
 
 
 class Store(Protocol):
+    """What the manager needs of its store; SqliteStore is one, an etcd store (issue 11) another."""
+
     def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int: ...
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int: ...
     def get(self, kind: str, name: str) -> Obj | None: ...
     def objects(self, kind: str) -> list[Obj]: ...
     def delete(self, kind: str, name: str, expect: int | None = None) -> int: ...
     def changes(self, since: int) -> list[Obj]: ...
+    def watch(self, since: int, timeout: float) -> list[Obj]: ...
     def revision(self) -> int: ...
     def event(self, kind: str, name: str, type_: str, message: str) -> None: ...
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
     def compact(self, before: int) -> int: ...
+    def close(self) -> None: ...
 
 
 class SqliteStore:
@@ -87,6 +93,8 @@ class SqliteStore:
             if os.path.exists(self.path + suffix):
                 os.chmod(self.path + suffix, 0o600)
         self._lock = threading.Lock()
+        # Watchers wait on this; every committed write notifies it (under the same lock as writes).
+        self._written = threading.Condition(self._lock)
 
     def close(self) -> None:
         self._db.close()
@@ -101,6 +109,7 @@ class SqliteStore:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._written.notify_all()
 
     def _next(self, db: sqlite3.Connection) -> int:
         db.execute("UPDATE meta SET value = value + 1 WHERE key = 'revision'")
@@ -169,9 +178,21 @@ class SqliteStore:
                                     "WHERE revision > ? ORDER BY revision", (since,)).fetchall()
         return [self._obj(r) for r in rows]
 
+    def watch(self, since: int, timeout: float) -> list[Obj]:
+        """What `changes(since)` returns, as soon as there is something: waits up to `timeout`
+        seconds for a write, then returns [] if there was none. Writes of this process wake it at
+        once; another process's (a second manager on the same file) are seen at the timeout."""
+        with self._written:
+            self._written.wait_for(lambda: self._revision() > since, max(timeout, 0.0))
+        return self.changes(since)
+
     def revision(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
+            return self._revision()
+
+    def _revision(self) -> int:
+        """The latest revision; the caller holds the lock."""
+        return int(self._db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
 
     def event(self, kind: str, name: str, type_: str, message: str) -> None:
         with self._tx() as db:

@@ -61,3 +61,36 @@ def test_missing_objects_are_reported(tmp_path: Path) -> None:
         s.delete("farm", "nope")
     with pytest.raises(KeyError):
         s.set_status("farm", "nope", {})
+
+
+def test_watch_returns_at_once_what_changed_after_since(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "state.db")
+    r1 = s.put("farm", "shop", {"vms": 2})
+    r2 = s.put("host", "h1", {})
+    assert [(o.kind, o.revision) for o in s.watch(r1, timeout=60)] == [("host", r2)]  # no wait: it is there
+    assert [o.name for o in s.watch(0, timeout=60)] == ["shop", "h1"]
+
+
+def test_watch_times_out_empty_and_an_event_is_not_a_change(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "state.db")
+    rev = s.put("farm", "shop", {})
+    s.event("farm", "shop", "Applied", "by test")  # the log is not the objects: no revision, no wake
+    assert s.watch(rev, timeout=0.05) == []
+    assert s.watch(rev, timeout=-1) == []  # a deadline already past asks, and does not wait
+
+
+def test_watch_wakes_on_a_write_from_another_thread(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "state.db")
+    rev = s.put("farm", "shop", {})
+    writer = threading.Timer(0.05, lambda: s.delete("farm", "shop"))
+    writer.start()
+    got = s.watch(rev, timeout=60)  # long before the timeout: the commit notifies
+    writer.join()
+    assert [(o.name, o.deleted) for o in got] == [("shop", True)]
+
+
+def test_watch_sees_another_connection_s_write_by_reading_the_file(tmp_path: Path) -> None:
+    s, other = SqliteStore(tmp_path / "state.db"), SqliteStore(tmp_path / "state.db")
+    rev = s.revision()
+    other.put("farm", "shop", {})  # no notification crosses connections: the watch reads the revision
+    assert [o.name for o in s.watch(rev, timeout=0.05)] == ["shop"]
