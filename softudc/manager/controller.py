@@ -49,6 +49,7 @@ def inventory(host_reports: dict[str, dict[str, Any]]) -> list[Host]:
             for name, r in sorted(host_reports.items()) if "vcpus" in r and "memory_mib" in r]
 
 
+HOST_DOWN_AFTER_S = 30.0  # a host whose last report is older than this is `down`
 MIGRATION_STALL_S = 600.0  # a requested live migration the source never started: settled after this
 COLD_MOVE_TIMEOUT_S = 300.0  # a cold move whose source never confirmed the VM stopped: given up after this
 DEPARTED_MARGIN_S = 10.0  # a report stored this long after a departure was built after it (report timeout)

@@ -1,0 +1,143 @@
+"""Moving an instance to another host, as the API asks for it: admission (the destination is ready
+and has room, the source is reporting), the `migrating` record the controllers then drive, and
+cancelling a move while that is still safe. A mixin of the Manager: the API calls `m.migrate(...)`
+and `m.note_address(...)`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from softudc import libvirturi
+from softudc.manager.auth import Principal
+from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
+from softudc.manager.errors import ApiError
+from softudc.manager.farms import FARMS, Usage
+from softudc.manager.store import Obj, SqliteStore
+from softudc.model.farm import validate
+from softudc.placement import Group, Host, Request, place
+
+
+class Moves:
+    """Migrations: what the Manager provides them (its store, lock, reports, events)."""
+
+    store: SqliteStore
+    _reconcile_lock: threading.RLock
+    _addresses: dict[str, str]  # host -> where its reports come from (migration URIs, R20)
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        raise NotImplementedError  # the Manager's
+
+    def _changes_made(self) -> None:
+        raise NotImplementedError  # the Manager's
+
+    def _event(self, kind: str, name: str, type_: str, message: str) -> None:
+        raise NotImplementedError  # the Manager's
+
+    def migrate(self, who: Principal, name: str, instance: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Move an instance to another host: live (the source's gatekeeper migrates it peer to
+        peer) or, for `migration: {policy: cold}`, stopped here and started there. The destination
+        must be ready and have room under the farm's placement rules; the source must be reporting
+        (a silent host may still run the VM, and there is no fencing yet). `{"cancel": true}` gives
+        up a move that has not reached the point of no return (see cancel_migration)."""
+        if not who.can_write(name):
+            raise ApiError(403, f"{who.name} ({who.role}) may not migrate VMs of farm {name!r}")
+        cancel = body.get("cancel", False)
+        if not isinstance(cancel, bool):
+            raise ApiError(400, "body: 'cancel' must be true or false")
+        to = body.get("to")
+        if not cancel and (not isinstance(to, str) or not to):
+            raise ApiError(400, "body: 'to' must name the destination host (or send {\"cancel\": true})")
+        with self._reconcile_lock:
+            obj = self.store.get("farm", name)
+            if obj is None or not who.can_read(name):
+                raise ApiError(404, f"no farm {name!r}")
+            farm = validate(obj.spec["descriptor"], name)
+            instances = obj.status.get("instances", [])
+            inst = next((i for i in instances if i["name"] == instance), None)
+            if inst is None:
+                raise ApiError(404, f"farm {name} has no instance {instance!r} (see `softudc get vms`)")
+            if cancel:
+                self._cancel_migration(who, obj, instances, inst)
+                return {"farm": name, "instance": inst}
+            assert isinstance(to, str)
+            vm = next(v for v in farm.vms if v.name == inst["vm"])
+            if vm.migration == "none":
+                raise ApiError(409, f"{instance}: its VM {vm.name} has migration policy 'none'")
+            if inst.get("migrating"):
+                raise ApiError(409, f"{instance} is already moving to {inst['migrating']['to']}; wait for it, or "
+                                    "cancel it (POST this route with {\"cancel\": true})")
+            if inst["host"] == to:
+                raise ApiError(409, f"{instance} already runs on {to}")
+            reports = self.reports()
+            source = reports.get(inst["host"], {})
+            if source.get("state", "down") == "down":
+                raise ApiError(409, f"{inst['host']} is down (no report for {HOST_DOWN_AFTER_S:.0f} s): the manager "
+                                    f"cannot tell whether {instance} still runs there, and without fencing a move "
+                                    f"could start a second copy. Bring {inst['host']}'s gatekeeper back and try "
+                                    "again; if the host is gone for good, power it off before recovering its VMs")
+            report = reports.get(to)
+            if report is None or "vcpus" not in report:
+                raise ApiError(404, f"no host {to!r} has reported to this manager (see `softudc host list`)")
+            live = vm.migration == "live"
+            hosts = inventory(reports)
+            _charge_others(hosts, self.store.objects("farm"), current="")
+            dest = [h for h in hosts if h.name == to]
+            groups = [Group(f"{name}/{g.name}", g.policy, g.max_per_host) for g in farm.groups]
+            request = Request(instance, vm.vcpus, vm.memory_mib, f"{name}/{vm.group}" if vm.group else None)
+            fit = place(dest, [request], groups)
+            if fit.unplaced:
+                raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(fit.unplaced[instance]))
+            uri = self._migration_uri(to, report) if live else None
+            attempt = f"{int(time.time() * 1000):x}"
+            inst["migrating"] = ({"to": to, "attempt": attempt, "since": time.time(), "state": "requested"} |
+                                 ({"uri": uri} if uri else {"cold": True}))
+            self.store.set_status("farm", name, {**obj.status, "instances": instances})
+            self._changes_made()
+            kind = "live" if live else "cold"
+            self._event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
+        return {"farm": name, "instance": inst}
+
+    def _cancel_migration(self, who: Principal, obj: Any, instances: list[dict[str, Any]],
+                          inst: dict[str, Any]) -> None:
+        """Give up a move while that is safe: a cold one until it completes (the destination starts
+        the VM only once the source has confirmed it stopped, and the source then simply runs it
+        again), a live one until its source has been told to start it. After that only the outcome
+        the hosts report ends it: libvirt gives up by itself after 300 s."""
+        moving = inst.get("migrating")
+        if not moving:
+            raise ApiError(409, f"{inst['name']} is not moving; nothing to cancel")
+        if not moving.get("cold") and moving.get("prepared"):
+            raise ApiError(409, f"{inst['name']}: the live migration to {moving['to']} is in its source's hands "
+                                f"({moving.get('state', '?')}) and cannot be called back safely; it ends by itself "
+                                "(libvirt aborts it after 300 s) and the farm's events will say how")
+        del inst["migrating"]
+        self.store.set_status("farm", obj.name, {**obj.status, "instances": instances})
+        self._changes_made()
+        self._event("farm", obj.name, "MigrationCancelled", f"by {who.name}: {inst['name']} stays on {inst['host']} "
+                                                            f"(was moving to {moving['to']})")
+
+    def note_address(self, host: str, address: str) -> None:
+        """The address a host's authenticated report came from: its migration URI must name it (R20).
+        One entry per joined host (the caller has authenticated it), so the table is bounded."""
+        self._addresses[host] = address
+
+    def _migration_uri(self, to: str, report: dict[str, Any]) -> str:
+        """The URI the source's libvirtd will connect to, built here (audit R20): never what the
+        destination reported verbatim."""
+        reported = report.get("migration_uri")
+        if not reported:
+            raise ApiError(409, f"{to} accepts no live migrations: its gatekeeper has no hypervisor.migration_uri")
+        try:
+            return libvirturi.for_host(str(reported), self._addresses.get(to))
+        except libvirturi.MigrationUriError as e:
+            raise ApiError(409, f"{to}: its migration_uri is refused: {e}") from None
+
+
+def _charge_others(hosts: list[Host], farms: list[Obj], current: str) -> None:
+    """Usage of every farm but `current` (whose own instances the planner accounts for), from the
+    farms validated once per descriptor."""
+    usage = Usage([(o.name, FARMS.for_hosts(o), o.status) for o in farms])
+    for h, charged in zip(hosts, usage.hosts(hosts, current), strict=True):
+        h.used_vcpus, h.used_memory_mib, h.groups = charged.used_vcpus, charged.used_memory_mib, charged.groups
