@@ -1,0 +1,152 @@
+"""Each host's desired state, computed once per reconcile generation, and the long polls waiting
+for it to move.
+
+The controller loop ends every reconcile pass with `new_generation()`: the cache is dropped, the
+desired state of each host with a waiting long poll is computed again, and only the hosts whose
+etag moved are woken (a report from one host no longer wakes, and costs, every long poll). A
+waiter is a callback, so an async long poll (a future on the server's event loop, woken with
+`call_soon_threadsafe`) holds no thread while it waits; the sync one (`wait`) holds its caller's.
+
+A waiter registers before it reads the desired state: a generation that moves the etag after that
+read wakes it, so no change falls between the read and the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import itertools
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+MAX_WAIT_S = 60.0  # longest long poll of a gatekeeper's desired state
+
+Desired = dict[str, Any]
+
+
+def etag(desired: Desired) -> str:
+    """A short digest of a desired state: equal states, equal etags (keys sorted)."""
+    return hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class LongPolls:
+    """The desired-state cache of every host and the callbacks of its waiting long polls."""
+
+    def __init__(self, compute: Callable[[str], Desired]) -> None:
+        self._compute = compute  # host -> its desired state (without etag), read from the store
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._cache: dict[str, tuple[int, Desired, str]] = {}  # host -> (generation, desired, etag)
+        self._waiters: dict[str, dict[int, Callable[[], None]]] = {}
+        self._ids = itertools.count()
+        self.computed = 0  # desired states computed (cache misses): the cost the cache saves
+
+    def current(self, host: str) -> Desired:
+        """The host's desired state with its etag, computed at most once per generation."""
+        hit = self._cached(host)
+        if hit is not None:
+            return hit
+        with self._lock:
+            generation = self._generation
+        desired = self._compute(host)
+        tag = etag(desired)
+        with self._lock:
+            self.computed += 1
+            if self._generation == generation:  # else a pass ended meanwhile: it may be stale already
+                self._cache[host] = (generation, desired, tag)
+        return {**desired, "etag": tag}
+
+    def _cached(self, host: str) -> Desired | None:
+        with self._lock:
+            hit = self._cache.get(host)
+            if hit is None or hit[0] != self._generation:
+                return None
+        return {**hit[1], "etag": hit[2]}
+
+    def new_generation(self) -> list[str]:
+        """After a reconcile pass: forget every cached state, compute the waiting hosts' again and
+        wake those whose etag moved. Returns them."""
+        with self._lock:
+            before = {h: c[2] for h, c in self._cache.items()}
+            self._generation += 1
+            self._cache.clear()
+            waiting = sorted(self._waiters)
+        moved = [h for h in waiting if self.current(h)["etag"] != before.get(h)]
+        self.wake(moved)
+        return moved
+
+    def wake(self, hosts: list[str]) -> None:
+        """Call the waiters of `hosts` (each wakes and reads its state again)."""
+        with self._lock:
+            callbacks = [cb for h in hosts for cb in self._waiters.get(h, {}).values()]
+        for cb in callbacks:
+            cb()
+
+    def waiting(self) -> int:
+        """Long polls waiting now (a metric)."""
+        with self._lock:
+            return sum(len(w) for w in self._waiters.values())
+
+    def _add(self, host: str, callback: Callable[[], None]) -> int:
+        key = next(self._ids)
+        with self._lock:
+            self._waiters.setdefault(host, {})[key] = callback
+        return key
+
+    def _remove(self, host: str, key: int) -> None:
+        with self._lock:
+            mine = self._waiters.get(host, {})
+            mine.pop(key, None)
+            if not mine:
+                self._waiters.pop(host, None)
+
+    async def wait_async(self, host: str, since: str, wait: float) -> Desired:
+        """The host's desired state once its etag is not `since`, or after `wait` seconds (at most
+        MAX_WAIT_S): awaits a future on the running loop, no thread held meanwhile."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_S)
+        while True:
+            woken: asyncio.Future[None] = loop.create_future()
+            key = self._add(host, functools.partial(_call_soon, loop, woken))
+            try:
+                desired = self._cached(host)
+                if desired is None:  # a miss reads the store: off the event loop
+                    desired = await asyncio.to_thread(self.current, host)
+                left = deadline - loop.time()
+                if desired["etag"] != since or left <= 0:
+                    return desired
+                with contextlib.suppress(TimeoutError):  # then read once more and answer
+                    await asyncio.wait_for(woken, left)
+            finally:
+                self._remove(host, key)
+
+    def wait(self, host: str, since: str, wait: float) -> Desired:
+        """As wait_async, holding the calling thread while it waits (the threaded server's way)."""
+        deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT_S)
+        while True:
+            woken = threading.Event()
+            key = self._add(host, woken.set)
+            try:
+                desired = self.current(host)
+                left = deadline - time.monotonic()
+                if desired["etag"] != since or left <= 0:
+                    return desired
+                woken.wait(left)
+            finally:
+                self._remove(host, key)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, woken: asyncio.Future[None]) -> None:
+    """From the controller thread: resolve `woken` on its own loop (a closed loop has no waiter)."""
+    with contextlib.suppress(RuntimeError):  # the server's loop has closed: nobody waits on it any more
+        loop.call_soon_threadsafe(_resolve, woken)
+
+
+def _resolve(woken: asyncio.Future[None]) -> None:
+    if not woken.done():
+        woken.set_result(None)

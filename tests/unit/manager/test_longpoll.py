@@ -1,0 +1,123 @@
+"""The desired-state cache per generation and the long polls: woken only when their host's etag
+moved, from another thread, and answered at their deadline otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from typing import Any
+
+from softudc.manager.longpoll import MAX_WAIT_S, LongPolls, etag
+
+
+class World:
+    """What the store would say each host should run; counts how often it is asked."""
+
+    def __init__(self) -> None:
+        self.vms: dict[str, list[str]] = {"h1": [], "h2": []}
+        self.asked: Counter[str] = Counter()
+
+    def desired(self, host: str) -> dict[str, Any]:
+        self.asked[host] += 1
+        return {"vnets": [], "vms": list(self.vms[host])}
+
+
+def test_the_desired_state_is_computed_once_per_generation() -> None:
+    world = World()
+    polls = LongPolls(world.desired)
+    first = polls.current("h1")
+    assert polls.current("h1") == first and world.asked["h1"] == 1  # reused within the generation
+    assert first["etag"] == etag({"vnets": [], "vms": []})
+    world.vms["h1"] = ["f--a-0"]
+    assert polls.current("h1") == first  # the store moved, but no pass has ended: still the cached one
+    polls.new_generation()
+    assert polls.current("h1")["vms"] == ["f--a-0"] and world.asked["h1"] == 2  # dropped after
+
+
+def test_a_new_generation_recomputes_only_waiting_hosts_and_names_those_that_moved() -> None:
+    world = World()
+    polls = LongPolls(world.desired)
+    key1, key2 = polls._add("h1", lambda: None), polls._add("h2", lambda: None)
+    polls.current("h1"), polls.current("h2")
+    world.vms["h2"] = ["f--a-0"]
+    assert polls.new_generation() == ["h2"]
+    polls._remove("h1", key1)
+    polls._remove("h2", key2)
+    assert polls.waiting() == 0
+    asked = dict(world.asked)
+    assert polls.new_generation() == [] and dict(world.asked) == asked  # nobody waits: nothing computed
+
+
+def test_wait_async_wakes_only_its_host_and_holds_no_thread() -> None:
+    world = World()
+    polls = LongPolls(world.desired)
+
+    async def scenario() -> tuple[dict[str, Any], dict[str, Any], list[int]]:
+        since = {h: polls.current(h)["etag"] for h in ("h1", "h2")}
+        one = asyncio.create_task(polls.wait_async("h1", since["h1"], 30))
+        two = asyncio.create_task(polls.wait_async("h2", since["h2"], 0.3))
+        while polls.waiting() < 2:
+            await asyncio.sleep(0.01)
+        threads = [threading.active_count()]
+        world.vms["h1"] = ["f--a-0"]
+
+        def controller_pass() -> None:  # as the controller loop does, from its own thread
+            polls.new_generation()
+
+        worker = threading.Thread(target=controller_pass)
+        worker.start()
+        worker.join()
+        got_one = await asyncio.wait_for(one, 10)  # woken, long before its 30 s
+        assert not two.done()  # h2's state did not move: it sleeps on
+        got_two = await two  # and answers at its deadline, unchanged
+        return got_one, got_two, threads
+
+    got_one, got_two, threads = asyncio.run(scenario())
+    assert got_one["vms"] == ["f--a-0"] and got_one["etag"] != etag({"vnets": [], "vms": []})
+    assert got_two["etag"] == etag({"vnets": [], "vms": []}) and got_two["vms"] == []
+    assert threads[0] <= threading.active_count() + 8  # two waiters cost no thread each (the pool is shared)
+    assert polls.waiting() == 0
+
+
+def test_wait_async_answers_at_once_when_the_etag_differs_and_bounds_the_wait() -> None:
+    polls = LongPolls(World().desired)
+    got = asyncio.run(polls.wait_async("h1", "not-this", 30))
+    assert got["etag"] == polls.current("h1")["etag"]
+    got = asyncio.run(polls.wait_async("h1", got["etag"], -5))  # no negative waits: answered now
+    assert got["vms"] == []
+    assert MAX_WAIT_S <= 60
+
+
+def test_many_async_waiters_on_one_host_all_wake_once() -> None:
+    world = World()
+    polls = LongPolls(world.desired)
+
+    async def scenario() -> list[dict[str, Any]]:
+        since = polls.current("h1")["etag"]
+        tasks = [asyncio.create_task(polls.wait_async("h1", since, 30)) for _ in range(200)]
+        while polls.waiting() < 200:
+            await asyncio.sleep(0.01)
+        world.vms["h1"] = ["f--a-0"]
+        await asyncio.to_thread(polls.new_generation)
+        return await asyncio.wait_for(asyncio.gather(*tasks), 20)
+
+    got = asyncio.run(scenario())
+    assert {g["etag"] for g in got} == {polls.current("h1")["etag"]}
+    assert world.asked["h1"] <= 3  # 200 waiters, one state: computed once per generation (+1 racing)
+
+
+def test_the_sync_wait_wakes_on_its_host_and_times_out_otherwise() -> None:
+    world = World()
+    polls = LongPolls(world.desired)
+    since = polls.current("h1")["etag"]
+    assert polls.wait("h1", since, 0.05)["etag"] == since  # nothing moved: the deadline answers
+    result: list[dict[str, Any]] = []
+    waiter = threading.Thread(target=lambda: result.append(polls.wait("h1", since, 30)))
+    waiter.start()
+    while polls.waiting() < 1:
+        threading.Event().wait(0.01)
+    world.vms["h1"] = ["f--a-0"]
+    polls.new_generation()
+    waiter.join(10)
+    assert not waiter.is_alive() and result[0]["vms"] == ["f--a-0"]
