@@ -4,6 +4,7 @@ the file and the field. configs/gatekeeper.example.toml documents each key."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,11 @@ _DATAPLANE = {"transport", "offload"}
 _VARP = {"group", "flood", "hosts", "learn", "ttl", "stale_ttl", "probe_interval", "probe_max",
          "queue_max", "failed_ttl"}
 _METRICS = {"listen"}
+# VARP timers by kind: seconds are positive floats, counts are integers in 1..1000
+_VARP_SECONDS = ("ttl", "stale_ttl", "probe_interval", "failed_ttl")
+_VARP_COUNTS = ("probe_max", "queue_max")
+
+Fail = Callable[[str, str], ConfigError]
 
 
 def load_config(path: str | Path) -> GatekeeperConfig:
@@ -76,33 +82,96 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     def fail(fieldname: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}: {fieldname}: {msg}")
 
-    def table(name: str, allowed: set[str]) -> dict[str, Any]:
-        value = raw.get(name, {})
-        if not isinstance(value, dict):
-            raise fail(name, "must be a table")
-        unknown = set(value) - allowed
-        if unknown:
-            raise fail(f"{name}.{sorted(unknown)[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
-        return value
+    _no_unknown(raw, _TOP, "", fail)
+    _required_strings(raw, ("host", "api_socket"), "", fail)
+    # every table's shape is checked before any table's values: an error names the first bad table
+    underlay = _table(raw, "underlay", _UNDERLAY, fail)
+    dataplane = _table(raw, "dataplane", _DATAPLANE, fail)
+    varp = _table(raw, "varp", _VARP, fail)
+    metrics = _table(raw, "metrics", _METRICS, fail)
+    security = _table(raw, "security", _SECURITY, fail)
+    keys_file, window = _security(security, fail)
+    interface, address, mtu = _underlay(underlay, fail)
+    transport = _choice(dataplane.get("transport", "udp"), ("udp", "raw"), "'udp' or 'raw'",
+                        "dataplane.transport", fail)
+    offload = _flag(dataplane.get("offload", True), "dataplane.offload", fail)
+    group, flood, hosts = _varp_flooding(varp, fail)
+    timers = _varp_timers(varp, fail)
+    learn = _flag(varp.get("learn", True), "varp.learn", fail)
+    listen = metrics.get("listen")
+    if listen is not None and (not isinstance(listen, str) or ":" not in listen):
+        raise fail("metrics.listen", f"{listen!r}, expected 'ADDRESS:PORT'")
+    hypervisor = _hypervisor(_table(raw, "hypervisor", _HYPERVISOR, fail), fail) if "hypervisor" in raw else None
+    manager = _manager(_table(raw, "manager", _MANAGER, fail), fail) if "manager" in raw else None
+    return GatekeeperConfig(
+        host=raw["host"],
+        api_socket=raw["api_socket"],
+        underlay_interface=interface,
+        underlay_address=address,
+        underlay_mtu=mtu,
+        transport=transport,
+        offload=offload,
+        varp_group=group,
+        flood=flood,
+        member_hosts=tuple(hosts),
+        learn=learn,
+        varp_timers=timers,
+        metrics_listen=listen,
+        keys_file=keys_file,
+        varp_auth_window=window,
+        hypervisor=hypervisor,
+        manager=manager,
+    )
 
-    unknown = set(raw) - _TOP
+
+def _no_unknown(value: dict[str, Any], allowed: set[str], prefix: str, fail: Fail) -> None:
+    unknown = set(value) - allowed
     if unknown:
-        raise fail(sorted(unknown)[0], f"unknown key (known: {', '.join(sorted(_TOP))})")
-    for key in ("host", "api_socket"):
-        if not isinstance(raw.get(key), str) or not raw[key]:
-            raise fail(key, "required string")
-    underlay = table("underlay", _UNDERLAY)
-    dataplane = table("dataplane", _DATAPLANE)
-    varp = table("varp", _VARP)
-    metrics = table("metrics", _METRICS)
-    security = table("security", _SECURITY)
+        raise fail(f"{prefix}{sorted(unknown)[0]}", f"unknown key (known: {', '.join(sorted(allowed))})")
+
+
+def _table(raw: dict[str, Any], name: str, allowed: set[str], fail: Fail) -> dict[str, Any]:
+    value = raw.get(name, {})
+    if not isinstance(value, dict):
+        raise fail(name, "must be a table")
+    _no_unknown(value, allowed, f"{name}.", fail)
+    return value
+
+
+def _required_strings(table: dict[str, Any], keys: tuple[str, ...], prefix: str, fail: Fail) -> None:
+    for key in keys:
+        if not isinstance(table.get(key), str) or not table[key]:
+            raise fail(f"{prefix}{key}", "required string")
+
+
+def _flag(value: Any, fieldname: str, fail: Fail) -> bool:
+    if not isinstance(value, bool):
+        raise fail(fieldname, "must be true or false")
+    return value
+
+
+def _choice(value: Any, allowed: tuple[str, ...], expected: str, fieldname: str, fail: Fail) -> str:
+    # a tuple, not a set: `in` then compares, so an unhashable value (a TOML table) is refused, not a TypeError
+    if value not in allowed:
+        raise fail(fieldname, f"{value!r}, expected {expected}")
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)  # TOML true is an int to Python
+
+
+def _security(security: dict[str, Any], fail: Fail) -> tuple[str | None, float]:
     keys_file = security.get("keys_file")
     if keys_file is not None and not isinstance(keys_file, str):
         raise fail("security.keys_file", "must be a path")
     window = security.get("varp_window", 30)
-    if not isinstance(window, int | float) or isinstance(window, bool) or not 0 < window <= 3600:
+    if not _is_number(window) or not 0 < window <= 3600:
         raise fail("security.varp_window", f"{window!r} must be seconds in (0, 3600]")
+    return keys_file, float(window)
 
+
+def _underlay(underlay: dict[str, Any], fail: Fail) -> tuple[str, str, int]:
     if not isinstance(underlay.get("interface"), str):
         raise fail("underlay.interface", "required string (the host's underlay NIC)")
     address = underlay.get("address")
@@ -113,89 +182,64 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     mtu = underlay.get("mtu", 1500)
     if not isinstance(mtu, int) or not 1280 <= mtu <= 65535:
         raise fail("underlay.mtu", f"{mtu!r} is not an MTU between 1280 and 65535")
-    transport = dataplane.get("transport", "udp")
-    if transport not in ("udp", "raw"):
-        raise fail("dataplane.transport", f"{transport!r}, expected 'udp' or 'raw'")
-    offload = dataplane.get("offload", True)
-    if not isinstance(offload, bool):
-        raise fail("dataplane.offload", "must be true or false")
+    return underlay["interface"], str(address), mtu
+
+
+def _varp_flooding(varp: dict[str, Any], fail: Fail) -> tuple[str, str, list[str]]:
     group = varp.get("group", "224.10.0.1")
     try:
         if not ipaddress.IPv4Address(group).is_multicast:
             raise ValueError
     except ValueError:
         raise fail("varp.group", f"{group!r} is not an IPv4 multicast address") from None
-    flood = varp.get("flood", "multicast")
-    if flood not in ("multicast", "members"):
-        raise fail("varp.flood", f"{flood!r}, expected 'multicast' or 'members'")
-    hosts = ipv4_list(varp.get("hosts", []), "varp.hosts", fail)
+    flood = _choice(varp.get("flood", "multicast"), ("multicast", "members"), "'multicast' or 'members'",
+                    "varp.flood", fail)
+    return group, flood, ipv4_list(varp.get("hosts", []), "varp.hosts", fail)
+
+
+def _varp_timers(varp: dict[str, Any], fail: Fail) -> VarpTimers:
     timers: dict[str, Any] = {}
-    for key in ("ttl", "stale_ttl", "probe_interval", "failed_ttl"):
+    for key in _VARP_SECONDS:
         if key in varp:
             v = varp[key]
-            if not isinstance(v, int | float) or isinstance(v, bool) or v <= 0:
+            if not _is_number(v) or v <= 0:
                 raise fail(f"varp.{key}", f"{v!r} must be a positive number of seconds")
             timers[key] = float(v)
-    for key in ("probe_max", "queue_max"):
+    for key in _VARP_COUNTS:
         if key in varp:
             v = varp[key]
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 1000:
                 raise fail(f"varp.{key}", f"{v!r} must be an integer 1..1000")
             timers[key] = v
-    learn = varp.get("learn", True)
-    if not isinstance(learn, bool):
-        raise fail("varp.learn", "must be true or false")
-    listen = metrics.get("listen")
-    if listen is not None and (not isinstance(listen, str) or ":" not in listen):
-        raise fail("metrics.listen", f"{listen!r}, expected 'ADDRESS:PORT'")
-    hypervisor = None
-    if "hypervisor" in raw:
-        hv = table("hypervisor", _HYPERVISOR)
-        for key in ("uri", "kernel", "initrd"):
-            if not isinstance(hv.get(key), str) or not hv[key]:
-                raise fail(f"hypervisor.{key}", "required string")
-        if hv.get("accel", "qemu") not in ("qemu", "kvm"):
-            raise fail("hypervisor.accel", f"{hv.get('accel')!r}, expected 'qemu' (TCG) or 'kvm'")
-        if "migration_uri" in hv:  # the manager accepts only this form (audit R20): say so at startup
-            if not isinstance(hv["migration_uri"], str):
-                raise fail("hypervisor.migration_uri", f"{hv['migration_uri']!r}, expected a libvirt URI such as "
-                           "'qemu+tcp://10.99.0.11/system'")
-            try:
-                libvirturi.check(hv["migration_uri"])
-            except libvirturi.MigrationUriError as e:
-                raise fail("hypervisor.migration_uri", str(e)) from None
-        hypervisor = HypervisorConfig(hv["uri"], hv["kernel"], hv["initrd"], hv.get("accel", "qemu"),
-                                      hv.get("console_dir"), hv.get("migration_uri"))
-    manager = None
-    if "manager" in raw:
-        mg = table("manager", _MANAGER)
-        for key in ("url", "ca", "cert", "key"):
-            if not isinstance(mg.get(key), str) or not mg[key]:
-                raise fail(f"manager.{key}", "required string")
-        for key in ("vcpus", "memory_mib"):
-            if not isinstance(mg.get(key), int) or mg[key] <= 0:
-                raise fail(f"manager.{key}", "required positive integer (the capacity this host offers)")
-        manager = ManagerConfig(mg["url"], mg["ca"], mg["cert"], mg["key"], mg["vcpus"], mg["memory_mib"],
-                                float(mg.get("interval", 2.0)))
-    return GatekeeperConfig(
-        host=raw["host"],
-        api_socket=raw["api_socket"],
-        underlay_interface=underlay["interface"],
-        underlay_address=str(address),
-        underlay_mtu=mtu,
-        transport=transport,
-        offload=offload,
-        varp_group=group,
-        flood=flood,
-        member_hosts=tuple(hosts),
-        learn=learn,
-        varp_timers=VarpTimers(**timers),
-        metrics_listen=listen,
-        keys_file=keys_file,
-        varp_auth_window=float(window),
-        hypervisor=hypervisor,
-        manager=manager,
-    )
+    return VarpTimers(**timers)
+
+
+def _hypervisor(hv: dict[str, Any], fail: Fail) -> HypervisorConfig:
+    _required_strings(hv, ("uri", "kernel", "initrd"), "hypervisor.", fail)
+    accel = _choice(hv.get("accel", "qemu"), ("qemu", "kvm"), "'qemu' (TCG) or 'kvm'", "hypervisor.accel", fail)
+    if "migration_uri" in hv:  # the manager accepts only this form (audit R20): say so at startup
+        _migration_uri(hv["migration_uri"], fail)
+    return HypervisorConfig(hv["uri"], hv["kernel"], hv["initrd"], accel, hv.get("console_dir"),
+                            hv.get("migration_uri"))
+
+
+def _migration_uri(uri: Any, fail: Fail) -> None:
+    if not isinstance(uri, str):
+        raise fail("hypervisor.migration_uri", f"{uri!r}, expected a libvirt URI such as "
+                   "'qemu+tcp://10.99.0.11/system'")
+    try:
+        libvirturi.check(uri)
+    except libvirturi.MigrationUriError as e:
+        raise fail("hypervisor.migration_uri", str(e)) from None
+
+
+def _manager(mg: dict[str, Any], fail: Fail) -> ManagerConfig:
+    _required_strings(mg, ("url", "ca", "cert", "key"), "manager.", fail)
+    for key in ("vcpus", "memory_mib"):
+        if not isinstance(mg.get(key), int) or mg[key] <= 0:
+            raise fail(f"manager.{key}", "required positive integer (the capacity this host offers)")
+    return ManagerConfig(mg["url"], mg["ca"], mg["cert"], mg["key"], mg["vcpus"], mg["memory_mib"],
+                         float(mg.get("interval", 2.0)))
 
 
 def load_keys(path: str | Path) -> dict[int, VnetKeys]:
