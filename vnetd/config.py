@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,22 +49,12 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> VnetdConfig:
         ipaddress.IPv4Address(raw["address"])
     except ValueError:
         raise fail("address", f"{raw['address']!r} is not an IPv4 address") from None
-    try:
-        key = bytes.fromhex(raw["key"])
-    except ValueError:
-        raise fail("key", "must be hex") from None
-    if len(key) < 16:
-        raise fail("key", f"{len(key)} bytes; the relay key needs at least 16")
+    key = _relay_key(raw["key"], fail)
     peers = ipv4_list(raw.get("peers", []), "peers", fail)
     ports = raw.get("ports", [1798, 4500])
     if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
         raise fail("ports", "must be a list of UDP ports")
-    group = raw.get("group", "224.10.0.1")
-    try:
-        if not ipaddress.IPv4Address(group).is_multicast:
-            raise ValueError
-    except ValueError:
-        raise fail("group", f"{group!r} is not an IPv4 multicast address") from None
+    group = _multicast_group(raw.get("group", "224.10.0.1"), fail)
     hello = raw.get("hello_interval", 1.0)
     if not isinstance(hello, int | float) or isinstance(hello, bool) or not 0.05 <= hello <= 60:
         raise fail("hello_interval", "seconds between 0.05 and 60")
@@ -71,3 +62,22 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> VnetdConfig:
     listen = metrics.get("listen") if isinstance(metrics, dict) else None
     return VnetdConfig(raw["name"], raw["address"], raw["interface"], raw["api_socket"], key,
                        int(raw.get("key_id", 1)), group, tuple(ports), tuple(peers), float(hello), listen)
+
+
+def _relay_key(text: str, fail: Callable[[str, str], ConfigError]) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise fail("key", "must be hex") from None
+    if len(key) < 16:
+        raise fail("key", f"{len(key)} bytes; the relay key needs at least 16")
+    return key
+
+
+def _multicast_group(group: Any, fail: Callable[[str, str], ConfigError]) -> Any:
+    try:
+        if not ipaddress.IPv4Address(group).is_multicast:
+            raise ValueError
+    except ValueError:
+        raise fail("group", f"{group!r} is not an IPv4 multicast address") from None
+    return group
