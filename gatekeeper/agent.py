@@ -53,12 +53,13 @@ async def run(config_path: str) -> None:
 
     async def manager_loop() -> None:
         assert config.manager is not None
-        from gatekeeper.manager_client import ManagerClient
+        from gatekeeper.manager_link import ManagerLink
+        from gatekeeper.reconciler import Reconciler
 
         mc = config.manager
-        client = ManagerClient(mc.url, mc.ca, mc.cert, mc.key, config.host, service, vms, mc.vcpus, mc.memory_mib,
-                               state_file.with_name("gatekeeper-managed.json"),
-                               config.hypervisor.migration_uri if config.hypervisor else None)
+        client = Reconciler(ManagerLink.mutual_tls(mc.url, mc.ca, mc.cert, mc.key), config.host, service, vms, mc.vcpus,
+                            mc.memory_mib, state_file.with_name("gatekeeper-managed.json"),
+                            config.hypervisor.migration_uri if config.hypervisor else None)
         while True:  # each round waits for a change of what to run, or the interval, on the manager
             wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
             try:

@@ -12,7 +12,8 @@ import pytest
 
 from gatekeeper.converge import Here, converge, settle_recovered
 from gatekeeper.hypervisor.driver import Hypervisor, HypervisorError, MigrationOutcomeUnknown
-from gatekeeper.manager_client import GRACEFUL_STOP_S, ManagerClient
+from gatekeeper.migrations import Migrations
+from gatekeeper.reconciler import GRACEFUL_STOP_S, Reconciler
 
 XML = """<domain><name>{name}</name><devices><interface type='bridge'><source bridge='vnbr5'/>
 <mac address='52:54:00:00:00:01'/><target dev='vnet0'/></interface></devices></domain>"""
@@ -135,32 +136,30 @@ class FakeVms:
         self.hv = hv
 
 
-def client(hv: Hypervisor) -> ManagerClient:
-    """A ManagerClient without its TLS connection: only the VM bookkeeping is exercised."""
-    c = ManagerClient.__new__(ManagerClient)
+def client(hv: Hypervisor) -> Reconciler:
+    """A Reconciler without its link to the manager: only the VM bookkeeping is exercised."""
+    c = Reconciler.__new__(Reconciler)
     c.vms = FakeVms(hv)  # type: ignore[assignment]
-    c.migrations, c.departed, c._local_seen, c._stopping = {}, {}, set(), {}
-    import threading
-
-    c._lock = threading.Lock()
+    c.migrations = Migrations(c.vms)
+    c._stopping = {}
     return c
 
 
 def test_r12_departures_are_kept_until_the_manager_stops_listing_the_vm_not_for_a_while() -> None:
     hv, _ = hypervisor()
-    c = client(hv)
-    c.migrations["demo--db-0"] = {"attempt": "a1", "to": "h2", "state": "unknown", "ended": 0.0}
-    c.migrations["demo--web-0"] = {"attempt": "a2", "to": "h3", "state": "failed", "ended": 0.0}
-    assert c._departures({"demo--db-0", "demo--web-0"}) == {"demo--db-0": "a1"}  # failed: still here
-    del c.migrations["demo--db-0"]
-    assert c._departures({"demo--db-0"}) == {"demo--db-0": "a1"}  # however long ago (no timer)
-    assert c._departures(set()) == {}  # the manager took note of the move: forgotten
+    c = Migrations(FakeVms(hv))  # type: ignore[arg-type]
+    c.outgoing["demo--db-0"] = {"attempt": "a1", "to": "h2", "state": "unknown", "ended": 0.0}
+    c.outgoing["demo--web-0"] = {"attempt": "a2", "to": "h3", "state": "failed", "ended": 0.0}
+    assert c.departures({"demo--db-0", "demo--web-0"}) == {"demo--db-0": "a1"}  # failed: still here
+    del c.outgoing["demo--db-0"]
+    assert c.departures({"demo--db-0"}) == {"demo--db-0": "a1"}  # however long ago (no timer)
+    assert c.departures(set()) == {}  # the manager took note of the move: forgotten
     # Moved through the local API, behind the manager's back: remembered just the same, once.
     hv.migrations["demo--web-1"] = {"name": "demo--web-1", "dest": "qemu+tcp://10.99.0.13/system",
                                     "state": "completed", "started": 5.0}
-    assert c._departures({"demo--web-1"}) == {"demo--web-1": "local-5"}
+    assert c.departures({"demo--web-1"}) == {"demo--web-1": "local-5"}
     assert c.departed["demo--web-1"]["to"] == "qemu+tcp://10.99.0.13/system"
-    assert c._departures(set()) == {} and c._departures({"demo--web-1"}) == {}  # a later start here is fine
+    assert c.departures(set()) == {} and c.departures({"demo--web-1"}) == {}  # a later start here is fine
 
 
 # --- R20: the source dials nothing but an allowed migration URI --------------------------------
@@ -195,7 +194,7 @@ def test_r27_a_vm_the_manager_ran_here_is_stopped_gracefully_and_destroyed_after
     hv, _ = hypervisor(dom)
     c = client(hv)
     clock = [100.0]
-    monkeypatch.setattr("gatekeeper.manager_client.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("gatekeeper.reconciler.time.monotonic", lambda: clock[0])
     c._stop("demo--db-0", force=False)
     assert dom.calls == ["shutdown"]  # ACPI, and the sync loop goes on
     clock[0] += GRACEFUL_STOP_S / 2
@@ -233,12 +232,12 @@ def test_r27_a_vnet_stays_while_a_vm_on_it_shuts_down_gracefully() -> None:
 
 
 def test_r5_a_stray_copy_destroyed_here_is_said_in_the_reports_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
-    from gatekeeper.manager_client import STRAY_NOTED_S, STRAYS_KEPT
+    from gatekeeper.reconciler import STRAY_NOTED_S, STRAYS_KEPT
 
     hv, _ = hypervisor()
     c = client(hv)
     clock = [1000.0]
-    monkeypatch.setattr("gatekeeper.manager_client.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("gatekeeper.reconciler.time.monotonic", lambda: clock[0])
     c._strays = {f"demo--web-{i}": 1000.0 - i for i in range(STRAYS_KEPT + 5)}
     c.notes = []
     c._note_strays()
@@ -247,3 +246,13 @@ def test_r5_a_stray_copy_destroyed_here_is_said_in_the_reports_for_a_while(monke
     c.notes = []
     c._note_strays()
     assert c.notes == [] and c._strays == {}
+
+
+def test_finished_attempts_are_forgotten_once_the_manager_stops_listing_the_vm_copying_ones_never() -> None:
+    hv, _ = hypervisor()
+    moves = Migrations(FakeVms(hv))  # type: ignore[arg-type]
+    moves.outgoing = {"demo--db-0": {"attempt": "a1", "state": "completed"},
+                      "demo--web-0": {"attempt": "a2", "state": "copying"},
+                      "demo--web-1": {"attempt": "a3", "state": "failed"}}
+    assert moves.forget({"demo--web-1"}) == {"demo--web-0": "a2", "demo--web-1": "a3"}
+    assert set(moves.outgoing) == {"demo--web-0", "demo--web-1"}

@@ -209,15 +209,16 @@ def test_health_says_dead_when_nothing_will_restart_the_worker() -> None:
 def test_r2_host_report_is_degraded_while_a_worker_is_down(fwd: Forwarder, monkeypatch: pytest.MonkeyPatch) -> None:
     """The audit: the gatekeeper kept reporting `ready` with a dead receive thread. Now the report
     says `degraded` and which worker, in a shape the manager accepts."""
-    from gatekeeper.manager_client import ManagerClient
+    from gatekeeper.migrations import Migrations
+    from gatekeeper.reconciler import Reconciler
     from softudc.manager.reports import report_problems
 
     monkeypatch.setattr(fwd, "_udp_loop", lambda: None)  # ends at once, again and again
     fwd.supervisor.halt()  # and nothing restarts it
     fwd.start()
-    client: Any = object.__new__(ManagerClient)
-    client.__dict__.update(capacity={"vcpus": 2, "memory_mib": 1024}, _lock=threading.Lock(), migrations={},
-                           vms=None, errors=[], notes=[], arrivals={}, desired={}, departed={},
+    client: Any = object.__new__(Reconciler)
+    client.__dict__.update(capacity={"vcpus": 2, "memory_mib": 1024}, migrations=Migrations(None),
+                           vms=None, errors=[], notes=[], desired={},
                            vnets=SimpleNamespace(forwarder=fwd, list_vnets=lambda: []))
     assert wait_for(lambda: fwd.health()["workers"]["fwd-udp"] == "dead")
     report = client.report([])

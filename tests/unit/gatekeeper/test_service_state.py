@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.config import GatekeeperConfig
-from gatekeeper.manager_client import ManagerClient
+from gatekeeper.reconciler import Reconciler
 from gatekeeper.vnet import service as service_module
 from gatekeeper.vnet import varp_auth as varp_auth_module
 from gatekeeper.vnet.esp_sa import SecurityAssociations
@@ -82,7 +82,7 @@ def test_r22_the_state_file_is_written_whole_0600_and_no_temporary_file_is_left(
 def test_r22_a_corrupt_managed_vnets_file_is_moved_aside(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     state = tmp_path / "managed.json"
     state.write_bytes(b'{"managed_vnets": [2, ')
-    client = object.__new__(ManagerClient)
+    client = object.__new__(Reconciler)
     client.state_file = state
     with caplog.at_level(logging.WARNING, logger="gatekeeper.manager"):
         assert client._load_managed() == set()

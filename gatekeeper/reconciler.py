@@ -1,25 +1,22 @@
 """The gatekeeper's side of the manager: report this host, fetch what it should run, converge.
-Everything over mutual TLS with the certificate the host got when it joined.
+The calls go over the `ManagerLink` (mutual TLS with the certificate the host got when it joined);
+the host side of migrations is `gatekeeper.migrations`.
 
 What it created for the manager (VNET ids) is kept in a small file next to the gatekeeper's
 state, so a restarted gatekeeper still removes them when the manager stops wanting them.
-Migrations run on their own threads; their progress and outcome go out with every report.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
-import ssl
-import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from gatekeeper.converge import MANAGED, Here, converge, recover_migrations, settle_recovered
-from gatekeeper.hypervisor.driver import MigrationOutcomeUnknown
+from gatekeeper.converge import MANAGED, Here, converge
+from gatekeeper.manager_link import ManagerLink
+from gatekeeper.migrations import Migrations
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
 from softudc.atomicfile import move_aside, write_atomic
@@ -27,17 +24,12 @@ from softudc.atomicfile import move_aside, write_atomic
 log = logging.getLogger("gatekeeper.manager")
 GRACEFUL_STOP_S = 10.0  # a VM asked to power off (ACPI) is destroyed after this (R27b)
 STRAY_NOTED_S, STRAYS_KEPT = 60.0, 20
-LEFT = ("completed", "unknown")  # outgoing migrations after which the VM may run at the destination
 
 
-class ManagerClient:
-    def __init__(self, url: str, ca: str, cert: str, key: str, host: str, vnets: VnetService,
-                 vms: VmService | None, vcpus: int, memory_mib: int, state_file: Path | None = None,
-                 migration_uri: str | None = None) -> None:
-        u = urlparse(url)
-        self.address, self.port = u.hostname or "127.0.0.1", u.port or 8443
-        self.ctx = ssl.create_default_context(cafile=ca)
-        self.ctx.load_cert_chain(cert, key)
+class Reconciler:
+    def __init__(self, link: ManagerLink, host: str, vnets: VnetService, vms: VmService | None, vcpus: int,
+                 memory_mib: int, state_file: Path | None = None, migration_uri: str | None = None) -> None:
+        self.link = link
         self.host = host
         self.vnets, self.vms = vnets, vms
         self.capacity: dict[str, Any] = {"vcpus": vcpus, "memory_mib": memory_mib}
@@ -50,16 +42,10 @@ class ManagerClient:
         self.managed_vnets: set[int] = self._load_managed()
         self.errors: list[str] = []
         self.notes: list[str] = []  # what is kept on purpose, worth knowing
-        self.migrations: dict[str, dict[str, Any]] = {}  # VM -> the latest outgoing attempt
-        self.arrivals: dict[str, dict[str, Any]] = {}  # VM -> libvirt's record of its incoming migration
-        # VMs that left by migration, not to be started here again without the manager's word (R12):
-        # VM -> {attempt, to, ended}; kept while the manager lists the VM here (bounded by that list).
-        self.departed: dict[str, dict[str, Any]] = {}
-        self._local_seen: set[tuple[str, float]] = set()  # local-API migrations already looked at
+        self.migrations = Migrations(vms)
         self._told: set[str] = set()  # VMs the manager listed here (stopped gracefully when it stops)
         self._stopping: dict[str, float] = {}  # VM -> when a graceful stop gives way to destroy
         self._strays: dict[str, float] = {}  # VM never told to run here -> when it was destroyed (noted)
-        self._lock = threading.Lock()
         self.desired: dict[str, Any] = {}
 
     def _load_managed(self) -> set[int]:
@@ -79,42 +65,24 @@ class ManagerClient:
         if self.state_file is not None:
             write_atomic(self.state_file, json.dumps({"managed_vnets": sorted(self.managed_vnets)}).encode())
 
-    def _call(self, method: str, path: str, body: Any = None, timeout: float = 10.0) -> Any:
-        conn = http.client.HTTPSConnection(self.address, self.port, context=self.ctx, timeout=timeout)
-        try:
-            conn.request(method, path, body=None if body is None else json.dumps(body),
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            data = json.loads(r.read() or b"null")
-        finally:
-            conn.close()
-        if r.status != 200:
-            raise RuntimeError(f"manager: {method} {path}: {r.status} {data.get('error') if data else ''}")
-        return data
-
     def busy(self) -> bool:
         """A migration is being handed over (sync more often: each side waits on the other)."""
         return any(v.get("incoming") or v.get("outgoing") or v.get("migrate_to") for v in self.desired.get("vms", []))
 
     def report(self, vms_here: list[dict[str, Any]]) -> dict[str, Any]:
         running = [v["name"] for v in vms_here if MANAGED in v["name"] and v["state"] == "running"]
-        with self._lock:
-            migrations = {n: dict(j) for n, j in self.migrations.items()}
-        for name, job in migrations.items():
-            if job["state"] == "copying" and self.vms is not None:
-                progress = self.vms.hv.job(name)
-                job.update({k: progress[k] for k in ("data_total", "data_processed") if progress.get(k)})
+        moves = self.migrations
         # Never "ready" while a forwarding thread is down (audit R2); `dataplane` says which one.
         dataplane = self.vnets.forwarder.health()
         return {**self.capacity, "state": "ready" if dataplane["healthy"] else "degraded", "dataplane": dataplane,
                 "running": running, "errors": self.errors[-5:],
                 "notes": self.notes[-5:],
                 "sizes": {v["name"]: [v.get("vcpus"), v.get("memory_mib")] for v in vms_here if MANAGED in v["name"]},
-                "migrations": migrations, "arrivals": dict(self.arrivals), "prepared": self._prepared(),
+                "migrations": moves.snapshot(), "arrivals": dict(moves.arrivals), "prepared": self._prepared(),
                 "vnets": sorted(self.vnets.forwarder.vnets),  # carried here: a member of each (audit R18)
                 "departed": {n: {"attempt": d["attempt"], "to": d["to"],
                                  "ago_s": round(max(time.monotonic() - d["ended"], 0.0), 1)}
-                             for n, d in self.departed.items()}}
+                             for n, d in moves.departed.items()}}
 
     def _prepared(self) -> list[str]:
         """Incoming VMs whose VNETs exist here: the source may start migrating them."""
@@ -126,21 +94,18 @@ class ManagerClient:
         """One round: report, fetch what to run (waiting up to `wait` seconds for it to change: the
         manager answers at once when it does), converge. Returns what was done (for the log)."""
         vms_here = self.vms.hv.domains() if self.vms else []
-        self._note_arrivals(self.desired, vms_here)
-        self._call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
+        self.migrations.note_arrivals(self.desired, vms_here)
+        self.link.call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
         etag = self.desired.get("etag", "")
-        desired = self.desired = self._call("GET", f"/v1/hosts/{self.host}/desired?since={etag}&wait={wait:g}",
-                                            timeout=wait + 10)
+        desired = self.desired = self.link.call("GET", f"/v1/hosts/{self.host}/desired?since={etag}&wait={wait:g}",
+                                                wait=wait)
         if desired.get("etag") == etag and wait > 0:
             vms_here = self.vms.hv.domains() if self.vms else []  # what changed here while it waited
-        with self._lock:
-            wanted = {v["name"] for v in desired.get("vms", [])}
-            for name in [n for n, j in self.migrations.items() if n not in wanted and j["state"] != "copying"]:
-                del self.migrations[name]  # the manager has taken note; forget it
-            attempts = {n: j["attempt"] for n, j in self.migrations.items()}
+        wanted = {v["name"] for v in desired.get("vms", [])}
+        attempts = self.migrations.forget(wanted)
         if self.vms is not None:
-            self._follow_recovered(desired, vms_here, attempts)
-        departed = self._departures(wanted)
+            self.migrations.follow_recovered(desired, vms_here, attempts)
+        departed = self.migrations.departures(wanted)
         on_host = {v["name"] for v in vms_here}
         self._told = (self._told | wanted) & (on_host | wanted)
         self._stopping = {n: t for n, t in self._stopping.items() if n in on_host and n not in wanted}
@@ -149,11 +114,17 @@ class ManagerClient:
                     {v["vnet"]: v.get("ports", []) for v in vnets_here},
                     {v["vnet"]: v for v in vnets_here if v["vnet"] in self.managed_vnets},
                     self.vnets.config.underlay_address, told=set(self._told))
-        done = []
         self.errors, self.notes = [], []
+        done = self._converge(desired, here)
+        self._note_strays()
+        return done
+
+    def _converge(self, desired: dict[str, Any], here: Here) -> list[str]:
+        """Carry out converge's actions; what failed or was held goes to the errors and notes."""
+        done = []
         for action in converge(desired, here):
             if action.op == "vm.hold":
-                left = self.departed.get(action.args["name"], {})
+                left = self.migrations.departed.get(action.args["name"], {})
                 self.errors.append(f"vm.start {action.args['name']}: not restarted: it left this host by migration "
                                    f"to {left.get('to')} (attempt {action.args['attempt']}); the manager restarts it "
                                    "here once that host has reported holding no copy")
@@ -168,7 +139,6 @@ class ManagerClient:
             except Exception as e:
                 self.errors.append(f"{action}: {e}")
                 log.warning("%s failed: %s", action, e)
-        self._note_strays()
         return done
 
     def _note_strays(self) -> None:
@@ -179,64 +149,6 @@ class ManagerClient:
         self._strays = {n: t for t, n in recent}
         self.notes.extend(f"{n} ran here though the manager never told this host to run it; destroyed "
                           f"{now - t:.0f} s ago" for t, n in recent)
-
-    def _departures(self, wanted: set[str]) -> dict[str, str]:
-        """VMs that left this host by migration (through the manager, or the local API) and may run
-        elsewhere: VM -> attempt. Forgotten once the manager no longer lists the VM here (it took
-        note of the move), never after a while: a timer cannot tell that no copy runs elsewhere."""
-        with self._lock:
-            for name, job in self.migrations.items():
-                if job["state"] in LEFT and name not in self.departed:
-                    self.departed[name] = {"attempt": job["attempt"], "to": job["to"],
-                                           "ended": job.get("ended", time.monotonic())}
-        if self.vms is not None:
-            local = {(n, float(j.get("started", 0))): j for n, j in list(self.vms.hv.migrations.items())}
-            for (name, started), job in local.items():
-                if (name, started) in self._local_seen or job.get("state") not in LEFT:
-                    continue
-                self._local_seen.add((name, started))
-                if name not in self.migrations and name not in self.departed:  # behind the manager's back
-                    self.departed[name] = {"attempt": f"local-{started:.0f}", "to": job.get("dest"),
-                                           "ended": time.monotonic()}
-            self._local_seen &= set(local)
-        self.departed = {n: d for n, d in self.departed.items() if n in wanted}
-        return {n: str(d["attempt"]) for n, d in self.departed.items()}
-
-    def _follow_recovered(self, desired: dict[str, Any], vms_here: list[dict[str, Any]],
-                          attempts: dict[str, str]) -> None:
-        """Migrations libvirt carried on while this gatekeeper restarted: followed, not restarted."""
-        assert self.vms is not None
-        wants = [v for v in desired.get("vms", []) if v.get("migrate_to")]
-        recovered = [n for n, j in self.migrations.items() if j.get("recovered") and j["state"] == "copying"]
-        if not wants and not recovered:
-            return
-        active = self.vms.hv.migrating()
-        here_names = {v["name"] for v in vms_here}
-        running_here = {v["name"] for v in vms_here if v["state"] == "running"}
-        with self._lock:
-            for name, attempt in recover_migrations(desired, Here([], vms_here, attempts=attempts), active).items():
-                to = next(v["migrate_to"]["host"] for v in wants if v["name"] == name)
-                self.migrations[name] = {"attempt": attempt, "to": to, "state": "copying", "recovered": True,
-                                         "started": time.time()}
-                attempts[name] = attempt
-                log.info("following the migration of %s to %s that was running before this restart", name, to)
-            for name in recovered:
-                outcome = settle_recovered(self.migrations[name], name in running_here, name in active,
-                                           present=name in here_names)
-                if outcome:
-                    self.migrations[name].update(outcome, ended=time.monotonic())
-
-    def _note_arrivals(self, desired: dict[str, Any], vms_here: list[dict[str, Any]]) -> None:
-        """For VMs arriving here by migration: libvirt's record (downtime), reported once running."""
-        running = {v["name"] for v in vms_here if v["state"] == "running"}
-        incoming = {v["name"] for v in desired.get("vms", []) if v.get("incoming")}
-        self.arrivals = {n: a for n, a in self.arrivals.items() if n in incoming}
-        for name in incoming & running:
-            if name not in self.arrivals and self.vms is not None:
-                try:
-                    self.arrivals[name] = self.vms.hv.completed_job(name)
-                except Exception as e:  # the record is a nicety; the VM runs either way
-                    self.arrivals[name] = {"error": str(e)}
 
     def _apply(self, op: str, args: dict[str, Any], desired: dict[str, Any]) -> None:
         if op in ("vnet.create", "vnet.update", "vnet.recreate"):
@@ -258,13 +170,13 @@ class ManagerClient:
             raise RuntimeError("this host has no hypervisor configured ([hypervisor] in the gatekeeper's config)")
         elif op == "vm.start":
             self.vms.start(args["name"], args["nics"], args["vcpus"], args["memory_mib"])
-            self.departed.pop(args["name"], None)  # converge starts a departed VM only on the manager's word
+            self.migrations.departed.pop(args["name"], None)  # converge starts a departed VM only on the manager's word
         elif op == "vm.stop":
             self._stop(args["name"], bool(args.get("force", True)))
             if args.get("force", True):  # reports say so for a while: the admin hears of a stray copy (R5)
                 self._strays[args["name"]] = time.monotonic()
         elif op == "vm.migrate":
-            self._start_migration(args)
+            self.migrations.start(args)
 
     def _stop(self, name: str, force: bool) -> None:
         """Destroy at once (force), or power off gracefully across sync rounds: ACPI first, destroy
@@ -281,27 +193,3 @@ class ManagerClient:
             return
         hv.stop(name, force=True)  # powered off: undefine it
         self._stopping.pop(name, None)
-
-    def _start_migration(self, args: dict[str, Any]) -> None:
-        name = args["name"]
-        job = {"attempt": args["attempt"], "to": args["host"], "state": "copying", "started": time.time()}
-        with self._lock:
-            self.migrations[name] = job
-        assert self.vms is not None
-        vms = self.vms
-
-        def run() -> None:
-            try:
-                result = vms.migrate(name, args["uri"], int(args.get("bandwidth_mib", 0)),
-                                    int(args.get("downtime_ms", 0)))
-                update = {"state": "completed", "wall_ms": result.get("wall_ms")}
-            except MigrationOutcomeUnknown as e:  # it may run at the destination: never restart it blindly
-                update = {"state": "unknown", "error": str(e)}
-                log.warning("migration of %s to %s: %s", name, args["host"], e)
-            except Exception as e:
-                update = {"state": "failed", "error": str(e)}
-                log.warning("migration of %s to %s failed: %s", name, args["host"], e)
-            with self._lock:
-                job.update(update, ended=time.monotonic())
-
-        threading.Thread(target=run, name=f"migrate-{name}", daemon=True).start()
