@@ -76,38 +76,85 @@ def _order(requests: list[Request]) -> list[Request]:
 def place(hosts: list[Host], requests: list[Request], groups: list[Group] | None = None,
           cpu_ratio: float = 4.0, mem_ratio: float = 1.0) -> Plan:
     """Place `requests` on `hosts` (whose usage is updated) and return the plan."""
-    gmap = {g.name: g for g in groups or []}
-    plan = Plan()
-    heap = [(-_score(h, cpu_ratio, mem_ratio), i) for i, h in enumerate(hosts) if h.state == "ready"]
-    heapq.heapify(heap)
-    affinity_host: dict[str, int] = {}
+    spread = _Spread(hosts, {g.name: g for g in groups or []}, cpu_ratio, mem_ratio)
     for r in _order(requests):
-        g = gmap.get(r.group) if r.group else None
-        if g is not None and g.policy in ("affinity", "soft-affinity") and g.name in affinity_host:
-            i = affinity_host[g.name]
-            h = hosts[i]
-            why = _why_not(h, r, gmap, cpu_ratio, mem_ratio)
-            if why is None:
-                charge(h, r)
-                plan.steps.append(Placement(r.name, h.name, f"affinity {g.name}: with the group on {h.name}",
-                                            _score(h, cpu_ratio, mem_ratio)))
-                heapq.heappush(heap, (-_score(h, cpu_ratio, mem_ratio), i))  # stale entries are skipped
-                continue
-            if g.policy == "affinity":
-                plan.unplaced[r.name] = [f"affinity group {g.name} is on {h.name}, which has no room: {why}"]
-                continue
+        spread.place(r)
+    return spread.plan
+
+
+class _Spread:
+    """`place`'s state from one request to the next: the hosts' score heap, the plan so far and
+    the host each affinity group went to."""
+
+    def __init__(self, hosts: list[Host], gmap: dict[str, Group], cpu_ratio: float, mem_ratio: float) -> None:
+        self.hosts = hosts
+        self.gmap = gmap
+        self.cpu_ratio = cpu_ratio
+        self.mem_ratio = mem_ratio
+        self.plan = Plan()
+        self.heap = [(-self.score(h), i) for i, h in enumerate(hosts) if h.state == "ready"]
+        heapq.heapify(self.heap)
+        self.affinity_host: dict[str, int] = {}
+
+    def score(self, h: Host) -> float:
+        return _score(h, self.cpu_ratio, self.mem_ratio)
+
+    def why_not(self, h: Host, r: Request) -> str | None:
+        return _why_not(h, r, self.gmap, self.cpu_ratio, self.mem_ratio)
+
+    def place(self, r: Request) -> None:
+        g = self.gmap.get(r.group) if r.group else None
+        if (g is not None and g.policy in ("affinity", "soft-affinity") and g.name in self.affinity_host
+                and self._follow_group(r, g)):
+            return
+        chosen = self._pick(r, g)
+        if chosen is None:
+            self.plan.unplaced[r.name] = _explain(self.hosts, r, self.gmap, self.cpu_ratio, self.mem_ratio)
+            return
+        h = self.hosts[chosen]
+        before = self.score(h)
+        charge(h, r)
+        reason = f"most free capacity ({before:.0%})"
+        if g is not None:
+            reason += f", {g.policy} {g.name}"
+            if g.policy in ("affinity", "soft-affinity"):
+                self.affinity_host[g.name] = chosen
+        self.plan.steps.append(Placement(r.name, h.name, reason, self.score(h)))
+        heapq.heappush(self.heap, (-self.score(h), chosen))
+
+    def _follow_group(self, r: Request, g: Group) -> bool:
+        """`r` placed on its affinity group's host, or refused there (hard affinity): True; False
+        when a soft-affinity request may go elsewhere instead."""
+        i = self.affinity_host[g.name]
+        h = self.hosts[i]
+        why = self.why_not(h, r)
+        if why is None:
+            charge(h, r)
+            self.plan.steps.append(Placement(r.name, h.name, f"affinity {g.name}: with the group on {h.name}",
+                                             self.score(h)))
+            heapq.heappush(self.heap, (-self.score(h), i))  # stale entries are skipped
+            return True
+        if g.policy == "affinity":
+            self.plan.unplaced[r.name] = [f"affinity group {g.name} is on {h.name}, which has no room: {why}"]
+            return True
+        return False
+
+    def _pick(self, r: Request, g: Group | None) -> int | None:
+        """The best-scored host `r` fits on, popped from the heap; the hosts passed over go back."""
         chosen: int | None = None
         skipped: list[tuple[float, int]] = []
         soft_fallback: tuple[float, int] | None = None
-        while heap:
-            neg, i = heapq.heappop(heap)
-            h = hosts[i]
-            if neg != -_score(h, cpu_ratio, mem_ratio):  # stale entry: the host changed since
+        avoid = g.name if g is not None and g.policy == "soft-anti-affinity" else None
+        while self.heap:
+            neg, i = heapq.heappop(self.heap)
+            h = self.hosts[i]
+            if neg != -self.score(h):  # stale entry: the host changed since
                 continue
-            if _why_not(h, r, gmap, cpu_ratio, mem_ratio) is not None:
+            if self.why_not(h, r) is not None:
                 skipped.append((neg, i))  # full for this request, or its group rules it out
                 continue
-            if g is not None and g.policy == "soft-anti-affinity" and h.groups.get(g.name, 0) > 0:
+            if avoid is not None and h.groups.get(avoid, 0) > 0:
+                # a member is here already: remember the best such host, look on a little further
                 if soft_fallback is None:
                     soft_fallback = (neg, i)
                 else:
@@ -117,26 +164,19 @@ def place(hosts: list[Host], requests: list[Request], groups: list[Group] | None
                 break
             chosen = i
             break
+        return self._put_back(chosen, soft_fallback, skipped)
+
+    def _put_back(self, chosen: int | None, soft_fallback: tuple[float, int] | None,
+                  skipped: list[tuple[float, int]]) -> int | None:
+        """The host `_pick` settles on (the soft-anti-affinity fallback when nothing better fit);
+        every other host it popped goes back on the heap."""
         if chosen is None and soft_fallback is not None:
             chosen = soft_fallback[1]
         elif soft_fallback is not None:
             skipped.append(soft_fallback)
         for item in skipped:
-            heapq.heappush(heap, item)
-        if chosen is None:
-            plan.unplaced[r.name] = _explain(hosts, r, gmap, cpu_ratio, mem_ratio)
-            continue
-        h = hosts[chosen]
-        before = _score(h, cpu_ratio, mem_ratio)
-        charge(h, r)
-        reason = f"most free capacity ({before:.0%})"
-        if g is not None:
-            reason += f", {g.policy} {g.name}"
-            if g.policy in ("affinity", "soft-affinity"):
-                affinity_host[g.name] = chosen
-        plan.steps.append(Placement(r.name, h.name, reason, _score(h, cpu_ratio, mem_ratio)))
-        heapq.heappush(heap, (-_score(h, cpu_ratio, mem_ratio), chosen))
-    return plan
+            heapq.heappush(self.heap, item)
+        return chosen
 
 
 class _MaxTree:
