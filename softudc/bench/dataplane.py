@@ -19,11 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatekeeper.client import GatekeeperClient
 from softudc.bench import measure
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.shell import ip
+from softudc.localapi import LocalApiClient
 
 DESIGNS = ["underlay", "vxlan", "openvpn", "openvpn_gcm", "ours_udp", "ours_raw", "ours_esp"]
 GUEST_A, GUEST_B = "10.20.0.1", "10.20.0.2"
@@ -116,7 +116,7 @@ def setup_ours(lab: Lab, security: str = "none") -> Path:
     if security != "none":
         extra = {"security": security, "keys": {"send_epoch": 1, "secrets": {"1": secrets.token_hex(32)}}}
     for h in lab.hosts:
-        info = GatekeeperClient(h.api_socket).call("vnet.create", vnet=10, **extra)
+        info = LocalApiClient(h.api_socket).call("vnet.create", vnet=10, **extra)
     add_endpoint(lab, "a", "h1", 10, f"{GUEST_A}/24")
     add_endpoint(lab, "b", "h2", 10, f"{GUEST_B}/24")
     return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, int(info["mtu"]))

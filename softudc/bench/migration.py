@@ -20,12 +20,12 @@ import tempfile
 import time
 from typing import Any
 
-from gatekeeper.client import GatekeeperClient
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import wait_for_page
 from softudc.lab.libvirt import migration_uri
 from softudc.lab.shell import ip
+from softudc.localapi import LocalApiClient
 
 VM_IP, PINGER_IP = "10.0.0.11", "10.0.0.3"
 
@@ -52,9 +52,9 @@ def _one(lab: Lab, name: str, src: str, dst: str, pinger_ns: str) -> dict[str, f
     ping = subprocess.Popen(["ip", "netns", "exec", pinger_ns, "ping", "-n", "-D", "-i", "0.01", VM_IP],
                             stdout=subprocess.PIPE, text=True)
     time.sleep(1.0)
-    result = GatekeeperClient(lab.host(src).api_socket, timeout=300).call(
+    result = LocalApiClient(lab.host(src).api_socket, timeout=300).call(
         "vm.migrate", name=name, dest_uri=migration_uri(lab.host(dst)), bandwidth_mib=1000, downtime_ms=50)
-    job = GatekeeperClient(lab.host(dst).api_socket).call("vm.completed_job", name=name)
+    job = LocalApiClient(lab.host(dst).api_socket).call("vm.completed_job", name=name)
     time.sleep(1.5)
     ping.send_signal(signal.SIGINT)
     out, _ = ping.communicate(timeout=10)
@@ -73,7 +73,7 @@ def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any
     lab = lab_up(LabSpec("m" + secrets.token_hex(3), hosts=3, vms=True), state)
     try:
         for h in lab.hosts:
-            GatekeeperClient(h.api_socket).call("vnet.create", vnet=10)
+            LocalApiClient(h.api_socket).call("vnet.create", vnet=10)
         add_endpoint(lab, "p", "h3", 10, f"{PINGER_IP}/24")
         plain_pinger = _plain_l2(lab)
         per: dict[str, list[dict[str, float]]] = {"vnet": [], "plain_l2": []}
@@ -82,7 +82,7 @@ def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any
             nic: dict[str, Any] = {"vnet": 10, "mac": "52:54:00:00:aa:01", "ip": f"{VM_IP}/24"}
             if mode == "plain_l2":
                 nic = {"bridge": "brl2", "mac": "52:54:00:00:bb:01", "ip": f"{VM_IP}/24", "mtu": 1500}
-            GatekeeperClient(lab.host("h1").api_socket, timeout=60).call("vm.start", name=name, nics=[nic])
+            LocalApiClient(lab.host("h1").api_socket, timeout=60).call("vm.start", name=name, nics=[nic])
             pinger = lab.endpoints["p"].netns if mode == "vnet" else plain_pinger
             wait_for_page(pinger, f"http://{VM_IP}/counter")
             where = "h1"
@@ -94,7 +94,7 @@ def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any
                       f"{r['downtime_ms']:.0f} ms, lost {r['lost_pings']:.0f}, "
                       f"longest gap {r['longest_gap_ms']:.0f} ms", file=sys.stderr, flush=True)
                 where = dst
-            GatekeeperClient(lab.host(where).api_socket, timeout=60).call("vm.stop", name=name, force=True)
+            LocalApiClient(lab.host(where).api_socket, timeout=60).call("vm.stop", name=name, force=True)
         med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in per.items()}
         ratio = statistics.median(v["longest_gap_ms"] / max(p["longest_gap_ms"], 1.0)
                                   for v, p in zip(per["vnet"], per["plain_l2"], strict=True))

@@ -8,11 +8,11 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from gatekeeper.client import GatekeeperClient, GatekeeperError
 from softudc.cli.errors import CliError
 from softudc.lab import LabError, LabSpec, lab_down, lab_status, lab_up, load_lab
 from softudc.lab.endpoint import add_endpoint, move_endpoint, remove_endpoint
 from softudc.lab.shell import CommandError
+from softudc.localapi import LocalApiClient, LocalApiError
 
 
 def _print(obj: Any, as_json: bool) -> None:
@@ -70,10 +70,10 @@ def cmd_endpoint_rm(a: argparse.Namespace) -> None:
     print(f"endpoint {a.name}: removed")
 
 
-def _clients(a: argparse.Namespace) -> list[tuple[str, GatekeeperClient]]:
+def _clients(a: argparse.Namespace) -> list[tuple[str, LocalApiClient]]:
     lab = load_lab(a.lab, a.state_dir)
     hosts = lab.hosts if a.host == "all" else [lab.host(a.host)]
-    return [(h.name, GatekeeperClient(h.api_socket)) for h in hosts]
+    return [(h.name, LocalApiClient(h.api_socket)) for h in hosts]
 
 
 def _each_host(a: argparse.Namespace, op: str, **kwargs: Any) -> None:
@@ -108,7 +108,7 @@ def cmd_vnetd(a: argparse.Namespace) -> None:
     chosen = lab.vnetds if a.segment is None else [v for v in lab.vnetds if v.segment == a.segment]
     if not chosen:
         raise LabError(f"lab {a.lab} has no vnetd on segment {a.segment}")
-    out = {f"segment-{v.segment}": GatekeeperClient(v.api_socket).call(a.sub) for v in chosen}
+    out = {f"segment-{v.segment}": LocalApiClient(v.api_socket).call(a.sub) for v in chosen}
     if a.json:
         _print(out, True)
         return
@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         init_defaults(args)
     try:
         args.fn(args)
-    except (CliError, GatekeeperError, CommandError, ValueError) as e:
+    except (CliError, LocalApiError, CommandError, ValueError) as e:
         print(f"softudc: {e}", file=sys.stderr)
         sys.exit(1)
     except FileNotFoundError as e:

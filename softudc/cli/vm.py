@@ -10,9 +10,9 @@ import threading
 import time
 from typing import Any
 
-from gatekeeper.client import GatekeeperClient, GatekeeperError
 from softudc.lab import Lab, LabError, load_lab
 from softudc.lab.libvirt import migration_uri
+from softudc.localapi import LocalApiClient, LocalApiError
 
 
 def vm_mac(lab: str, name: str, nic: int = 0) -> str:
@@ -20,8 +20,8 @@ def vm_mac(lab: str, name: str, nic: int = 0) -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
 
 
-def _clients(lab: Lab) -> dict[str, GatekeeperClient]:
-    return {h.name: GatekeeperClient(h.api_socket, timeout=120) for h in lab.hosts}
+def _clients(lab: Lab) -> dict[str, LocalApiClient]:
+    return {h.name: LocalApiClient(h.api_socket, timeout=120) for h in lab.hosts}
 
 
 def find_vm(lab: Lab, name: str) -> str:
@@ -48,7 +48,7 @@ def cmd_list(a: argparse.Namespace) -> None:
 
 def cmd_start(a: argparse.Namespace) -> None:
     lab = load_lab(a.lab, a.state_dir)
-    client = GatekeeperClient(lab.host(a.host).api_socket, timeout=60)
+    client = LocalApiClient(lab.host(a.host).api_socket, timeout=60)
     nic = {"vnet": a.vnet, "mac": a.mac or vm_mac(a.lab, a.name), "ip": a.ip}
     vm = client.call("vm.start", name=a.name, nics=[nic], vcpus=a.vcpus, memory_mib=a.memory)
     print(f"{vm['name']} running on {a.host}: vnet {a.vnet} {nic['mac']} {a.ip}")
@@ -58,7 +58,7 @@ def cmd_stop(a: argparse.Namespace) -> None:
     lab = load_lab(a.lab, a.state_dir)
     a.name = a.name.replace("/", "--")  # a farm's VM: farm/instance is farm--instance on its host
     host = find_vm(lab, a.name)
-    GatekeeperClient(lab.host(host).api_socket, timeout=60).call("vm.stop", name=a.name, force=a.force)
+    LocalApiClient(lab.host(host).api_socket, timeout=60).call("vm.stop", name=a.name, force=a.force)
     print(f"{a.name} stopped on {host}")
 
 
@@ -76,7 +76,7 @@ def cmd_migrate(a: argparse.Namespace) -> None:
     if src == a.to:
         raise LabError(f"{a.name} already runs on {a.to}")
     dest = lab.host(a.to)
-    client = GatekeeperClient(lab.host(src).api_socket, timeout=600)
+    client = LocalApiClient(lab.host(src).api_socket, timeout=600)
     result: dict[str, Any] = {}
     error: list[Exception] = []
 
@@ -84,18 +84,18 @@ def cmd_migrate(a: argparse.Namespace) -> None:
         try:
             result.update(client.call("vm.migrate", name=a.name, dest_uri=migration_uri(dest),
                                       bandwidth_mib=a.bandwidth, downtime_ms=a.downtime))
-        except (GatekeeperError, OSError) as e:
+        except (LocalApiError, OSError) as e:
             error.append(e)
 
     worker = threading.Thread(target=run, daemon=True)
     worker.start()
-    poll = GatekeeperClient(lab.host(src).api_socket, timeout=10)
+    poll = LocalApiClient(lab.host(src).api_socket, timeout=10)
     t0 = time.monotonic()
     while worker.is_alive():
         worker.join(0.3)
         try:
             job = poll.call("vm.job", name=a.name)
-        except GatekeeperError:
+        except LocalApiError:
             continue
         total, done = job.get("data_total") or 0, job.get("data_processed") or 0
         pct = f"{100 * done / total:5.1f}%" if total else "  ...  "
@@ -104,7 +104,7 @@ def cmd_migrate(a: argparse.Namespace) -> None:
     print(file=sys.stderr)
     if error:
         raise error[0]
-    downtime = GatekeeperClient(dest.api_socket).call("vm.completed_job", name=a.name).get("downtime_ms")
+    downtime = LocalApiClient(dest.api_socket).call("vm.completed_job", name=a.name).get("downtime_ms")
     print(f"{a.name} now runs on {a.to} (migration {result.get('wall_ms')} ms, downtime {downtime} ms)")
 
 

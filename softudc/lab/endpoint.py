@@ -11,10 +11,10 @@ import contextlib
 import hashlib
 import re
 
-from gatekeeper.client import GatekeeperClient
 from softudc.lab import shell
 from softudc.lab.lab import Endpoint, Lab, LabError
 from softudc.lab.shell import ip
+from softudc.localapi import LocalApiClient
 
 ENDPOINT_RE = re.compile(r"^[a-z0-9]{1,8}$")
 
@@ -51,7 +51,7 @@ def _plug(lab: Lab, ep: Endpoint) -> None:
     h = lab.host(ep.host)
     ip("link", "add", "eth0", "netns", ep.netns, "address", ep.mac, "type", "veth",
        "peer", "name", ep.host_ifname, "netns", h.netns)
-    result = GatekeeperClient(h.api_socket).call("port.attach", vnet=ep.vnet, ifname=ep.host_ifname, mac=ep.mac)
+    result = LocalApiClient(h.api_socket).call("port.attach", vnet=ep.vnet, ifname=ep.host_ifname, mac=ep.mac)
     settings = ["mtu", str(result["mtu"])]
     if "gso_max_size" in result:
         settings += ["gso_max_size", str(result["gso_max_size"])]
@@ -68,7 +68,7 @@ def move_endpoint(lab: Lab, name: str, to_host: str) -> Endpoint:
     ep = _get(lab, name)
     old = lab.host(ep.host)
     new = lab.host(to_host)
-    GatekeeperClient(old.api_socket).call("port.detach", ifname=ep.host_ifname)
+    LocalApiClient(old.api_socket).call("port.detach", ifname=ep.host_ifname)
     ip("link", "del", "eth0", netns=ep.netns)  # removes both ends of the veth
     ep.host = new.name
     _plug(lab, ep)
@@ -79,7 +79,7 @@ def move_endpoint(lab: Lab, name: str, to_host: str) -> Endpoint:
 def remove_endpoint(lab: Lab, name: str) -> None:
     ep = _get(lab, name)
     with contextlib.suppress(Exception):
-        GatekeeperClient(lab.host(ep.host).api_socket).call("port.detach", ifname=ep.host_ifname)
+        LocalApiClient(lab.host(ep.host).api_socket).call("port.detach", ifname=ep.host_ifname)
     for pid in shell.netns_pids(ep.netns):
         shell.stop_pid(pid)
     shell.run(["ip", "netns", "del", ep.netns], check=False)

@@ -397,7 +397,7 @@ def start_gatekeeper(lab: Lab, host: Host, timeout: float = 15.0) -> None:
     )
     log.close()
     host.pid = proc.pid  # `ip netns exec` execs, so this is the gatekeeper's own PID
-    from gatekeeper.client import GatekeeperClient, GatekeeperError
+    from softudc.localapi import LocalApiClient, LocalApiError
 
     deadline = time.monotonic() + timeout
     while True:
@@ -405,9 +405,9 @@ def start_gatekeeper(lab: Lab, host: Host, timeout: float = 15.0) -> None:
             raise LabError(f"gatekeeper on {host.name} exited with {proc.returncode}; see {host.log_path}:\n"
                            + _tail(host.log_path))
         try:
-            GatekeeperClient(host.api_socket).call("status")
+            LocalApiClient(host.api_socket).call("status")
             return
-        except (OSError, GatekeeperError):
+        except (OSError, LocalApiError):
             if time.monotonic() > deadline:
                 raise LabError(f"gatekeeper on {host.name} did not answer within {timeout:.0f} s; "
                                f"see {host.log_path}:\n" + _tail(host.log_path)) from None

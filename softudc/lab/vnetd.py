@@ -54,7 +54,7 @@ hello_interval = 0.5
 
 
 def start_vnetd(lab: Lab, info: VnetdInfo, timeout: float = 10.0) -> None:
-    from gatekeeper.client import GatekeeperClient, GatekeeperError
+    from softudc.localapi import LocalApiClient, LocalApiError
 
     log = open(info.log_path, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["ip", "netns", "exec", info.netns, sys.executable, "-m", "vnetd", "--config",
@@ -67,9 +67,9 @@ def start_vnetd(lab: Lab, info: VnetdInfo, timeout: float = 10.0) -> None:
         if proc.poll() is not None:
             raise LabError(f"vnetd of segment {info.segment} exited with {proc.returncode}; see {info.log_path}")
         try:
-            GatekeeperClient(info.api_socket).call("status")  # the same JSON-lines protocol
+            LocalApiClient(info.api_socket).call("status")  # the same JSON-lines protocol
             return
-        except (OSError, GatekeeperError):
+        except (OSError, LocalApiError):
             if time.monotonic() > deadline:
                 raise LabError(f"vnetd of segment {info.segment} did not answer; see {info.log_path}") from None
             time.sleep(0.05)

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.client import GatekeeperClient
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
 from softudc.lab.endpoint import add_endpoint
+from softudc.localapi import LocalApiClient
 
 
 def _why_not_root() -> str | None:
@@ -84,8 +84,8 @@ def make_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., Lab]]:
     shutil.rmtree(state, ignore_errors=True)
 
 
-def gk(lab: Lab, host: str) -> GatekeeperClient:
-    return GatekeeperClient(lab.host(host).api_socket)
+def gk(lab: Lab, host: str) -> LocalApiClient:
+    return LocalApiClient(lab.host(host).api_socket)
 
 
 def create_vnet(lab: Lab, vnet: int, hosts: list[str] | None = None, **kwargs: Any) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from gatekeeper.client import GatekeeperError
 from softudc.lab import Lab
 from softudc.lab.manager import call
+from softudc.localapi import LocalApiError
 from tests.e2e.conftest import gk, wait_until
 
 pytestmark = [pytest.mark.manager, pytest.mark.vm]
@@ -48,7 +48,7 @@ def test_r5_r13_r27_a_stray_copy_is_stopped_not_adopted_and_a_cold_move_never_ru
 
     # R5: a copy of demo--db-0 appears on another host (started there behind the manager's back).
     # Its gatekeeper may destroy the copy before the start even returns: the notes below tell.
-    with contextlib.suppress(GatekeeperError):
+    with contextlib.suppress(LocalApiError):
         gk(lab, stray).call("vm.start", name="demo--db-0", nics=[], vcpus=1, memory_mib=128)
     # Its gatekeeper destroys it (never told to run it) and says so in its report; if a report
     # listed it running first, the manager also says it was not adopted.

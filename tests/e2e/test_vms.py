@@ -12,10 +12,10 @@ from collections.abc import Callable
 
 import pytest
 
-from gatekeeper.client import GatekeeperError
 from softudc.lab import Lab
 from softudc.lab.guest import http_get
 from softudc.lab.lab import start_gatekeeper
+from softudc.localapi import LocalApiError
 from tests.e2e.conftest import create_vnet, endpoints, gk, wait_until
 
 pytestmark = [pytest.mark.vm]
@@ -102,7 +102,7 @@ def test_a_migration_to_a_broken_destination_fails_cleanly(make_lab: Callable[..
     lab = make_lab(hosts=2, vms=True)
     create_vnet(lab, 10)
     start_vm(lab, "h1", "va", 10, "52:54:00:0a:00:01", "10.0.0.11/24")
-    with pytest.raises(GatekeeperError) as e:
+    with pytest.raises(LocalApiError) as e:
         gk(lab, "h1").call("vm.migrate", name="va", dest_uri="qemu+tcp://10.99.0.99/system")
     message = str(e.value)
     assert "migration of va" in message and "keeps running on this host" in message, message

@@ -12,9 +12,9 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-from gatekeeper.client import GatekeeperError
 from softudc.bench.measure import frag_creates
 from softudc.lab import Lab
+from softudc.localapi import LocalApiError
 from tests.e2e.conftest import Capture, create_vnet, endpoints, gk, ns_run, ping
 
 pytestmark = pytest.mark.vnet
@@ -98,7 +98,7 @@ def test_a_vnet_can_ask_for_a_smaller_mtu_but_not_a_larger_one(make_lab: Callabl
     assert gk(lab, "h1").call("vnet.list")[0]["mtu"] == 1400
     assert "mtu 1400 " in ns_run(lab.endpoints["a1"].netns, "ip", "-o", "link", "show", "eth0").stdout
     assert ping(lab, "a1", "10.0.0.2", count=2, size=1400 - 28, df=True).returncode == 0
-    with pytest.raises(GatekeeperError) as e:
+    with pytest.raises(LocalApiError) as e:
         gk(lab, "h1").call("vnet.create", vnet=11, mtu=1500)
     assert "MTU 1500 does not fit" in str(e.value) and "at most 1452" in str(e.value)
     assert [v["vnet"] for v in gk(lab, "h1").call("vnet.list")] == [10]

@@ -13,9 +13,9 @@ from scapy.layers.inet import UDP
 from scapy.packet import Raw
 from scapy.utils import rdpcap
 
-from gatekeeper.client import GatekeeperClient
 from softudc.lab import Lab
 from softudc.lab.vnetd import start_vnetd, stop_vnetd
+from softudc.localapi import LocalApiClient
 from tests.e2e.conftest import Capture, create_vnet, endpoints, ns_run, ping, wait_until
 
 pytestmark = pytest.mark.vnetd
@@ -51,7 +51,7 @@ def test_triangle_reaches_every_segment_exactly_once(make_lab: Callable[..., Lab
         assert result.returncode == 0, f"{src} -> {dst}: {result.stdout}"
     for sender in ("e1", "e2", "e3"):
         assert broadcast_counts(lab, captures, sender, f"tri-{sender}") == {"e1": 1, "e2": 1, "e3": 1}
-    status = GatekeeperClient(lab.vnetds[0].api_socket).call("status")
+    status = LocalApiClient(lab.vnetds[0].api_socket).call("status")
     assert [p["up"] for p in status["peers"]] == [True, True]
     assert status["counts"].get("duplicate", 0) >= 1  # the triangle does bring copies; they are dropped
 
@@ -63,11 +63,11 @@ def test_stopping_a_vnetd_cuts_only_its_segment_and_restarting_restores(
     stop_vnetd(lab.vnetds[2])
     assert broadcast_counts(lab, captures, "e1", "stopped") == {"e1": 1, "e2": 1, "e3": 0}
     assert broadcast_counts(lab, captures, "e3", "stopped3") == {"e1": 0, "e2": 0, "e3": 1}
-    peers = GatekeeperClient(lab.vnetds[0].api_socket).call("peers")
-    assert wait_until(lambda: not next(p for p in GatekeeperClient(lab.vnetds[0].api_socket).call("peers")
+    peers = LocalApiClient(lab.vnetds[0].api_socket).call("peers")
+    assert wait_until(lambda: not next(p for p in LocalApiClient(lab.vnetds[0].api_socket).call("peers")
                                        if p["address"] == lab.vnetds[2].address)["up"], timeout=5), peers
     start_vnetd(lab, lab.vnetds[2])
-    assert wait_until(lambda: all(p["up"] for p in GatekeeperClient(lab.vnetds[0].api_socket).call("peers")),
+    assert wait_until(lambda: all(p["up"] for p in LocalApiClient(lab.vnetds[0].api_socket).call("peers")),
                       timeout=5)
     assert broadcast_counts(lab, captures, "e1", "restarted") == {"e1": 1, "e2": 1, "e3": 1}
     assert broadcast_counts(lab, captures, "e3", "restarted3") == {"e1": 1, "e2": 1, "e3": 1}
@@ -92,7 +92,7 @@ def test_garbage_to_a_vnetd_is_counted_and_relaying_goes_on(make_lab: Callable[.
                                                             captures: Callable[..., Capture]) -> None:
     lab = three_segments(make_lab)
     ns_run(lab.host("h2").netns, sys.executable, "-c", GARBAGE, lab.vnetds[0].address)
-    client = GatekeeperClient(lab.vnetds[0].api_socket)
+    client = LocalApiClient(lab.vnetds[0].api_socket)
     assert wait_until(lambda: client.call("status")["counts"].get("malformed", 0)
                       + client.call("status")["counts"].get("auth_failed", 0) >= 2)
     assert broadcast_counts(lab, captures, "e1", "after-garbage") == {"e1": 1, "e2": 1, "e3": 1}
@@ -119,7 +119,7 @@ def test_r23_a_captured_relay_message_replayed_later_is_not_injected_again(
     relayed = [bytes(p[UDP].payload) for p in rdpcap(str(wire.stop())) if p.haslayer(UDP) and marker in bytes(p)]
     assert len(relayed) == 1  # the broadcast, relayed once from segment 0 to segment 1
     sent_at = time.monotonic()
-    client = GatekeeperClient(v1.api_socket)
+    client = LocalApiClient(v1.api_socket)
     before = client.call("status")["counts"]
     at_e2 = captures(lab.endpoints["e2"].netns, "eth0", "replayed-at-e2", "udp port 9999")
     for later in (2.0, 31.0):
