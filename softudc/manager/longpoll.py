@@ -92,6 +92,11 @@ class LongPolls:
         with self._lock:
             return sum(len(w) for w in self._waiters.values())
 
+    def waiting_hosts(self) -> dict[str, int]:
+        """Long polls waiting now, per host."""
+        with self._lock:
+            return {h: len(w) for h, w in self._waiters.items()}
+
     def _add(self, host: str, callback: Callable[[], None]) -> int:
         key = next(self._ids)
         with self._lock:

@@ -5,13 +5,9 @@ answer then lists every problem with its position.
 
 from __future__ import annotations
 
-import hashlib
-import ipaddress
-import json
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,20 +15,22 @@ from typing import Any
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager import vnetkeys
 from softudc.manager.auth import Principal, TokenStore
-from softudc.manager.controller import HOST_DOWN_AFTER_S, host_desired, inventory, reconcile_farm
+from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory, reconcile_farm
+from softudc.manager.desired import desired_json
 from softudc.manager.errors import ApiError as ApiError  # raised by the API's operations; importers find it here
 from softudc.manager.farms import FARMS, FarmCache, Usage
+from softudc.manager.longpoll import MAX_WAIT_S as MAX_WAIT_S  # the longest long poll; importers find it here
+from softudc.manager.longpoll import LongPolls
 from softudc.manager.metrics import make_registry
 from softudc.manager.moves import Moves
 from softudc.manager.planner import PlanError
-from softudc.manager.reports import ipv4_or_none, report_problems, visible_to
+from softudc.manager.reports import report_problems, visible_to
 from softudc.manager.store import Conflict, Obj, SqliteStore
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
 
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
-MAX_WAIT_S = 60.0  # longest long poll of a gatekeeper's desired state
 RECONCILE_EVERY_S = 10.0  # a report that changes nothing still reconciles this often (time-based rules)
 COMPACT_EVERY_S = 60.0
 TOMBSTONES_KEPT = 10_000  # revisions a tombstone outlives its delete (watchers further behind list again)
@@ -51,14 +49,10 @@ class Manager(Moves):
         self.tokens = TokenStore(state_dir / "tokens.json")
         self.ca = CertificateAuthority.load(state_dir / "pki")
         self._reconcile_lock = threading.RLock()
-        self._changed = threading.Condition()
-        self._generation = 0  # bumped to wake every long poll
         self.farms: FarmCache = FARMS  # validated descriptors, parsed once per text (audit R11)
-        # Long polls wake only when their host's desired state changed (audit R11): per waiting
-        # host, the etag it was last given and a generation a reconcile bumps when that etag moved.
-        self._host_generation: Counter[str] = Counter()
-        self._etags: dict[str, str] = {}
-        self._waiting: Counter[str] = Counter()
+        # Desired state per host, cached per reconcile generation; long polls wake only when their
+        # host's etag moved (audit R11).
+        self.polls = LongPolls(lambda host: self._desired(host))
         self._reconciled_at = 0.0  # monotonic; a report that changes nothing skips reconcile shortly after
         self._busy = True  # a migration is under way (every report may move it on): never skip then
         self._compacted_at = 0.0
@@ -272,75 +266,48 @@ class Manager(Moves):
         return not (same and fresh and recent and not self._busy)
 
     def desired(self, peer_cn: str | None, name: str, since: str = "", wait: float = 0.0) -> dict[str, Any]:
-        """What a gatekeeper should run (mutual TLS only: its certificate names the host), with an
-        `etag`. A long poll: given the etag it has (`since`), the answer waits up to `wait` seconds
-        for a change, so hosts hear of an apply or a migration at once without polling fast."""
+        """What a gatekeeper should run now (mutual TLS only: its certificate names the host), with
+        an `etag`; cached per reconcile generation. Given the etag it has (`since`) and `wait`, a
+        long poll that holds the calling thread (the threaded server's way; the ASGI route awaits
+        wait_desired instead)."""
+        self._check_peer(peer_cn, name)
+        if wait <= 0:
+            return self.polls.current(name)
+        return self.polls.wait(name, since, wait)
+
+    async def wait_desired(self, peer_cn: str | None, name: str, since: str, wait: float) -> dict[str, Any]:
+        """The long poll: the host's desired state once its etag differs from `since`, or after
+        `wait` seconds (at most MAX_WAIT_S). Awaits on the running event loop without holding a
+        thread; the controllers wake it only when this host's etag moved."""
+        self._check_peer(peer_cn, name)
+        return await self.polls.wait_async(name, since, wait)
+
+    def long_polls_waiting(self) -> int:
+        return self.polls.waiting()
+
+    @staticmethod
+    def _check_peer(peer_cn: str | None, name: str) -> None:
         if peer_cn is None or peer_cn != name:
             raise ApiError(403, "gatekeeper routes need this host's client certificate from the manager's CA")
-        deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT_S)
-        with self._changed:  # counted as waiting from here: a reconcile from now on compares its etag
-            self._waiting[name] += 1
-        try:
-            while True:
-                with self._changed:
-                    seen = (self._generation, self._host_generation[name])
-                desired = self._desired(name)
-                etag = _etag(desired)
-                with self._changed:
-                    self._etags[name] = etag
-                if etag != since or deadline - time.monotonic() <= 0:
-                    return {**desired, "etag": etag}
-                self._wait_for_change(name, seen, deadline)
-        finally:
-            with self._changed:
-                self._waiting[name] -= 1
-                if self._waiting[name] <= 0:
-                    del self._waiting[name]
 
-    def _wait_for_change(self, name: str, seen: tuple[int, int], deadline: float) -> None:
-        """Sleep until `name`'s desired state may have changed, or the deadline."""
-        with self._changed:
-            while (self._generation, self._host_generation[name]) == seen:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return
-                self._changed.wait(left)
+    @property
+    def _waiting(self) -> dict[str, int]:
+        return self.polls.waiting_hosts()
 
     def _changes_made(self, hosts: Iterable[str] | None = None) -> None:
-        """Wake the long polls of `hosts` (None: of every host): what they should run may have changed."""
-        with self._changed:
-            if hosts is None:  # a change made outside reconcile (a migration, keys): the next
-                self._generation += 1  # reports must reconcile even if they say nothing new
-                self._busy = True
-            for host in hosts or ():
-                self._host_generation[host] += 1
-            self._changed.notify_all()
-
-    def _wake_changed(self) -> None:
-        """After a reconcile: wake exactly the waiting hosts whose desired state moved from the one
-        they were given (a report from one host no longer wakes, and costs, every long poll)."""
-        with self._changed:
-            waiting = sorted(self._waiting)
-        changed = [h for h in waiting if _etag(self._desired(h)) != self._etags.get(h)]
-        if changed:
-            self._changes_made(changed)
+        """A change made outside reconcile (a migration, keys): the next reports reconcile even if
+        they say nothing new, and the long polls whose state moved wake. With `hosts`: wake theirs."""
+        if hosts is not None:
+            self.polls.wake(list(hosts))
+            return
+        self._busy = True
+        self.polls.new_generation()
 
     def _desired(self, name: str) -> dict[str, Any]:
         with self._reconcile_lock:
             farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.for_hosts(o))]
-            desired = host_desired(name, farms)
-            reports = self.reports()
-            addresses = {h: a for h, r in reports.items() if (a := ipv4_or_none(r.get("underlay"))) is not None}
-            for v in desired["vnets"]:
-                # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
-                v["keys"] = self._vnet_keys(v["farm"], v["name"])
-                # Members: the hosts with an instance on it (all addresses known, else the hosts'
-                # configured members apply), and hosts that carry it anyway (an admin's port).
-                hosts = v.pop("member_hosts", [])
-                if all(h in addresses for h in hosts):
-                    carrying = [h for h, r in reports.items() if v["id"] in (r.get("vnets") or []) and h in addresses]
-                    v["members"] = sorted({addresses[h] for h in [*hosts, *carrying]}, key=ipaddress.IPv4Address)
-        return desired
+            # The contract's DesiredState, validated, as JSON in the version the host speaks.
+            return desired_json(name, farms, self.reports(), self._vnet_keys)
 
     def _vnet_keys(self, farm: str, vnet: str) -> dict[str, Any]:
         """A VNET's master secrets by epoch and its send epoch: made by the manager per (farm,
@@ -446,7 +413,7 @@ class Manager(Moves):
                 busy = busy or any(i.get("migrating") for i in status.get("instances", []))
             self._busy, self._reconciled_at = busy, time.monotonic()
             self._compact()
-        self._wake_changed()
+        self.polls.new_generation()
 
     def _reconcile_farm(self, o: Obj, farms: list[Obj], reports: dict[str, dict[str, Any]], usage: Usage,
                         taken: dict[tuple[str, str], int]) -> dict[str, Any]:
@@ -510,10 +477,6 @@ class Manager(Moves):
         return {"summary": summary, "create": create, "delete": delete, "unplaced": status["unplaced"],
                 "resize": resize,
                 "changes": bool(create or delete or status["unplaced"]) or changed_spec}
-
-
-def _etag(desired: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(desired, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _vnet_ids(farms: list[Obj]) -> dict[tuple[str, str], int]:
