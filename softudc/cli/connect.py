@@ -15,8 +15,8 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from softudc.lab import LabError, load_lab
-from softudc.lab.lab import Lab, default_state_dir
 from softudc.lab.manager import call
+from softudc.lab.state import Lab, default_state_dir
 
 
 class Api(Protocol):

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from softudc.atomicfile import write_atomic
-from softudc.lab.lab import default_state_dir
+from softudc.lab.state import default_state_dir
 
 
 def _dir(a: argparse.Namespace) -> Path:

@@ -12,8 +12,8 @@ import hashlib
 import re
 
 from softudc.lab import shell
-from softudc.lab.lab import Endpoint, Lab, LabError
 from softudc.lab.shell import ip
+from softudc.lab.state import Endpoint, Lab, LabError
 from softudc.localapi import LocalApiClient
 
 ENDPOINT_RE = re.compile(r"^[a-z0-9]{1,8}$")

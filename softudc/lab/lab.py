@@ -16,176 +16,33 @@ import contextlib
 import dataclasses
 import json
 import os
-import re
-import secrets
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from softudc.cli.errors import CliError
 from softudc.lab import shell
-from softudc.lab.shell import ip
+from softudc.lab.accel import probe_accel
+from softudc.lab.libvirt import libvirt_uri, migration_uri, start_libvirtd
+from softudc.lab.manager import MANAGER_ADDR, join_host, start_manager
+from softudc.lab.shell import ip, link, set_sysctl
+from softudc.lab.state import (
+    NAME_RE,
+    PREFIX,
+    Host,
+    Lab,
+    LabError,
+    LabSpec,
+    default_state_dir,
+    guest_dir,
+    load_lab,
+)
+from softudc.lab.vnetd import make_vnetd, start_vnetd
+from softudc.localapi import LocalApiClient, LocalApiError
 
-NAME_RE = re.compile(r"^[a-z0-9]{1,10}$")
-PREFIX = "sudc-"
 METRICS_PORT = 9464
 
-
-class LabError(CliError):
-    """A lab could not be built, found or used; the message says what to do."""
-
-
-@dataclass
-class LabSpec:
-    name: str
-    hosts: int = 3
-    segments: int = 1
-    underlay_mtu: int = 1500
-    gatekeepers: bool = True
-    transport: str = "udp"
-    flood: str = "multicast"
-    offloads: bool = True
-    varp: dict[str, float | bool] = field(default_factory=dict)
-    security: dict[str, float | str] = field(default_factory=dict)
-    vnetd: bool = False
-    vnetd_peering: str = "mesh"
-    vms: bool = False
-    manager: bool = False
-    guest_dir: str | None = None  # default: build/guest of this checkout, or $SOFTUDC_GUEST_DIR
-
-    def validate(self) -> None:
-        if not NAME_RE.match(self.name):
-            raise LabError(f"lab name {self.name!r}: use 1-10 lowercase letters or digits")
-        if not 1 <= self.hosts <= 200:
-            raise LabError(f"hosts: {self.hosts} is out of range 1..200")
-        if not 1 <= self.segments <= min(self.hosts, 50):
-            raise LabError(f"segments: {self.segments} must be between 1 and the host count")
-        if not 1280 <= self.underlay_mtu <= 9000:
-            raise LabError(f"underlay_mtu: {self.underlay_mtu} is out of range 1280..9000")
-        if self.transport not in ("udp", "raw"):
-            raise LabError(f"transport: {self.transport!r}, expected 'udp' or 'raw'")
-        if self.flood not in ("multicast", "members"):
-            raise LabError(f"flood: {self.flood!r}, expected 'multicast' or 'members'")
-        if self.vnetd_peering not in ("mesh", "chain"):
-            raise LabError(f"vnetd_peering: {self.vnetd_peering!r}, expected 'mesh' or 'chain'")
-
-
-@dataclass
-class Host:
-    name: str
-    netns: str
-    segment: int
-    underlay_ip: str
-    mgmt_ip: str
-    api_socket: str
-    config_path: str
-    log_path: str
-    pid: int | None = None
-    libvirtd_pid: int | None = None
-
-
-@dataclass
-class Endpoint:
-    name: str
-    netns: str
-    host: str
-    vnet: int
-    ip: str
-    mac: str
-    host_ifname: str
-
-
-@dataclass
-class VnetdInfo:
-    segment: int
-    netns: str
-    address: str
-    api_socket: str
-    config_path: str
-    log_path: str
-    pid: int | None = None
-
-
-@dataclass
-class Lab:
-    spec: LabSpec
-    state_dir: str
-    hosts: list[Host] = field(default_factory=list)
-    endpoints: dict[str, Endpoint] = field(default_factory=dict)
-    vnetds: list[VnetdInfo] = field(default_factory=list)
-    relay_key: str = field(default_factory=lambda: secrets.token_hex(32))
-    accel: str = "qemu"
-    manager_pid: int | None = None
-    manager_files: dict[str, dict[str, str]] = field(default_factory=dict)  # host -> ca, cert, key
-
-    @property
-    def prefix(self) -> str:
-        return f"{PREFIX}{self.spec.name}-"
-
-    @property
-    def dir(self) -> Path:
-        return Path(self.state_dir) / "labs" / self.spec.name
-
-    def host(self, name: str) -> Host:
-        for h in self.hosts:
-            if h.name == name:
-                return h
-        raise LabError(f"lab {self.spec.name}: no host {name!r} (hosts: {', '.join(h.name for h in self.hosts)})")
-
-    def segment_ns(self, k: int) -> str:
-        return f"{self.prefix}s{k}"
-
-    @property
-    def mgmt_ns(self) -> str:
-        return f"{self.prefix}mgmt"
-
-    @property
-    def router_ns(self) -> str:
-        return f"{self.prefix}rt"
-
-    def save(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "lab.json.tmp"
-        tmp.write_text(json.dumps(dataclasses.asdict(self), indent=2))
-        tmp.replace(self.dir / "lab.json")
-
-
-def default_state_dir() -> str:
-    env = os.environ.get("SOFTUDC_STATE_DIR")
-    if env:
-        return env
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "softudc")
-
-
-def load_lab(name: str, state_dir: str | None = None) -> Lab:
-    state_dir = state_dir or default_state_dir()
-    path = Path(state_dir) / "labs" / name / "lab.json"
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise LabError(f"no lab {name!r} under {state_dir} (start one with `softudc lab up {name}`)") from None
-    lab = Lab(LabSpec(**raw["spec"]), raw["state_dir"])
-    lab.hosts = [Host(**h) for h in raw["hosts"]]
-    lab.endpoints = {k: Endpoint(**e) for k, e in raw["endpoints"].items()}
-    lab.vnetds = [VnetdInfo(**v) for v in raw.get("vnetds", [])]
-    lab.relay_key = raw.get("relay_key", lab.relay_key)
-    lab.accel = raw.get("accel", "qemu")
-    lab.manager_pid = raw.get("manager_pid")
-    lab.manager_files = raw.get("manager_files", {})
-    return lab
-
-
-def guest_dir(spec: LabSpec) -> Path:
-    """The test guest's kernel and initrd (`make guest` builds them)."""
-    d = Path(spec.guest_dir or os.environ.get("SOFTUDC_GUEST_DIR")
-             or Path(__file__).resolve().parents[2] / "build" / "guest")
-    if not (d / "vmlinuz").exists() or not (d / "initrd.img").exists():
-        raise LabError(f"no test guest in {d}; build it with `make guest`")
-    return d
 
 
 def underlay_ip(segment: int, index: int) -> str:
@@ -245,27 +102,19 @@ def _build(lab: Lab, progress: bool) -> None:
         _make_host(lab, host)
         lab.hosts.append(host)
     if spec.vnetd:
-        from softudc.lab.vnetd import make_vnetd, start_vnetd
-
         for k in range(spec.segments):
             info = make_vnetd(lab, k)
             lab.vnetds.append(info)
             _say(progress, f"vnetd on segment {k} ({info.address}, {spec.vnetd_peering})")
             start_vnetd(lab, info)
     if spec.vms:
-        from softudc.lab.libvirt import start_libvirtd
-
         guest = guest_dir(spec)
         for host in lab.hosts:
             _say(progress, f"libvirtd on {host.name} (qemu+tcp://{host.mgmt_ip}/system)")
             host.libvirtd_pid = start_libvirtd(lab, host)
-        from softudc.lab.accel import probe_accel
-
         lab.accel = probe_accel(guest, Path(lab.state_dir))
         _say(progress, f"accelerator: {lab.accel} ({'KVM probe boot succeeded' if lab.accel == 'kvm' else 'TCG'})")
     if spec.manager:
-        from softudc.lab.manager import MANAGER_ADDR, join_host, start_manager
-
         lab.manager_pid, _ = start_manager(lab)
         _say(progress, f"manager on https://{MANAGER_ADDR}:8443 (management network)")
         for host in lab.hosts:
@@ -288,17 +137,6 @@ def _make_switch(netns: str, addr: str | None) -> None:
         ip("addr", "add", addr, "dev", "br0", netns=netns)
     ip("link", "set", "br0", "up", netns=netns)
     set_sysctl(netns, "net.ipv6.conf.all.disable_ipv6", "1")
-
-
-def set_sysctl(netns: str, key: str, value: str) -> None:
-    shell.in_netns(netns, "sysctl", "-qw", f"{key}={value}")
-
-
-def link(a_ns: str, a_name: str, b_ns: str, b_name: str, mtu: int) -> None:
-    """A veth pair created directly inside the two namespaces (no transient name in the root ns)."""
-    ip("link", "add", a_name, "netns", a_ns, "mtu", str(mtu), "type", "veth",
-       "peer", "name", b_name, "netns", b_ns, "mtu", str(mtu))
-    ip("link", "set", b_name, "master", "br0", "up", netns=b_ns)
 
 
 def _make_router(lab: Lab) -> None:
@@ -349,8 +187,6 @@ interval = 1.0
 """
     hypervisor = ""
     if spec.vms:
-        from softudc.lab.libvirt import libvirt_uri, migration_uri
-
         g = guest_dir(spec)
         console = lab.dir / host.name / "consoles"
         console.mkdir(parents=True, exist_ok=True)
@@ -397,8 +233,6 @@ def start_gatekeeper(lab: Lab, host: Host, timeout: float = 15.0) -> None:
     )
     log.close()
     host.pid = proc.pid  # `ip netns exec` execs, so this is the gatekeeper's own PID
-    from softudc.localapi import LocalApiClient, LocalApiError
-
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:

@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-from softudc.lab.lab import Host, Lab, LabError
+from softudc.lab.state import Host, Lab, LabError
 
 DIRS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt",
         "cache": "/var/cache/libvirt"}

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from softudc.atomicfile import write_atomic
-from softudc.lab.lab import Host, Lab, LabError
+from softudc.lab.state import Host, Lab, LabError
 
 MANAGER_ADDR = "10.99.0.1"
 MANAGER_PORT = 8443

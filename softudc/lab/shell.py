@@ -77,3 +77,14 @@ def stop_pid(pid: int, grace: float = 3.0) -> None:
 def _reap(pid: int) -> None:
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def set_sysctl(netns: str, key: str, value: str) -> None:
+    in_netns(netns, "sysctl", "-qw", f"{key}={value}")
+
+
+def link(a_ns: str, a_name: str, b_ns: str, b_name: str, mtu: int) -> None:
+    """A veth pair created directly inside the two namespaces (no transient name in the root ns)."""
+    ip("link", "add", a_name, "netns", a_ns, "mtu", str(mtu), "type", "veth",
+       "peer", "name", b_name, "netns", b_ns, "mtu", str(mtu))
+    ip("link", "set", b_name, "master", "br0", "up", netns=b_ns)

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 from softudc.lab import shell
-from softudc.lab.lab import Lab, LabError, VnetdInfo, link, set_sysctl
-from softudc.lab.shell import ip
+from softudc.lab.shell import ip, link, set_sysctl
+from softudc.lab.state import Lab, LabError, VnetdInfo
 
 
 def vnetd_address(k: int) -> str:

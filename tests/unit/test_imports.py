@@ -68,3 +68,57 @@ def test_the_manager_and_the_gatekeeper_do_not_import_each_other() -> None:
     manager = [f"{f}: {m}" for f, m in imports("softudc") if f.startswith("softudc/manager/") and _top(m) in DAEMONS]
     gatekeeper = [f"{f}: {m}" for f, m in imports("gatekeeper") if _top(m, 2) == "softudc.manager"]
     assert manager == [] and gatekeeper == []
+
+
+def _module(path: str) -> str:
+    parts = list(Path(path).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the modules of ours it imports (`from pkg import name` counts as pkg.name when that
+    is a module, else as pkg)."""
+    ours = {_module(str(p.relative_to(ROOT))) for pkg in ("softudc", *DAEMONS) for p in (ROOT / pkg).rglob("*.py")}
+    graph: dict[str, set[str]] = {m: set() for m in ours}
+    for pkg in ("softudc", *DAEMONS):
+        for path, name in imports(pkg):
+            while name and name not in ours:
+                name = name.rpartition(".")[0]
+            if name and name != _module(path):
+                graph[_module(path)].add(name)
+    return graph
+
+
+def cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle, as the modules along it, or [] (iterative depth-first search)."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for root in sorted(graph):
+        if root in state:
+            continue
+        path, todo = [root], [iter(sorted(graph[root]))]
+        state[root] = 1
+        while todo:
+            nxt = next(todo[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                todo.pop()
+            elif state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                todo.append(iter(sorted(graph[nxt])))
+    return []
+
+
+def test_the_cycle_finder_finds_a_cycle_and_its_modules() -> None:
+    assert cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert cycle({"a": {"b", "c"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_module_of_ours_is_in_an_import_cycle() -> None:
+    """The lab's records live in softudc/lab/state.py so that lab.py imports its helpers at the
+    top; a lazy import that only hides a cycle counts here all the same."""
+    graph = import_graph()
+    assert "softudc.lab.state" in graph["softudc.lab.vnetd"]
+    assert cycle(graph) == [], "break the cycle: move what both sides need into a module of its own"
