@@ -10,11 +10,13 @@ import time
 from typing import Any
 
 from softudc import libvirturi
+from softudc.manager import migration
 from softudc.manager.auth import Principal
 from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
 from softudc.manager.farms import FARMS, Usage
 from softudc.manager.store import Obj, SqliteStore
+from softudc.manager.workflow import Refused
 from softudc.model.farm import validate
 from softudc.placement import Group, Host, Request, place
 
@@ -90,9 +92,8 @@ class Moves:
             if fit.unplaced:
                 raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(fit.unplaced[instance]))
             uri = self._migration_uri(to, report) if live else None
-            attempt = f"{int(time.time() * 1000):x}"
-            inst["migrating"] = ({"to": to, "attempt": attempt, "since": time.time(), "state": "requested"} |
-                                 ({"uri": uri} if uri else {"cold": True}))
+            now = time.time()
+            inst["migrating"] = migration.begin(to, f"{int(now * 1000):x}", now, uri)  # attempt: ms, hex
             self.store.set_status("farm", name, {**obj.status, "instances": instances})
             self._changes_made()
             kind = "live" if live else "cold"
@@ -108,10 +109,12 @@ class Moves:
         moving = inst.get("migrating")
         if not moving:
             raise ApiError(409, f"{inst['name']} is not moving; nothing to cancel")
-        if not moving.get("cold") and moving.get("prepared"):
+        try:
+            migration.cancel(moving, time.time())
+        except Refused:
             raise ApiError(409, f"{inst['name']}: the live migration to {moving['to']} is in its source's hands "
                                 f"({moving.get('state', '?')}) and cannot be called back safely; it ends by itself "
-                                "(libvirt aborts it after 300 s) and the farm's events will say how")
+                                "(libvirt aborts it after 300 s) and the farm's events will say how") from None
         del inst["migrating"]
         self.store.set_status("farm", obj.name, {**obj.status, "instances": instances})
         self._changes_made()
