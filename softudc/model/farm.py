@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from softudc.model.hoststate import SEPARATOR
 from softudc.model.source import DescriptorError, Mark, Node, Problem, load
 
 API_VERSION = "softudc.io/v1alpha1"
@@ -63,7 +64,6 @@ MAX_VMS = 64  # VM definitions per farm
 MAX_INSTANCES = 1000  # replicas of all VMs of a farm together
 MAX_NICS = 8  # per VM
 MAX_GROUPS = 64
-SEPARATOR = "--"  # joins farm and instance in VM names, so never part of a name
 
 
 @dataclass(frozen=True)
@@ -204,36 +204,12 @@ def validate(text: str, file: str = "<farm>", strict: bool = True) -> Farm:
     root, problems = load(text, file)
     c = _Checker(strict)
     c.problems.extend(problems)
-    if root is None:
-        raise DescriptorError(c.problems)
-    top = c.mapping(root, "", {"apiVersion", "kind", "metadata", "spec"}, {"apiVersion", "kind", "metadata", "spec"})
+    top = _top(c, root)
     if top is None:
         raise DescriptorError(c.problems)
-    if "status" in root.key_marks:  # the manager writes a farm's status; a descriptor never carries one
-        c.problems[:] = [p for p in c.problems if p.path != "status"]
-        if c.strict:
-            c.fail(root.key_marks["status"], "status", "is written by the manager, not part of a descriptor; "
-                                                       "remove it (`softudc get farm` output is not a descriptor)")
-    if "apiVersion" in top and top["apiVersion"].value != API_VERSION:
-        c.fail(top["apiVersion"].mark, "apiVersion", f"{top['apiVersion'].value!r}, expected {API_VERSION}")
-    if "kind" in top and top["kind"].value != "Farm":
-        c.fail(top["kind"].mark, "kind", f"{top['kind'].value!r}, expected Farm")
-    name, labels = None, {}
-    meta = c.mapping(top["metadata"], "metadata", {"name", "labels"}, {"name"}) if "metadata" in top else None
-    if meta:
-        name = c.name(meta["name"], "metadata.name") if "name" in meta else None
-        if "labels" in meta:
-            lab = meta["labels"]
-            if not isinstance(lab.value, dict) or not all(isinstance(v.value, str) for v in lab.value.values()):
-                c.fail(lab.mark, "metadata.labels", "expected a mapping of strings")
-            else:
-                labels = {k: v.value for k, v in lab.value.items()}
-    spec = c.mapping(top["spec"], "spec", {"vnets", "vms", "placementGroups"}, {"vnets", "vms"}) \
-        if "spec" in top else None
+    name, labels = _metadata(c, top["metadata"]) if "metadata" in top else (None, {})
+    spec = _spec(c, top["spec"]) if "spec" in top else None
     if spec is None:
-        raise DescriptorError(c.problems)
-    limits = (("vnets", MAX_VNETS, "VNETs"), ("vms", MAX_VMS, "VMs"), ("placementGroups", MAX_GROUPS, "groups"))
-    if not all([c.at_most(spec[k], f"spec.{k}", n, what) for k, n, what in limits if k in spec]):
         raise DescriptorError(c.problems)
 
     vnets = [v for v in _each(c, spec.get("vnets"), "spec.vnets", lambda n, p: _vnet(c, n, p)) if v]
@@ -253,6 +229,51 @@ def validate(text: str, file: str = "<farm>", strict: bool = True) -> Farm:
         raise DescriptorError(c.problems)
     return Farm(name, tuple(v for v, _, _ in vnets), tuple(v for v, _, _ in vms), tuple(g for g, _, _ in groups),
                 labels)
+
+
+def _top(c: _Checker, root: Node | None) -> dict[str, Node] | None:
+    """The document's four top-level fields, or None when there is nothing further to check."""
+    if root is None:
+        return None
+    top = c.mapping(root, "", {"apiVersion", "kind", "metadata", "spec"}, {"apiVersion", "kind", "metadata", "spec"})
+    if top is None:
+        return None
+    if "status" in root.key_marks:  # the manager writes a farm's status; a descriptor never carries one
+        c.problems[:] = [p for p in c.problems if p.path != "status"]
+        if c.strict:
+            c.fail(root.key_marks["status"], "status", "is written by the manager, not part of a descriptor; "
+                                                       "remove it (`softudc get farm` output is not a descriptor)")
+    if "apiVersion" in top and top["apiVersion"].value != API_VERSION:
+        c.fail(top["apiVersion"].mark, "apiVersion", f"{top['apiVersion'].value!r}, expected {API_VERSION}")
+    if "kind" in top and top["kind"].value != "Farm":
+        c.fail(top["kind"].mark, "kind", f"{top['kind'].value!r}, expected Farm")
+    return top
+
+
+def _metadata(c: _Checker, node: Node) -> tuple[str | None, dict[str, str]]:
+    meta = c.mapping(node, "metadata", {"name", "labels"}, {"name"})
+    if not meta:
+        return None, {}
+    name = c.name(meta["name"], "metadata.name") if "name" in meta else None
+    if "labels" not in meta:
+        return name, {}
+    lab = meta["labels"]
+    if not isinstance(lab.value, dict) or not all(isinstance(v.value, str) for v in lab.value.values()):
+        c.fail(lab.mark, "metadata.labels", "expected a mapping of strings")
+        return name, {}
+    return name, {k: v.value for k, v in lab.value.items()}
+
+
+def _spec(c: _Checker, node: Node) -> dict[str, Node] | None:
+    """The spec's fields, or None when it is no mapping or a list is too long to look into."""
+    spec = c.mapping(node, "spec", {"vnets", "vms", "placementGroups"}, {"vnets", "vms"})
+    if spec is None:
+        return None
+    limits = (("vnets", MAX_VNETS, "VNETs"), ("vms", MAX_VMS, "VMs"), ("placementGroups", MAX_GROUPS, "groups"))
+    # a list, not a generator: every over-long list is reported, not only the first
+    if not all([c.at_most(spec[k], f"spec.{k}", n, what) for k, n, what in limits if k in spec]):
+        return None
+    return spec
 
 
 def _vnet(c: _Checker, node: Node, path: str) -> tuple[VnetDef, Mark, str] | None:
@@ -305,51 +326,71 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
                                "migration"}, {"name", "memory", "image", "nics"})
     if m is None:
         return None
-    ok = True
     name = c.name(m["name"], f"{path}.name") if "name" in m else None
     replicas = c.integer(m["replicas"], f"{path}.replicas", 0, MAX_REPLICAS) if "replicas" in m else 1
     vcpus = c.integer(m["vcpus"], f"{path}.vcpus", 1, MAX_VCPUS if c.strict else 256) if "vcpus" in m else 1
-    memory = None
-    if "memory" in m:
-        memory = parse_size_mib(m["memory"].value)
-        if memory is None or not 32 <= memory <= 4 * 1024 * 1024:
-            c.fail(m["memory"].mark, f"{path}.memory",
-                   f"{m['memory'].value!r} is not a size from 32Mi to 4Ti (a number and Ki, Mi, Gi or Ti)")
-            memory = None
-    image = m["image"].value if "image" in m else None
-    if "image" in m and (not isinstance(image, str) or not image):
-        c.fail(m["image"].mark, f"{path}.image", "expected an image name")
-        image = None
-    group = None
-    if "placementGroup" in m:
-        group = m["placementGroup"].value
-        if group not in groups:
-            c.fail(m["placementGroup"].mark, f"{path}.placementGroup",
-                   f"no placement group {group!r} in spec.placementGroups")
-            ok = False
-    migration: str | None = "live"
-    max_downtime: int | None = None
-    if "migration" in m:
-        mig = c.mapping(m["migration"], f"{path}.migration", {"policy", "maxDowntimeMs"}, set())
-        if mig:
-            migration = c.choice(mig["policy"], f"{path}.migration.policy", MIGRATION) if "policy" in mig else "live"
-            if "maxDowntimeMs" in mig:
-                max_downtime = c.integer(mig["maxDowntimeMs"], f"{path}.migration.maxDowntimeMs", 1, 60_000)
-                ok = ok and max_downtime is not None
-    nics = []
-    if "nics" in m and isinstance(m["nics"].value, list) and len(m["nics"].value) > MAX_NICS and c.strict:
-        c.fail(m["nics"].mark, f"{path}.nics", f"{len(m['nics'].value)} NICs, at most {MAX_NICS} per VM")
-        return None
-    for i, nic_node in enumerate(c.seq(m["nics"], f"{path}.nics") if "nics" in m else []):
-        nic = _nic(c, nic_node, f"{path}.nics[{i}]", vnets, replicas or 0)
-        ok = ok and nic is not None
-        if nic:
-            nics.append(nic)
-    if None in (name, replicas, vcpus, memory, image, migration) or not ok:
+    memory = _memory(c, m["memory"], f"{path}.memory") if "memory" in m else None
+    image = _image(c, m["image"], f"{path}.image") if "image" in m else None
+    group = m["placementGroup"].value if "placementGroup" in m else None
+    group_ok = "placementGroup" not in m or _known_group(c, m["placementGroup"], f"{path}.placementGroup", groups)
+    migration, max_downtime, migration_ok = \
+        _migration(c, m["migration"], f"{path}.migration") if "migration" in m else ("live", None, True)
+    nics = _vm_nics(c, m, path, vnets, replicas or 0)
+    if nics is None or None in (name, replicas, vcpus, memory, image, migration) or not group_ok or not migration_ok:
         return None
     assert name and replicas is not None and vcpus and memory and image and migration
     return VmDef(name, replicas, vcpus, memory, image, tuple(nics), group, migration, max_downtime), node.mark, \
         f"{path}.name"
+
+
+def _memory(c: _Checker, node: Node, path: str) -> int | None:
+    memory = parse_size_mib(node.value)
+    if memory is None or not 32 <= memory <= 4 * 1024 * 1024:
+        c.fail(node.mark, path, f"{node.value!r} is not a size from 32Mi to 4Ti (a number and Ki, Mi, Gi or Ti)")
+        return None
+    return memory
+
+
+def _image(c: _Checker, node: Node, path: str) -> str | None:
+    if not isinstance(node.value, str) or not node.value:
+        c.fail(node.mark, path, "expected an image name")
+        return None
+    return node.value
+
+
+def _known_group(c: _Checker, node: Node, path: str, groups: set[str]) -> bool:
+    if node.value not in groups:
+        c.fail(node.mark, path, f"no placement group {node.value!r} in spec.placementGroups")
+        return False
+    return True
+
+
+def _migration(c: _Checker, node: Node, path: str) -> tuple[str | None, int | None, bool]:
+    """(policy, maxDowntimeMs, whether maxDowntimeMs is valid); a bad policy is None."""
+    mig = c.mapping(node, path, {"policy", "maxDowntimeMs"}, set())
+    if not mig:
+        return "live", None, True
+    policy = c.choice(mig["policy"], f"{path}.policy", MIGRATION) if "policy" in mig else "live"
+    if "maxDowntimeMs" not in mig:
+        return policy, None, True
+    max_downtime = c.integer(mig["maxDowntimeMs"], f"{path}.maxDowntimeMs", 1, 60_000)
+    return policy, max_downtime, max_downtime is not None
+
+
+def _vm_nics(c: _Checker, m: dict[str, Node], path: str, vnets: dict[str, VnetDef], replicas: int
+             ) -> list[NicDef] | None:
+    """The VM's NICs, or None when any is wrong (each reported) or there are too many to look at."""
+    if "nics" in m and isinstance(m["nics"].value, list) and len(m["nics"].value) > MAX_NICS and c.strict:
+        c.fail(m["nics"].mark, f"{path}.nics", f"{len(m['nics'].value)} NICs, at most {MAX_NICS} per VM")
+        return None
+    nics = []
+    ok = True
+    for i, nic_node in enumerate(c.seq(m["nics"], f"{path}.nics") if "nics" in m else []):
+        nic = _nic(c, nic_node, f"{path}.nics[{i}]", vnets, replicas)
+        ok = ok and nic is not None
+        if nic:
+            nics.append(nic)
+    return nics if ok else None
 
 
 def _nic(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], replicas: int) -> NicDef | None:
