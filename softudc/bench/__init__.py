@@ -4,43 +4,69 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from typing import Any
 
 
 def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: bool = True,
               designs: list[str] | None = None, runs: int = 10) -> None:
-    if name == "dataplane":
-        from softudc.bench.dataplane import run_dataplane
-
-        result = run_dataplane(reps=reps, seconds=seconds, offloads=offloads, designs=designs)
-    elif name == "placement":
-        from softudc.bench.placement import run_placement
-
-        result = run_placement()
-    elif name == "migration":
-        from softudc.bench.migration import run_migration
-
-        result = run_migration(runs=runs)
-    elif name == "reconcile":
-        from softudc.bench.reconcile import run_reconcile
-
-        result = run_reconcile()
-    else:  # argparse restricts the choices; this is for library callers
+    if name not in _PRINTERS:  # argparse restricts the choices; this is for library callers
         raise ValueError(f"unknown benchmark {name!r}")
+    result = _measure(name, reps=reps, seconds=seconds, offloads=offloads, designs=designs, runs=runs)
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         print()
-    elif name == "placement":
-        for cluster, r in result["clusters"].items():
-            print(cluster, r)
-    elif name == "migration":
-        for mode in ("vnet", "plain_l2"):
-            print(mode, {k: round(v, 1) for k, v in result[mode].items()})
-        print(result["ratios"])
-    elif name == "reconcile":
-        for farms, r in result["farms"].items():
-            print(f"{farms} farms", {k: round(v, 2) for k, v in r.items()})
-        print(result["ratios"])
     else:
-        from softudc.bench.report import print_table
+        _PRINTERS[name](result)
 
-        print_table(result)
+
+def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: list[str] | None,
+             runs: int) -> dict[str, Any]:
+    # Imported on use: each benchmark pulls in what it drives (a lab, a manager), which the others need not load.
+    if name == "dataplane":
+        from softudc.bench.dataplane import run_dataplane
+
+        return run_dataplane(reps=reps, seconds=seconds, offloads=offloads, designs=designs)
+    if name == "placement":
+        from softudc.bench.placement import run_placement
+
+        return run_placement()
+    if name == "migration":
+        from softudc.bench.migration import run_migration
+
+        return run_migration(runs=runs)
+    from softudc.bench.reconcile import run_reconcile
+
+    return run_reconcile()
+
+
+def _print_dataplane(result: dict[str, Any]) -> None:
+    from softudc.bench.report import print_table
+
+    print_table(result)
+
+
+def _print_placement(result: dict[str, Any]) -> None:
+    for cluster, r in result["clusters"].items():
+        print(cluster, r)
+
+
+def _print_migration(result: dict[str, Any]) -> None:
+    for mode in ("vnet", "plain_l2"):
+        print(mode, {k: round(v, 1) for k, v in result[mode].items()})
+    print(result["ratios"])
+
+
+def _print_reconcile(result: dict[str, Any]) -> None:
+    for farms, r in result["farms"].items():
+        print(f"{farms} farms", {k: round(v, 2) for k, v in r.items()})
+    print(result["ratios"])
+
+
+# the benchmarks by name, with how each prints its result for a reader (--json prints them all alike)
+_PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "dataplane": _print_dataplane,
+    "placement": _print_placement,
+    "migration": _print_migration,
+    "reconcile": _print_reconcile,
+}
