@@ -16,7 +16,8 @@ from typing import Any
 
 from softudc.cli.admin import get_rows, migrate_managed, ok, print_table
 from softudc.cli.connect import LabApi
-from softudc.lab import Lab, LabError, LabSpec, lab_down, lab_up
+from softudc.cli.errors import CliError
+from softudc.lab import Lab, LabSpec, lab_down, lab_up
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get, wait_for_page
 from softudc.lab.manager import MANAGER_ADDR, METRICS_PORT, call
@@ -146,7 +147,7 @@ def _migrate(lab: Lab, instances: dict[str, dict[str, Any]]) -> int:
     time.sleep(1)
     try:
         migrate_managed(LabApi(lab), "demo", "db-0", dest, timeout=300)
-    except LabError as e:
+    except CliError as e:
         print(f"  FAILED: {e}")
         return 1
     finally:

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from softudc.cli.connect import Api, add_arguments, connect
-from softudc.lab import LabError
+from softudc.cli.errors import CliError
 from softudc.model.farm import Farm, validate
 from softudc.model.source import DescriptorError
 from softudc.placement.model import fmt_mib
@@ -24,7 +24,7 @@ def ok(status: int, body: Any) -> Any:
         message = body.get("error", body) if isinstance(body, dict) else body
         for p in body.get("problems", []) if isinstance(body, dict) else []:
             print(p, file=sys.stderr)
-        raise LabError(f"manager: {message}")
+        raise CliError(f"manager: {message}")
     return body
 
 
@@ -33,13 +33,13 @@ def _read_farm(path: str) -> tuple[str, Farm]:
     try:
         text = Path(path).read_text()
     except OSError as e:
-        raise LabError(f"{path}: {e.strerror}") from None
+        raise CliError(f"{path}: {e.strerror}") from None
     try:
         return text, validate(text, path)
     except DescriptorError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
-        raise LabError(f"{path}: {len(e.problems)} problem(s); nothing was changed") from None
+        raise CliError(f"{path}: {len(e.problems)} problem(s); nothing was changed") from None
 
 
 def cmd_apply(a: argparse.Namespace) -> None:
@@ -66,13 +66,13 @@ def cmd_apply(a: argparse.Namespace) -> None:
         if time.monotonic() - t0 > a.timeout:
             print(file=sys.stderr)
             _print_farm(f)
-            raise LabError(f"farm {farm.name} is not Ready after {a.timeout:.0f} s; it stays applied and the "
+            raise CliError(f"farm {farm.name} is not Ready after {a.timeout:.0f} s; it stays applied and the "
                            f"manager keeps at it (`softudc describe farm {farm.name}` shows why)")
         time.sleep(1)
     print(file=sys.stderr)
     _print_farm(f)
     if status.get("unplaced"):
-        raise LabError(f"{len(status['unplaced'])} instance(s) of {farm.name} cannot be placed (reasons above); "
+        raise CliError(f"{len(status['unplaced'])} instance(s) of {farm.name} cannot be placed (reasons above); "
                        "add hosts or capacity, or lower the replicas")
 
 
@@ -219,7 +219,7 @@ def managed_instance(api: Api, name: str) -> tuple[str, str] | None:
             return farm, instance
     owners = [f["name"] for f in _farms(api) if any(i["name"] == name for i in f["status"].get("instances", []))]
     if len(owners) > 1:
-        raise LabError(f"farms {', '.join(owners)} each have an instance {name}; say which: FARM/{name}")
+        raise CliError(f"farms {', '.join(owners)} each have an instance {name}; say which: FARM/{name}")
     return (owners[0], name) if owners else None
 
 
@@ -232,7 +232,7 @@ def migrate_managed(api: Api, farm: str, instance: str, to: str, timeout: float)
         f = ok(*api.call("GET", f"/v1/farms/{farm}"))
         inst = next((i for i in f["status"].get("instances", []) if i["name"] == instance), None)
         if inst is None:
-            raise LabError(f"{farm}/{instance} was removed from its farm while it moved")
+            raise CliError(f"{farm}/{instance} was removed from its farm while it moved")
         moving = inst.get("migrating")
         if not moving:
             break
@@ -242,7 +242,7 @@ def migrate_managed(api: Api, farm: str, instance: str, to: str, timeout: float)
               f"{done / 2**20:7.1f} MiB  {time.monotonic() - t0:5.1f} s", end="", file=sys.stderr, flush=True)
         if time.monotonic() - t0 > timeout:
             print(file=sys.stderr)
-            raise LabError(f"{farm}/{instance} is still moving after {timeout:.0f} s; follow it with "
+            raise CliError(f"{farm}/{instance} is still moving after {timeout:.0f} s; follow it with "
                            f"`softudc describe farm {farm} {api.hint}`")
         time.sleep(0.5)
     print(file=sys.stderr)
@@ -250,7 +250,7 @@ def migrate_managed(api: Api, farm: str, instance: str, to: str, timeout: float)
                     and e["message"].startswith(f"{instance}:")), None)
     message = outcome["message"] if outcome else "(no event recorded)"
     if inst["host"] != to:
-        raise LabError(f"migration failed: {message}")
+        raise CliError(f"migration failed: {message}")
     print(f"{farm}/{instance} now runs on {to}: {message}")
 
 
@@ -298,7 +298,7 @@ def cmd_delete(a: argparse.Namespace) -> None:
                 print("  no VM of it runs on any host")
                 return
             if time.monotonic() > deadline:
-                raise LabError(f"VMs of {a.name} still run after {a.timeout:.0f} s: {', '.join(left)} "
+                raise CliError(f"VMs of {a.name} still run after {a.timeout:.0f} s: {', '.join(left)} "
                                "(see `softudc host list -o wide` for the hosts' errors)")
             print(f"\r  {len(left)} VM(s) still running", end="", file=sys.stderr, flush=True)
             time.sleep(1)

@@ -24,3 +24,13 @@ def test_main_prints_a_cli_error_and_exits_1(monkeypatch: pytest.MonkeyPatch,
         cli_main.main(["lab", "down", "x"])
     assert exc.value.code == 1
     assert capsys.readouterr().err == "softudc: the manager refused; run `softudc get hosts` to see why\n"
+
+
+def test_a_refused_manager_call_is_a_cli_error_not_a_lab_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from softudc.cli.admin import ok
+
+    assert ok(200, {"farms": []}) == {"farms": []}
+    with pytest.raises(CliError, match=r"^manager: farm demo is invalid$") as e:
+        ok(422, {"error": "farm demo is invalid", "problems": ["vms[0].vcpus: must be >= 1"]})
+    assert not isinstance(e.value, LabError)  # no lab involved
+    assert capsys.readouterr().err == "vms[0].vcpus: must be >= 1\n"
