@@ -104,25 +104,11 @@ class VnetService:
         level = vnet_keys.level if vnet_keys and vnet_keys.level else "none"
         if level != "none" and transport != "udp":
             raise ServiceError(f"security {level} travels as ESP in UDP (RFC 3948); use transport 'udp'")
-        member_hosts = tuple(members) if members is not None else self.config.member_hosts
-        for m in member_hosts:
-            try:
-                ipaddress.IPv4Address(m)
-            except ValueError:
-                raise ServiceError(f"members: {m!r} is not an IPv4 address") from None
-        others = tuple(m for m in member_hosts if m != self.config.underlay_address)
+        others = self._other_members(members)
         with self.lock:
             existing = self.forwarder.vnets.get(vnet)
             if existing is not None:
-                if (existing.transport, existing.security) != (transport, level):
-                    raise ServiceError(f"vnet {vnet} exists with transport {existing.transport}, security "
-                                       f"{existing.security}; delete it first to change them")
-                existing.members = others
-                if vnet_keys is not None:
-                    self._install_keys(vnet, vnet_keys)
-                self.forwarder.sas.set_members(vnet, others)
-                self._save()
-                return self._describe(existing)
+                return self._update_vnet(existing, transport, level, others, vnet_keys)
             fits = mtu_for(transport, self.config.underlay_mtu, level)
             if mtu is not None and not 576 <= mtu <= fits:
                 raise ServiceError(f"vnet {vnet}: MTU {mtu} does not fit: with transport {transport}, security "
@@ -143,6 +129,29 @@ class VnetService:
                 raise
             self._save()
             return self._describe(port)
+
+    def _other_members(self, members: list[str] | None) -> tuple[str, ...]:
+        """A VNET's member hosts (by default the configured ones), each an IPv4 address, less this host."""
+        member_hosts = tuple(members) if members is not None else self.config.member_hosts
+        for m in member_hosts:
+            try:
+                ipaddress.IPv4Address(m)
+            except ValueError:
+                raise ServiceError(f"members: {m!r} is not an IPv4 address") from None
+        return tuple(m for m in member_hosts if m != self.config.underlay_address)
+
+    def _update_vnet(self, port: VnetPort, transport: str, level: str, others: tuple[str, ...],
+                     vnet_keys: VnetKeys | None) -> dict[str, Any]:
+        """`create_vnet` on a VNET that exists (under the lock): new members and keys, same transport and security."""
+        if (port.transport, port.security) != (transport, level):
+            raise ServiceError(f"vnet {port.vnet} exists with transport {port.transport}, security "
+                               f"{port.security}; delete it first to change them")
+        port.members = others
+        if vnet_keys is not None:
+            self._install_keys(port.vnet, vnet_keys)
+        self.forwarder.sas.set_members(port.vnet, others)
+        self._save()
+        return self._describe(port)
 
     def _keys_for(self, vnet: int, security: str | None, keys: dict[str, Any] | None) -> VnetKeys | None:
         vnet_keys: VnetKeys | None
