@@ -8,7 +8,7 @@ carry. The serial console goes to a log file (and a pty for interactive use).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gatekeeper.vnet.devices import bridge_name
 
@@ -33,7 +33,6 @@ class VmSpec:
     accel: str = "qemu"  # "qemu" (TCG) or "kvm"
     console_log: str | None = None
     extra_cmdline: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
 
     @property
     def cmdline(self) -> str:
@@ -68,8 +67,6 @@ def domain_xml(spec: VmSpec) -> str:
     for nic in spec.nics:
         ET.SubElement(sv, f"{{{NS}}}nic", {"vnet": str(nic.vnet), "mac": nic.mac, "mtu": str(nic.mtu),
                                            **({"ip": nic.ip} if nic.ip else {})})
-    for k, v in spec.metadata.items():
-        ET.SubElement(sv, f"{{{NS}}}meta", {"key": k, "value": v})
     _sub(dom, "memory", str(spec.memory_mib), unit="MiB")
     _sub(dom, "vcpu", str(spec.vcpus))
     os_ = _sub(dom, "os")

@@ -241,9 +241,6 @@ def needs_csum_hdr(frame: memoryview, writable: bytearray | memoryview, offset: 
     return _VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, l4, csum_off)
 
 
-_NO_MERGE = TCP_SYN | TCP_RST | TCP_URG | TCP_FIN | TCP_CWR | TCP_ECE
-
-
 @functools.lru_cache(maxsize=64)
 def _and_mask(prefix_mask: bytes, l4: int, hlen: int) -> np.ndarray:
     """Byte mask over `prefix + headers`: the prefix's own mask, then 0xFF where segments of one

@@ -42,7 +42,6 @@ HEADER_LEN = 8  # SPI + sequence
 IV_LEN = 8
 ICV_LEN = 16
 SALT_LEN = 4
-OVERHEAD_MAX = HEADER_LEN + IV_LEN + 3 + 2 + ICV_LEN  # worst-case padding
 _HDR = struct.Struct("!II")
 
 Level = Literal["auth", "conf"]
