@@ -36,7 +36,7 @@ def cmd_init(a: argparse.Namespace) -> None:
 
 
 def cmd_manager(a: argparse.Namespace) -> None:
-    from softudc.manager.api import serve
+    from softudc.manager.daemon import serve
     from softudc.manager.service import Manager
     from softudc.pki import PkiError
 

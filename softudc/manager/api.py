@@ -1,124 +1,59 @@
-"""The manager's REST API over HTTPS (stdlib handler; `server` bounds connections and threads): the
-routes, the OpenAPI document and the handler that maps requests onto the `service`.
+"""The manager's REST API on FastAPI: the routes, their request and answer models (which make the
+OpenAPI document, /v1/openapi.json), and the mapping of errors onto `{"error": ..., ...}` answers.
+`softudc.manager.daemon` serves it over HTTPS.
 
 Administrators authenticate with bearer tokens (roles in `auth`); gatekeepers with client
-certificates from the manager's CA (their routes refuse anything else): the TLS context asks for
-a client certificate and verifies it when one is given.
+certificates from the manager's CA (their routes refuse anything else): the server puts the
+certificate the TLS handshake verified into the request's scope (`extensions.tls`).
+
+Blocking service calls (sqlite, the reconcile lock) run on a small thread pool (`workers`); long
+polls wait on the event loop (`Manager.wait_desired`), holding no thread.
 """
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import hashlib
-import json
-import math
 import re
 import ssl
-import threading
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
-from typing import Any
-from urllib.parse import parse_qsl
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from softudc.manager.auth import AuthError
-from softudc.manager.server import ServerCollector, TlsServer
+from anyio import to_thread
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from softudc.manager.auth import AuthError, Principal
 from softudc.manager.service import ApiError, Manager
 
-MAX_BODY = 1 << 20
+MAX_BODY = 1 << 20  # bytes: a farm descriptor or a host report is far smaller
+WORKERS = 8  # threads for blocking service calls
+MAX_PROBLEMS = 20  # validation problems named in one answer
+NAME_PATTERN = r"^[a-z0-9-]{1,40}$"  # a farm or a host
+INSTANCE_PATTERN = r"^[a-z0-9-]{1,60}$"
 
-OPENAPI: dict[str, Any] = {
-    "openapi": "3.0.3",
-    "info": {"title": "SoftUDC manager", "version": "v1"},
-    "components": {"securitySchemes": {"token": {"type": "http", "scheme": "bearer"}}},
-    "security": [{"token": []}],
-    "paths": {
-        "/v1/farms": {"get": {"summary": "Farms the caller may read", "responses": {"200": {"description": "list"}}}},
-        "/v1/farms/{name}": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "get": {"summary": "A farm: spec, status, events", "responses": {"200": {"description": "farm"},
-                                                                             "404": {"description": "no such farm"}}},
-            "put": {"summary": "Apply a farm descriptor (YAML)",
-                    "parameters": [{"name": "If-Match", "in": "header", "required": False,
-                                    "description": "the revision read: 3 or \"3\"; anything else is a 400",
-                                    "schema": {"type": "string", "pattern": "^(\"[0-9]+\"|[0-9]+)$"}}],
-                    "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}},
-                    "responses": {"200": {"description": "stored"},
-                                  "400": {"description": "problems, or a malformed If-Match"},
-                                  "409": {"description": "changed since read, or cannot be planned (and why)"}}},
-            "delete": {"summary": "Delete a farm", "responses": {"200": {"description": "deleted"}}},
-        },
-        "/v1/farms/{name}/plan": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "post": {"summary": "What applying a descriptor would change (stores nothing); for a farm that "
-                                "does not exist, a token that may create it",
-                     "requestBody": {"content": {"application/yaml": {"schema": {"type": "string"}}}},
-                     "responses": {"200": {"description": "plan"}, "400": {"description": "problems"},
-                                   "403": {"description": "may not create this farm"},
-                                   "409": {"description": "cannot be planned (and why)"}}}},
-        "/v1/farms/{name}/instances/{instance}/migrate": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                           {"name": "instance", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "post": {"summary": "Move an instance to another host (live, or cold by the VM's policy); "
-                                "{\"cancel\": true} gives up a cold move, or a live one its source has not started",
-                     "requestBody": {"content": {"application/json": {"schema": {
-                         "type": "object", "properties": {"to": {"type": "string"}, "cancel": {"type": "boolean"}}}}}},
-                     "responses": {"200": {"description": "migration requested (or cancelled); follow the farm's "
-                                                         "status"},
-                                   "400": {"description": "bad body"}, "404": {"description": "no such farm"},
-                                   "409": {"description": "cannot move there now (and why)"}}}},
-        "/v1/farms/{name}/keys/rotate": {
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "post": {"summary": "New keys for the farm's VNETs (or one: {\"vnet\": NAME}), in three steps "
-                                "key_rotation_step_s apart: added, sent with, the old ones retired",
-                     "requestBody": {"content": {"application/json": {"schema": {
-                         "type": "object", "properties": {"vnet": {"type": "string"}}}}}},
-                     "responses": {"200": {"description": "rotation started (which VNETs)"},
-                                   "400": {"description": "bad body"}, "403": {"description": "read-only token"},
-                                   "404": {"description": "no such farm, or no keys yet"},
-                                   "409": {"description": "that VNET's rotation is still in progress"}}}},
-        "/v1/events": {"get": {
-            "summary": "The event log (admins: all; others: their farms')",
-            "parameters": [{"name": "kind", "in": "query", "schema": {"type": "string", "enum": ["farm", "host"]}},
-                           {"name": "name", "in": "query", "schema": {"type": "string"}},
-                           {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1,
-                                                                        "maximum": 1000}}],
-            "responses": {"200": {"description": "events, oldest first"}, "400": {"description": "bad query"}}}},
-        "/v1/hosts": {"get": {"summary": "Hosts and their last status", "responses": {"200": {"description": "list"}}}},
-        "/v1/hosts/join": {"post": {"summary": "A gatekeeper joins: one-time token + CSR -> certificate",
-                                    "security": [], "responses": {"200": {"description": "certificate"},
-                                                                  "403": {"description": "bad token"}}}},
-        "/v1/hosts/{name}/state": {"put": {
-            "summary": "Take a host out of placement or back in (admin)",
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "requestBody": {"content": {"application/json": {"schema": {
-                "type": "object", "required": ["state"],
-                "properties": {"state": {"type": "string", "enum": ["ready", "draining", "maintenance"]}}}}}},
-            "responses": {"200": {"description": "stored"}, "400": {"description": "bad state"},
-                          "403": {"description": "not an admin"}, "404": {"description": "no such host"}}}},
-        "/v1/hosts/{name}": {"delete": {
-            "summary": "Remove a host (admin): its certificate is refused from then on; join again to come back",
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-                           {"name": "force", "in": "query", "schema": {"type": "boolean"}}],
-            "responses": {"200": {"description": "removed"}, "403": {"description": "not an admin"},
-                          "404": {"description": "no such host"},
-                          "409": {"description": "instances are placed there (and which); force to remove anyway"}}}},
-        "/v1/hosts/{name}/desired": {"get": {"summary": "What a gatekeeper should run (mutual TLS only); a long "
-                                                        "poll with since=ETAG&wait=SECONDS",
-                                             "security": [], "parameters": [
-                                                 {"name": "name", "in": "path", "required": True,
-                                                  "schema": {"type": "string"}},
-                                                 {"name": "since", "in": "query", "schema": {"type": "string"}},
-                                                 {"name": "wait", "in": "query",
-                                                  "schema": {"type": "number", "minimum": 0, "maximum": 60}}],
-                                             "responses": {"200": {"description": "VNETs and VMs"},
-                                                           "403": {"description": "bad certificate"}}}},
-        "/v1/hosts/{name}/status": {"put": {"summary": "A gatekeeper reports (mutual TLS only)", "security": [],
-                                            "parameters": [{"name": "name", "in": "path", "required": True,
-                                                            "schema": {"type": "string"}}],
-                                            "responses": {"200": {"description": "stored"},
-                                                          "403": {"description": "bad certificate"}}}},
-    },
-}
+
+@dataclass
+class ApiStats:
+    """What the server refused or cut off, by reason, and the long polls waiting now (metrics)."""
+
+    dropped: dict[str, int] = field(default_factory=dict)
+    long_polls: int = 0
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
 
 IF_MATCH = re.compile(r'^\s*(?:"([0-9]{1,18})"|([0-9]{1,18}))\s*$')
@@ -136,183 +71,400 @@ def parse_if_match(header: str | None) -> int | None:
     return int(m.group(1) or m.group(2))
 
 
-Route = tuple[str, re.Pattern[str], str]
-NAME = r"(?P<name>[a-z0-9-]{1,40})"  # a farm or a host
-INSTANCE = r"(?P<instance>[a-z0-9-]{1,60})"
-ROUTES: list[Route] = [
-    ("GET", re.compile(r"^/v1/openapi\.json$"), "openapi"),
-    ("GET", re.compile(r"^/v1/farms$"), "list_farms"),
-    ("GET", re.compile(rf"^/v1/farms/{NAME}$"), "get_farm"),
-    ("PUT", re.compile(rf"^/v1/farms/{NAME}$"), "put_farm"),
-    ("DELETE", re.compile(rf"^/v1/farms/{NAME}$"), "delete_farm"),
-    ("POST", re.compile(rf"^/v1/farms/{NAME}/plan$"), "plan"),
-    ("POST", re.compile(rf"^/v1/farms/{NAME}/instances/{INSTANCE}/migrate$"), "migrate"),
-    ("POST", re.compile(rf"^/v1/farms/{NAME}/keys/rotate$"), "rotate_keys"),
-    ("GET", re.compile(r"^/v1/hosts$"), "list_hosts"),
-    ("GET", re.compile(r"^/v1/events$"), "list_events"),
-    ("POST", re.compile(r"^/v1/hosts/join$"), "join"),
-    ("PUT", re.compile(rf"^/v1/hosts/{NAME}/state$"), "set_host_state"),
-    ("DELETE", re.compile(rf"^/v1/hosts/{NAME}$"), "delete_host"),
-    ("PUT", re.compile(rf"^/v1/hosts/{NAME}/status$"), "host_status"),
-    ("GET", re.compile(rf"^/v1/hosts/{NAME}/desired$"), "desired"),
-]
+# --- request bodies: strict, nothing unknown ------------------------------------------------------
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
-def make_handler(m: Manager) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "softudc-manager"
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, fmt: str, *args: Any) -> None:  # quiet; metrics count requests
-            pass
-
-        def _reply(self, status: int, body: Any, route: str) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-            m.requests.labels(route, str(status)).inc()
-
-        def _read_body(self) -> None:
-            """Read the whole body before anything else: one left in the stream would corrupt the
-            next request on this keep-alive connection."""
-            self._raw = b""
-            self._too_big = False
-            try:
-                n = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                n = -1
-            if n < 0 or n > MAX_BODY:
-                self._too_big = True
-                self.close_connection = True
-                return
-            self._raw = self.rfile.read(n) if n else b""
-
-        def _body(self) -> bytes:
-            if self._too_big:
-                raise ApiError(413, f"body missing a valid Content-Length or over {MAX_BODY} bytes")
-            return self._raw
-
-        def _json(self) -> dict[str, Any]:
-            try:
-                data = json.loads(self._body() or b"{}")
-            except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
-                raise ApiError(400, "body must be JSON (and not nested hundreds of levels deep)") from None
-            if not isinstance(data, dict):
-                raise ApiError(400, "body must be a JSON object")
-            return data
-
-        def _peer_cn(self) -> str | None:
-            cert = self.connection.getpeercert() if isinstance(self.connection, ssl.SSLSocket) else None
-            if not cert:
-                return None
-            subject: Any = cert.get("subject", ())  # ((("commonName", "h1"),), ...)
-            for rdn in subject:
-                for key, value in rdn:
-                    if key == "commonName":
-                        return str(value)
-            return None
-
-        def _peer_fingerprint(self) -> str | None:
-            der = self.connection.getpeercert(True) if isinstance(self.connection, ssl.SSLSocket) else None
-            return hashlib.sha256(der).hexdigest() if der else None
-
-        def _dispatch(self, method: str) -> None:
-            self._read_body()
-            path = self.path.split("?", 1)[0]
-            for meth, pattern, op in ROUTES:
-                match = pattern.match(path)
-                if not match:
-                    continue
-                if meth != method:
-                    continue
-                try:
-                    self._reply(200, self._run(op, **match.groupdict()), op)
-                except AuthError as e:
-                    self._reply(e.status, {"error": str(e)}, op)
-                except ApiError as e:
-                    self._reply(e.status, {"error": str(e), **e.extra}, op)
-                except Exception as e:
-                    self._reply(500, {"error": f"internal error: {type(e).__name__}: {e}"}, op)
-                return
-            known = any(p.match(path) for _, p, _ in ROUTES)
-            self._reply(405 if known else 404, {"error": f"{method} {path}: " +
-                                                ("method not allowed" if known else "no such route")}, "unknown")
-
-        def _run(self, op: str, **args: str) -> Any:
-            if op == "openapi":
-                return OPENAPI
-            if op == "join":
-                return m.join(self._json())
-            if op in ("host_status", "desired"):  # one certificate per host name (audit R14)
-                m.authenticate_host(args["name"], self._peer_cn(), self._peer_fingerprint())
-            if op == "host_status":
-                stored = m.host_status(self._peer_cn(), args["name"], self._json())
-                m.note_address(args["name"], str(self.client_address[0]))  # only once it authenticated (R20)
-                return stored
-            if op == "desired":
-                query = dict(parse_qsl(self.path.partition("?")[2]))
-                try:
-                    wait = float(query.get("wait", 0))
-                    if not math.isfinite(wait):
-                        raise ValueError(wait)
-                except ValueError:
-                    raise ApiError(400, f"wait: {query['wait']!r} is not a number of seconds") from None
-                return m.desired(self._peer_cn(), args["name"], query.get("since", ""), wait)
-            who = m.tokens.authenticate(self.headers.get("Authorization"))
-            if op == "delete_host":
-                force = dict(parse_qsl(self.path.partition("?")[2])).get("force") in ("1", "true")
-                return m.delete_host(who, args["name"], force)
-            if op == "set_host_state":
-                return m.set_host_state(who, args["name"], self._json())
-            if op == "list_events":
-                query = dict(parse_qsl(self.path.partition("?")[2]))
-                return m.list_events(who, query)
-            if op == "migrate":
-                return m.migrate(who, args["name"], args["instance"], self._json())
-            if op == "rotate_keys":
-                return m.rotate_keys(who, args["name"], self._json())
-            if op == "plan":
-                return m.plan(who, args["name"], self._body().decode("utf-8", "replace"))
-            if op == "put_farm":
-                expect = parse_if_match(self.headers.get("If-Match"))
-                return m.put_farm(who, args["name"], self._body().decode("utf-8", "replace"), expect)
-            fn: Callable[..., Any] = getattr(m, op)
-            return fn(who, **args)
-
-        def do_GET(self) -> None:
-            self._dispatch("GET")
-
-        def do_PUT(self) -> None:
-            self._dispatch("PUT")
-
-        def do_POST(self) -> None:
-            self._dispatch("POST")
-
-        def do_DELETE(self) -> None:
-            self._dispatch("DELETE")
-
-        def __getattr__(self, name: str) -> Any:
-            # Any other method (TRACE, PATCH, OPTIONS, ...): 405 with a message, not a bare 501.
-            if name.startswith("do_"):
-                return lambda: self._dispatch(name[3:])
-            raise AttributeError(name)
-
-    return Handler
+class JoinRequest(_Body):
+    token: str = Field(max_length=4096, description="the one-time join token (`softudc host join-token NAME`)")
+    csr: str = Field(max_length=16384, description="the gatekeeper's certificate request, PEM")
 
 
-def serve(m: Manager, host: str, port: int, **limits: Any) -> TlsServer:
-    """Start the API on a background thread; returns the server (`.server_address`, `.shutdown()`).
-    `limits`: the server's bounds (see `softudc.manager.server`), for tests."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(m.state_dir / "pki" / "server.crt"), str(m.state_dir / "pki" / "server.key"))
-    ctx.load_verify_locations(str(m.state_dir / "pki" / "ca.crt"))
-    ctx.verify_mode = ssl.CERT_OPTIONAL  # admins come with tokens, gatekeepers with certificates
-    server = TlsServer((host, port), make_handler(m), ctx, max_body=MAX_BODY, **limits)
-    with contextlib.suppress(ValueError):  # a second server for the same Manager (tests): the first one's stay
-        m.registry.register(ServerCollector(server))
-    threading.Thread(target=server.serve_forever, name="manager-api", daemon=True).start()
-    return server
+class MigrateRequest(_Body):
+    to: str | None = Field(None, pattern=NAME_PATTERN, description="the destination host")
+    cancel: bool = Field(False, description="give up a cold move, or a live one its source has not started")
+
+
+class RotateRequest(_Body):
+    vnet: str | None = Field(None, max_length=64, description="one VNET of the farm; none: all of them")
+
+
+class HostStateRequest(_Body):
+    state: Literal["ready", "draining", "maintenance"]
+
+
+# --- answers: the fields clients read; anything else the service adds passes through --------------
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorAnswer(_Answer):
+    error: str = Field(description="what went wrong and what to do next")
+    problems: list[str] | None = Field(None, description="every problem found, where there were several")
+
+
+class FarmSummary(_Answer):
+    name: str
+    revision: int
+    vms: int
+
+
+class FarmAnswer(_Answer):
+    name: str
+    revision: int
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+class Applied(_Answer):
+    name: str
+    revision: int
+    status: dict[str, Any]
+
+
+class FarmDeleted(_Answer):
+    name: str
+    deleted: bool
+    revision: int
+
+
+class PlanAnswer(_Answer):
+    summary: str
+    create: list[dict[str, Any]]
+    delete: list[dict[str, Any]]
+    unplaced: dict[str, Any]
+    resize: list[dict[str, Any]]
+    changes: bool
+
+
+class MigrateAnswer(_Answer):
+    farm: str
+    instance: dict[str, Any]
+
+
+class RotateAnswer(_Answer):
+    farm: str
+    rotating: list[str]
+    step_s: float
+
+
+class HostSummary(_Answer):
+    name: str
+    revision: int
+    state: str
+
+
+class Joined(_Answer):
+    host: str
+    certificate: str = Field(description="the host's certificate, PEM")
+    ca: str = Field(description="the manager's CA certificate, PEM")
+
+
+class HostState(_Answer):
+    host: str
+    state: str
+
+
+class HostRemoved(_Answer):
+    host: str
+    removed: bool
+    instances: list[str]
+
+
+class ReportStored(_Answer):
+    host: str
+    stored: bool
+
+
+class Desired(_Answer):
+    vnets: list[dict[str, Any]]
+    vms: list[dict[str, Any]]
+    etag: str = Field(description="send it back as `since` to wait for a change")
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorAnswer} for code in codes}
+
+
+YAML_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/yaml": {"schema": {"type": "string", "description": "a farm descriptor"}}}}}
+
+
+# --- who is asking ----------------------------------------------------------------------------
+
+def _manager(request: Request) -> Manager:
+    m: Manager = request.app.state.manager
+    return m
+
+
+def _stats(request: Request) -> ApiStats:
+    stats: ApiStats = request.app.state.stats
+    return stats
+
+
+_bearer = HTTPBearer(auto_error=False, scheme_name="token", description="an API token (`softudc init` makes "
+                                                                          "the admin's)")
+
+
+def _principal(m: Annotated[Manager, Depends(_manager)],
+               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
+    return m.tokens.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """The client certificate the TLS handshake verified: its common name and SHA-256 fingerprint."""
+
+    cn: str | None = None
+    fingerprint: str | None = None
+
+
+def _peer(request: Request) -> Peer:
+    chain = request.scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
+    if not chain:
+        return Peer()
+    der = ssl.PEM_cert_to_DER_cert(chain[0])
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return Peer(str(names[0].value) if names else None, hashlib.sha256(der).hexdigest())
+
+
+Mgr = Annotated[Manager, Depends(_manager)]
+Who = Annotated[Principal, Depends(_principal)]
+Cert = Annotated[Peer, Depends(_peer)]
+FarmName = Annotated[str, Path(pattern=NAME_PATTERN, description="a farm")]
+HostName = Annotated[str, Path(pattern=NAME_PATTERN, description="a host")]
+Instance = Annotated[str, Path(pattern=INSTANCE_PATTERN, description="an instance of the farm, e.g. web-0")]
+
+router = APIRouter()
+
+
+# --- farms ----------------------------------------------------------------------------------------
+
+@router.get("/v1/farms", summary="Farms the caller may read", response_model=list[FarmSummary],
+            responses=_errors(401))
+def list_farms(m: Mgr, who: Who) -> Any:
+    return m.list_farms(who)
+
+
+@router.get("/v1/farms/{name}", summary="A farm: spec, status, events", response_model=FarmAnswer,
+            responses=_errors(401, 404))
+def get_farm(m: Mgr, who: Who, name: FarmName) -> Any:
+    return m.get_farm(who, name)
+
+
+@router.put("/v1/farms/{name}", summary="Apply a farm descriptor (YAML)", response_model=Applied,
+            openapi_extra=YAML_BODY, responses={
+                **_errors(401, 403, 413),
+                400: {"model": ErrorAnswer, "description": "problems (every one named), or a malformed If-Match"},
+                409: {"model": ErrorAnswer, "description": "changed since read, or cannot be planned (and why)"}})
+async def put_farm(request: Request, m: Mgr, who: Who, name: FarmName, if_match: Annotated[str | None, Header(
+        description="the revision read: 3 or \"3\"; anything else is a 400")] = None) -> Any:
+    expect = parse_if_match(if_match)
+    text = (await request.body()).decode("utf-8", "replace")
+    return await run_in_threadpool(m.put_farm, who, name, text, expect)
+
+
+@router.delete("/v1/farms/{name}", summary="Delete a farm", response_model=FarmDeleted,
+               responses=_errors(401, 403, 404))
+def delete_farm(m: Mgr, who: Who, name: FarmName) -> Any:
+    return m.delete_farm(who, name)
+
+
+@router.post("/v1/farms/{name}/plan", response_model=PlanAnswer, openapi_extra=YAML_BODY,
+             summary="What applying a descriptor would change (stores nothing); for a farm that does not "
+                     "exist, a token that may create it", responses={
+                         **_errors(400, 401, 404, 413),
+                         403: {"model": ErrorAnswer, "description": "may not create this farm"},
+                         409: {"model": ErrorAnswer, "description": "cannot be planned (and why)"}})
+async def plan(request: Request, m: Mgr, who: Who, name: FarmName) -> Any:
+    text = (await request.body()).decode("utf-8", "replace")
+    return await run_in_threadpool(m.plan, who, name, text)
+
+
+@router.post("/v1/farms/{name}/instances/{instance}/migrate", response_model=MigrateAnswer,
+             summary="Move an instance to another host (live, or cold by the VM's policy); {\"cancel\": true} "
+                     "gives up a cold move, or a live one its source has not started", responses={
+                         **_errors(400, 401, 403, 404),
+                         409: {"model": ErrorAnswer, "description": "cannot move there now (and why)"}})
+def migrate(m: Mgr, who: Who, name: FarmName, instance: Instance, body: MigrateRequest) -> Any:
+    return m.migrate(who, name, instance, body.model_dump(exclude_none=True))
+
+
+@router.post("/v1/farms/{name}/keys/rotate", response_model=RotateAnswer,
+             summary="New keys for the farm's VNETs (or one: {\"vnet\": NAME}), in three steps "
+                     "key_rotation_step_s apart: added, sent with, the old ones retired", responses={
+                         **_errors(400, 401, 403),
+                         404: {"model": ErrorAnswer, "description": "no such farm, or no keys yet"},
+                         409: {"model": ErrorAnswer, "description": "that VNET's rotation is still in progress"}})
+def rotate_keys(m: Mgr, who: Who, name: FarmName, body: Annotated[RotateRequest | None, Body()] = None) -> Any:
+    return m.rotate_keys(who, name, body.model_dump(exclude_none=True) if body else {})
+
+
+@router.get("/v1/events", summary="The event log (admins: all; others: their farms'), oldest first",
+            response_model=list[dict[str, Any]], responses=_errors(400, 401, 403, 404))
+def list_events(m: Mgr, who: Who, kind: Literal["farm", "host"] | None = None,
+                name: Annotated[str | None, Query(max_length=60)] = None,
+                limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
+    query = {"limit": str(limit)} | ({"kind": kind} if kind else {}) | ({"name": name} if name is not None else {})
+    return m.list_events(who, query)
+
+
+# --- hosts ----------------------------------------------------------------------------------------
+
+@router.get("/v1/hosts", summary="Hosts and their last status", response_model=list[HostSummary],
+            responses=_errors(401))
+def list_hosts(m: Mgr, who: Who) -> Any:
+    return m.list_hosts(who)
+
+
+@router.post("/v1/hosts/join", summary="A gatekeeper joins: one-time token + CSR -> certificate",
+             response_model=Joined, openapi_extra={"security": []}, responses={
+                 **_errors(400), 403: {"model": ErrorAnswer, "description": "bad or spent token"}})
+def join(m: Mgr, body: JoinRequest) -> Any:
+    return m.join(body.model_dump())
+
+
+@router.put("/v1/hosts/{name}/state", summary="Take a host out of placement or back in (admin)",
+            response_model=HostState, responses=_errors(400, 401, 403, 404))
+def set_host_state(m: Mgr, who: Who, name: HostName, body: HostStateRequest) -> Any:
+    return m.set_host_state(who, name, body.model_dump())
+
+
+@router.delete("/v1/hosts/{name}", response_model=HostRemoved,
+               summary="Remove a host (admin): its certificate is refused from then on; join again to come back",
+               responses={**_errors(401, 403, 404), 409: {
+                   "model": ErrorAnswer, "description": "instances are placed there (and which); force to remove "
+                                                        "anyway"}})
+def delete_host(m: Mgr, who: Who, name: HostName, force: bool = False) -> Any:
+    return m.delete_host(who, name, force)
+
+
+@router.put("/v1/hosts/{name}/status", summary="A gatekeeper reports (mutual TLS only)", response_model=ReportStored,
+            openapi_extra={"security": []}, responses=_errors(400, 403, 404, 413))
+def host_status(request: Request, m: Mgr, peer: Cert, name: HostName,
+                report: Annotated[dict[str, Any], Body(description="the host's report")]) -> Any:
+    m.authenticate_host(name, peer.cn, peer.fingerprint)  # one certificate per host name (audit R14)
+    stored = m.host_status(peer.cn, name, report)
+    if request.client is not None:  # only once it authenticated (R20)
+        m.note_address(name, request.client.host)
+    return stored
+
+
+@router.get("/v1/hosts/{name}/desired", response_model=Desired, openapi_extra={"security": []},
+            summary="What a gatekeeper should run (mutual TLS only); a long poll with since=ETAG&wait=SECONDS",
+            responses=_errors(400, 403))
+async def desired(m: Mgr, stats: Annotated[ApiStats, Depends(_stats)], peer: Cert, name: HostName,
+                  since: Annotated[str, Query(max_length=64, description="the etag the host has")] = "",
+                  wait: Annotated[float, Query(allow_inf_nan=False, description="seconds to wait for a change "
+                                               "from `since` (at most 60; more is cut to 60)")] = 0.0) -> Any:
+    await run_in_threadpool(m.authenticate_host, name, peer.cn, peer.fingerprint)
+    stats.long_polls += 1
+    try:  # the service waits on this loop: no thread per long poll
+        return await m.wait_desired(peer.cn, name, since, wait)
+    finally:
+        stats.long_polls -= 1
+
+
+# --- errors and counting ------------------------------------------------------------------------
+
+def _api_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, ApiError)
+    return JSONResponse({"error": str(e), **e.extra}, status_code=e.status)
+
+
+def _auth_error(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, AuthError)
+    return JSONResponse({"error": str(e)}, status_code=e.status, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error.get("loc", ()))
+    why = error.get("ctx", {}).get("error") if error.get("type") == "json_invalid" else None
+    return f"{where}: {error.get('msg', 'invalid')}" + (f" ({why})" if why else "")
+
+
+def _invalid(_: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, RequestValidationError)
+    problems = [_problem(err) for err in e.errors()[:MAX_PROBLEMS]]
+    return JSONResponse({"error": f"{len(e.errors())} problem(s) in the request, nothing was changed: " +
+                         "; ".join(problems) + " (see /v1/openapi.json for what this route takes)",
+                         "problems": problems}, status_code=400)
+
+
+def _http_error(request: Request, e: Exception) -> JSONResponse:
+    assert isinstance(e, StarletteHTTPException)
+    where = f"{request.method} {request.url.path[:200]}"
+    messages = {404: f"{where}: no such route (see /v1/openapi.json)",
+                405: f"{where}: method not allowed",
+                413: f"body over {MAX_BODY} bytes, refused unread; nothing was changed",
+                400: f"{e.detail}: the body must be JSON (an object, nested at most a few hundred levels)"}
+    if e.status_code == 413:
+        request.app.state.stats.drop("body_too_large")
+    return JSONResponse({"error": messages.get(e.status_code, str(e.detail))}, status_code=e.status_code,
+                        headers=e.headers)
+
+
+def _internal(_: Request, e: Exception) -> JSONResponse:
+    return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}; see the manager's log"}, status_code=500)
+
+
+class _CountRequests:
+    """Every answer counted in `softudc_manager_requests_total{route,status}` (route: the
+    operation's name, `unknown` when no route matched)."""
+
+    def __init__(self, app: ASGIApp, counter: Counter) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def counting(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, counting)
+        finally:
+            route = getattr(scope.get("route"), "name", None) or "unknown"
+            self.counter.labels(route, str(status)).inc()
+
+
+def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WORKERS) -> FastAPI:
+    """The API for `m` (None: for its OpenAPI document only). `stats`: where the server's counts
+    go; `workers`: threads for blocking service calls."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # This loop's threads: anyio's pool (sync routes and dependencies) and asyncio's (the
+        # service's own to_thread calls), each bounded, so the process's threads are too.
+        to_thread.current_default_thread_limiter().total_tokens = workers
+        executor = ThreadPoolExecutor(max_workers=max(1, workers // 2), thread_name_prefix="manager-api-io")
+        asyncio.get_running_loop().set_default_executor(executor)
+        yield
+
+    app = FastAPI(title="SoftUDC manager", version="v1", openapi_url="/v1/openapi.json", docs_url=None,
+                  redoc_url=None, lifespan=lifespan, max_body_size=MAX_BODY, strict_content_type=False,
+                  redirect_slashes=False)
+    app.state.manager, app.state.stats = m, stats or ApiStats()
+    app.include_router(router)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(AuthError, _auth_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _internal)
+    if m is not None:
+        app.add_middleware(_CountRequests, counter=m.requests)
+    return app
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document the API serves at /v1/openapi.json."""
+    return make_app(None).openapi()

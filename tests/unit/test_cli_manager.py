@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from softudc.manager.api import serve
 from softudc.manager.auth import TokenStore
+from softudc.manager.daemon import serve
 from softudc.manager.service import Manager
 
 ROOT = Path(__file__).parents[2]

@@ -22,9 +22,10 @@ from hypothesis import strategies as st
 import softudc.manager.farms as farms_module
 import softudc.manager.planner as planner
 import softudc.manager.service as service_module
-from softudc.manager.api import parse_if_match, serve
+from softudc.manager.api import parse_if_match
 from softudc.manager.auth import Principal, TokenStore
 from softudc.manager.controller import inventory, reconcile_farm
+from softudc.manager.daemon import serve
 from softudc.manager.planner import PlanError
 from softudc.manager.reports import report_problems, visible_to
 from softudc.manager.service import ApiError, Manager, init
@@ -347,7 +348,8 @@ def test_r11_a_long_poll_is_woken_only_when_its_hosts_desired_state_changes(
         mgr.host_status("h2", "h2", {**GOOD, "vcpus": 50 + n})
     time.sleep(0.2)
     assert waiter.is_alive(), "the long poll returned although nothing changed for h1"
-    assert computed.count("poll-h1") == 1  # its first look only: five reports woke it five times on f836a52
+    assert computed.count("poll-h1") <= 1  # its first look at most (the cache may answer it); five reports
+    # woke it five times on f836a52
     # Now something for h1: a farm whose instance lands there.
     mgr.put_farm(ADMIN, "y", farm("y", "w", replicas=2), None)
     waiter.join(timeout=10)

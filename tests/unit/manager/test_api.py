@@ -16,8 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from softudc.manager.api import serve
+from softudc.manager.api import openapi_document
 from softudc.manager.auth import TokenStore
+from softudc.manager.daemon import serve
 from softudc.manager.service import Manager, init
 
 ROOT = Path(__file__).parents[3]
@@ -347,3 +348,10 @@ def test_a_malformed_gatekeeper_report_is_refused_and_planning_goes_on(
     status, applied = Api(state, port).call("PUT", "/v1/farms/demo", DEMO.replace("replicas: 3", "replicas: 1"),
                                             admin)
     assert status == 200 and applied["status"]["conditions"]["Placed"] is True
+
+
+def test_r13_cancel_is_in_the_openapi_document() -> None:
+    doc = openapi_document()
+    body = doc["paths"]["/v1/farms/{name}/instances/{instance}/migrate"]["post"]["requestBody"]
+    schema = doc["components"]["schemas"][body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
+    assert schema["properties"]["cancel"]["type"] == "boolean" and schema["additionalProperties"] is False

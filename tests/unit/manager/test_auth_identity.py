@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from softudc.manager.api import serve
 from softudc.manager.auth import AuthError, TokenStore
+from softudc.manager.daemon import serve
 from softudc.manager.service import ApiError, Manager, init
 from tests.unit.manager.test_api import DEMO, Api, _csr
 from tests.unit.test_pki import _race

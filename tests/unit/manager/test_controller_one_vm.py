@@ -336,13 +336,6 @@ def test_r13_a_live_move_can_be_cancelled_only_before_its_source_was_handed_it(m
     assert e.value.status == 409 and "cannot be called back" in str(e.value)
 
 
-def test_r13_cancel_is_in_the_openapi_document() -> None:
-    from softudc.manager.api import OPENAPI
-
-    post = OPENAPI["paths"]["/v1/farms/{name}/instances/{instance}/migrate"]["post"]
-    assert "cancel" in post["requestBody"]["content"]["application/json"]["schema"]["properties"]
-
-
 # --- R20 --------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from softudc.manager.api import serve
+from softudc.manager.daemon import serve
 from softudc.manager.service import Manager, init
 
 

@@ -199,8 +199,8 @@ def test_the_epoch_counter_wraps_around_the_live_epochs() -> None:
 
 
 def test_an_operator_rotates_a_farms_keys_over_https(tmp_path: Path) -> None:
-    from softudc.manager.api import serve
     from softudc.manager.auth import TokenStore
+    from softudc.manager.daemon import serve
     from tests.unit.manager.test_api import Api
 
     admin = init(tmp_path, ["127.0.0.1"])

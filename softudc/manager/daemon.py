@@ -1,0 +1,186 @@
+"""The manager API served over HTTPS by uvicorn: TLS with optional client certificates, the
+verified peer certificate handed to the routes, and the bounds that keep slow or greedy clients
+from costing more than a socket.
+
+    asyncio loop (one thread)                       thread pool (WORKERS threads)
+    TLS, request line, headers, body, long polls ──► the service's blocking calls (sqlite, locks)
+
+A connection costs a socket and a small buffer, never a thread: a client trickling its request
+(slowloris, audit R16) waits on the loop and is cut off READ_DEADLINE_S after its first byte (or
+after the handshake, if it sends nothing); long polls wait on the loop too (`Manager.wait_desired`),
+so thousands of gatekeepers need no thread each. At most LIMIT_CONCURRENCY connections are open;
+more are closed at once. Headers are bounded (MAX_HEADER_BYTES), bodies by the app (api.MAX_BODY).
+
+uvicorn has no ASGI TLS extension, so `_TlsH11Protocol` reads the peer certificate once per
+connection (the handshake has verified it against the manager's CA) and puts it in each request's
+scope as `scope["extensions"]["tls"]["client_cert_chain"]` (PEM, the ASGI TLS extension's key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import h11
+import uvicorn
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from softudc.manager.api import WORKERS, ApiStats, make_app
+from softudc.manager.service import Manager
+
+log = logging.getLogger("softudc.manager.daemon")
+
+READ_DEADLINE_S = 10.0  # from a request's first byte (or the handshake) to its last
+LIMIT_CONCURRENCY = 4096  # open connections (about one per gatekeeper, plus admins)
+KEEP_ALIVE_S = 75  # an idle kept-alive connection is closed after this; above any client's reuse gap
+MAX_HEADER_BYTES = 64 << 10  # request line and headers
+START_TIMEOUT_S = 10.0
+
+
+def _peer_chain(transport: asyncio.BaseTransport) -> list[str]:
+    """The client certificate the handshake verified (CERT_OPTIONAL: none is fine), as PEM."""
+    tls = transport.get_extra_info("ssl_object")
+    der = tls.getpeercert(True) if isinstance(tls, ssl.SSLObject) else None
+    return [ssl.DER_cert_to_PEM_cert(der)] if der else []
+
+
+class _TlsH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus the peer certificate in the scope, the connection cap and the
+    read deadline (see the module docstring). Configured through class attributes, set per
+    server by `serve` on a subclass."""
+
+    read_deadline_s = READ_DEADLINE_S
+    stats = ApiStats()
+
+    _read_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.limit_concurrency is not None and len(self.connections) > self.limit_concurrency:
+            self.stats.drop("refused_too_many_connections")
+            transport.abort()
+            return
+        tls = {"client_cert_chain": _peer_chain(transport), "server_cert": None}
+        inner = self.app
+
+        async def with_tls(scope: Any, receive: Any, send: Any) -> None:
+            scope["extensions"] = {**scope.get("extensions", {}), "tls": tls}
+            await inner(scope, receive, send)
+
+        self.app = with_tls
+        self._arm_read_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self._read_timer is None:  # the first byte of a request (the next one, on a kept-alive connection)
+            self._arm_read_deadline()
+        super().data_received(data)
+        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
+            self._disarm_read_deadline()  # read whole: a long poll may now wait as long as it likes
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # A pipelined request already buffered is parsed without a new data_received: time it too.
+        if self._read_timer is None and (self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]):
+            self._arm_read_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_read_deadline()
+        super().connection_lost(exc)
+
+    def _arm_read_deadline(self) -> None:
+        self._read_timer = self.loop.call_later(self.read_deadline_s, self._read_deadline_passed)
+
+    def _disarm_read_deadline(self) -> None:
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+
+    def _read_deadline_passed(self) -> None:
+        self._read_timer = None
+        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            self.stats.drop("closed_read_deadline")
+            self.transport.abort()
+
+
+def tls_context(m: Manager) -> ssl.SSLContext:
+    """The server certificate from the state dir; client certificates verified against the manager's
+    CA when given (admins come with tokens, gatekeepers with certificates)."""
+    pki = m.state_dir / "pki"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(pki / "server.crt"), str(pki / "server.key"))
+    ctx.load_verify_locations(str(pki / "ca.crt"))
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+class ApiServer:
+    """A running API: `server_address` (host, port) and `shutdown()`; uvicorn on its own thread
+    and event loop."""
+
+    def __init__(self, server: uvicorn.Server, thread: threading.Thread, stats: ApiStats) -> None:
+        self._server, self._thread, self.stats = server, thread, stats
+        sockets = server.servers[0].sockets
+        self.server_address: tuple[str, int] = sockets[0].getsockname()[:2]
+
+    def connections(self) -> int:
+        return len(self._server.server_state.connections)
+
+    def shutdown(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(15)
+
+
+class ApiCollector(Collector):
+    """The server's connections, its long polls waiting, and what it refused or cut off."""
+
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        dropped = CounterMetricFamily("softudc_manager_api_dropped", "Connections or requests the API server "
+                                      "refused or cut off, by reason", labels=["reason"])
+        for reason, n in sorted(self.server.stats.dropped.items()):
+            dropped.add_metric([reason], n)
+        yield dropped
+        yield GaugeMetricFamily("softudc_manager_api_connections", "Open connections to the API",
+                                value=self.server.connections())
+        yield GaugeMetricFamily("softudc_manager_api_long_polls", "Long polls of desired state waiting now",
+                                value=self.server.stats.long_polls)
+
+
+def serve(m: Manager, host: str, port: int, *, read_deadline_s: float = READ_DEADLINE_S,
+          limit_concurrency: int = LIMIT_CONCURRENCY, keep_alive_s: int = KEEP_ALIVE_S,
+          max_header_bytes: int = MAX_HEADER_BYTES, workers: int = WORKERS) -> ApiServer:
+    """Start the API on a background thread with its own event loop; returns once it listens.
+    The keyword arguments are the server's bounds (module docstring), for tests."""
+    stats = ApiStats()
+    protocol = type("TlsH11Protocol", (_TlsH11Protocol,), {"read_deadline_s": read_deadline_s, "stats": stats})
+    ctx = tls_context(m)
+    config = uvicorn.Config(make_app(m, stats=stats, workers=workers), host=host, port=port, http=protocol,
+                            ssl_context_factory=lambda _config, _default: ctx, limit_concurrency=limit_concurrency,
+                            timeout_keep_alive=keep_alive_s, h11_max_incomplete_event_size=max_header_bytes,
+                            timeout_graceful_shutdown=2, log_config=None, log_level="warning", access_log=False,
+                            lifespan="on", server_header=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="manager-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise OSError(f"the manager API did not start listening on {host}:{port}; is the port free "
+                          "and the address this host's? (see the log above)")
+        time.sleep(0.01)
+    api = ApiServer(server, thread, stats)
+    with contextlib.suppress(ValueError):  # a second server for the same Manager (tests): the first one's stay
+        m.registry.register(ApiCollector(api))
+    return api

@@ -1,0 +1,253 @@
+"""The API server under slow and greedy clients (audit R16): a client that trickles its request
+holds no thread and is cut off at the read deadline; connections are bounded; long polls are not
+cut by the read deadline; kept-alive connections serve several requests."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import generate_latest
+
+from softudc.manager.daemon import ApiServer, serve
+from softudc.manager.service import Manager, init
+from tests.unit.manager.test_api import Api
+from tests.unit.manager.test_auth_identity import REPORT, _join
+
+
+def _start(tmp: Path, **limits: Any) -> tuple[Path, ApiServer, str]:
+    admin = init(tmp, ["127.0.0.1"])
+    server = serve(Manager(tmp), "127.0.0.1", 0, **limits)
+    return tmp, server, admin
+
+
+@pytest.fixture
+def slow_deadline(tmp_path: Path) -> Iterator[tuple[Path, ApiServer, str]]:
+    state, server, admin = _start(tmp_path / "m", read_deadline_s=3.0)
+    yield state, server, admin
+    server.shutdown()
+
+
+def _tls_client(state: Path, port: int) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+def _closed_by_server(sock: socket.socket, within: float = 0.5) -> bool:
+    try:
+        sock.settimeout(within)
+        return sock.recv(1) == b""
+    except (ssl.SSLError, ConnectionResetError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _answer(sock: ssl.SSLSocket) -> bytes:
+    """One whole answer (headers and a Content-Length body) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length"))
+    while len(body) < length:
+        body += sock.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.adversarial
+def test_r16_200_slow_clients_hold_no_threads_and_do_not_stop_a_normal_request(
+        slow_deadline: tuple[Path, ApiServer, str]) -> None:
+    state, server, admin = slow_deadline
+    port = server.server_address[1]
+    threads_before = threading.active_count()
+    slow: list[socket.socket] = []
+    try:
+        for i in range(200):  # half after the TLS handshake, half not even that far
+            if i % 2:
+                s: socket.socket = _tls_client(state, port)
+                s.sendall(b"GET /v1/farms HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # the headers never end
+            else:
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and no more
+            slow.append(s)
+        started = time.monotonic()
+        status, farms = Api(state, port).call("GET", "/v1/farms", token=admin)  # while all are connected
+        assert (status, farms) == (200, []) and time.monotonic() - started < 5.0
+        assert server.connections() >= 100  # the slow ones are open (after their handshake) ...
+        assert threading.active_count() - threads_before < 10  # ... without a thread each
+        assert _wait(lambda: server.stats.dropped.get("closed_read_deadline", 0) >= 100, 10.0), server.stats
+        assert sum(_closed_by_server(s) for s in slow[1:40:2]) == 20  # cut off at the deadline
+        assert server.connections() == 0
+    finally:
+        for s in slow:
+            s.close()
+
+
+@pytest.mark.adversarial
+def test_r16_a_client_sending_a_byte_now_and_then_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    state, server, _ = _start(tmp_path / "m", read_deadline_s=1.5)
+    try:
+        client = _tls_client(state, server.server_address[1])
+        started = time.monotonic()
+        request = b"GET /v1/farms HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: y\r\n" * 50
+        cut = False
+        for b in request:  # every gap far shorter than the deadline
+            try:
+                client.sendall(bytes([b]))
+            except (ssl.SSLError, OSError):
+                cut = True
+                break
+            time.sleep(0.1)
+            if time.monotonic() - started > 6:
+                break
+        cut = cut or _closed_by_server(client)
+        assert cut and time.monotonic() - started < 6
+        assert server.stats.dropped["closed_read_deadline"] == 1
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.adversarial
+def test_r16_a_body_trickled_forever_is_cut_off_at_the_deadline(tmp_path: Path) -> None:
+    state, server, admin = _start(tmp_path / "m", read_deadline_s=1.5)
+    try:
+        client = _tls_client(state, server.server_address[1])
+        client.sendall(f"PUT /v1/farms/f HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n"
+                       "Content-Length: 100000\r\n\r\n".encode())
+        started = time.monotonic()
+        with contextlib.suppress(ssl.SSLError, OSError):
+            while time.monotonic() - started < 6:
+                client.sendall(b"x")
+                time.sleep(0.2)
+        assert time.monotonic() - started < 6 or _closed_by_server(client)
+        assert server.stats.dropped["closed_read_deadline"] == 1
+        assert Api(state, server.server_address[1]).call("GET", "/v1/farms", token=admin)[1] == []  # nothing stored
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.adversarial
+def test_r16_connections_beyond_the_cap_are_closed_at_once(tmp_path: Path) -> None:
+    state, server, admin = _start(tmp_path / "m", read_deadline_s=2.0, limit_concurrency=10)
+    port = server.server_address[1]
+    held = [_tls_client(state, port) for _ in range(10)]
+    try:
+        assert _wait(lambda: server.connections() == 10, 5.0)
+        extra = _tls_client(state, port)
+        assert _closed_by_server(extra, 2.0)
+        assert server.stats.dropped["refused_too_many_connections"] >= 1
+        assert _wait(lambda: server.connections() == 0, 5.0)  # the held ones reach their deadline
+        assert Api(state, port).call("GET", "/v1/farms", token=admin)[0] == 200
+    finally:
+        for s in held:
+            s.close()
+        server.shutdown()
+
+
+def test_r16_long_polls_outlive_the_read_deadline(tmp_path: Path) -> None:
+    state, server, _ = _start(tmp_path / "m", read_deadline_s=1.0)
+    port = server.server_address[1]
+    try:
+        gk = _join(state, port, "h1", tmp_path, "a")
+        assert gk.call("PUT", "/v1/hosts/h1/status", REPORT)[0] == 200
+        etag = gk.call("GET", "/v1/hosts/h1/desired")[1]["etag"]
+        started = time.monotonic()
+        status, body = gk.call("GET", f"/v1/hosts/h1/desired?since={etag}&wait=2.5")
+        assert status == 200 and body["etag"] == etag and time.monotonic() - started >= 2.0
+        assert "closed_read_deadline" not in server.stats.dropped
+    finally:
+        server.shutdown()
+
+
+def test_r16_a_kept_alive_connection_serves_several_requests_and_an_idle_one_is_closed(tmp_path: Path) -> None:
+    state, server, admin = _start(tmp_path / "m", read_deadline_s=3.0, keep_alive_s=1)
+    try:
+        client = _tls_client(state, server.server_address[1])
+        for _ in range(3):
+            client.sendall(f"GET /v1/farms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n\r\n".encode())
+            answer = _answer(client)
+            assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"[]")
+        assert _closed_by_server(client, 3.0)  # idle past keep_alive_s
+    finally:
+        server.shutdown()
+
+
+def test_a_client_that_expects_100_continue_gets_it_before_sending_its_body(
+        slow_deadline: tuple[Path, ApiServer, str]) -> None:
+    state, server, _ = slow_deadline
+    client = _tls_client(state, server.server_address[1])
+    client.sendall(b"POST /v1/hosts/join HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: 28\r\n\r\n")
+    assert client.recv(100).startswith(b"HTTP/1.1 100 Continue")
+    client.sendall(b'{"token": "t", "csr": "nope"}'[:28])
+    answer = _answer(client)
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+
+
+def test_r16_what_the_server_refuses_is_in_the_metrics(tmp_path: Path) -> None:
+    init(tmp_path, ["127.0.0.1"])
+    m = Manager(tmp_path)
+    server = serve(m, "127.0.0.1", 0, limit_concurrency=1, read_deadline_s=5.0)
+    held = _tls_client(tmp_path, server.server_address[1])
+    try:
+        assert _wait(lambda: server.connections() == 1, 5.0)
+        assert _closed_by_server(_tls_client(tmp_path, server.server_address[1]), 2.0)
+        text = generate_latest(m.registry).decode()
+        assert 'softudc_manager_api_dropped_total{reason="refused_too_many_connections"} 1.0' in text
+        assert "softudc_manager_api_connections 1.0" in text and "softudc_manager_api_long_polls 0.0" in text
+    finally:
+        held.close()
+        server.shutdown()
+
+
+@pytest.mark.adversarial
+def test_r16_garbage_and_broken_requests_never_stop_the_server(tmp_path: Path) -> None:
+    """Raw garbage, half handshakes and malformed requests over TLS, then a normal request."""
+    state, server, admin = _start(tmp_path / "m", read_deadline_s=2.0)
+    port = server.server_address[1]
+
+    @settings(max_examples=40, deadline=None)
+    @given(st.binary(max_size=2000), st.booleans())
+    def one(data: bytes, over_tls: bool) -> None:
+        try:
+            s: socket.socket = _tls_client(state, port) if over_tls else socket.create_connection(
+                ("127.0.0.1", port), timeout=5)
+            s.sendall(data)
+            s.close()
+        except (ssl.SSLError, OSError):
+            pass  # the server may close first: what matters is what happens next
+
+    try:
+        one()
+        for request in (b"\r\n\r\n", b"GET\r\n\r\n", b"GET / HTTP/9.9\r\n\r\n", b"PUT /v1/farms/x HTTP/1.1\r\n"
+                        b"Content-Length: 99999999999\r\n\r\n", b"X" * 70000):
+            s = _tls_client(state, port)
+            with contextlib.suppress(ssl.SSLError, OSError):
+                s.sendall(request)
+                s.recv(100)
+            s.close()
+        assert Api(state, port).call("GET", "/v1/farms", token=admin)[0] == 200
+        assert _wait(lambda: server.connections() == 0, 5.0)
+    finally:
+        server.shutdown()
