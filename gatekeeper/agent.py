@@ -3,11 +3,9 @@ metrics endpoint around the VNET service and its forwarding threads."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -15,11 +13,12 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from gatekeeper import api
-from gatekeeper.config import ConfigError, load_config
+from gatekeeper.config import load_config
 from gatekeeper.metrics import make_registry
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.devices import Devices
 from gatekeeper.vnet.service import VnetService
+from softudc.daemonmain import daemon_main
 
 log = logging.getLogger("gatekeeper")
 TICK = 0.25
@@ -97,12 +96,4 @@ async def run(config_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="gatekeeper", description="SoftUDC per-host agent")
-    parser.add_argument("--config", required=True, help="gatekeeper TOML file")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        asyncio.run(run(args.config))
-    except ConfigError as e:
-        print(f"gatekeeper: {e}", file=sys.stderr)
-        sys.exit(2)
+    daemon_main("gatekeeper", "SoftUDC per-host agent", run, argv, config_help="gatekeeper TOML file")

@@ -10,14 +10,12 @@ Sockets, all in the segment's network namespace:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import logging
 import signal
 import socket
 import struct
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -27,10 +25,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from softudc import localapi
+from softudc.daemonmain import daemon_main
 from softudc.wire import WireError
 from softudc.wire.ipv4 import with_udp_checksum
 from softudc.wire.relay import RelayAuthError, RelayMessage, RelayOp, build_relay, parse_relay
-from vnetd.config import ConfigError, VnetdConfig, load_config
+from vnetd.config import VnetdConfig, load_config
 from vnetd.core import Command, Hello, Inject, Relay, RelayCore
 
 log = logging.getLogger("vnetd")
@@ -237,12 +236,4 @@ async def run(config_path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="vnetd", description="SoftUDC wide-area VNET relay")
-    parser.add_argument("--config", required=True)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        asyncio.run(run(args.config))
-    except ConfigError as e:
-        print(f"vnetd: {e}", file=sys.stderr)
-        sys.exit(2)
+    daemon_main("vnetd", "SoftUDC wide-area VNET relay", run, argv)

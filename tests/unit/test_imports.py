@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONS = ("gatekeeper", "vnetd")
-SHARED = ("wire", "model", "security", "localapi", "configfile", "atomicfile", "pki", "libvirturi")
+SHARED = ("wire", "model", "security", "localapi", "configfile", "atomicfile", "pki", "libvirturi", "daemonmain")
 
 
 def imports(package: str) -> Iterator[tuple[str, str]]:

@@ -76,7 +76,7 @@ def test_an_endless_answer_is_cut_off_at_the_bound(monkeypatch: pytest.MonkeyPat
 
 class _Echo(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
-        peer = self.connection.getpeercert()  # type: ignore[attr-defined]
+        peer = self.connection.getpeercert()
         body = json.dumps({"client": dict(x[0] for x in peer["subject"])["commonName"]}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
