@@ -15,16 +15,16 @@ from softudc.manager.auth import Principal
 from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
 from softudc.manager.farms import FARMS, Usage
-from softudc.manager.store import Obj, SqliteStore
+from softudc.manager.planner import Instance, move_fit
+from softudc.manager.store import Store
 from softudc.manager.workflow import Refused
 from softudc.model.farm import validate
-from softudc.placement import Group, Host, Request, place
 
 
 class Moves:
     """Migrations: what the Manager provides them (its store, lock, reports, events)."""
 
-    store: SqliteStore
+    store: Store
     _reconcile_lock: threading.RLock
     _addresses: dict[str, str]  # host -> where its reports come from (migration URIs, R20)
 
@@ -83,14 +83,12 @@ class Moves:
             if report is None or "vcpus" not in report:
                 raise ApiError(404, f"no host {to!r} has reported to this manager (see `softudc host list`)")
             live = vm.migration == "live"
-            hosts = inventory(reports)
-            _charge_others(hosts, self.store.objects("farm"), current="")
-            dest = [h for h in hosts if h.name == to]
-            groups = [Group(f"{name}/{g.name}", g.policy, g.max_per_host) for g in farm.groups]
-            request = Request(instance, vm.vcpus, vm.memory_mib, f"{name}/{vm.group}" if vm.group else None)
-            fit = place(dest, [request], groups)
-            if fit.unplaced:
-                raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(fit.unplaced[instance]))
+            # Room and rules as the planner sees them: every other farm's usage, this farm's by plan_farm's rules.
+            usage = Usage([(o.name, FARMS.for_hosts(o), o.status) for o in self.store.objects("farm")])
+            current = [Instance(i["name"], i["vm"], i["host"], migrating=i.get("migrating")) for i in instances]
+            why = move_fit(farm, usage.hosts(inventory(reports), name), current, instance, to)
+            if why:
+                raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(why))
             uri = self._migration_uri(to, report) if live else None
             now = time.time()
             inst["migrating"] = migration.begin(to, f"{int(now * 1000):x}", now, uri)  # attempt: ms, hex
@@ -136,11 +134,3 @@ class Moves:
             return libvirturi.for_host(str(reported), self._addresses.get(to))
         except libvirturi.MigrationUriError as e:
             raise ApiError(409, f"{to}: its migration_uri is refused: {e}") from None
-
-
-def _charge_others(hosts: list[Host], farms: list[Obj], current: str) -> None:
-    """Usage of every farm but `current` (whose own instances the planner accounts for), from the
-    farms validated once per descriptor."""
-    usage = Usage([(o.name, FARMS.for_hosts(o), o.status) for o in farms])
-    for h, charged in zip(hosts, usage.hosts(hosts, current), strict=True):
-        h.used_vcpus, h.used_memory_mib, h.groups = charged.used_vcpus, charged.used_memory_mib, charged.groups

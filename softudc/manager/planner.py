@@ -13,13 +13,13 @@ planning never lists a whole subnet (audit R9).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from softudc.model.farm import Farm, VmDef
+from softudc.model.hoststate import nic_mac
 from softudc.placement import Group, Host, Request, charge, place
 
 MAX_VNET_ID = 4094
@@ -112,11 +112,9 @@ def _pool(subnet: ipaddress.IPv4Network, taken: set[ipaddress.IPv4Address]) -> I
 
 
 def derive_mac(farm: str, instance: str, vnet: str, attempt: int = 0) -> str:
-    """A locally administered MAC from the names: stable across migrations and re-applies.
-    `attempt` > 0 picks another one when the first is taken on the VNET."""
-    seed = f"{farm}/{instance}/{vnet}" + (f"/{attempt}" if attempt else "")
-    digest = hashlib.sha256(seed.encode()).digest()
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+    """The naming rule's MAC (softudc/model/hoststate.py `nic_mac`); `attempt` > 0 picks another
+    one when the first is taken on the VNET. Called through this name so tests can force clashes."""
+    return nic_mac(farm, instance, vnet, attempt)
 
 
 def _unique_mac(farm: str, instance: str, vnet: str, used: set[str]) -> str:
@@ -135,20 +133,11 @@ def plan_farm(farm: Farm, hosts: list[Host], current: list[Instance],
     plan = FarmPlan(farm.name, allocate_vnet_ids(farm, vnet_ids or {}))
     desired = {n: vm for vm in farm.vms for n in vm.instance_names()}
     by_name = {i.name: i for i in current}
-    host_by_name = {h.name: h for h in hosts}
-    groups = [Group(g.name, g.policy, g.max_per_host) for g in farm.groups]
     for inst in current:
-        if inst.name not in desired:
-            plan.delete.append(inst)
-            continue
-        plan.keep.append(inst)
-        vm = desired[inst.name]
-        for where in occupied(inst):  # what stays counts against capacity and the group rules
-            h = host_by_name.get(where)
-            if h is not None:
-                charge(h, Request(inst.name, vm.vcpus, vm.memory_mib, vm.group))
+        (plan.keep if inst.name in desired else plan.delete).append(inst)
+    _charge_kept(hosts, [(i, desired[i.name]) for i in plan.keep])
     new = [Request(n, vm.vcpus, vm.memory_mib, vm.group) for n, vm in desired.items() if n not in by_name]
-    placement = place(hosts, new, groups, cpu_ratio, mem_ratio)
+    placement = place(hosts, new, _groups(farm), cpu_ratio, mem_ratio)
     plan.unplaced = placement.unplaced
     addressing = _Addressing(farm, plan.keep)
     plan.keep = [addressing.complete(inst, desired[inst.name]) for inst in plan.keep]
@@ -157,6 +146,38 @@ def plan_farm(farm: Farm, hosts: list[Host], current: list[Instance],
         plan.create.append(addressing.complete(Instance(step.request, vm.name, step.host), vm))
         plan.reasons[step.request] = step.reason
     return plan
+
+
+def move_fit(farm: Farm, hosts: list[Host], current: list[Instance], instance: str, to: str,
+             cpu_ratio: float = 4.0, mem_ratio: float = 1.0) -> list[str]:
+    """Why `instance` cannot move to host `to` ([] when it can), by plan_farm's rules: `hosts` carry
+    every other farm's usage, this farm's instances are charged as plan_farm charges them (the
+    moving one stays on its host), and the move is placed like a new instance, on `to` only.
+    Charges `hosts`, as plan_farm does: pass copies (Usage.hosts makes them)."""
+    desired = {n: vm for vm in farm.vms for n in vm.instance_names()}
+    vm = desired.get(instance)
+    dest = [h for h in hosts if h.name == to]
+    if vm is None or not dest:
+        return [f"{instance} is not in farm {farm.name}'s descriptor" if vm is None else
+                f"{to} has not reported its capacity"]
+    _charge_kept(hosts, [(i, desired[i.name]) for i in current if i.name in desired])
+    fit = place(dest, [Request(instance, vm.vcpus, vm.memory_mib, vm.group)], _groups(farm), cpu_ratio, mem_ratio)
+    return fit.unplaced.get(instance, [])
+
+
+def _groups(farm: Farm) -> list[Group]:
+    return [Group(g.name, g.policy, g.max_per_host) for g in farm.groups]
+
+
+def _charge_kept(hosts: list[Host], kept: list[tuple[Instance, VmDef]]) -> None:
+    """What stays counts against capacity and the group rules: on its host, and while it migrates
+    on the destination too."""
+    host_by_name = {h.name: h for h in hosts}
+    for inst, vm in kept:
+        for where in occupied(inst):
+            h = host_by_name.get(where)
+            if h is not None:
+                charge(h, Request(inst.name, vm.vcpus, vm.memory_mib, vm.group))
 
 
 class _Addressing:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from softudc.manager.planner import Instance, allocate_vnet_ids, plan_farm
+from softudc.manager.planner import Instance, allocate_vnet_ids, move_fit, plan_farm
 from softudc.model.farm import validate
 from softudc.placement import Host
 
@@ -63,3 +63,23 @@ def test_vnet_ids_are_stable_and_skip_the_physical_network() -> None:
     assert 1 not in ids.values() and 2 not in ids.values()
     assert allocate_vnet_ids(farm, {("demo", k): v for k, v in ids.items()}) == ids
     assert Instance("a", "a", "h1")
+
+
+def test_a_move_is_admitted_by_the_planners_rules() -> None:
+    """Migration admission (move_fit) charges the farm's instances as plan_farm does and places the
+    move like a new instance: group rules, capacity, moves already under way."""
+    farm = validate(DEMO, "demo.yaml")
+    current = plan_farm(farm, hosts(5), []).create
+    where = {i.name: i.host for i in current}
+    free = next(h.name for h in hosts(5) if h.name not in where.values())
+    other_web = where["web-1"]
+    assert move_fit(farm, hosts(5), current, "web-0", free) == []
+    why = move_fit(farm, hosts(5), current, "web-0", other_web)
+    assert why and "web-spread" in " ".join(why)  # anti-affinity: one web per host
+    tiny = [h if h.name != free else Host(free, 8, 100) for h in hosts(5)]
+    assert "memory" in " ".join(move_fit(farm, tiny, current, "db-0", free))
+    # A move under way takes room at its destination: a second one there is counted against it.
+    moving = [i if i.name != "web-2" else Instance(i.name, i.vm, i.host, i.addresses, {"to": free}) for i in current]
+    assert "web-spread" in " ".join(move_fit(farm, hosts(5), moving, "web-0", free))
+    assert move_fit(farm, hosts(5), current, "web-0", "h9") == ["h9 has not reported its capacity"]
+    assert move_fit(farm, hosts(5), current, "web-7", free) == ["web-7 is not in farm demo's descriptor"]
