@@ -241,6 +241,25 @@ class VarpCache:
         now = self._clock()
         t = self.timers
         out: list[Command] = []
+        self._confirm_seen()
+        for key, entry in list(self._entries.items()):
+            state = entry.state
+            if state is State.INCOMPLETE:
+                if now >= entry.next_probe:
+                    self._tick_incomplete(key, entry, now, out)
+            elif state is State.REACHABLE:  # the common case, handled here: no call per entry
+                if now - entry.updated >= t.ttl:
+                    entry.state = State.STALE
+                    self.stale.add(key)
+            elif state is State.STALE:
+                self._tick_stale(key, entry, now, out)
+            elif state is State.FAILED and now - entry.updated >= t.failed_ttl:
+                self._remove(key)
+        return out
+
+    def _confirm_seen(self) -> None:
+        """Frames the forwarding threads saw from a REACHABLE or STALE entry's MAC since it was
+        last updated confirm it: its age starts again, a STALE one is REACHABLE again."""
         for key in list(self.seen):
             seen_at = self.seen.pop(key, None)
             entry = self._entries.get(key)
@@ -250,33 +269,30 @@ class VarpCache:
                 if entry.state is State.STALE:
                     entry.state, entry.probing = State.REACHABLE, False
                     self.stale.discard(key)
-        for key, entry in list(self._entries.items()):
-            vnet, mac = key
-            age = now - entry.updated
-            if entry.state is State.INCOMPLETE:
-                if now >= entry.next_probe:
-                    if entry.probes >= t.probe_max:
-                        self._set_state(vnet, entry, State.FAILED)
-                        entry.updated, entry.probing = now, False
-                        if entry.queue:
-                            out.append(Dropped(vnet, mac, len(self._take_queue(vnet, entry)), "unresolved"))
-                    else:
-                        out += self._probe(key, entry, now)
-            elif entry.state is State.REACHABLE:
-                if age >= t.ttl:
-                    entry.state = State.STALE
-                    self.stale.add(key)
-            elif entry.state is State.STALE:
-                if entry.probing and now >= entry.next_probe:
-                    if entry.probes >= t.probe_max:
-                        self._remove(key)
-                        continue
-                    out += self._probe(key, entry, now)
-                if age >= t.ttl + t.stale_ttl and not entry.probing:
-                    self._remove(key)
-            elif entry.state is State.FAILED and age >= t.failed_ttl:
+
+    def _tick_incomplete(self, key: Key, entry: Entry, now: float, out: list[Command]) -> None:
+        """An INCOMPLETE entry whose probe is due: probe again, or FAILED after the last one."""
+        if entry.probes < self.timers.probe_max:
+            out.extend(self._probe(key, entry, now))
+            return
+        vnet, mac = key
+        self._set_state(vnet, entry, State.FAILED)
+        entry.updated, entry.probing = now, False
+        if entry.queue:
+            out.append(Dropped(vnet, mac, len(self._take_queue(vnet, entry)), "unresolved"))
+
+    def _tick_stale(self, key: Key, entry: Entry, now: float, out: list[Command]) -> None:
+        """A STALE entry: probe it while it is being re-confirmed; remove it once that failed or
+        it has not been used for stale_ttl."""
+        t = self.timers
+        age = now - entry.updated
+        if entry.probing and now >= entry.next_probe:
+            if entry.probes >= t.probe_max:
                 self._remove(key)
-        return out
+                return
+            out.extend(self._probe(key, entry, now))
+        if age >= t.ttl + t.stale_ttl and not entry.probing:
+            self._remove(key)
 
     # --- views --------------------------------------------------------------------------------
 
