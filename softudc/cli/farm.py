@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from softudc.cli.errors import CliError
 from softudc.manager.planner import plan_farm
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
@@ -39,15 +40,13 @@ def cmd_plan(a: argparse.Namespace) -> None:
     try:
         text = path.read_text()
     except OSError as e:
-        print(f"softudc: {path}: {e.strerror}", file=sys.stderr)
-        sys.exit(1)
+        raise CliError(f"{path}: {e.strerror}") from None
     try:
         farm = validate(text, str(path))
     except DescriptorError as e:
         for p in e.problems:
             print(p, file=sys.stderr)
-        print(f"softudc: {path}: {len(e.problems)} problem(s); nothing was changed", file=sys.stderr)
-        sys.exit(1)
+        raise CliError(f"{path}: {len(e.problems)} problem(s); nothing was changed") from None
     hosts = list(a.host) if a.host else _lab_hosts(a)
     plan = plan_farm(farm, hosts, [])
     print(plan.render())
@@ -61,7 +60,7 @@ def cmd_plan(a: argparse.Namespace) -> None:
 
 def _lab_hosts(a: argparse.Namespace) -> list[Host]:
     if not a.lab:
-        raise SystemExit("softudc: give --host NAME:VCPUS:MEMORY (repeatable) or --lab NAME")
+        raise CliError("give --host NAME:VCPUS:MEMORY (repeatable) or --lab NAME")
     from softudc.lab import load_lab
 
     lab = load_lab(a.lab, a.state_dir)

@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import start_http_server
 
 from softudc.atomicfile import write_atomic
+from softudc.cli.errors import CliError
 from softudc.lab.state import default_state_dir
 
 
@@ -27,7 +28,7 @@ def cmd_init(a: argparse.Namespace) -> None:
     try:
         token = init(d, a.address)
     except PkiError as e:
-        raise SystemExit(f"softudc: {e}") from None
+        raise CliError(str(e)) from None
     saved = d / "admin.token"
     write_atomic(saved, (token + "\n").encode())  # 0600 from its first byte
     print(f"manager state in {d}: CA, server certificate for {', '.join(a.address)}, store")
@@ -43,7 +44,7 @@ def cmd_manager(a: argparse.Namespace) -> None:
     try:
         m = Manager(_dir(a))
     except PkiError as e:
-        raise SystemExit(f"softudc: {e}") from None
+        raise CliError(str(e)) from None
     host, port = a.listen.rsplit(":", 1)
     server = serve(m, host, int(port))
     if a.metrics:
@@ -64,7 +65,7 @@ def cmd_join_token(a: argparse.Namespace) -> None:
     try:
         token = CertificateAuthority.load(_dir(a) / "pki").create_join_token(a.name, a.ttl)
     except PkiError as e:
-        raise SystemExit(f"softudc: {e}") from None
+        raise CliError(str(e)) from None
     print(token)
     print(f"one-time join token for host {a.name}, valid {a.ttl:.0f} s; joining again replaces the host's "
           "certificate (the old one is refused)", file=sys.stderr)

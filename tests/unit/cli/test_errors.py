@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from softudc.cli import main as cli_main
 from softudc.cli.errors import CliError
 from softudc.lab import LabError
+
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_lab_error_is_a_cli_error() -> None:
@@ -34,3 +38,18 @@ def test_a_refused_manager_call_is_a_cli_error_not_a_lab_error(capsys: pytest.Ca
         ok(422, {"error": "farm demo is invalid", "problems": ["vms[0].vcpus: must be >= 1"]})
     assert not isinstance(e.value, LabError)  # no lab involved
     assert capsys.readouterr().err == "vms[0].vcpus: must be >= 1\n"
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["host", "join-token", "h1"], "softudc: no CA in {d}/manager/pki; create one with `softudc init`\n"),
+    (["plan", "-f", "{d}/none.yaml"], "softudc: {d}/none.yaml: No such file or directory\n"),
+    (["plan", "-f", "{root}/configs/farms/demo.yaml"],
+     "softudc: give --host NAME:VCPUS:MEMORY (repeatable) or --lab NAME\n"),
+])
+def test_cli_problems_outside_a_lab_are_one_line_and_exit_1(argv: list[str], message: str, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    d = str(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        cli_main.main(["--state-dir", d, *(a.format(d=d, root=ROOT) for a in argv)])
+    assert exc.value.code == 1
+    assert capsys.readouterr().err == message.format(d=d)
