@@ -409,7 +409,6 @@ class Forwarder(Receiver):
         mv = memoryview(buf)
         body = mv[FRAME_PREFIX_LEN:]
         drops = self.drops["tap"]
-        fdb, stale, local_macs = self.fdb, self.stale, self.local_macs
         # From the VNETs already registered: after a restart by the supervisor, their TAPs are
         # served at once, not only after the next registration change.
         ports_by_fd: dict[int, VnetPort] = {p.fd: p for p in self.vnets.values()}
@@ -423,40 +422,52 @@ class Forwarder(Receiver):
                 port = ports_by_fd.get(fd)
                 if port is None:
                     continue
-                vnet = port.vnet
-                # The Ethernet frame starts after our prefix and, on offload ports, the virtio header.
-                eth = FRAME_PREFIX_LEN + (VNET_HDR_LEN if port.offload else 0)
-                for _ in range(BATCH):
-                    try:
-                        n = os.readv(fd, [body])
-                    except BlockingIOError:
-                        break
-                    except OSError:
-                        drops["tap_read_error"] += 1
-                        break
-                    end = FRAME_PREFIX_LEN + n
-                    if end - eth < 14:
-                        drops["runt"] += 1
-                        continue
-                    if end - eth > port.max_frame and not (port.offload and buf[FRAME_PREFIX_LEN + 1]):
-                        drops["oversize"] += 1
-                        continue
-                    # One frame's failure is that frame's drop (audit R4: an IndexError from a
-                    # malformed GSO frame used to end this thread and all sending on the host).
-                    try:
-                        if buf[eth] & 1:  # group bit: broadcast or multicast
-                            port.stats[4] += 1
-                            self._emit(port, mv, end, self.flood_targets(port), drops)
-                            continue
-                        key = (vnet, bytes(buf[eth:eth + 6]))
-                        dest = fdb.get(key)
-                        if dest is not None:
-                            if key in stale:
-                                self.control.on_stale(vnet, key[1])
-                            self._emit(port, mv, end, (dest,), drops)
-                        elif key in local_macs:
-                            continue  # the bridge has not learned it yet; it already delivered locally
-                        else:
-                            self.control.on_miss(vnet, key[1], bytes(body[:n]))
-                    except Exception as e:
-                        self._count_error("tap", drops, e)
+                self._drain_tap(port, buf, mv, body, drops)
+
+    def _drain_tap(self, port: VnetPort, buf: bytearray, mv: memoryview, body: memoryview,
+                   drops: Counter[str]) -> None:
+        """Up to BATCH frames from a readable TAP, each flooded, sent to where the FDB says, or
+        handed to the control side (one call per readiness event, none more per frame)."""
+        fd, vnet, fdb, stale = port.fd, port.vnet, self.fdb, self.stale
+        # The Ethernet frame starts after our prefix and, on offload ports, the virtio header.
+        eth = FRAME_PREFIX_LEN + (VNET_HDR_LEN if port.offload else 0)
+        for _ in range(BATCH):
+            try:
+                n = os.readv(fd, [body])
+            except BlockingIOError:
+                break
+            except OSError:
+                drops["tap_read_error"] += 1
+                break
+            end = FRAME_PREFIX_LEN + n
+            if end - eth < 14:
+                drops["runt"] += 1
+                continue
+            if end - eth > port.max_frame and not (port.offload and buf[FRAME_PREFIX_LEN + 1]):
+                drops["oversize"] += 1
+                continue
+            # One frame's failure is that frame's drop (audit R4: an IndexError from a
+            # malformed GSO frame used to end this thread and all sending on the host).
+            try:
+                if buf[eth] & 1:  # group bit: broadcast or multicast
+                    port.stats[4] += 1
+                    self._emit(port, mv, end, self.flood_targets(port), drops)
+                    continue
+                key = (vnet, bytes(buf[eth:eth + 6]))
+                dest = fdb.get(key)
+                if dest is None or key in stale:  # the same two tests as the fast path made before
+                    self._unicast_slow(port, key, dest, mv, end, body, n, drops)
+                    continue
+                self._emit(port, mv, end, (dest,), drops)
+            except Exception as e:
+                self._count_error("tap", drops, e)
+
+    def _unicast_slow(self, port: VnetPort, key: tuple[int, bytes], dest: str | None, mv: memoryview, end: int,
+                      body: memoryview, n: int, drops: Counter[str]) -> None:
+        """A unicast frame off the fast path: to a STALE entry (sent, and the entry re-confirmed),
+        to a local MAC the bridge has not learned yet (it already delivered it), or a miss."""
+        if dest is not None:
+            self.control.on_stale(port.vnet, key[1])
+            self._emit(port, mv, end, (dest,), drops)
+        elif key not in self.local_macs:
+            self.control.on_miss(port.vnet, key[1], bytes(body[:n]))
