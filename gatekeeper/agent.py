@@ -52,6 +52,8 @@ async def run(config_path: str) -> None:
 
     async def manager_loop() -> None:
         assert config.manager is not None
+        # Here, not at the top: httpx and the reconciler cost ~0.3 s of start-up that a gatekeeper
+        # without a manager (most lab tests) need not pay.
         from gatekeeper.manager_link import ManagerLink
         from gatekeeper.reconciler import Reconciler
 

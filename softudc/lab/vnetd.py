@@ -12,6 +12,7 @@ from pathlib import Path
 from softudc.lab import shell
 from softudc.lab.shell import ip, link, set_sysctl
 from softudc.lab.state import Lab, LabError, VnetdInfo
+from softudc.localapi import LocalApiClient, LocalApiError
 
 
 def vnetd_address(k: int) -> str:
@@ -54,8 +55,6 @@ hello_interval = 0.5
 
 
 def start_vnetd(lab: Lab, info: VnetdInfo, timeout: float = 10.0) -> None:
-    from softudc.localapi import LocalApiClient, LocalApiError
-
     log = open(info.log_path, "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(["ip", "netns", "exec", info.netns, sys.executable, "-m", "vnetd", "--config",
                              info.config_path], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
