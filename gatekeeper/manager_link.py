@@ -47,9 +47,10 @@ class ManagerLink:
                 raw = self._read_bounded(r, method, path)
                 status = r.status_code
         except httpx.HTTPError as e:
-            raise ManagerLinkError(f"manager {self.base}: {method} {path}: {e or type(e).__name__}; check that the "
-                                   "manager runs and that [manager] url, ca, cert and key in the gatekeeper's "
-                                   "config are right") from e
+            why = str(e) or type(e).__name__  # a timeout's message may be empty
+            raise ManagerLinkError(f"manager {self.base}: {method} {path}: {why}; check that the manager runs "
+                                   "and that [manager] url, ca, cert and key in the gatekeeper's config are "
+                                   "right") from e
         try:
             data = json.loads(raw or b"null")
         except ValueError:

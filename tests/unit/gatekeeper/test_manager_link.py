@@ -113,3 +113,11 @@ def test_mutual_tls_presents_the_hosts_certificate_and_checks_the_managers(tmp_p
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("", request=request)
+
+    with pytest.raises(ManagerLinkError, match=r"GET /v1/hosts/h1/desired: ReadTimeout; check"):
+        _link(handler).call("GET", "/v1/hosts/h1/desired")
