@@ -101,15 +101,18 @@ def begin(to: str, attempt: str, now: float, uri: str | None) -> dict[str, Any]:
 
 
 def load(record: Mapping[str, Any], now: float) -> Workflow:
-    """The workflow a stored `migrating` record holds. Records written before the table (their
-    `state` was the job's, with `prepared` and `outcome` beside it) are read as what they meant."""
+    """The workflow a stored `migrating` record holds. Records written before the table (no
+    `steps`; their `state` was the job's, with `prepared` and `outcome` beside it) and damaged
+    ones are read as what their flags meant."""
     table = COLD if record.get("cold") else LIVE
     try:
-        return Workflow.load(table, record)
+        if "steps" in record:
+            return Workflow.load(table, record)
     except ValueError:
-        since = record.get("since", now)
-        return Workflow.load(table, {**record, "state": _legacy_state(record), "attempt": str(record.get("attempt")),
-                                     "since": since if isinstance(since, int | float) else now})
+        pass
+    since = record.get("since", now)
+    return Workflow.load(table, {**record, "state": _legacy_state(record), "attempt": str(record.get("attempt")),
+                                 "since": since if isinstance(since, int | float) else now})
 
 
 def _legacy_state(record: Mapping[str, Any]) -> str:

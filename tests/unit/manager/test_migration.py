@@ -129,6 +129,9 @@ def test_a_restarted_manager_resumes_every_state_from_the_stored_record(table: T
     ({"prepared": True, "outcome": {"state": "stalled"}}, "silent"),
     ({"outcome": {"state": "stalled"}}, "stalled"),
     ({"prepared": True, "state": "nonsense"}, "prepared"),
+    ({"prepared": True, "state": "prepared", "outcome": {"state": "stalled"}}, "silent"),  # said once already
+    ({"state": "requested", "outcome": {"state": "stalled"}}, "stalled"),
+    ({"prepared": True, "state": "nonsense", "steps": []}, "prepared"),  # damaged: read by its flags
 ])
 def test_a_record_written_before_the_table_resumes_as_what_it_meant(record: dict[str, Any], state: str) -> None:
     wf = m.load({"to": "h2", "attempt": "a1", "since": 1.0, **record}, 50.0)
