@@ -18,7 +18,7 @@ from softudc.manager.farms import FARMS, Usage
 from softudc.manager.planner import Instance, move_fit
 from softudc.manager.store import Store
 from softudc.manager.workflow import Refused
-from softudc.model.farm import validate
+from softudc.model.farm import Farm, VmDef, validate
 
 
 class Moves:
@@ -45,12 +45,7 @@ class Moves:
         up a move that has not reached the point of no return (see cancel_migration)."""
         if not who.can_write(name):
             raise ApiError(403, f"{who.name} ({who.role}) may not migrate VMs of farm {name!r}")
-        cancel = body.get("cancel", False)
-        if not isinstance(cancel, bool):
-            raise ApiError(400, "body: 'cancel' must be true or false")
-        to = body.get("to")
-        if not cancel and (not isinstance(to, str) or not to):
-            raise ApiError(400, "body: 'to' must name the destination host (or send {\"cancel\": true})")
+        to = _destination(body)
         with self._reconcile_lock:
             obj = self.store.get("farm", name)
             if obj is None or not who.can_read(name):
@@ -60,43 +55,48 @@ class Moves:
             inst = next((i for i in instances if i["name"] == instance), None)
             if inst is None:
                 raise ApiError(404, f"farm {name} has no instance {instance!r} (see `softudc get vms`)")
-            if cancel:
+            if to is None:
                 self._cancel_migration(who, obj, instances, inst)
                 return {"farm": name, "instance": inst}
-            assert isinstance(to, str)
             vm = next(v for v in farm.vms if v.name == inst["vm"])
-            if vm.migration == "none":
-                raise ApiError(409, f"{instance}: its VM {vm.name} has migration policy 'none'")
-            if inst.get("migrating"):
-                raise ApiError(409, f"{instance} is already moving to {inst['migrating']['to']}; wait for it, or "
-                                    "cancel it (POST this route with {\"cancel\": true})")
-            if inst["host"] == to:
-                raise ApiError(409, f"{instance} already runs on {to}")
-            reports = self.reports()
-            source = reports.get(inst["host"], {})
-            if source.get("state", "down") == "down":
-                raise ApiError(409, f"{inst['host']} is down (no report for {HOST_DOWN_AFTER_S:.0f} s): the manager "
-                                    f"cannot tell whether {instance} still runs there, and without fencing a move "
-                                    f"could start a second copy. Bring {inst['host']}'s gatekeeper back and try "
-                                    "again; if the host is gone for good, power it off before recovering its VMs")
-            report = reports.get(to)
-            if report is None or "vcpus" not in report:
-                raise ApiError(404, f"no host {to!r} has reported to this manager (see `softudc host list`)")
-            live = vm.migration == "live"
-            # Room and rules as the planner sees them: every other farm's usage, this farm's by plan_farm's rules.
-            usage = Usage([(o.name, FARMS.for_hosts(o), o.status) for o in self.store.objects("farm")])
-            current = [Instance(i["name"], i["vm"], i["host"], migrating=i.get("migrating")) for i in instances]
-            why = move_fit(farm, usage.hosts(inventory(reports), name), current, instance, to)
-            if why:
-                raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(why))
-            uri = self._migration_uri(to, report) if live else None
+            uri = self._admit(farm, vm, inst, instances, to)
             now = time.time()
             inst["migrating"] = migration.begin(to, f"{int(now * 1000):x}", now, uri)  # attempt: ms, hex
             self.store.set_status("farm", name, {**obj.status, "instances": instances})
             self._changes_made()
-            kind = "live" if live else "cold"
+            kind = "live" if uri else "cold"
             self._event("farm", name, "Migrating", f"by {who.name}: {instance} {inst['host']} -> {to} ({kind})")
         return {"farm": name, "instance": inst}
+
+    def _admit(self, farm: Farm, vm: VmDef, inst: dict[str, Any], instances: list[dict[str, Any]],
+               to: str) -> str | None:
+        """Refuse (ApiError) a move that may not start now; the URI the source dials for a live one
+        (None: cold)."""
+        instance = inst["name"]
+        if vm.migration == "none":
+            raise ApiError(409, f"{instance}: its VM {vm.name} has migration policy 'none'")
+        if inst.get("migrating"):
+            raise ApiError(409, f"{instance} is already moving to {inst['migrating']['to']}; wait for it, or "
+                                "cancel it (POST this route with {\"cancel\": true})")
+        if inst["host"] == to:
+            raise ApiError(409, f"{instance} already runs on {to}")
+        reports = self.reports()
+        source = reports.get(inst["host"], {})
+        if source.get("state", "down") == "down":
+            raise ApiError(409, f"{inst['host']} is down (no report for {HOST_DOWN_AFTER_S:.0f} s): the manager "
+                                f"cannot tell whether {instance} still runs there, and without fencing a move "
+                                f"could start a second copy. Bring {inst['host']}'s gatekeeper back and try "
+                                "again; if the host is gone for good, power it off before recovering its VMs")
+        report = reports.get(to)
+        if report is None or "vcpus" not in report:
+            raise ApiError(404, f"no host {to!r} has reported to this manager (see `softudc host list`)")
+        # Room and rules as the planner sees them: every other farm's usage, this farm's by plan_farm's rules.
+        usage = Usage([(o.name, FARMS.for_hosts(o), o.status) for o in self.store.objects("farm")])
+        current = [Instance(i["name"], i["vm"], i["host"], migrating=i.get("migrating")) for i in instances]
+        why = move_fit(farm, usage.hosts(inventory(reports), farm.name), current, instance, to)
+        if why:
+            raise ApiError(409, f"{instance} does not fit on {to}: " + "; ".join(why))
+        return self._migration_uri(to, report) if vm.migration == "live" else None
 
     def _cancel_migration(self, who: Principal, obj: Any, instances: list[dict[str, Any]],
                           inst: dict[str, Any]) -> None:
@@ -134,3 +134,16 @@ class Moves:
             return libvirturi.for_host(str(reported), self._addresses.get(to))
         except libvirturi.MigrationUriError as e:
             raise ApiError(409, f"{to}: its migration_uri is refused: {e}") from None
+
+
+def _destination(body: dict[str, Any]) -> str | None:
+    """The host a migrate request names, None for `{"cancel": true}`; ApiError for anything else."""
+    cancel = body.get("cancel", False)
+    if not isinstance(cancel, bool):
+        raise ApiError(400, "body: 'cancel' must be true or false")
+    to = body.get("to")
+    if cancel:
+        return None
+    if not isinstance(to, str) or not to:
+        raise ApiError(400, "body: 'to' must name the destination host (or send {\"cancel\": true})")
+    return to
