@@ -15,6 +15,7 @@ import yaml
 from softudc.cli.connect import Api, add_arguments, connect
 from softudc.cli.errors import CliError
 from softudc.model.farm import Farm, validate
+from softudc.model.hoststate import SEPARATOR, split_vm_name
 from softudc.model.source import DescriptorError
 from softudc.placement.model import fmt_mib
 
@@ -213,7 +214,7 @@ def cmd_get(a: argparse.Namespace) -> None:
 def managed_instance(api: Api, name: str) -> tuple[str, str] | None:
     """`farm/instance`, `farm--instance` (its name on the host) or a bare instance name that one
     farm has: (farm, instance); None when no farm of the manager has it."""
-    for sep in ("/", "--"):
+    for sep in ("/", SEPARATOR):  # SEPARATOR: its name on the host
         if sep in name:
             farm, instance = name.split(sep, 1)
             return farm, instance
@@ -293,7 +294,7 @@ def cmd_delete(a: argparse.Namespace) -> None:
         deadline = time.monotonic() + a.timeout
         while True:  # the hosts' own reports: what still runs there
             left = [vm for h in ok(*api.call("GET", "/v1/hosts")) for vm in h.get("running", [])
-                    if vm.startswith(f"{a.name}--")]
+                    if (split_vm_name(vm) or ("", ""))[0] == a.name]
             if not left:
                 print("  no VM of it runs on any host")
                 return

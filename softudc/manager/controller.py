@@ -3,44 +3,21 @@ Pure: the API calls it after every change; gatekeepers fetch their part and conv
 
     farm status = {instances: [{name, vm, host, addresses}], vnet_ids: {vnet: id},
                    conditions: {Placed, Ready, Degraded}, unplaced: {instance: [why]}}
-    host desired = {vnets: [{id, farm, name, security, mtu, member_hosts}], vms: [{name, vcpus,
-                    memory_mib, nics: [{vnet, mac, ip, peers}]}]}   (peers: the other instances on that VNET)
-    (the API replaces member_hosts by `members`, their underlay addresses, and adds `keys`)
-
-VM names on hosts are `<farm>--<instance>`, so a host can tell the VMs it manages for farms from
-anything else it runs. MACs derive from that name: stable across migrations and re-applies.
+What each host should run is softudc/manager/desired.py; its shape, the report's and the VM
+naming rule (`<farm>--<instance>`) are the contract in softudc/model/hoststate.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import asdict
 from typing import Any
 
-from softudc.manager.planner import Instance, derive_mac, plan_farm
+from softudc.manager.planner import Instance, plan_farm
 from softudc.model.farm import Farm
+from softudc.model.hoststate import SEPARATOR, vm_name
 from softudc.placement import Host
 from softudc.placement.model import fmt_mib
-
-SEPARATOR = "--"
-
-
-def vm_name(farm: str, instance: str) -> str:
-    return f"{farm}{SEPARATOR}{instance}"
-
-
-def nic_mac(farm: str, instance: str, vnet: str) -> str:
-    """The MAC an instance had before MACs were stored in its status (the planner now allocates
-    them, unique per VNET, starting from this one)."""
-    return derive_mac(farm, instance, vnet)
-
-
-def split_vm_name(name: str) -> tuple[str, str] | None:
-    """(farm, instance) of a VM name made by `vm_name`, None for anything else. Exact, since
-    neither part may contain the separator (audit R24)."""
-    parts = name.split(SEPARATOR)
-    return (parts[0], parts[1]) if len(parts) == 2 and all(parts) else None
 
 
 def inventory(host_reports: dict[str, dict[str, Any]]) -> list[Host]:
@@ -325,59 +302,3 @@ def pending_change(name: str, inst: Instance, want: tuple[int, int] | None,
                                                       ("memory", fmt_mib(have[1]), fmt_mib(want[1]))) if a != b]
     return {"change": ", ".join(parts) + " after a stop and start"}
 
-
-def vnet_hosts(farm: Farm, status: dict[str, Any], vnet: str) -> list[str]:
-    """The hosts with an instance on `vnet` (arriving by migration included): the manager turns
-    them into the VNET's member addresses, the only hosts its peers accept traffic from."""
-    on_vnet = {v.name for v in farm.vms if any(n.vnet == vnet for n in v.nics)}
-    hosts = set()
-    for inst in status.get("instances", []):
-        if inst.get("vm") in on_vnet:
-            hosts.add(inst["host"])
-            hosts.add((inst.get("migrating") or {}).get("to") or inst["host"])
-    return sorted(hosts)
-
-
-def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:
-    """What `host` should run for all farms: the VNETs its VMs need, and the VMs."""
-    vnets: dict[int, dict[str, Any]] = {}
-    vms = []
-    for farm, status in farms:
-        ids = status.get("vnet_ids", {})
-        vm_defs = {v.name: v for v in farm.vms}
-        vnet_defs = {v.name: v for v in farm.vnets}
-        for inst in status.get("instances", []):
-            moving = inst.get("migrating") or {}
-            vm = vm_defs.get(inst["vm"])
-            if vm is None or host not in (inst["host"], moving.get("to")) or moving.get("cold"):
-                continue  # not here; or moving cold: stopped everywhere until it is stopped
-            nics = []
-            for nic in vm.nics:
-                vid = ids.get(nic.vnet)
-                if vid is None:  # a VNET added to a farm that could not be planned (see its status)
-                    continue
-                vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet,
-                              "security": vnet_defs[nic.vnet].security, "mtu": vnet_defs[nic.vnet].mtu,
-                              "member_hosts": vnet_hosts(farm, status, nic.vnet)}
-                subnet = vnet_defs[nic.vnet].subnet
-                addr = inst.get("addresses", {}).get(nic.vnet)  # none yet: the farm's plan failed
-                ip = f"{addr}/{subnet.prefixlen}" if addr and ipaddress.IPv4Address(addr) in subnet else None
-                peers = sorted({o["addresses"][nic.vnet] for o in status["instances"]
-                                if o["name"] != inst["name"] and nic.vnet in o.get("addresses", {})},
-                               key=ipaddress.IPv4Address)
-                mac = inst.get("macs", {}).get(nic.vnet) or nic_mac(farm.name, inst["name"], nic.vnet)
-                nics.append({"vnet": vid, "mac": mac, "ip": ip,
-                             "peers": peers})
-            entry: dict[str, Any] = {"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus,
-                                     "memory_mib": vm.memory_mib, "nics": nics}
-            if moving and host == inst["host"] and moving.get("prepared"):  # the destination has the VNETs
-                entry["migrate_to"] = {"host": moving["to"], "uri": moving["uri"], "attempt": moving["attempt"],
-                                       "downtime_ms": vm.max_downtime_ms or 0}
-            elif moving and host != inst["host"]:
-                entry["incoming"] = True
-            elif moving:
-                entry["outgoing"] = True  # soon: the destination is making its VNETs
-            elif inst.get("restart"):  # it left by that migration attempt; booting it here again is safe
-                entry["restart_departed"] = inst["restart"]
-            vms.append(entry)
-    return {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}

@@ -4,8 +4,10 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.converge import Here, converge
-from softudc.manager.controller import host_desired, inventory, reconcile_farm, vm_name
+from softudc.manager.controller import inventory, reconcile_farm
+from softudc.manager.desired import host_desired
 from softudc.model.farm import validate
+from softudc.model.hoststate import vm_name
 
 DEMO = (Path(__file__).parents[3] / "configs" / "farms" / "demo.yaml").read_text()
 REPORTS = {f"h{i}": {"vcpus": 8, "memory_mib": 8192, "state": "ready", "running": []} for i in (1, 2, 3)}

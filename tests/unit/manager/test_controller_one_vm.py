@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from softudc.manager.auth import Principal
-from softudc.manager.controller import COLD_MOVE_TIMEOUT_S, MIGRATION_STALL_S, host_desired, inventory, reconcile_farm
+from softudc.manager.controller import COLD_MOVE_TIMEOUT_S, MIGRATION_STALL_S, inventory, reconcile_farm
+from softudc.manager.desired import host_desired
 from softudc.manager.service import ApiError, Manager, init
 from softudc.model.farm import validate
 

@@ -10,7 +10,8 @@ import time
 import pytest
 
 import softudc.manager.planner as planner
-from softudc.manager.controller import host_desired, inventory, reconcile_farm
+from softudc.manager.controller import inventory, reconcile_farm
+from softudc.manager.desired import host_desired
 from softudc.manager.planner import Instance, PlanError, _pool, allocate_vnet_ids, plan_farm
 from softudc.model.farm import validate
 from softudc.placement import Host
@@ -97,7 +98,7 @@ def test_r26_macs_are_stored_unique_per_vnet_and_kept(monkeypatch: pytest.Monkey
 
 def test_r26_an_instance_from_before_stored_macs_keeps_the_mac_it_had() -> None:
     farm = validate(_farm("x", replicas=1), "x")
-    from softudc.manager.controller import nic_mac
+    from softudc.model.hoststate import nic_mac
 
     plan = plan_farm(farm, [Host("h1", 64, 65536)], [Instance("a-0", "a", "h1", {"v": "10.0.0.2"})])
     assert plan.keep[0].macs == {"v": nic_mac("x", "a-0", "v")}

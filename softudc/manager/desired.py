@@ -1,0 +1,120 @@
+"""What each host should run, from the farms' stored statuses: the contract's DesiredState
+(softudc/model/hoststate.py). Pure but for the VNET keys, which the caller hands in.
+
+Two steps: `host_desired` drafts it from the farms alone (each VNET with `member_hosts`, the hosts
+with an instance on it); `desired_state` adds what needs every host's report and the key store
+(each VNET's `keys` and `members`, the underlay addresses of those hosts) and validates the result,
+so the manager never serves what a gatekeeper would refuse. A host gets it in the contract version
+its latest report claims (a rolling upgrade goes managers first).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from softudc.manager.reports import ipv4_or_none
+from softudc.model.farm import Farm, VmDef
+from softudc.model.hoststate import CONTRACT_VERSION, SERVED, DesiredState, nic_mac, parse, vm_name
+
+Keys = Callable[[str, str], dict[str, Any]]  # (farm, VNET) -> {send_epoch, secrets}
+
+
+def vnet_hosts(farm: Farm, status: dict[str, Any], vnet: str) -> list[str]:
+    """The hosts with an instance on `vnet` (arriving by migration included): the manager turns
+    them into the VNET's member addresses, the only hosts its peers accept traffic from."""
+    on_vnet = {v.name for v in farm.vms if any(n.vnet == vnet for n in v.nics)}
+    hosts = set()
+    for inst in status.get("instances", []):
+        if inst.get("vm") in on_vnet:
+            hosts.add(inst["host"])
+            hosts.add((inst.get("migrating") or {}).get("to") or inst["host"])
+    return sorted(hosts)
+
+
+def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:
+    """What `host` should run for all farms, drafted: the VNETs its VMs need (with `member_hosts`
+    instead of keys and members), and the VMs."""
+    vnets: dict[int, dict[str, Any]] = {}
+    vms = []
+    for farm, status in farms:
+        vm_defs = {v.name: v for v in farm.vms}
+        for inst in status.get("instances", []):
+            moving = inst.get("migrating") or {}
+            vm = vm_defs.get(inst["vm"])
+            if vm is None or host not in (inst["host"], moving.get("to")) or moving.get("cold"):
+                continue  # not here; or moving cold: stopped everywhere until it is stopped
+            vms.append({"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
+                        "nics": _nics(farm, status, inst, vm, vnets), **_handover(host, inst, vm)})
+    return {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}
+
+
+def _nics(farm: Farm, status: dict[str, Any], inst: dict[str, Any], vm: VmDef,
+          vnets: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The instance's NICs; the VNETs they plug into are added to `vnets`."""
+    ids = status.get("vnet_ids", {})
+    vnet_defs = {v.name: v for v in farm.vnets}
+    nics = []
+    for nic in vm.nics:
+        vid = ids.get(nic.vnet)
+        if vid is None:  # a VNET added to a farm that could not be planned (see its status)
+            continue
+        vdef = vnet_defs[nic.vnet]
+        vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet, "security": vdef.security, "mtu": vdef.mtu,
+                      "member_hosts": vnet_hosts(farm, status, nic.vnet)}
+        addr = inst.get("addresses", {}).get(nic.vnet)  # none yet: the farm's plan failed
+        ip = f"{addr}/{vdef.subnet.prefixlen}" if addr and ipaddress.IPv4Address(addr) in vdef.subnet else None
+        peers = sorted({o["addresses"][nic.vnet] for o in status["instances"]
+                        if o["name"] != inst["name"] and nic.vnet in o.get("addresses", {})},
+                       key=ipaddress.IPv4Address)
+        mac = inst.get("macs", {}).get(nic.vnet) or nic_mac(farm.name, inst["name"], nic.vnet)
+        nics.append({"vnet": vid, "mac": mac, "ip": ip, "peers": peers})
+    return nics
+
+
+def _handover(host: str, inst: dict[str, Any], vm: VmDef) -> dict[str, Any]:
+    """What this host does about a moving instance (or one that left by migration)."""
+    moving = inst.get("migrating") or {}
+    if moving and host == inst["host"] and moving.get("prepared"):  # the destination has the VNETs
+        return {"migrate_to": {"host": moving["to"], "uri": moving["uri"], "attempt": moving["attempt"],
+                               "downtime_ms": vm.max_downtime_ms or 0}}
+    if moving and host != inst["host"]:
+        return {"incoming": True}
+    if moving:
+        return {"outgoing": True}  # soon: the destination is making its VNETs
+    if inst.get("restart"):  # it left by that migration attempt; booting it here again is safe
+        return {"restart_departed": inst["restart"]}
+    return {}
+
+
+def desired_state(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
+                  keys: Keys) -> DesiredState:
+    """What `host` should run, complete and validated (ContractError would be a manager bug)."""
+    draft = host_desired(host, farms)
+    addresses = {h: a for h, r in reports.items() if (a := ipv4_or_none(r.get("underlay"))) is not None}
+    for v in draft["vnets"]:
+        # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
+        v["keys"] = keys(v["farm"], v["name"])
+        # Members: the hosts with an instance on it (all addresses known, else the hosts'
+        # configured members apply), and hosts that carry it anyway (an admin's port).
+        hosts = v.pop("member_hosts")
+        if all(h in addresses for h in hosts):
+            carrying = [h for h, r in reports.items() if v["id"] in (r.get("vnets") or []) and h in addresses]
+            v["members"] = sorted({addresses[h] for h in [*hosts, *carrying]}, key=ipaddress.IPv4Address)
+    return parse(DesiredState, {"contract": CONTRACT_VERSION, **draft})
+
+
+def served_version(report: dict[str, Any] | None) -> int:
+    """The contract version a host gets its desired state in: the one its report claims (a report
+    with none is version 1); the newest this manager speaks before it has reported."""
+    if not report:
+        return CONTRACT_VERSION
+    version = report.get("contract", 1)
+    return version if version in SERVED else CONTRACT_VERSION
+
+
+def desired_json(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
+             keys: Keys) -> dict[str, Any]:
+    """`desired_state` as JSON in the version `host` speaks (the etag is a hash of this)."""
+    return desired_state(host, farms, reports, keys).for_contract(served_version(reports.get(host)))
