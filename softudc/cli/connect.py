@@ -5,8 +5,6 @@ token. Without either, the manager `softudc init` made in the state directory, o
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
 import ssl
 from dataclasses import dataclass
@@ -14,9 +12,15 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+import httpx
+
+from softudc.cli.errors import CliError
 from softudc.lab import LabError, load_lab
 from softudc.lab.manager import call
 from softudc.lab.state import Lab, default_state_dir
+
+DEFAULT_PORT = 8443
+TIMEOUT = httpx.Timeout(30.0, connect=10.0)  # a plan or an apply of a large farm takes a few seconds
 
 
 class Api(Protocol):
@@ -40,6 +44,8 @@ class LabApi:
 
 @dataclass
 class UrlApi:
+    """A manager by URL, over HTTPS: its certificate checked against `ca`, a bearer token."""
+
     url: str
     ca: str
     token: str
@@ -48,18 +54,24 @@ class UrlApi:
     def hint(self) -> str:
         return f"--manager {self.url}"
 
-    def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
+    def _base(self) -> str:
         u = urlparse(self.url)
-        ctx = ssl.create_default_context(cafile=self.ca)
-        conn = http.client.HTTPSConnection(u.hostname or "127.0.0.1", u.port or 8443, context=ctx, timeout=30)
+        host = u.hostname or "127.0.0.1"
+        return f"https://{f'[{host}]' if ':' in host else host}:{u.port or DEFAULT_PORT}"
+
+    def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
         try:
-            conn.request(method, path, body=body, headers={"Authorization": f"Bearer {self.token}"})
-            r = conn.getresponse()
-            return r.status, json.loads(r.read() or b"null")
-        except (OSError, ssl.SSLError) as e:
-            raise LabError(f"manager {self.url}: {e} (is it running? is --ca its CA?)") from None
-        finally:
-            conn.close()
+            verify = ssl.create_default_context(cafile=self.ca)
+            with httpx.Client(base_url=self._base(), verify=verify, timeout=TIMEOUT) as client:
+                r = client.request(method, path, content=body, headers={"Authorization": f"Bearer {self.token}"})
+        except (httpx.HTTPError, ssl.SSLError, OSError) as e:
+            raise CliError(f"manager {self.url}: {method} {path}: {e or type(e).__name__}; is it running there, "
+                           f"and is {self.ca} its CA (--ca)?") from None
+        try:
+            return r.status_code, r.json() if r.content else None
+        except ValueError:
+            raise CliError(f"manager {self.url}: {method} {path}: {r.status_code} with an answer that is not JSON; "
+                           "is --manager the URL of a SoftUDC manager's API?") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,7 +93,7 @@ def connect(a: argparse.Namespace) -> Api:
     url = a.manager or os.environ.get("SOFTUDC_MANAGER") or "https://127.0.0.1:8443"
     ca = a.ca or os.environ.get("SOFTUDC_CA") or str(local / "pki" / "ca.crt")
     if not Path(ca).is_file():
-        raise LabError(f"{ca}: no CA certificate; name the manager's with --ca or $SOFTUDC_CA "
+        raise CliError(f"{ca}: no CA certificate; name the manager's with --ca or $SOFTUDC_CA "
                        "(or use --lab NAME for a lab)")
     token = os.environ.get("SOFTUDC_TOKEN", "")
     token_file = a.token_file or ("" if token else str(local / "admin.token"))
@@ -89,6 +101,6 @@ def connect(a: argparse.Namespace) -> Api:
         try:
             token = Path(token_file).read_text().strip()
         except OSError as e:
-            raise LabError(f"{token_file}: {e.strerror}; give an API token with --token-file or $SOFTUDC_TOKEN") \
+            raise CliError(f"{token_file}: {e.strerror}; give an API token with --token-file or $SOFTUDC_TOKEN") \
                 from None
     return UrlApi(url, ca, token)

@@ -4,24 +4,34 @@ cut by the read deadline; kept-alive connections serve several requests."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
+import re
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
 from softudc.manager.daemon import ApiServer, serve
 from softudc.manager.service import Manager, init
-from tests.unit.manager.test_api import Api
+from softudc.pki import CertificateAuthority
+from tests.unit.manager.test_api import DEMO, Api, _csr
 from tests.unit.manager.test_auth_identity import REPORT, _join
+
+ROOT = Path(__file__).parents[3]
 
 
 def _start(tmp: Path, **limits: Any) -> tuple[Path, ApiServer, str]:
@@ -213,6 +223,7 @@ def test_r16_what_the_server_refuses_is_in_the_metrics(tmp_path: Path) -> None:
     try:
         assert _wait(lambda: server.connections() == 1, 5.0)
         assert _closed_by_server(_tls_client(tmp_path, server.server_address[1]), 2.0)
+        assert _wait(lambda: server.connections() == 1, 5.0)  # the refused one is gone (its loss is async)
         text = generate_latest(m.registry).decode()
         assert 'softudc_manager_api_dropped_total{reason="refused_too_many_connections"} 1.0' in text
         assert "softudc_manager_api_connections 1.0" in text and "softudc_manager_api_long_polls 0.0" in text
@@ -251,3 +262,95 @@ def test_r16_garbage_and_broken_requests_never_stop_the_server(tmp_path: Path) -
         assert _wait(lambda: server.connections() == 0, 5.0)
     finally:
         server.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _start_daemon(state_dir: Path, metrics_port: int) -> tuple[subprocess.Popen[str], int]:
+    """`softudc manager` as its own process (threads counted from /proc); returns it and its port."""
+    proc = subprocess.Popen([sys.executable, "-m", "softudc.cli", "--state-dir", str(state_dir), "manager",
+                             "--listen", "127.0.0.1:0", "--metrics", f"127.0.0.1:{metrics_port}"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT)
+    assert proc.stderr is not None
+    for _ in range(50):
+        line = proc.stderr.readline()
+        if found := re.search(r"https://127\.0\.0\.1:(\d+)/v1", line):
+            return proc, int(found.group(1))
+        if not line:
+            break
+    proc.kill()
+    raise AssertionError(f"the manager did not start: {proc.stderr.read()}")
+
+
+def _join_host(state: Path, port: int, host: str, tmp: Path) -> ssl.SSLContext:
+    """Join `host` with a one-time token; returns a TLS context with its new certificate."""
+    csr, key = _csr(host)
+    token = CertificateAuthority.load(state / "pki").create_join_token(host)
+    status, joined = Api(state, port).call("POST", "/v1/hosts/join", {"token": token, "csr": csr})
+    assert status == 200, joined
+    cert, pem = tmp / f"{host}.crt", tmp / f"{host}.key"
+    cert.write_text(joined["certificate"])
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    ctx = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+    ctx.load_cert_chain(str(cert), str(pem))
+    return ctx
+
+
+async def _metric(client: httpx.AsyncClient, name: str) -> float:
+    text = (await client.get("/metrics")).text
+    found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else -1.0
+
+
+async def _long_polls_and_admins(port: int, metrics_port: int, gk_tls: ssl.SSLContext, admin_tls: ssl.SSLContext,
+                                 admin: str, pid: int, polls: int) -> dict[str, Any]:
+    base = f"https://127.0.0.1:{port}"
+    seen: dict[str, Any] = {}
+    limits = httpx.Limits(max_connections=polls + 10, max_keepalive_connections=polls + 10)
+    async with (httpx.AsyncClient(base_url=base, verify=gk_tls, limits=limits, timeout=90) as gk,
+                httpx.AsyncClient(base_url=base, verify=admin_tls, timeout=30,
+                                  headers={"Authorization": f"Bearer {admin}"}) as api,
+                httpx.AsyncClient(base_url=f"http://127.0.0.1:{metrics_port}", timeout=10) as metrics):
+        assert (await gk.put("/v1/hosts/h1/status", json=REPORT)).status_code == 200
+        etag = (await gk.get("/v1/hosts/h1/desired")).json()["etag"]
+        waiting = [asyncio.create_task(gk.get(f"/v1/hosts/h1/desired?since={etag}&wait=50")) for _ in range(polls)]
+        deadline = time.monotonic() + 60
+        while await _metric(metrics, "softudc_manager_api_long_polls") < polls:
+            assert time.monotonic() < deadline and not any(t.done() for t in waiting), "the long polls did not all wait"
+            await asyncio.sleep(0.2)
+        seen["threads"] = len(os.listdir(f"/proc/{pid}/task"))
+        seen["admin_s"] = []
+        for _ in range(10):  # while every long poll waits
+            started = time.monotonic()
+            assert (await api.get("/v1/farms")).status_code == 200
+            seen["admin_s"].append(time.monotonic() - started)
+        applied = await api.put("/v1/farms/demo", content=DEMO.replace("replicas: 3", "replicas: 1"))
+        assert applied.status_code == 200, applied.text
+        answers = await asyncio.wait_for(asyncio.gather(*waiting), 60)  # the change wakes them all
+        seen["statuses"] = {r.status_code for r in answers}
+        seen["etags"] = {r.json()["etag"] for r in answers} - {etag}
+        seen["left"] = await _metric(metrics, "softudc_manager_api_long_polls")
+    return seen
+
+
+def test_500_long_polls_wait_on_a_handful_of_threads_and_admins_are_answered_meanwhile(tmp_path: Path) -> None:
+    state = tmp_path / "manager"
+    admin = init(state, ["127.0.0.1"])
+    metrics_port = _free_port()
+    proc, port = _start_daemon(tmp_path, metrics_port)
+    try:
+        gk_tls = _join_host(state, port, "h1", tmp_path)
+        admin_tls = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+        seen = asyncio.run(_long_polls_and_admins(port, metrics_port, gk_tls, admin_tls, admin, proc.pid, 500))
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert seen["threads"] <= 16, seen["threads"]  # was a thread per long poll: 500
+    assert max(seen["admin_s"]) < 2.0, seen["admin_s"]  # generous: a few ms when idle
+    assert seen["statuses"] == {200} and len(seen["etags"]) == 1 and seen["left"] == 0

@@ -1,0 +1,131 @@
+"""The manager API's request and answer models: they make the OpenAPI document, and the request
+bodies are strict (a wrong type or an unknown field is a 400 naming it). Answers name the fields
+clients read; anything else the service adds passes through."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9-]{1,40}$"  # a farm or a host
+INSTANCE_PATTERN = r"^[a-z0-9-]{1,60}$"
+
+
+# --- request bodies: strict, nothing unknown ------------------------------------------------------
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class JoinRequest(_Body):
+    token: str = Field(max_length=4096, description="the one-time join token (`softudc host join-token NAME`)")
+    csr: str = Field(max_length=16384, description="the gatekeeper's certificate request, PEM")
+
+
+class MigrateRequest(_Body):
+    to: str | None = Field(None, pattern=NAME_PATTERN, description="the destination host")
+    cancel: bool = Field(False, description="give up a cold move, or a live one its source has not started")
+
+
+class RotateRequest(_Body):
+    vnet: str | None = Field(None, max_length=64, description="one VNET of the farm; none: all of them")
+
+
+class HostStateRequest(_Body):
+    state: Literal["ready", "draining", "maintenance"]
+
+
+# --- answers: the fields clients read; anything else the service adds passes through --------------
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorAnswer(_Answer):
+    error: str = Field(description="what went wrong and what to do next")
+    problems: list[str] | None = Field(None, description="every problem found, where there were several")
+
+
+class FarmSummary(_Answer):
+    name: str
+    revision: int
+    vms: int
+
+
+class FarmAnswer(_Answer):
+    name: str
+    revision: int
+    spec: dict[str, Any]
+    status: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+class Applied(_Answer):
+    name: str
+    revision: int
+    status: dict[str, Any]
+
+
+class FarmDeleted(_Answer):
+    name: str
+    deleted: bool
+    revision: int
+
+
+class PlanAnswer(_Answer):
+    summary: str
+    create: list[dict[str, Any]]
+    delete: list[dict[str, Any]]
+    unplaced: dict[str, Any]
+    resize: list[dict[str, Any]]
+    changes: bool
+
+
+class MigrateAnswer(_Answer):
+    farm: str
+    instance: dict[str, Any]
+
+
+class RotateAnswer(_Answer):
+    farm: str
+    rotating: list[str]
+    step_s: float
+
+
+class HostSummary(_Answer):
+    name: str
+    revision: int
+    state: str
+
+
+class Joined(_Answer):
+    host: str
+    certificate: str = Field(description="the host's certificate, PEM")
+    ca: str = Field(description="the manager's CA certificate, PEM")
+
+
+class HostState(_Answer):
+    host: str
+    state: str
+
+
+class HostRemoved(_Answer):
+    host: str
+    removed: bool
+    instances: list[str]
+
+
+class ReportStored(_Answer):
+    host: str
+    stored: bool
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorAnswer} for code in codes}
+
+
+REPORT_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/HostReport"}}}}}
+YAML_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/yaml": {"schema": {"type": "string", "description": "a farm descriptor"}}}}}
