@@ -2,6 +2,20 @@
 (each on its own thread), the record of VMs that arrived here, and the VMs that left by migration
 and must not be started here again without the manager's word (audit R12).
 
+An outgoing attempt's `state` is the contract's job vocabulary (softudc.model.hoststate.JobState),
+which the manager maps onto its migration table (softudc/manager/migration.py)::
+
+    copying ──► completed | failed | unknown          (an attempt this process started)
+    recovered ──► completed | failed | unknown        (one libvirt carried on while this gatekeeper
+                                                        restarted: followed, never started again)
+
+A restart in every state of the source resumes (converge.py's `recover_migrations`, `settle_recovered`):
+libvirt still runs the job → `recovered`, then settled by what libvirt's view shows once it ends
+(the VM running here: failed; defined here but not running: unknown; gone: completed); no job
+and the VM running here → converge starts the attempt again (the manager follows the new job);
+no job and the VM not running here → nothing is started (it may run at the destination): the
+manager settles the move from the destination's reports.
+
 Their progress and outcome go out with every report; the reconciler holds one `Migrations`.
 """
 
@@ -15,9 +29,11 @@ from typing import Any
 from gatekeeper.converge import Here, recover_migrations, settle_recovered
 from gatekeeper.hypervisor.driver import MigrationOutcomeUnknown
 from gatekeeper.vms import VmService
+from softudc.model.hoststate import JobState
 
 log = logging.getLogger("gatekeeper.manager")
-LEFT = ("completed", "unknown")  # outgoing migrations after which the VM may run at the destination
+LEFT: tuple[JobState, ...] = ("completed", "unknown")  # attempts after which the VM may run at the destination
+UNDER_WAY: tuple[JobState, ...] = ("starting", "copying", "recovered")  # a job libvirt is (or may be) still running
 
 
 class Migrations:
@@ -37,7 +53,7 @@ class Migrations:
         with self._lock:
             migrations = {n: dict(j) for n, j in self.outgoing.items()}
         for name, job in migrations.items():
-            if job["state"] == "copying" and self.vms is not None:
+            if job["state"] in UNDER_WAY and self.vms is not None:
                 progress = self.vms.hv.job(name)
                 job.update({k: progress[k] for k in ("data_total", "data_processed") if progress.get(k)})
         return migrations
@@ -46,7 +62,7 @@ class Migrations:
         """Drop the finished attempts of VMs the manager no longer lists here (it has taken note);
         the attempts still known: VM -> attempt."""
         with self._lock:
-            for name in [n for n, j in self.outgoing.items() if n not in wanted and j["state"] != "copying"]:
+            for name in [n for n, j in self.outgoing.items() if n not in wanted and j["state"] not in UNDER_WAY]:
                 del self.outgoing[name]
             return {n: j["attempt"] for n, j in self.outgoing.items()}
 
@@ -77,7 +93,7 @@ class Migrations:
         """Migrations libvirt carried on while this gatekeeper restarted: followed, not restarted."""
         assert self.vms is not None
         wants = [v for v in desired.get("vms", []) if v.get("migrate_to")]
-        recovered = [n for n, j in self.outgoing.items() if j.get("recovered") and j["state"] == "copying"]
+        recovered = [n for n, j in self.outgoing.items() if j["state"] == "recovered"]
         if not wants and not recovered:
             return
         active = self.vms.hv.migrating()
@@ -86,7 +102,7 @@ class Migrations:
         with self._lock:
             for name, attempt in recover_migrations(desired, Here([], vms_here, attempts=attempts), active).items():
                 to = next(v["migrate_to"]["host"] for v in wants if v["name"] == name)
-                self.outgoing[name] = {"attempt": attempt, "to": to, "state": "copying", "recovered": True,
+                self.outgoing[name] = {"attempt": attempt, "to": to, "state": "recovered", "recovered": True,
                                        "started": time.time()}
                 attempts[name] = attempt
                 log.info("following the migration of %s to %s that was running before this restart", name, to)
