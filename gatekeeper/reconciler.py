@@ -14,12 +14,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.converge import MANAGED, Here, converge
+from gatekeeper.converge import Here, converge
 from gatekeeper.manager_link import ManagerLink
 from gatekeeper.migrations import Migrations
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
 from softudc.atomicfile import move_aside, write_atomic
+from softudc.model.hoststate import (
+    CONTRACT_VERSION,
+    MAX_NAME,
+    MAX_TEXT,
+    MAX_VMS,
+    Arrival,
+    ContractError,
+    DesiredState,
+    HostReport,
+    MigrationJob,
+    is_managed,
+    parse,
+)
 
 log = logging.getLogger("gatekeeper.manager")
 GRACEFUL_STOP_S = 10.0  # a VM asked to power off (ACPI) is destroyed after this (R27b)
@@ -46,7 +59,8 @@ class Reconciler:
         self._told: set[str] = set()  # VMs the manager listed here (stopped gracefully when it stops)
         self._stopping: dict[str, float] = {}  # VM -> when a graceful stop gives way to destroy
         self._strays: dict[str, float] = {}  # VM never told to run here -> when it was destroyed (noted)
-        self.desired: dict[str, Any] = {}
+        self.desired: dict[str, Any] = {}  # the latest desired state, as the manager sent it (validated)
+        self.state = DesiredState()  # the same, as the contract's model
 
     def _load_managed(self) -> set[int]:
         if self.state_file is None or not self.state_file.exists():
@@ -70,19 +84,33 @@ class Reconciler:
         return any(v.get("incoming") or v.get("outgoing") or v.get("migrate_to") for v in self.desired.get("vms", []))
 
     def report(self, vms_here: list[dict[str, Any]]) -> dict[str, Any]:
-        running = [v["name"] for v in vms_here if MANAGED in v["name"] and v["state"] == "running"]
+        """This host as the contract's HostReport, validated here so that the manager's check passes
+        by construction: what would break the contract's bounds is cut or left out, not sent to be
+        refused (a refused report would leave the host unheard)."""
+        managed = [v for v in vms_here if is_managed(v["name"]) and len(v["name"]) <= MAX_NAME][:MAX_VMS]
         moves = self.migrations
         # Never "ready" while a forwarding thread is down (audit R2); `dataplane` says which one.
         dataplane = self.vnets.forwarder.health()
-        return {**self.capacity, "state": "ready" if dataplane["healthy"] else "degraded", "dataplane": dataplane,
-                "running": running, "errors": self.errors[-5:],
-                "notes": self.notes[-5:],
-                "sizes": {v["name"]: [v.get("vcpus"), v.get("memory_mib")] for v in vms_here if MANAGED in v["name"]},
-                "migrations": moves.snapshot(), "arrivals": dict(moves.arrivals), "prepared": self._prepared(),
-                "vnets": sorted(self.vnets.forwarder.vnets),  # carried here: a member of each (audit R18)
-                "departed": {n: {"attempt": d["attempt"], "to": d["to"],
-                                 "ago_s": round(max(time.monotonic() - d["ended"], 0.0), 1)}
-                             for n, d in moves.departed.items()}}
+        fields = {**{k: v for k, v in self.capacity.items() if v is not None}, "contract": CONTRACT_VERSION,
+                  "state": "ready" if dataplane["healthy"] else "degraded", "dataplane": dataplane,
+                  "running": [v["name"] for v in managed if v["state"] == "running"],
+                  "errors": [_cut(e) for e in self.errors[-5:]], "notes": [_cut(n) for n in self.notes[-5:]],
+                  "sizes": {v["name"]: [_positive(v.get("vcpus")), _positive(v.get("memory_mib"))] for v in managed},
+                  "migrations": {n: _entry(MigrationJob, j) for n, j in moves.snapshot().items()},
+                  "arrivals": {n: _entry(Arrival, a) for n, a in moves.arrivals.items()},
+                  "prepared": self._prepared(),
+                  "vnets": sorted(self.vnets.forwarder.vnets),  # carried here: a member of each (audit R18)
+                  "departed": {n: {k: v for k, v in (("attempt", d["attempt"]), ("to", d["to"]),
+                                                     ("ago_s", round(max(time.monotonic() - d["ended"], 0.0), 1)))
+                                   if v is not None}
+                               for n, d in moves.departed.items()}}
+        try:
+            return parse(HostReport, fields).as_json()
+        except ContractError as e:  # a bug here: say so, and still report the capacity
+            log.error("this host's report breaks the contract, sent without its details: %s", e)
+            return {**{k: v for k, v in self.capacity.items() if v is not None}, "contract": CONTRACT_VERSION,
+                    "errors": [_cut(f"report: this gatekeeper built a report the contract refuses ({e}); "
+                                    "a gatekeeper bug: report it with the gatekeeper's log")]}
 
     def _prepared(self) -> list[str]:
         """Incoming VMs whose VNETs exist here: the source may start migrating them."""
@@ -97,8 +125,12 @@ class Reconciler:
         self.migrations.note_arrivals(self.desired, vms_here)
         self.link.call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
         etag = self.desired.get("etag", "")
-        desired = self.desired = self.link.call("GET", f"/v1/hosts/{self.host}/desired?since={etag}&wait={wait:g}",
-                                                wait=wait)
+        fetched = self.link.call("GET", f"/v1/hosts/{self.host}/desired?since={etag}&wait={wait:g}", wait=wait)
+        try:
+            self.state = parse(DesiredState, fetched)
+        except ContractError as e:
+            return self._refused(fetched, e)
+        desired = self.desired = fetched
         if desired.get("etag") == etag and wait > 0:
             vms_here = self.vms.hv.domains() if self.vms else []  # what changed here while it waited
         wanted = {v["name"] for v in desired.get("vms", [])}
@@ -122,7 +154,7 @@ class Reconciler:
     def _converge(self, desired: dict[str, Any], here: Here) -> list[str]:
         """Carry out converge's actions; what failed or was held goes to the errors and notes."""
         done = []
-        for action in converge(desired, here):
+        for action in converge(self.state, here):
             if action.op == "vm.hold":
                 left = self.migrations.departed.get(action.args["name"], {})
                 self.errors.append(f"vm.start {action.args['name']}: not restarted: it left this host by migration "
@@ -140,6 +172,18 @@ class Reconciler:
                 self.errors.append(f"{action}: {e}")
                 log.warning("%s failed: %s", action, e)
         return done
+
+    def _refused(self, fetched: Any, e: ContractError) -> list[str]:
+        """A desired state that breaks the contract is not applied: this host keeps running what it
+        runs, and its next report says why (the manager's log and `softudc host list` show it)."""
+        why = (f"desired state refused, nothing applied: {e}; the manager and this gatekeeper do not speak one "
+               f"contract (this gatekeeper: {CONTRACT_VERSION}): upgrade this gatekeeper to the manager's version")
+        log.error("%s", why)
+        self.errors, self.notes = [_cut(why)], []
+        etag = fetched.get("etag") if isinstance(fetched, dict) else None
+        if isinstance(etag, str):  # the next long poll waits for a change rather than returning it again
+            self.desired = {**self.desired, "etag": etag}
+        return []
 
     def _note_strays(self) -> None:
         """Managed VMs destroyed here because the manager never told this host to run them: said in
@@ -193,3 +237,20 @@ class Reconciler:
             return
         hv.stop(name, force=True)  # powered off: undefine it
         self._stopping.pop(name, None)
+
+
+def _cut(text: str) -> str:
+    """A message within the contract's bound (long libvirt errors happen)."""
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT - 3] + "..."
+
+
+def _positive(value: Any) -> int | None:
+    """A size the contract takes: a positive integer, else unknown (None)."""
+    return value if type(value) is int and value > 0 else None
+
+
+def _entry(model: type[MigrationJob | Arrival], record: dict[str, Any]) -> dict[str, Any]:
+    """A record as a report entry: the contract's fields only (a record may carry more for this
+    host's own use), none null, messages cut to the bound."""
+    return {k: _cut(v) if isinstance(v, str) and k == "error" else v for k, v in record.items()
+            if k in model.model_fields and v is not None}

@@ -1,10 +1,10 @@
 """What each host should run, from the farms' stored statuses: the contract's DesiredState
 (softudc/model/hoststate.py). Pure but for the VNET keys, which the caller hands in.
 
-Two steps: `host_desired` drafts it from the farms alone (each VNET with `member_hosts`, the hosts
-with an instance on it); `desired_state` adds what needs every host's report and the key store
-(each VNET's `keys` and `members`, the underlay addresses of those hosts) and validates the result,
-so the manager never serves what a gatekeeper would refuse. A host gets it in the contract version
+Two steps: `host_desired` drafts it from the farms alone; `desired_state` adds what needs every
+host's report and the key store (each VNET's `keys`, and its `members`: the underlay addresses of
+the hosts with an instance on it) and validates the result, so the manager never serves what a
+gatekeeper would refuse. A host gets it in the contract version
 its latest report claims (a rolling upgrade goes managers first).
 """
 
@@ -34,8 +34,8 @@ def vnet_hosts(farm: Farm, status: dict[str, Any], vnet: str) -> list[str]:
 
 
 def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:
-    """What `host` should run for all farms, drafted: the VNETs its VMs need (with `member_hosts`
-    instead of keys and members), and the VMs."""
+    """What `host` should run for all farms, drafted (a DesiredState document without VNET keys
+    and members): the VNETs its VMs need, and the VMs."""
     vnets: dict[int, dict[str, Any]] = {}
     vms = []
     for farm, status in farms:
@@ -61,8 +61,7 @@ def _nics(farm: Farm, status: dict[str, Any], inst: dict[str, Any], vm: VmDef,
         if vid is None:  # a VNET added to a farm that could not be planned (see its status)
             continue
         vdef = vnet_defs[nic.vnet]
-        vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet, "security": vdef.security, "mtu": vdef.mtu,
-                      "member_hosts": vnet_hosts(farm, status, nic.vnet)}
+        vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet, "security": vdef.security, "mtu": vdef.mtu}
         addr = inst.get("addresses", {}).get(nic.vnet)  # none yet: the farm's plan failed
         ip = f"{addr}/{vdef.subnet.prefixlen}" if addr and ipaddress.IPv4Address(addr) in vdef.subnet else None
         peers = sorted({o["addresses"][nic.vnet] for o in status["instances"]
@@ -92,13 +91,14 @@ def desired_state(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: 
                   keys: Keys) -> DesiredState:
     """What `host` should run, complete and validated (ContractError would be a manager bug)."""
     draft = host_desired(host, farms)
+    by_name = {farm.name: (farm, status) for farm, status in farms}
     addresses = {h: a for h, r in reports.items() if (a := ipv4_or_none(r.get("underlay"))) is not None}
     for v in draft["vnets"]:
         # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
         v["keys"] = keys(v["farm"], v["name"])
         # Members: the hosts with an instance on it (all addresses known, else the hosts'
         # configured members apply), and hosts that carry it anyway (an admin's port).
-        hosts = v.pop("member_hosts")
+        hosts = vnet_hosts(*by_name[v["farm"]], v["name"])
         if all(h in addresses for h in hosts):
             carrying = [h for h, r in reports.items() if v["id"] in (r.get("vnets") or []) and h in addresses]
             v["members"] = sorted({addresses[h] for h in [*hosts, *carrying]}, key=ipaddress.IPv4Address)

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gatekeeper.converge import Here, converge, vnet_change, wanted_fingerprint
+from softudc.model.hoststate import ContractError, DesiredVnet, parse
 from softudc.security.keys import VnetKeys
 
 KEYS = {"send_epoch": 3, "secrets": {"3": "ab" * 32}}
@@ -69,7 +70,16 @@ def test_the_fingerprint_of_wanted_keys_matches_the_installed_one() -> None:
     assert wanted_fingerprint("none", {"send_epoch": 1, "secrets": {"1": (b"k" * 32).hex()}}) == installed.fingerprint()
 
 
-@given(st.dictionaries(st.text(max_size=5), st.one_of(st.none(), st.integers(), st.text(max_size=8),
-                                                      st.dictionaries(st.text(max_size=3), st.text(max_size=8)))))
-def test_malformed_wanted_keys_never_raise_in_converge(keys: dict[str, Any]) -> None:
-    assert vnet_change(want(keys=keys), have(), ME) in (None, "vnet.update")
+_secrets = st.dictionaries(st.sampled_from(["3", "4", "x"]), st.sampled_from(["ab" * 32, "ab", "", "zz"]), max_size=3)
+
+
+@given(st.dictionaries(st.sampled_from(["send_epoch", "secrets", "other"]),
+                       st.one_of(st.none(), st.integers(-1, 70000), st.text(max_size=8), _secrets)) |
+       st.fixed_dictionaries({"send_epoch": st.integers(0, 5), "secrets": _secrets}))
+def test_malformed_wanted_keys_are_refused_by_the_contract_or_compared_without_raising(keys: dict[str, Any]) -> None:
+    try:
+        vnet = parse(DesiredVnet, want(keys=keys))
+    except ContractError as e:  # refused before converge, each problem under `keys`
+        assert e.problems and all(p.startswith("keys") for p in e.problems), e.problems
+        return
+    assert vnet_change(vnet, have(), ME) in (None, "vnet.update")
