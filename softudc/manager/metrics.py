@@ -1,5 +1,6 @@
 """The manager's Prometheus metrics, in its own registry: farms, instances, hosts by state and
-migrations, read from the store at scrape time; API requests and observed events as counters."""
+migrations, read from the store at scrape time, and the long polls waiting now; API requests and
+observed events as counters."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from softudc.manager.store import SqliteStore
+from softudc.manager.store import Store
 
 
 class ManagerCollector(Collector):
-    def __init__(self, store: SqliteStore, reports: Callable[[], dict[str, dict[str, Any]]]) -> None:
-        self.store, self.reports = store, reports
+    def __init__(self, store: Store, reports: Callable[[], dict[str, dict[str, Any]]],
+                 waiting: Callable[[], int] = lambda: 0) -> None:
+        self.store, self.reports, self.waiting = store, reports, waiting
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         farms = self.store.objects("farm")
@@ -34,16 +36,20 @@ class ManagerCollector(Collector):
         states = Tally(r.get("state", "ready") for r in self.reports().values())
         for state in ("ready", "draining", "maintenance", "down"):
             hosts.add_metric([state], states[state])
+        polls = GaugeMetricFamily("softudc_manager_long_polls_waiting",
+                                  "Gatekeepers' long polls of their desired state waiting now")
+        polls.add_metric([], self.waiting())
         yield instances
         yield ready
         yield hosts
+        yield polls
 
 
-def make_registry(store: SqliteStore, reports: Callable[[], dict[str, dict[str, Any]]]
-                  ) -> tuple[CollectorRegistry, Counter, Counter]:
+def make_registry(store: Store, reports: Callable[[], dict[str, dict[str, Any]]],
+                  waiting: Callable[[], int] = lambda: 0) -> tuple[CollectorRegistry, Counter, Counter]:
     """The registry, the API request counter and the event counter (Migrated, MigrationFailed...)."""
     registry = CollectorRegistry()
-    registry.register(ManagerCollector(store, reports))
+    registry.register(ManagerCollector(store, reports, waiting))
     requests = Counter("softudc_manager_requests", "API requests by route and status", ["route", "status"],
                        registry=registry)
     events = Counter("softudc_manager_events", "Events recorded, by type (Applied, Planned, Migrated, ...)",

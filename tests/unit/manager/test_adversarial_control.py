@@ -251,7 +251,7 @@ def test_r10_one_farm_that_cannot_be_planned_is_degraded_alone(mgr: Manager, mon
             raise RuntimeError("boom")
         return reconcile_farm(f, *args)
 
-    monkeypatch.setattr("softudc.manager.service.reconcile_farm", failing)
+    monkeypatch.setattr("softudc.manager.planning.reconcile_farm", failing)
     mgr.put_farm(ADMIN, "z", farm("z", "u", replicas=2), None)  # z is planned although x and y fail
     assert len(status(mgr, "z")["instances"]) == 2 and status(mgr, "z")["conditions"]["Placed"]
     x, y = status(mgr, "x"), status(mgr, "y")
@@ -263,7 +263,7 @@ def test_r10_one_farm_that_cannot_be_planned_is_degraded_alone(mgr: Manager, mon
     assert len(degraded) == 1  # one event per new reason, not one per report
     desired = [vm["name"] for h in ("h1", "h2") for vm in mgr._desired(h)["vms"]]
     assert "y--a-0" in desired and "x--a-0" in desired  # what Degraded farms run keeps running
-    monkeypatch.setattr("softudc.manager.service.reconcile_farm", reconcile_farm)
+    monkeypatch.setattr("softudc.manager.planning.reconcile_farm", reconcile_farm)
     mgr.reconcile()
     assert "problem" not in status(mgr, "y")  # planned again: the reason is gone
 
@@ -278,7 +278,7 @@ def _count_validations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         return validate(text, file, strict)
 
     monkeypatch.setattr("softudc.manager.farms.validate", counting)
-    monkeypatch.setattr("softudc.manager.service.validate", counting)
+    monkeypatch.setattr("softudc.manager.farmops.validate", counting)
     farms_module.FARMS._farms.clear()  # a cold cache, as after a restart
     return calls
 
@@ -290,31 +290,23 @@ def test_r11_parses_per_host_report_are_linear_in_the_farms(mgr: Manager, monkey
         mgr.put_farm(ADMIN, f"shop{i}", shop.replace("name: shop", f"name: shop{i}", 1), None)
     calls = _count_validations(monkeypatch)
     mgr.host_status("h1", "h1", {**GOOD, "vcpus": 63})  # a report that changes something: reconcile
+    assert mgr.settle()
     assert len(calls) <= 20, f"{len(calls)} parses for one report with 20 farms"
     calls.clear()
     mgr.host_status("h2", "h2", {**GOOD, "vcpus": 62})
+    assert mgr.settle()
     assert calls == []  # nothing changed in any descriptor: nothing is parsed again
 
 
-def test_r11_a_report_that_says_nothing_new_does_not_reconcile(mgr: Manager, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_r11_a_report_that_says_nothing_new_does_not_reconcile(mgr: Manager) -> None:
     mgr.put_farm(ADMIN, "x", farm("x"), None)
-    runs: list[int] = []
-    real = Manager.reconcile
-
-    def counting(self: Manager) -> None:
-        runs.append(1)
-        real(self)
-
-    monkeypatch.setattr(Manager, "reconcile", counting)
     mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})
+    assert mgr.settle()
+    passes = mgr.controllers.passes
     mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})  # the same again: only `reported` moved
-    assert len(runs) == 1
-    monkeypatch.setattr(mgr, "_reconciled_at", time.monotonic() - service_module.RECONCILE_EVERY_S - 1)
-    mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})  # time-based rules still run now and then
-    assert len(runs) == 2
-    mgr._changes_made()  # a change made outside reconcile (a migration request, say)
-    mgr.host_status("h1", "h1", {**GOOD, "vcpus": 60})
-    assert len(runs) == 3
+    assert mgr.settle() and mgr.controllers.passes == passes  # the loop judged it: not news
+    mgr.host_status("h1", "h1", {**GOOD, "vcpus": 59})
+    assert mgr.settle() and mgr.controllers.passes == passes + 1
 
 
 def test_r10_a_farm_deleted_while_reconcile_runs_is_skipped_not_fatal(mgr: Manager) -> None:

@@ -42,6 +42,7 @@ def report_all(m: Manager, underlay: bool = True) -> None:
 
 
 def vnets_of(m: Manager, host: str) -> dict[str, dict[str, Any]]:
+    m.reconcile()  # a pass of the controllers: it makes the keys and moves rotations on (serving does not)
     return {v["name"]: v for v in m._desired(host)["vnets"]}
 
 

@@ -1,0 +1,155 @@
+"""Hosts as the manager's API sees them: joining (a one-time token and a CSR), authenticating a
+gatekeeper's certificate, its reports, the states an admin sets, removal, and each host's state
+as placement goes by it. A mixin of the Manager. Writes here only store: the controller loop
+(softudc/manager/loop.py) reconciles what they change.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from softudc.manager.auth import Principal
+from softudc.manager.controller import inventory
+from softudc.manager.errors import ApiError
+from softudc.manager.farms import Usage
+from softudc.manager.reports import report_problems, visible_to
+from softudc.manager.store import Conflict, Obj, Store
+from softudc.pki import CertificateAuthority, PkiError, fingerprint
+
+HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
+
+
+class Hosts:
+    """Hosts: what the Manager provides them (its store, CA and event log)."""
+
+    store: Store
+    ca: CertificateAuthority
+
+    if TYPE_CHECKING:  # provided by the Manager (or another of its mixins)
+        def _event(self, kind: str, name: str, type_: str, message: str) -> None:
+            ...
+
+        def _usage(self, farms: list[Obj]) -> Usage:
+            ...
+
+        def reports(self) -> dict[str, dict[str, Any]]:
+            ...
+
+        def start(self) -> None:
+            ...
+
+
+    def set_host_state(self, who: Principal, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An admin takes a host out of placement (draining, maintenance) or back (ready). VMs
+        already there stay; new ones go elsewhere."""
+        if who.role != "admin":
+            raise ApiError(403, f"{who.name} ({who.role}) may not change hosts; that takes an admin token")
+        state = body.get("state")
+        if state not in HOST_STATES:
+            raise ApiError(400, f"state: {state!r}, expected one of {', '.join(HOST_STATES)}")
+        obj = self.store.get("host", name)
+        if obj is None:
+            raise ApiError(404, f"no host {name!r} has joined this manager")
+        self.store.put("host", name, {**obj.spec, "state": state})
+        self._event("host", name, "State", f"by {who.name}: {obj.spec.get('state', 'ready')} -> {state}")
+        self.start()
+        return {"host": name, "state": state}
+
+
+    def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
+        """Hosts with their last report and what the farms take of them (VMs, vCPUs, memory)."""
+        objs = self.store.objects("host")
+        reports = self.reports()
+        hosts = {h.name: h for h in self._usage(self.store.objects("farm")).hosts(inventory(reports))}
+        out = []
+        for o in objs:
+            h = hosts.get(o.name)
+            used = {"used_vcpus": h.used_vcpus, "used_memory_mib": h.used_memory_mib} if h else {}
+            out.append({"name": o.name, "revision": o.revision, **visible_to(who, o.status), **used,
+                        "state": reports[o.name].get("state", "joined")})
+        return out
+
+
+    def join(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A gatekeeper joins with a one-time token and a CSR. The host name is bound to the new
+        certificate (its fingerprint is stored): any certificate it had before is refused from
+        now on, so a re-installed or cloned machine with an old certificate cannot act as it."""
+        try:
+            host, cert = self.ca.join(str(body.get("token", "")), str(body.get("csr", "")).encode())
+        except PkiError as e:
+            raise ApiError(403, str(e)) from None
+        except ValueError as e:
+            raise ApiError(400, f"csr: not a PEM certificate request ({e}); send the CSR the gatekeeper "
+                                "made, in PEM") from None
+        old = self.store.get("host", host)
+        # `state` (an admin's draining/maintenance) is kept across a re-join; the certificate is not.
+        self.store.put("host", host, {**(old.spec if old else {}), "joined": time.time(),
+                                      "certificate": fingerprint(cert)})
+        if old is not None:
+            self._event("host", host, "Rejoined", "a new certificate; the ones it had before are refused from now on")
+        return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
+
+
+    def authenticate_host(self, name: str, peer_cn: str | None, peer_fingerprint: str | None) -> None:
+        """Gatekeeper routes: the client certificate must name `name` and be the one `name` got
+        at its latest join. A host that joined before certificates were recorded is bound to the
+        first certificate it shows (its gatekeeper reports every few seconds, so that is almost
+        surely its own; if not, the real host is refused, says so, and joins again)."""
+        if peer_cn is None or peer_fingerprint is None:
+            raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
+        if peer_cn != name:
+            raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
+        obj = self.store.get("host", name)
+        if obj is None:
+            raise ApiError(403, f"host {name!r} is not joined to this manager (never joined, or removed); "
+                                "join it with a new token")
+        bound = obj.spec.get("certificate")
+        if bound is None:
+            try:  # compare-and-swap: of two first certificates at once, one is bound and the other refused
+                self.store.put("host", name, {**obj.spec, "certificate": peer_fingerprint}, expect=obj.revision)
+            except Conflict:
+                return self.authenticate_host(name, peer_cn, peer_fingerprint)
+            self._event("host", name, "Bound", "joined before certificates were recorded: bound to the certificate "
+                                               "it showed now; any other is refused (join again to change it)")
+        elif bound != peer_fingerprint:
+            raise ApiError(403, f"this certificate of {name!r} is superseded: the host was joined again since; "
+                                "if this machine should be that host, join it again with a new token")
+
+
+    def delete_host(self, who: Principal, name: str, force: bool = False) -> dict[str, Any]:
+        """An admin removes a host: its certificate is refused from then on, and it takes no VMs.
+        Refused while instances are placed there, unless `force` (they then stay assigned to the
+        removed host until moved: use it for a host that is gone for good or not to be trusted)."""
+        if who.role != "admin":
+            raise ApiError(403, f"{who.name} ({who.role}) may not remove hosts; that takes an admin token")
+        if self.store.get("host", name) is None:
+            raise ApiError(404, f"no host {name!r} has joined this manager (see `softudc host list`)")
+        placed = sorted(f"{o.name}/{i['name']}" for o in self.store.objects("farm")
+                        for i in o.status.get("instances", []) if i.get("host") == name)
+        if placed and not force:
+            raise ApiError(409, f"{name} still has {len(placed)} instance(s): {', '.join(placed)}; migrate them "
+                                "away first (softudc vm migrate), or remove it anyway with force", instances=placed)
+        self.store.delete("host", name)
+        self._event("host", name, "Removed", f"by {who.name}: its certificate is refused from now on" +
+                    (f"; instances still assigned to it: {', '.join(placed)}" if placed else ""))
+        self.start()
+        return {"host": name, "removed": True, "instances": placed}
+
+
+    def host_status(self, peer_cn: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        if peer_cn is None:
+            raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
+        if peer_cn != name:
+            raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
+        before = self.store.get("host", name)
+        if before is None:
+            raise ApiError(404, f"host {name!r} never joined")
+        problems = report_problems(body)
+        if problems:  # one broken gatekeeper must not break planning for every farm
+            raise ApiError(400, f"report from {name} refused, nothing stored: " + "; ".join(problems) +
+                           "; fix the gatekeeper (or upgrade it to this manager's version)")
+        # Stored, and that is all: the controller loop judges whether it is news (softudc/manager/loop.py).
+        self.store.set_status("host", name, {**body, "reported": time.time()})
+        self.start()
+        return {"host": name, "stored": True}

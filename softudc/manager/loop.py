@@ -1,0 +1,151 @@
+"""The controllers' loop: one named thread that reconciles when the store says something changed
+(its watch), and every RECONCILE_EVERY_S for the rules that depend on time alone (a silent host is
+down, a migration stalls, a VNET key rotation takes its next step). Requests only store and
+return; none of them plans anything (issue 10, audit R11).
+
+What is news is judged here: a farm or a key written by a request, a host joined, removed or put
+in another state, and a host report that says something its last one did not. A report that
+moves nothing but `reported` is not news, unless the host was down before it or a migration is
+under way (each report may move one on). The loop ignores its own writes: the farm statuses, keys
+and key epochs its pass wrote, at the revisions the pass spanned (requests that write those kinds
+hold the same lock as the pass, so nothing of theirs falls in that span).
+
+`reconciled` is the store revision up to which every change has been looked at; `settle()` waits
+for it (put_farm answers with the status its revision got; tests use it as a barrier).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from softudc.manager.store import Obj, Store
+
+RECONCILE_EVERY_S = 10.0  # a pass runs at least this often (time-based rules) even with no news
+HOST_DOWN_AFTER_S = 30.0  # as controller.HOST_DOWN_AFTER_S: a report after this long is news
+POLL_S = 1.0  # the longest the watch waits before it looks at the stop flag (close() takes at most this)
+LOOP_KINDS = frozenset({"farm", "vnetkey", "keyepoch"})  # what a pass writes
+QUIET_KINDS = frozenset({"keyepoch"})  # a counter: moves no plan and no host's desired state
+log = logging.getLogger("softudc.manager.loop")
+
+
+@dataclass(frozen=True)
+class Pass:
+    """What one reconcile pass reports back: the revisions it spanned (read at its start and end
+    under the lock) and whether a migration is under way."""
+
+    start: int
+    end: int
+    busy: bool
+
+
+def report_is_news(before: Obj | None, after: Obj, busy: bool) -> bool:
+    """Whether a write of a host object may change any plan or desired state (audit R11)."""
+    if before is None or after.deleted or before.deleted or after.spec != before.spec:
+        return True  # joined, removed, another state or certificate
+    if busy:
+        return True  # a migration is under way: every report may move it on
+    said = {k: v for k, v in after.status.items() if k != "reported"}
+    if said != {k: v for k, v in before.status.items() if k != "reported"}:
+        return True
+    gap = float(after.status.get("reported", 0)) - float(before.status.get("reported", 0))
+    return gap > HOST_DOWN_AFTER_S  # back after being down
+
+
+class ControllerLoop:
+    """Runs `reconcile` (one pass over every farm; returns a Pass) on the store's news and on a timer."""
+
+    def __init__(self, store: Store, reconcile: Callable[[], Pass], every_s: float = RECONCILE_EVERY_S,
+                 name: str = "softudc-controllers") -> None:
+        self.store, self._reconcile, self.every_s, self.name = store, reconcile, every_s, name
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reconciled = threading.Condition()
+        self.reconciled = -1  # every change up to this revision has been looked at
+        self.passes = 0  # reconcile passes run by the loop (a metric; tests count them)
+        self._hosts: dict[str, Obj] = {}  # each host as the loop last saw it (news is judged against it)
+        self._busy = True  # until the first pass says otherwise
+        self._own = (0, 0)  # the span of revisions of the last pass: its own writes
+
+    def start(self) -> None:
+        """Start the thread (once; later calls do nothing)."""
+        with self._start_lock:
+            if self._thread is None and not self._stopping.is_set():
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current pass (within POLL_S when idle)."""
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def settle(self, timeout: float = 10.0) -> bool:
+        """Wait until every change stored before this call has been looked at (and reconciled if
+        it was news); False if that took longer than `timeout` or the loop is not running."""
+        target = self.store.revision()
+        self.start()
+        deadline = time.monotonic() + timeout
+        with self._reconciled:
+            while self.reconciled < target:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.running():
+                    return False
+                self._reconciled.wait(min(left, POLL_S))
+        return True
+
+    def _run(self) -> None:
+        since = self.store.revision()
+        self._hosts = {o.name: o for o in self.store.objects("host")}
+        self._pass()
+        next_pass = time.monotonic() + self.every_s
+        while not self._stopping.is_set():
+            changes = self.store.watch(since, min(POLL_S, max(next_pass - time.monotonic(), 0.0)))
+            if changes:
+                since = max(since, changes[-1].revision)
+            # Changes stored while a pass runs come with the next watch: a host's are judged as
+            # usual, a request's farm write makes one more pass (cheap: it plans what is there).
+            if self._news(changes) or time.monotonic() >= next_pass:
+                self._pass()
+                next_pass = time.monotonic() + self.every_s
+            else:
+                self._mark(since)
+
+    def _news(self, changes: list[Obj]) -> bool:
+        """Whether any of `changes` is news; remembers the hosts' latest objects either way."""
+        news = False
+        for o in changes:
+            own = self._own[0] < o.revision <= self._own[1] and o.kind in LOOP_KINDS
+            if o.kind == "host":
+                news = report_is_news(self._hosts.get(o.name), o, self._busy) or news
+                if o.deleted:
+                    self._hosts.pop(o.name, None)
+                else:
+                    self._hosts[o.name] = o
+            elif not own and o.kind not in QUIET_KINDS:
+                news = True
+        return news
+
+    def _pass(self) -> None:
+        """One reconcile pass; a failure is logged and the loop goes on (the next pass retries)."""
+        try:
+            done = self._reconcile()
+        except Exception:  # the loop must outlive any bug in one pass: the next one retries
+            log.exception("reconcile pass failed; retrying in %.0f s", self.every_s)
+            return
+        self.passes += 1
+        self._own, self._busy = (done.start, done.end), done.busy
+        self._mark(done.start)  # every change up to its start is reconciled
+
+    def _mark(self, revision: int) -> None:
+        with self._reconciled:
+            if revision > self.reconciled:
+                self.reconciled = revision
+                self._reconciled.notify_all()
