@@ -13,7 +13,12 @@ import re
 from dataclasses import asdict
 from typing import Any
 
+from softudc.manager import migration
+from softudc.manager.migration import COLD_MOVE_TIMEOUT_S as COLD_MOVE_TIMEOUT_S
+from softudc.manager.migration import MIGRATION_STALL_S as MIGRATION_STALL_S
+from softudc.manager.migration import holds_none
 from softudc.manager.planner import Instance, plan_farm
+from softudc.manager.workflow import Workflow
 from softudc.model.farm import Farm
 from softudc.model.hoststate import SEPARATOR, vm_name
 from softudc.placement import Host
@@ -27,47 +32,11 @@ def inventory(host_reports: dict[str, dict[str, Any]]) -> list[Host]:
 
 
 HOST_DOWN_AFTER_S = 30.0  # a host whose last report is older than this is `down`
-MIGRATION_STALL_S = 600.0  # a requested live migration the source never started: settled after this
-COLD_MOVE_TIMEOUT_S = 300.0  # a cold move whose source never confirmed the VM stopped: given up after this
 DEPARTED_MARGIN_S = 10.0  # a report stored this long after a departure was built after it (report timeout)
-LIVE_ENDED = ("completed", "failed", "unknown")  # a source job in one of these states is over
 # One VM, one host (audit R5, R12, R13): a report confirms what the manager decided but never
 # transfers ownership, and nothing that could leave a second copy running is concluded from the
 # absence of news. "Gone from a host" needs a fresh report from that host saying it holds no such
-# domain in any state; "fresh" means built after the moment in question. A report stored before
-# that moment may have been built long before it, so freshness is proven without comparing
-# clocks: the first report stored after the mark was set may be old, but the next one was built
-# after the host got the answer to the first (a gatekeeper reports, fetches, converges, reports).
-
-
-def holds_none(report: dict[str, Any], name: str) -> bool:
-    """The host says it has no domain `name` at all: `sizes` lists every managed domain there in any
-    state (running, paused for an incoming migration, shut off but defined). No `sizes`, no evidence."""
-    sizes = report.get("sizes")
-    return isinstance(sizes, dict) and name not in sizes and name not in report.get("running", [])
-
-
-def _fresh(marks: dict[str, Any], key: str, report: dict[str, Any]) -> bool:
-    """True once `report` was built after the first time this was asked for `key` (see above).
-    `marks` (kept in the instance's `migrating` record) remembers [report seen then, the next one]."""
-    at = report.get("reported")
-    if not isinstance(at, int | float):
-        return False
-    base, after = marks.get(key) or (None, None)
-    if base is None:
-        marks[key] = [at, None]
-        return False
-    if after is None:
-        if at > base:
-            marks[key] = [base, at]
-        return False
-    return bool(at > after)
-
-
-def _own_copy(moving: dict[str, Any]) -> dict[str, Any]:
-    """A `migrating` record to change without touching the stored status it came from (which the
-    caller compares against to know whether anything changed)."""
-    return {**moving, "marks": {k: list(v) for k, v in (moving.get("marks") or {}).items()}}
+# domain in any state (migration.holds_none, migration.fresh).
 
 
 def observe(farm: str, instances: list[dict[str, Any]], reports: dict[str, dict[str, Any]],
@@ -100,75 +69,75 @@ def observe(farm: str, instances: list[dict[str, Any]], reports: dict[str, dict[
 
 def _observe_cold(inst: dict[str, Any], name: str, where: list[str], reports: dict[str, dict[str, Any]],
                   now: float, events: list[tuple[str, str]]) -> None:
-    """A cold move completes once the source has reported, freshly, that it holds no such domain:
-    only then may the destination start it (a stale report, or none from a silent source, proves
-    nothing). Until then giving up is always safe: the destination has not started it."""
-    moving = inst["migrating"] = _own_copy(inst["migrating"])
-    marks = moving["marks"]
-    src = reports.get(inst["host"], {})
-    if not where and _fresh(marks, "source", src) and holds_none(src, name):
-        events.append(("Migrated", f"{inst['name']}: {inst['host']} -> {moving['to']} (cold: stopped, "
-                                   "started there)"))
-        inst["host"] = moving["to"]
-        del inst["migrating"]
-    elif now - moving.get("since", now) > COLD_MOVE_TIMEOUT_S:
-        events.append(("MigrationFailed", f"{inst['name']}: cold move {inst['host']} -> {moving['to']} given up "
-                                          f"after {COLD_MOVE_TIMEOUT_S:.0f} s: {inst['host']} never confirmed "
-                                          f"{name} stopped (is its gatekeeper reporting?); it stays on "
-                                          f"{inst['host']}"))
-        del inst["migrating"]
+    """A cold move, stepped by migration.COLD; the instance changes host once it is `done`."""
+    record, wf, _ = migration.observe_cold(inst["migrating"], bool(where), reports.get(inst["host"], {}),
+                                               name, now)
+    src, to = inst["host"], record["to"]
+    if wf.state == "done":
+        events.append(("Migrated", f"{inst['name']}: {src} -> {to} (cold: stopped, started there)"))
+        inst["host"] = to
+    elif wf.state == "aborted":
+        events.append(("MigrationFailed", f"{inst['name']}: cold move {src} -> {to} given up after "
+                                          f"{COLD_MOVE_TIMEOUT_S:.0f} s: {src} never confirmed {name} stopped "
+                                          f"(is its gatekeeper reporting?); it stays on {src}"))
+    _keep(inst, record, wf)
 
 
 def _observe_live(inst: dict[str, Any], name: str, where: list[str], reports: dict[str, dict[str, Any]],
                   now: float, events: list[tuple[str, str]]) -> None:
-    moving = inst["migrating"] = _own_copy(inst["migrating"])
+    """A live move, stepped by migration.LIVE from what the reports say (migration.LiveView); the
+    instance changes host once it is `done`, and every outcome is said as it happens."""
+    moving = inst["migrating"]
     src, to = inst["host"], moving["to"]
     job = reports.get(src, {}).get("migrations", {}).get(name, {})
     job = job if job.get("attempt") == moving["attempt"] else {}
-    # The destination runs it: done, even when the manager never heard the source say so (the commit
-    # was lost). Only once the source was handed the move (prepared): before that it cannot be there
-    # by this migration.
-    if moving.get("prepared") and to in where and (job.get("state") == "completed" or src not in where):
+    view = migration.LiveView(job, name in reports.get(to, {}).get("prepared", []), to in where, src in where)
+    record, wf, taken = migration.observe_live(moving, view, reports.get(to, {}), name, now)
+    for step in taken:
+        events.extend(_said(inst["name"], name, src, record, step, job, reports, src in where, now))
+    if wf.state == "done":
+        inst["host"] = to
+    _keep(inst, record, wf)
+
+
+def _keep(inst: dict[str, Any], record: dict[str, Any], wf: Workflow) -> None:
+    """The instance's `migrating` record after a look: gone once the workflow is over (the events
+    say how it ended), else its state, steps, progress and marks."""
+    if wf.over:
+        del inst["migrating"]
+    else:
+        inst["migrating"] = migration.save(record, wf)
+
+
+def _said(inst: str, name: str, src: str, moving: dict[str, Any], step: migration.Transition,
+          job: dict[str, Any], reports: dict[str, dict[str, Any]], src_runs: bool, now: float) -> list[tuple[str, str]]:
+    """The farm's events for one step of a live move."""
+    to = moving["to"]
+    if step.after == "done":
         downtime = reports.get(to, {}).get("arrivals", {}).get(name, {}).get("downtime_ms", "?")
         copy = f"copied in {job['wall_ms']} ms, " if job.get("wall_ms") else ""
         took = f", {now - moving['since']:.1f} s after the request" if moving.get("since") else ""
-        events.append(("Migrated", f"{inst['name']}: {src} -> {to} live, {copy}downtime {downtime} ms{took}"))
-        inst["host"] = to
-        del inst["migrating"]
-        return
-    ended = job.get("state") in LIVE_ENDED
-    stalled = not job and now - moving.get("since", now) > MIGRATION_STALL_S
-    if job:
-        moving.update({k: job[k] for k in ("state", "data_total", "data_processed") if k in job})
-    elif not moving.get("prepared") and name in reports.get(to, {}).get("prepared", []):
-        moving.update(prepared=True, state="prepared")
-    if not (ended or stalled or moving.get("outcome")):
-        return
-    if not moving.get("outcome"):
-        moving["outcome"] = {"state": job.get("state", "stalled"), "error": job.get("error")}
-        if job.get("state") != "completed":  # completed: the destination's report that it runs it is due
-            said = _outcome_text(moving["outcome"], src)
-            events.append(("MigrationFailed", f"{inst['name']}: {src} -> {to}: {said}; it stays 'migrating' until "
-                                              f"{to} confirms whether it holds {name}"))
-    if job.get("state") == "copying":
-        return  # the source (re)started this attempt after all: follow it
-    if _fresh(moving["marks"], "destination", reports.get(to, {})) and \
-            holds_none(reports.get(to, {}), name):
-        here = "keeps running on" if src in where else "stays with"
-        events.append(("MigrationFailed", f"{inst['name']}: {src} -> {to}: {_outcome_text(moving['outcome'], src)}; "
-                                          f"{to} holds no copy, so it {here} {src}"))
-        del inst["migrating"]
+        return [("Migrated", f"{inst}: {src} -> {to} live, {copy}downtime {downtime} ms{took}")]
+    if step.after == "aborted":
+        here = "keeps running on" if src_runs else "stays with"
+        return [("MigrationFailed", f"{inst}: {src} -> {to}: {_outcome_text(step.before, moving, src)}; "
+                                    f"{to} holds no copy, so it {here} {src}")]
+    if step.after in migration.AWAITING and step.after != "completed":  # completed: the arrival is due
+        return [("MigrationFailed", f"{inst}: {src} -> {to}: {_outcome_text(step.after, moving, src)}; it stays "
+                                    f"'migrating' until {to} confirms whether it holds {name}")]
+    return []
 
 
-def _outcome_text(outcome: dict[str, Any], src: str) -> str:
-    state = outcome.get("state")
-    if state == "stalled":
+def _outcome_text(state: str, moving: dict[str, Any], src: str) -> str:
+    if state == "silent":
         return f"{src} never started the migration (is its gatekeeper running?)"
+    if state == "stalled":
+        return f"{moving['to']} never prepared for it (is its gatekeeper running?)"
     if state == "unknown":
-        return f"outcome unknown ({outcome.get('error')}): the VM no longer runs on {src}"
+        return f"outcome unknown ({moving.get('error')}): the VM no longer runs on {src}"
     if state == "completed":
         return f"{src} says it completed, but the destination does not run it"
-    return str(outcome.get("error"))
+    return str(moving.get("error"))
 
 
 def observed_marks(observed: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:

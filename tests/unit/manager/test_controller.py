@@ -146,7 +146,7 @@ def test_a_failed_migration_leaves_the_vm_where_it_was_and_says_why() -> None:
     after, _, events = reconcile_farm(farm, _move(status, "db-0", dst, uri="x", prepared=True), inventory(REPORTS),
                                       {}, reports)
     db = next(i for i in after["instances"] if i["name"] == "db-0")
-    assert db["host"] == src and db["migrating"]["outcome"]["state"] == "failed"
+    assert db["host"] == src and db["migrating"]["state"] == "failed" and db["migrating"]["error"] == "no route"
     assert events[0][0] == "MigrationFailed" and "no route" in events[0][1] and f"until {dst} confirms" in events[0][1]
     after, _, _ = reconcile_farm(farm, after, inventory(REPORTS), {}, reports)  # no new report: no evidence
     assert next(i for i in after["instances"] if i["name"] == "db-0").get("migrating")

@@ -46,7 +46,6 @@ def report(m: Manager, host: str, running: list[str] | None = None, **extra: Any
             "migration_uri": _uri(host), **extra}
     m.host_status(host, host, body)
     m.note_address(host, "127.0.0.1")
-    m.settle()  # the controller loop has judged (and reconciled) it
 
 
 def instances(m: Manager, farm: str = "demo") -> dict[str, dict[str, Any]]:
@@ -109,7 +108,7 @@ def test_r5_a_migration_whose_commit_the_manager_lost_still_completes(mgr: Manag
     dst = next(h for h in HOSTS if h != src)
     mgr.migrate(ADMIN, "demo", "db-0", {"to": dst})
     report(mgr, dst, [f"demo--{n}" for n, at in where.items() if at == dst], prepared=["demo--db-0"])
-    assert instances(mgr)["db-0"]["migrating"]["prepared"] is True
+    assert instances(mgr)["db-0"]["migrating"]["state"] == "prepared"
     report(mgr, src, [f"demo--{n}" for n, at in where.items() if at == src and n != "db-0"])
     report(mgr, dst, [f"demo--{n}" for n, at in where.items() if at == dst] + ["demo--db-0"])
     db = instances(mgr)["db-0"]
@@ -338,6 +337,64 @@ def test_r13_a_live_move_can_be_cancelled_only_before_its_source_was_handed_it(m
     assert e.value.status == 409 and "cannot be called back" in str(e.value)
 
 
+# --- a restart of the manager in every state of a move ------------------------------------------
+
+LIVE_STEPS = ["requested", "prepared", "copying", "failed"]
+
+
+@pytest.mark.parametrize("at", LIVE_STEPS)
+def test_a_restarted_manager_resumes_a_live_move_where_it_stood(mgr: Manager, tmp_path: Path, at: str) -> None:
+    """The move's state and steps are in the farm's status in the store: a new Manager on the same
+    state directory carries on from there (hands the source the move, follows it, settles it)."""
+    where = placed(mgr)
+    src = where["db-0"]
+    dst = next(h for h in HOSTS if h != src)
+    src_vms = [f"demo--{n}" for n, h in where.items() if h == src]
+    dst_vms = [f"demo--{n}" for n, h in where.items() if h == dst]
+    without = [v for v in src_vms if v != "demo--db-0"]
+    mgr.migrate(ADMIN, "demo", "db-0", {"to": dst})
+    attempt = instances(mgr)["db-0"]["migrating"]["attempt"]
+    job = {"attempt": attempt, "state": "copying"}
+    for step in LIVE_STEPS[1:LIVE_STEPS.index(at) + 1]:
+        if step == "prepared":
+            report(mgr, dst, dst_vms, prepared=["demo--db-0"])
+        else:
+            report(mgr, src, src_vms, migrations={"demo--db-0": {**job, "state": step, "error": "x"}})
+    again = Manager(tmp_path)
+    moving = instances(again)["db-0"]["migrating"]
+    assert moving["state"] == at and [s[0] for s in moving["steps"]] == LIVE_STEPS[:LIVE_STEPS.index(at) + 1]
+    handed = "migrate_to" in next(v for v in again._desired(src)["vms"] if v["name"] == "demo--db-0")
+    assert handed is (at != "requested")
+    if at == "failed":  # settled by the destination's fresh word, as before the restart
+        for _ in range(2):
+            report(again, dst, dst_vms)
+        assert instances(again)["db-0"]["host"] == src and "migrating" not in instances(again)["db-0"]
+        assert "holds no copy" in events(again, "MigrationFailed")[-1]
+        return
+    if at == "requested":
+        report(again, dst, dst_vms, prepared=["demo--db-0"])
+        assert instances(again)["db-0"]["migrating"]["state"] == "prepared"
+    report(again, src, without, migrations={"demo--db-0": {**job, "state": "completed"}})
+    report(again, dst, [*dst_vms, "demo--db-0"])
+    assert instances(again)["db-0"]["host"] == dst and "migrating" not in instances(again)["db-0"]
+    assert events(again, "Migrated")
+
+
+def test_a_restarted_manager_resumes_a_cold_move_with_its_freshness_marks(mgr: Manager, tmp_path: Path) -> None:
+    where = placed(mgr, COLD)
+    src = where["db-0"]
+    dst = next(h for h in HOSTS if h != src)
+    without = [f"demo--{n}" for n, h in where.items() if h == src and n != "db-0"]
+    mgr.migrate(ADMIN, "demo", "db-0", {"to": dst})
+    report(mgr, src, without)  # the first report after the move: may predate it (marks it)
+    again = Manager(tmp_path)
+    assert instances(again)["db-0"]["migrating"]["state"] == "stopping"
+    assert instances(again)["db-0"]["migrating"]["marks"]["source"][0] is not None
+    report(again, src, without)
+    report(again, src, without)  # built after the answer to the first: the source holds none
+    assert instances(again)["db-0"]["host"] == dst and events(again, "Migrated")
+
+
 # --- R20 --------------------------------------------------------------------------------------
 
 
@@ -429,6 +486,7 @@ def test_r5_r12_r13_no_report_moves_an_instance_anywhere_but_where_the_manager_s
         reports: dict[str, dict[str, Any]], insts: list[tuple[str, str, dict[str, Any] | None]], now: float,
         rounds: int) -> None:
     from softudc.manager.controller import observe
+    from softudc.manager.migration import handed_over
 
     instances = [{"name": n, "vm": n.split("-")[0], "host": h, **({"migrating": m} if m else {})}
                  for n, h, m in insts]
@@ -444,7 +502,7 @@ def test_r5_r12_r13_no_report_moves_an_instance_anywhere_but_where_the_manager_s
                 if moving.get("cold"):  # only on the source's word that it holds no such domain
                     assert "sizes" in reports.get(old["host"], {}) and name not in reports[old["host"]]["sizes"]
                 else:  # only once the source was handed it, and the destination runs it
-                    assert moving.get("prepared") and name in reports[moving["to"]]["running"]
+                    assert handed_over(moving) and name in reports[moving["to"]]["running"]
             if "migrating" in old and "migrating" not in inst and inst["host"] == old["host"] \
                     and not moving.get("cold"):  # a live move given up: the destination said it holds none
                 dest = reports.get(moving["to"], {})
