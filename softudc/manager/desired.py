@@ -14,6 +14,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
+from softudc.manager import migration
 from softudc.manager.reports import ipv4_or_none
 from softudc.model.farm import Farm, VmDef
 from softudc.model.hoststate import CONTRACT_VERSION, SERVED, DesiredState, nic_mac, parse, vm_name
@@ -75,7 +76,7 @@ def _nics(farm: Farm, status: dict[str, Any], inst: dict[str, Any], vm: VmDef,
 def _handover(host: str, inst: dict[str, Any], vm: VmDef) -> dict[str, Any]:
     """What this host does about a moving instance (or one that left by migration)."""
     moving = inst.get("migrating") or {}
-    if moving and host == inst["host"] and moving.get("prepared"):  # the destination has the VNETs
+    if moving and host == inst["host"] and migration.handed_over(moving):  # the destination has the VNETs
         return {"migrate_to": {"host": moving["to"], "uri": moving["uri"], "attempt": moving["attempt"],
                                "downtime_ms": vm.max_downtime_ms or 0}}
     if moving and host != inst["host"]:
@@ -111,7 +112,7 @@ def served_version(report: dict[str, Any] | None) -> int:
     if not report:
         return CONTRACT_VERSION
     version = report.get("contract", 1)
-    return version if version in SERVED else CONTRACT_VERSION
+    return version if type(version) is int and version in SERVED else CONTRACT_VERSION
 
 
 def desired_json(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
