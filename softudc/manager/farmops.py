@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
+from softudc.manager.farms import FarmCache
 from softudc.manager.planner import PlanError
 from softudc.manager.store import Conflict, Obj, Store
 from softudc.model.farm import validate
@@ -23,6 +24,7 @@ class FarmOps:
     """The API's farm operations: what the Manager provides them."""
 
     store: Store
+    farms: FarmCache
     _reconcile_lock: threading.RLock
 
     if TYPE_CHECKING:  # provided by the Manager (or another of its mixins)
@@ -81,6 +83,7 @@ class FarmOps:
             except Conflict as e:
                 raise ApiError(409, str(e)) from None
             self._event("farm", name, "Applied", f"by {who.name}: revision {rev}")
+            self.farms.add(name, text, farm)  # parsed once: the loop's pass takes it from the cache
         # The controller loop plans it; the answer waits (bounded) for that, so it carries the
         # status this revision got, as before the loop (a slow pass: the status so far).
         self.settle(APPLY_WAIT_S)

@@ -50,6 +50,13 @@ class FarmCache:
             raise found
         return found
 
+    def add(self, name: str, text: str, farm: Farm) -> None:
+        """A descriptor the caller has just validated (an apply): the controllers' pass that plans
+        it finds it here instead of parsing it again (one parse per revision)."""
+        self._farms[(name, hashlib.sha256(text.encode()).hexdigest(), True)] = farm
+        while len(self._farms) > self.size:
+            self._farms.popitem(last=False)
+
     def farm_or_none(self, obj: Obj) -> Farm | None:
         try:
             return self.farm(obj)

@@ -176,3 +176,20 @@ def test_wait_desired_refuses_another_host_s_certificate(world: tuple[Manager, F
     m, _ = world
     with pytest.raises(ApiError, match="client certificate"):
         asyncio.run(m.wait_desired("h2", "h1", "", 1))
+
+
+def test_an_apply_parses_its_descriptor_once(world: tuple[Manager, FakeStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    from softudc.model.farm import validate
+
+    m, store = world
+    parsed: list[str] = []
+
+    def counting(text: str, file: str = "<farm>", strict: bool = True) -> Any:
+        parsed.append(file)
+        return validate(text, file, strict)
+
+    monkeypatch.setattr("softudc.manager.farms.validate", counting)
+    monkeypatch.setattr("softudc.manager.farmops.validate", counting)
+    text = farm("once").replace("image: g", f"image: g{time.monotonic_ns()}")  # a text no cache has seen
+    m.put_farm(ADMIN, "once", text, None)
+    assert status(store, "once")["conditions"]["Placed"] and len(parsed) == 1  # the request's; the pass reuses it
