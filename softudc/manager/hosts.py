@@ -148,7 +148,8 @@ class Hosts:
         problems = report_problems(body)
         if problems:  # one broken gatekeeper must not break planning for every farm
             raise ApiError(400, f"report from {name} refused, nothing stored: " + "; ".join(problems) +
-                           "; fix the gatekeeper (or upgrade it to this manager's version)")
+                           "; fix the gatekeeper, or bring it and this manager to versions that speak one contract "
+                           "(softudc/model/hoststate.py; managers are upgraded first)")
         # Stored, and that is all: the controller loop judges whether it is news (softudc/manager/loop.py).
         self.store.set_status("host", name, {**body, "reported": time.time()})
         self.start()
