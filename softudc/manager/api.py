@@ -95,14 +95,14 @@ def parse_if_match(header: str | None) -> int | None:
     return int(m.group(1) or m.group(2))
 
 
-# --- who is asking ----------------------------------------------------------------------------
+# --- who is asking (async where no I/O: FastAPI runs a sync dependency on the thread pool) -------
 
-def _manager(request: Request) -> Manager:
+async def _manager(request: Request) -> Manager:
     m: Manager = request.app.state.manager
     return m
 
 
-def _stats(request: Request) -> ApiStats:
+async def _stats(request: Request) -> ApiStats:
     stats: ApiStats = request.app.state.stats
     return stats
 
@@ -124,7 +124,7 @@ class Peer:
     fingerprint: str | None = None
 
 
-def _peer(request: Request) -> Peer:
+async def _peer(request: Request) -> Peer:
     chain = request.scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
     if not chain:
         return Peer()
