@@ -138,7 +138,10 @@ class ControllerLoop:
         try:
             done = self._reconcile()
         except Exception:  # the loop must outlive any bug in one pass: the next one retries
-            log.exception("reconcile pass failed; retrying in %.0f s", self.every_s)
+            log.exception("reconcile pass failed; retrying after the next change or in %.0f s", self.every_s)
+            # What the failed pass wrote comes back as news: pause, so a bug that fails every
+            # pass costs one pass per POLL_S, not a core.
+            self._stopping.wait(POLL_S)
             return
         self.passes += 1
         self._own, self._busy = (done.start, done.end), done.busy

@@ -223,3 +223,20 @@ def test_report_is_news_judges_what_a_report_says() -> None:
     assert report_is_news(before, _host({"vcpus": 8, "reported": t}, {"state": "draining"}), busy=False)
     assert report_is_news(before, _host({}, deleted=True), busy=False)
     assert report_is_news(None, before, busy=False)
+
+
+def test_a_pass_that_fails_after_writing_is_retried_at_a_bounded_rate() -> None:
+    store = FakeStore()
+    store.put("farm", "x", {})
+    runs: list[int] = []
+
+    def failing() -> Pass:
+        runs.append(1)
+        store.set_status("farm", "x", {"try": len(runs)})  # comes back as news: a retry
+        raise RuntimeError("a bug in every pass")
+
+    loop = ControllerLoop(store, failing, 60.0, name="test-controllers")
+    loop.start()
+    time.sleep(1.5)
+    loop.stop()
+    assert 1 <= len(runs) <= 4  # about one per POLL_S, not as fast as the core allows
