@@ -81,7 +81,7 @@ class Reconciler:
 
     def busy(self) -> bool:
         """A migration is being handed over (sync more often: each side waits on the other)."""
-        return any(v.get("incoming") or v.get("outgoing") or v.get("migrate_to") for v in self.desired.get("vms", []))
+        return any(v.incoming or v.outgoing or v.migrate_to for v in self.state.vms)
 
     def report(self, vms_here: list[dict[str, Any]]) -> dict[str, Any]:
         """This host as the contract's HostReport, validated here so that the manager's check passes
@@ -115,8 +115,7 @@ class Reconciler:
     def _prepared(self) -> list[str]:
         """Incoming VMs whose VNETs exist here: the source may start migrating them."""
         have = {v["vnet"] for v in self.vnets.list_vnets()}
-        return sorted(vm["name"] for vm in self.desired.get("vms", [])
-                      if vm.get("incoming") and all(n["vnet"] in have for n in vm["nics"]))
+        return sorted(vm.name for vm in self.state.vms if vm.incoming and all(n.vnet in have for n in vm.nics))
 
     def sync(self, wait: float = 0.0) -> list[str]:
         """One round: report, fetch what to run (waiting up to `wait` seconds for it to change: the
@@ -196,13 +195,12 @@ class Reconciler:
 
     def _apply(self, op: str, args: dict[str, Any], desired: dict[str, Any]) -> None:
         if op in ("vnet.create", "vnet.update", "vnet.recreate"):
-            vnet = next(v for v in desired["vnets"] if v["id"] == args["vnet"])
-            security = vnet.get("security", "none")
+            vnet = next(v for v in self.state.vnets if v.id == args["vnet"])
             # members: the underlay addresses of the hosts with an instance on it, when the
-            # manager knows them all (absent: the configured member_hosts, as before).
+            # manager knows them all (None: the configured member_hosts, as before).
             make = self.vnets.replace_vnet if op == "vnet.recreate" else self.vnets.create_vnet
-            make(args["vnet"], security=security if security != "none" else None, keys=vnet.get("keys"),
-                 mtu=vnet.get("mtu"), members=vnet.get("members"))
+            make(args["vnet"], security=vnet.security if vnet.security != "none" else None,
+                 keys=vnet.keys.model_dump() if vnet.keys else None, mtu=vnet.mtu, members=vnet.members)
             if op == "vnet.create":
                 self.managed_vnets.add(args["vnet"])
                 self._save_managed()

@@ -212,13 +212,14 @@ def test_r2_host_report_is_degraded_while_a_worker_is_down(fwd: Forwarder, monke
     from gatekeeper.migrations import Migrations
     from gatekeeper.reconciler import Reconciler
     from softudc.manager.reports import report_problems
+    from softudc.model.hoststate import DesiredState
 
     monkeypatch.setattr(fwd, "_udp_loop", lambda: None)  # ends at once, again and again
     fwd.supervisor.halt()  # and nothing restarts it
     fwd.start()
     client: Any = object.__new__(Reconciler)
     client.__dict__.update(capacity={"vcpus": 2, "memory_mib": 1024}, migrations=Migrations(None),
-                           vms=None, errors=[], notes=[], desired={},
+                           vms=None, errors=[], notes=[], desired={}, state=DesiredState(),
                            vnets=SimpleNamespace(forwarder=fwd, list_vnets=lambda: []))
     assert wait_for(lambda: fwd.health()["workers"]["fwd-udp"] == "dead")
     report = client.report([])

@@ -33,9 +33,15 @@ def _vnets(healthy: bool = True) -> Any:
     forwarder = SimpleNamespace(vnets={5: object(), 7: object()},
                                 health=lambda: {"workers": workers, "restarts": 2, "healthy": healthy})
     made: list[int] = []
+    asked: list[dict[str, Any]] = []
+
+    def create_vnet(vnet: int, **kw: Any) -> None:
+        made.append(vnet)
+        asked.append(kw)
+
     return SimpleNamespace(forwarder=forwarder, config=SimpleNamespace(underlay_address=UNDERLAY),
-                           list_vnets=lambda: [{"vnet": v, "ports": []} for v in made], made=made,
-                           create_vnet=lambda vnet, **kw: made.append(vnet))
+                           list_vnets=lambda: [{"vnet": v, "ports": []} for v in made], made=made, asked=asked,
+                           create_vnet=create_vnet)
 
 
 def _reconciler(answers: list[Any] | None = None, healthy: bool = True) -> tuple[Reconciler, FakeLink]:
@@ -82,10 +88,16 @@ def test_a_quiet_host_reports_its_capacity_in_this_contract_version() -> None:
 
 
 def test_sync_sends_the_report_and_applies_a_desired_state_that_follows_the_contract() -> None:
+    keys = {"send_epoch": 3, "secrets": {"3": "ab" * 32}}
     desired = {"contract": 2, "etag": "e1", "vms": [],
-               "vnets": [{"id": 5, "farm": "demo", "name": "front", "security": "none", "mtu": None}]}
+               "vnets": [{"id": 5, "farm": "demo", "name": "front", "security": "none", "mtu": None},
+                         {"id": 7, "farm": "demo", "name": "back", "security": "auth", "mtu": 1400, "keys": keys,
+                          "members": [UNDERLAY, "192.0.2.2"]}]}
     r, link = _reconciler([desired])
-    assert r.sync() == ["vnet.create 5"]
+    assert r.sync() == ["vnet.create 5", "vnet.create 7"]
+    assert r.vnets.asked == [  # type: ignore[attr-defined]  # what the VNET service was asked for
+        {"security": None, "keys": None, "mtu": None, "members": None},
+        {"security": "auth", "keys": keys, "mtu": 1400, "members": [UNDERLAY, "192.0.2.2"]}]
     method, path, body = link.sent[0]
     assert (method, path) == ("PUT", "/v1/hosts/h1/status") and body["contract"] == CONTRACT_VERSION
     assert r.state.vnets[0].id == 5 and r.desired["etag"] == "e1"
