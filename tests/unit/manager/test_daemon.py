@@ -354,3 +354,36 @@ def test_500_long_polls_wait_on_a_handful_of_threads_and_admins_are_answered_mea
     assert seen["threads"] <= 16, seen["threads"]  # was a thread per long poll: 500
     assert max(seen["admin_s"]) < 2.0, seen["admin_s"]  # generous: a few ms when idle
     assert seen["statuses"] == {200} and len(seen["etags"]) == 1 and seen["left"] == 0
+
+
+def _no_answer(ctx: ssl.SSLContext, port: int) -> bool:
+    """Whether a gatekeeper request over `ctx` is refused before any answer: at the handshake, or
+    (TLS 1.3, where the server checks the client's certificate after it) at the first read."""
+    try:
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="127.0.0.1")
+        s.sendall(b"GET /v1/hosts/h1/desired HTTP/1.1\r\nHost: x\r\n\r\n")
+        return s.recv(100) == b""
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        return True
+
+
+@pytest.mark.adversarial
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated:DeprecationWarning")  # on purpose
+def test_a_client_certificate_from_another_ca_or_an_old_tls_version_is_refused_at_the_handshake(
+        tmp_path: Path) -> None:
+    state, server, admin = _start(tmp_path / "m")
+    port = server.server_address[1]
+    try:
+        other = CertificateAuthority.create(tmp_path / "other").issue_client("h1")  # names h1, wrong CA
+        cert, key = tmp_path / "other.crt", tmp_path / "other.key"
+        cert.write_bytes(other.cert_pem)
+        key.write_bytes(other.key_pem)
+        forged = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+        forged.load_cert_chain(str(cert), str(key))
+        old = ssl.create_default_context(cafile=str(state / "pki" / "ca.crt"))
+        old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.set_ciphers("DEFAULT:@SECLEVEL=0")  # this client would speak TLS 1.1: the server must refuse it
+        assert _no_answer(forged, port) and _no_answer(old, port)
+        assert Api(state, port).call("GET", "/v1/farms", token=admin)[0] == 200  # no certificate: fine for admins
+    finally:
+        server.shutdown()
