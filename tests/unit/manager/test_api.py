@@ -355,3 +355,26 @@ def test_r13_cancel_is_in_the_openapi_document() -> None:
     body = doc["paths"]["/v1/farms/{name}/instances/{instance}/migrate"]["post"]["requestBody"]
     schema = doc["components"]["schemas"][body["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]]
     assert schema["properties"]["cancel"]["type"] == "boolean" and schema["additionalProperties"] is False
+
+
+def test_every_answer_is_counted_by_route_and_status(tmp_path: Path) -> None:
+    from prometheus_client import generate_latest
+
+    admin = init(tmp_path, ["127.0.0.1"])
+    m = Manager(tmp_path)
+    server = serve(m, "127.0.0.1", 0)
+    try:
+        api = Api(tmp_path, server.server_address[1])
+        for _ in range(3):
+            api.call("GET", "/v1/farms", token=admin)
+        api.call("GET", "/v1/farms")  # no token
+        api.call("GET", "/v1/nowhere", token=admin)
+        api.call("PUT", "/v1/farms/demo", "x" * (2 << 20), admin)
+    finally:
+        server.shutdown()
+    text = generate_latest(m.registry).decode()
+    for line in ('softudc_manager_requests_total{route="list_farms",status="200"} 3.0',
+                 'softudc_manager_requests_total{route="list_farms",status="401"} 1.0',
+                 'softudc_manager_requests_total{route="unknown",status="404"} 1.0',
+                 'softudc_manager_requests_total{route="unknown",status="413"} 1.0'):
+        assert line in text, text
