@@ -21,6 +21,7 @@ from softudc.lab import Lab, LabSpec, lab_down, lab_up
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get, wait_for_page
 from softudc.lab.manager import MANAGER_ADDR, METRICS_PORT, call
+from softudc.model.hoststate import vm_name
 
 NAME = "demo"
 FARM = Path(__file__).resolve().parents[1] / "configs" / "farms" / "demo.yaml"
@@ -90,7 +91,7 @@ def _apply(lab: Lab) -> int:
 
 
 def _running_on(lab: Lab, inst: dict[str, Any]) -> bool:
-    return any(f"demo--{inst['name']}" in h.get("running", []) and h["name"] == inst["host"]
+    return any(vm_name("demo", inst["name"]) in h.get("running", []) and h["name"] == inst["host"]
                for h in ok(*call(lab, "GET", "/v1/hosts")))
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from softudc.lab import Lab, LabError, load_lab
 from softudc.lab.libvirt import migration_uri
 from softudc.localapi import LocalApiClient, LocalApiError
+from softudc.model.hoststate import SEPARATOR
 
 
 def vm_mac(lab: str, name: str, nic: int = 0) -> str:
@@ -56,7 +57,7 @@ def cmd_start(a: argparse.Namespace) -> None:
 
 def cmd_stop(a: argparse.Namespace) -> None:
     lab = load_lab(a.lab, a.state_dir)
-    a.name = a.name.replace("/", "--")  # a farm's VM: farm/instance is farm--instance on its host
+    a.name = a.name.replace("/", SEPARATOR)  # a farm's VM: farm/instance is farm--instance on its host
     host = find_vm(lab, a.name)
     LocalApiClient(lab.host(host).api_socket, timeout=60).call("vm.stop", name=a.name, force=a.force)
     print(f"{a.name} stopped on {host}")
