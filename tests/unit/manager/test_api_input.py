@@ -78,6 +78,8 @@ def _timed(call: Any) -> httpx.Response:
     ({"vcpus": "8"}, "vcpus"), ({"vcpus": True}, "vcpus"), ({"memory_mib": 1.5}, "memory_mib"),
     ({"running": "demo--web-0"}, "running"), ({"running": [1, 2]}, "running"),
     ({"sizes": {"demo--db-0": "big"}}, "sizes"), ({"migrations": []}, "migrations"),
+    ({"bogus": 1}, "bogus"), ({"running": [], "x": [[[[[[[[[[[[[[[[[[["x"]]]]]]]]]]]]]]]]]]]}, "x"),
+    ({"contract": 99}, "contract"),
 ])
 def test_a_report_of_the_wrong_type_is_a_400_naming_the_field_and_nothing_is_stored(
         setup: Setup, report: dict[str, Any], field: str) -> None:
@@ -89,7 +91,8 @@ def test_a_report_of_the_wrong_type_is_a_400_naming_the_field_and_nothing_is_sto
 
 @pytest.mark.parametrize("body", [
     b"[]", b"3", b'"x"', b"null", b"{", b"\xff\xfe", b"[" * 100_000, b'{"a":' * 5000 + b"1" + b"}" * 5000,
-    b'{"vcpus": 8, "running": ' + b"[" * 900 + b"]" * 900 + b"}"])
+    b'{"vcpus": 8, "running": ' + b"[" * 900 + b"]" * 900 + b"}",
+    b'{"vcpus": 8, "x": ' + b"[" * 900 + b"]" * 900 + b"}"])
 def test_a_report_that_is_not_a_json_object_or_nested_deep_is_a_400(setup: Setup, body: bytes) -> None:
     revision = setup.api.get("/v1/farms/demo").json()["revision"]
     r = _timed(lambda: setup.gk.put("/v1/hosts/h1/status", content=body, headers={"Content-Type": "application/json"}))
