@@ -37,8 +37,11 @@ def etag(desired: Desired) -> str:
 class LongPolls:
     """The desired-state cache of every host and the callbacks of its waiting long polls."""
 
-    def __init__(self, compute: Callable[[str], Desired]) -> None:
+    def __init__(self, compute: Callable[[str], Desired],
+                 compute_many: Callable[[list[str]], dict[str, Desired]] | None = None) -> None:
         self._compute = compute  # host -> its desired state (without etag), read from the store
+        # hosts -> theirs, the store read once for all (a new generation's waiting hosts)
+        self._compute_many = compute_many or (lambda hosts: {h: compute(h) for h in hosts})
         self._lock = threading.Lock()
         self._generation = 0
         self._cache: dict[str, tuple[int, Desired, str]] = {}  # host -> (generation, desired, etag)
@@ -74,9 +77,15 @@ class LongPolls:
         with self._lock:
             before = {h: c[2] for h, c in self._cache.items()}
             self._generation += 1
+            generation = self._generation
             self._cache.clear()
             waiting = sorted(self._waiters)
-        moved = [h for h in waiting if self.current(h)["etag"] != before.get(h)]
+        fresh = {h: (d, etag(d)) for h, d in self._compute_many(waiting).items()} if waiting else {}
+        with self._lock:
+            self.computed += len(fresh)
+            if self._generation == generation:
+                self._cache.update({h: (generation, d, tag) for h, (d, tag) in fresh.items()})
+        moved = [h for h in waiting if fresh[h][1] != before.get(h)]
         self.wake(moved)
         return moved
 

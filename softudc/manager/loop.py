@@ -56,11 +56,13 @@ def report_is_news(before: Obj | None, after: Obj, busy: bool) -> bool:
 
 
 class ControllerLoop:
-    """Runs `reconcile` (one pass over every farm; returns a Pass) on the store's news and on a timer."""
+    """Runs `reconcile` (one pass over every farm; returns a Pass) on the store's news and on a timer,
+    then `after` (once the pass counts as done for `settle`)."""
 
     def __init__(self, store: Store, reconcile: Callable[[], Pass], every_s: float = RECONCILE_EVERY_S,
-                 name: str = "softudc-controllers") -> None:
+                 name: str = "softudc-controllers", after: Callable[[], object] = lambda: None) -> None:
         self.store, self._reconcile, self.every_s, self.name = store, reconcile, every_s, name
+        self._after = after  # run after each pass is marked done (the long polls' new generation)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -146,6 +148,10 @@ class ControllerLoop:
         self.passes += 1
         self._own, self._busy = (done.start, done.end), done.busy
         self._mark(done.start)  # every change up to its start is reconciled
+        try:
+            self._after()
+        except Exception:  # waking long polls must not stop the controllers either
+            log.exception("after a reconcile pass")
 
     def _mark(self, revision: int) -> None:
         with self._reconciled:

@@ -63,10 +63,10 @@ class Planning:
         return planned
 
 
-    def reconcile(self) -> Pass:
+    def reconcile(self, wake: bool = True) -> Pass:
         """One pass of the controllers (the loop's; tests call it too): re-plan every farm against
         the hosts' latest reports, store statuses, log changes, make and rotate VNET keys, then
-        let the long polls whose desired state moved go. Each farm is planned once, against the
+        (`wake`) let the long polls whose desired state moved go. Each farm is planned once, against the
         usage of all farms summed once; a farm that fails is Degraded on its own (audit R10, R11)."""
         with self._reconcile_lock:
             start = self.store.revision()
@@ -85,7 +85,8 @@ class Planning:
             self._advance_keys(statuses)
             self._compact()
             end = self.store.revision()
-        self.polls.new_generation()
+        if wake:  # the loop wakes them itself, once an apply waiting for this pass has its answer
+            self.polls.new_generation()
         return Pass(start, end, busy)
 
     def _reconcile_farm(self, o: Obj, farms: list[Obj], reports: dict[str, dict[str, Any]], usage: Usage,

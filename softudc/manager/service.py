@@ -15,6 +15,7 @@ bounded, for the loop to have planned it, so its answer carries the status as be
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -61,8 +62,10 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self.farms: FarmCache = FARMS  # validated descriptors, parsed once per text (audit R11)
         # Desired state per host, cached per reconcile generation; long polls wake only when their
         # host's etag moved (audit R11).
-        self.polls = LongPolls(lambda host: self._desired(host))
-        self.controllers = ControllerLoop(self.store, lambda: self.reconcile(), RECONCILE_EVERY_S)
+        self.polls = LongPolls(lambda host: self._desired(host), lambda hosts: self._desired_many(hosts))
+        # The loop marks a pass done (an apply waiting for it answers) before it lets long polls go.
+        self.controllers = ControllerLoop(self.store, lambda: self.reconcile(wake=False), RECONCILE_EVERY_S,
+                                          after=self.polls.new_generation)
         self._compacted_at = 0.0
         self.registry, self.requests, self.events = make_registry(self.store, self.reports, self.polls.waiting)
         self._addresses: dict[str, str] = {}  # host -> where its reports come from (migration URIs, R20)
@@ -135,10 +138,18 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self.start()
 
     def _desired(self, name: str) -> dict[str, Any]:
-        with self._reconcile_lock:
+        return self._desired_many([name])[name]
+
+    def _desired_many(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The desired state of each host in `names`, the farms and reports read once for all (a
+        generation's long polls: 500 waiting hosts cost one read of the store, not 500)."""
+        with self._reconcile_lock:  # one view of the farms: never a pass half written
             farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.for_hosts(o))]
-            # The contract's DesiredState, validated, as JSON in the version the host speaks.
-            return desired_json(name, farms, self.reports(), self._vnet_keys)
+            reports = self.reports()
+        keys = functools.cache(self._vnet_keys)  # each VNET's keys read and derived once for all hosts
+        # The contract's DesiredState, validated, as JSON in the version the host speaks. Outside
+        # the lock: an apply waiting for it is not held up by a generation's many long polls.
+        return {name: desired_json(name, farms, reports, keys) for name in names}
 
 
 def init(state_dir: Path, addresses: list[str]) -> str:

@@ -121,3 +121,21 @@ def test_the_sync_wait_wakes_on_its_host_and_times_out_otherwise() -> None:
     polls.new_generation()
     waiter.join(10)
     assert not waiter.is_alive() and result[0]["vms"] == ["f--a-0"]
+
+
+def test_a_new_generation_reads_the_store_once_for_all_waiting_hosts() -> None:
+    world = World()
+    batches: list[list[str]] = []
+
+    def many(hosts: list[str]) -> dict[str, dict[str, Any]]:
+        batches.append(list(hosts))
+        return {h: world.desired(h) for h in hosts}
+
+    polls = LongPolls(world.desired, many)
+    world.vms["h3"] = []
+    for h in ("h1", "h2", "h3"):
+        polls._add(h, lambda: None)
+    world.vms["h2"] = ["f--a-0"]
+    assert polls.new_generation() == ["h1", "h2", "h3"]  # none was cached before: all "moved"
+    assert batches == [["h1", "h2", "h3"]] and polls.current("h2")["vms"] == ["f--a-0"]
+    assert sum(world.asked.values()) == 3  # one batch, then the cache answers

@@ -240,3 +240,21 @@ def test_a_pass_that_fails_after_writing_is_retried_at_a_bounded_rate() -> None:
     time.sleep(1.5)
     loop.stop()
     assert 1 <= len(runs) <= 4  # about one per POLL_S, not as fast as the core allows
+
+
+def test_a_pass_counts_as_done_before_the_long_polls_are_woken() -> None:
+    store = FakeStore()
+    woken, release = threading.Event(), threading.Event()
+
+    def after() -> None:  # a generation's many long polls: slow
+        woken.set()
+        release.wait(10)
+
+    loop = ControllerLoop(store, Controllers(store), 60.0, name="test-controllers", after=after)
+    loop.start()
+    try:
+        assert woken.wait(10)
+        assert loop.settle(0.5)  # an apply waiting for its pass is answered meanwhile
+    finally:
+        release.set()
+        loop.stop()
