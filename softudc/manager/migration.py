@@ -5,15 +5,14 @@ stored in the farm's status, so a restarted manager resumes every move where it 
 
 Live (the source's gatekeeper migrates peer to peer)::
 
-    requested ──prepared──► prepared ──copying──► copying ◄─┐ copying (progress, a restarted job)
-      │     │                  │ │                   │ │    │
-      │     stall              │ └─completed|failed|unknown─┴─► completed | failed | unknown
-      cancel│                  stall      stall ◄──────┘          │        (the source's job ended)
-      │     ▼                  └──────────► silent ───────────────┤ (no job for MIGRATION_STALL_S)
-      ▼   stalled                           (its job news moves it as from copying)
-    cancelled │                                                   │
-              └─holds_none──► aborted ◄──────────holds_none───────┤
-                                    done ◄────────arrived─────────┘ (also from prepared, copying)
+    requested ──prepared──► prepared ──copying──► copying       (copying again: progress)
+    requested ──stall──► stalled                                (the destination never prepared)
+    requested ──cancel──► cancelled
+    prepared, copying ──stall──► silent                         (handed over, no job for MIGRATION_STALL_S)
+    prepared, copying, silent ──completed|failed|unknown──► completed | failed | unknown
+    silent, failed, unknown ──copying──► copying                (the source (re)started the job)
+    prepared, copying, silent, completed, failed, unknown ──arrived──► done
+    stalled, silent, completed, failed, unknown ──holds_none──► aborted
 
   - `arrived`: the destination runs it, and the source says completed or no longer runs it. Only
     from the states after `prepared` (HANDED_OVER): before that the source was never handed the
@@ -25,9 +24,9 @@ Live (the source's gatekeeper migrates peer to peer)::
 
 Cold (stopped here, started there)::
 
-    stopping ──stopped──► done      (the source freshly reports holding no such domain)
-        ├────timeout────► aborted   (not confirmed within COLD_MOVE_TIMEOUT_S: it stays)
-        └────cancel─────► cancelled
+    stopping ──stopped──► done         (the source freshly reports holding no such domain)
+    stopping ──timeout──► aborted      (not confirmed within COLD_MOVE_TIMEOUT_S: it stays)
+    stopping ──cancel──► cancelled
 
 Events a state does not list are ignored when they come from reports (news that does not apply,
 e.g. a late `prepared` after a stall) and refused when they come from the API (`cancel`).

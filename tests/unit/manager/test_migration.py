@@ -6,6 +6,7 @@ where it stood."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -236,3 +237,23 @@ def test_a_cold_move_completes_on_the_sources_fresh_word_or_times_out() -> None:
     record = m.begin("h2", "a1", 0.0, None)
     _, wf, _ = m.observe_cold(record, True, src, NAME, m.COLD_MOVE_TIMEOUT_S + 1)
     assert wf.state == "aborted"
+
+
+def _drawn(doc: str) -> set[tuple[str, str, str]]:
+    """The transitions the module docstring draws as `a, b ──e1|e2──► t1 | t2` lines."""
+    out = set()
+    for line in doc.splitlines():
+        m_ = re.match(r"^\s+([a-z, ]+) ──([a-z_|]+)──► ([a-z |]+?)(\s{2,}\(.*)?$", line)
+        if not m_:
+            continue
+        events, targets = m_.group(2).split("|"), [t.strip() for t in m_.group(3).split("|")]
+        pairs = list(zip(events, targets, strict=True)) if len(targets) > 1 else [(e, targets[0]) for e in events]
+        out |= {(s.strip(), e, t) for s in m_.group(1).split(",") for e, t in pairs}
+    return out
+
+
+def test_the_docstring_draws_exactly_the_tables() -> None:
+    first_hops = {("requested", "prepared", "prepared"), ("prepared", "copying", "copying")}  # the chained line
+    drawn = _drawn(m.__doc__ or "") | first_hops
+    tables = {(s, e, t) for table in TABLES for s, moves in table.moves.items() for e, t in moves.items() if s != t}
+    assert drawn == tables
