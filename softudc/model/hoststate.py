@@ -303,7 +303,8 @@ def parse(model: type[Doc], data: Any) -> Doc:
         hint = f"a newer {sender}'s field? upgrade the managers first" if sender == "gatekeeper" else \
             f"a newer {sender}'s field? upgrade this {reader}"
         version = version if type(version) is int else 1
-        raise ContractError(_dedup([problem(err, version, hint) for err in e.errors()])) from None
+        # Formatted only as many as are kept (a big hostile document may hold thousands of errors).
+        raise ContractError(_dedup([problem(err, version, hint) for err in e.errors()[:2 * MAX_PROBLEMS]])) from None
     return doc
 
 
