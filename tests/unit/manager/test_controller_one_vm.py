@@ -46,6 +46,7 @@ def report(m: Manager, host: str, running: list[str] | None = None, **extra: Any
             "migration_uri": _uri(host), **extra}
     m.host_status(host, host, body)
     m.note_address(host, "127.0.0.1")
+    m.settle()  # the controller loop has judged (and reconciled) it
 
 
 def instances(m: Manager, farm: str = "demo") -> dict[str, dict[str, Any]]:
