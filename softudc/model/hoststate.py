@@ -125,6 +125,7 @@ Size = Annotated[list[int | None], PlainValidator(_size, json_schema_input_type=
 # libvirt carried on while the gatekeeper restarted, followed rather than restarted).
 JobState = Literal["starting", "copying", "completed", "failed", "unknown", "recovered"]
 JOB_STATES: tuple[str, ...] = get_args(JobState)
+JOB_ENDED: tuple[JobState, ...] = ("completed", "failed", "unknown")  # a job in one of these states is over
 WorkerState = Literal["running", "restarting", "dead"]
 
 
