@@ -109,7 +109,12 @@ class ControllerLoop:
         self._pass()
         next_pass = time.monotonic() + self.every_s
         while not self._stopping.is_set():
-            changes = self.store.watch(since, min(POLL_S, max(next_pass - time.monotonic(), 0.0)))
+            try:
+                changes = self.store.watch(since, min(POLL_S, max(next_pass - time.monotonic(), 0.0)))
+            except Exception:  # a store that fails now and then must not end the controllers
+                log.exception("the store's watch failed; trying again in %.0f s", POLL_S)
+                self._stopping.wait(POLL_S)
+                continue
             if changes:
                 since = max(since, changes[-1].revision)
             # Changes stored while a pass runs come with the next watch: a host's are judged as

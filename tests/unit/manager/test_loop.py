@@ -258,3 +258,24 @@ def test_a_pass_counts_as_done_before_the_long_polls_are_woken() -> None:
     finally:
         release.set()
         loop.stop()
+
+
+def test_a_watch_that_fails_now_and_then_does_not_end_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = FakeStore()
+    real, failures = store.watch, [2]
+
+    def flaky(since: int, timeout: float) -> list[Obj]:
+        if failures[0]:
+            failures[0] -= 1
+            raise OSError("disk hiccup")
+        return real(since, timeout)
+
+    monkeypatch.setattr(store, "watch", flaky)
+    controllers = Controllers(store)
+    loop = ControllerLoop(store, controllers, 60.0, name="test-controllers")
+    loop.start()
+    try:
+        store.put("farm", "x", {})
+        assert loop.settle(15) and loop.running() and store.get("farm", "x").status  # type: ignore[union-attr]
+    finally:
+        loop.stop()
