@@ -150,30 +150,3 @@ def wanted_fingerprint(security: str, keys: dict[str, Any]) -> str | None:
         return keys_fingerprint(None if security == "none" else security, secrets, None if send is None else int(send))
     except (ValueError, TypeError, AttributeError):
         return None
-
-
-def recover_migrations(desired: dict[str, Any], here: Here, active: set[str]) -> dict[str, str]:
-    """After a gatekeeper restart: outgoing migrations libvirt is still running (`active`: VMs with
-    a migration job) that the manager asked for. Returns VM -> attempt, to follow, not restart."""
-    out = {}
-    for vm in desired.get("vms", []):
-        move = vm.get("migrate_to")
-        if move and vm["name"] in active and here.attempts.get(vm["name"]) != move["attempt"]:
-            out[vm["name"]] = move["attempt"]
-    return out
-
-
-def settle_recovered(job: dict[str, Any], still_here: bool, still_active: bool,
-                     present: bool | None = None) -> dict[str, Any] | None:
-    """A recovered migration's outcome once libvirt's job ends (None while it runs): running here
-    without a job means it was interrupted; gone from here (no domain at all: the source is
-    undefined on success) means it completed; defined here but not running is unknown (R12)."""
-    if still_active:
-        return None
-    if still_here:
-        return {"state": "failed", "error": "the migration stopped while this host's gatekeeper restarted; "
-                                            "the VM keeps running here (ask for the migration again)"}
-    if present:
-        return {"state": "unknown", "error": "the migration ended while this host's gatekeeper restarted and "
-                                             "the VM no longer runs here; it may run at the destination"}
-    return {"state": "completed"}

@@ -9,7 +9,7 @@ which the manager maps onto its migration table (softudc/manager/migration.py)::
     recovered ──► completed | failed | unknown        (one libvirt carried on while this gatekeeper
                                                         restarted: followed, never started again)
 
-A restart in every state of the source resumes (converge.py's `recover_migrations`, `settle_recovered`):
+A restart in every state of the source resumes (`recover_migrations`, `settle_recovered`):
 libvirt still runs the job → `recovered`, then settled by what libvirt's view shows once it ends
 (the VM running here: failed; defined here but not running: unknown; gone: completed); no job
 and the VM running here → converge starts the attempt again (the manager follows the new job);
@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any
 
-from gatekeeper.converge import Here, recover_migrations, settle_recovered
+from gatekeeper.converge import Here
 from gatekeeper.hypervisor.driver import MigrationOutcomeUnknown
 from gatekeeper.vms import VmService
 from softudc.model.hoststate import JobState
@@ -34,6 +34,33 @@ from softudc.model.hoststate import JobState
 log = logging.getLogger("gatekeeper.manager")
 LEFT: tuple[JobState, ...] = ("completed", "unknown")  # attempts after which the VM may run at the destination
 UNDER_WAY: tuple[JobState, ...] = ("starting", "copying", "recovered")  # a job libvirt is (or may be) still running
+
+
+def recover_migrations(desired: dict[str, Any], here: Here, active: set[str]) -> dict[str, str]:
+    """After a gatekeeper restart: outgoing migrations libvirt is still running (`active`: VMs with
+    a migration job) that the manager asked for. Returns VM -> attempt, to follow, not restart."""
+    out = {}
+    for vm in desired.get("vms", []):
+        move = vm.get("migrate_to")
+        if move and vm["name"] in active and here.attempts.get(vm["name"]) != move["attempt"]:
+            out[vm["name"]] = move["attempt"]
+    return out
+
+
+def settle_recovered(job: dict[str, Any], still_here: bool, still_active: bool,
+                     present: bool | None = None) -> dict[str, Any] | None:
+    """A recovered migration's outcome once libvirt's job ends (None while it runs): running here
+    without a job means it was interrupted; gone from here (no domain at all: the source is
+    undefined on success) means it completed; defined here but not running is unknown (R12)."""
+    if still_active:
+        return None
+    if still_here:
+        return {"state": "failed", "error": "the migration stopped while this host's gatekeeper restarted; "
+                                            "the VM keeps running here (ask for the migration again)"}
+    if present:
+        return {"state": "unknown", "error": "the migration ended while this host's gatekeeper restarted and "
+                                             "the VM no longer runs here; it may run at the destination"}
+    return {"state": "completed"}
 
 
 class Migrations:

@@ -10,9 +10,9 @@ from typing import Any
 import libvirt
 import pytest
 
-from gatekeeper.converge import Here, converge, settle_recovered
+from gatekeeper.converge import Here, converge
 from gatekeeper.hypervisor.driver import Hypervisor, HypervisorError, MigrationOutcomeUnknown
-from gatekeeper.migrations import Migrations
+from gatekeeper.migrations import Migrations, settle_recovered
 from gatekeeper.reconciler import GRACEFUL_STOP_S, Reconciler
 
 XML = """<domain><name>{name}</name><devices><interface type='bridge'><source bridge='vnbr5'/>

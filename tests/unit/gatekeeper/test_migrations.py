@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gatekeeper.converge import Here, converge
-from gatekeeper.migrations import LEFT, UNDER_WAY, Migrations
+from gatekeeper.migrations import LEFT, UNDER_WAY, Migrations, recover_migrations, settle_recovered
 from softudc.manager import migration
 from softudc.model.hoststate import JOB_ENDED, JOB_STATES
 
@@ -102,3 +102,18 @@ def test_a_restart_after_the_manager_settled_the_move_follows_nothing() -> None:
     settled = {"vnets": [], "vms": [{k: v for k, v in DESIRED["vms"][0].items() if k != "migrate_to"}]}
     moves, _, attempts, actions = _restart("paused", active=True, desired=settled)
     assert moves.snapshot() == {} and attempts == {} and actions == []
+
+
+def test_a_restarted_gatekeeper_follows_a_migration_libvirt_is_still_running_instead_of_restarting_it() -> None:
+    desired = {"vnets": [], "vms": [{"name": "demo--db-0", "vcpus": 1, "memory_mib": 128, "nics": [],
+                                     "migrate_to": {"host": "h2", "uri": "u", "attempt": "a1"}}]}
+    vm = {"name": "demo--db-0", "state": "paused", "nics": []}
+    assert recover_migrations(desired, Here([], [vm]), active={"demo--db-0"}) == {"demo--db-0": "a1"}
+    assert recover_migrations(desired, Here([], [vm]), active=set()) == {}  # no job: converge starts one
+    assert recover_migrations(desired, Here([], [vm], attempts={"demo--db-0": "a1"}), {"demo--db-0"}) == {}
+    # Followed: the converge step does not start it again.
+    assert converge(desired, Here([], [vm], attempts={"demo--db-0": "a1"})) == []
+    assert settle_recovered({}, still_here=True, still_active=True) is None
+    assert settle_recovered({}, still_here=False, still_active=False) == {"state": "completed"}
+    interrupted = settle_recovered({}, still_here=True, still_active=False)
+    assert interrupted is not None and interrupted["state"] == "failed" and "keeps running here" in interrupted["error"]

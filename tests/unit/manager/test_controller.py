@@ -206,23 +206,6 @@ def test_a_vnet_the_manager_no_longer_needs_stays_while_something_else_is_plugge
     assert [(a.op, a.args.get("ports")) for a in kept] == [("vm.stop", None), ("vnet.keep", ["ep-admin"])]
 
 
-def test_a_restarted_gatekeeper_follows_a_migration_libvirt_is_still_running_instead_of_restarting_it() -> None:
-    from gatekeeper.converge import recover_migrations, settle_recovered
-
-    desired = {"vnets": [], "vms": [{"name": "demo--db-0", "vcpus": 1, "memory_mib": 128, "nics": [],
-                                     "migrate_to": {"host": "h2", "uri": "u", "attempt": "a1"}}]}
-    vm = {"name": "demo--db-0", "state": "paused", "nics": []}
-    assert recover_migrations(desired, Here([], [vm]), active={"demo--db-0"}) == {"demo--db-0": "a1"}
-    assert recover_migrations(desired, Here([], [vm]), active=set()) == {}  # no job: converge starts one
-    assert recover_migrations(desired, Here([], [vm], attempts={"demo--db-0": "a1"}), {"demo--db-0"}) == {}
-    # Followed: the converge step does not start it again.
-    assert converge(desired, Here([], [vm], attempts={"demo--db-0": "a1"})) == []
-    assert settle_recovered({}, still_here=True, still_active=True) is None
-    assert settle_recovered({}, still_here=False, still_active=False) == {"state": "completed"}
-    interrupted = settle_recovered({}, still_here=True, still_active=False)
-    assert interrupted is not None and interrupted["state"] == "failed" and "keeps running here" in interrupted["error"]
-
-
 def test_a_resized_vm_keeps_running_and_its_status_says_the_new_size_waits_for_a_restart() -> None:
     farm = validate(DEMO, "demo.yaml")
     status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
