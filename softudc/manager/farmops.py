@@ -51,14 +51,12 @@ class FarmOps:
         return [{"name": o.name, "revision": o.revision, "vms": sum(v["replicas"] for v in o.spec.get("vms", []))}
                 for o in self.store.objects("farm") if who.can_read(o.name)]
 
-
     def get_farm(self, who: Principal, name: str) -> dict[str, Any]:
         obj = self.store.get("farm", name)
         if obj is None or not who.can_read(name):  # a farm you may not read does not exist for you
             raise ApiError(404, f"no farm {name!r}")
         return {"name": name, "revision": obj.revision, "spec": obj.spec, "status": obj.status,
                 "events": self.store.events("farm", name)}
-
 
     def put_farm(self, who: Principal, name: str, text: str, expect: int | None) -> dict[str, Any]:
         if not who.can_write(name):
@@ -72,7 +70,10 @@ class FarmOps:
             raise ApiError(400, f"metadata.name is {farm.name!r} but the URL names {name!r}")
         spec = {"descriptor": text, "vnets": [v.name for v in farm.vnets],
                 "vms": [{"name": v.name, "replicas": v.replicas} for v in farm.vms]}
-        with self._reconcile_lock:  # planned, then stored: nothing can take the last VNET id in between
+        # Planned, then stored, under the lock the controllers' pass holds too. Two applies racing
+        # for the last VNET id (or address) can both pass this check before the loop has planned
+        # either: the loop then plans them in turn and the second is Degraded, saying why.
+        with self._reconcile_lock:
             current = self.store.get("farm", name)
             try:  # a spec that cannot be planned is refused whole, like one that does not validate (R10)
                 self._plan_one(farm, current.status if current else {}, self.store.objects("farm"), self.reports())
@@ -90,7 +91,6 @@ class FarmOps:
         obj = self.store.get("farm", name)
         return {"name": name, "revision": rev, "status": obj.status if obj else {}}
 
-
     def delete_farm(self, who: Principal, name: str) -> dict[str, Any]:
         if not who.can_write(name):
             raise ApiError(403, f"{who.name} ({who.role}) may not delete farm {name!r}")
@@ -103,7 +103,6 @@ class FarmOps:
         self._event("farm", name, "Deleted", f"by {who.name}")
         self.start()
         return {"name": name, "deleted": True, "revision": rev}
-
 
     def plan(self, who: Principal, name: str, text: str) -> dict[str, Any]:
         """What applying `text` would change (`softudc diff`, `apply --dry-run`); stores nothing."""

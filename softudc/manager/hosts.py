@@ -39,7 +39,6 @@ class Hosts:
         def start(self) -> None:
             ...
 
-
     def set_host_state(self, who: Principal, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """An admin takes a host out of placement (draining, maintenance) or back (ready). VMs
         already there stay; new ones go elsewhere."""
@@ -56,7 +55,6 @@ class Hosts:
         self.start()
         return {"host": name, "state": state}
 
-
     def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
         """Hosts with their last report and what the farms take of them (VMs, vCPUs, memory)."""
         objs = self.store.objects("host")
@@ -69,7 +67,6 @@ class Hosts:
             out.append({"name": o.name, "revision": o.revision, **visible_to(who, o.status), **used,
                         "state": reports[o.name].get("state", "joined")})
         return out
-
 
     def join(self, body: dict[str, Any]) -> dict[str, Any]:
         """A gatekeeper joins with a one-time token and a CSR. The host name is bound to the new
@@ -89,7 +86,6 @@ class Hosts:
         if old is not None:
             self._event("host", host, "Rejoined", "a new certificate; the ones it had before are refused from now on")
         return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
-
 
     def authenticate_host(self, name: str, peer_cn: str | None, peer_fingerprint: str | None) -> None:
         """Gatekeeper routes: the client certificate must name `name` and be the one `name` got
@@ -116,7 +112,6 @@ class Hosts:
             raise ApiError(403, f"this certificate of {name!r} is superseded: the host was joined again since; "
                                 "if this machine should be that host, join it again with a new token")
 
-
     def delete_host(self, who: Principal, name: str, force: bool = False) -> dict[str, Any]:
         """An admin removes a host: its certificate is refused from then on, and it takes no VMs.
         Refused while instances are placed there, unless `force` (they then stay assigned to the
@@ -135,7 +130,6 @@ class Hosts:
                     (f"; instances still assigned to it: {', '.join(placed)}" if placed else ""))
         self.start()
         return {"host": name, "removed": True, "instances": placed}
-
 
     def host_status(self, peer_cn: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
         if peer_cn is None:

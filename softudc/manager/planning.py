@@ -49,7 +49,6 @@ class Planning:
     def _usage(self, farms: list[Obj]) -> Usage:
         return Usage([(o.name, self.farms.for_hosts(o), o.status) for o in farms])
 
-
     def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Obj], reports: dict[str, dict[str, Any]],
                   usage: Usage | None = None, taken: dict[tuple[str, str], int] | None = None
                   ) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
@@ -61,7 +60,6 @@ class Planning:
         planned = reconcile_farm(farm, status, hosts, taken, reports, time.time())
         _check_vnet_ids(farm.name, planned[0]["vnet_ids"], taken)
         return planned
-
 
     def reconcile(self, wake: bool = True) -> Pass:
         """One pass of the controllers (the loop's; tests call it too): re-plan every farm against
@@ -112,7 +110,6 @@ class Planning:
             if summary and summary.split(",")[0] != f"+0 -0 ={len(status['instances'])}":
                 self._event("farm", o.name, "Planned", summary)
         return status
-
 
     def _compact(self) -> None:
         """Now and then, drop tombstones old enough that no watcher should still need them (R28)."""
