@@ -11,7 +11,7 @@ its latest report claims (a rolling upgrade goes managers first).
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from softudc.manager import migration
@@ -88,21 +88,43 @@ def _handover(host: str, inst: dict[str, Any], vm: VmDef) -> dict[str, Any]:
     return {}
 
 
+class Members:
+    """Each VNET's members, worked out once per read of the farms and reports (every host on a
+    VNET gets the same list; a generation's 500 long polls need it once, not 500 times): the
+    underlay addresses of the hosts with an instance on it, when all are known (else None: the
+    hosts' configured members apply), and of the hosts that carry it anyway (an admin's port)."""
+
+    def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]]) -> None:
+        self._farms = {farm.name: (farm, status) for farm, status in farms}
+        self._addresses = {h: a for h, r in reports.items() if (a := ipv4_or_none(r.get("underlay"))) is not None}
+        self._carrying: dict[int, list[str]] = {}  # VNET id -> hosts (with a known address) carrying it
+        for h, r in sorted(reports.items()):
+            if h in self._addresses:
+                for vid in r.get("vnets") or []:
+                    self._carrying.setdefault(vid, []).append(h)
+        self._known: dict[tuple[str, str, int], list[str] | None] = {}
+
+    def __call__(self, farm: str, vnet: str, vid: int) -> list[str] | None:
+        key = (farm, vnet, vid)
+        if key not in self._known:
+            hosts = vnet_hosts(*self._farms[farm], vnet)
+            known = all(h in self._addresses for h in hosts)
+            self._known[key] = sorted({self._addresses[h] for h in [*hosts, *self._carrying.get(vid, [])]},
+                                      key=ipaddress.IPv4Address) if known else None
+        return self._known[key]
+
+
 def desired_state(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                  keys: Keys) -> DesiredState:
-    """What `host` should run, complete and validated (ContractError would be a manager bug)."""
+                  keys: Keys, members: Members | None = None) -> DesiredState:
+    """What `host` should run, complete and validated (ContractError would be a manager bug).
+    `members`: shared by the hosts of one read of farms and reports (made here if not given)."""
     draft = host_desired(host, farms)
-    by_name = {farm.name: (farm, status) for farm, status in farms}
-    addresses = {h: a for h, r in reports.items() if (a := ipv4_or_none(r.get("underlay"))) is not None}
+    members = members or Members(farms, reports)
     for v in draft["vnets"]:
         # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
         v["keys"] = keys(v["farm"], v["name"])
-        # Members: the hosts with an instance on it (all addresses known, else the hosts'
-        # configured members apply), and hosts that carry it anyway (an admin's port).
-        hosts = vnet_hosts(*by_name[v["farm"]], v["name"])
-        if all(h in addresses for h in hosts):
-            carrying = [h for h, r in reports.items() if v["id"] in (r.get("vnets") or []) and h in addresses]
-            v["members"] = sorted({addresses[h] for h in [*hosts, *carrying]}, key=ipaddress.IPv4Address)
+        if (addresses := members(v["farm"], v["name"], v["id"])) is not None:
+            v["members"] = addresses
     return parse(DesiredState, {"contract": CONTRACT_VERSION, **draft})
 
 
@@ -116,6 +138,13 @@ def served_version(report: dict[str, Any] | None) -> int:
 
 
 def desired_json(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-             keys: Keys) -> dict[str, Any]:
+                 keys: Keys, members: Members | None = None) -> dict[str, Any]:
     """`desired_state` as JSON in the version `host` speaks (the etag is a hash of this)."""
-    return desired_state(host, farms, reports, keys).for_contract(served_version(reports.get(host)))
+    return desired_state(host, farms, reports, keys, members).for_contract(served_version(reports.get(host)))
+
+
+def desired_json_many(hosts: Iterable[str], farms: list[tuple[Farm, dict[str, Any]]],
+                      reports: dict[str, dict[str, Any]], keys: Keys) -> dict[str, dict[str, Any]]:
+    """`desired_json` of each of `hosts` from one read of farms and reports (members worked out once)."""
+    members = Members(farms, reports)
+    return {host: desired_json(host, farms, reports, keys, members) for host in hosts}

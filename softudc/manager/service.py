@@ -26,7 +26,7 @@ from typing import Any
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager.auth import TokenStore
 from softudc.manager.controller import HOST_DOWN_AFTER_S
-from softudc.manager.desired import desired_json
+from softudc.manager.desired import desired_json_many
 from softudc.manager.errors import ApiError as ApiError  # raised by the API's operations; importers find it here
 from softudc.manager.farmops import FarmOps
 from softudc.manager.farms import FARMS, FarmCache
@@ -149,7 +149,7 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         keys = functools.cache(self._vnet_keys)  # each VNET's keys read and derived once for all hosts
         # The contract's DesiredState, validated, as JSON in the version the host speaks. Outside
         # the lock: an apply waiting for it is not held up by a generation's many long polls.
-        return {name: desired_json(name, farms, reports, keys) for name in names}
+        return desired_json_many(names, farms, reports, keys)  # each VNET's members worked out once
 
 
 def init(state_dir: Path, addresses: list[str]) -> str:

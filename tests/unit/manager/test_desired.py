@@ -6,8 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from softudc.manager import desired
 from softudc.manager.controller import inventory, reconcile_farm
-from softudc.manager.desired import desired_json, desired_state, host_desired, served_version
+from softudc.manager.desired import desired_json, desired_json_many, desired_state, host_desired, served_version
 from softudc.model.farm import Farm, validate
 from softudc.model.hoststate import CONTRACT_VERSION, DesiredState, parse
 
@@ -68,3 +71,23 @@ def test_the_version_served_is_the_reports_or_the_newest() -> None:
     assert served_version({"vcpus": 1}) == 1
     assert served_version({"contract": 2}) == 2
     assert served_version({"contract": True}) == CONTRACT_VERSION  # not a version at all
+
+
+def test_many_hosts_at_once_get_what_each_would_alone_and_members_are_worked_out_once_per_vnet(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    farms = planned()
+    alone = {h: desired_json(h, farms, REPORTS, keys) for h in UNDERLAY}
+    calls: list[str] = []
+    real = desired.vnet_hosts
+
+    def counted(farm: Farm, status: dict[str, Any], vnet: str) -> list[str]:
+        calls.append(vnet)
+        return real(farm, status, vnet)
+
+    monkeypatch.setattr(desired, "vnet_hosts", counted)
+    hosts = [f"h{i}" for i in range(1, 4)] + [f"idle{i}" for i in range(50)]  # most run nothing
+    together = desired_json_many(hosts, farms, REPORTS, keys)
+    assert {h: together[h] for h in UNDERLAY} == alone
+    assert all(together[h]["vms"] == [] for h in hosts if h.startswith("idle"))
+    vnets = {v["id"] for d in alone.values() for v in d["vnets"]}
+    assert len(calls) == len(vnets)  # once per VNET, not once per host and VNET
