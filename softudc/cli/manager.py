@@ -46,7 +46,12 @@ def cmd_manager(a: argparse.Namespace) -> None:
     except PkiError as e:
         raise CliError(str(e)) from None
     host, port = a.listen.rsplit(":", 1)
-    server = serve(m, host, int(port))
+    m.start()  # the controllers run from now on, not only once something is stored (time-based rules)
+    try:
+        server = serve(m, host, int(port))
+    except OSError as e:
+        m.close()
+        raise CliError(f"{e} (--listen {a.listen})") from None
     if a.metrics:
         mhost, mport = a.metrics.rsplit(":", 1)
         start_http_server(int(mport), addr=mhost, registry=m.registry)
@@ -57,6 +62,7 @@ def cmd_manager(a: argparse.Namespace) -> None:
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.shutdown()
+    m.close()
 
 
 def cmd_join_token(a: argparse.Namespace) -> None:
