@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import ssl
 import threading
 import time
@@ -35,8 +34,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from softudc.manager.api import WORKERS, ApiStats, make_app
 from softudc.manager.service import Manager
-
-log = logging.getLogger("softudc.manager.daemon")
 
 READ_DEADLINE_S = 10.0  # from a request's first byte (or the handshake) to its last
 LIMIT_CONCURRENCY = 4096  # open connections (about one per gatekeeper, plus admins)
