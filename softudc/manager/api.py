@@ -71,10 +71,9 @@ TOO_LARGE = f"body over {MAX_BODY} bytes: refused, nothing was changed (a farm o
 
 @dataclass
 class ApiStats:
-    """What the server refused or cut off, by reason, and the long polls waiting now (metrics)."""
+    """What the server refused or cut off, by reason (metrics)."""
 
     dropped: dict[str, int] = field(default_factory=dict)
-    long_polls: int = 0
 
     def drop(self, reason: str) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
@@ -100,11 +99,6 @@ def parse_if_match(header: str | None) -> int | None:
 async def _manager(request: Request) -> Manager:
     m: Manager = request.app.state.manager
     return m
-
-
-async def _stats(request: Request) -> ApiStats:
-    stats: ApiStats = request.app.state.stats
-    return stats
 
 
 _bearer = HTTPBearer(auto_error=False, scheme_name="token", description="an API token (`softudc init` makes "
@@ -260,16 +254,12 @@ def host_status(request: Request, m: Mgr, peer: Cert, name: HostName,
             responses={200: {"model": DesiredState, "description": "the host's desired state (the contract, "
                                                                   "softudc/model/hoststate.py), with its etag"},
                        **errors(400, 403)})
-async def desired(m: Mgr, stats: Annotated[ApiStats, Depends(_stats)], peer: Cert, name: HostName,
+async def desired(m: Mgr, peer: Cert, name: HostName,
                   since: Annotated[str, Query(max_length=64, description="the etag the host has")] = "",
                   wait: Annotated[float, Query(allow_inf_nan=False, description="seconds to wait for a change "
                                                "from `since` (at most 60; more is cut to 60)")] = 0.0) -> Any:
     await run_in_threadpool(m.authenticate_host, name, peer.cn, peer.fingerprint)
-    stats.long_polls += 1
-    try:  # the service waits on this loop: no thread per long poll
-        return await m.wait_desired(peer.cn, name, since, wait)
-    finally:
-        stats.long_polls -= 1
+    return await m.wait_desired(peer.cn, name, since, wait)  # waits on this loop: no thread per long poll
 
 
 # --- errors and counting ------------------------------------------------------------------------

@@ -137,7 +137,8 @@ class ApiServer:
 
 
 class ApiCollector(Collector):
-    """The server's connections, its long polls waiting, and what it refused or cut off."""
+    """The server's open connections and what it refused or cut off (the long polls waiting are the
+    service's: softudc_manager_long_polls_waiting)."""
 
     def __init__(self, server: ApiServer) -> None:
         self.server = server
@@ -150,8 +151,6 @@ class ApiCollector(Collector):
         yield dropped
         yield GaugeMetricFamily("softudc_manager_api_connections", "Open connections to the API",
                                 value=self.server.connections())
-        yield GaugeMetricFamily("softudc_manager_api_long_polls", "Long polls of desired state waiting now",
-                                value=self.server.stats.long_polls)
 
 
 def serve(m: Manager, host: str, port: int, *, read_deadline_s: float = READ_DEADLINE_S,
