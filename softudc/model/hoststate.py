@@ -336,13 +336,7 @@ def problem(err: ErrorDetails, version: int, hint: str) -> str:
     where = ".".join(str(p) for p in loc) or "(the document)"
     kind, got, ctx = err["type"], err.get("input"), err.get("ctx") or {}
     if kind in _TYPES:
-        want = _TYPES[kind]
-        if len(loc) == 1:
-            return f"{where}: expected {want}, got {_kind(got)}"
-        if len(loc) >= 2 and loc[-2] in _ENTRIES:
-            field = ".".join(str(p) for p in loc[:-1])
-            return f"{field}: every entry must be a {want}, not {loc[-2]}[{loc[-1]!r}] ({_brief(got)})"
-        return f"{where}: {_brief(got)}, expected {want}"
+        return _wrong_type(loc, where, _TYPES[kind], got)
     if kind == "extra_forbidden":
         return f"{where}: unknown field in contract {version} ({hint})"
     if kind == "null":
@@ -360,6 +354,16 @@ def problem(err: ErrorDetails, version: int, hint: str) -> str:
     if kind in ("string_too_long", "string_too_short"):
         return f"{where}: {len(got) if isinstance(got, str) else '?'} characters, {err['msg'].lower()}"
     return f"{where}: {_brief(got)}, {err['msg'][:1].lower()}{err['msg'][1:]}"
+
+
+def _wrong_type(loc: tuple[int | str, ...], where: str, want: str, got: Any) -> str:
+    """A value of the wrong type: a top-level field, an entry of a list or map, or a nested field."""
+    if len(loc) == 1:
+        return f"{where}: expected {want}, got {_kind(got)}"
+    if loc[-2] in _ENTRIES:
+        field = ".".join(str(p) for p in loc[:-1])
+        return f"{field}: every entry must be a {want}, not {loc[-2]}[{loc[-1]!r}] ({_brief(got)})"
+    return f"{where}: {_brief(got)}, expected {want}"
 
 
 def _kind(value: Any) -> str:
