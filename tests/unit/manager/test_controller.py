@@ -198,14 +198,6 @@ def test_r5_a_vm_found_running_elsewhere_stays_with_its_host_and_a_cold_move_wai
     assert next(i for i in moved["instances"] if i["name"] == "db-0")["host"] == dst and events[0][0] == "Migrated"
 
 
-def test_a_vnet_the_manager_no_longer_needs_stays_while_something_else_is_plugged_into_it() -> None:
-    vm = {"name": "demo--web-2", "state": "running", "nics": [{"vnet": 2, "mac": "52:54:00:00:00:01", "tap": "vnet0"}]}
-    gone = converge({"vnets": [], "vms": []}, Here([2], [vm], {2}, ports={2: ["vnet0"]}))
-    assert [a.op for a in gone] == ["vm.stop", "vnet.delete"]  # only the leaving VM's TAP
-    kept = converge({"vnets": [], "vms": []}, Here([2], [vm], {2}, ports={2: ["vnet0", "ep-admin"]}))
-    assert [(a.op, a.args.get("ports")) for a in kept] == [("vm.stop", None), ("vnet.keep", ["ep-admin"])]
-
-
 def test_a_resized_vm_keeps_running_and_its_status_says_the_new_size_waits_for_a_restart() -> None:
     farm = validate(DEMO, "demo.yaml")
     status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)

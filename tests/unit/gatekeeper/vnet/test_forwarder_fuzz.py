@@ -18,7 +18,7 @@ from gatekeeper.vnet.offload import GSO_ECN, GSO_TCPV4
 from gatekeeper.vnet.port import VnetPort
 from softudc.security.keys import VnetKeys
 from softudc.wire.udpframe import FRAME_PREFIX_LEN
-from tests.unit.gatekeeper.dataplane_fakes import FakeControl, tcp_frame
+from tests.unit.gatekeeper.vnet.dataplane_fakes import FakeControl, tcp_frame
 
 KEYS = VnetKeys("conf", {1: bytes(range(32))}, 1)
 

@@ -13,7 +13,7 @@ from softudc.manager.auth import TokenStore
 from softudc.manager.daemon import serve
 from softudc.manager.service import Manager
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 
 
 def softudc(state: Path, *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -19,7 +19,7 @@ from gatekeeper.vnet.forwarder import Forwarder
 from gatekeeper.vnet.offload import GSO_TCPV4
 from gatekeeper.vnet.port import VnetPort
 from gatekeeper.vnet.supervisor import Supervisor
-from tests.unit.gatekeeper.dataplane_fakes import MAC_B, FakeControl, tcp_frame
+from tests.unit.gatekeeper.vnet.dataplane_fakes import MAC_B, FakeControl, tcp_frame
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -12,7 +12,7 @@ from gatekeeper.vnet import offload
 from gatekeeper.vnet.esp_sa import SecurityAssociations
 from gatekeeper.vnet.offload import GSO_TCPV4, OffloadError, VnetHdr
 from softudc.security.keys import VnetKeys
-from tests.unit.gatekeeper.dataplane_fakes import (
+from tests.unit.gatekeeper.vnet.dataplane_fakes import (
     LOCAL,
     MAC_A,
     PEER,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gatekeeper.vnet.esp_sa import SecurityAssociations
 from softudc.security.keys import VnetKeys
-from tests.unit.gatekeeper.dataplane_fakes import LOCAL, PEER, FakeReceiver, eth
+from tests.unit.gatekeeper.vnet.dataplane_fakes import LOCAL, PEER, FakeReceiver, eth
 
 KEYS = VnetKeys("conf", {1: bytes(range(32))}, 1)
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
