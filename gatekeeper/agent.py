@@ -7,13 +7,14 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import start_http_server
 
 from gatekeeper import api
-from gatekeeper.config import load_config
+from gatekeeper.config import GatekeeperConfig, load_config
 from gatekeeper.metrics import make_registry
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.devices import Devices
@@ -36,65 +37,68 @@ async def run(config_path: str) -> None:
         # After a restart: running VMs are left as they are and re-adopted, never restarted.
         adopted = await loop.run_in_executor(None, vms.hv.adopt)
         log.info("adopted %d running VM(s): %s", len(adopted), ", ".join(adopted) or "none")
-    started = time.time()
-
-    def status() -> dict[str, Any]:
-        return {"host": config.host, "underlay": config.underlay_address, "transport": config.transport,
-                "flood": config.flood, "group": config.varp_group, "uptime": round(time.time() - started, 1),
-                "vnets": [v["vnet"] for v in service.list_vnets()], "dataplane": service.forwarder.health()}
-
     if config.metrics_listen:
         addr, port = config.metrics_listen.rsplit(":", 1)
         start_http_server(int(port), addr=addr, registry=make_registry(service))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-
-    async def manager_loop() -> None:
-        assert config.manager is not None
-        # Here, not at the top: httpx and the reconciler cost ~0.3 s of start-up that a gatekeeper
-        # without a manager (most lab tests) need not pay.
-        from gatekeeper.manager_link import ManagerLink
-        from gatekeeper.reconciler import Reconciler
-
-        mc = config.manager
-        client = Reconciler(ManagerLink.mutual_tls(mc.url, mc.ca, mc.cert, mc.key), config.host, service, vms, mc.vcpus,
-                            mc.memory_mib, state_file.with_name("gatekeeper-managed.json"),
-                            config.hypervisor.migration_uri if config.hypervisor else None)
-        while True:  # each round waits for a change of what to run, or the interval, on the manager
-            wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
-            try:
-                done = await loop.run_in_executor(None, client.sync, wait)
-                if done:
-                    log.info("converged: %s", "; ".join(done))
-            except Exception as e:
-                log.warning("manager sync: %s", e)
-                await asyncio.sleep(mc.interval)
-
-    async def ticker() -> None:
-        while True:
-            await asyncio.sleep(TICK)
-            service.tick()
-
     log.info("gatekeeper %s up: underlay %s, transport %s, flood %s", config.host,
              config.underlay_address, config.transport, config.flood)
     try:
         async with asyncio.TaskGroup() as tg:
-            ops = api.operations(service, status)
+            ops = api.operations(service, _status(config, service, time.time()))
             if vms is not None:
                 ops.update(vms.operations())
-            api_task = tg.create_task(api.serve(config.api_socket, ops), name="api")
-            tick_task = tg.create_task(ticker(), name="varp-timer")
+            tasks = [tg.create_task(api.serve(config.api_socket, ops), name="api"),
+                     tg.create_task(_ticker(service), name="varp-timer")]
             if config.manager is not None:
-                sync_task = tg.create_task(manager_loop(), name="manager-sync")
+                tasks.append(tg.create_task(_manager_loop(config, service, vms, state_file), name="manager-sync"))
             await stop.wait()
-            api_task.cancel()
-            tick_task.cancel()
-            if config.manager is not None:
-                sync_task.cancel()
+            for task in tasks:
+                task.cancel()
     finally:
         service.stop()
         log.info("gatekeeper %s stopped", config.host)
+
+
+def _status(config: GatekeeperConfig, service: VnetService, started: float) -> Callable[[], dict[str, Any]]:
+    """The local API's `status`: what this gatekeeper is and carries."""
+    def status() -> dict[str, Any]:
+        return {"host": config.host, "underlay": config.underlay_address, "transport": config.transport,
+                "flood": config.flood, "group": config.varp_group, "uptime": round(time.time() - started, 1),
+                "vnets": [v["vnet"] for v in service.list_vnets()], "dataplane": service.forwarder.health()}
+    return status
+
+
+async def _ticker(service: VnetService) -> None:
+    while True:
+        await asyncio.sleep(TICK)
+        service.tick()
+
+
+async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmService | None,
+                        state_file: Path) -> None:
+    """Report to the manager and converge on what it wants, round after round."""
+    assert config.manager is not None
+    # Here, not at the top: httpx and the reconciler cost ~0.3 s of start-up that a gatekeeper
+    # without a manager (most lab tests) need not pay.
+    from gatekeeper.manager_link import ManagerLink
+    from gatekeeper.reconciler import Reconciler
+
+    mc, loop = config.manager, asyncio.get_running_loop()
+    client = Reconciler(ManagerLink.mutual_tls(mc.url, mc.ca, mc.cert, mc.key), config.host, service, vms, mc.vcpus,
+                        mc.memory_mib, state_file.with_name("gatekeeper-managed.json"),
+                        config.hypervisor.migration_uri if config.hypervisor else None)
+    while True:  # each round waits for a change of what to run, or the interval, on the manager
+        wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
+        try:
+            done = await loop.run_in_executor(None, client.sync, wait)
+            if done:
+                log.info("converged: %s", "; ".join(done))
+        except Exception as e:
+            log.warning("manager sync: %s", e)
+            await asyncio.sleep(mc.interval)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -101,6 +101,13 @@ def _build(lab: Lab, progress: bool) -> None:
         )
         _make_host(lab, host)
         lab.hosts.append(host)
+    _start_daemons(lab, progress)
+
+
+def _start_daemons(lab: Lab, progress: bool) -> None:
+    """What runs on the lab's namespaces, each part as the spec asks: vnetd, libvirtd, the manager
+    (hosts joined to it), the gatekeepers."""
+    spec = lab.spec
     if spec.vnetd:
         for k in range(spec.segments):
             info = make_vnetd(lab, k)
@@ -108,12 +115,7 @@ def _build(lab: Lab, progress: bool) -> None:
             _say(progress, f"vnetd on segment {k} ({info.address}, {spec.vnetd_peering})")
             start_vnetd(lab, info)
     if spec.vms:
-        guest = guest_dir(spec)
-        for host in lab.hosts:
-            _say(progress, f"libvirtd on {host.name} (qemu+tcp://{host.mgmt_ip}/system)")
-            host.libvirtd_pid = start_libvirtd(lab, host)
-        lab.accel = probe_accel(guest, Path(lab.state_dir))
-        _say(progress, f"accelerator: {lab.accel} ({'KVM probe boot succeeded' if lab.accel == 'kvm' else 'TCG'})")
+        _start_libvirtds(lab, progress)
     if spec.manager:
         lab.manager_pid, _ = start_manager(lab)
         _say(progress, f"manager on https://{MANAGER_ADDR}:8443 (management network)")
@@ -126,6 +128,15 @@ def _build(lab: Lab, progress: bool) -> None:
             _say(progress, f"gatekeeper on {host.name} ({host.underlay_ip})")
             start_gatekeeper(lab, host)
         lab.save()
+
+
+def _start_libvirtds(lab: Lab, progress: bool) -> None:
+    guest = guest_dir(lab.spec)
+    for host in lab.hosts:
+        _say(progress, f"libvirtd on {host.name} (qemu+tcp://{host.mgmt_ip}/system)")
+        host.libvirtd_pid = start_libvirtd(lab, host)
+    lab.accel = probe_accel(guest, Path(lab.state_dir))
+    _say(progress, f"accelerator: {lab.accel} ({'KVM probe boot succeeded' if lab.accel == 'kvm' else 'TCG'})")
 
 
 def _make_switch(netns: str, addr: str | None) -> None:
