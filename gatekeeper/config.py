@@ -13,6 +13,7 @@ from gatekeeper.vnet.varp_cache import VarpTimers
 from softudc import libvirturi
 from softudc.configfile import ConfigError as ConfigError  # re-exported for the daemons
 from softudc.configfile import ipv4_list, read_toml
+from softudc.model.hoststate import HOST_CAPACITY_MAX
 from softudc.security.keys import VnetKeys
 
 
@@ -235,9 +236,9 @@ def _migration_uri(uri: Any, fail: Fail) -> None:
 
 def _manager(mg: dict[str, Any], fail: Fail) -> ManagerConfig:
     _required_strings(mg, ("url", "ca", "cert", "key"), "manager.", fail)
-    for key in ("vcpus", "memory_mib"):
-        if not isinstance(mg.get(key), int) or mg[key] <= 0:
-            raise fail(f"manager.{key}", "required positive integer (the capacity this host offers)")
+    for key, most in HOST_CAPACITY_MAX.items():  # what the contract lets a report say
+        if type(mg.get(key)) is not int or not 0 < mg[key] <= most:
+            raise fail(f"manager.{key}", f"required integer from 1 to {most} (the capacity this host offers)")
     return ManagerConfig(mg["url"], mg["ca"], mg["cert"], mg["key"], mg["vcpus"], mg["memory_mib"],
                          float(mg.get("interval", 2.0)))
 

@@ -85,6 +85,10 @@ Epoch = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}$")]  # JSON objec
 Mac = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")]
 VnetId = Annotated[int, Field(gt=0, le=1 << 24)]
 Positive = Annotated[int, Field(gt=0)]
+# A host's capacity: far above any machine (2^16 CPUs, 4 PiB), so a report's figure stays a size.
+HOST_CAPACITY_MAX = {"vcpus": 1 << 16, "memory_mib": 1 << 32}
+HostVcpus = Annotated[int, Field(gt=0, le=HOST_CAPACITY_MAX["vcpus"])]
+HostMemoryMib = Annotated[int, Field(gt=0, le=HOST_CAPACITY_MAX["memory_mib"])]
 Count = Annotated[int, Field(ge=0)]
 T = TypeVar("T")
 
@@ -185,8 +189,8 @@ class HostReport(_Doc):
     something has not said it); none may be null."""
 
     contract: Annotated[int, Field(ge=1)] = 1
-    vcpus: Given[Positive] = None
-    memory_mib: Given[Positive] = None
+    vcpus: Given[HostVcpus] = None
+    memory_mib: Given[HostMemoryMib] = None
     state: Given[Literal["ready", "degraded"]] = None  # degraded: a forwarding thread is down
     migration_uri: Given[Uri] = None
     underlay: Given[Address] = None  # VNET member lists (audit R18)

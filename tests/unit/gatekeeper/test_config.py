@@ -63,3 +63,16 @@ def test_r20_a_migration_uri_the_manager_would_refuse_is_refused_at_startup(uri:
     assert "qemu+tls://ADDRESS/system" in str(e.value)  # what to write instead
     good = parse_config({**BASE, "hypervisor": {**hv, "migration_uri": "qemu+tcp://10.99.0.11/system"}}, "gk.toml")
     assert good.hypervisor is not None and good.hypervisor.migration_uri == "qemu+tcp://10.99.0.11/system"
+
+
+
+@pytest.mark.parametrize("vcpus", [0, True, (1 << 16) + 1, "8"])
+def test_a_manager_capacity_the_contract_would_refuse_is_a_config_error(vcpus: object) -> None:
+    """A host offering what its report could not say (the contract's HOST_CAPACITY_MAX) fails at
+    start, naming the field, instead of sending reports the manager refuses."""
+    manager = {"url": "https://10.99.0.1:8443", "ca": "/ca", "cert": "/c", "key": "/k", "memory_mib": 2048}
+    with pytest.raises(ConfigError) as e:
+        parse_config({**BASE, "manager": {**manager, "vcpus": vcpus}}, "gk.toml")
+    assert str(e.value).startswith("gk.toml: manager.vcpus: ") and "from 1 to 65536" in str(e.value)
+    good = parse_config({**BASE, "manager": {**manager, "vcpus": 1 << 16}}, "gk.toml")
+    assert good.manager is not None and good.manager.vcpus == 1 << 16

@@ -253,3 +253,12 @@ def test_a_nic_mac_is_stable_and_locally_administered(farm: str, instance: str, 
     assert mac == nic_mac(farm, instance, vnet) and mac.startswith("52:54:00:")
     assert parse(DesiredState, {"vms": [{"name": "a--b", "vcpus": 1, "memory_mib": 1,
                                          "nics": [{"vnet": 1, "mac": mac}]}]}).vms[0].nics[0].mac == mac
+
+
+@pytest.mark.adversarial
+@pytest.mark.parametrize(("field", "value"), [("vcpus", (1 << 16) + 1), ("memory_mib", (1 << 32) + 1),
+                                             ("vcpus", 10**30)])
+def test_a_host_capacity_beyond_any_machine_is_refused_naming_the_field(field: str, value: int) -> None:
+    problems = problems_of(HostReport, {field: value})
+    assert len(problems) == 1 and problems[0].startswith(f"{field}: ") and "less than or equal" in problems[0]
+    assert problems_of(HostReport, {field: 1 << 16}) == []  # the largest vcpus allowed, and memory well inside
