@@ -10,7 +10,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from softudc.manager.auth import Principal
-from softudc.manager.controller import inventory
+from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
 from softudc.manager.farms import Usage
 from softudc.manager.reports import report_problems, visible_to
@@ -31,9 +31,6 @@ class Hosts:
             ...
 
         def _usage(self, farms: list[Obj]) -> Usage:
-            ...
-
-        def reports(self) -> dict[str, dict[str, Any]]:
             ...
 
         def start(self) -> None:
@@ -148,3 +145,15 @@ class Hosts:
         self.store.set_status("host", name, {**body, "reported": time.time()})
         self.start()
         return {"host": name, "stored": True}
+
+    def reports(self) -> dict[str, dict[str, Any]]:
+        """Each host's last report with the state placement goes by: the one an admin set
+        (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S."""
+        now = time.time()
+        out = {}
+        for o in self.store.objects("host"):
+            state = o.spec.get("state", "ready")
+            if now - float(o.status.get("reported", 0)) > HOST_DOWN_AFTER_S:
+                state = "down"
+            out[o.name] = {**o.status, "state": state}
+        return out

@@ -18,14 +18,12 @@ from __future__ import annotations
 import functools
 import logging
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager.auth import TokenStore
-from softudc.manager.controller import HOST_DOWN_AFTER_S
 from softudc.manager.desired import desired_json_many
 from softudc.manager.errors import ApiError as ApiError  # raised by the API's operations; importers find it here
 from softudc.manager.farmops import FarmOps
@@ -86,18 +84,6 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
     def _event(self, kind: str, name: str, type_: str, message: str) -> None:
         self.store.event(kind, name, type_, message)
         self.events.labels(type_).inc()
-
-    def reports(self) -> dict[str, dict[str, Any]]:
-        """Each host's last report with the state placement goes by: the one an admin set
-        (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S."""
-        now = time.time()
-        out = {}
-        for o in self.store.objects("host"):
-            state = o.spec.get("state", "ready")
-            if now - float(o.status.get("reported", 0)) > HOST_DOWN_AFTER_S:
-                state = "down"
-            out[o.name] = {**o.status, "state": state}
-        return out
 
     def desired(self, peer_cn: str | None, name: str, since: str = "", wait: float = 0.0) -> dict[str, Any]:
         """What a gatekeeper should run now (mutual TLS only: its certificate names the host), with

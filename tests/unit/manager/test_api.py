@@ -258,9 +258,9 @@ def test_an_admin_takes_a_host_out_of_placement_and_a_silent_host_is_down(
     placed = {i["host"] for i in api.call("GET", "/v1/farms/demo", token=admin)[1]["status"]["instances"]}
     assert "h1" not in placed
     # A host that stops reporting is down: nothing new goes there, and it says why.
-    import softudc.manager.service as manager_service
+    import softudc.manager.hosts as manager_hosts
 
-    monkeypatch.setattr(manager_service, "HOST_DOWN_AFTER_S", -1.0)
+    monkeypatch.setattr(manager_hosts, "HOST_DOWN_AFTER_S", -1.0)
     hosts = {h["name"]: h for h in api.call("GET", "/v1/hosts", token=admin)[1]}
     assert {h["state"] for h in hosts.values()} == {"down"}
     status, plan = api.call("POST", "/v1/farms/demo/plan", DEMO.replace("replicas: 3", "replicas: 4"), admin)

@@ -85,17 +85,17 @@ def test_a_rotation_adds_then_sends_then_retires(m: Manager) -> None:
     host = db_host(m)
     old = vnets_of(m, host)["back"]["keys"]
     now = 1_000_000.0
-    with mock.patch("softudc.manager.service.time.time", return_value=now):
+    with mock.patch("time.time", return_value=now):
         assert m.rotate_vnet_keys("demo", "back") == ["back"]
         adding = vnets_of(m, host)["back"]["keys"]
         with pytest.raises(ApiError, match="in progress"):
             m.rotate_vnet_keys("demo", "back")
     assert adding["send_epoch"] == old["send_epoch"] and len(adding["secrets"]) == 2
     new_epoch = next(e for e in adding["secrets"] if e != str(old["send_epoch"]))
-    with mock.patch("softudc.manager.service.time.time", return_value=now + m.key_rotation_step_s):
+    with mock.patch("time.time", return_value=now + m.key_rotation_step_s):
         sending = vnets_of(m, host)["back"]["keys"]
     assert sending["send_epoch"] == int(new_epoch) and sending["secrets"] == adding["secrets"]
-    with mock.patch("softudc.manager.service.time.time", return_value=now + 2 * m.key_rotation_step_s + 1):
+    with mock.patch("time.time", return_value=now + 2 * m.key_rotation_step_s + 1):
         done = vnets_of(m, host)["back"]["keys"]
     assert done == {"send_epoch": int(new_epoch), "secrets": {new_epoch: adding["secrets"][new_epoch]}}
     assert any(e["type"] == "KeysRotated" for e in m.store.events("farm", "demo"))
@@ -107,7 +107,7 @@ def test_a_scheduled_rotation_starts_when_the_send_epoch_is_old(m: Manager) -> N
     host = db_host(m)
     first = vnets_of(m, host)["back"]["keys"]
     m.key_rotation_every_s = 3600.0
-    with mock.patch("softudc.manager.service.time.time", return_value=time.time() + 3601):
+    with mock.patch("time.time", return_value=time.time() + 3601):
         assert len(vnets_of(m, host)["back"]["keys"]["secrets"]) == 2
     assert first["send_epoch"] == vnets_of(m, host)["back"]["keys"]["send_epoch"]  # step 1 only: still sends old
 
