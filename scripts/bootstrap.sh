@@ -12,6 +12,7 @@ PACKAGES=(
     tcpdump tshark iperf3 openvpn
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     cpio xz-utils zstd
+    etcd-server etcd-client
 )
 
 missing=()

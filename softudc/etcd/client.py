@@ -1,0 +1,410 @@
+"""A small etcd v3 client over etcd 3.4's JSON gateway (`POST /v3/...`), with httpx.
+
+The gateway is grpc-gateway in front of etcd's gRPC API: request and answer bodies are the
+protobuf messages as JSON, where int64 fields travel as strings and `bytes` fields (keys, values,
+range ends) as base64. Streams (`/v3/watch`, `/v3/lease/keepalive`) answer one JSON object per
+line, `{"result": ...}` or `{"error": ...}`.
+
+Fail-over: the client talks to one endpoint at a time and remembers the last one that answered.
+A request that could not be sent (connection refused, connect timeout) goes to the next endpoint;
+so does a read (range, status) whose endpoint failed after it was sent, or answered UNAVAILABLE
+(no leader, request timed out). A write whose endpoint failed after it was sent is not repeated
+(it may have been applied): EtcdError says its outcome is unknown, and the next call starts at the
+next endpoint. An answer `{"error": ..., "code": ...}` is an EtcdError naming the endpoint and
+etcd's message. Answers are bounded (MAX_BODY): a broken or hostile endpoint cannot make us read
+without end.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+MAX_BODY = 256 * 1024 * 1024  # the largest answer read: a range of every object of a big farm fits
+UNAVAILABLE = 14  # gRPC code: no leader, request timed out, member stopping; another member may answer
+CHECK = "check the endpoints with `etcdctl --endpoints=URLS endpoint status` and the members' logs"
+
+
+class EtcdError(RuntimeError):
+    """etcd could not do it: the message names the endpoint(s), what failed and what to check."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class EtcdCompacted(EtcdError):
+    """A watch asked for history etcd has compacted away: read the current state instead."""
+
+    def __init__(self, message: str, compact_revision: int) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class KV:
+    key: bytes
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int
+    deleted: bool = False  # a watch's DELETE event: value b"", create_revision and version 0
+
+
+# -- encoding (pure) ------------------------------------------------------------------------------
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    """Strict base64 (ValueError on anything else, non-ASCII included)."""
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except UnicodeEncodeError as e:
+        raise ValueError(f"not base64: {text[:40]!r}") from e
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The range end that makes [prefix, end) every key starting with `prefix` (etcd's rule:
+    the prefix with its last byte below 0xff incremented; b"\\0" (every key) if there is none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return b"\0"
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
+def decode_kv(raw: dict[str, Any], deleted: bool = False) -> KV:
+    """One `mvccpb.KeyValue` of the gateway (absent fields are zero, int64 are strings)."""
+    return KV(key=unb64(raw.get("key", "")), value=unb64(raw.get("value", "")),
+              create_revision=int(raw.get("create_revision", 0)), mod_revision=int(raw.get("mod_revision", 0)),
+              version=int(raw.get("version", 0)), lease=int(raw.get("lease", 0)), deleted=deleted)
+
+
+def encode_kv(kv: KV) -> dict[str, Any]:
+    """The inverse of decode_kv (for tests and fakes)."""
+    return {"key": b64(kv.key), "value": b64(kv.value), "create_revision": str(kv.create_revision),
+            "mod_revision": str(kv.mod_revision), "version": str(kv.version), "lease": str(kv.lease)}
+
+
+def header_revision(answer: dict[str, Any]) -> int:
+    return int(answer.get("header", {}).get("revision", 0))
+
+
+# -- compare and operation builders for txn -------------------------------------------------------
+
+def cmp_mod(key: bytes, result: str, revision: int) -> dict[str, Any]:
+    """Compare the key's mod_revision (0: the key does not exist)."""
+    return {"key": b64(key), "target": "MOD", "result": result, "mod_revision": str(revision)}
+
+
+def cmp_create(key: bytes, result: str, revision: int) -> dict[str, Any]:
+    return {"key": b64(key), "target": "CREATE", "result": result, "create_revision": str(revision)}
+
+
+def cmp_version(key: bytes, result: str, version: int) -> dict[str, Any]:
+    return {"key": b64(key), "target": "VERSION", "result": result, "version": str(version)}
+
+
+def cmp_value(key: bytes, result: str, value: bytes) -> dict[str, Any]:
+    return {"key": b64(key), "target": "VALUE", "result": result, "value": b64(value)}
+
+
+def op_put(key: bytes, value: bytes, lease: int = 0) -> dict[str, Any]:
+    return {"request_put": {"key": b64(key), "value": b64(value), "lease": str(lease)}}
+
+
+def op_delete(key: bytes, prefix: bool = False, range_end: bytes | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": b64(key)}
+    end = prefix_end(key) if prefix else range_end
+    if end is not None:
+        body["range_end"] = b64(end)
+    return {"request_delete_range": body}
+
+
+def op_range(key: bytes, prefix: bool = False, range_end: bytes | None = None, limit: int = 0) -> dict[str, Any]:
+    body: dict[str, Any] = {"key": b64(key)}
+    end = prefix_end(key) if prefix else range_end
+    if end is not None:
+        body["range_end"] = b64(end)
+    if limit:
+        body["limit"] = str(limit)
+    return {"request_range": body}
+
+
+def _range_body(key: bytes, prefix: bool, range_end: bytes | None, **opts: Any) -> dict[str, Any]:
+    body: dict[str, Any] = op_range(key, prefix, range_end)["request_range"]
+    for name, value in opts.items():
+        if value:
+            body[name] = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    return body
+
+
+def decode_responses(responses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A txn's responses with each `response_range`'s kvs as KV and its count as int."""
+    out = []
+    for response in responses:
+        if "response_range" in response:
+            r = response["response_range"]
+            response = {"response_range": {**r, "kvs": [decode_kv(kv) for kv in r.get("kvs", [])],
+                                           "count": int(r.get("count", 0))}}
+        out.append(response)
+    return out
+
+
+class _Unsent(Exception):
+    """The request did not reach the endpoint (safe to send elsewhere)."""
+
+
+class EtcdClient:
+    """Thread-safe: one httpx connection pool shared by the store's and the leader's threads."""
+
+    def __init__(self, endpoints: list[str], timeout: float = 5.0) -> None:
+        if not endpoints:
+            raise EtcdError("no etcd endpoint given: pass at least one http://HOST:PORT")
+        self.endpoints = [e.rstrip("/") for e in endpoints]
+        self.timeout = timeout
+        self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)))
+        self._lock = threading.Lock()
+        self._good = 0
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- transport ------------------------------------------------------------------------------
+
+    def _order(self) -> list[int]:
+        with self._lock:
+            first = self._good
+        n = len(self.endpoints)
+        return [(first + i) % n for i in range(n)]
+
+    def _remember(self, index: int) -> None:
+        with self._lock:
+            self._good = index
+
+    def _post_one(self, endpoint: str, path: str, body: dict[str, Any], safe: bool) -> dict[str, Any]:
+        try:
+            with self._http.stream("POST", endpoint + path, json=body) as response:
+                data = self._read_bounded(response.iter_bytes(), endpoint, path)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise _Unsent(f"{endpoint}: {e or type(e).__name__}") from e
+        except httpx.TransportError as e:
+            if safe:
+                raise _Unsent(f"{endpoint}: {e or type(e).__name__}") from e
+            raise EtcdError(f"etcd {endpoint}{path} failed after the request was sent ({e or type(e).__name__}): "
+                            f"its outcome is unknown, read the key again; {CHECK}") from e
+        answer = self._parse(data, endpoint, path)
+        if "error" in answer or ("code" in answer and "message" in answer):
+            code = int(answer.get("code", 0))
+            message = answer.get("message") or answer.get("error")
+            if code == UNAVAILABLE and safe:
+                raise _Unsent(f"{endpoint}: {message}")
+            raise EtcdError(f"etcd {endpoint}{path} refused: {message} (gRPC code {code}); {CHECK}", code)
+        return answer
+
+    @staticmethod
+    def _read_bounded(chunks: Iterator[bytes], endpoint: str, path: str) -> bytes:
+        parts, size = [], 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise EtcdError(f"etcd {endpoint}{path} answered more than {MAX_BODY} bytes: is it etcd? "
+                                "Narrow the range (limit) or check the endpoint")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    @staticmethod
+    def _parse(data: bytes, endpoint: str, path: str) -> dict[str, Any]:
+        try:
+            answer = json.loads(data)
+        except ValueError as e:
+            raise EtcdError(f"etcd {endpoint}{path} answered something not JSON ({data[:80]!r}): is this "
+                            f"etcd 3.4+'s client URL? {CHECK}") from e
+        if not isinstance(answer, dict):
+            raise EtcdError(f"etcd {endpoint}{path} answered {type(answer).__name__}, not an object; {CHECK}")
+        return answer
+
+    def _post(self, path: str, body: dict[str, Any], safe: bool) -> dict[str, Any]:
+        failures: list[str] = []
+        for index in self._order():
+            try:
+                answer = self._post_one(self.endpoints[index], path, body, safe)
+            except _Unsent as e:
+                failures.append(str(e))
+                continue
+            except EtcdError:
+                self._remember((index + 1) % len(self.endpoints))  # next call tries another member first
+                raise
+            self._remember(index)
+            return answer
+        raise EtcdError(f"no etcd endpoint answered {path}: {'; '.join(failures)}; {CHECK}", UNAVAILABLE)
+
+    # -- KV -------------------------------------------------------------------------------------
+
+    def range(self, key: bytes, *, prefix: bool = False, range_end: bytes | None = None, limit: int = 0,
+              min_mod_revision: int = 0, keys_only: bool = False, count_only: bool = False,
+              sort_target: str | None = None, sort_order: str | None = None,
+              revision: int = 0) -> tuple[int, list[KV], int]:
+        """(header revision, kvs, count). sort_target: KEY, VERSION, CREATE, MOD, VALUE;
+        sort_order: ASCEND, DESCEND. count is every match, kvs at most `limit` of them."""
+        body = _range_body(key, prefix, range_end, limit=limit, min_mod_revision=min_mod_revision,
+                           keys_only=keys_only, count_only=count_only, sort_target=sort_target,
+                           sort_order=sort_order, revision=revision)
+        answer = self._post("/v3/kv/range", body, safe=True)
+        kvs = [decode_kv(kv) for kv in answer.get("kvs", [])]
+        return header_revision(answer), kvs, int(answer.get("count", 0))
+
+    def get(self, key: bytes) -> KV | None:
+        return next(iter(self.range(key)[1]), None)
+
+    def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
+        body = {"key": b64(key), "value": b64(value), "lease": str(lease)}
+        return header_revision(self._post("/v3/kv/put", body, safe=False))
+
+    def delete(self, key: bytes, *, prefix: bool = False, range_end: bytes | None = None) -> tuple[int, int]:
+        """(revision, how many keys were deleted)."""
+        body: dict[str, Any] = op_delete(key, prefix, range_end)["request_delete_range"]
+        answer = self._post("/v3/kv/deleterange", body, safe=False)
+        return header_revision(answer), int(answer.get("deleted", 0))
+
+    def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
+            failure: list[dict[str, Any]] | None = None) -> tuple[bool, int, list[dict[str, Any]]]:
+        """(succeeded, revision, responses): see decode_responses for the responses' form."""
+        body = {"compare": compare, "success": success, "failure": failure or []}
+        answer = self._post("/v3/kv/txn", body, safe=False)
+        return bool(answer.get("succeeded", False)), header_revision(answer), \
+            decode_responses(answer.get("responses", []))
+
+    def compact(self, revision: int, physical: bool = False) -> None:
+        self._post("/v3/kv/compaction", {"revision": str(revision), "physical": physical}, safe=False)
+
+    # -- watch ----------------------------------------------------------------------------------
+
+    def watch(self, key: bytes, *, prefix: bool = False, start_revision: int = 0, timeout: float = 5.0,
+              range_end: bytes | None = None) -> list[KV]:
+        """The first batch of events at or after `start_revision` (0: from now on), or [] when
+        none came within `timeout` seconds. Deleted keys come as KV(deleted=True). Raises
+        EtcdCompacted when `start_revision` is older than etcd's compacted history."""
+        create: dict[str, Any] = {"key": b64(key)}
+        end = prefix_end(key) if prefix else range_end
+        if end is not None:
+            create["range_end"] = b64(end)
+        if start_revision:
+            create["start_revision"] = str(start_revision)
+        deadline = time.monotonic() + max(timeout, 0.0)
+        failures = []
+        for index in self._order():
+            endpoint = self.endpoints[index]
+            try:
+                events = self._watch_one(endpoint, {"create_request": create}, deadline)
+            except _Unsent as e:
+                failures.append(str(e))
+                continue
+            self._remember(index)
+            return events
+        raise EtcdError(f"no etcd endpoint answered /v3/watch: {'; '.join(failures)}; {CHECK}", UNAVAILABLE)
+
+    def _watch_one(self, endpoint: str, body: dict[str, Any], deadline: float) -> list[KV]:
+        # The read timeout bounds each wait for a line; the deadline bounds the whole call.
+        wait = httpx.Timeout(self.timeout, connect=min(self.timeout, 2.0),
+                             read=max(deadline - time.monotonic(), 0.0) + 0.05)
+        try:
+            with self._http.stream("POST", endpoint + "/v3/watch", json=body, timeout=wait) as response:
+                for line in self._lines(response, endpoint):
+                    events = self._watch_message(line, endpoint)
+                    if events or time.monotonic() >= deadline:
+                        return events
+        except httpx.ReadTimeout:
+            return []
+        except httpx.TransportError as e:
+            raise _Unsent(f"{endpoint}: {e or type(e).__name__}") from e
+        return []
+
+    @staticmethod
+    def _lines(response: httpx.Response, endpoint: str) -> Iterator[bytes]:
+        """The stream's JSON messages (one per line), each bounded by MAX_BODY."""
+        buffer = b""
+        for chunk in response.iter_bytes():
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                if line.strip():
+                    yield line
+            if len(buffer) > MAX_BODY:
+                raise EtcdError(f"etcd {endpoint}/v3/watch sent a message over {MAX_BODY} bytes; {CHECK}")
+        if buffer.strip():
+            yield buffer
+
+    def _watch_message(self, line: bytes, endpoint: str) -> list[KV]:
+        message = self._parse(line, endpoint, "/v3/watch")
+        if "error" in message:
+            error = message["error"]
+            text = error.get("message", error) if isinstance(error, dict) else error
+            if isinstance(error, dict) and error.get("grpc_code") == UNAVAILABLE:
+                raise _Unsent(f"{endpoint}: {text}")
+            raise EtcdError(f"etcd {endpoint}/v3/watch refused: {text}; {CHECK}")
+        result = message.get("result", {})
+        if int(result.get("compact_revision", 0)):
+            rev = int(result["compact_revision"])
+            raise EtcdCompacted(f"etcd {endpoint}: history before revision {rev} is compacted; read the current "
+                                "state instead of watching from an older revision", rev)
+        if result.get("canceled"):
+            raise EtcdError(f"etcd {endpoint} canceled the watch: {result.get('cancel_reason', 'no reason')}; "
+                            f"{CHECK}")
+        return [decode_kv(e.get("kv", {}), deleted=e.get("type") == "DELETE") for e in result.get("events", [])]
+
+    # -- leases ---------------------------------------------------------------------------------
+
+    def lease_grant(self, ttl: int) -> int:
+        """A new lease of `ttl` seconds; returns its id."""
+        return int(self._post("/v3/lease/grant", {"TTL": str(ttl)}, safe=False)["ID"])
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        """Renew the lease once; returns its TTL after renewal, 0 when the lease is gone."""
+        answer = self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, safe=True)
+        result: dict[str, Any] = answer.get("result", answer)
+        return int(result.get("TTL", 0))
+
+    def lease_revoke(self, lease_id: int) -> None:
+        """Revoke the lease (its keys go with it); a lease already gone is not an error."""
+        try:
+            self._post("/v3/lease/revoke", {"ID": str(lease_id)}, safe=False)
+        except EtcdError as e:
+            if "lease not found" not in str(e):
+                raise
+
+    # -- cluster --------------------------------------------------------------------------------
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every endpoint's status: endpoint, ok, leader, member_id, raft_term, raft_index, db_size,
+        version, error (a dead member is a row with ok False and why)."""
+        rows = []
+        for endpoint in self.endpoints:
+            row: dict[str, Any] = {"endpoint": endpoint, "ok": False, "leader": 0, "member_id": 0, "raft_term": 0,
+                                   "raft_index": 0, "db_size": 0, "version": "", "error": ""}
+            try:
+                answer = self._post_one(endpoint, "/v3/maintenance/status", {}, safe=True)
+            except (_Unsent, EtcdError) as e:
+                row["error"] = str(e)
+            else:
+                row.update(ok=True, leader=int(answer.get("leader", 0)),
+                           member_id=int(answer.get("header", {}).get("member_id", 0)),
+                           raft_term=int(answer.get("raftTerm", 0)), raft_index=int(answer.get("raftIndex", 0)),
+                           db_size=int(answer.get("dbSize", 0)), version=answer.get("version", ""))
+            rows.append(row)
+        return rows
+
+    def members(self) -> list[dict[str, Any]]:
+        """The cluster's members: id, name, peer_urls, client_urls."""
+        answer = self._post("/v3/cluster/member/list", {}, safe=True)
+        return [{"id": int(m.get("ID", 0)), "name": m.get("name", ""), "peer_urls": m.get("peerURLs", []),
+                 "client_urls": m.get("clientURLs", [])} for m in answer.get("members", [])]
