@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from gatekeeper.vnet.varp_cache import VarpTimers
 from softudc import libvirturi
@@ -40,13 +41,18 @@ class GatekeeperConfig:
 
 @dataclass(frozen=True)
 class ManagerConfig:
-    url: str
+    url: str  # as written: one URL, or several separated by commas (the managers of one group)
     ca: str
     cert: str
     key: str
     vcpus: int
     memory_mib: int
     interval: float = 2.0
+    urls: tuple[str, ...] = ()  # each manager's URL, in the order tried (empty: `url` split at its commas)
+
+    def __post_init__(self) -> None:
+        if not self.urls:
+            object.__setattr__(self, "urls", tuple(u.strip() for u in self.url.split(",") if u.strip()))
 
 
 @dataclass(frozen=True)
@@ -239,8 +245,34 @@ def _manager(mg: dict[str, Any], fail: Fail) -> ManagerConfig:
     for key, most in HOST_CAPACITY_MAX.items():  # what the contract lets a report say
         if type(mg.get(key)) is not int or not 0 < mg[key] <= most:
             raise fail(f"manager.{key}", f"required integer from 1 to {most} (the capacity this host offers)")
-    return ManagerConfig(mg["url"], mg["ca"], mg["cert"], mg["key"], mg["vcpus"], mg["memory_mib"],
-                         float(mg.get("interval", 2.0)))
+    urls = manager_urls(mg["url"], fail)
+    return ManagerConfig(",".join(urls), mg["ca"], mg["cert"], mg["key"], mg["vcpus"], mg["memory_mib"],
+                         float(mg.get("interval", 2.0)), urls)
+
+
+MAX_MANAGERS = 16
+
+
+def manager_urls(text: str, fail: Fail) -> tuple[str, ...]:
+    """`[manager] url`: one manager's URL or several separated by commas, each https://HOST[:PORT]."""
+    urls = [u.strip() for u in text.split(",")]
+    if len(urls) > MAX_MANAGERS:
+        raise fail("manager.url", f"{len(urls)} URLs; at most {MAX_MANAGERS} managers can be listed")
+    for n, url in enumerate(urls, 1):
+        which = f"URL {n} of {len(urls)}, " if len(urls) > 1 else ""
+        try:
+            u = urlparse(url)
+            port = u.port
+        except ValueError as e:
+            raise fail("manager.url", f"{which}{url!r}: {e}; expected https://HOST[:PORT]") from None
+        if u.scheme != "https" or not u.hostname or u.path not in ("", "/") or u.query or u.params:
+            raise fail("manager.url", f"{which}{url!r} is not a manager's URL; expected https://HOST[:PORT], "
+                       "several separated by commas")
+        if port == 0:
+            raise fail("manager.url", f"{which}{url!r}: port 0; give the manager's port (default 8443)")
+    if len(set(urls)) != len(urls):
+        raise fail("manager.url", f"{text!r} lists a manager twice; list each once")
+    return tuple(urls)
 
 
 def load_keys(path: str | Path) -> dict[int, VnetKeys]:

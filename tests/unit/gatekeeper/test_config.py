@@ -76,3 +76,30 @@ def test_a_manager_capacity_the_contract_would_refuse_is_a_config_error(vcpus: o
     assert str(e.value).startswith("gk.toml: manager.vcpus: ") and "from 1 to 65536" in str(e.value)
     good = parse_config({**BASE, "manager": {**manager, "vcpus": 1 << 16}}, "gk.toml")
     assert good.manager is not None and good.manager.vcpus == 1 << 16
+
+
+MANAGER = {"url": "https://10.99.0.1:8443", "ca": "/ca", "cert": "/c", "key": "/k", "vcpus": 4, "memory_mib": 2048}
+
+
+def test_several_managers_are_listed_separated_by_commas() -> None:
+    cfg = parse_config({**BASE, "manager": {**MANAGER, "url": "https://10.99.0.1:8443, https://10.99.0.2:8443"}})
+    assert cfg.manager is not None
+    assert cfg.manager.urls == ("https://10.99.0.1:8443", "https://10.99.0.2:8443")
+    assert cfg.manager.url == "https://10.99.0.1:8443,https://10.99.0.2:8443"  # what the link is given
+    one = parse_config({**BASE, "manager": MANAGER}).manager
+    assert one is not None and one.urls == ("https://10.99.0.1:8443",) and one.url == "https://10.99.0.1:8443"
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("https://10.99.0.1:8443,http://10.99.0.2:8443", "URL 2 of 2, 'http://10.99.0.2:8443' is not a manager's URL"),
+    ("https://10.99.0.1:8443,,https://10.99.0.2", "URL 2 of 3, '' is not a manager's URL"),
+    ("https://10.99.0.1:99999", "'https://10.99.0.1:99999': Port out of range"),
+    ("10.99.0.1:8443", "'10.99.0.1:8443' is not a manager's URL; expected https://HOST[:PORT]"),
+    ("https://m1/v1", "'https://m1/v1' is not a manager's URL"),
+    ("https://m1,https://m1", "lists a manager twice"),
+    (",".join(f"https://m{i}" for i in range(17)), "17 URLs; at most 16"),
+])
+def test_a_manager_url_that_is_wrong_is_named(url: str, said: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({**BASE, "manager": {**MANAGER, "url": url}}, "gk.toml")
+    assert str(e.value).startswith("gk.toml: manager.url: ") and said in str(e.value)

@@ -1,10 +1,13 @@
 """The gatekeeper's link to the manager: JSON both ways, one error type that says what to check,
-bounded answers, and the long poll's timeout above its wait."""
+bounded answers, the long poll's timeout above its wait, and several managers: it sticks to the
+one that answers and moves on when it does not (never on a refusal)."""
 
 from __future__ import annotations
 
 import http.server
 import json
+import logging
+import socket
 import ssl
 import threading
 from pathlib import Path
@@ -77,8 +80,12 @@ def test_an_endless_answer_is_cut_off_at_the_bound(monkeypatch: pytest.MonkeyPat
 class _Echo(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         peer = self.connection.getpeercert()
-        body = json.dumps({"client": dict(x[0] for x in peer["subject"])["commonName"]}).encode()
-        self.send_response(200)
+        server: Any = self.server
+        server.calls += 1
+        status = getattr(server, "status", 200)
+        body = json.dumps({"client": dict(x[0] for x in peer["subject"])["commonName"],
+                           "port": server.server_address[1], "error": f"status {status}"}).encode()
+        self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -87,32 +94,63 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Pki:
+    def __init__(self, tmp_path: Path) -> None:
+        self.ca = CertificateAuthority.create(tmp_path / "ca")
+        self.files = {}
+        for name, issued in (("server", self.ca.issue_server("localhost", ["127.0.0.1"])),
+                             ("h1", self.ca.issue_client("h1"))):
+            self.files[name] = (str(tmp_path / f"{name}.crt"), str(tmp_path / f"{name}.key"))
+            Path(self.files[name][0]).write_bytes(issued.cert_pem)
+            Path(self.files[name][1]).write_bytes(issued.key_pem)
+        self.ca_file = str(tmp_path / "ca" / "ca.crt")
+
+    def serve(self, port: int = 0) -> Any:
+        """A manager on 127.0.0.1 (`port` 0: a free one) answering /v1/whoami; `.status` sets its answer."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=self.ca_file)
+        ctx.load_cert_chain(*self.files["server"])
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        server: Any = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Echo)
+        server.daemon_threads = True
+        server.calls = 0
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+        return server
+
+    def link(self, *managers: Any) -> ManagerLink:
+        """A link to these managers, in this order: servers, or ports (a manager that is down)."""
+        ports = [m if isinstance(m, int) else m.server_address[1] for m in managers]
+        return ManagerLink.mutual_tls(",".join(f"https://127.0.0.1:{p}" for p in ports), self.ca_file,
+                                      *self.files["h1"])
+
+
+def _stop(server: Any) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+def _free_port() -> int:
+    """A port nothing listens on (a manager that is down)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def test_mutual_tls_presents_the_hosts_certificate_and_checks_the_managers(tmp_path: Path) -> None:
-    ca = CertificateAuthority.create(tmp_path / "ca")
-    files = {}
-    for name, issued in (("server", ca.issue_server("localhost", ["127.0.0.1"])), ("h1", ca.issue_client("h1"))):
-        files[name] = (tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
-        files[name][0].write_bytes(issued.cert_pem)
-        files[name][1].write_bytes(issued.key_pem)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(tmp_path / "ca" / "ca.crt"))
-    ctx.load_cert_chain(*files["server"])
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Echo)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pki = _Pki(tmp_path)
+    server = pki.serve()
     try:
-        url = f"https://127.0.0.1:{server.server_address[1]}"
-        link = ManagerLink.mutual_tls(url, str(tmp_path / "ca" / "ca.crt"), *map(str, files["h1"]))
-        assert link.call("GET", "/v1/whoami") == {"client": "h1"}
+        link = pki.link(server)
+        assert link.call("GET", "/v1/whoami")["client"] == "h1"
         link.close()
         other = CertificateAuthority.create(tmp_path / "other")  # a manager this host does not trust
-        stranger = ManagerLink.mutual_tls(url, str(other.directory / "ca.crt"), *map(str, files["h1"]))
+        stranger = ManagerLink.mutual_tls(f"https://127.0.0.1:{server.server_address[1]}",
+                                          str(other.directory / "ca.crt"), *pki.files["h1"])
         with pytest.raises(ManagerLinkError, match="check that the manager runs"):
             stranger.call("GET", "/v1/whoami")
         stranger.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        _stop(server)
 
 
 def test_an_error_without_a_message_is_named_by_its_type() -> None:
@@ -121,3 +159,110 @@ def test_an_error_without_a_message_is_named_by_its_type() -> None:
 
     with pytest.raises(ManagerLinkError, match=r"GET /v1/hosts/h1/desired: ReadTimeout; check"):
         _link(handler).call("GET", "/v1/hosts/h1/desired")
+
+
+def test_a_manager_that_is_down_is_passed_over_within_the_call_and_the_link_sticks_to_the_next(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    pki = _Pki(tmp_path)
+    second = pki.serve()
+    down = _free_port()
+    caplog.set_level(logging.WARNING, "gatekeeper.manager")
+    link = pki.link(down, second)
+    try:
+        assert link.base == f"https://127.0.0.1:{down}"
+        assert link.call("GET", "/v1/whoami")["port"] == second.server_address[1]
+        assert link.base == f"https://127.0.0.1:{second.server_address[1]}"
+        first = pki.serve(down)  # the first manager is back: the link stays where it is
+        for _ in range(3):
+            assert link.call("GET", "/v1/whoami")["port"] == second.server_address[1]
+        assert first.calls == 0 and second.calls == 4
+        switches = [r.getMessage() for r in caplog.records if "now talking to" in r.getMessage()]
+        assert len(switches) == 1 and f"now talking to https://127.0.0.1:{second.server_address[1]}" in switches[0]
+        _stop(second)  # and when the one it talks to stops, back to the first, in the same call
+        assert link.call("GET", "/v1/whoami")["port"] == down
+        assert len([r for r in caplog.records if "now talking to" in r.getMessage()]) == 2
+        _stop(first)
+    finally:
+        link.close()
+
+
+def test_when_no_manager_answers_the_error_names_every_one_tried(tmp_path: Path) -> None:
+    pki = _Pki(tmp_path)
+    a, b = _free_port(), _free_port()
+    link = pki.link(a, b)
+    with pytest.raises(ManagerLinkError) as e:
+        link.call("GET", "/v1/whoami")
+    msg = str(e.value)
+    assert f"https://127.0.0.1:{a}" in msg and f"https://127.0.0.1:{b}" in msg
+    assert "none answered" in msg and "check that one of them runs" in msg
+    link.close()
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_manager_that_cannot_serve_now_is_passed_over(tmp_path: Path, status: int) -> None:
+    pki = _Pki(tmp_path)
+    busy, good = pki.serve(), pki.serve()
+    busy.status = status
+    link = pki.link(busy, good)
+    try:
+        assert link.call("GET", "/v1/whoami")["port"] == good.server_address[1]
+        assert busy.calls == 1 and good.calls == 1
+        good.status = status  # both: the error says what each answered
+        with pytest.raises(ManagerLinkError, match=rf"{status} status {status}.*{status} status {status}"):
+            link.call("GET", "/v1/whoami")
+        assert busy.calls == 2 and good.calls == 2  # each manager at most once per call
+    finally:
+        link.close()
+        _stop(busy)
+        _stop(good)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409])
+def test_a_refusal_is_the_managers_word_and_is_never_asked_elsewhere(tmp_path: Path, status: int) -> None:
+    pki = _Pki(tmp_path)
+    refusing, other = pki.serve(), pki.serve()
+    refusing.status = status
+    link = pki.link(refusing, other)
+    try:
+        with pytest.raises(ManagerLinkError, match=rf"manager: GET /v1/whoami: {status} status {status}"):
+            link.call("GET", "/v1/whoami")
+        assert refusing.calls == 1 and other.calls == 0
+    finally:
+        link.close()
+        _stop(refusing)
+        _stop(other)
+
+
+def test_a_long_poll_that_waits_its_time_out_on_a_healthy_manager_is_no_failure() -> None:
+    """The manager holds a long poll for its wait and answers 200 with nothing new: the link stays."""
+    seen: list[str] = []
+
+    def waiting(request: httpx.Request) -> httpx.Response:
+        seen.append("first")
+        assert request.extensions["timeout"]["read"] == 30 + TIMEOUT_S
+        return httpx.Response(200, json={"etag": "e1"})
+
+    def other(request: httpx.Request) -> httpx.Response:
+        seen.append("second")
+        return httpx.Response(200, json={"etag": "e1"})
+
+    link = ManagerLink([httpx.Client(base_url="https://m1.test:8443", transport=httpx.MockTransport(waiting)),
+                        httpx.Client(base_url="https://m2.test:8443", transport=httpx.MockTransport(other))])
+    for _ in range(3):
+        assert link.call("GET", "/v1/hosts/h1/desired?since=e1&wait=30", wait=30) == {"etag": "e1"}
+    assert seen == ["first"] * 3 and link.base == "https://m1.test:8443"
+
+
+def test_a_manager_that_times_out_or_drops_the_connection_is_passed_over() -> None:
+    def timing_out(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("", request=request)
+
+    def dropping(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("Server disconnected without sending a response.", request=request)
+
+    good = httpx.Client(base_url="https://m3.test:8443", transport=httpx.MockTransport(
+        lambda r: httpx.Response(200, json={"ok": True})))
+    link = ManagerLink([httpx.Client(base_url="https://m1.test:8443", transport=httpx.MockTransport(timing_out)),
+                        httpx.Client(base_url="https://m2.test:8443", transport=httpx.MockTransport(dropping)), good])
+    assert link.call("PUT", "/v1/hosts/h1/status", {}) == {"ok": True}
+    assert link.base == "https://m3.test:8443"
