@@ -11,7 +11,11 @@ and key epochs its pass wrote, at the revisions the pass spanned (requests that 
 hold the same lock as the pass, so nothing of theirs falls in that span).
 
 `reconciled` is the store revision up to which every change has been looked at; `settle()` waits
-for it (put_farm answers with the status its revision got; tests use it as a barrier).
+for it (put_farm answers with the status its revision got; tests use it as a barrier). The loop
+runs on the group's leader only (softudc/manager/leader.py): `may_run` is asked before every pass
+(a manager that stepped down writes nothing more), `on_mark` publishes `reconciled` for the
+followers. A follower runs a `StoreObserver` instead: it plans nothing, and moves its long polls'
+generation when the store changes (the leader's pass wrote a farm's status, say).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ RECONCILE_EVERY_S = 10.0  # a pass runs at least this often (time-based rules) e
 HOST_DOWN_AFTER_S = 30.0  # as controller.HOST_DOWN_AFTER_S: a report after this long is news
 POLL_S = 1.0  # the longest the watch waits before it looks at the stop flag (close() takes at most this)
 LOOP_KINDS = frozenset({"farm", "vnetkey", "keyepoch"})  # what a pass writes
-QUIET_KINDS = frozenset({"keyepoch"})  # a counter: moves no plan and no host's desired state
+QUIET_KINDS = frozenset({"keyepoch", "heartbeat"})  # moves no plan and no desired state (heartbeats: see _news)
+OBSERVED_KINDS = frozenset({"farm", "vnetkey", "host"})  # what a follower's long polls depend on
 log = logging.getLogger("softudc.manager.loop")
 
 
@@ -60,9 +65,13 @@ class ControllerLoop:
     then `after` (once the pass counts as done for `settle`)."""
 
     def __init__(self, store: Store, reconcile: Callable[[], Pass], every_s: float = RECONCILE_EVERY_S,
-                 name: str = "softudc-controllers", after: Callable[[], object] = lambda: None) -> None:
+                 name: str = "softudc-controllers", after: Callable[[], object] = lambda: None,
+                 may_run: Callable[[], bool] = lambda: True, on_mark: Callable[[int], object] = lambda rev: None
+                 ) -> None:
         self.store, self._reconcile, self.every_s, self.name = store, reconcile, every_s, name
         self._after = after  # run after each pass is marked done (the long polls' new generation)
+        self._may_run = may_run  # False once this manager is no longer the leader: the loop ends
+        self._on_mark = on_mark  # each new `reconciled` (the leader publishes it)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -106,7 +115,8 @@ class ControllerLoop:
     def _run(self) -> None:
         since = self.store.revision()
         self._hosts = {o.name: o for o in self.store.objects("host")}
-        self._pass()
+        if not self._pass():
+            return
         next_pass = time.monotonic() + self.every_s
         while not self._stopping.is_set():
             try:
@@ -120,7 +130,8 @@ class ControllerLoop:
             # Changes stored while a pass runs come with the next watch: a host's are judged as
             # usual, a request's farm write makes one more pass (cheap: it plans what is there).
             if self._news(changes) or time.monotonic() >= next_pass:
-                self._pass()
+                if not self._pass():
+                    return
                 next_pass = time.monotonic() + self.every_s
             else:
                 self._mark(since)
@@ -140,8 +151,13 @@ class ControllerLoop:
                 news = True
         return news
 
-    def _pass(self) -> None:
-        """One reconcile pass; a failure is logged and the loop goes on (the next pass retries)."""
+    def _pass(self) -> bool:
+        """One reconcile pass; a failure is logged and the loop goes on (the next pass retries).
+        False, and nothing done, when this manager may no longer run the controllers."""
+        if not self._may_run():
+            log.info("%s: no longer the leader; the controllers stop before their next pass", self.name)
+            self._stopping.set()
+            return False
         try:
             done = self._reconcile()
         except Exception:  # the loop must outlive any bug in one pass: the next one retries
@@ -149,7 +165,7 @@ class ControllerLoop:
             # What the failed pass wrote comes back as news: pause, so a bug that fails every
             # pass costs one pass per POLL_S, not a core.
             self._stopping.wait(POLL_S)
-            return
+            return True
         self.passes += 1
         self._own, self._busy = (done.start, done.end), done.busy
         self._mark(done.start)  # every change up to its start is reconciled
@@ -157,9 +173,50 @@ class ControllerLoop:
             self._after()
         except Exception:  # waking long polls must not stop the controllers either
             log.exception("after a reconcile pass")
+        return True
 
     def _mark(self, revision: int) -> None:
         with self._reconciled:
-            if revision > self.reconciled:
-                self.reconciled = revision
-                self._reconciled.notify_all()
+            if revision <= self.reconciled:
+                return
+            self.reconciled = revision
+            self._reconciled.notify_all()
+        self._on_mark(revision)
+
+
+class StoreObserver:
+    """A follower's light watch: plans nothing; after a change of what desired states depend on
+    (OBSERVED_KINDS: the leader's pass wrote a farm's status, a key, a host), runs `changed` (the
+    long polls' new generation: they wake on a follower as on the leader)."""
+
+    def __init__(self, store: Store, changed: Callable[[], object], name: str = "softudc-follower") -> None:
+        self.store, self._changed, self.name = store, changed, name
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None and not self._stopping.is_set():
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        since = self.store.revision()
+        while not self._stopping.is_set():
+            try:
+                changes = self.store.watch(since, POLL_S)
+            except Exception:  # as the controllers' watch: try again
+                log.exception("the store's watch failed; trying again in %.0f s", POLL_S)
+                self._stopping.wait(POLL_S)
+                continue
+            if changes:
+                since = max(since, changes[-1].revision)
+            if any(o.kind in OBSERVED_KINDS for o in changes) and not self._stopping.is_set():
+                try:
+                    self._changed()
+                except Exception:
+                    log.exception("after a change of the store")

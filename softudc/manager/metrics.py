@@ -1,6 +1,6 @@
 """The manager's Prometheus metrics, in its own registry: farms, instances, hosts by state and
 migrations, read from the store at scrape time, and the long polls waiting now; API requests and
-observed events as counters."""
+observed events as counters; this manager's leadership (leader.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -55,3 +55,26 @@ def make_registry(store: Store, reports: Callable[[], dict[str, dict[str, Any]]]
     events = Counter("softudc_manager_events", "Events recorded, by type (Applied, Planned, Migrated, ...)",
                      ["type"], registry=registry)
     return registry, requests, events
+
+
+class LeaderMetrics:
+    """softudc_manager_leader (1 while this manager leads), softudc_manager_leader_changes_total
+    (its role changed: elected or stepped down) and softudc_manager_leaderless_seconds (how long the
+    group had no leader before this manager's latest election, as seen from it)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.leader = Gauge("softudc_manager_leader", "1 while this manager leads its group (runs the controllers)",
+                            registry=registry)
+        self.changes = Counter("softudc_manager_leader_changes", "Times this manager's role changed (elected "
+                               "leader or stepped down)", registry=registry)
+        self.leaderless = Gauge("softudc_manager_leaderless_seconds", "Seconds the group was without a leader "
+                                "before this manager's latest election, as seen from it", registry=registry)
+
+    def elected(self, leaderless_s: float) -> None:
+        self.leader.set(1)
+        self.changes.inc()
+        self.leaderless.set(round(leaderless_s, 3))
+
+    def deposed(self) -> None:
+        self.leader.set(0)
+        self.changes.inc()

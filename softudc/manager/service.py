@@ -7,17 +7,26 @@ its jobs, each in its own module, and keeps the method names the API calls.
     keys.py      VNET keys: made and rotated by the controllers, rotated on demand
     planning.py  the controllers' reconcile pass over every farm
     loop.py      the controllers' loop: a thread driven by the store's watch and a timer
+    leader.py    which manager of a group runs that loop (SQLite flock, etcd lease)
     longpoll.py  each host's desired state, cached per generation, and the long polls
 
 Requests store and return; the controller loop plans (never inside a request). An apply waits,
 bounded, for the loop to have planned it, so its answer carries the status as before.
+
+Roles (docs/ha.md): every manager serves the whole API; only the group's leader runs the controller
+loop. A follower runs a StoreObserver (its long polls wake when the leader's pass changes a host's
+desired state) and its `settle()` waits for the revision the leader publishes as reconciled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import os
+import socket
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -31,11 +40,12 @@ from softudc.manager.farms import FARMS, FarmCache
 from softudc.manager.hosts import HOST_STATES as HOST_STATES  # importers find it here
 from softudc.manager.hosts import Hosts
 from softudc.manager.keys import Keys
+from softudc.manager.leader import EtcdLeadership, LeaderInfo, Leadership, SoloLeadership
 from softudc.manager.longpoll import MAX_WAIT_S as MAX_WAIT_S  # the longest long poll; importers find it here
 from softudc.manager.longpoll import LongPolls
 from softudc.manager.loop import RECONCILE_EVERY_S as RECONCILE_EVERY_S  # importers find it here
-from softudc.manager.loop import ControllerLoop
-from softudc.manager.metrics import make_registry
+from softudc.manager.loop import ControllerLoop, StoreObserver
+from softudc.manager.metrics import LeaderMetrics, make_registry
 from softudc.manager.moves import Moves
 from softudc.manager.planning import Planning
 from softudc.manager.planning import _check_vnet_ids as _check_vnet_ids  # tests reach it here
@@ -47,13 +57,17 @@ log = logging.getLogger("softudc.manager")
 
 
 class Manager(Keys, Planning, FarmOps, Hosts, Moves):
-    """The manager's state and the API's operations, independent of HTTP. The controller loop
-    (one thread, "softudc-controllers") starts with the first call that needs it, or `start()`;
-    `close()` stops it."""
+    """The manager's state and the API's operations, independent of HTTP. Its leadership starts
+    with the first call that needs it, or `start()`; while this manager leads, the controller loop
+    (one thread, "softudc-controllers") runs. Without a `leadership` it leads alone (one manager).
+    `close()` stops both and resigns (`resign=False`: as a crash would, for tests)."""
 
-    def __init__(self, state_dir: Path, store: Store | None = None) -> None:
+    def __init__(self, state_dir: Path, store: Store | None = None, *, manager_id: str | None = None,
+                 leadership: Leadership | None = None) -> None:
         self.state_dir = private_dir(state_dir)  # 0700 even when an older version made it 0755
         self.store: Store = store if store is not None else SqliteStore(state_dir / "state.db")
+        self.manager_id = manager_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.leadership: Leadership = leadership or SoloLeadership(self.manager_id)
         self.tokens = TokenStore(state_dir / "tokens.json")
         self.ca = CertificateAuthority.load(state_dir / "pki")
         self._reconcile_lock = threading.RLock()
@@ -61,25 +75,129 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         # Desired state per host, cached per reconcile generation; long polls wake only when their
         # host's etag moved (audit R11).
         self.polls = LongPolls(lambda host: self._desired(host), lambda hosts: self._desired_many(hosts))
-        # The loop marks a pass done (an apply waiting for it answers) before it lets long polls go.
-        self.controllers = ControllerLoop(self.store, lambda: self.reconcile(wake=False), RECONCILE_EVERY_S,
-                                          after=self.polls.new_generation)
+        self.controllers = self._new_controllers()  # started when this manager is elected
+        self.observer = StoreObserver(self.store, self.polls.new_generation)  # runs while it follows
+        self._role_lock = threading.Lock()
+        self._started = self._closed = False
         self._compacted_at = 0.0
         self.registry, self.requests, self.events = make_registry(self.store, self.reports, self.polls.waiting)
+        self.leader_metrics = LeaderMetrics(self.registry)
         self._addresses: dict[str, str] = {}  # host -> where its reports come from (migration URIs, R20)
 
+    def _new_controllers(self) -> ControllerLoop:
+        # The loop marks a pass done (an apply waiting for it answers) before it lets long polls go;
+        # it asks the leadership before each pass and publishes what it has reconciled.
+        return ControllerLoop(self.store, lambda: self.reconcile(wake=False), RECONCILE_EVERY_S,
+                              after=self.polls.new_generation, may_run=self.leadership.is_leader,
+                              on_mark=self.leadership.publish)
+
     def start(self) -> None:
-        """Start the controller loop (once; every call that stores something for it calls this)."""
-        self.controllers.start()
+        """Join the group (once; every call that stores something for the controllers calls this):
+        the leadership campaigns, the follower's watch runs until this manager is elected."""
+        with self._role_lock:
+            if self._started or self._closed:
+                return
+            self._started = True
+            if not isinstance(self.leadership, SoloLeadership):
+                self.observer.start()
+        self.leadership.start(self._elected, self._deposed)
+
+    def _elected(self, term: int, leaderless_s: float) -> None:
+        with self._role_lock:
+            if self._closed:
+                return
+            self.observer.stop(timeout=0)
+            self.controllers = self._new_controllers()  # a stopped loop does not start again
+            self.controllers.start()
+        self.leader_metrics.elected(leaderless_s)
+        if not isinstance(self.leadership, SoloLeadership):
+            self._event_safely("Leader", f"{self.manager_id} became leader (term {term}, after {leaderless_s:.1f} s "
+                                         "without one)")
+
+    def _deposed(self, reason: str) -> None:
+        self.controllers.stop(timeout=0)  # a pass in progress finishes; the loop asks before the next
+        self.leader_metrics.deposed()
+        with self._role_lock:
+            if not self._closed:
+                self.observer = StoreObserver(self.store, self.polls.new_generation)
+                self.observer.start()
+        self._event_safely("SteppedDown", f"{self.manager_id} stepped down: {reason}")
+
+    def _event_safely(self, type_: str, message: str) -> None:
+        """A leadership event; the store may be what failed (a leader cut from etcd): logged then."""
+        try:
+            self._event("manager", self.manager_id, type_, message)
+        except Exception as e:
+            log.warning("%s (not recorded as an event: %s)", message, e)
 
     def settle(self, timeout: float = 10.0) -> bool:
         """Wait until the controller loop has looked at everything stored before this call (and
-        planned what was news); False after `timeout`. An apply's answer and tests use it."""
-        return self.controllers.settle(timeout)
+        planned what was news); False after `timeout`. An apply's answer and tests use it. On a
+        follower: until the leader has published a `reconciled` at least the store's revision."""
+        self.start()
+        if self.leadership.is_leader():
+            return self.controllers.settle(timeout)
+        target, deadline = self.store.revision(), time.monotonic() + timeout
+        while True:
+            if self.leadership.is_leader():  # elected meanwhile
+                return self.controllers.settle(max(deadline - time.monotonic(), 0.0))
+            info = self._leader_info()
+            if info is not None and info.reconciled >= target:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
-    def close(self) -> None:
-        """Stop the controller loop (within a second when it is idle)."""
+    def _leader_info(self) -> LeaderInfo | None:
+        try:
+            return self.leadership.leader()
+        except Exception as e:  # etcd unreachable: no leader known from here
+            log.warning("cannot read the leader's record: %s", e)
+            return None
+
+    def close(self, resign: bool = True) -> None:
+        """Stop the controller loop (within a second when it is idle) and the follower's watch,
+        then leave the group: resign (another manager leads at once) or, `resign=False`, drop the
+        leadership as a crash would (tests of fail-over)."""
+        with self._role_lock:
+            self._closed = True
         self.controllers.stop()
+        self.observer.stop()
+        if resign:
+            self.leadership.resign()
+        else:
+            self.leadership.close()
+        close_hosts = getattr(self, "close_hosts", None)  # the heartbeats not yet written (hosts.py)
+        if resign and close_hosts is not None:
+            close_hosts()
+
+    def manager_status(self) -> dict[str, Any]:
+        """`softudc manager status`: this manager and its role, the leader, the members seen, the
+        store's health and the lag (the store's revision less the leader's published reconciled)."""
+        info = self._leader_info()
+        revision = self.store.revision()
+        try:
+            members = self.leadership.members()
+        except Exception as e:
+            log.warning("cannot list the managers: %s", e)
+            members = []
+        for member in members:
+            member["role"] = "leader" if info is not None and member.get("id") == info.id else "follower"
+        return {"id": self.manager_id, "url": self.leadership.url,
+                "role": "leader" if self.leadership.is_leader() else "follower",
+                "leader": dataclasses.asdict(info) if info else None, "members": members,
+                "store": self._store_health(), "revision": revision,
+                "lag": max(revision - info.reconciled, 0) if info else None}
+
+    def _store_health(self) -> dict[str, Any]:
+        if isinstance(self.leadership, EtcdLeadership):
+            rows = self.leadership.client.status()
+            return {"backend": "etcd", "healthy": sum(r["ok"] for r in rows) * 2 > len(rows), "endpoints": rows}
+        if isinstance(self.store, SqliteStore):
+            files = [self.store.path + suffix for suffix in ("", "-wal")]
+            return {"backend": "sqlite", "healthy": True, "path": self.store.path,
+                    "size": sum(os.path.getsize(f) for f in files if os.path.exists(f))}
+        return {"backend": type(self.store).__name__, "healthy": True}
 
     def _event(self, kind: str, name: str, type_: str, message: str) -> None:
         self.store.event(kind, name, type_, message)

@@ -1,0 +1,477 @@
+"""Leadership of a group of managers: one leader runs the controllers' loop, every manager serves
+the API (requests only store, so a follower needs no forwarding).
+
+    SoloLeadership   one manager alone (tests, an embedded manager): leader from its start
+    FileLeadership   managers sharing one SQLite file: an flock on `<state.db>.leader`
+    EtcdLeadership   managers on an etcd cluster: the key `<prefix>/leader`, held with a lease
+
+Each runs a thread ("softudc-leader") that campaigns while this manager follows and keeps the
+leadership while it leads, and calls back `elected(term, leaderless_s)` and `deposed(reason)`.
+The leader publishes `reconciled` (the store revision its loop has looked at everything up to), so
+a follower's `settle()` can wait for the leader to have seen a write. Every manager also shows
+itself as a member (id, url, last_seen) for `softudc manager status`.
+
+etcd: a leader renews its lease every ttl/4; if it has not renewed for ttl-1 s it steps down (a
+watchdog thread, so an etcd call that hangs cannot delay it) before the lease can expire and
+another manager campaign. Its own writes of the leader key compare the key's create revision, so
+a stale leader can never overwrite a new one's key. `resign()` revokes the lease: a planned stop
+hands over at once. `close()` without resigning is what a crash does (the lease runs out).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from softudc.atomicfile import write_atomic
+from softudc.etcd.client import EtcdClient, EtcdError, cmp_create, cmp_mod, op_put
+
+LEADER_TTL_S = 3  # etcd: the leader key's lease
+FILE_RETRY_S = 0.5  # SQLite: a follower tries the lock this often (and anyone after an error)
+WATCH_S = 1.0  # etcd: a follower watches the leader key this long, then looks again
+PUBLISH_GAP_S = 0.05  # the leader writes `reconciled` at most this often (coalesced)
+MEMBER_EVERY_S = 3.0  # each manager refreshes its member entry this often
+MEMBER_GONE_S = 15.0  # a member not refreshed for this long is not listed
+log = logging.getLogger("softudc.manager.leader")
+
+Elected = Callable[[int, float], None]  # term, seconds the group was without a leader (as seen here)
+Deposed = Callable[[str], None]  # why this manager stopped leading
+
+
+@dataclass(frozen=True)
+class LeaderInfo:
+    """What the leader publishes: who it is, where its API is, since when, its term and the
+    revision its controllers have looked at everything up to."""
+
+    id: str
+    url: str
+    since: float
+    term: int
+    reconciled: int
+
+    def dump(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @staticmethod
+    def load(data: bytes) -> LeaderInfo | None:
+        """The info in `data`, or None when it is not one (a half-written or foreign value)."""
+        try:
+            d = json.loads(data)
+            return LeaderInfo(str(d["id"]), str(d["url"]), float(d["since"]), int(d["term"]), int(d["reconciled"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class Leadership(Protocol):
+    """What the Manager needs of a leadership (module docstring)."""
+
+    id: str
+    url: str
+    backend: str
+
+    def start(self, elected: Elected, deposed: Deposed) -> None: ...
+    def is_leader(self) -> bool: ...
+    def leader(self) -> LeaderInfo | None: ...
+    def publish(self, reconciled: int) -> None: ...
+    def members(self) -> list[dict[str, Any]]: ...
+    def resign(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class SoloLeadership:
+    """One manager alone: it leads from `start()` (synchronously) until it is closed."""
+
+    backend = "solo"
+
+    def __init__(self, id: str, url: str = "") -> None:
+        self.id, self.url = id, url
+        self._since = 0.0
+        self._reconciled = -1
+        self._leading = False
+
+    def start(self, elected: Elected, deposed: Deposed) -> None:
+        if not self._leading:
+            self._leading, self._since = True, time.time()
+            elected(1, 0.0)
+
+    def is_leader(self) -> bool:
+        return self._leading
+
+    def leader(self) -> LeaderInfo | None:
+        return LeaderInfo(self.id, self.url, self._since, 1, self._reconciled) if self._leading else None
+
+    def publish(self, reconciled: int) -> None:
+        self._reconciled = max(self._reconciled, reconciled)
+
+    def members(self) -> list[dict[str, Any]]:
+        return [{"id": self.id, "url": self.url, "last_seen": time.time()}]
+
+    def resign(self) -> None:
+        self._leading = False
+
+    def close(self) -> None:
+        self._leading = False
+
+
+class _Campaign:
+    """The thread shared by the file and etcd leaderships: campaign while following, keep the
+    leadership while leading; the callbacks; the published `reconciled`; the watchdog."""
+
+    backend = ""
+    keep_every_s = 0.5  # the leader's loop: renewals, publishing, member refresh
+
+    def __init__(self, id: str, url: str) -> None:
+        self.id, self.url = id, url
+        self._elected: Elected = lambda term, gap: None
+        self._deposed: Deposed = lambda reason: None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._leading = False
+        self._deadline = float("inf")  # monotonic: past it, this leader has not renewed in time
+        self._since = 0.0
+        self._term = 0
+        self._reconciled = -1
+        self._published = -1
+        self._last_seen_leader = time.monotonic()  # when a leader was last seen alive (or we started)
+        self._member_at = 0.0
+
+    # -- the Manager's side
+
+    def start(self, elected: Elected, deposed: Deposed) -> None:
+        with self._lock:
+            if self._threads or self._stop.is_set():
+                return
+            self._elected, self._deposed = elected, deposed
+            self._threads = [threading.Thread(target=self._run, name="softudc-leader", daemon=True),
+                             threading.Thread(target=self._watchdog, name="softudc-leader-watchdog", daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def is_leader(self) -> bool:
+        return self._leading and time.monotonic() < self._deadline
+
+    def publish(self, reconciled: int) -> None:
+        """The leader's loop has looked at everything up to `reconciled`: written out by the
+        leadership's thread (coalesced: only the latest value is written)."""
+        with self._lock:
+            if reconciled > self._reconciled:
+                self._reconciled = reconciled
+                self._wake.set()
+
+    def resign(self) -> None:
+        """A planned stop: step down and let another manager lead at once."""
+        self._halt()
+        if self._step_down("it resigned (a planned stop)"):
+            self._release()
+        self._leave()
+
+    def close(self) -> None:
+        """Stop without resigning: what a crash does (the lock is dropped with its descriptor; an
+        etcd lease runs out after its TTL)."""
+        self._halt()
+        self._step_down("it was closed without resigning")
+        self._abandon()
+
+    # -- the thread
+
+    def _halt(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                if self._leading:
+                    self._keep_leading()
+                else:
+                    self._campaign()
+                self._refresh_member()
+            except Exception as e:  # a store that fails now and then must not end the campaign
+                log.warning("leadership (%s): %s; trying again in %.1f s", self.backend, e, FILE_RETRY_S)
+                self._stop.wait(FILE_RETRY_S)
+
+    def _keep_leading(self) -> None:
+        """One round of the leader's loop: renew, publish, then wait for the next round."""
+        renewed = self._renew()
+        if not renewed:
+            self._step_down(self._lost_reason)
+            self._release()
+            return
+        with self._lock:
+            value = self._reconciled
+        if value != self._published and self._leading:
+            if not self._write_info(self._info(value)):
+                self._step_down("another manager holds the leader key")
+                self._release()
+                return
+            self._published = value
+            self._stop.wait(PUBLISH_GAP_S)
+        self._wake.wait(self.keep_every_s)
+        self._wake.clear()
+
+    def _watchdog(self) -> None:
+        """Step down as soon as the leadership was not renewed in time, whatever the main thread
+        is stuck in (an etcd call that hangs while a follower's lease clock runs)."""
+        while not self._stop.wait(0.1):
+            if self._leading and time.monotonic() >= self._deadline:
+                self._step_down(f"it could not renew its leadership for {self._renew_window():.0f} s "
+                                "(the store is unreachable from it); it stops before its lease can expire")
+
+    def _become(self, term: int) -> None:
+        gap = max(time.monotonic() - self._last_seen_leader, 0.0)
+        with self._lock:
+            self._leading, self._term, self._since = True, term, time.time()
+            self._published = self._reconciled
+        log.info("%s became leader (term %d, after %.1f s without one)", self.id, term, gap)
+        self._elected(term, gap)
+
+    def _step_down(self, reason: str) -> bool:
+        """Stop leading (once); the Manager stops its controllers. True when it was leading."""
+        with self._lock:
+            if not self._leading:
+                return False
+            self._leading, self._deadline = False, float("inf")
+        self._last_seen_leader = time.monotonic()
+        log.warning("%s stepped down: %s", self.id, reason)
+        self._deposed(reason)
+        return True
+
+    def _info(self, reconciled: int) -> LeaderInfo:
+        return LeaderInfo(self.id, self.url, self._since, self._term, reconciled)
+
+    def _refresh_member(self) -> None:
+        if time.monotonic() - self._member_at >= MEMBER_EVERY_S:
+            self._member_at = time.monotonic()
+            self._write_member({"id": self.id, "url": self.url, "last_seen": time.time()})
+
+    # -- what a backend provides
+
+    _lost_reason = "its leadership was lost"
+
+    def _renew_window(self) -> float:
+        return 0.0
+
+    def _campaign(self) -> None:
+        raise NotImplementedError
+
+    def _renew(self) -> bool:
+        raise NotImplementedError
+
+    def _write_info(self, info: LeaderInfo) -> bool:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Give the leadership up (after stepping down)."""
+
+    def _abandon(self) -> None:
+        """Drop what is held without giving it up cleanly (close())."""
+
+    def _leave(self) -> None:
+        """Remove this manager's member entry (a planned stop)."""
+
+    def _write_member(self, member: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class FileLeadership(_Campaign):
+    """Managers sharing one SQLite file: whoever holds an flock on `<db>.leader` leads (the kernel
+    drops it when the process dies); followers try every FILE_RETRY_S. The leader's info is in
+    `<db>.leader.json`, each member's in `<db>.managers/<id>.json` (all written atomically)."""
+
+    backend = "sqlite"
+
+    def __init__(self, db: Path, id: str, url: str = "") -> None:
+        super().__init__(id, url)
+        self.db = Path(db)
+        self.lock_path = Path(f"{db}.leader")
+        self.info_path = Path(f"{db}.leader.json")
+        self.members_dir = Path(f"{db}.managers")
+        self._fd: int | None = None
+
+    def _campaign(self) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            self._last_seen_leader = time.monotonic()
+            self._stop.wait(FILE_RETRY_S)
+            return
+        self._fd = fd
+        old = self._read_info()
+        self._term = (old.term if old else 0) + 1
+        self._since = time.time()
+        self._write_info(self._info(self._reconciled))
+        self._become(self._term)
+
+    def _renew(self) -> bool:
+        return self._fd is not None
+
+    def _write_info(self, info: LeaderInfo) -> bool:
+        write_atomic(self.info_path, info.dump(), 0o600)
+        return True
+
+    def _read_info(self) -> LeaderInfo | None:
+        try:
+            return LeaderInfo.load(self.info_path.read_bytes())
+        except OSError:
+            return None
+
+    def leader(self) -> LeaderInfo | None:
+        """The leader's info; None when nobody holds the lock (a crashed leader's file is stale)."""
+        if self.is_leader():
+            return self._info(self._reconciled)
+        if not self._lock_held():
+            return None
+        return self._read_info()
+
+    def _lock_held(self) -> bool:
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # a shared lock we took goes with it
+        return False
+
+    def _release(self) -> None:
+        with contextlib.suppress(OSError):
+            self.info_path.unlink()  # before the unlock: never the next leader's file
+        self._abandon()
+
+    def _abandon(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _write_member(self, member: dict[str, Any]) -> None:
+        self.members_dir.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.members_dir / f"{self.id}.json", json.dumps(member).encode(), 0o600)
+
+    def _leave(self) -> None:
+        with contextlib.suppress(OSError):
+            (self.members_dir / f"{self.id}.json").unlink()
+
+    def members(self) -> list[dict[str, Any]]:
+        seen = []
+        for f in sorted(self.members_dir.glob("*.json")) if self.members_dir.is_dir() else []:
+            with contextlib.suppress(OSError, ValueError):
+                m = json.loads(f.read_text())
+                if isinstance(m, dict) and time.time() - float(m.get("last_seen", 0)) < MEMBER_GONE_S:
+                    seen.append(m)
+        return seen
+
+
+class EtcdLeadership(_Campaign):
+    """Managers on etcd: whoever created `<prefix>/leader` (with its lease) leads; the term is
+    counted in `<prefix>/leaderterm`, members are `<prefix>/managers/<id>` (each on its own lease).
+    Give it a client with a short timeout (about 1 s): its calls bound how soon a follower sees the
+    key gone."""
+
+    backend = "etcd"
+
+    def __init__(self, client: EtcdClient, prefix: str, id: str, url: str = "", ttl: int = LEADER_TTL_S) -> None:
+        super().__init__(id, url)
+        self.client, self.ttl = client, ttl
+        self.key = f"{prefix}/leader".encode()
+        self.term_key = f"{prefix}/leaderterm".encode()
+        self.members_prefix = f"{prefix}/managers/".encode()
+        self.keep_every_s = ttl / 4
+        self._lease = 0  # the leader key's lease, while this manager holds (or just held) it
+        self._created = 0  # the leader key's create revision: this leader's writes compare it
+        self._member_lease = 0
+        self._lost_reason = f"its lease ran out (not renewed within {ttl} s)"
+
+    def _renew_window(self) -> float:
+        return float(self.ttl - 1)
+
+    def _campaign(self) -> None:
+        if self._lease:  # stepped down while holding it: let the others campaign at once
+            self._release()
+        rev, kvs, _ = self.client.range(self.key)
+        if kvs:
+            self._last_seen_leader = time.monotonic()
+            self.client.watch(self.key, start_revision=rev + 1, timeout=WATCH_S)  # returns when it goes
+            return
+        _, terms, _ = self.client.range(self.term_key)
+        term = int(terms[0].value or b"0") + 1 if terms else 1
+        t0 = time.monotonic()
+        lease = self.client.lease_grant(self.ttl)
+        self._since, self._term = time.time(), term
+        won, rev, _ = self.client.txn(
+            [cmp_create(self.key, "EQUAL", 0), cmp_mod(self.term_key, "EQUAL", terms[0].mod_revision if terms else 0)],
+            [op_put(self.key, self._info(self._reconciled).dump(), lease), op_put(self.term_key, str(term).encode())])
+        if not won:  # another manager was quicker
+            self._lease = lease
+            self._release()
+            return
+        self._lease, self._created = lease, rev
+        self._deadline = t0 + self.ttl - 1  # counted from before the grant: on the safe side
+        self._become(term)
+
+    def _renew(self) -> bool:
+        t0 = time.monotonic()
+        if self.client.lease_keepalive(self._lease) <= 0:
+            return False
+        with self._lock:
+            if self._leading:
+                self._deadline = t0 + self.ttl - 1
+        return True
+
+    def _write_info(self, info: LeaderInfo) -> bool:
+        won, _, _ = self.client.txn([cmp_create(self.key, "EQUAL", self._created)],
+                                    [op_put(self.key, info.dump(), self._lease)])
+        return won
+
+    def leader(self) -> LeaderInfo | None:
+        if self.is_leader():
+            return self._info(self._reconciled)
+        kvs = self.client.range(self.key)[1]
+        return LeaderInfo.load(kvs[0].value) if kvs else None
+
+    def _release(self) -> None:
+        lease, self._lease = self._lease, 0
+        if lease:
+            with contextlib.suppress(EtcdError):  # unreachable: the lease runs out on its own
+                self.client.lease_revoke(lease)
+
+    def _abandon(self) -> None:
+        self._lease = self._member_lease = 0
+
+    def _write_member(self, member: dict[str, Any]) -> None:
+        if not self._member_lease or self.client.lease_keepalive(self._member_lease) <= 0:
+            self._member_lease = self.client.lease_grant(int(MEMBER_GONE_S))
+        self.client.put(self.members_prefix + self.id.encode(), json.dumps(member).encode(), self._member_lease)
+
+    def _leave(self) -> None:
+        lease, self._member_lease = self._member_lease, 0
+        if lease:
+            with contextlib.suppress(EtcdError):
+                self.client.lease_revoke(lease)
+
+    def members(self) -> list[dict[str, Any]]:
+        seen = []
+        for kv in self.client.range(self.members_prefix, prefix=True)[1]:
+            with contextlib.suppress(ValueError):
+                m = json.loads(kv.value)
+                if isinstance(m, dict):
+                    seen.append(m)
+        return seen
