@@ -2,10 +2,17 @@
 gatekeeper's certificate, its reports, the states an admin sets, removal, and each host's state
 as placement goes by it. A mixin of the Manager. Writes here only store: the controller loop
 (softudc/manager/loop.py) reconciles what they change.
+
+A report that says what the stored one says (all but `reported`), while that one is younger than
+REFRESH_S and no migration is under way, is not written: it is a heartbeat in this manager's book
+(heartbeats.py), flushed about once a second; `reports()` merges every manager's heartbeats. Each
+report and long poll reads the host from StoredHosts (reports.py), kept current from the store's
+changes, instead of reading the store.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -13,11 +20,14 @@ from softudc.manager.auth import Principal
 from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
 from softudc.manager.farms import Usage
-from softudc.manager.reports import report_problems, visible_to
+from softudc.manager.heartbeats import KIND as HEARTBEAT
+from softudc.manager.heartbeats import HeartbeatBook, default_manager_id, merge_seen
+from softudc.manager.reports import REFRESH_S, StoredHosts, report_problems, same_report, visible_to
 from softudc.manager.store import Conflict, Obj, Store
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
 
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
+_MADE = threading.Lock()  # makes each Manager's book and cache once (Hosts has no __init__ of its own)
 
 
 class Hosts:
@@ -25,6 +35,7 @@ class Hosts:
 
     store: Store
     ca: CertificateAuthority
+    manager_id: str  # this manager among those of its group (the Manager sets it; else hostname-pid)
 
     if TYPE_CHECKING:  # provided by the Manager (or another of its mixins)
         def _event(self, kind: str, name: str, type_: str, message: str) -> None:
@@ -35,6 +46,31 @@ class Hosts:
 
         def start(self) -> None:
             ...
+
+    @property
+    def heartbeats(self) -> HeartbeatBook:
+        """This manager's heartbeat book (made at first use)."""
+        with _MADE:
+            book: HeartbeatBook | None = self.__dict__.get("_heartbeat_book")
+            if book is None:
+                book = self.__dict__["_heartbeat_book"] = HeartbeatBook(
+                    self.store, self.__dict__.get("manager_id") or default_manager_id())
+        return book
+
+    @property
+    def stored_hosts(self) -> StoredHosts:
+        """The hosts as the store holds them now (made at first use)."""
+        with _MADE:
+            hosts: StoredHosts | None = self.__dict__.get("_stored_hosts")
+            if hosts is None:
+                hosts = self.__dict__["_stored_hosts"] = StoredHosts(self.store)
+        return hosts
+
+    def close_hosts(self) -> None:
+        """At a clean stop: the heartbeats not yet written are written (the Manager's close calls it)."""
+        book: HeartbeatBook | None = self.__dict__.get("_heartbeat_book")
+        if book is not None:
+            book.close()
 
     def set_host_state(self, who: Principal, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """An admin takes a host out of placement (draining, maintenance) or back (ready). VMs
@@ -93,7 +129,10 @@ class Hosts:
             raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
         if peer_cn != name:
             raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
-        obj = self.store.get("host", name)
+        cached = self.stored_hosts.get(name)  # as the store holds it now: every report and long poll asks
+        if cached is not None and cached.spec.get("certificate") == peer_fingerprint:
+            return
+        obj = self.store.get("host", name)  # binding and refusing: from the store itself
         if obj is None:
             raise ApiError(403, f"host {name!r} is not joined to this manager (never joined, or removed); "
                                 "join it with a new token")
@@ -123,6 +162,7 @@ class Hosts:
             raise ApiError(409, f"{name} still has {len(placed)} instance(s): {', '.join(placed)}; migrate them "
                                 "away first (softudc vm migrate), or remove it anyway with force", instances=placed)
         self.store.delete("host", name)
+        self.heartbeats.forget(name)
         self._event("host", name, "Removed", f"by {who.name}: its certificate is refused from now on" +
                     (f"; instances still assigned to it: {', '.join(placed)}" if placed else ""))
         self.start()
@@ -133,7 +173,7 @@ class Hosts:
             raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
         if peer_cn != name:
             raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
-        before = self.store.get("host", name)
+        before = self.stored_hosts.get(name)
         if before is None:
             raise ApiError(404, f"host {name!r} never joined")
         problems = report_problems(body)
@@ -141,19 +181,29 @@ class Hosts:
             raise ApiError(400, f"report from {name} refused, nothing stored: " + "; ".join(problems) +
                            "; fix the gatekeeper, or bring it and this manager to versions that speak one contract "
                            "(softudc/model/hoststate.py; managers are upgraded first)")
+        now = time.time()
+        if now - float(before.status.get("reported", 0)) < REFRESH_S and same_report(before.status, body) \
+                and not self.stored_hosts.busy():  # a migration's steps count reports: each one is stored
+            self.heartbeats.seen(name, now)  # nothing new: a heartbeat, written with others about once a second
+            return {"host": name, "stored": True}
         # Stored, and that is all: the controller loop judges whether it is news (softudc/manager/loop.py).
-        self.store.set_status("host", name, {**body, "reported": time.time()})
+        self.store.set_status("host", name, {**body, "reported": now})
         self.start()
         return {"host": name, "stored": True}
 
     def reports(self) -> dict[str, dict[str, Any]]:
         """Each host's last report with the state placement goes by: the one an admin set
-        (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S."""
+        (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S.
+        `reported` is the newest of the stored report's and the heartbeats' (every manager's
+        flushed ones and this one's book): the host said that, again, then."""
         now = time.time()
+        seen = merge_seen(self.store.objects(HEARTBEAT), now, self.heartbeats.times())
         out = {}
         for o in self.store.objects("host"):
             state = o.spec.get("state", "ready")
-            if now - float(o.status.get("reported", 0)) > HOST_DOWN_AFTER_S:
+            status = o.status
+            at = max(float(status.get("reported", 0)), seen.get(o.name, 0.0))
+            if now - at > HOST_DOWN_AFTER_S:
                 state = "down"
-            out[o.name] = {**o.status, "state": state}
+            out[o.name] = {**status, **({"reported": at} if "reported" in status else {}), "state": state}
         return out

@@ -1,14 +1,18 @@
 """What a gatekeeper's report may hold and who may see which part of it: every field and nested
 value checked against the contract (softudc/model/hoststate.py HostReport) before anything is
 stored (one broken host must not break planning for every farm, audit R10), and an allow-list of
-what a non-admin sees, filtered by farm (R24)."""
+what a non-admin sees, filtered by farm (R24). StoredHosts: each host's stored report as the
+store holds it now, which a new report is compared with (a report that says nothing new is a
+heartbeat, softudc/manager/heartbeats.py)."""
 
 from __future__ import annotations
 
 import ipaddress
+import threading
 from typing import Any
 
 from softudc.manager.auth import Principal
+from softudc.manager.store import Obj, Store
 from softudc.model.hoststate import HostReport, problems_of, split_vm_name
 
 
@@ -49,3 +53,91 @@ def visible_to(who: Principal, report: dict[str, Any]) -> dict[str, Any]:
     out.update({k: [v for v in report.get(k, []) if mine(v)] for k in VM_LISTS})
     out.update({k: {vm: v for vm, v in report.get(k, {}).items() if mine(vm)} for k in VM_MAPS})
     return out
+
+
+# --- each host's stored report, as the store holds it now ------------------------------------------
+
+REFRESH_S = 20.0  # a report that says nothing new is still stored when the stored one is this old
+# (below HOST_DOWN_AFTER_S less a report period: the loop takes a gap over that for a host back up)
+MAX_BEHIND = 1000  # revisions; further behind, StoredHosts reads everything again (tombstones are
+# compacted TOMBSTONES_KEPT revisions after a delete: a deleted host must not stay in the cache)
+
+
+def same_report(status: dict[str, Any], body: dict[str, Any]) -> bool:
+    """Whether a report says exactly what a stored status says (all of it but `reported`)."""
+    return len(status) - ("reported" in status) == len(body) and \
+        all(k != "reported" and status.get(k, _ABSENT) == v for k, v in body.items())
+
+
+_ABSENT = object()
+
+
+def _migrating(farm: Obj) -> bool:
+    return any(isinstance(i, dict) and i.get("migrating") for i in farm.status.get("instances", []))
+
+
+class StoredHosts:
+    """Each host object as the store holds it now, and whether a migration is under way, kept by
+    reading the store's changes since the last look: one `revision()` per look when nothing was
+    written, a `changes()` when something was. Fed by the store, never by guesses: a host that
+    reported to another manager meanwhile, was removed or joined again is seen at the next look."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()
+        self._hosts: dict[str, Obj] = {}
+        self._migrating: set[str] = set()  # farms with an instance on the move
+        self._revision = -1  # everything up to this revision is in
+        self.loads = 0  # full reads (a metric; tests count them)
+
+    def get(self, name: str) -> Obj | None:
+        """The host object as stored now (None: not joined, or removed)."""
+        self.refresh()
+        with self._lock:
+            return self._hosts.get(name)
+
+    def busy(self) -> bool:
+        """Whether a migration is under way (a farm's status has an instance `migrating`), as of
+        the last look."""
+        with self._lock:
+            return bool(self._migrating)
+
+    def refresh(self) -> None:
+        """Bring the cache to the store's current revision."""
+        with self._lock:
+            now = self.store.revision()
+            if now == self._revision:
+                return
+            if self._revision < 0 or now - self._revision > MAX_BEHIND:
+                self._load(now)
+                return
+            try:
+                changes = self.store.changes(self._revision)
+            except Exception:  # whatever the store could not answer: read it all
+                self._load(now)
+                return
+            for o in changes:
+                self._apply(o)
+            self._revision = max([now, *(o.revision for o in changes)])
+
+    def _load(self, now: int) -> None:
+        """Everything read again (the lock held); objects written meanwhile come again as changes."""
+        self._hosts = {o.name: o for o in self.store.objects("host")}
+        self._migrating = {o.name for o in self.store.objects("farm") if _migrating(o)}
+        self._revision = now
+        self.loads += 1
+
+    def _apply(self, o: Obj) -> None:
+        if o.kind == "host":
+            old = self._hosts.get(o.name)
+            if old is not None and old.revision > o.revision:
+                return
+            if o.deleted:
+                self._hosts.pop(o.name, None)
+            else:
+                self._hosts[o.name] = o
+        elif o.kind == "farm":
+            if _migrating(o) and not o.deleted:
+                self._migrating.add(o.name)
+            else:
+                self._migrating.discard(o.name)

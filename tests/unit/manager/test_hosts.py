@@ -1,0 +1,119 @@
+"""Host reports at scale (decision 5): a report that says nothing new is a heartbeat, not a write;
+what changed, a stale stored report or a migration under way is written as before; the cache it
+is compared with follows the store (another manager's write, a re-join) and never hides a change."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from softudc.manager.controller import HOST_DOWN_AFTER_S
+from softudc.manager.errors import ApiError
+from softudc.manager.heartbeats import KIND, heartbeat_times
+from softudc.manager.reports import REFRESH_S
+from softudc.manager.service import Manager, init
+from tests.unit.manager.test_loop import FakeStore
+
+REPORT = {"vcpus": 64, "memory_mib": 65536, "running": []}
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[Manager, FakeStore]]:
+    init(tmp_path, ["127.0.0.1"])
+    store = FakeStore()
+    m = Manager(tmp_path, store=store)
+    m.manager_id = "m1"
+    store.put("host", "h1", {"joined": time.time(), "certificate": "f1"})
+    yield m, store
+    m.close()
+    m.close_hosts()
+
+
+def host_writes(store: FakeStore, since: int) -> list[str]:
+    return [op for op, kind, _, _ in store.writes[since:] if kind == "host"]
+
+
+def test_a_report_with_nothing_new_is_a_heartbeat(world: tuple[Manager, FakeStore]) -> None:
+    m, store = world
+    m.host_status("h1", "h1", REPORT)
+    first = store.get("host", "h1")
+    assert first is not None and first.status["vcpus"] == 64
+    n = len(store.writes)
+    for _ in range(5):
+        assert m.host_status("h1", "h1", REPORT) == {"host": "h1", "stored": True}
+    assert host_writes(store, n) == []  # no write per report
+    assert m.reports()["h1"]["reported"] > first.status["reported"]  # yet the host is seen now
+    m.close_hosts()  # a clean stop writes the book
+    assert heartbeat_times(store.get(KIND, "m1"))["h1"] == pytest.approx(m.reports()["h1"]["reported"], abs=0.01)
+
+
+def test_a_report_that_says_something_new_is_written(world: tuple[Manager, FakeStore]) -> None:
+    m, store = world
+    m.host_status("h1", "h1", REPORT)
+    n = len(store.writes)
+    m.host_status("h1", "h1", {**REPORT, "running": ["x--a-0"]})
+    m.host_status("h1", "h1", {**REPORT, "running": ["x--a-0"], "errors": ["boom"]})
+    m.host_status("h1", "h1", {"vcpus": 64, "memory_mib": 65536})  # a field gone is news too
+    assert host_writes(store, n) == ["status"] * 3
+
+
+def test_a_stored_report_older_than_the_refresh_interval_is_written_again(
+        world: tuple[Manager, FakeStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    m, store = world
+    m.host_status("h1", "h1", REPORT)
+    n, now = len(store.writes), time.time()
+    monkeypatch.setattr("softudc.manager.hosts.time.time", lambda: now + REFRESH_S + 1)
+    m.host_status("h1", "h1", REPORT)
+    assert host_writes(store, n) == ["status"]
+
+
+def test_another_manager_s_write_is_not_hidden_by_the_cache(world: tuple[Manager, FakeStore]) -> None:
+    m, store = world
+    m.host_status("h1", "h1", REPORT)
+    # meanwhile the host reported something else to another manager of the group
+    store.set_status("host", "h1", {**REPORT, "running": ["x--a-0"], "reported": time.time()})
+    n = len(store.writes)
+    m.host_status("h1", "h1", REPORT)  # what this manager's cache had: must still be written
+    obj = store.get("host", "h1")
+    assert host_writes(store, n) == ["status"] and obj is not None and obj.status["running"] == []
+
+
+def test_every_report_is_written_while_a_migration_is_under_way(
+        world: tuple[Manager, FakeStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    m, store = world
+    monkeypatch.setattr(m.stored_hosts, "busy", lambda: True)
+    m.host_status("h1", "h1", REPORT)
+    n = len(store.writes)
+    m.host_status("h1", "h1", REPORT)
+    m.host_status("h1", "h1", REPORT)
+    assert host_writes(store, n) == ["status"] * 2  # a migration's steps count reports (R12)
+
+
+def test_authentication_follows_the_store(world: tuple[Manager, FakeStore]) -> None:
+    m, store = world
+    m.authenticate_host("h1", "h1", "f1")
+    obj = store.get("host", "h1")
+    assert obj is not None
+    store.put("host", "h1", {**obj.spec, "certificate": "f2"})  # joined again, through another manager
+    with pytest.raises(ApiError, match="superseded"):
+        m.authenticate_host("h1", "h1", "f1")
+    m.authenticate_host("h1", "h1", "f2")
+    store.delete("host", "h1")
+    with pytest.raises(ApiError, match="not joined"):
+        m.authenticate_host("h1", "h1", "f2")
+    with pytest.raises(ApiError, match="never joined"):
+        m.host_status("h1", "h1", REPORT)
+
+
+def test_a_host_silent_too_long_is_down_even_with_old_heartbeats(
+        world: tuple[Manager, FakeStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    m, _ = world
+    m.host_status("h1", "h1", REPORT)
+    m.host_status("h1", "h1", REPORT)
+    later: Any = time.time() + HOST_DOWN_AFTER_S + 1
+    monkeypatch.setattr("softudc.manager.hosts.time.time", lambda: later)
+    assert m.reports()["h1"]["state"] == "down"
