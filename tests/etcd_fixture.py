@@ -1,15 +1,21 @@
 """pytest fixtures of a real etcd (`/usr/bin/etcd`): `etcd_cluster`, one member on loopback for the
 whole session, and `etcd_prefix`, a key prefix of its own for each test (tests share the member
-but never each other's keys). The member is stopped by PID at the session's end, even on failure."""
+but never each other's keys). The member is stopped by PID at the session's end, even on failure.
+`store_backend` runs a store test on SQLite and on etcd."""
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from softudc.etcd.cluster import EtcdCluster
+from softudc.manager.etcdstore import EtcdStore
+from softudc.manager.store import SqliteStore, Store
 
 
 @pytest.fixture(scope="session")
@@ -25,3 +31,51 @@ def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdClust
 def etcd_prefix() -> str:
     """A key prefix nobody else uses: `/t-<random>`."""
     return f"/t-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class StoreBackend:
+    """One backend of the store suite: `open()` a store (again: the same data), `stored_events()`
+    counts the events kept (not only those shown), `name` is "sqlite" or "etcd"."""
+
+    name: str
+    open: Callable[[], Store]
+    stored_events: Callable[[], int]
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
+    """Each store test runs on SQLite (a file of its own) and on etcd (a prefix of its own in the
+    session's member); every store opened is closed at the end."""
+    opened: list[Store] = []
+
+    def remember(store: Store) -> Store:
+        opened.append(store)
+        return store
+
+    if request.param == "sqlite":
+        path = tmp_path / "state.db"
+
+        def sqlite_events() -> int:
+            with sqlite3.connect(path) as db:
+                return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+        backend = StoreBackend("sqlite", lambda: remember(SqliteStore(path)), sqlite_events)
+    else:
+        cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
+        prefix = f"/t-{uuid.uuid4().hex[:12]}"
+
+        def etcd_events() -> int:
+            client = cluster.client()
+            try:
+                return client.range(f"{prefix}/ev/".encode(), prefix=True, count_only=True)[2]
+            finally:
+                client.close()
+
+        backend = StoreBackend("etcd", lambda: remember(EtcdStore(cluster.client(), prefix, owns_client=True)),
+                               etcd_events)
+    try:
+        yield backend
+    finally:
+        for store in opened:
+            store.close()

@@ -130,13 +130,16 @@ def op_delete(key: bytes, prefix: bool = False, range_end: bytes | None = None) 
     return {"request_delete_range": body}
 
 
-def op_range(key: bytes, prefix: bool = False, range_end: bytes | None = None, limit: int = 0) -> dict[str, Any]:
+def op_range(key: bytes, prefix: bool = False, range_end: bytes | None = None, limit: int = 0,
+             count_only: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"key": b64(key)}
     end = prefix_end(key) if prefix else range_end
     if end is not None:
         body["range_end"] = b64(end)
     if limit:
         body["limit"] = str(limit)
+    if count_only:
+        body["count_only"] = True
     return {"request_range": body}
 
 

@@ -58,7 +58,9 @@ class Obj:
 
 
 class Store(Protocol):
-    """What the manager needs of its store; SqliteStore is one, an etcd store (issue 11) another."""
+    """What the manager needs of its store; SqliteStore is one, EtcdStore (etcdstore.py) another.
+    `put_event` records an event at a given time and `kinds` lists the kinds with a live object:
+    backups (backup.py) need them."""
 
     def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int: ...
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int: ...
@@ -69,6 +71,8 @@ class Store(Protocol):
     def watch(self, since: int, timeout: float) -> list[Obj]: ...
     def revision(self) -> int: ...
     def event(self, kind: str, name: str, type_: str, message: str) -> None: ...
+    def put_event(self, kind: str, name: str, type_: str, message: str, at: float) -> None: ...
+    def kinds(self) -> list[str]: ...
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
     def compact(self, before: int) -> int: ...
     def close(self) -> None: ...
@@ -194,10 +198,19 @@ class SqliteStore:
         """The latest revision; the caller holds the lock."""
         return int(self._db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()[0])
 
+    def kinds(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT kind FROM objects WHERE deleted=0 ORDER BY kind").fetchall()
+        return [r[0] for r in rows]
+
     def event(self, kind: str, name: str, type_: str, message: str) -> None:
+        self.put_event(kind, name, type_, message, time.time())
+
+    def put_event(self, kind: str, name: str, type_: str, message: str, at: float) -> None:
+        """Record an event at time `at` (restores keep the original times); keeps MAX_EVENTS per object."""
         with self._tx() as db:
             db.execute("INSERT INTO events (time, kind, name, type, message) VALUES (?, ?, ?, ?, ?)",
-                       (time.time(), kind, name, type_, message))
+                       (at, kind, name, type_, message))
             # Retention: keep the object's latest MAX_EVENTS (an index range, cheap per insert).
             oldest_dropped = db.execute("SELECT id FROM events WHERE kind=? AND name=? ORDER BY id DESC LIMIT 1 "
                                         "OFFSET ?", (kind, name, MAX_EVENTS)).fetchone()

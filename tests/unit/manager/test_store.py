@@ -1,15 +1,17 @@
+"""The store's contract, run on both backends (SqliteStore and EtcdStore, see tests/etcd_fixture.py)."""
+
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pytest
 
-from softudc.manager.store import Conflict, SqliteStore
+from softudc.manager.store import Conflict
+from tests.etcd_fixture import StoreBackend
 
 
-def test_revisions_compare_and_swap_and_watch(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_revisions_compare_and_swap_and_watch(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     r1 = s.put("farm", "shop", {"vms": 2})
     r2 = s.put("farm", "blog", {"vms": 1})
     assert r2 > r1 and s.revision() == r2
@@ -25,21 +27,21 @@ def test_revisions_compare_and_swap_and_watch(tmp_path: Path) -> None:
     assert r4 > r3
 
 
-def test_nothing_is_lost_across_a_restart(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_nothing_is_lost_across_a_restart(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     s.put("farm", "shop", {"vms": 2})
     s.set_status("farm", "shop", {"conditions": {"Placed": True}})
     s.event("farm", "shop", "Applied", "2 VMs planned")
     s.close()
-    again = SqliteStore(tmp_path / "state.db")
+    again = store_backend.open()
     obj = again.get("farm", "shop")
     assert obj and obj.spec == {"vms": 2} and obj.status["conditions"]["Placed"] is True
     assert [e["message"] for e in again.events("farm", "shop")] == ["2 VMs planned"]
     assert again.revision() == obj.revision
 
 
-def test_concurrent_writers_get_distinct_revisions(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_concurrent_writers_get_distinct_revisions(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     revs: list[int] = []
 
     def write(i: int) -> None:
@@ -55,32 +57,32 @@ def test_concurrent_writers_get_distinct_revisions(tmp_path: Path) -> None:
     assert len(s.objects("vm")) == 80
 
 
-def test_missing_objects_are_reported(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_missing_objects_are_reported(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     with pytest.raises(KeyError):
         s.delete("farm", "nope")
     with pytest.raises(KeyError):
         s.set_status("farm", "nope", {})
 
 
-def test_watch_returns_at_once_what_changed_after_since(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_watch_returns_at_once_what_changed_after_since(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     r1 = s.put("farm", "shop", {"vms": 2})
     r2 = s.put("host", "h1", {})
     assert [(o.kind, o.revision) for o in s.watch(r1, timeout=60)] == [("host", r2)]  # no wait: it is there
     assert [o.name for o in s.watch(0, timeout=60)] == ["shop", "h1"]
 
 
-def test_watch_times_out_empty_and_an_event_is_not_a_change(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_watch_times_out_empty_and_an_event_is_not_a_change(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     rev = s.put("farm", "shop", {})
     s.event("farm", "shop", "Applied", "by test")  # the log is not the objects: no revision, no wake
     assert s.watch(rev, timeout=0.05) == []
     assert s.watch(rev, timeout=-1) == []  # a deadline already past asks, and does not wait
 
 
-def test_watch_wakes_on_a_write_from_another_thread(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_watch_wakes_on_a_write_from_another_thread(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     rev = s.put("farm", "shop", {})
     writer = threading.Timer(0.05, lambda: s.delete("farm", "shop"))
     writer.start()
@@ -89,8 +91,70 @@ def test_watch_wakes_on_a_write_from_another_thread(tmp_path: Path) -> None:
     assert [(o.name, o.deleted) for o in got] == [("shop", True)]
 
 
-def test_watch_sees_another_connection_s_write_by_reading_the_file(tmp_path: Path) -> None:
-    s, other = SqliteStore(tmp_path / "state.db"), SqliteStore(tmp_path / "state.db")
+def test_watch_sees_another_connection_s_write_by_reading_the_file(store_backend: StoreBackend) -> None:
+    s, other = store_backend.open(), store_backend.open()
     rev = s.revision()
     other.put("farm", "shop", {})  # no notification crosses connections: the watch reads the revision
     assert [o.name for o in s.watch(rev, timeout=0.05)] == ["shop"]
+
+
+def test_writers_of_one_object_all_land_without_expect(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    s.put("farm", "shop", {})
+    others = [store_backend.open() for _ in range(3)]
+
+    def write(store: object, i: int) -> None:
+        for j in range(5):
+            store.set_status("farm", "shop", {"by": i, "n": j})  # type: ignore[attr-defined]
+
+    threads = [threading.Thread(target=write, args=(o, i)) for i, o in enumerate(others)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    obj = s.get("farm", "shop")
+    assert obj is not None and obj.status["n"] == 4 and obj.revision == s.revision()
+    assert len(s.changes(0)) == 1
+
+
+def test_names_are_opaque_text(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    for name in ("a/b", "a", "a%2Fb", "ü-ß", "a b"):
+        s.put("farm", name, {"n": name})
+        s.event("farm", name, "Applied", name)
+    assert [o.name for o in s.objects("farm")] == sorted(["a/b", "a", "a%2Fb", "ü-ß", "a b"])
+    assert s.get("farm", "a/b").spec == {"n": "a/b"}  # type: ignore[union-attr]
+    assert [e["message"] for e in s.events("farm", "a")] == ["a"]
+    assert [e["message"] for e in s.events(name="a/b")] == ["a/b"]
+    assert s.objects("far") == [] and s.events("far") == []
+
+
+def test_a_tombstone_is_absent_for_compare_and_swap(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    r1 = s.put("farm", "x", {})
+    with pytest.raises(Conflict):
+        s.delete("farm", "x", expect=r1 + 1000)
+    s.delete("farm", "x", expect=r1)
+    with pytest.raises(KeyError):
+        s.delete("farm", "x")
+    with pytest.raises(Conflict, match="at revision 0"):
+        s.put("farm", "x", {}, expect=r1)
+    assert s.put("farm", "x", {"again": True}, expect=0) == s.revision()
+
+
+def test_kinds_lists_the_kinds_with_a_live_object(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    assert s.kinds() == []
+    s.put("host", "h1", {})
+    s.put("farm", "f", {})
+    s.put("vm", "gone", {})
+    s.delete("vm", "gone")
+    assert s.kinds() == ["farm", "host"]
+
+
+def test_an_event_put_at_a_time_keeps_it(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    s.put_event("farm", "f", "Applied", "restored", 1234.5)
+    s.event("farm", "f", "Planned", "now")
+    got = s.events("farm", "f")
+    assert (got[0]["time"], got[0]["type"]) == (1234.5, "Applied") and got[1]["time"] > 1234.5

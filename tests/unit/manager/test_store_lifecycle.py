@@ -3,16 +3,14 @@ R6, R28), the event log is bounded per object, and tombstones are compacted with
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 import softudc.manager.store as store_module
-from softudc.manager.store import SqliteStore
+from tests.etcd_fixture import StoreBackend
 
 
-def test_r6_a_deleted_farm_written_again_starts_with_an_empty_status(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_r6_a_deleted_farm_written_again_starts_with_an_empty_status(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     s.put("farm", "x", {"descriptor": "1"})
     s.set_status("farm", "x", {"vnet_ids": {"v": 2}, "instances": [{"name": "a-0", "host": "h1"}]})
     s.delete("farm", "x")
@@ -25,8 +23,9 @@ def test_r6_a_deleted_farm_written_again_starts_with_an_empty_status(tmp_path: P
     assert s.get("farm", "x").status == {"vnet_ids": {"w": 3}}  # type: ignore[union-attr]
 
 
-def test_r28_the_events_of_a_deleted_farm_are_not_shown_to_the_next_owner_of_the_name(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_r28_the_events_of_a_deleted_farm_are_not_shown_to_the_next_owner_of_the_name(
+        store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     s.put("farm", "x", {})
     s.event("farm", "x", "Applied", "by alice: secret plans")
     s.event("farm", "y", "Applied", "by bob")
@@ -37,20 +36,20 @@ def test_r28_the_events_of_a_deleted_farm_are_not_shown_to_the_next_owner_of_the
     assert [e["message"] for e in s.events("farm", "y")] == ["by bob"]  # others' events stay
 
 
-def test_r28_events_are_kept_per_object_up_to_a_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_r28_events_are_kept_per_object_up_to_a_limit(store_backend: StoreBackend,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "MAX_EVENTS", 5)
-    s = SqliteStore(tmp_path / "state.db")
+    s = store_backend.open()
     for i in range(12):
         s.event("farm", "x", "Planned", f"x{i}")
         s.event("farm", "y", "Planned", f"y{i}")
     assert [e["message"] for e in s.events("farm", "x", limit=100)] == [f"x{i}" for i in range(7, 12)]
     assert len(s.events(limit=100)) == 10
-    rows = s._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
-    assert rows == 10  # dropped from the table, not only from the answer
+    assert store_backend.stored_events() == 10  # dropped from the table, not only from the answer
 
 
-def test_r28_old_tombstones_are_compacted_with_their_events(tmp_path: Path) -> None:
-    s = SqliteStore(tmp_path / "state.db")
+def test_r28_old_tombstones_are_compacted_with_their_events(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
     s.put("farm", "old", {})
     s.event("farm", "old", "Applied", "a")
     s.delete("farm", "old")

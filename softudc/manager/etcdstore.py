@@ -1,0 +1,223 @@
+"""The manager's store in etcd (issue 11): what SqliteStore does, shared by several managers.
+
+Layout under the prefix (default `/softudc`; kinds and names are percent-encoded in keys):
+
+    <prefix>/obj/<kind>/<name>        JSON {"spec", "status", "deleted"}; its revision is the key's
+                                      etcd mod_revision
+    <prefix>/revision                 written in the same txn as every object write: its
+                                      mod_revision is `revision()`, so events, the leader key and
+                                      anything else written under the prefix do not count
+    <prefix>/ev/<kind>/<name>/<seq>   one event, JSON {"time", "type", "message"}; ordered by the
+                                      key's create_revision (seq only makes the key unique)
+
+The semantics are SqliteStore's (read its docstrings): compare-and-swap by txn on the object key's
+mod_revision (expect 0: absent or a tombstone); updates without `expect` are read-modify-write
+txns retried on contention; a tombstone written again is a new object (empty status, its events
+dropped in the same txn); `changes(since)` reads the current keys (min_mod_revision), so a
+compacted etcd history never loses a change; `watch` waits on etcd's watch of the object prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import quote, unquote
+
+from softudc.etcd.client import KV, EtcdClient, EtcdCompacted, cmp_mod, op_delete, op_put, op_range
+from softudc.manager import store as store_module
+from softudc.manager.store import Conflict, Obj
+
+DEFAULT_PREFIX = "/softudc"
+TXN_CHUNK = 100  # keys deleted per txn (etcd's --max-txn-ops defaults to 128)
+
+
+def _seg(text: str) -> str:
+    return quote(text, safe="")
+
+
+class EtcdStore:
+    """Store over an EtcdClient; `close()` closes the client only if `owns_client`."""
+
+    def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX, owns_client: bool = False) -> None:
+        if not prefix.startswith("/") or prefix.endswith("/"):
+            raise ValueError(f"etcd store prefix {prefix!r} must start with / and not end with one, like /softudc")
+        self.client = client
+        self.prefix = prefix
+        self._owns = owns_client
+        self._obj = f"{prefix}/obj/".encode()
+        self._ev = f"{prefix}/ev/".encode()
+        self._rev = f"{prefix}/revision".encode()
+
+    def close(self) -> None:
+        if self._owns:
+            self.client.close()
+
+    # -- keys and values ------------------------------------------------------------------------
+
+    def _key(self, kind: str, name: str) -> bytes:
+        return self._obj + f"{_seg(kind)}/{_seg(name)}".encode()
+
+    def _events_prefix(self, kind: str | None = None, name: str | None = None) -> bytes:
+        if kind is None:
+            return self._ev
+        return self._ev + (f"{_seg(kind)}/" + (f"{_seg(name)}/" if name is not None else "")).encode()
+
+    def _decode(self, kv: KV) -> Obj:
+        kind, name = kv.key[len(self._obj):].decode().split("/")
+        try:
+            doc = json.loads(kv.value)
+            return Obj(unquote(kind), unquote(name), kv.mod_revision, doc["spec"], doc["status"], bool(doc["deleted"]))
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"etcd key {kv.key.decode(errors='replace')} is not a SoftUDC object ({e}): was it "
+                             "written by something else? Restore it from a backup or delete it") from e
+
+    @staticmethod
+    def _encode(spec: dict[str, Any], status: dict[str, Any], deleted: bool = False) -> bytes:
+        return json.dumps({"spec": spec, "status": status, "deleted": deleted}, sort_keys=True).encode()
+
+    def _read(self, kind: str, name: str) -> tuple[KV | None, Obj | None]:
+        kv = self.client.get(self._key(kind, name))
+        return kv, (self._decode(kv) if kv is not None else None)
+
+    @staticmethod
+    def _current(obj: Obj | None) -> int:
+        return 0 if obj is None or obj.deleted else obj.revision
+
+    def _check(self, kind: str, name: str, obj: Obj | None, expect: int | None) -> None:
+        if expect is not None and self._current(obj) != expect:
+            raise Conflict(f"{kind}/{name} is at revision {self._current(obj)}, not {expect}; read it again")
+
+    def _write(self, kind: str, name: str, kv: KV | None, value: bytes, extra: list[dict[str, Any]]) -> int | None:
+        """Put the object (and the revision key) if it is still at the revision read; None if not."""
+        key = self._key(kind, name)
+        ok, rev, _ = self.client.txn([cmp_mod(key, "EQUAL", kv.mod_revision if kv else 0)],
+                                     [op_put(key, value), op_put(self._rev, b""), *extra])
+        return rev if ok else None
+
+    # -- objects --------------------------------------------------------------------------------
+
+    def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int:
+        """Create or update; a tombstone written again is a new object: empty status, no events."""
+        while True:
+            kv, obj = self._read(kind, name)
+            self._check(kind, name, obj, expect)
+            fresh = obj is None or obj.deleted
+            status = {} if obj is None or obj.deleted else obj.status
+            drop = [op_delete(self._events_prefix(kind, name), prefix=True)] if fresh else []
+            rev = self._write(kind, name, kv, self._encode(spec, status), drop)
+            if rev is not None:
+                return rev
+
+    def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int:
+        while True:
+            kv, obj = self._read(kind, name)
+            if obj is None or obj.deleted:
+                raise KeyError(f"{kind}/{name} does not exist")
+            rev = self._write(kind, name, kv, self._encode(obj.spec, status), [])
+            if rev is not None:
+                return rev
+
+    def delete(self, kind: str, name: str, expect: int | None = None) -> int:
+        while True:
+            kv, obj = self._read(kind, name)
+            self._check(kind, name, obj, expect)
+            if obj is None or obj.deleted:
+                raise KeyError(f"{kind}/{name} does not exist")
+            rev = self._write(kind, name, kv, self._encode(obj.spec, obj.status, deleted=True), [])
+            if rev is not None:
+                return rev
+
+    def get(self, kind: str, name: str) -> Obj | None:
+        obj = self._read(kind, name)[1]
+        return obj if obj is not None and not obj.deleted else None
+
+    def objects(self, kind: str) -> list[Obj]:
+        kvs = self.client.range(self._obj + f"{_seg(kind)}/".encode(), prefix=True)[1]
+        return sorted((o for o in map(self._decode, kvs) if not o.deleted), key=lambda o: o.name)
+
+    def kinds(self) -> list[str]:
+        """Every kind with a live object, sorted (backups walk them)."""
+        kvs = self.client.range(self._obj, prefix=True)[1]
+        return sorted({o.kind for o in map(self._decode, kvs) if not o.deleted})
+
+    def changes(self, since: int) -> list[Obj]:
+        """Objects written (or deleted) after revision `since`, oldest first: a watch by polling."""
+        return self._changes(since)[1]
+
+    def _changes(self, since: int) -> tuple[int, list[Obj]]:
+        header, kvs, _ = self.client.range(self._obj, prefix=True, min_mod_revision=since + 1,
+                                           sort_target="MOD", sort_order="ASCEND")
+        return header, [self._decode(kv) for kv in kvs]
+
+    def watch(self, since: int, timeout: float) -> list[Obj]:
+        """What `changes(since)` returns, as soon as there is something: waits up to `timeout`
+        seconds for a write of any manager (etcd's watch), then returns [] if there was none."""
+        header, changed = self._changes(since)
+        if changed or timeout <= 0:
+            return changed
+        # Nothing after `since` up to `header`: only what comes after it can wake us. A compacted
+        # history is no loss: changes() reads the current keys, not history.
+        with contextlib.suppress(EtcdCompacted):
+            self.client.watch(self._obj, prefix=True, start_revision=max(since, header) + 1, timeout=timeout)
+        return self.changes(since)
+
+    def revision(self) -> int:
+        kv = self.client.get(self._rev)
+        return kv.mod_revision if kv is not None else 0
+
+    def compact(self, before: int) -> int:
+        """Drop tombstones written at or before revision `before`, with their events. Returns how
+        many were dropped (a tombstone written again meanwhile is kept: it is an object again)."""
+        dropped = 0
+        for kv in self.client.range(self._obj, prefix=True)[1]:
+            obj = self._decode(kv)
+            if not obj.deleted or obj.revision > before:
+                continue
+            ok, _, _ = self.client.txn([cmp_mod(kv.key, "EQUAL", kv.mod_revision)],
+                                       [op_delete(kv.key), op_delete(self._events_prefix(obj.kind, obj.name),
+                                                                     prefix=True)])
+            dropped += ok
+        return dropped
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def event(self, kind: str, name: str, type_: str, message: str) -> None:
+        self.put_event(kind, name, type_, message, time.time())
+
+    def put_event(self, kind: str, name: str, type_: str, message: str, at: float) -> None:
+        """Record an event at time `at` (restores keep the original times); keeps MAX_EVENTS per object."""
+        prefix = self._events_prefix(kind, name)
+        key = prefix + f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}".encode()
+        value = json.dumps({"time": at, "type": type_, "message": message}).encode()
+        _, _, responses = self.client.txn([], [op_put(key, value), op_range(prefix, prefix=True, count_only=True)])
+        over = responses[1]["response_range"]["count"] - store_module.MAX_EVENTS
+        if over > 0:
+            self._drop_oldest(prefix, over)
+
+    def _drop_oldest(self, prefix: bytes, n: int) -> None:
+        kvs = self.client.range(prefix, prefix=True, keys_only=True, sort_target="CREATE", sort_order="ASCEND",
+                                limit=n)[1]
+        for i in range(0, len(kvs), TXN_CHUNK):
+            self.client.txn([], [op_delete(kv.key) for kv in kvs[i:i + TXN_CHUNK]])
+
+    def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest `limit` events, oldest first; of one kind and object when given."""
+        if limit <= 0:
+            return []
+        by_name_only = kind is None and name is not None
+        kvs = self.client.range(self._events_prefix(kind, name), prefix=True, sort_target="CREATE",
+                                sort_order="DESCEND", limit=0 if by_name_only else limit)[1]
+        rows = [self._event(kv) for kv in kvs]
+        if by_name_only:
+            rows = [r for r in rows if r["name"] == name][:limit]
+        return list(reversed(rows))
+
+    def _event(self, kv: KV) -> dict[str, Any]:
+        kind, name, _ = kv.key[len(self._ev):].decode().split("/")
+        doc = json.loads(kv.value)
+        return {"time": doc["time"], "kind": unquote(kind), "name": unquote(name), "type": doc["type"],
+                "message": doc["message"]}
+

@@ -1,0 +1,77 @@
+"""What only the etcd backend has to get right: the revision counts object writes only, watches
+see other managers' writes at once and survive a compacted history, the layout under the prefix."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from softudc.etcd.client import EtcdClient
+from softudc.etcd.cluster import EtcdCluster
+from softudc.manager.etcdstore import EtcdStore
+
+
+@pytest.fixture
+def client(etcd_cluster: EtcdCluster) -> Iterator[EtcdClient]:
+    c = etcd_cluster.client()
+    yield c
+    c.close()
+
+
+def test_the_revision_is_the_latest_object_write_only(client: EtcdClient, etcd_prefix: str) -> None:
+    s = EtcdStore(client, etcd_prefix)
+    assert s.revision() == 0
+    rev = s.put("farm", "shop", {})
+    s.event("farm", "shop", "Applied", "by test")
+    client.put(f"{etcd_prefix}/leader".encode(), b"{}")  # the leader key, not an object
+    assert s.revision() == rev and s.changes(rev) == [] and s.watch(rev, timeout=0.1) == []
+    assert client.get(f"{etcd_prefix}/obj/farm/shop".encode()).mod_revision == rev  # type: ignore[union-attr]
+
+
+def test_a_watch_wakes_on_another_manager_s_write(etcd_cluster: EtcdCluster, etcd_prefix: str) -> None:
+    a = EtcdStore(etcd_cluster.client(), etcd_prefix, owns_client=True)
+    b = EtcdStore(etcd_cluster.client(), etcd_prefix, owns_client=True)
+    try:
+        rev = a.put("farm", "shop", {})
+        timer = threading.Timer(0.2, lambda: b.set_status("farm", "shop", {"by": "b"}))
+        start = time.monotonic()
+        timer.start()
+        got = a.watch(rev, timeout=30)
+        timer.join()
+        assert [o.status for o in got] == [{"by": "b"}] and time.monotonic() - start < 10
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_watch_from_before_the_compacted_history_still_gets_the_changes(client: EtcdClient,
+                                                                          etcd_prefix: str) -> None:
+    s = EtcdStore(client, etcd_prefix)
+    first = s.put("farm", "a", {})
+    for i in range(5):
+        s.set_status("farm", "a", {"i": i})
+    client.compact(client.range(b"/")[0])
+    assert [o.status for o in s.watch(first, timeout=5)] == [{"i": 4}]
+    rev = s.revision()
+    timer = threading.Timer(0.2, lambda: s.put("farm", "b", {}))
+    timer.start()
+    got = s.watch(rev, timeout=30)
+    timer.join()
+    assert [o.name for o in got] == ["b"]
+
+
+def test_a_prefix_must_be_a_path(client: EtcdClient) -> None:
+    for bad in ("softudc", "/softudc/", ""):
+        with pytest.raises(ValueError, match="must start with /"):
+            EtcdStore(client, bad)
+
+
+def test_garbage_under_the_prefix_is_named(client: EtcdClient, etcd_prefix: str) -> None:
+    s = EtcdStore(client, etcd_prefix)
+    client.put(f"{etcd_prefix}/obj/farm/bad".encode(), b"not json")
+    with pytest.raises(ValueError, match=f"{etcd_prefix}/obj/farm/bad is not a SoftUDC object"):
+        s.objects("farm")
+
