@@ -122,7 +122,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def connect(a: argparse.Namespace) -> Api:
     if a.lab:
         lab = load_lab(a.lab, a.state_dir)
-        if not lab.manager_pid:
+        if not (lab.manager_pid or lab.managers):
             raise LabError(f"lab {a.lab} has no manager (start it with `softudc lab up {a.lab} --vms --manager`)")
         return LabApi(lab)
     local = Path(a.state_dir or default_state_dir()) / "manager"

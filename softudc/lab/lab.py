@@ -24,8 +24,9 @@ from pathlib import Path
 
 from softudc.lab import shell
 from softudc.lab.accel import probe_accel
+from softudc.lab.ha import ETCD_ADDRS, start_etcd, start_managers
 from softudc.lab.libvirt import libvirt_uri, migration_uri, start_libvirtd
-from softudc.lab.manager import MANAGER_ADDR, join_host, start_manager
+from softudc.lab.manager import MANAGER_ADDR, MANAGER_PORT, join_host, manager_addresses, start_manager
 from softudc.lab.shell import ip, link, set_sysctl
 from softudc.lab.state import (
     NAME_RE,
@@ -117,17 +118,27 @@ def _start_daemons(lab: Lab, progress: bool) -> None:
     if spec.vms:
         _start_libvirtds(lab, progress)
     if spec.manager:
-        lab.manager_pid, _ = start_manager(lab)
-        _say(progress, f"manager on https://{MANAGER_ADDR}:8443 (management network)")
-        for host in lab.hosts:
-            lab.manager_files[host.name] = join_host(lab, host)
-            _say(progress, f"{host.name} joined the manager")
+        _start_managers(lab, progress)
     lab.save()
     if spec.gatekeepers:
         for host in lab.hosts:
             _say(progress, f"gatekeeper on {host.name} ({host.underlay_ip})")
             start_gatekeeper(lab, host)
         lab.save()
+
+
+def _start_managers(lab: Lab, progress: bool) -> None:
+    """The manager (HA: an etcd cluster and two managers), every host joined to it."""
+    if lab.spec.ha:
+        _say(progress, f"etcd cluster of 3 on {', '.join(ETCD_ADDRS)} (management network)")
+        start_etcd(lab)
+        start_managers(lab, lambda msg: _say(progress, msg))
+    else:
+        lab.manager_pid, _ = start_manager(lab)
+        _say(progress, f"manager on https://{MANAGER_ADDR}:8443 (management network)")
+    for host in lab.hosts:
+        lab.manager_files[host.name] = join_host(lab, host)
+        _say(progress, f"{host.name} joined the manager")
 
 
 def _start_libvirtds(lab: Lab, progress: bool) -> None:
@@ -188,7 +199,7 @@ def gatekeeper_config(lab: Lab, host: Host) -> str:
         f = lab.manager_files[host.name]
         manager = f"""
 [manager]
-url = "https://10.99.0.1:8443"
+url = "{','.join(f'https://{a}:{MANAGER_PORT}' for a in manager_addresses(lab))}"
 ca = "{f['ca']}"
 cert = "{f['cert']}"
 key = "{f['key']}"
@@ -283,17 +294,20 @@ def lab_down(name: str, state_dir: str | None = None) -> list[str]:
     prefix = f"{PREFIX}{name}-"
     removed = []
     pids: set[int] = set()
+    first: list[int] = []  # HA managers, before the etcd they resign on
     with contextlib.suppress(LabError, KeyError, TypeError, ValueError):
         old = load_lab(name, state_dir)
+        first = [m.pid for m in old.managers if m.pid]
         pids.update(h.pid for h in old.hosts if h.pid)
         pids.update(v.pid for v in old.vnetds if v.pid)
         pids.update(h.libvirtd_pid for h in old.hosts if h.libvirtd_pid)
         if old.manager_pid:
             pids.add(old.manager_pid)
+        pids.update(m.pid for m in old.etcd if m.pid)
     namespaces = [ns for ns in shell.netns_list() if ns.startswith(prefix)]
     for ns in namespaces:
         pids.update(shell.netns_pids(ns))
-    for pid in sorted(pids):
+    for pid in first + sorted(pids - set(first)):
         shell.stop_pid(pid)
     for ns in namespaces:
         shell.run(["ip", "netns", "del", ns], check=False)
@@ -312,4 +326,11 @@ def lab_status(name: str, state_dir: str | None = None) -> dict[str, object]:
             "segment": h.segment, "underlay": h.underlay_ip, "mgmt": h.mgmt_ip,
             "gatekeeper_pid": h.pid, "gatekeeper_alive": bool(h.pid and shell.pid_alive(h.pid)),
         })
-    return {"lab": name, "hosts": hosts, "endpoints": [dataclasses.asdict(e) for e in lab.endpoints.values()]}
+    status: dict[str, object] = {"lab": name, "hosts": hosts,
+                                 "endpoints": [dataclasses.asdict(e) for e in lab.endpoints.values()]}
+    if lab.managers:  # HA: each manager and etcd member, and whether its process runs
+        status["managers"] = [{**dataclasses.asdict(m), "alive": bool(m.pid and shell.pid_alive(m.pid))}
+                              for m in lab.managers]
+        status["etcd"] = [{**dataclasses.asdict(m), "alive": bool(m.pid and shell.pid_alive(m.pid))}
+                          for m in lab.etcd]
+    return status

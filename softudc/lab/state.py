@@ -41,6 +41,7 @@ class LabSpec:
     vnetd_peering: str = "mesh"
     vms: bool = False
     manager: bool = False
+    ha: bool = False  # with manager: 2 managers on a 3-member etcd cluster in the management namespace
     guest_dir: str | None = None  # default: build/guest of this checkout, or $SOFTUDC_GUEST_DIR
 
     def validate(self) -> None:
@@ -58,6 +59,8 @@ class LabSpec:
             raise LabError(f"flood: {self.flood!r}, expected 'multicast' or 'members'")
         if self.vnetd_peering not in ("mesh", "chain"):
             raise LabError(f"vnetd_peering: {self.vnetd_peering!r}, expected 'mesh' or 'chain'")
+        if self.ha and not self.manager:
+            raise LabError("ha: several managers need the manager; add --manager (softudc lab up NAME --manager --ha)")
 
 
 @dataclass
@@ -97,6 +100,26 @@ class VnetdInfo:
 
 
 @dataclass
+class ManagerProc:
+    """One manager of an HA lab: its id, the address it listens on (management network), its PID."""
+
+    id: str
+    address: str
+    pid: int | None = None
+
+
+@dataclass
+class EtcdMemberInfo:
+    """One member of an HA lab's etcd cluster (management namespace)."""
+
+    name: str
+    host: str
+    client_port: int
+    peer_port: int
+    pid: int | None = None
+
+
+@dataclass
 class Lab:
     spec: LabSpec
     state_dir: str
@@ -107,6 +130,9 @@ class Lab:
     accel: str = "qemu"
     manager_pid: int | None = None
     manager_files: dict[str, dict[str, str]] = field(default_factory=dict)  # host -> ca, cert, key
+    managers: list[ManagerProc] = field(default_factory=list)  # HA: every manager (manager_pid: the first's)
+    etcd: list[EtcdMemberInfo] = field(default_factory=list)  # HA: the store's members
+    etcd_token: str = ""
 
     @property
     def prefix(self) -> str:
@@ -163,6 +189,9 @@ def load_lab(name: str, state_dir: str | None = None) -> Lab:
     lab.accel = raw.get("accel", "qemu")
     lab.manager_pid = raw.get("manager_pid")
     lab.manager_files = raw.get("manager_files", {})
+    lab.managers = [ManagerProc(**m) for m in raw.get("managers", [])]
+    lab.etcd = [EtcdMemberInfo(**m) for m in raw.get("etcd", [])]
+    lab.etcd_token = raw.get("etcd_token", "")
     return lab
 
 

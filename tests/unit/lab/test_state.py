@@ -7,7 +7,17 @@ from pathlib import Path
 import pytest
 
 from softudc.cli.errors import CliError
-from softudc.lab.state import Endpoint, Host, Lab, LabError, LabSpec, VnetdInfo, load_lab
+from softudc.lab.state import (
+    Endpoint,
+    EtcdMemberInfo,
+    Host,
+    Lab,
+    LabError,
+    LabSpec,
+    ManagerProc,
+    VnetdInfo,
+    load_lab,
+)
 
 
 @pytest.mark.parametrize(("spec", "message"), [
@@ -18,6 +28,7 @@ from softudc.lab.state import Endpoint, Host, Lab, LabError, LabSpec, VnetdInfo,
     (LabSpec("a", transport="tcp"), "expected 'udp' or 'raw'"),
     (LabSpec("a", flood="all"), "expected 'multicast' or 'members'"),
     (LabSpec("a", vnetd_peering="star"), "expected 'mesh' or 'chain'"),
+    (LabSpec("a", ha=True), r"several managers need the manager; add --manager"),
 ])
 def test_a_bad_spec_is_refused_with_what_is_wrong(spec: LabSpec, message: str) -> None:
     with pytest.raises(LabError, match=message):
@@ -31,6 +42,12 @@ def test_a_saved_lab_loads_back_equal(tmp_path: Path) -> None:
     lab.endpoints = {"c1": Endpoint("c1", "sudc-t1-c1", "h1", 5, "10.0.0.1", "52:54:00:00:00:01", "c1h")}
     lab.vnetds = [VnetdInfo(0, "sudc-t1-v0", "10.100.0.5", "v.sock", "v.toml", "v.log")]
     lab.manager_files = {"h1": {"ca": "ca.crt", "cert": "h1.crt", "key": "h1.key"}}
+    lab.save()
+    assert load_lab("t1", str(tmp_path)) == lab
+    lab.spec.manager = lab.spec.ha = True  # an HA lab: its managers and etcd members too
+    lab.managers = [ManagerProc("m1", "10.99.0.1", 7), ManagerProc("m2", "10.99.0.2")]
+    lab.etcd = [EtcdMemberInfo(f"etcd{i}", f"10.99.0.{5 + i}", 2379, 2380, 20 + i) for i in range(3)]
+    lab.etcd_token = "softudc-abc"
     lab.save()
     assert load_lab("t1", str(tmp_path)) == lab
     assert (tmp_path / "labs" / "t1" / "lab.json").exists() and not (tmp_path / "labs" / "t1" / "lab.json.tmp").exists()
