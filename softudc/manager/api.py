@@ -51,6 +51,7 @@ from softudc.manager.apimodels import (
     HostSummary,
     Joined,
     JoinRequest,
+    ManagerStatus,
     MigrateAnswer,
     MigrateRequest,
     PlanAnswer,
@@ -201,11 +202,19 @@ def rotate_keys(m: Mgr, who: Who, name: FarmName, body: Annotated[RotateRequest 
 
 @router.get("/v1/events", summary="The event log (admins: all; others: their farms'), oldest first",
             response_model=list[dict[str, Any]], responses=errors(400, 401, 403, 404))
-def list_events(m: Mgr, who: Who, kind: Literal["farm", "host"] | None = None,
+def list_events(m: Mgr, who: Who, kind: Literal["farm", "host", "manager"] | None = None,
                 name: Annotated[str | None, Query(max_length=60)] = None,
                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Any:
     query = {"limit": str(limit)} | ({"kind": kind} if kind else {}) | ({"name": name} if name is not None else {})
     return m.list_events(who, query)
+
+
+# --- the managers ---------------------------------------------------------------------------------
+
+@router.get("/v1/manager/status", summary="This manager, the group's leader and members, the store's health",
+            response_model=ManagerStatus, responses=errors(401))
+def manager_status(m: Mgr, who: Who) -> Any:
+    return m.manager_status()
 
 
 # --- hosts ----------------------------------------------------------------------------------------

@@ -121,6 +121,42 @@ class ReportStored(_Answer):
     stored: bool
 
 
+class LeaderRecord(_Answer):
+    id: str = Field(description="the leading manager's id (`softudc manager --id`)")
+    url: str = Field(description="its API (`--advertise`)")
+    since: float = Field(description="when it became leader (Unix time)")
+    term: int = Field(description="elections so far in this group")
+    reconciled: int = Field(description="the store revision its controllers have looked at everything up to")
+
+
+class ManagerMember(_Answer):
+    id: str
+    url: str
+    last_seen: float = Field(description="when it last refreshed its entry (Unix time)")
+    role: Literal["leader", "follower"]
+
+
+class StoreHealth(_Answer):
+    backend: str = Field(description="sqlite or etcd")
+    healthy: bool = Field(description="sqlite: always; etcd: a majority of its endpoints answer")
+    path: str | None = Field(None, description="sqlite: the database file")
+    size: int | None = Field(None, description="sqlite: bytes of the database and its write-ahead log")
+    endpoints: list[dict[str, Any]] | None = Field(None, description="etcd: each endpoint's status (ok, leader, "
+                                                                   "raft_term, raft_index, db_size, error)")
+
+
+class ManagerStatus(_Answer):
+    id: str = Field(description="the manager that answered")
+    url: str
+    role: Literal["leader", "follower"]
+    leader: LeaderRecord | None = Field(description="none while the group elects one")
+    members: list[ManagerMember] = Field(description="the managers of the group seen lately")
+    store: StoreHealth
+    revision: int = Field(description="the store's latest revision")
+    lag: int | None = Field(description="revision less the leader's reconciled: writes its controllers have yet "
+                                        "to look at")
+
+
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorAnswer} for code in codes}
 

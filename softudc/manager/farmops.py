@@ -138,16 +138,17 @@ class FarmOps:
                 "changes": bool(create or delete or status["unplaced"]) or changed_spec}
 
     def list_events(self, who: Principal, query: dict[str, str]) -> list[dict[str, Any]]:
-        """The event log: farms' and hosts' events, newest last; non-admins see their farms' only."""
+        """The event log: farms', hosts' and managers' (Leader, SteppedDown) events, newest last;
+        non-admins see their farms' only."""
         kind, name = query.get("kind"), query.get("name")
-        if kind not in (None, "farm", "host"):
-            raise ApiError(400, f"kind: {kind!r}, expected farm or host")
+        if kind not in (None, "farm", "host", "manager"):
+            raise ApiError(400, f"kind: {kind!r}, expected farm, host or manager")
         limit = query.get("limit", "100")
         if not limit.isdigit() or not 1 <= int(limit) <= 1000:
             raise ApiError(400, f"limit: {limit!r}, expected 1..1000")
         if who.role == "admin":
             return self.store.events(kind, name, int(limit))
-        if kind == "host":
+        if kind in ("host", "manager"):
             raise ApiError(403, f"{who.name} ({who.role}) may read the events of its farms only")
         if name is not None and not who.can_read(name):
             raise ApiError(404, f"no farm {name!r}")

@@ -26,13 +26,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from softudc.manager.heartbeats import KIND as HEARTBEAT
+from softudc.manager.heartbeats import heartbeat_is_news, heartbeat_times
 from softudc.manager.store import Obj, Store
 
 RECONCILE_EVERY_S = 10.0  # a pass runs at least this often (time-based rules) even with no news
 HOST_DOWN_AFTER_S = 30.0  # as controller.HOST_DOWN_AFTER_S: a report after this long is news
 POLL_S = 1.0  # the longest the watch waits before it looks at the stop flag (close() takes at most this)
 LOOP_KINDS = frozenset({"farm", "vnetkey", "keyepoch"})  # what a pass writes
-QUIET_KINDS = frozenset({"keyepoch", "heartbeat"})  # moves no plan and no desired state (heartbeats: see _news)
+QUIET_KINDS = frozenset({"keyepoch"})  # a counter: moves no plan and no host's desired state
 OBSERVED_KINDS = frozenset({"farm", "vnetkey", "host"})  # what a follower's long polls depend on
 log = logging.getLogger("softudc.manager.loop")
 
@@ -79,6 +81,8 @@ class ControllerLoop:
         self.reconciled = -1  # every change up to this revision has been looked at
         self.passes = 0  # reconcile passes run by the loop (a metric; tests count them)
         self._hosts: dict[str, Obj] = {}  # each host as the loop last saw it (news is judged against it)
+        self._beats: dict[str, Obj] = {}  # each manager's heartbeat object as the loop last saw it
+        self._seen: dict[str, float] = {}  # each host's newest sign of life the loop knows (report or heartbeat)
         self._busy = True  # until the first pass says otherwise
         self._own = (0, 0)  # the span of revisions of the last pass: its own writes
 
@@ -115,6 +119,12 @@ class ControllerLoop:
     def _run(self) -> None:
         since = self.store.revision()
         self._hosts = {o.name: o for o in self.store.objects("host")}
+        self._beats = {o.name: o for o in self.store.objects(HEARTBEAT)}
+        for o in self._hosts.values():
+            self._saw(o.name, o.status.get("reported"))
+        for o in self._beats.values():
+            for host, at in heartbeat_times(o).items():
+                self._saw(host, at)
         if not self._pass():
             return
         next_pass = time.monotonic() + self.every_s
@@ -147,9 +157,19 @@ class ControllerLoop:
                     self._hosts.pop(o.name, None)
                 else:
                     self._hosts[o.name] = o
+                    self._saw(o.name, o.status.get("reported"))
+            elif o.kind == HEARTBEAT:
+                news = heartbeat_is_news(self._beats.get(o.name), o, self._seen, self._busy) or news
+                self._beats[o.name] = o
+                for host, at in heartbeat_times(o).items():
+                    self._saw(host, at)
             elif not own and o.kind not in QUIET_KINDS:
                 news = True
         return news
+
+    def _saw(self, host: str, at: object) -> None:
+        if isinstance(at, int | float) and not isinstance(at, bool) and at > self._seen.get(host, 0.0):
+            self._seen[host] = float(at)
 
     def _pass(self) -> bool:
         """One reconcile pass; a failure is logged and the loop goes on (the next pass retries).

@@ -140,7 +140,8 @@ def test_the_openapi_document_lists_every_route(manager: tuple[Path, int, str]) 
     state, port, _ = manager
     status, doc = Api(state, port).call("GET", "/v1/openapi.json")
     assert status == 200 and doc["openapi"].startswith("3.")
-    routes = {"/v1/farms", "/v1/farms/{name}", "/v1/hosts", "/v1/hosts/join", "/v1/hosts/{name}/status"}
+    routes = {"/v1/farms", "/v1/farms/{name}", "/v1/hosts", "/v1/hosts/join", "/v1/hosts/{name}/status",
+              "/v1/manager/status"}
     assert routes <= set(doc["paths"])
 
 
@@ -378,3 +379,37 @@ def test_every_answer_is_counted_by_route_and_status(tmp_path: Path) -> None:
                  'softudc_manager_requests_total{route="unknown",status="404"} 1.0',
                  'softudc_manager_requests_total{route="unknown",status="413"} 1.0'):
         assert line in text, text
+
+
+def test_manager_status_from_the_leader_and_a_follower_and_the_leaders_events(tmp_path: Path) -> None:
+    from softudc.manager.leader import FileLeadership
+
+    admin = init(tmp_path, ["127.0.0.1"])
+    viewer = TokenStore(tmp_path / "tokens.json").create("v", "viewer", ["demo"])
+    managers = [Manager(tmp_path, manager_id=n, leadership=FileLeadership(tmp_path / "state.db", n, f"https://{n}"))
+                for n in ("a", "b")]
+    managers[0].start()
+    assert managers[0].settle()  # a leads (it took the lock first)
+    servers = [serve(m, "127.0.0.1", 0) for m in managers]
+    try:
+        leader, follower = (Api(tmp_path, s.server_address[1]) for s in servers)
+        assert follower.call("PUT", "/v1/farms/demo", DEMO, admin)[0] == 200  # the follower stores, a plans
+        assert follower.call("GET", "/v1/manager/status")[0] == 401
+        status, s = follower.call("GET", "/v1/manager/status", token=viewer)  # any token will do
+        assert status == 200 and s["id"] == "b" and s["role"] == "follower"
+        assert s["leader"]["id"] == "a" and s["leader"]["url"] == "https://a" and s["leader"]["term"] == 1
+        assert s["store"]["backend"] == "sqlite" and s["store"]["size"] > 0 and s["lag"] >= 0
+        assert {(m["id"], m["role"]) for m in s["members"]} == {("a", "leader"), ("b", "follower")}
+        s = leader.call("GET", "/v1/manager/status", token=admin)[1]
+        assert s["role"] == "leader" and s["lag"] == 0 and s["leader"]["reconciled"] == s["revision"]
+        events = follower.call("GET", "/v1/events?kind=manager", token=admin)[1]
+        assert [(e["name"], e["type"]) for e in events] == [("a", "Leader")]
+        assert "became leader (term 1" in events[0]["message"]
+        assert follower.call("GET", "/v1/events?kind=manager", token=viewer)[0] == 403
+        assert managers[0].registry.get_sample_value("softudc_manager_leader") == 1
+        assert managers[1].registry.get_sample_value("softudc_manager_leader") in (0, None)
+    finally:
+        for server in servers:
+            server.shutdown()
+        for m in managers:
+            m.close()
