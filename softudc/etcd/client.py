@@ -8,9 +8,11 @@ line, `{"result": ...}` or `{"error": ...}`.
 Fail-over: the client talks to one endpoint at a time and remembers the last one that answered.
 A request that could not be sent (connection refused, connect timeout) goes to the next endpoint;
 so does a read (range, status) whose endpoint failed after it was sent, or answered UNAVAILABLE
-(no leader, request timed out). A write whose endpoint failed after it was sent is not repeated
-(it may have been applied): EtcdError says its outcome is unknown, and the next call starts at the
-next endpoint. An answer `{"error": ..., "code": ...}` is an EtcdError naming the endpoint and
+(no leader, request timed out); a read goes round the endpoints again until `timeout` has passed
+(an election takes about a second). A write whose endpoint failed after it was sent is not
+repeated (it may have been applied): EtcdError says its outcome is unknown, is `retryable`, and
+the next call starts at the next endpoint; EtcdStore retries its compare-and-swap writes itself.
+An answer `{"error": ..., "code": ...}` is an EtcdError naming the endpoint and
 etcd's message. Answers are bounded (MAX_BODY): a broken or hostile endpoint cannot make us read
 without end.
 """
@@ -29,15 +31,19 @@ import httpx
 
 MAX_BODY = 256 * 1024 * 1024  # the largest answer read: a range of every object of a big farm fits
 UNAVAILABLE = 14  # gRPC code: no leader, request timed out, member stopping; another member may answer
+ROUND_PAUSE_S = 0.2  # between two rounds of every endpoint for a read
 CHECK = "check the endpoints with `etcdctl --endpoints=URLS endpoint status` and the members' logs"
 
 
 class EtcdError(RuntimeError):
     """etcd could not do it: the message names the endpoint(s), what failed and what to check."""
 
-    def __init__(self, message: str, code: int | None = None) -> None:
+    def __init__(self, message: str, code: int | None = None, retryable: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        # The cluster may do it if asked again (no leader yet, a member gone mid-request): a
+        # caller that can tell whether its write landed (a compare-and-swap) may retry.
+        self.retryable = retryable or code == UNAVAILABLE
 
 
 class EtcdCompacted(EtcdError):
@@ -204,7 +210,7 @@ class EtcdClient:
             if safe:
                 raise _Unsent(f"{endpoint}: {e or type(e).__name__}") from e
             raise EtcdError(f"etcd {endpoint}{path} failed after the request was sent ({e or type(e).__name__}): "
-                            f"its outcome is unknown, read the key again; {CHECK}") from e
+                            f"its outcome is unknown, read the key again; {CHECK}", retryable=True) from e
         answer = self._parse(data, endpoint, path)
         if "error" in answer or ("code" in answer and "message" in answer):
             code = int(answer.get("code", 0))
@@ -237,19 +243,25 @@ class EtcdClient:
         return answer
 
     def _post(self, path: str, body: dict[str, Any], safe: bool) -> dict[str, Any]:
-        failures: list[str] = []
-        for index in self._order():
-            try:
-                answer = self._post_one(self.endpoints[index], path, body, safe)
-            except _Unsent as e:
-                failures.append(str(e))
-                continue
-            except EtcdError:
-                self._remember((index + 1) % len(self.endpoints))  # next call tries another member first
-                raise
-            self._remember(index)
-            return answer
-        raise EtcdError(f"no etcd endpoint answered {path}: {'; '.join(failures)}; {CHECK}", UNAVAILABLE)
+        """Send to the endpoints in turn, and round again (an election takes about a second) until
+        `timeout` has passed since the first try, as long as no endpoint may have applied it."""
+        deadline = time.monotonic() + self.timeout
+        while True:
+            failures: list[str] = []
+            for index in self._order():
+                try:
+                    answer = self._post_one(self.endpoints[index], path, body, safe)
+                except _Unsent as e:
+                    failures.append(str(e))
+                    continue
+                except EtcdError:
+                    self._remember((index + 1) % len(self.endpoints))  # next call tries another member first
+                    raise
+                self._remember(index)
+                return answer
+            if time.monotonic() + ROUND_PAUSE_S > deadline:  # (a write here was never sent: safe to resend)
+                raise EtcdError(f"no etcd endpoint answered {path}: {'; '.join(failures)}; {CHECK}", UNAVAILABLE)
+            time.sleep(ROUND_PAUSE_S)
 
     # -- KV -------------------------------------------------------------------------------------
 

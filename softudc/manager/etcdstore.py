@@ -26,12 +26,24 @@ import uuid
 from typing import Any
 from urllib.parse import quote, unquote
 
-from softudc.etcd.client import KV, EtcdClient, EtcdCompacted, cmp_mod, op_delete, op_put, op_range
+from softudc.etcd.client import (
+    KV,
+    EtcdClient,
+    EtcdCompacted,
+    EtcdError,
+    cmp_create,
+    cmp_mod,
+    op_delete,
+    op_put,
+    op_range,
+)
 from softudc.manager import store as store_module
 from softudc.manager.store import Conflict, Obj
 
 DEFAULT_PREFIX = "/softudc"
 TXN_CHUNK = 100  # keys deleted per txn (etcd's --max-txn-ops defaults to 128)
+WRITE_RETRY_S = 15.0  # how long a write is retried while etcd cannot say (elections take ~1 s)
+RETRY_PAUSE_S = 0.1
 
 
 def _seg(text: str) -> str:
@@ -91,11 +103,26 @@ class EtcdStore:
             raise Conflict(f"{kind}/{name} is at revision {self._current(obj)}, not {expect}; read it again")
 
     def _write(self, kind: str, name: str, kv: KV | None, value: bytes, extra: list[dict[str, Any]]) -> int | None:
-        """Put the object (and the revision key) if it is still at the revision read; None if not."""
+        """Put the object (and the revision key) if it is still at the revision read; None if not.
+
+        During an election or when a member dies mid-request, etcd may not say whether the txn
+        was applied: the key tells. Still at the revision read: not applied, try again; holding
+        our value at a newer revision: applied; anything else: someone else wrote (None)."""
         key = self._key(kind, name)
-        ok, rev, _ = self.client.txn([cmp_mod(key, "EQUAL", kv.mod_revision if kv else 0)],
-                                     [op_put(key, value), op_put(self._rev, b""), *extra])
-        return rev if ok else None
+        base = kv.mod_revision if kv else 0
+        deadline = time.monotonic() + WRITE_RETRY_S
+        while True:
+            try:
+                ok, rev, _ = self.client.txn([cmp_mod(key, "EQUAL", base)],
+                                             [op_put(key, value), op_put(self._rev, b""), *extra])
+                return rev if ok else None
+            except EtcdError as e:
+                if not e.retryable or time.monotonic() > deadline:
+                    raise
+            time.sleep(RETRY_PAUSE_S)
+            now = self.client.get(key)  # a read: itself goes round the endpoints for `timeout`
+            if now is not None and now.mod_revision != base:
+                return now.mod_revision if now.value == value else None
 
     # -- objects --------------------------------------------------------------------------------
 
@@ -192,8 +219,18 @@ class EtcdStore:
         prefix = self._events_prefix(kind, name)
         key = prefix + f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}".encode()
         value = json.dumps({"time": at, "type": type_, "message": message}).encode()
-        _, _, responses = self.client.txn([], [op_put(key, value), op_range(prefix, prefix=True, count_only=True)])
-        over = responses[1]["response_range"]["count"] - store_module.MAX_EVENTS
+        count = op_range(prefix, prefix=True, count_only=True)
+        deadline = time.monotonic() + WRITE_RETRY_S
+        while True:
+            try:  # the key is new: a retry of a txn that was applied fails its compare, harmlessly
+                _, _, responses = self.client.txn([cmp_create(key, "EQUAL", 0)], [op_put(key, value), count],
+                                                  [count])
+                break
+            except EtcdError as e:
+                if not e.retryable or time.monotonic() > deadline:
+                    raise
+            time.sleep(RETRY_PAUSE_S)
+        over = responses[-1]["response_range"]["count"] - store_module.MAX_EVENTS
         if over > 0:
             self._drop_oldest(prefix, over)
 

@@ -166,3 +166,10 @@ def test_no_endpoint_answering_names_them_all() -> None:
         assert all(d in str(e.value) for d in dead) and "etcdctl" in str(e.value)
     finally:
         c.close()
+
+
+def test_an_unknown_outcome_is_retryable_a_refusal_is_not(client: EtcdClient) -> None:
+    assert EtcdError("x", 14).retryable and EtcdError("x", retryable=True).retryable
+    with pytest.raises(EtcdError) as e:
+        client.range(b"x", revision=10**12)
+    assert not e.value.retryable
