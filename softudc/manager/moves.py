@@ -16,7 +16,7 @@ from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
 from softudc.manager.farms import FARMS, Usage
 from softudc.manager.planner import Instance, move_fit
-from softudc.manager.store import Store
+from softudc.manager.store import Conflict, Store
 from softudc.manager.workflow import Refused
 from softudc.model.farm import Farm, VmDef, validate
 
@@ -121,8 +121,26 @@ class Moves:
 
     def note_address(self, host: str, address: str) -> None:
         """The address a host's authenticated report came from: its migration URI must name it (R20).
-        One entry per joined host (the caller has authenticated it), so the table is bounded."""
+        Kept in the host's object too (written only when it changes), so that every manager of a
+        group knows it, whichever the host reports to. One entry per joined host (the caller has
+        authenticated it), so the table is bounded."""
+        if self._addresses.get(host) == address:
+            return
+        obj = self.store.get("host", host)
+        if obj is not None and obj.spec.get("address") != address:
+            try:
+                self.store.put("host", host, {**obj.spec, "address": address}, expect=obj.revision)
+            except Conflict:
+                return  # changed meanwhile (a re-join, an admin's state): the next report writes it
         self._addresses[host] = address
+
+    def _address_of(self, host: str) -> str | None:
+        """Where `host` reports from: as this manager saw it, else as another manager stored it."""
+        known = self._addresses.get(host)
+        if known is None and (obj := self.store.get("host", host)) is not None:
+            stored = obj.spec.get("address")
+            known = stored if isinstance(stored, str) else None
+        return known
 
     def _migration_uri(self, to: str, report: dict[str, Any]) -> str:
         """The URI the source's libvirtd will connect to, built here (audit R20): never what the
@@ -131,7 +149,7 @@ class Moves:
         if not reported:
             raise ApiError(409, f"{to} accepts no live migrations: its gatekeeper has no hypervisor.migration_uri")
         try:
-            return libvirturi.for_host(str(reported), self._addresses.get(to))
+            return libvirturi.for_host(str(reported), self._address_of(to))
         except libvirturi.MigrationUriError as e:
             raise ApiError(409, f"{to}: its migration_uri is refused: {e}") from None
 
