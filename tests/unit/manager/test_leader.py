@@ -1,7 +1,9 @@
 """Leadership of a group of managers, both kinds: one leader of three; a leader killed (closed
 without resigning) is followed by another within the TTL and a poll; a resignation hands over at
 once; a leader cut from etcd steps down before its lease can expire; followers read the leader's
-published `reconciled`; members are listed."""
+published `reconciled`; members are listed. Managers in roles: a migration or an apply under way
+when the leader dies is completed by the next leader; a follower's long poll wakes on the leader's
+pass."""
 
 from __future__ import annotations
 
@@ -15,7 +17,11 @@ import pytest
 
 from softudc.etcd.client import EtcdClient, EtcdError
 from softudc.etcd.cluster import EtcdCluster
+from softudc.manager.etcdstore import EtcdStore
 from softudc.manager.leader import FILE_RETRY_S, EtcdLeadership, FileLeadership, LeaderInfo, SoloLeadership
+from softudc.manager.service import Manager, init
+from softudc.manager.store import SqliteStore
+from tests.unit.manager.test_controller_one_vm import ADMIN, DEMO, HOSTS, instances, placed, report
 
 TTL = 3
 Made = Callable[[str], "FileLeadership | EtcdLeadership"]
@@ -229,3 +235,105 @@ def test_a_file_leader_crashed_leaves_no_leader_behind(tmp_path: Path) -> None:
     assert done.wait(3) and b.leader() is not None
     b.resign()
     assert not (tmp_path / "state.db.leader.json").exists()
+
+
+# --- the Manager in roles: what a leader left half done, the next one completes -------------------
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def two_managers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Manager, Manager]]:
+    """Managers a (leading) and b (following) on one store, each with its own connection to it, as
+    two processes would have."""
+    init(tmp_path, ["127.0.0.1"])
+    made: list[Manager] = []
+
+    def manager(name: str) -> Manager:
+        if request.param == "sqlite":
+            store: Any = SqliteStore(tmp_path / "state.db")
+            lead: Any = FileLeadership(tmp_path / "state.db", name)
+        else:
+            cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
+            prefix: str = request.getfixturevalue("etcd_prefix")
+            store = EtcdStore(EtcdClient(cluster.endpoints), prefix, owns_client=True)
+            lead = EtcdLeadership(EtcdClient(cluster.endpoints, timeout=1.0), prefix, name, ttl=TTL)
+        made.append(Manager(tmp_path, store=store, manager_id=name, leadership=lead))
+        made[-1].start()
+        return made[-1]
+
+    a = manager("a")
+    wait_until(a.leadership.is_leader, 10)
+    b = manager("b")
+    for h in HOSTS:
+        a.store.put("host", h, {"joined": time.time()})
+    try:
+        yield a, b
+    finally:
+        for m in made:
+            m.close()
+            m.store.close()
+
+
+def _killed(a: Manager, b: Manager) -> float:
+    """a dies without resigning (its loop stops, its lock or lease is dropped as by a crash); the
+    seconds until b leads."""
+    a.close(resign=False)
+    return wait_until(b.leadership.is_leader, TTL + 3)
+
+
+def test_a_migration_under_way_when_the_leader_dies_is_completed_by_the_next(
+        two_managers: tuple[Manager, Manager]) -> None:
+    a, b = two_managers
+    where = placed(a)
+    src = where["db-0"]
+    dst = next(h for h in HOSTS if h != src)
+    dst_vms = [f"demo--{n}" for n, h in where.items() if h == dst]
+    without = [f"demo--{n}" for n, h in where.items() if h == src and n != "db-0"]
+    b.migrate(ADMIN, "demo", "db-0", {"to": dst})  # asked of the follower: it stores, a's loop moves it
+    report(a, dst, dst_vms, prepared=["demo--db-0"])
+    assert instances(a)["db-0"]["migrating"]["state"] == "prepared"
+    attempt = instances(a)["db-0"]["migrating"]["attempt"]
+    took = _killed(a, b)
+    report(b, src, without, migrations={"demo--db-0": {"attempt": attempt, "state": "completed"}})
+    report(b, dst, [*dst_vms, "demo--db-0"])
+    db = instances(b)["db-0"]
+    assert db["host"] == dst and "migrating" not in db
+    assert [e for e in b.store.events("farm", "demo") if e["type"] == "Migrated"]
+    types = [(e["name"], e["type"]) for e in b.store.events("manager")]
+    assert ("a", "Leader") in types and ("b", "Leader") in types
+    print(f"\n{type(b.leadership).__name__}: b led {took:.2f} s after a died mid-migration")
+
+
+def test_an_apply_under_way_when_the_leader_dies_is_completed_by_the_next(
+        two_managers: tuple[Manager, Manager]) -> None:
+    a, b = two_managers
+    for h in HOSTS:
+        report(a, h)
+    a.put_farm(ADMIN, "demo", DEMO, None)  # planned by a; no host runs anything yet
+    assert not a.store.get("farm", "demo").status["conditions"]["Ready"]  # type: ignore[union-attr]
+    a.close(resign=False)
+    # Applied while nobody leads: stored at once, planned once b leads; the answer waits for that.
+    answer = b.put_farm(ADMIN, "other", DEMO.replace("name: demo", "name: other"), None)
+    assert b.leadership.is_leader() and len(answer["status"]["instances"]) == 4
+    where = {i["name"]: i["host"] for i in instances(b).values()}
+    others = {i["name"]: i["host"] for i in instances(b, "other").values()}
+    for h in HOSTS:
+        report(b, h, [f"demo--{n}" for n, at in where.items() if at == h]
+               + [f"other--{n}" for n, at in others.items() if at == h])
+    for farm in ("demo", "other"):
+        assert b.store.get("farm", farm).status["conditions"]["Ready"]  # type: ignore[union-attr]
+
+
+def test_a_followers_long_poll_wakes_when_the_leaders_pass_moves_its_host(
+        two_managers: tuple[Manager, Manager]) -> None:
+    a, b = two_managers
+    for h in HOSTS:
+        report(a, h)
+    before = b.desired("h1", "h1")
+    woke: list[dict[str, Any]] = []
+    t = threading.Thread(target=lambda: woke.append(b.desired("h1", "h1", before["etag"], 20)))
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    a.put_farm(ADMIN, "demo", DEMO, None)  # a's pass places VMs, some on h1 (3 hosts, 4 VMs)
+    t.join(25)
+    assert woke and woke[0]["etag"] != before["etag"] and woke[0]["vms"]
+    assert time.monotonic() - t0 < 5  # the follower's watch, not the poll's timeout
