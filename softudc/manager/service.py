@@ -138,7 +138,7 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         if self.leadership.is_leader():
             return self.controllers.settle(timeout)
         target, deadline = self.store.revision(), time.monotonic() + timeout
-        while True:
+        while not self._closed:
             if self.leadership.is_leader():  # elected meanwhile
                 return self.controllers.settle(max(deadline - time.monotonic(), 0.0))
             info = self._leader_info()
@@ -147,6 +147,7 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
+        return False
 
     def _leader_info(self) -> LeaderInfo | None:
         try:

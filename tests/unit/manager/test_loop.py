@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from softudc.manager.loop import HOST_DOWN_AFTER_S, ControllerLoop, Pass, report_is_news
+from softudc.manager.loop import HOST_DOWN_AFTER_S, ControllerLoop, Pass, StoreObserver, report_is_news
 from softudc.manager.store import Conflict, Obj
 
 
@@ -277,5 +277,62 @@ def test_a_watch_that_fails_now_and_then_does_not_end_the_loop(monkeypatch: pyte
     try:
         store.put("farm", "x", {})
         assert loop.settle(15) and loop.running() and store.get("farm", "x").status  # type: ignore[union-attr]
+    finally:
+        loop.stop()
+
+
+# --- roles (issue 11): the loop runs on the leader only; a follower observes ---------------------
+
+def test_a_loop_whose_manager_no_longer_leads_makes_no_further_pass_and_ends() -> None:
+    store = FakeStore()
+    store.put("farm", "x", {})
+    controllers, leading, marks = Controllers(store), [True], []
+    loop = ControllerLoop(store, controllers, 60.0, name="test-controllers", may_run=lambda: leading[0],
+                          on_mark=marks.append)
+    loop.start()
+    try:
+        assert loop.settle(10) and controllers.runs == 1
+        assert marks and marks[-1] == loop.reconciled and marks == sorted(set(marks))  # each new one, published
+        leading[0] = False  # stepped down
+        store.put("farm", "y", {})  # news: but no pass, and no write of the loop's after the decision
+        deadline = time.monotonic() + 10
+        while loop.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert controllers.runs == 1 and store.written_by("test-controllers", "status") == ["x"]
+    finally:
+        loop.stop()
+
+
+def test_a_followers_observer_moves_the_long_polls_on_what_desired_states_depend_on() -> None:
+    store = FakeStore()
+    changed = threading.Event()
+    observer = StoreObserver(store, changed.set, name="test-follower")
+    observer.start()
+    try:
+        time.sleep(0.1)
+        store.put("keyepoch", "x", {})  # a counter: no desired state moves
+        assert not changed.wait(0.5)
+        store.put("farm", "x", {})  # the leader's pass wrote a farm (a status, say)
+        assert changed.wait(5)
+        assert "test-follower" in {t.name for t in threading.enumerate()}
+    finally:
+        observer.stop()
+    assert "test-follower" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_heartbeat_flush_is_news_only_for_a_host_back_from_silence() -> None:
+    store = FakeStore()
+    now = time.time()
+    store.put("host", "h1", {})
+    store.set_status("host", "h1", {"vcpus": 8, "reported": now})
+    store.put("farm", "x", {})
+    controllers = Controllers(store)
+    loop = _loop(store, controllers)
+    try:
+        store.put("heartbeat", "m1", {"flushed": now + 1, "hosts": {"h1": now + 1}})  # h1 alive, as it was
+        assert loop.settle(10) and controllers.runs == 1
+        store.put("heartbeat", "m1", {"flushed": now + 2, "hosts": {"h1": now + 2 + HOST_DOWN_AFTER_S}})
+        assert loop.settle(10) and controllers.runs == 2  # silent longer than HOST_DOWN_AFTER_S: news
     finally:
         loop.stop()
