@@ -1,6 +1,7 @@
 """`softudc init` and `softudc manager`: the manager's state directory and its API daemon, one of
-a group on a shared store (`--store`, `--id`, `--advertise`; docs/ha.md), and `softudc manager
-status` (the group's leader, members, store health and lag)."""
+a group on a shared store (`--store`, `--id`, `--advertise`; docs/ha.md); `softudc manager status`
+(the group's leader, members, store health and lag) and `softudc manager backup|restore FILE`
+(softudc/cli/backup.py)."""
 
 from __future__ import annotations
 
@@ -68,12 +69,12 @@ def _open(a: argparse.Namespace, host: str, port: str) -> Any:
     manager_id = a.id or f"{socket.gethostname()}-{port}"
     advertise = a.advertise or f"https://{host}:{port}"
     try:
-        store = open_store(a.store, _dir(a))
+        store = open_store(a.group_store, _dir(a))
     except StoreURLError as e:
         raise CliError(f"{e} (--store)") from None
     try:
         return Manager(_dir(a), store=store, manager_id=manager_id,
-                       leadership=_leadership(a.store, store, _dir(a), manager_id, advertise))
+                       leadership=_leadership(a.group_store, store, _dir(a), manager_id, advertise))
     except PkiError as e:
         store.close()
         raise CliError(str(e)) from None
@@ -98,7 +99,7 @@ def cmd_manager(a: argparse.Namespace) -> None:
         mhost, mport = a.metrics.rsplit(":", 1)
         start_http_server(int(mport), addr=mhost, registry=m.registry)
     print(f"manager {m.manager_id}: API on https://{host}:{server.server_address[1]}/v1 (OpenAPI: /v1/openapi.json), "
-          f"store {a.store or 'sqlite (the state directory)'}", file=sys.stderr, flush=True)
+          f"store {a.group_store or 'sqlite (the state directory)'}", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -174,7 +175,7 @@ def add_parsers(sub: Any) -> None:
     m = sub.add_parser("manager", help="run the manager's API (one of a group on a shared store: docs/ha.md)")
     m.add_argument("--listen", default="127.0.0.1:8443")
     m.add_argument("--metrics", default=None, help="ADDRESS:PORT for Prometheus")
-    m.add_argument("--store", default=None, help="sqlite:///ABS/PATH/state.db or "
+    m.add_argument("--store", dest="group_store", default=None, help="sqlite:///ABS/PATH/state.db or "
                    "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (default: state.db in the state directory)")
     m.add_argument("--id", default=None, help="this manager's name in its group (default: hostname-PORT)")
     m.add_argument("--advertise", default=None, help="the URL of this manager's API for the others and `status` "
@@ -185,6 +186,20 @@ def add_parsers(sub: Any) -> None:
     add_arguments(st)
     st.add_argument("-o", "--output", choices=["table", "json"], default="table")
     st.set_defaults(fn=cmd_status)
+    from softudc.cli import backup
+
+    b = ms.add_parser("backup", help="a logical backup of the store (JSON lines, 0600), from SQLite or etcd")
+    backup.add_backup_arguments(b)
+    r = ms.add_parser("restore", help="restore a backup into an empty store (--force: replace what is there)")
+    backup.add_restore_arguments(r)
+    b.set_defaults(fn=lambda a: backup.cmd_backup(_with_store(a)))
+    r.set_defaults(fn=lambda a: backup.cmd_restore(_with_store(a)))
+
+
+def _with_store(a: argparse.Namespace) -> argparse.Namespace:
+    """`softudc manager --store URL backup FILE` names the store as `... backup FILE --store URL` does."""
+    a.store = a.store or a.group_store
+    return a
 
 
 def init_defaults(a: argparse.Namespace) -> None:

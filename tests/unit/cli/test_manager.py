@@ -120,3 +120,28 @@ def test_two_managers_on_one_store_one_leads_and_the_other_takes_over(tmp_path: 
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_backup_of_the_sqlite_store_restores_into_etcd_from_the_cli(tmp_path: Path, etcd_cluster: Any,
+                                                                     etcd_prefix: str) -> None:
+    from softudc.manager.storeurl import open_store
+
+    assert softudc(tmp_path, "init", "--address", "127.0.0.1").returncode == 0
+    m = Manager(tmp_path / "manager")
+    m.store.put("farm", "demo", {"descriptor": "x"})
+    m.close()
+    m.store.close()
+    saved = tmp_path / "backup.jsonl"
+    out = softudc(tmp_path, "manager", "backup", str(saved))
+    assert out.returncode == 0 and saved.stat().st_mode & 0o777 == 0o600, out.stderr
+    url = etcd_cluster.url + etcd_prefix
+    out = softudc(tmp_path, "manager", "--store", url, "restore", str(saved))  # the URL before the command too
+    assert out.returncode == 0, out.stderr
+    store = open_store(url, tmp_path)
+    try:
+        restored = store.get("farm", "demo")
+        assert restored is not None and restored.spec == {"descriptor": "x"}
+    finally:
+        store.close()
+    again = softudc(tmp_path, "manager", "restore", str(saved), "--store", url)
+    assert again.returncode == 1 and "--force" in again.stderr  # not into a store that holds something
