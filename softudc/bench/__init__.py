@@ -9,10 +9,12 @@ from typing import Any
 
 
 def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: bool = True,
-              designs: list[str] | None = None, runs: int = 10) -> None:
+              designs: list[str] | None = None, runs: int = 10, hosts: list[int] | None = None,
+              backends: list[str] | None = None) -> None:
     if name not in _PRINTERS:  # argparse restricts the choices; this is for library callers
         raise ValueError(f"unknown benchmark {name!r}")
-    result = _measure(name, reps=reps, seconds=seconds, offloads=offloads, designs=designs, runs=runs)
+    result = _measure(name, reps=reps, seconds=seconds, offloads=offloads, designs=designs, runs=runs,
+                      hosts=hosts, backends=backends)
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -21,7 +23,7 @@ def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: 
 
 
 def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: list[str] | None,
-             runs: int) -> dict[str, Any]:
+             runs: int, hosts: list[int] | None = None, backends: list[str] | None = None) -> dict[str, Any]:
     # Imported on use: each benchmark pulls in what it drives (a lab, a manager), which the others need not load.
     if name == "dataplane":
         from softudc.bench.dataplane import run_dataplane
@@ -35,6 +37,10 @@ def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: l
         from softudc.bench.migration import run_migration
 
         return run_migration(runs=runs)
+    if name == "manager":
+        from softudc.bench.manager import run_manager
+
+        return run_manager(hosts=hosts, backends=backends, seconds=seconds)
     from softudc.bench.reconcile import run_reconcile
 
     return run_reconcile()
@@ -63,10 +69,22 @@ def _print_reconcile(result: dict[str, Any]) -> None:
     print(result["ratios"])
 
 
+def _print_manager(result: dict[str, Any]) -> None:
+    cols = ["hosts", "admin_p50_ms", "admin_p99_ms", "report_p50_ms", "report_p99_ms", "cpu_pct", "rss_mib",
+            "apply_to_all_s", "clients_cpu_pct"]
+    print(f"{'backend':8}" + "".join(f"{c:>16}" for c in cols))
+    for run in result["runs"]:
+        print(f"{run['backend']:8}" + "".join(f"{run.get(c, '-')!s:>16}" for c in cols))
+    print("targets:", result["targets"])
+    for line in result.get("notes", []):
+        print(line)
+
+
 # the benchmarks by name, with how each prints its result for a reader (--json prints them all alike)
 _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "dataplane": _print_dataplane,
     "placement": _print_placement,
     "migration": _print_migration,
     "reconcile": _print_reconcile,
+    "manager": _print_manager,
 }

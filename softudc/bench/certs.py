@@ -1,4 +1,5 @@
-"""Throw-away self-signed certificates for benchmark peers (OpenVPN's --peer-fingerprint mode)."""
+"""Throw-away certificates for benchmark peers: self-signed ones (OpenVPN's --peer-fingerprint mode)
+and client certificates from a manager's CA for simulated gatekeepers."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from softudc.pki import CertificateAuthority, fingerprint
 
 
 def self_signed(directory: Path, name: str) -> tuple[Path, Path, str]:
@@ -25,3 +28,17 @@ def self_signed(directory: Path, name: str) -> tuple[Path, Path, str]:
                                       serialization.NoEncryption()))
     pem.chmod(0o600)
     return crt, pem, cert.fingerprint(hashes.SHA256()).hex(":").upper()
+
+
+def host_certificates(ca: CertificateAuthority, names: list[str], directory: Path) -> dict[str, tuple[Path, str]]:
+    """A client certificate from the manager's CA for each simulated host, as a gatekeeper gets
+    at its join: NAME.pem (certificate and key, 0600) in `directory`; name -> (path, fingerprint)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for name in names:
+        issued = ca.issue_client(name)
+        path = directory / f"{name}.pem"
+        path.touch(0o600)
+        path.write_bytes(issued.cert_pem + issued.key_pem)
+        out[name] = (path, fingerprint(issued.cert_pem))
+    return out

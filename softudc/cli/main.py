@@ -126,8 +126,13 @@ def cmd_bench(a: argparse.Namespace) -> None:
     from softudc.bench import run_bench
 
     designs = a.designs.split(",") if a.designs else None
-    run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=a.seconds, offloads=a.offloads == "on",
-              designs=designs, runs=a.runs)
+    try:
+        hosts = [int(n) for n in a.hosts.split(",")] if a.hosts else None
+    except ValueError:
+        raise CliError(f"--hosts {a.hosts}: give host counts separated by commas, e.g. 100,1000") from None
+    seconds = a.seconds if a.seconds is not None else (20.0 if a.bench_name == "manager" else 5.0)
+    run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=seconds, offloads=a.offloads == "on",
+              designs=designs, runs=a.runs, hosts=hosts, backends=a.backends.split(",") if a.backends else None)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -220,11 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("bench_name", choices=["dataplane", "migration", "placement", "reconcile"])
+    bench.add_argument("bench_name", choices=["dataplane", "manager", "migration", "placement", "reconcile"])
     bench.add_argument("--runs", type=int, default=10, help="migrations per mode (migration)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--reps", type=int, default=3)
-    bench.add_argument("--seconds", type=float, default=5.0, help="iperf3 duration per test")
+    bench.add_argument("--seconds", type=float, help="iperf3 duration per test (default 5); manager: the steady "
+                       "window per run (default 20)")
+    bench.add_argument("--hosts", help="manager: simulated host counts, e.g. 100,1000,5000 (the default)")
+    bench.add_argument("--backends", help="manager: stores, e.g. sqlite,etcd (the default)")
     bench.add_argument("--designs", help="comma-separated subset, e.g. vxlan,ours_udp (default: all)")
     bench.add_argument("--offloads", choices=["on", "off"], default="on",
                        help="TSO/GSO/GRO on the underlay NICs (off: every underlay packet is a real <= MTU packet)")
