@@ -13,9 +13,12 @@ stop and restart a manager or an etcd member (always by PID), and ask who leads.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -141,24 +144,29 @@ def kill_etcd(lab: Lab, i: int) -> None:
     lab.save()
 
 
-def restart_etcd(lab: Lab, i: int, timeout: float = 60.0) -> None:
-    """Start etcd member i again on its data dir; waits until it answers."""
+def restart_etcd(lab: Lab, *members: int, timeout: float = 60.0) -> None:
+    """Start etcd members again on their data dirs, together (a member waits for a quorum, so a
+    cluster that is all down comes back only when they start at once); waits until they answer."""
     from softudc.etcd.client import EtcdError
 
-    m = lab.etcd[i]
-    if m.pid and shell.pid_alive(m.pid):
-        raise LabError(f"etcd member {m.name} runs already (PID {m.pid}); kill it first")
+    for i in members:
+        m = lab.etcd[i]
+        if m.pid and shell.pid_alive(m.pid):
+            raise LabError(f"etcd member {m.name} runs already (PID {m.pid}); kill it first")
     cluster = _cluster(lab)
     try:
-        cluster.restart(i, timeout)
+        with ThreadPoolExecutor(max(len(members), 1)) as pool:
+            list(pool.map(lambda i: cluster.restart(i, timeout), members))
     except EtcdError as e:
-        raise LabError(f"etcd member {m.name} did not come back: {e}") from None
+        raise LabError(f"etcd members {', '.join(lab.etcd[i].name for i in members)} did not come back: {e}") \
+            from None
     finally:
-        for mem in cluster.members:  # the cluster object's log files (the child keeps its own)
+        for mem in cluster.members:  # the cluster object's log files (each child keeps its own)
             if mem.log is not None:
                 mem.log.close()
-    m.pid = cluster.pids.get(m.name)
-    lab.save()
+        for i in members:
+            lab.etcd[i].pid = cluster.pids.get(lab.etcd[i].name)
+        lab.save()
 
 
 def stop_group(lab: Lab) -> None:
@@ -170,6 +178,24 @@ def stop_group(lab: Lab) -> None:
             shell.stop_pid(m.pid, grace=10.0)
         m.pid = None
     lab.save()
+
+
+def etcd_leader(lab: Lab) -> int | None:
+    """The index of the etcd member that is the raft leader (etcdctl from the management namespace)."""
+    endpoints = ",".join(f"http://{m.host}:{m.client_port}" for m in lab.etcd)
+    out = subprocess.run(["ip", "netns", "exec", lab.mgmt_ns, "etcdctl", "--endpoints", endpoints,
+                          "--command-timeout=2s", "endpoint", "status", "-w", "json"],
+                         capture_output=True, text=True, timeout=30)
+    try:
+        rows = json.loads(out.stdout or "[]")
+    except ValueError:
+        return None
+    for row in rows:
+        status = row.get("Status", {})
+        if status.get("leader") and status.get("leader") == status.get("header", {}).get("member_id"):
+            return next((i for i, m in enumerate(lab.etcd) if row.get("Endpoint") == f"http://{m.host}:{m.client_port}"),
+                        None)
+    return None
 
 
 def manager_status(lab: Lab, i: int) -> dict[str, Any] | None:
