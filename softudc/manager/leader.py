@@ -201,8 +201,10 @@ class _Campaign:
                     self._campaign()
                 self._refresh_member()
             except Exception as e:  # a store that fails now and then must not end the campaign
-                log.warning("leadership (%s): %s; trying again in %.1f s", self.backend, e, FILE_RETRY_S)
-                self._stop.wait(FILE_RETRY_S)
+                # A leader tries again soon: its renewal deadline runs (the watchdog steps it down).
+                again = 0.1 if self._leading else FILE_RETRY_S
+                log.warning("leadership (%s): %s; trying again in %.1f s", self.backend, e, again)
+                self._stop.wait(again)
 
     def _keep_leading(self) -> None:
         """One round of the leader's loop: renew, publish, then wait for the next round."""
