@@ -36,17 +36,17 @@ def etcd_prefix() -> str:
 @dataclass
 class StoreBackend:
     """One backend of the store suite: `open()` a store (again: the same data), `stored_events()`
-    counts the events kept (not only those shown), `name` is "sqlite" or "etcd"."""
+    counts the events kept (not only those shown), `name` is "sqlite", "etcd" or "etcd-cached"."""
 
     name: str
     open: Callable[[], Store]
     stored_events: Callable[[], int]
 
 
-@pytest.fixture(params=["sqlite", "etcd"])
+@pytest.fixture(params=["sqlite", "etcd", "etcd-cached"])
 def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
     """Each store test runs on SQLite (a file of its own) and on etcd (a prefix of its own in the
-    session's member); every store opened is closed at the end."""
+    session's member), without and with the read cache; every store opened is closed at the end."""
     opened: list[Store] = []
 
     def remember(store: Store) -> Store:
@@ -72,8 +72,9 @@ def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
             finally:
                 client.close()
 
-        backend = StoreBackend("etcd", lambda: remember(EtcdStore(cluster.client(), prefix, owns_client=True)),
-                               etcd_events)
+        cache = request.param == "etcd-cached"
+        backend = StoreBackend(request.param, lambda: remember(
+            EtcdStore(cluster.client(), prefix, owns_client=True, cache=cache)), etcd_events)
     try:
         yield backend
     finally:

@@ -36,7 +36,7 @@ def add_restore_arguments(p: argparse.ArgumentParser) -> None:
 def _store(a: argparse.Namespace) -> Store:
     state_dir = Path(getattr(a, "state_dir", None) or default_state_dir()) / "manager"
     try:
-        return open_store(a.store, state_dir)
+        return open_store(a.store, state_dir, cache=False)  # one pass: no watched copy needed
     except StoreURLError as e:
         raise CliError(str(e)) from None
 

@@ -20,7 +20,9 @@ without end.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -157,6 +159,16 @@ def _range_body(key: bytes, prefix: bool, range_end: bytes | None, **opts: Any) 
     return body
 
 
+def _watch_create(key: bytes, prefix: bool, range_end: bytes | None, start_revision: int) -> dict[str, Any]:
+    create: dict[str, Any] = {"key": b64(key)}
+    end = prefix_end(key) if prefix else range_end
+    if end is not None:
+        create["range_end"] = b64(end)
+    if start_revision:
+        create["start_revision"] = str(start_revision)
+    return create
+
+
 def decode_responses(responses: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """A txn's responses with each `response_range`'s kvs as KV and its count as int."""
     out = []
@@ -167,6 +179,35 @@ def decode_responses(responses: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                            "count": int(r.get("count", 0))}}
         out.append(response)
     return out
+
+
+class WatchStop:
+    """Stops a watch_stream from another thread at once: set() shuts its socket down, which ends
+    the blocking read (waiting for the stream's idle timeout instead would hold close() up)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._set = False
+        self._socket: socket.socket | None = None
+
+    def attach(self, response: httpx.Response) -> bool:
+        """Remember the stream's socket; True if already set (do not read)."""
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        with self._lock:
+            self._socket = sock if isinstance(sock, socket.socket) else None
+            return self._set
+
+    def is_set(self) -> bool:
+        with self._lock:
+            return self._set
+
+    def set(self) -> None:
+        with self._lock:
+            self._set = True
+            if self._socket is not None:
+                with contextlib.suppress(OSError):
+                    self._socket.shutdown(socket.SHUT_RDWR)
 
 
 class _Unsent(Exception):
@@ -309,12 +350,7 @@ class EtcdClient:
         """The first batch of events at or after `start_revision` (0: from now on), or [] when
         none came within `timeout` seconds. Deleted keys come as KV(deleted=True). Raises
         EtcdCompacted when `start_revision` is older than etcd's compacted history."""
-        create: dict[str, Any] = {"key": b64(key)}
-        end = prefix_end(key) if prefix else range_end
-        if end is not None:
-            create["range_end"] = b64(end)
-        if start_revision:
-            create["start_revision"] = str(start_revision)
+        create = _watch_create(key, prefix, range_end, start_revision)
         deadline = time.monotonic() + max(timeout, 0.0)
         failures = []
         for index in self._order():
@@ -326,6 +362,40 @@ class EtcdClient:
                 continue
             self._remember(index)
             return events
+        raise EtcdError(f"no etcd endpoint answered /v3/watch: {'; '.join(failures)}; {CHECK}", UNAVAILABLE)
+
+    def watch_stream(self, key: bytes, *, prefix: bool = False, start_revision: int = 0, idle: float = 1.0,
+                     stop: WatchStop | None = None) -> Iterator[list[KV]]:
+        """Batches of events at or after `start_revision`, as they come, on one stream; it ends
+        when none came for `idle` seconds or at once when `stop` is set (the caller watches again
+        from the revision after its last event). A stream broken midway is a retryable
+        EtcdError; a compacted start is EtcdCompacted."""
+        body = {"create_request": _watch_create(key, prefix, None, start_revision)}
+        wait = httpx.Timeout(self.timeout, connect=min(self.timeout, 2.0), read=idle)
+        failures = []
+        for index in self._order():
+            endpoint = self.endpoints[index]
+            try:
+                with self._http.stream("POST", endpoint + "/v3/watch", json=body, timeout=wait) as response:
+                    self._remember(index)
+                    if stop is not None and stop.attach(response):
+                        return
+                    for line in self._lines(response, endpoint):
+                        events = self._watch_message(line, endpoint)
+                        if stop is not None and stop.is_set():
+                            return
+                        if events:
+                            yield events
+                return
+            except httpx.ReadTimeout:
+                return
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                failures.append(f"{endpoint}: {e or type(e).__name__}")
+            except (httpx.TransportError, _Unsent) as e:
+                if stop is not None and stop.is_set():
+                    return
+                raise EtcdError(f"etcd {endpoint}/v3/watch broke off ({e or type(e).__name__}); watch again from "
+                                f"the last revision seen; {CHECK}", retryable=True) from e
         raise EtcdError(f"no etcd endpoint answered /v3/watch: {'; '.join(failures)}; {CHECK}", UNAVAILABLE)
 
     def _watch_one(self, endpoint: str, body: dict[str, Any], deadline: float) -> list[KV]:

@@ -15,12 +15,21 @@ mod_revision (expect 0: absent or a tombstone); updates without `expect` are rea
 txns retried on contention; a tombstone written again is a new object (empty status, its events
 dropped in the same txn); `changes(since)` reads the current keys (min_mod_revision), so a
 compacted etcd history never loses a change; `watch` waits on etcd's watch of the object prefix.
+
+With `cache=True`, `get` and `objects` (and the first read of a read-modify-write) are served from
+a PrefixMirror of the object keys (softudc/etcd/mirror.py), held as marshal blobs so a read costs
+one marshal.loads per object and returns fresh dicts (a caller may change them). A read waits for
+the mirror to reach the latest object revision this store has seen (its own writes, what it read
+from etcd) for up to CACHE_WAIT_S, else reads etcd: reads never go back in time, and a process
+reads its own writes. Compare-and-swap checks and `changes`/`watch` always ask etcd.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import marshal
+import threading
 import time
 import uuid
 from typing import Any
@@ -37,6 +46,7 @@ from softudc.etcd.client import (
     op_put,
     op_range,
 )
+from softudc.etcd.mirror import PrefixMirror
 from softudc.manager import store as store_module
 from softudc.manager.store import Conflict, Obj
 
@@ -44,16 +54,21 @@ DEFAULT_PREFIX = "/softudc"
 TXN_CHUNK = 100  # keys deleted per txn (etcd's --max-txn-ops defaults to 128)
 WRITE_RETRY_S = 15.0  # how long a write is retried while etcd cannot say (elections take ~1 s)
 RETRY_PAUSE_S = 0.1
+CACHE_WAIT_S = 1.0  # how long a cached read waits for the mirror before it reads etcd itself
 
 
 def _seg(text: str) -> str:
     return quote(text, safe="")
 
 
+Cached = tuple[KV, bytes]  # the object's key-value and marshal((kind, name, spec, status, deleted))
+
+
 class EtcdStore:
     """Store over an EtcdClient; `close()` closes the client only if `owns_client`."""
 
-    def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX, owns_client: bool = False) -> None:
+    def __init__(self, client: EtcdClient, prefix: str = DEFAULT_PREFIX, owns_client: bool = False,
+                 cache: bool = False) -> None:
         if not prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError(f"etcd store prefix {prefix!r} must start with / and not end with one, like /softudc")
         self.client = client
@@ -62,10 +77,39 @@ class EtcdStore:
         self._obj = f"{prefix}/obj/".encode()
         self._ev = f"{prefix}/ev/".encode()
         self._rev = f"{prefix}/revision".encode()
+        self._seen = 0  # the latest object revision this store has written or read from etcd
+        self._seen_lock = threading.Lock()
+        self._mirror: PrefixMirror[Cached] | None = (
+            PrefixMirror(client, self._obj, self._cached, name="softudc-store-cache") if cache else None)
 
     def close(self) -> None:
+        if self._mirror is not None:
+            self._mirror.close()
         if self._owns:
             self.client.close()
+
+    # -- the read cache -------------------------------------------------------------------------
+
+    def _saw(self, revision: int) -> None:
+        with self._seen_lock:
+            self._seen = max(self._seen, revision)
+
+    def _cached(self, kv: KV) -> Cached:
+        o = self._decode(kv)
+        return kv, marshal.dumps((o.kind, o.name, o.spec, o.status, o.deleted))
+
+    @staticmethod
+    def _uncached(entry: Cached) -> Obj:
+        kind, name, spec, status, deleted = marshal.loads(entry[1])
+        return Obj(kind, name, entry[0].mod_revision, spec, status, deleted)
+
+    def _cache(self, wait: float = CACHE_WAIT_S) -> PrefixMirror[Cached] | None:
+        """The mirror if it has every write this store has seen (waiting up to `wait`), else None."""
+        with self._seen_lock:
+            seen = self._seen
+        if self._mirror is not None and self._mirror.caught_up(seen, wait):
+            return self._mirror
+        return None
 
     # -- keys and values ------------------------------------------------------------------------
 
@@ -90,9 +134,20 @@ class EtcdStore:
     def _encode(spec: dict[str, Any], status: dict[str, Any], deleted: bool = False) -> bytes:
         return json.dumps({"spec": spec, "status": status, "deleted": deleted}, sort_keys=True).encode()
 
-    def _read(self, kind: str, name: str) -> tuple[KV | None, Obj | None]:
+    def _read(self, kind: str, name: str, cached: bool = False) -> tuple[KV | None, Obj | None]:
+        """The object from etcd; `cached`: a live object from the cache if it has one (a stale one
+        only costs a failed compare-and-swap and a second read), anything else from etcd."""
+        mirror = self._cache(0) if cached else None
+        entry = mirror.get(self._key(kind, name)) if mirror is not None else None
+        if entry is not None:
+            obj = self._uncached(entry)
+            if not obj.deleted:
+                return entry[0], obj
         kv = self.client.get(self._key(kind, name))
-        return kv, (self._decode(kv) if kv is not None else None)
+        if kv is None:
+            return None, None
+        self._saw(kv.mod_revision)
+        return kv, self._decode(kv)
 
     @staticmethod
     def _current(obj: Obj | None) -> int:
@@ -115,6 +170,8 @@ class EtcdStore:
             try:
                 ok, rev, _ = self.client.txn([cmp_mod(key, "EQUAL", base)],
                                              [op_put(key, value), op_put(self._rev, b""), *extra])
+                if ok:
+                    self._saw(rev)
                 return rev if ok else None
             except EtcdError as e:
                 if not e.retryable or time.monotonic() > deadline:
@@ -122,14 +179,17 @@ class EtcdStore:
             time.sleep(RETRY_PAUSE_S)
             now = self.client.get(key)  # a read: itself goes round the endpoints for `timeout`
             if now is not None and now.mod_revision != base:
+                self._saw(now.mod_revision)
                 return now.mod_revision if now.value == value else None
 
     # -- objects --------------------------------------------------------------------------------
 
     def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int:
         """Create or update; a tombstone written again is a new object: empty status, no events."""
+        cached = expect is None
         while True:
-            kv, obj = self._read(kind, name)
+            kv, obj = self._read(kind, name, cached)
+            cached = False
             self._check(kind, name, obj, expect)
             fresh = obj is None or obj.deleted
             status = {} if obj is None or obj.deleted else obj.status
@@ -139,8 +199,10 @@ class EtcdStore:
                 return rev
 
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int:
+        cached = True
         while True:
-            kv, obj = self._read(kind, name)
+            kv, obj = self._read(kind, name, cached)
+            cached = False
             if obj is None or obj.deleted:
                 raise KeyError(f"{kind}/{name} does not exist")
             rev = self._write(kind, name, kv, self._encode(obj.spec, status), [])
@@ -158,12 +220,24 @@ class EtcdStore:
                 return rev
 
     def get(self, kind: str, name: str) -> Obj | None:
-        obj = self._read(kind, name)[1]
+        mirror = self._cache()
+        if mirror is not None:
+            entry = mirror.get(self._key(kind, name))
+            obj = self._uncached(entry) if entry is not None else None
+        else:
+            obj = self._read(kind, name)[1]
         return obj if obj is not None and not obj.deleted else None
 
     def objects(self, kind: str) -> list[Obj]:
-        kvs = self.client.range(self._obj + f"{_seg(kind)}/".encode(), prefix=True)[1]
-        return sorted((o for o in map(self._decode, kvs) if not o.deleted), key=lambda o: o.name)
+        under = self._obj + f"{_seg(kind)}/".encode()
+        mirror = self._cache()
+        if mirror is not None:
+            objs = map(self._uncached, mirror.values(under))
+        else:
+            kvs = self.client.range(under, prefix=True)[1]
+            self._saw(max((kv.mod_revision for kv in kvs), default=0))
+            objs = map(self._decode, kvs)
+        return sorted((o for o in objs if not o.deleted), key=lambda o: o.name)
 
     def kinds(self) -> list[str]:
         """Every kind with a live object, sorted (backups walk them)."""
@@ -177,6 +251,8 @@ class EtcdStore:
     def _changes(self, since: int) -> tuple[int, list[Obj]]:
         header, kvs, _ = self.client.range(self._obj, prefix=True, min_mod_revision=since + 1,
                                            sort_target="MOD", sort_order="ASCEND")
+        if kvs:
+            self._saw(kvs[-1].mod_revision)
         return header, [self._decode(kv) for kv in kvs]
 
     def watch(self, since: int, timeout: float) -> list[Obj]:
@@ -193,7 +269,9 @@ class EtcdStore:
 
     def revision(self) -> int:
         kv = self.client.get(self._rev)
-        return kv.mod_revision if kv is not None else 0
+        rev = kv.mod_revision if kv is not None else 0
+        self._saw(rev)
+        return rev
 
     def compact(self, before: int) -> int:
         """Drop tombstones written at or before revision `before`, with their events. Returns how

@@ -52,13 +52,14 @@ def etcd_endpoints(url: str) -> tuple[list[str], str]:
     return endpoints, prefix
 
 
-def open_store(url: str | None, state_dir: Path, timeout: float = 5.0) -> Store:
-    """The store `url` names; None (or "") is the state directory's SQLite file."""
+def open_store(url: str | None, state_dir: Path, timeout: float = 5.0, cache: bool = True) -> Store:
+    """The store `url` names; None (or "") is the state directory's SQLite file. An etcd store
+    keeps a read cache (a watched copy of the objects) unless `cache` is False (one-shot tools)."""
     if not url:
         return SqliteStore(state_dir / "state.db")
     if url.startswith("sqlite://"):
         return SqliteStore(sqlite_path(url))
     if url.startswith("etcd://"):
         endpoints, prefix = etcd_endpoints(url)
-        return EtcdStore(EtcdClient(endpoints, timeout), prefix, owns_client=True)
+        return EtcdStore(EtcdClient(endpoints, timeout), prefix, owns_client=True, cache=cache)
     raise _bad(url, "unknown scheme")

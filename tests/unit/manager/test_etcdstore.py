@@ -100,3 +100,24 @@ def test_writes_go_on_through_the_leader_s_death(tmp_path: Path) -> None:
     finally:
         s.close()
         cluster.stop()
+
+
+def test_a_cached_store_never_reads_older_than_what_it_has_seen(etcd_cluster: EtcdCluster, etcd_prefix: str) -> None:
+    writer = EtcdStore(etcd_cluster.client(), etcd_prefix, owns_client=True, cache=True)
+    reader = EtcdStore(etcd_cluster.client(), etcd_prefix, owns_client=True, cache=True)
+    try:
+        since = writer.put("host", "h", {})
+        for i in range(30):
+            writer.set_status("host", "h", {"i": i})
+            assert writer.get("host", "h").status == {"i": i}  # type: ignore[union-attr]  # its own write
+            changed = reader.watch(since, timeout=10)  # what the controllers' loop does
+            since = changed[-1].revision
+            assert reader.get("host", "h").status == {"i": i}  # type: ignore[union-attr]  # not older
+            assert [o.status for o in reader.objects("host")] == [{"i": i}]
+        obj = reader.get("host", "h")
+        assert obj is not None
+        obj.status["mutated"] = True  # a caller's change stays its own
+        assert reader.get("host", "h").status == {"i": 29}  # type: ignore[union-attr]
+    finally:
+        writer.close()
+        reader.close()

@@ -40,8 +40,8 @@ def test_bad_urls_name_themselves_and_the_forms(url: str, tmp_path: Path) -> Non
 def test_an_etcd_url_opens_a_working_store(etcd_cluster: EtcdCluster, etcd_prefix: str, tmp_path: Path) -> None:
     s = open_store(etcd_cluster.url + etcd_prefix, tmp_path)
     try:
-        assert isinstance(s, EtcdStore) and s.prefix == etcd_prefix
+        assert isinstance(s, EtcdStore) and s.prefix == etcd_prefix and s._mirror is not None  # cached
         rev = s.put("farm", "f", {})
-        assert s.revision() == rev
+        assert s.revision() == rev and s.get("farm", "f") is not None
     finally:
         s.close()
