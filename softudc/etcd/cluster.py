@@ -30,6 +30,7 @@ HEARTBEAT_MS = 100
 ELECTION_MS = 1000
 START_TIMEOUT_S = 60.0
 QUOTA_BYTES = 2 * 1024**3
+MAX_REQUEST_BYTES = 8 * 1024**2  # etcd's default 1.5 MiB is tight for a big farm's object with its status
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -74,12 +75,14 @@ class EtcdCluster:
               binary: str = ETCD, timeout: float = START_TIMEOUT_S) -> EtcdCluster:
         """Start `members` etcd members and wait until every one answers. `host` and `netns` may
         be one for all or one per member; `ports` is (client, peer) per member (free loopback
-        ports when not given; give them when the members run in namespaces)."""
+        ports when not given; 2379+10i and 2380+10i for members in namespaces)."""
         if not Path(binary).exists():
             raise EtcdError(f"{binary} is missing: install Debian's etcd-server (scripts/bootstrap.sh does)")
         hosts = host if isinstance(host, list) else [host] * members
         nss = netns if isinstance(netns, list) else [netns] * members
-        if ports is None:
+        if ports is None and any(nss):  # a namespace's ports are its own: etcd's usual ones, spaced
+            ports = [(2379 + 10 * i, 2380 + 10 * i) for i in range(members)]
+        elif ports is None:
             ports = [(free_port(hosts[i]), free_port(hosts[i])) for i in range(members)]
         if not len(hosts) == len(nss) == len(ports) == members:
             raise ValueError(f"{members} members need as many hosts, netns and ports: got {hosts}, {nss}, {ports}")
@@ -121,7 +124,8 @@ class EtcdCluster:
                 "--initial-cluster-token", self.token,
                 "--heartbeat-interval", str(HEARTBEAT_MS), "--election-timeout", str(ELECTION_MS),
                 "--auto-compaction-mode", "revision", "--auto-compaction-retention", "1000",
-                "--quota-backend-bytes", str(QUOTA_BYTES), "--logger", "zap", "--log-outputs", "stderr"]
+                "--quota-backend-bytes", str(QUOTA_BYTES), "--max-request-bytes", str(MAX_REQUEST_BYTES),
+                "--logger", "zap", "--log-outputs", "stderr"]
         return ["ip", "netns", "exec", m.netns, *argv] if m.netns else argv
 
     def _spawn(self, i: int, new: bool) -> None:
