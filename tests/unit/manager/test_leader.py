@@ -299,6 +299,10 @@ def test_a_migration_under_way_when_the_leader_dies_is_completed_by_the_next(
     assert [e for e in b.store.events("farm", "demo") if e["type"] == "Migrated"]
     types = [(e["name"], e["type"]) for e in b.store.events("manager")]
     assert ("a", "Leader") in types and ("b", "Leader") in types
+    assert b.registry.get_sample_value("softudc_manager_leader") == 1
+    assert b.registry.get_sample_value("softudc_manager_leader_changes_total") == 1
+    gap = b.registry.get_sample_value("softudc_manager_leaderless_seconds")
+    assert gap is not None and 0 < gap <= took + 1.5
     print(f"\n{type(b.leadership).__name__}: b led {took:.2f} s after a died mid-migration")
 
 
@@ -337,3 +341,24 @@ def test_a_followers_long_poll_wakes_when_the_leaders_pass_moves_its_host(
     t.join(25)
     assert woke and woke[0]["etag"] != before["etag"] and woke[0]["vms"]
     assert time.monotonic() - t0 < 5  # the follower's watch, not the poll's timeout
+
+
+def test_a_manager_cut_from_etcd_stops_its_controllers_and_says_so(tmp_path: Path, etcd_cluster: EtcdCluster,
+                                                                   etcd_prefix: str) -> None:
+    init(tmp_path, ["127.0.0.1"])
+    cut = CutClient(etcd_cluster.endpoints, timeout=1.0)
+    m = Manager(tmp_path, store=EtcdStore(EtcdClient(etcd_cluster.endpoints), etcd_prefix, owns_client=True),
+                manager_id="a", leadership=EtcdLeadership(cut, etcd_prefix, "a", ttl=TTL))
+    try:
+        m.start()
+        wait_until(lambda: m.controllers.running(), 10)
+        cut.cut = True  # its leadership's connection only: the store still answers (a partial partition)
+        took = wait_until(lambda: not m.controllers.running(), TTL)
+        assert took < TTL - 0.5 and m.registry.get_sample_value("softudc_manager_leader") == 0
+        wait_until(lambda: any(e["type"] == "SteppedDown" for e in m.store.events("manager", "a")), 3)
+        assert m.observer._thread is not None and m.observer._thread.is_alive()  # a follower now
+    finally:
+        cut.cut = False
+        m.close()
+        m.store.close()
+        cut.close()
