@@ -20,8 +20,7 @@ from softudc.manager.auth import Principal
 from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
 from softudc.manager.farms import Usage
-from softudc.manager.heartbeats import KIND as HEARTBEAT
-from softudc.manager.heartbeats import HeartbeatBook, default_manager_id, merge_seen
+from softudc.manager.heartbeats import HeartbeatBook, default_manager_id
 from softudc.manager.reports import REFRESH_S, StoredHosts, report_problems, same_report, visible_to
 from softudc.manager.store import Conflict, Obj, Store
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
@@ -195,14 +194,16 @@ class Hosts:
         """Each host's last report with the state placement goes by: the one an admin set
         (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S.
         `reported` is the newest of the stored report's and the heartbeats' (every manager's
-        flushed ones and this one's book): the host said that, again, then."""
+        flushed ones and this one's book): the host said that, again, then. Built from StoredHosts
+        (no read of the store unless it changed); nested values are shared with it: read only."""
         now = time.time()
-        seen = merge_seen(self.store.objects(HEARTBEAT), now, self.heartbeats.times())
+        objs, seen = self.stored_hosts.snapshot(now)  # from the cache, kept current: no parse per call
+        mine = self.heartbeats.times()
         out = {}
-        for o in self.store.objects("host"):
+        for o in objs:
             state = o.spec.get("state", "ready")
             status = o.status
-            at = max(float(status.get("reported", 0)), seen.get(o.name, 0.0))
+            at = max(float(status.get("reported", 0)), seen.get(o.name, 0.0), mine.get(o.name, 0.0))
             if now - at > HOST_DOWN_AFTER_S:
                 state = "down"
             out[o.name] = {**status, **({"reported": at} if "reported" in status else {}), "state": state}

@@ -12,6 +12,8 @@ import threading
 from typing import Any
 
 from softudc.manager.auth import Principal
+from softudc.manager.heartbeats import KIND as HEARTBEAT
+from softudc.manager.heartbeats import merge_seen
 from softudc.manager.store import Obj, Store
 from softudc.model.hoststate import HostReport, problems_of, split_vm_name
 
@@ -86,9 +88,23 @@ class StoredHosts:
         self.store = store
         self._lock = threading.Lock()
         self._hosts: dict[str, Obj] = {}
+        self._sorted: list[Obj] | None = None  # _hosts by name, made again after a host changed
+        self._beats: dict[str, Obj] = {}  # every manager's heartbeat object
+        self._seen: dict[str, float] | None = None  # merged from _beats, made again after one changed
         self._migrating: set[str] = set()  # farms with an instance on the move
         self._revision = -1  # everything up to this revision is in
         self.loads = 0  # full reads (a metric; tests count them)
+
+    def snapshot(self, now: float) -> tuple[list[Obj], dict[str, float]]:
+        """Every host object by name and each host's newest heartbeat over the managers' flushed
+        books, as stored now. Shared with the cache: read them, never change them."""
+        self.refresh()
+        with self._lock:
+            if self._sorted is None:
+                self._sorted = sorted(self._hosts.values(), key=lambda o: o.name)
+            if self._seen is None:
+                self._seen = merge_seen(self._beats.values(), now)
+            return self._sorted, self._seen
 
     def get(self, name: str) -> Obj | None:
         """The host object as stored now (None: not joined, or removed)."""
@@ -123,19 +139,26 @@ class StoredHosts:
     def _load(self, now: int) -> None:
         """Everything read again (the lock held); objects written meanwhile come again as changes."""
         self._hosts = {o.name: o for o in self.store.objects("host")}
+        self._beats = {o.name: o for o in self.store.objects(HEARTBEAT)}
+        self._sorted = self._seen = None
         self._migrating = {o.name for o in self.store.objects("farm") if _migrating(o)}
         self._revision = now
         self.loads += 1
 
     def _apply(self, o: Obj) -> None:
-        if o.kind == "host":
-            old = self._hosts.get(o.name)
+        if o.kind in ("host", HEARTBEAT):
+            objs = self._hosts if o.kind == "host" else self._beats
+            old = objs.get(o.name)
             if old is not None and old.revision > o.revision:
                 return
             if o.deleted:
-                self._hosts.pop(o.name, None)
+                objs.pop(o.name, None)
             else:
-                self._hosts[o.name] = o
+                objs[o.name] = o
+            if o.kind == "host":
+                self._sorted = None
+            else:
+                self._seen = None
         elif o.kind == "farm":
             if _migrating(o) and not o.deleted:
                 self._migrating.add(o.name)

@@ -117,3 +117,14 @@ def test_a_host_silent_too_long_is_down_even_with_old_heartbeats(
     later: Any = time.time() + HOST_DOWN_AFTER_S + 1
     monkeypatch.setattr("softudc.manager.hosts.time.time", lambda: later)
     assert m.reports()["h1"]["state"] == "down"
+
+
+def test_reports_merge_other_managers_heartbeats_as_the_store_holds_them(world: tuple[Manager, FakeStore]) -> None:
+    m, store = world
+    m.host_status("h1", "h1", REPORT)
+    stored = m.reports()["h1"]["reported"]
+    later = stored + 5
+    store.put(KIND, "m2", {"flushed": later, "hosts": {"h1": later}})  # the host reported to m2 since
+    assert m.reports()["h1"]["reported"] == later
+    store.put(KIND, "m2", {"flushed": later + 1, "hosts": {}})
+    assert m.reports()["h1"]["reported"] == stored  # what the store says now, not what was cached
