@@ -135,9 +135,10 @@ class EtcdStore:
         return json.dumps({"spec": spec, "status": status, "deleted": deleted}, sort_keys=True).encode()
 
     def _read(self, kind: str, name: str, cached: bool = False) -> tuple[KV | None, Obj | None]:
-        """The object from etcd; `cached`: a live object from the cache if it has one (a stale one
-        only costs a failed compare-and-swap and a second read), anything else from etcd."""
-        mirror = self._cache(0) if cached else None
+        """The object from etcd; `cached`: a live object from the cache if it has one, however
+        current the cache is (a stale one only costs a failed compare-and-swap and a second read),
+        anything else from etcd."""
+        mirror = self._mirror if cached and self._mirror is not None and self._mirror.caught_up(0, 0) else None
         entry = mirror.get(self._key(kind, name)) if mirror is not None else None
         if entry is not None:
             obj = self._uncached(entry)
