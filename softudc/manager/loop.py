@@ -96,6 +96,11 @@ class ControllerLoop:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def spent(self) -> bool:
+        """Started or stopped once: it cannot run (again); a manager elected again makes a new one."""
+        with self._start_lock:
+            return self._thread is not None or self._stopping.is_set()
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current pass (within POLL_S when idle)."""
         self._stopping.set()

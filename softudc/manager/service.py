@@ -107,8 +107,9 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
             if self._closed:
                 return
             self.observer.stop(timeout=0)
-            self.controllers = self._new_controllers()  # a stopped loop does not start again
-            self.controllers.start()
+            if self.controllers.spent():  # elected again: a stopped loop does not start again
+                self.controllers = self._new_controllers()
+            self.controllers.start()  # (a settle() racing with the election may have started it: once)
         self.leader_metrics.elected(leaderless_s)
         if not isinstance(self.leadership, SoloLeadership):
             self._event_safely("Leader", f"{self.manager_id} became leader (term {term}, after {leaderless_s:.1f} s "
@@ -135,12 +136,11 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         planned what was news); False after `timeout`. An apply's answer and tests use it. On a
         follower: until the leader has published a `reconciled` at least the store's revision."""
         self.start()
-        if self.leadership.is_leader():
-            return self.controllers.settle(timeout)
         target, deadline = self.store.revision(), time.monotonic() + timeout
         while not self._closed:
-            if self.leadership.is_leader():  # elected meanwhile
-                return self.controllers.settle(max(deadline - time.monotonic(), 0.0))
+            loop = self.controllers  # never started here: only an election starts a loop
+            if self.leadership.is_leader() and loop.running():
+                return loop.settle(max(deadline - time.monotonic(), 0.0))
             info = self._leader_info()
             if info is not None and info.reconciled >= target:
                 return True
