@@ -355,9 +355,7 @@ class FileLeadership(_Campaign):
         return False
 
     def _release(self) -> None:
-        with contextlib.suppress(OSError):
-            self.info_path.unlink()  # before the unlock: never the next leader's file
-        self._abandon()
+        self._abandon()  # the record stays (it keeps the term count); unlocked, it names no leader
 
     def _abandon(self) -> None:
         if self._fd is not None:

@@ -234,7 +234,13 @@ def test_a_file_leader_crashed_leaves_no_leader_behind(tmp_path: Path) -> None:
     b.start(lambda term, gap: done.set(), lambda reason: None)
     assert done.wait(3) and b.leader() is not None
     b.resign()
-    assert not (tmp_path / "state.db.leader.json").exists()
+    assert b.leader() is None
+    c = FileLeadership(tmp_path / "state.db", "c")
+    terms: list[int] = []
+    c.start(lambda term, gap: terms.append(term), lambda reason: None)
+    wait_until(lambda: bool(terms), 3)
+    c.resign()
+    assert terms == [3]  # the count goes on across resignations
 
 
 # --- the Manager in roles: what a leader left half done, the next one completes -------------------
