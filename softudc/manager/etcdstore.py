@@ -221,11 +221,12 @@ class EtcdStore:
                 return rev
 
     def get(self, kind: str, name: str) -> Obj | None:
+        """The live object or None. Cached: what the cache holds; an object it does not hold (yet:
+        made at another manager a moment ago, a token say) is looked up in etcd."""
         mirror = self._cache()
-        if mirror is not None:
-            entry = mirror.get(self._key(kind, name))
-            obj = self._uncached(entry) if entry is not None else None
-        else:
+        entry = mirror.get(self._key(kind, name)) if mirror is not None else None
+        obj = self._uncached(entry) if entry is not None else None
+        if obj is None or obj.deleted:
             obj = self._read(kind, name)[1]
         return obj if obj is not None and not obj.deleted else None
 
