@@ -430,6 +430,11 @@ class EtcdLeadership(_Campaign):
     def _renew(self) -> bool:
         t0 = time.monotonic()
         if self.client.lease_keepalive(self._lease) <= 0:
+            self._lost_reason = f"its lease ran out (not renewed within {self.ttl} s)"
+            return False
+        kvs = self.client.range(self.key)[1]
+        if not kvs or kvs[0].create_revision != self._created:  # deleted by hand, or a store restored
+            self._lost_reason = "its leader key was deleted or is another manager's"
             return False
         with self._lock:
             if self._leading:

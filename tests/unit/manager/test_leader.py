@@ -384,3 +384,22 @@ def test_settles_racing_with_the_election_leave_one_controller_loop(tmp_path: Pa
     finally:
         m.close()
     assert "softudc-controllers" not in [t.name for t in threading.enumerate()]
+
+
+def test_a_leader_whose_key_is_deleted_steps_down_and_one_is_elected_again(etcd_cluster: EtcdCluster,
+                                                                           etcd_prefix: str) -> None:
+    client = EtcdClient(etcd_cluster.endpoints, timeout=1.0)
+    group = Group(lambda name: EtcdLeadership(client, etcd_prefix, name, ttl=TTL))
+    try:
+        group.add("a")
+        group.add("b")
+        first = group.one_leader()
+        client.delete(f"{etcd_prefix}/leader".encode())  # by hand (etcdctl del), not by its lease
+        wait_until(lambda: bool(group.seen[first].reasons), 3)
+        assert "deleted or is another manager's" in group.seen[first].reasons[0]
+        group.one_leader(timeout=TTL + 2)  # one, not two
+        time.sleep(1)
+        assert len(group.leaders()) == 1
+    finally:
+        group.close()
+        client.close()
