@@ -21,7 +21,10 @@ a PrefixMirror of the object keys (softudc/etcd/mirror.py), held as marshal blob
 one marshal.loads per object and returns fresh dicts (a caller may change them). A read waits for
 the mirror to reach the latest object revision this store has seen (its own writes, what it read
 from etcd) for up to CACHE_WAIT_S, else reads etcd: reads never go back in time, and a process
-reads its own writes. Compare-and-swap checks and `changes`/`watch` always ask etcd.
+reads its own writes. `get` of an object the cache does not hold asks etcd. A reader that must
+see everything written before some moment (a follower's `settle()`) calls `revision()` first:
+it asks etcd, and later reads are at least that current. Compare-and-swap checks and
+`changes`/`watch` always ask etcd.
 """
 
 from __future__ import annotations

@@ -121,3 +121,16 @@ def test_a_cached_store_never_reads_older_than_what_it_has_seen(etcd_cluster: Et
     finally:
         writer.close()
         reader.close()
+
+
+def test_revision_makes_a_cached_reader_as_current_as_etcd(etcd_cluster: EtcdCluster, etcd_prefix: str) -> None:
+    writer = EtcdStore(etcd_cluster.client(), etcd_prefix, owns_client=True)
+    reader = EtcdStore(etcd_cluster.client(), etcd_prefix, owns_client=True, cache=True)
+    try:
+        for i in range(20):
+            writer.put("farm", f"f{i}", {})
+            reader.revision()  # what a follower's settle() does before it reads
+            assert len(reader.objects("farm")) == i + 1
+    finally:
+        writer.close()
+        reader.close()
