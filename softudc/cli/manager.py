@@ -173,13 +173,16 @@ def add_parsers(sub: Any) -> None:
     i.add_argument("--address", action="append", default=None, help="address the API is reached at (repeatable)")
     i.set_defaults(fn=cmd_init)
     m = sub.add_parser("manager", help="run the manager's API (one of a group on a shared store: docs/ha.md)")
-    m.add_argument("--listen", default="127.0.0.1:8443")
+    m.add_argument("--listen", default="127.0.0.1:8443", metavar="ADDRESS:PORT",
+                   help="where the API listens (PORT 0: a free one)")
     m.add_argument("--metrics", default=None, help="ADDRESS:PORT for Prometheus")
-    m.add_argument("--store", dest="group_store", default=None, help="sqlite:///ABS/PATH/state.db or "
-                   "etcd://HOST:PORT[,HOST:PORT...][/PREFIX] (default: state.db in the state directory)")
-    m.add_argument("--id", default=None, help="this manager's name in its group (default: hostname-PORT)")
-    m.add_argument("--advertise", default=None, help="the URL of this manager's API for the others and `status` "
-                                                     "(default: https://LISTEN)")
+    m.add_argument("--store", dest="group_store", metavar="URL", default=None,
+                   help="sqlite:///ABS/PATH/state.db or etcd://HOST:PORT[,HOST:PORT...][/PREFIX] "
+                        "(default: state.db in the state directory)")
+    m.add_argument("--id", default=None, metavar="NAME",
+                   help="this manager's name in its group (default: hostname-PORT)")
+    m.add_argument("--advertise", default=None, metavar="URL",
+                   help="the URL of this manager's API for the others and `status` (default: https://LISTEN)")
     m.set_defaults(fn=cmd_manager)
     ms = m.add_subparsers(dest="manager_cmd", metavar="{status,backup,restore}")
     st = ms.add_parser("status", help="the group's leader, members, store health and lag")
