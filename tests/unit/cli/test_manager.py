@@ -145,3 +145,20 @@ def test_a_backup_of_the_sqlite_store_restores_into_etcd_from_the_cli(tmp_path: 
         store.close()
     again = softudc(tmp_path, "manager", "restore", str(saved), "--store", url)
     assert again.returncode == 1 and "--force" in again.stderr  # not into a store that holds something
+
+
+def test_the_status_table_says_when_nobody_leads_and_which_etcd_endpoint_is_down() -> None:
+    from softudc.cli.manager import status_lines
+
+    now = time.time()
+    lines = status_lines({
+        "id": "m2", "url": "https://b:8443", "role": "follower", "leader": None, "revision": 42, "lag": None,
+        "store": {"backend": "etcd", "healthy": True, "endpoints": [
+            {"endpoint": "http://e0:2379", "ok": True, "raft_term": 3, "raft_index": 99, "db_size": 40960, "error": ""},
+            {"endpoint": "http://e1:2379", "ok": False, "raft_term": 0, "raft_index": 0, "db_size": 0,
+             "error": "connection refused"}]},
+        "members": [{"id": "m2", "url": "https://b:8443", "role": "follower", "last_seen": now}]})
+    text = "\n".join(lines)
+    assert "leader    none (the group is electing one" in text and "lag unknown" in text
+    assert "http://e0:2379: raft term 3 index 99, 40 KiB" in text and "http://e1:2379: DOWN: connection refused" in text
+    assert lines[-1].split()[:3] == ["m2", "follower", "https://b:8443"]
