@@ -27,7 +27,6 @@ from softudc.manager.etcdstore import EtcdStore
 from softudc.manager.store import Store
 
 FORMAT = 1
-ALL_EVENTS = 2**62  # events(limit=...) large enough for every event kept
 OBJECT_FIELDS = {"kind": str, "name": str, "spec": dict, "status": dict}
 EVENT_FIELDS = {"time": (int, float), "kind": str, "name": str, "type": str, "message": str}
 Progress = Callable[[str, int], None]  # (what, how many so far): for a progress line on stderr
@@ -57,16 +56,15 @@ def backup(store: Store, out: IO[bytes], progress: Progress | None = None) -> Co
     """Write every live object and every event of `store` to `out`; returns what was written."""
     counts = Counts()
     taken = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    out.write(_line({"softudc-backup": FORMAT, "taken": taken, "source": _source(store),
-                     "revision": store.revision()}))
-    for kind in store.kinds():
-        for obj in store.objects(kind):
-            out.write(_line({"object": {"kind": obj.kind, "name": obj.name, "spec": obj.spec, "status": obj.status}}))
-            counts.objects += 1
-            counts.kinds[kind] = counts.kinds.get(kind, 0) + 1
-            if progress and counts.objects % 1000 == 0:
-                progress("objects", counts.objects)
-    for event in store.events(limit=ALL_EVENTS):
+    revision, objects, events = store.dump()  # one consistent view, even of a store in use
+    out.write(_line({"softudc-backup": FORMAT, "taken": taken, "source": _source(store), "revision": revision}))
+    for obj in objects:
+        out.write(_line({"object": {"kind": obj.kind, "name": obj.name, "spec": obj.spec, "status": obj.status}}))
+        counts.objects += 1
+        counts.kinds[obj.kind] = counts.kinds.get(obj.kind, 0) + 1
+        if progress and counts.objects % 1000 == 0:
+            progress("objects", counts.objects)
+    for event in events:
         out.write(_line({"event": {k: event[k] for k in EVENT_FIELDS}}))
         counts.events += 1
         if progress and counts.events % 10000 == 0:

@@ -249,6 +249,16 @@ class EtcdStore:
         kvs = self.client.range(self._obj, prefix=True)[1]
         return sorted({o.kind for o in map(self._decode, kvs) if not o.deleted})
 
+    def dump(self) -> tuple[int, list[Obj], list[dict[str, Any]]]:
+        """The revision, every live object (by kind and name) and every event (oldest first), all
+        read at one etcd revision."""
+        header, kvs, _ = self.client.range(self._obj, prefix=True)
+        objs = sorted((o for o in map(self._decode, kvs) if not o.deleted), key=lambda o: (o.kind, o.name))
+        events = self.client.range(self._ev, prefix=True, sort_target="CREATE", sort_order="ASCEND",
+                                   revision=header)[1]
+        rev = self.client.range(self._rev, revision=header)[1]
+        return (rev[0].mod_revision if rev else 0), objs, [self._event(kv) for kv in events]
+
     def changes(self, since: int) -> list[Obj]:
         """Objects written (or deleted) after revision `since`, oldest first: a watch by polling."""
         return self._changes(since)[1]

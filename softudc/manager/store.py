@@ -59,7 +59,8 @@ class Obj:
 
 class Store(Protocol):
     """What the manager needs of its store; SqliteStore is one, EtcdStore (etcdstore.py) another.
-    `put_event` records an event at a given time and `kinds` lists the kinds with a live object:
+    `put_event` records an event at a given time, `kinds` lists the kinds with a live object and
+    `dump` is one consistent view (revision, live objects by kind and name, events oldest first):
     backups (backup.py) need them."""
 
     def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int: ...
@@ -73,6 +74,7 @@ class Store(Protocol):
     def event(self, kind: str, name: str, type_: str, message: str) -> None: ...
     def put_event(self, kind: str, name: str, type_: str, message: str, at: float) -> None: ...
     def kinds(self) -> list[str]: ...
+    def dump(self) -> tuple[int, list[Obj], list[dict[str, Any]]]: ...
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
     def compact(self, before: int) -> int: ...
     def close(self) -> None: ...
@@ -202,6 +204,21 @@ class SqliteStore:
         with self._lock:
             rows = self._db.execute("SELECT DISTINCT kind FROM objects WHERE deleted=0 ORDER BY kind").fetchall()
         return [r[0] for r in rows]
+
+    def dump(self) -> tuple[int, list[Obj], list[dict[str, Any]]]:
+        """The revision, every live object (by kind and name) and every event (oldest first), all
+        read in one transaction: another connection's writes are all in or all out."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                rev = self._revision()
+                rows = self._db.execute("SELECT kind, name, revision, spec, status, deleted FROM objects "
+                                        "WHERE deleted=0 ORDER BY kind, name").fetchall()
+                events = self._db.execute("SELECT time, kind, name, type, message FROM events ORDER BY id").fetchall()
+            finally:
+                self._db.execute("COMMIT")
+        return rev, [self._obj(r) for r in rows], [
+            {"time": t, "kind": k, "name": n, "type": ty, "message": m} for t, k, n, ty, m in events]
 
     def event(self, kind: str, name: str, type_: str, message: str) -> None:
         self.put_event(kind, name, type_, message, time.time())

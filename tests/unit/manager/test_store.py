@@ -112,8 +112,9 @@ def test_writers_of_one_object_all_land_without_expect(store_backend: StoreBacke
         t.start()
     for t in threads:
         t.join()
+    rev = s.revision()  # other managers' writes: a cached store sees them once it has seen this
     obj = s.get("farm", "shop")
-    assert obj is not None and obj.status["n"] == 4 and obj.revision == s.revision()
+    assert obj is not None and obj.status["n"] == 4 and obj.revision == rev
     assert len(s.changes(0)) == 1
 
 
@@ -158,3 +159,35 @@ def test_an_event_put_at_a_time_keeps_it(store_backend: StoreBackend) -> None:
     s.event("farm", "f", "Planned", "now")
     got = s.events("farm", "f")
     assert (got[0]["time"], got[0]["type"]) == (1234.5, "Applied") and got[1]["time"] > 1234.5
+
+
+def test_dump_is_one_consistent_view(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    s.put("host", "h1", {})
+    s.put("farm", "b", {})
+    s.put("farm", "a", {})
+    s.put("vm", "gone", {})
+    s.delete("vm", "gone")
+    s.event("farm", "a", "Applied", "1")
+    rev, objs, events = s.dump()
+    assert rev == s.revision() and [(o.kind, o.name) for o in objs] == [("farm", "a"), ("farm", "b"), ("host", "h1")]
+    assert events == s.events(limit=100)
+    s.put("farm", "c", {})  # the latest write is a live object from now on
+    writer = store_backend.open()
+    done = threading.Event()
+
+    def write() -> None:
+        i = 0
+        while not done.is_set():
+            writer.put("farm", f"w{i}", {})
+            i += 1
+
+    t = threading.Thread(target=write)
+    t.start()
+    try:
+        for _ in range(5):
+            rev, objs, _ = s.dump()
+            assert rev == max(o.revision for o in objs)  # the revision and the objects agree
+    finally:
+        done.set()
+        t.join()
