@@ -33,6 +33,9 @@ import httpx
 
 MAX_BODY = 256 * 1024 * 1024  # the largest answer read: a range of every object of a big farm fits
 UNAVAILABLE = 14  # gRPC code: no leader, request timed out, member stopping; another member may answer
+# gRPC metadata through the gateway: a member that loses its leader cancels the watch (etcd's
+# WithRequireLeader) instead of keeping a watcher quietly cut off from new writes.
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 ROUND_PAUSE_S = 0.2  # between two rounds of every endpoint for a read
 CHECK = "check the endpoints with `etcdctl --endpoints=URLS endpoint status` and the members' logs"
 
@@ -376,7 +379,8 @@ class EtcdClient:
         for index in self._order():
             endpoint = self.endpoints[index]
             try:
-                with self._http.stream("POST", endpoint + "/v3/watch", json=body, timeout=wait) as response:
+                with self._http.stream("POST", endpoint + "/v3/watch", json=body, timeout=wait,
+                                        headers=REQUIRE_LEADER) as response:
                     self._remember(index)
                     if stop is not None and stop.attach(response):
                         return
@@ -403,7 +407,8 @@ class EtcdClient:
         wait = httpx.Timeout(self.timeout, connect=min(self.timeout, 2.0),
                              read=max(deadline - time.monotonic(), 0.0) + 0.05)
         try:
-            with self._http.stream("POST", endpoint + "/v3/watch", json=body, timeout=wait) as response:
+            with self._http.stream("POST", endpoint + "/v3/watch", json=body, timeout=wait,
+                                   headers=REQUIRE_LEADER) as response:
                 for line in self._lines(response, endpoint):
                     events = self._watch_message(line, endpoint)
                     if events or time.monotonic() >= deadline:

@@ -54,3 +54,25 @@ def test_a_mirror_without_etcd_sends_readers_to_etcd_and_recovers(tmp_path: Path
         mirror.close()
         client.close()
         cluster.stop()
+
+
+def test_a_mirror_on_a_member_cut_from_its_leader_is_not_current(tmp_path: Path) -> None:
+    """The watch asks for a leader (gRPC metadata hasleader): an isolated member cancels it,
+    instead of keeping the copy quietly cut off from new writes."""
+    cluster = EtcdCluster.start(tmp_path / "etcd", members=3)
+    client = cluster.client(timeout=2)
+    client.endpoints = client.endpoints[:1]  # this member only
+    mirror = PrefixMirror(client, b"/m/", value)
+    try:
+        rev = client.put(b"/m/a", b"1")
+        assert mirror.caught_up(rev, 10)
+        cluster.kill(1)
+        cluster.kill(2)
+        deadline = time.monotonic() + 30
+        while mirror.caught_up(rev, 0) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not mirror.caught_up(rev, 0)
+    finally:
+        mirror.close()
+        client.close()
+        cluster.stop()
