@@ -5,7 +5,8 @@ as placement goes by it. A mixin of the Manager. Writes here only store: the con
 
 A report that says what the stored one says (all but `reported`), while that one is younger than
 REFRESH_S and no migration is under way, is not written: it is a heartbeat in this manager's book
-(heartbeats.py), flushed about once a second; `reports()` merges every manager's heartbeats. Each
+(heartbeats.py), flushed about once a second; `reports()` merges every manager's flushed heartbeats
+(so every manager sees the same, from the store). Each
 report and long poll reads the host from StoredHosts (reports.py), kept current from the store's
 changes, instead of reading the store.
 """
@@ -26,6 +27,7 @@ from softudc.manager.store import Conflict, Obj, Store
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
 
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
+REPORTS_KEPT_S = 0.5  # reports() answers again from what it built while the store did not move
 _MADE = threading.Lock()  # makes each Manager's book and cache once (Hosts has no __init__ of its own)
 
 
@@ -194,17 +196,21 @@ class Hosts:
         """Each host's last report with the state placement goes by: the one an admin set
         (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S.
         `reported` is the newest of the stored report's and the heartbeats' (every manager's
-        flushed ones and this one's book): the host said that, again, then. Built from StoredHosts
-        (no read of the store unless it changed); nested values are shared with it: read only."""
+        flushed books): the host said that, again, then. Built from StoredHosts (no read of the
+        store unless it changed) and kept for REPORTS_KEPT_S while the store has not moved (every
+        long poll that misses its cache asks); the reports are shared: read them, never change them."""
         now = time.time()
-        objs, seen = self.stored_hosts.snapshot(now)  # from the cache, kept current: no parse per call
-        mine = self.heartbeats.times()
+        objs, seen, revision = self.stored_hosts.snapshot(now)  # from the cache, kept current
+        kept: tuple[int, float, dict[str, dict[str, Any]]] | None = self.__dict__.get("_reports_kept")
+        if kept is not None and kept[0] == revision and 0 <= now - kept[1] < REPORTS_KEPT_S:
+            return dict(kept[2])
         out = {}
         for o in objs:
             state = o.spec.get("state", "ready")
             status = o.status
-            at = max(float(status.get("reported", 0)), seen.get(o.name, 0.0), mine.get(o.name, 0.0))
+            at = max(float(status.get("reported", 0)), seen.get(o.name, 0.0))
             if now - at > HOST_DOWN_AFTER_S:
                 state = "down"
             out[o.name] = {**status, **({"reported": at} if "reported" in status else {}), "state": state}
-        return out
+        self.__dict__["_reports_kept"] = (revision, now, out)
+        return dict(out)

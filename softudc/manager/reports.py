@@ -95,16 +95,17 @@ class StoredHosts:
         self._revision = -1  # everything up to this revision is in
         self.loads = 0  # full reads (a metric; tests count them)
 
-    def snapshot(self, now: float) -> tuple[list[Obj], dict[str, float]]:
-        """Every host object by name and each host's newest heartbeat over the managers' flushed
-        books, as stored now. Shared with the cache: read them, never change them."""
+    def snapshot(self, now: float) -> tuple[list[Obj], dict[str, float], int]:
+        """Every host object by name, each host's newest heartbeat over the managers' flushed
+        books, and the store revision they are as of. Shared with the cache: read them, never
+        change them."""
         self.refresh()
         with self._lock:
             if self._sorted is None:
                 self._sorted = sorted(self._hosts.values(), key=lambda o: o.name)
             if self._seen is None:
                 self._seen = merge_seen(self._beats.values(), now)
-            return self._sorted, self._seen
+            return self._sorted, self._seen, self._revision
 
     def get(self, name: str) -> Obj | None:
         """The host object as stored now (None: not joined, or removed)."""
