@@ -1,4 +1,4 @@
-"""The etcd client against a real etcd (the session's member), and its encoding helpers by hypothesis."""
+"""The etcd client against a real etcd (the session's member)."""
 
 from __future__ import annotations
 
@@ -7,57 +7,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from softudc.etcd.client import (
-    KV,
-    EtcdClient,
-    EtcdCompacted,
-    EtcdError,
-    b64,
-    cmp_mod,
-    decode_kv,
-    encode_kv,
-    op_put,
-    op_range,
-    prefix_end,
-    unb64,
-)
+from softudc.etcd.client import EtcdClient, EtcdCompacted, EtcdError, cmp_mod, op_put, op_range
 from softudc.etcd.cluster import EtcdCluster, free_port
-
-keys = st.binary(min_size=1, max_size=40)
-
-
-@given(st.binary(max_size=200))
-def test_base64_round_trips(data: bytes) -> None:
-    assert unb64(b64(data)) == data
-
-
-@given(keys, keys)
-def test_prefix_end_bounds_exactly_the_keys_with_the_prefix(prefix: bytes, other: bytes) -> None:
-    end = prefix_end(prefix)
-    if end == b"\0":  # only 0xff bytes: every key from the prefix on
-        assert set(prefix) == {0xFF}
-        return
-    assert prefix < end
-    assert (prefix <= other < end) == other.startswith(prefix)
-
-
-@given(st.builds(KV, key=keys, value=st.binary(max_size=50), create_revision=st.integers(0, 2**63 - 1),
-                 mod_revision=st.integers(0, 2**63 - 1), version=st.integers(0, 2**63 - 1),
-                 lease=st.integers(0, 2**63 - 1)))
-def test_kv_round_trips_through_the_gateway_form(kv: KV) -> None:
-    assert decode_kv(encode_kv(kv)) == kv
-
-
-@given(st.text(max_size=20))
-def test_garbage_base64_is_an_error_not_garbage(text: str) -> None:
-    try:
-        data = unb64(text)
-    except ValueError:
-        return
-    assert unb64(b64(data)) == data
 
 
 @pytest.fixture
