@@ -20,7 +20,7 @@ from prometheus_client import start_http_server
 
 from softudc.atomicfile import write_atomic
 from softudc.cli.connect import add_arguments, connect
-from softudc.cli.errors import CliError
+from softudc.cli.errors import CliError, ok
 from softudc.lab.state import default_state_dir
 
 if TYPE_CHECKING:
@@ -110,7 +110,6 @@ def cmd_manager(a: argparse.Namespace) -> None:
 
 
 def cmd_status(a: argparse.Namespace) -> None:
-    from softudc.cli.admin import ok
 
     status = ok(*connect(a).call("GET", "/v1/manager/status"))
     if a.output == "json":
