@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from softudc.cli.admin import get_rows, migrate_managed, ok, print_table
+from softudc.cli.admin import get_rows, migrate_managed, print_table
 from softudc.cli.connect import LabApi
-from softudc.cli.errors import CliError
+from softudc.cli.errors import CliError, ok
 from softudc.lab import Lab, LabSpec, lab_down, lab_up
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get, wait_for_page

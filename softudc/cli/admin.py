@@ -13,20 +13,11 @@ from typing import Any
 import yaml
 
 from softudc.cli.connect import Api, add_arguments, connect
-from softudc.cli.errors import CliError
+from softudc.cli.errors import CliError, ok
 from softudc.model.farm import Farm, validate
 from softudc.model.hoststate import SEPARATOR, split_vm_name
 from softudc.model.source import DescriptorError
 from softudc.placement.model import fmt_mib
-
-
-def ok(status: int, body: Any) -> Any:
-    if status != 200:
-        message = body.get("error", body) if isinstance(body, dict) else body
-        for p in body.get("problems", []) if isinstance(body, dict) else []:
-            print(p, file=sys.stderr)
-        raise CliError(f"manager: {message}")
-    return body
 
 
 def _read_farm(path: str) -> tuple[str, Farm]:

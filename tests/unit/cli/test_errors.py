@@ -31,7 +31,7 @@ def test_main_prints_a_cli_error_and_exits_1(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_a_refused_manager_call_is_a_cli_error_not_a_lab_error(capsys: pytest.CaptureFixture[str]) -> None:
-    from softudc.cli.admin import ok
+    from softudc.cli.errors import ok
 
     assert ok(200, {"farms": []}) == {"farms": []}
     with pytest.raises(CliError, match=r"^manager: farm demo is invalid$") as e:
