@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import socket
 import ssl
 import subprocess
@@ -427,6 +428,8 @@ def machine() -> dict[str, Any]:
 def run_manager(hosts: list[int] | None = None, backends: list[str] | None = None, seconds: float = 20.0,
                 vms: int = 1000) -> dict[str, Any]:
     raise_fd_limit()
+    if threading.current_thread() is threading.main_thread():  # a SIGTERM unwinds: the daemon and clients stop
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench manager: stopped by SIGTERM"))
     runs: list[dict[str, Any]] = []
     notes: list[str] = []
     store_ok = daemon_takes_store()
