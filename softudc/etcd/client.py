@@ -24,8 +24,8 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 
@@ -110,6 +110,25 @@ class WatchStop:
                     self._socket.shutdown(socket.SHUT_RDWR)
 
 
+SHAPE_ERRORS = (TypeError, ValueError, KeyError, AttributeError)  # an answer not shaped like etcd's
+T = TypeVar("T")
+
+
+def _unexpected(endpoint: str, path: str, e: Exception) -> EtcdError:
+    return EtcdError(f"etcd {endpoint}{path} answered something unexpected ({type(e).__name__}: {e}): is this "
+                     f"etcd 3.4+'s client URL? {CHECK}")
+
+
+def _ignore(answer: dict[str, Any]) -> None:
+    return None
+
+
+def _status(a: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True, "leader": int(a.get("leader", 0)), "member_id": int(a.get("header", {}).get("member_id", 0)),
+            "raft_term": int(a.get("raftTerm", 0)), "raft_index": int(a.get("raftIndex", 0)),
+            "db_size": int(a.get("dbSize", 0)), "version": str(a.get("version", ""))}
+
+
 class _Unsent(Exception):
     """The request did not reach the endpoint (safe to send elsewhere)."""
 
@@ -141,7 +160,8 @@ class EtcdClient:
         with self._lock:
             self._good = index
 
-    def _post_one(self, endpoint: str, path: str, body: dict[str, Any], safe: bool) -> dict[str, Any]:
+    def _post_one(self, endpoint: str, path: str, body: dict[str, Any], safe: bool,
+                  decode: Callable[[dict[str, Any]], T]) -> T:
         try:
             with self._http.stream("POST", endpoint + path, json=body) as response:
                 data = self._read_bounded(response.iter_bytes(), endpoint, path)
@@ -153,13 +173,16 @@ class EtcdClient:
             raise EtcdError(f"etcd {endpoint}{path} failed after the request was sent ({e or type(e).__name__}): "
                             f"its outcome is unknown, read the key again; {CHECK}", retryable=True) from e
         answer = self._parse(data, endpoint, path)
-        if "error" in answer or ("code" in answer and "message" in answer):
-            code = int(answer.get("code", 0))
-            message = answer.get("message") or answer.get("error")
-            if code == UNAVAILABLE and safe:
-                raise _Unsent(f"{endpoint}: {message}")
-            raise EtcdError(f"etcd {endpoint}{path} refused: {message} (gRPC code {code}); {CHECK}", code)
-        return answer
+        try:
+            if "error" in answer or ("code" in answer and "message" in answer):
+                code = int(answer.get("code", 0))
+                message = answer.get("message") or answer.get("error")
+                if code == UNAVAILABLE and safe:
+                    raise _Unsent(f"{endpoint}: {message}")
+                raise EtcdError(f"etcd {endpoint}{path} refused: {message} (gRPC code {code}); {CHECK}", code)
+            return decode(answer)
+        except SHAPE_ERRORS as e:
+            raise _unexpected(endpoint, path, e) from e
 
     @staticmethod
     def _read_bounded(chunks: Iterator[bytes], endpoint: str, path: str) -> bytes:
@@ -183,7 +206,7 @@ class EtcdClient:
             raise EtcdError(f"etcd {endpoint}{path} answered {type(answer).__name__}, not an object; {CHECK}")
         return answer
 
-    def _post(self, path: str, body: dict[str, Any], safe: bool) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any], safe: bool, decode: Callable[[dict[str, Any]], T]) -> T:
         """Send to the endpoints in turn, and round again (an election takes about a second) until
         `timeout` has passed since the first try, as long as no endpoint may have applied it."""
         deadline = time.monotonic() + self.timeout
@@ -191,7 +214,7 @@ class EtcdClient:
             failures: list[str] = []
             for index in self._order():
                 try:
-                    answer = self._post_one(self.endpoints[index], path, body, safe)
+                    answer = self._post_one(self.endpoints[index], path, body, safe, decode)
                 except _Unsent as e:
                     failures.append(str(e))
                     continue
@@ -215,33 +238,30 @@ class EtcdClient:
         body = range_body(key, prefix, range_end, limit=limit, min_mod_revision=min_mod_revision,
                            keys_only=keys_only, count_only=count_only, sort_target=sort_target,
                            sort_order=sort_order, revision=revision)
-        answer = self._post("/v3/kv/range", body, safe=True)
-        kvs = [decode_kv(kv) for kv in answer.get("kvs", [])]
-        return header_revision(answer), kvs, int(answer.get("count", 0))
+        return self._post("/v3/kv/range", body, True, lambda a: (
+            header_revision(a), [decode_kv(kv) for kv in a.get("kvs", [])], int(a.get("count", 0))))
 
     def get(self, key: bytes) -> KV | None:
         return next(iter(self.range(key)[1]), None)
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         body = {"key": b64(key), "value": b64(value), "lease": str(lease)}
-        return header_revision(self._post("/v3/kv/put", body, safe=False))
+        return self._post("/v3/kv/put", body, False, header_revision)
 
     def delete(self, key: bytes, *, prefix: bool = False, range_end: bytes | None = None) -> tuple[int, int]:
         """(revision, how many keys were deleted)."""
         body: dict[str, Any] = op_delete(key, prefix, range_end)["request_delete_range"]
-        answer = self._post("/v3/kv/deleterange", body, safe=False)
-        return header_revision(answer), int(answer.get("deleted", 0))
+        return self._post("/v3/kv/deleterange", body, False, lambda a: (header_revision(a), int(a.get("deleted", 0))))
 
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
             failure: list[dict[str, Any]] | None = None) -> tuple[bool, int, list[dict[str, Any]]]:
         """(succeeded, revision, responses): see decode_responses for the responses' form."""
         body = {"compare": compare, "success": success, "failure": failure or []}
-        answer = self._post("/v3/kv/txn", body, safe=False)
-        return bool(answer.get("succeeded", False)), header_revision(answer), \
-            decode_responses(answer.get("responses", []))
+        return self._post("/v3/kv/txn", body, False, lambda a: (
+            bool(a.get("succeeded", False)), header_revision(a), decode_responses(a.get("responses", []))))
 
     def compact(self, revision: int, physical: bool = False) -> None:
-        self._post("/v3/kv/compaction", {"revision": str(revision), "physical": physical}, safe=False)
+        self._post("/v3/kv/compaction", {"revision": str(revision), "physical": physical}, False, _ignore)
 
     # -- watch ----------------------------------------------------------------------------------
 
@@ -332,7 +352,13 @@ class EtcdClient:
             yield buffer
 
     def _watch_message(self, line: bytes, endpoint: str) -> list[KV]:
-        message = self._parse(line, endpoint, "/v3/watch")
+        try:
+            return self._watch_events(self._parse(line, endpoint, "/v3/watch"), endpoint)
+        except SHAPE_ERRORS as e:
+            raise _unexpected(endpoint, "/v3/watch", e) from e
+
+    @staticmethod
+    def _watch_events(message: dict[str, Any], endpoint: str) -> list[KV]:
         if "error" in message:
             error = message["error"]
             text = error.get("message", error) if isinstance(error, dict) else error
@@ -353,18 +379,17 @@ class EtcdClient:
 
     def lease_grant(self, ttl: int) -> int:
         """A new lease of `ttl` seconds; returns its id."""
-        return int(self._post("/v3/lease/grant", {"TTL": str(ttl)}, safe=False)["ID"])
+        return self._post("/v3/lease/grant", {"TTL": str(ttl)}, False, lambda a: int(a["ID"]))
 
     def lease_keepalive(self, lease_id: int) -> int:
         """Renew the lease once; returns its TTL after renewal, 0 when the lease is gone."""
-        answer = self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, safe=True)
-        result: dict[str, Any] = answer.get("result", answer)
-        return int(result.get("TTL", 0))
+        return self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, True,
+                          lambda a: int(a.get("result", a).get("TTL", 0)))
 
     def lease_revoke(self, lease_id: int) -> None:
         """Revoke the lease (its keys go with it); a lease already gone is not an error."""
         try:
-            self._post("/v3/lease/revoke", {"ID": str(lease_id)}, safe=False)
+            self._post("/v3/lease/revoke", {"ID": str(lease_id)}, False, _ignore)
         except EtcdError as e:
             if "lease not found" not in str(e):
                 raise
@@ -379,19 +404,14 @@ class EtcdClient:
             row: dict[str, Any] = {"endpoint": endpoint, "ok": False, "leader": 0, "member_id": 0, "raft_term": 0,
                                    "raft_index": 0, "db_size": 0, "version": "", "error": ""}
             try:
-                answer = self._post_one(endpoint, "/v3/maintenance/status", {}, safe=True)
+                row.update(self._post_one(endpoint, "/v3/maintenance/status", {}, True, _status))
             except (_Unsent, EtcdError) as e:
                 row["error"] = str(e)
-            else:
-                row.update(ok=True, leader=int(answer.get("leader", 0)),
-                           member_id=int(answer.get("header", {}).get("member_id", 0)),
-                           raft_term=int(answer.get("raftTerm", 0)), raft_index=int(answer.get("raftIndex", 0)),
-                           db_size=int(answer.get("dbSize", 0)), version=answer.get("version", ""))
             rows.append(row)
         return rows
 
     def members(self) -> list[dict[str, Any]]:
         """The cluster's members: id, name, peer_urls, client_urls."""
-        answer = self._post("/v3/cluster/member/list", {}, safe=True)
-        return [{"id": int(m.get("ID", 0)), "name": m.get("name", ""), "peer_urls": m.get("peerURLs", []),
-                 "client_urls": m.get("clientURLs", [])} for m in answer.get("members", [])]
+        return self._post("/v3/cluster/member/list", {}, True, lambda a: [
+            {"id": int(m.get("ID", 0)), "name": m.get("name", ""), "peer_urls": m.get("peerURLs", []),
+             "client_urls": m.get("clientURLs", [])} for m in a.get("members", [])])
