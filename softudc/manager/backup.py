@@ -29,6 +29,7 @@ from softudc.manager.store import Store
 FORMAT = 1
 OBJECT_FIELDS = {"kind": str, "name": str, "spec": dict, "status": dict}
 EVENT_FIELDS = {"time": (int, float), "kind": str, "name": str, "type": str, "message": str}
+PROGRESS_EVERY = 1000  # objects between two progress lines (events: ten times as many)
 Progress = Callable[[str, int], None]  # (what, how many so far): for a progress line on stderr
 
 
@@ -62,12 +63,12 @@ def backup(store: Store, out: IO[bytes], progress: Progress | None = None) -> Co
         out.write(_line({"object": {"kind": obj.kind, "name": obj.name, "spec": obj.spec, "status": obj.status}}))
         counts.objects += 1
         counts.kinds[obj.kind] = counts.kinds.get(obj.kind, 0) + 1
-        if progress and counts.objects % 1000 == 0:
+        if progress and counts.objects % PROGRESS_EVERY == 0:
             progress("objects", counts.objects)
     for event in events:
         out.write(_line({"event": {k: event[k] for k in EVENT_FIELDS}}))
         counts.events += 1
-        if progress and counts.events % 10000 == 0:
+        if progress and counts.events % (10 * PROGRESS_EVERY) == 0:
             progress("events", counts.events)
     return counts
 
@@ -181,11 +182,11 @@ def restore(store: Store, inp: IO[bytes], force: bool = False, name: str = "back
             store.set_status(obj["kind"], obj["name"], obj["status"])
         counts.objects += 1
         counts.kinds[obj["kind"]] = counts.kinds.get(obj["kind"], 0) + 1
-        if progress and counts.objects % 1000 == 0:
+        if progress and counts.objects % PROGRESS_EVERY == 0:
             progress("objects", counts.objects)
     for event in data.events:
         store.put_event(event["kind"], event["name"], event["type"], event["message"], float(event["time"]))
         counts.events += 1
-        if progress and counts.events % 10000 == 0:
+        if progress and counts.events % (10 * PROGRESS_EVERY) == 0:
             progress("events", counts.events)
     return counts

@@ -346,8 +346,12 @@ class EtcdStore:
         return list(reversed(rows))
 
     def _event(self, kv: KV) -> dict[str, Any]:
-        kind, name, _ = kv.key[len(self._ev):].decode().split("/")
-        doc = json.loads(kv.value)
-        return {"time": doc["time"], "kind": unquote(kind), "name": unquote(name), "type": doc["type"],
-                "message": doc["message"]}
+        try:
+            kind, name, _ = kv.key[len(self._ev):].decode().split("/")
+            doc = json.loads(kv.value)
+            return {"time": float(doc["time"]), "kind": unquote(kind), "name": unquote(name),
+                    "type": str(doc["type"]), "message": str(doc["message"])}
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"etcd key {kv.key.decode(errors='replace')} is not a SoftUDC event ({e}): was it "
+                             "written by something else? Delete it") from e
 

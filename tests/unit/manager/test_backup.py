@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import softudc.manager.backup as backup_module
 from softudc.manager.backup import BackupError, backup, read_backup, restore
 from softudc.manager.store import Store
 from tests.etcd_fixture import StoreBackend
@@ -110,3 +111,18 @@ def test_bad_files_are_refused_naming_the_line_and_nothing_is_written(store_back
 def test_a_good_file_reads_back() -> None:
     data = read_backup(io.BytesIO((HEADER + "\n" + OBJ + "\n").encode()))
     assert data.header["revision"] == 3 and data.objects == [{"kind": "farm", "name": "a", "spec": {}, "status": {}}]
+
+
+def test_large_stores_report_progress(store_backend: StoreBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(backup_module, "PROGRESS_EVERY", 10)
+    s = store_backend.open()
+    for i in range(11):
+        s.put("host", f"h{i}", {})
+    seen: list[tuple[str, int]] = []
+    out = io.BytesIO()
+    backup(s, out, progress=lambda what, n: seen.append((what, n)))
+    assert seen == [("objects", 10)]
+    seen.clear()
+    target = store_backend.open()
+    restore(target, io.BytesIO(out.getvalue()), force=True, progress=lambda what, n: seen.append((what, n)))
+    assert seen == [("objects", 10)]

@@ -75,6 +75,9 @@ def test_garbage_under_the_prefix_is_named(client: EtcdClient, etcd_prefix: str)
     client.put(f"{etcd_prefix}/obj/farm/bad".encode(), b"not json")
     with pytest.raises(ValueError, match=f"{etcd_prefix}/obj/farm/bad is not a SoftUDC object"):
         s.objects("farm")
+    client.put(f"{etcd_prefix}/ev/farm/x/1".encode(), b"{}")
+    with pytest.raises(ValueError, match=f"{etcd_prefix}/ev/farm/x/1 is not a SoftUDC event"):
+        s.events("farm", "x")
 
 
 
