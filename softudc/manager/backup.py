@@ -160,6 +160,34 @@ def _numbered(inp: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 # -- restoring ------------------------------------------------------------------------------------
 
+def _count(obj: dict[str, Any], counts: Counts, progress: Progress | None) -> None:
+    counts.objects += 1
+    counts.kinds[obj["kind"]] = counts.kinds.get(obj["kind"], 0) + 1
+    if progress and counts.objects % PROGRESS_EVERY == 0:
+        progress("objects", counts.objects)
+
+
+def _load(store: Store, objects: list[dict[str, Any]], counts: Counts, progress: Progress | None) -> None:
+    """Into an empty store: many objects per transaction."""
+    for i in range(0, len(objects), PROGRESS_EVERY):
+        chunk = objects[i:i + PROGRESS_EVERY]
+        store.load([(o["kind"], o["name"], o["spec"], o["status"]) for o in chunk])
+        for obj in chunk:
+            _count(obj, counts, progress)
+
+
+def _replace(store: Store, objects: list[dict[str, Any]], counts: Counts, progress: Progress | None) -> None:
+    """Into a store in use (forced): what the backup lacks is deleted, the rest written over."""
+    wanted = {(o["kind"], o["name"]) for o in objects}
+    existing = {(o.kind, o.name) for kind in store.kinds() for o in store.objects(kind)}
+    for kind, obj_name in sorted(existing - wanted):
+        store.delete(kind, obj_name)
+    for obj in objects:
+        store.put(obj["kind"], obj["name"], obj["spec"])
+        if obj["status"] or (obj["kind"], obj["name"]) in existing:  # a kept object's old status goes
+            store.set_status(obj["kind"], obj["name"], obj["status"])
+        _count(obj, counts, progress)
+
 def is_empty(store: Store) -> bool:
     return not store.kinds() and not store.events(limit=1)
 
@@ -172,18 +200,10 @@ def restore(store: Store, inp: IO[bytes], force: bool = False, name: str = "back
         raise BackupError(f"the store already holds objects or events ({', '.join(store.kinds()) or 'events'}): "
                           "restore into an empty store, or pass --force to replace its objects with the backup's")
     counts = Counts()
-    wanted = {(o["kind"], o["name"]) for o in data.objects}
-    existing = {(o.kind, o.name) for kind in store.kinds() for o in store.objects(kind)}
-    for kind, obj_name in sorted(existing - wanted):
-        store.delete(kind, obj_name)
-    for obj in data.objects:
-        store.put(obj["kind"], obj["name"], obj["spec"])
-        if obj["status"] or (obj["kind"], obj["name"]) in existing:  # a kept object's old status goes
-            store.set_status(obj["kind"], obj["name"], obj["status"])
-        counts.objects += 1
-        counts.kinds[obj["kind"]] = counts.kinds.get(obj["kind"], 0) + 1
-        if progress and counts.objects % PROGRESS_EVERY == 0:
-            progress("objects", counts.objects)
+    if is_empty(store):
+        _load(store, data.objects, counts, progress)
+    else:
+        _replace(store, data.objects, counts, progress)
     for event in data.events:
         store.put_event(event["kind"], event["name"], event["type"], event["message"], float(event["time"]))
         counts.events += 1

@@ -57,6 +57,7 @@ DEFAULT_PREFIX = "/softudc"
 TXN_CHUNK = 100  # keys deleted per txn (etcd's --max-txn-ops defaults to 128)
 WRITE_RETRY_S = 15.0  # how long a write is retried while etcd cannot say (elections take ~1 s)
 RETRY_PAUSE_S = 0.1
+LOAD_BATCH = 60  # objects per txn in load(): compares and puts stay under etcd's --max-txn-ops 128
 CACHE_WAIT_S = 1.0  # how long a cached read waits for the mirror before it reads etcd itself
 
 
@@ -222,6 +223,34 @@ class EtcdStore:
             rev = self._write(kind, name, kv, self._encode(obj.spec, obj.status, deleted=True), [])
             if rev is not None:
                 return rev
+
+    def load(self, objects: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> int:
+        """Write objects that do not exist yet (a restore into an empty store), LOAD_BATCH per txn
+        (each batch shares one revision); a batch with a tombstone in it goes one object at a
+        time, as put does. KeyError if one exists (the objects before it stay). Returns the
+        revision of the last write."""
+        rev = 0
+        for i in range(0, len(objects), LOAD_BATCH):
+            batch = objects[i:i + LOAD_BATCH]
+            keys = [self._key(kind, name) for kind, name, _, _ in batch]
+            ok, rev, _ = self.client.txn([cmp_create(key, "EQUAL", 0) for key in keys],
+                                         [*(op_put(key, self._encode(spec, status))
+                                            for key, (_, _, spec, status) in zip(keys, batch, strict=True)),
+                                          op_put(self._rev, b"")])
+            if not ok:
+                rev = self._load_one_by_one(batch)
+            self._saw(rev)
+        return rev
+
+    def _load_one_by_one(self, batch: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> int:
+        rev = 0
+        for kind, name, spec, status in batch:
+            try:
+                self.put(kind, name, spec, expect=0)
+            except Conflict:
+                raise KeyError(f"{kind}/{name} exists already: load() is for an empty store") from None
+            rev = self.set_status(kind, name, status)
+        return rev
 
     def get(self, kind: str, name: str) -> Obj | None:
         """The live object or None. Cached: what the cache holds; an object it does not hold (yet:

@@ -60,8 +60,8 @@ class Obj:
 class Store(Protocol):
     """What the manager needs of its store; SqliteStore is one, EtcdStore (etcdstore.py) another.
     `put_event` records an event at a given time, `kinds` lists the kinds with a live object and
-    `dump` is one consistent view (revision, live objects by kind and name, events oldest first):
-    backups (backup.py) need them."""
+    `dump` is one consistent view (revision, live objects by kind and name, events oldest first),
+    `load` writes many new objects (kind, name, spec, status) at once: backups (backup.py) need them."""
 
     def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int: ...
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int: ...
@@ -75,6 +75,7 @@ class Store(Protocol):
     def put_event(self, kind: str, name: str, type_: str, message: str, at: float) -> None: ...
     def kinds(self) -> list[str]: ...
     def dump(self) -> tuple[int, list[Obj], list[dict[str, Any]]]: ...
+    def load(self, objects: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> int: ...
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
     def compact(self, before: int) -> int: ...
     def close(self) -> None: ...
@@ -219,6 +220,24 @@ class SqliteStore:
                 self._db.execute("COMMIT")
         return rev, [self._obj(r) for r in rows], [
             {"time": t, "kind": k, "name": n, "type": ty, "message": m} for t, k, n, ty, m in events]
+
+    def load(self, objects: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> int:
+        """Write objects that do not exist yet (a restore into an empty store; a tombstone counts as
+        absent, as for put), in one transaction; KeyError (and nothing written) if one exists.
+        Returns the revision of the last."""
+        with self._tx() as db:
+            rev = self._revision()
+            for kind, name, spec, status in objects:
+                row = self._check(db, kind, name, None)
+                if row is not None and not row[1]:
+                    raise KeyError(f"{kind}/{name} exists already: load() is for an empty store")
+                db.execute("DELETE FROM events WHERE kind=? AND name=?", (kind, name))
+                rev = self._next(db)
+                db.execute("INSERT INTO objects (kind, name, revision, spec, status, deleted) "
+                           "VALUES (?, ?, ?, ?, ?, 0) ON CONFLICT(kind, name) DO UPDATE SET "
+                           "revision=excluded.revision, spec=excluded.spec, status=excluded.status, deleted=0",
+                           (kind, name, rev, json.dumps(spec, sort_keys=True), json.dumps(status, sort_keys=True)))
+            return rev
 
     def event(self, kind: str, name: str, type_: str, message: str) -> None:
         self.put_event(kind, name, type_, message, time.time())

@@ -191,3 +191,17 @@ def test_dump_is_one_consistent_view(store_backend: StoreBackend) -> None:
     finally:
         done.set()
         t.join()
+
+
+def test_load_writes_new_objects_at_once(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    s.put("farm", "was", {})
+    s.event("farm", "was", "Applied", "old")
+    s.delete("farm", "was")  # a tombstone is no obstacle, and its events go
+    objs = [("host", f"h{i}", {"i": i}, {"up": True}) for i in range(130)] + [("farm", "was", {"new": 1}, {})]
+    rev = s.load(objs)
+    assert rev == s.revision() and len(s.objects("host")) == 130 and s.events("farm", "was") == []
+    assert s.get("host", "h129").status == {"up": True} and s.get("farm", "was").spec == {"new": 1}  # type: ignore[union-attr]
+    assert {o.name for o in s.changes(rev - 1)} >= {"was"}
+    with pytest.raises(KeyError, match="host/h0 exists already"):
+        s.load([("host", "h0", {}, {})])
