@@ -11,6 +11,7 @@ from typing import Any
 from softudc.cli.errors import CliError
 from softudc.lab import LabError, LabSpec, lab_down, lab_status, lab_up, load_lab
 from softudc.lab.endpoint import add_endpoint, move_endpoint, remove_endpoint
+from softudc.lab.manager import MANAGER_PORT
 from softudc.lab.shell import CommandError
 from softudc.localapi import LocalApiClient, LocalApiError
 
@@ -53,6 +54,12 @@ def cmd_lab_status(a: argparse.Namespace) -> None:
         print(f"{h['host']}  segment={h['segment']}  underlay={h['underlay']}  gatekeeper={alive}")
     for e in status["endpoints"]:  # type: ignore[attr-defined]
         print(f"endpoint {e['name']}  host={e['host']}  vnet={e['vnet']}  ip={e['ip']}  mac={e['mac']}")
+    for m in status.get("managers", []):  # type: ignore[attr-defined]
+        up = "up" if m["alive"] else "DOWN"
+        print(f"manager {m['id']}  https://{m['address']}:{MANAGER_PORT}  pid={m['pid']}  {up}")
+    for e in status.get("etcd", []):  # type: ignore[attr-defined]
+        up = "up" if e["alive"] else "DOWN"
+        print(f"etcd {e['name']}  http://{e['host']}:{e['client_port']}  pid={e['pid']}  {up}")
 
 
 def cmd_endpoint_add(a: argparse.Namespace) -> None:
