@@ -56,6 +56,13 @@ class PrefixMirror(Generic[T]):
         with self._changed:
             return self._changed.wait_for(lambda: self._healthy and self._revision >= revision, wait)
 
+    def wait_beyond(self, revision: int, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the copy to move past `revision`: true if it did (watch
+        running), false at the timeout or as soon as the watch is down."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._healthy or self._revision > revision, timeout)
+            return self._healthy and self._revision > revision
+
     def get(self, key: bytes) -> T | None:
         with self._changed:
             return self._items.get(key)

@@ -301,7 +301,15 @@ class EtcdStore:
 
     def watch(self, since: int, timeout: float) -> list[Obj]:
         """What `changes(since)` returns, as soon as there is something: waits up to `timeout`
-        seconds for a write of any manager (etcd's watch), then returns [] if there was none."""
+        seconds for a write of any manager (etcd's watch), then returns [] if there was none.
+        Cached, the cache's own watch feeds it: no request to etcd while nothing changes."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        mirror = self._cache()
+        if mirror is not None:
+            got = self._watch_cached(mirror, since, deadline)
+            if got is not None:
+                return got
+            timeout = deadline - time.monotonic()  # the cache went down: etcd for the rest
         header, changed = self._changes(since)
         if changed or timeout <= 0:
             return changed
@@ -310,6 +318,21 @@ class EtcdStore:
         with contextlib.suppress(EtcdCompacted):
             self.client.watch(self._obj, prefix=True, start_revision=max(since, header) + 1, timeout=timeout)
         return self.changes(since)
+
+    def _watch_cached(self, mirror: PrefixMirror[Cached], since: int, deadline: float) -> list[Obj] | None:
+        """watch() from the cache (changes up to its revision, oldest first); None if it goes down."""
+        while True:
+            at = mirror.revision
+            entries = sorted((e for e in mirror.values() if e[0].mod_revision > since),
+                             key=lambda e: e[0].mod_revision)
+            if entries:
+                self._saw(entries[-1][0].mod_revision)
+                return [self._uncached(e) for e in entries]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            if not mirror.wait_beyond(at, remaining) and not mirror.caught_up(0, 0):
+                return None
 
     def revision(self) -> int:
         kv = self.client.get(self._rev)
