@@ -5,6 +5,7 @@ but never each other's keys). The member is stopped by PID at the session's end,
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -77,6 +78,35 @@ def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
             EtcdStore(cluster.client(), prefix, owns_client=True, cache=cache)), etcd_events)
     try:
         yield backend
+    finally:
+        for store in opened:
+            store.close()
+
+
+@pytest.fixture(autouse=True)
+def _store_from_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """SOFTUDC_TEST_STORE=etcd (or etcd-cached) runs the tests with every Manager's default store
+    an EtcdStore in the session's etcd instead of SQLite (a prefix per state directory):
+    `SOFTUDC_TEST_STORE=etcd-cached pytest tests/unit/manager` is the manager on etcd."""
+    backend = os.environ.get("SOFTUDC_TEST_STORE", "sqlite")
+    if backend == "sqlite":
+        yield
+        return
+    import softudc.manager.service as service
+
+    cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
+    prefixes: dict[str, str] = {}
+    opened: list[EtcdStore] = []
+
+    class EtcdInstead:
+        def __new__(cls, path: object) -> EtcdStore:  # type: ignore[misc]
+            prefix = prefixes.setdefault(str(path), f"/t-{uuid.uuid4().hex[:12]}")
+            opened.append(EtcdStore(cluster.client(), prefix, owns_client=True, cache=backend == "etcd-cached"))
+            return opened[-1]
+
+    monkeypatch.setattr(service, "SqliteStore", EtcdInstead)
+    try:
+        yield
     finally:
         for store in opened:
             store.close()
