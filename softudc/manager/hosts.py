@@ -6,9 +6,9 @@ as placement goes by it. A mixin of the Manager. Writes here only store: the con
 A report that says what the stored one says (all but `reported`), while that one is younger than
 REFRESH_S and no migration is under way, is not written: it is a heartbeat in this manager's book
 (heartbeats.py), flushed about once a second; `reports()` merges every manager's flushed heartbeats
-(so every manager sees the same, from the store). Each
-report and long poll reads the host from StoredHosts (reports.py), kept current from the store's
-changes, instead of reading the store.
+(so every manager sees the same, from the store). A report is compared with StoredHosts
+(reports.py): every host object as the store holds it, kept current from the store's changes,
+which `reports()` is built from too.
 """
 
 from __future__ import annotations
@@ -130,10 +130,7 @@ class Hosts:
             raise ApiError(403, "gatekeeper routes need a client certificate from this manager's CA (join first)")
         if peer_cn != name:
             raise ApiError(403, f"this certificate belongs to {peer_cn!r}, not {name!r}")
-        cached = self.stored_hosts.get(name)  # as the store holds it now: every report and long poll asks
-        if cached is not None and cached.spec.get("certificate") == peer_fingerprint:
-            return
-        obj = self.store.get("host", name)  # binding and refusing: from the store itself
+        obj = self.store.get("host", name)  # one object: cheap on both stores (etcd's from its watched copy)
         if obj is None:
             raise ApiError(403, f"host {name!r} is not joined to this manager (never joined, or removed); "
                                 "join it with a new token")

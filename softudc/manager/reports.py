@@ -94,6 +94,9 @@ class StoredHosts:
         self._migrating: set[str] = set()  # farms with an instance on the move
         self._revision = -1  # everything up to this revision is in
         self.loads = 0  # full reads (a metric; tests count them)
+        self._flight = threading.Condition(threading.Lock())  # looks at the store: one at a time, shared
+        self._started = self._finished = 0  # looks begun; the latest one done
+        self._looking = False
 
     def snapshot(self, now: float) -> tuple[list[Obj], dict[str, float], int]:
         """Every host object by name, each host's newest heartbeat over the managers' flushed
@@ -120,31 +123,60 @@ class StoredHosts:
             return bool(self._migrating)
 
     def refresh(self) -> None:
-        """Bring the cache to the store's current revision."""
+        """Bring the cache to the store's revision as of this call, or later. Concurrent callers share
+        looks: each waits for one that began after it called (so none is answered from before its
+        call), and the store is read by one look at a time, outside the cache's lock (on etcd a look
+        is a round trip: reports must not queue behind each other's)."""
+        with self._flight:
+            need = self._started + 1  # the first look that begins from now on will do
+            while self._finished < need:
+                if not self._looking:
+                    self._looking, self._started = True, self._started + 1
+                    mine = self._started
+                    break
+                self._flight.wait()
+            else:
+                return
+        done = False
+        try:
+            self._look()
+            done = True
+        finally:
+            with self._flight:
+                self._looking = False
+                if done:
+                    self._finished = mine
+                self._flight.notify_all()
+
+    def _look(self) -> None:
+        now = self.store.revision()
         with self._lock:
-            now = self.store.revision()
-            if now == self._revision:
-                return
-            if self._revision < 0 or now - self._revision > MAX_BEHIND:
-                self._load(now)
-                return
-            try:
-                changes = self.store.changes(self._revision)
-            except Exception:  # whatever the store could not answer: read it all
-                self._load(now)
-                return
+            since = self._revision
+        if now == since:
+            return
+        if since < 0 or now - since > MAX_BEHIND:
+            self._load(now)
+            return
+        try:
+            changes = self.store.changes(since)
+        except Exception:  # whatever the store could not answer: read it all
+            self._load(now)
+            return
+        with self._lock:
             for o in changes:
                 self._apply(o)
             self._revision = max([now, *(o.revision for o in changes)])
 
     def _load(self, now: int) -> None:
-        """Everything read again (the lock held); objects written meanwhile come again as changes."""
-        self._hosts = {o.name: o for o in self.store.objects("host")}
-        self._beats = {o.name: o for o in self.store.objects(HEARTBEAT)}
-        self._sorted = self._seen = None
-        self._migrating = {o.name for o in self.store.objects("farm") if _migrating(o)}
-        self._revision = now
-        self.loads += 1
+        """Everything read again; objects written meanwhile come again as changes."""
+        hosts = {o.name: o for o in self.store.objects("host")}
+        beats = {o.name: o for o in self.store.objects(HEARTBEAT)}
+        migrating = {o.name for o in self.store.objects("farm") if _migrating(o)}
+        with self._lock:
+            self._hosts, self._beats, self._migrating = hosts, beats, migrating
+            self._sorted = self._seen = None
+            self._revision = now
+            self.loads += 1
 
     def _apply(self, o: Obj) -> None:
         if o.kind in ("host", HEARTBEAT):

@@ -57,3 +57,36 @@ def test_far_behind_it_reads_everything_again() -> None:
         store.put("farm", f"f{i % 3}", {})
     store.delete("host", "h1")
     assert cache.get("h1") is None and cache.loads == 2
+
+
+def test_concurrent_callers_share_looks_and_none_is_answered_from_before_its_call() -> None:
+    import threading
+    import time
+
+    store = FakeStore()
+    store.put("host", "h1", {})
+    cache = StoredHosts(store)
+    cache.refresh()
+    looks: list[int] = []
+    real = store.revision
+
+    def slow_revision() -> int:
+        looks.append(1)
+        time.sleep(0.05)  # a round trip to etcd
+        return real()
+
+    store.revision = slow_revision  # type: ignore[method-assign]
+    seen: list[bool] = []
+
+    def report(i: int) -> None:
+        store.set_status("host", "h1", {"n": i})  # written before this caller asks
+        got = cache.get("h1")
+        seen.append(got is not None and got.status.get("n", -1) >= i)
+
+    threads = [threading.Thread(target=report, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(seen) and len(seen) == 20  # each saw its own write or a later one
+    assert len(looks) < 20  # shared: not one round trip each
