@@ -144,6 +144,7 @@ class EtcdClient:
         self._http = httpx.Client(timeout=httpx.Timeout(timeout, connect=min(timeout, 2.0)))
         self._lock = threading.Lock()
         self._good = 0
+        self._answered = threading.local()  # .endpoint: the one that answered this thread's last call
 
     def close(self) -> None:
         self._http.close()
@@ -160,8 +161,7 @@ class EtcdClient:
         with self._lock:
             self._good = index
 
-    def _post_one(self, endpoint: str, path: str, body: dict[str, Any], safe: bool,
-                  decode: Callable[[dict[str, Any]], T]) -> T:
+    def _post_one(self, endpoint: str, path: str, body: dict[str, Any], safe: bool) -> dict[str, Any]:
         try:
             with self._http.stream("POST", endpoint + path, json=body) as response:
                 data = self._read_bounded(response.iter_bytes(), endpoint, path)
@@ -180,7 +180,7 @@ class EtcdClient:
                 if code == UNAVAILABLE and safe:
                     raise _Unsent(f"{endpoint}: {message}")
                 raise EtcdError(f"etcd {endpoint}{path} refused: {message} (gRPC code {code}); {CHECK}", code)
-            return decode(answer)
+            return answer
         except SHAPE_ERRORS as e:
             raise _unexpected(endpoint, path, e) from e
 
@@ -206,7 +206,16 @@ class EtcdClient:
             raise EtcdError(f"etcd {endpoint}{path} answered {type(answer).__name__}, not an object; {CHECK}")
         return answer
 
-    def _post(self, path: str, body: dict[str, Any], safe: bool, decode: Callable[[dict[str, Any]], T]) -> T:
+    def _call(self, path: str, body: dict[str, Any], safe: bool, decode: Callable[[dict[str, Any]], T]) -> T:
+        """_post, then `decode` the answer: an answer not shaped like etcd's is an EtcdError naming
+        the endpoint that gave it, never a TypeError or KeyError in the caller."""
+        answer = self._post(path, body, safe)
+        try:
+            return decode(answer)
+        except SHAPE_ERRORS as e:
+            raise _unexpected(getattr(self._answered, "endpoint", "?"), path, e) from e
+
+    def _post(self, path: str, body: dict[str, Any], safe: bool) -> dict[str, Any]:
         """Send to the endpoints in turn, and round again (an election takes about a second) until
         `timeout` has passed since the first try, as long as no endpoint may have applied it."""
         deadline = time.monotonic() + self.timeout
@@ -214,7 +223,7 @@ class EtcdClient:
             failures: list[str] = []
             for index in self._order():
                 try:
-                    answer = self._post_one(self.endpoints[index], path, body, safe, decode)
+                    answer = self._post_one(self.endpoints[index], path, body, safe)
                 except _Unsent as e:
                     failures.append(str(e))
                     continue
@@ -222,6 +231,7 @@ class EtcdClient:
                     self._remember((index + 1) % len(self.endpoints))  # next call tries another member first
                     raise
                 self._remember(index)
+                self._answered.endpoint = self.endpoints[index]
                 return answer
             if time.monotonic() + ROUND_PAUSE_S > deadline:  # (a write here was never sent: safe to resend)
                 raise EtcdError(f"no etcd endpoint answered {path}: {'; '.join(failures)}; {CHECK}", UNAVAILABLE)
@@ -238,7 +248,7 @@ class EtcdClient:
         body = range_body(key, prefix, range_end, limit=limit, min_mod_revision=min_mod_revision,
                            keys_only=keys_only, count_only=count_only, sort_target=sort_target,
                            sort_order=sort_order, revision=revision)
-        return self._post("/v3/kv/range", body, True, lambda a: (
+        return self._call("/v3/kv/range", body, True, lambda a: (
             header_revision(a), [decode_kv(kv) for kv in a.get("kvs", [])], int(a.get("count", 0))))
 
     def get(self, key: bytes) -> KV | None:
@@ -246,22 +256,22 @@ class EtcdClient:
 
     def put(self, key: bytes, value: bytes, lease: int = 0) -> int:
         body = {"key": b64(key), "value": b64(value), "lease": str(lease)}
-        return self._post("/v3/kv/put", body, False, header_revision)
+        return self._call("/v3/kv/put", body, False, header_revision)
 
     def delete(self, key: bytes, *, prefix: bool = False, range_end: bytes | None = None) -> tuple[int, int]:
         """(revision, how many keys were deleted)."""
         body: dict[str, Any] = op_delete(key, prefix, range_end)["request_delete_range"]
-        return self._post("/v3/kv/deleterange", body, False, lambda a: (header_revision(a), int(a.get("deleted", 0))))
+        return self._call("/v3/kv/deleterange", body, False, lambda a: (header_revision(a), int(a.get("deleted", 0))))
 
     def txn(self, compare: list[dict[str, Any]], success: list[dict[str, Any]],
             failure: list[dict[str, Any]] | None = None) -> tuple[bool, int, list[dict[str, Any]]]:
         """(succeeded, revision, responses): see decode_responses for the responses' form."""
         body = {"compare": compare, "success": success, "failure": failure or []}
-        return self._post("/v3/kv/txn", body, False, lambda a: (
+        return self._call("/v3/kv/txn", body, False, lambda a: (
             bool(a.get("succeeded", False)), header_revision(a), decode_responses(a.get("responses", []))))
 
     def compact(self, revision: int, physical: bool = False) -> None:
-        self._post("/v3/kv/compaction", {"revision": str(revision), "physical": physical}, False, _ignore)
+        self._call("/v3/kv/compaction", {"revision": str(revision), "physical": physical}, False, _ignore)
 
     # -- watch ----------------------------------------------------------------------------------
 
@@ -379,17 +389,17 @@ class EtcdClient:
 
     def lease_grant(self, ttl: int) -> int:
         """A new lease of `ttl` seconds; returns its id."""
-        return self._post("/v3/lease/grant", {"TTL": str(ttl)}, False, lambda a: int(a["ID"]))
+        return self._call("/v3/lease/grant", {"TTL": str(ttl)}, False, lambda a: int(a["ID"]))
 
     def lease_keepalive(self, lease_id: int) -> int:
         """Renew the lease once; returns its TTL after renewal, 0 when the lease is gone."""
-        return self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, True,
+        return self._call("/v3/lease/keepalive", {"ID": str(lease_id)}, True,
                           lambda a: int(a.get("result", a).get("TTL", 0)))
 
     def lease_revoke(self, lease_id: int) -> None:
         """Revoke the lease (its keys go with it); a lease already gone is not an error."""
         try:
-            self._post("/v3/lease/revoke", {"ID": str(lease_id)}, False, _ignore)
+            self._call("/v3/lease/revoke", {"ID": str(lease_id)}, False, _ignore)
         except EtcdError as e:
             if "lease not found" not in str(e):
                 raise
@@ -404,7 +414,11 @@ class EtcdClient:
             row: dict[str, Any] = {"endpoint": endpoint, "ok": False, "leader": 0, "member_id": 0, "raft_term": 0,
                                    "raft_index": 0, "db_size": 0, "version": "", "error": ""}
             try:
-                row.update(self._post_one(endpoint, "/v3/maintenance/status", {}, True, _status))
+                answer = self._post_one(endpoint, "/v3/maintenance/status", {}, True)
+                try:
+                    row.update(_status(answer))
+                except SHAPE_ERRORS as e:
+                    raise _unexpected(endpoint, "/v3/maintenance/status", e) from e
             except (_Unsent, EtcdError) as e:
                 row["error"] = str(e)
             rows.append(row)
@@ -412,6 +426,6 @@ class EtcdClient:
 
     def members(self) -> list[dict[str, Any]]:
         """The cluster's members: id, name, peer_urls, client_urls."""
-        return self._post("/v3/cluster/member/list", {}, True, lambda a: [
+        return self._call("/v3/cluster/member/list", {}, True, lambda a: [
             {"id": int(m.get("ID", 0)), "name": m.get("name", ""), "peer_urls": m.get("peerURLs", []),
              "client_urls": m.get("clientURLs", [])} for m in a.get("members", [])])
