@@ -264,7 +264,11 @@ def wait_ramp(workers: list[Worker], n: int, daemon: Daemon, timeout: float) -> 
         if daemon.proc.poll() is not None:
             raise RuntimeError(f"the manager daemon exited during the ramp: {daemon.tail()}")
         if time.monotonic() - start > timeout:
-            raise RuntimeError(f"only {ready} of {n} hosts made a round within {timeout:.0f} s ({errors} errors)")
+            if ready == 0:
+                raise RuntimeError(f"no host made a round within {timeout:.0f} s ({errors} errors)")
+            _say(f"  ramp: only {ready} of {n} hosts made a round within {timeout:.0f} s ({errors} errors); "
+                 "measuring what there is (hosts_ready says how many)")
+            return time.monotonic() - start
         if time.monotonic() - last >= 5:
             _say(f"  ramp: {ready}/{n} hosts made a round, {errors} errors")
             last = time.monotonic()
@@ -394,7 +398,7 @@ def _run(base: Path, state: Path, token: str, store_url: str | None, certs: dict
         out = _steady(http, workers, daemon, seconds, others)
         _say(f"  apply: a farm of {vms} VMs")
         out |= apply_to_all(http, workers, vms, 120.0)
-        out |= {"hosts": n, "interval_s": INTERVAL_S, "client_processes": len(workers), "ramp_s": round(ramped, 1),
+        out |= {"hosts": n, "hosts_ready": sum(w.ready for w in workers), "interval_s": INTERVAL_S, "client_processes": len(workers), "ramp_s": round(ramped, 1),
                 "rss_mib": daemon.peak_rss(), "manager_threads": _threads(daemon.proc.pid)}
         _say(f"  {n} hosts: report p99 {out['report_p99_ms']} ms, admin p99 {out['admin_p99_ms']} ms, "
              f"cpu {out['cpu_pct']} %, rss {out['rss_mib']} MiB, apply -> all {out['apply_to_all_s']} s")
