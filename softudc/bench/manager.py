@@ -398,7 +398,8 @@ def _run(base: Path, state: Path, token: str, store_url: str | None, certs: dict
         out = _steady(http, workers, daemon, seconds, others)
         _say(f"  apply: a farm of {vms} VMs")
         out |= apply_to_all(http, workers, vms, 120.0)
-        out |= {"hosts": n, "hosts_ready": sum(w.ready for w in workers), "interval_s": INTERVAL_S, "client_processes": len(workers), "ramp_s": round(ramped, 1),
+        out |= {"hosts": n, "hosts_ready": sum(w.ready for w in workers),
+                "interval_s": INTERVAL_S, "client_processes": len(workers), "ramp_s": round(ramped, 1),
                 "rss_mib": daemon.peak_rss(), "manager_threads": _threads(daemon.proc.pid)}
         _say(f"  {n} hosts: report p99 {out['report_p99_ms']} ms, admin p99 {out['admin_p99_ms']} ms, "
              f"cpu {out['cpu_pct']} %, rss {out['rss_mib']} MiB, apply -> all {out['apply_to_all_s']} s")
