@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ ELECTION_MS = 1000
 START_TIMEOUT_S = 60.0
 QUOTA_BYTES = 2 * 1024**3
 MAX_REQUEST_BYTES = 8 * 1024**2  # etcd's default 1.5 MiB is tight for a big farm's object with its status
+
+
+_PIDS_LOCK = threading.Lock()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -140,7 +144,11 @@ class EtcdCluster:
         self._save_pids()
 
     def _save_pids(self) -> None:
-        (self.base_dir / "pids.json").write_text(json.dumps(self._pids))
+        """pids.json replaced atomically (members may be restarted from several threads at once)."""
+        with _PIDS_LOCK:
+            tmp = self.base_dir / f"pids.json.{threading.get_ident()}"
+            tmp.write_text(json.dumps(self._pids))
+            tmp.replace(self.base_dir / "pids.json")
 
     # -- readiness ------------------------------------------------------------------------------
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -63,3 +65,23 @@ def test_a_member_that_cannot_start_says_where_its_log_is(tmp_path: Path) -> Non
     with pytest.raises(EtcdError, match=r"exited(.|\n)*etcd0\.log"):
         EtcdCluster.start(tmp_path / "etcd", members=1, host="192.0.2.1", ports=[(2379, 2380)], timeout=20)
     assert os.listdir(tmp_path / "etcd")
+
+
+def test_a_cluster_all_down_comes_back_when_its_members_restart_together(tmp_path: Path) -> None:
+    cluster = EtcdCluster.start(tmp_path / "etcd", members=3)
+    try:
+        client = cluster.client(timeout=3)
+        rev = client.put(b"/k", b"kept")
+        client.close()
+        for i in range(3):
+            cluster.kill(i)
+        with ThreadPoolExecutor(3) as pool:  # one alone would wait for a quorum that never comes
+            list(pool.map(cluster.restart, range(3)))
+        assert sorted(cluster.pids) == ["etcd0", "etcd1", "etcd2"]
+        assert json.loads((tmp_path / "etcd" / "pids.json").read_text()) == cluster.pids
+        client = cluster.client(timeout=3)
+        kv = client.get(b"/k")
+        client.close()
+        assert kv is not None and kv.value == b"kept" and kv.mod_revision == rev
+    finally:
+        cluster.stop()
