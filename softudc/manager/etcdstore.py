@@ -30,6 +30,7 @@ it asks etcd, and later reads are at least that current. Compare-and-swap checks
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import marshal
 import threading
@@ -100,7 +101,8 @@ class EtcdStore:
 
     def _cached(self, kv: KV) -> Cached:
         o = self._decode(kv)
-        return kv, marshal.dumps((o.kind, o.name, o.spec, o.status, o.deleted))
+        # The JSON is not kept: only its marshal form is read back (half the memory).
+        return dataclasses.replace(kv, value=b""), marshal.dumps((o.kind, o.name, o.spec, o.status, o.deleted))
 
     @staticmethod
     def _uncached(entry: Cached) -> Obj:
