@@ -202,8 +202,13 @@ def restore(store: Store, inp: IO[bytes], force: bool = False, name: str = "back
     counts = Counts()
     if is_empty(store):
         _load(store, data.objects, counts, progress)
-    else:
-        _replace(store, data.objects, counts, progress)
+        for i in range(0, len(data.events), 10 * PROGRESS_EVERY):
+            store.load_events(data.events[i:i + 10 * PROGRESS_EVERY])
+            counts.events = min(i + 10 * PROGRESS_EVERY, len(data.events))
+            if progress and counts.events < len(data.events):
+                progress("events", counts.events)
+        return counts
+    _replace(store, data.objects, counts, progress)
     for event in data.events:
         store.put_event(event["kind"], event["name"], event["type"], event["message"], float(event["time"]))
         counts.events += 1

@@ -364,22 +364,53 @@ class EtcdStore:
     def put_event(self, kind: str, name: str, type_: str, message: str, at: float) -> None:
         """Record an event at time `at` (restores keep the original times); keeps MAX_EVENTS per object."""
         prefix = self._events_prefix(kind, name)
-        key = prefix + f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}".encode()
-        value = json.dumps({"time": at, "type": type_, "message": message}).encode()
         count = op_range(prefix, prefix=True, count_only=True)
+        responses = self._create([self._event_kv(kind, name, type_, message, at)], [count])
+        over = responses[-1]["response_range"]["count"] - store_module.MAX_EVENTS
+        if over > 0:
+            self._drop_oldest(prefix, over)
+
+    def load_events(self, events: list[dict[str, Any]]) -> None:
+        """Add events (dicts as `events` returns them, oldest first), many per txn, as a restore
+        does. An object's events are ordered by create_revision, so a txn holds at most one of
+        each object's: a batch ends where its object would come twice (order kept, ties only
+        between different objects)."""
+        batch: list[dict[str, Any]] = []
+        names: set[tuple[str, str]] = set()
+        for e in events:
+            if (e["kind"], e["name"]) in names or len(batch) >= LOAD_BATCH:
+                self._put_events(batch)
+                batch, names = [], set()
+            batch.append(e)
+            names.add((e["kind"], e["name"]))
+        if batch:
+            self._put_events(batch)
+
+    def _put_events(self, batch: list[dict[str, Any]]) -> None:
+        base = time.time_ns()
+        self._create([self._event_kv(e["kind"], e["name"], e["type"], e["message"], e["time"], base, i)
+                      for i, e in enumerate(batch)], [])
+
+    def _event_kv(self, kind: str, name: str, type_: str, message: str, at: float, base: int = 0,
+                  index: int = 0) -> tuple[bytes, bytes]:
+        """An event's key and value; its seq (the key's last part) orders the events of one txn."""
+        seq = f"{base or time.time_ns():020d}-{index:06d}-{uuid.uuid4().hex[:8]}"
+        return self._events_prefix(kind, name) + seq.encode(), json.dumps(
+            {"time": at, "type": type_, "message": message}).encode()
+
+    def _create(self, kvs: list[tuple[bytes, bytes]], reads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Put new keys (and run `reads`) in one txn, retried while etcd cannot say whether it was
+        applied: the keys are new, so a retry of a txn that was applied fails its compare,
+        harmlessly (`reads` then run in the failure branch). Returns the responses."""
         deadline = time.monotonic() + WRITE_RETRY_S
         while True:
-            try:  # the key is new: a retry of a txn that was applied fails its compare, harmlessly
-                _, _, responses = self.client.txn([cmp_create(key, "EQUAL", 0)], [op_put(key, value), count],
-                                                  [count])
-                break
+            try:
+                return self.client.txn([cmp_create(k, "EQUAL", 0) for k, _ in kvs],
+                                       [*(op_put(k, v) for k, v in kvs), *reads], reads)[2]
             except EtcdError as e:
                 if not e.retryable or time.monotonic() > deadline:
                     raise
             time.sleep(RETRY_PAUSE_S)
-        over = responses[-1]["response_range"]["count"] - store_module.MAX_EVENTS
-        if over > 0:
-            self._drop_oldest(prefix, over)
 
     def _drop_oldest(self, prefix: bytes, n: int) -> None:
         kvs = self.client.range(prefix, prefix=True, keys_only=True, sort_target="CREATE", sort_order="ASCEND",
@@ -392,12 +423,15 @@ class EtcdStore:
         if limit <= 0:
             return []
         by_name_only = kind is None and name is not None
+        # Events restored together share a create_revision (load_events): their keys' seq orders
+        # them, and LOAD_BATCH more are read so that such a group is never cut at the limit.
         kvs = self.client.range(self._events_prefix(kind, name), prefix=True, sort_target="CREATE",
-                                sort_order="DESCEND", limit=0 if by_name_only else limit)[1]
+                                sort_order="DESCEND", limit=0 if by_name_only else limit + LOAD_BATCH)[1]
+        kvs.sort(key=lambda kv: (kv.create_revision, kv.key.rsplit(b"/", 1)[-1]))
         rows = [self._event(kv) for kv in kvs]
         if by_name_only:
-            rows = [r for r in rows if r["name"] == name][:limit]
-        return list(reversed(rows))
+            rows = [r for r in rows if r["name"] == name]
+        return rows[-limit:]
 
     def _event(self, kv: KV) -> dict[str, Any]:
         try:

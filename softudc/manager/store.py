@@ -61,7 +61,8 @@ class Store(Protocol):
     """What the manager needs of its store; SqliteStore is one, EtcdStore (etcdstore.py) another.
     `put_event` records an event at a given time, `kinds` lists the kinds with a live object and
     `dump` is one consistent view (revision, live objects by kind and name, events oldest first),
-    `load` writes many new objects (kind, name, spec, status) at once: backups (backup.py) need them."""
+    `load` and `load_events` write many new objects (kind, name, spec, status) and events (as
+    `events` returns them) at once: backups (backup.py) need them."""
 
     def put(self, kind: str, name: str, spec: dict[str, Any], expect: int | None = None) -> int: ...
     def set_status(self, kind: str, name: str, status: dict[str, Any]) -> int: ...
@@ -76,6 +77,7 @@ class Store(Protocol):
     def kinds(self) -> list[str]: ...
     def dump(self) -> tuple[int, list[Obj], list[dict[str, Any]]]: ...
     def load(self, objects: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> int: ...
+    def load_events(self, events: list[dict[str, Any]]) -> None: ...
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]: ...
     def compact(self, before: int) -> int: ...
     def close(self) -> None: ...
@@ -238,6 +240,13 @@ class SqliteStore:
                            "revision=excluded.revision, spec=excluded.spec, status=excluded.status, deleted=0",
                            (kind, name, rev, json.dumps(spec, sort_keys=True), json.dumps(status, sort_keys=True)))
             return rev
+
+    def load_events(self, events: list[dict[str, Any]]) -> None:
+        """Add events (dicts as `events` returns them, oldest first) in one transaction, as a
+        restore does; the retention of MAX_EVENTS per object is the backup's."""
+        with self._tx() as db:
+            db.executemany("INSERT INTO events (time, kind, name, type, message) VALUES (?, ?, ?, ?, ?)",
+                           [(e["time"], e["kind"], e["name"], e["type"], e["message"]) for e in events])
 
     def event(self, kind: str, name: str, type_: str, message: str) -> None:
         self.put_event(kind, name, type_, message, time.time())

@@ -205,3 +205,25 @@ def test_load_writes_new_objects_at_once(store_backend: StoreBackend) -> None:
     assert {o.name for o in s.changes(rev - 1)} >= {"was"}
     with pytest.raises(KeyError, match="host/h0 exists already"):
         s.load([("host", "h0", {}, {})])
+
+
+def test_load_events_adds_them_in_order(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    s.event("farm", "a", "Applied", "live")
+    events = [{"time": 1000.0 + i, "kind": "farm", "name": "ab"[i % 3 == 0], "type": "T", "message": str(i)}
+              for i in range(150)]
+    s.load_events(events)
+    assert [e["message"] for e in s.events("farm", "b", limit=1000)] == [str(i) for i in range(0, 150, 3)]
+    assert [e["message"] for e in s.events("farm", "a", limit=1000)] == ["live", *(str(i) for i in range(150)
+                                                                                if i % 3)]
+    assert s.events("farm", "b", limit=1)[0]["time"] == 1147.0
+
+
+def test_restored_events_keep_their_global_order_at_any_limit(store_backend: StoreBackend) -> None:
+    s = store_backend.open()
+    events = [{"time": 1000.0 + i, "kind": "farm", "name": f"f{i % 7}", "type": "T", "message": str(i)}
+              for i in range(100)]
+    s.load_events(events)
+    for limit in (1, 5, 13, 99, 100, 500):
+        assert [e["message"] for e in s.events(limit=limit)] == [str(i) for i in range(100)][-limit:]
+        assert [e["message"] for e in s.events("farm", limit=limit)] == [str(i) for i in range(100)][-limit:]
