@@ -34,6 +34,7 @@ class PrefixMirror(Generic[T]):
         self._items: dict[bytes, T] = {}
         self._revision = 0
         self._healthy = False
+        self._failed = False  # the watch or load failed and has not recovered: readers do not wait
         self._changed = threading.Condition()
         self._stop = WatchStop()
         self._wake = threading.Event()  # ends the pause after a failure at once on close()
@@ -52,9 +53,11 @@ class PrefixMirror(Generic[T]):
         self._thread.join(self.client.timeout + 1)
 
     def caught_up(self, revision: int, wait: float) -> bool:
-        """Is (or becomes, within `wait` seconds) the copy at `revision` or later, watch running?"""
+        """Is (or becomes, within `wait` seconds) the copy at `revision` or later, watch running?
+        While the watch is failing it answers at once (no wait for etcd that is away)."""
         with self._changed:
-            return self._changed.wait_for(lambda: self._healthy and self._revision >= revision, wait)
+            self._changed.wait_for(lambda: self._failed or (self._healthy and self._revision >= revision), wait)
+            return self._healthy and self._revision >= revision
 
     def wait_beyond(self, revision: int, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the copy to move past `revision`: true if it did (watch
@@ -92,13 +95,14 @@ class PrefixMirror(Generic[T]):
     def _set_healthy(self, healthy: bool) -> None:
         with self._changed:
             self._healthy = healthy
+            self._failed = not healthy
             self._changed.notify_all()
 
     def _load(self) -> None:
         header, kvs, _ = self.client.range(self.prefix, prefix=True)
         items = {kv.key: self._convert(kv) for kv in kvs}
         with self._changed:
-            self._items, self._revision, self._healthy = items, header, True
+            self._items, self._revision, self._healthy, self._failed = items, header, True, False
             self.loads += 1
             self._changed.notify_all()
 
@@ -114,6 +118,6 @@ class PrefixMirror(Generic[T]):
                     else:
                         self._items[kv.key] = value
                     self._revision = max(self._revision, kv.mod_revision)
-                self._healthy = True
+                self._healthy, self._failed = True, False
                 self._changed.notify_all()
         self._set_healthy(True)

@@ -47,6 +47,8 @@ def test_a_mirror_without_etcd_sends_readers_to_etcd_and_recovers(tmp_path: Path
         while mirror.caught_up(rev, 0) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not mirror.caught_up(rev, 0)  # the watch is down: not current any more
+        start = time.monotonic()
+        assert not mirror.caught_up(rev + 1, 5) and time.monotonic() - start < 1  # and readers do not wait
         cluster.restart(0)
         rev = client.put(b"/m/b", b"2")
         assert mirror.caught_up(rev, 20) and mirror.get(b"/m/b") == b"2"
