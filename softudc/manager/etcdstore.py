@@ -291,8 +291,19 @@ class EtcdStore:
         return (rev[0].mod_revision if rev else 0), objs, [self._event(kv) for kv in events]
 
     def changes(self, since: int) -> list[Obj]:
-        """Objects written (or deleted) after revision `since`, oldest first: a watch by polling."""
+        """Objects written (or deleted) after revision `since`, oldest first: a watch by polling.
+        Cached: from the cache, as current as everything this store has seen (call `revision()`
+        first to see every manager's writes up to now)."""
+        mirror = self._cache()
+        if mirror is not None:
+            return self._newer(mirror, since)
         return self._changes(since)[1]
+
+    def _newer(self, mirror: PrefixMirror[Cached], since: int) -> list[Obj]:
+        entries = sorted((e for e in mirror.values() if e[0].mod_revision > since), key=lambda e: e[0].mod_revision)
+        if entries:
+            self._saw(entries[-1][0].mod_revision)
+        return [self._uncached(e) for e in entries]
 
     def _changes(self, since: int) -> tuple[int, list[Obj]]:
         header, kvs, _ = self.client.range(self._obj, prefix=True, min_mod_revision=since + 1,
@@ -325,11 +336,9 @@ class EtcdStore:
         """watch() from the cache (changes up to its revision, oldest first); None if it goes down."""
         while True:
             at = mirror.revision
-            entries = sorted((e for e in mirror.values() if e[0].mod_revision > since),
-                             key=lambda e: e[0].mod_revision)
-            if entries:
-                self._saw(entries[-1][0].mod_revision)
-                return [self._uncached(e) for e in entries]
+            changed = self._newer(mirror, since)
+            if changed:
+                return changed
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
