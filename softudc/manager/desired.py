@@ -10,6 +10,7 @@ its latest report claims (a rolling upgrade goes managers first).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -146,5 +147,22 @@ def desired_json(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: d
 def desired_json_many(hosts: Iterable[str], farms: list[tuple[Farm, dict[str, Any]]],
                       reports: dict[str, dict[str, Any]], keys: Keys) -> dict[str, dict[str, Any]]:
     """`desired_json` of each of `hosts` from one read of farms and reports (members worked out once)."""
-    members = Members(farms, reports)
-    return {host: desired_json(host, farms, reports, keys, members) for host in hosts}
+    inputs = DesiredInputs(farms, reports, keys)
+    return {host: inputs.json(host) for host in hosts}
+
+
+class DesiredInputs:
+    """What every host's desired state is made from, read once: the farms, the reports, each VNET's
+    members and keys. A long-poll generation keeps one for all its hosts, so a host that asks after
+    the generation moved costs its own state, not another read of every farm and report (R11 at
+    thousands of hosts: that was O(hosts^2) per generation). Read it, never change it."""
+
+    def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
+                 keys: Keys) -> None:
+        self.farms, self.reports = farms, reports
+        self.keys: Keys = functools.cache(keys)  # each VNET's keys read and derived once for all hosts
+        self.members = Members(farms, reports)  # each VNET's members worked out once
+
+    def json(self, host: str) -> dict[str, Any]:
+        """`desired_json` of `host` from these inputs."""
+        return desired_json(host, self.farms, self.reports, self.keys, self.members)

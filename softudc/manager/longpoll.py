@@ -49,6 +49,12 @@ class LongPolls:
         self._ids = itertools.count()
         self.computed = 0  # desired states computed (cache misses): the cost the cache saves
 
+    @property
+    def generation(self) -> int:
+        """The current generation (it moves at the end of every reconcile pass)."""
+        with self._lock:
+            return self._generation
+
     def current(self, host: str) -> Desired:
         """The host's desired state with its etag, computed at most once per generation."""
         hit = self._cached(host)

@@ -21,7 +21,6 @@ desired state) and its `settle()` waits for the revision the leader publishes as
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import socket
@@ -33,7 +32,7 @@ from typing import Any
 
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager.auth import TokenStore
-from softudc.manager.desired import desired_json_many
+from softudc.manager.desired import DesiredInputs
 from softudc.manager.errors import ApiError as ApiError  # raised by the API's operations; importers find it here
 from softudc.manager.farmops import FarmOps
 from softudc.manager.farms import FARMS, FarmCache
@@ -44,7 +43,7 @@ from softudc.manager.leader import EtcdLeadership, LeaderInfo, Leadership, SoloL
 from softudc.manager.longpoll import MAX_WAIT_S as MAX_WAIT_S  # the longest long poll; importers find it here
 from softudc.manager.longpoll import LongPolls
 from softudc.manager.loop import RECONCILE_EVERY_S as RECONCILE_EVERY_S  # importers find it here
-from softudc.manager.loop import ControllerLoop, StoreObserver
+from softudc.manager.loop import ControllerLoop, Pass, StoreObserver
 from softudc.manager.metrics import LeaderMetrics, make_registry
 from softudc.manager.moves import Moves
 from softudc.manager.planning import Planning
@@ -74,7 +73,10 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self.farms: FarmCache = FARMS  # validated descriptors, parsed once per text (audit R11)
         # Desired state per host, cached per reconcile generation; long polls wake only when their
         # host's etag moved (audit R11).
-        self.polls = LongPolls(lambda host: self._desired(host), lambda hosts: self._desired_many(hosts))
+        self.polls = LongPolls(lambda host: self._polled(host), lambda hosts: self._polled_many(hosts))
+        self._inputs: tuple[tuple[int, int], DesiredInputs] | None = None  # see _generation_inputs
+        self._passes_done = 0
+        self._inputs_lock = threading.Lock()
         self.controllers = self._new_controllers()  # started when this manager is elected
         self.observer = StoreObserver(self.store, self.polls.new_generation)  # runs while it follows
         self._role_lock = threading.Lock()
@@ -241,19 +243,50 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
             self.polls.wake(list(hosts))
         self.start()
 
-    def _desired(self, name: str) -> dict[str, Any]:
-        return self._desired_many([name])[name]
+    def reconcile(self, wake: bool = True) -> Pass:
+        """Planning's pass, counted (under the reconcile lock) for the long polls' inputs."""
+        with self._reconcile_lock:
+            done = super().reconcile(wake=False)
+            self._passes_done += 1
+        if wake:
+            self.polls.new_generation()
+        return done
 
-    def _desired_many(self, names: list[str]) -> dict[str, dict[str, Any]]:
-        """The desired state of each host in `names`, the farms and reports read once for all (a
-        generation's long polls: 500 waiting hosts cost one read of the store, not 500)."""
+    def _desired(self, name: str) -> dict[str, Any]:
+        """`name`'s desired state as the store says now (tests; the long polls use `_polled`)."""
+        return self._read_inputs().json(name)
+
+    def _read_inputs(self) -> DesiredInputs:
         with self._reconcile_lock:  # one view of the farms: never a pass half written
             farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.for_hosts(o))]
             reports = self.reports()
-        keys = functools.cache(self._vnet_keys)  # each VNET's keys read and derived once for all hosts
-        # The contract's DesiredState, validated, as JSON in the version the host speaks. Outside
-        # the lock: an apply waiting for it is not held up by a generation's many long polls.
-        return desired_json_many(names, farms, reports, keys)  # each VNET's members worked out once
+        return DesiredInputs(farms, reports, self._vnet_keys)
+
+    def _polled(self, name: str) -> dict[str, Any]:
+        """A long poll's miss: `name`'s desired state from its generation's inputs."""
+        return self._generation_inputs().json(name)
+
+    def _polled_many(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        """The desired state of each host in `names` (a new generation's waiting long polls)."""
+        inputs = self._generation_inputs()
+        return {name: inputs.json(name) for name in names}
+
+    def _generation_inputs(self) -> DesiredInputs:
+        """The farms, reports, VNET members and keys of the long polls' current generation, read
+        once per generation and pass (by the first caller; the others wait for that read rather
+        than make their own): a host that asks after the generation moved costs its own desired
+        state, not a read of every farm and report (at thousands of hosts, O(hosts^2) a generation).
+        A pass that has ended (or is under way: its lock is waited for) is always seen, as when
+        every miss read the store."""
+        with self._inputs_lock:
+            with self._reconcile_lock:
+                key = (self.polls.generation, self._passes_done)
+            kept = self._inputs
+            if kept is not None and kept[0] == key:
+                return kept[1]
+            inputs = self._read_inputs()
+            self._inputs = (key, inputs)  # a generation or pass that moved meanwhile reads again
+            return inputs
 
 
 def init(state_dir: Path, addresses: list[str]) -> str:

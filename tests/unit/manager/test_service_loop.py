@@ -131,6 +131,28 @@ def test_the_desired_state_is_cached_per_generation_and_serving_it_writes_nothin
     assert m.polls.computed == computed + 3  # dropped after the generation moved, computed again
 
 
+def test_a_generations_misses_share_one_read_of_the_farms_and_reports(
+        world: tuple[Manager, FakeStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts asking after the generation moved (not waiting then) cost their own desired state,
+    not a read of every farm and report each: that was O(hosts^2) per generation at scale."""
+    m, _ = world
+    m.put_farm(ADMIN, "x", farm("x", replicas=2), None)
+    reads: list[int] = []
+    real = m._read_inputs
+
+    def counted() -> Any:
+        reads.append(1)
+        return real()
+
+    monkeypatch.setattr(m, "_read_inputs", counted)
+    first = {h: m.desired(h, h) for h in ("h1", "h2")}
+    assert len(reads) <= 1 and first == {h: m._desired(h) | {"etag": first[h]["etag"]} for h in first}
+    m.host_status("h1", "h1", {**REPORT, "vcpus": 48})  # news: a pass, a new generation
+    assert m.settle()
+    reads.clear()
+    assert {h: m.desired(h, h)["etag"] for h in ("h1", "h2")} and len(reads) == 1  # read once again
+
+
 def test_key_rotation_steps_are_taken_by_the_loop(world: tuple[Manager, FakeStore]) -> None:
     m, store = world
     m.key_rotation_step_s = 0.1
