@@ -39,6 +39,9 @@ LEADER_TTL_S = 3  # etcd: the leader key's lease
 FILE_RETRY_S = 0.5  # SQLite: a follower tries the lock this often (and anyone after an error)
 WATCH_S = 1.0  # etcd: a follower watches the leader key this long, then looks again
 PUBLISH_GAP_S = 0.05  # the leader writes `reconciled` at most this often (coalesced)
+FILE_PUBLISH_GAP_S = 0.5  # the same for the file's leader: each write is a file and a directory synced
+# (at 1,000 hosts the loop marks a revision many times a second: 5 % of the daemon, H3's item 8);
+# a follower's settle() waits that much longer, at most
 MEMBER_EVERY_S = 3.0  # each manager refreshes its member entry this often
 MEMBER_GONE_S = 15.0  # a member not refreshed for this long is not listed
 log = logging.getLogger("softudc.manager.leader")
@@ -128,6 +131,7 @@ class _Campaign:
 
     backend = ""
     keep_every_s = 0.5  # the leader's loop: renewals, publishing, member refresh
+    publish_gap_s = PUBLISH_GAP_S
 
     def __init__(self, id: str, url: str) -> None:
         self.id, self.url = id, url
@@ -221,7 +225,7 @@ class _Campaign:
                 self._release()
                 return
             self._published = value
-            self._stop.wait(PUBLISH_GAP_S)
+            self._stop.wait(self.publish_gap_s)
         self._wake.wait(self.keep_every_s)
         self._wake.clear()
 
@@ -295,6 +299,7 @@ class FileLeadership(_Campaign):
     `<db>.leader.json`, each member's in `<db>.managers/<id>.json` (all written atomically)."""
 
     backend = "sqlite"
+    publish_gap_s = FILE_PUBLISH_GAP_S
 
     def __init__(self, db: Path, id: str, url: str = "") -> None:
         super().__init__(id, url)

@@ -18,7 +18,14 @@ import pytest
 from softudc.etcd.client import EtcdClient, EtcdError
 from softudc.etcd.cluster import EtcdCluster
 from softudc.manager.etcdstore import EtcdStore
-from softudc.manager.leader import FILE_RETRY_S, EtcdLeadership, FileLeadership, LeaderInfo, SoloLeadership
+from softudc.manager.leader import (
+    FILE_PUBLISH_GAP_S,
+    FILE_RETRY_S,
+    EtcdLeadership,
+    FileLeadership,
+    LeaderInfo,
+    SoloLeadership,
+)
 from softudc.manager.service import Manager, init
 from softudc.manager.store import SqliteStore
 from tests.unit.manager.test_controller_one_vm import ADMIN, DEMO, HOSTS, instances, placed, report
@@ -219,6 +226,31 @@ def test_solo_leads_from_its_start() -> None:
     solo.publish(7)
     info = solo.leader()
     assert info is not None and info.reconciled == 7 and [m["id"] for m in solo.members()] == ["m"]
+
+
+def test_a_file_leader_publishes_reconciled_coalesced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write of the info file is synced: a loop marking revisions many times a second has it
+    written at most every FILE_PUBLISH_GAP_S, the latest value last."""
+    a = FileLeadership(tmp_path / "state.db", "a")
+    a.start(Seen().elected, Seen().deposed)
+    wait_until(a.is_leader, 3)
+    writes: list[int] = []
+    real = a._write_info
+
+    def counted(info: LeaderInfo) -> bool:
+        writes.append(info.reconciled)
+        return real(info)
+
+    monkeypatch.setattr(a, "_write_info", counted)
+    t0 = time.monotonic()
+    for revision in range(1, 101):  # 100 marks in about a second
+        a.publish(revision)
+        time.sleep(0.01)
+    wait_until(lambda: bool(writes) and writes[-1] == 100, 3)  # the latest value is written
+    spent = time.monotonic() - t0
+    assert len(writes) <= spent / FILE_PUBLISH_GAP_S + 2, f"{len(writes)} writes in {spent:.1f} s"
+    assert LeaderInfo.load(a.info_path.read_bytes()).reconciled == 100
+    a.resign()
 
 
 def test_a_file_leader_crashed_leaves_no_leader_behind(tmp_path: Path) -> None:
