@@ -111,6 +111,9 @@ def _principal(m: Annotated[Manager, Depends(_manager)],
     return m.tokens.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
 
 
+PEER_KEY = "softudc.peer"  # scope["extensions"]["tls"][PEER_KEY]: the connection's Peer, if the server made it
+
+
 @dataclass(frozen=True)
 class Peer:
     """The client certificate the TLS handshake verified: its common name and SHA-256 fingerprint."""
@@ -119,13 +122,19 @@ class Peer:
     fingerprint: str | None = None
 
 
-async def _peer(request: Request) -> Peer:
-    chain = request.scope.get("extensions", {}).get("tls", {}).get("client_cert_chain") or []
+def peer_of(chain: list[str]) -> Peer:
+    """The Peer of a verified chain (PEM, the client's certificate first; empty: no certificate)."""
     if not chain:
         return Peer()
     der = ssl.PEM_cert_to_DER_cert(chain[0])
     names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return Peer(str(names[0].value) if names else None, hashlib.sha256(der).hexdigest())
+
+
+async def _peer(request: Request) -> Peer:
+    tls = request.scope.get("extensions", {}).get("tls", {})
+    peer = tls.get(PEER_KEY)  # parsed once per connection by the server (daemon.py)
+    return peer if isinstance(peer, Peer) else peer_of(tls.get("client_cert_chain") or [])
 
 
 Mgr = Annotated[Manager, Depends(_manager)]

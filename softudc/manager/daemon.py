@@ -13,7 +13,10 @@ more are closed at once. Headers are bounded (MAX_HEADER_BYTES), bodies by the a
 
 uvicorn has no ASGI TLS extension, so `_TlsH11Protocol` reads the peer certificate once per
 connection (the handshake has verified it against the manager's CA) and puts it in each request's
-scope as `scope["extensions"]["tls"]["client_cert_chain"]` (PEM, the ASGI TLS extension's key).
+scope as `scope["extensions"]["tls"]["client_cert_chain"]` (PEM, the ASGI TLS extension's key), with
+its name and fingerprint parsed once (api.PEER_KEY). No proxy headers are read: gatekeepers connect
+directly, and a forwarded-for header from a local client must not move the address a host's
+migrations go to (R20).
 """
 
 from __future__ import annotations
@@ -32,11 +35,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from softudc.manager.api import WORKERS, ApiStats, make_app
+from softudc.manager.api import PEER_KEY, WORKERS, ApiStats, make_app, peer_of
 from softudc.manager.service import Manager
 
 READ_DEADLINE_S = 10.0  # from a request's first byte (or the handshake) to its last
-LIMIT_CONCURRENCY = 4096  # open connections (about one per gatekeeper, plus admins)
+LIMIT_CONCURRENCY = 16384  # open connections (one per gatekeeper, plus admins; mind LimitNOFILE)
 KEEP_ALIVE_S = 75  # an idle kept-alive connection is closed after this; above any client's reuse gap
 MAX_HEADER_BYTES = 64 << 10  # request line and headers
 START_TIMEOUT_S = 10.0
@@ -65,7 +68,8 @@ class _TlsH11Protocol(H11Protocol):
             self.stats.drop("refused_too_many_connections")
             transport.abort()
             return
-        tls = {"client_cert_chain": _peer_chain(transport), "server_cert": None}
+        chain = _peer_chain(transport)  # the certificate parsed once per connection, not per request
+        tls = {"client_cert_chain": chain, "server_cert": None, PEER_KEY: peer_of(chain)}
         inner = self.app
 
         async def with_tls(scope: Any, receive: Any, send: Any) -> None:
@@ -165,7 +169,7 @@ def serve(m: Manager, host: str, port: int, *, read_deadline_s: float = READ_DEA
                             ssl_context_factory=lambda _config, _default: ctx, limit_concurrency=limit_concurrency,
                             timeout_keep_alive=keep_alive_s, h11_max_incomplete_event_size=max_header_bytes,
                             timeout_graceful_shutdown=2, log_config=None, log_level="warning", access_log=False,
-                            lifespan="on", server_header=False)
+                            lifespan="on", server_header=False, proxy_headers=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="manager-api", daemon=True)
     thread.start()

@@ -389,3 +389,36 @@ def test_a_client_certificate_from_another_ca_or_an_old_tls_version_is_refused_a
         assert Api(state, port).call("GET", "/v1/farms", token=admin)[0] == 200  # no certificate: fine for admins
     finally:
         server.shutdown()
+
+
+def test_the_peer_certificate_is_parsed_once_per_connection_and_forwarded_for_is_ignored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gatekeeper's kept-alive connection: its certificate is parsed at the handshake, not per
+    request; an X-Forwarded-For from it does not move the address its migrations go to (R20)."""
+    import softudc.manager.daemon as daemon
+
+    parsed: list[int] = []
+    real = daemon.peer_of
+
+    def counted(chain: list[str]) -> Any:
+        parsed.append(len(chain))
+        return real(chain)
+
+    monkeypatch.setattr(daemon, "peer_of", counted)
+    init(tmp_path / "m", ["127.0.0.1"])
+    m = Manager(tmp_path / "m")
+    server = serve(m, "127.0.0.1", 0)
+    port = server.server_address[1]
+    try:
+        gk_tls = _join_host(tmp_path / "m", port, "h1", tmp_path)
+        parsed.clear()  # the join's connection had no certificate
+        with httpx.Client(base_url=f"https://127.0.0.1:{port}", verify=gk_tls, timeout=30,
+                          headers={"X-Forwarded-For": "10.9.9.9"}) as gk:
+            for _ in range(3):
+                assert gk.put("/v1/hosts/h1/status", json=REPORT).status_code == 200
+                assert gk.get("/v1/hosts/h1/desired").status_code == 200
+        assert parsed == [1]
+        assert m.store.get("host", "h1").spec["address"] == "127.0.0.1"  # type: ignore[union-attr]
+    finally:
+        server.shutdown()
+        m.close()
