@@ -43,6 +43,7 @@ LIMIT_CONCURRENCY = 16384  # open connections (one per gatekeeper, plus admins; 
 KEEP_ALIVE_S = 75  # an idle kept-alive connection is closed after this; above any client's reuse gap
 MAX_HEADER_BYTES = 64 << 10  # request line and headers
 START_TIMEOUT_S = 10.0
+LOOP = "asyncio"  # the event loop, named: uvicorn's "auto" would take uvloop whenever it is installed
 
 
 def _peer_chain(transport: asyncio.BaseTransport) -> list[str]:
@@ -169,7 +170,7 @@ def serve(m: Manager, host: str, port: int, *, read_deadline_s: float = READ_DEA
                             ssl_context_factory=lambda _config, _default: ctx, limit_concurrency=limit_concurrency,
                             timeout_keep_alive=keep_alive_s, h11_max_incomplete_event_size=max_header_bytes,
                             timeout_graceful_shutdown=2, log_config=None, log_level="warning", access_log=False,
-                            lifespan="on", server_header=False, proxy_headers=False)
+                            lifespan="on", server_header=False, proxy_headers=False, loop=LOOP)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="manager-api", daemon=True)
     thread.start()
