@@ -38,39 +38,67 @@ def vnet_hosts(farm: Farm, status: dict[str, Any], vnet: str) -> list[str]:
 def host_desired(host: str, farms: list[tuple[Farm, dict[str, Any]]]) -> dict[str, Any]:
     """What `host` should run for all farms, drafted (a DesiredState document without VNET keys
     and members): the VNETs its VMs need, and the VMs."""
-    vnets: dict[int, dict[str, Any]] = {}
-    vms = []
-    for farm, status in farms:
-        vm_defs = {v.name: v for v in farm.vms}
+    return _draft(host, [FarmIndex(farm, status) for farm, status in farms])
+
+
+class FarmIndex:
+    """One farm's status indexed once for the drafts of many hosts: its instances by the hosts
+    they are on (or moving to), and each VNET's addresses in order (a generation's thousand hosts
+    each walked every instance, and sorted each VNET's addresses again, before)."""
+
+    def __init__(self, farm: Farm, status: dict[str, Any]) -> None:
+        self.farm, self.status = farm, status
+        self.vm_defs = {v.name: v for v in farm.vms}
+        self.vnet_defs = {v.name: v for v in farm.vnets}
+        self.on_host: dict[str, list[dict[str, Any]]] = {}
         for inst in status.get("instances", []):
             moving = inst.get("migrating") or {}
-            vm = vm_defs.get(inst["vm"])
-            if vm is None or host not in (inst["host"], moving.get("to")) or moving.get("cold"):
-                continue  # not here; or moving cold: stopped everywhere until it is stopped
+            for h in dict.fromkeys((inst["host"], moving.get("to"))):
+                if h is not None:
+                    self.on_host.setdefault(h, []).append(inst)
+        self._addresses: dict[str, tuple[list[str], dict[str, set[str]]]] = {}
+
+    def peers(self, vnet: str, name: str) -> list[str]:
+        """The addresses on `vnet` of the farm's instances other than `name`, in address order."""
+        if vnet not in self._addresses:
+            owners: dict[str, set[str]] = {}
+            for o in self.status["instances"]:
+                if vnet in o.get("addresses", {}):
+                    owners.setdefault(o["addresses"][vnet], set()).add(o["name"])
+            self._addresses[vnet] = (sorted(owners, key=ipaddress.IPv4Address), owners)
+        ordered, owners = self._addresses[vnet]
+        return [a for a in ordered if owners[a] != {name}]
+
+
+def _draft(host: str, farms: list[FarmIndex]) -> dict[str, Any]:
+    vnets: dict[int, dict[str, Any]] = {}
+    vms = []
+    for index in farms:
+        farm = index.farm
+        for inst in index.on_host.get(host, []):
+            moving = inst.get("migrating") or {}
+            vm = index.vm_defs.get(inst["vm"])
+            if vm is None or moving.get("cold"):
+                continue  # moving cold: stopped everywhere until it is stopped
             vms.append({"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-                        "nics": _nics(farm, status, inst, vm, vnets), **_handover(host, inst, vm)})
+                        "nics": _nics(index, inst, vm, vnets), **_handover(host, inst, vm)})
     return {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}
 
 
-def _nics(farm: Farm, status: dict[str, Any], inst: dict[str, Any], vm: VmDef,
-          vnets: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+def _nics(index: FarmIndex, inst: dict[str, Any], vm: VmDef, vnets: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
     """The instance's NICs; the VNETs they plug into are added to `vnets`."""
-    ids = status.get("vnet_ids", {})
-    vnet_defs = {v.name: v for v in farm.vnets}
+    farm, ids = index.farm, index.status.get("vnet_ids", {})
     nics = []
     for nic in vm.nics:
         vid = ids.get(nic.vnet)
         if vid is None:  # a VNET added to a farm that could not be planned (see its status)
             continue
-        vdef = vnet_defs[nic.vnet]
+        vdef = index.vnet_defs[nic.vnet]
         vnets[vid] = {"id": vid, "farm": farm.name, "name": nic.vnet, "security": vdef.security, "mtu": vdef.mtu}
         addr = inst.get("addresses", {}).get(nic.vnet)  # none yet: the farm's plan failed
         ip = f"{addr}/{vdef.subnet.prefixlen}" if addr and ipaddress.IPv4Address(addr) in vdef.subnet else None
-        peers = sorted({o["addresses"][nic.vnet] for o in status["instances"]
-                        if o["name"] != inst["name"] and nic.vnet in o.get("addresses", {})},
-                       key=ipaddress.IPv4Address)
         mac = inst.get("macs", {}).get(nic.vnet) or nic_mac(farm.name, inst["name"], nic.vnet)
-        nics.append({"vnet": vid, "mac": mac, "ip": ip, "peers": peers})
+        nics.append({"vnet": vid, "mac": mac, "ip": ip, "peers": index.peers(nic.vnet, inst["name"])})
     return nics
 
 
@@ -116,10 +144,10 @@ class Members:
 
 
 def desired_state(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                  keys: Keys, members: Members | None = None) -> DesiredState:
+                  keys: Keys, members: Members | None = None, index: list[FarmIndex] | None = None) -> DesiredState:
     """What `host` should run, complete and validated (ContractError would be a manager bug).
-    `members`: shared by the hosts of one read of farms and reports (made here if not given)."""
-    draft = host_desired(host, farms)
+    `members`, `index`: shared by the hosts of one read of farms and reports (made here if not given)."""
+    draft = _draft(host, index if index is not None else [FarmIndex(f, st) for f, st in farms])
     members = members or Members(farms, reports)
     for v in draft["vnets"]:
         # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
@@ -139,9 +167,10 @@ def served_version(report: dict[str, Any] | None) -> int:
 
 
 def desired_json(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                 keys: Keys, members: Members | None = None) -> dict[str, Any]:
+                 keys: Keys, members: Members | None = None, index: list[FarmIndex] | None = None) -> dict[str, Any]:
     """`desired_state` as JSON in the version `host` speaks (the etag is a hash of this)."""
-    return desired_state(host, farms, reports, keys, members).for_contract(served_version(reports.get(host)))
+    state = desired_state(host, farms, reports, keys, members, index)
+    return state.for_contract(served_version(reports.get(host)))
 
 
 def desired_json_many(hosts: Iterable[str], farms: list[tuple[Farm, dict[str, Any]]],
@@ -162,7 +191,8 @@ class DesiredInputs:
         self.farms, self.reports = farms, reports
         self.keys: Keys = functools.cache(keys)  # each VNET's keys read and derived once for all hosts
         self.members = Members(farms, reports)  # each VNET's members worked out once
+        self.index = [FarmIndex(f, status) for f, status in farms]  # each farm's instances by host, once
 
     def json(self, host: str) -> dict[str, Any]:
         """`desired_json` of `host` from these inputs."""
-        return desired_json(host, self.farms, self.reports, self.keys, self.members)
+        return desired_json(host, self.farms, self.reports, self.keys, self.members, self.index)

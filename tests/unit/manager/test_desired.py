@@ -3,6 +3,7 @@ construction, and served in the contract version the host's report claims."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from softudc.manager import desired
 from softudc.manager.controller import inventory, reconcile_farm
 from softudc.manager.desired import desired_json, desired_json_many, desired_state, host_desired, served_version
 from softudc.model.farm import Farm, validate
-from softudc.model.hoststate import CONTRACT_VERSION, DesiredState, parse
+from softudc.model.hoststate import CONTRACT_VERSION, DesiredState, parse, vm_name
 
 DEMO = (Path(__file__).parents[3] / "configs" / "farms" / "demo.yaml").read_text()
 UNDERLAY = {"h1": "10.0.0.1", "h2": "10.0.0.2", "h3": "10.0.0.3"}
@@ -91,3 +92,21 @@ def test_many_hosts_at_once_get_what_each_would_alone_and_members_are_worked_out
     assert all(together[h]["vms"] == [] for h in hosts if h.startswith("idle"))
     vnets = {v["id"] for d in alone.values() for v in d["vnets"]}
     assert len(calls) == len(vnets)  # once per VNET, not once per host and VNET
+
+
+def test_each_nics_peers_are_the_other_instances_addresses_on_its_vnet_in_address_order() -> None:
+    """The farm's index (made once for many hosts) gives what walking every instance gave."""
+    farms = planned()
+    farm, status = farms[0]
+    instances, seen = status["instances"], 0
+    for host in UNDERLAY:
+        for vm in host_desired(host, farms)["vms"]:
+            inst = next(i for i in instances if vm_name(farm.name, i["name"]) == vm["name"])
+            for nic in vm["nics"]:
+                vnet = next(n for n, v in status["vnet_ids"].items() if v == nic["vnet"])
+                expect = sorted({o["addresses"][vnet] for o in instances
+                                 if o["name"] != inst["name"] and vnet in o.get("addresses", {})},
+                                key=ipaddress.IPv4Address)
+                assert nic["peers"] == expect
+                seen += len(expect)
+    assert seen  # some NIC has peers
