@@ -359,10 +359,12 @@ class EtcdStore:
             obj = self._decode(kv)
             if not obj.deleted or obj.revision > before:
                 continue
-            ok, _, _ = self.client.txn([cmp_mod(kv.key, "EQUAL", kv.mod_revision)],
-                                       [op_delete(kv.key), op_delete(self._events_prefix(obj.kind, obj.name),
-                                                                     prefix=True)])
-            dropped += ok
+            ok, rev, _ = self.client.txn([cmp_mod(kv.key, "EQUAL", kv.mod_revision)],
+                                         [op_delete(kv.key), op_delete(self._events_prefix(obj.kind, obj.name),
+                                                                       prefix=True)])
+            if ok:
+                self._saw(rev)  # the cache shows the tombstone gone from now on (a DELETE at `rev`)
+                dropped += 1
         return dropped
 
     # -- events ---------------------------------------------------------------------------------
