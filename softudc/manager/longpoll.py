@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -96,11 +96,20 @@ class LongPolls:
         return moved
 
     def wake(self, hosts: list[str]) -> None:
-        """Call the waiters of `hosts` (each wakes and reads its state again)."""
+        """Call the waiters of `hosts` (each wakes and reads its state again). The async ones of
+        one event loop are woken by one call into it, not one each (a generation that moves a
+        thousand hosts wrote a thousand times to the loop's wake-up pipe)."""
         with self._lock:
             callbacks = [cb for h in hosts for cb in self._waiters.get(h, {}).values()]
+        futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
         for cb in callbacks:
-            cb()
+            if isinstance(cb, _Woken):
+                futures.setdefault(cb.loop, []).append(cb.future)
+            else:
+                cb()
+        for loop, mine in futures.items():
+            with contextlib.suppress(RuntimeError):  # the server's loop has closed: nobody waits on it any more
+                loop.call_soon_threadsafe(_resolve_all, mine)
 
     def waiting(self) -> int:
         """Long polls waiting now (a metric)."""
@@ -132,7 +141,7 @@ class LongPolls:
         deadline = loop.time() + min(max(wait, 0.0), MAX_WAIT_S)
         while True:
             woken: asyncio.Future[None] = loop.create_future()
-            key = self._add(host, functools.partial(_call_soon, loop, woken))
+            key = self._add(host, _Woken(loop, woken))
             try:
                 desired = self._cached(host)
                 if desired is None:  # a miss reads the store: off the event loop
@@ -161,12 +170,19 @@ class LongPolls:
                 self._remove(host, key)
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, woken: asyncio.Future[None]) -> None:
-    """From the controller thread: resolve `woken` on its own loop (a closed loop has no waiter)."""
-    with contextlib.suppress(RuntimeError):  # the server's loop has closed: nobody waits on it any more
-        loop.call_soon_threadsafe(_resolve, woken)
+@dataclasses.dataclass(frozen=True)
+class _Woken:
+    """An async long poll's waiter: its future, resolved on its own loop."""
+
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+    def __call__(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the server's loop has closed: nobody waits on it any more
+            self.loop.call_soon_threadsafe(_resolve_all, [self.future])
 
 
-def _resolve(woken: asyncio.Future[None]) -> None:
-    if not woken.done():
-        woken.set_result(None)
+def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+    for woken in futures:
+        if not woken.done():
+            woken.set_result(None)

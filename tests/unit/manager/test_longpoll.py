@@ -93,18 +93,30 @@ def test_many_async_waiters_on_one_host_all_wake_once() -> None:
     world = World()
     polls = LongPolls(world.desired)
 
+    calls: list[int] = []  # into the loop from the waking thread
+
     async def scenario() -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        real = loop.call_soon_threadsafe
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return real(*args, **kwargs)
+
         since = polls.current("h1")["etag"]
         tasks = [asyncio.create_task(polls.wait_async("h1", since, 30)) for _ in range(200)]
         while polls.waiting() < 200:
             await asyncio.sleep(0.01)
         world.vms["h1"] = ["f--a-0"]
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign, assignment]
         await asyncio.to_thread(polls.new_generation)
+        loop.call_soon_threadsafe = real  # type: ignore[method-assign]
         return await asyncio.wait_for(asyncio.gather(*tasks), 20)
 
     got = asyncio.run(scenario())
     assert {g["etag"] for g in got} == {polls.current("h1")["etag"]}
     assert world.asked["h1"] <= 3  # 200 waiters, one state: computed once per generation (+1 racing)
+    assert len(calls) <= 2  # the 200 woken by one call into their loop (+ to_thread's own answer)
 
 
 def test_the_sync_wait_wakes_on_its_host_and_times_out_otherwise() -> None:
