@@ -235,9 +235,15 @@ class Admin:
     puts: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
 
-    def call(self, http: httpx.Client, method: str, path: str, into: list[float], body: str = "") -> httpx.Response:
+    def call(self, http: httpx.Client, method: str, path: str, into: list[float],
+             body: str = "") -> httpx.Response | None:
         start = time.perf_counter()
-        r = http.request(method, path, content=body.encode() if body else None)
+        try:
+            r = http.request(method, path, content=body.encode() if body else None)
+        except httpx.HTTPError as e:  # cut off or timed out: counted, with the time it took to fail
+            into.append((time.perf_counter() - start) * 1000)
+            self.failures.append(f"{method} {path}: {type(e).__name__}: {e}")
+            return None
         into.append((time.perf_counter() - start) * 1000)
         if r.status_code != 200:
             self.failures.append(f"{method} {path}: {r.status_code} {r.text[:200]}")
@@ -338,7 +344,7 @@ def _steady(http: httpx.Client, workers: list[Worker], daemon: Daemon, seconds: 
         "admin_p50_ms": percentile(both, 0.5), "admin_p99_ms": percentile(both, 0.99),
         "admin_get_p50_ms": percentile(admin.gets, 0.5), "admin_get_p99_ms": percentile(admin.gets, 0.99),
         "admin_put_p50_ms": percentile(admin.puts, 0.5), "admin_put_p99_ms": percentile(admin.puts, 0.99),
-        "admin_calls": len(both), "admin_failures": admin.failures[:5],
+        "admin_calls": len(both), "admin_failed": len(admin.failures), "admin_failures": admin.failures[:5],
         "report_p50_ms": percentile(reports, 0.5), "report_p99_ms": percentile(reports, 0.99),
         "reports": len(reports), "reports_per_s": round(len(reports) / wall, 1),
         "polls": sum(int(r["polls"]) for r in results),
