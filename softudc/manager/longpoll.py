@@ -5,7 +5,7 @@ The controller loop ends every reconcile pass with `new_generation()`: the cache
 desired state of each host with a waiting long poll is computed again, and only the hosts whose
 etag moved are woken (a report from one host no longer wakes, and costs, every long poll). A
 waiter is a callback, so an async long poll (a future on the server's event loop, woken with
-`call_soon_threadsafe`) holds no thread while it waits; the sync one (`wait`) holds its caller's.
+`call_soon_threadsafe`) holds no thread while it waits.
 
 A waiter registers before it reads the desired state: a generation that moves the etag after that
 read wakes it, so no change falls between the read and the wait.
@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import json
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -151,21 +150,6 @@ class LongPolls:
                     return desired
                 with contextlib.suppress(TimeoutError):  # then read once more and answer
                     await asyncio.wait_for(woken, left)
-            finally:
-                self._remove(host, key)
-
-    def wait(self, host: str, since: str, wait: float) -> Desired:
-        """As wait_async, holding the calling thread while it waits (the threaded server's way)."""
-        deadline = time.monotonic() + min(max(wait, 0.0), MAX_WAIT_S)
-        while True:
-            woken = threading.Event()
-            key = self._add(host, woken.set)
-            try:
-                desired = self.current(host)
-                left = deadline - time.monotonic()
-                if desired["etag"] != since or left <= 0:
-                    return desired
-                woken.wait(left)
             finally:
                 self._remove(host, key)
 

@@ -205,16 +205,12 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self.store.event(kind, name, type_, message)
         self.events.labels(type_).inc()
 
-    def desired(self, peer_cn: str | None, name: str, since: str = "", wait: float = 0.0) -> dict[str, Any]:
+    def desired(self, peer_cn: str | None, name: str) -> dict[str, Any]:
         """What a gatekeeper should run now (mutual TLS only: its certificate names the host), with
-        an `etag`; cached per reconcile generation. Given the etag it has (`since`) and `wait`, a
-        long poll that holds the calling thread (the threaded server's way; the ASGI route awaits
-        wait_desired instead)."""
+        an `etag`; cached per reconcile generation. The long poll is `wait_desired`."""
         self._check_peer(peer_cn, name)
         self.start()  # the loop moves the generations this answer is cached by
-        if wait <= 0:
-            return self.polls.current(name)
-        return self.polls.wait(name, since, wait)
+        return self.polls.current(name)
 
     async def wait_desired(self, peer_cn: str | None, name: str, since: str, wait: float) -> dict[str, Any]:
         """The long poll: the host's desired state once its etag differs from `since`, or after

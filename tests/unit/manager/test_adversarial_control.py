@@ -5,6 +5,7 @@ the API stores them), and over HTTPS where the HTTP layer is the point."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import http.client
 import json
@@ -337,7 +338,8 @@ def test_r11_a_long_poll_is_woken_only_when_its_hosts_desired_state_changes(
 
     monkeypatch.setattr(Manager, "_polled", counting)
     answer: dict[str, Any] = {}
-    waiter = threading.Thread(target=lambda: answer.update(mgr.desired("h1", "h1", h1["etag"], 30)), name="poll-h1")
+    waiter = threading.Thread(target=lambda: answer.update(asyncio.run(mgr.wait_desired("h1", "h1", h1["etag"], 30))),
+                              name="poll-h1")
     waiter.start()
     deadline = time.monotonic() + 5
     while "h1" not in mgr._waiting and time.monotonic() < deadline:
@@ -360,7 +362,7 @@ def test_r11_the_waiter_is_not_woken_by_notify_for_other_hosts(mgr: Manager) -> 
     done = threading.Event()
 
     def poll() -> None:
-        mgr.desired("h1", "h1", etag, 30)
+        asyncio.run(mgr.wait_desired("h1", "h1", etag, 30))
         done.set()
 
     threading.Thread(target=poll).start()

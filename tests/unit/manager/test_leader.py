@@ -7,6 +7,7 @@ pass."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -371,7 +372,7 @@ def test_a_followers_long_poll_wakes_when_the_leaders_pass_moves_its_host(
         report(a, h)
     before = b.desired("h1", "h1")
     woke: list[dict[str, Any]] = []
-    t = threading.Thread(target=lambda: woke.append(b.desired("h1", "h1", before["etag"], 20)))
+    t = threading.Thread(target=lambda: woke.append(asyncio.run(b.wait_desired("h1", "h1", before["etag"], 20))))
     t.start()
     time.sleep(0.3)
     t0 = time.monotonic()

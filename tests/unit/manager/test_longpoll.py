@@ -119,13 +119,13 @@ def test_many_async_waiters_on_one_host_all_wake_once() -> None:
     assert len(calls) <= 2  # the 200 woken by one call into their loop (+ to_thread's own answer)
 
 
-def test_the_sync_wait_wakes_on_its_host_and_times_out_otherwise() -> None:
+def test_a_wait_on_another_threads_loop_wakes_on_its_host_and_times_out_otherwise() -> None:
     world = World()
     polls = LongPolls(world.desired)
     since = polls.current("h1")["etag"]
-    assert polls.wait("h1", since, 0.05)["etag"] == since  # nothing moved: the deadline answers
+    assert asyncio.run(polls.wait_async("h1", since, 0.05))["etag"] == since  # nothing moved: the deadline answers
     result: list[dict[str, Any]] = []
-    waiter = threading.Thread(target=lambda: result.append(polls.wait("h1", since, 30)))
+    waiter = threading.Thread(target=lambda: result.append(asyncio.run(polls.wait_async("h1", since, 30))))
     waiter.start()
     while polls.waiting() < 1:
         threading.Event().wait(0.01)
