@@ -169,7 +169,11 @@ class Simulator:
                 if conn is None:
                     conn = await asyncio.wait_for(Connection.open(self.addr, self.port, h.ctx), IO_TIMEOUT_S)
                 await self._round(h, conn)
-            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, HttpError,
+            except HttpError as e:  # an answer, not 200: the connection is fine (as httpx's pool keeps it)
+                self.stats.errors += 1
+                self.stats.last_error = f"{h.name}: {e}"
+                await asyncio.sleep(self.interval * (0.5 + random.random()))
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                     ValueError) as e:
                 self.stats.errors += 1
                 self.stats.last_error = f"{h.name}: {type(e).__name__}: {e}"
