@@ -36,6 +36,7 @@ import marshal
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -52,7 +53,7 @@ from softudc.etcd.client import (
 )
 from softudc.etcd.mirror import PrefixMirror
 from softudc.manager import store as store_module
-from softudc.manager.store import Conflict, Obj
+from softudc.manager.store import Conflict, NotLeader, Obj
 
 DEFAULT_PREFIX = "/softudc"
 TXN_CHUNK = 100  # keys deleted per txn (etcd's --max-txn-ops defaults to 128)
@@ -86,6 +87,7 @@ class EtcdStore:
         self._seen_lock = threading.Lock()
         self._mirror: PrefixMirror[Cached] | None = (
             PrefixMirror(client, self._obj, self._cached, name="softudc-store-cache") if cache else None)
+        self._fence = threading.local()  # this thread's (leader key, its create revision), if fenced
 
     def close(self) -> None:
         if self._mirror is not None:
@@ -172,13 +174,17 @@ class EtcdStore:
         our value at a newer revision: applied; anything else: someone else wrote (None)."""
         key = self._key(kind, name)
         base = kv.mod_revision if kv else 0
+        fence: tuple[bytes, int] | None = getattr(self._fence, "held", None)
+        guard = [cmp_create(fence[0], "EQUAL", fence[1])] if fence else []
         deadline = time.monotonic() + WRITE_RETRY_S
         while True:
             try:
-                ok, rev, _ = self.client.txn([cmp_mod(key, "EQUAL", base)],
+                ok, rev, _ = self.client.txn([cmp_mod(key, "EQUAL", base), *guard],
                                              [op_put(key, value), op_put(self._rev, b""), *extra])
                 if ok:
                     self._saw(rev)
+                elif fence:
+                    self._check_fence(fence)
                 return rev if ok else None
             except EtcdError as e:
                 if not e.retryable or time.monotonic() > deadline:
@@ -188,6 +194,24 @@ class EtcdStore:
             if now is not None and now.mod_revision != base:
                 self._saw(now.mod_revision)
                 return now.mod_revision if now.value == value else None
+
+    @contextlib.contextmanager
+    def fenced(self, key: bytes, create_revision: int) -> Iterator[None]:
+        """Object writes of this thread, while inside, happen only if `key` (a leader key) still has
+        `create_revision`: a leader that lost its lease mid-pass writes nothing more (NotLeader),
+        whatever its clock says. Requests, in other threads, are not fenced."""
+        self._fence.held = (key, create_revision)
+        try:
+            yield
+        finally:
+            self._fence.held = None
+
+    def _check_fence(self, fence: tuple[bytes, int]) -> None:
+        """After a failed txn of a fenced write: NotLeader if the leader key moved on."""
+        now = self.client.get(fence[0])
+        if now is None or now.create_revision != fence[1]:
+            raise NotLeader(f"{fence[0].decode()} is no longer this manager's (created at {fence[1]}, now "
+                            f"{now.create_revision if now else 'gone'}): another manager leads; nothing written")
 
     # -- objects --------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -86,6 +87,7 @@ class Leadership(Protocol):
     def leader(self) -> LeaderInfo | None: ...
     def publish(self, reconciled: int) -> None: ...
     def members(self) -> list[dict[str, Any]]: ...
+    def fence(self, store: object) -> AbstractContextManager[None]: ...
     def resign(self) -> None: ...
     def close(self) -> None: ...
 
@@ -117,6 +119,9 @@ class SoloLeadership:
 
     def members(self) -> list[dict[str, Any]]:
         return [{"id": self.id, "url": self.url, "last_seen": time.time()}]
+
+    def fence(self, store: object) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()  # nobody else can lead
 
     def resign(self) -> None:
         self._leading = False
@@ -161,6 +166,11 @@ class _Campaign:
                              threading.Thread(target=self._watchdog, name="softudc-leader-watchdog", daemon=True)]
         for t in self._threads:
             t.start()
+
+    def fence(self, store: object) -> AbstractContextManager[None]:
+        """The controllers' writes while leading (one pass): on a file, none needed (the lock is
+        held while the process lives); EtcdLeadership makes etcd check its key."""
+        return contextlib.nullcontext()
 
     def is_leader(self) -> bool:
         return self._leading and time.monotonic() < self._deadline
@@ -445,6 +455,16 @@ class EtcdLeadership(_Campaign):
             if self._leading:
                 self._deadline = t0 + self.ttl - 1
         return True
+
+    def fence(self, store: object) -> AbstractContextManager[None]:
+        """Every object write of this thread (a controllers' pass) compares the leader key's create
+        revision: a leader that lost its lease in the middle of a pass writes nothing more, however
+        late its watchdog runs (the store raises NotLeader). A store that cannot fence: none."""
+        fenced = getattr(store, "fenced", None)
+        if fenced is None or not self._created or not self.is_leader():
+            return contextlib.nullcontext()
+        cm: AbstractContextManager[None] = fenced(self.key, self._created)
+        return cm
 
     def _write_info(self, info: LeaderInfo) -> bool:
         won, _, _ = self.client.txn([cmp_create(self.key, "EQUAL", self._created)],

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from softudc.manager.heartbeats import KIND as HEARTBEAT
 from softudc.manager.heartbeats import heartbeat_is_news, heartbeat_times
-from softudc.manager.store import Obj, Store
+from softudc.manager.store import NotLeader, Obj, Store
 
 RECONCILE_EVERY_S = 10.0  # a pass runs at least this often (time-based rules) even with no news
 HOST_DOWN_AFTER_S = 30.0  # as controller.HOST_DOWN_AFTER_S: a report after this long is news
@@ -185,6 +185,10 @@ class ControllerLoop:
             return False
         try:
             done = self._reconcile()
+        except NotLeader as e:  # the store refused a fenced write: another manager leads already
+            log.warning("%s: %s; the controllers stop", self.name, e)
+            self._stopping.set()
+            return False
         except Exception:  # the loop must outlive any bug in one pass: the next one retries
             log.exception("reconcile pass failed; retrying after the next change or in %.0f s", self.every_s)
             # What the failed pass wrote comes back as news: pause, so a bug that fails every

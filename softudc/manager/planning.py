@@ -19,7 +19,7 @@ from softudc.manager.farms import FarmCache, Usage
 from softudc.manager.longpoll import LongPolls
 from softudc.manager.loop import Pass
 from softudc.manager.planner import PlanError
-from softudc.manager.store import Obj, Store
+from softudc.manager.store import NotLeader, Obj, Store
 from softudc.model.source import DescriptorError
 
 COMPACT_EVERY_S = 60.0
@@ -94,6 +94,8 @@ class Planning:
         what they had."""
         try:
             status, summary, seen = self._plan_one(self.farms.farm(o), o.status, farms, reports, usage, taken)
+        except NotLeader:
+            raise  # not this farm's fault: the pass ends, the farm is another leader's to plan
         except Exception as e:  # per-farm isolation: one farm's failure is not every farm's
             status, summary, seen = _degraded(o.status, _why(e)), "", []
             if status["problem"] != o.status.get("problem"):

@@ -89,9 +89,15 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
     def _new_controllers(self) -> ControllerLoop:
         # The loop marks a pass done (an apply waiting for it answers) before it lets long polls go;
         # it asks the leadership before each pass and publishes what it has reconciled.
-        return ControllerLoop(self.store, lambda: self.reconcile(wake=False), RECONCILE_EVERY_S,
+        return ControllerLoop(self.store, self._fenced_pass, RECONCILE_EVERY_S,
                               after=self.polls.new_generation, may_run=self.leadership.is_leader,
                               on_mark=self.leadership.publish)
+
+    def _fenced_pass(self) -> Pass:
+        """One controllers' pass whose writes the store refuses once another manager leads (etcd:
+        NotLeader, the pass ends there; the loop's next question to the leadership stops it)."""
+        with self.leadership.fence(self.store):
+            return self.reconcile(wake=False)
 
     def start(self) -> None:
         """Join the group (once; every call that stores something for the controllers calls this):

@@ -47,6 +47,11 @@ class Conflict(RuntimeError):
     """The object changed since the caller read it (compare-and-swap failed); read it again."""
 
 
+class NotLeader(RuntimeError):
+    """A write fenced by a leadership was refused: another manager leads now (etcd compared the
+    leader key's create revision). The controllers' pass that made it ends; nothing was written."""
+
+
 @dataclass(frozen=True)
 class Obj:
     kind: str

@@ -13,6 +13,7 @@ import pytest
 from softudc.etcd.client import EtcdClient
 from softudc.etcd.cluster import EtcdCluster
 from softudc.manager.etcdstore import EtcdStore
+from softudc.manager.store import NotLeader
 
 
 @pytest.fixture
@@ -137,3 +138,36 @@ def test_revision_makes_a_cached_reader_as_current_as_etcd(etcd_cluster: EtcdClu
     finally:
         writer.close()
         reader.close()
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_a_fenced_write_of_a_deposed_leader_is_refused_and_writes_nothing(client: EtcdClient, etcd_prefix: str,
+                                                                          cache: bool) -> None:
+    s = EtcdStore(client, etcd_prefix, cache=cache)
+    try:
+        leader = f"{etcd_prefix}/leader".encode()
+        mine = client.put(leader, b"m1")  # this manager's leader key, created at `mine`
+        s.put("farm", "shop", {})
+        with s.fenced(leader, mine):
+            s.set_status("farm", "shop", {"planned": 1})  # still the leader: written
+        client.delete(leader)
+        client.put(leader, b"m2")  # another manager took over (a new key, a new create revision)
+        errors: list[Exception] = []
+        with s.fenced(leader, mine):
+            with pytest.raises(NotLeader, match="another manager leads"):
+                s.set_status("farm", "shop", {"planned": 2})
+            # Requests run in other threads and are not fenced: their writes go on.
+            t = threading.Thread(target=lambda: s.put("farm", "web", {}))
+            t.start()
+            t.join()
+            try:
+                s.put("farm", "db", {})
+            except NotLeader as e:
+                errors.append(e)
+        assert len(errors) == 1  # nothing of the deposed leader's pass was written...
+        got = s.get("farm", "shop")
+        assert got is not None and got.status == {"planned": 1}
+        assert s.get("farm", "db") is None and s.get("farm", "web") is not None  # ...a request's was
+        s.set_status("farm", "shop", {"planned": 3})  # outside the fence: as any request
+    finally:
+        s.close()

@@ -28,7 +28,7 @@ from softudc.manager.leader import (
     SoloLeadership,
 )
 from softudc.manager.service import Manager, init
-from softudc.manager.store import SqliteStore
+from softudc.manager.store import NotLeader, SqliteStore
 from tests.unit.manager.test_controller_one_vm import ADMIN, DEMO, HOSTS, instances, placed, report
 
 TTL = 3
@@ -216,6 +216,33 @@ def test_a_stale_leader_cannot_overwrite_the_new_leaders_key(etcd_cluster: EtcdC
         wait_until(lambda: not old.is_leader(), TTL + 1)  # and it notices
     finally:
         group.close()
+        client.close()
+
+
+def test_a_stale_leaders_pass_writes_nothing_once_another_leads(etcd_cluster: EtcdCluster,
+                                                                  etcd_prefix: str) -> None:
+    """Fencing: the controllers' writes compare the leader key's create revision, so a pass that
+    began while `a` led writes nothing once `b` leads, however late a's watchdog notices."""
+    client = EtcdClient(etcd_cluster.endpoints, timeout=1.0)
+    store = EtcdStore(client, etcd_prefix)
+    group = Group(lambda name: EtcdLeadership(client, etcd_prefix, name, ttl=TTL))
+    try:
+        store.put("farm", "shop", {})
+        old = group.add("a")
+        group.one_leader()
+        with old.fence(store):  # a pass begins while a leads
+            store.set_status("farm", "shop", {"by": "a"})
+            client.lease_revoke(old._lease)  # a's lease runs out mid-pass
+            group.add("b")
+            assert wait_until(lambda: group.members["b"].is_leader(), TTL + 2) >= 0
+            with pytest.raises(NotLeader):
+                store.set_status("farm", "shop", {"by": "a, too late"})
+        got = store.get("farm", "shop")
+        assert got is not None and got.status == {"by": "a"}
+        assert SoloLeadership("s").fence(store).__enter__() is None  # nothing to fence alone
+    finally:
+        group.close()
+        store.close()
         client.close()
 
 
