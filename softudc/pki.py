@@ -15,6 +15,7 @@ import ipaddress
 import json
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -141,11 +142,12 @@ class CertificateAuthority:
         assert isinstance(public, ec.EllipticCurvePublicKey)
         return self._leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, public, []).public_bytes(serialization.Encoding.PEM)
 
-    def join(self, token: str, csr_pem: bytes) -> tuple[str, bytes]:
+    def join(self, token: str, csr_pem: bytes, redeem: Callable[[str], str] | None = None) -> tuple[str, bytes]:
         """A host joins: (its name, its new certificate). The request is checked before the token
-        is spent, so a broken CSR does not cost the operator a new token."""
+        is spent, so a broken CSR does not cost the operator a new token. `redeem` spends the token
+        (default: this directory's tokens.json; the manager passes one that asks its store first)."""
         self.check_csr(csr_pem)
-        host = self.redeem_join_token(token)
+        host = (redeem or self.redeem_join_token)(token)
         return host, self.sign_csr(csr_pem, host)
 
     # --- one-time join tokens -----------------------------------------------------------------

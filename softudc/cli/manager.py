@@ -148,22 +148,33 @@ def status_lines(s: dict[str, Any]) -> list[str]:
 
 
 def cmd_join_token(a: argparse.Namespace) -> None:
+    """A one-time join token, kept (as its digest) in the manager's store: with a shared store
+    (`--store etcd://...`) any manager of the group honours it, once."""
+    from softudc.manager.storetokens import StoreJoinTokens
+    from softudc.manager.storeurl import StoreURLError, open_store
     from softudc.pki import CertificateAuthority, PkiError
 
     try:
-        token = CertificateAuthority.load(_dir(a) / "pki").create_join_token(a.name, a.ttl)
-    except PkiError as e:
+        CertificateAuthority.load(_dir(a) / "pki")  # this is a manager's host (`softudc init` ran here)
+        store = open_store(a.store, _dir(a), cache=False)
+    except (PkiError, StoreURLError) as e:
         raise CliError(str(e)) from None
+    try:
+        token = StoreJoinTokens(store).create(a.name, a.ttl)
+    finally:
+        store.close()
     print(token)
     print(f"one-time join token for host {a.name}, valid {a.ttl:.0f} s; joining again replaces the host's "
           "certificate (the old one is refused)", file=sys.stderr)
 
 
 def add_join_token_parser(hosts: Any) -> None:
-    """`softudc host join-token NAME`, run on the manager's host (it writes the manager's state)."""
-    j = hosts.add_parser("join-token", help="a one-time token for a gatekeeper to join as NAME (on the manager's host)")
+    """`softudc host join-token NAME`, run on a manager's host (it writes the manager's store)."""
+    j = hosts.add_parser("join-token", help="a one-time token for a gatekeeper to join as NAME (on a manager's host)")
     j.add_argument("name")
     j.add_argument("--ttl", type=float, default=3600.0, help="seconds the token stays valid")
+    j.add_argument("--store", metavar="URL", help="the managers' store (as `softudc manager --store`); default: "
+                                                  "the state directory's SQLite file")
     j.set_defaults(fn=cmd_join_token)
 
 

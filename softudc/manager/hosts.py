@@ -24,6 +24,7 @@ from softudc.manager.farms import Usage
 from softudc.manager.heartbeats import HeartbeatBook, default_manager_id
 from softudc.manager.reports import REFRESH_S, StoredHosts, report_problems, same_report, visible_to
 from softudc.manager.store import Conflict, Obj, Store
+from softudc.manager.storetokens import StoreJoinTokens
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
 
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
@@ -107,7 +108,8 @@ class Hosts:
         certificate (its fingerprint is stored): any certificate it had before is refused from
         now on, so a re-installed or cloned machine with an old certificate cannot act as it."""
         try:
-            host, cert = self.ca.join(str(body.get("token", "")), str(body.get("csr", "")).encode())
+            host, cert = self.ca.join(str(body.get("token", "")), str(body.get("csr", "")).encode(),
+                                      redeem=self._redeem_join_token)
         except PkiError as e:
             raise ApiError(403, str(e)) from None
         except ValueError as e:
@@ -120,6 +122,17 @@ class Hosts:
         if old is not None:
             self._event("host", host, "Rejoined", "a new certificate; the ones it had before are refused from now on")
         return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
+
+    def _redeem_join_token(self, token: str) -> str:
+        """Spend a join token: one in the store (`softudc host join-token`: any manager of a group
+        honours it, once), else one in this manager's pki/tokens.json (made before tokens moved
+        to the store, or by a lab from the files)."""
+        try:
+            return StoreJoinTokens(self.store).redeem(token)
+        except PkiError as e:
+            if "unknown" not in str(e):
+                raise  # expired: not worth a second look
+        return self.ca.redeem_join_token(token)
 
     def authenticate_host(self, name: str, peer_cn: str | None, peer_fingerprint: str | None) -> None:
         """Gatekeeper routes: the client certificate must name `name` and be the one `name` got

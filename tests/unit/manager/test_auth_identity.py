@@ -11,15 +11,19 @@ import stat
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from softudc.etcd.cluster import EtcdCluster
 from softudc.manager.auth import AuthError, TokenStore
 from softudc.manager.daemon import serve
 from softudc.manager.service import ApiError, Manager, init
+from softudc.manager.storeurl import open_store
+from softudc.pki import PkiError
 from tests.unit.manager.test_api import DEMO, Api, _csr
 from tests.unit.test_pki import _race
 
@@ -100,7 +104,35 @@ def test_r14_the_cli_removes_a_host(manager: tuple[Path, int, str], tmp_path: Pa
     token = subprocess.run([sys.executable, "-m", "softudc.cli", "--state-dir", str(state.parent), "host",
                             "join-token", "h2"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert token.returncode == 0, token.stderr
-    assert Manager(state).ca.redeem_join_token(token.stdout.strip()) == "h2"
+    m = Manager(state)  # the token is in the store: any manager of a group spends it, once
+    assert m._redeem_join_token(token.stdout.strip()) == "h2"
+    with pytest.raises(PkiError, match="already used"):
+        m._redeem_join_token(token.stdout.strip())
+
+
+def test_a_join_token_in_the_store_is_honoured_by_another_manager_once(tmp_path: Path,
+                                                                       etcd_cluster: EtcdCluster) -> None:
+    """`softudc host join-token --store etcd://...` on one manager's host: a gatekeeper may join
+    through any manager of the group; a token from the old pki/tokens.json still works too."""
+    state = tmp_path / "manager"
+    init(state, ["127.0.0.1"])
+    url = etcd_cluster.url + f"/t-{uuid.uuid4().hex[:12]}"
+    made = subprocess.run([sys.executable, "-m", "softudc.cli", "--state-dir", str(tmp_path), "host",
+                           "join-token", "h7", "--store", url], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert made.returncode == 0, made.stderr
+    stores = [open_store(url, state, cache=False) for _ in range(2)]
+    one, other = (Manager(state, store=s) for s in stores)
+    try:
+        assert other._redeem_join_token(made.stdout.strip()) == "h7"
+        with pytest.raises(PkiError, match="already used"):
+            one._redeem_join_token(made.stdout.strip())
+        old = one.ca.create_join_token("h8")  # made in the files, before tokens moved to the store
+        assert one._redeem_join_token(old) == "h8"
+    finally:
+        for m in (one, other):
+            m.close()
+        for s in stores:
+            s.close()
 
 
 @pytest.mark.adversarial
