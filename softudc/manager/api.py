@@ -320,12 +320,15 @@ def _internal(_: Request, e: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}; see the manager's log"}, status_code=500)
 
 
-class _CountRequests:
-    """Every answer counted in `softudc_manager_requests_total{route,status}` (route: the
-    operation's name, `unknown` when no route matched)."""
+class _Requests:
+    """Our one middleware (one layer per request, not two): every answer counted in
+    `softudc_manager_requests_total{route,status}` (route: the operation's name, `unknown` when
+    no route matched; the 413s below too), and bodies over MAX_BODY refused as they are read: at
+    once when their Content-Length says so, else as soon as the bytes read pass it (a chunked
+    body). Starlette's limiter answers the first case in plain text; this API answers in JSON."""
 
-    def __init__(self, app: ASGIApp, counter: Counter) -> None:
-        self.app, self.counter = app, counter
+    def __init__(self, app: ASGIApp, stats: ApiStats, counter: Counter | None) -> None:
+        self.app, self.stats, self.counter = app, stats, counter
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -339,23 +342,13 @@ class _CountRequests:
             await send(message)
 
         try:
-            await self.app(scope, receive, counting)
+            await self._limited(scope, receive, counting if self.counter is not None else send)
         finally:
-            route = getattr(scope.get("route"), "name", None) or "unknown"
-            self.counter.labels(route, str(status)).inc()
+            if self.counter is not None:
+                route = getattr(scope.get("route"), "name", None) or "unknown"
+                self.counter.labels(route, str(status)).inc()
 
-
-class _LimitBodies:
-    """Bodies over MAX_BODY are refused as they are read: at once when their Content-Length says
-    so, else as soon as the bytes read pass it (a chunked body). Starlette's limiter answers the
-    first case in plain text; this API answers in JSON, like every other error."""
-
-    def __init__(self, app: ASGIApp, stats: ApiStats) -> None:
-        self.app, self.stats = app, stats
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         announced = dict(scope["headers"]).get(b"content-length", b"0")
         if not announced.isdigit() or int(announced) > MAX_BODY:
             self.stats.drop("body_too_large")
@@ -398,9 +391,7 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _internal)
-    app.add_middleware(_LimitBodies, stats=app.state.stats)
-    if m is not None:
-        app.add_middleware(_CountRequests, counter=m.requests)  # added last: outermost, it counts the 413s too
+    app.add_middleware(_Requests, stats=app.state.stats, counter=m.requests if m is not None else None)
     return app
 
 
