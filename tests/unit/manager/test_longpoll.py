@@ -8,7 +8,7 @@ import threading
 from collections import Counter
 from typing import Any
 
-from softudc.manager.longpoll import MAX_WAIT_S, LongPolls, etag
+from softudc.manager.longpoll import JITTER, MAX_WAIT_S, LongPolls, etag
 
 
 class World:
@@ -151,3 +151,22 @@ def test_a_new_generation_reads_the_store_once_for_all_waiting_hosts() -> None:
     assert polls.new_generation() == ["h1", "h2", "h3"]  # none was cached before: all "moved"
     assert batches == [["h1", "h2", "h3"]] and polls.current("h2")["vms"] == ["f--a-0"]
     assert sum(world.asked.values()) == 3  # one batch, then the cache answers
+
+
+def test_a_poll_with_nothing_new_is_answered_within_its_wait_less_the_jitter() -> None:
+    """Deadlines spread over [wait * (1 - JITTER), wait]: polls that began together end apart."""
+    polls = LongPolls(World().desired)
+    since = polls.current("h1")["etag"]
+
+    async def one() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert (await polls.wait_async("h1", since, 0.4))["etag"] == since
+        return loop.time() - t0
+
+    async def together() -> list[float]:
+        return list(await asyncio.gather(*(one() for _ in range(40))))
+
+    took = asyncio.run(together())
+    assert all(0.4 * (1 - JITTER) - 0.01 <= t <= 0.4 + 0.2 for t in took)
+    assert max(took) - min(took) > 0.4 * JITTER / 4  # apart, not all at once
