@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -37,11 +38,24 @@ MAX_REQUEST_BYTES = 8 * 1024**2  # etcd's default 1.5 MiB is tight for a big far
 _PIDS_LOCK = threading.Lock()
 
 
+LISTEN_PORTS = (20000, 32767)  # below Linux's ephemeral range (32768-60999), where connections take ports
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now (the kernel's pick; racy only against other pickers)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody listens on now, picked at random below the ephemeral range: a port the kernel
+    picks for bind(0) lies in the range every outgoing connection draws from (the members' own
+    peer connections among them), so one could take it before the member listens on it."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(*LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise EtcdError(f"no free port on {host} in {LISTEN_PORTS[0]}-{LISTEN_PORTS[1]} after 200 tries; "
+                    "what is listening there (ss -ltn)?")
 
 
 @dataclass
