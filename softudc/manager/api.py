@@ -35,6 +35,7 @@ from prometheus_client import Counter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from softudc.etcd.client import EtcdError
 from softudc.manager.apimodels import (
     INSTANCE_PATTERN,
     NAME_PATTERN,
@@ -316,6 +317,14 @@ def _http_error(request: Request, e: Exception) -> JSONResponse:
                         headers=e.headers)
 
 
+def _store_unavailable(_: Request, e: Exception) -> JSONResponse:
+    """etcd did not answer (no quorum, every member unreachable) or refused a write: the request
+    may be tried again, here or at another manager of the group."""
+    return JSONResponse({"error": f"the store is unavailable: {e}; try again, or another manager "
+                                  "(softudc manager status shows the store's health)"},
+                        status_code=503, headers={"Retry-After": "1"})
+
+
 def _internal(_: Request, e: Exception) -> JSONResponse:
     return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}; see the manager's log"}, status_code=500)
 
@@ -390,6 +399,7 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     app.add_exception_handler(AuthError, _auth_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(EtcdError, _store_unavailable)
     app.add_exception_handler(Exception, _internal)
     app.add_middleware(_Requests, stats=app.state.stats, counter=m.requests if m is not None else None)
     return app

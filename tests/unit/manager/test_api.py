@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from softudc.etcd.cluster import free_port
 from softudc.manager.api import openapi_document
 from softudc.manager.auth import TokenStore
 from softudc.manager.daemon import serve
@@ -413,3 +414,26 @@ def test_manager_status_from_the_leader_and_a_follower_and_the_leaders_events(tm
             server.shutdown()
         for m in managers:
             m.close()
+
+
+def test_a_store_that_does_not_answer_is_a_503_to_try_again(tmp_path: Path) -> None:
+    """etcd without a quorum (here: nobody listening at the URL) is a 503 with Retry-After, naming
+    the store, not a 500: a client (the CLI, a gatekeeper) tries again or another manager."""
+    import httpx
+
+    from softudc.manager.storeurl import open_store
+
+    state = tmp_path / "manager"
+    admin = init(state, ["127.0.0.1"])
+    store = open_store(f"etcd://127.0.0.1:{free_port()}", state, timeout=0.5, cache=False)
+    server = serve(Manager(state, store=store), "127.0.0.1", 0)
+    try:
+        with httpx.Client(base_url=f"https://127.0.0.1:{server.server_address[1]}", timeout=30,
+                          verify=ssl.create_default_context(cafile=str(state / "pki" / "ca.crt")),
+                          headers={"Authorization": f"Bearer {admin}"}) as api:
+            r = api.get("/v1/farms")
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1", r.text
+        assert "the store is unavailable" in r.json()["error"] and "manager status" in r.json()["error"]
+    finally:
+        server.shutdown()
+        store.close()
