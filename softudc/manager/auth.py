@@ -34,6 +34,22 @@ class Principal:
         return self.role == "admin" or (self.role == "operator" and farm in self.farms)
 
 
+def new_token(role: str, farms: list[str] | None) -> str:
+    """A new API token for `role` (checked: a role of ROLES, and farms for operator and viewer)."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r}, expected one of {', '.join(ROLES)}")
+    if role != "admin" and not farms:
+        raise ValueError(f"a {role} token needs the farms it is for")
+    return "sudc_" + secrets.token_urlsafe(32)
+
+
+def bearer_digest(header: str | None) -> str:
+    """The SHA-256 digest (hex) of the token in an `Authorization: Bearer` header; 401 without one."""
+    if not header or not header.startswith("Bearer "):
+        raise AuthError(401, "missing 'Authorization: Bearer <token>' (create one with `softudc init`)")
+    return hashlib.sha256(header[7:].strip().encode()).hexdigest()
+
+
 class TokenStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -46,11 +62,7 @@ class TokenStore:
             return {}
 
     def create(self, name: str, role: str, farms: list[str] | None = None) -> str:
-        if role not in ROLES:
-            raise ValueError(f"role {role!r}, expected one of {', '.join(ROLES)}")
-        if role != "admin" and not farms:
-            raise ValueError(f"a {role} token needs the farms it is for")
-        token = "sudc_" + secrets.token_urlsafe(32)
+        token = new_token(role, farms)
         with locked(self.path):
             tokens = self._load()
             tokens[hashlib.sha256(token.encode()).hexdigest()] = {"name": name, "role": role, "farms": farms or []}
@@ -58,9 +70,7 @@ class TokenStore:
         return token
 
     def authenticate(self, header: str | None) -> Principal:
-        if not header or not header.startswith("Bearer "):
-            raise AuthError(401, "missing 'Authorization: Bearer <token>' (create one with `softudc init`)")
-        entry = self._load().get(hashlib.sha256(header[7:].strip().encode()).hexdigest())
+        entry = self._load().get(bearer_digest(header))
         if entry is None:
             raise AuthError(401, "unknown token")
         farms = entry.get("farms", [])

@@ -18,7 +18,7 @@ import secrets
 import time
 from pathlib import Path
 
-from softudc.manager.auth import ROLES, AuthError, Principal
+from softudc.manager.auth import AuthError, Principal, bearer_digest, new_token
 from softudc.manager.store import Conflict, Store
 from softudc.pki import PkiError
 
@@ -37,18 +37,12 @@ class StoreTokenStore:
         self.store = store
 
     def create(self, name: str, role: str, farms: list[str] | None = None) -> str:
-        if role not in ROLES:
-            raise ValueError(f"role {role!r}, expected one of {', '.join(ROLES)}")
-        if role != "admin" and not farms:
-            raise ValueError(f"a {role} token needs the farms it is for")
-        token = "sudc_" + secrets.token_urlsafe(32)
+        token = new_token(role, farms)
         self.store.put(API, digest(token), {"name": name, "role": role, "farms": farms or []}, expect=0)
         return token
 
     def authenticate(self, header: str | None) -> Principal:
-        if not header or not header.startswith("Bearer "):
-            raise AuthError(401, "missing 'Authorization: Bearer <token>' (create one with `softudc init`)")
-        obj = self.store.get(API, digest(header[7:].strip()))
+        obj = self.store.get(API, bearer_digest(header))
         if obj is None:
             raise AuthError(401, "unknown token")
         return Principal(str(obj.spec["name"]), str(obj.spec["role"]), tuple(str(f) for f in obj.spec["farms"]))
