@@ -266,8 +266,9 @@ def test_a_file_leader_publishes_reconciled_coalesced(tmp_path: Path, monkeypatc
     real = a._write_info
 
     def counted(info: LeaderInfo) -> bool:
-        writes.append(info.reconciled)
-        return real(info)
+        written = real(info)
+        writes.append(info.reconciled)  # once on disk: the file is read below
+        return written
 
     monkeypatch.setattr(a, "_write_info", counted)
     t0 = time.monotonic()
