@@ -52,7 +52,8 @@ def _leadership(url: str | None, store: Store, state_dir: Path, id: str, adverti
     """The group this manager belongs to, by its store: an flock next to a SQLite file, a lease on
     etcd (its own client, with a short timeout: it bounds how soon a dead leader is noticed)."""
     from softudc.etcd.client import EtcdClient
-    from softudc.manager.leader import EtcdLeadership, FileLeadership
+    from softudc.manager.etcdleader import EtcdLeadership
+    from softudc.manager.leader import FileLeadership
     from softudc.manager.storeurl import etcd_endpoints, sqlite_path
 
     if url and url.startswith("etcd://"):

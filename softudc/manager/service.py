@@ -34,12 +34,13 @@ from softudc.atomicfile import create_exclusive, private_dir, write_atomic
 from softudc.manager.auth import TokenStore
 from softudc.manager.desired import DesiredInputs
 from softudc.manager.errors import ApiError as ApiError  # raised by the API's operations; importers find it here
+from softudc.manager.etcdleader import EtcdLeadership
 from softudc.manager.farmops import FarmOps
 from softudc.manager.farms import FARMS, FarmCache
 from softudc.manager.hosts import HOST_STATES as HOST_STATES  # importers find it here
 from softudc.manager.hosts import Hosts
 from softudc.manager.keys import Keys
-from softudc.manager.leader import EtcdLeadership, LeaderInfo, Leadership, SoloLeadership
+from softudc.manager.leader import LeaderInfo, Leadership, SoloLeadership
 from softudc.manager.longpoll import MAX_WAIT_S as MAX_WAIT_S  # the longest long poll; importers find it here
 from softudc.manager.longpoll import LongPolls
 from softudc.manager.loop import RECONCILE_EVERY_S as RECONCILE_EVERY_S  # importers find it here

@@ -18,11 +18,11 @@ import pytest
 
 from softudc.etcd.client import EtcdClient, EtcdError
 from softudc.etcd.cluster import EtcdCluster
+from softudc.manager.etcdleader import EtcdLeadership
 from softudc.manager.etcdstore import EtcdStore
 from softudc.manager.leader import (
     FILE_PUBLISH_GAP_S,
     FILE_RETRY_S,
-    EtcdLeadership,
     FileLeadership,
     LeaderInfo,
     SoloLeadership,
