@@ -13,6 +13,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
     cpio xz-utils zstd
     etcd-server etcd-client
+    debootstrap e2fsprogs fuse3
 )
 
 missing=()

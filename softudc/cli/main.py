@@ -224,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--json", action="store_true")
         c.set_defaults(fn=cmd_vnetd)
 
-    from softudc.cli import admin, farm, manager, vm
+    from softudc.cli import admin, farm, image, manager, vm
 
     vm.add_parser(sub)
+    image.add_parsers(sub)
     farm.add_parser(sub)
     manager.add_parsers(sub)
     admin.add_parsers(sub)

@@ -1,0 +1,32 @@
+"""`softudc image ...`: the image store's commands. This module makes the group and finds the
+store directory; each part of the work adds its own subcommands (cli/imagestore.py: the store and
+its tags, GC, verify; cli/imageimport.py: import and build; cli/imagesee.py: inspect, diff,
+search, patch; cli/imagedisk.py: materialize and boot)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from softudc.lab.state import default_state_dir
+
+IMAGES_ENV = "SOFTUDC_IMAGES"
+
+
+def images_dir(a: argparse.Namespace) -> Path:
+    """`--images DIR`, else $SOFTUDC_IMAGES, else the state directory's images/."""
+    given = getattr(a, "images", None) or os.environ.get(IMAGES_ENV)
+    return Path(given) if given else Path(getattr(a, "state_dir", None) or default_state_dir()) / "images"
+
+
+def add_parsers(sub: Any) -> None:
+    from softudc.cli import imagedisk, imageimport, imagesee, imagestore
+
+    group = sub.add_parser("image", help="master images: manifests over a shared content store")
+    group.add_argument("--images", metavar="DIR", help=f"the image store (default: ${IMAGES_ENV}, else "
+                       "the state directory's images/)")
+    commands = group.add_subparsers(dest="sub", required=True)
+    for part in (imagestore, imageimport, imagesee, imagedisk):
+        part.add_subcommands(commands)
