@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from softudc.cli.errors import CliError
 from softudc.lab.state import default_state_dir
+
+if TYPE_CHECKING:
+    from softudc.images.store import ImageStore
 
 IMAGES_ENV = "SOFTUDC_IMAGES"
 
@@ -19,6 +23,16 @@ def images_dir(a: argparse.Namespace) -> Path:
     """`--images DIR`, else $SOFTUDC_IMAGES, else the state directory's images/."""
     given = getattr(a, "images", None) or os.environ.get(IMAGES_ENV)
     return Path(given) if given else Path(getattr(a, "state_dir", None) or default_state_dir()) / "images"
+
+
+def image_store(a: argparse.Namespace) -> ImageStore:
+    """The image store the command works on (created on first use)."""
+    from softudc.images.store import ImageError, ImageStore
+
+    try:
+        return ImageStore.open(images_dir(a))
+    except (ImageError, OSError) as e:
+        raise CliError(f"{e}; give another directory with --images DIR or ${IMAGES_ENV}") from None
 
 
 def add_parsers(sub: Any) -> None:
