@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from softudc.images import gc
+from softudc.images.gc import GcError, collect
+from softudc.images.manifest import Entry
+from softudc.images.store import ImageStore
+
+
+def tree(store: ImageStore, *files: tuple[str, bytes]) -> list[Entry]:
+    return [Entry("/", "dir", 0o755)] + [
+        store.content.entry_for_file(p, io.BytesIO(d), mode=0o644, uid=0, gid=0) for p, d in files]
+
+
+def age(store: ImageStore, seconds: float = 3600) -> None:
+    """Makes every object look written an hour ago (older than any mark)."""
+    for digest, _ in store.content.objects():
+        path = store.content.path_of(digest)
+        t = path.stat().st_mtime - seconds
+        os.utime(path, (t, t))
+
+
+def objects(store: ImageStore) -> dict[str, int]:
+    return dict(store.content.objects())
+
+
+@pytest.fixture
+def two(tmp_path: Path) -> ImageStore:
+    store = ImageStore.open(tmp_path)
+    store.commit(tree(store, ("/shared", b"S" * 5000), ("/a", b"only a")), name="a", how="t")
+    store.commit(tree(store, ("/shared", b"S" * 5000), ("/b", b"only b")), name="b", how="t")
+    return store
+
+
+def test_gc_frees_exactly_what_no_other_version_references(two: ImageStore) -> None:
+    store = two
+    a_manifest = store.resolve("a").digest
+    only_a = next(e.digest for e in store.manifest("a") if e.path == "/a")
+    before = objects(store)
+    store.untag("a")
+    age(store)
+    messages: list[str] = []
+    dry = collect(store, dry_run=True, progress=messages.append)
+    assert objects(store) == before  # dry run: nothing deleted
+    assert (dry.swept_objects, dry.swept_bytes) == (2, before[a_manifest] + before[only_a])
+    assert any("would remove 2 objects" in m for m in messages)
+    real = collect(store)
+    assert (real.swept_objects, real.swept_bytes) == (dry.swept_objects, dry.swept_bytes)
+    assert set(objects(store)) == set(before) - {a_manifest, only_a}
+    assert [e.path for e in store.manifest("b")] == ["/", "/b", "/shared"]
+    assert [store.content.read(e) for e in store.manifest("b")[1:]] == [b"only b", b"S" * 5000]
+    assert len(store.versions()) == 2  # the row (history) stays
+    assert collect(store).swept_objects == 0
+
+
+def test_keep_holds_versions_a_vm_uses(two: ImageStore) -> None:
+    store = two
+    digest = store.resolve("a").digest
+    store.untag("a")
+    age(store)
+    assert collect(store, keep=[digest]).swept_objects == 0
+    assert store.manifest(digest)
+
+
+def test_young_objects_are_never_swept(two: ImageStore) -> None:
+    store = two
+    store.untag("a")  # objects were written just now: younger than the mark
+    report = collect(store)
+    assert report.swept_objects == 0 and report.young_objects == 2
+
+
+def test_objects_of_an_import_in_progress_survive(tmp_path: Path) -> None:
+    store = ImageStore.open(tmp_path)
+    store.commit(tree(store), name="base", how="t")
+    writer = ImageStore.open(tmp_path)  # another importer, not committed yet
+    pending = writer.content.put(b"half an import")
+    lease = writer.content._lease
+    assert lease is not None
+    os.utime(writer.content.path_of(pending), (lease.began + 1, lease.began + 1))
+    an_hour_later = lease.began + 3600  # the import has run for an hour
+    assert collect(store, clock=lambda: an_hour_later).young_objects == 1
+    assert writer.content.has(pending)
+    writer.content.release_lease()  # (it gave up without committing)
+    assert collect(store, clock=lambda: an_hour_later).swept_objects == 1
+    assert not writer.content.has(pending)
+
+
+def test_reused_object_is_kept(two: ImageStore) -> None:
+    store = two
+    store.untag("a")
+    age(store)
+    only_a = store.content.put(b"only a")  # an import reuses it after the untag: fresh again
+    store.content.release_lease()
+    assert collect(store).swept_objects == 1  # a's manifest only
+    assert store.content.has(only_a)
+
+
+def test_unreadable_manifest_stops_the_gc(two: ImageStore) -> None:
+    store = two
+    store.untag("a")
+    age(store)
+    store.content.path_of(store.resolve("b").digest).write_bytes(b"junk")
+    before = objects(store)
+    with pytest.raises(GcError, match="nothing was removed"):
+        collect(store)
+    assert objects(store) == before
+
+
+def test_sweep_puts_back_an_object_touched_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "obj"
+    path.write_bytes(b"x")
+    assert not gc._sweep(path, cutoff=0)  # mtime (now) is newer than the cutoff
+    assert path.read_bytes() == b"x"
+    assert gc._sweep(path, cutoff=path.stat().st_mtime + 1)
+    assert not path.exists() and list(tmp_path.iterdir()) == []
