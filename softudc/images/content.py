@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -162,6 +163,15 @@ class ContentStore:
         if self._lease is not None:
             self._lease.release()
             self._lease = None
+
+    def move_aside(self, digest: str) -> Path:
+        """Moves a corrupt object to ROOT/corrupt/ (kept for a human), so that storing its
+        content again writes a good copy instead of reusing the bad one."""
+        aside_dir = self.root / "corrupt"
+        aside_dir.mkdir(exist_ok=True)
+        aside = aside_dir / f"{digest[7:]}.{time.strftime('%Y%m%dT%H%M%S')}.zst"
+        os.replace(self.path_of(digest), aside)
+        return aside
 
     # reading
 
