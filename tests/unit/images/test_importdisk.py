@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from softudc.images import importdisk
+from softudc.images.importdisk import find_filesystem, import_disk, partitions
+from softudc.images.importtree import ImportRefused, import_tree
+from softudc.images.manifest import Entry, index
+from softudc.images.store import ImageStore
+
+from .test_importtree import make_tree
+
+pytestmark = pytest.mark.skipif(not (shutil.which("mke2fs") and shutil.which("debugfs") and shutil.which("qemu-img")),
+                                reason="needs e2fsprogs and qemu-img")
+FUSE = os.path.exists("/dev/fuse") and shutil.which("qemu-storage-daemon") is not None
+
+
+def mkfs(tree: Path, image: Path, size: str = "16M", offset: int = 0) -> Path:
+    extra = ["-E", f"offset={offset}"] if offset else []
+    subprocess.run(["mke2fs", "-q", "-F", "-t", "ext4", *extra, "-d", str(tree), str(image), size], check=True)
+    return image
+
+
+def comparable(entries: list[Entry]) -> dict[str, Entry]:
+    """What mke2fs -d copies from a tree: all but the root's own metadata and lost+found."""
+    return {p: e for p, e in index(entries).items() if p != "/" and not p.startswith("/lost+found")}
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    t = make_tree(tmp_path)
+    (t / "big").write_bytes(os.urandom(3 << 20))  # chunked, and more than one debugfs dump batch below
+    (t / ("long" * 20)).symlink_to("/" + "x" * 100)  # a slow symlink: its target in a block
+    return t
+
+
+def test_raw_ext4_matches_the_tree(tmp_path: Path, tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("softudc.images.importext4.BATCH_BYTES", 1 << 20)
+    store = ImageStore.open(tmp_path / "store")
+    disk = mkfs(tree, tmp_path / "disk.raw")
+    notes: list[str] = []
+    v = import_disk(store, disk, name="d", progress=notes.append)
+    assert v.how == f"import disk {disk}"
+    want = comparable(store.manifest(import_tree(store, tree, name="t").digest))
+    assert comparable(store.manifest("d")) == want
+    assert "/lost+found" in index(store.manifest("d"))
+    assert any("debugfs" in n for n in notes)
+
+
+@pytest.mark.skipif(not FUSE, reason="needs /dev/fuse and qemu-storage-daemon")
+def test_qcow2_through_a_fuse_export(tmp_path: Path, tree: Path) -> None:
+    store = ImageStore.open(tmp_path / "store")
+    raw = mkfs(tree, tmp_path / "disk.raw")
+    qcow2 = tmp_path / "disk,1.qcow2"  # a comma must be escaped for QEMU
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+    v = import_disk(store, qcow2, name="q")
+    assert v.digest == import_disk(store, raw, name="r").digest
+    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "softudc-qsd-" in line]
+
+
+def test_truncated_qcow2_is_refused(tmp_path: Path, tree: Path) -> None:
+    store = ImageStore.open(tmp_path / "store")
+    raw = mkfs(tree, tmp_path / "disk.raw")
+    qcow2 = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
+    data = qcow2.read_bytes()
+    qcow2.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImportRefused, match=r"disk\.qcow2: a damaged qcow2 image"):
+        import_disk(store, qcow2, name="q")
+    assert list(store.content.objects()) == [] and store.tags() == {}
+
+
+def test_not_ext4_is_refused(tmp_path: Path) -> None:
+    store = ImageStore.open(tmp_path / "store")
+    junk = tmp_path / "junk.img"
+    junk.write_bytes(os.urandom(1 << 20))
+    with pytest.raises(ImportRefused, match=r"junk\.img: no ext2/3/4 filesystem"):
+        import_disk(store, junk, name="j")
+    with pytest.raises(ImportRefused, match="no such file"):
+        import_disk(store, tmp_path / "missing.img", name="j")
+    assert list(store.content.objects()) == []
+
+
+def test_corrupt_superblock_is_refused(tmp_path: Path, tree: Path) -> None:
+    store = ImageStore.open(tmp_path / "store")
+    disk = mkfs(tree, tmp_path / "disk.raw")
+    with open(disk, "r+b") as f:  # keep the magic, break the rest of the superblock
+        f.seek(1024)
+        f.write(b"\xff" * 56)
+    with pytest.raises(ImportRefused, match=r"disk\.raw: cannot read it as an ext2/3/4 filesystem: debugfs"):
+        import_disk(store, disk, name="d")
+    assert list(store.content.objects()) == []
+
+
+def mbr(*starts: int) -> bytes:
+    head = bytearray(512)
+    for i, start in enumerate(starts):
+        struct.pack_into("<BBHBBHII", head, 446 + 16 * i, 0, 0, 0, 0x83, 0, 0, start, 2048)
+    head[510:512] = b"\x55\xaa"
+    return bytes(head)
+
+
+def test_partitioned_raw(tmp_path: Path, tree: Path) -> None:
+    store = ImageStore.open(tmp_path / "store")
+    disk = tmp_path / "part.raw"
+    with open(disk, "wb") as f:
+        f.write(mbr(2048))
+        f.truncate(24 << 20)
+    mkfs(tree, disk, "20M", offset=2048 * 512)
+    assert find_filesystem(disk, "part.raw") == 2048 * 512
+    v = import_disk(store, disk, name="p")
+    assert comparable(store.manifest(v.digest)) == comparable(store.manifest(import_tree(store, tree, name="t").digest))
+
+
+def test_partition_tables() -> None:
+    assert partitions(mbr(2048, 0, 4096) + bytes(512)) == [2048 * 512, 4096 * 512]
+    assert partitions(bytes(1024)) == []
+    gpt_head = bytearray(mbr() + bytes(512))
+    gpt_head[446 + 4] = 0xEE  # the protective MBR entry is not a partition
+    gpt_head[512:520] = importdisk.GPT_SIGNATURE
+    struct.pack_into("<QII", gpt_head, 512 + 72, 2, 4, 128)
+    entries = bytearray(4 * 128)
+    entries[0:16] = b"\x01" * 16
+    struct.pack_into("<Q", entries, 32, 2048)
+    entries[256:272] = b"\x02" * 16
+    struct.pack_into("<Q", entries, 256 + 32, 10240)
+    assert partitions(bytes(gpt_head), bytes(entries)) == [2048 * 512, 10240 * 512]
