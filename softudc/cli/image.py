@@ -6,7 +6,9 @@ search, patch; cli/imagedisk.py: materialize and boot)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,3 +46,22 @@ def add_parsers(sub: Any) -> None:
     commands = group.add_subparsers(dest="sub", required=True)
     for part in (imagestore, imageimport, imagesee, imagedisk):
         part.add_subcommands(commands)
+    for parser in commands.choices.values():
+        if (fn := parser.get_default("fn")) is not None:
+            parser.set_defaults(fn=_plain_errors(fn))
+
+
+def _plain_errors(fn: Callable[[argparse.Namespace], None]) -> Callable[[argparse.Namespace], None]:
+    """The image library's errors already say what to do: the CLI prints them as they are."""
+    from softudc.images.content import IntegrityError
+    from softudc.images.gc import GcError
+    from softudc.images.store import ImageError
+
+    @functools.wraps(fn)
+    def run(a: argparse.Namespace) -> None:
+        try:
+            fn(a)
+        except (ImageError, IntegrityError, GcError) as e:
+            raise CliError(str(e)) from None
+
+    return run
