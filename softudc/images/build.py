@@ -34,7 +34,7 @@ import zstandard
 from debian.deb822 import Deb822
 
 from softudc.images.importtar import tar_entries
-from softudc.images.importtree import ImportRefused, Progress, check_name
+from softudc.images.importtree import ImportRefused, Progress, check_name, importing
 from softudc.images.store import ImageStore, Version
 
 APT_DIR = Path("/etc/apt")
@@ -210,5 +210,6 @@ def build_debian(store: ImageStore, name: str | None, *, suite: str = "bookworm"
             progress(f"cached: {tarball}")
     else:
         bootstrap_to_cache(tarball, suite, variant, packages, debian_mirror(suite, apt_dir), progress)
-    entries = tar_entries(lambda: _zst_opener(tarball), store.content, str(tarball), progress)
+    with importing(store):
+        entries = tar_entries(lambda: _zst_opener(tarball), store.content, str(tarball), progress)
     return store.commit(entries, name=name, how=how(suite, variant, packages))

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from softudc.images.importext4 import ext4_entries
-from softudc.images.importtree import ImportRefused, Progress, check_name
+from softudc.images.importtree import ImportRefused, Progress, check_name, importing
 from softudc.images.store import ImageStore, Version
 
 FORMATS = ("raw", "qcow2")
@@ -187,7 +187,7 @@ def import_disk(store: ImageStore, path: Path, *, name: str | None, progress: Pr
     fmt = disk_format(path)
     if fmt == "qcow2":
         check_qcow2(path)
-    with _raw(path, fmt) as raw:
+    with importing(store), _raw(path, fmt) as raw:
         offset = find_filesystem(raw, str(path))
         image = f"{raw}?offset={offset}" if offset else str(raw)
         if progress:

@@ -99,7 +99,7 @@ def parse_ls(section: bytes, parent: str, source: str) -> list[Node]:
             break
         pos = m.end()
         raw = m.group(5)
-        if raw in (b".", b".."):
+        if raw in (b".", b"..") or m.group(1) == b"0":  # inode 0: an unused slot (lost+found has many)
             continue
         name = raw.decode("utf-8", "surrogateescape")
         path = f"{parent.rstrip('/')}/{name}"

@@ -41,7 +41,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import BinaryIO
 
 from softudc.images.content import ContentStore
-from softudc.images.importtree import ImportRefused, Progress, check_name
+from softudc.images.importtree import ImportRefused, Progress, check_name, importing
 from softudc.images.manifest import Entry
 from softudc.images.store import ImageStore, Version
 
@@ -261,9 +261,10 @@ def import_tar(store: ImageStore, stream: BinaryIO, *, name: str | None, source:
     check_name(name)
     how = how or f"import tar {source}"
     if _seekable(stream):
-        entries = tar_entries(_Rewind(stream), store.content, source, progress)
+        with importing(store):
+            entries = tar_entries(_Rewind(stream), store.content, source, progress)
         return store.commit(entries, name=name, how=how)
-    with tempfile.TemporaryFile(prefix="softudc-tar-") as spool:
+    with tempfile.TemporaryFile(prefix="softudc-tar-") as spool, importing(store):
         if progress:
             progress(f"{source}: spooling the stream to a temporary file (it is read twice)")
         shutil.copyfileobj(stream, spool, 1 << 20)

@@ -21,6 +21,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from softudc.images.content import ContentStore
@@ -42,6 +43,17 @@ def check_name(name: str | None) -> None:
     """Refuse a bad image name before anything is read or stored (ImageError says what is allowed)."""
     if name is not None:
         split_tag(f"{name}:latest")
+
+
+@contextmanager
+def importing(store: ImageStore) -> Iterator[None]:
+    """Around an import's reading and storing: if it fails, its writer's lease on the content
+    store is dropped (commit drops it on success), so a GC may sweep what it left behind."""
+    try:
+        yield
+    except BaseException:
+        store.content.release_lease()
+        raise
 
 
 def read_xattrs(path: str | Path) -> tuple[tuple[str, str], ...]:
@@ -164,7 +176,8 @@ def import_tree(store: ImageStore, path: Path, *, name: str | None, progress: Pr
                 how: str | None = None) -> Version:
     """Import the directory tree at `path` as a new version of image `name` (untagged if None)."""
     check_name(name)
-    entries = TreeWalker(store.content, progress).walk(Path(path))
+    with importing(store):
+        entries = TreeWalker(store.content, progress).walk(Path(path))
     if progress:
         progress(f"{len(entries)} entries read from {path}; committing")
     return store.commit(entries, name=name, how=how or f"import tree {path}")
