@@ -14,7 +14,8 @@ import re
 from softudc.images.manifest import Entry, parse_manifest
 
 _PATH_LINE = re.compile(rb'^\{"path":("(?:[^"\\\n]|\\.)*")', re.M)
-_ANY = r'(?:[^"\\\n]|\\.)'
+# One character of a JSON string's UTF-8 bytes: a plain byte, a multi-byte character, an escape.
+_ANY = rb'(?:[^"\\\n\x80-\xff]|[\xc0-\xff][\x80-\xbf]*|\\(?:u[0-9a-fA-F]{4}|.))'
 
 
 def _key(path: str) -> bytes:
@@ -40,36 +41,71 @@ def find_entry(data: bytes, path: str) -> Entry | None:
     return e if e.path == path else None
 
 
-def _glob_regex(glob: str) -> re.Pattern[bytes] | None:
-    """A byte regex for lines whose JSON path may match `glob`; None when the glob has a
-    character class (then every path is checked)."""
-    if "[" in glob:
+def _class(glob: str, i: int) -> tuple[bytes, int] | None:
+    """The regex for the character class starting at glob[i] ("[") and the index after it; None
+    when the class could match a character JSON escapes (quote, backslash, control, or any
+    character for a negated class): the caller then checks every path."""
+    j = i + 1
+    if j < len(glob) and glob[j] == "]":
+        j += 1
+    j = glob.find("]", j)
+    if j < 0:
+        return re.escape(b"["), i + 1  # fnmatch: an unclosed "[" is a literal
+    body = glob[i + 1:j]
+    if body.startswith("!") or any(c in '"\\' or c < " " or not c.isascii() for c in body):
         return None
-    parts = []
-    for ch in glob:
-        if ch == "*":
-            parts.append(_ANY + "*")
-        elif ch == "?":
-            parts.append(_ANY)
-        else:
-            parts.append(re.escape(json.dumps(ch, ensure_ascii=False)[1:-1]))
-    return re.compile(('^\\{"path":"' + "".join(parts) + '",').encode("utf-8"), re.M)
+    return b"[" + body.replace("^", "\\^").replace("[", "\\[").encode("ascii") + b"]", j + 1
+
+
+def _glob_regex(glob: str) -> re.Pattern[bytes] | None:
+    """A byte regex for lines whose JSON path may match `glob` (fnmatch rules); None when it
+    cannot be written over the JSON text (then every path is checked)."""
+    parts: list[bytes] = []
+    i = 0
+    while i < len(glob):
+        ch = glob[i]
+        if ch == "[":
+            cls = _class(glob, i)
+            if cls is None:
+                return None
+            part, i = cls
+            parts.append(part)
+            continue
+        parts.append(_ANY + b"*" if ch == "*" else _ANY if ch == "?" else
+                     re.escape(json.dumps(ch, ensure_ascii=False)[1:-1].encode("utf-8")))
+        i += 1
+    return re.compile(b'\\{"path":"' + b"".join(parts) + b'",')
+
+
+def _candidates(data: bytes, glob: str, rx: re.Pattern[bytes]) -> list[int]:
+    """Line starts where `rx` matches, looked for from the glob's literal prefix (found by
+    bytes.find, much faster than trying the regex at every line)."""
+    cut = min((glob.find(c) for c in "*?[" if c in glob), default=len(glob))
+    prefix = b'{"path":' + json.dumps(glob[:cut], ensure_ascii=False).encode("utf-8")[:-1]
+    out = [0] if rx.match(data, 0) else []
+    pos = data.find(b"\n" + prefix)
+    while pos >= 0:
+        if rx.match(data, pos + 1):
+            out.append(pos + 1)
+        pos = data.find(b"\n" + prefix, pos + 1)
+    return out
+
+
+def _all_paths(data: bytes, glob: str) -> list[int]:
+    out = []
+    for m in _PATH_LINE.finditer(data):
+        raw = m.group(1)
+        path = raw[1:-1].decode("utf-8") if b"\\" not in raw else json.loads(raw)
+        if fnmatch.fnmatchcase(path, glob):
+            out.append(m.start())
+    return out
 
 
 def find_glob(data: bytes, glob: str) -> list[Entry]:
     """Entries whose path matches the shell-style `glob` (fnmatch: `*` also crosses '/')."""
     rx = _glob_regex(glob)
-    starts = [m.start() for m in (rx or _PATH_LINE).finditer(data)]
-    out = []
-    for pos in starts:
-        if rx is None:
-            m = _PATH_LINE.match(data, pos)
-            if m is None or not fnmatch.fnmatchcase(json.loads(m.group(1)), glob):
-                continue
-        e = _line_at(data, pos)
-        if fnmatch.fnmatchcase(e.path, glob):
-            out.append(e)
-    return out
+    starts = _all_paths(data, glob) if rx is None else _candidates(data, glob, rx)
+    return [e for e in (_line_at(data, pos) for pos in starts) if fnmatch.fnmatchcase(e.path, glob)]
 
 
 def find_digest(data: bytes, digest: str) -> list[tuple[Entry, str]]:
