@@ -259,12 +259,18 @@ def delete_host(m: Mgr, who: Who, name: HostName, force: bool = False) -> Any:
 
 @router.put("/v1/hosts/{name}/status", summary="A gatekeeper reports (mutual TLS only)", response_model=ReportStored,
             openapi_extra={"security": [], **REPORT_BODY}, responses=errors(400, 403, 404, 413))
-def host_status(request: Request, m: Mgr, peer: Cert, name: HostName,
-                report: Annotated[dict[str, Any], Body(description="the host's report")]) -> Any:
+async def host_status(request: Request, m: Mgr, peer: Cert, name: HostName,
+                      report: Annotated[dict[str, Any], Body(description="the host's report")]) -> Any:
+    address = request.client.host if request.client is not None else None
+    beat = m.report_heartbeat(name, peer.cn, peer.fingerprint, report, address)  # most reports: from memory
+    return beat if beat is not None else await run_in_threadpool(_store_report, m, peer, name, report, address)
+
+
+def _store_report(m: Manager, peer: Peer, name: str, report: dict[str, Any], address: str | None) -> Any:
     m.authenticate_host(name, peer.cn, peer.fingerprint)  # one certificate per host name (audit R14)
     stored = m.host_status(peer.cn, name, report)
-    if request.client is not None:  # only once it authenticated (R20)
-        m.note_address(name, request.client.host)
+    if address is not None:  # only once it authenticated (R20)
+        m.note_address(name, address)
     return stored
 
 
@@ -277,7 +283,8 @@ async def desired(m: Mgr, peer: Cert, name: HostName,
                   since: Annotated[str, Query(max_length=64, description="the etag the host has")] = "",
                   wait: Annotated[float, Query(allow_inf_nan=False, description="seconds to wait for a change "
                                                "from `since` (at most 60; more is cut to 60)")] = 0.0) -> Any:
-    await run_in_threadpool(m.authenticate_host, name, peer.cn, peer.fingerprint)
+    if not m.host_known(name, peer.cn, peer.fingerprint):  # from memory; else a look at the store says why
+        await run_in_threadpool(m.authenticate_host, name, peer.cn, peer.fingerprint)
     return await m.wait_desired(peer.cn, name, since, wait)  # waits on this loop: no thread per long poll
 
 

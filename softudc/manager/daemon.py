@@ -11,7 +11,7 @@ after the handshake, if it sends nothing); long polls wait on the loop too (`Man
 so thousands of gatekeepers need no thread each. At most LIMIT_CONCURRENCY connections are open;
 more are closed at once. Headers are bounded (MAX_HEADER_BYTES), bodies by the app (api.MAX_BODY).
 
-uvicorn has no ASGI TLS extension, so `_TlsH11Protocol` reads the peer certificate once per
+uvicorn has no ASGI TLS extension, so `_TlsProtocol` reads the peer certificate once per
 connection (the handshake has verified it against the manager's CA) and puts it in each request's
 scope as `scope["extensions"]["tls"]["client_cert_chain"]` (PEM, the ASGI TLS extension's key), with
 its name and fingerprint parsed once (api.PEER_KEY). No proxy headers are read: gatekeepers connect
@@ -30,11 +30,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import h11
 import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from softudc.manager.api import PEER_KEY, WORKERS, ApiStats, make_app, peer_of
 from softudc.manager.service import Manager
@@ -48,7 +47,7 @@ START_TIMEOUT_S = 10.0
 # hosts ran a full collection (~200 ms with the GIL held: every request waits) about every second,
 # its caches being rebuilt that often; with these, young ones scan more, full ones are rare.
 GC_THRESHOLDS = (50_000, 20, 100)
-LOOP = "asyncio"  # the event loop, named: uvicorn's "auto" would take uvloop whenever it is installed
+LOOP = "uvloop"  # libuv's loop and its TLS: at thousands of hosts, a third of the API's time less than asyncio's
 
 
 def _peer_chain(transport: asyncio.BaseTransport) -> list[str]:
@@ -58,15 +57,20 @@ def _peer_chain(transport: asyncio.BaseTransport) -> list[str]:
     return [ssl.DER_cert_to_PEM_cert(der)] if der else []
 
 
-class _TlsH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol plus the peer certificate in the scope, the connection cap and the
-    read deadline (see the module docstring). Configured through class attributes, set per
-    server by `serve` on a subclass."""
+class _TlsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol plus the peer certificate in the scope, the connection cap, the
+    header bound and the read deadline (see the module docstring). Configured through class
+    attributes, set per server by `serve` on a subclass."""
 
     read_deadline_s = READ_DEADLINE_S
+    max_header_bytes = MAX_HEADER_BYTES
     stats = ApiStats()
 
     _read_timer: asyncio.TimerHandle | None = None
+    _head_bytes = 0  # of the request being read, while its headers are not all in (-1: they are)
+    _head_size = 0  # bytes of the request line and headers parsed so far (the parser's count)
+    _head_refused = False
+    _heads = 0  # headers and messages read whole on this connection (bytes of data that ended one are not counted)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -83,20 +87,47 @@ class _TlsH11Protocol(H11Protocol):
             await inner(scope, receive, send)
 
         self.app = with_tls
-        self._arm_read_deadline()
+        self._head_bytes = 0
+        self._arm_read_deadline()  # the handshake is done: the first request must come in time
 
     def data_received(self, data: bytes) -> None:
         if self._read_timer is None:  # the first byte of a request (the next one, on a kept-alive connection)
             self._arm_read_deadline()
+        heads = self._heads
         super().data_received(data)
-        if self.conn.their_state in (h11.DONE, h11.MUST_CLOSE, h11.CLOSED, h11.ERROR):
-            self._disarm_read_deadline()  # read whole: a long poll may now wait as long as it likes
+        if self._head_refused:
+            self._head_refused = False
+            self.stats.drop("header_too_large")
+            return
+        if self._heads == heads and self._head_bytes >= 0:  # inside one request's head: all of it counts
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_header_bytes and not self.transport.is_closing():
+                self.stats.drop("header_too_large")
+                self.send_400_response(f"request line and headers over {self.max_header_bytes} bytes: refused")
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # A pipelined request already buffered is parsed without a new data_received: time it too.
-        if self._read_timer is None and (self.conn.their_state is h11.SEND_BODY or self.conn.trailing_data[0]):
-            self._arm_read_deadline()
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value) + 4)
+        super().on_header(name, value)
+
+    def _count_head(self, n: int) -> None:
+        """Request line and headers that came whole, in one data (data_received counts the rest)."""
+        self._head_size += n
+        if self._head_size > self.max_header_bytes:
+            self._head_refused = True
+            raise ValueError("headers over the bound")  # the parser's error: uvicorn answers 400 and closes
+
+    def on_headers_complete(self) -> None:
+        self._head_bytes, self._head_size, self._heads = -1, 0, self._heads + 1
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._head_bytes, self._heads = 0, self._heads + 1  # the next request's head is counted from here
+        self._disarm_read_deadline()  # read whole: a long poll may now wait as long as it likes
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_read_deadline()
@@ -111,8 +142,8 @@ class _TlsH11Protocol(H11Protocol):
             self._read_timer = None
 
     def _read_deadline_passed(self) -> None:
-        self._read_timer = None
-        if self.conn.their_state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+        self._read_timer = None  # still armed: a request begun (or none since the handshake) and not read whole
+        if not self.transport.is_closing():
             self.stats.drop("closed_read_deadline")
             self.transport.abort()
 
@@ -169,11 +200,12 @@ def serve(m: Manager, host: str, port: int, *, read_deadline_s: float = READ_DEA
     """Start the API on a background thread with its own event loop; returns once it listens.
     The keyword arguments are the server's bounds (module docstring), for tests."""
     stats = ApiStats()
-    protocol = type("TlsH11Protocol", (_TlsH11Protocol,), {"read_deadline_s": read_deadline_s, "stats": stats})
+    protocol = type("TlsProtocol", (_TlsProtocol,), {"read_deadline_s": read_deadline_s, "stats": stats,
+                                                      "max_header_bytes": max_header_bytes})
     ctx = tls_context(m)
     config = uvicorn.Config(make_app(m, stats=stats, workers=workers), host=host, port=port, http=protocol,
                             ssl_context_factory=lambda _config, _default: ctx, limit_concurrency=limit_concurrency,
-                            timeout_keep_alive=keep_alive_s, h11_max_incomplete_event_size=max_header_bytes,
+                            timeout_keep_alive=keep_alive_s,
                             timeout_graceful_shutdown=2, log_config=None, log_level="warning", access_log=False,
                             lifespan="on", server_header=False, proxy_headers=False, loop=LOOP)
     server = uvicorn.Server(config)

@@ -134,6 +134,10 @@ class Moves:
                 return  # changed meanwhile (a re-join, an admin's state): the next report writes it
         self._addresses[host] = address
 
+    def address_noted(self, host: str, address: str) -> bool:
+        """Whether `note_address(host, address)` would change nothing (from memory)."""
+        return self._addresses.get(host) == address
+
     def _address_of(self, host: str) -> str | None:
         """Where `host` reports from: as this manager saw it, else as another manager stored it."""
         known = self._addresses.get(host)

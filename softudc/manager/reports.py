@@ -8,6 +8,7 @@ heartbeat, softudc/manager/heartbeats.py)."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import threading
 from typing import Any
 
@@ -16,6 +17,8 @@ from softudc.manager.heartbeats import KIND as HEARTBEAT
 from softudc.manager.heartbeats import merge_seen
 from softudc.manager.store import Obj, Store
 from softudc.model.hoststate import HostReport, problems_of, split_vm_name
+
+log = logging.getLogger("softudc.manager.reports")
 
 
 def report_problems(body: dict[str, Any]) -> list[str]:
@@ -61,6 +64,7 @@ def visible_to(who: Principal, report: dict[str, Any]) -> dict[str, Any]:
 
 REFRESH_S = 20.0  # a report that says nothing new is still stored when the stored one is this old
 # (below HOST_DOWN_AFTER_S less a report period: the loop takes a gap over that for a host back up)
+PEEK_EVERY_S = 0.1  # how stale `peek` may be: its thread looks at the store this often
 MAX_BEHIND = 1000  # revisions; further behind, StoredHosts reads everything again (tombstones are
 # compacted TOMBSTONES_KEPT revisions after a delete: a deleted host must not stay in the cache)
 
@@ -97,6 +101,8 @@ class StoredHosts:
         self._flight = threading.Condition(threading.Lock())  # looks at the store: one at a time, shared
         self._started = self._finished = 0  # looks begun; the latest one done
         self._looking = False
+        self._peeker: threading.Thread | None = None  # keeps the cache current for `peek` (made at first use)
+        self._closed = threading.Event()
 
     def snapshot(self, now: float) -> tuple[list[Obj], dict[str, float], int]:
         """Every host object by name, each host's newest heartbeat over the managers' flushed
@@ -115,6 +121,35 @@ class StoredHosts:
         self.refresh()
         with self._lock:
             return self._hosts.get(name)
+
+    def peek(self, name: str) -> Obj | None:
+        """The host object as of a look at most about PEEK_EVERY_S ago, without reading the store:
+        what the requests of gatekeepers (thousands a second) go by on the server's event loop. A
+        thread keeps looking (started by the first peek). Callers act on it only where a stale
+        answer sends them to `get` (a certificate not the one cached, say) or costs nothing (a
+        report taken for a heartbeat is stored when it is REFRESH_S old anyway)."""
+        if self._peeker is None:
+            with self._lock:
+                if self._peeker is None and not self._closed.is_set():
+                    self._peeker = threading.Thread(target=self._keep_looking, name="softudc-stored-hosts",
+                                                    daemon=True)
+                    self._peeker.start()
+        with self._lock:
+            return self._hosts.get(name) if self._revision >= 0 else None
+
+    def close(self) -> None:
+        """Stop the thread that keeps the cache current for `peek`."""
+        self._closed.set()
+        if self._peeker is not None and self._peeker is not threading.current_thread():
+            self._peeker.join(5)
+
+    def _keep_looking(self) -> None:
+        while not self._closed.wait(PEEK_EVERY_S):
+            try:
+                self.refresh()
+            except Exception as e:  # a store that does not answer now: looked at again next time
+                log.warning("hosts cache: the store did not answer (%s); trying again", e)
+                self._closed.wait(1.0)
 
     def busy(self) -> bool:
         """Whether a migration is under way (a farm's status has an instance `migrating`), as of
