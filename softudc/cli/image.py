@@ -1,40 +1,17 @@
-"""`softudc image ...`: the image store's commands. This module makes the group and finds the
-store directory; each part of the work adds its own subcommands (cli/imagestore.py: the store and
-its tags, GC, verify; cli/imageimport.py: import and build; cli/imagesee.py: inspect, diff,
-search, patch; cli/imagedisk.py: materialize and boot)."""
+"""`softudc image ...`: the image store's commands. This module makes the group; each part of the
+work adds its own subcommands (cli/imagestore.py: the store and its tags, GC, verify;
+cli/imageimport.py: import and build; cli/imagesee.py: inspect, diff, search, patch;
+cli/imagedisk.py: materialize and boot). Which store they work on: cli/imagedir.py."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import os
 from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from softudc.cli.errors import CliError
-from softudc.lab.state import default_state_dir
-
-if TYPE_CHECKING:
-    from softudc.images.store import ImageStore
-
-IMAGES_ENV = "SOFTUDC_IMAGES"
-
-
-def images_dir(a: argparse.Namespace) -> Path:
-    """`--images DIR`, else $SOFTUDC_IMAGES, else the state directory's images/."""
-    given = getattr(a, "images", None) or os.environ.get(IMAGES_ENV)
-    return Path(given) if given else Path(getattr(a, "state_dir", None) or default_state_dir()) / "images"
-
-
-def image_store(a: argparse.Namespace) -> ImageStore:
-    """The image store the command works on (created on first use)."""
-    from softudc.images.store import ImageError, ImageStore
-
-    try:
-        return ImageStore.open(images_dir(a))
-    except (ImageError, OSError) as e:
-        raise CliError(f"{e}; give another directory with --images DIR or ${IMAGES_ENV}") from None
+from softudc.cli.imagedir import IMAGES_ENV
 
 
 def add_parsers(sub: Any) -> None:

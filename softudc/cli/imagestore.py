@@ -11,7 +11,7 @@ from typing import Any
 
 from softudc.cli.admin import print_table
 from softudc.cli.errors import CliError
-from softudc.cli.image import image_store
+from softudc.cli.imagedir import image_store
 from softudc.images.store import ImageStore, Version
 
 
