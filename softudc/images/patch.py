@@ -1,0 +1,294 @@
+"""`softudc image patch`: a package upgrade applied to a manifest, as dpkg would unpack it but
+without booting, mounting or copying the unchanged content. The new version has
+
+- the new package's files (data.tar), each put in the content store once; paths are placed
+  through the image's own directory symlinks (a bookworm deb ships /lib/x while the image keeps
+  it at /usr/lib/x behind /lib -> usr/lib, as dpkg would find it on disk);
+- none of the old version's files that the new one no longer ships (from the image's
+  /var/lib/dpkg/info/<package>.list), except obsolete conffiles, which dpkg keeps too;
+- its /var/lib/dpkg/status paragraph, info/<package>.list, .md5sums and the other control-area
+  files of the new package (old ones it no longer has removed).
+
+Conffiles: one the image has modified (its md5 differs from the one the status file recorded
+for the shipped version) is kept, the new version's file is not installed — what
+`dpkg --force-confold` does unattended; an unmodified one is replaced. Either way the status
+records the new shipped md5, as dpkg does, so the next upgrade still sees the modification.
+
+Maintainer scripts are NOT run (no boot, no chroot): the version's `how` says so, and a warning
+names the scripts of each package that had some. Diversions and alternatives are not consulted.
+
+Refused, before anything is stored: a .deb of another architecture, a package the image does
+not have, the version it already has, and a downgrade unless allow_downgrade. The old version is
+never changed (versions are immutable)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from debian.deb822 import Deb822
+from debian.debian_support import Version
+
+from softudc.images import dpkg
+from softudc.images.debpackage import INFO_FILES, DebPackage, PatchError, members, read_deb
+from softudc.images.lookup import resolve
+from softudc.images.manifest import Entry, index
+
+if TYPE_CHECKING:
+    from softudc.images.content import ContentStore
+    from softudc.images.store import ImageStore
+    from softudc.images.store import Version as ImageVersion
+
+Progress = Callable[[str], None]
+
+NOT_RUN = "maintainer scripts not run"
+
+
+class AlreadyCurrent(PatchError):
+    """The image already has this version (patch_all skips such images)."""
+
+
+class Downgrade(PatchError):
+    """The .deb is older than the image's package (refused unless allow_downgrade)."""
+
+
+@dataclass
+class Tree:
+    """The new version's entries while they are being patched, by path."""
+
+    entries: dict[str, Entry]
+    content: ContentStore
+    notes: list[str] = field(default_factory=list)
+
+    def read(self, path: str) -> bytes | None:
+        e = resolve(self.entries, path)
+        return self.content.read(e) if e is not None and e.type == "file" else None
+
+    def physical(self, path: str, deb: Path) -> str:
+        """Where `path` lands in the image: its directory looked up through the image's symlinks."""
+        if path == "/":
+            return "/"
+        parent, base = path.rsplit("/", 1)
+        d = resolve(self.entries, parent or "/")
+        if d is None or d.type != "dir":
+            raise PatchError(f"{deb}: {path}: {parent or '/'} is not a directory in the image; "
+                             "the package cannot be unpacked there")
+        return posixpath.join(d.path, base)
+
+    def put_bytes(self, path: str, data: bytes, like: Entry | None = None, mode: int = 0o644) -> None:
+        digest, size, chunks = self.content.put_file(io.BytesIO(data))
+        base = like or Entry(path, "file", mode)
+        self.entries[path] = replace(base, path=path, type="file", size=size, digest=digest, chunks=chunks,
+                                     target="", device="")
+
+    def remove_unused(self, paths: list[str], keep: set[str]) -> None:
+        """Removes files and symlinks among `paths`, then the directories among them left empty."""
+        dirs = []
+        for p in paths:
+            e = self.entries.get(p)
+            if e is None or p in keep:
+                continue
+            if e.type == "dir":
+                dirs.append(p)
+            else:
+                del self.entries[p]
+        kids = Counter(posixpath.dirname(p) for p in self.entries if p != "/")
+        for d in sorted(dirs, key=lambda p: p.count("/"), reverse=True):  # deepest first
+            if kids[d] == 0 and d != "/":
+                del self.entries[d]
+                kids[posixpath.dirname(d)] -= 1
+
+
+def installed_paragraph(pkgs: list[dpkg.Package], deb: DebPackage) -> dpkg.Package:
+    """The image's paragraph this .deb upgrades; PatchError if none or of another architecture."""
+    native = dpkg.native_arch(pkgs)
+    if deb.architecture not in ("all", native):
+        raise PatchError(f"{deb.path}: built for {deb.architecture}, the image is {native or 'of no known'} "
+                         f"architecture; give the {native} build of {deb.name}")
+    have = [p for p in pkgs if p.name == deb.name and p.state not in ("not-installed", "config-files")]
+    same_arch = [p for p in have if p.architecture in (deb.architecture, "all") or deb.architecture == "all"]
+    if not same_arch:
+        raise PatchError(f"{deb.path}: the image does not have {deb.name} installed; patch only upgrades "
+                         "installed packages (search with `softudc image search --package NAME`)")
+    return same_arch[0]
+
+
+def check_upgrade(old: dpkg.Package, deb: DebPackage, allow_downgrade: bool) -> None:
+    new, cur = Version(deb.version), Version(old.version)
+    if new == cur:
+        raise AlreadyCurrent(f"{deb.path}: the image already has {deb.name} {old.version}")
+    if new < cur and not allow_downgrade:
+        raise Downgrade(f"{deb.path}: {deb.name} {deb.version} is older than the image's {old.version}; "
+                        "give --allow-downgrade to install it anyway")
+
+
+def status_paragraph(deb: DebPackage, want: str, conffiles: list[str]) -> bytes:
+    """The package's status paragraph: its control fields with Status (and Conffiles) added."""
+    out = Deb822()
+    out["Package"] = deb.name
+    out["Status"] = f"{want} ok installed"
+    for key, value in deb.control.items():
+        if key in ("Package", "Status", "Conffiles"):
+            continue
+        if key == "Description" and conffiles:
+            out["Conffiles"] = "\n" + "\n".join(conffiles)
+        out[key] = value
+    if conffiles and "Conffiles" not in out:
+        out["Conffiles"] = "\n" + "\n".join(conffiles)
+    return str(out.dump()).encode()
+
+
+def _conffile_kept(tree: Tree, phys: str, recorded: str | None) -> bool:
+    """Whether the image's own copy of a conffile was modified since its package shipped it."""
+    if recorded is None:
+        return False
+    current = tree.read(phys)
+    return current is not None and hashlib.md5(current, usedforsecurity=False).hexdigest() != recorded
+
+
+def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package) -> tuple[list[str], list[str]]:
+    """Puts the .deb's members into the tree; (paths as the .list records them, Conffiles lines)."""
+    recorded = dict(old.conffiles)
+    listed, conf_lines = ["/."], []
+    for m in members(deb, tree.content):
+        if m.path != "/":
+            listed.append(m.path)
+        phys = tree.physical(m.path, deb.path)
+        here = tree.entries.get(phys)
+        if m.entry is None:  # a hard link: same content as the member it names
+            src = tree.entries.get(tree.physical(m.link_to, deb.path))
+            if src is None:
+                raise PatchError(f"{deb.path}: hard link {m.path} names {m.link_to}, which the package lacks")
+            tree.entries[phys] = replace(src, path=phys)
+            continue
+        if m.entry.type == "dir":
+            if here is None or here.type == "dir":
+                tree.entries[phys] = replace(m.entry, path=phys)
+            continue  # a symlink to a directory stays (usrmerge: /lib -> usr/lib)
+        if here is not None and here.type == "dir":
+            raise PatchError(f"{deb.path}: {m.path} is a directory in the image, a {m.entry.type} in the package")
+        if m.path in deb.conffiles:
+            conf_lines.append(f" {m.path} {m.md5}")
+            if _conffile_kept(tree, phys, recorded.get(m.path)):
+                tree.notes.append(f"{deb.name}: kept the image's modified {m.path} (new version not installed)")
+                continue
+        tree.entries[phys] = replace(m.entry, path=phys)
+    return listed, conf_lines
+
+
+def _old_list(tree: Tree, stem: str) -> list[str]:
+    data = tree.read(f"{dpkg.INFO_DIR}/{stem}.list") or b""
+    return [line for line in data.decode("utf-8", errors="replace").splitlines() if line.startswith("/")]
+
+
+def _physical_or_none(tree: Tree, path: str, deb: Path) -> str | None:
+    try:
+        return tree.physical(path, deb)
+    except PatchError:
+        return None
+
+
+def apply_deb(tree: Tree, deb: DebPackage, allow_downgrade: bool = False) -> str:
+    """One package upgraded in the tree; returns 'NAME OLD -> NEW' for the version's `how`."""
+    status_e = resolve(tree.entries, dpkg.STATUS_PATH)
+    status = tree.read(dpkg.STATUS_PATH)
+    if status is None or status_e is None:
+        raise PatchError(f"the image has no {dpkg.STATUS_PATH}: it is not a Debian image; nothing patched")
+    pkgs = dpkg.parse_status(status)
+    old = installed_paragraph(pkgs, deb)
+    check_upgrade(old, deb, allow_downgrade)
+    old_paths = [p for p in (_physical_or_none(tree, q, deb.path) for q in _old_list(tree, old.info_name)) if p]
+    listed, conf_lines = _unpack(tree, deb, old)
+    shipped = {p for p in (_physical_or_none(tree, q, deb.path) for q in listed) if p}
+    obsolete = {_physical_or_none(tree, c, deb.path) or c for c, _ in old.conffiles} - shipped
+    tree.remove_unused([p for p in old_paths if p not in shipped], keep=obsolete)
+    conf_lines += [f" {c} {md5} obsolete" for c, md5 in old.conffiles if c not in deb.conffiles]
+    _write_info(tree, old.info_name, deb, listed)
+    want = "hold" if old.want == "hold" else "install"
+    paragraph = status_paragraph(deb, want, conf_lines)
+    tree.put_bytes(status_e.path, status[:old.start] + paragraph + status[old.end:], like=status_e)
+    if deb.scripts:
+        tree.notes.append(f"warning: {deb.name}: {NOT_RUN} ({', '.join(deb.scripts)}); the image may need "
+                          f"`dpkg --configure -a` at its next boot")
+    return f"{deb.name} {old.version} -> {deb.version}"
+
+
+def _write_info(tree: Tree, old_stem: str, deb: DebPackage, listed: list[str]) -> None:
+    info_dir = resolve(tree.entries, dpkg.INFO_DIR)
+    if info_dir is None or info_dir.type != "dir":
+        raise PatchError(f"the image has no {dpkg.INFO_DIR} directory; its dpkg database is incomplete")
+    for ext in (*INFO_FILES, "list"):
+        tree.entries.pop(f"{info_dir.path}/{old_stem}.{ext}", None)
+    stem = deb.info_stem()
+    for name, (data, mode) in deb.info.items():
+        tree.put_bytes(f"{info_dir.path}/{stem}.{name}", data, mode=mode)
+    tree.put_bytes(f"{info_dir.path}/{stem}.list", "".join(f"{p}\n" for p in listed).encode())
+
+
+def default_name(ref: str) -> str | None:
+    """The image name a patch of `ref` is tagged under: 'web' for 'web' or 'web:2'; none for a digest."""
+    return None if ref.startswith("sha256:") else ref.split(":", 1)[0]
+
+
+def _precheck(tree: Tree, debs: list[DebPackage], allow_downgrade: bool) -> None:
+    status = tree.read(dpkg.STATUS_PATH)
+    if status is None:
+        raise PatchError(f"the image has no {dpkg.STATUS_PATH}: it is not a Debian image; nothing patched")
+    pkgs = dpkg.parse_status(status)
+    for deb in debs:
+        check_upgrade(installed_paragraph(pkgs, deb), deb, allow_downgrade)
+
+
+def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None = None,
+          allow_downgrade: bool = False, progress: Progress | None = None) -> ImageVersion:
+    """A new version of `ref` with `debs` unpacked into it (see the module docstring)."""
+    say = progress or (lambda _m: None)
+    packages = [read_deb(Path(p)) for p in debs]
+    if not packages:
+        raise PatchError("no .deb given: name one or more with --deb FILE")
+    base = store.resolve(ref)
+    tree = Tree(index(store.manifest(base.digest)), store.content)
+    _precheck(tree, packages, allow_downgrade)  # refuse before storing anything
+    done = []
+    for deb in packages:
+        say(f"patch {ref}: {deb.name} {deb.version} from {deb.path.name}")
+        done.append(apply_deb(tree, deb, allow_downgrade))
+    for note in tree.notes:
+        say(note)
+    how = f"patch {', '.join(done)} ({NOT_RUN})"
+    return store.commit(list(tree.entries.values()), name=name if name is not None else default_name(ref),
+                        parents=(base.digest,), how=how)
+
+
+def _latest_refs(store: ImageStore) -> list[str]:
+    """Every image's current version: NAME:latest for each name that has one."""
+    return sorted(t for t in store.tags() if t.endswith(":latest"))
+
+
+def patch_all(store: ImageStore, package: str, debs: Sequence[Path], *, allow_downgrade: bool = False,
+              progress: Progress | None = None) -> list[dict[str, Any]]:
+    """`--all-images-with PACKAGE`: patch every image (NAME:latest) that has PACKAGE installed, one
+    new version each; images already at the version (or newer) are skipped and said so."""
+    from softudc.images.inspect import packages as packages_of
+
+    say = progress or (lambda _m: None)
+    out: list[dict[str, Any]] = []
+    for ref in _latest_refs(store):
+        v = store.resolve(ref)
+        pkgs = packages_of(index(store.manifest(v.digest)), store.content.read)
+        if not any(p.name == package and p.state not in ("not-installed", "config-files") for p in pkgs):
+            continue
+        try:
+            new = patch(store, ref, debs, allow_downgrade=allow_downgrade, progress=say)
+        except (AlreadyCurrent, Downgrade) as e:
+            say(f"skip {ref}: {e}")
+            out.append({"image": ref, "from": v.digest, "skipped": str(e)})
+            continue
+        out.append({"image": ref, "from": v.digest, "version": new.digest, "how": new.how})
+    return out

@@ -1,0 +1,165 @@
+"""patch on an imported Debian-like tree with .debs built by dpkg-deb: the new version holds the
+new files (through /lib -> usr/lib), loses the ones no longer shipped, keeps a modified conffile,
+and its dpkg database agrees with the files (checked by dpkg itself: `dpkg --verify` and
+dpkg-query on the staged tree); refusals store nothing; the old version is unchanged."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from softudc.images.debpackage import PatchError, read_deb
+from softudc.images.importtree import import_tree
+from softudc.images.inspect import inspect
+from softudc.images.manifest import index
+from softudc.images.materialize import stage_tree
+from softudc.images.patch import patch, patch_all
+from softudc.images.store import ImageStore
+from tests.unit.images.debtrees import Pkg, build_deb, debian_tree, write
+
+pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+
+SO = "/lib/x86_64-linux-gnu/libssl.so.3"
+
+
+def ssl(version: str, **files: bytes) -> Pkg:
+    base = {"/usr/bin/openssl": f"openssl {version}".encode(), SO: f"libssl {version}".encode(),
+            "/etc/ssl/openssl.cnf": b"# default config\n", "/usr/share/doc/openssl/old-notes": b"notes"}
+    base.update({k.replace("__", "/").replace("_", "."): v for k, v in files.items()})
+    return Pkg("openssl", version, base, conffiles=("/etc/ssl/openssl.cnf",), postinst="#!/bin/sh\nexit 0\n",
+               links={"/usr/bin/c_rehash": "openssl"})
+
+
+OLD = ssl("3.0.11-1~deb12u2")
+NEW = Pkg("openssl", "3.0.15-1~deb12u1",
+          {"/usr/bin/openssl": b"openssl new", SO: b"libssl new", "/etc/ssl/openssl.cnf": b"# new default\n",
+           "/usr/share/doc/openssl/NEWS": b"news"},
+          conffiles=("/etc/ssl/openssl.cnf",), postinst="#!/bin/sh\nexit 0\n", links={"/usr/bin/c_rehash": "openssl"})
+BASE = [Pkg("dpkg", "1.21.22", {"/usr/bin/dpkg": b"dpkg"})]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[ImageStore]:
+    s = ImageStore.open(tmp_path / "store")
+    yield s
+    s.close()
+
+
+def image(tmp: Path, store: ImageStore, name: str, pkgs: list[Pkg], modify_conf: bool = False) -> str:
+    tree = debian_tree(tmp / f"tree-{name}", [*BASE, *pkgs])
+    if modify_conf:
+        write(tree, "/etc/ssl/openssl.cnf", b"# my own settings\n")
+    return import_tree(store, tree, name=name).digest
+
+
+def files_of(store: ImageStore, ref: str) -> dict[str, bytes]:
+    return {e.path: store.content.read(e) for e in store.manifest(ref) if e.type == "file"}
+
+
+def test_upgrade_replaces_files_database_and_keeps_the_old_version(tmp_path: Path, store: ImageStore) -> None:
+    old = image(tmp_path, store, "web", [OLD])
+    before = store.manifest(old)
+    notes: list[str] = []
+    v = patch(store, "web", [build_deb(tmp_path, NEW)], progress=notes.append)
+    assert store.resolve("web").digest == v.digest and store.resolve("web:2").digest == v.digest
+    assert v.parents == (old,) and "openssl 3.0.11-1~deb12u2 -> 3.0.15-1~deb12u1" in v.how
+    assert "maintainer scripts not run" in v.how
+    assert any("warning: openssl" in n and "postinst" in n for n in notes)
+    assert store.manifest(old) == before
+    files = files_of(store, "web")
+    assert files["/usr/bin/openssl"] == b"openssl new"
+    assert files["/usr/lib/x86_64-linux-gnu/libssl.so.3"] == b"libssl new"      # through /lib -> usr/lib
+    assert index(store.manifest("web"))["/lib"].type == "symlink"
+    assert files["/etc/ssl/openssl.cnf"] == b"# new default\n"                   # unmodified: replaced
+    assert "/usr/share/doc/openssl/old-notes" not in files and files["/usr/share/doc/openssl/NEWS"] == b"news"
+    assert files["/usr/bin/dpkg"] == b"dpkg"
+    listed = files["/var/lib/dpkg/info/openssl.list"].decode().splitlines()
+    assert listed[0] == "/." and SO in listed and "/usr/share/doc/openssl/old-notes" not in listed
+    assert files["/var/lib/dpkg/info/openssl.md5sums"] == NEW.md5sums().encode()
+    pkgs = {p["name"]: p["version"] for p in inspect(store, "web")["packages"]}
+    assert pkgs == {"dpkg": "1.21.22", "openssl": "3.0.15-1~deb12u1"}
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+def test_dpkg_itself_agrees_with_the_patched_tree(tmp_path: Path, store: ImageStore) -> None:
+    image(tmp_path, store, "web", [OLD])
+    patch(store, "web", [build_deb(tmp_path, NEW)])
+    staged = tmp_path / "staged"
+    stage_tree(store.content, store.manifest("web"), staged)
+    admin = staged / "var/lib/dpkg"
+    (admin / "available").write_bytes(b"")
+    (admin / "updates").mkdir(exist_ok=True)
+    shown = subprocess.run(["dpkg-query", f"--admindir={admin}", "-W"], capture_output=True, text=True, check=True)
+    assert shown.stdout == "dpkg\t1.21.22\nopenssl\t3.0.15-1~deb12u1\n"
+    verify = subprocess.run(["dpkg", f"--root={staged}", f"--admindir={admin}", "--verify", "openssl"],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and verify.stdout == "", verify.stdout + verify.stderr
+    conf = subprocess.run(["dpkg-query", f"--admindir={admin}", "-W", "-f=${Conffiles}", "openssl"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert conf[0] == "/etc/ssl/openssl.cnf" and len(conf[1]) == 32
+
+
+def test_a_modified_conffile_is_kept(tmp_path: Path, store: ImageStore) -> None:
+    image(tmp_path, store, "web", [OLD], modify_conf=True)
+    notes: list[str] = []
+    patch(store, "web", [build_deb(tmp_path, NEW)], progress=notes.append)
+    assert files_of(store, "web")["/etc/ssl/openssl.cnf"] == b"# my own settings\n"
+    assert any("kept the image's modified /etc/ssl/openssl.cnf" in n for n in notes)
+
+
+@pytest.mark.parametrize(("deb", "message"), [
+    (Pkg("openssl", "3.0.15-1", arch="arm64"), "built for arm64"),
+    (Pkg("nginx", "1.22.1-9"), "does not have nginx installed"),
+    (Pkg("openssl", "3.0.2-1"), "older than the image's"),
+    (Pkg("openssl", "3.0.11-1~deb12u2"), "already has openssl"),
+])
+def test_refusals_store_nothing(tmp_path: Path, store: ImageStore, deb: Pkg, message: str) -> None:
+    image(tmp_path, store, "web", [OLD])
+    objects, tags = sorted(store.content.objects()), store.tags()
+    with pytest.raises(PatchError, match=message):
+        patch(store, "web", [build_deb(tmp_path, deb)])
+    assert sorted(store.content.objects()) == objects and store.tags() == tags
+
+
+def test_downgrade_when_allowed(tmp_path: Path, store: ImageStore) -> None:
+    image(tmp_path, store, "web", [OLD])
+    v = patch(store, "web", [build_deb(tmp_path, ssl("3.0.2-1"))], allow_downgrade=True, name="web-old")
+    assert store.tags()["web-old:1"] == v.digest and store.resolve("web").parents == ()
+
+
+def test_not_a_deb(tmp_path: Path, store: ImageStore) -> None:
+    (tmp_path / "x.deb").write_bytes(b"!<arch>\nnonsense")
+    with pytest.raises(PatchError, match=r"not a readable \.deb"):
+        read_deb(tmp_path / "x.deb")
+    image(tmp_path, store, "web", [OLD])
+    with pytest.raises(PatchError, match=r"no \.deb given"):
+        patch(store, "web", [])
+
+
+def test_multi_arch_same_package(tmp_path: Path, store: ImageStore) -> None:
+    libc = Pkg("libc6", "2.36-9+deb12u4", {"/lib/x86_64-linux-gnu/libc.so.6": b"old", "/usr/lib/gone": b"x"},
+               multi_arch="same")
+    image(tmp_path, store, "base", [libc])
+    newer = Pkg("libc6", "2.36-9+deb12u7", {"/lib/x86_64-linux-gnu/libc.so.6": b"new"}, multi_arch="same")
+    patch(store, "base", [build_deb(tmp_path, newer)])
+    files = files_of(store, "base")
+    assert files["/usr/lib/x86_64-linux-gnu/libc.so.6"] == b"new" and "/usr/lib/gone" not in files
+    assert "/var/lib/dpkg/info/libc6:amd64.list" in files and "/var/lib/dpkg/info/libc6.list" not in files
+
+
+def test_patch_all_images_with_a_package(tmp_path: Path, store: ImageStore) -> None:
+    image(tmp_path, store, "web", [OLD])
+    image(tmp_path, store, "db", [OLD])
+    image(tmp_path, store, "new", [NEW])
+    image(tmp_path, store, "bare", [])
+    out = patch_all(store, "openssl", [build_deb(tmp_path, NEW)], progress=lambda _m: None)
+    done = {r["image"]: r for r in out}
+    assert set(done) == {"db:latest", "new:latest", "web:latest"}
+    assert "skipped" in done["new:latest"] and "version" in done["web:latest"]
+    assert store.resolve("web").digest == done["web:latest"]["version"] and "bare:2" not in store.tags()
+    # both patched images started from the same tree, so they land on the same new version
+    assert done["web:latest"]["version"] == done["db:latest"]["version"]
