@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import hashlib
 import json
 import re
@@ -54,10 +53,11 @@ class Entry:
     xattrs: tuple[tuple[str, str], ...] = ()
 
 
-def sort_key(path: str) -> tuple[bytes, ...]:
+def sort_key(path: str) -> bytes:
     """Entries are kept sorted by path components compared as UTF-8 bytes: a directory comes right
-    before its contents ("/a", "/a/b", "/a-b"), whatever the locale."""
-    return tuple(p.encode("utf-8", "surrogatepass") for p in path.split("/") if p)
+    before its contents ("/a", "/a/b", "/a-b"), whatever the locale. Comparing the bytes with "/"
+    turned into NUL (which no path holds) is that order, at the speed of a bytes comparison."""
+    return path.encode("utf-8", "surrogatepass").replace(b"/", b"\0")
 
 
 def is_digest(value: object) -> bool:
@@ -74,7 +74,7 @@ def check_path(path: object) -> str | None:
         return f"{path!r} must start with '/' and not end with one"
     if "\0" in path:
         return f"{path!r} holds a NUL byte"
-    if any(p in ("", ".", "..") for p in path[1:].split("/")):
+    if "//" in path or "/./" in path or "/../" in path or path.endswith(("/.", "/..")):
         return f"{path!r} has an empty, '.' or '..' component"
     try:
         path.encode("utf-8")
@@ -155,7 +155,7 @@ def _as_json(e: Entry) -> dict[str, Any]:
 
 
 def _sorted_checked(entries: Iterable[Entry], source: str) -> list[Entry]:
-    out = sorted(entries, key=lambda e: sort_key(e.path) if isinstance(e.path, str) else ())
+    out = sorted(entries, key=lambda e: sort_key(e.path) if isinstance(e.path, str) else b"")
     for i, e in enumerate(out):
         if (bad := check_entry(e)) is not None:
             raise ManifestError(f"{source}: entry {e.path!r}: field {bad[0]}: {bad[1]}")
@@ -185,10 +185,12 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not a number a manifest may hold")
 
 
-def _field(obj: dict[str, Any], name: str, default: Any) -> Any:
-    if name not in obj:
-        return default
-    value = obj[name]
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one decoder: json.loads makes one a call
+_REQUIRED = frozenset(("path", "type", "mode"))
+_KNOWN = frozenset(FIELDS)
+
+
+def _field(name: str, value: Any) -> Any:
     if name in ("chunks", "xattrs"):
         if not isinstance(value, list):
             raise ValueError(f"field {name}: must be a list")
@@ -203,17 +205,14 @@ def _field(obj: dict[str, Any], name: str, default: Any) -> Any:
 
 
 def _entry_from_line(line: bytes) -> Entry:
-    obj = json.loads(line.decode("utf-8"), parse_constant=_reject_constant)
+    obj = _DECODER.decode(line.decode("utf-8"))
     if not isinstance(obj, dict):
         raise ValueError("not a JSON object")
-    if unknown := sorted(set(obj) - set(FIELDS)):
-        raise ValueError(f"field {unknown[0]}: unknown (known: {', '.join(FIELDS)})")
-    for name in ("path", "type", "mode"):
-        if name not in obj:
-            raise ValueError(f"field {name}: missing")
-    defaults = {f.name: f.default for f in dataclasses.fields(Entry)}
-    e = Entry(path=obj["path"], type=obj["type"], mode=_field(obj, "mode", None),
-              **{name: _field(obj, name, defaults[name]) for name in FIELDS[3:]})
+    if not obj.keys() <= _KNOWN:
+        raise ValueError(f"field {sorted(obj.keys() - _KNOWN)[0]}: unknown (known: {', '.join(FIELDS)})")
+    if not obj.keys() >= _REQUIRED:
+        raise ValueError(f"field {sorted(_REQUIRED - obj.keys())[0]}: missing")
+    e = Entry(**{name: _field(name, value) for name, value in obj.items()})
     if (bad := check_entry(e)) is not None:
         raise ValueError(f"field {bad[0]}: {bad[1]}")
     return e
@@ -230,16 +229,19 @@ def parse_manifest(data: bytes, *, source: str = "manifest", expect: str | None 
         last = data.count(b"\n") + 1
         raise ManifestError(f"{source}: line {last}: does not end with a newline (truncated?)")
     entries: list[Entry] = []
+    prev = b""
     for n, line in enumerate(data.split(b"\n")[:-1], start=1):
         try:
             e = _entry_from_line(line)
         except (ValueError, RecursionError, TypeError) as err:
             reason = "not UTF-8" if isinstance(err, UnicodeDecodeError) else str(err) or type(err).__name__
             raise ManifestError(f"{source}: line {n}: {reason}") from None
-        if entries and sort_key(entries[-1].path) >= sort_key(e.path):
+        key = sort_key(e.path)
+        if entries and prev >= key:
             raise ManifestError(f"{source}: line {n}: field path: {e.path!r} is out of order or repeated "
                                 f"(after {entries[-1].path!r}); entries are sorted by path")
         entries.append(e)
+        prev = key
     return entries
 
 
