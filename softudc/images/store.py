@@ -18,6 +18,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from softudc.images.manifest import Entry, manifest_bytes, parse_manifest
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _PREFIX = re.compile(r"sha256:[0-9a-f]{12,64}")
 LATEST = "latest"
+MANIFEST_CACHE = 8  # parsed manifests kept in memory (a Debian image's is ~10k entries)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
     digest TEXT PRIMARY KEY, parents TEXT NOT NULL, how TEXT NOT NULL, created REAL NOT NULL,
@@ -74,7 +76,7 @@ class ImageStore:
         self.content = ContentStore(root)
         self._db = sqlite3.connect(root / "refs.db", timeout=60, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
-        self._manifests: dict[str, list[Entry]] = {}
+        self._manifests: OrderedDict[str, list[Entry]] = OrderedDict()  # the last few read
         self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for a writer
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -200,15 +202,22 @@ class ImageStore:
     def manifest(self, ref: str) -> list[Entry]:
         """The entries of the version `ref` names (a fresh list; entries are immutable)."""
         digest = self.resolve(ref).digest
-        cached = self._manifests.get(digest)
+        with self._lock:
+            cached = self._manifests.get(digest)
+            if cached is not None:
+                self._manifests.move_to_end(digest)
         if cached is None:
             try:
                 data = self.content.get(digest)
             except MissingObjectError:
-                raise ImageError(f"the manifest of {digest} is gone: the version was untagged and "
-                                 "collected by `softudc image gc` (only its history is kept)") from None
+                raise ImageError(f"the manifest of {digest} is not in the store: an untagged version's is "
+                                 "collected by `softudc image gc` (its history is kept); for a tagged one "
+                                 "run `softudc image verify`") from None
             cached = parse_manifest(data, source=f"manifest {digest}", expect=digest)
-            self._manifests[digest] = cached
+            with self._lock:
+                self._manifests[digest] = cached
+                if len(self._manifests) > MANIFEST_CACHE:
+                    self._manifests.popitem(last=False)
         return list(cached)
 
     def tags(self) -> dict[str, str]:

@@ -122,3 +122,23 @@ def test_concurrent_processes_number_without_collisions(tmp_path: Path) -> None:
     store = ImageStore.open(tmp_path)
     assert sorted(store.tags()) == sorted([f"web:{i}" for i in range(1, 11)] + ["web:latest"])
     assert len(store.versions()) == 10
+
+
+def test_manifest_of_a_collected_version(tmp_path: Path) -> None:
+    store = ImageStore.open(tmp_path)
+    v = store.commit(tree(store, ("/a", b"1")), name="web", how="t")
+    store.content.path_of(v.digest).unlink()
+    with pytest.raises(ImageError, match="not in the store: an untagged version's is collected"):
+        store.manifest(v.digest)
+    assert store.history(v.digest) == [v]
+
+
+def test_manifest_cache_is_bounded(tmp_path: Path) -> None:
+    from softudc.images.store import MANIFEST_CACHE
+    store = ImageStore.open(tmp_path)
+    digests = [store.commit(tree(store, ("/n", str(i).encode())), name="x", how="t").digest
+               for i in range(MANIFEST_CACHE + 2)]
+    for d in digests:
+        assert store.manifest(d)[1].path == "/n"
+    assert store.manifest(digests[-1]) is not store.manifest(digests[-1])  # fresh lists
+    assert len(store._manifests) == MANIFEST_CACHE
