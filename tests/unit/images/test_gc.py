@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from softudc.images import gc
 from softudc.images.gc import GcError, collect
 from softudc.images.manifest import Entry
 from softudc.images.store import ImageStore
+from softudc.images.verify import verify
 
 
 def tree(store: ImageStore, *files: tuple[str, bytes]) -> list[Entry]:
@@ -118,3 +121,43 @@ def test_sweep_puts_back_an_object_touched_meanwhile(tmp_path: Path) -> None:
     assert path.read_bytes() == b"x"
     assert gc._sweep(path, cutoff=path.stat().st_mtime + 1)
     assert not path.exists() and list(tmp_path.iterdir()) == []
+
+
+def slow_tree(store: ImageStore, *files: tuple[str, bytes]) -> list[Entry]:
+    """tree(), taking a while: an import that outlives the GC's slack."""
+    out = [Entry("/", "dir", 0o755)]
+    for p, d in files:
+        time.sleep(0.01)
+        out.append(store.content.entry_for_file(p, io.BytesIO(d), mode=0o644, uid=0, gid=0))
+    return out
+
+
+def test_gc_racing_imports_never_loses_their_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An import reusing old, unreferenced objects while GCs run: whatever it commits is whole
+    (without leases, this loses objects the import reused early on)."""
+    monkeypatch.setattr(gc, "SLACK", 0.05)
+    base = ImageStore.open(tmp_path)
+    files = [(f"/f{i}", f"content {i}".encode() * 50) for i in range(30)]
+    swept = 0
+    for round_ in range(3):
+        base.commit(tree(base, *files), name="old", how="t")
+        base.untag("old")
+        age(base)  # every object is old and unreferenced: a GC would take all of them
+        writer, stop = ImageStore.open(tmp_path), threading.Event()
+
+        def gcs(stop: threading.Event) -> None:
+            nonlocal swept
+            while not stop.is_set():
+                swept += collect(ImageStore.open(tmp_path)).swept_objects
+
+        g = threading.Thread(target=gcs, args=(stop,))
+        g.start()
+        try:
+            writer.commit(slow_tree(writer, *files, ("/round", str(round_).encode())), name="new", how="t")
+        finally:
+            stop.set()
+            g.join()
+        report = verify(base, ["new"])
+        assert report.ok, report.as_dict()
+        base.untag("new")
+    assert swept >= 3  # the GCs did run and sweep (the old manifests)
