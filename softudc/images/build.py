@@ -185,6 +185,14 @@ def bootstrap_to_cache(dest: Path, suite: str, variant: str, packages: Sequence[
         remove_tree(work)
 
 
+def cached_tree(cache: Path, suite: str, variant: str = "minbase", packages: Sequence[str] = ()) -> Path:
+    """Where the tree of this request is (or will be) kept in `cache`: a tar.zst."""
+    version = _output(["debootstrap", "--version"]).split()[-1]
+    arch = _output(["dpkg", "--print-architecture"])
+    key = cache_key(suite, variant, packages, version, arch)
+    return cache / f"{suite}-{variant.strip('-') or 'default'}-{key}.tar.zst"
+
+
 def _zst_opener(path: Path) -> AbstractContextManager[BinaryIO]:
     @contextmanager
     def opened() -> Iterator[BinaryIO]:
@@ -201,10 +209,7 @@ def build_debian(store: ImageStore, name: str | None, *, suite: str = "bookworm"
     check_request(suite, variant, packages)
     cache = Path(cache_dir) if cache_dir else store.root / "cache" / "debootstrap"
     cache.mkdir(parents=True, exist_ok=True)
-    version = _output(["debootstrap", "--version"]).split()[-1]
-    arch = _output(["dpkg", "--print-architecture"])
-    key = cache_key(suite, variant, packages, version, arch)
-    tarball = cache / f"{suite}-{variant.strip('-') or 'default'}-{key}.tar.zst"
+    tarball = cached_tree(cache, suite, variant, packages)
     if tarball.is_file():
         if progress:
             progress(f"cached: {tarball}")
