@@ -56,11 +56,17 @@ def _print_rows(rows: list[dict[str, Any]], output: str) -> None:
 
 
 def cmd_list(a: argparse.Namespace) -> None:
-    rows = version_rows(image_store(a), a.all)
+    store = image_store(a)
+    rows = version_rows(store, a.all)
     if not rows and a.output == "table":
         print("no images yet: `softudc image import` or `softudc image build` makes one", file=sys.stderr)
         return
     _print_rows(rows, a.output)
+    if a.output == "table":
+        u = store.usage()
+        print(f"tagged versions hold {human(int(u['logical_bytes']))}; the store keeps "
+              f"{human(int(u['stored_bytes']))} in {int(u['objects'])} objects "
+              f"(dedupe and compression: {u['dedupe_ratio']}x)", file=sys.stderr)
 
 
 def cmd_tag(a: argparse.Namespace) -> None:

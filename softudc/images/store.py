@@ -235,6 +235,17 @@ class ImageStore:
             raise ImageError(f"no version {digest}; {self._what_exists()}")
         return int(rows[0][0]), int(rows[0][1])
 
+    def usage(self) -> dict[str, float]:
+        """What sharing saves: the file bytes of every tagged version added up (logical_bytes)
+        against the bytes every object takes on disk (stored_bytes, manifests included)."""
+        logical = sum(self.stats(d)[1] for d in set(self.tags().values()))
+        stored = objects = 0
+        for _, size in self.content.objects():
+            stored += size
+            objects += 1
+        return {"logical_bytes": logical, "stored_bytes": stored, "objects": objects,
+                "dedupe_ratio": round(logical / stored, 2) if stored else 0.0}
+
     def history(self, ref: str) -> list[Version]:
         """The version `ref` names, then its ancestors (breadth first, each once)."""
         out: list[Version] = []

@@ -142,3 +142,25 @@ def test_manifest_cache_is_bounded(tmp_path: Path) -> None:
         assert store.manifest(d)[1].path == "/n"
     assert store.manifest(digests[-1]) is not store.manifest(digests[-1])  # fresh lists
     assert len(store._manifests) == MANIFEST_CACHE
+
+
+def test_usage_counts_sharing(tmp_path: Path) -> None:
+    store = ImageStore.open(tmp_path)
+    assert store.usage() == {"logical_bytes": 0, "stored_bytes": 0, "objects": 0, "dedupe_ratio": 0.0}
+    big = bytes(100_000)
+    store.commit(tree(store, ("/a", big)), name="a", how="t")
+    store.commit(tree(store, ("/b", big)), name="b", how="t")
+    u = store.usage()
+    assert u["logical_bytes"] == 200_000 and u["objects"] == 3
+    assert u["stored_bytes"] == sum(size for _, size in store.content.objects())
+    assert u["dedupe_ratio"] > 100  # zeros compress well, and are stored once
+
+
+def test_corrupt_manifest_object_is_an_integrity_error(tmp_path: Path) -> None:
+    from softudc.images.content import IntegrityError
+    store = ImageStore.open(tmp_path)
+    v = store.commit(tree(store, ("/a", b"1")), name="web", how="t")
+    other = store.content.put(b"not a manifest")
+    store.content.path_of(v.digest).write_bytes(store.content.path_of(other).read_bytes())
+    with pytest.raises(IntegrityError, match=f"object {v.digest} is corrupt"):
+        ImageStore.open(tmp_path).manifest("web")
