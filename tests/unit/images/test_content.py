@@ -6,6 +6,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from softudc.images import content as content_mod
 from softudc.images.content import CHUNK_OVER, ContentStore, IntegrityError, MissingObjectError
@@ -109,3 +111,37 @@ def test_write_to_removes_the_file_when_content_is_corrupt(tmp_path: Path) -> No
 def test_bad_object_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not an object name"):
         ContentStore(tmp_path).get("md5:00")
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(CHUNK_OVER - 2, 2 * CHUNK_OVER + 70_000), seed=st.integers(0, 2**16),
+       read_size=st.sampled_from([1 << 12, 1 << 16, 1 << 20]))
+def test_any_file_comes_back_whole(tmp_path_factory: pytest.TempPathFactory, size: int, seed: int,
+                                   read_size: int) -> None:
+    cs = ContentStore(tmp_path_factory.mktemp("cs"))
+    data = blob(size, seed)
+
+    class Trickle(io.BytesIO):  # a pipe: short reads
+        def read(self, n: int | None = -1) -> bytes:
+            return super().read(min(read_size, n) if n is not None and n >= 0 else read_size)
+
+    e = cs.entry_for_file("/f", Trickle(data), mode=0o644, uid=0, gid=0)
+    assert (e.size, e.digest) == (size, digest_of(data))
+    assert bool(e.chunks) == (size > CHUNK_OVER)
+    assert cs.read(e) == data
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cs = ContentStore(tmp_path)
+    cs.put(b"first")  # the directory and lease exist
+
+    def full(fd: int, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(content_mod, "_write_all", full)
+    with pytest.raises(OSError, match="No space"):
+        cs.put(b"second")
+    monkeypatch.undo()
+    assert not cs.has(digest_of(b"second"))
+    assert [p.name for p in (tmp_path / "objects").rglob("*") if p.is_file()] == [
+        cs.path_of(digest_of(b"first")).name]
