@@ -115,6 +115,8 @@ def cmd_gc(a: argparse.Namespace) -> None:
     verb = "would remove" if a.dry_run else "removed"
     print(f"{verb} {report.swept_objects} objects ({human(report.swept_bytes)}); kept {report.kept_objects} "
           f"({human(report.kept_bytes)}) for {report.roots} versions"
+          + (f"; {verb.split()[-1]} {report.swept_disks} cached disks ({human(report.swept_disk_bytes)})"
+             if report.swept_disks else "")
           + (f"; {report.young_objects} newer than this GC kept" if report.young_objects else ""))
 
 

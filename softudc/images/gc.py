@@ -43,6 +43,8 @@ class GcReport:
     swept_objects: int   # removed (or, with dry_run, that would be)
     swept_bytes: int
     young_objects: int   # unreferenced but written after the mark began (an import in progress)
+    swept_disks: int = 0       # cached disk images (materialize's ROOT/disks/) of versions not kept
+    swept_disk_bytes: int = 0  # the blocks they took (they are sparse)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -88,6 +90,22 @@ def _leftovers(content: ContentStore, cutoff: float) -> None:
             continue
 
 
+def _disks(store: ImageStore, roots: set[str], cutoff: float, report: GcReport) -> None:
+    """Cached disk images (ROOT/disks/<hex>[-SIZE].img) of versions no longer kept: they can be
+    made again from a kept version, and are large. A VM's disk is kept through `keep`."""
+    for disk in sorted((store.root / "disks").glob("[0-9a-f]*.img")):
+        try:
+            st = disk.stat()
+        except FileNotFoundError:
+            continue
+        if "sha256:" + disk.name[:64] in roots or st.st_mtime >= cutoff:
+            continue
+        if not report.dry_run:
+            disk.unlink(missing_ok=True)
+        report.swept_disks += 1
+        report.swept_disk_bytes += st.st_blocks * 512
+
+
 def collect(store: ImageStore, *, keep: Iterable[str] = (), dry_run: bool = False,
             progress: Progress | None = None, clock: Callable[[], float] = time.time) -> GcReport:
     """Sweeps every object no tagged version and no version in `keep` needs (see the module
@@ -117,8 +135,10 @@ def collect(store: ImageStore, *, keep: Iterable[str] = (), dry_run: bool = Fals
             continue
         report.swept_objects += 1
         report.swept_bytes += size
+    _disks(store, roots, cutoff, report)
     if not dry_run:
         _leftovers(store.content, cutoff)
     verb = "would remove" if dry_run else "removed"
-    say(f"gc: {verb} {report.swept_objects} objects ({report.swept_bytes} bytes), kept {report.kept_objects}")
+    say(f"gc: {verb} {report.swept_objects} objects ({report.swept_bytes} bytes), kept {report.kept_objects}"
+        + (f"; {verb} {report.swept_disks} cached disks" if report.swept_disks else ""))
     return report

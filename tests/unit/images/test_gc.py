@@ -161,3 +161,21 @@ def test_gc_racing_imports_never_loses_their_content(tmp_path: Path, monkeypatch
         assert report.ok, report.as_dict()
         base.untag("new")
     assert swept >= 3  # the GCs did run and sweep (the old manifests)
+
+
+def test_cached_disks_of_versions_not_kept_go_too(two: ImageStore) -> None:
+    store = two
+    disks = store.root / "disks"
+    disks.mkdir()
+    a, b = store.resolve("a").digest[7:], store.resolve("b").digest[7:]
+    for name in (f"{a}.img", f"{a}-4294967296.img", f"{b}.img", f".{a}.img.1234.tmp"):
+        (disks / name).write_bytes(b"disk" * 1024)
+    store.untag("a")
+    age(store)
+    for disk in disks.iterdir():
+        t = disk.stat().st_mtime - 3600
+        os.utime(disk, (t, t))
+    dry = collect(store, dry_run=True)
+    assert dry.swept_disks == 2 and dry.swept_disk_bytes >= 8192 and len(list(disks.iterdir())) == 4
+    assert collect(store).swept_disks == 2
+    assert sorted(p.name for p in disks.iterdir()) == sorted([f"{b}.img", f".{a}.img.1234.tmp"])
