@@ -42,6 +42,9 @@ _PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
 _SUITE = re.compile(r"[a-z0-9][a-z0-9.-]*")
 VARIANTS = ("minbase", "buildd", "fakechroot", "-")  # "-": debootstrap's default (required + important)
 ZSTD_LEVEL = 6
+BUILD_RECORDS = ("var/log/bootstrap.log", "var/cache/ldconfig/aux-cache")
+EMPTIED_LOGS = ("var/log/dpkg.log", "var/log/alternatives.log", "var/log/apt/history.log", "var/log/apt/term.log")
+TREE_FORMAT = 2  # in the cache key: bump when slim() changes, so older cached trees are not reused
 
 
 def _sources(apt_dir: Path) -> Iterator[tuple[str, list[str]]]:
@@ -87,7 +90,7 @@ def _output(argv: list[str]) -> str:
 
 def cache_key(suite: str, variant: str, packages: Sequence[str], debootstrap: str, arch: str) -> str:
     request = {"suite": suite, "variant": variant, "packages": sorted(set(packages)),
-               "debootstrap": debootstrap, "arch": arch}
+               "debootstrap": debootstrap, "arch": arch, "format": TREE_FORMAT}
     return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -124,13 +127,22 @@ def remove_tree(root: Path) -> None:
 
 
 def slim(tree: Path) -> None:
-    """Remove what apt downloaded and can download again: the .debs and the package lists."""
+    """Remove what apt downloaded and can download again (the .debs and the package lists), and
+    what only records when the build ran: debootstrap's log, ldconfig's aux-cache (inode numbers
+    and times; ldconfig rebuilds it) and the contents of dpkg's and update-alternatives' logs
+    (kept, empty). Two cold builds of one request against one mirror state then give the same
+    manifest, so the same version."""
     for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
         deb.unlink()
     lists = tree / "var/lib/apt/lists"
     for p in lists.iterdir() if lists.is_dir() else []:
         if p.is_file() or p.is_symlink():
             p.unlink()
+    for gone in BUILD_RECORDS:
+        (tree / gone).unlink(missing_ok=True)
+    for log in EMPTIED_LOGS:
+        if (tree / log).is_file():
+            (tree / log).write_bytes(b"")
 
 
 def _debootstrap(argv: list[str], target: Path, progress: Progress | None) -> None:

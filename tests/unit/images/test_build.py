@@ -78,7 +78,12 @@ def test_slim(tmp_path: Path) -> None:
     (tmp_path / "var/cache/apt/archives/lock").write_bytes(b"")
     (tmp_path / "var/lib/apt/lists/partial").mkdir(parents=True)
     (tmp_path / "var/lib/apt/lists/x_Packages").write_bytes(b"x")
+    (tmp_path / "var/log").mkdir(parents=True)
+    (tmp_path / "var/log/dpkg.log").write_bytes(b"2026-11-26 17:46:00 install ...")
+    (tmp_path / "var/log/bootstrap.log").write_bytes(b"...")
     slim(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "var/log").iterdir()) == ["dpkg.log"]
+    assert (tmp_path / "var/log/dpkg.log").read_bytes() == b""
     assert sorted(p.name for p in (tmp_path / "var/cache/apt/archives").iterdir()) == ["lock", "partial"]
     assert [p.name for p in (tmp_path / "var/lib/apt/lists").iterdir()] == ["partial"]
 
