@@ -179,6 +179,19 @@ def _raw(path: Path, fmt: str) -> Iterator[Path]:
             yield view
 
 
+@contextmanager
+def _plain_name(raw: Path) -> Iterator[Path]:
+    """`raw`, or a symlink to it whose name has no "?": debugfs cuts a name at "?" (the start of
+    its I/O options, "FILE?offset=N")."""
+    if "?" not in str(raw):
+        yield raw
+        return
+    with tempfile.TemporaryDirectory(prefix="softudc-disk-") as tmp:
+        link = Path(tmp) / "disk"
+        link.symlink_to(raw.resolve())
+        yield link
+
+
 def import_disk(store: ImageStore, path: Path, *, name: str | None, progress: Progress | None = None,
                 how: str | None = None) -> Version:
     """Import the ext2/3/4 filesystem of disk image `path` as a new version of image `name`."""
@@ -187,9 +200,9 @@ def import_disk(store: ImageStore, path: Path, *, name: str | None, progress: Pr
     fmt = disk_format(path)
     if fmt == "qcow2":
         check_qcow2(path)
-    with importing(store), _raw(path, fmt) as raw:
+    with importing(store), _raw(path, fmt) as raw, _plain_name(raw) as plain:
         offset = find_filesystem(raw, str(path))
-        image = f"{raw}?offset={offset}" if offset else str(raw)
+        image = f"{plain}?offset={offset}" if offset else str(plain)
         if progress:
             progress(f"{path}: {fmt}, ext filesystem at byte {offset}; reading it with debugfs")
         entries = ext4_entries(image, store.content, str(path), progress)

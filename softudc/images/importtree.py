@@ -133,7 +133,7 @@ class TreeWalker:
 
     def walk(self, root: Path) -> list[Entry]:
         """Every entry of the tree under `root` ("/" for root itself), depth first."""
-        st = os.lstat(root)
+        st = os.stat(root)  # the root may be a symlink to the tree (given by the user); nothing below is followed
         if not stat.S_ISDIR(st.st_mode):
             raise ImportRefused(f"{root}: not a directory; import a tree from a directory")
         top = self.entry(str(root), "/", st)

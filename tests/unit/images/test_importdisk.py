@@ -56,7 +56,7 @@ def test_raw_ext4_matches_the_tree(tmp_path: Path, tree: Path, monkeypatch: pyte
 @pytest.mark.skipif(not FUSE, reason="needs /dev/fuse and qemu-storage-daemon")
 def test_qcow2_through_a_fuse_export(tmp_path: Path, tree: Path) -> None:
     store = ImageStore.open(tmp_path / "store")
-    raw = mkfs(tree, tmp_path / "disk.raw")
+    raw = mkfs(tree, tmp_path / "disk?.raw")  # debugfs cuts names at "?"
     qcow2 = tmp_path / "disk,1.qcow2"  # a comma must be escaped for QEMU
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
     v = import_disk(store, qcow2, name="q")

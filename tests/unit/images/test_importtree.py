@@ -114,6 +114,14 @@ def test_non_utf8_name_is_refused_and_nothing_committed(tmp_path: Path) -> None:
     assert store.tags() == {} and store.versions() == []
 
 
+def test_root_may_be_a_symlink(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "f").write_bytes(b"x")
+    os.symlink("t", tmp_path / "link")
+    entries = tree_entries(ImageStore.open(tmp_path / "store").content, tmp_path / "link")
+    assert [e.path for e in entries] == ["/", "/f"]
+
+
 def test_not_a_directory(tmp_path: Path) -> None:
     (tmp_path / "f").write_bytes(b"")
     with pytest.raises(ImportRefused, match="not a directory"):
