@@ -108,7 +108,9 @@ def cmd_manifest(a: argparse.Namespace) -> None:
 def cmd_gc(a: argparse.Namespace) -> None:
     from softudc.images.gc import collect
 
-    report = collect(image_store(a), dry_run=a.dry_run, progress=_progress)
+    store = image_store(a)
+    keep = [store.resolve(ref).digest for ref in a.keep]
+    report = collect(store, keep=keep, dry_run=a.dry_run, progress=_progress)
     if a.output == "json":
         print(json.dumps(report.as_dict(), indent=2))
         return
@@ -162,6 +164,8 @@ def add_subcommands(commands: Any) -> None:
     man.set_defaults(fn=cmd_manifest)
     gc = commands.add_parser("gc", help="remove content no tagged version uses")
     gc.add_argument("--dry-run", action="store_true", help="count what would go, delete nothing")
+    gc.add_argument("--keep", action="append", default=[], metavar="REF",
+                    help="keep this version's content too, tagged or not (repeat for more)")
     gc.add_argument("-o", "--output", choices=["table", "json"], default="table")
     gc.set_defaults(fn=cmd_gc)
     ver = commands.add_parser("verify", help="re-hash content; name every image and path a bad object hits")

@@ -93,6 +93,12 @@ class ImageStore:
     def close(self) -> None:
         self._db.close()
 
+    def __enter__(self) -> ImageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (BEGIN IMMEDIATE) so concurrent processes queue

@@ -73,6 +73,10 @@ def test_gc_dry_run_then_real(root: Path, capsys: pytest.CaptureFixture[str]) ->
     run(root, capsys, "rm", "web:latest")
     age(root)
     before = sorted((root / "objects").glob("*/*.zst"))
+    with ImageStore.open(root) as store:
+        web2 = store.versions()[-1].digest
+    code, out, err = run(root, capsys, "gc", "--dry-run", "--keep", web2[:20], "-o", "json")
+    assert code == 0 and json.loads(out)["swept_objects"] == 0
     code, out, err = run(root, capsys, "gc", "--dry-run", "-o", "json")
     assert code == 0 and json.loads(out)["swept_objects"] == 2 and "gc: would remove 2 objects" in err
     assert sorted((root / "objects").glob("*/*.zst")) == before

@@ -148,7 +148,8 @@ def test_gc_racing_imports_never_loses_their_content(tmp_path: Path, monkeypatch
         def gcs(stop: threading.Event) -> None:
             nonlocal swept
             while not stop.is_set():
-                swept += collect(ImageStore.open(tmp_path)).swept_objects
+                with ImageStore.open(tmp_path) as store:
+                    swept += collect(store).swept_objects
 
         g = threading.Thread(target=gcs, args=(stop,))
         g.start()
