@@ -18,6 +18,7 @@ mounted in it (it mounts /proc and /sys in the target while packages configure).
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -222,11 +223,13 @@ def build_debian(store: ImageStore, name: str | None, *, suite: str = "bookworm"
     cache = Path(cache_dir) if cache_dir else store.root / "cache" / "debootstrap"
     cache.mkdir(parents=True, exist_ok=True)
     tarball = cached_tree(cache, suite, variant, packages)
-    if tarball.is_file():
-        if progress:
-            progress(f"cached: {tarball}")
-    else:
-        bootstrap_to_cache(tarball, suite, variant, packages, debian_mirror(suite, apt_dir), progress)
+    with open(tarball.with_name(tarball.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one debootstrap per request: a second build waits, then hits the cache
+        if tarball.is_file():
+            if progress:
+                progress(f"cached: {tarball}")
+        else:
+            bootstrap_to_cache(tarball, suite, variant, packages, debian_mirror(suite, apt_dir), progress)
     with importing(store):
         entries = tar_entries(lambda: _zst_opener(tarball), store.content, str(tarball), progress)
     return store.commit(entries, name=name, how=how(suite, variant, packages))

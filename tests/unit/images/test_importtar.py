@@ -6,7 +6,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from softudc.images.importtar import import_tar, member_path, symlink_escapes
@@ -166,3 +166,28 @@ def test_symlink_escape_agrees_with_normpath(name: str, target: str) -> None:
     joined = posixpath.join("/r" + base, target.lstrip("/"))  # under a fake root /r
     if not symlink_escapes(path, target):
         assert posixpath.normpath(joined) == "/r" or posixpath.normpath(joined).startswith("/r/")
+
+
+_part = st.sampled_from(["a", "b", "é", "x y", ".", "..", ""])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(_part, min_size=1, max_size=4).map("/".join), min_size=1, max_size=5),
+       st.booleans())
+def test_random_archives_import_or_are_refused_whole(tmp_path: Path, names: list[str], lead: bool) -> None:
+    """An archive of files under random names: either every name is safe and the manifest holds
+    exactly the normalised names (and their implied parents), or nothing is stored."""
+    store = ImageStore.open(tmp_path / f"s{len(list(tmp_path.iterdir()))}")
+    members = [member(("/" if lead and i == 0 else "") + n, data=n.encode()) for i, n in enumerate(names)]
+    try:
+        import_tar(store, io.BytesIO(tar_bytes(*members)), name="t")
+    except ImportRefused:
+        assert list(store.content.objects()) == [] and store.tags() == {}
+        return
+    paths = {e.path for e in store.manifest("t")}
+    for n in names:
+        p = member_path(n)
+        assert p in paths
+        while p != "/":
+            p = posixpath.dirname(p)
+            assert p in paths
