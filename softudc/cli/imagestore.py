@@ -130,7 +130,7 @@ def cmd_verify(a: argparse.Namespace) -> None:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         for p in report.problems:
-            print(f"{p.kind.upper()} {p.digest}: {p.detail}" + (f" (moved to {p.moved_to})" if p.moved_to else ""))
+            print(p.detail + (f"; moved to {p.moved_to}" if p.moved_to else ""))  # the detail names the object
             for image, path in p.users or [("no image", "-")]:
                 print(f"  {image}: {path}")
         if report.ok:

@@ -94,7 +94,7 @@ def test_verify_names_images_and_paths(root: Path, capsys: pytest.CaptureFixture
     store.content.path_of(sh.digest).write_bytes(b"rotten")
     code, out, err = run(root, capsys, "verify")
     assert code == 1
-    assert out.splitlines()[0].startswith(f"CORRUPT {sh.digest}")
+    assert out.splitlines()[0].startswith(f"object {sh.digest} is corrupt ({root}/objects/")
     assert "  web:1: /bin/sh" in out and "  web:2, web:latest: /bin/sh" in out
     assert "softudc: 1 bad objects: run `softudc image verify --move-aside`, then re-import or rebuild web:1" in err
     code, out, _ = run(root, capsys, "verify", "--move-aside", "-o", "json")
