@@ -128,19 +128,25 @@ def check_upgrade(old: dpkg.Package, deb: DebPackage, allow_downgrade: bool) -> 
                         "give --allow-downgrade to install it anyway")
 
 
+# The order dpkg writes a status paragraph's fields in (lib/dpkg/parse.c fieldinfos[]); any other
+# field (Homepage, Built-Using, ...) follows, in the control file's order. Written the same way,
+# a patched paragraph reads like one dpkg wrote.
+FIELD_ORDER = ("Package", "Essential", "Protected", "Status", "Priority", "Section", "Installed-Size", "Origin",
+               "Maintainer", "Bugs", "Architecture", "Multi-Arch", "Source", "Version", "Config-Version",
+               "Replaces", "Provides", "Depends", "Pre-Depends", "Recommends", "Suggests", "Breaks", "Conflicts",
+               "Enhances", "Conffiles", "Description", "Triggers-Pending", "Triggers-Awaited")
+
+
 def status_paragraph(deb: DebPackage, want: str, conffiles: list[str]) -> bytes:
-    """The package's status paragraph: its control fields with Status (and Conffiles) added."""
+    """The package's status paragraph: its control fields with Status (and Conffiles) added, in
+    dpkg's order."""
+    fields = {k: v for k, v in deb.control.items() if k not in ("Status", "Conffiles", "Config-Version")}
+    fields["Status"] = f"{want} ok installed"
+    if conffiles:
+        fields["Conffiles"] = "\n" + "\n".join(conffiles)
     out = Deb822()
-    out["Package"] = deb.name
-    out["Status"] = f"{want} ok installed"
-    for key, value in deb.control.items():
-        if key in ("Package", "Status", "Conffiles"):
-            continue
-        if key == "Description" and conffiles:
-            out["Conffiles"] = "\n" + "\n".join(conffiles)
-        out[key] = value
-    if conffiles and "Conffiles" not in out:
-        out["Conffiles"] = "\n" + "\n".join(conffiles)
+    for key in [k for k in FIELD_ORDER if k in fields] + [k for k in fields if k not in FIELD_ORDER]:
+        out[key] = fields[key]
     return str(out.dump()).encode()
 
 

@@ -5,6 +5,7 @@ dpkg-query on the staged tree); refusals store nothing; the old version is uncha
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from softudc.images.debpackage import PatchError, read_deb
+from softudc.images.dpkg import parse_status
 from softudc.images.importtree import import_tree
 from softudc.images.inspect import inspect
 from softudc.images.manifest import index
@@ -163,3 +165,43 @@ def test_patch_all_images_with_a_package(tmp_path: Path, store: ImageStore) -> N
     assert store.resolve("web").digest == done["web:latest"]["version"] and "bare:2" not in store.tags()
     # both patched images started from the same tree, so they land on the same new version
     assert done["web:latest"]["version"] == done["db:latest"]["version"]
+
+
+ADMIN_ONLY = ("available", "lock", "lock-frontend", "status-old", "triggers", "updates", "info/format")
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+def test_same_tree_as_dpkg_unpack(tmp_path: Path, store: ImageStore) -> None:
+    """Differential: dpkg itself unpacks the same .deb into the same tree (--root, no scripts to
+    chroot for). The trees match but for dpkg's bookkeeping, and for what its later configure
+    step does: ours has the new conffile in place (and its md5 in Conffiles) where dpkg leaves it
+    as .dpkg-new, and ours says `installed` where dpkg says `unpacked` (with a Config-Version)."""
+    image(tmp_path, store, "web", [OLD])
+    deb = build_deb(tmp_path, NEW)
+    patch(store, "web", [deb])
+    ours = tmp_path / "ours"
+    stage_tree(store.content, store.manifest("web"), ours)
+    real = tmp_path / "tree-web"
+    (real / "var/lib/dpkg/updates").mkdir()
+    (real / "var/lib/dpkg/available").write_bytes(b"")
+    subprocess.run(["dpkg", f"--root={real}", "--unpack", str(deb)], check=True, capture_output=True)
+    differ = subprocess.run(["diff", "-rq", "--no-dereference", str(ours), str(real)], capture_output=True,
+                            text=True).stdout.splitlines()
+    admin = [f"Only in {real}/var/lib/dpkg{'/' + p.rsplit('/', 1)[0] if '/' in p else ''}: {p.rsplit('/', 1)[-1]}"
+             for p in ADMIN_ONLY]
+    conf = "etc/ssl/openssl.cnf"
+    assert sorted(set(differ) - set(admin)) == sorted([
+        f"Files {ours}/{conf} and {real}/{conf} differ", f"Only in {real}/etc/ssl: openssl.cnf.dpkg-new",
+        f"Files {ours}/var/lib/dpkg/status and {real}/var/lib/dpkg/status differ"])
+    assert (ours / conf).read_bytes() == (real / f"{conf}.dpkg-new").read_bytes()
+    theirs = paragraph((real / "var/lib/dpkg/status").read_bytes(), "openssl")
+    theirs = theirs.replace("install ok unpacked", "install ok installed")
+    old_md5, new_md5 = (hashlib.md5(p.files["/" + conf]).hexdigest() for p in (OLD, NEW))
+    theirs = theirs.replace(old_md5, new_md5)   # configure records the new shipped md5
+    theirs = "".join(line for line in theirs.splitlines(keepends=True) if not line.startswith("Config-Version:"))
+    assert paragraph((ours / "var/lib/dpkg/status").read_bytes(), "openssl") == theirs
+
+
+def paragraph(status: bytes, name: str) -> str:
+    p = next(p for p in parse_status(status) if p.name == name)
+    return status[p.start:p.end].decode()
