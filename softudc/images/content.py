@@ -91,17 +91,26 @@ class ContentStore:
 
     # writing
 
-    def put(self, data: bytes) -> str:
-        """Stores `data` (once) and returns its digest."""
-        digest = digest_of(data)
+    def touch(self, digest: str) -> bool:
+        """Whether the object is stored; if so, it is marked as just used, under this writer's
+        lease, so that a GC running meanwhile keeps it (leases.py)."""
         path = self.path_of(digest)
         if self._lease is None:
             self._lease = Lease(self.leases_dir)
         try:
-            os.utime(path)  # already stored: keep it fresh for a GC that may be running
-            return digest
+            os.utime(path)
         except FileNotFoundError:
-            pass
+            return False
+        except PermissionError:  # another user's object in a shared store: cannot mark it
+            return path.is_file()
+        return True
+
+    def put(self, data: bytes) -> str:
+        """Stores `data` (once) and returns its digest."""
+        digest = digest_of(data)
+        if self.touch(digest):  # already stored
+            return digest
+        path = self.path_of(digest)
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirty.add(path.parent.parent)

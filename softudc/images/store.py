@@ -119,11 +119,14 @@ class ImageStore:
     # writing
 
     def _check_content(self, entries: list[Entry]) -> None:
+        """Every object the entries name is stored, and touched: a version made from another's
+        manifest (a patch) reuses objects it never put, and a GC that marked before this commit
+        and sweeps after it must still keep them."""
         for e in entries:
             if e.type != "file":
                 continue
             for part in e.chunks or (e.digest,):
-                if not self.content.has(part):
+                if not self.content.touch(part):
                     raise ImageError(f"entry {e.path}: its content {part} is not in the store; store it "
                                      "(ContentStore.put_file) before committing the manifest")
 
@@ -131,7 +134,14 @@ class ImageStore:
                how: str) -> Version:
         """Records the version whose tree is `entries` (ManifestError for a bad entry, ImageError
         for content not in the store; nothing is recorded then). With `name`, tags it NAME:N and
-        NAME:latest. Committing a tree already stored returns the version recorded first."""
+        NAME:latest. Committing a tree already stored returns the version recorded first. Ends
+        the writer's lease (content.py) either way."""
+        try:
+            return self._commit(entries, name, parents, how)
+        finally:
+            self.content.release_lease()  # done, or given up: either way a GC may judge them now
+
+    def _commit(self, entries: list[Entry], name: str | None, parents: Sequence[str], how: str) -> Version:
         data = manifest_bytes(entries)
         if name is not None:
             split_tag(name)
@@ -152,7 +162,6 @@ class ImageStore:
                 for label in (str(number), LATEST):
                     db.execute("INSERT OR REPLACE INTO tags VALUES (?, ?)", (f"{name}:{label}", digest))
             row = db.execute("SELECT * FROM versions WHERE digest = ?", (digest,)).fetchone()
-        self.content.release_lease()
         return _version(row)
 
     def tag(self, ref: str, tag: str) -> None:

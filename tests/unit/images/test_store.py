@@ -164,3 +164,19 @@ def test_corrupt_manifest_object_is_an_integrity_error(tmp_path: Path) -> None:
     store.content.path_of(v.digest).write_bytes(store.content.path_of(other).read_bytes())
     with pytest.raises(IntegrityError, match=f"object {v.digest} is corrupt"):
         ImageStore.open(tmp_path).manifest("web")
+
+
+def test_commit_touches_the_objects_it_reuses_and_ends_the_lease(tmp_path: Path) -> None:
+    import os
+    store = ImageStore.open(tmp_path)
+    entries = tree(store, ("/a", b"reused"))
+    store.commit(entries, name="a", how="t")
+    path = store.content.path_of(entries[1].digest)
+    os.utime(path, (1000, 1000))
+    patched = ImageStore.open(tmp_path)  # a patch: a manifest made from another's, nothing put
+    patched.commit([*entries, Entry("/b", "dir", 0o755)], name="b", how="patch")
+    assert path.stat().st_mtime > 1000
+    assert patched.content._lease is None and not list((tmp_path / "leases").iterdir())
+    with pytest.raises(ImageError):
+        patched.commit([Entry("/f", "file", 0o644, size=1, digest="sha256:" + "a" * 64)], name="c", how="t")
+    assert patched.content._lease is None
