@@ -163,9 +163,9 @@ class ContentStore:
 
     def sync(self) -> None:
         """Makes the renames of the objects written so far durable (one fsync per directory)."""
-        for directory in sorted(self._dirty, key=lambda p: len(p.parts), reverse=True):
+        dirty, self._dirty = self._dirty, set()  # (another thread may be adding to it)
+        for directory in sorted(dirty, key=lambda p: len(p.parts), reverse=True):
             fsync_dir(directory)
-        self._dirty.clear()
 
     def release_lease(self) -> None:
         """The objects written so far are referenced by a committed version: a GC may judge them."""
