@@ -14,8 +14,10 @@ for the shipped version) is kept, the new version's file is not installed — wh
 `dpkg --force-confold` does unattended; an unmodified one is replaced. Either way the status
 records the new shipped md5, as dpkg does, so the next upgrade still sees the modification.
 
-Maintainer scripts are NOT run (no boot, no chroot): the version's `how` says so, and a warning
-names the scripts of each package that had some. Diversions and alternatives are not consulted.
+Diversions (dpkg-divert) are followed: a file another package diverted lands at the diverted-to
+path, as dpkg would put it. Maintainer scripts are NOT run (no boot, no chroot): the version's
+`how` says so, and a warning names the scripts of each package that had some; so triggers do not
+run either, and alternatives stay as they were.
 
 Refused, before anything is stored: a .deb of another architecture, a package the image does
 not have, the version it already has, and a downgrade unless allow_downgrade. The old version is
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
 Progress = Callable[[str], None]
 
 NOT_RUN = "maintainer scripts not run"
+DIVERSIONS = "/var/lib/dpkg/diversions"
 
 
 class AlreadyCurrent(PatchError):
@@ -65,15 +68,18 @@ class Tree:
     entries: dict[str, Entry]
     content: ContentStore
     notes: list[str] = field(default_factory=list)
+    divert: dict[str, str] = field(default_factory=dict)  # the package at work's diverted paths
 
     def read(self, path: str) -> bytes | None:
         e = resolve(self.entries, path)
         return self.content.read(e) if e is not None and e.type == "file" else None
 
     def physical(self, path: str, deb: Path) -> str:
-        """Where `path` lands in the image: its directory looked up through the image's symlinks."""
+        """Where `path` lands in the image: diverted (dpkg-divert) if another package said so, its
+        directory looked up through the image's symlinks."""
         if path == "/":
             return "/"
+        path = self.divert.get(path, path)
         parent, base = path.rsplit("/", 1)
         d = resolve(self.entries, parent or "/")
         if d is None or d.type != "dir":
@@ -188,6 +194,13 @@ def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package) -> tuple[list[str], 
     return listed, conf_lines
 
 
+def diversions(data: bytes, package: str) -> dict[str, str]:
+    """dpkg-divert's database (/var/lib/dpkg/diversions: path, diverted-to, diverting package, three
+    lines each): where `package`'s files go instead, for the paths other packages diverted."""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    return {lines[i]: lines[i + 1] for i in range(0, len(lines) - 2, 3) if lines[i + 2] != package}
+
+
 def _old_list(tree: Tree, stem: str) -> list[str]:
     data = tree.read(f"{dpkg.INFO_DIR}/{stem}.list") or b""
     return [line for line in data.decode("utf-8", errors="replace").splitlines() if line.startswith("/")]
@@ -209,6 +222,7 @@ def apply_deb(tree: Tree, deb: DebPackage, allow_downgrade: bool = False) -> str
     pkgs = dpkg.parse_status(status)
     old = installed_paragraph(pkgs, deb)
     check_upgrade(old, deb, allow_downgrade)
+    tree.divert = diversions(tree.read(DIVERSIONS) or b"", deb.name)
     old_paths = [p for p in (_physical_or_none(tree, q, deb.path) for q in _old_list(tree, old.info_name)) if p]
     listed, conf_lines = _unpack(tree, deb, old)
     shipped = {p for p in (_physical_or_none(tree, q, deb.path) for q in listed) if p}

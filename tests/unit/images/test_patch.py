@@ -205,3 +205,14 @@ def test_same_tree_as_dpkg_unpack(tmp_path: Path, store: ImageStore) -> None:
 def paragraph(status: bytes, name: str) -> str:
     p = next(p for p in parse_status(status) if p.name == name)
     return status[p.start:p.end].decode()
+
+
+def test_diverted_files_land_where_the_diversion_says(tmp_path: Path, store: ImageStore) -> None:
+    tree = debian_tree(tmp_path / "tree", [*BASE, OLD])
+    (tree / "usr/bin/openssl.real").write_bytes(b"openssl 3.0.11-1~deb12u2")
+    (tree / "usr/bin/openssl").write_bytes(b"a wrapper")
+    (tree / "var/lib/dpkg/diversions").write_text("/usr/bin/openssl\n/usr/bin/openssl.real\nwrapper\n")
+    import_tree(store, tree, name="web")
+    patch(store, "web", [build_deb(tmp_path, NEW)])
+    files = files_of(store, "web")
+    assert files["/usr/bin/openssl.real"] == b"openssl new" and files["/usr/bin/openssl"] == b"a wrapper"
