@@ -27,6 +27,8 @@ from softudc.images.manifest import ManifestError, parse_manifest
 from softudc.images.store import ImageStore
 
 SLACK = 2.0  # seconds: file mtimes come from a coarser clock than time.time()
+ASIDE = ".gc-"  # an object being swept: .<hex>.zst.gc-<random>
+STALE_ASIDE = 60.0
 Progress = Callable[[str], None]
 
 
@@ -68,21 +70,32 @@ def live_objects(store: ImageStore, roots: Iterable[str]) -> set[str]:
 
 def _sweep(path: Path, cutoff: float) -> bool:
     """Removes the object at `path` unless a writer touched it after `cutoff`."""
-    aside = path.with_name(f".{path.name}.gc-{secrets.token_hex(4)}")
+    aside = path.with_name(f".{path.name}{ASIDE}{secrets.token_hex(4)}")
     try:
         os.rename(path, aside)
-    except FileNotFoundError:
+        if aside.stat().st_mtime >= cutoff:  # reused by a writer since the mark: put it back
+            os.replace(aside, path)
+            return False
+        aside.unlink()
+    except FileNotFoundError:  # another GC got there first
         return False
-    if aside.stat().st_mtime >= cutoff:  # reused by a writer since the mark: put it back
-        os.replace(aside, path)
-        return False
-    aside.unlink()
     return True
+
+
+def _restore_asides(content: ContentStore, now: float) -> None:
+    """An object a GC renamed aside before it died is put back: whether it was still needed is
+    not known (the next GC decides again)."""
+    for aside in content.objects_dir.glob(f"*/.*{ASIDE}*"):
+        try:
+            if aside.stat().st_ctime < now - STALE_ASIDE:  # the rename set ctime; a live GC takes microseconds
+                os.replace(aside, aside.with_name(aside.name[1:aside.name.index(ASIDE)]))
+        except FileNotFoundError:
+            continue
 
 
 def _leftovers(content: ContentStore, cutoff: float) -> None:
     """Temporary files of writers that died before their rename."""
-    for tmp in content.objects_dir.glob("*/.*"):
+    for tmp in content.objects_dir.glob("*/.*.tmp"):
         try:
             if tmp.stat().st_mtime < cutoff:
                 tmp.unlink()
@@ -114,6 +127,7 @@ def collect(store: ImageStore, *, keep: Iterable[str] = (), dry_run: bool = Fals
     start = clock()
     leased = oldest_live(store.content.leases_dir)
     cutoff = min(start, leased if leased is not None else start) - SLACK
+    _restore_asides(store.content, start)
     roots = set(store.tags().values()) | set(keep)
     say(f"gc: marking from {len(roots)} versions")
     live = live_objects(store, roots)

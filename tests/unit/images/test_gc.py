@@ -180,3 +180,20 @@ def test_cached_disks_of_versions_not_kept_go_too(two: ImageStore) -> None:
     assert dry.swept_disks == 2 and dry.swept_disk_bytes >= 8192 and len(list(disks.iterdir())) == 4
     assert collect(store).swept_disks == 2
     assert sorted(p.name for p in disks.iterdir()) == sorted([f"{b}.img", f".{a}.img.1234.tmp"])
+
+
+def test_leftovers_of_dead_writers_and_gcs(two: ImageStore) -> None:
+    store = two
+    digest = store.resolve("b").digest
+    path = store.content.path_of(digest)
+    aside = path.with_name(f".{path.name}.gc-dead")
+    os.rename(path, aside)  # a GC died between its rename and its decision
+    tmp = path.with_name(f".{path.name}.beef.tmp")
+    tmp.write_bytes(b"half")  # a writer died before its rename
+    os.utime(tmp, (1000, 1000))
+    with pytest.raises(GcError):  # too recent to be a dead GC's: b's manifest is missing for now
+        collect(store)
+    assert aside.exists() and tmp.exists()
+    collect(store, clock=lambda: time.time() + 3600)
+    assert path.exists() and not aside.exists() and not tmp.exists()
+    assert store.manifest("b")
