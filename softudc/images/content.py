@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -134,6 +135,8 @@ class ContentStore:
         """Stores a file's content: (digest of the whole, size, chunks); chunks is () when the
         content is one object (CHUNK_OVER bytes or fewer)."""
         if isinstance(src, Path):
+            if not stat.S_ISREG(src.stat().st_mode):  # a device never ends, opening a fifo blocks
+                raise ValueError(f"{src} is not a regular file: its content cannot be stored")
             with src.open("rb") as f:
                 return self.put_file(f)
         head = _read_full(src, CHUNK_OVER + 1)

@@ -145,3 +145,15 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     assert not cs.has(digest_of(b"second"))
     assert [p.name for p in (tmp_path / "objects").rglob("*") if p.is_file()] == [
         cs.path_of(digest_of(b"first")).name]
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    cs = ContentStore(tmp_path / "s")
+    with pytest.raises(ValueError, match="/dev/zero is not a regular file"):
+        cs.put_file(Path("/dev/zero"))
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    with pytest.raises(ValueError, match="not a regular file"):
+        ContentStore(tmp_path / "s").put_file(tmp_path / "fifo")
