@@ -140,7 +140,8 @@ def _patch_one(a: argparse.Namespace, debs: list[Path]) -> None:
     from softudc.images.patch import patch
 
     store = image_store(a)
-    v = patch(store, a.ref, debs, name=a.name, allow_downgrade=a.allow_downgrade, progress=_progress)
+    v = patch(store, a.ref, debs, name=a.name, allow_downgrade=a.allow_downgrade, force_depends=a.force_depends,
+              progress=_progress)
     tags = sorted(t for t, d in store.tags().items() if d == v.digest)
     print(f"{', '.join(tags) or 'untagged'} -> {v.digest}: {v.how}")
 
@@ -149,12 +150,17 @@ def _patch_all(a: argparse.Namespace, debs: list[Path]) -> None:
     from softudc.images.patch import patch_all
 
     results = patch_all(image_store(a), a.all_images_with, debs, allow_downgrade=a.allow_downgrade,
-                        progress=_progress)
+                        force_depends=a.force_depends, progress=_progress)
     if not results:
         raise CliError(f"no tagged image has {a.all_images_with} installed (`softudc image search --package "
                        f"{a.all_images_with}`)")
     for r in results:
-        print(f"{r['image']}: skipped ({r['skipped']})" if "skipped" in r else f"{r['image']} -> {r['version']}")
+        if "version" in r:
+            print(f"{r['image']} -> {r['version']}")
+        else:
+            print(f"{r['image']}: {'skipped' if 'skipped' in r else 'NOT PATCHED'} ({r.get('skipped') or r['error']})")
+    if failed := [r["image"] for r in results if "error" in r]:
+        raise CliError(f"{len(failed)} images not patched ({', '.join(failed)}): see why above")
 
 
 def cmd_patch(a: argparse.Namespace) -> None:
@@ -197,4 +203,6 @@ def add_subcommands(commands: Any) -> None:
     p.add_argument("--deb", action="append", required=True, metavar="FILE", help="a .deb (repeat for several)")
     p.add_argument("--name", help="tag the new version NAME:N (default: the patched image's name)")
     p.add_argument("--allow-downgrade", action="store_true", help="install a .deb older than the image's package")
+    p.add_argument("--force-depends", action="store_true",
+                   help="patch even if a dependency would be left unmet or a Breaks/Conflicts hit")
     p.set_defaults(fn=cmd_patch)

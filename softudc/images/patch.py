@@ -20,7 +20,9 @@ path, as dpkg would put it. Maintainer scripts are NOT run (no boot, no chroot):
 run either, and alternatives stay as they were.
 
 Refused, before anything is stored: a .deb of another architecture, a package the image does
-not have, the version it already has, and a downgrade unless allow_downgrade. The old version is
+not have, the version it already has, a downgrade unless allow_downgrade, and a set of .debs
+that would leave a dependency unmet or hit a Breaks/Conflicts (depends.py) unless force_depends
+(nginx 1.22.1-9+deb12u9 depends on nginx-common (<< 1.22.1-9+deb12u9.1~): patch both at once). The old version is
 never changed (versions are immutable)."""
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 from debian.deb822 import Deb822
 from debian.debian_support import Version
 
-from softudc.images import dpkg
+from softudc.images import depends, dpkg
 from softudc.images.debpackage import INFO_FILES, DebPackage, PatchError, members, read_deb
 from softudc.images.lookup import resolve
 from softudc.images.manifest import Entry, index
@@ -256,17 +258,40 @@ def default_name(ref: str) -> str | None:
     return None if ref.startswith("sha256:") else ref.split(":", 1)[0]
 
 
-def _precheck(tree: Tree, debs: list[DebPackage], allow_downgrade: bool) -> None:
+def _precheck(tree: Tree, debs: list[DebPackage], allow_downgrade: bool, force_depends: bool) -> None:
+    """Every refusal that needs no content: architecture, installed, version, dependencies."""
     status = tree.read(dpkg.STATUS_PATH)
     if status is None:
         raise PatchError(f"the image has no {dpkg.STATUS_PATH}: it is not a Debian image; nothing patched")
     pkgs = dpkg.parse_status(status)
+    replaced = {}
     for deb in debs:
-        check_upgrade(installed_paragraph(pkgs, deb), deb, allow_downgrade)
+        old = installed_paragraph(pkgs, deb)
+        check_upgrade(old, deb, allow_downgrade)
+        replaced[(old.name, old.architecture)] = deb
+    if not force_depends:
+        check_depends(status, replaced)
+
+
+def check_depends(status: bytes, replaced: dict[tuple[str, str], DebPackage]) -> None:
+    """PatchError naming every dependency the new packages would break (problems the image had
+    before are not the patch's)."""
+    before = depends.parse_paragraphs(status)
+    after = [p for p in before if (p.get("Package"), p.get("Architecture")) not in replaced]
+    for deb in replaced.values():
+        fields = Deb822(deb.control)
+        fields["Status"] = "install ok installed"
+        after.append(fields)
+    broken = sorted(depends.problems(after) - depends.problems(before))
+    if broken:
+        raise PatchError(f"the patch would break dependencies: {'; '.join(broken[:5])}"
+                         f"{f' (and {len(broken) - 5} more)' if len(broken) > 5 else ''}; give the .debs that "
+                         "fix them too (--deb ...), or --force-depends")
 
 
 def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None = None,
-          allow_downgrade: bool = False, progress: Progress | None = None) -> ImageVersion:
+          allow_downgrade: bool = False, force_depends: bool = False,
+          progress: Progress | None = None) -> ImageVersion:
     """A new version of `ref` with `debs` unpacked into it (see the module docstring)."""
     say = progress or (lambda _m: None)
     packages = [read_deb(Path(p)) for p in debs]
@@ -274,7 +299,7 @@ def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None
         raise PatchError("no .deb given: name one or more with --deb FILE")
     base = store.resolve(ref)
     tree = Tree(index(store.manifest(base.digest)), store.content)
-    _precheck(tree, packages, allow_downgrade)  # refuse before storing anything
+    _precheck(tree, packages, allow_downgrade, force_depends)  # refuse before storing anything
     done = []
     for deb in packages:
         say(f"patch {ref}: {deb.name} {deb.version} from {deb.path.name}")
@@ -291,24 +316,45 @@ def _latest_refs(store: ImageStore) -> list[str]:
     return sorted(t for t in store.tags() if t.endswith(":latest"))
 
 
+def _wanted(pkgs: list[dpkg.Package], debs: list[DebPackage], allow_downgrade: bool) -> tuple[list[Path], str]:
+    """The .debs that upgrade packages this image has, and why the others do not apply."""
+    use, why = [], []
+    for deb in debs:
+        try:
+            check_upgrade(installed_paragraph(pkgs, deb), deb, allow_downgrade)
+            use.append(deb.path)
+        except PatchError as e:
+            why.append(str(e).removeprefix(f"{deb.path}: "))
+    return use, "; ".join(why)
+
+
 def patch_all(store: ImageStore, package: str, debs: Sequence[Path], *, allow_downgrade: bool = False,
-              progress: Progress | None = None) -> list[dict[str, Any]]:
-    """`--all-images-with PACKAGE`: patch every image (NAME:latest) that has PACKAGE installed, one
-    new version each; images already at the version (or newer) are skipped and said so."""
+              force_depends: bool = False, progress: Progress | None = None) -> list[dict[str, Any]]:
+    """`--all-images-with PACKAGE`: every image (NAME:latest) that has PACKAGE installed gets one
+    new version with those of `debs` that upgrade its packages (the others do not apply to it:
+    other packages, or versions it has already). An image none apply to is `skipped`; one whose
+    patch is refused (dependencies...) gets an `error` and the others go on."""
     from softudc.images.inspect import packages as packages_of
 
     say = progress or (lambda _m: None)
+    read = [read_deb(Path(p)) for p in debs]
     out: list[dict[str, Any]] = []
     for ref in _latest_refs(store):
         v = store.resolve(ref)
         pkgs = packages_of(index(store.manifest(v.digest)), store.content.read)
         if not any(p.name == package and p.state not in ("not-installed", "config-files") for p in pkgs):
             continue
-        try:
-            new = patch(store, ref, debs, allow_downgrade=allow_downgrade, progress=say)
-        except (AlreadyCurrent, Downgrade) as e:
-            say(f"skip {ref}: {e}")
-            out.append({"image": ref, "from": v.digest, "skipped": str(e)})
+        use, why = _wanted(pkgs, read, allow_downgrade)
+        row: dict[str, Any] = {"image": ref, "from": v.digest}
+        if not use:
+            say(f"skip {ref}: {why}")
+            out.append({**row, "skipped": why})
             continue
-        out.append({"image": ref, "from": v.digest, "version": new.digest, "how": new.how})
+        try:
+            new = patch(store, ref, use, allow_downgrade=allow_downgrade, force_depends=force_depends, progress=say)
+        except PatchError as e:
+            say(f"not patched {ref}: {e}")
+            out.append({**row, "error": str(e)})
+            continue
+        out.append({**row, "version": new.digest, "how": new.how})
     return out

@@ -24,11 +24,12 @@ class Pkg:
     postinst: str = ""
     multi_arch: str = ""
     links: dict[str, str] = field(default_factory=dict)      # "/usr/bin/y" -> target
+    relations: str = ""                                      # e.g. "Depends: a (>= 1)\nBreaks: b (<< 2)\n"
 
     def control(self) -> str:
         ma = f"Multi-Arch: {self.multi_arch}\n" if self.multi_arch else ""
         kib = 1 + sum(map(len, self.files.values())) // 1024
-        return (f"Package: {self.name}\nVersion: {self.version}\nArchitecture: {self.arch}\n{ma}"
+        return (f"Package: {self.name}\nVersion: {self.version}\nArchitecture: {self.arch}\n{ma}{self.relations}"
                 f"Maintainer: Test <test@example.org>\nInstalled-Size: {kib}\n"
                 f"Section: misc\nPriority: optional\nDescription: test package {self.name}\n a test.\n")
 

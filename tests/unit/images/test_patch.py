@@ -216,3 +216,33 @@ def test_diverted_files_land_where_the_diversion_says(tmp_path: Path, store: Ima
     patch(store, "web", [build_deb(tmp_path, NEW)])
     files = files_of(store, "web")
     assert files["/usr/bin/openssl.real"] == b"openssl new" and files["/usr/bin/openssl"] == b"a wrapper"
+
+
+def test_broken_dependencies_are_refused(tmp_path: Path, store: ImageStore) -> None:
+    common = Pkg("web-common", "1.0-1", {"/etc/web": b"1"})
+    web = Pkg("web", "1.0-1", {"/usr/bin/web": b"1"}, relations="Depends: web-common (<< 1.0-1.1~)\n")
+    image(tmp_path, store, "img", [common, web])
+    common2 = build_deb(tmp_path, Pkg("web-common", "2.0-1", {"/etc/web": b"2"}))
+    web2 = build_deb(tmp_path, Pkg("web", "2.0-1", {"/usr/bin/web": b"2"},
+                                   relations="Depends: web-common (>= 2.0-1)\n"))
+    objects = sorted(store.content.objects())
+    with pytest.raises(PatchError, match=r"would break dependencies: web 1.0-1 depends on web-common \(<< 1.0-1.1~\)"):
+        patch(store, "img", [common2])
+    with pytest.raises(PatchError, match=r"web 2.0-1 depends on web-common \(>= 2.0-1\)"):
+        patch(store, "img", [web2])
+    assert sorted(store.content.objects()) == objects
+    v = patch(store, "img", [web2, common2])
+    assert "web 1.0-1 -> 2.0-1" in v.how and "web-common 1.0-1 -> 2.0-1" in v.how
+    patch(store, "img:1", [common2], force_depends=True, name="forced")
+    assert {p["name"]: p["version"] for p in inspect(store, "forced")["packages"]}["web-common"] == "2.0-1"
+
+
+def test_patch_all_applies_what_fits_each_image(tmp_path: Path, store: ImageStore) -> None:
+    libfoo = Pkg("libfoo", "1", {"/usr/lib/libfoo": b"1"})
+    image(tmp_path, store, "both", [OLD, libfoo])
+    image(tmp_path, store, "sslonly", [OLD])
+    debs = [build_deb(tmp_path, NEW), build_deb(tmp_path, Pkg("libfoo", "2", {"/usr/lib/libfoo": b"2"}))]
+    out = {r["image"]: r for r in patch_all(store, "openssl", debs)}
+    assert "libfoo 1 -> 2" in out["both:latest"]["how"] and "libfoo" not in out["sslonly:latest"]["how"]
+    again = {r["image"]: r for r in patch_all(store, "openssl", debs)}
+    assert set(again) == {"both:latest", "sslonly:latest"} and all("skipped" in r for r in again.values())
