@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from softudc.manager.api import PEER_KEY, WORKERS, ApiStats, make_app, peer_of
+from softudc.manager.fastpath import FastPath
 from softudc.manager.service import Manager
 
 READ_DEADLINE_S = 10.0  # from a request's first byte (or the handshake) to its last
@@ -203,7 +204,8 @@ def serve(m: Manager, host: str, port: int, *, read_deadline_s: float = READ_DEA
     protocol = type("TlsProtocol", (_TlsProtocol,), {"read_deadline_s": read_deadline_s, "stats": stats,
                                                       "max_header_bytes": max_header_bytes})
     ctx = tls_context(m)
-    config = uvicorn.Config(make_app(m, stats=stats, workers=workers), host=host, port=port, http=protocol,
+    app = FastPath(make_app(m, stats=stats, workers=workers), m, m.requests)  # the gatekeepers' two, first
+    config = uvicorn.Config(app, host=host, port=port, http=protocol,
                             ssl_context_factory=lambda _config, _default: ctx, limit_concurrency=limit_concurrency,
                             timeout_keep_alive=keep_alive_s,
                             timeout_graceful_shutdown=2, log_config=None, log_level="warning", access_log=False,

@@ -155,6 +155,7 @@ class Hosts:
         # `state` (an admin's draining/maintenance) is kept across a re-join; the certificate is not.
         self.store.put("host", host, {**(old.spec if old else {}), "joined": time.time(),
                                       "certificate": fingerprint(cert)})
+        self.stored_hosts.refresh()  # the old certificate is refused from now on, from memory too (host_known)
         if old is not None:
             self._event("host", host, "Rejoined", "a new certificate; the ones it had before are refused from now on")
         return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
@@ -209,6 +210,7 @@ class Hosts:
             raise ApiError(409, f"{name} still has {len(placed)} instance(s): {', '.join(placed)}; migrate them "
                                 "away first (softudc vm migrate), or remove it anyway with force", instances=placed)
         self.store.delete("host", name)
+        self.stored_hosts.refresh()  # refused from now on, from memory too (host_known)
         self.heartbeats.forget(name)
         self._event("host", name, "Removed", f"by {who.name}: its certificate is refused from now on" +
                     (f"; instances still assigned to it: {', '.join(placed)}" if placed else ""))
