@@ -26,7 +26,7 @@ from pathlib import Path
 
 from softudc.images.content import ContentStore
 from softudc.images.manifest import Entry
-from softudc.images.store import ImageStore, Version, split_tag
+from softudc.images.store import ImageError, ImageStore, Version, split_tag
 
 Progress = Callable[[str], None]
 PROGRESS_EVERY = 5000  # entries between two progress lines
@@ -34,9 +34,9 @@ PROGRESS_EVERY = 5000  # entries between two progress lines
 _NO_XATTRS = {errno.ENOTSUP, errno.EPERM, errno.ENODATA, errno.EOPNOTSUPP}
 
 
-class ImportRefused(ValueError):
+class ImportRefused(ImageError, ValueError):
     """Input that cannot become an image (the message names the file or member and what to do);
-    nothing was committed."""
+    nothing was committed. An ImageError, so callers and the CLI treat it like the store's own."""
 
 
 def check_name(name: str | None) -> None:
