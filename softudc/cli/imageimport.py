@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -19,24 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from softudc.cli.errors import CliError
+from softudc.cli.imagedir import image_store
 from softudc.images.importtree import ImportRefused
 from softudc.images.manifest import ManifestError
-from softudc.images.store import ImageError, ImageStore, Version
-from softudc.lab.state import default_state_dir
-
-IMAGES_ENV = "SOFTUDC_IMAGES"
-
-
-def image_store(a: argparse.Namespace) -> ImageStore:
-    """cli/image.py's image_store, repeated here because importing cli/image.py from a part it
-    imports is an import cycle (tests/unit/test_imports.py); to go once the helper has a module
-    of its own."""
-    given = getattr(a, "images", None) or os.environ.get(IMAGES_ENV)
-    root = Path(given) if given else Path(getattr(a, "state_dir", None) or default_state_dir()) / "images"
-    try:
-        return ImageStore.open(root)
-    except (ImageError, OSError) as e:
-        raise CliError(f"{e}; give another directory with --images DIR or ${IMAGES_ENV}") from None
+from softudc.images.store import ImageStore, Version
 
 
 def _progress(message: str) -> None:
