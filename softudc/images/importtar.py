@@ -32,13 +32,18 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import gzip
+import lzma
 import posixpath
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import BinaryIO
+
+import zstandard
 
 from softudc.images.content import ContentStore
 from softudc.images.importtree import ImportRefused, Progress, check_name, importing
@@ -47,6 +52,8 @@ from softudc.images.store import ImageStore, Version
 
 PROGRESS_EVERY = 5000  # members between two progress lines
 XATTR_PREFIX = "SCHILY.xattr."
+# What a damaged or truncated archive raises while it is read (gzip's BadGzipFile is an OSError).
+UNREADABLE = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile, zstandard.ZstdError)
 Opener = Callable[[], AbstractContextManager[BinaryIO]]  # a fresh stream over the archive each call
 
 
@@ -230,10 +237,14 @@ def read_tar(open_stream: Opener, content: ContentStore, source: str,
 def tar_entries(open_stream: Opener, content: ContentStore, source: str,
                 progress: Progress | None = None) -> list[Entry]:
     """Both passes over an archive that `open_stream` opens afresh each time."""
-    n = check_tar(open_stream, source)
-    if progress:
-        progress(f"{source}: {n} members checked; storing contents")
-    return read_tar(open_stream, content, source, progress)
+    try:
+        n = check_tar(open_stream, source)
+        if progress:
+            progress(f"{source}: {n} members checked; storing contents")
+        return read_tar(open_stream, content, source, progress)
+    except UNREADABLE as e:
+        raise ImportRefused(f"{source}: not a readable tar archive ({type(e).__name__}: {e or 'cut short'}); "
+                            "nothing was imported. Check the file is a whole tar, plain or gz/bz2/xz") from None
 
 
 class _Rewind:

@@ -42,7 +42,9 @@ class ImportRefused(ImageError, ValueError):
 def check_name(name: str | None) -> None:
     """Refuse a bad image name before anything is read or stored (ImageError says what is allowed)."""
     if name is not None:
-        split_tag(f"{name}:latest")
+        if ":" in name:
+            raise ImageError(f"image name {name!r}: give a name without a tag (NAME:N is chosen for you)")
+        split_tag(name)
 
 
 @contextmanager

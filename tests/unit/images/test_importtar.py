@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import tarfile
 from pathlib import Path
@@ -125,11 +126,14 @@ def test_bad_tar_is_refused_and_nothing_stored(store: ImageStore, case: str) -> 
     assert list(store.content.objects()) == [] and store.tags() == {}
 
 
-def test_truncated_tar(store: ImageStore) -> None:
-    data = tar_bytes(member("f", data=b"x" * 10000))
-    with pytest.raises((ImportRefused, tarfile.TarError)):
-        import_tar(store, io.BytesIO(data[:3000]), name="t")
-    assert store.tags() == {}
+@pytest.mark.parametrize(("compression", "keep"), [("", 0), ("", 100), ("", 700), ("", 3000), ("gz", 0),
+                                                  ("gz", 0.5), ("bz2", 0.5), ("xz", 0.5)])
+def test_truncated_or_empty_tar(store: ImageStore, compression: str, keep: float) -> None:
+    data = tar_bytes(member("f", data=os.urandom(10000)), member("g", data=b"y"), compression=compression)
+    cut = int(len(data) * keep) if keep < 1 else int(keep)
+    with pytest.raises(ImportRefused, match=r"cut\.tar: not a readable tar archive"):
+        import_tar(store, io.BytesIO(data[:cut]), name="t", source="cut.tar")
+    assert store.tags() == {} and list(store.content.objects()) == []
 
 
 def test_symlink_escapes() -> None:
