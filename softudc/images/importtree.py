@@ -143,7 +143,11 @@ class TreeWalker:
         entries = [top]
         for fs_path, path, child_st in _scan(str(root), ""):
             _check_name(fs_path)
-            e = self.entry(fs_path, path, child_st)
+            try:
+                e = self.entry(fs_path, path, child_st)
+            except OSError as err:  # unreadable (permissions), or gone meanwhile
+                raise ImportRefused(f"cannot import {fs_path}: {err.strerror} ({err.filename}); nothing was "
+                                    "committed") from None
             if e is not None:
                 entries.append(e)
                 self.count += 1

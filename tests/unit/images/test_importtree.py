@@ -141,3 +141,18 @@ def test_read_xattrs_of_a_symlink_is_its_own(tmp_path: Path) -> None:
     os.symlink("f", tmp_path / "l")
     assert read_xattrs(tmp_path / "f") == (("user.a", "MQ=="),)
     assert read_xattrs(tmp_path / "l") == ()
+
+
+def test_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "secret").write_bytes(b"x")
+    store = ImageStore.open(tmp_path / "store")
+
+    def denied(*args: object, **kw: object) -> None:
+        raise PermissionError(13, "Permission denied", str(tree / "secret"))
+
+    monkeypatch.setattr(store.content, "entry_for_file", denied)
+    with pytest.raises(ImportRefused, match=r"cannot import .*/t/secret: Permission denied"):
+        import_tree(store, tree, name="t")
+    assert store.tags() == {}
