@@ -236,8 +236,8 @@ def apply_deb(tree: Tree, deb: DebPackage, allow_downgrade: bool = False) -> str
     paragraph = status_paragraph(deb, want, conf_lines)
     tree.put_bytes(status_e.path, status[:old.start] + paragraph + status[old.end:], like=status_e)
     if deb.scripts:
-        tree.notes.append(f"warning: {deb.name}: {NOT_RUN} ({', '.join(deb.scripts)}); the image may need "
-                          f"`dpkg --configure -a` at its next boot")
+        tree.notes.append(f"warning: {deb.name}: {NOT_RUN} ({', '.join(deb.scripts)}): what they do on an "
+                          "upgrade (restart a service, rebuild a cache, migrate data) has not happened")
     return f"{deb.name} {old.version} -> {deb.version}"
 
 
