@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,20 @@ def test_write_tar_keeps_xattrs_and_devices(tmp_path: Path) -> None:
     assert m["/f"].xattrs == (("user.k", "dg=="),)
     if ROOT:
         assert m["/null"].device == "c 1 3"
+
+
+@pytest.mark.skipif(not ROOT, reason="mounting needs root")
+def test_remove_tree_unmounts_first(tmp_path: Path) -> None:
+    proc = tmp_path / "w/root/proc"
+    proc.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "softudc-test", str(proc)], check=True)
+    (proc / "kept-by-the-mount").write_bytes(b"x")
+    remove_tree(tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+    assert str(proc) not in Path("/proc/self/mountinfo").read_text()
+
+
+def test_build_needs_root(tmp_path: Path, fake_debootstrap: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(ImportRefused, match="needs root"):
+        build_debian(ImageStore.open(tmp_path / "store"), "deb", apt_dir=apt(tmp_path, SOURCES))
