@@ -40,7 +40,7 @@ from debian.deb822 import Deb822
 from debian.debian_support import Version
 
 from softudc.images import depends, dpkg
-from softudc.images.debpackage import INFO_FILES, DebPackage, PatchError, members, read_deb
+from softudc.images.debpackage import INFO_FILES, DebMember, DebPackage, PatchError, members, read_deb
 from softudc.images.lookup import resolve
 from softudc.images.manifest import Entry, index
 
@@ -166,34 +166,67 @@ def _conffile_kept(tree: Tree, phys: str, recorded: str | None) -> bool:
     return current is not None and hashlib.md5(current, usedforsecurity=False).hexdigest() != recorded
 
 
-def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package) -> tuple[list[str], list[str]]:
-    """Puts the .deb's members into the tree; (paths as the .list records them, Conffiles lines)."""
+def _place_link_or_dir(tree: Tree, deb: DebPackage, m: DebMember, phys: str, here: Entry | None) -> None:
+    if m.entry is None:  # a hard link: same content as the member it names
+        src = tree.entries.get(tree.physical(m.link_to, deb.path))
+        if src is None:
+            raise PatchError(f"{deb.path}: hard link {m.path} names {m.link_to}, which the package lacks")
+        tree.entries[phys] = replace(src, path=phys)
+    elif here is None or here.type == "dir":
+        tree.entries[phys] = replace(m.entry, path=phys)
+    # else: a symlink to a directory stays (usrmerge: /lib -> usr/lib), as dpkg leaves it
+
+
+def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package, own: set[str]) -> tuple[list[str], list[str], set[str]]:
+    """Puts the .deb's members into the tree; (paths as the .list records them, Conffiles lines,
+    the paths it overwrote that were not the package's own before: `own`)."""
     recorded = dict(old.conffiles)
     listed, conf_lines = ["/."], []
+    foreign = set()
     for m in members(deb, tree.content):
         if m.path != "/":
             listed.append(m.path)
         phys = tree.physical(m.path, deb.path)
         here = tree.entries.get(phys)
-        if m.entry is None:  # a hard link: same content as the member it names
-            src = tree.entries.get(tree.physical(m.link_to, deb.path))
-            if src is None:
-                raise PatchError(f"{deb.path}: hard link {m.path} names {m.link_to}, which the package lacks")
-            tree.entries[phys] = replace(src, path=phys)
+        if m.entry is None or m.entry.type == "dir":
+            _place_link_or_dir(tree, deb, m, phys, here)
             continue
-        if m.entry.type == "dir":
-            if here is None or here.type == "dir":
-                tree.entries[phys] = replace(m.entry, path=phys)
-            continue  # a symlink to a directory stays (usrmerge: /lib -> usr/lib)
         if here is not None and here.type == "dir":
             raise PatchError(f"{deb.path}: {m.path} is a directory in the image, a {m.entry.type} in the package")
+        if here is not None and phys not in own:
+            foreign.add(phys)
         if m.path in deb.conffiles:
             conf_lines.append(f" {m.path} {m.md5}")
             if _conffile_kept(tree, phys, recorded.get(m.path)):
                 tree.notes.append(f"{deb.name}: kept the image's modified {m.path} (new version not installed)")
                 continue
         tree.entries[phys] = replace(m.entry, path=phys)
-    return listed, conf_lines
+    return listed, conf_lines, foreign
+
+
+def _take_over(tree: Tree, deb: DebPackage, own_stem: str, foreign: set[str]) -> None:
+    """Files the package now ships that another package's .list holds move to it, as dpkg moves
+    them ("Replaced by files in installed package"): that list loses them, so neither a later
+    patch of the other package nor its removal in the guest deletes them. Without a Replaces of
+    that package dpkg would have refused (--force-overwrite): a warning says so."""
+    info_dir = resolve(tree.entries, dpkg.INFO_DIR)
+    if not foreign or info_dir is None:
+        return
+    replaces = {alt["name"] for group in depends.relations(deb.control, "Replaces") for alt in group}
+    lists = [e for p, e in tree.entries.items() if p.startswith(f"{info_dir.path}/") and p.endswith(".list")]
+    for e in lists:
+        stem = e.path[len(info_dir.path) + 1:-len(".list")]
+        if stem == own_stem or e.type != "file":
+            continue
+        lines = tree.content.read(e).decode("utf-8", errors="replace").splitlines()
+        keep = [x for x in lines if not x.startswith("/") or _physical_or_none(tree, x, deb.path) not in foreign]
+        if len(keep) == len(lines):
+            continue
+        owner = stem.split(":")[0]
+        if owner not in replaces:
+            tree.notes.append(f"warning: {deb.name} overwrote {len(lines) - len(keep)} files of {owner}, which it "
+                              "does not Replace (dpkg would have refused without --force-overwrite)")
+        tree.put_bytes(e.path, "".join(f"{x}\n" for x in keep).encode(), like=e)
 
 
 def diversions(data: bytes, package: str) -> dict[str, str]:
@@ -226,7 +259,8 @@ def apply_deb(tree: Tree, deb: DebPackage, allow_downgrade: bool = False) -> str
     check_upgrade(old, deb, allow_downgrade)
     tree.divert = diversions(tree.read(DIVERSIONS) or b"", deb.name)
     old_paths = [p for p in (_physical_or_none(tree, q, deb.path) for q in _old_list(tree, old.info_name)) if p]
-    listed, conf_lines = _unpack(tree, deb, old)
+    listed, conf_lines, foreign = _unpack(tree, deb, old, set(old_paths))
+    _take_over(tree, deb, old.info_name, foreign)
     shipped = {p for p in (_physical_or_none(tree, q, deb.path) for q in listed) if p}
     obsolete = {_physical_or_none(tree, c, deb.path) or c for c, _ in old.conffiles} - shipped
     tree.remove_unused([p for p in old_paths if p not in shipped], keep=obsolete)

@@ -246,3 +246,33 @@ def test_patch_all_applies_what_fits_each_image(tmp_path: Path, store: ImageStor
     assert "libfoo 1 -> 2" in out["both:latest"]["how"] and "libfoo" not in out["sslonly:latest"]["how"]
     again = {r["image"]: r for r in patch_all(store, "openssl", debs)}
     assert set(again) == {"both:latest", "sslonly:latest"} and all("skipped" in r for r in again.values())
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+def test_files_taken_over_from_another_package(tmp_path: Path, store: ImageStore) -> None:
+    """B 2 now ships A's /usr/bin/tool (Replaces: a): A's list loses it, as dpkg --unpack does."""
+    a = Pkg("a", "1", {"/usr/bin/tool": b"a's tool", "/usr/bin/a": b"a"})
+    b = Pkg("b", "1", {"/usr/bin/b": b"b"})
+    image(tmp_path, store, "img", [a, b])
+    b2 = build_deb(tmp_path, Pkg("b", "2", {"/usr/bin/b": b"b2", "/usr/bin/tool": b"b's tool"},
+                                 relations="Replaces: a (<< 2)\n"))
+    notes: list[str] = []
+    patch(store, "img", [b2], progress=notes.append)
+    assert not [n for n in notes if "overwrote" in n]
+    files = files_of(store, "img")
+    real = tmp_path / "tree-img"
+    (real / "var/lib/dpkg/updates").mkdir()
+    (real / "var/lib/dpkg/available").write_bytes(b"")
+    subprocess.run(["dpkg", f"--root={real}", "--unpack", str(b2)], check=True, capture_output=True)
+    for name in ("a.list", "b.list"):
+        assert files[f"/var/lib/dpkg/info/{name}"] == (real / "var/lib/dpkg/info" / name).read_bytes()
+    a2 = build_deb(tmp_path, Pkg("a", "2", {"/usr/bin/a": b"a2"}))
+    patch(store, "img", [a2])
+    assert files_of(store, "img")["/usr/bin/tool"] == b"b's tool"     # not A's to remove any more
+
+
+def test_overwriting_without_replaces_warns(tmp_path: Path, store: ImageStore) -> None:
+    image(tmp_path, store, "img", [Pkg("a", "1", {"/usr/bin/tool": b"a"}), Pkg("b", "1", {"/usr/bin/b": b"b"})])
+    notes: list[str] = []
+    patch(store, "img", [build_deb(tmp_path, Pkg("b", "2", {"/usr/bin/tool": b"b"}))], progress=notes.append)
+    assert any("b overwrote 1 files of a, which it does not Replace" in n for n in notes)
