@@ -148,3 +148,15 @@ def test_partition_tables() -> None:
     entries[256:272] = b"\x02" * 16
     struct.pack_into("<Q", entries, 256 + 32, 10240)
     assert partitions(bytes(gpt_head), bytes(entries)) == [2048 * 512, 10240 * 512]
+
+
+@pytest.mark.skipif(not FUSE, reason="needs /dev/fuse and qemu-storage-daemon")
+def test_failure_inside_the_fuse_export_cleans_up(tmp_path: Path) -> None:
+    junk, qcow2 = tmp_path / "junk.raw", tmp_path / "junk.qcow2"
+    junk.write_bytes(os.urandom(1 << 20))
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(junk), str(qcow2)], check=True)
+    with pytest.raises(ImportRefused, match=r"junk\.qcow2: no ext2/3/4 filesystem"):
+        import_disk(ImageStore.open(tmp_path / "store"), qcow2, name="j")
+    assert "softudc-qsd-" not in Path("/proc/self/mountinfo").read_text()
+    qsd = subprocess.run(["pgrep", "-f", f"qemu-storage-daemon.*{qcow2}"], capture_output=True, text=True)
+    assert qsd.stdout == ""
