@@ -41,6 +41,10 @@ def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: l
         from softudc.bench.manager import run_manager
 
         return run_manager(hosts=hosts, backends=backends, seconds=seconds)
+    if name == "images":
+        from softudc.bench.images import run_images
+
+        return run_images()
     from softudc.bench.reconcile import run_reconcile
 
     return run_reconcile()
@@ -80,6 +84,12 @@ def _print_manager(result: dict[str, Any]) -> None:
         print(line)
 
 
+def _print_images(result: dict[str, Any]) -> None:
+    from softudc.bench.images import print_images
+
+    print_images(result)
+
+
 # the benchmarks by name, with how each prints its result for a reader (--json prints them all alike)
 _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "dataplane": _print_dataplane,
@@ -87,4 +97,5 @@ _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "migration": _print_migration,
     "reconcile": _print_reconcile,
     "manager": _print_manager,
+    "images": _print_images,
 }
