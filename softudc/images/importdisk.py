@@ -131,8 +131,10 @@ def partitions(head: bytes, gpt_entries: bytes = b"") -> list[int]:
     second sector, its entry array in `gpt_entries`) lists; [] when there is no table."""
     if head[SECTOR:SECTOR + 8] == GPT_SIGNATURE:
         count, size = struct.unpack_from("<II", head, SECTOR + 80)
+        if size < 128:  # the UEFI spec's smallest entry (128 * 2**n bytes): anything less is not a GPT
+            return []
         out = []
-        for i in range(min(count, len(gpt_entries) // max(size, 1))):
+        for i in range(min(count, len(gpt_entries) // size)):
             entry = gpt_entries[i * size:(i + 1) * size]
             if entry[:16] != bytes(16):  # an all-zero type GUID is an unused slot
                 out.append(struct.unpack_from("<Q", entry, 32)[0] * SECTOR)

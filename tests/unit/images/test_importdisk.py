@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from softudc.images import importdisk
 from softudc.images.importdisk import find_filesystem, import_disk, partitions
@@ -160,3 +162,11 @@ def test_failure_inside_the_fuse_export_cleans_up(tmp_path: Path) -> None:
     assert "softudc-qsd-" not in Path("/proc/self/mountinfo").read_text()
     qsd = subprocess.run(["pgrep", "-f", f"qemu-storage-daemon.*{qcow2}"], capture_output=True, text=True)
     assert qsd.stdout == ""
+
+
+@given(st.binary(min_size=1024, max_size=1024), st.binary(max_size=1024), st.booleans())
+def test_partition_tables_from_garbage(head: bytes, entries: bytes, gpt: bool) -> None:
+    if gpt:
+        head = head[:512] + importdisk.GPT_SIGNATURE + head[520:]
+    for offset in partitions(head, entries):
+        assert offset >= 0 and offset % 512 == 0
