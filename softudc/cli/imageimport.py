@@ -98,7 +98,7 @@ def add_subcommands(commands: Any) -> None:
     imp.add_argument("name", help="the image name: the version becomes NAME:N and NAME:latest")
     source = imp.add_mutually_exclusive_group(required=True)
     source.add_argument("--tree", metavar="DIR", help="a directory (symlinks stored, never followed)")
-    source.add_argument("--tar", metavar="FILE", help="a tar archive, plain or gz/bz2/xz; '-' reads stdin")
+    source.add_argument("--tar", metavar="FILE", help="a tar archive, plain or gz/bz2/xz/zst; '-' reads stdin")
     source.add_argument("--disk", metavar="FILE", help="a raw or qcow2 disk image holding ext2/3/4 "
                         "(the whole disk or one MBR/GPT partition)")
     imp.add_argument("-o", "--output", choices=["table", "json"], default="table")

@@ -1,10 +1,11 @@
 """Import a tar stream into the image store (issue 14, item 2), refusing archives that would be
 dangerous to extract.
 
-A tar is read twice, in stream mode ('r|*': plain, gzip, bzip2 or xz, from a pipe too): a first
-pass reads only the headers and checks every member, a second stores contents and builds the
-entries. So a bad archive stores nothing at all, not even the contents of the members before the
-bad one. A stream that cannot be rewound (stdin) is spooled to a temporary file first.
+A tar is read twice, in stream mode ('r|*': plain, gzip, bzip2 or xz, from a pipe too; zstd
+through python-zstandard): a first pass reads only the headers and checks every member, a second
+stores contents and builds the entries. So a bad archive stores nothing at all, not even the
+contents of the members before the bad one. A stream that cannot be rewound (stdin) is spooled
+to a temporary file first.
 
 What is refused (the error names the member and why; nothing is committed):
 - a member name that is absolute ("/etc/passwd") or has a ".." component: extracting it would
@@ -39,8 +40,8 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import BinaryIO
 
 import zstandard
@@ -247,15 +248,25 @@ def tar_entries(open_stream: Opener, content: ContentStore, source: str,
                             "nothing was imported. Check the file is a whole tar, plain or gz/bz2/xz") from None
 
 
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # tarfile reads gz, bz2 and xz itself, not zstd (Python < 3.14)
+
+
 class _Rewind:
-    """Opens the same seekable stream again at its starting offset (and leaves it open)."""
+    """Opens the same seekable stream again at its starting offset (and leaves it open), through
+    a zstd decompressor if it starts with zstd's magic number."""
 
     def __init__(self, stream: BinaryIO) -> None:
         self.stream, self.start = stream, stream.tell()
+        self.zstd = stream.read(4) == ZSTD_MAGIC
+
+    @contextmanager
+    def _unzstd(self) -> Iterator[BinaryIO]:
+        with zstandard.ZstdDecompressor().stream_reader(self.stream, closefd=False) as f:
+            yield f
 
     def __call__(self) -> AbstractContextManager[BinaryIO]:
         self.stream.seek(self.start)
-        return nullcontext(self.stream)
+        return self._unzstd() if self.zstd else nullcontext(self.stream)
 
 
 def _seekable(stream: BinaryIO) -> bool:

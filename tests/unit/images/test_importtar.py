@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -84,6 +85,16 @@ def test_tar_becomes_entries(store: ImageStore, compression: str) -> None:
     assert m["/usr/bin/rel"].target == "../../etc/passwd"
     assert m["/dev/null"].device == "c 1 3" and m["/dev/sda"].device == "b 8 0"
     assert m["/run/fifo"].type == "fifo"
+
+
+@pytest.mark.parametrize("pipe", [False, True])
+def test_zstd_tar(store: ImageStore, pipe: bool) -> None:
+    data = zstandard.ZstdCompressor().compress(tar_bytes(*GOOD))
+    stream = Pipe(data) if pipe else io.BytesIO(data)
+    v = import_tar(store, stream, name="z")  # type: ignore[arg-type]
+    assert v.digest == import_tar(store, io.BytesIO(tar_bytes(*GOOD)), name="plain").digest
+    with pytest.raises(ImportRefused, match="not a readable tar"):
+        import_tar(store, io.BytesIO(data[: len(data) // 2]), name="z")
 
 
 def test_pipe_is_spooled(store: ImageStore) -> None:
