@@ -245,7 +245,7 @@ def tar_entries(open_stream: Opener, content: ContentStore, source: str,
         return read_tar(open_stream, content, source, progress)
     except UNREADABLE as e:
         raise ImportRefused(f"{source}: not a readable tar archive ({type(e).__name__}: {e or 'cut short'}); "
-                            "nothing was imported. Check the file is a whole tar, plain or gz/bz2/xz") from None
+                            "nothing was imported. Check the file is a whole tar, plain or gz/bz2/xz/zst") from None
 
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"  # tarfile reads gz, bz2 and xz itself, not zstd (Python < 3.14)
