@@ -19,11 +19,14 @@ path, as dpkg would put it. Maintainer scripts are NOT run (no boot, no chroot):
 `how` says so, and a warning names the scripts of each package that had some; so triggers do not
 run either, and alternatives stay as they were.
 
-Refused, before anything is stored: a .deb of another architecture, a package the image does
-not have, the version it already has, a downgrade unless allow_downgrade, and a set of .debs
-that would leave a dependency unmet or hit a Breaks/Conflicts (depends.py) unless force_depends
-(nginx 1.22.1-9+deb12u9 depends on nginx-common (<< 1.22.1-9+deb12u9.1~): patch both at once). The old version is
-never changed (versions are immutable)."""
+A package the image does not have (or only its config files: state config-files) is installed
+only when asked (install=True, `--install`): its paragraph goes where dpkg keeps it, in name
+order. Refused, before anything is stored: a .deb of another architecture, a package the image
+does not have (without install), the version it already has, a downgrade unless
+allow_downgrade, and a set of .debs that would leave a dependency unmet or hit a Breaks or
+Conflicts (depends.py) unless force_depends (nginx 1.22.1-9+deb12u9 depends on nginx-common
+(<< 1.22.1-9+deb12u9.1~): patch both at once). The old version is never changed (versions are
+immutable)."""
 
 from __future__ import annotations
 
@@ -113,27 +116,55 @@ class Tree:
                 kids[posixpath.dirname(d)] -= 1
 
 
-def installed_paragraph(pkgs: list[dpkg.Package], deb: DebPackage) -> dpkg.Package:
-    """The image's paragraph this .deb upgrades; PatchError if none or of another architecture."""
+@dataclass(frozen=True)
+class Allow:
+    """What a patch may do beyond upgrading installed packages to newer versions."""
+
+    downgrade: bool = False   # install a version older than the image's
+    depends: bool = False     # leave a dependency unmet or a Breaks/Conflicts hit
+    install: bool = False     # install a package the image does not have
+
+
+def target_paragraph(pkgs: list[dpkg.Package], deb: DebPackage, allow: Allow = Allow()) -> dpkg.Package:
+    """The image's paragraph this .deb replaces: the installed package's; with allow.install, a
+    config-files one, or a placeholder (start = end = -1) for a package new to the image.
+    PatchError for another architecture, or a package not installed without allow.install."""
     native = dpkg.native_arch(pkgs)
     if deb.architecture not in ("all", native):
         raise PatchError(f"{deb.path}: built for {deb.architecture}, the image is {native or 'of no known'} "
                          f"architecture; give the {native} build of {deb.name}")
-    have = [p for p in pkgs if p.name == deb.name and p.state not in ("not-installed", "config-files")]
-    same_arch = [p for p in have if p.architecture in (deb.architecture, "all") or deb.architecture == "all"]
-    if not same_arch:
-        raise PatchError(f"{deb.path}: the image does not have {deb.name} installed; patch only upgrades "
-                         "installed packages (search with `softudc image search --package NAME`)")
-    return same_arch[0]
+    mine = [p for p in pkgs if p.name == deb.name and
+            (p.architecture in (deb.architecture, "all") or deb.architecture == "all")]
+    have = [p for p in mine if p.state not in ("not-installed", "config-files")]
+    if have:
+        return have[0]
+    if not allow.install:
+        raise PatchError(f"{deb.path}: the image does not have {deb.name} installed; patch upgrades installed "
+                         "packages (give --install to add it; `softudc image search --package NAME` finds images)")
+    return mine[0] if mine else dpkg.Package(deb.name, "", deb.architecture, "install", "not-installed", start=-1,
+                                              end=-1)
 
 
-def check_upgrade(old: dpkg.Package, deb: DebPackage, allow_downgrade: bool) -> None:
+def check_version(old: dpkg.Package, deb: DebPackage, allow: Allow = Allow()) -> None:
+    if old.state in ("not-installed", "config-files"):
+        return
     new, cur = Version(deb.version), Version(old.version)
     if new == cur:
         raise AlreadyCurrent(f"{deb.path}: the image already has {deb.name} {old.version}")
-    if new < cur and not allow_downgrade:
+    if new < cur and not allow.downgrade:
         raise Downgrade(f"{deb.path}: {deb.name} {deb.version} is older than the image's {old.version}; "
                         "give --allow-downgrade to install it anyway")
+
+
+def with_paragraph(status: bytes, pkgs: list[dpkg.Package], old: dpkg.Package, paragraph: bytes) -> bytes:
+    """The status file with `old`'s paragraph replaced by `paragraph`, or, for a package new to the
+    image, the paragraph inserted where dpkg keeps it (the file is sorted by package name)."""
+    if old.start >= 0:
+        return status[:old.start] + paragraph + status[old.end:]
+    after = [p for p in pkgs if p.name > old.name]
+    if after:
+        return status[:after[0].start] + paragraph + b"\n" + status[after[0].start:]
+    return status.rstrip(b"\n") + b"\n\n" + paragraph if status.strip() else paragraph
 
 
 # The order dpkg writes a status paragraph's fields in (lib/dpkg/parse.c fieldinfos[]); any other
@@ -248,15 +279,15 @@ def _physical_or_none(tree: Tree, path: str, deb: Path) -> str | None:
         return None
 
 
-def apply_deb(tree: Tree, deb: DebPackage, allow_downgrade: bool = False) -> str:
+def apply_deb(tree: Tree, deb: DebPackage, allow: Allow = Allow()) -> str:
     """One package upgraded in the tree; returns 'NAME OLD -> NEW' for the version's `how`."""
     status_e = resolve(tree.entries, dpkg.STATUS_PATH)
     status = tree.read(dpkg.STATUS_PATH)
     if status is None or status_e is None:
         raise PatchError(f"the image has no {dpkg.STATUS_PATH}: it is not a Debian image; nothing patched")
     pkgs = dpkg.parse_status(status)
-    old = installed_paragraph(pkgs, deb)
-    check_upgrade(old, deb, allow_downgrade)
+    old = target_paragraph(pkgs, deb, allow)
+    check_version(old, deb, allow)
     tree.divert = diversions(tree.read(DIVERSIONS) or b"", deb.name)
     old_paths = [p for p in (_physical_or_none(tree, q, deb.path) for q in _old_list(tree, old.info_name)) if p]
     listed, conf_lines, foreign = _unpack(tree, deb, old, set(old_paths))
@@ -268,11 +299,12 @@ def apply_deb(tree: Tree, deb: DebPackage, allow_downgrade: bool = False) -> str
     _write_info(tree, old.info_name, deb, listed)
     want = "hold" if old.want == "hold" else "install"
     paragraph = status_paragraph(deb, want, conf_lines)
-    tree.put_bytes(status_e.path, status[:old.start] + paragraph + status[old.end:], like=status_e)
+    tree.put_bytes(status_e.path, with_paragraph(status, pkgs, old, paragraph), like=status_e)
     if deb.scripts:
         tree.notes.append(f"warning: {deb.name}: {NOT_RUN} ({', '.join(deb.scripts)}): what they do on an "
                           "upgrade (restart a service, rebuild a cache, migrate data) has not happened")
-    return f"{deb.name} {old.version} -> {deb.version}"
+    was = old.version if old.state not in ("not-installed", "config-files") else "(not installed)"
+    return f"{deb.name} {was} -> {deb.version}"
 
 
 def _write_info(tree: Tree, old_stem: str, deb: DebPackage, listed: list[str]) -> None:
@@ -292,7 +324,7 @@ def default_name(ref: str) -> str | None:
     return None if ref.startswith("sha256:") else ref.split(":", 1)[0]
 
 
-def _precheck(tree: Tree, debs: list[DebPackage], allow_downgrade: bool, force_depends: bool) -> None:
+def _precheck(tree: Tree, debs: list[DebPackage], allow: Allow) -> None:
     """Every refusal that needs no content: architecture, installed, version, dependencies."""
     status = tree.read(dpkg.STATUS_PATH)
     if status is None:
@@ -300,10 +332,10 @@ def _precheck(tree: Tree, debs: list[DebPackage], allow_downgrade: bool, force_d
     pkgs = dpkg.parse_status(status)
     replaced = {}
     for deb in debs:
-        old = installed_paragraph(pkgs, deb)
-        check_upgrade(old, deb, allow_downgrade)
+        old = target_paragraph(pkgs, deb, allow)
+        check_version(old, deb, allow)
         replaced[(old.name, old.architecture)] = deb
-    if not force_depends:
+    if not allow.depends:
         check_depends(status, replaced)
 
 
@@ -324,7 +356,7 @@ def check_depends(status: bytes, replaced: dict[tuple[str, str], DebPackage]) ->
 
 
 def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None = None,
-          allow_downgrade: bool = False, force_depends: bool = False,
+          allow_downgrade: bool = False, force_depends: bool = False, install: bool = False,
           progress: Progress | None = None) -> ImageVersion:
     """A new version of `ref` with `debs` unpacked into it (see the module docstring)."""
     say = progress or (lambda _m: None)
@@ -333,11 +365,12 @@ def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None
         raise PatchError("no .deb given: name one or more with --deb FILE")
     base = store.resolve(ref)
     tree = Tree(index(store.manifest(base.digest)), store.content)
-    _precheck(tree, packages, allow_downgrade, force_depends)  # refuse before storing anything
+    allow = Allow(downgrade=allow_downgrade, depends=force_depends, install=install)
+    _precheck(tree, packages, allow)  # refuse before storing anything
     done = []
     for deb in packages:
         say(f"patch {ref}: {deb.name} {deb.version} from {deb.path.name}")
-        done.append(apply_deb(tree, deb, allow_downgrade))
+        done.append(apply_deb(tree, deb, allow))
     for note in tree.notes:
         say(note)
     how = f"patch {', '.join(done)} ({NOT_RUN})"
@@ -350,12 +383,12 @@ def _latest_refs(store: ImageStore) -> list[str]:
     return sorted(t for t in store.tags() if t.endswith(":latest"))
 
 
-def _wanted(pkgs: list[dpkg.Package], debs: list[DebPackage], allow_downgrade: bool) -> tuple[list[Path], str]:
+def _wanted(pkgs: list[dpkg.Package], debs: list[DebPackage], allow: Allow) -> tuple[list[Path], str]:
     """The .debs that upgrade packages this image has, and why the others do not apply."""
     use, why = [], []
     for deb in debs:
         try:
-            check_upgrade(installed_paragraph(pkgs, deb), deb, allow_downgrade)
+            check_version(target_paragraph(pkgs, deb, allow), deb, allow)
             use.append(deb.path)
         except PatchError as e:
             why.append(str(e).removeprefix(f"{deb.path}: "))
@@ -363,7 +396,8 @@ def _wanted(pkgs: list[dpkg.Package], debs: list[DebPackage], allow_downgrade: b
 
 
 def patch_all(store: ImageStore, package: str, debs: Sequence[Path], *, allow_downgrade: bool = False,
-              force_depends: bool = False, progress: Progress | None = None) -> list[dict[str, Any]]:
+              force_depends: bool = False, install: bool = False,
+              progress: Progress | None = None) -> list[dict[str, Any]]:
     """`--all-images-with PACKAGE`: every image (NAME:latest) that has PACKAGE installed gets one
     new version with those of `debs` that upgrade its packages (the others do not apply to it:
     other packages, or versions it has already). An image none apply to is `skipped`; one whose
@@ -378,14 +412,15 @@ def patch_all(store: ImageStore, package: str, debs: Sequence[Path], *, allow_do
         pkgs = packages_of(index(store.manifest(v.digest)), store.content.read)
         if not any(p.name == package and p.state not in ("not-installed", "config-files") for p in pkgs):
             continue
-        use, why = _wanted(pkgs, read, allow_downgrade)
+        use, why = _wanted(pkgs, read, Allow(allow_downgrade, force_depends, install))
         row: dict[str, Any] = {"image": ref, "from": v.digest}
         if not use:
             say(f"skip {ref}: {why}")
             out.append({**row, "skipped": why})
             continue
         try:
-            new = patch(store, ref, use, allow_downgrade=allow_downgrade, force_depends=force_depends, progress=say)
+            new = patch(store, ref, use, allow_downgrade=allow_downgrade, force_depends=force_depends,
+                        install=install, progress=say)
         except PatchError as e:
             say(f"not patched {ref}: {e}")
             out.append({**row, "error": str(e)})

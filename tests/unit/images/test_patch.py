@@ -276,3 +276,34 @@ def test_overwriting_without_replaces_warns(tmp_path: Path, store: ImageStore) -
     notes: list[str] = []
     patch(store, "img", [build_deb(tmp_path, Pkg("b", "2", {"/usr/bin/tool": b"b"}))], progress=notes.append)
     assert any("b overwrote 1 files of a, which it does not Replace" in n for n in notes)
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+def test_install_a_new_package_where_dpkg_puts_it(tmp_path: Path, store: ImageStore) -> None:
+    image(tmp_path, store, "img", [Pkg("eee", "1"), OLD])   # after BASE's dpkg: a sorted status file
+    extra = Pkg("libnew", "1.0", {"/usr/lib/libnew.so": b"new"}, relations="Depends: eee\n")
+    deb = build_deb(tmp_path, extra)
+    with pytest.raises(PatchError, match="give --install"):
+        patch(store, "img", [deb])
+    v = patch(store, "img", [deb], install=True)
+    assert "libnew (not installed) -> 1.0" in v.how
+    files = files_of(store, "img")
+    assert files["/usr/lib/libnew.so"] == b"new" and "/var/lib/dpkg/info/libnew.list" in files
+    real = tmp_path / "tree-img"
+    (real / "var/lib/dpkg/updates").mkdir()
+    (real / "var/lib/dpkg/available").write_bytes(b"")
+    subprocess.run(["dpkg", f"--root={real}", "--unpack", str(deb)], check=True, capture_output=True)
+    theirs = (real / "var/lib/dpkg/status").read_bytes()
+    ours = files["/var/lib/dpkg/status"]
+    assert [p.name for p in parse_status(ours)] == [p.name for p in parse_status(theirs)] == \
+        ["dpkg", "eee", "libnew", "openssl"]
+    assert paragraph(ours, "libnew") == paragraph(theirs, "libnew").replace("install ok unpacked",
+                                                                            "install ok installed")
+    assert files["/var/lib/dpkg/info/libnew.list"] == (real / "var/lib/dpkg/info/libnew.list").read_bytes()
+
+
+def test_install_needs_its_dependencies(tmp_path: Path, store: ImageStore) -> None:
+    image(tmp_path, store, "img", [OLD])
+    deb = build_deb(tmp_path, Pkg("libnew", "1.0", relations="Depends: missing (>= 1)\n"))
+    with pytest.raises(PatchError, match=r"libnew 1.0 depends on missing \(>= 1\)"):
+        patch(store, "img", [deb], install=True)
