@@ -44,6 +44,7 @@ from debian.debian_support import Version
 
 from softudc.images import depends, dpkg
 from softudc.images.debpackage import INFO_FILES, DebMember, DebPackage, PatchError, members, read_deb
+from softudc.images.dpkgwrite import diversions, status_paragraph, with_paragraph
 from softudc.images.lookup import resolve
 from softudc.images.manifest import Entry, index
 
@@ -156,39 +157,6 @@ def check_version(old: dpkg.Package, deb: DebPackage, allow: Allow = Allow()) ->
                         "give --allow-downgrade to install it anyway")
 
 
-def with_paragraph(status: bytes, pkgs: list[dpkg.Package], old: dpkg.Package, paragraph: bytes) -> bytes:
-    """The status file with `old`'s paragraph replaced by `paragraph`, or, for a package new to the
-    image, the paragraph inserted where dpkg keeps it (the file is sorted by package name)."""
-    if old.start >= 0:
-        return status[:old.start] + paragraph + status[old.end:]
-    after = [p for p in pkgs if p.name > old.name]
-    if after:
-        return status[:after[0].start] + paragraph + b"\n" + status[after[0].start:]
-    return status.rstrip(b"\n") + b"\n\n" + paragraph if status.strip() else paragraph
-
-
-# The order dpkg writes a status paragraph's fields in (lib/dpkg/parse.c fieldinfos[]); any other
-# field (Homepage, Built-Using, ...) follows, in the control file's order. Written the same way,
-# a patched paragraph reads like one dpkg wrote.
-FIELD_ORDER = ("Package", "Essential", "Protected", "Status", "Priority", "Section", "Installed-Size", "Origin",
-               "Maintainer", "Bugs", "Architecture", "Multi-Arch", "Source", "Version", "Config-Version",
-               "Replaces", "Provides", "Depends", "Pre-Depends", "Recommends", "Suggests", "Breaks", "Conflicts",
-               "Enhances", "Conffiles", "Description", "Triggers-Pending", "Triggers-Awaited")
-
-
-def status_paragraph(deb: DebPackage, want: str, conffiles: list[str]) -> bytes:
-    """The package's status paragraph: its control fields with Status (and Conffiles) added, in
-    dpkg's order."""
-    fields = {k: v for k, v in deb.control.items() if k not in ("Status", "Conffiles", "Config-Version")}
-    fields["Status"] = f"{want} ok installed"
-    if conffiles:
-        fields["Conffiles"] = "\n" + "\n".join(conffiles)
-    out = Deb822()
-    for key in [k for k in FIELD_ORDER if k in fields] + [k for k in fields if k not in FIELD_ORDER]:
-        out[key] = fields[key]
-    return str(out.dump()).encode()
-
-
 def _conffile_kept(tree: Tree, phys: str, recorded: str | None) -> bool:
     """Whether the image's own copy of a conffile was modified since its package shipped it."""
     if recorded is None:
@@ -258,13 +226,6 @@ def _take_over(tree: Tree, deb: DebPackage, own_stem: str, foreign: set[str]) ->
             tree.notes.append(f"warning: {deb.name} overwrote {len(lines) - len(keep)} files of {owner}, which it "
                               "does not Replace (dpkg would have refused without --force-overwrite)")
         tree.put_bytes(e.path, "".join(f"{x}\n" for x in keep).encode(), like=e)
-
-
-def diversions(data: bytes, package: str) -> dict[str, str]:
-    """dpkg-divert's database (/var/lib/dpkg/diversions: path, diverted-to, diverting package, three
-    lines each): where `package`'s files go instead, for the paths other packages diverted."""
-    lines = data.decode("utf-8", errors="replace").splitlines()
-    return {lines[i]: lines[i + 1] for i in range(0, len(lines) - 2, 3) if lines[i + 2] != package}
 
 
 def _old_list(tree: Tree, stem: str) -> list[str]:
