@@ -89,3 +89,13 @@ def test_patch_one_and_all(root: Path, tmp_path: Path, capsys: pytest.CaptureFix
     assert code == 1 and "not both" in err
     code, _, err = run(root, capsys, "patch", "web", "--deb", str(tmp_path / "missing.deb"))
     assert code == 1 and "no such .deb" in err
+
+
+def test_patch_install_and_force_depends(root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deb = build_deb(tmp_path, Pkg("extra", "1", {"/usr/bin/extra": b"x"}, relations="Depends: missing\n"))
+    code, _, err = run(root, capsys, "patch", "base", "--deb", str(deb))
+    assert code == 1 and "--install" in err
+    code, _, err = run(root, capsys, "patch", "base", "--install", "--deb", str(deb))
+    assert code == 1 and "extra 1 depends on missing" in err and "--force-depends" in err
+    code, out, err = run(root, capsys, "patch", "base", "--install", "--force-depends", "--deb", str(deb))
+    assert code == 0 and "extra (not installed) -> 1" in out
