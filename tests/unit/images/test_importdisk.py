@@ -80,6 +80,10 @@ def test_qcow2_through_a_fuse_export(tmp_path: Path, tree: Path) -> None:
     subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(qcow2)], check=True)
     v = import_disk(store, qcow2, name="q")
     assert v.digest == import_disk(store, raw, name="r").digest
+    overlay = tmp_path / "overlay.qcow2"  # an empty overlay: everything read from its backing file
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", qcow2.name, "-F", "qcow2", str(overlay)],
+                   check=True)
+    assert import_disk(store, overlay, name="o").digest == v.digest
     assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "softudc-qsd-" in line]
 
 
