@@ -8,9 +8,11 @@ cached tree from BUILD_CACHE, so they are quick and work offline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,3 +105,16 @@ def test_second_image_shares_content(store: ImageStore, base: Version) -> None:
         e.digest for e in m.values() if e.type == "file"}
     assert len(shared) > 1000
     assert added < sum(size for _, size in store.content.objects()) // 3  # most of it was already stored
+
+
+def test_cli_build_and_import(store: ImageStore, base: Version, tmp_path: Path) -> None:
+    def cli(*argv: str) -> dict[str, object]:
+        done = subprocess.run([sys.executable, "-m", "softudc.cli", "image", "--images", str(store.root), *argv,
+                               "-o", "json"], capture_output=True, text=True, check=True)
+        doc: dict[str, object] = json.loads(done.stdout)
+        return doc
+
+    built = cli("build", "clibase", "--debootstrap", "bookworm", "--cache", str(BUILD_CACHE))
+    assert built["digest"] == base.digest and built["tag"] == "clibase:1" and built["new_bytes_stored"] == 0
+    imported = cli("import", "clitar", "--tar", str(tarball()))
+    assert imported["digest"] == base.digest
