@@ -45,6 +45,7 @@ VARIANTS = ("minbase", "buildd", "fakechroot", "-")  # "-": debootstrap's defaul
 ZSTD_LEVEL = 6
 BUILD_RECORDS = ("var/log/bootstrap.log", "var/cache/ldconfig/aux-cache")
 EMPTIED_LOGS = ("var/log/dpkg.log", "var/log/alternatives.log", "var/log/apt/history.log", "var/log/apt/term.log")
+WORK_PREFIX = "softudc-debootstrap-"
 TREE_FORMAT = 2  # in the cache key: bump when slim() changes, so older cached trees are not reused
 
 
@@ -183,7 +184,10 @@ def bootstrap_to_cache(dest: Path, suite: str, variant: str, packages: Sequence[
     """Run debootstrap and keep its slimmed tree as the tar.zst `dest`."""
     if os.geteuid() != 0:
         raise ImportRefused("building an image runs debootstrap, which needs root: run as root (sudo)")
-    work = Path(tempfile.mkdtemp(prefix="softudc-debootstrap-", dir=dest.parent))
+    remove_stale_work(dest.parent, progress)
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=dest.parent))
+    held = open(work / ".in-use", "w")  # noqa: SIM115 - held (flocked) until the work directory goes
+    fcntl.flock(held, fcntl.LOCK_EX)
     try:
         target = work / "root"
         include = [f"--include={','.join(sorted(set(packages)))}"] if packages else []
@@ -195,6 +199,24 @@ def bootstrap_to_cache(dest: Path, suite: str, variant: str, packages: Sequence[
         slim(target)
         _write_tar(target, dest)
     finally:
+        held.close()
+        remove_tree(work)
+
+
+def remove_stale_work(cache: Path, progress: Progress | None = None) -> None:
+    """Remove the work directories that builds killed before their cleanup left in `cache` (a
+    whole Debian tree each, maybe with /proc still mounted in it). A live build holds a flock on
+    its directory's .in-use file, so only the dead ones are taken."""
+    for work in cache.glob(f"{WORK_PREFIX}*"):
+        try:
+            with open(work / ".in-use", "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a build in progress
+        except OSError:
+            pass  # no .in-use file: killed before it made one
+        if progress:
+            progress(f"removing {work}, left by a build that did not finish")
         remove_tree(work)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -8,7 +9,15 @@ from pathlib import Path
 import pytest
 
 from softudc.images import build
-from softudc.images.build import build_debian, cache_key, check_request, debian_mirror, remove_tree, slim
+from softudc.images.build import (
+    build_debian,
+    cache_key,
+    check_request,
+    debian_mirror,
+    remove_stale_work,
+    remove_tree,
+    slim,
+)
 from softudc.images.importtar import tar_entries
 from softudc.images.importtree import ImportRefused
 from softudc.images.manifest import index
@@ -190,3 +199,16 @@ def test_build_needs_root(tmp_path: Path, fake_debootstrap: Path, monkeypatch: p
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(ImportRefused, match="needs root"):
         build_debian(ImageStore.open(tmp_path / "store"), "deb", apt_dir=apt(tmp_path, SOURCES))
+
+
+def test_stale_work_directories_go_live_ones_stay(tmp_path: Path) -> None:
+    dead, live, other = tmp_path / "softudc-debootstrap-dead", tmp_path / "softudc-debootstrap-live", tmp_path / "x"
+    for d in (dead, live, other):
+        (d / "root/etc").mkdir(parents=True)
+        (d / ".in-use").write_bytes(b"")
+    notes: list[str] = []
+    with open(live / ".in-use", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        remove_stale_work(tmp_path, notes.append)
+    assert not dead.exists() and live.exists() and other.exists()
+    assert notes == [f"removing {dead}, left by a build that did not finish"]
