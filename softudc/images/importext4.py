@@ -42,7 +42,8 @@ BATCH_BYTES = 256 << 20  # file contents dumped per debugfs run before they are 
 ROOT_INO = 2  # ext2/3/4's root directory inode
 _LS_LINE = re.compile(rb"/(\d+)/([0-7]+)/(-?\d+)/(-?\d+)/([^/]*)/(\d*)/\n")
 _DEVICE = re.compile(r"Device major/minor number: (\d+):(\d+)")
-_EA_NAME = re.compile(r"^  (\S+) \(\d+\)", re.M)
+_EA_NAME = re.compile(rb"^  (.+?) \(\d+\)(?: = |$)", re.M)  # "  NAME (LEN) = VALUE", or no value
+_EA_ESCAPE = re.compile(rb'\\(\\|"|[0-7]{3})')  # how ea_list prints a quote, a backslash, other bytes
 _TYPES = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "device",
           stat.S_IFBLK: "device", stat.S_IFIFO: "fifo"}
 
@@ -67,7 +68,7 @@ def run_debugfs(image: str, commands: list[str], source: str) -> list[bytes]:
     """Each command's output (stdout), in order; ImportRefused if debugfs complains on stderr."""
     if not commands:
         return []
-    with tempfile.NamedTemporaryFile("w", prefix="softudc-debugfs-", suffix=".cmds") as f:
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", prefix="softudc-debugfs-", suffix=".cmds") as f:
         f.write("".join(c + "\n" for c in commands))
         f.flush()
         try:
@@ -89,6 +90,17 @@ def _sections(out: bytes, n: int, source: str) -> list[bytes]:
         raise ImportRefused(f"{source}: debugfs printed {len(parts) - 1} answers to {n} commands; "
                             "a file name holding 'debugfs: ' after a newline is not supported")
     return parts[1:]
+
+
+def ea_unescape(printed: bytes) -> bytes:
+    """An attribute name as `ea_list` prints it (\\" for a quote, \\\\ for a backslash, \\ooo in
+    octal for other bytes that are not printable) back to its bytes."""
+    return _EA_ESCAPE.sub(lambda m: bytes([int(m[1], 8)]) if len(m[1]) == 3 else m[1], printed)
+
+
+def ea_quote(name: str) -> str:
+    """`name` as one argument of a debugfs command: in double quotes, a quote doubled."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def parse_ls(section: bytes, parent: str, source: str) -> list[Node]:
@@ -163,16 +175,29 @@ class Ext4Reader:
         return out
 
     def xattrs(self, nodes: list[Node], tmp: Path) -> dict[int, tuple[tuple[str, str], ...]]:
-        inodes = sorted({n.ino for n in nodes})
+        path_of = {n.ino: n.path for n in nodes}
+        inodes = sorted(path_of)
         answers = self.debugfs([f"ea_list <{ino}>" for ino in inodes])
-        wanted = [(ino, name) for ino, answer in zip(inodes, answers, strict=True)
-                  for name in _EA_NAME.findall(answer.decode("utf-8", "surrogateescape")) if name != "system.data"]
-        self.debugfs([f"ea_get -f {tmp}/ea{i} <{ino}> {name}" for i, (ino, name) in enumerate(wanted)])
+        wanted = [(ino, self._ea_name(printed, path_of[ino])) for ino, answer in zip(inodes, answers, strict=True)
+                  for printed in _EA_NAME.findall(answer)]
+        wanted = [(ino, name) for ino, name in wanted if name != "system.data"]
+        self.debugfs([f"ea_get -f {tmp}/ea{i} <{ino}> {ea_quote(name)}" for i, (ino, name) in enumerate(wanted)])
         out: dict[int, list[tuple[str, str]]] = {}
         for i, (ino, name) in enumerate(wanted):
             value = (tmp / f"ea{i}").read_bytes()
             out.setdefault(ino, []).append((name, base64.b64encode(value).decode("ascii")))
         return {ino: tuple(sorted(pairs)) for ino, pairs in out.items()}
+
+    def _ea_name(self, printed: bytes, path: str) -> str:
+        name = ea_unescape(printed)
+        try:
+            text = name.decode("utf-8")
+        except UnicodeDecodeError:
+            text = ""
+        if not text or "\n" in text:
+            raise ImportRefused(f"{self.source}: {path}: extended attribute {name!r} has a name a manifest "
+                                "(or debugfs's command line) cannot hold")
+        return text
 
     def symlinks(self, nodes: list[Node], tmp: Path) -> dict[int, str]:
         links = sorted({n.ino for n in nodes if n.kind == "symlink"})

@@ -41,6 +41,8 @@ def tree(tmp_path: Path) -> Path:
     t = make_tree(tmp_path)
     (t / "big").write_bytes(os.urandom(3 << 20))  # chunked, and more than one debugfs dump batch below
     (t / ("long" * 20)).symlink_to("/" + "x" * 100)  # a slow symlink: its target in a block
+    for name in ("user.a b", 'user.q"x', "user.back\\slash\x01"):  # names debugfs prints escaped
+        os.setxattr(t / "etc" / "empty", name, name.encode())
     with open(t / "sparse", "wb") as f:  # a trailing hole
         f.write(b"x")
         f.truncate(1 << 20)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from softudc.images.importext4 import Node, _sections, parse_ls
+from softudc.images.importext4 import _EA_NAME, Node, _sections, ea_quote, ea_unescape, parse_ls
 from softudc.images.importtree import ImportRefused
 
 LS = (b"/2/040755/0/0/.//\n/2/040755/0/0/..//\n/12/020644/0/0/null/0/\n/13/040700/5/7/d//\n"
@@ -56,3 +56,18 @@ def test_parse_ls_round_trip(rows: list[tuple[bytes, int, int, int, int]]) -> No
 def test_parse_ls_garbage_never_crashes(data: bytes) -> None:
     with contextlib.suppress(ImportRefused):
         parse_ls(data, "/", "img")
+
+
+def test_ea_list_names() -> None:
+    out = (b'Extended attributes:\n  user.a b (2) = "v1"\n  user.q\\"x (2) = "v2"\n'
+           b'  user.o\\\\k\\001 (2) = 00 ff \n  system.data (0)\n  user.(3) x (1) = "y"\n')
+    assert [ea_unescape(n) for n in _EA_NAME.findall(out)] == [
+        b"user.a b", b'user.q"x', b"user.o\\k\x01", b"system.data", b"user.(3) x"]
+    assert ea_quote('user.q"x') == '"user.q""x"'
+
+
+@given(st.binary(min_size=1, max_size=12))
+def test_ea_unescape_inverts_debugfs_printing(name: bytes) -> None:
+    printed = b"".join(b"\\" + bytes([c]) if c in b'"\\' else bytes([c]) if 32 <= c < 127 else b"\\%03o" % c
+                       for c in name)
+    assert ea_unescape(printed) == name
