@@ -141,7 +141,7 @@ def _patch_one(a: argparse.Namespace, debs: list[Path]) -> None:
 
     store = image_store(a)
     v = patch(store, a.ref, debs, name=a.name, allow_downgrade=a.allow_downgrade, force_depends=a.force_depends,
-              install=a.install, progress=_progress)
+              install=a.install, unpacked=a.unpacked, progress=_progress)
     tags = sorted(t for t, d in store.tags().items() if d == v.digest)
     print(f"{', '.join(tags) or 'untagged'} -> {v.digest}: {v.how}")
 
@@ -150,7 +150,7 @@ def _patch_all(a: argparse.Namespace, debs: list[Path]) -> None:
     from softudc.images.patch import patch_all
 
     results = patch_all(image_store(a), a.all_images_with, debs, allow_downgrade=a.allow_downgrade,
-                        force_depends=a.force_depends, install=a.install, progress=_progress)
+                        force_depends=a.force_depends, install=a.install, unpacked=a.unpacked, progress=_progress)
     if not results:
         raise CliError(f"no tagged image has {a.all_images_with} installed (`softudc image search --package "
                        f"{a.all_images_with}`)")
@@ -204,6 +204,9 @@ def add_subcommands(commands: Any) -> None:
     p.add_argument("--name", help="tag the new version NAME:N (default: the patched image's name)")
     p.add_argument("--allow-downgrade", action="store_true", help="install a .deb older than the image's package")
     p.add_argument("--install", action="store_true", help="also install .debs of packages the image does not have")
+    p.add_argument("--unpacked", action="store_true",
+                   help="leave the packages unpacked as `dpkg --unpack` does (new conffiles as .dpkg-new), for "
+                   "`dpkg --configure -a` in the guest to run their maintainer scripts")
     p.add_argument("--force-depends", action="store_true",
                    help="patch even if a dependency would be left unmet or a Breaks/Conflicts hit")
     p.set_defaults(fn=cmd_patch)

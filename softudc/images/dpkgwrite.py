@@ -18,11 +18,14 @@ FIELD_ORDER = ("Package", "Essential", "Protected", "Status", "Priority", "Secti
                "Enhances", "Conffiles", "Description", "Triggers-Pending", "Triggers-Awaited")
 
 
-def status_paragraph(deb: DebPackage, want: str, conffiles: list[str]) -> bytes:
-    """The package's status paragraph: its control fields with Status (and Conffiles) added, in
-    dpkg's order."""
+def status_paragraph(deb: DebPackage, want: str, conffiles: list[str], *, state: str = "installed",
+                     config_version: str = "") -> bytes:
+    """The package's status paragraph: its control fields with Status (and Conffiles, and the
+    configured version of an unpacked package) added, in dpkg's order."""
     fields = {k: v for k, v in deb.control.items() if k not in ("Status", "Conffiles", "Config-Version")}
-    fields["Status"] = f"{want} ok installed"
+    fields["Status"] = f"{want} ok {state}"
+    if config_version:
+        fields["Config-Version"] = config_version
     if conffiles:
         fields["Conffiles"] = "\n" + "\n".join(conffiles)
     out = Deb822()

@@ -57,6 +57,7 @@ Progress = Callable[[str], None]
 
 NOT_RUN = "maintainer scripts not run"
 DIVERSIONS = "/var/lib/dpkg/diversions"
+DPKG_NEW = ".dpkg-new"  # where dpkg --unpack leaves a new conffile until configure
 
 
 class AlreadyCurrent(PatchError):
@@ -176,7 +177,8 @@ def _place_link_or_dir(tree: Tree, deb: DebPackage, m: DebMember, phys: str, her
     # else: a symlink to a directory stays (usrmerge: /lib -> usr/lib), as dpkg leaves it
 
 
-def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package, own: set[str]) -> tuple[list[str], list[str], set[str]]:
+def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package, own: set[str],
+            unpacked: bool) -> tuple[list[str], list[str], set[str]]:
     """Puts the .deb's members into the tree; (paths as the .list records them, Conffiles lines,
     the paths it overwrote that were not the package's own before: `own`)."""
     recorded = dict(old.conffiles)
@@ -194,6 +196,10 @@ def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package, own: set[str]) -> tu
             raise PatchError(f"{deb.path}: {m.path} is a directory in the image, a {m.entry.type} in the package")
         if here is not None and phys not in own:
             foreign.add(phys)
+        if m.path in deb.conffiles and unpacked:  # as dpkg --unpack: configure installs it
+            conf_lines.append(f" {m.path} {recorded.get(m.path, 'newconffile')}")
+            tree.entries[phys + DPKG_NEW] = replace(m.entry, path=phys + DPKG_NEW)
+            continue
         if m.path in deb.conffiles:
             conf_lines.append(f" {m.path} {m.md5}")
             if _conffile_kept(tree, phys, recorded.get(m.path)):
@@ -240,8 +246,9 @@ def _physical_or_none(tree: Tree, path: str, deb: Path) -> str | None:
         return None
 
 
-def apply_deb(tree: Tree, deb: DebPackage, allow: Allow = Allow()) -> str:
-    """One package upgraded in the tree; returns 'NAME OLD -> NEW' for the version's `how`."""
+def apply_deb(tree: Tree, deb: DebPackage, allow: Allow = Allow(), unpacked: bool = False) -> str:
+    """One package upgraded in the tree; returns 'NAME OLD -> NEW' for the version's `how`. With
+    `unpacked`, the result is what `dpkg --unpack` leaves (see patch())."""
     status_e = resolve(tree.entries, dpkg.STATUS_PATH)
     status = tree.read(dpkg.STATUS_PATH)
     if status is None or status_e is None:
@@ -251,21 +258,23 @@ def apply_deb(tree: Tree, deb: DebPackage, allow: Allow = Allow()) -> str:
     check_version(old, deb, allow)
     tree.divert = diversions(tree.read(DIVERSIONS) or b"", deb.name)
     old_paths = [p for p in (_physical_or_none(tree, q, deb.path) for q in _old_list(tree, old.info_name)) if p]
-    listed, conf_lines, foreign = _unpack(tree, deb, old, set(old_paths))
+    listed, conf_lines, foreign = _unpack(tree, deb, old, set(old_paths), unpacked)
     _take_over(tree, deb, old.info_name, foreign)
     shipped = {p for p in (_physical_or_none(tree, q, deb.path) for q in listed) if p}
     obsolete = {_physical_or_none(tree, c, deb.path) or c for c, _ in old.conffiles} - shipped
     tree.remove_unused([p for p in old_paths if p not in shipped], keep=obsolete)
-    conf_lines += [f" {c} {md5} obsolete" for c, md5 in old.conffiles if c not in deb.conffiles]
-    _write_info(tree, old.info_name, deb, listed)
-    want = "hold" if old.want == "hold" else "install"
-    paragraph = status_paragraph(deb, want, conf_lines)
+    gone = [(c, md5) for c, md5 in old.conffiles if c not in deb.conffiles]
+    conf_lines += [f" {c} {md5} obsolete" for c, md5 in gone]
+    _write_info(tree, old.info_name, deb, listed + [c for c, _ in gone])  # dpkg lists obsolete conffiles too
+    had = old.state not in ("not-installed", "config-files")
+    paragraph = status_paragraph(deb, "hold" if old.want == "hold" else "install", conf_lines,
+                                 state="unpacked" if unpacked else "installed",
+                                 config_version=old.version if unpacked and old.state != "not-installed" else "")
     tree.put_bytes(status_e.path, with_paragraph(status, pkgs, old, paragraph), like=status_e)
-    if deb.scripts:
+    if deb.scripts and not unpacked:
         tree.notes.append(f"warning: {deb.name}: {NOT_RUN} ({', '.join(deb.scripts)}): what they do on an "
                           "upgrade (restart a service, rebuild a cache, migrate data) has not happened")
-    was = old.version if old.state not in ("not-installed", "config-files") else "(not installed)"
-    return f"{deb.name} {was} -> {deb.version}"
+    return f"{deb.name} {old.version if had else '(not installed)'} -> {deb.version}"
 
 
 def _write_info(tree: Tree, old_stem: str, deb: DebPackage, listed: list[str]) -> None:
@@ -318,8 +327,11 @@ def check_depends(status: bytes, replaced: dict[tuple[str, str], DebPackage]) ->
 
 def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None = None,
           allow_downgrade: bool = False, force_depends: bool = False, install: bool = False,
-          progress: Progress | None = None) -> ImageVersion:
-    """A new version of `ref` with `debs` unpacked into it (see the module docstring)."""
+          unpacked: bool = False, progress: Progress | None = None) -> ImageVersion:
+    """A new version of `ref` with `debs` unpacked into it (see the module docstring). With
+    `unpacked`, the packages are left as `dpkg --unpack` leaves them: state unpacked with their
+    Config-Version, new conffiles beside the old ones as .dpkg-new, so that `dpkg --configure -a`
+    in the guest runs their maintainer scripts and settles the conffiles as dpkg always does."""
     say = progress or (lambda _m: None)
     packages = [read_deb(Path(p)) for p in debs]
     if not packages:
@@ -331,10 +343,12 @@ def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None
     done = []
     for deb in packages:
         say(f"patch {ref}: {deb.name} {deb.version} from {deb.path.name}")
-        done.append(apply_deb(tree, deb, allow))
+        done.append(apply_deb(tree, deb, allow, unpacked))
+    if unpacked:
+        tree.notes.append(f"left unpacked: `dpkg --configure -a` in the guest configures {', '.join(done)}")
     for note in tree.notes:
         say(note)
-    how = f"patch {', '.join(done)} ({NOT_RUN})"
+    how = f"patch {', '.join(done)} ({NOT_RUN}{'; left unpacked for dpkg --configure -a' if unpacked else ''})"
     return store.commit(list(tree.entries.values()), name=name if name is not None else default_name(ref),
                         parents=(base.digest,), how=how)
 
@@ -357,7 +371,7 @@ def _wanted(pkgs: list[dpkg.Package], debs: list[DebPackage], allow: Allow) -> t
 
 
 def patch_all(store: ImageStore, package: str, debs: Sequence[Path], *, allow_downgrade: bool = False,
-              force_depends: bool = False, install: bool = False,
+              force_depends: bool = False, install: bool = False, unpacked: bool = False,
               progress: Progress | None = None) -> list[dict[str, Any]]:
     """`--all-images-with PACKAGE`: every image (NAME:latest) that has PACKAGE installed gets one
     new version with those of `debs` that upgrade its packages (the others do not apply to it:
@@ -381,7 +395,7 @@ def patch_all(store: ImageStore, package: str, debs: Sequence[Path], *, allow_do
             continue
         try:
             new = patch(store, ref, use, allow_downgrade=allow_downgrade, force_depends=force_depends,
-                        install=install, progress=say)
+                        install=install, unpacked=unpacked, progress=say)
         except PatchError as e:
             say(f"not patched {ref}: {e}")
             out.append({**row, "error": str(e)})

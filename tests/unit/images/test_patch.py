@@ -307,3 +307,39 @@ def test_install_needs_its_dependencies(tmp_path: Path, store: ImageStore) -> No
     deb = build_deb(tmp_path, Pkg("libnew", "1.0", relations="Depends: missing (>= 1)\n"))
     with pytest.raises(PatchError, match=r"libnew 1.0 depends on missing \(>= 1\)"):
         patch(store, "img", [deb], install=True)
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+def test_unpacked_is_what_dpkg_unpack_leaves_and_configures_the_same(tmp_path: Path, store: ImageStore) -> None:
+    """--unpacked: the tree and the status paragraph equal dpkg --unpack's, and `dpkg --configure -a`
+    then gives the same tree on both."""
+    old = Pkg("p", "1", {"/etc/keep.conf": b"k1", "/etc/gone.conf": b"g1", "/usr/bin/p": b"1"},
+              conffiles=("/etc/keep.conf", "/etc/gone.conf"))
+    new = Pkg("p", "2", {"/etc/keep.conf": b"k2", "/etc/new.conf": b"n2", "/usr/bin/p": b"2"},
+              conffiles=("/etc/keep.conf", "/etc/new.conf"))
+    image(tmp_path, store, "img", [old])
+    deb = build_deb(tmp_path, new)
+    v = patch(store, "img", [deb], unpacked=True)
+    assert "left unpacked for dpkg --configure -a" in v.how
+    ours = tmp_path / "ours"
+    stage_tree(store.content, store.manifest("img"), ours)
+    real = tmp_path / "tree-img"
+    for root in (ours, real):
+        (root / "var/lib/dpkg/updates").mkdir(exist_ok=True)
+        (root / "var/lib/dpkg/available").write_bytes(b"")
+    subprocess.run(["dpkg", f"--root={real}", "--unpack", str(deb)], check=True, capture_output=True)
+
+    def differences() -> set[str]:
+        out = subprocess.run(["diff", "-rq", "--no-dereference", str(ours), str(real)], capture_output=True,
+                             text=True).stdout.splitlines()
+        admin = ("status-old", "lock", "lock-frontend", "triggers", "format", "dpkg.log", "/var/log")
+        return {line for line in out if not line.endswith(admin) and "/var/log" not in line}
+
+    status = "var/lib/dpkg/status"
+    assert differences() <= {f"Files {ours}/{status} and {real}/{status} differ"}
+    assert paragraph((ours / status).read_bytes(), "p") == paragraph((real / status).read_bytes(), "p")
+    for root in (ours, real):
+        subprocess.run(["dpkg", f"--root={root}", "--configure", "-a"], check=True, capture_output=True)
+    assert differences() <= {f"Files {ours}/{status} and {real}/{status} differ"}
+    assert paragraph((ours / status).read_bytes(), "p") == paragraph((real / status).read_bytes(), "p")
+    assert (ours / "etc/new.conf").read_bytes() == b"n2" and not (ours / "etc/keep.conf.dpkg-new").exists()
