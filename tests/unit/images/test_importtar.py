@@ -3,6 +3,8 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import shutil
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -206,3 +208,20 @@ def test_random_archives_import_or_are_refused_whole(tmp_path: Path, names: list
         while p != "/":
             p = posixpath.dirname(p)
             assert p in paths
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="needs GNU tar")
+@pytest.mark.parametrize("fmt", ["gnu", "posix", "oldgnu"])
+def test_gnu_sparse_members(tmp_path: Path, store: ImageStore, fmt: str) -> None:
+    tree = tmp_path / "t"
+    tree.mkdir()
+    with open(tree / "s", "wb") as f:
+        f.seek(300000)
+        f.write(b"mid")
+        f.truncate(1 << 20)
+    archive = tmp_path / "s.tar"
+    subprocess.run(["tar", "--sparse", f"--format={fmt}", "-C", str(tree), "-cf", str(archive), "."], check=True)
+    with open(archive, "rb") as f:
+        v = import_tar(store, f, name="s")
+    e = index(store.manifest(v.digest))["/s"]
+    assert (e.size, e.digest) == (1 << 20, digest_of((tree / "s").read_bytes()))
