@@ -186,15 +186,18 @@ def _open(f: BinaryIO) -> tarfile.TarFile:
     return tarfile.open(fileobj=f, mode="r|*", errors="surrogateescape")
 
 
-def check_tar(open_stream: Opener, source: str) -> int:
-    """Pass 1: every member's header checked (ImportRefused on the first bad one); the count."""
+def check_tar(open_stream: Opener, source: str) -> tuple[int, int]:
+    """Pass 1: every member's header checked (ImportRefused on the first bad one); the number of
+    members, and of those carrying POSIX ACLs (GNU tar --acls: SCHILY.acl.*, kept as text, which
+    the manifest does not hold)."""
     checker = TarChecker(source)
-    n = 0
+    n = acls = 0
     with open_stream() as f, _open(f) as tar:
         for member in tar:
             checker.check(member)
             n += 1
-    return n
+            acls += any(k.startswith("SCHILY.acl.") for k in member.pax_headers)
+    return n, acls
 
 
 def _implied_dirs(entries: dict[str, Entry]) -> None:
@@ -239,9 +242,12 @@ def tar_entries(open_stream: Opener, content: ContentStore, source: str,
                 progress: Progress | None = None) -> list[Entry]:
     """Both passes over an archive that `open_stream` opens afresh each time."""
     try:
-        n = check_tar(open_stream, source)
+        n, acls = check_tar(open_stream, source)
         if progress:
             progress(f"{source}: {n} members checked; storing contents")
+            if acls:
+                progress(f"{source}: {acls} members carry POSIX ACLs as tar text (SCHILY.acl.*), which are not "
+                         "kept; archive with --xattrs instead of --acls to keep them as xattrs")
         return read_tar(open_stream, content, source, progress)
     except UNREADABLE as e:
         raise ImportRefused(f"{source}: not a readable tar archive ({type(e).__name__}: {e or 'cut short'}); "

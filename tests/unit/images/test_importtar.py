@@ -110,8 +110,12 @@ def test_xattrs_from_pax(store: ImageStore) -> None:
     info, data = member("f", data=b"x")
     info.pax_headers = {"SCHILY.xattr.security.capability": b"\x01\x00\xff".decode("utf-8", "surrogateescape"),
                         "SCHILY.xattr.user.a": "b"}
-    import_tar(store, io.BytesIO(tar_bytes((info, data))), name="t")
+    acl, _ = member("g", data=b"y")
+    acl.pax_headers = {"SCHILY.acl.access": "user::rw-,group::r--,other::r--"}
+    notes: list[str] = []
+    import_tar(store, io.BytesIO(tar_bytes((info, data), (acl, b"y"))), name="t", progress=notes.append)
     assert index(store.manifest("t"))["/f"].xattrs == (("security.capability", "AQD/"), ("user.a", "Yg=="))
+    assert any("1 members carry POSIX ACLs" in n for n in notes)
 
 
 BAD = {
