@@ -146,3 +146,18 @@ def test_cache_parses_once() -> None:
     for d in ("a", "a", "b", "a", "c", "b"):
         cache.get(d, lambda d=d: reader(d))  # type: ignore[misc]
     assert reads == ["a", "b", "c", "b"]
+
+
+LINES = st.sampled_from(["Package: a", "Package: b+c", "Package: ", "Status: install ok installed",
+                         "Status: purge ok not-installed", "Status: x", "Version: 1:2.0-1", "Version: ",
+                         "Version: a b", " continuation", " .", "\t tab", "Installed-Size: 12",
+                         "Installed-Size: x", "Conffiles:", " /etc/x 0123 obsolete", "Multi-Arch: same",
+                         "", " ", "\x1c", "Architecture: amd64", "garbage", ":", "Description: é", "\r"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(LINES, max_size=30))
+def test_structured_garbage_raises_only_dpkg_error(lines: list[str]) -> None:
+    with contextlib.suppress(DpkgError):
+        for p in parse_status("\n".join(lines).encode()):
+            assert p.name and p.state
