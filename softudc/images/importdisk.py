@@ -16,6 +16,7 @@ its "FILE?offset=BYTES" form. A disk with no such filesystem, or with several, i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -208,4 +209,4 @@ def import_disk(store: ImageStore, path: Path, *, name: str | None, progress: Pr
         if progress:
             progress(f"{path}: {fmt}, ext filesystem at byte {offset}; reading it with debugfs")
         entries = ext4_entries(image, store.content, str(path), progress)
-    return store.commit(entries, name=name, how=how or f"import disk {path}")
+    return store.commit(entries, name=name, how=how or f"import disk {os.path.abspath(path)}")

@@ -186,4 +186,4 @@ def import_tree(store: ImageStore, path: Path, *, name: str | None, progress: Pr
         entries = TreeWalker(store.content, progress).walk(Path(path))
     if progress:
         progress(f"{len(entries)} entries read from {path}; committing")
-    return store.commit(entries, name=name, how=how or f"import tree {path}")
+    return store.commit(entries, name=name, how=how or f"import tree {os.path.abspath(path)}")
