@@ -53,7 +53,8 @@ def resolve(index: Mapping[str, Entry], path: str, *, follow_last: bool = True) 
 def children(entries: Iterable[Entry], directory: str) -> list[Entry]:
     """The entries right inside `directory` (an exact, already resolved path)."""
     prefix = directory.rstrip("/") + "/"
-    return [e for e in entries if e.path.startswith(prefix) and "/" not in e.path[len(prefix):]]
+    n = len(prefix)
+    return [e for e in entries if len(e.path) > n and e.path.startswith(prefix) and "/" not in e.path[n:]]
 
 
 def top_dir(path: str) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from softudc.images.manifest import Entry, parse_manifest
 
@@ -122,3 +124,65 @@ def find_digest(data: bytes, digest: str) -> list[tuple[Entry, str]]:
         nxt = data.find(b"\n", pos)
         pos = data.find(needle, nxt) if nxt >= 0 else -1
     return out
+
+
+def find_children(data: bytes, directory: str) -> list[Entry]:
+    """The entries right inside `directory` (an exact path), in manifest order."""
+    base = directory.rstrip("/")
+    key = _key(base + "/")[:-2]  # '{"path":"/dir/' without the closing quote and comma
+    rx = re.compile(re.escape(key) + rb'(?:[^"\\/\n]|\\.)+",')
+    out = []
+    pos = data.find(b"\n" + key)
+    while pos >= 0:
+        if rx.match(data, pos + 1):
+            out.append(_line_at(data, pos + 1))
+        pos = data.find(b"\n" + key, pos + 1)
+    return out
+
+
+_KIND_LINE = re.compile(rb'^\{"path":"((?:[^"\\\n]|\\.)*)","type":"([a-z]+)","mode":"[0-7]{4}"'
+                        rb'(?:,"uid":\d+)?(?:,"gid":\d+)?(?:,"size":(\d+))?', re.M)
+
+
+def sizes_of(data: bytes) -> dict[str, Any]:
+    """Entries by type, logical bytes and file bytes by top directory, from the bytes alone (the
+    fields come in a fixed order: path, type, mode, uid, gid, size)."""
+    by_type: dict[str, int] = {}
+    by_top: dict[str, int] = {}
+    logical = 0
+    for m in _KIND_LINE.finditer(data):
+        kind = m.group(2).decode("ascii")
+        by_type[kind] = by_type.get(kind, 0) + 1
+        if kind == "file":
+            size = int(m.group(3) or 0)
+            raw = m.group(1)
+            path = json.loads(b'"' + raw + b'"') if b"\\" in raw else raw.decode("utf-8")
+            parts = path.split("/", 2)
+            top = "/" + parts[1] if len(parts) > 2 else "/"
+            by_top[top] = by_top.get(top, 0) + size
+            logical += size
+    return {"entries": sum(by_type.values()), "files": by_type.get("file", 0), "by_type": by_type,
+            "logical_bytes": logical, "by_top_dir": dict(sorted(by_top.items()))}
+
+
+class ScanIndex(Mapping[str, Entry]):
+    """A manifest's entries by path, looked up in its bytes on demand (for lookup.resolve)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._seen: dict[str, Entry | None] = {}
+
+    def __getitem__(self, path: str) -> Entry:
+        if path not in self._seen:
+            self._seen[path] = find_entry(self.data, path)
+        e = self._seen[path]
+        if e is None:
+            raise KeyError(path)
+        return e
+
+    def __iter__(self) -> Iterator[str]:
+        for m in _PATH_LINE.finditer(self.data):
+            yield json.loads(m.group(1))
+
+    def __len__(self) -> int:
+        return self.data.count(b"\n")

@@ -13,7 +13,7 @@ import pytest
 
 from softudc.images import dpkg
 from softudc.images.importtree import import_tree
-from softudc.images.inspect import inspect, inspect_entries, parse_os_release
+from softudc.images.inspect import inspect, inspect_bytes, inspect_entries, parse_os_release
 from softudc.images.manifest import Entry
 from softudc.images.store import ImageStore
 from tests.unit.images.debtrees import Pkg, debian_tree, status_paragraph
@@ -95,3 +95,15 @@ def test_status_is_read_once_per_digest(tmp_path: Path, store: ImageStore) -> No
 def test_os_release_parsing() -> None:
     got = parse_os_release(b'# comment\nID=debian\nNAME="Debian \\"x\\""\nBAD LINE\nX=\'single q\'\nU="open\n')
     assert got == {"ID": "debian", "NAME": 'Debian "x"', "X": "single q", "U": '"open'}
+
+
+def test_inspect_from_bytes_equals_inspect_from_entries(tmp_path: Path, store: ImageStore) -> None:
+    tree = debian_tree(tmp_path / "tree", PKGS, extra_status=REMOVED)
+    (tree / "usr/lib/modules/6.1.0-9-amd64/kernel").mkdir()
+    (tree / "boot/config-6.1.0-9-amd64").write_bytes(b"")
+    (tree / 'odd "name\\é').write_bytes(b"")
+    v = import_tree(store, tree, name="deb")
+    entries = store.manifest("deb")
+    ours = inspect_bytes(store.content.get(v.digest), store.content.read)
+    assert ours == inspect_entries(entries, store.content.read)
+    assert ours["modules"] == ["6.1.0-9-amd64"] and len(ours["kernels"]) == 1

@@ -46,4 +46,5 @@ def test_missing_dangling_and_loops_are_none() -> None:
 def test_children_and_top_dir() -> None:
     idx = tree()
     assert [e.path for e in children(idx.values(), "/usr/lib/modules")] == ["/usr/lib/modules/6.1.0-1-amd64"]
+    assert [e.path for e in children(idx.values(), "/")] == ["/usr", "/lib", "/etc"]
     assert top_dir("/usr/bin/ls") == "/usr" and top_dir("/vmlinuz") == "/" and top_dir("/") == "/"
