@@ -62,12 +62,14 @@ def cmd_import(a: argparse.Namespace) -> None:
     from softudc.images.importtar import import_tar
     from softudc.images.importtree import import_tree
 
+    if a.partition is not None and not a.disk:
+        raise CliError("--partition goes with --disk")
     if a.tree:
         if not Path(a.tree).is_dir():
             raise CliError(f"{a.tree}: not a directory; --tree wants the root of the tree to import")
         _make(a, lambda s: import_tree(s, Path(a.tree), name=a.name, progress=_progress))
     elif a.disk:
-        _make(a, lambda s: import_disk(s, Path(a.disk), name=a.name, progress=_progress))
+        _make(a, lambda s: import_disk(s, Path(a.disk), name=a.name, partition=a.partition, progress=_progress))
     elif a.tar == "-":
         _make(a, lambda s: import_tar(s, sys.stdin.buffer, name=a.name, source="stdin", progress=_progress))
     else:
@@ -101,6 +103,8 @@ def add_subcommands(commands: Any) -> None:
     source.add_argument("--tar", metavar="FILE", help="a tar archive, plain or gz/bz2/xz/zst; '-' reads stdin")
     source.add_argument("--disk", metavar="FILE", help="a raw or qcow2 disk image holding ext2/3/4 "
                         "(the whole disk or one MBR/GPT partition)")
+    imp.add_argument("--partition", type=int, metavar="N", help="with --disk: the partition to import when "
+                     "the disk has several ext2/3/4 ones (N as in sdaN)")
     imp.add_argument("-o", "--output", choices=["table", "json"], default="table")
     imp.set_defaults(fn=cmd_import)
     build = commands.add_parser("build", help="a new version of NAME built by debootstrap (as root; cached)")

@@ -9,8 +9,9 @@ demand, so nothing is copied (this kernel has FUSE but no nbd module). The daemo
 its PID and the mountpoint removed whatever happens.
 
 The filesystem is either the whole disk or one partition of an MBR or GPT partition table (the
-partition whose first sectors hold an ext2/3/4 superblock); debugfs reads a partition through
-its "FILE?offset=BYTES" form. A disk with no such filesystem, or with several, is refused.
+partition whose first sectors hold an ext2/3/4 superblock; with several, as a disk with a /boot
+partition has, the caller names one by number); debugfs reads a partition through its
+"FILE?offset=BYTES" form. A disk with no such filesystem is refused.
 """
 
 from __future__ import annotations
@@ -127,9 +128,10 @@ def _has_ext(f: BinaryIO, offset: int) -> bool:
     return f.read(2) == EXT_MAGIC
 
 
-def partitions(head: bytes, gpt_entries: bytes = b"") -> list[int]:
-    """Byte offsets of the partitions an MBR (first sector of `head`) or a GPT (header in the
-    second sector, its entry array in `gpt_entries`) lists; [] when there is no table."""
+def partitions(head: bytes, gpt_entries: bytes = b"") -> list[tuple[int, int]]:
+    """(number, byte offset) of the partitions an MBR (first sector of `head`) or a GPT (header in
+    the second sector, its entry array in `gpt_entries`) lists, numbered as Linux does (sda1 is 1);
+    [] when there is no table."""
     if head[SECTOR:SECTOR + 8] == GPT_SIGNATURE:
         count, size = struct.unpack_from("<II", head, SECTOR + 80)
         if size < 128:  # the UEFI spec's smallest entry (128 * 2**n bytes): anything less is not a GPT
@@ -138,7 +140,7 @@ def partitions(head: bytes, gpt_entries: bytes = b"") -> list[int]:
         for i in range(min(count, len(gpt_entries) // size)):
             entry = gpt_entries[i * size:(i + 1) * size]
             if entry[:16] != bytes(16):  # an all-zero type GUID is an unused slot
-                out.append(struct.unpack_from("<Q", entry, 32)[0] * SECTOR)
+                out.append((i + 1, struct.unpack_from("<Q", entry, 32)[0] * SECTOR))
         return out
     if head[510:512] != b"\x55\xaa":
         return []
@@ -146,16 +148,17 @@ def partitions(head: bytes, gpt_entries: bytes = b"") -> list[int]:
     for i in range(4):
         kind, start = head[446 + 16 * i + 4], struct.unpack_from("<I", head, 446 + 16 * i + 8)[0]
         if kind not in (0, 0xEE) and start:
-            out.append(start * SECTOR)
+            out.append((i + 1, start * SECTOR))
     return out
 
 
-def find_filesystem(raw: Path, source: str) -> int:
-    """The byte offset of the one ext2/3/4 filesystem in raw disk `raw`: 0 for a whole-disk one."""
+def ext_filesystems(raw: Path, source: str) -> list[tuple[int, int]]:
+    """(partition number, byte offset) of every ext2/3/4 filesystem in raw disk `raw`: [(0, 0)]
+    for a whole-disk one."""
     try:
         with open(raw, "rb") as f:
             if _has_ext(f, 0):
-                return 0
+                return [(0, 0)]
             f.seek(0)
             head = f.read(2 * SECTOR)
             gpt = b""
@@ -163,14 +166,29 @@ def find_filesystem(raw: Path, source: str) -> int:
                 lba, count, size = struct.unpack_from("<QII", head, SECTOR + 72)
                 f.seek(lba * SECTOR)
                 gpt = f.read(min(count * size, 1 << 20))
-            found = [off for off in partitions(head, gpt) if _has_ext(f, off)]
+            return [(n, off) for n, off in partitions(head, gpt) if _has_ext(f, off)]
     except OSError as e:
         raise ImportRefused(f"{source}: cannot read the disk: {e}; is the image truncated?") from None
-    if len(found) != 1:
-        what = "no ext2/3/4 filesystem" if not found else f"{len(found)} ext2/3/4 partitions"
-        raise ImportRefused(f"{source}: {what} (looked at the whole disk and its MBR/GPT partitions); "
-                            "import a disk holding exactly one")
-    return found[0]
+
+
+def find_filesystem(raw: Path, source: str, partition: int | None = None) -> int:
+    """The byte offset of the ext2/3/4 filesystem to import from raw disk `raw`: the one there is,
+    or partition number `partition` when there are several."""
+    found = ext_filesystems(raw, source)
+    listed = ", ".join(f"{n} (at byte {off})" for n, off in found if n)
+    if partition is not None:
+        for n, off in found:
+            if n == partition:
+                return off
+        raise ImportRefused(f"{source}: partition {partition} holds no ext2/3/4 filesystem"
+                            + (f"; these do: {listed}" if listed else ""))
+    if len(found) == 1:
+        return found[0][1]
+    if not found:
+        raise ImportRefused(f"{source}: no ext2/3/4 filesystem (looked at the whole disk and its MBR/GPT "
+                            "partitions); import a disk that holds one")
+    raise ImportRefused(f"{source}: {len(found)} ext2/3/4 partitions: {listed}; choose one with --partition N "
+                        "(the root filesystem, not /boot)")
 
 
 @contextmanager
@@ -195,16 +213,17 @@ def _plain_name(raw: Path) -> Iterator[Path]:
         yield link
 
 
-def import_disk(store: ImageStore, path: Path, *, name: str | None, progress: Progress | None = None,
-                how: str | None = None) -> Version:
-    """Import the ext2/3/4 filesystem of disk image `path` as a new version of image `name`."""
+def import_disk(store: ImageStore, path: Path, *, name: str | None, partition: int | None = None,
+                progress: Progress | None = None, how: str | None = None) -> Version:
+    """Import the ext2/3/4 filesystem of disk image `path` (the one it holds, or its partition
+    number `partition`) as a new version of image `name`."""
     check_name(name)
     path = Path(path)
     fmt = disk_format(path)
     if fmt == "qcow2":
         check_qcow2(path)
     with importing(store), _raw(path, fmt) as raw, _plain_name(raw) as plain:
-        offset = find_filesystem(raw, str(path))
+        offset = find_filesystem(raw, str(path), partition)
         image = f"{plain}?offset={offset}" if offset else str(plain)
         if progress:
             progress(f"{path}: {fmt}, ext filesystem at byte {offset}; reading it with debugfs")

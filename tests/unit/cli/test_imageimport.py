@@ -62,6 +62,8 @@ def test_import_needs_one_source(tmp_path: Path) -> None:
         parse(["import", "t"], tmp_path)
     with pytest.raises(SystemExit):
         parse(["import", "t", "--tree", "a", "--disk", "b"], tmp_path)
+    with pytest.raises(CliError, match="--partition goes with --disk"):
+        run(["import", "t", "--tree", str(tmp_path), "--partition", "2"], tmp_path / "s")
     with pytest.raises(CliError, match="not a directory"):
         run(["import", "t", "--tree", str(tmp_path / "nope")], tmp_path / "s")
 
@@ -70,6 +72,8 @@ def test_import_disk_refusal(tmp_path: Path) -> None:
     (tmp_path / "junk.img").write_bytes(bytes(1 << 16))
     with pytest.raises(CliError, match=r"junk\.img"):
         run(["import", "t", "--disk", str(tmp_path / "junk.img")], tmp_path / "s")
+    with pytest.raises(CliError, match=r"junk\.img: partition 2 holds no ext2/3/4"):
+        run(["import", "t", "--disk", str(tmp_path / "junk.img"), "--partition", "2"], tmp_path / "s")
 
 
 def test_build_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

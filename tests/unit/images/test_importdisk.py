@@ -169,11 +169,33 @@ def test_gpt_partitioned_raw(tmp_path: Path, tree: Path) -> None:
     assert comparable(store.manifest(v.digest)) == comparable(store.manifest(import_tree(store, tree, name="t").digest))
 
 
+def test_two_ext_partitions_need_a_choice(tmp_path: Path, tree: Path) -> None:
+    disk = tmp_path / "two.raw"
+    boot = tmp_path / "boot"
+    (boot / "grub").mkdir(parents=True)
+    with open(disk, "wb") as f:
+        f.write(mbr(2048, 0, 18432))  # sda1 /boot, sda3 the root
+        f.truncate(40 << 20)
+    mkfs(boot, disk, "8M", offset=2048 * 512)
+    mkfs(tree, disk, "16M", offset=18432 * 512)
+    store = ImageStore.open(tmp_path / "store")
+    with pytest.raises(ImportRefused, match=r"2 ext2/3/4 partitions: 1 \(at byte 1048576\), 3 \(at byte 9437184\); "
+                       "choose one with --partition N"):
+        import_disk(store, disk, name="two")
+    with pytest.raises(ImportRefused, match="partition 2 holds no ext2/3/4 filesystem; these do: 1"):
+        import_disk(store, disk, name="two", partition=2)
+    assert list(store.content.objects()) == []
+    root = import_disk(store, disk, name="two", partition=3)
+    want = import_tree(store, tree, name="t")
+    assert comparable(store.manifest(root.digest)) == comparable(store.manifest(want.digest))
+    assert "/grub" in index(store.manifest(import_disk(store, disk, name="b", partition=1).digest))
+
+
 def test_partition_tables() -> None:
-    assert partitions(mbr(2048, 0, 4096) + bytes(512)) == [2048 * 512, 4096 * 512]
+    assert partitions(mbr(2048, 0, 4096) + bytes(512)) == [(1, 2048 * 512), (3, 4096 * 512)]
     assert partitions(bytes(1024)) == []
     gpt_head, entries = gpt(2048, 10240)
-    assert partitions(gpt_head, entries) == [2048 * 512, 10240 * 512]
+    assert partitions(gpt_head, entries) == [(1, 2048 * 512), (2, 10240 * 512)]
 
 
 @pytest.mark.skipif(not FUSE, reason="needs /dev/fuse and qemu-storage-daemon")
@@ -192,5 +214,5 @@ def test_failure_inside_the_fuse_export_cleans_up(tmp_path: Path) -> None:
 def test_partition_tables_from_garbage(head: bytes, entries: bytes, gpt: bool) -> None:
     if gpt:
         head = head[:512] + importdisk.GPT_SIGNATURE + head[520:]
-    for offset in partitions(head, entries):
-        assert offset >= 0 and offset % 512 == 0
+    for number, offset in partitions(head, entries):
+        assert number >= 1 and offset >= 0 and offset % 512 == 0
