@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 from softudc.images import dpkg
 from softudc.images.inspect import packages
-from softudc.images.manifest import Entry, index
+from softudc.images.manifest import Entry, index, parse_manifest
+from softudc.images.manifestscan import ScanIndex
 
 if TYPE_CHECKING:
     from softudc.images.store import ImageStore
@@ -67,14 +68,31 @@ def diff_packages(a: list[dpkg.Package], b: list[dpkg.Package]) -> dict[str, lis
 
 
 def diff_entries(a: list[Entry], b: list[Entry], read: Reader) -> dict[str, Any]:
-    files = diff_files(a, b)
-    pkgs = diff_packages(packages(index(a), read), packages(index(b), read))
+    return _diffed(diff_files(a, b), packages(index(a), read), packages(index(b), read))
+
+
+def _only(data: bytes, other: set[bytes]) -> list[Entry]:
+    """The entries of manifest `data` whose line is not among `other`'s lines, in order."""
+    return parse_manifest(b"".join(line + b"\n" for line in data.split(b"\n")[:-1] if line not in other))
+
+
+def diff_bytes(a: bytes, b: bytes, read: Reader) -> dict[str, Any]:
+    """diff_entries of two manifests' canonical bytes: an identical line is an identical entry, so
+    only the lines that differ are parsed (a small change to a 10k-entry image costs milliseconds,
+    not two full parses)."""
+    lines_a, lines_b = set(a.split(b"\n")), set(b.split(b"\n"))
+    files = diff_files(_only(a, lines_b), _only(b, lines_a))
+    return _diffed(files, packages(ScanIndex(a), read), packages(ScanIndex(b), read))
+
+
+def _diffed(files: dict[str, list[dict[str, Any]]], pa: list[dpkg.Package], pb: list[dpkg.Package]) -> dict[str, Any]:
+    pkgs = diff_packages(pa, pb)
     summary = {f"files_{k}": len(v) for k, v in files.items()} | {f"packages_{k}": len(v) for k, v in pkgs.items()}
     return {"files": files, "packages": pkgs, "summary": summary}
 
 
 def diff(store: ImageStore, a: str, b: str) -> dict[str, Any]:
-    """diff_entries of two stored versions (any refs: names, tags, digests)."""
+    """What differs from version `a` to version `b` (any refs: names, tags, digests)."""
     va, vb = store.resolve(a), store.resolve(b)
-    out = diff_entries(store.manifest(va.digest), store.manifest(vb.digest), store.content.read)
+    out = diff_bytes(store.content.get(va.digest), store.content.get(vb.digest), store.content.read)
     return {"a": {"ref": a, "version": va.digest}, "b": {"ref": b, "version": vb.digest}, **out}

@@ -9,13 +9,16 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from softudc.images.diff import diff, diff_files, diff_packages
+from softudc.images.diff import diff, diff_bytes, diff_files, diff_packages
 from softudc.images.dpkg import Package
 from softudc.images.importtree import import_tree
-from softudc.images.manifest import Entry
+from softudc.images.manifest import Entry, manifest_bytes, parse_manifest
 from softudc.images.store import ImageStore
 from tests.unit.images.debtrees import Pkg, debian_tree, write
 
@@ -133,3 +136,25 @@ def test_a_package_state_change_is_a_change() -> None:
     a = [Package("x", "1", "amd64", "install", "installed")]
     b = [Package("x", "1", "amd64", "deinstall", "config-files")]
     assert diff_packages(a, b)["changed"][0]["state_b"] == "config-files"
+
+
+ENTRY = st.tuples(st.sampled_from(["/x", "/y", "/z", "/d", "/d/x", "/é", '/q"']),
+                  st.sampled_from(["file", "dir", "symlink", "fifo"]), st.sampled_from([0o644, 0o600]),
+                  st.sampled_from([D1, D2]), st.sampled_from([(), (D2,)]), st.integers(0, 1))
+
+
+def tree_of(specs: list[tuple[str, str, int, str, tuple[str, ...], int]]) -> list[Entry]:
+    out = {"/": Entry("/", "dir", 0o755)}
+    for path, kind, mode, digest, chunks, uid in specs:
+        is_file = kind == "file"
+        out[path] = Entry(path, kind, mode, uid=uid, size=1 if is_file else 0, digest=digest if is_file else "",
+                          chunks=chunks if is_file else (), target="t" if kind == "symlink" else "")
+    return list(out.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(ENTRY, max_size=8), st.lists(ENTRY, max_size=8))
+def test_diff_of_bytes_equals_diff_of_entries(sa: list[Any], sb: list[Any]) -> None:
+    da, db = manifest_bytes(tree_of(sa)), manifest_bytes(tree_of(sb))
+    got = diff_bytes(da, db, lambda e: b"")
+    assert got["files"] == diff_files(parse_manifest(da), parse_manifest(db))
