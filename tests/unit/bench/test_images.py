@@ -48,7 +48,8 @@ def test_print_images(capsys: pytest.CaptureFixture[str]) -> None:
         "inspect": {"ours_s": 0.02, "virt_inspector_s": None, "speedup": None, "virt_inspector_note": "not here"},
         "diff_10k": {"files": 10000, "seconds": 0.3},
         "search": {"images": 100,
-                   **{k: {"query": "q", "seconds": 0.1, "hits": 1} for k in ("package", "file", "digest")}},
+                   **{k: {"query": "q", "seconds": 0.1, "hits": 1}
+                      for k in ("package", "package_all", "file", "digest")}},
         "throughput_mbps": {"image_bytes": 6 * 10**8, "import": 50.0, "materialize": 80.0},
     }
     images.print_images(result)
