@@ -254,4 +254,4 @@ def build_debian(store: ImageStore, name: str | None, *, suite: str = "bookworm"
             bootstrap_to_cache(tarball, suite, variant, packages, debian_mirror(suite, apt_dir), progress)
     with importing(store):
         entries = tar_entries(lambda: _zst_opener(tarball), store.content, str(tarball), progress)
-    return store.commit(entries, name=name, how=how(suite, variant, packages))
+        return store.commit(entries, name=name, how=how(suite, variant, packages))

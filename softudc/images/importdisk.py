@@ -222,10 +222,11 @@ def import_disk(store: ImageStore, path: Path, *, name: str | None, partition: i
     fmt = disk_format(path)
     if fmt == "qcow2":
         check_qcow2(path)
-    with importing(store), _raw(path, fmt) as raw, _plain_name(raw) as plain:
-        offset = find_filesystem(raw, str(path), partition)
-        image = f"{plain}?offset={offset}" if offset else str(plain)
-        if progress:
-            progress(f"{path}: {fmt}, ext filesystem at byte {offset}; reading it with debugfs")
-        entries = ext4_entries(image, store.content, str(path), progress)
-    return store.commit(entries, name=name, how=how or f"import disk {os.path.abspath(path)}")
+    with importing(store):
+        with _raw(path, fmt) as raw, _plain_name(raw) as plain:
+            offset = find_filesystem(raw, str(path), partition)
+            image = f"{plain}?offset={offset}" if offset else str(plain)
+            if progress:
+                progress(f"{path}: {fmt}, ext filesystem at byte {offset}; reading it with debugfs")
+            entries = ext4_entries(image, store.content, str(path), progress)
+        return store.commit(entries, name=name, how=how or f"import disk {os.path.abspath(path)}")

@@ -291,11 +291,11 @@ def import_tar(store: ImageStore, stream: BinaryIO, *, name: str | None, source:
     if _seekable(stream):
         with importing(store):
             entries = tar_entries(_Rewind(stream), store.content, source, progress)
-        return store.commit(entries, name=name, how=how)
+            return store.commit(entries, name=name, how=how)
     with tempfile.TemporaryFile(prefix="softudc-tar-") as spool, importing(store):
         if progress:
             progress(f"{source}: spooling the stream to a temporary file (it is read twice)")
         shutil.copyfileobj(stream, spool, 1 << 20)
         spool.seek(0)
         entries = tar_entries(_Rewind(spool), store.content, source, progress)
-    return store.commit(entries, name=name, how=how)
+        return store.commit(entries, name=name, how=how)

@@ -49,8 +49,8 @@ def check_name(name: str | None) -> None:
 
 @contextmanager
 def importing(store: ImageStore) -> Iterator[None]:
-    """Around an import's reading and storing: if it fails, its writer's lease on the content
-    store is dropped (commit drops it on success), so a GC may sweep what it left behind."""
+    """Around an import's reading, storing and commit: if any of it fails, the writer's lease on
+    the content store is dropped (commit drops it on success), so a GC may sweep what it left."""
     try:
         yield
     except BaseException:
@@ -184,6 +184,6 @@ def import_tree(store: ImageStore, path: Path, *, name: str | None, progress: Pr
     check_name(name)
     with importing(store):
         entries = TreeWalker(store.content, progress).walk(Path(path))
-    if progress:
-        progress(f"{len(entries)} entries read from {path}; committing")
-    return store.commit(entries, name=name, how=how or f"import tree {os.path.abspath(path)}")
+        if progress:
+            progress(f"{len(entries)} entries read from {path}; committing")
+        return store.commit(entries, name=name, how=how or f"import tree {os.path.abspath(path)}")

@@ -156,3 +156,20 @@ def test_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ImportRefused, match=r"cannot import .*/t/secret: Permission denied"):
         import_tree(store, tree, name="t")
     assert store.tags() == {}
+
+
+def test_a_failed_import_drops_its_lease(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "f").write_bytes(b"x")
+    store = ImageStore.open(tmp_path / "store")
+    leases: list[int] = []
+
+    def refuse(*args: object, **kw: object) -> None:
+        leases.append(len(list((store.root / "leases").iterdir())))
+        raise ImageError("refused at commit")
+
+    monkeypatch.setattr(store, "commit", refuse)
+    with pytest.raises(ImageError, match="refused at commit"):
+        import_tree(store, tree, name="t")
+    assert leases == [1] and list((store.root / "leases").iterdir()) == []
