@@ -45,6 +45,7 @@ from debian.debian_support import Version
 from softudc.images import depends, dpkg
 from softudc.images.debpackage import INFO_FILES, DebMember, DebPackage, PatchError, members, read_deb
 from softudc.images.dpkgwrite import diversions, status_paragraph, with_paragraph
+from softudc.images.importtree import importing
 from softudc.images.lookup import resolve
 from softudc.images.manifest import Entry, index
 
@@ -341,16 +342,17 @@ def patch(store: ImageStore, ref: str, debs: Sequence[Path], *, name: str | None
     allow = Allow(downgrade=allow_downgrade, depends=force_depends, install=install)
     _precheck(tree, packages, allow)  # refuse before storing anything
     done = []
-    for deb in packages:
-        say(f"patch {ref}: {deb.name} {deb.version} from {deb.path.name}")
-        done.append(apply_deb(tree, deb, allow, unpacked))
-    if unpacked:
-        tree.notes.append(f"left unpacked: `dpkg --configure -a` in the guest configures {', '.join(done)}")
-    for note in tree.notes:
-        say(note)
-    how = f"patch {', '.join(done)} ({NOT_RUN}{'; left unpacked for dpkg --configure -a' if unpacked else ''})"
-    return store.commit(list(tree.entries.values()), name=name if name is not None else default_name(ref),
-                        parents=(base.digest,), how=how)
+    with importing(store):  # a failure drops the writer's lease: a GC may sweep what was stored
+        for deb in packages:
+            say(f"patch {ref}: {deb.name} {deb.version} from {deb.path.name}")
+            done.append(apply_deb(tree, deb, allow, unpacked))
+        if unpacked:
+            tree.notes.append(f"left unpacked: `dpkg --configure -a` in the guest configures {', '.join(done)}")
+        for note in tree.notes:
+            say(note)
+        how = f"patch {', '.join(done)} ({NOT_RUN}{'; left unpacked for dpkg --configure -a' if unpacked else ''})"
+        return store.commit(list(tree.entries.values()), name=name if name is not None else default_name(ref),
+                            parents=(base.digest,), how=how)
 
 
 def _latest_refs(store: ImageStore) -> list[str]:
