@@ -1,6 +1,7 @@
 """Writing an image's dpkg database the way dpkg writes it: a status paragraph in dpkg's field
 order, the status file with one paragraph replaced or inserted in name order, and reading
-dpkg-divert's diversions. Bytes in, bytes out: patch.py puts the results into the tree."""
+dpkg-divert's diversions and dpkg-statoverride's overrides. Bytes in, bytes out: patch.py puts
+the results into the tree."""
 
 from __future__ import annotations
 
@@ -50,3 +51,35 @@ def diversions(data: bytes, package: str) -> dict[str, str]:
     lines each): where `package`'s files go instead, for the paths other packages diverted."""
     lines = data.decode("utf-8", errors="replace").splitlines()
     return {lines[i]: lines[i + 1] for i in range(0, len(lines) - 2, 3) if lines[i + 2] != package}
+
+
+def _ids(table: bytes) -> dict[str, int]:
+    """name -> id from /etc/passwd or /etc/group (NAME:x:ID:...)."""
+    out: dict[str, int] = {}
+    for line in table.decode("utf-8", errors="replace").splitlines():
+        fields = line.split(":")
+        if len(fields) > 2 and fields[2].isdigit():
+            out.setdefault(fields[0], int(fields[2]))
+    return out
+
+
+def statoverrides(data: bytes, passwd: bytes, group: bytes) -> dict[str, tuple[int, int, int]]:
+    """dpkg-statoverride's database (/var/lib/dpkg/statoverride: `USER GROUP MODE PATH` a line,
+    USER and GROUP names or #IDs) as path -> (uid, gid, mode), names looked up in the image's own
+    passwd and group; a line that cannot be resolved is skipped, as dpkg skips it."""
+    users, groups = _ids(passwd), _ids(group)
+    out: dict[str, tuple[int, int, int]] = {}
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        words = line.split(maxsplit=3)
+        if len(words) != 4:
+            continue
+        user, grp, mode, path = words
+        uid = int(user[1:]) if user.startswith("#") and user[1:].isdigit() else users.get(user)
+        gid = int(grp[1:]) if grp.startswith("#") and grp[1:].isdigit() else groups.get(grp)
+        try:
+            bits = int(mode, 8) & 0o7777
+        except ValueError:
+            continue
+        if uid is not None and gid is not None:
+            out[path] = (uid, gid, bits)
+    return out

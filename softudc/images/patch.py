@@ -44,7 +44,7 @@ from debian.debian_support import Version
 
 from softudc.images import depends, dpkg
 from softudc.images.debpackage import INFO_FILES, DebMember, DebPackage, PatchError, members, read_deb
-from softudc.images.dpkgwrite import diversions, status_paragraph, with_paragraph
+from softudc.images.dpkgwrite import diversions, statoverrides, status_paragraph, with_paragraph
 from softudc.images.importtree import importing
 from softudc.images.lookup import resolve
 from softudc.images.manifest import Entry, index
@@ -58,6 +58,7 @@ Progress = Callable[[str], None]
 
 NOT_RUN = "maintainer scripts not run"
 DIVERSIONS = "/var/lib/dpkg/diversions"
+STATOVERRIDE = "/var/lib/dpkg/statoverride"
 DPKG_NEW = ".dpkg-new"  # where dpkg --unpack leaves a new conffile until configure
 
 
@@ -77,6 +78,12 @@ class Tree:
     content: ContentStore
     notes: list[str] = field(default_factory=list)
     divert: dict[str, str] = field(default_factory=dict)  # the package at work's diverted paths
+    overrides: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # dpkg-statoverride's
+
+    def overridden(self, e: Entry) -> Entry:
+        """`e` with the owner and mode dpkg-statoverride records for its path, if any."""
+        o = self.overrides.get(e.path)
+        return e if o is None or e.type == "symlink" else replace(e, uid=o[0], gid=o[1], mode=o[2])
 
     def read(self, path: str) -> bytes | None:
         e = resolve(self.entries, path)
@@ -173,9 +180,10 @@ def _place_link_or_dir(tree: Tree, deb: DebPackage, m: DebMember, phys: str, her
         if src is None:
             raise PatchError(f"{deb.path}: hard link {m.path} names {m.link_to}, which the package lacks")
         tree.entries[phys] = replace(src, path=phys)
-    elif here is None or here.type == "dir":
-        tree.entries[phys] = replace(m.entry, path=phys)
-    # else: a symlink to a directory stays (usrmerge: /lib -> usr/lib), as dpkg leaves it
+    elif here is None:
+        tree.entries[phys] = tree.overridden(replace(m.entry, path=phys))
+    # else: an existing directory keeps its mode and owner, and a symlink to a directory stays
+    # (usrmerge: /lib -> usr/lib), as dpkg leaves them
 
 
 def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package, own: set[str],
@@ -203,10 +211,12 @@ def _unpack(tree: Tree, deb: DebPackage, old: dpkg.Package, own: set[str],
             continue
         if m.path in deb.conffiles:
             conf_lines.append(f" {m.path} {m.md5}")
+            if here is not None and here.type == "file" and here.digest == m.entry.digest:
+                continue  # the same content: dpkg leaves the file (and its mode and owner) alone
             if _conffile_kept(tree, phys, recorded.get(m.path)):
                 tree.notes.append(f"{deb.name}: kept the image's modified {m.path} (new version not installed)")
                 continue
-        tree.entries[phys] = replace(m.entry, path=phys)
+        tree.entries[phys] = tree.overridden(replace(m.entry, path=phys))
     return listed, conf_lines, foreign
 
 
@@ -258,6 +268,8 @@ def apply_deb(tree: Tree, deb: DebPackage, allow: Allow = Allow(), unpacked: boo
     old = target_paragraph(pkgs, deb, allow)
     check_version(old, deb, allow)
     tree.divert = diversions(tree.read(DIVERSIONS) or b"", deb.name)
+    tree.overrides = statoverrides(tree.read(STATOVERRIDE) or b"", tree.read("/etc/passwd") or b"",
+                                   tree.read("/etc/group") or b"")
     old_paths = [p for p in (_physical_or_none(tree, q, deb.path) for q in _old_list(tree, old.info_name)) if p]
     listed, conf_lines, foreign = _unpack(tree, deb, old, set(old_paths), unpacked)
     _take_over(tree, deb, old.info_name, foreign)

@@ -6,6 +6,7 @@ dpkg-query on the staged tree); refusals store nothing; the old version is uncha
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -343,3 +344,32 @@ def test_unpacked_is_what_dpkg_unpack_leaves_and_configures_the_same(tmp_path: P
     assert differences() <= {f"Files {ours}/{status} and {real}/{status} differ"}
     assert paragraph((ours / status).read_bytes(), "p") == paragraph((real / status).read_bytes(), "p")
     assert (ours / "etc/new.conf").read_bytes() == b"n2" and not (ours / "etc/keep.conf.dpkg-new").exists()
+
+
+@pytest.mark.skipif(shutil.which("dpkg") is None, reason="needs dpkg")
+def test_modes_and_owners_as_dpkg_leaves_them(tmp_path: Path, store: ImageStore) -> None:
+    """An existing directory keeps its mode and owner, an unchanged conffile is left alone, a
+    dpkg-statoverride applies: compared path by path (lstat) with dpkg --unpack + --configure."""
+    old = Pkg("p", "1", {"/usr/share/doc/p/x": b"1", "/usr/bin/p": b"1", "/etc/p.conf": b"c"},
+              conffiles=("/etc/p.conf",))
+    new = Pkg("p", "2", {"/usr/share/doc/p/x": b"2", "/usr/bin/p": b"2", "/usr/bin/q": b"q", "/etc/p.conf": b"c"},
+              conffiles=("/etc/p.conf",))
+    real = debian_tree(tmp_path / "real", [*BASE, old])
+    for path, mode, owner in (("usr/share/doc/p", 0o700, 5), ("usr/bin/p", 0o700, 7), ("etc/p.conf", 0o600, 9)):
+        os.chmod(real / path, mode)
+        os.chown(real / path, owner, owner)
+    (real / "var/lib/dpkg/statoverride").write_text("#0 #50 4750 /usr/bin/q\n")
+    import_tree(store, real, name="img")
+    deb = build_deb(tmp_path, new)
+    patch(store, "img", [deb])
+    ours = tmp_path / "ours"
+    stage_tree(store.content, store.manifest("img"), ours)
+    (real / "var/lib/dpkg/updates").mkdir()
+    (real / "var/lib/dpkg/available").write_bytes(b"")
+    for step in (["--unpack", str(deb)], ["--configure", "-a"]):
+        subprocess.run(["dpkg", f"--root={real}", *step], check=True, capture_output=True)
+    mine = {str(p.relative_to(ours)): os.lstat(p) for p in ours.rglob("*") if "var/lib/dpkg" not in str(p)}
+    for rel, st in mine.items():
+        theirs = os.lstat(real / rel)
+        assert (rel, oct(st.st_mode), st.st_uid, st.st_gid) == (rel, oct(theirs.st_mode), theirs.st_uid, theirs.st_gid)
+    assert oct(mine["usr/bin/q"].st_mode) == "0o104750" and mine["usr/share/doc/p"].st_uid == 5
