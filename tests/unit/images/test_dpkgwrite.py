@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from softudc.images.debpackage import DebPackage
 from softudc.images.dpkg import Package, parse_status
-from softudc.images.dpkgwrite import diversions, status_paragraph, with_paragraph
+from softudc.images.dpkgwrite import diversions, statoverrides, status_paragraph, with_paragraph
 
 
 def deb(name: str, **fields: str) -> DebPackage:
@@ -54,3 +54,9 @@ def test_diversions() -> None:
     assert diversions(data, "dash") == {"/usr/bin/x": "/usr/bin/x.real"}
     assert diversions(data, "bash") == {"/bin/sh": "/bin/sh.distrib", "/usr/bin/x": "/usr/bin/x.real"}
     assert diversions(b"/truncated\n", "x") == {}
+
+
+def test_statoverrides_resolve_names_in_the_image() -> None:
+    data = b"root staff 4750 /usr/bin/a\n#7 #8 0600 /etc/b\nnobody nogroup 0644 /c\nroot root bad /d\nshort line\n"
+    passwd, group = b"root:x:0:0::/root:/bin/sh\n", b"root:x:0:\nstaff:x:50:\n"
+    assert statoverrides(data, passwd, group) == {"/usr/bin/a": (0, 50, 0o4750), "/etc/b": (7, 8, 0o600)}
