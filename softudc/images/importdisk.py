@@ -36,6 +36,8 @@ FORMATS = ("raw", "qcow2")
 SECTOR = 512
 EXT_MAGIC_AT = 1024 + 56  # the superblock starts 1 KiB in; s_magic is 56 bytes into it
 EXT_MAGIC = b"\x53\xef"
+EXT_INCOMPAT_AT = 0x60  # s_feature_incompat, in the superblock
+EXT_INCOMPAT_RECOVER = 0x4  # the journal holds changes not yet written to the filesystem
 GPT_SIGNATURE = b"EFI PART"
 EXPORT_WAIT = 10.0  # seconds for qemu-storage-daemon to show its FUSE export
 
@@ -191,6 +193,18 @@ def find_filesystem(raw: Path, source: str, partition: int | None = None) -> int
                         "(the root filesystem, not /boot)")
 
 
+def check_journal(raw: Path, offset: int, source: str) -> None:
+    """Refuse a filesystem whose journal still holds changes (its RECOVER flag is set: the guest
+    was not shut down cleanly). debugfs reads it without replaying the journal, so it would see
+    the files as they were before those changes: an import would be wrong without a word."""
+    with open(raw, "rb") as f:
+        f.seek(offset + 1024 + EXT_INCOMPAT_AT)
+        incompat = int.from_bytes(f.read(4), "little")
+    if incompat & EXT_INCOMPAT_RECOVER:
+        raise ImportRefused(f"{source}: the filesystem's journal needs recovery (the guest was not shut down "
+                            "cleanly); shut it down cleanly, or run `e2fsck -fy` on a copy, and import that")
+
+
 @contextmanager
 def _raw(path: Path, fmt: str) -> Iterator[Path]:
     if fmt == "raw":
@@ -225,6 +239,7 @@ def import_disk(store: ImageStore, path: Path, *, name: str | None, partition: i
     with importing(store):
         with _raw(path, fmt) as raw, _plain_name(raw) as plain:
             offset = find_filesystem(raw, str(path), partition)
+            check_journal(raw, offset, str(path))
             image = f"{plain}?offset={offset}" if offset else str(plain)
             if progress:
                 progress(f"{path}: {fmt}, ext filesystem at byte {offset}; reading it with debugfs")

@@ -123,6 +123,17 @@ def test_corrupt_superblock_is_refused(tmp_path: Path, tree: Path) -> None:
     assert list(store.content.objects()) == []
 
 
+def test_journal_needing_recovery_is_refused(tmp_path: Path, tree: Path) -> None:
+    disk = mkfs(tree, tmp_path / "dirty.raw")
+    subprocess.run(["debugfs", "-w", "-R", "feature needs_recovery", str(disk)], check=True, capture_output=True)
+    store = ImageStore.open(tmp_path / "store")
+    with pytest.raises(ImportRefused, match=r"dirty\.raw: the filesystem's journal needs recovery"):
+        import_disk(store, disk, name="d")
+    assert list(store.content.objects()) == []
+    subprocess.run(["e2fsck", "-fy", str(disk)], capture_output=True)  # replays (here: clears) the journal
+    import_disk(store, disk, name="d")
+
+
 def mbr(*starts: int) -> bytes:
     head = bytearray(512)
     for i, start in enumerate(starts):
