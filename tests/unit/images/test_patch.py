@@ -373,3 +373,17 @@ def test_modes_and_owners_as_dpkg_leaves_them(tmp_path: Path, store: ImageStore)
         theirs = os.lstat(real / rel)
         assert (rel, oct(st.st_mode), st.st_uid, st.st_gid) == (rel, oct(theirs.st_mode), theirs.st_uid, theirs.st_gid)
     assert oct(mine["usr/bin/q"].st_mode) == "0o104750" and mine["usr/share/doc/p"].st_uid == 5
+
+
+def test_a_failed_patch_leaves_no_lease(tmp_path: Path, store: ImageStore) -> None:
+    """Refused halfway (a file where the image has a directory): what was stored may be collected."""
+    from softudc.images.leases import oldest_live
+
+    tree = debian_tree(tmp_path / "tree", [*BASE, OLD])
+    (tree / "usr/bin/clash").mkdir()
+    (tree / "usr/bin/clash/inside").write_bytes(b"x")
+    import_tree(store, tree, name="web")
+    bad = build_deb(tmp_path, Pkg("openssl", "3.0.15-1~deb12u1", {"/usr/bin/openssl": b"new", "/usr/bin/clash": b"f"}))
+    with pytest.raises(PatchError, match="is a directory in the image"):
+        patch(store, "web", [bad])
+    assert oldest_live(store.content.leases_dir) is None and store.resolve("web").how.startswith("import")
