@@ -1,6 +1,6 @@
-"""`softudc image materialize|boot`: an image version as an ext4 disk image (cached in the store
-directory's disks/, by manifest digest) and a guest booted from it (softudc/images/materialize.py,
-boot.py)."""
+"""`softudc image materialize|boot|disks`: an image version as an ext4 disk image (cached in the
+store directory's disks/, by manifest digest), a guest booted from it, and the cache itself
+(softudc/images/materialize.py, boot.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from typing import Any
 from softudc.cli.errors import CliError
 from softudc.cli.imagedir import image_store
 from softudc.images.boot import BOOT_TIMEOUT, BootError, boot_check
-from softudc.images.materialize import MaterializeError, materialize
+from softudc.images.materialize import MaterializeError, materialize, prune
 
 _SIZE = re.compile(r"(\d+)([KMGT]?)(i?B)?", re.I)
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -80,6 +80,25 @@ def cmd_boot(a: argparse.Namespace) -> None:
         _print_seen(seen)
 
 
+def cmd_disks(a: argparse.Namespace) -> None:
+    """The cached disks; with --prune, those of versions no tag points at go."""
+    store = image_store(a)
+    cache = store.root / "disks"
+    tags: dict[str, list[str]] = {}
+    for tag, digest in store.tags().items():
+        tags.setdefault(digest.removeprefix("sha256:"), []).append(tag)
+    if a.prune:
+        gone = prune(cache, {f"sha256:{d}" for d in tags}, dry_run=a.dry_run)
+        verb = "would remove" if a.dry_run else "removed"
+        for path, size in gone:
+            print(f"{verb} {path} ({size >> 20} MiB)")
+        print(f"{verb} {len(gone)} cached disks, {sum(n for _, n in gone) >> 20} MiB", file=sys.stderr)
+        return
+    for path in sorted(cache.glob("*.img")) if cache.is_dir() else []:
+        names = ",".join(sorted(tags.get(path.name.split("-")[0].removesuffix(".img"), []))) or "(untagged)"
+        print(f"{path.name[:12]}  {path.stat().st_blocks * 512 >> 20:>6} MiB  {names}  {path}")
+
+
 def add_subcommands(commands: Any) -> None:
     """Adds this part's subcommands to the `image` group."""
     m = commands.add_parser("materialize", help="an image version as an ext4 disk image (cached; prints its path)")
@@ -96,3 +115,7 @@ def add_subcommands(commands: Any) -> None:
     b.add_argument("--timeout", type=float, default=BOOT_TIMEOUT, help="seconds to wait for the guest")
     b.add_argument("--json", action="store_true")
     b.set_defaults(fn=cmd_boot)
+    d = commands.add_parser("disks", help="the cached disk images; --prune removes those no tag points at")
+    d.add_argument("--prune", action="store_true", help="remove disks of untagged versions and stale leftovers")
+    d.add_argument("--dry-run", action="store_true", help="with --prune: say what would go, remove nothing")
+    d.set_defaults(fn=cmd_disks)

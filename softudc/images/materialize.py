@@ -73,6 +73,33 @@ def cached_path(cache_dir: Path, digest: str, size: int | None = None) -> Path:
     return cache_dir / (f"{hexd}-{size}.img" if size else f"{hexd}.img")
 
 
+def prune(cache_dir: Path, keep: set[str], *, dry_run: bool = False) -> list[tuple[Path, int]]:
+    """Removes the cached disks of versions not in `keep` (digests), and leftovers of interrupted
+    runs; returns (path, bytes on disk) of each one removed (or, with `dry_run`, to remove)."""
+    wanted = {d.removeprefix("sha256:") for d in keep}
+    gone = []
+    for path in sorted(cache_dir.glob("*")) if cache_dir.is_dir() else []:
+        stem = path.name.removesuffix(".img").split("-")[0]
+        if path.name.endswith(".img") and not path.name.startswith(".") and stem in wanted:
+            continue
+        if path.name.startswith(".") and time.time() - path.stat().st_mtime < 3600:
+            continue  # a staging tree or temporary image of a materialize still running
+        gone.append((path, _du(path)))
+        if dry_run:
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    return gone
+
+
+def _du(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.lstat().st_blocks * 512 for p in path.rglob("*"))
+    return path.stat().st_blocks * 512
+
+
 def _blocks(n: int) -> int:
     return -(-n // BLOCK)
 

@@ -67,3 +67,15 @@ def test_parse_size() -> None:
     assert parse_size("4G") == 4 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("100") == 100
     with pytest.raises(CliError, match="bad --size"):
         parse_size("lots")
+
+
+def test_disks_lists_and_prunes(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    disk = Path(run(root, capsys, "materialize", "web")[1].strip())
+    code, out, _ = run(root, capsys, "disks")
+    assert code == 0 and "web:1,web:latest" in out and str(disk) in out
+    assert run(root, capsys, "disks", "--prune")[1] == "" and disk.exists()
+    run(root, capsys, "rm", "web")
+    code, out, err = run(root, capsys, "disks", "--prune", "--dry-run")
+    assert out.startswith(f"would remove {disk}") and disk.exists()
+    code, out, err = run(root, capsys, "disks", "--prune")
+    assert out.startswith(f"removed {disk}") and not disk.exists() and "removed 1 cached disks" in err

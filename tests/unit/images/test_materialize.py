@@ -11,7 +11,7 @@ import pytest
 from softudc.images.content import IntegrityError
 from softudc.images.importext4 import ext4_entries
 from softudc.images.manifest import Entry, sort_key
-from softudc.images.materialize import MaterializeError, cached_path, materialize, needed_bytes
+from softudc.images.materialize import MaterializeError, cached_path, materialize, needed_bytes, prune
 from softudc.images.store import ImageError, ImageStore
 
 BIG = bytes(range(256)) * 12000  # ~3 MB: stored in FastCDC chunks
@@ -112,3 +112,22 @@ def test_unknown_ref(tmp_path: Path) -> None:
     with pytest.raises(ImageError):
         materialize(store, "nope", cache_dir=tmp_path / "c")
     assert not (tmp_path / "c").exists()
+
+
+def test_prune_keeps_the_disks_of_kept_versions(tmp_path: Path) -> None:
+    store, _ = _store(tmp_path)
+    cache = tmp_path / "c"
+    kept = materialize(store, "t", cache_dir=cache)
+    sized = materialize(store, "t", cache_dir=cache, size=kept.stat().st_size + (1 << 20))
+    other = cache / ("0" * 64 + ".img")  # a version no longer kept
+    other.write_bytes(b"x" * 5000)
+    old_stage = cache / ".stage-deadbeef"
+    old_stage.mkdir()
+    os.utime(old_stage, (0, 0))
+    digest = store.resolve("t").digest
+    assert {p for p, _ in prune(cache, {digest}, dry_run=True)} == {other, old_stage}
+    assert other.exists()
+    gone = prune(cache, {digest})
+    assert {p for p, _ in gone} == {other, old_stage} and all(n >= 0 for _, n in gone)
+    assert sorted(cache.iterdir()) == sorted([kept, sized])
+    assert prune(tmp_path / "none", set()) == []
