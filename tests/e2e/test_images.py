@@ -156,10 +156,13 @@ def newer_deb(world: World, version: str) -> tuple[Path, dict[str, str]]:
     file and one changed file: returns the .deb and the sha256 of those two files."""
     work = world.work / "deb"
     work.mkdir()
-    os.chmod(work, 0o755)  # apt-get download drops to _apt
-    subprocess.run(["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", f"{PATCHED}={version}"],
-                   cwd=work, check=True)
-    (deb,) = work.glob(f"{PATCHED}_*.deb")
+    kept = BUILD_CACHE / "debs"  # beside the debootstrap trees, so later runs work offline
+    kept.mkdir(exist_ok=True)
+    os.chmod(kept, 0o755)  # apt-get download drops to _apt
+    if not list(kept.glob(f"{PATCHED}_{version.replace(':', '%3a')}_*.deb")):
+        subprocess.run(["apt-get", "download", "-qq", "-o", "APT::Sandbox::User=root", f"{PATCHED}={version}"],
+                       cwd=kept, check=True)
+    (deb,) = kept.glob(f"{PATCHED}_{version.replace(':', '%3a')}_*.deb")
     tree = work / "tree"
     subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
     token = secrets.token_hex(8)
