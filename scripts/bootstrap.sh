@@ -14,6 +14,7 @@ PACKAGES=(
     cpio xz-utils zstd
     etcd-server etcd-client
     debootstrap e2fsprogs fuse3
+    libguestfs-tools
 )
 
 missing=()
@@ -34,6 +35,11 @@ if ((${#missing[@]})); then
     # libvirt-daemon-system creates the libvirt-qemu user the QEMU driver resolves before reading
     # qemu.conf; its postinst starts nothing here (no systemd).
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# libguestfs's supermin (virt-inspector, in `softudc bench images`) lstat()s /lib/modules while it
+# builds its appliance; a container without kernel modules has none.
+if [[ $(id -u) -eq 0 && ! -e /lib/modules ]]; then
+    mkdir -p /lib/modules
 fi
 
 # The venv uses Debian's interpreter, so a pyenv or other python3 on PATH does not leak in.
