@@ -11,19 +11,9 @@ import pytest
 
 from softudc.cli.errors import CliError
 from softudc.cli.imagedisk import parse_size
-from softudc.cli.main import main
 from softudc.images.manifest import Entry
 from softudc.images.store import ImageStore
-
-
-def run(root: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        main(["image", "--images", str(root), *argv])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.unit.cli.imagecli import run
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from softudc.cli.main import main
 from softudc.images.importtree import import_tree
 from softudc.images.store import ImageStore
+from tests.unit.cli.imagecli import run
 from tests.unit.images.debtrees import Pkg, build_deb, debian_tree
 
 pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
@@ -20,16 +20,6 @@ OLD = Pkg("openssl", "3.0.11-1~deb12u2", {"/usr/bin/openssl": b"old", "/usr/shar
           postinst="#!/bin/sh\n")
 NEW = Pkg("openssl", "3.0.15-1~deb12u1", {"/usr/bin/openssl": b"new"}, postinst="#!/bin/sh\n")
 DPKG = Pkg("dpkg", "1.21.22", {"/usr/bin/dpkg": b"dpkg"})
-
-
-def run(root: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        main(["image", "--images", str(root), *argv])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -10,19 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from softudc.cli.main import main
 from softudc.images.manifest import Entry, parse_manifest
 from softudc.images.store import ImageStore
-
-
-def run(root: Path, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        main(["image", "--images", str(root), *argv])
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+from tests.unit.cli.imagecli import run
 
 
 @pytest.fixture
