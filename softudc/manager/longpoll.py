@@ -50,6 +50,7 @@ class LongPolls:
         self._generation = 0
         self._cache: dict[str, tuple[int, Desired, str]] = {}  # host -> (generation, desired, etag)
         self._waiters: dict[str, dict[int, Callable[[], None]]] = {}
+        self._asked: set[str] = set()  # hosts that read their state in this generation
         self._ids = itertools.count()
         self.computed = 0  # desired states computed (cache misses): the cost the cache saves
 
@@ -76,21 +77,26 @@ class LongPolls:
 
     def _cached(self, host: str) -> Desired | None:
         with self._lock:
+            self._asked.add(host)
             hit = self._cache.get(host)
             if hit is None or hit[0] != self._generation:
                 return None
         return {**hit[1], "etag": hit[2]}
 
     def new_generation(self) -> list[str]:
-        """After a reconcile pass: forget every cached state, compute the waiting hosts' again and
-        wake those whose etag moved. Returns them."""
+        """After a reconcile pass: forget every cached state, compute again those of the waiting
+        hosts and of every host that asked in the generation before (all in one read: a host
+        between its report and its next poll would otherwise miss, and each miss reads the inputs
+        on its own), and wake the waiting hosts whose etag moved. Returns them."""
         with self._lock:
             before = {h: c[2] for h, c in self._cache.items()}
+            asked, self._asked = self._asked, set()
             self._generation += 1
             generation = self._generation
             self._cache.clear()
             waiting = sorted(self._waiters)
-        fresh = {h: (d, etag(d)) for h, d in self._compute_many(waiting).items()} if waiting else {}
+        hosts = sorted(set(waiting) | asked)
+        fresh = {h: (d, etag(d)) for h, d in self._compute_many(hosts).items()} if hosts else {}
         with self._lock:
             self.computed += len(fresh)
             if self._generation == generation:

@@ -49,6 +49,22 @@ def test_a_new_generation_recomputes_only_waiting_hosts_and_names_those_that_mov
     assert polls.new_generation() == [] and dict(world.asked) == asked  # nobody waits: nothing computed
 
 
+def test_a_new_generation_also_computes_the_hosts_that_asked_in_the_one_before() -> None:
+    """A host between its report and its next poll when a pass ends finds its state computed (in
+    the pass's one read), not a miss of its own; a host that stopped asking is not computed again."""
+    world = World()
+    many: list[list[str]] = []
+    polls = LongPolls(world.desired, lambda hosts: (many.append(hosts), {h: world.desired(h) for h in hosts})[1])
+    polls.current("h1")  # asked, not waiting
+    assert polls.new_generation() == [] and many == [["h1"]]
+    asked = dict(world.asked)
+    polls.current("h1")
+    assert dict(world.asked) == asked  # a hit
+    polls.new_generation()
+    polls.new_generation()  # nobody asked in the generation before: nothing computed
+    assert many == [["h1"], ["h1"]]
+
+
 def test_wait_async_wakes_only_its_host_and_holds_no_thread() -> None:
     world = World()
     polls = LongPolls(world.desired)

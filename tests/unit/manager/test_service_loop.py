@@ -127,8 +127,8 @@ def test_the_desired_state_is_cached_per_generation_and_serving_it_writes_nothin
     assert all(v["keys"]["secrets"] for d in first.values() for v in d["vnets"])
     m.host_status("h1", "h1", {**REPORT, "vcpus": 48})  # news: a pass, a new generation
     assert m.settle()
-    m.desired("h1", "h1")
-    assert m.polls.computed == computed + 3  # dropped after the generation moved, computed again
+    m.desired("h1", "h1")  # computed again by the pass, for both hosts that asked before: a hit
+    assert m.polls.computed == computed + 4
 
 
 def test_a_generations_misses_share_one_read_of_the_farms_and_reports(
@@ -150,7 +150,8 @@ def test_a_generations_misses_share_one_read_of_the_farms_and_reports(
     m.host_status("h1", "h1", {**REPORT, "vcpus": 48})  # news: a pass, a new generation
     assert m.settle()
     reads.clear()
-    assert {h: m.desired(h, h)["etag"] for h in ("h1", "h2")} and len(reads) == 1  # read once again
+    assert {h: m.desired(h, h)["etag"] for h in ("h1", "h2")} and len(reads) <= 1  # at most once again (the
+    # pass computes the hosts that asked in the generation before, in one read, before they ask again)
 
 
 def test_key_rotation_steps_are_taken_by_the_loop(world: tuple[Manager, FakeStore]) -> None:
