@@ -44,6 +44,8 @@ HOST_COUNTS = (100, 1000, 5000)
 BACKENDS = ("sqlite", "etcd")
 INTERVAL_S = 2.0  # a gatekeeper's default ([manager] interval)
 ADMIN_PERIOD_S = 1.0  # per period: two GET /v1/farms and one PUT /v1/farms/admin
+ADMIN_TIMEOUT_S = 15.0  # an admin call still unanswered then counts as failed (a saturated manager
+# would otherwise hold the steady window open for minutes)
 VM_GROUPS = 4  # the big farm's VMs in this many groups, each on its own VNET
 BIG, SMALL = "big", "admin"
 HOST_VCPUS, HOST_MEMORY_MIB = 64, 256 * 1024  # each host's capacity (more vCPUs when the farm would not fit)
@@ -239,7 +241,7 @@ class Admin:
              body: str = "") -> httpx.Response | None:
         start = time.perf_counter()
         try:
-            r = http.request(method, path, content=body.encode() if body else None)
+            r = http.request(method, path, content=body.encode() if body else None, timeout=ADMIN_TIMEOUT_S)
         except httpx.HTTPError as e:  # cut off or timed out: counted, with the time it took to fail
             into.append((time.perf_counter() - start) * 1000)
             self.failures.append(f"{method} {path}: {type(e).__name__}: {e}")
