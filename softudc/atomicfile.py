@@ -57,9 +57,10 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         raise
 
 
-def write_atomic(path: Path, data: bytes, mode: int = PRIVATE) -> None:
+def write_atomic(path: Path, data: bytes, mode: int = PRIVATE, sync_dir: bool = True) -> None:
     """Replace `path` with `data`, all or nothing, durable once this returns. On any error (disk
-    full included) the old file is left as it was and the temporary file is removed."""
+    full included) the old file is left as it was and the temporary file is removed. `sync_dir`
+    False: the caller fsyncs the directory itself (once for many files, as the image store does)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     _write_new(tmp, data, mode)
     try:
@@ -67,7 +68,8 @@ def write_atomic(path: Path, data: bytes, mode: int = PRIVATE) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def create_exclusive(path: Path, data: bytes, mode: int = PRIVATE) -> None:

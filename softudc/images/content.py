@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 import stat
 import time
 from collections.abc import Iterable, Iterator
@@ -28,7 +27,7 @@ from typing import IO
 import zstandard
 from fastcdc import fastcdc  # type: ignore[import-untyped]
 
-from softudc.atomicfile import fsync_dir
+from softudc.atomicfile import fsync_dir, write_atomic
 from softudc.images.leases import Lease
 from softudc.images.manifest import Entry, digest_of, is_digest
 
@@ -65,13 +64,6 @@ def _cut(buf: bytes, final: bool) -> tuple[list[bytes], bytes]:
     if final or not pieces:
         return pieces, b""
     return pieces[:-1], pieces[-1]
-
-
-def _write_all(fd: int, blob: bytes) -> None:
-    """os.write may write less than asked (a signal): write the rest."""
-    view = memoryview(blob)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class ContentStore:
@@ -115,19 +107,8 @@ class ContentStore:
         if not path.parent.is_dir():
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirty.add(path.parent.parent)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
         blob = zstandard.ZstdCompressor(level=LEVEL).compress(data)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                _write_all(fd, blob)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_atomic(path, blob, 0o644, sync_dir=False)  # directories: fsync'd together by sync()
         self._dirty.add(path.parent)
         return digest
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from softudc import atomicfile
 from softudc.images import content as content_mod
 from softudc.images.content import CHUNK_OVER, ContentStore, IntegrityError, MissingObjectError
 from softudc.images.manifest import digest_of
@@ -138,7 +139,7 @@ def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monke
     def full(fd: int, data: bytes) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(content_mod, "_write_all", full)
+    monkeypatch.setattr(atomicfile, "_write_all", full)  # content objects are written by atomicfile
     with pytest.raises(OSError, match="No space"):
         cs.put(b"second")
     monkeypatch.undo()
