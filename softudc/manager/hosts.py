@@ -87,10 +87,14 @@ class Hosts:
         then the request is authenticated without a look at the store. False sends the caller to
         `authenticate_host`, which looks and says what is wrong. A host removed or joined again is
         refused here within about PEEK_EVERY_S (at once by the manager that removed it)."""
+        return self._known(name, peer_cn, peer_fingerprint) is not None
+
+    def _known(self, name: str, peer_cn: str | None, peer_fingerprint: str | None) -> Obj | None:
+        """The cached host object when it shows `name` bound to this certificate (host_known)."""
         if peer_cn is None or peer_cn != name or peer_fingerprint is None:
-            return False
+            return None
         obj = self.stored_hosts.peek(name)
-        return obj is not None and obj.spec.get("certificate") == peer_fingerprint
+        return obj if obj is not None and obj.spec.get("certificate") == peer_fingerprint else None
 
     def report_heartbeat(self, name: str, peer_cn: str | None, peer_fingerprint: str | None, body: Any,
                          address: str | None) -> dict[str, Any] | None:
@@ -98,13 +102,11 @@ class Hosts:
         authenticated host, the same report as the cached stored one, which is fresh, no migration
         under way, the address it came from already noted); None: the caller takes the full path.
         The report needs no check of its own: it equals one that was checked when it was stored."""
-        if not isinstance(body, dict) or not self.host_known(name, peer_cn, peer_fingerprint):
+        before = self._known(name, peer_cn, peer_fingerprint) if isinstance(body, dict) else None
+        if before is None or (address is not None and not self.address_noted(name, address)):
             return None
-        if address is not None and not self.address_noted(name, address):
-            return None
-        before = self.stored_hosts.peek(name)
         now = time.time()
-        if before is None or now - float(before.status.get("reported", 0)) >= REFRESH_S \
+        if now - float(before.status.get("reported", 0)) >= REFRESH_S \
                 or not same_report(before.status, body) or self.stored_hosts.busy():
             return None
         self.heartbeats.seen(name, now)
