@@ -259,18 +259,13 @@ def delete_host(m: Mgr, who: Who, name: HostName, force: bool = False) -> Any:
 
 @router.put("/v1/hosts/{name}/status", summary="A gatekeeper reports (mutual TLS only)", response_model=ReportStored,
             openapi_extra={"security": [], **REPORT_BODY}, responses=errors(400, 403, 404, 413))
-async def host_status(request: Request, m: Mgr, peer: Cert, name: HostName,
-                      report: Annotated[dict[str, Any], Body(description="the host's report")]) -> Any:
-    address = request.client.host if request.client is not None else None
-    beat = m.report_heartbeat(name, peer.cn, peer.fingerprint, report, address)  # most reports: from memory
-    return beat if beat is not None else await run_in_threadpool(_store_report, m, peer, name, report, address)
-
-
-def _store_report(m: Manager, peer: Peer, name: str, report: dict[str, Any], address: str | None) -> Any:
+def host_status(request: Request, m: Mgr, peer: Cert, name: HostName,
+                report: Annotated[dict[str, Any], Body(description="the host's report")]) -> Any:
+    # On the server, a report that is only a heartbeat never gets here: FastPath answers it first.
     m.authenticate_host(name, peer.cn, peer.fingerprint)  # one certificate per host name (audit R14)
     stored = m.host_status(peer.cn, name, report)
-    if address is not None:  # only once it authenticated (R20)
-        m.note_address(name, address)
+    if request.client is not None:  # only once it authenticated (R20)
+        m.note_address(name, request.client.host)
     return stored
 
 
