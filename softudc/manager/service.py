@@ -183,7 +183,9 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
     def manager_status(self) -> dict[str, Any]:
         """`softudc manager status`: this manager and its role, the leader, the members seen, the
         store's health and the lag (the store's revision less the leader's published reconciled)."""
-        info = self._leader_info()
+        leading = self.leadership.is_leader()  # before the record: a manager taking over meanwhile
+        info = self._leader_info()  # then reads its own record, never the gap before it
+        leading = leading and info is not None and info.id == self.leadership.id
         revision = self.store.revision()
         try:
             members = self.leadership.members()
@@ -193,7 +195,7 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         for member in members:
             member["role"] = "leader" if info is not None and member.get("id") == info.id else "follower"
         return {"id": self.manager_id, "url": self.leadership.url,
-                "role": "leader" if self.leadership.is_leader() else "follower",
+                "role": "leader" if leading else "follower",
                 "leader": dataclasses.asdict(info) if info else None, "members": members,
                 "store": self._store_health(), "revision": revision,
                 "lag": max(revision - info.reconciled, 0) if info else None}

@@ -147,7 +147,7 @@ def takeover(lab: Lab, survivor: int, killed_at: float, what: str) -> float:
     deadline = killed_at + 30
     while time.monotonic() < deadline:
         status = manager_status(lab, survivor) or {}
-        if status.get("role") == "leader":
+        if status.get("role") == "leader" and status.get("leader"):
             seen = time.monotonic() - killed_at
             took = float(status["leader"]["since"]) - killed_wall
             MEASURED.append(f"{what}: {took:.2f} s (a poll saw it after {seen:.2f} s)")

@@ -256,6 +256,34 @@ def test_solo_leads_from_its_start() -> None:
     assert info is not None and info.reconciled == 7 and [m["id"] for m in solo.members()] == ["m"]
 
 
+class TakingOver(SoloLeadership):
+    """A manager that takes over between the two reads of a status: not leading when asked, and
+    no record yet (the old leader's key is gone) when its record is read; leading from then on."""
+
+    def __init__(self) -> None:
+        super().__init__("m")
+        self.taken = False
+
+    def is_leader(self) -> bool:
+        return self.taken
+
+    def leader(self) -> LeaderInfo | None:
+        self.taken = True
+        return None
+
+
+def test_a_status_taken_during_a_takeover_never_says_leader_without_the_leaders_record(tmp_path: Path) -> None:
+    """The e2e ha test once read role "leader" with "leader": null (the record was read in the gap,
+    the role after the takeover): a status is one consistent snapshot."""
+    init(tmp_path, ["127.0.0.1"])
+    m = Manager(tmp_path, manager_id="m", leadership=TakingOver())
+    try:
+        s = m.manager_status()
+        assert s["role"] == "follower" and s["leader"] is None and s["lag"] is None
+    finally:
+        m.store.close()
+
+
 def test_a_file_leader_publishes_reconciled_coalesced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each write of the info file is synced: a loop marking revisions many times a second has it
     written at most every FILE_PUBLISH_GAP_S, the latest value last."""
