@@ -15,6 +15,9 @@ PACKAGES=(
     etcd-server etcd-client
     debootstrap e2fsprogs fuse3
     libguestfs-tools
+    clang llvm libbpf-dev bpftool
+    openipmi ipmitool
+    libnbd-bin
 )
 
 missing=()
