@@ -18,6 +18,7 @@ PACKAGES=(
     clang llvm libbpf-dev bpftool
     openipmi ipmitool
     libnbd-bin
+    prometheus
 )
 
 missing=()

@@ -44,6 +44,17 @@ def cmd_lab_down(a: argparse.Namespace) -> None:
     print(f"lab {a.name}: removed {len(removed)} namespace(s)")
 
 
+def cmd_lab_prometheus(a: argparse.Namespace) -> None:
+    from softudc.lab.prometheus import write_config
+
+    lab = load_lab(a.name, a.state_dir)
+    config = write_config(lab)
+    print(f"lab {a.name}: Prometheus configuration in {config} (targets: {config.parent / 'targets'})")
+    print("run it on the management network (the targets listen there):")
+    print(f"  ip netns exec {lab.mgmt_ns} prometheus --config.file={config} "
+          f"--storage.tsdb.path={config.parent / 'data'} --web.listen-address=127.0.0.1:9090")
+
+
 def cmd_lab_status(a: argparse.Namespace) -> None:
     status = lab_status(a.name, a.state_dir)
     if a.json:
@@ -174,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     down = lab.add_parser("down", help="remove a lab: namespaces, links, processes")
     down.add_argument("name")
     down.set_defaults(fn=cmd_lab_down)
+    pr = lab.add_parser("prometheus", help="write a Prometheus configuration (scrape targets, rules) for a lab")
+    pr.add_argument("name")
+    pr.set_defaults(fn=cmd_lab_prometheus)
     st = lab.add_parser("status")
     st.add_argument("name")
     st.add_argument("--json", action="store_true")
