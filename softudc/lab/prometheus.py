@@ -5,16 +5,21 @@ files from its own inventory (docs/monitoring.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from softudc.atomicfile import write_atomic
+from softudc.lab import shell
 from softudc.lab.lab import METRICS_PORT as GATEKEEPER_METRICS_PORT
 from softudc.lab.manager import MANAGER_ADDR
 from softudc.lab.manager import METRICS_PORT as MANAGER_METRICS_PORT
-from softudc.lab.state import Lab
+from softudc.lab.state import Lab, LabError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "prometheus"
 JOBS = ("manager", "gatekeeper", "vnetd")
@@ -51,3 +56,48 @@ def write_config(lab: Lab, out: Path | None = None) -> Path:
     for job, groups in targets(lab).items():
         write_atomic(out / "targets" / f"{job}.json", (json.dumps(groups, indent=2) + "\n").encode(), mode=0o644)
     return out / "prometheus.yml"
+
+
+def start_prometheus(lab: Lab, port: int = 9090, timeout: float = 30.0) -> int:
+    """A real Prometheus for the lab, in its management namespace (where the targets listen) on
+    127.0.0.1:`port` there, with the configuration `write_config` writes; returns its PID once it
+    says it is ready. `softudc lab down` stops it with everything else in the lab's namespaces."""
+    config = write_config(lab)
+    log = open(config.parent / "prometheus.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.mgmt_ns, "prometheus", f"--config.file={config}",
+         f"--storage.tsdb.path={config.parent / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"prometheus exited with {proc.returncode}: see {config.parent / 'prometheus.log'}")
+        with contextlib.suppress(LabError, ValueError):
+            if query_api(lab, f"http://127.0.0.1:{port}/-/ready", raw=True):
+                return proc.pid
+        time.sleep(0.3)
+    shell.stop_pid(proc.pid)
+    raise LabError(f"prometheus did not get ready within {timeout:.0f} s: see {config.parent / 'prometheus.log'}")
+
+
+_GET = ("import sys, urllib.request\n"
+        "try:\n"
+        "    sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())\n"
+        "except Exception as e:\n"
+        "    sys.exit(f'{sys.argv[1]}: {e}')\n")
+
+
+def query_api(lab: Lab, url: str, raw: bool = False) -> Any:
+    """GET `url` from inside the lab's management namespace: the body (`raw`), else Prometheus's
+    JSON answer's `data`. LabError when it does not answer or says it failed."""
+    out = subprocess.run(["ip", "netns", "exec", lab.mgmt_ns, sys.executable, "-c", _GET, url],
+                         capture_output=True, text=True, timeout=15)
+    if out.returncode != 0:
+        raise LabError(out.stderr.strip() or f"{url}: exit {out.returncode}")
+    if raw:
+        return out.stdout
+    answer = json.loads(out.stdout)
+    if answer.get("status") != "success":
+        raise LabError(f"{url}: {answer.get('error', answer)}")
+    return answer["data"]
