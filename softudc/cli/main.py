@@ -32,7 +32,8 @@ def _print(obj: Any, as_json: bool) -> None:
 def cmd_lab_up(a: argparse.Namespace) -> None:
     spec = LabSpec(a.name, hosts=a.hosts, segments=a.segments, underlay_mtu=a.mtu, gatekeepers=not a.no_gatekeepers,
                    transport=a.transport, flood=a.flood, offloads=not a.no_offloads, vnetd=a.vnetd,
-                   vnetd_peering=a.vnetd_peering, vms=a.vms, manager=a.manager, ha=a.ha)
+                   vnetd_peering=a.vnetd_peering, vms=a.vms, manager=a.manager, ha=a.ha,
+                   power=a.power)
     print(f"lab {a.name}: starting", file=sys.stderr)
     lab = lab_up(spec, a.state_dir, progress=True)
     for h in lab.hosts:
@@ -181,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--manager", action="store_true", help="run the manager and join every host to it")
     up.add_argument("--ha", action="store_true", help="with --manager: two managers (10.99.0.1, .2) on a "
                     "3-member etcd cluster (10.99.0.5-.7); the gatekeepers list both")
+    up.add_argument("--power", choices=["lab", "ipmi"], default="lab", help="hosts' power driver: lab (stops and "
+                    "starts their processes) or ipmi (an ipmi_sim BMC per host, on 10.99.0.1:6231...)")
     up.set_defaults(fn=cmd_lab_up)
     down = lab.add_parser("down", help="remove a lab: namespaces, links, processes")
     down.add_argument("name")

@@ -41,6 +41,7 @@ from softudc.lab.state import (
 )
 from softudc.lab.vnetd import make_vnetd, start_vnetd
 from softudc.localapi import LocalApiClient, LocalApiError
+from softudc.power.ipmisim import BMC_ADDR, bmc_port, ipmi_config, start_bmc
 
 METRICS_PORT = 9464
 
@@ -125,6 +126,19 @@ def _start_daemons(lab: Lab, progress: bool) -> None:
             _say(progress, f"gatekeeper on {host.name} ({host.underlay_ip})")
             start_gatekeeper(lab, host)
         lab.save()
+    _start_power(lab, progress)
+
+
+def _start_power(lab: Lab, progress: bool) -> None:
+    """Each host's power config; with power "ipmi", its BMC (an ipmi_sim) first (softudc/power)."""
+    for host in lab.hosts:
+        host.power = {"driver": "lab", "lab": lab.spec.name, "host": host.name,
+                      "state_dir": str(Path(lab.state_dir).resolve())}
+        if lab.spec.power == "ipmi":
+            _say(progress, f"BMC of {host.name}: ipmi_sim on {BMC_ADDR}:{bmc_port(lab, host)} (management network)")
+            host.bmc_pid = start_bmc(lab, host)
+            host.power = ipmi_config(lab, host)
+    lab.save()
 
 
 def _start_managers(lab: Lab, progress: bool) -> None:

@@ -14,6 +14,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from softudc.cli.errors import CliError
 
@@ -43,6 +44,7 @@ class LabSpec:
     manager: bool = False
     ha: bool = False  # with manager: 2 managers on a 3-member etcd cluster in the management namespace
     guest_dir: str | None = None  # default: build/guest of this checkout, or $SOFTUDC_GUEST_DIR
+    power: str = "lab"  # each host's power driver: lab (its processes) or ipmi (an ipmi_sim BMC per host)
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -59,6 +61,8 @@ class LabSpec:
             raise LabError(f"flood: {self.flood!r}, expected 'multicast' or 'members'")
         if self.vnetd_peering not in ("mesh", "chain"):
             raise LabError(f"vnetd_peering: {self.vnetd_peering!r}, expected 'mesh' or 'chain'")
+        if self.power not in ("lab", "ipmi"):
+            raise LabError(f"power: {self.power!r}, expected 'lab' or 'ipmi'")
         if self.ha and not self.manager:
             raise LabError("ha: several managers need the manager; add --manager (softudc lab up NAME --manager --ha)")
 
@@ -75,6 +79,8 @@ class Host:
     log_path: str
     pid: int | None = None
     libvirtd_pid: int | None = None
+    power: dict[str, Any] | None = None  # its power config (softudc/power/factory.py)
+    bmc_pid: int | None = None  # its ipmi_sim (LabSpec.power == "ipmi"), in the management namespace
 
 
 @dataclass
