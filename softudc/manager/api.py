@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -31,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -338,13 +339,15 @@ class _Requests:
     once when their Content-Length says so, else as soon as the bytes read pass it (a chunked
     body). Starlette's limiter answers the first case in plain text; this API answers in JSON."""
 
-    def __init__(self, app: ASGIApp, stats: ApiStats, counter: Counter | None) -> None:
-        self.app, self.stats, self.counter = app, stats, counter
+    def __init__(self, app: ASGIApp, stats: ApiStats, counter: Counter | None,
+                 latency: Histogram | None = None) -> None:
+        self.app, self.stats, self.counter, self.latency = app, stats, counter, latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         status = 500
+        started = time.perf_counter()
 
         async def counting(message: Message) -> None:
             nonlocal status
@@ -358,6 +361,8 @@ class _Requests:
             if self.counter is not None:
                 route = getattr(scope.get("route"), "name", None) or "unknown"
                 self.counter.labels(route, str(status)).inc()
+                if self.latency is not None:
+                    self.latency.labels(route).observe(time.perf_counter() - started)
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
         announced = dict(scope["headers"]).get(b"content-length", b"0")
@@ -403,7 +408,8 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(EtcdError, _store_unavailable)
     app.add_exception_handler(Exception, _internal)
-    app.add_middleware(_Requests, stats=app.state.stats, counter=m.requests if m is not None else None)
+    app.add_middleware(_Requests, stats=app.state.stats, counter=m.requests if m is not None else None,
+                       latency=m.latency if m is not None else None)
     return app
 
 

@@ -204,7 +204,7 @@ def serve(m: Manager, host: str, port: int, *, read_deadline_s: float = READ_DEA
     protocol = type("TlsProtocol", (_TlsProtocol,), {"read_deadline_s": read_deadline_s, "stats": stats,
                                                       "max_header_bytes": max_header_bytes})
     ctx = tls_context(m)
-    app = FastPath(make_app(m, stats=stats, workers=workers), m, m.requests)  # the gatekeepers' two, first
+    app = FastPath(make_app(m, stats=stats, workers=workers), m, m.requests, m.latency)  # the gatekeepers' two, first
     config = uvicorn.Config(app, host=host, port=port, http=protocol,
                             ssl_context_factory=lambda _config, _default: ctx, limit_concurrency=limit_concurrency,
                             timeout_keep_alive=keep_alive_s,

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import re
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from softudc.manager.api import MAX_BODY, PEER_KEY, Peer
@@ -62,14 +63,15 @@ def _poll_query(raw: bytes) -> tuple[str, float] | None:
 class FastPath:
     """The ASGI application in front of the manager's (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, m: Manager, counter: Counter | None) -> None:
-        self.app, self.m, self.counter = app, m, counter
+    def __init__(self, app: ASGIApp, m: Manager, counter: Counter | None, latency: Histogram | None = None) -> None:
+        self.app, self.m, self.counter, self.latency = app, m, counter, latency
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = self._route(scope)
         if route is None:
             return await self.app(scope, receive, send)
         kind, name, peer = route
+        scope["softudc.started"] = time.perf_counter()  # for _answer's latency
         if kind == "desired":
             answered = await self._desired(scope, name, peer, send)
             if not answered:
@@ -100,7 +102,7 @@ class FastPath:
         if query is None or not self.m.host_known(name, peer.cn, peer.fingerprint):
             return False
         desired = await self.m.wait_desired(peer.cn, name, *query)
-        await self._answer(send, "desired", _dumps(desired))
+        await self._answer(scope, send, "desired", _dumps(desired))
         return True
 
     async def _report(self, name: str, peer: Peer, body: bytes, scope: Scope, send: Send) -> bool:
@@ -112,7 +114,7 @@ class FastPath:
         beat = self.m.report_heartbeat(name, peer.cn, peer.fingerprint, report, client[0] if client else None)
         if beat is None:
             return False
-        await self._answer(send, "host_status", _dumps(beat))
+        await self._answer(scope, send, "host_status", _dumps(beat))
         return True
 
     @staticmethod
@@ -136,12 +138,14 @@ class FastPath:
             if not more:
                 return b"".join(chunks), True, None
 
-    async def _answer(self, send: Send, route: str, body: bytes) -> None:
+    async def _answer(self, scope: Scope, send: Send, route: str, body: bytes) -> None:
         await send({"type": "http.response.start", "status": 200,
                     "headers": [*_JSON, (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
         if self.counter is not None:
             self.counter.labels(route, "200").inc()
+        if self.latency is not None:
+            self.latency.labels(route).observe(time.perf_counter() - scope["softudc.started"])
 
 
 def _replay(body: bytes, complete: bool, last: Message | None, receive: Receive) -> Receive:

@@ -8,7 +8,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -43,6 +43,18 @@ class ManagerCollector(Collector):
         yield ready
         yield hosts
         yield polls
+
+
+# Seconds: most answers take milliseconds; long polls wait up to their `wait` (about 30 s).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def request_latency(registry: CollectorRegistry) -> Histogram:
+    """`softudc_manager_request_duration_seconds{route}`: from the request's arrival to its answer
+    (a long poll's includes its wait: read the `desired` route apart)."""
+    return Histogram("softudc_manager_request_duration_seconds", "API request duration by route, "
+                     "arrival to answer (long polls include their wait)", ["route"], registry=registry,
+                     buckets=LATENCY_BUCKETS)
 
 
 def make_registry(store: Store, reports: Callable[[], dict[str, dict[str, Any]]],

@@ -45,7 +45,7 @@ from softudc.manager.longpoll import MAX_WAIT_S as MAX_WAIT_S  # the longest lon
 from softudc.manager.longpoll import LongPolls
 from softudc.manager.loop import RECONCILE_EVERY_S as RECONCILE_EVERY_S  # importers find it here
 from softudc.manager.loop import ControllerLoop, Pass, StoreObserver
-from softudc.manager.metrics import LeaderMetrics, make_registry
+from softudc.manager.metrics import LeaderMetrics, make_registry, request_latency
 from softudc.manager.moves import Moves
 from softudc.manager.planning import Planning
 from softudc.manager.planning import _check_vnet_ids as _check_vnet_ids  # tests reach it here
@@ -84,6 +84,7 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self._started = self._closed = False
         self._compacted_at = 0.0
         self.registry, self.requests, self.events = make_registry(self.store, self.reports, self.polls.waiting)
+        self.latency = request_latency(self.registry)
         self.leader_metrics = LeaderMetrics(self.registry)
         self._addresses: dict[str, str] = {}  # host -> where its reports come from (migration URIs, R20)
 

@@ -359,7 +359,7 @@ def test_r13_cancel_is_in_the_openapi_document() -> None:
     assert schema["properties"]["cancel"]["type"] == "boolean" and schema["additionalProperties"] is False
 
 
-def test_every_answer_is_counted_by_route_and_status(tmp_path: Path) -> None:
+def test_every_answer_is_counted_and_timed_by_route_and_status(tmp_path: Path) -> None:
     from prometheus_client import generate_latest
 
     admin = init(tmp_path, ["127.0.0.1"])
@@ -378,8 +378,11 @@ def test_every_answer_is_counted_by_route_and_status(tmp_path: Path) -> None:
     for line in ('softudc_manager_requests_total{route="list_farms",status="200"} 3.0',
                  'softudc_manager_requests_total{route="list_farms",status="401"} 1.0',
                  'softudc_manager_requests_total{route="unknown",status="404"} 1.0',
-                 'softudc_manager_requests_total{route="unknown",status="413"} 1.0'):
+                 'softudc_manager_requests_total{route="unknown",status="413"} 1.0',
+                 'softudc_manager_request_duration_seconds_count{route="list_farms"} 4.0',
+                 'softudc_manager_request_duration_seconds_count{route="unknown"} 2.0'):
         assert line in text, text
+    assert m.registry.get_sample_value("softudc_manager_request_duration_seconds_sum", {"route": "list_farms"}) > 0
 
 
 def test_manager_status_from_the_leader_and_a_follower_and_the_leaders_events(tmp_path: Path) -> None:

@@ -82,9 +82,18 @@ def _call(app: FastPath, scope: dict[str, Any], chunks: list[bytes] | None = Non
 
 
 def test_a_long_poll_of_a_known_host_is_answered_here_with_the_routes_bytes() -> None:
+    from prometheus_client import CollectorRegistry, Counter
+
+    from softudc.manager.metrics import request_latency
+
+    registry = CollectorRegistry()
+    counter = Counter("c", "requests", ["route", "status"], registry=registry)
     m, inner = FakeManager(), Inner()
-    status, body = _call(FastPath(inner, m, None), _scope("GET", "/v1/hosts/h1/desired", b"since=x1&wait=2.5"))  # type: ignore[arg-type]
+    app = FastPath(inner, m, counter, request_latency(registry))  # type: ignore[arg-type]
+    status, body = _call(app, _scope("GET", "/v1/hosts/h1/desired", b"since=x1&wait=2.5"))
     assert (status, body) == (200, _dumps(DESIRED)) and m.polls == [("x1", 2.5)] and inner.bodies == []
+    assert registry.get_sample_value("c_total", {"route": "desired", "status": "200"}) == 1
+    assert registry.get_sample_value("softudc_manager_request_duration_seconds_count", {"route": "desired"}) == 1
     assert json.loads(body) == DESIRED and "é".encode() in body  # as starlette's JSONResponse: UTF-8, compact
 
 
