@@ -5,12 +5,12 @@ ipmi_sim runs its `chassis_control` program for each chassis request (OpenIPMI l
 bmc_chassis.c) as `PROGRAM get PARM...` — answer one `PARM:VALUE` line each — or
 `PROGRAM set PARM VALUE [PARM VALUE...]` — answer nothing on success, or an error line with a
 non-zero exit. Parameters: `power` (1/0), `reset` (a pulse), `boot`, `shutdown` (graceful), and
-`identify` (two values: seconds, force). Here:
+`identify` (one argument holding two values: "SECONDS FORCE"). Here:
 
     python -m softudc.power.chassis --state-dir D LAB HOST get power       -> power:1
     python -m softudc.power.chassis --state-dir D LAB HOST set power 0     (the host's processes cut)
     python -m softudc.power.chassis --state-dir D LAB HOST set power 1     (returns at once; see below)
-    python -m softudc.power.chassis --state-dir D LAB HOST set identify 15 0
+    python -m softudc.power.chassis --state-dir D LAB HOST set identify "15 0"
 
 ipmi_sim waits for the program and answers nothing else meanwhile, and a power-on (libvirtd and a
 gatekeeper starting) takes seconds: longer than ipmitool waits. So `set power 1` (and `reset`)
@@ -47,12 +47,10 @@ def _set(power: LabPower, args: argparse.Namespace, pairs: list[str]) -> None:
     i = 0
     while i < len(pairs):
         parm = pairs[i]
-        if parm == "identify":  # identify carries two values: the interval and the force flag
-            record_identify(_host_dir(args), int(pairs[i + 1]))
-            i += 3
-            continue
         value = pairs[i + 1] if i + 1 < len(pairs) else ""
-        if (parm, value) in (("power", "0"), ("shutdown", "1")):
+        if parm == "identify":  # one argument, "INTERVAL FORCE" (ipmi_sim 2.0.33 passes "20 0")
+            record_identify(_host_dir(args), int(value.split()[0]))
+        elif (parm, value) in (("power", "0"), ("shutdown", "1")):
             power.off()
         elif parm == "power" and value == "1":
             _spawn_poweron(args, cycle=False)

@@ -51,7 +51,7 @@ def test_set_power_off_cuts_at_once_and_on_or_reset_start_a_worker(spawned: list
 
 
 def test_set_identify_takes_its_two_values_and_records_the_interval(spawned: list[bool], tmp_path: Path) -> None:
-    chassis._set(FakePower(), ARGS, ["identify", "15", "0", "power", "1"])  # type: ignore[arg-type]
+    chassis._set(FakePower(), ARGS, ["identify", "15 0", "power", "1"])  # type: ignore[arg-type]
     assert '"seconds": 15' in (tmp_path / "identify.json").read_text() and spawned == [False]
 
 

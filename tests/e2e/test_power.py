@@ -1,0 +1,142 @@
+"""Host power on a real lab (2 hosts, a libvirtd each, `--power ipmi`): our ipmi driver runs ipmitool
+against each host's ipmi_sim on the management network; its chassis commands cut and restart the
+host's processes (gatekeeper, libvirtd, a real QEMU guest). The lab driver does the same directly.
+One lab for the module."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from softudc.lab import Lab, LabSpec, lab_down, lab_up, load_lab, shell
+from softudc.lab.state import Host
+from softudc.power.driver import PowerDriver, PowerError
+from softudc.power.factory import driver_for
+from softudc.power.ipmi import IpmiPower
+from softudc.power.lab import LabPower
+from tests.e2e.conftest import _print_logs, _why_not_root, create_vnet, gk, wait_until
+
+pytestmark = [pytest.mark.power, pytest.mark.vm]
+MEASURED: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    reason = _why_not_root()
+    if reason:
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    if shutil.which("ipmi_sim") is None or shutil.which("ipmitool") is None:
+        pytest.fail("ipmi_sim or ipmitool is missing: run `make bootstrap` (packages openipmi, ipmitool)")
+    state = tempfile.mkdtemp(prefix="sudc")  # short: unix socket paths stay under 108 bytes
+    failed_before = request.session.testsfailed
+    made = lab_up(LabSpec(name="pw" + secrets.token_hex(3), hosts=2, vms=True, power="ipmi"), state)
+    try:
+        yield made
+    finally:
+        if request.session.testsfailed > failed_before:
+            _print_logs(made)
+        print("\nmeasured: " + ("; ".join(MEASURED) or "nothing"))
+        lab_down(made.spec.name, state)
+        shutil.rmtree(state, ignore_errors=True)
+        assert not [ns for ns in shell.netns_list() if ns.startswith(made.prefix)], "lab down left namespaces"
+
+
+def host(lab: Lab, name: str) -> Host:
+    return load_lab(lab.spec.name, lab.state_dir).host(name)  # the PIDs as the drivers recorded them
+
+
+def ipmi(lab: Lab, name: str) -> PowerDriver:
+    config = host(lab, name).power
+    assert config is not None and config["driver"] == "ipmi", config
+    return driver_for(config)
+
+
+def qemu_pids(netns: str) -> list[int]:
+    out = []
+    for pid in shell.netns_pids(netns):
+        try:
+            if b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                out.append(pid)
+        except OSError:
+            pass
+    return out
+
+
+def wait_power(driver: PowerDriver, state: str, timeout: float = 30.0) -> float:
+    t = time.monotonic()
+    assert wait_until(lambda: driver.status() == state, timeout=timeout, interval=0.2), \
+        f"{driver.name} still {driver.status()} after {timeout} s"
+    return time.monotonic() - t
+
+
+def test_ipmi_power_off_cuts_the_host_with_its_guest_and_on_brings_it_back(lab: Lab) -> None:
+    create_vnet(lab, 10, ["h2"])
+    gk(lab, "h2").call("vm.start", name="pv", nics=[{"vnet": 10, "mac": "52:54:00:0b:00:01", "ip": "10.0.0.21/24",
+                                                    "probe": []}])
+    assert wait_until(lambda: bool(qemu_pids(lab.host("h2").netns)), timeout=30), "the guest's QEMU did not start"
+    before = host(lab, "h2")
+    assert before.pid and before.libvirtd_pid and before.bmc_pid
+    h1 = host(lab, "h1")
+    bmc = ipmi(lab, "h2")
+    assert bmc.status() == "on"
+
+    t = time.monotonic()
+    bmc.off()
+    off_s = time.monotonic() - t
+    assert bmc.status() == "off"
+    assert shell.netns_pids(before.netns) == [], "power off left processes in the host's namespace"
+    assert not shell.pid_alive(before.pid) and not shell.pid_alive(before.libvirtd_pid)
+    assert shell.pid_alive(before.bmc_pid), "the BMC went down with its host"
+    assert h1.pid and shell.pid_alive(h1.pid) and h1.libvirtd_pid and shell.pid_alive(h1.libvirtd_pid)
+
+    t = time.monotonic()
+    bmc.on()
+    on_s = wait_power(bmc, "on")
+    after = host(lab, "h2")
+    assert after.pid and after.pid != before.pid and after.libvirtd_pid and after.libvirtd_pid != before.libvirtd_pid
+    assert wait_until(lambda: gk(lab, "h2").call("status") is not None, timeout=10)
+    assert isinstance(gk(lab, "h2").call("vm.list"), list)  # its libvirtd answers it again
+    MEASURED.append(f"ipmi off {off_s:.2f} s (host cut, guest killed), on -> status on {on_s:.2f} s "
+                    f"(ipmitool returns in {time.monotonic() - t - on_s:.2f} s)")
+
+
+def test_ipmi_cycle_and_identify_reach_the_lab_host(lab: Lab) -> None:
+    bmc = ipmi(lab, "h1")
+    before = host(lab, "h1").pid
+    bmc.cycle()  # ipmi_sim: off now, on a second later
+    assert wait_until(lambda: host(lab, "h1").pid not in (None, before) and bmc.status() == "on", timeout=30)
+    assert wait_until(lambda: gk(lab, "h1").call("status") is not None, timeout=10)
+    t = time.time()
+    bmc.identify(20)
+    assert t + 19 <= LabPower(lab.spec.name, "h1", lab.state_dir).identify_until() <= time.time() + 21
+
+
+def test_a_wrong_password_or_user_is_a_clear_power_error(lab: Lab, tmp_path: Path) -> None:
+    config = dict(host(lab, "h2").power or {})
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    config.pop("driver")
+    with pytest.raises(PowerError, match=r"ipmi 10.99.0.1:6232: `ipmitool chassis power status` failed .*"
+                                         r"the BMC refused the password: check the password file"):
+        IpmiPower(**{**config, "password_file": str(wrong)}).status()
+    with pytest.raises(PowerError, match=r"the BMC does not know this user"):
+        IpmiPower(**{**config, "user": "mallory"}).status()
+
+
+def test_the_lab_driver_switches_a_host_directly(lab: Lab) -> None:
+    power = LabPower(lab.spec.name, "h1", lab.state_dir)
+    assert power.status() == "on"
+    power.off()
+    assert power.status() == "off" and shell.netns_pids(lab.host("h1").netns) == []
+    t = time.monotonic()
+    power.on()
+    MEASURED.append(f"lab driver on (libvirtd + gatekeeper answering) {time.monotonic() - t:.2f} s")
+    assert power.status() == "on" and gk(lab, "h1").call("status") is not None
