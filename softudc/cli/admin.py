@@ -331,6 +331,9 @@ def add_parsers(sub: Any) -> None:
     from softudc.cli.manager import add_join_token_parser
 
     add_join_token_parser(hl)
+    from softudc.cli.power import add_power_parsers
+
+    add_power_parsers(hl)
     ev = sub.add_parser("events", help="the manager's event log (applies, plans, migrations, host states)")
     ev.add_argument("--kind", choices=["farm", "host"])
     ev.add_argument("--name")

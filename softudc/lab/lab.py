@@ -26,7 +26,7 @@ from softudc.lab import shell
 from softudc.lab.accel import probe_accel
 from softudc.lab.ha import ETCD_ADDRS, start_etcd, start_managers
 from softudc.lab.libvirt import libvirt_uri, migration_uri, start_libvirtd
-from softudc.lab.manager import MANAGER_ADDR, MANAGER_PORT, join_host, manager_addresses, start_manager
+from softudc.lab.manager import MANAGER_ADDR, MANAGER_PORT, call, join_host, manager_addresses, start_manager
 from softudc.lab.shell import ip, link, set_sysctl
 from softudc.lab.state import (
     NAME_RE,
@@ -138,6 +138,10 @@ def _start_power(lab: Lab, progress: bool) -> None:
             _say(progress, f"BMC of {host.name}: ipmi_sim on {BMC_ADDR}:{bmc_port(lab, host)} (management network)")
             host.bmc_pid = start_bmc(lab, host)
             host.power = ipmi_config(lab, host)
+        if lab.spec.manager:  # the manager powers hosts with the same config (softudc host power H ...)
+            status, body = call(lab, "PUT", f"/v1/hosts/{host.name}/power-config", json.dumps(host.power))
+            if status != 200:
+                raise LabError(f"the manager refused {host.name}'s power config: {status} {body}")
     lab.save()
 
 

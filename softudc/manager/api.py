@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from softudc.etcd.client import EtcdError
+from softudc.manager import apipower
 from softudc.manager.apimodels import (
     INSTANCE_PATTERN,
     NAME_PATTERN,
@@ -401,6 +402,7 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
                   redirect_slashes=False)
     app.state.manager, app.state.stats = m, stats or ApiStats()
     app.include_router(router)
+    app.include_router(apipower.router)  # host power (softudc/manager/apipower.py)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(AuthError, _auth_error)

@@ -27,7 +27,8 @@ from softudc.manager.store import Conflict, Obj, Store
 from softudc.manager.storetokens import StoreJoinTokens
 from softudc.pki import CertificateAuthority, PkiError, fingerprint
 
-HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides
+HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides;
+# `standby`: powered off through its power driver (softudc/manager/apipower.py), not placed on, not down
 REPORTS_KEPT_S = 0.5  # reports() answers again from what it built while the store did not move
 _MADE = threading.Lock()  # makes each Manager's book and cache once (Hosts has no __init__ of its own)
 
@@ -244,7 +245,8 @@ class Hosts:
 
     def reports(self) -> dict[str, dict[str, Any]]:
         """Each host's last report with the state placement goes by: the one an admin set
-        (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S.
+        (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S,
+        unless it is in `standby` (powered off by the manager: its silence is expected).
         `reported` is the newest of the stored report's and the heartbeats' (every manager's
         flushed books): the host said that, again, then. Built from StoredHosts (no read of the
         store unless it changed) and kept for REPORTS_KEPT_S while the store has not moved (every
@@ -259,7 +261,7 @@ class Hosts:
             state = o.spec.get("state", "ready")
             status = o.status
             at = max(float(status.get("reported", 0)), seen.get(o.name, 0.0))
-            if now - at > HOST_DOWN_AFTER_S:
+            if now - at > HOST_DOWN_AFTER_S and state != "standby":  # powered off on purpose (apipower.py)
                 state = "down"
             out[o.name] = {**status, **({"reported": at} if "reported" in status else {}), "state": state}
         self.__dict__["_reports_kept"] = (revision, now, out)

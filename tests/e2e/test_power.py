@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from softudc.cli.main import main as cli
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, load_lab, shell
+from softudc.lab.manager import call
 from softudc.lab.state import Host
 from softudc.power.driver import PowerDriver, PowerError
 from softudc.power.factory import driver_for
@@ -26,8 +28,7 @@ pytestmark = [pytest.mark.power, pytest.mark.vm]
 MEASURED: list[str] = []
 
 
-@pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+def _lab(request: pytest.FixtureRequest, vms: bool = False, manager: bool = False) -> Iterator[Lab]:
     reason = _why_not_root()
     if reason:
         print(f"SKIP: {reason}")
@@ -36,7 +37,8 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         pytest.fail("ipmi_sim or ipmitool is missing: run `make bootstrap` (packages openipmi, ipmitool)")
     state = tempfile.mkdtemp(prefix="sudc")  # short: unix socket paths stay under 108 bytes
     failed_before = request.session.testsfailed
-    made = lab_up(LabSpec(name="pw" + secrets.token_hex(3), hosts=2, vms=True, power="ipmi"), state)
+    made = lab_up(LabSpec(name="pw" + secrets.token_hex(3), hosts=2, power="ipmi", vms=vms, manager=manager),
+                  state)
     try:
         yield made
     finally:
@@ -46,6 +48,18 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         lab_down(made.spec.name, state)
         shutil.rmtree(state, ignore_errors=True)
         assert not [ns for ns in shell.netns_list() if ns.startswith(made.prefix)], "lab down left namespaces"
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """2 hosts, a libvirtd each (real guests), a BMC each; no manager: the drivers are called here."""
+    yield from _lab(request, vms=True)
+
+
+@pytest.fixture(scope="module")
+def managed(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """2 hosts with gatekeepers joined to a manager, a BMC each: the manager powers them."""
+    yield from _lab(request, manager=True)
 
 
 def host(lab: Lab, name: str) -> Host:
@@ -140,3 +154,34 @@ def test_the_lab_driver_switches_a_host_directly(lab: Lab) -> None:
     power.on()
     MEASURED.append(f"lab driver on (libvirtd + gatekeeper answering) {time.monotonic() - t:.2f} s")
     assert power.status() == "on" and gk(lab, "h1").call("status") is not None
+
+
+def host_state(lab: Lab, name: str) -> str:
+    status, hosts = call(lab, "GET", "/v1/hosts")
+    assert status == 200 and isinstance(hosts, list), hosts
+    return str(next(h for h in hosts if h["name"] == name)["state"])
+
+
+def test_the_cli_powers_a_host_through_the_manager_which_holds_it_in_standby(
+        managed: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = ["--state-dir", managed.state_dir]
+    status, config = call(managed, "GET", "/v1/hosts/h2/power-config")
+    assert status == 200 and isinstance(config, dict) and config["power"]["driver"] == "ipmi", config
+    cli([*lab, "host", "power", "h2", "status", "--lab", managed.spec.name])
+    assert capsys.readouterr().out.strip() == "h2: on (host state: ready)"
+    before = host(managed, "h2").pid
+    t = time.monotonic()
+    cli([*lab, "host", "power", "h2", "off", "--lab", managed.spec.name])
+    assert capsys.readouterr().out.strip() == "h2: powered off (host state: standby)"
+    MEASURED.append(f"softudc host power h2 off through the manager and ipmi_sim {time.monotonic() - t:.2f} s")
+    assert before and not shell.pid_alive(before) and shell.netns_pids(managed.host("h2").netns) == []
+    assert host_state(managed, "h2") == "standby"
+    status, events = call(managed, "GET", "/v1/events?kind=host&name=h2")
+    assert status == 200 and isinstance(events, list)
+    assert any(e["type"] == "Power" and "off through ipmi 10.99.0.1:6232" in e["message"] for e in events), events
+    cli([*lab, "host", "power", "h2", "on", "--lab", managed.spec.name])
+    assert capsys.readouterr().out.strip() == "h2: powered on (host state: ready)"
+    assert wait_until(lambda: host(managed, "h2").pid not in (None, before), timeout=30)
+    assert wait_until(lambda: host_state(managed, "h2") == "ready", timeout=30)
+    cli([*lab, "host", "power", "h1", "identify", "--seconds", "9", "--lab", managed.spec.name, "--direct"])
+    assert "h1: identify LED on for 9 s (directly, ipmi 10.99.0.1:6231)" in capsys.readouterr().out
