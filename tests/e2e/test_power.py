@@ -20,6 +20,7 @@ from softudc.lab.manager import call
 from softudc.lab.state import Host
 from softudc.power.driver import PowerDriver, PowerError
 from softudc.power.factory import driver_for
+from softudc.power.fence import fence
 from softudc.power.ipmi import IpmiPower
 from softudc.power.lab import LabPower
 from tests.e2e.conftest import _print_logs, _why_not_root, create_vnet, gk, wait_until
@@ -154,6 +155,24 @@ def test_the_lab_driver_switches_a_host_directly(lab: Lab) -> None:
     power.on()
     MEASURED.append(f"lab driver on (libvirtd + gatekeeper answering) {time.monotonic() - t:.2f} s")
     assert power.status() == "on" and gk(lab, "h1").call("status") is not None
+
+
+def test_fencing_through_ipmi_confirms_the_host_off_and_a_refused_bmc_is_never_confirmed(
+        lab: Lab, tmp_path: Path) -> None:
+    bmc = ipmi(lab, "h2")
+    fenced = fence(bmc, timeout=20, interval=0.5)
+    assert fenced.confirmed and fenced.attempts == 1, fenced
+    assert shell.netns_pids(lab.host("h2").netns) == []
+    MEASURED.append(f"fence h2 through ipmi_sim: confirmed off in {fenced.seconds:.2f} s")
+    wrong = tmp_path / "wrong.pw"
+    wrong.write_text("not-the-password\n")
+    wrong.chmod(0o600)
+    config = {k: v for k, v in (host(lab, "h1").power or {}).items() if k != "driver"}
+    refused = fence(IpmiPower(**{**config, "password_file": str(wrong)}), timeout=2, interval=0.5)
+    assert not refused.confirmed and "the BMC refused the password" in refused.reason, refused
+    assert host(lab, "h1").pid and shell.pid_alive(host(lab, "h1").pid or 0)  # h1 untouched
+    bmc.on()
+    wait_power(bmc, "on")
 
 
 def host_state(lab: Lab, name: str) -> str:
