@@ -1,4 +1,4 @@
-"""`softudc host power H on|off|status|cycle|identify` and `softudc host power-config H`.
+"""`softudc host power H on|off|status|cycle|identify|fence` and `softudc host power-config H`.
 
 Through the manager (its admin route, softudc/manager/apipower.py): the host's stored power config
 picks the driver, powering off puts the host in `standby`, powering on brings it back to `ready`.
@@ -21,6 +21,7 @@ from softudc.cli.errors import CliError, ok
 from softudc.lab.state import load_lab
 from softudc.power.driver import POWER_ACTIONS, PowerDriver
 from softudc.power.factory import driver_for
+from softudc.power.fence import fence
 
 
 def _direct(a: argparse.Namespace) -> bool:
@@ -47,6 +48,11 @@ def run_direct(a: argparse.Namespace) -> dict[str, Any]:
     answer: dict[str, Any] = {"host": a.name, "action": a.action, "driver": driver.name}
     if a.action == "status":
         answer["power"] = driver.status()
+    elif a.action == "fence":
+        fenced = fence(driver, timeout=a.timeout)
+        if not fenced.confirmed:
+            raise CliError(f"{a.name}: {fenced.reason}")
+        answer["reason"] = fenced.reason
     elif a.action == "identify":
         driver.identify(a.seconds)
     else:
@@ -58,14 +64,15 @@ def cmd_host_power(a: argparse.Namespace) -> None:
     if _direct(a):
         body = run_direct(a)
     else:
-        request = {"action": a.action, "seconds": a.seconds, "force": a.force}
+        request = {"action": a.action, "seconds": a.seconds, "force": a.force, "timeout": a.timeout}
         body = ok(*connect(a).call("POST", f"/v1/hosts/{a.name}/power", json.dumps(request)))
     if a.json:
         print(json.dumps(body, indent=2))
         return
     what = body["power"] if a.action == "status" else {"on": "powered on", "off": "powered off",
                                                        "cycle": "power-cycled",
-                                                       "identify": f"identify LED on for {a.seconds} s"}[a.action]
+                                                       "identify": f"identify LED on for {a.seconds} s",
+                                                       "fence": "fenced (confirmed off)"}[a.action]
     state = f" (host state: {body['state']})" if "state" in body else f" (directly, {body['driver']})"
     print(f"{a.name}: {what}{state}")
 
@@ -88,9 +95,12 @@ def add_power_parsers(hosts: Any) -> None:
     """Under `softudc host`: `power` and `power-config`."""
     p = hosts.add_parser("power", help="power a host on or off, cycle it, its power status, its identify LED")
     p.add_argument("name")
-    p.add_argument("action", choices=POWER_ACTIONS)
+    p.add_argument("action", choices=[*POWER_ACTIONS, "fence"], help="fence: off and confirmed off (a host that "
+                   "stopped answering; through the manager, a live one needs --force)")
     p.add_argument("--seconds", type=int, default=15, help="identify: how long the LED is lit (0: off; at most 255)")
-    p.add_argument("--force", action="store_true", help="off/cycle: even with instances placed on the host")
+    p.add_argument("--force", action="store_true", help="off/cycle: even with instances placed on the host; "
+                   "fence: even a host that is not down")
+    p.add_argument("--timeout", type=float, default=30.0, help="fence: seconds to confirm the host off")
     p.add_argument("--direct", action="store_true", help="with --lab: the lab's own driver, not through the manager")
     p.add_argument("--json", action="store_true")
     add_arguments(p)

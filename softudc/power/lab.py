@@ -83,8 +83,11 @@ class LabPower:
             host = lab.host(self.host)
         except LabError as e:
             raise PowerError(f"{self.name}: {e}") from None
-        lab.dir.mkdir(parents=True, exist_ok=True)
-        with open(lab.dir / "power.lock", "w") as lock:
+        try:
+            lock = open(lab.dir / "power.lock", "w")  # noqa: SIM115 - closed below, after the block
+        except OSError as e:
+            raise PowerError(f"{self.name}: cannot take the lab's power lock: {e}") from None
+        with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             lab = self._load(self.lab, self.state_dir)  # again, now that no other power command writes it
             host = lab.host(self.host)

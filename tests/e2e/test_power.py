@@ -204,3 +204,17 @@ def test_the_cli_powers_a_host_through_the_manager_which_holds_it_in_standby(
     assert wait_until(lambda: host_state(managed, "h2") == "ready", timeout=30)
     cli([*lab, "host", "power", "h1", "identify", "--seconds", "9", "--lab", managed.spec.name, "--direct"])
     assert "h1: identify LED on for 9 s (directly, ipmi 10.99.0.1:6231)" in capsys.readouterr().out
+
+
+def test_the_manager_fences_only_with_force_a_host_that_still_reports(
+        managed: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = ["--state-dir", managed.state_dir, "host", "power", "h1", "fence", "--lab", managed.spec.name]
+    with pytest.raises(SystemExit):
+        cli(lab)
+    assert "h1 is not down (it still reports)" in capsys.readouterr().err
+    assert host(managed, "h1").pid and shell.pid_alive(host(managed, "h1").pid or 0)
+    cli([*lab, "--force"])
+    assert capsys.readouterr().out.strip() == "h1: fenced (confirmed off) (host state: standby)"
+    assert shell.netns_pids(managed.host("h1").netns) == [] and host_state(managed, "h1") == "standby"
+    cli(["--state-dir", managed.state_dir, "host", "power", "h1", "on", "--lab", managed.spec.name])
+    assert wait_until(lambda: host_state(managed, "h1") == "ready", timeout=30)

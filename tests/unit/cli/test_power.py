@@ -55,4 +55,14 @@ def test_a_lab_with_a_manager_goes_through_it(tmp_path: Path, monkeypatch: pytes
     with pytest.raises(CliError, match="manager: h1 still has 1 instance"):
         cmd_host_power(build_parser().parse_args(["--state-dir", str(tmp_path), "host", "power", "h1", "off",
                                                   "--lab", "t1"]))
-    assert asked == [("POST", "/v1/hosts/h1/power", '{"action": "off", "seconds": 15, "force": false}')]
+    body = '{"action": "off", "seconds": 15, "force": false, "timeout": 30.0}'
+    assert asked == [("POST", "/v1/hosts/h1/power", body)]
+
+
+def test_fencing_a_lab_host_directly_that_cannot_be_confirmed_fails_saying_why(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lab = make_lab(tmp_path)
+    (lab.dir / "power.lock").mkdir()  # the lab driver cannot take its lock: power off fails every time
+    with pytest.raises(SystemExit):
+        main(["--state-dir", str(tmp_path), "host", "power", "h1", "fence", "--lab", "t1", "--timeout", "0.5"])
+    assert "h1: lab t1/h1: not confirmed off within 0.5 s: power off failed" in capsys.readouterr().err

@@ -137,3 +137,29 @@ def test_only_an_admin_may_power_hosts(world: tuple[Manager, FakeDriver], monkey
     monkeypatch.setattr(m.tokens, "authenticate", lambda header: Principal("ops", "operator", ("shop",)))
     with pytest.raises(ApiError, match="ops \\(operator\\) may not power hosts"):
         apipower._admin(m, HTTPAuthorizationCredentials(scheme="Bearer", credentials="t"))
+
+
+def test_fence_is_for_a_down_host_and_confirmed_puts_it_in_standby(
+        world: tuple[Manager, FakeDriver], monkeypatch: pytest.MonkeyPatch) -> None:
+    m, driver = world
+    set_power_config(m, ADMIN, "h1", CONFIG)
+    m.host_status("h1", "h1", {"vcpus": 8, "memory_mib": 8192, "running": []})
+    with pytest.raises(ApiError, match="h1 is not down \\(it still reports\\)"):
+        power(m, ADMIN, "h1", PowerRequest(action="fence"))
+    assert driver.calls == []
+    later: Any = time.time() + HOST_DOWN_AFTER_S + 5
+    monkeypatch.setattr("softudc.manager.hosts.time.time", lambda: later)
+    answer = power(m, ADMIN, "h1", PowerRequest(action="fence"))
+    assert answer["confirmed"] is True and answer["state"] == "standby" and driver.calls == ["off", "status"]
+    assert "fenced: confirmed off" in m.store.events("host", "h1", limit=5)[-2]["message"]
+
+
+def test_an_unconfirmed_fence_is_a_424_that_says_why_and_leaves_the_state(world: tuple[Manager, FakeDriver]) -> None:
+    m, driver = world
+    set_power_config(m, ADMIN, "h1", CONFIG)
+    driver.fail = "no BMC answered at this address and port"
+    with pytest.raises(ApiError, match=r"not confirmed off within 0\.5 s: power off failed") as e:  # no wait:
+        # the timeout is shorter than the retry interval
+        power(m, ADMIN, "h1", PowerRequest(action="fence", force=True, timeout=0.5))
+    assert e.value.status == 424 and e.value.extra["confirmed"] is False and state(m) == "ready"
+    assert m.store.events("host", "h1", limit=5)[-1]["type"] == "PowerFailed"
