@@ -34,7 +34,7 @@ class ManagerCollector(Collector):
             ready.add_metric([f.name], 1.0 if f.status.get("conditions", {}).get("Ready") else 0.0)
         hosts = GaugeMetricFamily("softudc_manager_hosts", "Hosts by state", labels=["state"])
         states = Tally(r.get("state", "ready") for r in self.reports().values())
-        for state in ("ready", "draining", "maintenance", "down"):
+        for state in ("ready", "draining", "maintenance", "standby", "down"):
             hosts.add_metric([state], states[state])
         polls = GaugeMetricFamily("softudc_manager_long_polls_waiting",
                                   "Gatekeepers' long polls of their desired state waiting now")

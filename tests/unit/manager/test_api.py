@@ -283,6 +283,7 @@ def test_the_manager_exports_farms_hosts_and_events_as_prometheus_metrics(
     assert 'softudc_manager_instances{farm="demo",phase="placed"} 4.0' in text
     assert 'softudc_manager_farm_ready{farm="demo"} 0.0' in text  # nothing runs yet
     assert 'softudc_manager_hosts{state="ready"} 3.0' in text
+    assert 'softudc_manager_hosts{state="standby"} 0.0' in text  # every state has its series, 0 included
     assert 'softudc_manager_events_total{type="Applied"} 1.0' in text
 
 
