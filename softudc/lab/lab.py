@@ -343,6 +343,7 @@ def lab_status(name: str, state_dir: str | None = None) -> dict[str, object]:
             "host": h.name, "netns": h.netns, "netns_present": h.netns in present,
             "segment": h.segment, "underlay": h.underlay_ip, "mgmt": h.mgmt_ip,
             "gatekeeper_pid": h.pid, "gatekeeper_alive": bool(h.pid and shell.pid_alive(h.pid)),
+            "power": (h.power or {}).get("driver"), "bmc_pid": h.bmc_pid,  # softudc host power H ... --direct
         })
     status: dict[str, object] = {"lab": name, "hosts": hosts,
                                  "endpoints": [dataclasses.asdict(e) for e in lab.endpoints.values()]}
