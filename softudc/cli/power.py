@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +62,33 @@ def run_direct(a: argparse.Namespace) -> dict[str, Any]:
     return answer
 
 
-def cmd_host_power(a: argparse.Namespace) -> None:
+def _command(a: argparse.Namespace, action: str) -> dict[str, Any]:
     if _direct(a):
-        body = run_direct(a)
-    else:
-        request = {"action": a.action, "seconds": a.seconds, "force": a.force, "timeout": a.timeout}
-        body = ok(*connect(a).call("POST", f"/v1/hosts/{a.name}/power", json.dumps(request)))
+        return run_direct(argparse.Namespace(**{**vars(a), "action": action}))
+    request = {"action": action, "seconds": a.seconds, "force": a.force, "timeout": a.timeout}
+    body: dict[str, Any] = ok(*connect(a).call("POST", f"/v1/hosts/{a.name}/power", json.dumps(request)))
+    return body
+
+
+def wait_for(a: argparse.Namespace, want: str, clock: Callable[[], float] = time.monotonic,
+             sleep: Callable[[float], None] = time.sleep) -> float:
+    """Poll the power status until it is `want` (a BMC takes on/off before the machine follows),
+    with a progress line; a CliError after `a.wait` seconds."""
+    start = clock()
+    while (now := _command(a, "status")["power"]) != want:
+        if clock() - start > a.wait:
+            raise CliError(f"{a.name}: still {now} {a.wait:g} s after the command (see `softudc host power "
+                           f"{a.name} status`; raise --wait)")
+        print(f"\r  {a.name}: {now}, waiting for {want} ({clock() - start:.0f} s)", end="", file=sys.stderr,
+              flush=True)
+        sleep(0.5)
+    return clock() - start
+
+
+def cmd_host_power(a: argparse.Namespace) -> None:
+    body = _command(a, a.action)
+    if a.wait and a.action in ("on", "off", "cycle"):
+        body["waited_s"] = round(wait_for(a, "off" if a.action == "off" else "on"), 2)
     if a.json:
         print(json.dumps(body, indent=2))
         return
@@ -74,7 +97,8 @@ def cmd_host_power(a: argparse.Namespace) -> None:
                                                        "identify": f"identify LED on for {a.seconds} s",
                                                        "fence": "fenced (confirmed off)"}[a.action]
     state = f" (host state: {body['state']})" if "state" in body else f" (directly, {body['driver']})"
-    print(f"{a.name}: {what}{state}")
+    waited = f"; {body['waited_s']} s until its status said so" if "waited_s" in body else ""
+    print(f"{a.name}: {what}{state}{waited}")
 
 
 def cmd_power_config(a: argparse.Namespace) -> None:
@@ -101,6 +125,8 @@ def add_power_parsers(hosts: Any) -> None:
     p.add_argument("--force", action="store_true", help="off/cycle: even with instances placed on the host; "
                    "fence: even a host that is not down")
     p.add_argument("--timeout", type=float, default=30.0, help="fence: seconds to confirm the host off")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS", help="on/off/cycle: poll the status "
+                   "until it follows, at most this long (a BMC acknowledges before the machine is up)")
     p.add_argument("--direct", action="store_true", help="with --lab: the lab's own driver, not through the manager")
     p.add_argument("--json", action="store_true")
     add_arguments(p)

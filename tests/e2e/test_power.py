@@ -198,8 +198,9 @@ def test_the_cli_powers_a_host_through_the_manager_which_holds_it_in_standby(
     status, events = call(managed, "GET", "/v1/events?kind=host&name=h2")
     assert status == 200 and isinstance(events, list)
     assert any(e["type"] == "Power" and "off through ipmi 10.99.0.1:6232" in e["message"] for e in events), events
-    cli([*lab, "host", "power", "h2", "on", "--lab", managed.spec.name])
-    assert capsys.readouterr().out.strip() == "h2: powered on (host state: ready)"
+    cli([*lab, "host", "power", "h2", "on", "--lab", managed.spec.name, "--wait", "30"])
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("h2: powered on (host state: ready); ") and out.endswith(" s until its status said so")
     assert wait_until(lambda: host(managed, "h2").pid not in (None, before), timeout=30)
     assert wait_until(lambda: host_state(managed, "h2") == "ready", timeout=30)
     cli([*lab, "host", "power", "h1", "identify", "--seconds", "9", "--lab", managed.spec.name, "--direct"])

@@ -9,7 +9,7 @@ import pytest
 
 from softudc.cli.errors import CliError
 from softudc.cli.main import build_parser, main
-from softudc.cli.power import cmd_host_power
+from softudc.cli.power import cmd_host_power, wait_for
 from softudc.lab.state import Host, Lab, LabSpec
 
 
@@ -66,3 +66,16 @@ def test_fencing_a_lab_host_directly_that_cannot_be_confirmed_fails_saying_why(
     with pytest.raises(SystemExit):
         main(["--state-dir", str(tmp_path), "host", "power", "h1", "fence", "--lab", "t1", "--timeout", "0.5"])
     assert "h1: lab t1/h1: not confirmed off within 0.5 s: power off failed" in capsys.readouterr().err
+
+
+def test_wait_polls_the_status_until_it_follows_and_gives_up_saying_so(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    make_lab(tmp_path, manager=True)
+    answers = iter(["on", "on", "off"])
+    monkeypatch.setattr("softudc.cli.power._command", lambda a, action: {"power": next(answers, "on")})
+    a = build_parser().parse_args(["--state-dir", str(tmp_path), "host", "power", "h1", "off", "--lab", "t1",
+                                   "--wait", "5"])
+    t = [0.0]
+    assert wait_for(a, "off", clock=lambda: t[0], sleep=lambda s: t.__setitem__(0, t[0] + s)) == 1.0
+    with pytest.raises(CliError, match="h1: still on 5 s after the command"):
+        wait_for(a, "off", clock=lambda: t[0], sleep=lambda s: t.__setitem__(0, t[0] + s))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from softudc.power import chassis
 from softudc.power.driver import PowerError, PowerState
@@ -61,3 +65,15 @@ def test_an_unknown_set_is_an_error_and_main_says_it_on_stdout_with_exit_1(capsy
         chassis._set(FakePower(), ARGS, ["fan", "1"])  # type: ignore[arg-type]
     assert chassis.main(["--state-dir", str(tmp_path), "nolab", "h1", "get", "power"]) == 1
     assert "softudc chassis h1: lab nolab/h1: no lab 'nolab'" in capsys.readouterr().out
+
+
+@given(st.lists(st.sampled_from(["power", "reset", "boot", "identify", "shutdown", "fan", "0", "1", "15 0", "", "x y"]),
+                max_size=8))
+def test_any_set_arguments_are_done_or_refused_with_an_error_main_reports(pairs: list[str]) -> None:
+    cycles: list[bool] = []
+    with pytest.MonkeyPatch.context() as mp, tempfile.TemporaryDirectory() as d:
+        mp.setattr(chassis, "_spawn_poweron", lambda args, cycle: cycles.append(cycle))
+        mp.setattr(chassis, "_host_dir", lambda args: Path(d))
+        with contextlib.suppress(PowerError, ValueError, IndexError):  # main() prints these for ipmi_sim, exit 1
+            chassis._set(FakePower(), ARGS, pairs)  # type: ignore[arg-type]
+    assert len(cycles) <= len(pairs) // 2
