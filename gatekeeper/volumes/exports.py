@@ -1,0 +1,167 @@
+"""NBD exports over TLS, one qemu-storage-daemon per exported volume, each with its own allow list.
+
+Why one daemon per export and not one per host: QEMU has one NBD server per process, and its
+``tls-authz`` belongs to that server (nbd-server-start), checked at the TLS handshake, before the
+client names an export. Per-volume authorisation therefore needs one NBD server, hence one qsd,
+per volume; each listens on the host's underlay address at its own port (``base_port`` + slot).
+
+Each export's daemon holds, by QMP id:
+    tls0     tls-creds-x509, endpoint=server, verify-peer=on: the host's server certificate;
+             clients need a certificate from the same CA
+    authz0   authz-list, policy deny, one ``exact`` allow rule per allowed host's DN (``CN=<host>``);
+             replaced (object-del + object-add) to change who may connect: QEMU resolves
+             tls-authz at each connection, so new connections see the new list at once
+    file0 / vol0   the volume's file and qcow2 nodes;  export id and NBD name = the volume's name
+State per export in ``<run_dir>/<volume>/export.json`` (port, allowed), so a restarted gatekeeper
+adopts running daemons and restarts missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from gatekeeper.volumes.daemon import StorageDaemon
+from gatekeeper.volumes.pool import Pool, VolumeError
+from gatekeeper.volumes.qmp import QmpClient
+
+HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAX_ALLOWED = 256
+
+
+def check_hosts(allowed: Any) -> list[str]:
+    if not isinstance(allowed, list) or len(allowed) > MAX_ALLOWED:
+        raise VolumeError(f"allowed: a list of at most {MAX_ALLOWED} host names")
+    for host in allowed:
+        if not isinstance(host, str) or not HOST_RE.match(host):
+            raise VolumeError(f"allowed: {host!r} is not a host name (the CN of its certificate)")
+    return sorted(set(allowed))
+
+
+def authz_rules(allowed: list[str]) -> list[dict[str, str]]:
+    """QAuthZListRule entries: GnuTLS renders our certificates' subject as ``CN=<host>``."""
+    return [{"match": f"CN={h}", "policy": "allow", "format": "exact"} for h in allowed]
+
+
+class Exports:
+    def __init__(self, pool: Pool, run_dir: Path, tls_dir: Path, address: str, base_port: int = 10809,
+                 max_exports: int = 64) -> None:
+        self.pool, self.run_dir, self.tls_dir = pool, run_dir, tls_dir
+        self.address, self.base_port, self.max_exports = address, base_port, max_exports
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _state_path(self, name: str) -> Path:
+        return self.run_dir / name / "export.json"
+
+    def _state(self, name: str) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self._state_path(name).read_text())
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def daemon(self, name: str) -> StorageDaemon:
+        return StorageDaemon(self.run_dir / name)
+
+    def exported(self, name: str) -> bool:
+        return self._state(name) is not None
+
+    def names(self) -> list[str]:
+        return sorted(p.parent.name for p in self.run_dir.glob("*/export.json"))
+
+    def _free_port(self) -> int:
+        used = {int(s["port"]) for n in self.names() if (s := self._state(n))}
+        for port in range(self.base_port, self.base_port + self.max_exports):
+            if port not in used:
+                return port
+        raise VolumeError(f"all {self.max_exports} export ports from {self.base_port} are in use; unexport a volume")
+
+    def export(self, name: str, allowed: Any) -> dict[str, Any]:
+        """Export a pool volume over NBD+TLS to the hosts in `allowed`; its export record."""
+        hosts = check_hosts(allowed)
+        if not self.pool.exists(name):
+            raise VolumeError(f"no volume {name} in {self.pool.directory}")
+        if self.exported(name):
+            raise VolumeError(f"volume {name} is already exported; use volume.allow to change its hosts")
+        state = {"port": self._free_port(), "allowed": hosts}
+        try:
+            self._launch(name, state)
+        except Exception:
+            self.daemon(name).stop()
+            raise
+        self._state_path(name).write_text(json.dumps(state))
+        return self.describe(name)
+
+    def _launch(self, name: str, state: dict[str, Any]) -> None:
+        daemon = self.daemon(name)
+        daemon.start()
+        with daemon.qmp() as q:
+            q.execute("object-add", **{"qom-type": "tls-creds-x509", "id": "tls0", "dir": str(self.tls_dir),
+                                       "endpoint": "server", "verify-peer": True})
+            self._set_authz(q, state["allowed"], replace=False)
+            q.execute("blockdev-add", **{"driver": "file", "node-name": "file0",
+                                         "filename": str(self.pool.path(name))})
+            q.execute("blockdev-add", **{"driver": "qcow2", "node-name": "vol0", "file": "file0"})
+            q.execute("nbd-server-start", addr={"type": "inet", "data": {"host": self.address,
+                                                                        "port": str(state["port"])}},
+                      **{"tls-creds": "tls0", "tls-authz": "authz0"})
+            q.execute("block-export-add", type="nbd", id=name, **{"node-name": "vol0", "name": name,
+                                                                   "writable": True})
+
+    @staticmethod
+    def _set_authz(q: QmpClient, allowed: list[str], replace: bool) -> None:
+        if replace:
+            q.execute("object-del", id="authz0")
+        q.execute("object-add", **{"qom-type": "authz-list", "id": "authz0", "policy": "deny",
+                                   "rules": authz_rules(allowed)})
+
+    def allow(self, name: str, allowed: Any) -> dict[str, Any]:
+        """Replace the export's allowed hosts (a VM moved): new connections see it at once."""
+        hosts = check_hosts(allowed)
+        state = self._state(name)
+        if state is None:
+            raise VolumeError(f"volume {name} is not exported; export it first")
+        with self.daemon(name).qmp() as q:
+            self._set_authz(q, hosts, replace=True)
+        state["allowed"] = hosts
+        self._state_path(name).write_text(json.dumps(state))
+        return self.describe(name)
+
+    def unexport(self, name: str) -> None:
+        """Stop the export's daemon (closing its clients) and forget it. Idempotent."""
+        self.daemon(name).stop()
+        self._state_path(name).unlink(missing_ok=True)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        state = self._state(name)
+        if state is None:
+            raise VolumeError(f"volume {name} is not exported")
+        pid = self.daemon(name).pid()
+        return {"volume": name, "address": self.address, "port": state["port"], "allowed": state["allowed"],
+                "pid": pid, "uri": f"nbds://{self.address}:{state['port']}/{name}", "running": pid is not None}
+
+    def stats(self, name: str) -> dict[str, int]:
+        """Bytes and operations through the export (QEMU's blockstats of the qcow2 node)."""
+        with self.daemon(name).qmp() as q:
+            for entry in q.execute("query-blockstats", **{"query-nodes": True}):
+                if entry.get("node-name") == "vol0":
+                    s = entry["stats"]
+                    return {k: int(s[k]) for k in ("rd_bytes", "wr_bytes", "rd_operations", "wr_operations")}
+        return {}
+
+    def restore(self) -> list[str]:
+        """After a gatekeeper restart: adopt each recorded export's daemon, or start it again.
+        The names restarted (an adopted daemon is left as it is)."""
+        restarted = []
+        for name in self.names():
+            if self.daemon(name).adopt():
+                continue
+            state = self._state(name)
+            if state is None or not self.pool.exists(name):
+                self.unexport(name)
+                continue
+            self._launch(name, state)
+            restarted.append(name)
+        return restarted

@@ -1,0 +1,83 @@
+"""Exports against real qsd and independent NBD clients (nbdinfo from libnbd, qemu-img)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gatekeeper.volumes.daemon import pid_alive
+from gatekeeper.volumes.exports import authz_rules, check_hosts
+from gatekeeper.volumes.pool import VolumeError
+from gatekeeper.volumes.service import VolumeService
+
+MiB = 1 << 20
+
+
+def nbdinfo(uri: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["nbdinfo", "--size", uri], capture_output=True, text=True, timeout=20, check=False)
+
+
+def tls_uri(export: dict[str, object], client: Path | None) -> str:
+    if client is None:
+        return f"nbd://127.0.0.1:{export['port']}/{export['volume']}"
+    return f"{export['uri']}?tls-certificates={client}"
+
+
+def test_export_admits_only_allowed_hosts_and_follows_updates(service: VolumeService, certs: Path) -> None:
+    service.create("v1", 8 * MiB)
+    e = service.export("v1", ["h1"])
+    assert e["running"] and e["allowed"] == ["h1"]
+    assert nbdinfo(tls_uri(e, certs / "h1")).stdout.strip() == str(8 * MiB)
+    assert nbdinfo(tls_uri(e, certs / "h3")).returncode != 0  # a valid cert, not on the list
+    plain = nbdinfo(tls_uri(e, None))
+    assert plain.returncode != 0 and "TLS" in plain.stderr
+    service.allow("v1", ["h1", "h3"])
+    assert nbdinfo(tls_uri(e, certs / "h3")).returncode == 0
+    service.allow("v1", ["h3"])
+    assert nbdinfo(tls_uri(e, certs / "h1")).returncode != 0
+    info = subprocess.run(["qemu-img", "info", "--object", f"tls-creds-x509,id=t0,dir={certs / 'h3'},endpoint=client",
+                           "--image-opts", f"driver=nbd,host=127.0.0.1,port={e['port']},export=v1,tls-creds=t0"],
+                          capture_output=True, text=True, timeout=20, check=False)
+    assert f"({8 * MiB} bytes)" in info.stdout, info.stderr
+
+
+def test_delete_refused_while_exported_then_nothing_left(service: VolumeService) -> None:
+    service.create("v2", MiB)
+    e = service.export("v2", ["h1"])
+    with pytest.raises(VolumeError, match="unexport it first"):
+        service.delete("v2")
+    with pytest.raises(VolumeError, match="already exported"):
+        service.export("v2", ["h1"])
+    pid = e["pid"]
+    service.unexport("v2")
+    service.delete("v2")
+    assert service.volumes() == [] and service.exports.names() == []
+    assert not pid_alive(pid)
+
+
+def test_restore_adopts_and_restarts(service: VolumeService, tmp_path: Path) -> None:
+    service.create("v3", MiB)
+    e = service.export("v3", ["h1"])
+    assert service.exports.restore() == []  # running: adopted
+    assert service.exports.describe("v3")["pid"] == e["pid"]
+    service.exports.daemon("v3").stop()  # as if the host rebooted
+    assert service.exports.restore() == ["v3"]
+    assert service.exports.describe("v3")["running"]
+    assert service.exports.stats("v3")["wr_bytes"] == 0
+
+
+def test_ports_are_distinct(service: VolumeService) -> None:
+    for n in ("a", "b"):
+        service.create(n, MiB)
+    ports = {service.export(n, [])["port"] for n in ("a", "b")}
+    assert len(ports) == 2
+
+
+def test_bad_hosts_refused() -> None:
+    for bad in ("h1", [1], ["a b"], ["CN=x,O=y"], ["h"] * 300):
+        with pytest.raises(VolumeError, match="allowed"):
+            check_hosts(bad)
+    assert check_hosts(["h3", "h1", "h1"]) == ["h1", "h3"]
+    assert authz_rules(["h1"]) == [{"match": "CN=h1", "policy": "allow", "format": "exact"}]
