@@ -19,6 +19,7 @@ from gatekeeper.metrics import make_registry
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.devices import Devices
 from gatekeeper.vnet.service import VnetService
+from gatekeeper.volumes.service import VolumeService
 from softudc.daemonmain import daemon_main
 
 log = logging.getLogger("gatekeeper")
@@ -37,9 +38,14 @@ async def run(config_path: str) -> None:
         # After a restart: running VMs are left as they are and re-adopted, never restarted.
         adopted = await loop.run_in_executor(None, vms.hv.adopt)
         log.info("adopted %d running VM(s): %s", len(adopted), ", ".join(adopted) or "none")
+    volumes = await loop.run_in_executor(None, _volumes, config)  # adopts running exports
     if config.metrics_listen:
         addr, port = config.metrics_listen.rsplit(":", 1)
-        start_http_server(int(port), addr=addr, registry=make_registry(service))
+        registry = make_registry(service)
+        if volumes is not None:
+            from gatekeeper.volumes.metrics import VolumesCollector
+            registry.register(VolumesCollector(config.host, volumes))
+        start_http_server(int(port), addr=addr, registry=registry)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -50,6 +56,8 @@ async def run(config_path: str) -> None:
             ops = api.operations(service, _status(config, service, time.time()))
             if vms is not None:
                 ops.update(vms.operations())
+            if volumes is not None:
+                ops.update(volumes.operations())
             tasks = [tg.create_task(api.serve(config.api_socket, ops), name="api"),
                      tg.create_task(_ticker(service), name="varp-timer")]
             if config.manager is not None:
@@ -60,6 +68,16 @@ async def run(config_path: str) -> None:
     finally:
         service.stop()
         log.info("gatekeeper %s stopped", config.host)
+
+
+def _volumes(config: GatekeeperConfig) -> VolumeService | None:
+    """The storage service, if configured: its export daemons from before a restart adopted."""
+    if config.volumes is None:
+        return None
+    v = config.volumes
+    volumes = VolumeService(Path(v.pool_dir), Path(v.run_dir), Path(v.tls_dir), v.listen, v.port, v.capacity_bytes)
+    volumes.start()
+    return volumes
 
 
 def _status(config: GatekeeperConfig, service: VnetService, started: float) -> Callable[[], dict[str, Any]]:

@@ -28,5 +28,9 @@ def operations(service: VnetService, status: Callable[[], dict[str, Any]]) -> di
 
 async def serve(path: str, ops: dict[str, Callable[..., Any]]) -> None:
     from gatekeeper.hypervisor.driver import HypervisorError
+    from gatekeeper.volumes.daemon import DaemonError
+    from gatekeeper.volumes.pool import VolumeError
+    from gatekeeper.volumes.qmp import QmpConnectionError, QmpError
 
-    await localapi.serve(path, ops, (ServiceError, DeviceError, HypervisorError))
+    await localapi.serve(path, ops, (ServiceError, DeviceError, HypervisorError, VolumeError, DaemonError, QmpError,
+                                     QmpConnectionError))

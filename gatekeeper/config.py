@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from gatekeeper.vnet.varp_cache import VarpTimers
+from gatekeeper.volumes.config import VolumesConfig, parse_volumes
 from softudc import libvirturi
 from softudc.configfile import ConfigError as ConfigError  # re-exported for the daemons
 from softudc.configfile import ipv4_list, read_toml
@@ -37,6 +38,7 @@ class GatekeeperConfig:
     varp_auth_window: float = 30.0
     hypervisor: HypervisorConfig | None = None
     manager: ManagerConfig | None = None
+    volumes: VolumesConfig | None = None  # the storage service (gatekeeper/volumes), on when configured
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ class HypervisorConfig:
     migration_uri: str | None = None  # how other hosts' libvirtd reach this one (live migration)
 
 
-_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security", "hypervisor", "manager"}
+_TOP = {"host", "api_socket", "underlay", "dataplane", "varp", "metrics", "security", "hypervisor", "manager",
+        "volumes"}
 _MANAGER = {"url", "ca", "cert", "key", "vcpus", "memory_mib", "interval"}
 _HYPERVISOR = {"uri", "kernel", "initrd", "accel", "console_dir", "migration_uri"}
 _SECURITY = {"keys_file", "varp_window"}
@@ -110,6 +113,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
         raise fail("metrics.listen", f"{listen!r}, expected 'ADDRESS:PORT'")
     hypervisor = _hypervisor(_table(raw, "hypervisor", _HYPERVISOR, fail), fail) if "hypervisor" in raw else None
     manager = _manager(_table(raw, "manager", _MANAGER, fail), fail) if "manager" in raw else None
+    volumes = parse_volumes(raw["volumes"], address, fail) if "volumes" in raw else None
     return GatekeeperConfig(
         host=raw["host"],
         api_socket=raw["api_socket"],
@@ -128,6 +132,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
         varp_auth_window=window,
         hypervisor=hypervisor,
         manager=manager,
+        volumes=volumes,
     )
 
 
