@@ -184,6 +184,13 @@ class Dataplane(_Doc):
     healthy: Given[bool] = None
 
 
+class StoragePool(_Doc):
+    """The host's storage pool (gatekeeper/volumes): what it holds and what it could still take."""
+
+    capacity_bytes: Given[Count] = None
+    free_bytes: Given[Count] = None
+
+
 class HostReport(_Doc):
     """What a gatekeeper says of its host. Every field may be left out (a host that has not said
     something has not said it); none may be null."""
@@ -204,6 +211,7 @@ class HostReport(_Doc):
     migrations: Given[dict[Name, MigrationJob]] = Field(None, max_length=MAX_VMS)
     arrivals: Given[dict[Name, Arrival]] = Field(None, max_length=MAX_VMS)
     departed: Given[dict[Name, Departure]] = Field(None, max_length=MAX_VMS)
+    pool: Given[StoragePool] = None  # issue 13: only a host running the storage service says it
 
 
 # --- what a host should run -------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from gatekeeper.volumes.service import VolumeService
+from softudc.model.hoststate import HostReport, parse, problems_of
 
 MiB = 1 << 20
 
@@ -16,3 +17,10 @@ def test_operations_and_describe(service: VolumeService) -> None:
     status = ops["pool.status"]()
     assert status["free_bytes"] <= status["capacity_bytes"]
     service.start()  # nothing to restore
+
+
+def test_pool_status_is_what_the_host_report_contract_takes(service: VolumeService) -> None:
+    report = parse(HostReport, {"pool": service.pool_status()})
+    assert report.pool is not None and report.pool.capacity_bytes == service.pool.capacity_bytes()
+    assert problems_of(HostReport, {"pool": {"capacity_bytes": -1}}) != []
+    assert problems_of(HostReport, {"pool": {"used": 1}}) != []
