@@ -19,14 +19,16 @@ adopts running daemons and restarts missing ones.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
-from gatekeeper.volumes.daemon import StorageDaemon
+from gatekeeper.volumes.daemon import DaemonError, StorageDaemon
 from gatekeeper.volumes.pool import Pool, VolumeError
-from gatekeeper.volumes.qmp import QmpClient
+from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError, QmpError
 
+log = logging.getLogger("gatekeeper.volumes")
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_ALLOWED = 256
 
@@ -162,6 +164,11 @@ class Exports:
             if state is None or not self.pool.exists(name):
                 self.unexport(name)
                 continue
-            self._launch(name, state)
+            try:
+                self._launch(name, state)
+            except (DaemonError, QmpError, QmpConnectionError) as e:  # the others still come back
+                log.warning("export %s not restored (kept for the next start): %s", name, e)
+                self.daemon(name).stop()
+                continue
             restarted.append(name)
         return restarted

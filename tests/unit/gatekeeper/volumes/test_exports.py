@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -81,3 +82,17 @@ def test_bad_hosts_refused() -> None:
             check_hosts(bad)
     assert check_hosts(["h3", "h1", "h1"]) == ["h1", "h3"]
     assert authz_rules(["h1"]) == [{"match": "CN=h1", "policy": "allow", "format": "exact"}]
+
+
+def test_restore_keeps_going_past_an_export_that_cannot_start(service: VolumeService) -> None:
+    for n in ("p", "q"):
+        service.create(n, MiB)
+        service.export(n, ["h1"])
+    service.exports.daemon("p").stop()
+    service.exports.daemon("q").stop()
+    with socket.socket() as squatter:  # p's port is taken by someone else meanwhile
+        squatter.bind(("127.0.0.1", service.exports.describe("p")["port"]))
+        squatter.listen()
+        assert service.exports.restore() == ["q"]
+    assert service.exports.names() == ["p", "q"] and not service.exports.describe("p")["running"]
+    assert service.exports.restore() == ["p"]  # the next start brings it back
