@@ -301,6 +301,9 @@ def _tail(path: str, lines: int = 15) -> str:
         return "(no log)"
 
 
+LATE_PASSES = 5  # lab_down's looks for processes started while it stopped the others
+
+
 def lab_down(name: str, state_dir: str | None = None) -> list[str]:
     """Stop every process in the lab's namespaces (by PID), delete the namespaces and the state.
 
@@ -327,6 +330,14 @@ def lab_down(name: str, state_dir: str | None = None) -> list[str]:
         pids.update(shell.netns_pids(ns))
     for pid in first + sorted(pids - set(first)):
         shell.stop_pid(pid)
+    # Something stopped above may have started a process meanwhile (a BMC's power-on worker starts
+    # a gatekeeper): look again until the namespaces are empty, or it outlives their deletion.
+    for _ in range(LATE_PASSES):
+        late = sorted({p for ns in namespaces for p in shell.netns_pids(ns)})
+        if not late:
+            break
+        for pid in late:
+            shell.stop_pid(pid)
     for ns in namespaces:
         shell.run(["ip", "netns", "del", ns], check=False)
         removed.append(ns)

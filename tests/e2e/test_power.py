@@ -49,6 +49,21 @@ def _lab(request: pytest.FixtureRequest, vms: bool = False, manager: bool = Fals
         lab_down(made.spec.name, state)
         shutil.rmtree(state, ignore_errors=True)
         assert not [ns for ns in shell.netns_list() if ns.startswith(made.prefix)], "lab down left namespaces"
+        # A BMC's power-on worker starts a gatekeeper: none may outlive the lab (once one did, in a
+        # namespace already deleted).
+        assert not processes_naming(state), f"lab down left processes behind: {processes_naming(state)}"
+
+
+def processes_naming(text: str) -> list[int]:
+    """The PIDs whose command line holds `text` (a lab's state directory)."""
+    out = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                out.append(int(cmdline.parent.name))
+        except OSError:
+            pass
+    return out
 
 
 @pytest.fixture(scope="module")
