@@ -103,3 +103,19 @@ def test_a_manager_url_that_is_wrong_is_named(url: str, said: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config({**BASE, "manager": {**MANAGER, "url": url}}, "gk.toml")
     assert str(e.value).startswith("gk.toml: manager.url: ") and said in str(e.value)
+
+
+def test_the_examples_commented_volumes_table_loads_once_uncommented() -> None:
+    import tomllib
+
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# [volumes]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line.removeprefix("# "))
+    table = tomllib.loads("\n".join(block))["volumes"]
+    assert table["port"] == 10809
+    volumes = parse_config({**BASE, "volumes": table}, "gk.toml").volumes
+    assert volumes is not None and volumes.listen == "10.100.0.2" and volumes.capacity_bytes == 100 << 30
