@@ -66,6 +66,7 @@ from softudc.manager.apimodels import (
 from softudc.manager.auth import AuthError, Principal
 from softudc.manager.service import ApiError, Manager
 from softudc.model.hoststate import DesiredState, HostReport
+from softudc.power.factory import driver_for
 
 MAX_BODY = 1 << 20  # bytes: a farm descriptor or a host report is far smaller
 WORKERS = 8  # threads for blocking service calls
@@ -403,6 +404,8 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     app.state.manager, app.state.stats = m, stats or ApiStats()
     app.include_router(router)
     app.include_router(apipower.router)  # host power (softudc/manager/apipower.py)
+    if m is not None:  # HA restart fences through the power drivers (softudc/manager/harestart.py)
+        m.__dict__["power_drivers"] = driver_for
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(AuthError, _auth_error)

@@ -9,11 +9,13 @@ naming rule (`<farm>--<instance>`) are the contract in softudc/model/hoststate.p
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict
 from typing import Any
 
 from softudc.manager import migration
+from softudc.manager.harestart import relocate, without_stale
 from softudc.manager.migration import COLD_MOVE_TIMEOUT_S as COLD_MOVE_TIMEOUT_S
 from softudc.manager.migration import MIGRATION_STALL_S as MIGRATION_STALL_S
 from softudc.manager.migration import holds_none
@@ -31,7 +33,9 @@ def inventory(host_reports: dict[str, dict[str, Any]]) -> list[Host]:
             for name, r in sorted(host_reports.items()) if "vcpus" in r and "memory_mib" in r]
 
 
-HOST_DOWN_AFTER_S = 30.0  # a host whose last report is older than this is `down`
+# a host whose last report is older than this is `down` (a lab or test may set it lower: HA restart)
+HOST_DOWN_AFTER_S = float(os.environ.get("SOFTUDC_HOST_DOWN_AFTER_S", "30"))
+OFF = ("down", "standby")  # a report from a host in these states is stale: what it ran is not running
 DEPARTED_MARGIN_S = 10.0  # a report stored this long after a departure was built after it (report timeout)
 # One VM, one host (audit R5, R12, R13): a report confirms what the manager decided but never
 # transfers ownership, and nothing that could leave a second copy running is concluded from the
@@ -193,17 +197,23 @@ def _restart_decision(inst: dict[str, Any], name: str, where: list[str], reports
 
 def reconcile_farm(farm: Farm, status: dict[str, Any], hosts: list[Host],
                    taken_vnet_ids: dict[tuple[str, str], int], host_reports: dict[str, dict[str, Any]],
-                   now: float = 0.0) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
+                   now: float = 0.0, fenced: frozenset[str] = frozenset()
+                   ) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
     """The farm's new status (instances placed, kept or gone), a one-line summary, and what was
-    observed on the hosts as events. `hosts` carry the usage of every other farm already."""
+    observed on the hosts as events. `hosts` carry the usage of every other farm already.
+    Instances on a `fenced` host (confirmed off) are placed again elsewhere (harestart.relocate)."""
+    host_reports = without_stale(host_reports, fenced)
     observed, events = observe(farm.name, status.get("instances", []), host_reports, now)
     marks = observed_marks(observed)  # what observe() concluded beyond placement (R5, R12)
     current = [Instance(i["name"], i["vm"], i["host"], dict(i.get("addresses", {})), i.get("migrating"),
                         dict(i.get("macs", {}))) for i in observed]
+    current, restarted, stuck = relocate(farm, current, hosts, fenced, host_reports, status.get("unplaced"))
+    events.extend(restarted)
     known = {**taken_vnet_ids, **{(farm.name, k): v for k, v in status.get("vnet_ids", {}).items()}}
     plan = plan_farm(farm, hosts, current, known)
+    plan.unplaced.update(stuck)
     instances = sorted(plan.keep + plan.create, key=lambda i: i.name)
-    running = {(vm, h) for h, r in host_reports.items() for vm in r.get("running", [])}
+    running = {(vm, h) for h, r in host_reports.items() if r.get("state") not in OFF for vm in r.get("running", [])}
     sizes = {v.name: (v.vcpus, v.memory_mib) for v in farm.vms}
     ready = all((vm_name(farm.name, i.name), i.host) in running for i in instances)
     broken = vnet_errors(plan.vnet_ids, host_reports)
@@ -255,7 +265,7 @@ def instance_state(name: str, inst: Instance, running: set[tuple[str, str]],
     error = next((e.split(": ", 1)[1] for e in report.get("errors", []) if f" {name}: " in f" {e}"), None)
     error = error or next((f"VNET {vnet}: {why}" for (h, vnet), why in sorted((vnet_errors or {}).items())
                            if h == inst.host and vnet in inst.addresses), None)
-    state = {"state": "down" if report.get("state") == "down" else "pending"}
+    state = {"state": "down" if report.get("state") in OFF else "pending"}
     return {**state, "error": error} if error else state
 
 

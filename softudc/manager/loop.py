@@ -21,6 +21,7 @@ generation when the store changes (the leader's pass wrote a farm's status, say)
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +32,9 @@ from softudc.manager.heartbeats import heartbeat_is_news, heartbeat_times
 from softudc.manager.store import NotLeader, Obj, Store
 
 RECONCILE_EVERY_S = 10.0  # a pass runs at least this often (time-based rules) even with no news
-HOST_DOWN_AFTER_S = 30.0  # as controller.HOST_DOWN_AFTER_S: a report after this long is news
+HOST_DOWN_AFTER_S = float(os.environ.get("SOFTUDC_HOST_DOWN_AFTER_S", "30"))  # as controller's: news after it
 POLL_S = 1.0  # the longest the watch waits before it looks at the stop flag (close() takes at most this)
-LOOP_KINDS = frozenset({"farm", "vnetkey", "keyepoch"})  # what a pass writes
+LOOP_KINDS = frozenset({"farm", "vnetkey", "keyepoch", "hafence"})  # what a pass writes (hafence: harestart.py)
 QUIET_KINDS = frozenset({"keyepoch"})  # a counter: moves no plan and no host's desired state
 OBSERVED_KINDS = frozenset({"farm", "vnetkey", "host"})  # what a follower's long polls depend on
 log = logging.getLogger("softudc.manager.loop")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from softudc.manager.controller import inventory, reconcile_farm
 from softudc.manager.farms import FarmCache, Usage
+from softudc.manager.harestart import HaRestart
 from softudc.manager.longpoll import LongPolls
 from softudc.manager.loop import Pass
 from softudc.manager.planner import PlanError
@@ -35,6 +36,7 @@ class Planning:
     polls: LongPolls
     _reconcile_lock: threading.RLock
     _compacted_at: float = 0.0
+    manager_id: str
 
     if TYPE_CHECKING:  # provided by the Manager (or another of its mixins)
         def reports(self) -> dict[str, dict[str, Any]]:
@@ -46,18 +48,37 @@ class Planning:
         def _advance_keys(self, statuses: list[tuple[str, dict[str, Any]]]) -> None:
             ...
 
+        def start(self) -> None:
+            ...
+
+    @property
+    def ha(self) -> HaRestart:
+        """The HA restart step (softudc/manager/harestart.py), made at first use."""
+        ha: HaRestart | None = self.__dict__.get("_ha_restart")
+        if ha is None:
+            ha = self.__dict__["_ha_restart"] = HaRestart(self)
+        return ha
+
+    def _has_ha(self, farm: Obj, instance: dict[str, Any]) -> bool:
+        """Whether an instance is restarted elsewhere after its host is fenced (its VM's `ha`)."""
+        try:
+            vm = next((v for v in self.farms.farm(farm).vms if v.name == instance.get("vm")), None)
+        except DescriptorError:
+            return True  # planned as it was: restarted as by default
+        return vm is None or vm.ha == "restart"
+
     def _usage(self, farms: list[Obj]) -> Usage:
         return Usage([(o.name, self.farms.for_hosts(o), o.status) for o in farms])
 
     def _plan_one(self, farm: Any, status: dict[str, Any], farms: list[Obj], reports: dict[str, dict[str, Any]],
-                  usage: Usage | None = None, taken: dict[tuple[str, str], int] | None = None
-                  ) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
+                  usage: Usage | None = None, taken: dict[tuple[str, str], int] | None = None,
+                  fenced: frozenset[str] = frozenset()) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
         """One farm's next status against the hosts, the other farms' usage counted. Raises
         PlanError, also when its VNET ids would clash with another farm's (never stored)."""
         usage = usage or self._usage(farms)
         taken = _vnet_ids(farms) if taken is None else taken
         hosts = usage.hosts(inventory(reports), farm.name)
-        planned = reconcile_farm(farm, status, hosts, taken, reports, time.time())
+        planned = reconcile_farm(farm, status, hosts, taken, reports, time.time(), fenced)
         _check_vnet_ids(farm.name, planned[0]["vnet_ids"], taken)
         return planned
 
@@ -71,9 +92,10 @@ class Planning:
             reports = self.reports()
             farms = self.store.objects("farm")
             usage, taken, busy = self._usage(farms), _vnet_ids(farms), False
+            fenced = self.ha.step(reports, farms, self._has_ha)  # HA restart: hosts confirmed off
             statuses = []
             for o in farms:
-                status = self._reconcile_farm(o, farms, reports, usage, taken)
+                status = self._reconcile_farm(o, farms, reports, usage, taken, fenced)
                 for vnet in o.status.get("vnet_ids", {}):  # its old ids (read into `taken`) make way
                     taken.pop((o.name, vnet), None)
                 taken.update({(o.name, k): v for k, v in status.get("vnet_ids", {}).items()})
@@ -88,12 +110,12 @@ class Planning:
         return Pass(start, end, busy)
 
     def _reconcile_farm(self, o: Obj, farms: list[Obj], reports: dict[str, dict[str, Any]], usage: Usage,
-                        taken: dict[tuple[str, str], int]) -> dict[str, Any]:
+                        taken: dict[tuple[str, str], int], fenced: frozenset[str] = frozenset()) -> dict[str, Any]:
         """One farm's step, isolated: whatever goes wrong becomes that farm's Degraded condition with
         the reason (and an event when the reason is new); the other farms go on. Its hosts keep
         what they had."""
         try:
-            status, summary, seen = self._plan_one(self.farms.farm(o), o.status, farms, reports, usage, taken)
+            status, summary, seen = self._plan_one(self.farms.farm(o), o.status, farms, reports, usage, taken, fenced)
         except NotLeader:
             raise  # not this farm's fault: the pass ends, the farm is another leader's to plan
         except Exception as e:  # per-farm isolation: one farm's failure is not every farm's

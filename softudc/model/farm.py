@@ -49,6 +49,8 @@ UNITS = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "Ti": 1024 * 1024}
 SECURITY = ("none", "auth", "conf")
 POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
 MIGRATION = ("live", "cold", "none")
+HA = ("restart", "none")  # after its host is fenced: restarted elsewhere, or left (softudc/manager/harestart.py)
+MAX_PRIORITY = 1000  # HA restart order: highest first
 MAX_REPLICAS = 1000
 # The gatekeeper's limits (gatekeeper/vms.py `start`, gatekeeper/vnet/port.py `mtu_for`): a
 # descriptor beyond them would validate but stay pending forever.
@@ -98,6 +100,8 @@ class VmDef:
     group: str | None = None
     migration: str = "live"
     max_downtime_ms: int | None = None
+    ha: str = "restart"
+    priority: int = 0
 
     def instance_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.replicas)]
@@ -323,7 +327,7 @@ def _group(c: _Checker, node: Node, path: str) -> tuple[GroupDef, Mark, str] | N
 def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: set[str]
         ) -> tuple[VmDef, Mark, str] | None:
     m = c.mapping(node, path, {"name", "replicas", "vcpus", "memory", "image", "nics", "placementGroup",
-                               "migration"}, {"name", "memory", "image", "nics"})
+                               "migration", "ha", "priority"}, {"name", "memory", "image", "nics"})
     if m is None:
         return None
     name = c.name(m["name"], f"{path}.name") if "name" in m else None
@@ -335,12 +339,15 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
     group_ok = "placementGroup" not in m or _known_group(c, m["placementGroup"], f"{path}.placementGroup", groups)
     migration, max_downtime, migration_ok = \
         _migration(c, m["migration"], f"{path}.migration") if "migration" in m else ("live", None, True)
+    ha = c.choice(m["ha"], f"{path}.ha", HA) if "ha" in m else "restart"
+    priority = c.integer(m["priority"], f"{path}.priority", -MAX_PRIORITY, MAX_PRIORITY) if "priority" in m else 0
     nics = _vm_nics(c, m, path, vnets, replicas or 0)
-    if nics is None or None in (name, replicas, vcpus, memory, image, migration) or not group_ok or not migration_ok:
+    if nics is None or None in (name, replicas, vcpus, memory, image, migration, ha, priority) or not group_ok \
+            or not migration_ok:
         return None
-    assert name and replicas is not None and vcpus and memory and image and migration
-    return VmDef(name, replicas, vcpus, memory, image, tuple(nics), group, migration, max_downtime), node.mark, \
-        f"{path}.name"
+    assert name and replicas is not None and vcpus and memory and image and migration and ha and priority is not None
+    return VmDef(name, replicas, vcpus, memory, image, tuple(nics), group, migration, max_downtime, ha,
+                 priority), node.mark, f"{path}.name"
 
 
 def _memory(c: _Checker, node: Node, path: str) -> int | None:
