@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from softudc.manager.apimodels import NAME_PATTERN, errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
+from softudc.manager.harestart import note_fenced
 from softudc.manager.service import Manager
 from softudc.manager.store import Obj
 from softudc.power.driver import PowerDriver, PowerError
@@ -158,6 +159,9 @@ def power(m: Manager, who: Principal, name: str, req: PowerRequest) -> dict[str,
                    (" (fenced: confirmed off)" if req.action == "fence" else ""))
     elif req.action in ("on", "cycle"):
         _set_state(m, name, "ready", who, f"powered {req.action} through {driver.name}", only_from=STANDBY)
+    if req.action == "fence":  # its instances may now restart elsewhere, as after the leader's own fence
+        why = answer.get("reason") or "confirmed off"
+        note_fenced(m.store, name, f"fenced by {who.name} through {driver.name}: {why}")
     if req.action != "status":
         m._event("host", name, "Power", f"by {who.name}: {req.action}" +
                  (f" {req.seconds} s" if req.action == "identify" else "") + f" through {driver.name}" +

@@ -130,6 +130,7 @@ def test_a_driver_failure_is_a_424_with_its_reason_and_an_event(world: tuple[Man
         power(m, ADMIN, "h1", PowerRequest(action="off"))
     assert e.value.status == 424 and state(m) == "ready"
     assert m.store.events("host", "h1", limit=5)[-1]["type"] == "PowerFailed"
+    assert m.store.get("hafence", "h1") is None  # unconfirmed: nothing may restart
 
 
 def test_only_an_admin_may_power_hosts(world: tuple[Manager, FakeDriver], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -152,6 +153,8 @@ def test_fence_is_for_a_down_host_and_confirmed_puts_it_in_standby(
     answer = power(m, ADMIN, "h1", PowerRequest(action="fence"))
     assert answer["confirmed"] is True and answer["state"] == "standby" and driver.calls == ["off", "status"]
     assert "fenced: confirmed off" in m.store.events("host", "h1", limit=5)[-2]["message"]
+    record = m.store.get("hafence", "h1")  # HA restart may now place its instances elsewhere
+    assert record is not None and record.spec["state"] == "fenced" and "fenced by admin" in record.spec["reason"]
 
 
 def test_an_unconfirmed_fence_is_a_424_that_says_why_and_leaves_the_state(world: tuple[Manager, FakeDriver]) -> None:
@@ -163,3 +166,4 @@ def test_an_unconfirmed_fence_is_a_424_that_says_why_and_leaves_the_state(world:
         power(m, ADMIN, "h1", PowerRequest(action="fence", force=True, timeout=0.5))
     assert e.value.status == 424 and e.value.extra["confirmed"] is False and state(m) == "ready"
     assert m.store.events("host", "h1", limit=5)[-1]["type"] == "PowerFailed"
+    assert m.store.get("hafence", "h1") is None  # unconfirmed: nothing may restart
