@@ -61,7 +61,8 @@ async def run(config_path: str) -> None:
             tasks = [tg.create_task(api.serve(config.api_socket, ops), name="api"),
                      tg.create_task(_ticker(service), name="varp-timer")]
             if config.manager is not None:
-                tasks.append(tg.create_task(_manager_loop(config, service, vms, state_file), name="manager-sync"))
+                tasks.append(tg.create_task(_manager_loop(config, service, vms, state_file, volumes),
+                                            name="manager-sync"))
             await stop.wait()
             for task in tasks:
                 task.cancel()
@@ -96,7 +97,7 @@ async def _ticker(service: VnetService) -> None:
 
 
 async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmService | None,
-                        state_file: Path) -> None:
+                        state_file: Path, volumes: VolumeService | None = None) -> None:
     """Report to the manager and converge on what it wants, round after round."""
     assert config.manager is not None
     # Here, not at the top: httpx and the reconciler cost ~0.3 s of start-up that a gatekeeper
@@ -107,7 +108,8 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
     mc, loop = config.manager, asyncio.get_running_loop()
     client = Reconciler(ManagerLink.mutual_tls(mc.url, mc.ca, mc.cert, mc.key), config.host, service, vms, mc.vcpus,
                         mc.memory_mib, state_file.with_name("gatekeeper-managed.json"),
-                        config.hypervisor.migration_uri if config.hypervisor else None)
+                        config.hypervisor.migration_uri if config.hypervisor else None,
+                        pool=volumes.pool_status if volumes is not None else None)
     while True:  # each round waits for a change of what to run, or the interval, on the manager
         wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
         try:

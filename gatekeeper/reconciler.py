@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +42,10 @@ STRAY_NOTED_S, STRAYS_KEPT = 60.0, 20
 
 class Reconciler:
     def __init__(self, link: ManagerLink, host: str, vnets: VnetService, vms: VmService | None, vcpus: int,
-                 memory_mib: int, state_file: Path | None = None, migration_uri: str | None = None) -> None:
+                 memory_mib: int, state_file: Path | None = None, migration_uri: str | None = None,
+                 pool: Callable[[], dict[str, int]] | None = None) -> None:
         self.link = link
+        self.pool = pool  # the storage service's capacity and free bytes, when it runs here
         self.host = host
         self.vnets, self.vms = vnets, vms
         self.capacity: dict[str, Any] = {"vcpus": vcpus, "memory_mib": memory_mib}
@@ -104,6 +107,11 @@ class Reconciler:
                                                      ("ago_s", round(max(time.monotonic() - d["ended"], 0.0), 1)))
                                    if v is not None}
                                for n, d in moves.departed.items()}}
+        if self.pool is not None:
+            try:
+                fields["pool"] = self.pool()
+            except Exception as e:  # the pool's disk unreadable: the rest of the report still goes
+                log.warning("storage pool: %s; reported without it", e)
         try:
             return parse(HostReport, fields).as_json()
         except ContractError as e:  # a bug here: say so, and still report the capacity

@@ -120,3 +120,18 @@ def test_a_desired_state_that_breaks_the_contract_is_not_applied_and_the_next_re
     assert report_problems(report) == []
     assert len(report["errors"]) == 1 and "desired state refused, nothing applied" in report["errors"][0]
     assert said in report["errors"][0] and "upgrade this gatekeeper" in report["errors"][0]
+
+
+def test_a_host_with_the_storage_service_reports_its_pool_and_a_failing_pool_does_not_stop_the_report() -> None:
+    r, _ = _reconciler()
+    assert "pool" not in r.report([])  # no storage service here
+    r.pool = lambda: {"capacity_bytes": 100 << 30, "free_bytes": 60 << 30}
+    report = r.report([])
+    assert report_problems(report) == [] and report["pool"] == {"capacity_bytes": 100 << 30, "free_bytes": 60 << 30}
+
+    def unreadable() -> dict[str, int]:
+        raise OSError("the pool's disk is gone")
+
+    r.pool = unreadable
+    report = r.report([])
+    assert "pool" not in report and report["state"] == "ready" and report_problems(report) == []
