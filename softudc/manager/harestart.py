@@ -233,8 +233,14 @@ class HaRestart:
     controller loop sees as news)."""
 
     def __init__(self, m: Manages, timeout: float = TIMEOUT_S,
-                 drivers: Callable[[Any], PowerDriver] | None = None) -> None:
+                 drivers: Callable[[Any], PowerDriver] | None = None, grace_s: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.m, self.timeout, self.drivers = m, timeout, drivers
+        # A leader suspects no host before it has itself waited this long (the heartbeat timeout):
+        # after a manager outage every stored report is old, and no host may be fenced for that.
+        self.grace_s, self.clock = grace_s, clock
+        self._leading_since: float | None = None
+        self._last_step = 0.0
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
@@ -248,11 +254,18 @@ class HaRestart:
     def step(self, reports: dict[str, dict[str, Any]], farms: list[Obj],
              has_ha: Callable[[Obj, dict[str, Any]], bool]) -> frozenset[str]:
         """One pass: decide and act; returns the fenced hosts (whose instances are restarted elsewhere)."""
+        now = self.clock()
+        if self._leading_since is None or now - self._last_step > max(self.grace_s, 60.0):
+            self._leading_since = now  # the first pass of this leader (or after a long pause)
+        self._last_step = now
         hosts = self.m.store.objects("host")
         records = {o.name: o for o in self.m.store.objects(KIND)}
         views = host_views(hosts, reports, farms, has_ha)
+        if now - self._leading_since < self.grace_s:  # down hosts are left alone for now
+            views = {h: v for h, v in views.items() if v.state != "down"}
+            records = {h: o for h, o in records.items() if h in views}
         refused: set[str] = set()
-        for a in decide(views, {h: o.spec for h, o in records.items()}, time.time(), self.m.manager_id,
+        for a in decide(views, {h: o.spec for h, o in records.items()}, now, self.m.manager_id,
                         self.in_flight()):
             if a.host not in refused and not self._act(a, records.get(a.host), views.get(a.host)):
                 refused.add(a.host)

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from softudc.manager.controller import inventory, reconcile_farm
+from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory, reconcile_farm
 from softudc.manager.farms import FarmCache, Usage
 from softudc.manager.harestart import HaRestart
 from softudc.manager.longpoll import LongPolls
@@ -56,7 +56,7 @@ class Planning:
         """The HA restart step (softudc/manager/harestart.py), made at first use."""
         ha: HaRestart | None = self.__dict__.get("_ha_restart")
         if ha is None:
-            ha = self.__dict__["_ha_restart"] = HaRestart(self)
+            ha = self.__dict__["_ha_restart"] = HaRestart(self, grace_s=HOST_DOWN_AFTER_S)
         return ha
 
     def _has_ha(self, farm: Obj, instance: dict[str, Any]) -> bool:

@@ -209,7 +209,7 @@ def manager(tmp_path: Path) -> Iterator[Manager]:
 
 
 def _world(m: Manager, bmc: Bmc, power: bool = True) -> None:
-    m.ha.timeout, m.ha.drivers = 0.5, lambda config: bmc
+    m.ha.timeout, m.ha.drivers, m.ha.grace_s = 0.5, lambda config: bmc, 0.0  # a leader for long
     for h in ("h1", "h2"):
         m.store.put("host", h, {"joined": 1.0, "certificate": h,
                                 **({"power": {"driver": "lab", "lab": "x", "host": h}} if power else {})})
@@ -277,5 +277,22 @@ def test_two_passes_at_once_start_one_fence(manager: Manager) -> None:
     for t in passes:
         t.join()
     for t in [*manager.ha._threads.values(), *other._threads.values()]:
+        t.join(5)
+    assert bmc.calls == 1
+
+
+def test_a_new_leader_fences_nobody_before_it_has_waited_the_heartbeat_timeout_itself(manager: Manager) -> None:
+    bmc = Bmc()
+    _world(manager, bmc)  # h1's stored report is old: as after a manager outage
+    manager.store.set_status("farm", "f", {"instances": [{"name": "high-0", "vm": "high", "host": "h1"}]})
+    now = [1000.0]
+    ha = harestart.HaRestart(manager, 0.5, lambda config: bmc, grace_s=HOST_DOWN_AFTER_S, clock=lambda: now[0])
+    for _ in range(3):  # passes every 10 s within the grace: h1 is left alone
+        ha.step(manager.reports(), manager.store.objects("farm"), manager._has_ha)
+        now[0] += min(10.0, HOST_DOWN_AFTER_S / 4)
+    assert bmc.calls == 0 and manager.store.get(KIND, "h1") is None
+    now[0] = 1000.0 + HOST_DOWN_AFTER_S
+    ha.step(manager.reports(), manager.store.objects("farm"), manager._has_ha)
+    for t in list(ha._threads.values()):
         t.join(5)
     assert bmc.calls == 1
