@@ -15,25 +15,13 @@ import time
 from pathlib import Path
 
 from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError
+from softudc.pids import pid_alive
 
 QSD = "qemu-storage-daemon"
 
 
 class DaemonError(RuntimeError):
     """qsd could not be started or reached; the message says where to look."""
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie is not alive (`ps` state Z)
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 class StorageDaemon:

@@ -9,6 +9,8 @@ import subprocess
 import time
 from collections.abc import Sequence
 
+from softudc.pids import pid_alive as pid_alive  # re-exported: the lab calls shell.pid_alive
+
 
 class CommandError(RuntimeError):
     pass
@@ -40,21 +42,6 @@ def netns_list() -> list[str]:
 def netns_pids(netns: str) -> list[int]:
     out = run(["ip", "netns", "pids", netns], check=False)
     return [int(p) for p in out.split() if p.isdigit()]
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie still answers kill(0); treat it as gone.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stop_pid(pid: int, grace: float = 3.0) -> None:

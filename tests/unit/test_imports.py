@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DAEMONS = ("gatekeeper", "vnetd")
-SHARED = ("wire", "model", "security", "localapi", "configfile", "atomicfile", "pki", "libvirturi", "daemonmain")
+SHARED = ("wire", "model", "security", "localapi", "configfile", "atomicfile", "pki", "libvirturi", "daemonmain",
+          "pids")
 
 
 def imports(package: str) -> Iterator[tuple[str, str]]:
