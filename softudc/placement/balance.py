@@ -1,0 +1,310 @@
+"""The balancer: a plan of live migrations that lowers the cluster score (see `score`).
+
+Greedy, one move at a time. The source is the host most in need: first hosts that are not ready
+and still hold VMs, then hosts breaking a hard rule, then the ready host with the highest
+normalised CPU + memory use. For its movable VMs and the K least-loaded ready hosts, the score
+after each (VM, destination) pair comes from running sums (sum and sum of squares of normalised
+use) in O(1), evaluated with numpy as one matrix; the best pair is taken if it lowers the score
+by at least `min_gain`, else the host is set aside. A host is set aside for good once nothing
+moves off it, and the search ends after `patience` ready hosts in a row yield nothing.
+
+Hard rules are never broken by a move: the destination is ready, has room for the VM's
+allocation, and stays within the VM's anti-affinity limit. VMs of hard affinity groups are not
+moved one by one. A VM moved less than `cooldown_s` ago is not moved; no VM moves twice in a plan.
+
+Steps: moves keep their order, and each goes into the earliest step after every earlier move
+that used one of its hosts in the other role (so within a step a host is only a source or only
+a destination, and room freed by a move is only used in a later step), within the limits per
+source, per destination and per step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from softudc.placement.cluster import Cluster
+from softudc.placement.score import PENALTY, Breakdown, over_units, score
+
+F = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_per_source: int = 2
+    max_per_destination: int = 2
+    max_per_step: int = 8
+    max_moves: int | None = None
+
+
+@dataclass(frozen=True)
+class Move:
+    vm: str
+    source: str
+    destination: str
+    step: int
+    reason: str
+    score_before: float
+    score_after: float
+
+
+@dataclass
+class Plan:
+    moves: list[Move]
+    score_before: float
+    score_after: float
+    before: Breakdown
+    after: Breakdown
+    fingerprint: str
+    stuck: dict[str, str] = field(default_factory=dict)  # vm on a host not ready -> why it cannot move
+
+    @property
+    def steps(self) -> list[list[Move]]:
+        out: list[list[Move]] = [[] for _ in range(max((m.step for m in self.moves), default=-1) + 1)]
+        for m in self.moves:
+            out[m.step].append(m)
+        return out
+
+    def to_dict(self) -> dict[str, object]:
+        return {"fingerprint": self.fingerprint, "score_before": self.score_before, "score_after": self.score_after,
+                "moves": [m.__dict__ for m in self.moves], "stuck": self.stuck}
+
+
+class _State:
+    """Per-host running loads and the sums the spread is computed from."""
+
+    def __init__(self, c: Cluster) -> None:
+        self.names = [h.name for h in c.hosts]
+        idx = {n: i for i, n in enumerate(self.names)}
+        self.cap_c = np.array([h.vcpus for h in c.hosts], dtype=np.float64)
+        self.cap_m = np.array([h.memory_mib for h in c.hosts], dtype=np.float64)
+        self.ready = np.array([h.state == "ready" for h in c.hosts])
+        self.state = [h.state for h in c.hosts]
+        self.vm_host = np.array([idx[v.host] for v in c.vms], dtype=np.int64)
+        self.vm_c = np.array([v.cpu for v in c.vms], dtype=np.float64)
+        self.vm_m = np.array([v.mem for v in c.vms], dtype=np.float64)
+        self.vm_ac = np.array([v.vcpus for v in c.vms], dtype=np.float64)
+        self.vm_am = np.array([v.memory_mib for v in c.vms], dtype=np.float64)
+        n = len(self.names)
+        self.load_c, self.load_m = np.zeros(n), np.zeros(n)
+        self.alloc_c, self.alloc_m = np.zeros(n), np.zeros(n)
+        np.add.at(self.load_c, self.vm_host, self.vm_c)
+        np.add.at(self.load_m, self.vm_host, self.vm_m)
+        np.add.at(self.alloc_c, self.vm_host, self.vm_ac)
+        np.add.at(self.alloc_m, self.vm_host, self.vm_am)
+        self.on: list[set[int]] = [set() for _ in range(n)]
+        for j, h in enumerate(self.vm_host.tolist()):
+            self.on[h].add(j)
+        self.members: dict[tuple[str, int], int] = defaultdict(int)
+        for v, h in zip(c.vms, self.vm_host.tolist(), strict=True):
+            if v.group is not None:
+                self.members[(v.group, h)] += 1
+        r = self.ready
+        self.n_ready = max(1, int(r.sum()))
+        xc, xm = self.load_c / self.cap_c, self.load_m / self.cap_m
+        self.s1c, self.s2c = float(xc[r].sum()), float((xc[r] ** 2).sum())
+        self.s1m, self.s2m = float(xm[r].sum()), float((xm[r] ** 2).sum())
+
+    def over(self, h: int) -> bool:
+        return bool(self.alloc_c[h] > self.cap_c[h] or self.alloc_m[h] > self.cap_m[h])
+
+    def over_units(self, h: int, less_c: float = 0.0, less_m: float = 0.0) -> float:
+        return over_units(float(self.alloc_c[h] - less_c), float(self.cap_c[h]), float(self.alloc_m[h] - less_m),
+                          float(self.cap_m[h]))
+
+    def spread(self, s1c: F | float, s2c: F | float, s1m: F | float, s2m: F | float) -> F:
+        n = self.n_ready
+        var = np.maximum(0.0, np.asarray(s2c) / n - (np.asarray(s1c) / n) ** 2)
+        var = var + np.maximum(0.0, np.asarray(s2m) / n - (np.asarray(s1m) / n) ** 2)
+        return np.asarray(np.sqrt(var), dtype=np.float64)
+
+    def move(self, j: int, d: int) -> None:
+        s = int(self.vm_host[j])
+        for h, sign in ((s, -1.0), (d, 1.0)):
+            if self.ready[h]:
+                xc, xm = self.load_c[h] / self.cap_c[h], self.load_m[h] / self.cap_m[h]
+                self.s1c -= xc
+                self.s2c -= xc * xc
+                self.s1m -= xm
+                self.s2m -= xm * xm
+            self.load_c[h] += sign * self.vm_c[j]
+            self.load_m[h] += sign * self.vm_m[j]
+            self.alloc_c[h] += sign * self.vm_ac[j]
+            self.alloc_m[h] += sign * self.vm_am[j]
+            if self.ready[h]:
+                xc, xm = self.load_c[h] / self.cap_c[h], self.load_m[h] / self.cap_m[h]
+                self.s1c += xc
+                self.s2c += xc * xc
+                self.s1m += xm
+                self.s2m += xm * xm
+        self.on[s].discard(j)
+        self.on[d].add(j)
+        self.vm_host[j] = d
+
+
+class _Balancer:
+    def __init__(self, c: Cluster, min_gain: float, cooldown_s: float, now: float, k: int) -> None:
+        c.validate()
+        self.c, self.st, self.min_gain, self.k = c, _State(c), min_gain, k
+        self.group = [v.group for v in c.vms]
+        self.limit = [c.groups[g].limit if g is not None else None for g in self.group]
+        self.movable = np.array([not (v.moved_at is not None and now - v.moved_at < cooldown_s)
+                                 and not (v.group is not None and c.groups[v.group].policy == "affinity")
+                                 for v in c.vms])
+        b = score(c)
+        self.breaks = b.penalty / PENALTY  # penalty units, kept up to date move by move
+
+    def total(self) -> float:
+        st = self.st
+        return float(st.spread(st.s1c, st.s2c, st.s1m, st.s2m)) + PENALTY * self.breaks
+
+    def need(self) -> F:
+        """How much each host needs VMs moved off (higher first); -inf for hosts with nothing to move."""
+        st = self.st
+        need = st.load_c / st.cap_c + st.load_m / st.cap_m
+        hard = np.array([st.over(h) for h in range(len(st.names))]) if self.breaks else np.zeros(len(st.names), bool)
+        need = np.where(~st.ready | hard, need + 1e6 * (~st.ready) + 1e3, need)
+        return np.asarray(need, dtype=np.float64)
+
+    def excess(self, j: int, h: int) -> int:
+        g, lim = self.group[j], self.limit[j]
+        return 1 if g is not None and lim is not None and self.st.members[(g, h)] > lim else 0
+
+    def best_from(self, s: int) -> tuple[int, int, float] | None:
+        """The best (vm, destination, score after) off host s, or None."""
+        st = self.st
+        vms = np.array([j for j in st.on[s] if self.movable[j]], dtype=np.int64)
+        if not vms.size:
+            return None
+        key = np.where(st.ready, st.load_c / st.cap_c + st.load_m / st.cap_m, np.inf)
+        key[s] = np.inf
+        k = min(self.k, len(key) - 1)
+        if k <= 0:
+            return None
+        dests = np.argpartition(key, k - 1)[:k] if k < len(key) else np.arange(len(key))
+        dests = dests[np.isfinite(key[dests])]
+        if not dests.size:
+            return None
+        after = self._after(s, vms, dests)
+        i, d = np.unravel_index(int(np.argmin(after)), after.shape)
+        if not np.isfinite(after[i, d]):
+            return None
+        return int(vms[i]), int(dests[d]), float(after[i, d])
+
+    def _after(self, s: int, vms: npt.NDArray[np.int64], dests: npt.NDArray[np.int64]) -> F:
+        st = self.st
+        vc, vm = st.vm_c[vms][:, None], st.vm_m[vms][:, None]
+        rs = 1.0 if st.ready[s] else 0.0
+        xs_c, xs_m = st.load_c[s] / st.cap_c[s], st.load_m[s] / st.cap_m[s]
+        ns_c, ns_m = (st.load_c[s] - vc) / st.cap_c[s], (st.load_m[s] - vm) / st.cap_m[s]
+        xd_c, xd_m = (st.load_c[dests] / st.cap_c[dests])[None, :], (st.load_m[dests] / st.cap_m[dests])[None, :]
+        nd_c = (st.load_c[dests][None, :] + vc) / st.cap_c[dests]
+        nd_m = (st.load_m[dests][None, :] + vm) / st.cap_m[dests]
+        s1c = st.s1c + rs * (ns_c - xs_c) + nd_c - xd_c
+        s2c = st.s2c + rs * (ns_c ** 2 - xs_c ** 2) + nd_c ** 2 - xd_c ** 2
+        s1m = st.s1m + rs * (ns_m - xs_m) + nd_m - xd_m
+        s2m = st.s2m + rs * (ns_m ** 2 - xs_m ** 2) + nd_m ** 2 - xd_m ** 2
+        fixed = np.array([self.excess(int(j), s) for j in vms], dtype=np.float64)[:, None] + (1.0 - rs)
+        if st.over(s):
+            now_units = st.over_units(s)
+            fixed = fixed + np.array([now_units - st.over_units(s, st.vm_ac[j], st.vm_am[j]) for j in vms])[:, None]
+        after = st.spread(s1c, s2c, s1m, s2m) + PENALTY * (self.breaks - fixed)
+        room = ((st.alloc_c[dests][None, :] + st.vm_ac[vms][:, None] <= st.cap_c[dests][None, :])
+                & (st.alloc_m[dests][None, :] + st.vm_am[vms][:, None] <= st.cap_m[dests][None, :]))
+        for i, j in enumerate(vms.tolist()):
+            g, lim = self.group[j], self.limit[j]
+            if g is not None and lim is not None:
+                room[i] &= np.array([st.members[(g, int(d))] + 1 <= lim for d in dests])
+        return np.asarray(np.where(room, after, np.inf), dtype=np.float64)
+
+    def apply(self, j: int, d: int, after: float) -> tuple[str, float]:
+        st = self.st
+        s = int(st.vm_host[j])
+        was = st.over_units(s)
+        fixed = self.excess(j, s) + (0.0 if st.ready[s] else 1.0)
+        g = self.group[j]
+        st.move(j, d)
+        self.movable[j] = False  # no VM moves twice in a plan
+        if g is not None:
+            st.members[(g, s)] -= 1
+            st.members[(g, d)] += 1
+        fixed += was - st.over_units(s)
+        self.breaks -= fixed
+        return self._reason(j, s, d), after
+
+    def _reason(self, j: int, s: int, d: int) -> str:
+        st = self.st
+        why = "" if st.state[s] == "ready" else f" (host {st.names[s]} {st.state[s]})"
+        return (f"host {st.names[s]} cpu {(st.load_c[s] + st.vm_c[j]) / st.cap_c[s]:.0%} mem "
+                f"{(st.load_m[s] + st.vm_m[j]) / st.cap_m[s]:.0%} -> {st.names[d]} cpu "
+                f"{(st.load_c[d] - st.vm_c[j]) / st.cap_c[d]:.0%} mem {(st.load_m[d] - st.vm_m[j]) / st.cap_m[d]:.0%}"
+                f"{why}")
+
+
+def _steps(pairs: list[tuple[int, int]], limits: Limits) -> list[int]:
+    """The step of each (source, destination) move, in order (see the module text)."""
+    last_src: dict[int, int] = {}  # host -> last step it was a source in
+    last_dst: dict[int, int] = {}
+    per: dict[tuple[int, str, int], int] = defaultdict(int)  # (step, role, host) -> moves
+    per_step: dict[int, int] = defaultdict(int)
+    out = []
+    for s, d in pairs:
+        step = max(last_dst.get(s, -1), last_src.get(d, -1)) + 1
+        while (per[(step, "s", s)] >= limits.max_per_source or per[(step, "d", d)] >= limits.max_per_destination
+               or per_step[step] >= limits.max_per_step):
+            step += 1
+        per[(step, "s", s)] += 1
+        per[(step, "d", d)] += 1
+        per_step[step] += 1
+        last_src[s] = max(last_src.get(s, -1), step)
+        last_dst[d] = max(last_dst.get(d, -1), step)
+        out.append(step)
+    return out
+
+
+def balance(cluster: Cluster, *, min_gain: float = 0.001, cooldown_s: float = 600.0, now: float = 0.0,
+            limits: Limits | None = None, candidates: int = 16, patience: int = 32) -> Plan:
+    """A plan of moves lowering `score(cluster)`; `now` (unix time) is compared with each VM's moved_at."""
+    limits = limits or Limits()
+    b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
+    before = score(cluster)
+    current = b.total()
+    aside = np.zeros(len(b.st.names), dtype=bool)
+    chosen: list[tuple[int, int, str, float, float]] = []
+    misses = 0
+    while misses < patience and (limits.max_moves is None or len(chosen) < limits.max_moves):
+        need = np.where(aside, -np.inf, b.need())
+        s = int(np.argmax(need)) if need.size else 0
+        if not need.size or not math.isfinite(need[s]):
+            break
+        best = b.best_from(s)
+        if best is None or current - best[2] < min_gain:
+            aside[s] = True
+            misses += 1 if b.st.ready[s] and not b.st.over(s) else 0
+            continue
+        misses = 0
+        j, d, after = best
+        reason, after = b.apply(j, d, after)
+        chosen.append((j, s, reason, current, after))
+        current = after
+    steps = _steps([(s, int(b.st.vm_host[j])) for j, s, *_ in chosen], limits)
+    names = b.st.names
+    moves = [Move(cluster.vms[j].name, names[s], names[int(b.st.vm_host[j])], step,
+                  f"{reason}: score {sb:.4f} -> {sa:.4f}", sb, sa)
+             for (j, s, reason, sb, sa), step in zip(chosen, steps, strict=True)]
+    after_c = cluster.moved({m.vm: m.destination for m in moves})
+    stuck = {v.name: _why_stuck(b, i) for i, v in enumerate(cluster.vms) if not b.st.ready[b.st.vm_host[i]]}
+    return Plan(moves, before.total, score(after_c).total, before, score(after_c), cluster.fingerprint(), stuck)
+
+
+def _why_stuck(b: _Balancer, j: int) -> str:
+    g = b.c.vms[j].group
+    if g is not None and b.c.groups[g].policy == "affinity":
+        return "member of an affinity group (moved with its group, not alone)"
+    if not b.movable[j]:
+        return "in cooldown"
+    return "no ready host with room that keeps its anti-affinity limit among the least-loaded candidates"
