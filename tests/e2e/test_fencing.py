@@ -2,7 +2,8 @@
 tiny guests): a host killed (its gatekeeper, libvirtd and QEMU, by PID, the BMC not told) is fenced
 by the manager through ipmi_sim, its VMs run again on the other hosts, and no VM ever runs on two
 hosts (every host's libvirt polled throughout); powered on again, it runs none of them. With its
-BMC refusing the password, a killed host is never fenced and nothing of it is restarted.
+BMC refusing the password, a killed host is never fenced and nothing of it is restarted; the
+password fixed, the next attempt (after its backoff) fences it and its VMs run elsewhere.
 One lab for the module; the heartbeat timeout is lowered for it (SOFTUDC_HOST_DOWN_AFTER_S)."""
 
 from __future__ import annotations
@@ -189,3 +190,10 @@ def test_with_fencing_failing_nothing_is_restarted_and_an_event_says_why(lab: La
         assert not [vm for vm, h in where.items() if h == victim and vm in ran], ran
     finally:
         password.write_text(good)
+    # The password fixed: the next attempt (after its backoff) is confirmed and the VMs run elsewhere.
+    with Watch(lab) as watch:
+        assert wait_until(lambda: all(h != victim and watch.running().get(vm) == [h] for vm, h in placed(lab).items()),
+                          timeout=60, interval=0.5), (placed(lab), host_events(lab, victim)[-3:])
+    assert watch.twice == [], f"a VM ran on two hosts at once: {watch.twice}"
+    assert "attempt 2" in next(e for e in host_events(lab, victim) if e["type"] == "Suspected"
+                               and "attempt 2" in e["message"])["message"]
