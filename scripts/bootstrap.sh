@@ -19,6 +19,7 @@ PACKAGES=(
     openipmi ipmitool
     libnbd-bin
     prometheus
+    nodejs  # npm comes with it (or Debian npm): scripts/build-console.sh
 )
 
 missing=()
@@ -59,4 +60,10 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,vm]'
     touch "$stamp"
+fi
+
+# The web console's front-end assets (htmx and its SSE extension, from the npm registry at the
+# versions console/package-lock.json pins); rebuilt when the lock file is newer than them.
+if [[ ! -f softudc/console/static/vendor/htmx.min.js || console/package-lock.json -nt softudc/console/static/vendor/htmx.min.js ]]; then
+    scripts/build-console.sh
 fi

@@ -1,0 +1,28 @@
+"""Install the console on the manager's FastAPI app: its routes under /console, its static files,
+and the redirect to the login page for requests without a session."""
+
+from __future__ import annotations
+
+import datetime
+
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+
+from softudc.console import actions, stream, views
+from softudc.console.common import HERE, NotLoggedIn, templates, to_login
+
+
+def _utc(t: float | int | str | None) -> str:
+    try:
+        return datetime.datetime.fromtimestamp(float(t or 0), datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError):
+        return "?"
+
+
+def install(app: FastAPI) -> None:
+    templates.env.filters["utc"] = _utc
+    app.include_router(views.router)
+    app.include_router(actions.router)
+    app.include_router(stream.router)
+    app.mount("/console/static", StaticFiles(directory=HERE / "static", check_dir=False), name="console-static")
+    app.add_exception_handler(NotLoggedIn, to_login)
