@@ -270,7 +270,7 @@ static __always_inline int flood(struct __sk_buff *skb, struct cfg *c, __u32 vne
 	return TC_ACT_SHOT;
 }
 
-SEC("tc/encap")
+SEC("tc")
 int vnet_encap(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex, zero = 0;
@@ -328,18 +328,23 @@ static __always_inline int is_member(__u32 vnet, __be32 ip)
 	return 0;
 }
 
-/* Returns the VNET id of a frame message this program handles, 0 to pass it up, -1 to drop. */
+#define NOT_OURS (-2)
+
+/* Returns the VNET id of a frame message this program handles, 0 to pass a 1798 message up
+ * (counted), NOT_OURS for other traffic (not counted), -1 to drop (counted by reason). */
 static __always_inline int classify(struct __sk_buff *skb, struct cfg *c)
 {
 	struct outer o;
 	__u16 vword;
 
 	if (bpf_skb_load_bytes(skb, 0, &o, sizeof(struct ethhdr) + sizeof(struct iphdr) + 8))
-		return 0;
-	if (o.eth.h_proto != bpf_htons(ETH_P_IP) || o.ip.version != 4 || o.ip.ihl != 5 ||
-	    o.ip.protocol != IPPROTO_UDP || o.udp.dest != bpf_htons(VNET_PORT) || o.ip.daddr != c->local_ip ||
-	    (o.ip.frag_off & bpf_htons(0x3fff)))
-		return 0;
+		return NOT_OURS;
+	if (o.eth.h_proto != bpf_htons(ETH_P_IP) || o.ip.version != 4 || o.ip.protocol != IPPROTO_UDP ||
+	    o.ip.daddr != c->local_ip)
+		return NOT_OURS;
+	/* IP options, fragments (the stack reassembles them for the socket), other ports */
+	if (o.ip.ihl != 5 || (o.ip.frag_off & bpf_htons(0x3fff)) || o.udp.dest != bpf_htons(VNET_PORT))
+		return NOT_OURS;
 	if (bpf_ntohs(o.udp.len) < 8 + 4) /* not even a message header: the socket rejects it */
 		return 0;
 	if (bpf_skb_load_bytes(skb, PREFIX_AT, &o.id, 4))
@@ -372,7 +377,7 @@ static __always_inline int classify(struct __sk_buff *skb, struct cfg *c)
 	return vword & 0xfff;
 }
 
-SEC("tc/decap")
+SEC("tc")
 int vnet_decap(struct __sk_buff *skb)
 {
 	__u64 fl = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_DECAP_L3_IPV4;
@@ -386,6 +391,8 @@ int vnet_decap(struct __sk_buff *skb)
 	if (!c)
 		return TC_ACT_OK;
 	v = classify(skb, c);
+	if (v == NOT_OURS)
+		return TC_ACT_OK;
 	if (v == 0) {
 		count(C_DEC_PASS);
 		return TC_ACT_OK;

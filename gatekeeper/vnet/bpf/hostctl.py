@@ -1,0 +1,78 @@
+"""Bring one host's eBPF data path up or down from a JSON spec (run inside the host's netns).
+
+    python -m gatekeeper.vnet.bpf.hostctl up SPEC.json | down SPEC.json | counters SPEC.json
+
+SPEC: {"pin_dir", "underlay", "local_ip", "vnets": [{"vnet", "uplink", "members": [ip...],
+       "fdb": {mac: ip}, "ingress_ifname": optional, "mtu": optional}]}
+tc programs live on the devices (they outlive this process); maps stay pinned under pin_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from gatekeeper.vnet.bpf import layouts
+from gatekeeper.vnet.bpf.loader import Datapath, detach, remove_pins
+
+BPF_F_INGRESS = 1
+
+
+def _ifindex(name: str) -> int:
+    try:
+        return socket.if_nametoindex(name)
+    except OSError:
+        raise SystemExit(f"hostctl: no network device {name!r} in this namespace") from None
+
+
+def up(spec: dict[str, Any]) -> Datapath:
+    dp = Datapath(Path(spec["pin_dir"]))
+    underlay = _ifindex(spec["underlay"])
+    Path(f"/proc/sys/net/ipv4/conf/{spec['underlay']}/forwarding").write_text("1\n")  # bpf_fib_lookup
+    dp.set_cfg(layouts.Cfg(spec["local_ip"], underlay))
+    want: dict[layouts.FdbKey, str] = {}
+    for v in spec["vnets"]:
+        uplink = _ifindex(v["uplink"])
+        if v.get("ingress_ifname"):
+            local = layouts.Local(_ifindex(v["ingress_ifname"]), BPF_F_INGRESS, v.get("mtu", 1452))
+        else:
+            local = layouts.Local(uplink, 0, v.get("mtu", 1452))
+        dp.set_uplink(uplink, v["vnet"])
+        dp.set_local(v["vnet"], local, v["members"])
+        want.update({layouts.FdbKey(v["vnet"], mac.lower()): ip for mac, ip in v.get("fdb", {}).items()})
+        dp.attach("vnet_encap", uplink)
+    dp.sync_fdb(want)
+    dp.attach("vnet_decap", underlay)
+    return dp
+
+
+def down(spec: dict[str, Any]) -> None:
+    for name in [spec["underlay"]] + [v["uplink"] for v in spec["vnets"]]:
+        try:
+            detach(socket.if_nametoindex(name))
+        except OSError:
+            continue
+    remove_pins(Path(spec["pin_dir"]))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2 or argv[0] not in ("up", "down", "counters"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    spec = json.loads(Path(argv[1]).read_text())
+    if argv[0] == "up":
+        up(spec).close()
+    elif argv[0] == "down":
+        down(spec)
+    else:
+        dp = Datapath(Path(spec["pin_dir"]))
+        print(json.dumps({"counters": dp.counters(), "fdb": {f"{k.vnet}/{k.mac}": ip for k, ip in dp.fdb().items()}}))
+        dp.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
