@@ -45,6 +45,10 @@ def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: l
         from softudc.bench.images import run_images
 
         return run_images()
+    if name == "balance":
+        from softudc.bench.balance import run_balance
+
+        return run_balance()
     from softudc.bench.reconcile import run_reconcile
 
     return run_reconcile()
@@ -90,6 +94,12 @@ def _print_images(result: dict[str, Any]) -> None:
     print_images(result)
 
 
+def _print_balance(result: dict[str, Any]) -> None:
+    print("vs optimum:", {k: v for k, v in result["vs_optimum"].items() if k != "detail"})
+    for name, r in result["planning"].items():
+        print(name, r)
+
+
 # the benchmarks by name, with how each prints its result for a reader (--json prints them all alike)
 _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "dataplane": _print_dataplane,
@@ -98,4 +108,5 @@ _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "reconcile": _print_reconcile,
     "manager": _print_manager,
     "images": _print_images,
+    "balance": _print_balance,
 }

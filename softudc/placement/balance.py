@@ -2,11 +2,13 @@
 
 Greedy, one move at a time. The source is the host most in need: first hosts that are not ready
 and still hold VMs, then hosts breaking a hard rule, then the ready host with the highest
-normalised CPU + memory use. For its movable VMs and the K least-loaded ready hosts, the score
-after each (VM, destination) pair comes from running sums (sum and sum of squares of normalised
-use) in O(1), evaluated with numpy as one matrix; the best pair is taken if it lowers the score
-by at least `min_gain`, else the host is set aside. A host is set aside for good once nothing
-moves off it, and the search ends after `patience` ready hosts in a row yield nothing.
+normalised CPU + memory use. For its movable VMs and the K least-loaded ready hosts with room
+for its smallest VM, the score after each (VM, destination) pair comes from running sums (sum
+and sum of squares of normalised use) in O(1), evaluated with numpy as one matrix; the best pair
+is taken if it lowers the score by at least `min_gain`, else the host is set aside. A round ends
+when every host is set aside or `patience` ready hosts in a row yield nothing; the next round
+looks at every host again (earlier moves changed the destinations), up to `rounds` rounds or a
+round without a move.
 
 Hard rules are never broken by a move: the destination is ready, has room for the VM's
 allocation, and stays within the VM's anti-affinity limit. VMs of hard affinity groups are not
@@ -166,7 +168,7 @@ class _Balancer:
         """How much each host needs VMs moved off (higher first); -inf for hosts with nothing to move."""
         st = self.st
         need = st.load_c / st.cap_c + st.load_m / st.cap_m
-        hard = np.array([st.over(h) for h in range(len(st.names))]) if self.breaks else np.zeros(len(st.names), bool)
+        hard = (st.alloc_c > st.cap_c) | (st.alloc_m > st.cap_m)
         need = np.where(~st.ready | hard, need + 1e6 * (~st.ready) + 1e3, need)
         return np.asarray(need, dtype=np.float64)
 
@@ -180,13 +182,19 @@ class _Balancer:
         vms = np.array([j for j in st.on[s] if self.movable[j]], dtype=np.int64)
         if not vms.size:
             return None
-        key = np.where(st.ready, st.load_c / st.cap_c + st.load_m / st.cap_m, np.inf)
+        fits = (st.alloc_c + st.vm_ac[vms].min() <= st.cap_c) & (st.alloc_m + st.vm_am[vms].min() <= st.cap_m)
+        key = np.where(st.ready & fits, st.load_c / st.cap_c + st.load_m / st.cap_m, np.inf)
         key[s] = np.inf
         k = min(self.k, len(key) - 1)
         if k <= 0:
             return None
         dests = np.argpartition(key, k - 1)[:k] if k < len(key) else np.arange(len(key))
-        dests = dests[np.isfinite(key[dests])]
+        best = self._best(s, vms, dests[np.isfinite(key[dests])])
+        if best is None and (not st.ready[s] or st.over(s)):  # a hard break: look at every ready host
+            best = self._best(s, vms, np.flatnonzero(np.isfinite(key)))
+        return best
+
+    def _best(self, s: int, vms: npt.NDArray[np.int64], dests: npt.NDArray[np.int64]) -> tuple[int, int, float] | None:
         if not dests.size:
             return None
         after = self._after(s, vms, dests)
@@ -218,7 +226,7 @@ class _Balancer:
         for i, j in enumerate(vms.tolist()):
             g, lim = self.group[j], self.limit[j]
             if g is not None and lim is not None:
-                room[i] &= np.array([st.members[(g, int(d))] + 1 <= lim for d in dests])
+                room[i] &= np.array([st.members.get((g, d), 0) + 1 <= lim for d in dests.tolist()])
         return np.asarray(np.where(room, after, np.inf), dtype=np.float64)
 
     def apply(self, j: int, d: int, after: float) -> tuple[str, float]:
@@ -266,21 +274,31 @@ def _steps(pairs: list[tuple[int, int]], limits: Limits) -> list[int]:
     return out
 
 
-def balance(cluster: Cluster, *, min_gain: float = 0.001, cooldown_s: float = 600.0, now: float = 0.0,
-            limits: Limits | None = None, candidates: int = 16, patience: int = 32) -> Plan:
-    """A plan of moves lowering `score(cluster)`; `now` (unix time) is compared with each VM's moved_at."""
+def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: float = 600.0, now: float = 0.0,
+            limits: Limits | None = None, candidates: int = 16, patience: int = 32, rounds: int = 8) -> Plan:
+    """A plan of moves lowering `score(cluster)`; `now` (unix time) is compared with each VM's moved_at.
+
+    min_gain defaults to 0.02 / ready hosts: one move changes the spread by about its share of one
+    host over the host count, so a fixed threshold would stop a large cluster from balancing at all.
+    """
     limits = limits or Limits()
+    if min_gain is None:
+        min_gain = 0.02 / max(1, sum(h.state == "ready" for h in cluster.hosts))
     b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
     before = score(cluster)
     current = b.total()
     aside = np.zeros(len(b.st.names), dtype=bool)
     chosen: list[tuple[int, int, str, float, float]] = []
-    misses = 0
-    while misses < patience and (limits.max_moves is None or len(chosen) < limits.max_moves):
+    misses, round_start = 0, 0
+    while limits.max_moves is None or len(chosen) < limits.max_moves:
         need = np.where(aside, -np.inf, b.need())
         s = int(np.argmax(need)) if need.size else 0
-        if not need.size or not math.isfinite(need[s]):
-            break
+        if misses >= patience or not need.size or not math.isfinite(need[s]):
+            if len(chosen) == round_start or rounds <= 1:  # a round without a move: done
+                break
+            rounds, round_start, misses = rounds - 1, len(chosen), 0
+            aside[:] = False
+            continue
         best = b.best_from(s)
         if best is None or current - best[2] < min_gain:
             aside[s] = True
