@@ -36,7 +36,8 @@ async def _checked(request: Request) -> tuple[Session, Principal, dict[str, str]
 def _refused(request: Request, e: ApiError) -> HTMLResponse:
     return HTMLResponse(f"<p class=error>{e.status}: action refused, nothing was changed</p>",
                         status_code=e.status) if e.status == 403 else page(
-        request, "missing.html", None, None, code=e.status, message=str(e))
+        request, "missing.html", None, None, code=e.status, message=str(e),
+        heading="Not found" if e.status == 404 else "Refused: nothing was changed")
 
 
 @router.get("/apply")

@@ -60,6 +60,8 @@ def page(request: Request, template: str, who: Principal | None, session: Sessio
 
 
 def to_login(request: Request, exc: Exception) -> Response:
-    if request.method == "GET" and "/fragments/" not in request.url.path and "HX-Request" not in request.headers:
+    path = request.url.path
+    if request.method == "GET" and "/fragments/" not in path and path != "/console/stream" \
+            and "HX-Request" not in request.headers:
         return RedirectResponse("/console/login", status_code=303)
     return HTMLResponse("<p class=error>not logged in: <a href='/console/login'>log in</a></p>", status_code=401)

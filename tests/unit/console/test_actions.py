@@ -1,0 +1,68 @@
+"""Console actions: apply with problems shown at their lines, then fixed; delete with
+confirmation; migrate through the Manager; forged and viewer posts refused, nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit.console.test_views import ADMIN, DEMO, Lab, csrf
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    lab = Lab(tmp_path)
+    yield lab
+    lab.m.close()
+
+
+def test_apply_shows_each_problem_at_its_line_then_applies_the_fix(lab: Lab) -> None:
+    c = lab.client(lab.admin)
+    token = csrf(c.get("/console/apply").text)
+    bad = DEMO.replace("replicas: 3", "replicas: many", 1)
+    r = c.post("/console/apply", data={"csrf": token, "name": "demo", "descriptor": bad})
+    assert r.status_code == 400
+    assert '<li value="21" id="line-21" class="bad">' in r.text
+    assert "farms/demo:21:17: spec.vms[0].replicas" in r.text
+    assert "replicas: many" in r.text  # the text is kept in the editor
+    assert lab.m.store.get("farm", "demo") is None
+    r = c.post("/console/apply", data={"csrf": token, "name": "demo", "descriptor": DEMO})
+    assert r.status_code == 303 and r.headers["location"] == "/console/farms/demo"
+    assert lab.m.store.get("farm", "demo") is not None
+    assert "replicas: 3" in c.get("/console/apply?farm=demo").text  # editing starts from the stored text
+
+
+def test_forged_and_viewer_posts_are_refused_and_change_nothing(lab: Lab) -> None:
+    lab.m.put_farm(ADMIN, "demo", DEMO, None)
+    admin = lab.client(lab.admin)
+    assert admin.post("/console/farms/demo/delete", data={"confirm": "demo"}).status_code == 403
+    assert admin.post("/console/farms/demo/delete", data={"confirm": "demo", "csrf": "x"}).status_code == 403
+    viewer = lab.client(lab.viewer)
+    token = csrf(viewer.get("/console/farms/demo").text)  # its logout form's token
+    for path, data in (("/console/farms/demo/delete", {"confirm": "demo"}),
+                       ("/console/farms/demo/instances/web-0/migrate", {"host": "h1"}),
+                       ("/console/apply", {"name": "demo", "descriptor": DEMO})):
+        assert viewer.post(path, data={**data, "csrf": token}).status_code == 403
+    assert lab.m.store.get("farm", "demo") is not None
+
+
+def test_delete_needs_the_confirmation_naming_the_farm(lab: Lab) -> None:
+    lab.m.put_farm(ADMIN, "demo", DEMO, None)
+    c = lab.client(lab.admin)
+    token = csrf(c.get("/console/farms/demo").text)
+    r = c.post("/console/farms/demo/delete", data={"csrf": token, "confirm": "other"})
+    assert r.status_code == 400 and "tick the box" in r.text
+    assert lab.m.store.get("farm", "demo") is not None
+    r = c.post("/console/farms/demo/delete", data={"csrf": token, "confirm": "demo"})
+    assert r.status_code == 303
+    assert lab.m.store.get("farm", "demo") is None or lab.m.store.get("farm", "demo").deleted  # type: ignore[union-attr]
+
+
+def test_migrate_goes_through_the_manager_and_shows_why_not(lab: Lab) -> None:
+    lab.m.put_farm(ADMIN, "demo", DEMO, None)
+    c = lab.client(lab.admin)
+    token = csrf(c.get("/console/farms/demo").text)
+    r = c.post("/console/farms/demo/instances/web-0/migrate", data={"csrf": token, "host": "nowhere"})
+    assert r.status_code == 404 and "farm demo has no instance &#39;web-0&#39;" in r.text  # not placed yet
