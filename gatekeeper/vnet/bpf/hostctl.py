@@ -1,6 +1,7 @@
 """Bring one host's eBPF data path up or down from a JSON spec (run inside the host's netns).
 
     python -m gatekeeper.vnet.bpf.hostctl up SPEC.json | down SPEC.json | counters SPEC.json
+                                          | events SPEC.json SECONDS
 
 SPEC: {"pin_dir", "underlay", "local_ip", "vnets": [{"vnet", "uplink", "members": [ip...],
        "fdb": {mac: ip}, "ingress_ifname": optional, "mtu": optional}]}
@@ -12,10 +13,12 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from gatekeeper.vnet.bpf import layouts
+from gatekeeper.vnet.bpf.events import EventReader
 from gatekeeper.vnet.bpf.loader import Datapath, detach, remove_pins
 
 BPF_F_INGRESS = 1
@@ -58,8 +61,21 @@ def down(spec: dict[str, Any]) -> None:
     remove_pins(Path(spec["pin_dir"]))
 
 
+def print_events(spec: dict[str, Any], seconds: float) -> None:
+    """Print ring-buffer events as JSON lines for `seconds` (ready once "listening" is printed)."""
+    dp = Datapath(Path(spec["pin_dir"]))
+    reader = EventReader(dp.fds["ebs_events"])
+    print("listening", flush=True)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for ev in reader.poll(100):
+            print(json.dumps({"kind": ev.kind, "vnet": ev.vnet, "mac": ev.mac, "ip": ev.ip}), flush=True)
+    reader.close()
+    dp.close()
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or argv[0] not in ("up", "down", "counters"):
+    if len(argv) not in (2, 3) or argv[0] not in ("up", "down", "counters", "events"):
         print(__doc__, file=sys.stderr)
         return 2
     spec = json.loads(Path(argv[1]).read_text())
@@ -67,6 +83,8 @@ def main(argv: list[str]) -> int:
         up(spec).close()
     elif argv[0] == "down":
         down(spec)
+    elif argv[0] == "events":
+        print_events(spec, float(argv[2]) if len(argv) == 3 else 1.0)
     else:
         dp = Datapath(Path(spec["pin_dir"]))
         print(json.dumps({"counters": dp.counters(), "fdb": {f"{k.vnet}/{k.mac}": ip for k, ip in dp.fdb().items()}}))
