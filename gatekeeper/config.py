@@ -28,6 +28,7 @@ class GatekeeperConfig:
     underlay_mtu: int = 1500
     transport: str = "udp"
     offload: bool = True
+    datapath: str = "auto"  # auto | ebpf | userspace (gatekeeper/vnet/bpf/selection.py)
     varp_group: str = "224.10.0.1"
     flood: str = "multicast"
     member_hosts: tuple[str, ...] = ()
@@ -73,7 +74,7 @@ _MANAGER = {"url", "ca", "cert", "key", "vcpus", "memory_mib", "interval"}
 _HYPERVISOR = {"uri", "kernel", "initrd", "accel", "console_dir", "migration_uri"}
 _SECURITY = {"keys_file", "varp_window"}
 _UNDERLAY = {"interface", "address", "mtu"}
-_DATAPLANE = {"transport", "offload"}
+_DATAPLANE = {"transport", "offload", "datapath"}
 _VARP = {"group", "flood", "hosts", "learn", "ttl", "stale_ttl", "probe_interval", "probe_max",
          "queue_max", "failed_ttl"}
 _METRICS = {"listen"}
@@ -105,6 +106,8 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     transport = _choice(dataplane.get("transport", "udp"), ("udp", "raw"), "'udp' or 'raw'",
                         "dataplane.transport", fail)
     offload = _flag(dataplane.get("offload", True), "dataplane.offload", fail)
+    datapath = _choice(dataplane.get("datapath", "auto"), ("auto", "ebpf", "userspace"),
+                       "'auto', 'ebpf' or 'userspace'", "dataplane.datapath", fail)
     group, flood, hosts = _varp_flooding(varp, fail)
     timers = _varp_timers(varp, fail)
     learn = _flag(varp.get("learn", True), "varp.learn", fail)
@@ -122,6 +125,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
         underlay_mtu=mtu,
         transport=transport,
         offload=offload,
+        datapath=datapath,
         varp_group=group,
         flood=flood,
         member_hosts=tuple(hosts),
