@@ -20,7 +20,7 @@ from softudc.cli.errors import CliError, ok
 from softudc.lab import Lab, LabSpec, lab_down, lab_up
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get, wait_for_page
-from softudc.lab.manager import MANAGER_ADDR, METRICS_PORT, call
+from softudc.lab.manager import MANAGER_ADDR, METRICS_PORT, admin_token, call, manager_dir
 from softudc.model.hoststate import vm_name
 
 NAME = "demo"
@@ -56,7 +56,7 @@ def run_demo(state_dir: str | None, keep: bool = True) -> None:
     print(f"    ip netns exec {lab.mgmt_ns} curl -s http://{lab.host('h1').mgmt_ip}:9464/metrics | grep softudc_vnet")
     print(f"    ip netns exec {lab.mgmt_ns} curl -s http://{MANAGER_ADDR}:{METRICS_PORT}/metrics"
           " | grep softudc_manager")
-    print("  console: not in this release (the CLI and the manager's API are the way in)")
+    _console(lab)
     if keep:
         print("  the lab stays up; remove it with: .venv/bin/softudc lab down demo")
     else:
@@ -161,3 +161,14 @@ def _migrate(lab: Lab, instances: dict[str, dict[str, Any]]) -> int:
     print(f"  longest ping gap {gap:.0f} ms; the guest's uptime counter went {before} -> {after}: "
           "the same guest, still running")
     return 0 if after.isdigit() and int(after) > int(before) else 1
+
+
+def _console(lab: Lab) -> None:
+    """Where the web console is and how a browser outside the lab reaches it."""
+    fwd = (f"socat TCP-LISTEN:8443,bind=127.0.0.1,fork,reuseaddr "
+           f"EXEC:'ip netns exec {lab.mgmt_ns} socat STDIO TCP:{MANAGER_ADDR}:8443'")
+    print(f"  console: https://{MANAGER_ADDR}:8443/console/ (in the lab's management namespace {lab.mgmt_ns})")
+    print(f"    log in with the admin token: {admin_token(lab)}  (also in {manager_dir(lab) / 'admin.token'})")
+    print(f"    from this machine's browser, forward a port (as root; Debian package socat): {fwd}")
+    print("      then open https://127.0.0.1:8443/console/ (the manager's certificate is from the lab's CA: "
+          f"{manager_dir(lab) / 'pki' / 'ca.crt'}); from another machine: ssh -L 8443:127.0.0.1:8443 this-machine")
