@@ -141,12 +141,18 @@ def optimum(c: Cluster, seconds: float) -> dict[str, Any]:
     t0 = time.perf_counter()
     m.minimize(sum(squares))
     st1 = solver.solve(m)
+    if st1 not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        raise RuntimeError(f"CP-SAT found no placement in {seconds} s ({solver.status_name(st1)})")
     best = int(solver.objective_value)
+    where = {v.name: h.name for v in c.vms for h in ready if solver.value(x[(v.name, h.name)])}
+    for key, var in x.items():  # the second solve starts from the first one's answer
+        m.add_hint(var, where[key[0]] == key[1])
     m.add(sum(squares) <= best)
     stays = [x[(v.name, v.host)] for v in c.vms if (v.name, v.host) in x]
     m.minimize(len(c.vms) - sum(stays))
     st2 = solver.solve(m)
-    where = {v.name: h.name for v in c.vms for h in ready if solver.value(x[(v.name, h.name)])}
+    if st2 in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        where = {v.name: h.name for v in c.vms for h in ready if solver.value(x[(v.name, h.name)])}
     moves = {n: h for n, h in where.items() if h != next(v.host for v in c.vms if v.name == n)}
     return {"score": score(c.moved(moves)).total, "moves": len(moves), "seconds": time.perf_counter() - t0,
             "proved_optimal": st1 == cp_model.OPTIMAL and st2 == cp_model.OPTIMAL}
