@@ -4,7 +4,8 @@
                                           | events SPEC.json SECONDS
 
 SPEC: {"pin_dir", "underlay", "local_ip", "vnets": [{"vnet", "uplink", "members": [ip...],
-       "fdb": {mac: ip}, "ingress_ifname": optional, "mtu": optional}]}
+       "fdb": {mac: ip}, "ingress_ifname": optional, "mtu": optional, "hook": "ingress"|"egress"}],
+       "punt": bool (misses and floods go on to the uplink instead of being flooded here)}
 tc programs live on the devices (they outlive this process); maps stay pinned under pin_dir.
 """
 
@@ -35,7 +36,7 @@ def up(spec: dict[str, Any]) -> Datapath:
     dp = Datapath(Path(spec["pin_dir"]))
     underlay = _ifindex(spec["underlay"])
     Path(f"/proc/sys/net/ipv4/conf/{spec['underlay']}/forwarding").write_text("1\n")  # bpf_fib_lookup
-    dp.set_cfg(layouts.Cfg(spec["local_ip"], underlay))
+    dp.set_cfg(layouts.Cfg(spec["local_ip"], underlay, layouts.CFG_PUNT if spec.get("punt") else 0))
     want: dict[layouts.FdbKey, str] = {}
     for v in spec["vnets"]:
         uplink = _ifindex(v["uplink"])
@@ -46,7 +47,7 @@ def up(spec: dict[str, Any]) -> Datapath:
         dp.set_uplink(uplink, v["vnet"])
         dp.set_local(v["vnet"], local, v["members"])
         want.update({layouts.FdbKey(v["vnet"], mac.lower()): ip for mac, ip in v.get("fdb", {}).items()})
-        dp.attach("vnet_encap", uplink)
+        dp.attach("vnet_encap", uplink, egress=v.get("hook") == "egress")
     dp.sync_fdb(want)
     dp.attach("vnet_decap", underlay)
     return dp

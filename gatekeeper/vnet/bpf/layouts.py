@@ -17,7 +17,7 @@ MAC_LEN = 6
 
 # Index order of the per-CPU counter array `ebs_stats` (enum in vnet_dp.c).
 COUNTERS = (
-    "enc_unicast", "enc_flood", "enc_flood_copy", "enc_miss", "enc_no_uplink", "enc_no_vnet",
+    "enc_unicast", "enc_flood", "enc_flood_copy", "enc_miss", "enc_no_uplink", "enc_punt",
     "enc_err_room", "enc_err_fib", "enc_no_neigh", "enc_toobig", "enc_short",
     "dec_ok", "dec_pass", "dec_unknown_vnet", "dec_non_member", "dec_malformed", "dec_truncated",
     "dec_err_room",
@@ -25,6 +25,7 @@ COUNTERS = (
 
 EV_MISS = 1
 EV_NO_NEIGH = 2
+CFG_PUNT = 1  # Cfg.flags: floods/misses continue to the uplink (a TAP read by the userspace forwarder)
 
 _U32 = struct.Struct("=I")
 _CFG = struct.Struct("=4sIII")

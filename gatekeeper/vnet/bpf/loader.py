@@ -139,9 +139,10 @@ class Datapath:
         return out
 
     # -- tc --------------------------------------------------------------------------------------
-    def attach(self, prog: str, ifindex: int) -> None:
-        """Attach `prog` at tc ingress of `ifindex` (clsact created if absent; replaced if present)."""
-        hook = tc_hook(ifindex, BPF_TC_INGRESS)
+    def attach(self, prog: str, ifindex: int, egress: bool = False) -> None:
+        """Attach `prog` at tc ingress (or egress) of `ifindex` (clsact created if absent; replaced if
+        present). vnet_encap on a TAP's egress sees what the bridge sends the userspace forwarder."""
+        hook = tc_hook(ifindex, BPF_TC_EGRESS if egress else BPF_TC_INGRESS)
         rc = lib().bpf_tc_hook_create(ctypes.byref(hook))
         if rc < 0 and rc != -errno.EEXIST:
             check(rc, f"clsact on ifindex {ifindex}")

@@ -27,10 +27,12 @@
 #define ETH_ALEN_ 6
 #define EV_MISS 1
 #define EV_NO_NEIGH 2
+#define CFG_PUNT 1 /* cfg.flags: floods and misses go on to the uplink's own stack (a TAP: the userspace
+                      * forwarder floods and resolves them) instead of head-end replication here */
 
 /* Verdict / drop-reason counters: index order = layouts.COUNTERS. */
 enum {
-	C_ENC_UNICAST, C_ENC_FLOOD, C_ENC_FLOOD_COPY, C_ENC_MISS, C_ENC_NO_UPLINK, C_ENC_NO_VNET,
+	C_ENC_UNICAST, C_ENC_FLOOD, C_ENC_FLOOD_COPY, C_ENC_MISS, C_ENC_NO_UPLINK, C_ENC_PUNT,
 	C_ENC_ERR_ROOM, C_ENC_ERR_FIB, C_ENC_NO_NEIGH, C_ENC_TOOBIG, C_ENC_SHORT,
 	C_DEC_OK, C_DEC_PASS, C_DEC_UNKNOWN_VNET, C_DEC_NON_MEMBER, C_DEC_MALFORMED, C_DEC_TRUNCATED,
 	C_DEC_ERR_ROOM, C_MAX
@@ -293,18 +295,21 @@ int vnet_encap(struct __sk_buff *skb)
 	}
 	k.vnet = *vnet;
 	__builtin_memcpy(k.mac, inner.h_dest, ETH_ALEN_);
+	f = (inner.h_dest[0] & 1) ? 0 : bpf_map_lookup_elem(&ebs_fdb, &k);
+	if (!f && !(inner.h_dest[0] & 1)) {
+		count(C_ENC_MISS);
+		report(EV_MISS, &k, 0);
+	}
+	if (!f && (c->flags & CFG_PUNT)) {
+		count(C_ENC_PUNT);
+		return TC_ACT_OK;
+	}
 	if (make_room(skb, &inner)) {
 		count(C_ENC_ERR_ROOM);
 		return TC_ACT_SHOT;
 	}
-	f = (inner.h_dest[0] & 1) ? 0 : bpf_map_lookup_elem(&ebs_fdb, &k);
-	if (!f) {
-		if (!(inner.h_dest[0] & 1)) {
-			count(C_ENC_MISS);
-			report(EV_MISS, &k, 0);
-		}
+	if (!f)
 		return flood(skb, c, k.vnet, &k);
-	}
 	oif = write_outer(skb, c, k.vnet, f->ip, &k);
 	if (oif < 0)
 		return TC_ACT_SHOT;

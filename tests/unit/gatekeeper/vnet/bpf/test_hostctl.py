@@ -169,3 +169,43 @@ def test_a_miss_is_reported_on_the_ring_buffer_once_per_second(lab: dict[str, Pa
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     # records not read before (earlier tests' misses) are still queued: look at this MAC only
     assert [e for e in events if e["mac"] == unknown] == [{"kind": 1, "vnet": VNET, "mac": unknown, "ip": "0.0.0.0"}]
+
+
+TAP_READER = """
+import fcntl, os, select, struct, sys, time
+fd = os.open("/dev/net/tun", os.O_RDWR)
+fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH", b"vt0", 0x0002 | 0x1000))  # TUNSETIFF IFF_TAP|IFF_NO_PI
+print("open", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    if select.select([fd], [], [], 0.1)[0]:
+        print(os.read(fd, 65536)[:6].hex(":"), flush=True)
+"""
+
+
+def test_on_a_tap_known_unicast_skips_the_reader_and_misses_are_punted_to_it(lab: dict[str, Path]) -> None:
+    """The userspace forwarder's place: encap on the TAP's egress, decap into the TAP's ingress."""
+    ns = f"{PFX}hA"
+    sh("ip", "tuntap", "add", "vt0", "mode", "tap", ns=ns)
+    sh("ip", "link", "set", "vl0", "nomaster", ns=ns)
+    sh("ip", "link", "set", "vt0", "master", "br-v", "up", ns=ns)
+    reader = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", TAP_READER, "4"],
+                              stdout=subprocess.PIPE, text=True)
+    assert reader.stdout is not None and reader.stdout.readline().strip() == "open"
+    spec = json.loads(lab["A"].read_text())
+    spec["punt"] = True
+    spec["vnets"][0].update(uplink="vt0", hook="egress", ingress_ifname="vt0")
+    lab["A"].write_text(json.dumps(spec))
+    hostctl(ns, "up", lab["A"])
+    before = counters(lab, "A")["counters"]
+    sh("ip", "neigh", "replace", HOSTS["B"]["ep"], "lladdr", HOSTS["B"]["mac"], "dev", "eth0", ns=f"{PFX}eA")
+    sh("ping", "-c3", "-i0.2", "-W2", HOSTS["B"]["ep"], ns=f"{PFX}eA")
+    sh("ping", "-c1", "-W1", "192.168.5.77", ns=f"{PFX}eA", check=False)  # static neigh: unknown MAC
+    out, _ = reader.communicate(timeout=15)
+    after = counters(lab, "A")["counters"]
+    seen = set(out.split()[1:])
+    assert HOSTS["B"]["mac"] not in seen  # known unicast went out through BPF, not the TAP
+    assert "02:00:00:00:05:77" in seen  # the miss reached the userspace reader
+    assert after["enc_unicast"] - before["enc_unicast"] >= 3
+    assert after["enc_punt"] > before["enc_punt"]
+    assert after["dec_ok"] - before["dec_ok"] >= 3
