@@ -67,6 +67,18 @@ class Planning:
             return True  # planned as it was: restarted as by default
         return vm is None or vm.ha == "restart"
 
+    def _restart_priority(self, farm: Obj, fenced: frozenset[str]) -> int:
+        """The highest `priority` of a farm's instances to restart from a fenced host (the farms
+        with the most important ones are planned first, so they get the room first); 0 if none."""
+        waiting = {i.get("vm") for i in farm.status.get("instances", []) if i.get("host") in fenced}
+        if not waiting:
+            return 0
+        try:
+            return max((v.priority for v in self.farms.farm(farm).vms if v.ha == "restart" and v.name in waiting),
+                       default=0)
+        except DescriptorError:
+            return 0
+
     def _usage(self, farms: list[Obj]) -> Usage:
         return Usage([(o.name, self.farms.for_hosts(o), o.status) for o in farms])
 
@@ -94,7 +106,7 @@ class Planning:
             usage, taken, busy = self._usage(farms), _vnet_ids(farms), False
             fenced = self.ha.step(reports, farms, self._has_ha)  # HA restart: hosts confirmed off
             statuses = []
-            for o in farms:
+            for o in sorted(farms, key=lambda o: -self._restart_priority(o, fenced)):  # stable: as stored else
                 status = self._reconcile_farm(o, farms, reports, usage, taken, fenced)
                 for vnet in o.status.get("vnet_ids", {}):  # its old ids (read into `taken`) make way
                     taken.pop((o.name, vnet), None)

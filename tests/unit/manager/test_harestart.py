@@ -296,3 +296,23 @@ def test_a_new_leader_fences_nobody_before_it_has_waited_the_heartbeat_timeout_i
     for t in list(ha._threads.values()):
         t.join(5)
     assert bmc.calls == 1
+
+
+def test_across_farms_the_highest_priority_is_restarted_first(manager: Manager) -> None:
+    bmc = Bmc()
+    _world(manager, bmc)
+    manager.store.put("host", "h2", {"joined": 1.0, "certificate": "h2"})
+    manager.store.set_status("host", "h2", {**reports(x="ready")["x"], "reported": time.time()})  # 1.5 GiB
+    manager.store.delete("farm", "f")
+    h1 = manager.store.get("host", "h1")
+    assert h1 is not None
+    manager.store.put("host", "h1", {**h1.spec, "state": "standby"})
+    harestart.note_fenced(manager.store, "h1", "confirmed off")
+    one = FARM.split("    - {name: high")[0]  # a farm of one 1 GiB VM `low`, priority 0
+    for name, text in (("a", one), ("z", one.replace("image: test-guest,", "image: test-guest, priority: 7,")),):
+        manager.store.put("farm", name, {"descriptor": text.replace("name: f}", f"name: {name}}}"), "owner": "admin"})
+        manager.store.set_status("farm", name, {"instances": [
+            {"name": "low-0", "vm": "low", "host": "h1", "addresses": {"net": "10.1.0.2"}, "macs": {}}]})
+    manager.reconcile(wake=False)
+    where = {o.name: o.status["instances"][0]["host"] for o in manager.store.objects("farm")}
+    assert where == {"a": "h1", "z": "h2"}, where
