@@ -20,6 +20,7 @@ PACKAGES=(
     libnbd-bin
     prometheus
     nodejs  # npm comes with it (or Debian npm): scripts/build-console.sh
+    chromium  # the console's browser e2e (Playwright drives it; no browser download)
 )
 
 missing=()
