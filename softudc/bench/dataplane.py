@@ -9,7 +9,9 @@ measured minutes apart in the same repetition), as reference/dataplane.md recomm
 
 from __future__ import annotations
 
+import functools
 import os
+import pathlib
 import secrets
 import statistics
 import subprocess
@@ -25,7 +27,7 @@ from softudc.lab.endpoint import add_endpoint
 from softudc.lab.shell import ip
 from softudc.localapi import LocalApiClient
 
-DESIGNS = ["underlay", "vxlan", "openvpn", "openvpn_gcm", "ours_udp", "ours_raw", "ours_esp"]
+DESIGNS = ["underlay", "vxlan", "openvpn", "openvpn_gcm", "ours_udp", "ours_raw", "ours_esp", "ours_ebpf"]
 GUEST_A, GUEST_B = "10.20.0.1", "10.20.0.2"
 
 
@@ -38,6 +40,7 @@ class Path:
     server_ip: str
     mtu: int
     pids: list[int] = field(default_factory=list)
+    cleanup: list[Callable[[], object]] = field(default_factory=list)
 
 
 def _guest(lab: Lab, name: str, host_ns: str, bridge: str, addr: str, mtu: int) -> str:
@@ -122,6 +125,41 @@ def setup_ours(lab: Lab, security: str = "none") -> Path:
     return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, int(info["mtu"]))
 
 
+def setup_ebpf(lab: Lab) -> Path:
+    """Our wire format from the eBPF tc programs (gatekeeper/vnet/bpf, docs/ebpf.md): a veth pair
+    vl0/vb0 is the bridge's uplink, encap on vl0's ingress, decap on ul0's ingress into vb0."""
+    import json
+
+    mtu = lab.spec.underlay_mtu - 48
+    guests = {}
+    for me, guest_ip, name in ((lab.hosts[0], GUEST_A, "a"), (lab.hosts[1], GUEST_B, "b")):
+        _bridge(me.netns, "br42")
+        ip("link", "add", "vl0", "mtu", str(mtu), "type", "veth", "peer", "name", "vb0", "mtu", str(mtu),
+           netns=me.netns)
+        ip("link", "set", "vb0", "master", "br42", "up", netns=me.netns)
+        ip("link", "set", "vl0", "up", netns=me.netns)
+        ens = _guest(lab, name, me.netns, "br42", guest_ip, mtu)
+        guests[me.name] = ip("-j", "link", "show", "eth0", netns=ens)
+    cleanup: list[Callable[[], object]] = []
+    for me in lab.hosts[:2]:
+        pin = os.path.join(lab.dir, f"bpf-{me.name}")
+        os.makedirs(pin, exist_ok=True)  # a bpffs of its own per host, mounted here so `ip netns exec` sees it
+        shell.run(["mount", "-t", "bpf", "bpf", pin])
+        cleanup.append(functools.partial(shell.run, ["umount", pin], check=False))
+        fdb = {json.loads(out)[0]["address"]: h.underlay_ip for h, out in
+               ((h, guests[h.name]) for h in lab.hosts[:2] if h.name != me.name)}
+        spec = {"pin_dir": pin, "underlay": "ul0", "local_ip": me.underlay_ip,
+                "vnets": [{"vnet": 42, "uplink": "vl0", "ingress_ifname": "vb0", "mtu": mtu,
+                           "members": [h.underlay_ip for h in lab.hosts[:2]], "fdb": fdb}]}
+        spec_path = os.path.join(lab.dir, f"ebpf-{me.name}.json")
+        pathlib.Path(spec_path).write_text(json.dumps(spec))
+        shell.run(["ip", "netns", "exec", me.netns, sys.executable, "-m", "gatekeeper.vnet.bpf.hostctl", "up",
+                   spec_path])
+        shell.run(["ip", "netns", "exec", me.netns, "ping", "-c1", "-W2", lab.hosts[1].underlay_ip
+                   if me is lab.hosts[0] else lab.hosts[0].underlay_ip])  # resolve the underlay neighbour
+    return Path(f"{lab.prefix}e-a", f"{lab.prefix}e-b", GUEST_B, mtu, cleanup=cleanup)
+
+
 SETUPS: dict[str, tuple[Callable[[Lab], Path], dict[str, Any]]] = {
     "underlay": (setup_underlay, {"gatekeepers": False}),
     "vxlan": (setup_vxlan, {"gatekeepers": False}),
@@ -130,6 +168,7 @@ SETUPS: dict[str, tuple[Callable[[Lab], Path], dict[str, Any]]] = {
     "ours_udp": (setup_ours, {"transport": "udp"}),
     "ours_raw": (setup_ours, {"transport": "raw"}),
     "ours_esp": (lambda lab: setup_ours(lab, "conf"), {"transport": "udp"}),
+    "ours_ebpf": (setup_ebpf, {"gatekeepers": False}),
 }
 
 
@@ -137,6 +176,7 @@ def measure_design(design: str, seconds: float, offloads: bool, state_dir: str) 
     setup, spec_args = SETUPS[design]
     lab = lab_up(LabSpec("b" + secrets.token_hex(3), hosts=2, offloads=offloads, **spec_args), state_dir)
     server = None
+    path: Path | None = None
     try:
         path = setup(lab)
         measure.wait_reachable(path.client_ns, path.server_ip, path.mtu - 28)
@@ -152,6 +192,8 @@ def measure_design(design: str, seconds: float, offloads: bool, state_dir: str) 
         if server:
             server.stop()
         lab_down(lab.spec.name, state_dir)
+        for undo in path.cleanup if path else []:
+            undo()
 
 
 def run_dataplane(reps: int = 3, seconds: float = 5.0, offloads: bool = True,
@@ -195,6 +237,9 @@ def run_dataplane(reps: int = 3, seconds: float = 5.0, offloads: bool = True,
         "ours_udp_tcp_vs_underlay": ratio("ours_udp", "underlay", "tcp_mbps"),
         "ours_esp_tcp_vs_openvpn_gcm": ratio("ours_esp", "openvpn_gcm", "tcp_mbps"),
         "ours_esp_tcp_vs_vxlan": ratio("ours_esp", "vxlan", "tcp_mbps"),
+        "ours_ebpf_tcp_vs_vxlan": ratio("ours_ebpf", "vxlan", "tcp_mbps"),
+        "ours_ebpf_pps_vs_vxlan": ratio("ours_ebpf", "vxlan", "udp64_pps"),
+        "ours_ebpf_tcp_vs_ours_udp": ratio("ours_ebpf", "ours_udp", "tcp_mbps"),
     }
     return {
         "benchmark": "dataplane",
