@@ -110,6 +110,9 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
                         mc.memory_mib, state_file.with_name("gatekeeper-managed.json"),
                         config.hypervisor.migration_uri if config.hypervisor else None,
                         pool=volumes.pool_status if volumes is not None else None)
+    if vms is not None:  # what the VMs use, sampled at each report (issue 12)
+        from gatekeeper.load import LoadMeter
+        client.load = LoadMeter(vms.hv.stats).sample
     while True:  # each round waits for a change of what to run, or the interval, on the manager
         wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
         try:

@@ -41,6 +41,8 @@ STRAY_NOTED_S, STRAYS_KEPT = 60.0, 20
 
 
 class Reconciler:
+    load: Callable[[], dict[str, Any]] | None = None  # the VMs' use (gatekeeper/load.py), set by the agent
+
     def __init__(self, link: ManagerLink, host: str, vnets: VnetService, vms: VmService | None, vcpus: int,
                  memory_mib: int, state_file: Path | None = None, migration_uri: str | None = None,
                  pool: Callable[[], dict[str, int]] | None = None) -> None:
@@ -112,6 +114,11 @@ class Reconciler:
                 fields["pool"] = self.pool()
             except Exception as e:  # the pool's disk unreadable: the rest of the report still goes
                 log.warning("storage pool: %s; reported without it", e)
+        if self.load is not None:
+            try:
+                fields["load"] = self.load()
+            except Exception as e:  # libvirt unreachable now: the rest of the report still goes
+                log.warning("load: %s; reported without it", e)
         try:
             return parse(HostReport, fields).as_json()
         except ContractError as e:  # a bug here: say so, and still report the capacity

@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from softudc.console.app import install as install_console
 from softudc.etcd.client import EtcdError
-from softudc.manager import apipower
+from softudc.manager import apiload, apipower
 from softudc.manager.apimodels import (
     INSTANCE_PATTERN,
     NAME_PATTERN,
@@ -405,6 +405,7 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     app.state.manager, app.state.stats = m, stats or ApiStats()
     app.include_router(router)
     app.include_router(apipower.router)  # host power (softudc/manager/apipower.py)
+    app.include_router(apiload.router)  # hosts' and VMs' load (softudc/manager/apiload.py)
     install_console(app)  # the web console under /console (softudc/console/)
     if m is not None:  # HA restart fences through the power drivers (softudc/manager/harestart.py)
         m.__dict__["power_drivers"] = driver_for

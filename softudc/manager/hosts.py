@@ -22,6 +22,7 @@ from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
 from softudc.manager.farms import Usage
 from softudc.manager.heartbeats import HeartbeatBook, default_manager_id
+from softudc.manager.load import LoadView, split_load
 from softudc.manager.reports import REFRESH_S, StoredHosts, report_problems, same_report, visible_to
 from softudc.manager.store import Conflict, Obj, Store
 from softudc.manager.storetokens import StoreJoinTokens
@@ -64,6 +65,16 @@ class Hosts:
         return book
 
     @property
+    def load_view(self) -> LoadView:
+        """This manager's view of its hosts' load, kept apart from their reports (softudc/manager/load.py)."""
+        with _MADE:
+            view: LoadView | None = self.__dict__.get("_load_view")
+            if view is None:
+                view = self.__dict__["_load_view"] = LoadView(
+                    self.store, self.__dict__.get("manager_id") or default_manager_id())
+        return view
+
+    @property
     def stored_hosts(self) -> StoredHosts:
         """The hosts as the store holds them now (made at first use)."""
         with _MADE:
@@ -80,6 +91,9 @@ class Hosts:
         hosts: StoredHosts | None = self.__dict__.get("_stored_hosts")
         if hosts is not None:
             hosts.close()
+        view: LoadView | None = self.__dict__.get("_load_view")
+        if view is not None:
+            view.close()
 
     # --- the gatekeepers' requests from memory: thousands a second, on the server's event loop -----
 
@@ -107,9 +121,12 @@ class Hosts:
         if before is None or (address is not None and not self.address_noted(name, address)):
             return None
         now = time.time()
+        body, load = split_load(body)  # changes every report: never compared (softudc/manager/load.py)
         if now - float(before.status.get("reported", 0)) >= REFRESH_S \
                 or not same_report(before.status, body) or self.stored_hosts.busy():
             return None
+        if load is not None and not self.load_view.note(name, load):
+            return None  # the full path refuses it, naming what is wrong
         self.heartbeats.seen(name, now)
         return {"host": name, "stored": True}
 
@@ -215,6 +232,7 @@ class Hosts:
         self.store.delete("host", name)
         self.stored_hosts.refresh()  # refused from now on, from memory too (host_known)
         self.heartbeats.forget(name)
+        self.load_view.forget(name)
         self._event("host", name, "Removed", f"by {who.name}: its certificate is refused from now on" +
                     (f"; instances still assigned to it: {', '.join(placed)}" if placed else ""))
         self.start()
@@ -234,6 +252,9 @@ class Hosts:
                            "; fix the gatekeeper, or bring it and this manager to versions that speak one contract "
                            "(softudc/model/hoststate.py; managers are upgraded first)")
         now = time.time()
+        body, load = split_load(body)  # changes every report: kept apart, never compared (load.py)
+        if load is not None:
+            self.load_view.note(name, load, checked=True)
         if now - float(before.status.get("reported", 0)) < REFRESH_S and same_report(before.status, body) \
                 and not self.stored_hosts.busy():  # a migration's steps count reports: each one is stored
             self.heartbeats.seen(name, now)  # nothing new: a heartbeat, written with others about once a second

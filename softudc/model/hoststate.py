@@ -10,7 +10,8 @@ documents by string key any more (review 1.3).
     HostReport     PUT /v1/hosts/{name}/status, gatekeeper -> manager
       {contract, vcpus, memory_mib, state, migration_uri, underlay, vnets, dataplane,
        running, prepared, errors, notes, sizes: {vm: [vCPUs, MiB]},
-       migrations: {vm: MigrationJob}, arrivals: {vm: Arrival}, departed: {vm: Departure}}
+       migrations: {vm: MigrationJob}, arrivals: {vm: Arrival}, departed: {vm: Departure},
+       load: HostLoad}
 
 Versions: each document carries `contract` (absent: 1, what gatekeepers before it send and read).
 A side reads every version in SERVED and refuses a newer one, saying which side to upgrade. A rolling
@@ -191,6 +192,31 @@ class StoragePool(_Doc):
     free_bytes: Given[Count] = None
 
 
+class LoadWindow(_Doc):
+    """A figure smoothed over a short (~1 min) and a long (~10 min) window (gatekeeper/load.py)."""
+
+    short: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    long: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class LoadFigures(_Doc):
+    """CPU cores in use and memory MiB in use, each as a LoadWindow."""
+
+    cpu_cores: LoadWindow
+    memory_mib: LoadWindow
+
+
+class HostLoad(_Doc):
+    """What the host's VMs use (issue 12): `at` the sample's wall-clock time, `samples` how many the
+    figures are made of, `host` the sum over `vms`. Never part of a heartbeat's comparison
+    (softudc/manager/load.py keeps it apart)."""
+
+    at: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    samples: Count
+    host: LoadFigures
+    vms: dict[Name, LoadFigures] = Field(default_factory=dict, max_length=MAX_VMS)
+
+
 class HostReport(_Doc):
     """What a gatekeeper says of its host. Every field may be left out (a host that has not said
     something has not said it); none may be null."""
@@ -212,6 +238,7 @@ class HostReport(_Doc):
     arrivals: Given[dict[Name, Arrival]] = Field(None, max_length=MAX_VMS)
     departed: Given[dict[Name, Departure]] = Field(None, max_length=MAX_VMS)
     pool: Given[StoragePool] = None  # issue 13: only a host running the storage service says it
+    load: Given[HostLoad] = None  # issue 12: changes every report, kept out of the heartbeat comparison
 
 
 # --- what a host should run -------------------------------------------------------------------
