@@ -66,3 +66,24 @@ def test_migrate_goes_through_the_manager_and_shows_why_not(lab: Lab) -> None:
     token = csrf(c.get("/console/farms/demo").text)
     r = c.post("/console/farms/demo/instances/web-0/migrate", data={"csrf": token, "host": "nowhere"})
     assert r.status_code == 404 and "farm demo has no instance &#39;web-0&#39;" in r.text  # not placed yet
+
+
+def test_migrate_from_the_farm_page_starts_the_move(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from softudc.manager.api import make_app
+    from tests.unit.manager.test_controller_one_vm import HOSTS, instances, one_vm_manager, placed
+
+    m = one_vm_manager(tmp_path)
+    try:
+        where = placed(m)
+        dst = next(h for h in HOSTS if h != where["db-0"])
+        c = TestClient(make_app(m), base_url="https://testserver", follow_redirects=False)
+        assert c.post("/console/login", data={"token": m.tokens.create("root", "admin")}).status_code == 303
+        page = c.get("/console/farms/demo").text
+        assert f"<option>{dst}</option>" in page
+        r = c.post("/console/farms/demo/instances/db-0/migrate", data={"csrf": csrf(page), "host": dst})
+        assert r.status_code == 303 and r.headers["location"] == "/console/farms/demo"
+        assert instances(m)["db-0"]["migrating"]["to"] == dst
+    finally:
+        m.close()
