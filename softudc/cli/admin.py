@@ -353,3 +353,6 @@ def add_parsers(sub: Any) -> None:
     rm.add_argument("--wait", action="store_true")
     rm.add_argument("--timeout", type=float, default=120)
     rm.set_defaults(fn=cmd_delete)
+    from softudc.cli.top import add_top_parser
+
+    add_top_parser(sub)  # softudc top hosts|vms (softudc/cli/top.py)
