@@ -150,6 +150,8 @@ class Hypervisor:
         if existing is not None and existing.isActive():
             raise HypervisorError(f"VM {spec.name} is already running on this host")
         try:
+            if existing is not None:  # left defined and shut off (the guest powered itself off, a crash):
+                existing.undefine()  # defining again under a new UUID would fail on every start
             dom = conn.defineXML(domain_xml(spec))
             dom.create()
         except libvirt.libvirtError as e:
