@@ -334,6 +334,9 @@ def add_parsers(sub: Any) -> None:
     from softudc.cli.power import add_power_parsers
 
     add_power_parsers(hl)
+    from softudc.cli.drain import add_drain_parsers
+
+    add_drain_parsers(hl)  # softudc host drain|undrain (softudc/cli/drain.py)
     ev = sub.add_parser("events", help="the manager's event log (applies, plans, migrations, host states)")
     ev.add_argument("--kind", choices=["farm", "host"])
     ev.add_argument("--name")

@@ -3,6 +3,10 @@
     GET /v1/load/hosts   [{host, state, vms, capacity: {cpu_cores, memory_mib}, at, age_s, samples,
                            cpu_cores: {short, long}, memory_mib: {short, long}}]
     GET /v1/load/vms     [{vm, farm, host, at, age_s, cpu_cores: {short, long}, memory_mib: {...}}]
+    POST /v1/hosts/{name}/drain    (admin) plan, then move every VM away; 409 naming each VM that
+                                   cannot move (nothing changed); again: one more step
+    GET  /v1/hosts/{name}/drain    {host, state, total, moved, moving, left}
+    POST /v1/hosts/{name}/undrain  (admin) back to ready (softudc/manager/drain.py)
 
 From every manager's written load view (softudc/manager/load.py) and this manager's unwritten
 one. A host that has sent no load yet is listed without figures. Anyone with a token may read the
@@ -14,11 +18,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from softudc.manager.apimodels import errors
+from softudc.manager import drain
+from softudc.manager.apimodels import NAME_PATTERN, errors
 from softudc.manager.auth import Principal
+from softudc.manager.errors import ApiError
 from softudc.manager.load import load_of
 from softudc.manager.service import Manager
 from softudc.model.hoststate import split_vm_name
@@ -38,6 +44,7 @@ def _principal(m: Annotated[Manager, Depends(_manager)],
 
 Mgr = Annotated[Manager, Depends(_manager)]
 Who = Annotated[Principal, Depends(_principal)]
+HostName = Annotated[str, Path(pattern=NAME_PATTERN, description="a host")]
 
 router = APIRouter()
 
@@ -82,3 +89,22 @@ def list_host_loads(m: Mgr, who: Who) -> list[dict[str, Any]]:
 @router.get("/v1/load/vms", summary="What each VM uses (the farms' VMs a viewer may read)", responses=errors(401))
 def list_vm_loads(m: Mgr, who: Who) -> list[dict[str, Any]]:
     return vm_loads(m, who)
+
+
+@router.post("/v1/hosts/{name}/drain", summary="Move every VM off a host, then put it in maintenance (admin)",
+             responses=errors(401, 403, 404, 409))
+def drain_host(m: Mgr, who: Who, name: HostName) -> dict[str, Any]:
+    return drain.start(m, who, name)
+
+
+@router.get("/v1/hosts/{name}/drain", summary="How far a host's drain is", responses=errors(401, 403, 404))
+def drain_progress(m: Mgr, who: Who, name: HostName) -> dict[str, Any]:
+    if who.role != "admin":  # it names every farm's VMs
+        raise ApiError(403, f"{who.name} ({who.role}) may not see drains; that takes an admin token")
+    return drain.progress(m, name)
+
+
+@router.post("/v1/hosts/{name}/undrain", summary="A drained host back to ready (admin)",
+             responses=errors(401, 403, 404))
+def undrain_host(m: Mgr, who: Who, name: HostName) -> dict[str, Any]:
+    return drain.undrain(m, who, name)
