@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from softudc.console import actions, stream, views
@@ -21,8 +22,10 @@ def _utc(t: float | int | str | None) -> str:
 
 def install(app: FastAPI) -> None:
     templates.env.filters["utc"] = _utc
-    app.include_router(views.router)
-    app.include_router(actions.router)
-    app.include_router(stream.router)
+    for router in (views.router, actions.router, stream.router):
+        for route in router.routes:  # the API's metrics label requests by route name: keep ours apart
+            if isinstance(route, APIRoute) and not route.name.startswith("console_"):
+                route.name = f"console_{route.name}"
+        app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static", check_dir=False), name="console-static")
     app.add_exception_handler(NotLoggedIn, to_login)

@@ -124,3 +124,11 @@ def test_hosts_page_shows_state_capacity_and_vms(lab: Lab) -> None:
                                    "migration_uri": "qemu+tcp://127.0.0.1/system"})
     html = lab.client(lab.admin).get("/console/fragments/hosts").text
     assert 'data-host="h1"' in html and "/ 8<" in html and "/ 8192<" in html
+
+
+def test_console_routes_are_named_apart_for_the_metrics(lab: Lab) -> None:
+    c = lab.client(lab.admin)
+    assert c.get("/console/farms").status_code == 200
+    routes = {smp.labels["route"] for metric in lab.m.requests.collect() for smp in metric.samples}
+    assert {"console_login", "console_farms_page"} <= routes
+    assert not any(r.startswith("console_console_") for r in routes)
