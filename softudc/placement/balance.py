@@ -110,6 +110,18 @@ class _State:
         xc, xm = self.load_c / self.cap_c, self.load_m / self.cap_m
         self.s1c, self.s2c = float(xc[r].sum()), float((xc[r] ** 2).sum())
         self.s1m, self.s2m = float(xm[r].sum()), float((xm[r] ** 2).sum())
+        # kept up to date host by host in `move`: what `need` and destination choice read
+        self.ratio = xc + xm
+        self.prio = np.zeros(n)
+        self.dest_key = np.zeros(n)
+        for h in range(n):
+            self._refresh(h)
+
+    def _refresh(self, h: int) -> None:
+        self.ratio[h] = self.load_c[h] / self.cap_c[h] + self.load_m[h] / self.cap_m[h]
+        hard = not self.ready[h] or self.over(h)
+        self.prio[h] = self.ratio[h] + (0.0 if self.ready[h] else 1e6) + (1e3 if hard else 0.0)
+        self.dest_key[h] = self.ratio[h] if self.ready[h] else np.inf
 
     def over(self, h: int) -> bool:
         return bool(self.alloc_c[h] > self.cap_c[h] or self.alloc_m[h] > self.cap_m[h])
@@ -143,6 +155,8 @@ class _State:
                 self.s2c += xc * xc
                 self.s1m += xm
                 self.s2m += xm * xm
+        self._refresh(s)
+        self._refresh(d)
         self.on[s].discard(j)
         self.on[d].add(j)
         self.vm_host[j] = d
@@ -157,8 +171,8 @@ class _Balancer:
         self.movable = np.array([not (v.moved_at is not None and now - v.moved_at < cooldown_s)
                                  and not (v.group is not None and c.groups[v.group].policy == "affinity")
                                  for v in c.vms])
-        b = score(c)
-        self.breaks = b.penalty / PENALTY  # penalty units, kept up to date move by move
+        self.before = score(c)
+        self.breaks = self.before.penalty / PENALTY  # penalty units, kept up to date move by move
 
     def total(self) -> float:
         st = self.st
@@ -166,11 +180,7 @@ class _Balancer:
 
     def need(self) -> F:
         """How much each host needs VMs moved off (higher first); -inf for hosts with nothing to move."""
-        st = self.st
-        need = st.load_c / st.cap_c + st.load_m / st.cap_m
-        hard = (st.alloc_c > st.cap_c) | (st.alloc_m > st.cap_m)
-        need = np.where(~st.ready | hard, need + 1e6 * (~st.ready) + 1e3, need)
-        return np.asarray(need, dtype=np.float64)
+        return self.st.prio
 
     def excess(self, j: int, h: int) -> int:
         g, lim = self.group[j], self.limit[j]
@@ -182,16 +192,18 @@ class _Balancer:
         vms = np.array([j for j in st.on[s] if self.movable[j]], dtype=np.int64)
         if not vms.size:
             return None
-        fits = (st.alloc_c + st.vm_ac[vms].min() <= st.cap_c) & (st.alloc_m + st.vm_am[vms].min() <= st.cap_m)
-        key = np.where(st.ready & fits, st.load_c / st.cap_c + st.load_m / st.cap_m, np.inf)
-        key[s] = np.inf
-        k = min(self.k, len(key) - 1)
-        if k <= 0:
-            return None
-        dests = np.argpartition(key, k - 1)[:k] if k < len(key) else np.arange(len(key))
-        best = self._best(s, vms, dests[np.isfinite(key[dests])])
+        min_c, min_m = st.vm_ac[vms].min(), st.vm_am[vms].min()
+        n = len(st.names)
+        kk = min(4 * self.k, n)  # the least-loaded few, then those with room, then the k least loaded
+        near = np.argpartition(st.dest_key, kk - 1)[:kk] if kk < n else np.arange(n)
+        near = near[np.isfinite(st.dest_key[near]) & (near != s) & (st.alloc_c[near] + min_c <= st.cap_c[near])
+                    & (st.alloc_m[near] + min_m <= st.cap_m[near])]
+        dests = near[np.argsort(st.dest_key[near], kind="stable")[:self.k]]
+        best = self._best(s, vms, dests)
         if best is None and (not st.ready[s] or st.over(s)):  # a hard break: look at every ready host
-            best = self._best(s, vms, np.flatnonzero(np.isfinite(key)))
+            every = np.flatnonzero(np.isfinite(st.dest_key) & (st.alloc_c + min_c <= st.cap_c)
+                                   & (st.alloc_m + min_m <= st.cap_m))
+            best = self._best(s, vms, every[every != s])
         return best
 
     def _best(self, s: int, vms: npt.NDArray[np.int64], dests: npt.NDArray[np.int64]) -> tuple[int, int, float] | None:
@@ -259,9 +271,12 @@ def _steps(pairs: list[tuple[int, int]], limits: Limits) -> list[int]:
     last_dst: dict[int, int] = {}
     per: dict[tuple[int, str, int], int] = defaultdict(int)  # (step, role, host) -> moves
     per_step: dict[int, int] = defaultdict(int)
+    first_open = 0  # every step before it is full (steps only fill up)
     out = []
     for s, d in pairs:
-        step = max(last_dst.get(s, -1), last_src.get(d, -1)) + 1
+        while per_step[first_open] >= limits.max_per_step:
+            first_open += 1
+        step = max(last_dst.get(s, -1) + 1, last_src.get(d, -1) + 1, first_open)
         while (per[(step, "s", s)] >= limits.max_per_source or per[(step, "d", d)] >= limits.max_per_destination
                or per_step[step] >= limits.max_per_step):
             step += 1
@@ -285,7 +300,7 @@ def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: floa
     if min_gain is None:
         min_gain = 0.02 / max(1, sum(h.state == "ready" for h in cluster.hosts))
     b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
-    before = score(cluster)
+    before = b.before
     current = b.total()
     aside = np.zeros(len(b.st.names), dtype=bool)
     chosen: list[tuple[int, int, str, float, float]] = []
@@ -316,7 +331,8 @@ def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: floa
              for (j, s, reason, sb, sa), step in zip(chosen, steps, strict=True)]
     after_c = cluster.moved({m.vm: m.destination for m in moves})
     stuck = {v.name: _why_stuck(b, i) for i, v in enumerate(cluster.vms) if not b.st.ready[b.st.vm_host[i]]}
-    return Plan(moves, before.total, score(after_c).total, before, score(after_c), cluster.fingerprint(), stuck)
+    after_b = score(after_c)
+    return Plan(moves, before.total, after_b.total, before, after_b, cluster.fingerprint(), stuck)
 
 
 def _why_stuck(b: _Balancer, j: int) -> str:
