@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.config import GatekeeperConfig, load_keys, parse_vnet_keys
+from gatekeeper.vnet.bpf.fastpath import FastPath
 from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
 from gatekeeper.vnet.forwarder import Forwarder
 from gatekeeper.vnet.port import VnetPort, gso_max_size_for, mtu_for
@@ -58,6 +59,7 @@ class VnetService:
         self.ports: dict[str, tuple[int, bytes]] = {}  # ifname -> (vnet, mac)
         self.varp_counts: Counter[str] = Counter()
         self.state_file = state_file
+        self.fastpath = FastPath(config, state_file)  # the eBPF data path (docs/ebpf.md)
         self.forwarder = Forwarder(
             local_addr=config.underlay_address, group=config.varp_group, flood=config.flood,
             fdb=self.cache.fdb, stale=self.cache.stale, seen=self.cache.seen,
@@ -81,6 +83,7 @@ class VnetService:
 
     def stop(self) -> None:
         self.forwarder.stop()
+        self.fastpath.stop()
         for port in list(self.forwarder.vnets.values()):
             os.close(port.fd)
 
@@ -122,6 +125,7 @@ class VnetService:
                 self._install_keys(vnet, vnet_keys)
                 self.forwarder.sas.set_members(vnet, others)  # ESP from non-members: refused before any HKDF
                 port = VnetPort(vnet, fd, transport, mtu, others, offload, level)
+                self.fastpath.add(port, tap_name(vnet))
                 self.forwarder.add_vnet(port)
             except Exception:
                 os.close(fd)
@@ -220,6 +224,7 @@ class VnetService:
                     del self.ports[ifname]
                     self.local_macs.discard((v, mac))
             self.cache.forget_vnet(vnet)
+            self.fastpath.remove(vnet)
             self.devices.delete(bridge_name(vnet))
             self._save()
             return {"vnet": vnet, "deleted": True}
@@ -330,7 +335,8 @@ class VnetService:
         return {"drops": dict(drops), "varp": dict(self.varp_counts), "varp_rx": self.forwarder.varp_rx,
                 # SA table evictions (R17), ESN resyncs (R8), senders stopped before a wrap (R1)
                 "esp_sa": {**self.forwarder.sas.counts, "inbound_sas": self.forwarder.sas.inbound_count()},
-                "vnets": {p.vnet: self._describe(p) for p in self.forwarder.vnets.values()}}
+                "vnets": {p.vnet: self._describe(p) for p in self.forwarder.vnets.values()},
+                "ebpf": self.fastpath.status()}
 
     def tick(self) -> None:
         """The VARP timer. The lock covers only the cache's decisions (bounded by its limits);
@@ -339,6 +345,7 @@ class VnetService:
         try:
             with self.lock:
                 commands = self.cache.tick()
+                self.fastpath.sync(self.cache.fdb)
             self._run(commands)
         except Exception as e:
             reason = reason_of(e)

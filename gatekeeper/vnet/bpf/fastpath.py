@@ -1,0 +1,126 @@
+"""The gatekeeper's side of the eBPF data path: which VNETs run on it, and keeping its maps equal
+to the VARP cache.
+
+An eBPF VNET keeps its TAP and its place in the userspace forwarder: `vnet_encap` sits on the TAP's
+tc egress and sends known unicast straight to the underlay; misses and floods continue to the TAP
+(`CFG_PUNT`), where the forwarder floods them and VARP resolves them as before. `vnet_decap` on the
+underlay puts frames of eBPF VNETs into the TAP's ingress (the bridge); everything else reaches the
+forwarder's socket. `sync()` (each VARP tick) copies the cache's FDB into `ebs_fdb`.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+from gatekeeper.config import GatekeeperConfig
+from gatekeeper.vnet.bpf import layouts
+from gatekeeper.vnet.bpf.libbpf import BpfError
+from gatekeeper.vnet.bpf.loader import Datapath, detach, remove_pins
+from gatekeeper.vnet.bpf.selection import PathChoice, bpf_problem, choose, metrics_lines
+from gatekeeper.vnet.port import VnetPort
+
+log = logging.getLogger("gatekeeper.vnet.bpf")
+BPF_F_INGRESS = 1
+
+
+class FastPath:
+    def __init__(self, config: GatekeeperConfig, state_file: Path | None) -> None:
+        self.config = config
+        self.pin_dir = state_file.with_name("bpf") if state_file is not None else None
+        self.choices: dict[int, PathChoice] = {}
+        self._taps: dict[int, int] = {}  # eBPF vnet -> TAP ifindex
+        self._dp: Datapath | None = None
+        self._problem: str | None = None
+        self._probed = False
+
+    def problem(self) -> str | None:
+        if not self._probed:
+            self._probed = True
+            self._problem = "no state directory to pin maps in" if self.pin_dir is None else bpf_problem()
+        return self._problem
+
+    def add(self, port: VnetPort, tap: str) -> PathChoice:
+        """Choose the path for a new VNET (raises SelectionError when `ebpf` is forced and impossible)."""
+        members = port.members
+        problem = None if self.config.datapath == "userspace" else self.problem()
+        if not members and problem is None:
+            problem = "no member hosts configured (the eBPF path checks senders against them)"
+        choice = choose(port.vnet, self.config.datapath, port.transport, port.security, len(members) + 1, problem)
+        if choice.path == "ebpf":
+            try:
+                self._install(port, tap)
+            except (BpfError, OSError) as e:
+                if self.config.datapath == "ebpf":
+                    raise
+                choice = PathChoice(port.vnet, "userspace", f"eBPF set-up failed: {e}")
+                log.warning("vnet %d: userspace data path (%s)", port.vnet, choice.reason)
+        self.choices[port.vnet] = choice
+        return choice
+
+    def _datapath(self) -> Datapath:
+        if self._dp is None:
+            assert self.pin_dir is not None
+            underlay = socket.if_nametoindex(self.config.underlay_interface)  # before anything is mounted
+            dp = Datapath(self.pin_dir)
+            # bpf_fib_lookup needs forwarding on the lookup device (docs/ebpf.md)
+            Path(f"/proc/sys/net/ipv4/conf/{self.config.underlay_interface}/forwarding").write_text("1\n")
+            dp.set_cfg(layouts.Cfg(self.config.underlay_address, underlay, layouts.CFG_PUNT))
+            dp.attach("vnet_decap", underlay)
+            self._dp = dp
+        return self._dp
+
+    def _install(self, port: VnetPort, tap: str) -> None:
+        dp = self._datapath()
+        ifindex = socket.if_nametoindex(tap)
+        dp.set_uplink(ifindex, port.vnet)
+        dp.set_local(port.vnet, layouts.Local(ifindex, BPF_F_INGRESS, port.mtu),
+                     [self.config.underlay_address, *port.members])
+        dp.attach("vnet_encap", ifindex, egress=True)
+        self._taps[port.vnet] = ifindex
+
+    def remove(self, vnet: int) -> None:
+        self.choices.pop(vnet, None)
+        ifindex = self._taps.pop(vnet, None)
+        if ifindex is not None and self._dp is not None:
+            self._dp.delete("ebs_local", layouts.u32(vnet))
+            self._dp.delete("ebs_members", layouts.u32(vnet))
+            self._dp.delete("ebs_uplink", layouts.u32(ifindex))
+
+    def sync(self, fdb: dict[tuple[int, bytes], str]) -> None:
+        """Make ebs_fdb equal to the VARP cache's entries of eBPF VNETs (called under the service lock)."""
+        if self._dp is not None:
+            self._dp.sync_fdb({layouts.FdbKey(v, mac.hex(":")): addr for (v, mac), addr in fdb.items()
+                               if v in self._taps})
+
+    def path(self, vnet: int) -> str:
+        choice = self.choices.get(vnet)
+        return choice.path if choice else "userspace"
+
+    def status(self) -> dict[str, object]:
+        return {"vnets": [c.as_dict() for c in self.choices.values()],
+                "counters": self._dp.counters() if self._dp is not None else {}}
+
+    def metrics(self) -> list[str]:
+        lines = metrics_lines(list(self.choices.values()))
+        if self._dp is not None:
+            lines.append("# TYPE softudc_vnet_ebpf_packets_total counter")
+            lines += [f'softudc_vnet_ebpf_packets_total{{verdict="{k}"}} {v}' for k, v in self._dp.counters().items()]
+        return lines
+
+    def stop(self) -> None:
+        """Take the programs off the devices and drop the pins (the TAPs go with their fds)."""
+        if self._dp is None:
+            return
+        devices: list[int | str] = [self.config.underlay_interface, *self._taps.values()]
+        for ifindex in devices:
+            try:
+                detach(ifindex if isinstance(ifindex, int) else socket.if_nametoindex(ifindex))
+            except (BpfError, OSError) as e:
+                log.warning("eBPF data path: detach from %s: %s", ifindex, e)
+        self._dp.close()
+        self._dp = None
+        self._taps.clear()
+        assert self.pin_dir is not None
+        remove_pins(self.pin_dir)
