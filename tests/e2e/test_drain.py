@@ -1,0 +1,123 @@
+"""Load reporting and host drain on a real lab (3 hosts with libvirtd, a manager, two tiny guests
+kept apart by anti-affinity): the hosts' load reaches the manager (GET /v1/load/hosts|vms); a host
+drained is empty and in maintenance, anti-affinity still holds and the guests answer over their
+VNET; a drain that cannot be done (the only other ready host already holds the group's other
+guest) names the VM, moves nothing and leaves the host's state alone; undrain -> ready."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
+from softudc.lab.endpoint import add_endpoint
+from softudc.lab.guest import wait_for_page
+from softudc.lab.manager import call
+from tests.e2e.conftest import _print_logs, _why_not_root, gk, wait_until
+
+pytestmark = [pytest.mark.balance, pytest.mark.vm]
+FARM = """apiVersion: softudc.io/v1alpha1
+kind: Farm
+metadata: {name: dr}
+spec:
+  vnets: [{name: net, subnet: 10.8.0.0/24}]
+  placementGroups: [{name: spread, policy: anti-affinity, maxPerHost: 1}]
+  vms:
+    - {name: a, replicas: 2, memory: 128Mi, image: test-guest, placementGroup: spread,
+       migration: {policy: live, maxDowntimeMs: 100}, nics: [{vnet: net, address: pool}]}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    reason = _why_not_root()
+    if reason:
+        print(f"SKIP: {reason}")
+        pytest.skip(reason)
+    state = tempfile.mkdtemp(prefix="sudcdr")
+    failed_before = request.session.testsfailed
+    made = lab_up(LabSpec(name="dr" + secrets.token_hex(3), hosts=3, vms=True, manager=True), state)
+    try:
+        yield made
+    finally:
+        if request.session.testsfailed > failed_before:
+            _print_logs(made, lines=200)
+        lab_down(made.spec.name, state)
+        shutil.rmtree(state, ignore_errors=True)
+        assert not [ns for ns in shell.netns_list() if ns.startswith(made.prefix)], "lab down left namespaces"
+
+
+def get(lab: Lab, path: str) -> Any:
+    status, body = call(lab, "GET", path)
+    assert status == 200, (path, body)
+    return body
+
+
+def instances(lab: Lab) -> dict[str, dict[str, Any]]:
+    return {i["name"]: i for i in get(lab, "/v1/farms/dr")["status"]["instances"]}
+
+
+def running(lab: Lab) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for h in lab.hosts:
+        for d in gk(lab, h.name).call("vm.list"):
+            if d["state"] == "running":
+                out.setdefault(d["name"], []).append(h.name)
+    return out
+
+
+def answers(lab: Lab, ns: str) -> None:
+    for name, inst in instances(lab).items():
+        assert wait_for_page(ns, f"http://{inst['addresses']['net']}/index.html", timeout=90) == f"dr--{name}"
+
+
+def test_load_is_reported_and_a_drain_empties_a_host_keeping_anti_affinity(lab: Lab) -> None:
+    assert call(lab, "PUT", "/v1/farms/dr", FARM)[0] == 200
+    assert wait_until(lambda: get(lab, "/v1/farms/dr")["status"]["conditions"]["Ready"], timeout=120, interval=1)
+    placed = {n: i["host"] for n, i in instances(lab).items()}
+    src, keep = placed["a-0"], placed["a-1"]
+    for n, h in placed.items():  # migrate booted guests (one moved in its first second under TCG can panic)
+        console = lab.dir / h / "consoles" / f"dr--{n}.log"
+        assert wait_until(lambda c=console: c.exists() and "GUEST_READY" in c.read_text(errors="replace"),
+                          timeout=120, interval=1), f"{n} did not boot"
+    add_endpoint(lab, "adm", keep, get(lab, "/v1/farms/dr")["status"]["vnet_ids"]["net"], "10.8.0.200/24")
+    ns = lab.endpoints["adm"].netns
+    answers(lab, ns)
+
+    # The hosts' load reaches the manager: memory of the guests, per host and per VM.
+    assert wait_until(lambda: all(r.get("samples", 0) >= 2 and r["memory_mib"]["short"] > 0
+                                  for r in get(lab, "/v1/load/hosts") if r["host"] in (src, keep)),
+                      timeout=30, interval=1), get(lab, "/v1/load/hosts")
+    assert {v["vm"]: v["host"] for v in get(lab, "/v1/load/vms")} == {f"dr--{n}": h for n, h in placed.items()}
+
+    # Drain src: a-0 can only go to the third host (anti-affinity keeps it off a-1's).
+    status, body = call(lab, "POST", f"/v1/hosts/{src}/drain", "{}")
+    assert status == 200, body
+    assert wait_until(lambda: get(lab, f"/v1/hosts/{src}/drain")["state"] == "maintenance", timeout=180,
+                      interval=1), (get(lab, f"/v1/hosts/{src}/drain"), get(lab, "/v1/farms/dr")["events"][-5:])
+    done = get(lab, f"/v1/hosts/{src}/drain")
+    assert done["moved"] == done["total"] == 1 and done["left"] == []
+    now = {n: i["host"] for n, i in instances(lab).items()}
+    third = next(h.name for h in lab.hosts if h.name not in (src, keep))
+    assert now == {"a-0": third, "a-1": keep}
+    assert running(lab) == {"dr--a-0": [third], "dr--a-1": [keep]}  # src holds nothing, each runs once
+    answers(lab, ns)
+    types = [e["type"] for e in get(lab, f"/v1/events?kind=host&name={src}")]
+    assert {"Draining", "DrainMove", "Maintenance"} <= set(types)
+
+    # Impossible now: a-1 could only go to src (in maintenance) or the third host (holds a-0).
+    status, body = call(lab, "POST", f"/v1/hosts/{keep}/drain", "{}")
+    assert status == 409 and "dr/a-1" in json.dumps(body) and "nothing was moved" in json.dumps(body), body
+    assert {n: i["host"] for n, i in instances(lab).items()} == now
+    assert next(h for h in get(lab, "/v1/hosts") if h["name"] == keep)["state"] == "ready"
+
+    status, body = call(lab, "POST", f"/v1/hosts/{src}/undrain", "{}")
+    assert status == 200 and isinstance(body, dict) and body["state"] == "ready", body
+    assert wait_until(lambda: next(h for h in get(lab, "/v1/hosts") if h["name"] == src)["state"] == "ready",
+                      timeout=10)
