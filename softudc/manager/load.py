@@ -16,7 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from softudc.manager.store import Store
 from softudc.model.hoststate import HostLoad, problems_of
@@ -126,3 +130,30 @@ def load_of(store: Store, now: float | None = None, extra: dict[str, dict[str, A
             if isinstance(load, dict) and float(load.get("at", 0.0)) > float(newest.get(host, {}).get("at", -1.0)):
                 newest[host] = load
     return {h: _entry(v, now) for h, v in sorted(newest.items()) if now - float(v.get("at", 0.0)) <= STALE_S}
+
+
+class LoadCollector(Collector):
+    """Prometheus: softudc_host_cpu_cores{host,window}, softudc_host_memory_used_mib{host,window}
+    and softudc_host_load_age_seconds{host} (from `load_of`), softudc_manager_load_refused (loads
+    of reports taken as heartbeats that broke the contract)."""
+
+    def __init__(self, store: Store, view: Callable[[], LoadView]) -> None:
+        self.store, self.view = store, view
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        view = self.view()
+        loads = load_of(self.store, extra=view.latest())
+        cpu = GaugeMetricFamily("softudc_host_cpu_cores", "CPU cores the host's VMs use (means over 1 and 10 min)",
+                                labels=["host", "window"])
+        mem = GaugeMetricFamily("softudc_host_memory_used_mib", "Memory MiB the host's VMs hold (means)",
+                                labels=["host", "window"])
+        age = GaugeMetricFamily("softudc_host_load_age_seconds", "Age of the host's latest load sample",
+                                labels=["host"])
+        for host, load in loads.items():
+            for window in ("short", "long"):
+                cpu.add_metric([host, window], float(load["cpu_cores"].get(window, 0.0)))
+                mem.add_metric([host, window], float(load["memory_mib"].get(window, 0.0)))
+            age.add_metric([host], float(load["age_s"]))
+        refused = GaugeMetricFamily("softudc_manager_load_refused", "Loads refused for breaking the contract")
+        refused.add_metric([], float(view.refused))
+        yield from (cpu, mem, age, refused)

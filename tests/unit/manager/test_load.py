@@ -94,3 +94,21 @@ def test_split_load_leaves_the_body_alone() -> None:
     rest, load = split_load(body)
     assert "load" in body and "load" not in rest and load == body["load"]
     assert split_load(REPORT) == (REPORT, None)
+
+
+def test_the_collector_exports_each_host_s_load() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from softudc.manager.load import LoadCollector
+
+    store = FakeStore()
+    view = LoadView(store, "m1", every_s=3600)
+    view.note("h1", a_load(time.time(), 1.25))
+    assert not view.note("h2", {"at": -1})
+    registry = CollectorRegistry()
+    registry.register(LoadCollector(store, lambda: view))
+    text = generate_latest(registry).decode()
+    assert 'softudc_host_cpu_cores{host="h1",window="short"} 1.25' in text
+    assert 'softudc_host_memory_used_mib{host="h1",window="long"} 500.0' in text
+    assert "softudc_manager_load_refused 1.0" in text and 'host="h2"' not in text
+    view.close()
