@@ -165,8 +165,8 @@ def _migrate(lab: Lab, instances: dict[str, dict[str, Any]]) -> int:
 
 def _console(lab: Lab) -> None:
     """Where the web console is and how a browser outside the lab reaches it."""
-    fwd = (f"socat TCP-LISTEN:8443,bind=127.0.0.1,fork,reuseaddr "
-           f"EXEC:'ip netns exec {lab.mgmt_ns} socat STDIO TCP:{MANAGER_ADDR}:8443'")
+    fwd = (f"socat TCP-LISTEN:8443,bind=127.0.0.1,fork,reuseaddr "  # socat needs the inner colons escaped
+           f"'EXEC:ip netns exec {lab.mgmt_ns} socat STDIO TCP\\:{MANAGER_ADDR}\\:8443'")
     print(f"  console: https://{MANAGER_ADDR}:8443/console/ (in the lab's management namespace {lab.mgmt_ns})")
     print(f"    log in with the admin token: {admin_token(lab)}  (also in {manager_dir(lab) / 'admin.token'})")
     print(f"    from this machine's browser, forward a port (as root; Debian package socat): {fwd}")
