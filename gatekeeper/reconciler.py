@@ -42,12 +42,13 @@ STRAY_NOTED_S, STRAYS_KEPT = 60.0, 20
 
 class Reconciler:
     load: Callable[[], dict[str, Any]] | None = None  # the VMs' use (gatekeeper/load.py), set by the agent
+    pool: Callable[[], dict[str, int]] | None = None  # the storage service's capacity and free bytes, if it runs
 
     def __init__(self, link: ManagerLink, host: str, vnets: VnetService, vms: VmService | None, vcpus: int,
                  memory_mib: int, state_file: Path | None = None, migration_uri: str | None = None,
                  pool: Callable[[], dict[str, int]] | None = None) -> None:
         self.link = link
-        self.pool = pool  # the storage service's capacity and free bytes, when it runs here
+        self.pool = pool
         self.host = host
         self.vnets, self.vms = vnets, vms
         self.capacity: dict[str, Any] = {"vcpus": vcpus, "memory_mib": memory_mib}

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from softudc.manager.store import Store
@@ -140,7 +140,7 @@ class LoadCollector(Collector):
     def __init__(self, store: Store, view: Callable[[], LoadView]) -> None:
         self.store, self.view = store, view
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         view = self.view()
         loads = load_of(self.store, extra=view.latest())
         cpu = GaugeMetricFamily("softudc_host_cpu_cores", "CPU cores the host's VMs use (means over 1 and 10 min)",
@@ -154,6 +154,6 @@ class LoadCollector(Collector):
                 cpu.add_metric([host, window], float(load["cpu_cores"].get(window, 0.0)))
                 mem.add_metric([host, window], float(load["memory_mib"].get(window, 0.0)))
             age.add_metric([host], float(load["age_s"]))
-        refused = GaugeMetricFamily("softudc_manager_load_refused", "Loads refused for breaking the contract")
+        refused = CounterMetricFamily("softudc_manager_load_refused", "Loads refused for breaking the contract")
         refused.add_metric([], float(view.refused))
         yield from (cpu, mem, age, refused)

@@ -35,7 +35,7 @@ RECONCILE_EVERY_S = 10.0  # a pass runs at least this often (time-based rules) e
 HOST_DOWN_AFTER_S = float(os.environ.get("SOFTUDC_HOST_DOWN_AFTER_S", "30"))  # as controller's: news after it
 POLL_S = 1.0  # the longest the watch waits before it looks at the stop flag (close() takes at most this)
 LOOP_KINDS = frozenset({"farm", "vnetkey", "keyepoch", "hafence"})  # what a pass writes (hafence: harestart.py)
-QUIET_KINDS = frozenset({"keyepoch"})  # a counter: moves no plan and no host's desired state
+QUIET_KINDS = frozenset({"keyepoch", "load"})  # a counter; the hosts' load (load.py): neither moves a plan
 OBSERVED_KINDS = frozenset({"farm", "vnetkey", "host"})  # what a follower's long polls depend on
 log = logging.getLogger("softudc.manager.loop")
 

@@ -41,6 +41,7 @@ from softudc.manager.hosts import HOST_STATES as HOST_STATES  # importers find i
 from softudc.manager.hosts import Hosts
 from softudc.manager.keys import Keys
 from softudc.manager.leader import LeaderInfo, Leadership, SoloLeadership
+from softudc.manager.load import LoadCollector
 from softudc.manager.longpoll import MAX_WAIT_S as MAX_WAIT_S  # the longest long poll; importers find it here
 from softudc.manager.longpoll import LongPolls
 from softudc.manager.loop import RECONCILE_EVERY_S as RECONCILE_EVERY_S  # importers find it here
@@ -85,6 +86,7 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self._compacted_at = 0.0
         self.registry, self.requests, self.events = make_registry(self.store, self.reports, self.polls.waiting)
         self.latency = request_latency(self.registry)
+        self.registry.register(LoadCollector(self.store, lambda: self.load_view))
         self.leader_metrics = LeaderMetrics(self.registry)
         self._addresses: dict[str, str] = {}  # host -> where its reports come from (migration URIs, R20)
 

@@ -110,5 +110,5 @@ def test_the_collector_exports_each_host_s_load() -> None:
     text = generate_latest(registry).decode()
     assert 'softudc_host_cpu_cores{host="h1",window="short"} 1.25' in text
     assert 'softudc_host_memory_used_mib{host="h1",window="long"} 500.0' in text
-    assert "softudc_manager_load_refused 1.0" in text and 'host="h2"' not in text
+    assert "softudc_manager_load_refused_total 1.0" in text and 'host="h2"' not in text
     view.close()
