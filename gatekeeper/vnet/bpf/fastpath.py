@@ -31,6 +31,8 @@ class FastPath:
         self.pin_dir = state_file.with_name("bpf") if state_file is not None else None
         self.choices: dict[int, PathChoice] = {}
         self._taps: dict[int, int] = {}  # eBPF vnet -> TAP ifindex
+        self._ports: dict[int, VnetPort] = {}
+        self._folded: dict[int, tuple[int, int, int, int]] = {}  # BPF totals already in port.stats
         self._dp: Datapath | None = None
         self._problem: str | None = None
         self._probed = False
@@ -79,9 +81,13 @@ class FastPath:
                      [self.config.underlay_address, *port.members])
         dp.attach("vnet_encap", ifindex, egress=True)
         self._taps[port.vnet] = ifindex
+        self._ports[port.vnet] = port
+        self._folded[port.vnet] = dp.vnet_stats(port.vnet)
 
     def remove(self, vnet: int) -> None:
         self.choices.pop(vnet, None)
+        self._ports.pop(vnet, None)
+        self._folded.pop(vnet, None)
         ifindex = self._taps.pop(vnet, None)
         if ifindex is not None and self._dp is not None:
             self._dp.delete("ebs_local", layouts.u32(vnet))
@@ -91,8 +97,18 @@ class FastPath:
     def sync(self, fdb: dict[tuple[int, bytes], str]) -> None:
         """Make ebs_fdb equal to the VARP cache's entries of eBPF VNETs (called under the service lock)."""
         if self._dp is not None:
+            self._fold_stats(self._dp)
             self._dp.sync_fdb({layouts.FdbKey(v, mac.hex(":")): addr for (v, mac), addr in fdb.items()
                                if v in self._taps})
+
+    def _fold_stats(self, dp: Datapath) -> None:
+        """Add what BPF carried since the last tick to the VNET's frame/byte counters (vnet.list)."""
+        for vnet, port in self._ports.items():
+            now = dp.vnet_stats(vnet)
+            before = self._folded.get(vnet, (0, 0, 0, 0))
+            for i, (a, b) in enumerate(zip(now, before, strict=True)):
+                port.stats[i] += a - b  # tx_frames, tx_bytes, rx_frames, rx_bytes: stats[0..3]
+            self._folded[vnet] = now
 
     def path(self, vnet: int) -> str:
         choice = self.choices.get(vnet)

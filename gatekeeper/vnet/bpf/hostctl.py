@@ -88,7 +88,8 @@ def main(argv: list[str]) -> int:
         print_events(spec, float(argv[2]) if len(argv) == 3 else 1.0)
     else:
         dp = Datapath(Path(spec["pin_dir"]))
-        print(json.dumps({"counters": dp.counters(), "fdb": {f"{k.vnet}/{k.mac}": ip for k, ip in dp.fdb().items()}}))
+        print(json.dumps({"counters": dp.counters(), "fdb": {f"{k.vnet}/{k.mac}": ip for k, ip in dp.fdb().items()},
+                          "vstats": {v["vnet"]: dp.vnet_stats(v["vnet"]) for v in spec["vnets"]}}))
         dp.close()
     return 0
 

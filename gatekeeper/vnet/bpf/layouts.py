@@ -34,10 +34,11 @@ _FDB_VAL = struct.Struct("=4s4x")
 _LOCAL = struct.Struct("=IIII")
 _MEMBERS = struct.Struct(f"=I{4 * MAX_MEMBERS}s")
 _EVENT = struct.Struct("=II6s2x4s")
+VSTATS = struct.Struct("=QQQQ")  # tx_frames, tx_bytes, rx_frames, rx_bytes (one CPU's share)
 
 SIZES = {
     "cfg": _CFG.size, "fdb_key": _FDB_KEY.size, "fdb_val": _FDB_VAL.size, "local": _LOCAL.size,
-    "members": _MEMBERS.size, "event": _EVENT.size,
+    "members": _MEMBERS.size, "event": _EVENT.size, "vstats": VSTATS.size,
 }
 
 

@@ -27,7 +27,8 @@ from gatekeeper.vnet.bpf.libbpf import (
     tc_opts,
 )
 
-MAPS = ("ebs_cfg", "ebs_uplink", "ebs_local", "ebs_members", "ebs_fdb", "ebs_stats", "ebs_events", "ebs_miss_rl")
+MAPS = ("ebs_cfg", "ebs_uplink", "ebs_local", "ebs_members", "ebs_fdb", "ebs_stats", "ebs_events", "ebs_miss_rl",
+        "ebs_vstats")
 OBJECT_ENV = "SOFTUDC_BPF_OBJ"
 
 
@@ -137,6 +138,14 @@ class Datapath:
             raw = self.lookup("ebs_stats", layouts.u32(i), 8 * self.ncpu) or b""
             out[name] = sum(int.from_bytes(raw[j:j + 8], "little") for j in range(0, len(raw), 8))
         return out
+
+    def vnet_stats(self, vnet: int) -> tuple[int, int, int, int]:
+        """(tx_frames, tx_bytes, rx_frames, rx_bytes) BPF carried for `vnet`, summed over CPUs."""
+        size = layouts.VSTATS.size
+        raw = self.lookup("ebs_vstats", layouts.u32(vnet), size * self.ncpu) or b""
+        rows = [layouts.VSTATS.unpack_from(raw, off) for off in range(0, len(raw), size)]
+        tx_f, tx_b, rx_f, rx_b = (sum(col) for col in zip(*rows, strict=True)) if rows else (0, 0, 0, 0)
+        return tx_f, tx_b, rx_f, rx_b
 
     # -- tc --------------------------------------------------------------------------------------
     def attach(self, prog: str, ifindex: int, egress: bool = False) -> None:

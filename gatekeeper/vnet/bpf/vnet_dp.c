@@ -68,6 +68,13 @@ struct members_val {	/* ebs_members[vnet]: underlay IPs of every member host (se
 	__be32 ip[MAX_MEMBERS];
 };
 
+struct vstats {		/* ebs_vstats[vnet], per CPU: what BPF carried for the VNET */
+	__u64 tx_frames;
+	__u64 tx_bytes;
+	__u64 rx_frames;
+	__u64 rx_bytes;
+};
+
 struct event {		/* ring buffer record */
 	__u32 kind;
 	__u32 vnet;
@@ -119,6 +126,13 @@ struct {
 } ebs_stats SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct vstats);
+} ebs_vstats SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 64 * 1024);
 } ebs_events SEC(".maps");
@@ -136,6 +150,27 @@ static __always_inline void count(__u32 idx)
 
 	if (v)
 		*v += 1;
+}
+
+static __always_inline void vcount(__u32 vnet, int rx, __u64 bytes)
+{
+	struct vstats *v = bpf_map_lookup_elem(&ebs_vstats, &vnet);
+
+	if (!v) {
+		struct vstats zero = {};
+
+		bpf_map_update_elem(&ebs_vstats, &vnet, &zero, BPF_NOEXIST);
+		v = bpf_map_lookup_elem(&ebs_vstats, &vnet);
+		if (!v)
+			return;
+	}
+	if (rx) {
+		v->rx_frames += 1;
+		v->rx_bytes += bytes;
+	} else {
+		v->tx_frames += 1;
+		v->tx_bytes += bytes;
+	}
 }
 
 static __always_inline void report(__u32 kind, struct fdb_key *k, __be32 ip)
@@ -314,6 +349,7 @@ int vnet_encap(struct __sk_buff *skb)
 	if (oif < 0)
 		return TC_ACT_SHOT;
 	count(C_ENC_UNICAST);
+	vcount(k.vnet, 0, skb->len - OVERHEAD);
 	return bpf_redirect(oif, 0);
 }
 
@@ -416,6 +452,7 @@ int vnet_decap(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	count(C_DEC_OK);
+	vcount(vnet, 1, skb->len);
 	return bpf_redirect(dst->ifindex, dst->redirect_flags);
 }
 

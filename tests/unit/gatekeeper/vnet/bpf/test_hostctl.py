@@ -98,11 +98,15 @@ def counters(lab: dict[str, Path], h: str) -> dict[str, Any]:
 
 
 def test_ping_and_tcp_cross_the_vnet(lab: dict[str, Path]) -> None:
-    before = counters(lab, "B")["counters"]
+    start = counters(lab, "B")
+    before = start["counters"]
     sh("ping", "-c3", "-i0.2", "-W2", HOSTS["B"]["ep"], ns=f"{PFX}eA")
     sh("ping", "-c2", "-M", "do", "-s", "1424", "-W2", HOSTS["B"]["ep"], ns=f"{PFX}eA")  # full 1452 MTU
-    after = counters(lab, "B")["counters"]
+    end = counters(lab, "B")
+    after = end["counters"]
     assert after["dec_ok"] - before["dec_ok"] >= 5
+    rx_frames, rx_bytes = (end["vstats"][str(VNET)][i] - start["vstats"][str(VNET)][i] for i in (2, 3))
+    assert rx_frames >= 5 and rx_bytes >= 2 * (1452 + 14)  # per-VNET: the two full-size replies at least
     assert counters(lab, "A")["counters"]["enc_flood_copy"] >= 1  # the ARP request was flooded
 
 

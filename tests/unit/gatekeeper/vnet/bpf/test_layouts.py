@@ -15,7 +15,8 @@ vnets = st.integers(1, layouts.VNET_MAX)
 
 def test_sizes_match_the_c_structs() -> None:
     # struct cfg 16, fdb_key 12, fdb_val 8, local_val 16, members_val 4 + 4*8, event 20
-    assert layouts.SIZES == {"cfg": 16, "fdb_key": 12, "fdb_val": 8, "local": 16, "members": 36, "event": 20}
+    assert layouts.SIZES == {"cfg": 16, "fdb_key": 12, "fdb_val": 8, "local": 16, "members": 36, "event": 20,
+                             "vstats": 32}
 
 
 def test_counter_names_are_unique() -> None:
@@ -87,5 +88,10 @@ def test_sizes_match_the_compiled_object_btf() -> None:
                          check=True).stdout
     sizes = {m[1]: int(m[2]) for m in re.finditer(r"STRUCT '(\w+)' size=(\d+)", out)}
     names = {"cfg": "cfg", "fdb_key": "fdb_key", "fdb_val": "fdb_val", "local": "local_val",
-             "members": "members_val"}
+             "members": "members_val", "vstats": "vstats"}
     assert {py: sizes[c] for py, c in names.items()} == {py: layouts.SIZES[py] for py in names}
+
+
+def test_vstats_is_four_u64() -> None:
+    assert layouts.SIZES["vstats"] == 32
+    assert layouts.VSTATS.unpack(layouts.VSTATS.pack(1, 2, 3, 4)) == (1, 2, 3, 4)
