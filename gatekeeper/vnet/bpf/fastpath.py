@@ -36,6 +36,7 @@ class FastPath:
         self._dp: Datapath | None = None
         self._problem: str | None = None
         self._probed = False
+        self.sync_errors = 0
 
     def problem(self) -> str | None:
         if not self._probed:
@@ -96,10 +97,16 @@ class FastPath:
 
     def sync(self, fdb: dict[tuple[int, bytes], str]) -> None:
         """Make ebs_fdb equal to the VARP cache's entries of eBPF VNETs (called under the service lock)."""
-        if self._dp is not None:
+        if self._dp is None:
+            return
+        try:  # never raise into the VARP tick: its commands must still run
             self._fold_stats(self._dp)
             self._dp.sync_fdb({layouts.FdbKey(v, mac.hex(":")): addr for (v, mac), addr in fdb.items()
                                if v in self._taps})
+        except (BpfError, OSError, ValueError) as e:
+            self.sync_errors += 1
+            if self.sync_errors & (self.sync_errors - 1) == 0:  # 1st, 2nd, 4th, 8th ...: rate-limited log
+                log.warning("eBPF data path: FDB sync failed (%d so far): %s", self.sync_errors, e)
 
     def _fold_stats(self, dp: Datapath) -> None:
         """Add what BPF carried since the last tick to the VNET's frame/byte counters (vnet.list)."""
@@ -115,7 +122,7 @@ class FastPath:
         return choice.path if choice else "userspace"
 
     def status(self) -> dict[str, object]:
-        return {"vnets": [c.as_dict() for c in self.choices.values()],
+        return {"vnets": [c.as_dict() for c in self.choices.values()], "sync_errors": self.sync_errors,
                 "counters": self._dp.counters() if self._dp is not None else {}}
 
     def metrics(self) -> list[str]:
