@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable, Mapping
 
 from softudc.manager.controller import HOST_DOWN_AFTER_S
+from softudc.manager.flushing import FlushedBook
 from softudc.manager.store import Conflict, Obj, Store
 
 KIND = "heartbeat"  # one object per manager, named by its id
@@ -86,17 +87,18 @@ def heartbeat_is_news(before: Obj | None, after: Obj, last_seen: Mapping[str, fl
     return False
 
 
-class HeartbeatBook:
+class HeartbeatBook(FlushedBook):
     """This manager's heartbeats: host -> last seen, in memory, flushed by a small thread (started
     by the first `seen`) at most every FLUSH_EVERY_S when something changed; `close()` flushes."""
 
+    what = "the heartbeats"
+
     def __init__(self, store: Store, manager_id: str, every_s: float = FLUSH_EVERY_S) -> None:
-        self.store, self.manager_id, self.every_s = store, manager_id, every_s
+        super().__init__(manager_id, every_s)
+        self.store = store
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}
         self._dirty = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._swept = 0.0
         self.flushes = 0  # objects written (a metric; tests count them)
 
@@ -106,10 +108,7 @@ class HeartbeatBook:
             if at > self._seen.get(host, 0.0):
                 self._seen[host] = at
                 self._dirty = True
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._run, name=f"softudc-heartbeats-{self.manager_id}",
-                                                daemon=True)
-                self._thread.start()
+            self._wake("heartbeats")
 
     def forget(self, host: str) -> None:
         """A host removed: its heartbeats go with the next flush."""
@@ -150,22 +149,9 @@ class HeartbeatBook:
                 gone.append(o.name)
         return gone
 
-    def close(self) -> None:
-        """Stop the thread and flush what is left (a clean stop loses no heartbeat)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(10)
+    def _tick(self) -> None:
         self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.flush()
-                if time.monotonic() - self._swept > SWEEP_EVERY_S:
-                    self._swept = time.monotonic()
-                    self.sweep(time.time())
-            except Exception:  # a store that fails now and then: the next flush writes it all
-                log.exception("flushing the heartbeats of %s failed; trying again in %.0f s", self.manager_id,
-                              self.every_s)
+        if time.monotonic() - self._swept > SWEEP_EVERY_S:
+            self._swept = time.monotonic()
+            self.sweep(time.time())
 

@@ -22,6 +22,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from softudc.manager.flushing import FlushedBook
 from softudc.manager.store import Store
 from softudc.model.hoststate import HostLoad, problems_of
 
@@ -40,17 +41,18 @@ def split_load(body: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     return rest, rest.pop("load")
 
 
-class LoadView:
+class LoadView(FlushedBook):
     """The latest load of each host that reports to this manager; flushed by a thread started by
     the first `note`; `close()` flushes what is left."""
 
+    what = "the load view"
+
     def __init__(self, store: Store, manager_id: str, every_s: float = FLUSH_EVERY_S) -> None:
-        self.store, self.manager_id, self.every_s = store, manager_id, every_s
+        super().__init__(manager_id, every_s)
+        self.store = store
         self._lock = threading.Lock()
         self._loads: dict[str, dict[str, Any]] = {}
         self._dirty = False
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.flushes = 0  # objects written (tests count them)
         self.refused = 0  # loads that broke the contract (from a report taken as a heartbeat, unchecked)
 
@@ -63,9 +65,7 @@ class LoadView:
         with self._lock:
             self._loads[host] = load
             self._dirty = True
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._run, name=f"softudc-load-{self.manager_id}", daemon=True)
-                self._thread.start()
+            self._wake("load")
         return True
 
     def forget(self, host: str) -> None:
@@ -93,20 +93,6 @@ class LoadView:
         self.flushes += 1
         return True
 
-    def close(self) -> None:
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(10)
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.flush()
-            except Exception:  # a store that fails now and then: the next flush writes it all
-                log.exception("writing the load view of %s failed; trying again in %.0f s", self.manager_id,
-                              self.every_s)
 
 
 def _entry(load: dict[str, Any], now: float) -> dict[str, Any]:
