@@ -307,6 +307,17 @@ static __always_inline int flood(struct __sk_buff *skb, struct cfg *c, __u32 vne
 	return TC_ACT_SHOT;
 }
 
+static __always_inline int neigh_ready(struct __sk_buff *skb, struct cfg *c, __be32 dst)
+{
+	struct bpf_fib_lookup fib = {};
+
+	fib.family = 2; /* AF_INET */
+	fib.ipv4_src = c->local_ip;
+	fib.ipv4_dst = dst;
+	fib.ifindex = c->underlay_ifindex;
+	return bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_NO_NEIGH;
+}
+
 SEC("tc")
 int vnet_encap(struct __sk_buff *skb)
 {
@@ -336,6 +347,12 @@ int vnet_encap(struct __sk_buff *skb)
 		report(EV_MISS, &k, 0);
 	}
 	if (!f && (c->flags & CFG_PUNT)) {
+		count(C_ENC_PUNT);
+		return TC_ACT_OK;
+	}
+	if (f && (c->flags & CFG_PUNT) && !neigh_ready(skb, c, f->ip)) {
+		/* underlay neighbour unresolved: the forwarder's socket send makes the kernel resolve it */
+		count(C_ENC_NO_NEIGH);
 		count(C_ENC_PUNT);
 		return TC_ACT_OK;
 	}
