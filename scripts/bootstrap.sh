@@ -19,7 +19,7 @@ PACKAGES=(
     openipmi ipmitool
     libnbd-bin
     prometheus
-    nodejs  # npm comes with it (or Debian npm): scripts/build-console.sh
+    nodejs  # and npm (below): scripts/build-console.sh
     chromium  # the console's browser e2e (Playwright drives it; no browser download)
 )
 
@@ -61,6 +61,16 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[dev,vm]'
     touch "$stamp"
+fi
+
+# Debian's own nodejs comes without npm (a separate package); NodeSource's includes it and
+# conflicts with Debian's npm. Install npm only where the command is missing.
+if ! command -v npm >/dev/null; then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "bootstrap: npm is missing; run 'make bootstrap' as root" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
 fi
 
 # The web console's front-end assets (htmx and its SSE extension, from the npm registry at the
