@@ -17,12 +17,12 @@ from tests.e2e.conftest import create_vnet, endpoints, gk, ns_run, ping
 pytestmark = pytest.mark.vnet
 
 
-def _allow_ebpf(lab: Lab, monkeypatch: pytest.MonkeyPatch, hosts: list[str]) -> None:
-    """Restart the gatekeepers of `hosts` with `datapath = auto` (the lab writes `userspace`)."""
+def _set_datapath(lab: Lab, monkeypatch: pytest.MonkeyPatch, paths: dict[str, str]) -> None:
+    """Restart the gatekeepers named in `paths` with that `dataplane.datapath`."""
     plain = lab_mod.gatekeeper_config
     monkeypatch.setattr(lab_mod, "gatekeeper_config", lambda lab, host: plain(lab, host).replace(
-        "[dataplane]\n", '[dataplane]\ndatapath = "auto"\n'))
-    for name in hosts:
+        "[dataplane]\n", f'[dataplane]\ndatapath = "{paths[host.name]}"\n'))
+    for name in paths:
         lab_mod.stop_gatekeeper(lab.host(name))
         lab_mod.start_gatekeeper(lab, lab.host(name))
     lab.save()  # the new PIDs, for `lab down`
@@ -31,7 +31,7 @@ def _allow_ebpf(lab: Lab, monkeypatch: pytest.MonkeyPatch, hosts: list[str]) -> 
 def test_plain_vnet_runs_on_ebpf_and_secured_stays_userspace(make_lab: Callable[..., Lab],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     lab = make_lab(hosts=2)
-    _allow_ebpf(lab, monkeypatch, ["h1", "h2"])
+    _set_datapath(lab, monkeypatch, {"h1": "auto", "h2": "auto"})
     create_vnet(lab, 10)
     keys = {"send_epoch": 1, "secrets": {"1": secrets.token_hex(32)}}
     create_vnet(lab, 20, security="conf", keys=keys)
@@ -65,7 +65,7 @@ def test_plain_vnet_runs_on_ebpf_and_secured_stays_userspace(make_lab: Callable[
 def test_an_ebpf_host_and_a_userspace_host_share_a_vnet(make_lab: Callable[..., Lab],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     lab = make_lab(hosts=2)
-    _allow_ebpf(lab, monkeypatch, ["h1"])
+    _set_datapath(lab, monkeypatch, {"h1": "auto", "h2": "userspace"})
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
     assert [v["path"] for v in gk(lab, "h1").call("counters")["ebpf"]["vnets"]] == ["ebpf"]
