@@ -61,6 +61,24 @@ class GatekeeperCollector(Collector):
         yield vnets
         yield from self._workers(host)
         yield from self._esp(host)
+        yield from self._datapath(host)
+
+    def _datapath(self, host: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """Which path each VNET runs on (eBPF or the userspace forwarder) and the eBPF programs'
+        verdicts and drops by reason (docs/ebpf.md)."""
+        fastpath = getattr(self.service, "fastpath", None)  # None: a service built without it (tests)
+        if fastpath is None:
+            return
+        path = GaugeMetricFamily("softudc_vnet_datapath", "1 for the data path each VNET runs on",
+                                 labels=["host", "vnet", "path"])
+        for choice in sorted(fastpath.choices.values(), key=lambda c: c.vnet):
+            path.add_metric([host, str(choice.vnet), choice.path], 1)
+        yield path
+        verdicts = CounterMetricFamily("softudc_vnet_ebpf_packets", "eBPF data path packets by verdict or drop "
+                                       "reason", labels=["host", "verdict"])
+        for verdict, n in sorted(fastpath.status()["counters"].items()):
+            verdicts.add_metric([host, verdict], n)
+        yield verdicts
 
     def _esp(self, host: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         """The ESP SA table: bounded (evictions count what spoofed or many senders pushed out),
