@@ -9,7 +9,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import start_http_server
 
@@ -21,6 +21,9 @@ from gatekeeper.vnet.devices import Devices
 from gatekeeper.vnet.service import VnetService
 from gatekeeper.volumes.service import VolumeService
 from softudc.daemonmain import daemon_main
+
+if TYPE_CHECKING:
+    from gatekeeper.reconciler import Reconciler
 
 log = logging.getLogger("gatekeeper")
 TICK = 0.25
@@ -113,15 +116,29 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
     if vms is not None:  # what the VMs use, sampled at each report (issue 12)
         from gatekeeper.load import LoadMeter
         client.load = LoadMeter(vms.hv.stats).sample
-    while True:  # each round waits for a change of what to run, or the interval, on the manager
-        wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(_heartbeats(client, mc.interval), name="manager-heartbeat")
+        while True:  # each round waits for a change of what to run, or the interval, on the manager
+            wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
+            try:
+                done = await loop.run_in_executor(None, client.sync, wait)
+                if done:
+                    log.info("converged: %s", "; ".join(done))
+            except Exception as e:
+                log.warning("manager sync: %s", e)
+                await asyncio.sleep(mc.interval)
+
+
+async def _heartbeats(client: Reconciler, period: float) -> None:
+    """Reports sent while a sync round is busy converging, so the host is never judged down (and
+    fenced) for starting VMs slowly; each round reports on its own otherwise."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(period / 2)
         try:
-            done = await loop.run_in_executor(None, client.sync, wait)
-            if done:
-                log.info("converged: %s", "; ".join(done))
-        except Exception as e:
-            log.warning("manager sync: %s", e)
-            await asyncio.sleep(mc.interval)
+            await loop.run_in_executor(None, client.heartbeat, period)
+        except Exception as e:  # the manager unreachable: the sync loop says so too
+            log.debug("heartbeat: %s", e)
 
 
 def main(argv: list[str] | None = None) -> None:

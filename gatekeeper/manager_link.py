@@ -38,7 +38,8 @@ class _Unavailable(Exception):
 
 
 class ManagerLink:
-    """JSON calls to the managers. Not for concurrent use: the sync loop makes one call at a time."""
+    """JSON calls to the managers. Not for concurrent use: the sync loop makes one call at a time
+    (its heartbeats go while it converges, when it makes none)."""
 
     def __init__(self, http: httpx.Client | Sequence[httpx.Client]) -> None:
         self._clients = [http] if isinstance(http, httpx.Client) else list(http)

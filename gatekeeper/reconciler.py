@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,9 @@ class Reconciler:
         self._strays: dict[str, float] = {}  # VM never told to run here -> when it was destroyed (noted)
         self.desired: dict[str, Any] = {}  # the latest desired state, as the manager sent it (validated)
         self.state = DesiredState()  # the same, as the contract's model
+        self._put = threading.Lock()  # one status report at a time (the sync round's or a heartbeat)
+        self._last_put = time.monotonic()
+        self._converging = False  # a sync round is carrying out actions (a VM start may take seconds)
 
     def _load_managed(self) -> set[int]:
         if self.state_file is None or not self.state_file.exists():
@@ -138,7 +142,8 @@ class Reconciler:
         manager answers at once when it does), converge. Returns what was done (for the log)."""
         vms_here = self.vms.hv.domains() if self.vms else []
         self.migrations.note_arrivals(self.desired, vms_here)
-        self.link.call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
+        with self._put:
+            self._put_status(vms_here)
         etag = self.desired.get("etag", "")
         fetched = self.link.call("GET", f"/v1/hosts/{self.host}/desired?since={etag}&wait={wait:g}", wait=wait)
         try:
@@ -162,9 +167,32 @@ class Reconciler:
                     {v["vnet"]: v for v in vnets_here if v["vnet"] in self.managed_vnets},
                     self.vnets.config.underlay_address, told=set(self._told))
         self.errors, self.notes = [], []
-        done = self._converge(desired, here)
+        self._converging = True
+        try:
+            done = self._converge(desired, here)
+        finally:
+            self._converging = False
         self._note_strays()
         return done
+
+    def _put_status(self, vms_here: list[dict[str, Any]]) -> None:
+        self.link.call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
+        self._last_put = time.monotonic()
+
+    def heartbeat(self, period: float) -> bool:
+        """While a sync round carries out long actions (VM starts under TCG, several in a row), report
+        this host anyway once `period` seconds have passed since the last report: the manager judges a
+        host down by its silence and would fence a busy, healthy one. Called from another thread; does
+        nothing (False) between rounds, or when a report is on its way."""
+        if not self._converging or time.monotonic() - self._last_put < period:
+            return False
+        if not self._put.acquire(blocking=False):
+            return False
+        try:
+            self._put_status(self.vms.hv.domains() if self.vms else [])
+        finally:
+            self._put.release()
+        return True
 
     def _converge(self, desired: dict[str, Any], here: Here) -> list[str]:
         """Carry out converge's actions; what failed or was held goes to the errors and notes."""

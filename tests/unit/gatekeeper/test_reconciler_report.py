@@ -135,3 +135,26 @@ def test_a_host_with_the_storage_service_reports_its_pool_and_a_failing_pool_doe
     r.pool = unreadable
     report = r.report([])
     assert "pool" not in report and report["state"] == "ready" and report_problems(report) == []
+
+
+def test_a_host_busy_converging_still_reports_and_an_idle_one_is_left_to_its_rounds() -> None:
+    """A VNET (or VM) that takes long to make: heartbeats report the host meanwhile, so the manager
+    does not judge a healthy host down (and fence it) for its slowness."""
+    desired = {"contract": CONTRACT_VERSION, "etag": "e1", "vms": [],
+               "vnets": [{"id": 5, "farm": "demo", "name": "front", "security": "none", "mtu": None}]}
+    r, link = _reconciler([desired])
+    assert r.heartbeat(period=0.0) is False  # between rounds: the round itself reports
+    beats: list[bool] = []
+    slow = r.vnets.create_vnet
+
+    def create_vnet(vnet: int, **kw: Any) -> None:  # while it runs, the heartbeat thread's turn
+        beats.append(r.heartbeat(period=0.0))
+        beats.append(r.heartbeat(period=3600.0))  # reported just now: not again before the period
+        slow(vnet, **kw)
+
+    r.vnets.create_vnet = create_vnet  # type: ignore[method-assign]
+    assert r.sync() == ["vnet.create 5"]
+    assert beats == [True, False]
+    puts = [body for method, _, body in link.sent if method == "PUT"]
+    assert len(puts) == 2 and report_problems(puts[1]) == []
+    assert r.heartbeat(period=0.0) is False  # the round over
