@@ -11,14 +11,22 @@ step plans again what is left (destinations may have changed meanwhile); a threa
 that started the drain steps every STEP_S until the host is empty, and a POST of the drain route
 steps too (a manager restarted meanwhile resumes there). Empty and nothing moving: `maintenance`.
 Every step that does something is an event of the host.
+
+`power_off` (`softudc host drain H --power-off`): once in `maintenance`, the drain's thread powers
+the host off through its power driver, confirmed off (softudc/power/fence.py), and lights its
+identify LED (IDENTIFY_S) so someone finds it in the rack; the host stays in `maintenance`, its drain
+record says `power: off` (or `failed` and why: a POST of the drain tries again). `undrain` of a host
+powered off powers it on, puts the LED out, and waits until it reports (REJOIN_S) before `ready`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +36,9 @@ from softudc.manager.errors import ApiError
 from softudc.manager.farms import FARMS, Usage
 from softudc.manager.planner import Instance, move_fit
 from softudc.model.farm import Farm
+from softudc.power.driver import PowerDriver, PowerError
+from softudc.power.factory import driver_for
+from softudc.power.fence import fence
 
 if TYPE_CHECKING:
     from softudc.manager.service import Manager
@@ -37,6 +48,9 @@ log = logging.getLogger("softudc.manager.drain")
 PARALLEL = 2  # migrations a drain runs at once
 STEP_S = 2.0  # how often the drain's thread steps
 GIVE_UP_S = 3600.0  # a drain's thread stops after this long (a POST of the route resumes it)
+OFF_TIMEOUT_S = 60.0  # power off: confirmed off within this long
+IDENTIFY_S = 255  # the identify LED after a power off (IPMI's longest; `softudc host power H identify` again)
+REJOIN_S = 300.0  # undrain: the host powered on must report within this long
 
 
 @dataclass
@@ -103,20 +117,23 @@ def _host(m: Manager, host: str) -> Any:
     return obj
 
 
-def start(m: Manager, who: Principal, host: str) -> dict[str, Any]:
+def start(m: Manager, who: Principal, host: str, power_off: bool = False) -> dict[str, Any]:
     """Plan, refuse naming every VM that cannot move (nothing changed), else drain (see the module)."""
     if who.role != "admin":
         raise ApiError(403, f"{who.name} ({who.role}) may not drain hosts; that takes an admin token")
     obj = _host(m, host)
+    if power_off:
+        _driver(m, obj.name, obj.spec)  # no power config: refused before anything moves
     if obj.spec.get("state") in ("draining", "maintenance") and obj.spec.get("drain"):
-        return step(m, who, host)  # already draining: carry on
+        return _again(m, who, obj, power_off)  # already draining: carry on
     p = plan(m, host)
     if p.refused:
         raise ApiError(409, f"{host} cannot be drained, nothing was moved and its state is unchanged: "
                             + "; ".join(p.refused) + ". Make room elsewhere (or relax the farm's rules), then "
                             "drain again")
     total = len(p.moves) + len(p.moving)
-    m.store.put("host", host, {**obj.spec, "state": "draining", "drain": {"total": total, "at": time.time()}})
+    record = {"total": total, "at": time.time(), **({"power_off": True} if power_off else {})}
+    m.store.put("host", host, {**obj.spec, "state": "draining", "drain": record})
     m._event("host", host, "Draining", f"by {who.name}: {total} VM(s) to move: "
              + (", ".join(f"{f}/{i} -> {to}" for f, i, to in p.moves) or "none"))
     m.start()
@@ -147,26 +164,137 @@ def step(m: Manager, who: Principal, host: str) -> dict[str, Any]:
 
 
 def progress(m: Manager, host: str) -> dict[str, Any]:
-    """{host, state, total, moved, moving, left}: how far a drain is."""
+    """{host, state, total, moved, moving, left}, and with --power-off {power_off, power (off|failed|
+    starting), power_reason}: how far a drain is."""
     obj = _host(m, host)
     on = [(o.name, i) for o in m.store.objects("farm") for i in o.status.get("instances", []) if i.get("host") == host]
-    total = int(obj.spec.get("drain", {}).get("total", len(on)))
+    record = obj.spec.get("drain") or {}
+    total = int(record.get("total", len(on)))
     moving = [f"{f}/{i['name']}" for f, i in on if i.get("migrating")]
+    power = {k: record[k] for k in ("power_off", "power", "power_reason") if k in record}
     return {"host": host, "state": obj.spec.get("state", "ready"), "total": total,
-            "moved": max(total - len(on), 0), "moving": moving, "left": [f"{f}/{i['name']}" for f, i in on]}
+            "moved": max(total - len(on), 0), "moving": moving, "left": [f"{f}/{i['name']}" for f, i in on], **power}
 
 
 def undrain(m: Manager, who: Principal, host: str) -> dict[str, Any]:
-    """Back to `ready` (a drain under way stops starting moves; those started finish)."""
+    """Back to `ready` (a drain under way stops starting moves; those started finish). A host its
+    drain powered off is powered on first, in a thread: `ready` once it reports (progress says
+    `power: starting` meanwhile; `failed` and why, still in maintenance, if it does not)."""
     if who.role != "admin":
         raise ApiError(403, f"{who.name} ({who.role}) may not undrain hosts; that takes an admin token")
     obj = _host(m, host)
     before = obj.spec.get("state", "ready")
+    if (obj.spec.get("drain") or {}).get("power") in ("off", "starting", "on failed"):
+        driver = _driver(m, host, obj.spec)
+        _set_drain(m, host, power="starting", power_reason=f"powering on through {driver.name}")
+        _in_thread(f"softudc-undrain-{host}", lambda: _power_on_then_ready(m, who, host, driver))
+        return {**progress(m, host), "state": before, "power": "starting"}
+    _ready(m, who, host)
+    return {"host": host, "state": "ready"}
+
+
+def _ready(m: Manager, who: Principal, host: str, why: str = "") -> None:
+    obj = _host(m, host)
+    before = obj.spec.get("state", "ready")
     spec = {k: v for k, v in obj.spec.items() if k != "drain"}
     m.store.put("host", host, {**spec, "state": "ready"})
-    m._event("host", host, "Undrained", f"by {who.name}: {before} -> ready")
+    m._event("host", host, "Undrained", f"by {who.name}: {before} -> ready{why}")
     m.start()
-    return {"host": host, "state": "ready"}
+
+
+def _power_on_then_ready(m: Manager, who: Principal, host: str, driver: PowerDriver) -> None:
+    since = time.time()
+    try:
+        driver.on()
+        seconds = wait_reported(m, host, since, REJOIN_S)
+    except PowerError as e:
+        _set_drain(m, host, power="on failed", power_reason=str(e))
+        m._event("host", host, "UndrainFailed", f"{e}; still in maintenance: `softudc host undrain {host}` "
+                                                "tries again")
+        return
+    with contextlib.suppress(PowerError):
+        driver.identify(0)  # found: the LED goes out
+    _ready(m, who, host, f" (powered on through {driver.name}; reported {seconds:.1f} s later)")
+
+
+def wait_reported(m: Manager, host: str, since: float, timeout: float,
+                  sleep: Callable[[float], None] = time.sleep) -> float:
+    """Seconds until `host` reported after `since` (epoch) and is not `down`; a PowerError after `timeout`."""
+    start = time.monotonic()
+    while True:
+        r = m.reports().get(host, {})
+        if float(r.get("reported", 0)) > since and r.get("state") != "down":
+            return time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            raise PowerError(f"{host} did not report within {timeout:g} s of being powered on; see its gatekeeper "
+                             f"log and `softudc host power {host} status`")
+        sleep(0.5)
+
+
+def _driver(m: Manager, host: str, spec: dict[str, Any]) -> PowerDriver:
+    config = spec.get("power")
+    if config is None:
+        raise ApiError(409, f"{host} has no power config, so it cannot be powered off or on; set one: softudc host "
+                            f"power-config {host} -f FILE (docs/power.md); nothing was changed")
+    try:
+        made: PowerDriver = (vars(m).get("power_drivers") or driver_for)(config)
+    except PowerError as e:
+        raise ApiError(409, f"{host}: stored {e}; set a valid one (docs/power.md); nothing was changed") from None
+    return made
+
+
+def _set_drain(m: Manager, host: str, **fields: Any) -> None:
+    obj = _host(m, host)
+    m.store.put("host", host, {**obj.spec, "drain": {**(obj.spec.get("drain") or {}), **fields}})
+
+
+def power_off(m: Manager, who: Principal, host: str) -> dict[str, Any]:
+    """A drained host that asked for it (`power_off`) powered off, confirmed, its identify LED lit."""
+    obj = _host(m, host)
+    record = obj.spec.get("drain") or {}
+    if obj.spec.get("state") != "maintenance" or not record.get("power_off") or record.get("power") == "off":
+        return progress(m, host)
+    try:
+        driver = _driver(m, host, obj.spec)
+        if progress(m, host)["left"]:
+            raise PowerError(f"instances are placed on it again: {', '.join(progress(m, host)['left'])}")
+        fenced = fence(driver, timeout=OFF_TIMEOUT_S)
+        if not fenced.confirmed:
+            raise PowerError(fenced.reason)
+    except (PowerError, ApiError) as e:
+        _set_drain(m, host, power="failed", power_reason=str(e))
+        m._event("host", host, "PowerOffFailed", f"{e}; it stays in maintenance, powered on: `softudc host drain "
+                                                 f"{host} --power-off` tries again")
+        return progress(m, host)
+    try:
+        driver.identify(IDENTIFY_S)
+        lit = f"identify LED lit for {IDENTIFY_S} s"
+    except PowerError as e:
+        lit = f"identify LED not lit: {e}"
+    _set_drain(m, host, power="off", power_reason=f"{fenced.reason}; {lit}")
+    m._event("host", host, "PoweredOff", f"by {who.name} after its drain: {fenced.reason} in {fenced.seconds:.1f} s; "
+                                         f"{lit}; `softudc host undrain {host}` powers it on")
+    return progress(m, host)
+
+
+def _again(m: Manager, who: Principal, obj: Any, power_off_too: bool) -> dict[str, Any]:
+    """A drain asked for again: one more step; power off too if asked now or before and not done."""
+    if power_off_too and not (obj.spec.get("drain") or {}).get("power_off"):
+        _set_drain(m, obj.name, power_off=True)
+    answer = step(m, who, obj.name)
+    if answer["state"] == "maintenance" and answer.get("power_off") and answer.get("power") != "off":
+        _in_thread(f"softudc-drain-off-{obj.name}", lambda: power_off(m, who, obj.name))
+    return answer
+
+
+def _in_thread(name: str, fn: Callable[[], object]) -> None:
+    def run() -> None:
+        try:
+            fn()
+        except Exception:  # the store failing: logged; the operator's next request tries again
+            log.exception("%s failed", name)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
 
 
 def _keep_stepping(m: Manager, who: Principal, host: str) -> None:
@@ -175,7 +303,10 @@ def _keep_stepping(m: Manager, who: Principal, host: str) -> None:
         while time.monotonic() < until:
             time.sleep(STEP_S)
             try:
-                if step(m, who, host)["state"] != "draining":
+                state = step(m, who, host)["state"]
+                if state == "maintenance":
+                    power_off(m, who, host)  # if asked for (--power-off)
+                if state != "draining":
                     return
             except Exception:  # the store failing now and then: try again at the next step
                 log.exception("draining %s: a step failed; trying again in %.0f s", host, STEP_S)

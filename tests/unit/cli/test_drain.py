@@ -64,3 +64,27 @@ def test_wait_follows_the_progress_until_maintenance(monkeypatch: pytest.MonkeyP
     with pytest.raises(CliError) as e:
         cli.follow(argparse.Namespace(name="h1", timeout=60.0), first, clock=lambda: next(clock), sleep=lambda s: None)
     assert "0/2 moved" in str(e.value) and "f/a, f/b" in str(e.value)
+
+
+def test_power_off_refused_by_a_manager_that_ignores_it_and_followed_until_off(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    maint = {"host": "h1", "state": "maintenance", "total": 0, "moved": 0, "moving": [], "left": []}
+    answers = iter([maint])
+
+    class Fake:
+        def call(self, method: str, path: str, body: str | None = None) -> tuple[int, Any]:
+            assert method == "GET" or body == '{"power_off": true}'
+            return 200, next(answers)
+
+    monkeypatch.setattr("softudc.cli.drain.connect", lambda _: Fake())
+    a = build_parser().parse_args(["host", "drain", "h1", "--power-off"])
+    with pytest.raises(CliError, match="ignored --power-off"):
+        a.fn(a)
+    answers = iter([{**maint, "power_off": True}, {**maint, "power_off": True, "power": "off"}])
+    a = build_parser().parse_args(["host", "drain", "h1", "--power-off", "--wait"])
+    monkeypatch.setattr("softudc.cli.drain.time.sleep", lambda s: None)
+    a.fn(a)
+    assert capsys.readouterr().out.strip() == "h1: maintenance, 0/0 moved, power off"
+    answers = iter([{**maint, "power_off": True, "power": "failed", "power_reason": "not confirmed off"}])
+    with pytest.raises(CliError, match="drained but not powered off: not confirmed off"):
+        a.fn(a)

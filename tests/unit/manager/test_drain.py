@@ -111,3 +111,94 @@ def test_only_admins_drain(tmp_path: Path) -> None:
     with pytest.raises(ApiError):
         drain.start(m, ADMIN, "nope")
     m.close()
+
+
+class FakePower:
+    """A power driver whose host `m` sees report again when it is powered on."""
+
+    name = "fake"
+
+    def __init__(self, m: Manager, host: str, stuck_on: bool = False) -> None:
+        self.m, self.host, self.stuck_on = m, host, stuck_on
+        self.state, self.calls = "on", []  # type: ignore[var-annotated]
+
+    def status(self) -> str:
+        return self.state
+
+    def off(self) -> None:
+        self.calls.append("off")
+        self.state = "on" if self.stuck_on else "off"
+
+    def on(self) -> None:
+        self.calls.append("on")
+        self.state = "on"
+        time.sleep(0.01)
+        report(self.m, self.host, [])
+
+    def cycle(self) -> None:
+        self.off()
+        self.on()
+
+    def identify(self, seconds: int) -> None:
+        self.calls.append(f"identify {seconds}")
+
+
+def drained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Manager, str]:
+    """A world with an empty host h4 (nothing to move: maintenance at the first step)."""
+    monkeypatch.setattr(drain, "_keep_stepping", lambda *a: None)
+    m = world(tmp_path, ("h1", "h2", "h3"))
+    m.store.put("host", "h4", {"joined": time.time()})
+    report(m, "h4", [])
+    return m, "h4"
+
+
+def test_power_off_needs_a_power_config_and_then_nothing_changes(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    m, host = drained(tmp_path, monkeypatch)
+    with pytest.raises(ApiError) as e:
+        drain.start(m, ADMIN, host, power_off=True)
+    assert e.value.status == 409 and "no power config" in str(e.value) and "nothing was changed" in str(e.value)
+    obj = m.store.get("host", host)
+    assert obj is not None and obj.spec.get("state", "ready") == "ready" and "drain" not in obj.spec
+    m.close()
+
+
+def test_a_drain_with_power_off_powers_the_host_off_lights_it_and_undrain_brings_it_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, host = drained(tmp_path, monkeypatch)
+    fake = FakePower(m, host)
+    m.__dict__["power_drivers"] = lambda config: fake
+    m.store.put("host", host, {**m.store.get("host", host).spec, "power": {"driver": "lab"}})  # type: ignore[union-attr]
+    assert drain.start(m, ADMIN, host, power_off=True)["state"] == "maintenance"
+    p = drain.power_off(m, ADMIN, host)  # what the drain's thread does once in maintenance
+    assert p["power"] == "off" and p["state"] == "maintenance", p
+    assert fake.calls == ["off", f"identify {drain.IDENTIFY_S}"]
+    assert "PoweredOff" in [e["type"] for e in m.store.events("host", host)]
+    assert drain.power_off(m, ADMIN, host)["power"] == "off" and fake.calls.count("off") == 1  # once
+    answer = drain.undrain(m, ADMIN, host)
+    assert answer["power"] == "starting" and answer["state"] == "maintenance"
+    deadline = time.monotonic() + 10
+    while drain.progress(m, host)["state"] != "ready" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert drain.progress(m, host)["state"] == "ready"
+    assert fake.calls[-2:] == ["on", "identify 0"]
+    obj = m.store.get("host", host)
+    assert obj is not None and "drain" not in obj.spec
+    assert "powered on through fake" in m.store.events("host", host)[-1]["message"]
+    m.close()
+
+
+def test_a_power_off_not_confirmed_leaves_the_host_in_maintenance_saying_why(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, host = drained(tmp_path, monkeypatch)
+    monkeypatch.setattr(drain, "OFF_TIMEOUT_S", 0.2)
+    fake = FakePower(m, host, stuck_on=True)
+    m.__dict__["power_drivers"] = lambda config: fake
+    m.store.put("host", host, {**m.store.get("host", host).spec, "power": {"driver": "lab"}})  # type: ignore[union-attr]
+    drain.start(m, ADMIN, host, power_off=True)
+    p = drain.power_off(m, ADMIN, host)
+    assert p["power"] == "failed" and "not confirmed off" in p["power_reason"] and p["state"] == "maintenance", p
+    assert "identify 255" not in fake.calls
+    events = m.store.events("host", host)
+    assert events[-1]["type"] == "PowerOffFailed" and "--power-off` tries again" in events[-1]["message"]
+    m.close()
