@@ -5,8 +5,6 @@ is compared with follows the store (another manager's write, a re-join) and neve
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,26 +13,11 @@ from softudc.manager.controller import HOST_DOWN_AFTER_S
 from softudc.manager.errors import ApiError
 from softudc.manager.heartbeats import KIND, heartbeat_times
 from softudc.manager.reports import REFRESH_S
-from softudc.manager.service import Manager, init
+from softudc.manager.service import Manager
+from tests.unit.manager.conftest import host_writes
 from tests.unit.manager.test_loop import FakeStore
 
 REPORT = {"vcpus": 64, "memory_mib": 65536, "running": []}
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Manager, FakeStore]]:
-    init(tmp_path, ["127.0.0.1"])
-    store = FakeStore()
-    m = Manager(tmp_path, store=store)
-    m.manager_id = "m1"
-    store.put("host", "h1", {"joined": time.time(), "certificate": "f1"})
-    yield m, store
-    m.close()
-    m.close_hosts()
-
-
-def host_writes(store: FakeStore, since: int) -> list[str]:
-    return [op for op, kind, _, _ in store.writes[since:] if kind == "host"]
 
 
 def test_a_report_with_nothing_new_is_a_heartbeat(world: tuple[Manager, FakeStore]) -> None:

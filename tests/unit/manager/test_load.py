@@ -5,15 +5,14 @@ store at most every FLUSH_EVERY_S, and load_of merges every manager's view with 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from softudc.manager.errors import ApiError
 from softudc.manager.load import KIND, LoadView, load_of, split_load
-from softudc.manager.service import Manager, init
+from softudc.manager.service import Manager
+from tests.unit.manager.conftest import host_writes
 from tests.unit.manager.test_loop import FakeStore
 
 REPORT = {"vcpus": 64, "memory_mib": 65536, "running": []}
@@ -22,22 +21,6 @@ REPORT = {"vcpus": 64, "memory_mib": 65536, "running": []}
 def a_load(at: float, cores: float, vm: str = "web--a") -> dict[str, Any]:
     fig = {"cpu_cores": {"short": cores, "long": cores}, "memory_mib": {"short": 512.0, "long": 500.0}}
     return {"at": at, "samples": 3, "host": fig, "vms": {vm: fig}}
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[tuple[Manager, FakeStore]]:
-    init(tmp_path, ["127.0.0.1"])
-    store = FakeStore()
-    m = Manager(tmp_path, store=store)
-    m.manager_id = "m1"
-    store.put("host", "h1", {"joined": time.time(), "certificate": "f1"})
-    yield m, store
-    m.close()
-    m.close_hosts()
-
-
-def host_writes(store: FakeStore, since: int) -> list[str]:
-    return [op for op, kind, _, _ in store.writes[since:] if kind == "host"]
 
 
 def test_reports_differing_only_in_load_are_heartbeats_and_the_view_has_the_new_figures(
