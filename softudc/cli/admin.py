@@ -337,6 +337,9 @@ def add_parsers(sub: Any) -> None:
     from softudc.cli.drain import add_drain_parsers
 
     add_drain_parsers(hl)  # softudc host drain|undrain (softudc/cli/drain.py)
+    from softudc.cli.upgrade import add_upgrade_parsers
+
+    add_upgrade_parsers(hl)  # softudc host upgrade|upgrade-status (softudc/cli/upgrade.py)
     ev = sub.add_parser("events", help="the manager's event log (applies, plans, migrations, host states)")
     ev.add_argument("--kind", choices=["farm", "host"])
     ev.add_argument("--name")

@@ -116,6 +116,8 @@ class Planning:
                 statuses.append((o.name, status))
             self._advance_keys(statuses)
             self._compact()
+            if (resume := vars(self).get("resume_rollouts")) is not None:  # softudc/manager/rollout.py
+                resume(self)
             end = self.store.revision()
         if wake:  # the loop wakes them itself, once an apply waiting for this pass has its answer
             self.polls.new_generation()
