@@ -1,6 +1,7 @@
 """The console's actions (admins only; the Manager checks the role again): apply a descriptor,
-migrate a VM, delete a farm. Every form carries the session's CSRF token; the cookie is
-SameSite=Strict besides. A refused action changes nothing."""
+migrate a VM, delete a farm, drain and undrain a host (softudc/manager/drain.py, as the API).
+Every form carries the session's CSRF token; the cookie is SameSite=Strict besides. A refused
+action changes nothing."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from softudc.console.common import current, form, manager, page, sessions
 from softudc.console.editor import annotate
 from softudc.console.sessions import Session
+from softudc.manager import drain
 from softudc.manager.apimodels import INSTANCE_PATTERN, NAME_PATTERN
 from softudc.manager.auth import Principal
 from softudc.manager.service import ApiError
@@ -88,4 +90,27 @@ async def migrate(request: Request, name: FarmName, instance: Instance) -> Respo
         await run_in_threadpool(manager(request).migrate, who, name, instance, {"to": fields.get("host", "")})
     except ApiError as e:
         return _refused(request, e)
-    return RedirectResponse(f"/console/farms/{name}", status_code=303)
+    vm_page = f"/console/farms/{name}/vms/{instance}"  # the page the form was on: back there
+    return RedirectResponse(vm_page if fields.get("back") == vm_page else f"/console/farms/{name}", status_code=303)
+
+
+@router.post("/hosts/{name}/drain")
+async def drain_host(request: Request, name: FarmName) -> Response:
+    """As POST /v1/hosts/NAME/drain: refused whole (409, naming each VM that cannot move; nothing
+    changed) or started; the hosts page then shows how far it is."""
+    try:
+        _, who, _ = await _checked(request)
+        await run_in_threadpool(drain.start, manager(request), who, name)
+    except ApiError as e:
+        return _refused(request, e)
+    return RedirectResponse("/console/", status_code=303)
+
+
+@router.post("/hosts/{name}/undrain")
+async def undrain_host(request: Request, name: FarmName) -> Response:
+    try:
+        _, who, _ = await _checked(request)
+        await run_in_threadpool(drain.undrain, manager(request), who, name)
+    except ApiError as e:
+        return _refused(request, e)
+    return RedirectResponse("/console/", status_code=303)

@@ -11,6 +11,7 @@ from fastapi import Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from softudc.console.history import LoadHistory
 from softudc.console.sessions import COOKIE, Session, Sessions
 from softudc.manager.auth import Principal
 from softudc.manager.service import Manager
@@ -35,6 +36,14 @@ def sessions(request: Request) -> Sessions:
     if s is None:
         s = request.app.state.console_sessions = Sessions(manager(request).tokens)
     return s
+
+
+def history(request: Request) -> LoadHistory:
+    """The app's load history for the sparklines (made on first use)."""
+    h: LoadHistory | None = getattr(request.app.state, "console_history", None)
+    if h is None:
+        h = request.app.state.console_history = LoadHistory()
+    return h
 
 
 def current(request: Request) -> tuple[Session, Principal]:

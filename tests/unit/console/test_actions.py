@@ -3,6 +3,7 @@ confirmation; migrate through the Manager; forged and viewer posts refused, noth
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,3 +88,52 @@ def test_migrate_from_the_farm_page_starts_the_move(tmp_path: Path) -> None:
         assert instances(m)["db-0"]["migrating"]["to"] == dst
     finally:
         m.close()
+
+
+def test_drain_and_undrain_from_the_hosts_page(lab: Lab) -> None:
+    from tests.unit.console.test_vmpage import placed, report
+
+    where = placed(lab)
+    lab.m.store.put("host", "h4", {"joined": time.time()})
+    report(lab, "h4", [])  # room for h1's web replica (one per host)
+    c = lab.client(lab.admin)
+    page = c.get("/console/").text
+    assert 'action="/console/hosts/h1/drain"' in page
+    r = c.post("/console/hosts/h1/drain", data={"csrf": csrf(page)})
+    assert r.status_code == 303 and r.headers["location"] == "/console/"
+    host = lab.m.store.get("host", "h1")
+    assert host is not None and host.spec["state"] in ("draining", "maintenance")
+    page = c.get("/console/fragments/hosts").text
+    on_h1 = sum(1 for h in where.values() if h == "h1")
+    assert 'data-drain="h1"' in page and f"/ {on_h1} moved" in page
+    assert 'action="/console/hosts/h1/undrain"' in page
+    r = c.post("/console/hosts/h1/undrain", data={"csrf": csrf(page)})
+    assert r.status_code == 303
+    host = lab.m.store.get("host", "h1")
+    assert host is not None and host.spec["state"] == "ready"
+
+
+def test_a_drain_that_cannot_be_done_is_refused_whole(lab: Lab) -> None:
+    from tests.unit.console.test_vmpage import placed
+
+    placed(lab)  # web's anti-affinity: 3 replicas on 3 hosts, no room to drain any host holding one
+    c = lab.client(lab.admin)
+    token = csrf(c.get("/console/").text)
+    holder = next(i["host"] for i in lab.m.get_farm(ADMIN, "demo")["status"]["instances"] if i["vm"] == "web")
+    r = c.post(f"/console/hosts/{holder}/drain", data={"csrf": token})
+    assert r.status_code == 409 and "cannot be drained" in r.text and "nothing was changed" in r.text
+    host = lab.m.store.get("host", holder)
+    assert host is not None and host.spec.get("state", "ready") == "ready"
+
+
+def test_drain_refused_to_viewers_and_forgers(lab: Lab) -> None:
+    from tests.unit.console.test_vmpage import placed
+
+    placed(lab)
+    viewer = lab.client(lab.viewer)
+    page = viewer.get("/console/").text
+    assert "/drain" not in page and "Undrain" not in page
+    assert viewer.post("/console/hosts/h1/drain", data={"csrf": csrf(page)}).status_code == 403
+    assert lab.client(lab.admin).post("/console/hosts/h1/drain", data={"csrf": "forged"}).status_code == 403
+    host = lab.m.store.get("host", "h1")
+    assert host is not None and host.spec.get("state", "ready") == "ready"

@@ -132,3 +132,17 @@ def test_console_routes_are_named_apart_for_the_metrics(lab: Lab) -> None:
     routes = {smp.labels["route"] for metric in lab.m.requests.collect() for smp in metric.samples}
     assert {"console_login", "console_farms_page"} <= routes
     assert not any(r.startswith("console_console_") for r in routes)
+
+
+def test_hosts_page_shows_live_load_bars_and_their_history(lab: Lab) -> None:
+    from tests.unit.console.test_vmpage import load, report
+
+    lab.m.store.put("host", "h1", {"joined": time.time()})
+    c = lab.client(lab.admin)
+    report(lab, "h1", [], load=load({}, at=time.time() - 20))
+    assert "no load yet" not in c.get("/console/fragments/hosts").text
+    report(lab, "h1", [], load={**load({}, at=time.time() - 10), "host": {
+        "cpu_cores": {"short": 2.0, "long": 1.0}, "memory_mib": {"short": 4096.0, "long": 4096.0}}})
+    html = c.get("/console/fragments/hosts").text
+    assert 'class="figure">2.00<' in html and 'style="width: 25%"' in html and 'style="width: 50%"' in html
+    assert html.count("<polyline") == 2  # two samples seen: a CPU and a memory sparkline
