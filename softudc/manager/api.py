@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from softudc.console.app import install as install_console
 from softudc.etcd.client import EtcdError
-from softudc.manager import apiload, apipower, apirollout, rollout
+from softudc.manager import apiload, apipower, apirollout, dpm
 from softudc.manager.apimodels import (
     INSTANCE_PATTERN,
     NAME_PATTERN,
@@ -410,7 +410,7 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     install_console(app)  # the web console under /console (softudc/console/)
     if m is not None:  # HA restart fences through the power drivers (softudc/manager/harestart.py)
         m.__dict__["power_drivers"] = driver_for
-        m.__dict__["resume_rollouts"] = rollout.resume  # the leader's pass continues rollouts (rollout.py)
+        m.__dict__["maintenance_step"] = dpm.maintenance_step  # the leader's pass: rollouts, consolidation (dpm.py)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(AuthError, _auth_error)

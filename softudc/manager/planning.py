@@ -116,8 +116,8 @@ class Planning:
                 statuses.append((o.name, status))
             self._advance_keys(statuses)
             self._compact()
-            if (resume := vars(self).get("resume_rollouts")) is not None:  # softudc/manager/rollout.py
-                resume(self)
+            if (maintain := vars(self).get("maintenance_step")) is not None:  # rollouts, consolidation (dpm.py)
+                maintain(self)
             end = self.store.revision()
         if wake:  # the loop wakes them itself, once an apply waiting for this pass has its answer
             self.polls.new_generation()

@@ -1,0 +1,150 @@
+"""Consolidation in the leader's pass (issue 12, item 4), behind a switch: off unless the manager
+runs with SOFTUDC_CONSOLIDATE=1 (band: SOFTUDC_CONSOLIDATE_BAND="low,high", e.g. "0.3,0.75";
+the holds, quiet time and min_ready are consolidate.Band's defaults).
+
+Each pass (`maintenance_step`, which also resumes rollouts) asks `consolidate.decide` about the
+hosts' use (their reports' capacity, load.py's short and long means) and acts in a thread of its
+own, one action at a time:
+
+    standby  drain the host (drain.py: every VM moved by the placement rules, or nothing), power
+             it off through its driver (confirmed off), then `standby` (its drain record gone: a
+             host consolidation may wake, unlike one an admin drained with --power-off)
+    wake     power a standby host on, wait until it reports, then `ready`
+
+Every action is an event of the host (`Consolidation`, `ConsolidationFailed`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from softudc.manager import drain, rollout
+from softudc.manager.auth import Principal
+from softudc.manager.consolidate import Band, Decision, HostUse, Memory, decide
+from softudc.manager.errors import ApiError
+from softudc.manager.load import load_of
+from softudc.power.driver import PowerError
+from softudc.power.fence import fence
+
+if TYPE_CHECKING:
+    from softudc.manager.service import Manager
+
+log = logging.getLogger("softudc.manager.dpm")
+WHO = Principal("consolidation", "admin")
+
+
+def band_from_env(env: dict[str, str] | None = None) -> Band | None:
+    """The band when consolidation is switched on, else None; a bad setting is a ValueError naming it."""
+    env = dict(os.environ) if env is None else env
+    if env.get("SOFTUDC_CONSOLIDATE", "0") not in ("1", "true", "yes"):
+        return None
+    text = env.get("SOFTUDC_CONSOLIDATE_BAND", "")
+    if not text:
+        return Band()
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"SOFTUDC_CONSOLIDATE_BAND={text!r}: expected 'LOW,HIGH', e.g. '0.3,0.75'") from None
+    return Band(low=low, high=high)
+
+
+def host_uses(m: Manager) -> list[HostUse]:
+    """Every joined host's state, capacity and use (short and long means) for `decide`."""
+    loads = load_of(m.store, extra=m.load_view.latest())
+    specs = {o.name: o.spec for o in m.store.objects("host")}
+    out = []
+    for host, r in sorted(m.reports().items()):
+        load = loads.get(host, {})
+        cpu, mem = load.get("cpu_cores", {}), load.get("memory_mib", {})
+        out.append(HostUse(host, str(r.get("state", "ready")), float(r.get("vcpus") or 0),
+                           float(r.get("memory_mib") or 0), float(cpu.get("short", 0)), float(cpu.get("long", 0)),
+                           float(mem.get("short", 0)), float(mem.get("long", 0)), len(r.get("running", [])),
+                           maintenance=bool(specs.get(host, {}).get("drain"))))
+    return out
+
+
+class Consolidator:
+    """The leader's consolidation: what it remembers between passes, and the action under way."""
+
+    def __init__(self, m: Manager, band: Band, clock: Callable[[], float] = time.time) -> None:
+        self.m, self.band, self.clock = m, band, clock
+        self.memory = Memory()
+        self.last = Decision("none", None, "not yet run")
+        self._thread: threading.Thread | None = None
+
+    def step(self) -> Decision:
+        if self._thread is not None and self._thread.is_alive():
+            return self.last
+        self.last, self.memory = decide(host_uses(self.m), self.band, self.memory, self.clock())
+        if self.last.action != "none" and self.last.host is not None:
+            act = self.standby if self.last.action == "standby" else self.wake
+            self._thread = threading.Thread(target=self._run, args=(act, self.last), daemon=True,
+                                            name=f"softudc-dpm-{self.last.host}")
+            self._thread.start()
+        return self.last
+
+    def _run(self, act: Callable[[str], None], d: Decision) -> None:
+        host = d.host or ""
+        self.m._event("host", host, "Consolidation", f"{d.action}: {d.reason}")
+        try:
+            act(host)
+        except (ApiError, PowerError) as e:
+            self.m._event("host", host, "ConsolidationFailed", f"{d.action}: {e}")
+        except Exception:
+            log.exception("consolidation: %s %s", d.action, host)
+
+    def standby(self, host: str, timeout: float = drain.GIVE_UP_S) -> None:
+        drain.start(self.m, WHO, host)
+        deadline = time.monotonic() + timeout
+        while (p := drain.progress(self.m, host))["state"] == "draining" and time.monotonic() < deadline:
+            time.sleep(1.0)
+        if p["state"] != "maintenance":
+            raise PowerError(f"not drained ({p['moved']}/{p['total']} moved, state {p['state']}); left as it is")
+        obj = drain._host(self.m, host)
+        fenced = fence(drain._driver(self.m, host, obj.spec), timeout=drain.OFF_TIMEOUT_S)
+        if not fenced.confirmed:
+            raise PowerError(f"{fenced.reason}; it stays drained, in maintenance (`softudc host undrain {host}`)")
+        obj = drain._host(self.m, host)
+        spec = {k: v for k, v in obj.spec.items() if k != "drain"}
+        self.m.store.put("host", host, {**spec, "state": "standby"})
+        self.m._event("host", host, "State", f"maintenance -> standby (consolidation: {fenced.reason})")
+        self.m.start()
+
+    def wake(self, host: str) -> None:
+        obj = drain._host(self.m, host)
+        driver = drain._driver(self.m, host, obj.spec)
+        since = time.time()
+        driver.on()
+        seconds = drain.wait_reported(self.m, host, since, drain.REJOIN_S)
+        obj = drain._host(self.m, host)
+        if obj.spec.get("state") == "standby":
+            self.m.store.put("host", host, {**obj.spec, "state": "ready"})
+            self.m._event("host", host, "State", f"standby -> ready (consolidation: powered on through "
+                                                 f"{driver.name}, reported {seconds:.1f} s later)")
+            self.m.start()
+
+
+def consolidator(m: Manager) -> Consolidator | None:
+    """This manager's consolidator, when switched on (made at first use)."""
+    if "_consolidator" not in vars(m):
+        band = band_from_env()
+        m.__dict__["_consolidator"] = Consolidator(m, band) if band is not None else None
+    made: Consolidator | None = vars(m)["_consolidator"]
+    return made
+
+
+def maintenance_step(m: Manager) -> None:
+    """The leader's pass: rollouts resumed, then consolidation (if on); never raises into the pass
+    but for NotLeader (rollout.resume lets it through)."""
+    rollout.resume(m)
+    try:
+        c = consolidator(m)
+        if c is not None:
+            c.step()
+    except Exception:
+        log.exception("consolidation step; the next pass tries again")
