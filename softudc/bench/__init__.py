@@ -49,6 +49,10 @@ def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: l
         from softudc.bench.balance import run_balance
 
         return run_balance()
+    if name == "console":
+        from softudc.bench.console import run_console
+
+        return run_console()
     from softudc.bench.reconcile import run_reconcile
 
     return run_reconcile()
@@ -100,6 +104,12 @@ def _print_balance(result: dict[str, Any]) -> None:
         print(name, r)
 
 
+def _print_console(result: dict[str, Any]) -> None:
+    from softudc.bench.console import print_console
+
+    print_console(result)
+
+
 # the benchmarks by name, with how each prints its result for a reader (--json prints them all alike)
 _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "dataplane": _print_dataplane,
@@ -109,4 +119,5 @@ _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "manager": _print_manager,
     "images": _print_images,
     "balance": _print_balance,
+    "console": _print_console,
 }

@@ -250,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("bench_name", choices=["balance", "dataplane", "images", "manager", "migration", "placement",
-                                              "reconcile"])
+    bench.add_argument("bench_name", choices=["balance", "console", "dataplane", "images", "manager", "migration",
+                                              "placement", "reconcile"])
     bench.add_argument("--runs", type=int, default=10, help="migrations per mode (migration)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--reps", type=int, default=3)
