@@ -1,6 +1,6 @@
 """Consolidation in the leader's pass (issue 12, item 4), behind a switch: off unless the manager
-runs with SOFTUDC_CONSOLIDATE=1 (band: SOFTUDC_CONSOLIDATE_BAND="low,high", e.g. "0.3,0.75";
-the holds, quiet time and min_ready are consolidate.Band's defaults).
+runs with SOFTUDC_CONSOLIDATE=1 (band: SOFTUDC_CONSOLIDATE_BAND="LOW,HIGH[,LOW_HOLD_S,HIGH_HOLD_S,
+QUIET_S,MIN_READY]", e.g. "0.3,0.75"; what is left out is consolidate.Band's default).
 
 Each pass (`maintenance_step`, which also resumes rollouts) asks `consolidate.decide` about the
 hosts' use (their reports' capacity, load.py's short and long means) and acts in a thread of its
@@ -39,7 +39,8 @@ WHO = Principal("consolidation", "admin")
 
 
 def band_from_env(env: dict[str, str] | None = None) -> Band | None:
-    """The band when consolidation is switched on, else None; a bad setting is a ValueError naming it."""
+    """The band when consolidation is switched on, else None; a bad setting is a ValueError naming it.
+    SOFTUDC_CONSOLIDATE_BAND: "LOW,HIGH[,LOW_HOLD_S,HIGH_HOLD_S,QUIET_S,MIN_READY]"."""
     env = dict(os.environ) if env is None else env
     if env.get("SOFTUDC_CONSOLIDATE", "0") not in ("1", "true", "yes"):
         return None
@@ -47,10 +48,17 @@ def band_from_env(env: dict[str, str] | None = None) -> Band | None:
     if not text:
         return Band()
     try:
-        low, high = (float(x) for x in text.split(","))
+        values = [float(x) for x in text.split(",")]
+        if not 2 <= len(values) <= 6:
+            raise ValueError
     except ValueError:
-        raise ValueError(f"SOFTUDC_CONSOLIDATE_BAND={text!r}: expected 'LOW,HIGH', e.g. '0.3,0.75'") from None
-    return Band(low=low, high=high)
+        raise ValueError(f"SOFTUDC_CONSOLIDATE_BAND={text!r}: expected 'LOW,HIGH[,LOW_HOLD_S,HIGH_HOLD_S,QUIET_S,"
+                         "MIN_READY]', e.g. '0.3,0.75'") from None
+    names = ("low", "high", "low_hold_s", "high_hold_s", "quiet_s", "min_ready")
+    fields: dict[str, float | int] = dict(zip(names, values, strict=False))
+    if "min_ready" in fields:
+        fields["min_ready"] = int(fields["min_ready"])
+    return Band(**fields)  # type: ignore[arg-type]
 
 
 def host_uses(m: Manager) -> list[HostUse]:

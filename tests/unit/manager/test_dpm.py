@@ -19,7 +19,9 @@ def test_the_switch_and_the_band_come_from_the_environment() -> None:
     assert dpm.band_from_env({}) is None
     assert dpm.band_from_env({"SOFTUDC_CONSOLIDATE": "1"}) == Band()
     assert dpm.band_from_env({"SOFTUDC_CONSOLIDATE": "1", "SOFTUDC_CONSOLIDATE_BAND": "0.2,0.9"}) == Band(0.2, 0.9)
-    with pytest.raises(ValueError, match="expected 'LOW,HIGH'"):
+    assert dpm.band_from_env({"SOFTUDC_CONSOLIDATE": "1", "SOFTUDC_CONSOLIDATE_BAND": "0.1,0.2,5,6,7,1"}) == Band(
+        0.1, 0.2, 5, 6, 7, 1)
+    with pytest.raises(ValueError, match="expected 'LOW,HIGH"):
         dpm.band_from_env({"SOFTUDC_CONSOLIDATE": "1", "SOFTUDC_CONSOLIDATE_BAND": "x"})
 
 
