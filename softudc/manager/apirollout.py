@@ -15,22 +15,16 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Depends, Path
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from softudc.manager import rollout
 from softudc.manager.apimodels import NAME_PATTERN, errors
+from softudc.manager.apipower import Mgr, _bearer, _manager
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager
-
-_bearer = HTTPBearer(auto_error=False, scheme_name="token", description="an API token")
-
-
-async def _manager(request: Request) -> Manager:
-    m: Manager = request.app.state.manager
-    return m
 
 
 def _admin(m: Annotated[Manager, Depends(_manager)],
@@ -41,7 +35,6 @@ def _admin(m: Annotated[Manager, Depends(_manager)],
     return who
 
 
-Mgr = Annotated[Manager, Depends(_manager)]
 Admin = Annotated[Principal, Depends(_admin)]
 RolloutName = Annotated[str, Path(pattern=NAME_PATTERN, description="a rollout")]
 Seconds = Annotated[float, Field(gt=0, le=86400)]

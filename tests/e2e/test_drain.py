@@ -34,15 +34,15 @@ spec:
 """
 
 
-@pytest.fixture(scope="module")
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+def three_hosts(request: pytest.FixtureRequest, prefix: str) -> Iterator[Lab]:
+    """A lab of 3 hosts with libvirtd and a manager (lab power driver), removed after the module."""
     reason = _why_not_root()
     if reason:
         print(f"SKIP: {reason}")
         pytest.skip(reason)
-    state = tempfile.mkdtemp(prefix="sudcdr")
+    state = tempfile.mkdtemp(prefix=f"sudc{prefix}")
     failed_before = request.session.testsfailed
-    made = lab_up(LabSpec(name="dr" + secrets.token_hex(3), hosts=3, vms=True, manager=True), state)
+    made = lab_up(LabSpec(name=prefix + secrets.token_hex(3), hosts=3, vms=True, manager=True), state)
     try:
         yield made
     finally:
@@ -51,6 +51,11 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         lab_down(made.spec.name, state)
         shutil.rmtree(state, ignore_errors=True)
         assert not [ns for ns in shell.netns_list() if ns.startswith(made.prefix)], "lab down left namespaces"
+
+
+@pytest.fixture(scope="module")
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    yield from three_hosts(request, "dr")
 
 
 def get(lab: Lab, path: str) -> Any:

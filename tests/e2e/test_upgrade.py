@@ -14,7 +14,6 @@ import fcntl
 import functools
 import itertools
 import re
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -26,12 +25,12 @@ from typing import Any
 import pytest
 
 from softudc.cli.main import main as cli
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, load_lab, shell
+from softudc.lab import Lab, load_lab
 from softudc.lab.endpoint import add_endpoint, move_endpoint
 from softudc.lab.manager import call
 from softudc.manager.rollout import ACTIVE
-from tests.e2e.conftest import _print_logs, _why_not_root, wait_until
-from tests.e2e.test_drain import FARM, answers, get, instances, running
+from tests.e2e.conftest import wait_until
+from tests.e2e.test_drain import FARM, answers, get, instances, running, three_hosts
 
 pytestmark = [pytest.mark.balance, pytest.mark.vm]
 INTERVAL = 0.1  # between pings
@@ -46,21 +45,7 @@ exit {code}
 
 @pytest.fixture(scope="module")
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    reason = _why_not_root()
-    if reason:
-        print(f"SKIP: {reason}")
-        pytest.skip(reason)
-    state = tempfile.mkdtemp(prefix="sudcup")
-    failed_before = request.session.testsfailed
-    made = lab_up(LabSpec(name="up" + secrets.token_hex(3), hosts=3, vms=True, manager=True), state)
-    try:
-        yield made
-    finally:
-        if request.session.testsfailed > failed_before:
-            _print_logs(made, lines=200)
-        lab_down(made.spec.name, state)
-        shutil.rmtree(state, ignore_errors=True)
-        assert not [ns for ns in shell.netns_list() if ns.startswith(made.prefix)], "lab down left namespaces"
+    yield from three_hosts(request, "up")
 
 
 def rollout(lab: Lab, name: str) -> dict[str, Any]:
@@ -129,8 +114,9 @@ def test_a_rolling_upgrade_cycles_each_host_once_while_every_guest_answers(
     r = rollout(lab, "up1")
     assert r["state"] == "done", r
     measured = {n: gaps(p.communicate(timeout=10)[0]) for n, p in pingers.items()}
-    print(f"\nmeasured: rollout of 3 hosts {took:.1f} s; longest ping gap per guest: "
-          + ", ".join(f"{n} {g:.1f} s ({k} replies)" for n, (g, k) in measured.items()))
+    with capsys.disabled():
+        print(f"\nmeasured: rollout of 3 hosts {took:.1f} s; longest ping gap per guest: "
+              + ", ".join(f"{n} {g:.1f} s ({k} replies)" for n, (g, k) in measured.items()))
     for n, (gap, replies) in measured.items():
         assert replies > 0.6 * took / INTERVAL, f"{n}: only {replies} replies in {took:.0f} s"
         assert gap <= MAX_GAP_S, f"{n} did not answer for {gap:.1f} s"
