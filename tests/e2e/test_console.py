@@ -1,12 +1,16 @@
 """The web console in a real browser (issue 15): Playwright drives Debian's Chromium against a
 lab's manager. Chromium runs in the lab's management namespace, where the manager listens on
 10.99.0.1:8443: Playwright starts it through a wrapper (`ip netns exec NS chromium ...`) and talks
-to it over a pipe, so no port is forwarded. Screenshots of every page go to
-$SOFTUDC_ARTIFACTS/console (default /tmp/softudc-artifacts/console)."""
+to it over a pipe, so no port is forwarded. Three hosts with libvirtd (tiny TCG guests): the demo
+farm's db-0 is migrated from its page (the move shown, the farm page's topology following it with
+no reload), then its new host is drained from the hosts page (the drain's progress, maintenance,
+undrain). Screenshots of every page go to $SOFTUDC_ARTIFACTS/console (default
+/tmp/softudc-artifacts/console)."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -18,6 +22,7 @@ from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 from softudc.lab import Lab
 from softudc.lab.manager import MANAGER_ADDR, admin_token, call, manager_dir
 from softudc.manager.auth import TokenStore
+from tests.e2e.conftest import wait_until
 
 pytestmark = pytest.mark.console
 
@@ -45,7 +50,7 @@ def test_console_in_a_browser(make_lab: Callable[..., Lab]) -> None:
     assert (ROOT / "softudc/console/static/vendor/htmx.min.js").exists(), "run scripts/build-console.sh"
     os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    lab = make_lab(hosts=2, manager=True)
+    lab = make_lab(hosts=3, manager=True, vms=True)
     viewer = TokenStore(manager_dir(lab) / "tokens.json").create("eve", "viewer", ["demo"])
     tmp = Path(tempfile.mkdtemp(prefix="sudc-console-"))
     try:
@@ -73,7 +78,7 @@ def _as_admin(ctx: BrowserContext, token: str, lab: Lab) -> None:
     expect(page).to_have_url(f"{BASE}/login")  # no session: the login page
     page.screenshot(path=str(ARTIFACTS / "login.png"))
     _login(page, token)
-    for h in ("h1", "h2"):
+    for h in ("h1", "h2", "h3"):
         expect(page.locator(f'tr[data-host="{h}"]')).to_be_visible()
     page.screenshot(path=str(ARTIFACTS / "hosts.png"))
 
@@ -96,9 +101,65 @@ def _as_admin(ctx: BrowserContext, token: str, lab: Lab) -> None:
     assert status == 200
     expect(page.locator('tr[data-instance="web-1"]')).to_have_count(0, timeout=5000)
     assert page.evaluate("window.sudcKept") == 1  # swapped in by the event stream, no reload
+    expect(page.locator('g.vm[data-vm="db-0"]')).to_be_visible()  # the topology
     page.screenshot(path=str(ARTIFACTS / "farm-admin.png"), full_page=True)
+    to = _migrate_from_the_vm_page(ctx.new_page(), page, lab)
+    _drain_from_the_hosts_page(ctx.new_page(), to)
     page.goto(f"{BASE}/farms")
     page.screenshot(path=str(ARTIFACTS / "farms.png"))
+    page.goto(f"{BASE}/farms/demo/vnets/back")
+    expect(page.locator("tr[data-mac]", has_text="db-0")).not_to_contain_text(to)  # drained off `to`
+    page.screenshot(path=str(ARTIFACTS / "vnet.png"), full_page=True)
+    page.goto(f"{BASE}/events?kind=host&type=drain")  # Draining, DrainMove: a part of the type, any case
+    expect(page.locator('tr[data-type="Draining"]')).to_have_count(1)
+    expect(page.locator('tr[data-type="DrainMove"]')).not_to_have_count(0)
+    assert page.locator('tr[data-type="Maintenance"]').count() == 0
+    page.screenshot(path=str(ARTIFACTS / "events.png"), full_page=True)
+
+
+def _migrate_from_the_vm_page(vm: Page, farm: Page, lab: Lab) -> str:
+    """db-0 moved from its page; the farm page (open, never reloaded) draws it moving, then there."""
+    src = farm.locator('g.vm[data-vm="db-0"]').get_attribute("data-host") or ""
+    console = lab.dir / src / "consoles" / "demo--db-0.log"  # a guest moved in its first second can panic
+    assert wait_until(lambda: console.exists() and "GUEST_READY" in console.read_text(errors="replace"),
+                      timeout=120, interval=1), "db-0 did not boot"
+    vm.goto(f"{BASE}/farms/demo/vms/db-0")
+    expect(vm.locator('[data-field="host"]')).to_have_text(src)
+    expect(vm.locator('[data-field="image"]')).to_have_text("test-guest")
+    vm.screenshot(path=str(ARTIFACTS / "vm.png"), full_page=True)
+    to = vm.locator("#to option").first.get_attribute("value") or ""
+    vm.select_option("#to", to)
+    vm.click("#migrate button")
+    vm.wait_for_url(f"{BASE}/farms/demo/vms/db-0")
+    expect(vm.locator("div.move")).to_contain_text(f"Moving to {to} (live)")
+    vm.screenshot(path=str(ARTIFACTS / "vm-migrating.png"), full_page=True)
+    expect(farm.locator('g.vm.moving[data-vm="db-0"]')).to_be_visible(timeout=15_000)
+    farm.screenshot(path=str(ARTIFACTS / "topology-moving.png"), full_page=True)
+    expect(farm.locator(f'g.vm[data-vm="db-0"][data-host="{to}"]:not(.moving)')).to_be_visible(timeout=120_000)
+    expect(vm.locator('[data-field="host"]')).to_have_text(to, timeout=10_000)
+    expect(vm.locator("div.move")).to_have_count(0)
+    assert farm.evaluate("window.sudcKept") == 1  # followed the move over the event stream
+    vm.screenshot(path=str(ARTIFACTS / "vm-moved.png"), full_page=True)
+    return to
+
+
+def _drain_from_the_hosts_page(page: Page, host: str) -> None:
+    """`host` (now db-0's) drained from the hosts page: db-0 moves away, maintenance, then undrain."""
+    page.goto(f"{BASE}/")
+    page.evaluate("window.sudcKept = 1")
+    page.click(f'button[aria-label="drain {host}"]')
+    page.wait_for_url(f"{BASE}/")
+    row = page.locator(f'tr[data-host="{host}"]')
+    expect(row.locator(".state")).to_have_text(re.compile("draining|maintenance"))
+    page.screenshot(path=str(ARTIFACTS / "hosts-draining.png"), full_page=True)
+    page.evaluate("window.sudcKept = 2")
+    expect(row.locator(".state")).to_have_text("maintenance", timeout=120_000)  # refreshed by the stream
+    assert page.evaluate("window.sudcKept") == 2
+    expect(row.locator(".drain")).to_contain_text(re.compile(r"(\d) / \1 moved"))
+    page.screenshot(path=str(ARTIFACTS / "hosts-maintenance.png"), full_page=True)
+    page.click(f'button[aria-label="undrain {host}"]')
+    page.wait_for_url(f"{BASE}/")
+    expect(row.locator(".state")).to_have_text("ready")
 
 
 def _as_viewer(ctx: BrowserContext, token: str) -> None:
