@@ -1,13 +1,15 @@
 """Consolidation with host power on a real lab (3 hosts with libvirtd, a manager run with
-SOFTUDC_CONSOLIDATE=1 and a short band, the lab power driver): the idle pool parks a host in
-`standby` (drained, its libvirtd and gatekeeper stopped); guests burning CPU raise the load over the
-band, so it is powered on and reports again; a new guest then runs on it (anti-affinity leaves no
-other place)."""
+SOFTUDC_CONSOLIDATE=1 and a short band, the `ipmi` driver: ipmitool against each host's ipmi_sim,
+whose chassis commands switch the host's processes): the idle pool parks a host in `standby`
+(drained, its libvirtd and gatekeeper stopped); guests burning CPU raise the load over the band,
+so it is powered on and reports again; a new guest then runs on it (anti-affinity leaves no other
+place). The lab driver's power cycles are test_upgrade's."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +34,9 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     before = {k: os.environ.get(k) for k in ("SOFTUDC_CONSOLIDATE", "SOFTUDC_CONSOLIDATE_BAND")}
     os.environ.update({"SOFTUDC_CONSOLIDATE": "1", "SOFTUDC_CONSOLIDATE_BAND": BAND})  # the lab's manager's
     try:
-        yield from three_hosts(request, "dp")
+        if shutil.which("ipmi_sim") is None or shutil.which("ipmitool") is None:
+            pytest.fail("ipmi_sim or ipmitool is missing: run `make bootstrap` (packages openipmi, ipmitool)")
+        yield from three_hosts(request, "dp", power="ipmi")
     finally:
         for k, v in before.items():
             if v is None:
@@ -57,6 +61,7 @@ def test_an_idle_host_is_parked_and_load_wakes_it_and_uses_it(lab: Lab) -> None:
     parked_s = time.monotonic() - t
     assert shell.netns_pids(lab.host(parked).netns) == []  # its libvirtd and gatekeeper stopped
     assert any(e["type"] == "Consolidation" and e["message"].startswith("standby: ") for e in events(lab, parked))
+    assert any("consolidation: " in e["message"] and "ipmi 10.99.0.1" in e["message"] for e in events(lab, parked))
 
     assert call(lab, "PUT", "/v1/farms/dr", FARM)[0] == 200
     assert wait_until(lambda: get(lab, "/v1/farms/dr")["status"]["conditions"]["Ready"], timeout=120, interval=1)

@@ -34,15 +34,15 @@ spec:
 """
 
 
-def three_hosts(request: pytest.FixtureRequest, prefix: str) -> Iterator[Lab]:
-    """A lab of 3 hosts with libvirtd and a manager (lab power driver), removed after the module."""
+def three_hosts(request: pytest.FixtureRequest, prefix: str, power: str = "lab") -> Iterator[Lab]:
+    """A lab of 3 hosts with libvirtd, a manager and `power` drivers, removed after the module."""
     reason = _why_not_root()
     if reason:
         print(f"SKIP: {reason}")
         pytest.skip(reason)
     state = tempfile.mkdtemp(prefix=f"sudc{prefix}")
     failed_before = request.session.testsfailed
-    made = lab_up(LabSpec(name=prefix + secrets.token_hex(3), hosts=3, vms=True, manager=True), state)
+    made = lab_up(LabSpec(name=prefix + secrets.token_hex(3), hosts=3, vms=True, manager=True, power=power), state)
     try:
         yield made
     finally:
