@@ -30,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from softudc.placement.cluster import Cluster
+from softudc.placement.exact import Exact, solve
 from softudc.placement.score import PENALTY, Breakdown, over_units, score
 
 F = npt.NDArray[np.float64]
@@ -52,6 +53,7 @@ class Move:
     reason: str
     score_before: float
     score_after: float
+    item: int | None = None  # moves sharing an item (an exchange) lower the score only together: run all or none
 
 
 @dataclass
@@ -171,6 +173,7 @@ class _Balancer:
         self.movable = np.array([not (v.moved_at is not None and now - v.moved_at < cooldown_s)
                                  and not (v.group is not None and c.groups[v.group].policy == "affinity")
                                  for v in c.vms])
+        self.cool = self.movable.copy()  # movable before the plan (the cooldown and affinity rules)
         self.before = score(c)
         self.breaks = self.before.penalty / PENALTY  # penalty units, kept up to date move by move
 
@@ -181,6 +184,13 @@ class _Balancer:
     def need(self) -> F:
         """How much each host needs VMs moved off (higher first); -inf for hosts with nothing to move."""
         return self.st.prio
+
+    def after_one(self, j: int, d: int) -> float:
+        """The score after moving VM j to host d (inf if that breaks a hard rule)."""
+        if not self.st.ready[d] or int(self.st.vm_host[j]) == d:
+            return math.inf
+        return float(self._after(int(self.st.vm_host[j]), np.array([j], dtype=np.int64),
+                                 np.array([d], dtype=np.int64))[0, 0])
 
     def excess(self, j: int, h: int) -> int:
         g, lim = self.group[j], self.limit[j]
@@ -289,23 +299,15 @@ def _steps(pairs: list[tuple[int, int]], limits: Limits) -> list[int]:
     return out
 
 
-def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: float = 600.0, now: float = 0.0,
-            limits: Limits | None = None, candidates: int = 16, patience: int = 32, rounds: int = 8) -> Plan:
-    """A plan of moves lowering `score(cluster)`; `now` (unix time) is compared with each VM's moved_at.
+Entry = tuple[int, int, int, str, float, float, "int | None"]  # vm, source, dest, reason, before, after, item
 
-    min_gain defaults to 0.02 / ready hosts: one move changes the spread by about its share of one
-    host over the host count, so a fixed threshold would stop a large cluster from balancing at all.
-    """
-    limits = limits or Limits()
-    if min_gain is None:
-        min_gain = 0.02 / max(1, sum(h.state == "ready" for h in cluster.hosts))
-    b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
-    before = b.before
+
+def _greedy(b: _Balancer, min_gain: float, max_moves: int | None, patience: int, rounds: int) -> list[Entry]:
     current = b.total()
     aside = np.zeros(len(b.st.names), dtype=bool)
-    chosen: list[tuple[int, int, str, float, float]] = []
+    chosen: list[Entry] = []
     misses, round_start = 0, 0
-    while limits.max_moves is None or len(chosen) < limits.max_moves:
+    while max_moves is None or len(chosen) < max_moves:
         need = np.where(aside, -np.inf, b.need())
         s = int(np.argmax(need)) if need.size else 0
         if misses >= patience or not need.size or not math.isfinite(need[s]):
@@ -322,23 +324,93 @@ def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: floa
         misses = 0
         j, d, after = best
         reason, after = b.apply(j, d, after)
-        chosen.append((j, s, reason, current, after))
+        chosen.append((j, s, d, f"{reason}: score {current:.4f} -> {after:.4f}", current, after, None))
         current = after
-    steps = _steps([(s, int(b.st.vm_host[j])) for j, s, *_ in chosen], limits)
+    return chosen
+
+
+def _sequence(b: _Balancer, targets: dict[int, int], min_gain: float, max_moves: int | None) -> list[Entry]:
+    """The moves to `targets` (vm -> host) in an order that keeps every hard rule move by move, as plan
+    items: each item is the shortest run of moves (best next move first) that lowers the score by at
+    least min_gain; a tail that does not, or cannot go on without breaking a rule, is left out."""
+    chosen: list[Entry] = []
+    current, rest, items = b.total(), dict(targets), 0
+    while rest and (max_moves is None or len(chosen) < max_moves):
+        start, chain = current, list[tuple[int, int, int, str, float, float]]()
+        while rest and (max_moves is None or len(chosen) + len(chain) < max_moves) and start - current < min_gain:
+            after, j, d = min((b.after_one(j, d), j, d) for j, d in rest.items())
+            if not math.isfinite(after):
+                break
+            s = int(b.st.vm_host[j])
+            reason, _ = b.apply(j, d, after)
+            del rest[j]
+            chain.append((j, s, d, reason, current, after))
+            current = after
+        if not chain or start - current < min_gain:
+            break
+        item = None if len(chain) == 1 else items
+        items += item is not None
+        names = [b.c.vms[e[0]].name for e in chain]
+        for k, (j, s, d, reason, sb, sa) in enumerate(chain):
+            others = ", ".join(n for n in names if n != names[k])
+            both = "" if item is None else (f" (exchange {k + 1}/{len(chain)} with {others}: together score "
+                                            f"{start:.4f} -> {current:.4f})")
+            chosen.append((j, s, d, f"{reason}: score {sb:.4f} -> {sa:.4f}{both}", sb, sa, item))
+    return chosen
+
+
+def _plan(cluster: Cluster, b: _Balancer, chosen: list[Entry], limits: Limits) -> Plan:
+    steps = _steps([(s, d) for _, s, d, *_ in chosen], limits)
     names = b.st.names
-    moves = [Move(cluster.vms[j].name, names[s], names[int(b.st.vm_host[j])], step,
-                  f"{reason}: score {sb:.4f} -> {sa:.4f}", sb, sa)
-             for (j, s, reason, sb, sa), step in zip(chosen, steps, strict=True)]
+    moves = [Move(cluster.vms[j].name, names[s], names[d], step, reason, sb, sa, item)
+             for (j, s, d, reason, sb, sa, item), step in zip(chosen, steps, strict=True)]
     after_c = cluster.moved({m.vm: m.destination for m in moves})
-    stuck = {v.name: _why_stuck(b, i) for i, v in enumerate(cluster.vms) if not b.st.ready[b.st.vm_host[i]]}
-    after_b = score(after_c)
-    return Plan(moves, before.total, after_b.total, before, after_b, cluster.fingerprint(), stuck)
+    ready = {h.name for h in cluster.hosts if h.state == "ready"}
+    stuck = {v.name: _why_stuck(b, i) for i, v in enumerate(after_c.vms) if v.host not in ready}
+    return Plan(moves, b.before.total, score(after_c).total, b.before, score(after_c), cluster.fingerprint(), stuck)
+
+
+def _exact_plan(cluster: Cluster, greedy: Plan, min_gain: float, cooldown_s: float, now: float, limits: Limits,
+                exact: Exact, candidates: int) -> Plan | None:
+    b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
+    idx = {n: i for i, n in enumerate(b.st.names)}
+    where = {m.vm: m.destination for m in greedy.moves}
+    hint = [idx[where.get(v.name, v.host)] for v in cluster.vms]
+    targets = solve(cluster, b.movable.tolist(), hint, limits.max_moves, exact)
+    if targets is None:
+        return None
+    return _plan(cluster, b, _sequence(b, targets, min_gain, limits.max_moves), limits)
+
+
+def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: float = 600.0, now: float = 0.0,
+            limits: Limits | None = None, candidates: int = 16, patience: int = 32, rounds: int = 8,
+            exact: Exact | None = None) -> Plan:
+    """A plan of moves lowering `score(cluster)`; `now` (unix time) is compared with each VM's moved_at.
+
+    min_gain defaults to 0.02 / ready hosts: one move changes the spread by about its share of one
+    host over the host count, so a fixed threshold would stop a large cluster from balancing at all.
+    Clusters within `exact`'s size limits (default: 20 hosts, 80 VMs, 2 s) are also planned by
+    CP-SAT (`exact.solve`) from the greedy plan; the better plan is returned (fewer moves on a tie).
+    """
+    limits = limits or Limits()
+    if min_gain is None:
+        min_gain = 0.02 / max(1, sum(h.state == "ready" for h in cluster.hosts))
+    b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
+    plan = _plan(cluster, b, _greedy(b, min_gain, limits.max_moves, patience, rounds), limits)
+    exact = exact or Exact()
+    if not exact.fits(cluster):
+        return plan
+    other = _exact_plan(cluster, plan, min_gain, cooldown_s, now, limits, exact, candidates)
+    if other is None:
+        return plan
+    tie = other.score_after <= plan.score_after + 1e-12 and len(other.moves) < len(plan.moves)
+    return other if other.score_after < plan.score_after - 1e-12 or tie else plan
 
 
 def _why_stuck(b: _Balancer, j: int) -> str:
     g = b.c.vms[j].group
     if g is not None and b.c.groups[g].policy == "affinity":
         return "member of an affinity group (moved with its group, not alone)"
-    if not b.movable[j]:
+    if not b.cool[j]:
         return "in cooldown"
     return "no ready host with room that keeps its anti-affinity limit among the least-loaded candidates"

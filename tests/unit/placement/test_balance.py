@@ -1,10 +1,12 @@
 from collections import Counter
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softudc.placement.balance import Limits, Plan, balance
+from softudc.placement.balance import Limits, Move, Plan, balance
 from softudc.placement.cluster import BHost, BVm, Cluster
+from softudc.placement.exact import Exact
 from softudc.placement.model import Group
 from softudc.placement.score import score
 
@@ -46,11 +48,18 @@ def _new_breaks(c: Cluster, plan: Plan) -> list[str]:
     return out
 
 
-@settings(max_examples=200, deadline=None)
-@given(clusters(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 5))
-def test_plans_keep_hard_rules_limits_and_never_raise_the_score(c: Cluster, src: int, dst: int, step: int) -> None:
-    limits = Limits(max_per_source=src, max_per_destination=dst, max_per_step=step)
-    plan = balance(c, limits=limits, now=1000.0, cooldown_s=600.0)
+def _items(plan: Plan) -> list[list[Move]]:
+    """The plan's items in order: a move alone, or the consecutive moves sharing an item number."""
+    out: list[list[Move]] = []
+    for m in plan.moves:
+        if m.item is not None and out and out[-1][0].item == m.item:
+            out[-1].append(m)
+        else:
+            out.append([m])
+    return out
+
+
+def _check(c: Cluster, plan: Plan, src: int, dst: int, step: int) -> None:
     assert _new_breaks(c, plan) == []
     after = score(c.moved({m.vm: m.destination for m in plan.moves}))
     assert after.total <= score(c).total + 1e-9
@@ -60,12 +69,52 @@ def test_plans_keep_hard_rules_limits_and_never_raise_the_score(c: Cluster, src:
     for m in plan.moves:
         assert vms[m.vm].moved_at is None, "a VM in cooldown moved"
         assert vms[m.vm].group != "f", "an affinity member moved alone"
-        assert m.score_after <= m.score_before - 0.001 + 1e-12
+    items = _items(plan)
+    assert len({i[0].item for i in items if i[0].item is not None}) == sum(i[0].item is not None for i in items)
+    for item in items:  # each item (a move, or an exchange measured as a unit) gains at least min_gain
+        assert item[-1].score_after <= item[0].score_before - 0.001 + 1e-12
+        assert all(a.score_after == b.score_before for a, b in pairwise(item))
     for s in plan.steps:
         assert len(s) <= step
         assert max(Counter(m.source for m in s).values()) <= src
         assert max(Counter(m.destination for m in s).values()) <= dst
         assert not {m.source for m in s} & {m.destination for m in s}
+
+
+@settings(max_examples=200, deadline=None)
+@given(clusters(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 5))
+def test_greedy_plans_keep_hard_rules_limits_and_never_raise_the_score(c: Cluster, src: int, dst: int,
+                                                                       step: int) -> None:
+    limits = Limits(max_per_source=src, max_per_destination=dst, max_per_step=step)
+    plan = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=0))
+    _check(c, plan, src, dst, step)
+    assert all(m.item is None for m in plan.moves)
+
+
+@settings(max_examples=60, deadline=None)
+@given(clusters(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 5))
+def test_exact_plans_keep_hard_rules_limits_and_never_raise_the_score(c: Cluster, src: int, dst: int,
+                                                                      step: int) -> None:
+    limits = Limits(max_per_source=src, max_per_destination=dst, max_per_step=step)
+    plan = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=0.3))
+    _check(c, plan, src, dst, step)
+    greedy = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=0))
+    assert plan.score_after <= greedy.score_after + 1e-12
+
+
+def test_an_exchange_is_one_item_when_no_single_move_helps() -> None:
+    # cpu use 4+4 on h1 and 3+3 on h2: every single move makes it worse, trading a 4 for a 3 evens it out
+    hosts = [BHost("h1", 16, 16384), BHost("h2", 16, 16384)]
+    vms = [BVm("hot", "h1", 4, 2048, cpu_use=4.0), BVm("hot2", "h1", 4, 2048, cpu_use=4.0),
+           BVm("cold", "h2", 4, 2048, cpu_use=3.0), BVm("cold2", "h2", 4, 2048, cpu_use=3.0)]
+    c = Cluster(hosts, vms)
+    assert balance(c, exact=Exact(seconds=0)).moves == []  # the greedy finds no single move
+    plan = balance(c, exact=Exact(seconds=1.0))
+    assert len(plan.moves) == 2 and plan.score_after < 1e-9
+    assert {m.vm for m in plan.moves} in ({"hot", "cold"}, {"hot", "cold2"}, {"hot2", "cold"}, {"hot2", "cold2"})
+    assert plan.moves[0].item == plan.moves[1].item == 0 and "exchange 1/2 with" in plan.moves[0].reason
+    assert plan.moves[0].score_after > plan.moves[0].score_before  # the first half alone is worse
+    assert [m.step for m in plan.moves] == [0, 1]  # the second half runs once the first is done
 
 
 @settings(max_examples=100, deadline=None)
