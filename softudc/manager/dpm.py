@@ -11,7 +11,8 @@ own, one action at a time:
              host consolidation may wake, unlike one an admin drained with --power-off)
     wake     power a standby host on, wait until it reports, then `ready`
 
-Every action is an event of the host (`Consolidation`, `ConsolidationFailed`).
+Every action is an event of the host (`Consolidation`, `ConsolidationFailed`). Nothing is decided
+while a rollout runs (its hosts leave and come back on purpose).
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ class Consolidator:
 
     def step(self) -> Decision:
         if self._thread is not None and self._thread.is_alive():
+            return self.last
+        if any(o.spec.get("state") == "running" for o in self.m.store.objects(rollout.KIND)):
+            self.memory = Memory(last_action=self.memory.last_action)  # its holds start again after it
+            self.last = Decision("none", None, "a rollout is running: hosts come and go on purpose")
             return self.last
         self.last, self.memory = decide(host_uses(self.m), self.band, self.memory, self.clock())
         if self.last.action != "none" and self.last.host is not None:

@@ -39,6 +39,9 @@ def test_an_idle_pool_parks_a_host_and_high_use_wakes_it(tmp_path: Path, monkeyp
     monkeypatch.setattr("softudc.manager.drain._keep_stepping", lambda *a: None)
     m, fakes, _ = manager(tmp_path, monkeypatch, ("h1", "h2", "h3"), {})
     c = dpm.Consolidator(m, Band(low_hold_s=0, high_hold_s=0, quiet_s=0, min_ready=2))
+    m.store.put("rollout", "r1", {"state": "running"})
+    assert "a rollout is running" in c.step().reason
+    m.store.put("rollout", "r1", {"state": "done"})
     d = c.step()
     assert (d.action, d.host) == ("standby", "h3"), d
     settle(c)
