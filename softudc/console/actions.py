@@ -5,6 +5,7 @@ action changes nothing."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -17,7 +18,7 @@ from softudc.console.sessions import Session
 from softudc.manager import drain
 from softudc.manager.apimodels import INSTANCE_PATTERN, NAME_PATTERN
 from softudc.manager.auth import Principal
-from softudc.manager.service import ApiError
+from softudc.manager.service import ApiError, Manager
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 FarmName = Annotated[str, Path(pattern=NAME_PATTERN)]
@@ -98,19 +99,18 @@ async def migrate(request: Request, name: FarmName, instance: Instance) -> Respo
 async def drain_host(request: Request, name: FarmName) -> Response:
     """As POST /v1/hosts/NAME/drain: refused whole (409, naming each VM that cannot move; nothing
     changed) or started; the hosts page then shows how far it is."""
-    try:
-        _, who, _ = await _checked(request)
-        await run_in_threadpool(drain.start, manager(request), who, name)
-    except ApiError as e:
-        return _refused(request, e)
-    return RedirectResponse("/console/", status_code=303)
+    return await _on_host(request, name, drain.start)
 
 
 @router.post("/hosts/{name}/undrain")
 async def undrain_host(request: Request, name: FarmName) -> Response:
+    return await _on_host(request, name, drain.undrain)
+
+
+async def _on_host(request: Request, name: str, action: Callable[[Manager, Principal, str], object]) -> Response:
     try:
         _, who, _ = await _checked(request)
-        await run_in_threadpool(drain.undrain, manager(request), who, name)
+        await run_in_threadpool(action, manager(request), who, name)
     except ApiError as e:
         return _refused(request, e)
     return RedirectResponse("/console/", status_code=303)

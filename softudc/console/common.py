@@ -3,6 +3,8 @@ the login page), the form a POST sent, and the manager."""
 
 from __future__ import annotations
 
+import html
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
@@ -14,7 +16,7 @@ from fastapi.templating import Jinja2Templates
 from softudc.console.history import LoadHistory
 from softudc.console.sessions import COOKIE, Session, Sessions
 from softudc.manager.auth import Principal
-from softudc.manager.service import Manager
+from softudc.manager.service import ApiError, Manager
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html
@@ -74,3 +76,17 @@ def to_login(request: Request, exc: Exception) -> Response:
             and "HX-Request" not in request.headers:
         return RedirectResponse("/console/login", status_code=303)
     return HTMLResponse("<p class=error>not logged in: <a href='/console/login'>log in</a></p>", status_code=401)
+
+
+def view(request: Request, template: str, build: Callable[[Manager, Principal], dict[str, Any]],
+         gone: str | None = None) -> HTMLResponse:
+    """`template` with what `build` makes for the session's principal. An ApiError (no such thing,
+    or not for this principal) gives the not-found page; a fragment (`gone` given) a line saying so."""
+    s, who = current(request)
+    try:
+        ctx = build(manager(request), who)
+    except ApiError as e:
+        if gone is not None:
+            return HTMLResponse(f"<p class=error>{e.status}: {html.escape(gone)}</p>")
+        return page(request, "missing.html", who, s, code=e.status, message=str(e))
+    return page(request, template, who, s, **ctx)

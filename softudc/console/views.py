@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from softudc.console.common import current, form, history, manager, page, sessions
+from softudc.console.common import current, form, history, manager, page, sessions, view
 from softudc.console.history import LoadHistory, percent, sparkline
 from softudc.console.sessions import COOKIE
 from softudc.console.topology import layout
@@ -18,7 +18,7 @@ from softudc.manager import drain
 from softudc.manager.apiload import host_loads
 from softudc.manager.apimodels import NAME_PATTERN
 from softudc.manager.auth import AuthError, Principal
-from softudc.manager.service import ApiError, Manager
+from softudc.manager.service import Manager
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 FarmName = Annotated[str, Path(pattern=NAME_PATTERN)]
@@ -111,19 +111,9 @@ def farm_context(m: Manager, who: Principal, name: str) -> dict[str, Any]:
 
 @router.get("/farms/{name}")
 def farm_page(request: Request, name: FarmName) -> HTMLResponse:
-    s, who = current(request)
-    try:
-        ctx = farm_context(manager(request), who, name)
-    except ApiError as e:
-        return page(request, "missing.html", who, s, code=e.status, message=str(e))
-    return page(request, "farm.html", who, s, **ctx)
+    return view(request, "farm.html", lambda m, who: farm_context(m, who, name))
 
 
 @router.get("/fragments/farms/{name}")
 def farm_fragment(request: Request, name: FarmName) -> HTMLResponse:
-    s, who = current(request)
-    try:
-        ctx = farm_context(manager(request), who, name)
-    except ApiError as e:
-        return HTMLResponse(f"<p class=error>{e.status}: farm gone</p>", status_code=200)
-    return page(request, "_farm.html", who, s, **ctx)
+    return view(request, "_farm.html", lambda m, who: farm_context(m, who, name), gone="farm gone")

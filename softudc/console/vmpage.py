@@ -6,14 +6,13 @@ and, while the VM moves, every second."""
 
 from __future__ import annotations
 
-import html
 import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse
 
-from softudc.console.common import current, history, manager, page
+from softudc.console.common import history, view
 from softudc.console.history import LoadHistory, percent, sparkline
 from softudc.manager.apimodels import INSTANCE_PATTERN, NAME_PATTERN
 from softudc.manager.auth import Principal
@@ -93,19 +92,10 @@ def vm_context(m: Manager, who: Principal, farm: str, instance: str, hist: LoadH
 
 @router.get("/farms/{farm}/vms/{instance}")
 def vm_page(request: Request, farm: FarmName, instance: Instance) -> HTMLResponse:
-    s, who = current(request)
-    try:
-        ctx = vm_context(manager(request), who, farm, instance, history(request))
-    except ApiError as e:
-        return page(request, "missing.html", who, s, code=e.status, message=str(e))
-    return page(request, "vm.html", who, s, **ctx)
+    return view(request, "vm.html", lambda m, who: vm_context(m, who, farm, instance, history(request)))
 
 
 @router.get("/fragments/farms/{farm}/vms/{instance}")
 def vm_fragment(request: Request, farm: FarmName, instance: Instance) -> HTMLResponse:
-    s, who = current(request)
-    try:
-        ctx = vm_context(manager(request), who, farm, instance, history(request))
-    except ApiError as e:
-        return HTMLResponse(f"<p class=error>{e.status}: this VM is gone ({html.escape(str(e))})</p>")
-    return page(request, "_vm.html", who, s, **ctx)
+    return view(request, "_vm.html", lambda m, who: vm_context(m, who, farm, instance, history(request)),
+                gone="this VM is gone")

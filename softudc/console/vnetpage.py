@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request
 from fastapi.responses import HTMLResponse
 
-from softudc.console.common import current, manager, page
+from softudc.console.common import view
 from softudc.console.vmpage import farm_def
 from softudc.manager.apimodels import NAME_PATTERN
 from softudc.manager.auth import Principal
@@ -55,19 +55,9 @@ def vnet_context(m: Manager, who: Principal, farm: str, vnet: str) -> dict[str, 
 
 @router.get("/farms/{farm}/vnets/{vnet}")
 def vnet_page(request: Request, farm: FarmName, vnet: VnetName) -> HTMLResponse:
-    s, who = current(request)
-    try:
-        ctx = vnet_context(manager(request), who, farm, vnet)
-    except ApiError as e:
-        return page(request, "missing.html", who, s, code=e.status, message=str(e))
-    return page(request, "vnet.html", who, s, **ctx)
+    return view(request, "vnet.html", lambda m, who: vnet_context(m, who, farm, vnet))
 
 
 @router.get("/fragments/farms/{farm}/vnets/{vnet}")
 def vnet_fragment(request: Request, farm: FarmName, vnet: VnetName) -> HTMLResponse:
-    s, who = current(request)
-    try:
-        ctx = vnet_context(manager(request), who, farm, vnet)
-    except ApiError:
-        return HTMLResponse("<p class=error>404: this VNET is gone</p>")
-    return page(request, "_vnet.html", who, s, **ctx)
+    return view(request, "_vnet.html", lambda m, who: vnet_context(m, who, farm, vnet), gone="this VNET is gone")

@@ -4,19 +4,9 @@ confirmation; migrate through the Manager; forged and viewer posts refused, noth
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.unit.console.test_views import ADMIN, DEMO, Lab, csrf
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    yield lab
-    lab.m.close()
 
 
 def test_apply_shows_each_problem_at_its_line_then_applies_the_fix(lab: Lab) -> None:

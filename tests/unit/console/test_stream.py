@@ -4,23 +4,12 @@ stream, and streams are capped."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-
-import pytest
 
 from softudc.console import stream
 from softudc.console.common import sessions
 from tests.unit.console.test_views import ADMIN, DEMO, Lab
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    yield lab
-    lab.m.close()
 
 
 def test_changed_names_readable_farms_and_hosts(lab: Lab) -> None:

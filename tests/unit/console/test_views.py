@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from softudc.console.sessions import COOKIE
@@ -34,13 +32,6 @@ class Lab:
             r = c.post("/console/login", data={"token": token})
             assert r.status_code == 303, r.text
         return c
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    yield lab
-    lab.m.close()
 
 
 def csrf(html: str) -> str:

@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from softudc.model.hoststate import nic_mac
 from tests.unit.console.test_views import ADMIN, DEMO, Lab, csrf
@@ -47,13 +43,6 @@ def placed(lab: Lab) -> dict[str, str]:
         report(lab, h, mine, load=load({v: 0.5 for v in mine}))
     lab.m.settle()
     return where
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    yield lab
-    lab.m.close()
 
 
 def test_vm_page_shows_host_image_nics_use_and_events(lab: Lab) -> None:

@@ -2,21 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from softudc.model.hoststate import nic_mac
 from tests.unit.console.test_views import Lab
 from tests.unit.console.test_vmpage import placed
-
-
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
-    lab = Lab(tmp_path)
-    yield lab
-    lab.m.close()
 
 
 def test_members_and_where_each_mac_lives(lab: Lab) -> None:
