@@ -4,7 +4,8 @@
                            cpu_cores: {short, long}, memory_mib: {short, long}}]
     GET /v1/load/vms     [{vm, farm, host, at, age_s, cpu_cores: {short, long}, memory_mib: {...}}]
     POST /v1/hosts/{name}/drain    (admin) plan, then move every VM away; 409 naming each VM that
-                                   cannot move (nothing changed); again: one more step
+                                   cannot move (nothing changed); again: one more step;
+                                   body {"power_off": true}: then powered off, identify LED lit
     GET  /v1/hosts/{name}/drain    {host, state, total, moved, moving, left}
     POST /v1/hosts/{name}/undrain  (admin) back to ready (softudc/manager/drain.py)
 
@@ -18,8 +19,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Body, Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict
 
 from softudc.manager import drain
 from softudc.manager.apimodels import NAME_PATTERN, errors
@@ -91,10 +93,16 @@ def list_vm_loads(m: Mgr, who: Who) -> list[dict[str, Any]]:
     return vm_loads(m, who)
 
 
+class DrainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    power_off: bool = False  # once empty and in maintenance: powered off (confirmed), identify LED lit
+
+
 @router.post("/v1/hosts/{name}/drain", summary="Move every VM off a host, then put it in maintenance (admin)",
              responses=errors(401, 403, 404, 409))
-def drain_host(m: Mgr, who: Who, name: HostName) -> dict[str, Any]:
-    return drain.start(m, who, name)
+def drain_host(m: Mgr, who: Who, name: HostName,
+               body: Annotated[DrainRequest | None, Body()] = None) -> dict[str, Any]:
+    return drain.start(m, who, name, power_off=bool(body and body.power_off))
 
 
 @router.get("/v1/hosts/{name}/drain", summary="How far a host's drain is", responses=errors(401, 403, 404))

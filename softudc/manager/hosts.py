@@ -267,7 +267,7 @@ class Hosts:
     def reports(self) -> dict[str, dict[str, Any]]:
         """Each host's last report with the state placement goes by: the one an admin set
         (draining, maintenance) or ready; `down` when it has not reported for HOST_DOWN_AFTER_S,
-        unless it is in `standby` (powered off by the manager: its silence is expected).
+        unless it is in `standby` or was powered off by its drain (its silence is expected).
         `reported` is the newest of the stored report's and the heartbeats' (every manager's
         flushed books): the host said that, again, then. Built from StoredHosts (no read of the
         store unless it changed) and kept for REPORTS_KEPT_S while the store has not moved (every
@@ -282,7 +282,8 @@ class Hosts:
             state = o.spec.get("state", "ready")
             status = o.status
             at = max(float(status.get("reported", 0)), seen.get(o.name, 0.0))
-            if now - at > HOST_DOWN_AFTER_S and state != "standby":  # powered off on purpose (apipower.py)
+            quiet = state == "standby" or (o.spec.get("drain") or {}).get("power") == "off"  # off on purpose
+            if now - at > HOST_DOWN_AFTER_S and not quiet:  # (apipower.py; drain --power-off: drain.py)
                 state = "down"
             out[o.name] = {**status, **({"reported": at} if "reported" in status else {}), "state": state}
         self.__dict__["_reports_kept"] = (revision, now, out)

@@ -103,6 +103,18 @@ def test_a_host_silent_too_long_is_down_even_with_old_heartbeats(
     assert m.reports()["h1"]["state"] == "down"
 
 
+
+def test_a_host_its_drain_powered_off_is_silent_on_purpose_not_down(
+        world: tuple[Manager, FakeStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    m, store = world
+    m.host_status("h1", "h1", REPORT)
+    stored = store.get("host", "h1")
+    assert stored is not None
+    store.put("host", "h1", {**stored.spec, "state": "maintenance", "drain": {"total": 0, "power": "off"}})
+    later: Any = time.time() + HOST_DOWN_AFTER_S + 1
+    monkeypatch.setattr("softudc.manager.hosts.time.time", lambda: later)
+    assert m.reports()["h1"]["state"] == "maintenance"  # no SoftUDCHostDown for a host put away
+
 def test_reports_merge_other_managers_heartbeats_as_the_store_holds_them(world: tuple[Manager, FakeStore]) -> None:
     m, store = world
     m.host_status("h1", "h1", REPORT)
