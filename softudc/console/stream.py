@@ -1,8 +1,8 @@
 """Live updates: one server-sent-events stream per open page. It names what changed ("hosts",
-"farm-NAME" for the farms the session may read) as the manager's store revision moves, and htmx
-fetches the fragments that listen for that name. Bounded: at most MAX_STREAMS at once (a further
-page gets 503 and htmx retries), a keep-alive comment every KEEPALIVE_S, closed when the session
-logs out or its token is removed."""
+"farm-NAME" for the farms the session may read, "tasks" for an admin's rollouts) as the manager's
+store revision moves, and htmx fetches the fragments that listen for that name. Bounded: at most
+MAX_STREAMS at once (a further page gets 503 and htmx retries), a keep-alive comment every
+KEEPALIVE_S, closed when the session logs out or its token is removed."""
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def changed(m: Manager, who: Principal, since: int) -> tuple[int, list[str]]:
             names += ["hosts", f"farm-{o.name}", "farms"]
         elif o.kind == "host":
             names.append("hosts")
+        elif o.kind == "rollout" and who.role == "admin":
+            names.append("tasks")
     return rev, list(dict.fromkeys(names))
 
 

@@ -56,7 +56,7 @@ def _load(m: Manager, host: str, name: str, hist: LoadHistory, vm: VmDef | None)
             "mem_line": sparkline([p[2] for p in series], float(mem))}
 
 
-def _move(m: Manager, inst: dict[str, Any], name: str) -> dict[str, Any] | None:
+def move_of(m: Manager, inst: dict[str, Any], name: str) -> dict[str, Any] | None:
     """A move under way: its state, steps and, once copying, the source's bytes copied / total."""
     moving = inst.get("migrating")
     if not moving:
@@ -85,7 +85,7 @@ def vm_context(m: Manager, who: Principal, farm: str, instance: str, hist: LoadH
     targets = sorted(h for h, r in reports.items() if r.get("state") == "ready" and h != inst["host"]) \
         if who.can_write(farm) and who.role == "admin" else []
     return {"farm": f, "inst": inst, "vm": vm, "vm_name": name, "nics": _nics(farm, inst, vm, f["status"].get(
-                "vnet_ids", {})), "load": _load(m, inst["host"], name, hist, vm), "move": _move(m, inst, name),
+                "vnet_ids", {})), "load": _load(m, inst["host"], name, hist, vm), "move": move_of(m, inst, name),
             "events": events[-EVENTS_SHOWN:][::-1], "targets": targets,
             "host_state": reports.get(inst["host"], {}).get("state", "?")}
 
