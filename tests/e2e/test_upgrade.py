@@ -2,7 +2,8 @@
 tiny guests kept apart by anti-affinity): `softudc host upgrade --hosts h1,h2,h3 --max-unavailable 1`
 drains each host, runs the script in its namespace, power-cycles it once, waits for its report and
 undrains it, while a pinger per guest keeps answering (no gap longer than one migration's
-blackout); then a script that fails stops a rollout with its host left drained and not cycled.
+blackout); then a script that fails stops a rollout with its host left drained and not cycled, and
+a manager restarted while a host's script runs continues that rollout to its end.
 
 The pingers live in a lab endpoint, which must sit on a host holding a guest (a VNET's members are
 the hosts with its instances) and not on the host being cycled: the test moves it off the host
@@ -27,7 +28,8 @@ import pytest
 from softudc.cli.main import main as cli
 from softudc.lab import Lab, load_lab
 from softudc.lab.endpoint import add_endpoint, move_endpoint
-from softudc.lab.manager import call
+from softudc.lab.manager import call, start_manager
+from softudc.lab.shell import stop_pid
 from softudc.manager.rollout import ACTIVE
 from tests.e2e.conftest import wait_until
 from tests.e2e.test_drain import FARM, answers, get, instances, running, three_hosts
@@ -152,4 +154,30 @@ def test_a_failing_script_stops_the_rollout_with_that_host_drained(lab: Lab) -> 
     assert host not in {i["host"] for i in instances(lab).values()}
     assert pid(lab, host) == before  # not cycled
     assert call(lab, "POST", f"/v1/hosts/{host}/undrain", "{}")[0] == 200
+    shutil.rmtree(marks, ignore_errors=True)
+
+
+def test_a_manager_restart_in_the_middle_of_a_rollout_continues_it(lab: Lab) -> None:
+    marks = Path(tempfile.mkdtemp(prefix="sudcupm"))
+    script = marks / "upgrade.sh"
+    script.write_text(SCRIPT.format(dir=marks, code=0))
+    empty = next(h.name for h in lab.hosts if h.name not in {i["host"] for i in instances(lab).values()})
+    before = pid(lab, empty)
+    cli(["--state-dir", lab.state_dir, "host", "upgrade", "--hosts", empty, "--run", str(script), "--name", "up3",
+         "--no-wait", "--lab", lab.spec.name])
+    assert wait_until(lambda: rollout(lab, "up3")["progress"][empty]["phase"] == "script", timeout=60, interval=0.5)
+    with open(lab.dir / "power.lock", "w") as lock:  # the lab's state as the power driver left it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        now = load_lab(lab.spec.name, lab.state_dir)
+        assert now.manager_pid
+        stop_pid(now.manager_pid)  # its script goes on, orphaned, waiting for the marker
+        now.manager_pid, _ = start_manager(now, fresh=False)
+        now.save()
+    (marks / f"moved-{empty}").touch()
+    assert wait_until(lambda: rollout(lab, "up3")["state"] != "running", timeout=90, interval=1), rollout(lab, "up3")
+    r = rollout(lab, "up3")
+    assert r["state"] == "done", r
+    assert pid(lab, empty) not in (None, before)  # cycled, by the restarted manager
+    msgs = [e["message"] for e in get(lab, f"/v1/events?kind=host&name={empty}") if e["type"] == "Rollout"]
+    assert sum("up3: cycling -> rejoining" in m for m in msgs) == 1, msgs
     shutil.rmtree(marks, ignore_errors=True)
