@@ -36,6 +36,12 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--dis
 ARTIFACTS = Path(os.environ.get("SOFTUDC_ARTIFACTS", "/tmp/softudc-artifacts")) / "console"
 
 
+SAW_MOVING = """() => { window.sudcSawMoving = false;
+  new MutationObserver(() => {
+    if (document.querySelector('g.vm.moving[data-vm="db-0"]')) window.sudcSawMoving = true; })
+    .observe(document.querySelector('#farm'), {childList: true, subtree: true}); }"""
+
+
 def _wrapper(ns: str, where: Path) -> str:
     """A browser 'executable' that runs Chromium in namespace `ns` (Playwright passes its flags)."""
     script = where / "chromium-in-ns"
@@ -129,13 +135,20 @@ def _migrate_from_the_vm_page(vm: Page, farm: Page, lab: Lab) -> str:
     vm.screenshot(path=str(ARTIFACTS / "vm.png"), full_page=True)
     to = vm.locator("#to option").first.get_attribute("value") or ""
     vm.select_option("#to", to)
+    farm.evaluate(SAW_MOVING)  # a move can be over in seconds: the farm page remembers it drew one
     vm.click("#migrate button")
     vm.wait_for_url(f"{BASE}/farms/demo/vms/db-0")
     expect(vm.locator("div.move")).to_contain_text(f"Moving to {to} (live)")
     vm.screenshot(path=str(ARTIFACTS / "vm-migrating.png"), full_page=True)
-    expect(farm.locator('g.vm.moving[data-vm="db-0"]')).to_be_visible(timeout=15_000)
+    tasks = vm.context.new_page()
+    tasks.goto(f"{BASE}/tasks")
+    expect(tasks.locator('tr[data-move="demo/db-0"]')).to_contain_text(to)
+    tasks.screenshot(path=str(ARTIFACTS / "tasks.png"), full_page=True)
+    farm.wait_for_function("window.sudcSawMoving === true", timeout=15_000)
     farm.screenshot(path=str(ARTIFACTS / "topology-moving.png"), full_page=True)
     expect(farm.locator(f'g.vm[data-vm="db-0"][data-host="{to}"]:not(.moving)')).to_be_visible(timeout=120_000)
+    expect(tasks.locator('tr[data-move="demo/db-0"]')).to_have_count(0, timeout=10_000)  # done: gone, no reload
+    tasks.close()
     expect(vm.locator('[data-field="host"]')).to_have_text(to, timeout=10_000)
     expect(vm.locator("div.move")).to_have_count(0)
     assert farm.evaluate("window.sudcKept") == 1  # followed the move over the event stream
