@@ -2,7 +2,9 @@
 kept apart by anti-affinity): the hosts' load reaches the manager (GET /v1/load/hosts|vms); a host
 drained is empty and in maintenance, anti-affinity still holds and the guests answer over their
 VNET; a drain that cannot be done (the only other ready host already holds the group's other
-guest) names the VM, moves nothing and leaves the host's state alone; undrain -> ready."""
+guest) names the VM, moves nothing and leaves the host's state alone; undrain -> ready. `drain
+--power-off` of the empty host cuts it (lab driver) with its identify LED lit; undrain powers it on
+and waits for its report."""
 
 from __future__ import annotations
 
@@ -10,15 +12,18 @@ import json
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
+from softudc.cli.main import main as cli
+from softudc.lab import Lab, LabSpec, lab_down, lab_up, load_lab, shell
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import wait_for_page
 from softudc.lab.manager import call
+from softudc.power.lab import LabPower
 from tests.e2e.conftest import _print_logs, _why_not_root, gk, wait_until
 
 pytestmark = [pytest.mark.balance, pytest.mark.vm]
@@ -126,3 +131,27 @@ def test_load_is_reported_and_a_drain_empties_a_host_keeping_anti_affinity(lab: 
     assert status == 200 and isinstance(body, dict) and body["state"] == "ready", body
     assert wait_until(lambda: next(h for h in get(lab, "/v1/hosts") if h["name"] == src)["state"] == "ready",
                       timeout=10)
+
+
+def test_drain_power_off_cuts_the_empty_host_lights_it_and_undrain_brings_it_back(
+        lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = next(h.name for h in lab.hosts if h.name not in {i["host"] for i in instances(lab).values()})
+    before = load_lab(lab.spec.name, lab.state_dir).host(empty).pid
+    assert before and shell.pid_alive(before)
+    base = ["--state-dir", lab.state_dir]
+    t = time.monotonic()
+    cli([*base, "host", "drain", empty, "--power-off", "--wait", "--timeout", "60", "--lab", lab.spec.name])
+    assert capsys.readouterr().out.strip() == f"{empty}: maintenance, 0/0 moved, power off"
+    off_s = time.monotonic() - t
+    assert not shell.pid_alive(before) and shell.netns_pids(lab.host(empty).netns) == []  # cut
+    assert LabPower(lab.spec.name, empty, lab.state_dir).identify_until() > time.time() + 200  # LED lit
+    assert next(h for h in get(lab, "/v1/hosts") if h["name"] == empty)["state"] == "maintenance"
+    t = time.monotonic()
+    cli([*base, "host", "undrain", empty, "--timeout", "60", "--lab", lab.spec.name])
+    assert capsys.readouterr().out.strip() == f"{empty}: ready"
+    print(f"\nmeasured: drain --power-off of an empty host {off_s:.1f} s; undrain (power on, reported) "
+          f"{time.monotonic() - t:.1f} s")
+    after = load_lab(lab.spec.name, lab.state_dir).host(empty).pid
+    assert after and after != before and shell.pid_alive(after)
+    assert LabPower(lab.spec.name, empty, lab.state_dir).identify_until() <= time.time()  # LED out
+    assert next(h for h in get(lab, "/v1/hosts") if h["name"] == empty)["state"] == "ready"
