@@ -64,7 +64,9 @@ def move_of(m: Manager, inst: dict[str, Any], name: str) -> dict[str, Any] | Non
     job = m.reports().get(inst["host"], {}).get("migrations", {}).get(name) or {}
     if job.get("attempt") not in (None, moving.get("attempt")):
         job = {}  # an earlier attempt's job
-    done, total = job.get("data_processed"), job.get("data_total")
+    # the source's report now, else what the controllers last copied from it into the record
+    done = job.get("data_processed", moving.get("data_processed"))
+    total = job.get("data_total", moving.get("data_total"))
     return {"to": moving.get("to"), "state": moving.get("state", "?"), "cold": bool(moving.get("cold")),
             "steps": moving.get("steps", []), "done": done, "total": total, "pct": percent(done, total),
             "job": job.get("state")}

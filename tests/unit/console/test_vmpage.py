@@ -100,3 +100,16 @@ def test_the_farm_page_draws_the_topology(lab: Lab) -> None:
     for inst, host in where.items():
         assert f'data-vm="{inst}" data-host="{host}"' in html
     assert 'data-vnet="front"' in html and 'data-vnet="back"' in html
+
+
+def test_progress_from_the_record_when_the_report_has_none(lab: Lab) -> None:
+    where = placed(lab)
+    to = next(h for h in HOSTS if h != where["db-0"])
+    lab.m.migrate(ADMIN, "demo", "db-0", {"to": to})
+    obj = lab.m.store.get("farm", "demo")
+    assert obj is not None
+    insts = obj.status["instances"]
+    moving = next(i for i in insts if i["name"] == "db-0")["migrating"]
+    moving.update({"data_total": 1000, "data_processed": 100})
+    lab.m.store.set_status("farm", "demo", {**obj.status, "instances": insts})
+    assert '<progress max="100" value="10">' in lab.client(lab.admin).get("/console/fragments/farms/demo/vms/db-0").text
