@@ -67,7 +67,17 @@ def hosts_context(m: Manager, who: Principal, hist: LoadHistory) -> dict[str, An
     load = {h["name"]: _host_load(h, by_host.get(h["name"], {}), hist) for h in hosts}
     drains = {h["name"]: drain.progress(m, h["name"]) for h in hosts
               if who.role == "admin" and h["state"] in ("draining", "maintenance")}
-    return {"hosts": hosts, "vms": vms, "load": load, "drains": drains}
+    power = {o.name: _power(o.spec, o.spec.get("state", "ready")) for o in m.store.objects("host")} \
+        if who.role == "admin" else {}
+    return {"hosts": hosts, "vms": vms, "load": load, "drains": drains, "power": power}
+
+
+def _power(spec: dict[str, Any], state: str) -> str:
+    """What the manager knows of a host's power: off (standby, or powered off by its drain) or on
+    as far as it reports, and through which driver it could be switched."""
+    driver = (spec.get("power") or {}).get("driver") or "no driver"
+    off = state == "standby" or (spec.get("drain") or {}).get("power") == "off"
+    return f"{'off' if off else 'on'} ({driver})"
 
 
 def _host_load(h: dict[str, Any], r: dict[str, Any], hist: LoadHistory) -> dict[str, Any]:

@@ -137,3 +137,14 @@ def test_hosts_page_shows_live_load_bars_and_their_history(lab: Lab) -> None:
     html = c.get("/console/fragments/hosts").text
     assert 'class="figure">2.00<' in html and 'style="width: 25%"' in html and 'style="width: 50%"' in html
     assert html.count("<polyline") == 2  # two samples seen: a CPU and a memory sparkline
+
+
+def test_hosts_page_shows_power_to_admins(lab: Lab) -> None:
+    lab.m.store.put("host", "h1", {"joined": time.time(), "power": {"driver": "ipmi", "address": "x"}})
+    lab.m.store.put("host", "h2", {"joined": time.time(), "state": "standby"})
+    for h in ("h1", "h2"):
+        lab.m.host_status(h, h, {"vcpus": 8, "memory_mib": 8192, "running": [], "sizes": {},
+                                 "migration_uri": "qemu+tcp://127.0.0.1/system"})
+    html = lab.client(lab.admin).get("/console/fragments/hosts").text
+    assert '<td class="power">on (ipmi)</td>' in html and '<td class="power">off (no driver)</td>' in html
+    assert 'class="power"' not in lab.client(lab.viewer).get("/console/fragments/hosts").text
