@@ -188,5 +188,8 @@ def solve(c: Cluster, movable: Sequence[bool], hint: Sequence[int], max_moves: i
         solver.parameters.num_workers = exact.workers
         solver.parameters.max_time_in_seconds = max(0.1, exact.seconds - (time.perf_counter() - t0))
         if solver.solve(model.m) in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            where = model.placement(solver)
+            found = model.placement(solver)
+            if sum(a != b for a, b in zip(found, home, strict=True)) < sum(a != b for a, b in zip(where, home,
+                                                                                             strict=True)):
+                where = found
     return {j: h for j, h in enumerate(where) if h != home[j]}

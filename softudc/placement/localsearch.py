@@ -27,6 +27,7 @@ from softudc.placement.cluster import Cluster
 F = npt.NDArray[np.float64]
 IA = npt.NDArray[np.int64]
 EPS = 1e-12
+LAM = 1e-4  # the cost of a move, relative to f where the search starts
 STALL = 300  # kicks without a better placement before the search stops (the bench's 20x80 improve within ~120)
 
 
@@ -47,6 +48,8 @@ class Search:
         self.lim = np.array([c.groups[g].limit or 0 for g in names] + [10**9], dtype=np.float64)  # -1: no limit
         self.host = np.array(where, dtype=np.int64)
         self.movable = np.array(movable, dtype=bool) & self.ready[self.host]
+        self.home: IA | None = None
+        self.lam = 0.0
         self._sums()
 
     def _sums(self) -> None:
@@ -60,10 +63,24 @@ class Search:
         self.cnt = np.zeros((len(self.lim), h))
         np.add.at(self.cnt, (self.g, self.host), 1.0)
 
-    def value(self) -> float:
+    def f(self) -> float:
         r = self.ready
         xc, xm = self.xc[r], self.xm[r]
         return float(self.n * ((xc ** 2).sum() + (xm ** 2).sum()) - xc.sum() ** 2 - xm.sum() ** 2)
+
+    def value(self) -> float:
+        """f, plus `lam` per VM away from `home` when set (so that of two equal spreads the one with
+        fewer moves wins, and a move must lower f by more than lam to be worth it)."""
+        return self.f() + (self.lam * float((self.host != self.home).sum()) if self.home is not None else 0.0)
+
+    def _away_delta(self) -> tuple[F, F]:
+        """The change of the VMs away from home for every move and every exchange."""
+        assert self.home is not None
+        home = self.home
+        away = (self.host != home).astype(np.float64)
+        dm_mv = (np.arange(len(self.cap_c))[None, :] != home[:, None]).astype(np.float64) - away[:, None]
+        at_k = (self.host[None, :] != home[:, None]).astype(np.float64)  # [j, k]: j away when on k's host
+        return dm_mv, at_k - away[:, None] + at_k.T - away[None, :]
 
     def _f(self, d2: F, d1c: F, d1m: F) -> F:
         r = self.ready
@@ -83,6 +100,8 @@ class Search:
               & (self.alc[None, :] + self.ac[:, None] <= self.cap_c[None, :])
               & (self.alm[None, :] + self.am[:, None] <= self.cap_m[None, :])
               & (self.cnt[self.g] + 1 <= self.lim[self.g][:, None]))
+        if self.home is not None:
+            delta = delta + self.lam * self._away_delta()[0]
         return np.asarray(np.where(ok, delta, np.inf), dtype=np.float64)
 
     def swaps(self) -> F:
@@ -106,6 +125,8 @@ class Search:
         fits = self.cnt[self.g][:, a].T + 1 - same <= self.lim[self.g][None, :]
         ok = room & room.T & fits & fits.T & (a[:, None] != a[None, :]) & self.movable[:, None] & self.movable[None, :]
         ok &= self.ready[a][:, None] & self.ready[a][None, :]
+        if self.home is not None:
+            delta = delta + self.lam * self._away_delta()[1]
         return np.asarray(np.where(ok, delta, np.inf), dtype=np.float64)
 
     def relocate(self, j: int, h: int) -> None:
@@ -138,15 +159,12 @@ class Search:
     def fewer_moves(self, home: IA, slack: float) -> None:
         """Moves and exchanges that bring VMs back home (fewer moves in the plan) while f stays within
         `slack` (relative) of its value now; the fewest moves first, then the lowest f."""
-        limit = self.value() * (1 + slack) + EPS * max(1.0, abs(self.value()))
+        self.home, self.lam = home, 0.0
+        limit = self.f() * (1 + slack) + EPS * max(1.0, abs(self.f()))
         while True:
-            away = (self.host != home).astype(np.int64)
-            dm_mv = (np.arange(len(self.cap_c))[None, :] != home[:, None]).astype(np.int64) - away[:, None]
-            at_k = (self.host[None, :] != home[:, None]).astype(np.int64)  # [j, k]: j away when on k's host
-            dm_sw = at_k - away[:, None] + at_k.T - away[None, :]
-            f = self.value()
-            best = None
-            for kind, delta, dm in (("move", self.moves(), dm_mv), ("swap", self.swaps(), dm_sw)):
+            f, best = self.f(), None
+            for kind, delta, dm in (("move", self.moves(), self._away_delta()[0]),
+                                    ("swap", self.swaps(), self._away_delta()[1])):
                 ok = np.isfinite(delta) & (f + delta <= limit) & (dm < 0)
                 if ok.any():
                     key = np.where(ok, dm * 1e6 + delta / max(abs(limit), EPS), np.inf)
@@ -217,7 +235,7 @@ def search(c: Cluster, movable: Sequence[bool], where: Sequence[int], seconds: f
 
     With `home` (each VM's host before the plan) the result is then brought as close to it as
     `relabel` and `Search.fewer_moves` (f within `slack`) can: fewer moves for the same spread."""
-    best = _search(c, movable, where, seconds, seed)
+    best = _search(c, movable, where, seconds, seed, home)
     if home is None:
         return best
     s = Search(c, movable, relabel(c, movable, home, best), seed)
@@ -225,9 +243,12 @@ def search(c: Cluster, movable: Sequence[bool], where: Sequence[int], seconds: f
     return [int(h) for h in s.host]
 
 
-def _search(c: Cluster, movable: Sequence[bool], where: Sequence[int], seconds: float, seed: int) -> list[int]:
+def _search(c: Cluster, movable: Sequence[bool], where: Sequence[int], seconds: float, seed: int,
+            home: Sequence[int] | None) -> list[int]:
     """Iterated local search: kicks and descents until `seconds` pass or STALL kicks in a row find nothing better."""
     s = Search(c, movable, where, seed)
+    if home is not None:  # each VM away from home costs LAM of f where the search starts
+        s.home, s.lam = np.array(home, dtype=np.int64), LAM * s.f()
     s.descend()
     best, best_f = s.host.copy(), s.value()
     deadline, stall = time.perf_counter() + seconds, 0

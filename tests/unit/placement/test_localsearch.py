@@ -82,3 +82,15 @@ def test_relabel_swaps_whole_hosts_back_home() -> None:
     pinned = [False] + [True] * 5  # v0 may not move: its host (h1 in `rotated`) keeps its contents
     out = relabel(c, pinned, home, rotated)
     assert out[0] == rotated[0] and out[3] == rotated[3]
+
+
+def test_moves_that_change_nothing_are_not_made() -> None:
+    # idle VMs (no use) on a busy host: moving them would not change the spread, so they stay home
+    hosts = [BHost(f"h{i}", 16, 16384) for i in range(4)]
+    vms = [BVm(f"busy{i}", "h0", 2, 1024, cpu_use=2.0, mem_use_mib=1024) for i in range(4)] + [
+        BVm(f"idle{i}", "h0", 1, 1024, cpu_use=0.0, mem_use_mib=0.0) for i in range(4)]
+    c = Cluster(hosts, vms)
+    start = _start(c)
+    where = search(c, [True] * 8, start, 0.5, home=start)
+    assert [w != s for w, s in zip(where, start, strict=True)].count(True) == 3  # three busy VMs leave
+    assert all(w == s for w, s, v in zip(where, start, c.vms, strict=True) if v.name.startswith("idle"))
