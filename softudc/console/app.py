@@ -11,6 +11,7 @@ from fastapi.staticfiles import StaticFiles
 
 from softudc.console import actions, eventspage, stream, taskspage, views, vmpage, vnetpage
 from softudc.console.common import HERE, NotLoggedIn, templates, to_login
+from softudc.console.metrics import attach
 
 
 def _utc(t: float | int | str | None) -> str:
@@ -30,3 +31,5 @@ def install(app: FastAPI) -> None:
         app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static", check_dir=False), name="console-static")
     app.add_exception_handler(NotLoggedIn, to_login)
+    if getattr(app.state, "manager", None) is not None:
+        attach(app.state.manager, app.state)

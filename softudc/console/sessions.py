@@ -60,6 +60,10 @@ class Sessions:
             self.logout(s.sid)
             return None
 
+    def count(self) -> int:
+        with self._lock:
+            return len(self._by_id)
+
     def alive(self, sid: str) -> bool:
         with self._lock:
             return sid in self._by_id

@@ -31,6 +31,7 @@ class Watcher:
         self.m, self.pace = m, pace
         self.rev = m.store.revision()
         self.users = 0
+        self.reads = 0  # revision reads (softudc_console_store_reads_total)
         self._batches: deque[Batch] = deque(maxlen=KEPT)
         self._cond: asyncio.Condition | None = None
         self._task: asyncio.Task[None] | None = None
@@ -54,6 +55,7 @@ class Watcher:
                     cond.notify_all()
 
     def _read(self, since: int) -> tuple[int, tuple[tuple[str, str], ...]]:
+        self.reads += 1
         rev = self.m.store.revision()
         if rev == since:
             return rev, ()
