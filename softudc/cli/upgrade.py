@@ -1,5 +1,5 @@
 """`softudc host upgrade --hosts SELECTOR --run SCRIPT [--max-unavailable N]` and
-`softudc host upgrade-status [NAME]` (softudc/manager/rollout.py).
+`softudc host upgrade-status [NAME]`, `softudc host upgrade-stop NAME` (softudc/manager/rollout.py).
 
 upgrade: the manager, per host and at most N at a time, drains it, runs SCRIPT (on the manager's
 machine, as `SCRIPT HOST ADDRESS`; a lab host's in its namespace), power-cycles it, waits until it
@@ -55,6 +55,9 @@ def _ended(r: dict[str, Any]) -> None:
     if r["state"] == "failed":
         raise CliError(f"rollout {r['name']} stopped: {r['reason']}; the failed host is left drained (maintenance): "
                        "fix it, then `softudc host undrain H`, and start a rollout of the hosts left")
+    if r["state"] == "stopped":
+        raise CliError(f"rollout {r['name']} was stopped ({r['reason']}); a host left drained comes back with "
+                       "`softudc host undrain H`")
 
 
 def cmd_upgrade(a: argparse.Namespace) -> None:
@@ -87,8 +90,13 @@ def cmd_status(a: argparse.Namespace) -> None:
     print("\n".join(lines(r)))
 
 
+def cmd_stop(a: argparse.Namespace) -> None:
+    r = ok(*connect(a).call("POST", f"/v1/rollouts/{a.rollout}/stop", "{}"))
+    print(f"rollout {r['name']}: {r['state']}: {r['reason']}")
+
+
 def add_upgrade_parsers(hosts: Any) -> None:
-    """Under `softudc host`: `upgrade` and `upgrade-status`."""
+    """Under `softudc host`: `upgrade`, `upgrade-status` and `upgrade-stop`."""
     u = hosts.add_parser("upgrade", help="rolling maintenance: per host drain, run a script, power-cycle, rejoin, "
                                          "undrain; stops at the first failure")
     u.add_argument("--hosts", required=True, help="h1,h2 | globs (h*) | all, in this order")
@@ -109,3 +117,7 @@ def add_upgrade_parsers(hosts: Any) -> None:
     s.add_argument("--timeout", type=float, default=7200.0)
     add_arguments(s)
     s.set_defaults(fn=cmd_status)
+    t = hosts.add_parser("upgrade-stop", help="stop a rollout: no further phase starts (hosts under way end theirs)")
+    t.add_argument("rollout")
+    add_arguments(t)
+    t.set_defaults(fn=cmd_stop)

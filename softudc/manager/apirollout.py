@@ -5,6 +5,7 @@
                                 "drain_s": 900, "script_s": 600, "rejoin_s": 300}
     GET  /v1/rollouts          every rollout (newest last), without the scripts' text
     GET  /v1/rollouts/{name}   one: state, reason, each host's phase, since when and why
+    POST /v1/rollouts/{name}/stop   no further phase starts; hosts under way end their current one
 
 A rollout that cannot start (a selector naming no host, a host without a power config, another
 rollout still running) is refused, and nothing is stored.
@@ -76,3 +77,9 @@ def get_rollout(m: Mgr, who: Admin, name: RolloutName) -> Any:
     if obj is None:
         raise ApiError(404, f"no rollout {name!r} (see `softudc host upgrade-status`)")
     return rollout.summary(obj)
+
+
+@router.post("/v1/rollouts/{name}/stop", summary="Stop a rollout: no further phase starts (admin)",
+             responses=errors(401, 403, 404, 409))
+def stop_rollout(m: Mgr, who: Admin, name: RolloutName) -> Any:
+    return rollout.stop(m, who, name)

@@ -14,11 +14,12 @@ command failing, no report in time) marks that host `failed` with why, leaves it
 `maintenance`), starts no other host, and the rollout ends `failed` once the hosts under way end.
 
 The rollout is a stored object (kind `rollout`, in its spec: the hosts, the script's text, the
-limits, `state` running|done|failed, and per host its `phase`, since when and why): the leader's
+limits, `state` running|done|failed|stopped, and per host its `phase`, since when and why): the leader's
 controller pass calls `resume` (softudc/manager/planning.py), which starts a worker thread for every
 host under way that has none in this manager, so a manager restart (or a new leader) continues
 where the last one was; a phase cut short is done again (the script runs again: make it idempotent).
-`to_start` and `outcome` are pure (tested with hypothesis).
+`stop` ends a rollout early: no further phase starts (a host under way is left as its current
+phase leaves it). `to_start` and `outcome` are pure (tested with hypothesis).
 """
 
 from __future__ import annotations
@@ -131,6 +132,25 @@ def create(m: Manager, who: Principal, name: str, selector: str, script: str, sc
     m._event("manager", m.manager_id, "RolloutStarted", f"{name} by {who.name}: {', '.join(hosts)}, at most "
              f"{max_unavailable} at once, script {script_name}")
     resume(m)
+    return summary(m.store.get(KIND, name))
+
+
+def stop(m: Manager, who: Principal, name: str) -> dict[str, Any]:
+    """No further phase starts: a host under way stops where it is once its current phase ends
+    (drained, maybe); the rollout is `stopped`, saying which hosts it left where."""
+    if who.role != "admin":
+        raise ApiError(403, f"{who.name} ({who.role}) may not stop rollouts; that takes an admin token")
+    obj = m.store.get(KIND, name)
+    if obj is None:
+        raise ApiError(404, f"no rollout {name!r} (see `softudc host upgrade-status`)")
+    if obj.spec.get("state") != "running":
+        raise ApiError(409, f"rollout {name} is {obj.spec.get('state')} already")
+    busy = [f"{h} ({obj.spec['progress'][h]['phase']})" for h in obj.spec["hosts"]
+            if obj.spec["progress"][h]["phase"] in ACTIVE]
+    reason = f"stopped by {who.name}" + (f"; left after their current phase: {', '.join(busy)}" if busy else "")
+    m.store.put(KIND, name, {**obj.spec, "state": "stopped", "reason": reason, "ended": time.time()},
+                expect=obj.revision)
+    m._event("manager", m.manager_id, "RolloutStopped", f"{name}: {reason}")
     return summary(m.store.get(KIND, name))
 
 

@@ -67,3 +67,15 @@ def test_upgrade_status_lists_and_shows(monkeypatch: pytest.MonkeyPatch, capsys:
     monkeypatch.setattr("softudc.cli.upgrade.connect", lambda _: Fake([rollout("running", {"h1": "script"})]))
     with pytest.raises(CliError, match="still running after 60 s"):
         upgrade.follow(argparse.Namespace(timeout=60.0), "r1", clock=lambda: next(clock), sleep=lambda s: None)
+
+
+def test_upgrade_stop(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    stopped = rollout("stopped", {"h1": "script"}, "stopped by admin; left after their current phase: h1 (script)")
+    fake = Fake([stopped])
+    monkeypatch.setattr("softudc.cli.upgrade.connect", lambda _: fake)
+    a = build_parser().parse_args(["host", "upgrade-stop", "r1"])
+    a.fn(a)
+    assert fake.calls == [("POST", "/v1/rollouts/r1/stop", "{}")]
+    assert capsys.readouterr().out.strip() == f"rollout r1: stopped: {stopped['reason']}"
+    with pytest.raises(CliError, match="was stopped"):
+        upgrade._ended(stopped)

@@ -5,6 +5,7 @@ drained; a rollout cut short is resumed by a new runner where it was."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -143,4 +144,56 @@ def test_a_new_runner_resumes_a_rollout_where_it_was(tmp_path: Path, monkeypatch
     assert done["state"] == "done", done
     assert fakes["h1"].calls == [] and fakes["h2"].calls.count("on") == 1  # h1 not cycled again
     assert [h for h, _ in ran] == ["h2"]
+    m.close()
+
+
+def test_max_unavailable_two_runs_two_hosts_at_once_and_never_three(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    m, fakes, ran = manager(tmp_path, monkeypatch, ("h1", "h2", "h3", "h4", "h5"), {})
+    seen: list[int] = []
+    update = rollout.Runner.update
+
+    def counting(self: rollout.Runner, name: str, host: str, **fields: Any) -> dict[str, Any]:
+        out = update(self, name, host, **fields)
+        obj = m.store.get(rollout.KIND, name)
+        assert obj is not None
+        seen.append(sum(1 for p in obj.spec["progress"].values() if p["phase"] in rollout.ACTIVE))
+        return out
+
+    monkeypatch.setattr(rollout.Runner, "update", counting)
+    rollout.create(m, ADMIN, "r5", "all", "#!/bin/sh\n", "up.sh", 2, {})
+    assert ended(m, "r5")["state"] == "done"
+    assert max(seen) == 2 and sorted(h for h, _ in ran) == ["h1", "h2", "h3", "h4", "h5"]
+    assert all(f.calls.count("off") == 1 for f in fakes.values())
+    m.close()
+
+
+def test_a_stopped_rollout_starts_no_further_phase(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, fakes, ran = manager(tmp_path, monkeypatch, ("h1", "h2"), {})
+    release = threading.Event()
+
+    def slow(*args: Any) -> tuple[int, str]:
+        ran.append((args[2], args[3]))
+        release.wait(10)
+        return 0, ""
+
+    runner = rollout.Runner(m, run=slow)
+    m.__dict__["_rollout_runner"] = runner
+    rollout.create(m, ADMIN, "r6", "all", "#!/bin/sh\n", "up.sh", 1, {})
+    deadline = time.monotonic() + 10
+    while [h for h, _ in ran] != ["h1"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(ApiError, match="may not stop"):
+        rollout.stop(m, Principal("v", "viewer", ("demo",)), "r6")
+    answer = rollout.stop(m, ADMIN, "r6")
+    assert answer["state"] == "stopped" and answer["reason"] == "stopped by admin; left after their current phase: " \
+                                                                "h1 (script)", answer
+    release.set()
+    time.sleep(0.5)
+    spec = m.store.get(rollout.KIND, "r6").spec  # type: ignore[union-attr]
+    assert spec["state"] == "stopped" and spec["progress"]["h2"]["phase"] == "pending"
+    assert spec["progress"]["h1"]["phase"] == "cycling" and fakes["h1"].calls == []  # not cycled: stopped before
+    assert drain.progress(m, "h1")["state"] == "maintenance"
+    with pytest.raises(ApiError, match="stopped already"):
+        rollout.stop(m, ADMIN, "r6")
     m.close()
