@@ -86,9 +86,8 @@ def ended(m: Manager, name: str, timeout: float = 30) -> dict[str, Any]:
     raise AssertionError(f"rollout {name} still running: {m.store.get(rollout.KIND, name)}")
 
 
-def test_a_rollout_drains_scripts_cycles_and_brings_back_every_host_one_at_a_time(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    m, fakes, ran = manager(tmp_path, monkeypatch, ("h1", "h2", "h3"), {})
+def under_way(m: Manager, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many hosts were under way after each progress write (filled as the rollout goes)."""
     seen: list[int] = []
     update = rollout.Runner.update
 
@@ -100,6 +99,13 @@ def test_a_rollout_drains_scripts_cycles_and_brings_back_every_host_one_at_a_tim
         return out
 
     monkeypatch.setattr(rollout.Runner, "update", counting)
+    return seen
+
+
+def test_a_rollout_drains_scripts_cycles_and_brings_back_every_host_one_at_a_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m, fakes, ran = manager(tmp_path, monkeypatch, ("h1", "h2", "h3"), {})
+    seen = under_way(m, monkeypatch)
     answer = rollout.create(m, ADMIN, "r1", "h*", "#!/bin/sh\n", "up.sh", 1, {})
     assert answer["hosts"] == ["h1", "h2", "h3"] and "script" not in answer and answer["script_bytes"] == 10
     spec = ended(m, "r1")
@@ -150,17 +156,7 @@ def test_a_new_runner_resumes_a_rollout_where_it_was(tmp_path: Path, monkeypatch
 def test_max_unavailable_two_runs_two_hosts_at_once_and_never_three(tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     m, fakes, ran = manager(tmp_path, monkeypatch, ("h1", "h2", "h3", "h4", "h5"), {})
-    seen: list[int] = []
-    update = rollout.Runner.update
-
-    def counting(self: rollout.Runner, name: str, host: str, **fields: Any) -> dict[str, Any]:
-        out = update(self, name, host, **fields)
-        obj = m.store.get(rollout.KIND, name)
-        assert obj is not None
-        seen.append(sum(1 for p in obj.spec["progress"].values() if p["phase"] in rollout.ACTIVE))
-        return out
-
-    monkeypatch.setattr(rollout.Runner, "update", counting)
+    seen = under_way(m, monkeypatch)
     rollout.create(m, ADMIN, "r5", "all", "#!/bin/sh\n", "up.sh", 2, {})
     assert ended(m, "r5")["state"] == "done"
     assert max(seen) == 2 and sorted(h for h, _ in ran) == ["h1", "h2", "h3", "h4", "h5"]
