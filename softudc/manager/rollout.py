@@ -127,6 +127,11 @@ def create(m: Manager, who: Principal, name: str, selector: str, script: str, sc
     if unpowered:
         raise ApiError(409, f"no power config on {', '.join(unpowered)}: a rollout power-cycles every host; set one "
                             "(softudc host power-config H -f FILE, docs/power.md); nothing started")
+    states = {h: m.reports().get(h, {}).get("state", "ready") for h in hosts}
+    off = [f"{h} ({s})" for h, s in states.items() if s in ("standby", "down")]
+    if off:
+        raise ApiError(409, f"not running: {', '.join(off)}; a rollout drains running hosts: power them on "
+                            "(softudc host power H on) or leave them out; nothing started")
     spec = new_spec(name, who, hosts, script, script_name, max_unavailable, timeouts, time.time())
     m.store.put(KIND, name, spec, expect=0)
     m._event("manager", m.manager_id, "RolloutStarted", f"{name} by {who.name}: {', '.join(hosts)}, at most "

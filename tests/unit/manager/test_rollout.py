@@ -135,6 +135,9 @@ def test_a_failing_script_stops_the_rollout_with_that_host_drained(tmp_path: Pat
         m.store.put("host", "h9", {"joined": time.time()})
         rollout.create(m, ADMIN, "r3", "h1,h9", "#!/bin/sh\n", "up.sh", 1, {})
     assert m.store.get(rollout.KIND, "r3") is None
+    m.store.put("host", "h3", {**m.store.get("host", "h3").spec, "state": "standby"})  # type: ignore[union-attr]
+    with pytest.raises(ApiError, match=r"not running: h3 \(standby\)"):
+        rollout.create(m, ADMIN, "r3", "h1,h3", "#!/bin/sh\n", "up.sh", 1, {})
     m.close()
 
 
