@@ -139,6 +139,15 @@ class Search:
             self.alm[k] += sign * self.am[j]
             self.cnt[self.g[j], k] += sign
 
+    def apply(self, kind: str, j: int, x: int) -> None:
+        """kind "move": VM j to host x; "swap": VMs j and x trade hosts."""
+        if kind == "move":
+            self.relocate(j, x)
+            return
+        a, b = int(self.host[j]), int(self.host[x])
+        self.relocate(j, b)
+        self.relocate(x, a)
+
     def descend(self) -> None:
         """Steepest descent: the best move or exchange until none lowers f."""
         while self.host.size and self.movable.any():
@@ -148,13 +157,9 @@ class Search:
             if min(best_mv, best_sw) >= -EPS * max(1.0, abs(self.value())):
                 return
             if best_mv <= best_sw:
-                j, h = divmod(i_mv, mv.shape[1])
-                self.relocate(j, h)
+                self.apply("move", *divmod(i_mv, mv.shape[1]))
             else:
-                j, k = divmod(i_sw, sw.shape[1])
-                a, b = int(self.host[j]), int(self.host[k])
-                self.relocate(j, b)
-                self.relocate(k, a)
+                self.apply("swap", *divmod(i_sw, sw.shape[1]))
 
     def fewer_moves(self, home: IA, slack: float) -> None:
         """Moves and exchanges that bring VMs back home (fewer moves in the plan) while f stays within
@@ -173,13 +178,7 @@ class Search:
                         best = (float(key.flat[i]), kind, *divmod(i, key.shape[1]))
             if best is None:
                 return
-            _, kind, j, x = best
-            if kind == "move":
-                self.relocate(j, x)
-            else:
-                a, b = int(self.host[j]), int(self.host[x])
-                self.relocate(j, b)
-                self.relocate(x, a)
+            self.apply(best[1], best[2], best[3])
 
     def kick(self, size: int) -> None:
         """`size` random allowed moves or exchanges (a step away from a local minimum)."""
@@ -189,9 +188,7 @@ class Search:
             if not len(pairs):
                 return
             j, k = (int(x) for x in pairs[self.rng.integers(len(pairs))])
-            a, b = int(self.host[j]), int(self.host[k])
-            self.relocate(j, b)
-            self.relocate(k, a)
+            self.apply("swap", j, k)
 
 
 def relabel(c: Cluster, movable: Sequence[bool], home: Sequence[int], where: Sequence[int]) -> list[int]:

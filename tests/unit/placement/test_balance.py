@@ -1,6 +1,7 @@
 from collections import Counter
 from itertools import pairwise
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,25 +82,17 @@ def _check(c: Cluster, plan: Plan, src: int, dst: int, step: int) -> None:
         assert not {m.source for m in s} & {m.destination for m in s}
 
 
-@settings(max_examples=200, deadline=None)
+@pytest.mark.parametrize("seconds", [0.0, 0.3], ids=["greedy", "exact"])
+@settings(max_examples=100, deadline=None)
 @given(clusters(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 5))
-def test_greedy_plans_keep_hard_rules_limits_and_never_raise_the_score(c: Cluster, src: int, dst: int,
-                                                                       step: int) -> None:
+def test_plans_keep_hard_rules_limits_and_never_raise_the_score(seconds: float, c: Cluster, src: int, dst: int,
+                                                                step: int) -> None:
     limits = Limits(max_per_source=src, max_per_destination=dst, max_per_step=step)
-    plan = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=0))
-    _check(c, plan, src, dst, step)
-    assert all(m.item is None for m in plan.moves)
-
-
-@settings(max_examples=60, deadline=None)
-@given(clusters(), st.integers(1, 3), st.integers(1, 3), st.integers(1, 5))
-def test_exact_plans_keep_hard_rules_limits_and_never_raise_the_score(c: Cluster, src: int, dst: int,
-                                                                      step: int) -> None:
-    limits = Limits(max_per_source=src, max_per_destination=dst, max_per_step=step)
-    plan = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=0.3))
+    plan = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=seconds))
     _check(c, plan, src, dst, step)
     greedy = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=0))
-    assert plan.score_after <= greedy.score_after + 1e-12
+    assert plan.score_after <= greedy.score_after + 1e-12  # the exact plan is never the worse one
+    assert seconds or all(m.item is None for m in plan.moves)  # the greedy makes no exchanges
 
 
 def test_an_exchange_is_one_item_when_no_single_move_helps() -> None:

@@ -51,12 +51,7 @@ def test_every_move_and_exchange_changes_f_by_what_the_matrices_say(c: Cluster, 
             continue
         j, x = (int(i) for i in allowed[data.draw(st.integers(0, len(allowed) - 1))])
         t = Search(c, [v.moved_at is None for v in c.vms], _start(c))
-        if kind == "move":
-            t.relocate(j, x)
-        else:
-            a, b = int(t.host[j]), int(t.host[x])
-            t.relocate(j, b)
-            t.relocate(x, a)
+        t.apply(kind, j, x)
         fresh = Search(c, [True] * len(c.vms), t.host.tolist())  # sums recomputed from scratch
         assert abs(fresh.value() - (f0 + delta[j, x])) < 1e-9
         assert _legal(c, t.host.tolist(), _start(c)) == []
