@@ -14,6 +14,11 @@ Hard rules are never broken by a move: the destination is ready, has room for th
 allocation, and stays within the VM's anti-affinity limit. VMs of hard affinity groups are not
 moved one by one. A VM moved less than `cooldown_s` ago is not moved; no VM moves twice in a plan.
 
+Small clusters (`exact.Exact`: <= 20 hosts, <= 80 VMs) are planned a second way too: local search
+with exchanges (`localsearch`), CP-SAT for the fewest moves (`exact`), the moves ordered so each
+keeps the hard rules and cut into plan items that each gain >= min_gain (`_sequence`; an item of
+several moves, e.g. an exchange, shares `Move.item`); the better of the two plans is returned.
+
 Steps: moves keep their order, and each goes into the earliest step after every earlier move
 that used one of its hosts in the other role (so within a step a host is only a source or only
 a destination, and room freed by a move is only used in a later step), within the limits per
@@ -398,7 +403,7 @@ def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: floa
     b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
     plan = _plan(cluster, b, _greedy(b, min_gain, limits.max_moves, patience, rounds), limits)
     exact = exact or Exact()
-    if not exact.fits(cluster):
+    if not exact.fits(cluster) or plan.score_after < min_gain:  # a score >= 0 cannot fall by min_gain more
         return plan
     other = _exact_plan(cluster, plan, min_gain, cooldown_s, now, limits, exact, candidates)
     if other is None:
