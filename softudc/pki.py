@@ -1,5 +1,8 @@
 """The manager's certificate authority: `softudc init` creates it; gatekeepers join with a
 one-time token and get a client certificate; manager <-> gatekeeper traffic is mutual TLS only.
+A gatekeeper that names its underlay addresses when it joins gets one certificate for both ends
+(clientAuth + serverAuth, SAN = its name and those addresses): it also serves its volumes over
+NBD+TLS with it (gatekeeper/volumes). One that names none gets a client certificate, as before.
 
 Files in the PKI directory (0700): ca.crt, ca.key (0600, created exclusively), tokens.json (0600;
 only SHA-256 digests of tokens, never the tokens themselves). tokens.json is changed under a lock
@@ -15,7 +18,7 @@ import ipaddress
 import json
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +56,38 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 class Issued:
     cert_pem: bytes
     key_pem: bytes
+
+
+MAX_ADDRESSES = 4
+
+
+def server_addresses(addresses: Sequence[str]) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses a joining host asks its certificate to serve on: unicast IPs, at most
+    MAX_ADDRESSES, no repeats. PkiError naming the bad one otherwise."""
+    if len(addresses) > MAX_ADDRESSES:
+        raise PkiError(f"addresses: {len(addresses)} given, at most {MAX_ADDRESSES}; "
+                       "send the host's underlay addresses")
+    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for i, text in enumerate(addresses):
+        try:
+            ip = ipaddress.ip_address(text)
+        except ValueError:
+            raise PkiError(f"addresses[{i}]: {text!r} is not an IP address") from None
+        if ip.is_multicast or ip.is_unspecified or ip in out:
+            raise PkiError(f"addresses[{i}]: {text} cannot be served on (multicast, unspecified "
+                           "or repeated); send the host's underlay addresses")
+        out.append(ip)
+    return out
+
+
+def certificate_addresses(cert_pem: bytes) -> list[str]:
+    """The IP addresses a certificate serves on (its SAN), empty for a client-only one."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [str(a) for a in san.get_values_for_type(x509.IPAddress)]
 
 
 class CertificateAuthority:
@@ -98,8 +133,8 @@ class CertificateAuthority:
     def cert_pem(self) -> bytes:
         return self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def _leaf(self, common_name: str, usage: x509.ObjectIdentifier, public_key: ec.EllipticCurvePublicKey,
-              sans: list[x509.GeneralName]) -> x509.Certificate:
+    def _leaf(self, common_name: str, usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
+              public_key: ec.EllipticCurvePublicKey, sans: list[x509.GeneralName]) -> x509.Certificate:
         builder = (x509.CertificateBuilder()
                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
                    .issuer_name(self.cert.subject).public_key(public_key)
@@ -107,7 +142,7 @@ class CertificateAuthority:
                    .not_valid_before(_now() - datetime.timedelta(minutes=5))
                    .not_valid_after(_now() + datetime.timedelta(days=LEAF_DAYS))
                    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+                   .add_extension(x509.ExtendedKeyUsage(usage if isinstance(usage, list) else [usage]), critical=False))
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return builder.sign(self.key, hashes.SHA256())
@@ -135,20 +170,30 @@ class CertificateAuthority:
             raise PkiError("only EC keys are accepted; make the request with an EC (P-256) key")
         return csr
 
-    def sign_csr(self, csr_pem: bytes, name: str) -> bytes:
+    def sign_csr(self, csr_pem: bytes, name: str, addresses: Sequence[str] = ()) -> bytes:
         """A gatekeeper keeps its key: it sends a CSR with its join token; the name is the
-        token's, never the one the CSR asks for."""
+        token's, never the one the CSR asks for. With `addresses` (the host's underlay addresses)
+        the certificate also serves: serverAuth, SAN = DNS name + those IPs (NBD exports)."""
         public = self.check_csr(csr_pem).public_key()
         assert isinstance(public, ec.EllipticCurvePublicKey)
-        return self._leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, public, []).public_bytes(serialization.Encoding.PEM)
+        ips = server_addresses(addresses)
+        if not ips:
+            client = self._leaf(name, ExtendedKeyUsageOID.CLIENT_AUTH, public, [])
+            return client.public_bytes(serialization.Encoding.PEM)
+        sans: list[x509.GeneralName] = [x509.DNSName(name), *(x509.IPAddress(a) for a in ips)]
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH]
+        return self._leaf(name, usages, public, sans).public_bytes(serialization.Encoding.PEM)
 
-    def join(self, token: str, csr_pem: bytes, redeem: Callable[[str], str] | None = None) -> tuple[str, bytes]:
-        """A host joins: (its name, its new certificate). The request is checked before the token
-        is spent, so a broken CSR does not cost the operator a new token. `redeem` spends the token
-        (default: this directory's tokens.json; the manager passes one that asks its store first)."""
+    def join(self, token: str, csr_pem: bytes, redeem: Callable[[str], str] | None = None,
+             addresses: Sequence[str] = ()) -> tuple[str, bytes]:
+        """A host joins: (its name, its new certificate). The request and the addresses are
+        checked before the token is spent, so a broken CSR does not cost the operator a new token.
+        `redeem` spends the token (default: this directory's tokens.json; the manager passes one
+        that asks its store first)."""
         self.check_csr(csr_pem)
+        server_addresses(addresses)
         host = (redeem or self.redeem_join_token)(token)
-        return host, self.sign_csr(csr_pem, host)
+        return host, self.sign_csr(csr_pem, host, addresses)
 
     # --- one-time join tokens -----------------------------------------------------------------
 
@@ -188,3 +233,19 @@ class CertificateAuthority:
         if float(entry["expires"]) < time.time():  # type: ignore[arg-type]
             raise PkiError("the join token has expired; create a new one")
         return str(entry["host"])
+
+
+NBD_TLS_FILES = ("ca-cert.pem", "server-cert.pem", "server-key.pem", "client-cert.pem", "client-key.pem")
+
+
+def write_nbd_tls_dir(directory: Path, ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> None:
+    """QEMU's tls-creds-x509 layout from a host's join certificate (both ends: it serves its
+    exports and reads others' with the same key): `[volumes] tls_dir`. Refuses a client-only
+    certificate, which NBD clients would reject at the handshake."""
+    if not certificate_addresses(cert_pem):
+        raise PkiError("the host's certificate has no IP address (it was issued for a client only): join again "
+                       "naming the underlay address so its exports can be served")
+    private_dir(directory)
+    for name, data, mode in zip(NBD_TLS_FILES, (ca_pem, cert_pem, key_pem, cert_pem, key_pem),
+                                (0o644, 0o644, 0o600, 0o644, 0o600), strict=True):
+        write_atomic(directory / name, data, mode)

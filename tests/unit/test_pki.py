@@ -14,9 +14,20 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import given
+from hypothesis import strategies as st
 
-from softudc.pki import CertificateAuthority, Issued, PkiError
+from softudc.pki import (
+    MAX_ADDRESSES,
+    NBD_TLS_FILES,
+    CertificateAuthority,
+    Issued,
+    PkiError,
+    certificate_addresses,
+    server_addresses,
+    write_nbd_tls_dir,
+)
 
 
 def _files(tmp: Path, name: str, issued: Issued) -> tuple[str, str]:
@@ -41,7 +52,7 @@ def _handshake(tmp: Path, ca: CertificateAuthority, client: Issued | None) -> st
         try:
             with server_ctx.wrap_socket(conn, server_side=True) as tls:
                 peer = tls.getpeercert()
-                cn = dict(x[0] for x in peer["subject"])["commonName"] if peer else "?"
+                cn = dict(x[0] for x in peer["subject"])["commonName"] if peer else "?"  # type: ignore[misc]
                 result.append(f"ok:{cn}")
                 tls.sendall(b"x")
         except (ssl.SSLError, OSError) as e:
@@ -191,3 +202,49 @@ def test_r22_the_ca_directory_is_0700_and_its_key_was_created_exclusively(tmp_pa
     assert oct((tmp_path / "pki").stat().st_mode & 0o777) == "0o700"
     assert oct((tmp_path / "pki" / "ca.key").stat().st_mode & 0o777) == "0o600"
     assert ca.key.public_key() == CertificateAuthority.load(tmp_path / "pki").key.public_key()
+
+
+def _csr() -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])).sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM))
+
+
+def _usages(cert_pem: bytes) -> set[x509.ObjectIdentifier]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+
+
+def test_a_join_naming_addresses_gets_one_certificate_for_both_ends(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path / "pki")
+    host, cert = ca.join(ca.create_join_token("h2"), _csr(), addresses=["10.100.0.3", "fd00::3"])
+    assert host == "h2" and certificate_addresses(cert) == ["10.100.0.3", "fd00::3"]
+    assert _usages(cert) == {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH}
+    _, old_style = ca.join(ca.create_join_token("h3"), _csr())  # an old gatekeeper names none: as before
+    assert certificate_addresses(old_style) == [] and _usages(old_style) == {ExtendedKeyUsageOID.CLIENT_AUTH}
+    with pytest.raises(PkiError, match="no IP address"):
+        write_nbd_tls_dir(tmp_path / "nbd", ca.cert_pem, old_style, b"key")
+    assert not (tmp_path / "nbd").exists()
+    write_nbd_tls_dir(tmp_path / "nbd", ca.cert_pem, cert, b"key")
+    assert sorted(p.name for p in (tmp_path / "nbd").iterdir()) == sorted(NBD_TLS_FILES)
+    assert oct((tmp_path / "nbd" / "server-key.pem").stat().st_mode & 0o777) == "0o600"
+
+
+@given(st.lists(st.text(max_size=20), max_size=6))
+def test_bad_addresses_are_refused_before_the_token_is_spent(addresses: list[str]) -> None:
+    try:
+        ok = server_addresses(addresses)
+    except PkiError as e:
+        assert "addresses" in str(e)
+        return
+    assert len(ok) == len(set(ok)) <= MAX_ADDRESSES
+
+
+def test_a_bad_address_does_not_spend_the_token(tmp_path: Path) -> None:
+    ca = CertificateAuthority.create(tmp_path)
+    token = ca.create_join_token("h1")
+    for bad in (["10.0.0.300"], ["224.0.0.1"], ["0.0.0.0"], ["10.0.0.1", "10.0.0.1"], ["10.0.0.1"] * 5):
+        with pytest.raises(PkiError, match=r"addresses"):
+            ca.join(token, _csr(), addresses=bad)
+    assert ca.join(token, _csr(), addresses=["10.0.0.1"])[0] == "h1"

@@ -1,4 +1,4 @@
-"""Real qemu-storage-daemons on loopback, certificates from a real SoftUDC CA (no root needed)."""
+"""Real qemu-storage-daemons on loopback, join certificates from a real SoftUDC CA (no root needed)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from gatekeeper.volumes.service import VolumeService
-from softudc.pki import CertificateAuthority
+from softudc.pki import CertificateAuthority, write_nbd_tls_dir
 
 
 def free_port() -> int:
@@ -18,21 +22,28 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def join_tls_dir(ca: CertificateAuthority, host: str, address: str, directory: Path) -> None:
+    """What a host does at join: its own key, a CSR, the certificate the join signs (with its
+    address: both ends), written in QEMU's layout."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "asked")])).sign(key, hashes.SHA256()))
+    token = ca.create_join_token(host)
+    _, cert = ca.join(token, csr.public_bytes(serialization.Encoding.PEM), addresses=[address])
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    write_nbd_tls_dir(directory, ca.cert_pem, cert, key_pem)
+
+
 @pytest.fixture
 def certs(tmp_path: Path) -> Path:
-    """tmp/tls/{server,h1,h3}: the server dir for qsd, client dirs in qemu/libnbd's layout."""
+    """tmp/tls/{server,h1,h3}: every host's join certificate in QEMU/libnbd's layout; `server`
+    is h2's (it serves the exports with the certificate it got when it joined)."""
     ca = CertificateAuthority.create(tmp_path / "ca")
     root = tmp_path / "tls"
-    server = ca.issue_server("h2", ["127.0.0.1"])
-    (root / "server").mkdir(parents=True)
-    for f, data in (("ca-cert.pem", ca.cert_pem), ("server-cert.pem", server.cert_pem),
-                    ("server-key.pem", server.key_pem)):
-        (root / "server" / f).write_bytes(data)
+    join_tls_dir(ca, "h2", "127.0.0.1", root / "server")
     for host in ("h1", "h3"):
-        c = ca.issue_client(host)
-        (root / host).mkdir()
-        for f, data in (("ca-cert.pem", ca.cert_pem), ("client-cert.pem", c.cert_pem), ("client-key.pem", c.key_pem)):
-            (root / host / f).write_bytes(data)
+        join_tls_dir(ca, host, "127.0.0.1", root / host)
     return root
 
 
