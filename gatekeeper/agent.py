@@ -115,7 +115,7 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
                         pool=volumes.pool_status if volumes is not None else None)
     if vms is not None:  # what the VMs use, sampled at each report (issue 12)
         from gatekeeper.load import LoadMeter
-        client.load = LoadMeter(vms.hv.stats).sample
+        client.load = LoadMeter(vms.hv.stats, nics=vms.hv.nics).sample  # + usage (issue 15)
     async with asyncio.TaskGroup() as tg:
         tg.create_task(_heartbeats(client, mc.interval), name="manager-heartbeat")
         while True:  # each round waits for a change of what to run, or the interval, on the manager

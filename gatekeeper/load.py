@@ -9,6 +9,7 @@ for uneven gaps between samples. The host's figures are the sums over its VMs.
 A VM's first sample gives memory only (CPU needs two); a cpu time that went down (the VM was
 restarted, or came back by migration) starts its CPU figure again. A VM that is gone is forgotten,
 so what is kept stays bounded by the VMs on the host (at most MAX_VMS are reported).
+The same sample gives `usage`, each domain's cumulative counters (gatekeeper/usage.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gatekeeper.usage import Nics, UsageMeter
 from softudc.model.hoststate import MAX_NAME, MAX_VMS, is_managed
 
 log = logging.getLogger("gatekeeper.load")
@@ -73,16 +75,20 @@ class LoadMeter:
     """Samples `stats` (a HypervisorDriver's) at each `sample()` and returns the report's `load`."""
 
     def __init__(self, stats: Stats, clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, nics: Nics | None = None) -> None:
         self.stats, self.clock, self.wall = stats, clock, wall
         self.vms: dict[str, VmMeter] = {}
         self.samples = 0
+        self.usage = UsageMeter(nics)  # the cumulative counters, from the same sample (gatekeeper/usage.py)
+        self._usage: dict[str, dict[str, Any]] = {}
 
     def sample(self) -> dict[str, Any]:
         """One sample taken and the figures as they are now (HostLoad's shape)."""
         now = self.clock()
         seen = set()
-        for s in self.stats():
+        stats = self.stats()
+        self._usage = self.usage.sample(stats)
+        for s in stats:
             name = s.get("name")
             if not isinstance(name, str) or not is_managed(name) or len(name) > MAX_NAME or s.get("state") != "running":
                 continue
@@ -121,4 +127,4 @@ class LoadMeter:
         vms = {name: vm.figures() for name, vm in sorted(self.vms.items())}
         host = {k: {w: round(sum(v[k][w] for v in vms.values()), 3) for w in ("short", "long")}
                 for k in ("cpu_cores", "memory_mib")}
-        return {"at": round(self.wall(), 3), "samples": self.samples, "host": host, "vms": vms}
+        return {"at": round(self.wall(), 3), "samples": self.samples, "host": host, "vms": vms, "usage": self._usage}

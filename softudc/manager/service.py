@@ -52,6 +52,7 @@ from softudc.manager.planning import Planning
 from softudc.manager.planning import _check_vnet_ids as _check_vnet_ids  # tests reach it here
 from softudc.manager.planning import _vnet_ids as _vnet_ids
 from softudc.manager.store import SqliteStore, Store
+from softudc.manager.usage import MeteredLoadView, UsageBook, UsageCollector
 from softudc.pki import CertificateAuthority
 
 log = logging.getLogger("softudc.manager")
@@ -87,6 +88,10 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self.registry, self.requests, self.events = make_registry(self.store, self.reports, self.polls.waiting)
         self.latency = request_latency(self.registry)
         self.registry.register(LoadCollector(self.store, lambda: self.load_view))
+        # Usage accounting (issue 15): the load view hands each report's usage to the usage book.
+        self.usage = UsageBook(self.store, self.manager_id)
+        self.__dict__["_load_view"] = MeteredLoadView(self.store, self.manager_id, self.usage)
+        self.registry.register(UsageCollector(self.store, lambda: self.usage))
         self.leader_metrics = LeaderMetrics(self.registry)
         self._addresses: dict[str, str] = {}  # host -> where its reports come from (migration URIs, R20)
 

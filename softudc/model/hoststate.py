@@ -11,7 +11,7 @@ documents by string key any more (review 1.3).
       {contract, vcpus, memory_mib, state, migration_uri, underlay, vnets, dataplane,
        running, prepared, errors, notes, sizes: {vm: [vCPUs, MiB]},
        migrations: {vm: MigrationJob}, arrivals: {vm: Arrival}, departed: {vm: Departure},
-       load: HostLoad}
+       load: HostLoad (+ usage: {vm: VmUsage}, cumulative counters)}
 
 Versions: each document carries `contract` (absent: 1, what gatekeepers before it send and read).
 A side reads every version in SERVED and refuses a newer one, saying which side to upgrade. A rolling
@@ -206,6 +206,25 @@ class LoadFigures(_Doc):
     memory_mib: LoadWindow
 
 
+class NetCounters(_Doc):
+    """One NIC's cumulative bytes since its domain started, by the VNET it is on (gatekeeper/usage.py)."""
+
+    vnet: VnetId
+    rx_bytes: Count
+    tx_bytes: Count
+
+
+class VmUsage(_Doc):
+    """A domain's cumulative counters, for usage accounting (softudc/manager/usage.py): `id` tells
+    one start of the domain from the next (uuid/libvirt id; empty when the driver gives none),
+    `cpu_ns` its CPU time, `memory_mib` what it holds now, `net` its VNET NICs' bytes."""
+
+    id: Annotated[str, StringConstraints(max_length=80)] = ""
+    cpu_ns: Count
+    memory_mib: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    net: list[NetCounters] = Field(default_factory=list, max_length=64)
+
+
 class HostLoad(_Doc):
     """What the host's VMs use (issue 12): `at` the sample's wall-clock time, `samples` how many the
     figures are made of, `host` the sum over `vms`. Never part of a heartbeat's comparison
@@ -215,6 +234,7 @@ class HostLoad(_Doc):
     samples: Count
     host: LoadFigures
     vms: dict[Name, LoadFigures] = Field(default_factory=dict, max_length=MAX_VMS)
+    usage: Given[dict[Name, VmUsage]] = Field(None, max_length=MAX_VMS)  # issue 15: cumulative, every domain
 
 
 class HostReport(_Doc):
