@@ -21,6 +21,10 @@ class _Body(BaseModel):
 class JoinRequest(_Body):
     token: str = Field(max_length=4096, description="the one-time join token (`softudc host join-token NAME`)")
     csr: str = Field(max_length=16384, description="the gatekeeper's certificate request, PEM")
+    addresses: list[str] = Field(
+        default_factory=list, max_length=4,
+        description="the host's underlay IPs: the certificate then also serves (serverAuth, IP SAN: its NBD exports);"
+                    " none (old gatekeepers): a client certificate")
 
 
 class MigrateRequest(_Body):

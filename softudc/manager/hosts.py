@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from softudc.manager.auth import Principal
@@ -26,7 +27,7 @@ from softudc.manager.load import LoadView, split_load
 from softudc.manager.reports import REFRESH_S, StoredHosts, report_problems, same_report, visible_to
 from softudc.manager.store import Conflict, Obj, Store
 from softudc.manager.storetokens import StoreJoinTokens
-from softudc.pki import CertificateAuthority, PkiError, fingerprint
+from softudc.pki import CertificateAuthority, PkiError, fingerprint, server_addresses
 
 HOST_STATES = ("ready", "draining", "maintenance")  # what an admin sets; `down` the manager decides;
 # `standby`: powered off through its power driver (softudc/manager/apipower.py), not placed on, not down
@@ -163,9 +164,14 @@ class Hosts:
         """A gatekeeper joins with a one-time token and a CSR. The host name is bound to the new
         certificate (its fingerprint is stored): any certificate it had before is refused from
         now on, so a re-installed or cloned machine with an old certificate cannot act as it."""
+        addresses = [str(a) for a in body.get("addresses") or []]
+        try:
+            server_addresses(addresses)
+        except PkiError as e:
+            raise ApiError(400, str(e)) from None
         try:
             host, cert = self.ca.join(str(body.get("token", "")), str(body.get("csr", "")).encode(),
-                                      redeem=self._redeem_join_token)
+                                      redeem=self._held_addresses_refused(addresses), addresses=addresses)
         except PkiError as e:
             raise ApiError(403, str(e)) from None
         except ValueError as e:
@@ -174,11 +180,25 @@ class Hosts:
         old = self.store.get("host", host)
         # `state` (an admin's draining/maintenance) is kept across a re-join; the certificate is not.
         self.store.put("host", host, {**(old.spec if old else {}), "joined": time.time(),
-                                      "certificate": fingerprint(cert)})
+                                      "certificate": fingerprint(cert), "addresses": addresses})
         self.stored_hosts.refresh()  # the old certificate is refused from now on, from memory too (host_known)
         if old is not None:
             self._event("host", host, "Rejoined", "a new certificate; the ones it had before are refused from now on")
         return {"host": host, "certificate": cert.decode(), "ca": self.ca.cert_pem.decode()}
+
+    def _held_addresses_refused(self, addresses: list[str]) -> Callable[[str], str]:
+        """The token's redeemer, refusing addresses another host's certificate serves on (a host
+        must not get a certificate others would trust as that host's NBD server). Checked when
+        the token is spent: the name is known only then; a refusal says which host holds what."""
+        def redeem(token: str) -> str:
+            host = self._redeem_join_token(token)
+            for o in self.store.objects("host"):
+                held = set(o.spec.get("addresses") or []) & set(addresses)
+                if o.name != host and held:
+                    raise PkiError(f"addresses: {', '.join(sorted(held))} belong to host {o.name}'s certificate; "
+                                   f"send {host}'s own underlay addresses with a new join token")
+            return host
+        return redeem
 
     def _redeem_join_token(self, token: str) -> str:
         """Spend a join token: one in the store (`softudc host join-token`: any manager of a group

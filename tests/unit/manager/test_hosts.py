@@ -124,3 +124,33 @@ def test_reports_merge_other_managers_heartbeats_as_the_store_holds_them(world: 
     assert m.reports()["h1"]["reported"] == later
     store.put(KIND, "m2", {"flushed": later + 1, "hosts": {}})
     assert m.reports()["h1"]["reported"] == stored  # what the store says now, not what was cached
+
+
+def _join_csr() -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])).sign(key, hashes.SHA256())
+            .public_bytes(serialization.Encoding.PEM).decode())
+
+
+def test_a_join_with_addresses_binds_them_and_another_host_cannot_take_them(world: tuple[Manager, FakeStore]) -> None:
+    from softudc.pki import certificate_addresses
+
+    m, store = world
+    joined = m.join({"token": m.ca.create_join_token("h2"), "csr": _join_csr(), "addresses": ["10.100.0.3"]})
+    assert certificate_addresses(joined["certificate"].encode()) == ["10.100.0.3"]
+    h2 = store.get("host", "h2")
+    assert h2 is not None and h2.spec["addresses"] == ["10.100.0.3"]
+    with pytest.raises(ApiError, match="belong to host h2") as refused:
+        m.join({"token": m.ca.create_join_token("h3"), "csr": _join_csr(), "addresses": ["10.100.0.3"]})
+    assert refused.value.status == 403 and store.get("host", "h3") is None
+    again = m.join({"token": m.ca.create_join_token("h2"), "csr": _join_csr(), "addresses": ["10.100.0.3"]})
+    assert again["host"] == "h2"  # its own address, on a re-join
+    with pytest.raises(ApiError, match=r"addresses\[0\]") as bad:
+        m.join({"token": "unspent", "csr": _join_csr(), "addresses": ["nope"]})
+    assert bad.value.status == 400
