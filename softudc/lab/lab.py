@@ -225,6 +225,14 @@ vcpus = 4
 memory_mib = 2048
 interval = 1.0
 """
+        if "nbd" in f:  # the storage service (gatekeeper/volumes): the join certificate serves NBD
+            hdir = lab.dir / host.name
+            manager += f"""
+[volumes]
+pool_dir = "{hdir / 'pool'}"
+run_dir = "{hdir / 'volumes'}"
+tls_dir = "{f['nbd']}"
+"""
     hypervisor = ""
     if spec.vms:
         g = guest_dir(spec)

@@ -81,7 +81,7 @@ def manager_addresses(lab: Lab) -> list[str]:
 def join_host(lab: Lab, host: Host) -> dict[str, str]:
     """What a gatekeeper does to join: make a key, send a CSR with a one-time token, keep the cert.
     Done from the host's namespace, over the management network."""
-    from softudc.pki import CertificateAuthority
+    from softudc.pki import CertificateAuthority, write_nbd_tls_dir
 
     d = manager_dir(lab)
     token = CertificateAuthority.load(d / "pki").create_join_token(host.name)
@@ -90,7 +90,7 @@ def join_host(lab: Lab, host: Host) -> dict[str, str]:
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host.name)]))
            .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode())
     hdir = lab.dir / host.name
-    request = json.dumps({"token": token, "csr": csr})
+    request = json.dumps({"token": token, "csr": csr, "addresses": [host.underlay_ip]})  # also serves NBD
     code = ("import http.client, ssl, sys\n"
             f"ctx = ssl.create_default_context(cafile={str(d / 'pki' / 'ca.crt')!r})\n"
             f"c = http.client.HTTPSConnection({MANAGER_ADDR!r}, {MANAGER_PORT}, context=ctx, timeout=10)\n"
@@ -106,8 +106,11 @@ def join_host(lab: Lab, host: Host) -> dict[str, str]:
              "key": str(hdir / "gatekeeper.key")}
     Path(files["ca"]).write_text(joined["ca"])
     Path(files["cert"]).write_text(joined["certificate"])
-    write_atomic(Path(files["key"]), key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))  # 0600 from the start (R22)
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    write_atomic(Path(files["key"]), key_pem)  # 0600 from the start (R22)
+    files["nbd"] = str(hdir / "nbd")  # [volumes] tls_dir: the same certificate serves its exports
+    write_nbd_tls_dir(Path(files["nbd"]), joined["ca"].encode(), joined["certificate"].encode(), key_pem)
     return files
 
 

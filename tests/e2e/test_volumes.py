@@ -1,6 +1,7 @@
 """The storage service end to end (issue 13 item 1): a volume on h2 exported over NBD+TLS to the
 hosts on its allow list, checked from the other hosts' namespaces with independent clients
-(nbdinfo from libnbd, qemu-img, qemu-io) and certificates from one CA. One lab for the module."""
+(nbdinfo from libnbd, qemu-img, qemu-io) with the certificates the hosts got when they joined the
+lab's manager (they serve the exports too). One lab for the module."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 import pytest
 
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
-from softudc.lab.lab import gatekeeper_config, stop_gatekeeper
+from softudc.lab.lab import start_gatekeeper, stop_gatekeeper
 from softudc.localapi import LocalApiClient, LocalApiError
-from softudc.pki import CertificateAuthority
 
 pytestmark = pytest.mark.volumes
 
@@ -31,54 +29,11 @@ MiB = 1 << 20
 @dataclass
 class World:
     lab: Lab
-    certs: Path  # certs/<host>/ in qemu's layout; certs/h2-server/ is the storage host's
     h2: LocalApiClient
 
-
-def _write(d: Path, files: dict[str, bytes]) -> None:
-    d.mkdir(parents=True)
-    for name, data in files.items():
-        (d / name).write_bytes(data)
-
-
-def _certs(lab: Lab, root: Path) -> None:
-    ca = CertificateAuthority.create(root / "ca")
-    server = ca.issue_server("h2", [lab.host("h2").underlay_ip])
-    _write(root / "h2-server", {"ca-cert.pem": ca.cert_pem, "server-cert.pem": server.cert_pem,
-                                "server-key.pem": server.key_pem})
-    for host in ("h1", "h3"):
-        c = ca.issue_client(host)
-        _write(root / host, {"ca-cert.pem": ca.cert_pem, "client-cert.pem": c.cert_pem,
-                             "client-key.pem": c.key_pem})
-
-
-def start_storage_gatekeeper(lab: Lab, certs: Path) -> int:
-    """h2's gatekeeper again, with a [volumes] table (the lab's own config has none)."""
-    host = lab.host("h2")
-    hdir = Path(host.config_path).parent
-    config = hdir / "gatekeeper-volumes.toml"
-    config.write_text(gatekeeper_config(lab, host) + f"""
-[volumes]
-pool_dir = "{hdir / 'pool'}"
-run_dir = "{hdir / 'vol'}"
-tls_dir = "{certs / 'h2-server'}"
-capacity_gib = 1
-""")
-    with open(host.log_path, "ab") as log:
-        proc = subprocess.Popen(["ip", "netns", "exec", host.netns, sys.executable, "-m", "gatekeeper", "--config",
-                                 str(config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
-    host.pid = proc.pid
-    client = LocalApiClient(host.api_socket)
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            client.call("pool.status")
-            return proc.pid
-        except (OSError, LocalApiError):
-            assert proc.poll() is None, f"gatekeeper on h2 exited; see {host.log_path}"
-            assert time.monotonic() < deadline, f"gatekeeper on h2 did not answer; see {host.log_path}"
-            time.sleep(0.05)
+    def certs(self, host: str) -> Path:
+        """The host's join certificate in QEMU's layout (the lab's [volumes] tls_dir)."""
+        return Path(self.lab.manager_files[host]["nbd"])
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +42,9 @@ def world() -> Iterator[World]:
         print("SKIP: end-to-end tests need root (network namespaces)")
         pytest.skip("needs root")
     state = tempfile.mkdtemp(prefix="sudv")
-    lab = lab_up(LabSpec(name="v" + secrets.token_hex(3), hosts=3), state)
+    lab = lab_up(LabSpec(name="v" + secrets.token_hex(3), hosts=3, manager=True), state)
     try:
-        certs = Path(state) / "certs"
-        _certs(lab, certs)
-        stop_gatekeeper(lab.host("h2"))
-        start_storage_gatekeeper(lab, certs)
-        yield World(lab, certs, LocalApiClient(lab.host("h2").api_socket))
+        yield World(lab, LocalApiClient(lab.host("h2").api_socket))
     finally:
         lab_down(lab.spec.name, lab.state_dir)
         assert not [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
@@ -106,7 +57,7 @@ def _in(w: World, host: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def nbdinfo(w: World, host: str, export: dict[str, Any], cert: str | None) -> subprocess.CompletedProcess[str]:
-    uri = export["uri"] + (f"?tls-certificates={w.certs / cert}" if cert else "")
+    uri = export["uri"] + (f"?tls-certificates={w.certs(cert)}" if cert else "")
     if cert is None:
         uri = uri.replace("nbds://", "nbd://")
     return _in(w, host, "nbdinfo", "--size", uri)
@@ -116,7 +67,7 @@ def qemu_client(w: World, host: str, tool: list[str], export: dict[str, Any],
                 *args: str) -> subprocess.CompletedProcess[str]:
     """qemu-img/qemu-io from `host`'s namespace, with `host`'s client certificate."""
     opts = f"driver=nbd,host={export['address']},port={export['port']},export={export['volume']},tls-creds=t0"
-    creds = f"tls-creds-x509,id=t0,dir={w.certs / host},endpoint=client"
+    creds = f"tls-creds-x509,id=t0,dir={w.certs(host)},endpoint=client"
     return _in(w, host, *tool, "--object", creds, "--image-opts", *args, opts)
 
 
@@ -151,7 +102,7 @@ def test_exports_survive_a_gatekeeper_restart(world: World) -> None:
     w = world
     before = w.h2.call("volume.describe", name="data1")["export"]
     stop_gatekeeper(w.lab.host("h2"))
-    start_storage_gatekeeper(w.lab, w.certs)
+    start_gatekeeper(w.lab, w.lab.host("h2"))
     after = w.h2.call("volume.describe", name="data1")["export"]
     assert after["pid"] == before["pid"] and after["allowed"] == ["h1", "h3"]  # adopted, not restarted
     assert nbdinfo(w, "h3", after, "h3").returncode == 0
@@ -167,6 +118,6 @@ def test_delete_leaves_no_export_file_or_daemon(world: World) -> None:
     assert w.h2.call("volume.list") == []
     hdir = Path(w.lab.host("h2").config_path).parent
     assert not (hdir / "pool" / "data1.qcow2").exists()
-    assert not (hdir / "vol" / "data1" / "export.json").exists()
+    assert not (hdir / "volumes" / "data1" / "export.json").exists()
     assert not shell.pid_alive(export["pid"])
     assert nbdinfo(w, "h1", export, "h1").returncode != 0
