@@ -362,3 +362,6 @@ def add_parsers(sub: Any) -> None:
     from softudc.cli.top import add_top_parser
 
     add_top_parser(sub)  # softudc top hosts|vms (softudc/cli/top.py)
+    from softudc.cli.usage import add_usage_parser
+
+    add_usage_parser(sub)  # softudc usage (softudc/cli/usage.py)
