@@ -20,6 +20,8 @@
           nics:
             - {vnet: front, address: pool}                          # or a static address, or a list of
                                                                     # them, one per replica
+          volumes:                                                  # softudc/model/volume.py
+            - {name: data, size: 10Gi, class: remote, from: empty, keep: true}
 `validate()` reports every problem at once, each as `file:line:col: field.path: message`, and
 returns a Farm only when there is none.
 
@@ -41,6 +43,7 @@ from typing import Any
 
 from softudc.model.hoststate import SEPARATOR
 from softudc.model.source import DescriptorError, Mark, Node, Problem, load
+from softudc.model.volume import VolumeDef, parse_volumes
 
 API_VERSION = "softudc.io/v1alpha1"
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
@@ -102,6 +105,7 @@ class VmDef:
     max_downtime_ms: int | None = None
     ha: str = "restart"
     priority: int = 0
+    volumes: tuple[VolumeDef, ...] = ()  # softudc/model/volume.py
 
     def instance_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.replicas)]
@@ -327,7 +331,7 @@ def _group(c: _Checker, node: Node, path: str) -> tuple[GroupDef, Mark, str] | N
 def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: set[str]
         ) -> tuple[VmDef, Mark, str] | None:
     m = c.mapping(node, path, {"name", "replicas", "vcpus", "memory", "image", "nics", "placementGroup",
-                               "migration", "ha", "priority"}, {"name", "memory", "image", "nics"})
+                               "migration", "ha", "priority", "volumes"}, {"name", "memory", "image", "nics"})
     if m is None:
         return None
     name = c.name(m["name"], f"{path}.name") if "name" in m else None
@@ -342,12 +346,14 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
     ha = c.choice(m["ha"], f"{path}.ha", HA) if "ha" in m else "restart"
     priority = c.integer(m["priority"], f"{path}.priority", -MAX_PRIORITY, MAX_PRIORITY) if "priority" in m else 0
     nics = _vm_nics(c, m, path, vnets, replicas or 0)
-    if nics is None or None in (name, replicas, vcpus, memory, image, migration, ha, priority) or not group_ok \
-            or not migration_ok:
+    volumes = parse_volumes(c, m["volumes"], f"{path}.volumes") if "volumes" in m else []
+    if nics is None or None in (name, replicas, vcpus, memory, image, migration, ha, priority, volumes) \
+            or not group_ok or not migration_ok:
         return None
     assert name and replicas is not None and vcpus and memory and image and migration and ha and priority is not None
+    assert volumes is not None
     return VmDef(name, replicas, vcpus, memory, image, tuple(nics), group, migration, max_downtime, ha,
-                 priority), node.mark, f"{path}.name"
+                 priority, tuple(volumes)), node.mark, f"{path}.name"
 
 
 def _memory(c: _Checker, node: Node, path: str) -> int | None:

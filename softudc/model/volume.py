@@ -1,0 +1,117 @@
+"""A VM's volumes in the Farm descriptor (issue 13 item 2), checked like the rest of it:
+
+    vms:
+      - name: db
+        replicas: 2
+        volumes:
+          - {name: data, size: 10Gi, class: remote, from: empty, keep: true}
+          - {name: root, size: 2Gi, class: local, from: image}       # a copy of the VM's image
+          - {name: ref, size: 1Gi, from: pg-master}                   # a copy-on-write clone of a master
+
+Each instance gets its own volumes, named `<farm>--<vm>-<replica>--<volume>` (volume_id). `class`
+is `local` (on the VM's host, default) or `remote` (on a host with free pool capacity, served to
+the VM's host over NBD+TLS); `from` is `empty` (default), `image` or the name of a registered master
+volume; `keep: true` leaves the volume when the farm is deleted. Classes mirrored and encrypted,
+QoS and online moves are not in this version.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from softudc.model.hoststate import SEPARATOR
+from softudc.model.source import Mark, Node
+
+CLASSES = ("local", "remote")
+EMPTY, IMAGE = "empty", "image"
+MAX_VOLUMES = 8  # per VM
+MIN_SIZE, MAX_SIZE = 1 << 20, 64 << 40  # 1 MiB .. 64 TiB
+UNITS = {"Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+FIELDS = {"name", "size", "class", "from", "keep"}
+
+
+@dataclass(frozen=True)
+class VolumeDef:
+    name: str
+    size_bytes: int
+    cls: str = "local"
+    source: str = EMPTY  # empty | image | a master volume's name
+    keep: bool = False
+
+    @property
+    def master(self) -> str | None:
+        """The master volume it is cloned from, if any."""
+        return None if self.source in (EMPTY, IMAGE) else self.source
+
+
+def volume_id(farm: str, instance: str, volume: str) -> str:
+    """The volume's name on its storage host: unique in the cluster, parsed back by split_volume_id."""
+    return f"{farm}{SEPARATOR}{instance}{SEPARATOR}{volume}"
+
+
+def split_volume_id(vid: str) -> tuple[str, str, str] | None:
+    parts = vid.split(SEPARATOR)
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 and all(parts) else None
+
+
+def parse_size_bytes(text: object) -> int | None:
+    """'10Gi' -> bytes; None unless a whole number of Mi, Gi or Ti within MIN_SIZE..MAX_SIZE."""
+    if not isinstance(text, str) or len(text) < 3 or text[-2:] not in UNITS or not text[:-2].isdigit():
+        return None
+    size = int(text[:-2]) * UNITS[text[-2:]]
+    return size if MIN_SIZE <= size <= MAX_SIZE else None
+
+
+class Checks(Protocol):
+    """What the descriptor's checker offers (softudc.model.farm._Checker)."""
+
+    def fail(self, mark: Mark, path: str, message: str) -> None: ...
+    def mapping(self, node: Node, path: str, allowed: set[str], required: set[str]) -> dict[str, Node] | None: ...
+    def seq(self, node: Node, path: str) -> list[Node]: ...
+    def name(self, node: Node, path: str) -> str | None: ...
+    def choice(self, node: Node, path: str, choices: tuple[str, ...]) -> str | None: ...
+
+
+def parse_volumes(c: Checks, node: Node, path: str) -> list[VolumeDef] | None:
+    """A VM's `volumes` list; None when any item is wrong (each reported at its line)."""
+    items = c.seq(node, path)
+    if len(items) > MAX_VOLUMES:
+        c.fail(node.mark, path, f"{len(items)} volumes, at most {MAX_VOLUMES} per VM")
+        return None
+    volumes = [_volume(c, item, f"{path}[{i}]") for i, item in enumerate(items)]
+    seen: dict[str, int] = {}
+    for i, (v, item) in enumerate(zip(volumes, items, strict=True)):
+        if v is not None and v.name in seen:
+            c.fail(item.mark, f"{path}[{i}].name",
+                   f"duplicate volume name {v.name!r} (first at {path}[{seen[v.name]}])")
+            return None
+        if v is not None:
+            seen[v.name] = i
+    return None if None in volumes else [v for v in volumes if v is not None]
+
+
+def _volume(c: Checks, node: Node, path: str) -> VolumeDef | None:
+    m = c.mapping(node, path, FIELDS, {"name", "size"})
+    if m is None:
+        return None
+    name = c.name(m["name"], f"{path}.name") if "name" in m else None
+    size = parse_size_bytes(m["size"].value) if "size" in m else None
+    if "size" in m and size is None:
+        c.fail(m["size"].mark, f"{path}.size", f"{m['size'].value!r} is not a size from 1Mi to 64Ti "
+                                               "(a whole number and Mi, Gi or Ti)")
+    cls = c.choice(m["class"], f"{path}.class", CLASSES) if "class" in m else "local"
+    source = _source(c, m["from"], f"{path}.from") if "from" in m else EMPTY
+    keep = m["keep"].value if "keep" in m else False
+    if not isinstance(keep, bool):
+        c.fail(m["keep"].mark, f"{path}.keep", f"{keep!r} must be true or false")
+        return None
+    if name is None or size is None or cls is None or source is None:
+        return None
+    return VolumeDef(name, size, cls, source, keep)
+
+
+def _source(c: Checks, node: Node, path: str) -> str | None:
+    if node.value in (EMPTY, IMAGE):
+        return str(node.value)
+    return c.name(node, path)  # a master volume's name (`softudc volume create --master`)
