@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from softudc.manager.migmetrics import MigrationCollector
 from softudc.manager.store import Store
 
 
@@ -62,6 +63,7 @@ def make_registry(store: Store, reports: Callable[[], dict[str, dict[str, Any]]]
     """The registry, the API request counter and the event counter (Migrated, MigrationFailed...)."""
     registry = CollectorRegistry()
     registry.register(ManagerCollector(store, reports, waiting))
+    registry.register(MigrationCollector(store, reports))  # migrations and VMs by state (migmetrics.py)
     requests = Counter("softudc_manager_requests", "API requests by route and status", ["route", "status"],
                        registry=registry)
     events = Counter("softudc_manager_events", "Events recorded, by type (Applied, Planned, Migrated, ...)",
