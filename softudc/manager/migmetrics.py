@@ -14,9 +14,12 @@ migration attempt ends with exactly one of these events:
     attempt ends later with one of these;
   - `MigrationCancelled` (result `cancelled`, reason `admin`).
 
-The collector keeps running totals: each scrape adds the events newer than the last it counted
-(at most SCAN_LIMIT per scrape), so a farm's deletion or the events' retention never lowers a
-counter; a restarted manager starts again from the events retained (a counter reset).
+The collector keeps running totals from its start, like any process counter: each scrape adds
+the events newer than the last it counted (at most SCAN_LIMIT per scrape) and written since the
+collector began, so a farm's deletion or the events' retention never lowers a counter, and a
+restarted manager starts again from zero rather than counting the history again (which
+`increase()` would take for new failures). Each manager of a group counts the outcomes since its
+own start: the rules take the `max`.
 
 `softudc_vms{host, state}`: per host, its VMs by state as its latest report says (running,
 migrating out, incoming (prepared), stopped (defined, not running)); a host the manager counts
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -115,6 +119,7 @@ class MigrationTotals:
     results: dict[tuple[str, str], int] = field(default_factory=dict)
     duration: _Histogram = field(default_factory=lambda: _Histogram(DURATION_BUCKETS))
     downtime: _Histogram = field(default_factory=lambda: _Histogram(DOWNTIME_BUCKETS))
+    since: float = float("-inf")  # events written before are not counted (the collector's start)
     seen_time: float = float("-inf")  # the newest event time counted
     seen_keys: set[tuple[str, str, str]] = field(default_factory=set)  # the events counted at seen_time
 
@@ -122,7 +127,7 @@ class MigrationTotals:
         """Count the events (oldest first) newer than those counted before."""
         for e in events:
             at, key = float(e.get("time", 0.0)), (str(e.get("name")), str(e.get("type")), str(e.get("message")))
-            if at < self.seen_time or (at == self.seen_time and key in self.seen_keys):
+            if at < self.since or at < self.seen_time or (at == self.seen_time and key in self.seen_keys):
                 continue
             if at > self.seen_time:
                 self.seen_time, self.seen_keys = at, set()
@@ -152,9 +157,12 @@ def vms_by_state(report: Mapping[str, Any]) -> dict[str, int]:
 
 
 class MigrationCollector(Collector):
-    def __init__(self, store: Store, reports: Callable[[], dict[str, dict[str, Any]]]) -> None:
+    def __init__(self, store: Store, reports: Callable[[], dict[str, dict[str, Any]]],
+                 since: float | None = None) -> None:
+        """Counts the outcomes recorded from `since` on (the wall clock, as events are stamped;
+        by default now)."""
         self.store, self.reports = store, reports
-        self.totals = MigrationTotals()
+        self.totals = MigrationTotals(since=time.time() if since is None else since)
         self._lock = threading.Lock()
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,18 @@ def test_totals_count_each_event_once_and_keep_counts_when_events_go() -> None:
     t.add([event(3.0)])  # the older events dropped (retention, farm deleted): the counts stay
     assert t.results[("completed", "none")] == 3
     assert t.downtime.counts[DOWNTIME_5MS] == 3 and t.duration.total == 6.0
+    late = MigrationTotals(since=2.0)  # a manager started at 2.0: the history before is not counted again
+    late.add([*first, event(3.0)])
+    assert late.results == {("completed", "none"): 2, ("cancelled", "admin"): 1}
+
+
+def test_a_collector_counts_from_its_start_by_default(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.put_event("farm", "f", "MigrationCancelled", "by a: w stays on h1", time.time() - 60)
+    collector = MigrationCollector(store, dict)
+    store.event("farm", "f", "MigrationCancelled", "by a: v stays on h1")
+    list(collector.collect())
+    assert collector.totals.results == {("cancelled", "admin"): 1}
 
 
 DOWNTIME_5MS = 2  # index of the 0.005 bucket
@@ -105,7 +118,8 @@ def collected(tmp_path: Path) -> bytes:
                     11.0)
     reports = {"h1": {"state": "ready", "running": ["x"]}, "h2": {"state": "down", "running": ["y"]}}
     registry = CollectorRegistry()
-    registry.register(MigrationCollector(store, lambda: reports))
+    store.put_event("farm", "f", "Migrated", "w: h1 -> h2 live, downtime 1 ms", 9.0)  # before the collector began
+    registry.register(MigrationCollector(store, lambda: reports, since=10.0))
     return generate_latest(registry)
 
 
