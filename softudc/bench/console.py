@@ -40,7 +40,7 @@ DEMO = Path(__file__).parents[2] / "configs" / "farms" / "demo.yaml"
 PAGES = {  # name -> path (farm f0; its first web VM)
     "hosts": "/console/", "farms": "/console/farms", "farm": "/console/farms/f0", "vm": "/console/farms/f0/vms/web-0",
     "vnet": "/console/farms/f0/vnets/front", "events": "/console/events", "tasks": "/console/tasks",
-    "apply": "/console/apply?farm=f0",
+    "usage": "/console/usage", "apply": "/console/apply?farm=f0",
     "fragment_hosts": "/console/fragments/hosts", "fragment_farm": "/console/fragments/farms/f0",
     "fragment_vm": "/console/fragments/farms/f0/vms/web-0",
 }
