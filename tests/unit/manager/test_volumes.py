@@ -1,0 +1,90 @@
+"""Volume placement: local on the VM's host, remote by free pool capacity and kept where it is,
+allow lists that follow the farm's VMs, keep on farm deletion, masters' readers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from softudc.manager.volumes import farm_deleted, farm_hosts, master_readers, plan_volumes
+from softudc.model.farm import Farm, VmDef
+from softudc.model.volume import VolumeDef
+
+GiB = 1 << 30
+
+
+def farm(*volumes: VolumeDef, replicas: int = 2) -> Farm:
+    return Farm("shop", (), (VmDef("db", replicas, 1, 256, "img", (), volumes=volumes),))
+
+
+def status(*hosts: str, moving: dict[str, str] | None = None) -> dict[str, Any]:
+    insts: list[dict[str, Any]] = [{"name": f"db-{i}", "vm": "db", "host": h} for i, h in enumerate(hosts)]
+    for inst in insts:
+        if moving and inst["name"] in moving:
+            inst["migrating"] = {"to": moving[inst["name"]]}
+    return {"instances": insts}
+
+
+def test_local_volumes_go_to_the_vm_host_and_are_not_exported() -> None:
+    plan = plan_volumes([(farm(VolumeDef("data", GiB)), status("h1", "h2"))], {"h1": 4 * GiB, "h2": 4 * GiB}, {})
+    assert {v.id: v.host for v in plan.volumes.values()} == {"shop--db-0--data": "h1", "shop--db-1--data": "h2"}
+    assert all(v.allowed == () for v in plan.volumes.values()) and plan.unplaced == {}
+
+
+def test_remote_volumes_go_where_most_room_is_and_follow_the_vms() -> None:
+    vol = VolumeDef("data", 3 * GiB, "remote")
+    free = {"h1": 4 * GiB, "h2": 5 * GiB, "h3": 1 * GiB}
+    plan = plan_volumes([(farm(vol), status("h1", "h1"))], free, {})
+    assert plan.volumes["shop--db-0--data"].host == "h2"  # 5 GiB free
+    assert plan.volumes["shop--db-1--data"].host == "h1"  # h2 has 2 left, h1 4
+    assert plan.volumes["shop--db-0--data"].allowed == ("h1",)
+    moved = plan_volumes([(farm(vol), status("h1", "h1", moving={"db-0": "h3"}))], free,
+                         {v.id: v.host for v in plan.volumes.values()})
+    assert {v.id: v.host for v in moved.volumes.values()} == {v.id: v.host for v in plan.volumes.values()}  # kept
+    assert moved.volumes["shop--db-0--data"].allowed == ("h1", "h3")  # the destination may open it
+
+
+def test_a_volume_without_room_is_named_and_the_others_are_planned() -> None:
+    plan = plan_volumes([(farm(VolumeDef("big", 8 * GiB, "remote"), VolumeDef("small", GiB)), status("h1"))],
+                        {"h1": 2 * GiB}, {})
+    assert "shop--db-0--small" in plan.volumes
+    assert "no host's pool has 8589934592 bytes free (the most: 2147483648)" in plan.unplaced["shop--db-0--big"]
+    nohost = plan_volumes([(farm(VolumeDef("a", GiB)), status("h9"))], {"h1": 2 * GiB}, {})
+    assert "h9 runs no storage service" in nohost.unplaced["shop--db-0--a"]
+
+
+def test_a_placement_on_a_host_gone_is_made_again() -> None:
+    plan = plan_volumes([(farm(VolumeDef("d", GiB, "remote"), replicas=1), status("h1"))], {"h1": 2 * GiB},
+                        {"shop--db-0--d": "gone"})
+    assert plan.volumes["shop--db-0--d"].host == "h1"
+
+
+def test_deleting_the_farm_keeps_only_keep_volumes() -> None:
+    plan = plan_volumes([(farm(VolumeDef("a", GiB), VolumeDef("b", GiB, keep=True)), status("h1"))],
+                        {"h1": 4 * GiB}, {})
+    assert farm_deleted("shop", plan.volumes.values()) == (["shop--db-0--a"], ["shop--db-0--b"])
+    assert farm_deleted("other", plan.volumes.values()) == ([], [])
+
+
+def test_a_master_is_readable_by_the_hosts_with_clones_elsewhere() -> None:
+    plan = plan_volumes([(farm(VolumeDef("c", GiB, source="gold")), status("h1", "h2"))],
+                        {"h1": 4 * GiB, "h2": 4 * GiB}, {})
+    assert master_readers(plan, {"gold": "h2"}) == {"gold": ("h1",)}
+
+
+@given(st.lists(st.tuples(st.sampled_from(["local", "remote"]), st.integers(1, 6)), min_size=1, max_size=6),
+       st.lists(st.sampled_from(["h1", "h2", "h3"]), min_size=1, max_size=5),
+       st.dictionaries(st.sampled_from(["h1", "h2", "h3"]), st.integers(0, 12), min_size=1))
+def test_placement_never_overfills_a_pool_and_places_or_names_each(
+        vols: list[tuple[str, int]], hosts: list[str], free_gib: dict[str, int]) -> None:
+    f = farm(*(VolumeDef(f"v{i}", n * GiB, cls) for i, (cls, n) in enumerate(vols)), replicas=len(hosts))
+    free = {h: g * GiB for h, g in free_gib.items()}
+    plan = plan_volumes([(f, status(*hosts))], free, {})
+    assert len(plan.volumes) + len(plan.unplaced) == len(vols) * len(hosts)
+    for h in free:
+        assert sum(v.size_bytes for v in plan.on_host(h)) <= free[h]
+    for v in plan.volumes.values():
+        assert v.cls == "remote" or v.host == v.vm_host
+        assert v.allowed == (farm_hosts(status(*hosts)) if v.cls == "remote" else ())
