@@ -13,27 +13,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Query
 
+from softudc.manager.apiload import Mgr, Who
 from softudc.manager.apimodels import errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager
 from softudc.manager.usage import report, usage_of
-
-_bearer = HTTPBearer(auto_error=False, scheme_name="token", description="an API token")
-
-
-async def _manager(request: Request) -> Manager:
-    m: Manager = request.app.state.manager
-    return m
-
-
-def _principal(m: Annotated[Manager, Depends(_manager)],
-               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    return m.tokens.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
-
 
 router = APIRouter()
 
@@ -49,7 +36,7 @@ def usage(m: Manager, who: Principal, farm: str | None = None, since: float | No
 
 @router.get("/v1/usage", summary="What each farm and VM used: CPU-seconds, memory GiB-hours, bytes per VNET",
             responses=errors(401, 403))
-def get_usage(m: Annotated[Manager, Depends(_manager)], who: Annotated[Principal, Depends(_principal)],
+def get_usage(m: Mgr, who: Who,
               farm: Annotated[str | None, Query(max_length=255, description="only this farm")] = None,
               since: Annotated[float | None, Query(ge=0, description="Unix seconds, from its hour")] = None) \
         -> dict[str, Any]:

@@ -10,14 +10,11 @@ from pathlib import Path
 import pytest
 
 from softudc.manager.apiusage import usage
-from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager, init
+from tests.unit.manager.test_apiload import ADMIN, VIEWER
 from tests.unit.manager.test_loop import FakeStore
 from tests.unit.manager.test_usage import a_load, sample
-
-ADMIN = Principal("admin", "admin")
-VIEWER = Principal("v", "viewer", farms=("web",))
 
 
 @pytest.fixture
