@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.volumes.daemon import DaemonError, StorageDaemon
-from gatekeeper.volumes.pool import Pool, VolumeError
+from gatekeeper.volumes.pool import Pool, VolumeError, check_name
 from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError, QmpError
 
 log = logging.getLogger("gatekeeper.volumes")
@@ -143,6 +143,15 @@ class Exports:
         pid = self.daemon(name).pid()
         return {"volume": name, "address": self.address, "port": state["port"], "allowed": state["allowed"],
                 "pid": pid, "uri": f"nbds://{self.address}:{state['port']}/{name}", "running": pid is not None}
+
+    def snapshot(self, name: str, snapshot: str) -> None:
+        """An internal snapshot of an exported volume, taken by its daemon (QMP), consistent with
+        the writes it has acknowledged; the export goes on."""
+        check_name(snapshot)
+        if self.pool.exists(name) and snapshot in self.pool.info(name).snapshots:
+            raise VolumeError(f"volume {name} already has a snapshot {snapshot}; pick another name")
+        with self.daemon(name).qmp() as q:
+            q.execute("blockdev-snapshot-internal-sync", device="vol0", name=snapshot)
 
     def stats(self, name: str) -> dict[str, int]:
         """Bytes and operations through the export (QEMU's blockstats of the qcow2 node)."""

@@ -5,7 +5,12 @@ Volumes are made and inspected with qemu-img (the QEMU block layer, no home-made
 (``-U``: read even while qemu-storage-daemon holds the image's lock).
 Capacity: the configured size, or the filesystem's; free = capacity minus what volumes could
 grow to (their virtual sizes: a pool never promises more than it has), bounded by the
-filesystem's free space.
+filesystem's free space. A thin pool (`thin=True`) counts what volumes hold on disk instead: it
+can hold sparse masters larger than itself, and the operator watches its allocation.
+
+Clones are qcow2 files whose backing file is another pool volume (a master, or a clone: chains
+work), made in constant time whatever the backing's size. Snapshots are internal qcow2
+snapshots (`qemu-img snapshot -c`, or QMP blockdev-snapshot-internal-sync while exported).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import Any
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 MAX_SIZE = 1 << 50  # 1 PiB: far above any lab, below qcow2's limits
+QCOW2_MAGIC = b"QFI\xfb"
+THIN_HEADROOM = 1 << 20  # a thin pool takes a new volume while it has this much free
 
 
 class VolumeError(ValueError):
@@ -32,10 +39,11 @@ class Volume:
     size_bytes: int  # virtual size
     allocated_bytes: int  # on disk
     backing: str | None
+    snapshots: tuple[str, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "size_bytes": self.size_bytes, "allocated_bytes": self.allocated_bytes,
-                "backing": self.backing}
+                "backing": self.backing, "snapshots": list(self.snapshots)}
 
 
 def check_name(name: Any) -> str:
@@ -55,9 +63,10 @@ def _qemu_img(*args: str) -> str:
 
 
 class Pool:
-    def __init__(self, directory: Path, capacity_bytes: int | None = None) -> None:
+    def __init__(self, directory: Path, capacity_bytes: int | None = None, thin: bool = False) -> None:
         self.directory = directory
         self.capacity_limit = capacity_bytes
+        self.thin = thin
         directory.mkdir(parents=True, exist_ok=True)
 
     def path(self, name: str) -> Path:
@@ -66,9 +75,12 @@ class Pool:
     def exists(self, name: str) -> bool:
         return self.path(name).exists()
 
-    def create(self, name: str, size_bytes: int, backing: str | None = None) -> Volume:
-        """A new qcow2 volume; with `backing`, a copy-on-write clone of that pool volume."""
+    def create(self, name: str, size_bytes: int | None, backing: str | None = None) -> Volume:
+        """A new qcow2 volume; with `backing`, a copy-on-write clone of that pool volume (size
+        None: the backing's)."""
         path = self.path(name)
+        if size_bytes is None and backing is not None and self.exists(backing):
+            size_bytes = self.info(backing).size_bytes
         if path.exists():
             raise VolumeError(f"volume {name} already exists in {self.directory}; delete it first or pick another name")
         if type(size_bytes) is not int or not 0 < size_bytes <= MAX_SIZE:
@@ -78,7 +90,8 @@ class Pool:
             if not self.exists(backing):
                 raise VolumeError(f"volume {name}: backing volume {backing} is not in this pool")
             args += ["-b", self.path(backing).name, "-F", "qcow2"]  # relative: the pool dir may move
-        if size_bytes > self.free_bytes():
+        need = min(size_bytes, THIN_HEADROOM) if self.thin else size_bytes  # thin: its metadata, then what it writes
+        if need > self.free_bytes():
             raise VolumeError(f"volume {name}: {size_bytes} bytes do not fit; the pool has {self.free_bytes()} free")
         _qemu_img(*args, str(path), str(size_bytes))
         return self.info(name)
@@ -88,7 +101,17 @@ class Pool:
         if not path.exists():
             raise VolumeError(f"no volume {name} in {self.directory}")
         raw = json.loads(_qemu_img("info", "-U", "--output=json", str(path)))
-        return Volume(name, int(raw["virtual-size"]), int(raw.get("actual-size", 0)), raw.get("backing-filename"))
+        snaps = tuple(str(s["name"]) for s in raw.get("snapshots", []))
+        return Volume(name, int(raw["virtual-size"]), int(raw.get("actual-size", 0)), raw.get("backing-filename"),
+                      snaps)
+
+    def snapshot(self, name: str, snapshot: str) -> Volume:
+        """An internal snapshot of a volume no daemon holds (an exported one: Exports.snapshot)."""
+        check_name(snapshot)
+        if snapshot in self.info(name).snapshots:
+            raise VolumeError(f"volume {name} already has a snapshot {snapshot}; pick another name")
+        _qemu_img("snapshot", "-c", snapshot, str(self.path(name)))
+        return self.info(name)
 
     def volumes(self) -> list[Volume]:
         return [self.info(p.name.removesuffix(".qcow2")) for p in sorted(self.directory.glob("*.qcow2"))]
@@ -102,6 +125,15 @@ class Pool:
             raise VolumeError(f"volume {name} is the backing file of {', '.join(users)}; delete those first")
         path.unlink()
 
+    def _virtual_size(self, path: Path) -> int:
+        """The qcow2 header's size field (big-endian u64 at byte 24, after the magic QFI\\xfb):
+        no qemu-img process per volume, so creating a volume costs the same in a full pool."""
+        with open(path, "rb") as f:
+            head = f.read(32)
+        if len(head) == 32 and head[:4] == QCOW2_MAGIC:
+            return int.from_bytes(head[24:32], "big")
+        return self.info(path.name.removesuffix(".qcow2")).size_bytes  # not a qcow2 header: ask qemu-img
+
     def capacity_bytes(self) -> int:
         st = os.statvfs(self.directory)
         fs = st.f_blocks * st.f_frsize
@@ -109,5 +141,6 @@ class Pool:
 
     def free_bytes(self) -> int:
         st = os.statvfs(self.directory)
-        promised = sum(self.info(p.name.removesuffix(".qcow2")).size_bytes for p in self.directory.glob("*.qcow2"))
+        files = list(self.directory.glob("*.qcow2"))
+        promised = sum(f.stat().st_blocks * 512 if self.thin else self._virtual_size(f) for f in files)
         return max(0, min(self.capacity_bytes() - promised, st.f_bavail * st.f_frsize))

@@ -5,6 +5,8 @@ Operations (JSON over the gatekeeper's local API):
     volume.delete  name  (refused while exported)      volume.describe name
     volume.export  name, allowed=[host...]             volume.allow  name, allowed=[host...]
     volume.unexport name                               pool.status
+    volume.snapshot name, snapshot  (internal qcow2 snapshot; by QMP while exported)
+    volume.create with backing and no size_bytes: a clone the backing's size
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ log = logging.getLogger("gatekeeper.volumes")
 
 class VolumeService:
     def __init__(self, pool_dir: Path, run_dir: Path, tls_dir: Path, address: str, base_port: int = 10809,
-                 capacity_bytes: int | None = None) -> None:
-        self.pool = Pool(pool_dir, capacity_bytes)
+                 capacity_bytes: int | None = None, thin: bool = False) -> None:
+        self.pool = Pool(pool_dir, capacity_bytes, thin)
         self.exports = Exports(self.pool, run_dir, tls_dir, address, base_port)
 
     def start(self) -> None:
@@ -31,7 +33,7 @@ class VolumeService:
         log.info("volumes: pool %s, %d export(s) (%s restarted)", self.pool.directory, len(self.exports.names()),
                  ", ".join(restarted) or "none")
 
-    def create(self, name: str, size_bytes: int, backing: str | None = None) -> dict[str, Any]:
+    def create(self, name: str, size_bytes: int | None = None, backing: str | None = None) -> dict[str, Any]:
         return self.pool.create(name, size_bytes, backing).as_json()
 
     def delete(self, name: str) -> None:
@@ -59,6 +61,13 @@ class VolumeService:
     def unexport(self, name: str) -> None:
         self.exports.unexport(check_name(name))
 
+    def snapshot(self, name: str, snapshot: str) -> dict[str, Any]:
+        if self.exports.exported(check_name(name)):
+            self.exports.snapshot(name, snapshot)
+            return self.describe(name)
+        self.pool.snapshot(name, snapshot)
+        return self.describe(name)
+
     def pool_status(self) -> dict[str, int]:
         """What the host report carries: `pool: {capacity_bytes, free_bytes}`."""
         return {"capacity_bytes": self.pool.capacity_bytes(), "free_bytes": self.pool.free_bytes()}
@@ -69,4 +78,4 @@ class VolumeService:
     def operations(self) -> dict[str, Callable[..., Any]]:
         return {"volume.create": self.create, "volume.delete": self.delete, "volume.list": self.volumes,
                 "volume.describe": self.describe, "volume.export": self.export, "volume.allow": self.allow,
-                "volume.unexport": self.unexport, "pool.status": self.pool_status}
+                "volume.unexport": self.unexport, "volume.snapshot": self.snapshot, "pool.status": self.pool_status}

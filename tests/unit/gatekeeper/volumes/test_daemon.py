@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gatekeeper.volumes.daemon import StorageDaemon, pid_alive
+from gatekeeper.volumes.daemon import StorageDaemon
+from softudc.pids import pid_alive
 
 
 def test_start_adopt_stop(tmp_path: Path) -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.volumes.daemon import pid_alive
 from gatekeeper.volumes.exports import authz_rules, check_hosts
 from gatekeeper.volumes.pool import VolumeError
 from gatekeeper.volumes.service import VolumeService
+from softudc.pids import pid_alive
 
 MiB = 1 << 20
 
@@ -96,3 +96,19 @@ def test_restore_keeps_going_past_an_export_that_cannot_start(service: VolumeSer
         assert service.exports.restore() == ["q"]
     assert service.exports.names() == ["p", "q"] and not service.exports.describe("p")["running"]
     assert service.exports.restore() == ["p"]  # the next start brings it back
+
+
+def test_a_snapshot_of_an_exported_volume_is_taken_by_its_daemon(service: VolumeService, certs: Path) -> None:
+    service.create("live", 8 * MiB)
+    e = service.export("live", ["h1"])
+    opts = f"driver=nbd,host=127.0.0.1,port={e['port']},export=live,tls-creds=t0"
+    creds = f"tls-creds-x509,id=t0,dir={certs / 'h1'},endpoint=client"
+    write = subprocess.run(["qemu-io", "--object", creds, "--image-opts", "-c", "write -P 0x44 0 1M", opts],
+                           capture_output=True, text=True, timeout=20, check=False)
+    assert "wrote 1048576/1048576" in write.stdout, write.stderr
+    assert service.snapshot("live", "s1")["snapshots"] == ["s1"]  # while exported: by QMP
+    with pytest.raises(VolumeError, match="already has a snapshot s1"):
+        service.snapshot("live", "s1")
+    assert nbdinfo(tls_uri(e, certs / "h1")).returncode == 0  # the export goes on
+    service.unexport("live")
+    assert service.snapshot("live", "s2")["snapshots"] == ["s1", "s2"]  # not exported: by qemu-img

@@ -4,7 +4,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatekeeper.volumes.pool import Pool, VolumeError, check_name
@@ -65,3 +65,51 @@ def test_check_name_never_lets_a_path_through(name: str) -> None:
     except VolumeError:
         return
     assert "/" not in ok and ".." not in ok and not ok.startswith(".")
+
+
+def _qemu_io(path: Path, *commands: str) -> str:
+    argv = ["qemu-io", "-f", "qcow2"]
+    for c in commands:
+        argv += ["-c", c]
+    return subprocess.run([*argv, str(path)], check=True, capture_output=True, text=True).stdout
+
+
+def test_a_thin_pool_holds_a_sparse_master_larger_than_itself_and_clones_it_at_once(tmp_path: Path) -> None:
+    TiB = 1 << 40
+    thick = Pool(tmp_path / "thick", capacity_bytes=100 * MiB)
+    with pytest.raises(VolumeError, match="do not fit"):
+        thick.create("big", TiB)
+    pool = Pool(tmp_path / "pool", capacity_bytes=100 * MiB, thin=True)
+    pool.create("big", TiB)
+    _qemu_io(pool.path("big"), "write -P 0x11 1023G 1M")  # data at the far end
+    clone = pool.create("c1", None, backing="big")  # size: the master's
+    assert clone.size_bytes == TiB and clone.allocated_bytes < MiB
+    assert pool.create("c2", None, backing="c1").backing == "c1.qcow2"  # a clone of a clone
+    _qemu_io(pool.path("c2"), "write -P 0x22 0 1M")
+    out = _qemu_io(pool.path("c2"), "read -P 0x11 1023G 1M", "read -P 0x22 0 1M")
+    assert out.count("read 1048576/1048576") == 2 and "verification failed" not in out
+    assert "verification failed" not in _qemu_io(pool.path("big"), "read -P 0 0 1M")  # the master is untouched
+    assert pool.free_bytes() > 90 * MiB  # thin: only what is on disk counts
+
+
+def test_offline_snapshots_are_listed_and_not_taken_twice(tmp_path: Path) -> None:
+    pool = Pool(tmp_path / "pool")
+    pool.create("a", 4 * MiB)
+    _qemu_io(pool.path("a"), "write -P 0x33 0 1M")
+    assert pool.snapshot("a", "s1").snapshots == ("s1",)
+    with pytest.raises(VolumeError, match="already has a snapshot s1"):
+        pool.snapshot("a", "s1")
+    with pytest.raises(VolumeError, match="volume name"):
+        pool.snapshot("a", "../x")
+    assert pool.info("a").snapshots == ("s1",)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(1, 1 << 50))
+def test_the_header_size_is_qemu_img_s(size: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="volhdr") as d:
+        pool = Pool(Path(d), thin=True)
+        v = pool.create("v", size)
+        assert pool._virtual_size(pool.path("v")) == v.size_bytes  # qemu-img info is the oracle

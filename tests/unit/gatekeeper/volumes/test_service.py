@@ -13,7 +13,8 @@ def test_operations_and_describe(service: VolumeService) -> None:
     ops["volume.create"](name="d", size_bytes=2 * MiB)
     assert ops["volume.describe"](name="d")["export"] is None
     assert ops["volume.list"]() == [{"name": "d", "size_bytes": 2 * MiB, "allocated_bytes":
-                                     service.pool.info("d").allocated_bytes, "backing": None, "exported": False}]
+                                     service.pool.info("d").allocated_bytes, "backing": None, "snapshots": [],
+                                     "exported": False}]
     status = ops["pool.status"]()
     assert status["free_bytes"] <= status["capacity_bytes"]
     service.start()  # nothing to restore
