@@ -18,6 +18,7 @@ PACKAGES=(
     clang llvm libbpf-dev bpftool
     openipmi ipmitool
     libnbd-bin
+    libxml2-utils  # xmllint: virt-xml-validate checks domain XML against libvirt's schema
     prometheus
     nodejs  # and npm (below): scripts/build-console.sh
     chromium  # the console's browser e2e (Playwright drives it; no browser download)
