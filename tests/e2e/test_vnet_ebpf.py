@@ -4,9 +4,14 @@ and the programs' counters, and a secured VNET on the same hosts stays in usersp
 
 from __future__ import annotations
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +20,34 @@ from softudc.lab import lab as lab_mod
 from tests.e2e.conftest import create_vnet, endpoints, gk, ns_run, ping
 
 pytestmark = pytest.mark.vnet
+REPO = Path(__file__).resolve().parents[2]
+READ_FDB = ("import json,sys;from pathlib import Path;from gatekeeper.vnet.bpf.loader import Datapath;"
+            "dp=Datapath(Path(sys.argv[1]));print(json.dumps(sorted([k.vnet,k.mac,ip] for k,ip in dp.fdb().items())))")
+
+
+def pinned_fdb(lab: Lab, host: str) -> list[list[object]]:
+    """ebs_fdb as pinned by the host's gatekeeper, read through the loader's layouts inside its mount
+    namespace (`ip netns exec` gives the gatekeeper one of its own; its bpffs is mounted there)."""
+    h = lab.host(host)
+    pin_dir = Path(h.api_socket).with_name("bpf")
+    r = subprocess.run(["nsenter", "-t", str(h.pid), "-m", "-n", sys.executable, "-c", READ_FDB, str(pin_dir)],
+                       capture_output=True, text=True, timeout=30, cwd=REPO,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    out: list[list[object]] = json.loads(r.stdout)
+    return out
+
+
+def assert_maps_equal_cache(lab: Lab, host: str, vnets: set[int]) -> None:
+    """The host's ebs_fdb holds exactly its VARP cache's resolved entries of its eBPF VNETs."""
+    for _ in range(20):  # the VARP tick (0.25 s) copies the cache into the map
+        want = sorted([e["vnet"], e["mac"], e["addr"]] for e in gk(lab, host).call("varp.cache")
+                      if e["state"] in ("reachable", "stale") and e["vnet"] in vnets)
+        have = pinned_fdb(lab, host)
+        if have == want:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"{host}: ebs_fdb {have} != VARP cache {want}")
 
 
 def _set_datapath(lab: Lab, monkeypatch: pytest.MonkeyPatch, paths: dict[str, str]) -> None:
@@ -60,6 +93,7 @@ def test_plain_vnet_runs_on_ebpf_and_secured_stays_userspace(make_lab: Callable[
     after = gk(lab, "h2").call("counters")["ebpf"]["counters"]
     assert after["dec_ok"] - before["dec_ok"] >= 5  # VNET 10's frames were decapsulated in BPF
     assert after["dec_non_member"] == after["dec_malformed"] == 0
+    assert_maps_equal_cache(lab, "h1", {10})
 
 
 def test_an_ebpf_host_and_a_userspace_host_share_a_vnet(make_lab: Callable[..., Lab],
@@ -78,3 +112,7 @@ def test_an_ebpf_host_and_a_userspace_host_share_a_vnet(make_lab: Callable[..., 
     ebpf = gk(lab, "h1").call("counters")["ebpf"]["counters"]
     assert ebpf["dec_ok"] >= 5  # the userspace host's frames, decapsulated in BPF
     assert ebpf["enc_unicast"] >= 1  # once VARP filled the FDB, h1 sent in BPF
+    assert_maps_equal_cache(lab, "h1", {10})
+    assert pinned_fdb(lab, "h1"), "a2's MAC resolved by VARP is in the map"
+    gk(lab, "h1").call("varp.flush")  # the cache emptied: the map follows
+    assert_maps_equal_cache(lab, "h1", {10})
