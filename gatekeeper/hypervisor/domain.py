@@ -1,6 +1,7 @@
 """libvirt domain XML, built in one declarative place from a `VmSpec`, and read back.
 
-A SoftUDC VM boots a kernel directly (no disk yet); each NIC is a virtio interface on the bridge
+A SoftUDC VM boots a kernel directly; its volumes are virtio disks (a pool file, or an NBD+TLS
+export of another host: gatekeeper/volumes); each NIC is a virtio interface on the bridge
 of its VNET, with the MTU the VNET allows, so the guest never sends a frame the underlay cannot
 carry. The serial console goes to a log file (and a pty for interactive use).
 """
@@ -23,6 +24,17 @@ class NicSpec:
 
 
 @dataclass(frozen=True)
+class DiskSpec:
+    """A volume the VM sees as a virtio disk (`target`: vdb, vdc...): a qcow2 file of the host's
+    pool (`path`), or another host's export over NBD+TLS (`nbd`: address, port, export name;
+    libvirt's client certificate is qemu.conf's nbd_tls_x509_cert_dir)."""
+
+    target: str
+    path: str | None = None
+    nbd: tuple[str, int, str] | None = None
+
+
+@dataclass(frozen=True)
 class VmSpec:
     name: str
     kernel: str
@@ -33,6 +45,7 @@ class VmSpec:
     accel: str = "qemu"  # "qemu" (TCG) or "kvm"
     console_log: str | None = None
     extra_cmdline: str = ""
+    disks: tuple[DiskSpec, ...] = ()
 
     @property
     def cmdline(self) -> str:
@@ -94,6 +107,8 @@ def domain_xml(spec: VmSpec) -> str:
         _sub(iface, "mac", address=nic.mac)
         _sub(iface, "model", type="virtio")
         _sub(iface, "mtu", size=str(nic.mtu))
+    for disk in spec.disks:
+        _disk(dev, disk)
     serial = _sub(dev, "serial", type="pty")
     if spec.console_log:
         _sub(serial, "log", file=spec.console_log, append="on")
@@ -102,6 +117,25 @@ def domain_xml(spec: VmSpec) -> str:
     _sub(dev, "memballoon", model="none")
     ET.register_namespace("softudc", NS)
     return ET.tostring(dom, encoding="unicode")
+
+
+def _disk(dev: ET.Element, disk: DiskSpec) -> None:
+    """cache=none: a live migration with a disk on shared storage (the NBD export) is safe only
+    without the host's page cache (libvirt refuses it otherwise)."""
+    if (disk.path is None) == (disk.nbd is None):
+        raise ValueError(f"disk {disk.target}: give either a pool file or an NBD export")
+    if disk.nbd is not None:
+        el = _sub(dev, "disk", type="network", device="disk")
+        _sub(el, "driver", name="qemu", type="raw", cache="none")  # the export serves the qcow2 decoded
+        address, port, export = disk.nbd
+        src = _sub(el, "source", protocol="nbd", name=export, tls="yes")
+        _sub(src, "host", name=address, port=str(port))
+    else:
+        assert disk.path is not None
+        el = _sub(dev, "disk", type="file", device="disk")
+        _sub(el, "driver", name="qemu", type="qcow2", cache="none")
+        _sub(el, "source", file=disk.path)
+    _sub(el, "target", dev=disk.target, bus="virtio")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import subprocess
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
-from gatekeeper.hypervisor.domain import NicSpec, VmSpec, domain_nics, domain_xml
+from gatekeeper.hypervisor.domain import DiskSpec, NicSpec, VmSpec, domain_nics, domain_xml
 
 
 def spec(**kw: object) -> VmSpec:
@@ -48,3 +50,26 @@ def test_r27_domains_have_acpi_so_a_graceful_shutdown_can_reach_the_guest() -> N
     assert root.find("./features/acpi") is not None
     hpet = root.find("./clock/timer[@name='hpet']")  # a guest migrated mid-boot panicked in hpet_enable
     assert hpet is not None and hpet.get("present") == "no"
+
+
+def test_volumes_are_virtio_disks_a_pool_file_or_an_nbd_tls_export(tmp_path: Path) -> None:
+    spec = VmSpec("shop--db-0", "/k", "/i", disks=(DiskSpec("vdb", path="/pool/shop--db-0--root.qcow2"),
+                                                    DiskSpec("vdc", nbd=("10.100.0.3", 10810, "shop--db-0--data"))))
+    xml = domain_xml(spec)
+    disks = ET.fromstring(xml).findall("devices/disk")
+    local, remote = disks
+    assert (local.get("type"), local.find("source").get("file"), local.find("driver").get("type")) == (  # type: ignore[union-attr]
+        "file", "/pool/shop--db-0--root.qcow2", "qcow2")
+    src = remote.find("source")
+    assert remote.get("type") == "network" and src is not None
+    assert (src.get("protocol"), src.get("name"), src.get("tls")) == ("nbd", "shop--db-0--data", "yes")
+    host = src.find("host")
+    assert host is not None and (host.get("name"), host.get("port")) == ("10.100.0.3", "10810")
+    assert [d.find("target").get("dev") for d in disks] == ["vdb", "vdc"]  # type: ignore[union-attr]
+    assert all(d.find("driver").get("cache") == "none" for d in disks)  # type: ignore[union-attr]
+    (tmp_path / "d.xml").write_text(xml)
+    check = subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stderr  # libvirt's own schema
+    with pytest.raises(ValueError, match="disk vdb: give either"):
+        domain_xml(VmSpec("x", "/k", "/i", disks=(DiskSpec("vdb"),)))
