@@ -9,6 +9,8 @@
     port = 10809                            # first export's port; the next ones count up
     capacity_gib = 100                      # optional: less than the filesystem
     listen = "10.100.0.2"                   # optional: default the underlay address
+    thin = false                            # optional: count what volumes hold on disk, not
+                                            # their sizes (sparse masters larger than the pool)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from softudc.configfile import ConfigError
 
-KEYS = {"pool_dir", "run_dir", "tls_dir", "port", "capacity_gib", "listen"}
+KEYS = {"pool_dir", "run_dir", "tls_dir", "port", "capacity_gib", "listen", "thin"}
 Fail = Callable[[str, str], ConfigError]
 
 
@@ -32,6 +34,7 @@ class VolumesConfig:
     listen: str
     port: int = 10809
     capacity_bytes: int | None = None
+    thin: bool = False
 
 
 def parse_volumes(table: Any, underlay_address: str, fail: Fail) -> VolumesConfig:
@@ -54,5 +57,8 @@ def parse_volumes(table: Any, underlay_address: str, fail: Fail) -> VolumesConfi
         ipaddress.IPv4Address(listen)
     except ValueError:
         raise fail("volumes.listen", f"{listen!r} is not an IPv4 address") from None
+    thin = table.get("thin", False)
+    if not isinstance(thin, bool):
+        raise fail("volumes.thin", f"{thin!r} must be true or false")
     return VolumesConfig(table["pool_dir"], table["run_dir"], table["tls_dir"], str(listen), port,
-                         None if gib is None else gib << 30)
+                         None if gib is None else gib << 30, thin)

@@ -18,7 +18,8 @@ def fail(field: str, msg: str) -> ConfigError:
 
 def test_defaults_and_through_the_gatekeeper_file() -> None:
     v = parse_volumes(GOOD, "10.100.0.2", fail)
-    assert (v.listen, v.port, v.capacity_bytes) == ("10.100.0.2", 10809, None)
+    assert (v.listen, v.port, v.capacity_bytes, v.thin) == ("10.100.0.2", 10809, None, False)
+    assert parse_volumes({**GOOD, "thin": True}, "10.100.0.2", fail).thin
     cfg = parse_config({**BASE, "volumes": {**GOOD, "capacity_gib": 2}}, "gk.toml")
     assert cfg.volumes is not None and cfg.volumes.capacity_bytes == 2 << 30
     assert parse_config(BASE).volumes is None
@@ -32,6 +33,7 @@ def test_defaults_and_through_the_gatekeeper_file() -> None:
     ({**GOOD, "capacity_gib": 0}, "volumes.capacity_gib"),
     ({**GOOD, "listen": "h2"}, "volumes.listen"),
     ({**GOOD, "colour": 1}, "volumes.colour"),
+    ({**GOOD, "thin": "yes"}, "volumes.thin"),
     ("x", "volumes"),
 ])
 def test_bad_values_name_the_field(table: Any, field: str) -> None:
