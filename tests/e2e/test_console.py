@@ -121,6 +121,9 @@ def _as_admin(ctx: BrowserContext, token: str, lab: Lab) -> None:
     expect(page.locator('tr[data-type="DrainMove"]')).not_to_have_count(0)
     assert page.locator('tr[data-type="Maintenance"]').count() == 0
     page.screenshot(path=str(ARTIFACTS / "events.png"), full_page=True)
+    page.goto(f"{BASE}/usage")
+    expect(page.locator('tr[data-usage-vm="demo--db-0"]')).to_be_visible()  # the guests' CPU-seconds so far
+    page.screenshot(path=str(ARTIFACTS / "usage.png"), full_page=True)
 
 
 def _migrate_from_the_vm_page(vm: Page, farm: Page, lab: Lab) -> str:
