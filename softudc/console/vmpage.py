@@ -19,6 +19,7 @@ from softudc.manager.auth import Principal
 from softudc.manager.farms import FARMS
 from softudc.manager.load import load_of
 from softudc.manager.service import ApiError, Manager
+from softudc.manager.usage import usage_of
 from softudc.model.farm import Farm, VmDef
 from softudc.model.hoststate import nic_mac, vm_name
 
@@ -89,7 +90,8 @@ def vm_context(m: Manager, who: Principal, farm: str, instance: str, hist: LoadH
     return {"farm": f, "inst": inst, "vm": vm, "vm_name": name, "nics": _nics(farm, inst, vm, f["status"].get(
                 "vnet_ids", {})), "load": _load(m, inst["host"], name, hist, vm), "move": move_of(m, inst, name),
             "events": events[-EVENTS_SHOWN:][::-1], "targets": targets,
-            "host_state": reports.get(inst["host"], {}).get("state", "?")}
+            "host_state": reports.get(inst["host"], {}).get("state", "?"),
+            "usage": usage_of(m.store, extra=m.usage.latest()).get(name)}
 
 
 @router.get("/farms/{farm}/vms/{instance}")

@@ -32,3 +32,10 @@ def test_usage_per_vm_and_farm(lab: Lab) -> None:
     assert 'data-usage-farm="demo"' in mine and "other" not in mine
     assert "403" in v.get("/console/fragments/usage?farm=other").text
     assert 'data-usage-farm="demo"' in v.get("/console/usage?farm=demo&hours=bogus").text  # all time
+
+
+def test_the_vm_page_shows_what_it_used(lab: Lab) -> None:
+    placed(lab)
+    book(lab, 1)
+    html = lab.client(lab.admin).get("/console/fragments/farms/demo/vms/web-0").text
+    assert 'data-usage="demo--web-0"' in html and "60.2 CPU-seconds" in html and "0.1250 memory GiB-hours" in html
