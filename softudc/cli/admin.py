@@ -365,3 +365,6 @@ def add_parsers(sub: Any) -> None:
     from softudc.cli.usage import add_usage_parser
 
     add_usage_parser(sub)  # softudc usage (softudc/cli/usage.py)
+    from softudc.cli.volume import add_volume_parser
+
+    add_volume_parser(sub)  # softudc volume list (softudc/cli/volume.py)

@@ -1,0 +1,33 @@
+"""`softudc volume list`'s rendering and its parser."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from softudc.cli.volume import add_volume_parser, render, size_text
+
+ROWS = [{"id": "shop--db-0--big", "class": "local", "size_bytes": 64 << 40, "from": "empty", "keep": False,
+         "host": None, "allowed": [], "state": "unplaced", "reason": "h1's pool has 8 bytes free"},
+        {"id": "shop--db-0--data", "class": "remote", "size_bytes": 2 << 30, "from": "gold", "keep": True,
+         "host": "h2", "allowed": ["h1", "h3"], "state": "planned", "reason": ""}]
+
+
+def test_the_table_names_each_volume_and_why_one_is_unplaced() -> None:
+    lines = render(ROWS, "table").splitlines()
+    assert lines[0].split() == ["ID", "CLASS", "SIZE", "FROM", "KEEP", "HOST", "ALLOWED", "STATE"]
+    assert lines[1].split() == ["shop--db-0--big", "local", "64Ti", "empty", "no", "-", "-", "unplaced"]
+    assert lines[2].split() == ["shop--db-0--data", "remote", "2Gi", "gold", "yes", "h2", "h1,h3", "planned"]
+    assert lines[3] == "shop--db-0--big: h1's pool has 8 bytes free"
+    assert json.loads(render(ROWS, "json")) == ROWS
+
+
+def test_sizes_read_in_the_descriptor_s_units() -> None:
+    assert [size_text(n) for n in (1 << 20, 3 << 30, 1 << 40, (1 << 30) + 1)] == ["1Mi", "3Gi", "1Ti", "1073741825"]
+
+
+def test_the_parser() -> None:
+    p = argparse.ArgumentParser()
+    add_volume_parser(p.add_subparsers(dest="command"))
+    a = p.parse_args(["volume", "list", "--farm", "shop", "-o", "json"])
+    assert (a.farm, a.output, a.fn.__name__) == ("shop", "json", "cmd_volume_list")
