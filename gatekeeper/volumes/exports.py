@@ -18,6 +18,7 @@ adopts running daemons and restarts missing ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -29,6 +30,7 @@ from gatekeeper.volumes.pool import Pool, VolumeError, check_name
 from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError, QmpError
 
 log = logging.getLogger("gatekeeper.volumes")
+SHORT_NAME = 40  # longer export names get a digest for their run directory
 HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 MAX_ALLOWED = 256
 
@@ -54,8 +56,15 @@ class Exports:
         self.address, self.base_port, self.max_exports = address, base_port, max_exports
         run_dir.mkdir(parents=True, exist_ok=True)
 
+    def _dir(self, name: str) -> Path:
+        """The export's run directory: its name, or for a long one (a farm volume's id) a digest
+        of it, so the monitor socket's path stays within a unix socket's 108 bytes."""
+        if len(name) <= SHORT_NAME:
+            return self.run_dir / name
+        return self.run_dir / ("v-" + hashlib.sha256(name.encode()).hexdigest()[:24])
+
     def _state_path(self, name: str) -> Path:
-        return self.run_dir / name / "export.json"
+        return self._dir(name) / "export.json"
 
     def _state(self, name: str) -> dict[str, Any] | None:
         try:
@@ -65,13 +74,19 @@ class Exports:
             return None
 
     def daemon(self, name: str) -> StorageDaemon:
-        return StorageDaemon(self.run_dir / name)
+        return StorageDaemon(self._dir(name))
 
     def exported(self, name: str) -> bool:
         return self._state(name) is not None
 
     def names(self) -> list[str]:
-        return sorted(p.parent.name for p in self.run_dir.glob("*/export.json"))
+        names = []
+        for path in self.run_dir.glob("*/export.json"):
+            try:
+                names.append(str(json.loads(path.read_text()).get("volume") or path.parent.name))
+            except (OSError, ValueError):
+                names.append(path.parent.name)  # unreadable: named by its directory, as before
+        return sorted(names)
 
     def _free_port(self) -> int:
         used = {int(s["port"]) for n in self.names() if (s := self._state(n))}
@@ -87,7 +102,7 @@ class Exports:
             raise VolumeError(f"no volume {name} in {self.pool.directory}")
         if self.exported(name):
             raise VolumeError(f"volume {name} is already exported; use volume.allow to change its hosts")
-        state = {"port": self._free_port(), "allowed": hosts}
+        state = {"port": self._free_port(), "allowed": hosts, "volume": name}
         try:
             self._launch(name, state)
         except Exception:

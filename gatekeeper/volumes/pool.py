@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,126}$")  # a farm volume's id: <farm>--<instance>--<volume>
 MAX_SIZE = 1 << 50  # 1 PiB: far above any lab, below qcow2's limits
 QCOW2_MAGIC = b"QFI\xfb"
 THIN_HEADROOM = 1 << 20  # a thin pool takes a new volume while it has this much free
@@ -48,7 +48,7 @@ class Volume:
 
 def check_name(name: Any) -> str:
     if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
-        raise VolumeError(f"volume name {name!r}: use 1-63 of a-z 0-9 _ . - (starting with a letter or digit)")
+        raise VolumeError(f"volume name {name!r}: use 1-127 of a-z 0-9 _ . - (starting with a letter or digit)")
     return name
 
 

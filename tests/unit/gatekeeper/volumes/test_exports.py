@@ -112,3 +112,16 @@ def test_a_snapshot_of_an_exported_volume_is_taken_by_its_daemon(service: Volume
     assert nbdinfo(tls_uri(e, certs / "h1")).returncode == 0  # the export goes on
     service.unexport("live")
     assert service.snapshot("live", "s2")["snapshots"] == ["s1", "s2"]  # not exported: by qemu-img
+
+
+def test_a_farm_volume_s_long_id_is_exported_and_restored(service: VolumeService, certs: Path) -> None:
+    vid = "shop" + "x" * 36 + "--" + "db" + "y" * 40 + "-12--" + "data" + "z" * 30  # 120 chars
+    service.create(vid, MiB)
+    e = service.export(vid, ["h1"])
+    assert service.exports.names() == [vid] and e["volume"] == vid
+    assert nbdinfo(tls_uri(e, certs / "h1")).stdout.strip() == str(MiB)
+    service.exports.daemon(vid).stop()  # as if the host rebooted
+    assert service.exports.restore() == [vid]
+    service.unexport(vid)
+    service.delete(vid)
+    assert service.volumes() == [] and service.exports.names() == []
