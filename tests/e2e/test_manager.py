@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -22,6 +23,7 @@ from softudc.lab.endpoint import add_endpoint, remove_endpoint
 from softudc.lab.guest import http_get, wait_for_page
 from softudc.lab.lab import start_gatekeeper
 from softudc.lab.manager import MANAGER_ADDR, METRICS_PORT, call, start_manager
+from softudc.lab.prometheus import query_api, start_prometheus
 from softudc.lab.shell import stop_pid
 from tests.e2e.conftest import gk, ns_run, wait_until
 
@@ -73,6 +75,12 @@ def instances(lab: Lab) -> dict[str, dict[str, Any]]:
     return {i["name"]: i for i in farm(lab)["status"]["instances"]}
 
 
+def promql(lab: Lab, expr: str) -> dict[str, float]:
+    """A Prometheus query's answer: the first label's value (or "") -> the sample's value."""
+    answer = query_api(lab, f"http://127.0.0.1:9090/api/v1/query?query={quote(expr)}")["result"]
+    return {next(iter(r["metric"].values()), ""): float(r["value"][1]) for r in answer}
+
+
 def page(ns: str, ip: str, path: str = "counter") -> str:
     return http_get(ns, f"http://{ip}/{path}")
 
@@ -112,6 +120,11 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     scrape = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
     text = ns_run(lab.mgmt_ns, sys.executable, "-c", scrape, f"http://{MANAGER_ADDR}:{METRICS_PORT}/metrics").stdout
     assert 'softudc_manager_farm_ready{farm="demo"} 1.0' in text and 'softudc_manager_hosts{state="ready"} 3.0' in text
+    # A real Prometheus (issue 15) scrapes the lab: the VMs per host it sees are the lab's.
+    prometheus = start_prometheus(lab)
+    on_hosts = {h.name: sum(1 for where in running(lab).values() if where == h.name) for h in lab.hosts}
+    assert wait_until(lambda: promql(lab, 'max by (host) (softudc_vms{state="running"})') == on_hosts,
+                      timeout=30, interval=1), promql(lab, "softudc_vms")
 
     # Scale 3 -> 2: exactly web-2 goes; the rest stay where they are.
     before = running(lab)
@@ -131,6 +144,14 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     assert wait_until(lambda: int(page(ns, ip) or -1) > count >= 0, timeout=30)  # not restarted
     types = [e["type"] for e in farm(lab)["events"]]
     assert "Migrating" in types and "Migrated" in types
+    # ... and the migration in its counter and histograms (the downtime the destination measured).
+    seen = {"softudc_migrations_total": 1, "softudc_migration_downtime_seconds_count": 1,
+            "softudc_migration_duration_seconds_count": 1}
+    assert wait_until(lambda: {m: promql(lab, f"max({m})").get("") for m in seen} == seen,
+                      timeout=30, interval=1), {m: promql(lab, f"max({m})") for m in seen}
+    assert promql(lab, 'max(softudc_migrations_total{result="completed"})') == {"": 1}
+    assert 0 < promql(lab, "max(softudc_migration_downtime_seconds_sum)")[""] < 10
+    stop_pid(prometheus)
 
     # Scale 2 -> 3: exactly one VM is created (web-2, on the host web-0 left); nothing else moves.
     before = running(lab)
