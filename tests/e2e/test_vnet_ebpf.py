@@ -38,6 +38,32 @@ def pinned_fdb(lab: Lab, host: str) -> list[list[object]]:
     return out
 
 
+SEND = """
+import sys
+from scapy.all import IP, UDP, Raw, conf, send
+conf.verb = 0
+dst, stranger = sys.argv[1], sys.argv[2]
+frame = bytes.fromhex("ffffffffffff020000000502") + b"\\x08\\x06" + bytes(28)
+def msg(vword, body=frame):
+    return b"\\x00\\x02\\x00\\x00" + vword.to_bytes(2, "big") + body
+for payload, src, udp_len in ((msg(0x4000 | 10), None, None),  # EtherIP version 4: malformed
+                              (msg(0x3000), None, None),  # VNET id 0: malformed
+                              (msg(0x300A, frame[:5]), None, None),  # inner frame cut short: truncated
+                              (msg(0x300A, b""), None, 100),  # UDP length claims more: truncated
+                              (msg(0x3000 | 999), None, None),  # a VNET this host does not carry
+                              (msg(0x300A), stranger, None)):  # VNET 10 from a non-member address
+    ip = IP(dst=dst, src=src) if src else IP(dst=dst)
+    udp = UDP(sport=1798, dport=1798, len=udp_len) if udp_len else UDP(sport=1798, dport=1798)
+    send(ip / udp / Raw(payload))
+"""
+
+
+def send_adversarial(lab: Lab, src_host: str, dst_host: str) -> None:
+    """Crafted datagrams from src_host's namespace to dst_host's underlay address (scapy, raw IP)."""
+    stranger = lab.host(src_host).underlay_ip.rsplit(".", 1)[0] + ".250"
+    ns_run(lab.host(src_host).netns, sys.executable, "-c", SEND, lab.host(dst_host).underlay_ip, stranger)
+
+
 def assert_maps_equal_cache(lab: Lab, host: str, vnets: set[int]) -> None:
     """The host's ebs_fdb holds exactly its VARP cache's resolved entries of its eBPF VNETs."""
     for _ in range(20):  # the VARP tick (0.25 s) copies the cache into the map
@@ -114,5 +140,15 @@ def test_an_ebpf_host_and_a_userspace_host_share_a_vnet(make_lab: Callable[..., 
     assert ebpf["enc_unicast"] >= 1  # once VARP filled the FDB, h1 sent in BPF
     assert_maps_equal_cache(lab, "h1", {10})
     assert pinned_fdb(lab, "h1"), "a2's MAC resolved by VARP is in the map"
+    # adversarial datagrams into h1's underlay: dropped and counted by reason; forwarding continues
+    before = gk(lab, "h1").call("counters")["ebpf"]["counters"]
+    send_adversarial(lab, "h2", "h1")
+    time.sleep(0.3)  # the last datagram crossed the bridge
+    after = gk(lab, "h1").call("counters")["ebpf"]["counters"]
+    delta = {k: after[k] - before[k] for k in ("dec_malformed", "dec_truncated", "dec_unknown_vnet", "dec_non_member")}
+    assert delta == {"dec_malformed": 2, "dec_truncated": 2, "dec_unknown_vnet": 1, "dec_non_member": 1}, delta
+    for src, dst in (("a1", "10.0.0.2"), ("a2", "10.0.0.1")):
+        r = ping(lab, src, dst, count=3)
+        assert r.returncode == 0, f"after the adversarial datagrams, {src} -> {dst}:\n{r.stdout}{r.stderr}"
     gk(lab, "h1").call("varp.flush")  # the cache emptied: the map follows
     assert_maps_equal_cache(lab, "h1", {10})
