@@ -39,7 +39,8 @@ from prometheus_client.registry import Collector
 
 from softudc.manager.store import Store
 
-SCAN_LIMIT = 5000  # farm events read per scrape: more migration outcomes between two scrapes are not counted
+WINDOW = 200  # farm events a scrape reads first: when they are all new, it reads up to SCAN_LIMIT
+SCAN_LIMIT = 5000  # farm events read per scrape at most: more between two scrapes are not all counted
 DOWNTIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 RESULTS = ("completed", "failed", "cancelled")
@@ -123,12 +124,17 @@ class MigrationTotals:
     seen_time: float = float("-inf")  # the newest event time counted
     seen_keys: set[tuple[str, str, str]] = field(default_factory=set)  # the events counted at seen_time
 
+    def unseen(self, event: Mapping[str, Any]) -> bool:
+        """Whether `event` is one to count: written since `since`, and not counted yet."""
+        at, key = float(event.get("time", 0.0)), _key(event)
+        return at >= self.since and (at > self.seen_time or (at == self.seen_time and key not in self.seen_keys))
+
     def add(self, events: Iterable[Mapping[str, Any]]) -> None:
         """Count the events (oldest first) newer than those counted before."""
         for e in events:
-            at, key = float(e.get("time", 0.0)), (str(e.get("name")), str(e.get("type")), str(e.get("message")))
-            if at < self.since or at < self.seen_time or (at == self.seen_time and key in self.seen_keys):
+            if not self.unseen(e):
                 continue
+            at, key = float(e.get("time", 0.0)), _key(e)
             if at > self.seen_time:
                 self.seen_time, self.seen_keys = at, set()
             self.seen_keys.add(key)
@@ -143,6 +149,10 @@ class MigrationTotals:
             self.duration.observe(end.duration_s)
         if end.downtime_s is not None:
             self.downtime.observe(end.downtime_s)
+
+
+def _key(event: Mapping[str, Any]) -> tuple[str, str, str]:
+    return str(event.get("name")), str(event.get("type")), str(event.get("message"))
 
 
 def vms_by_state(report: Mapping[str, Any]) -> dict[str, int]:
@@ -165,9 +175,17 @@ class MigrationCollector(Collector):
         self.totals = MigrationTotals(since=time.time() if since is None else since)
         self._lock = threading.Lock()
 
+    def _new_events(self) -> list[dict[str, Any]]:
+        """The latest farm events: WINDOW of them, or SCAN_LIMIT when even the oldest of those is
+        new (more may have come since the last scrape)."""
+        events = self.store.events("farm", limit=WINDOW)
+        if len(events) == WINDOW and self.totals.unseen(events[0]):
+            events = self.store.events("farm", limit=SCAN_LIMIT)
+        return events
+
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
         with self._lock:
-            self.totals.add(self.store.events("farm", limit=SCAN_LIMIT))
+            self.totals.add(self._new_events())
             t = self.totals
             total = CounterMetricFamily("softudc_migrations", "Migration attempts ended, by result and reason "
                                         "(from the farms' stored events)", labels=["result", "reason"])
