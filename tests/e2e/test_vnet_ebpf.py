@@ -152,3 +152,37 @@ def test_an_ebpf_host_and_a_userspace_host_share_a_vnet(make_lab: Callable[..., 
         assert r.returncode == 0, f"after the adversarial datagrams, {src} -> {dst}:\n{r.stdout}{r.stderr}"
     gk(lab, "h1").call("varp.flush")  # the cache emptied: the map follows
     assert_maps_equal_cache(lab, "h1", {10})
+
+
+def clsact(lab: Lab, host: str, dev: str) -> bool:
+    return "clsact" in ns_run(lab.host(host).netns, "tc", "qdisc", "show", "dev", dev).stdout
+
+
+def test_stop_removes_the_programs_and_a_restart_puts_them_back(make_lab: Callable[..., Lab],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 7: a stopped gatekeeper leaves no qdisc/program on the underlay; a restarted one attaches
+    again and traffic resumes (the loss across the restart is printed: the TAPs go with the process)."""
+    lab = make_lab(hosts=2)
+    _set_datapath(lab, monkeypatch, {"h1": "auto", "h2": "auto"})
+    create_vnet(lab, 10)
+    endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
+    assert ping(lab, "a1", "10.0.0.2", count=3).returncode == 0
+    assert clsact(lab, "h1", "ul0")
+    pinger = subprocess.Popen(["ip", "netns", "exec", lab.endpoints["a1"].netns, "ping", "-q", "-i", "0.1", "-w", "8",
+                               "10.0.0.2"], stdout=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    lab_mod.stop_gatekeeper(lab.host("h1"))
+    assert not clsact(lab, "h1", "ul0"), "the stopped gatekeeper left its clsact qdisc on the underlay"
+    lab_mod.start_gatekeeper(lab, lab.host("h1"))
+    lab.save()
+    out, _ = pinger.communicate(timeout=30)
+    print("ping across the restart:", out.strip().splitlines()[-2:])
+    assert clsact(lab, "h1", "ul0")
+    for _ in range(40):
+        vnets = gk(lab, "h1").call("counters")["ebpf"]["vnets"]
+        if vnets:
+            break
+        time.sleep(0.25)
+    assert [v["path"] for v in vnets] == ["ebpf"], vnets
+    r = ping(lab, "a1", "10.0.0.2", count=3)
+    assert r.returncode == 0, f"after the restart:\n{r.stdout}{r.stderr}"
