@@ -26,7 +26,7 @@ Instance = Annotated[str, Path(pattern=INSTANCE_PATTERN)]
 FORBIDDEN = "refused: a console action needs an admin session and the form's CSRF token"
 
 
-async def _checked(request: Request) -> tuple[Session, Principal, dict[str, str]]:
+async def checked(request: Request) -> tuple[Session, Principal, dict[str, str]]:
     """The session, principal and form of an action; ApiError 403 unless an admin sent the
     session's CSRF token."""
     s, who = current(request)
@@ -36,7 +36,7 @@ async def _checked(request: Request) -> tuple[Session, Principal, dict[str, str]
     return s, who, fields
 
 
-def _refused(request: Request, e: ApiError) -> HTMLResponse:
+def refused(request: Request, e: ApiError) -> HTMLResponse:
     return HTMLResponse(f"<p class=error>{e.status}: action refused, nothing was changed</p>",
                         status_code=e.status) if e.status == 403 else page(
         request, "missing.html", None, None, code=e.status, message=str(e),
@@ -58,9 +58,9 @@ def apply_page(request: Request, farm: str = "") -> HTMLResponse:
 @router.post("/apply")
 async def apply(request: Request) -> Response:
     try:
-        s, who, fields = await _checked(request)
+        s, who, fields = await checked(request)
     except ApiError as e:
-        return _refused(request, e)
+        return refused(request, e)
     name, text = fields.get("name", "").strip(), fields.get("descriptor", "").replace("\r\n", "\n")
     try:
         await run_in_threadpool(manager(request).put_farm, who, name, text, None)
@@ -75,22 +75,22 @@ async def apply(request: Request) -> Response:
 @router.post("/farms/{name}/delete")
 async def delete(request: Request, name: FarmName) -> Response:
     try:
-        _, who, fields = await _checked(request)
+        _, who, fields = await checked(request)
         if fields.get("confirm") != name:
             raise ApiError(400, f"to delete farm {name!r}, tick the box that names it")
         await run_in_threadpool(manager(request).delete_farm, who, name)
     except ApiError as e:
-        return _refused(request, e)
+        return refused(request, e)
     return RedirectResponse("/console/farms", status_code=303)
 
 
 @router.post("/farms/{name}/instances/{instance}/migrate")
 async def migrate(request: Request, name: FarmName, instance: Instance) -> Response:
     try:
-        _, who, fields = await _checked(request)
+        _, who, fields = await checked(request)
         await run_in_threadpool(manager(request).migrate, who, name, instance, {"to": fields.get("host", "")})
     except ApiError as e:
-        return _refused(request, e)
+        return refused(request, e)
     vm_page = f"/console/farms/{name}/vms/{instance}"  # the page the form was on: back there
     return RedirectResponse(vm_page if fields.get("back") == vm_page else f"/console/farms/{name}", status_code=303)
 
@@ -109,8 +109,8 @@ async def undrain_host(request: Request, name: FarmName) -> Response:
 
 async def _on_host(request: Request, name: str, action: Callable[[Manager, Principal, str], object]) -> Response:
     try:
-        _, who, _ = await _checked(request)
+        _, who, _ = await checked(request)
         await run_in_threadpool(action, manager(request), who, name)
     except ApiError as e:
-        return _refused(request, e)
+        return refused(request, e)
     return RedirectResponse("/console/", status_code=303)

@@ -1,9 +1,9 @@
 """Live updates: one server-sent-events stream per open page. It names what changed ("hosts",
-"farm-NAME" for the farms the session may read, "tasks" for an admin's rollouts) as the manager's
-store revision moves (softudc/console/watcher.py: one reader of the store for every stream), and
-htmx fetches the fragments that listen for that name. Bounded: at most MAX_STREAMS at once (a
-further page gets 503 and htmx retries), a keep-alive comment every KEEPALIVE_S, closed within
-ALIVE_S when the session logs out or its token is removed."""
+"farm-NAME" for the farms the session may read, "tasks" for an admin's rollouts and plans) as the
+manager's store revision moves (softudc/console/watcher.py: one reader of the store for every
+stream), and htmx fetches the fragments that listen for that name. Bounded: at most MAX_STREAMS at
+once (a further page gets 503 and htmx retries), a keep-alive comment every KEEPALIVE_S, closed
+within ALIVE_S when the session logs out or its token is removed."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def names(objects: list[tuple[str, str]] | None, who: Principal, m: Manager) -> 
             out += ["hosts", f"farm-{name}", "farms"]
         elif kind == "host":
             out.append("hosts")
-        elif kind == "rollout" and who.role == "admin":
+        elif kind in ("rollout", "plan") and who.role == "admin":
             out.append("tasks")
     return list(dict.fromkeys(out))
 
