@@ -98,6 +98,25 @@ def test_a_write_from_h1_reads_back_from_h3(world: World) -> None:
     assert w.h2.call("volume.describe", name="data1")["allocated_bytes"] >= 4 * MiB
 
 
+def test_a_clone_of_a_master_is_served_and_snapshotted_while_exported(world: World) -> None:
+    w = world
+    w.h2.call("volume.create", name="gold", size_bytes=32 * MiB)
+    w.h2.call("volume.export", name="gold", allowed=["h1"])
+    gold = w.h2.call("volume.describe", name="gold")["export"]
+    assert "wrote" in qemu_client(w, "h1", ["qemu-io"], gold, "-c", "write -P 0x6b 0 2M").stdout
+    w.h2.call("volume.unexport", name="gold")
+    clone = w.h2.call("volume.create", name="gold-c1", backing="gold")  # the master's size
+    assert (clone["size_bytes"], clone["backing"]) == (32 * MiB, "gold.qcow2")
+    export = w.h2.call("volume.export", name="gold-c1", allowed=["h3"])
+    read = qemu_client(w, "h3", ["qemu-io"], export, "-c", "read -P 0x6b 0 2M", "-c", "write -P 0x7c 0 1M")
+    assert "Pattern verification failed" not in read.stdout and "wrote" in read.stdout, read.stdout + read.stderr
+    snap = w.h2.call("volume.snapshot", name="gold-c1", snapshot="s1")  # by QMP: the export goes on
+    assert snap["snapshots"] == ["s1"] and nbdinfo(w, "h3", export, "h3").returncode == 0
+    w.h2.call("volume.unexport", name="gold-c1")
+    w.h2.call("volume.delete", name="gold-c1")
+    w.h2.call("volume.delete", name="gold")
+
+
 def test_exports_survive_a_gatekeeper_restart(world: World) -> None:
     w = world
     before = w.h2.call("volume.describe", name="data1")["export"]
