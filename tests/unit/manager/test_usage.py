@@ -5,15 +5,18 @@ and the Prometheus counters."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
 from softudc.manager.service import Manager
 from softudc.manager.usage import KIND, HostBook, UsageBook, UsageCollector, advance, report, usage_of
 from softudc.model.hoststate import HostLoad, parse
+from tests.unit.lab.test_prometheus import PROMTOOL, needs_promtool
 from tests.unit.manager.test_loop import FakeStore
 
 VM = "web--a"
@@ -141,6 +144,19 @@ def test_a_report_s_usage_follows_the_contract_and_reaches_the_book(world: tuple
             for s in mf.samples}
     assert ("softudc_usage_cpu_seconds", ("web", VM), 4.0) in text
     assert ("softudc_usage_network_bytes", ("web", VM, "5", "tx"), 20.0) in text
+
+
+@needs_promtool
+def test_the_counters_pass_promtool(world: tuple[Manager, FakeStore]) -> None:
+    m, store = world
+    load = a_load(time.time(), {VM: sample(4, net=[(5, 10, 20)]), "db--x": sample(1)})
+    m.host_status("h1", "h1", {"vcpus": 8, "memory_mib": 8192, "running": [VM, "db--x"], "load": load})
+    registry = CollectorRegistry()
+    registry.register(UsageCollector(store, lambda: m.usage))
+    text = generate_latest(registry).decode()
+    assert 'softudc_usage_memory_byte_seconds_total{farm="web",vm="web--a"}' in text
+    check = subprocess.run([PROMTOOL or "promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
 
 
 def test_a_broken_usage_is_refused_with_the_load() -> None:
