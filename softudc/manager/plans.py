@@ -18,9 +18,9 @@ and the plan stops there, `failed` with the reason (the farm's latest MigrationF
 Every move started, done or failed is an event of the plan naming the VM and the move's reason.
 
 A thread of the manager that ran the plan steps it every STEP_S; a POST of the run route on a
-`running` plan steps it too. Plans are stored, so they survive a manager restart, but a running
-plan resumes only when it is run again (`softudc rebalance --plan ID`, or the route): the
-leader's pass does not step plans by itself.
+`running` plan steps it too. Plans are stored, so they survive a manager restart: a running plan
+resumes when it is run again (`softudc rebalance --plan ID`, or the route), or on the leader's
+pass once that calls `resume` (requested of dpm.maintenance_step's owner).
 """
 
 from __future__ import annotations
@@ -92,6 +92,8 @@ def create(m: Manager, who: Principal, body: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, f"body: 'cooldown_s' must be a number of seconds >= 0 (got {cooldown!r})")
     limits, now = _limits(body), time.time()
     c, index = current(m, now)
+    if not c.hosts:
+        raise ApiError(409, "no host has reported its capacity yet: nothing to balance (see `softudc host list`)")
     plan = balance(c, cooldown_s=float(cooldown), now=now, limits=limits)
     pid = f"p{int(now * 1000):x}"
     spec = _spec(plan, c, index, who, limits, float(cooldown), now)
@@ -261,6 +263,17 @@ def view(m: Manager, pid: str) -> dict[str, Any]:
     extra = {k: obj.status[k] for k in ("reason", "started", "ended") if k in obj.status}
     return {"id": obj.name, **{k: v for k, v in obj.spec.items() if k not in ("moves", "snapshot")},
             "state": obj.status.get("state", "planned"), "progress": counts, "moves": moves, **extra}
+
+
+def resume(m: Manager) -> None:
+    """For the leader's pass: step every running plan this manager has no thread for (one a
+    restarted or new leader inherited), as the admin who ran it."""
+    for obj in m.store.objects(KIND):
+        if obj.status.get("state") == "running" and obj.name not in _stepping:
+            try:
+                step(m, Principal(str(obj.spec.get("by", "plans")), "admin"), obj.name)
+            except ApiError as e:
+                log.warning("plan %s: %s", obj.name, e)
 
 
 def listing(m: Manager, who: Principal) -> list[dict[str, Any]]:

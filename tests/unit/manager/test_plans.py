@@ -138,3 +138,14 @@ def test_what_changed_lists_hosts_and_vms() -> None:
     c = Cluster([BHost("a", 4, 1024), BHost("b", 4, 1024, "draining")], [BVm("f/x", "b", 1, 128)])
     lines = plans.changes({"hosts": {"a": "ready", "b": "ready", "c": "ready"}, "vms": {"f/x": "a", "f/y": "a"}}, c)
     assert lines == ["host b: ready -> draining", "host c is gone", "vm f/x: a -> b", "vm f/y is gone"]
+
+
+def test_resume_steps_a_running_plan_nobody_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = busy_world(tmp_path, monkeypatch)
+    p = plans.create(m, ADMIN, {"max_per_step": 1})
+    plans.run(m, ADMIN, p["id"])
+    for _ in range(len(p["moves"]) + 2):
+        finish_moves(m)
+        plans.resume(m)  # a new leader's pass
+    assert plans.show(m, ADMIN, p["id"])["state"] == "done"
+    m.close()
