@@ -191,7 +191,9 @@ def _ago(t: Any) -> str:
 
 
 def cmd_get(a: argparse.Namespace) -> None:
-    rows, columns, wide = get_rows(connect(a), a.what)
+    from softudc.cli.rebalance import plan_rows  # softudc get plans (softudc/cli/rebalance.py)
+
+    rows, columns, wide = plan_rows(connect(a)) if a.what == "plans" else get_rows(connect(a), a.what)
     if a.output == "json":
         print(json.dumps(rows, indent=2))
     elif a.output == "yaml":
@@ -308,8 +310,8 @@ def add_parsers(sub: Any) -> None:
     df.add_argument("-f", "--file", required=True)
     add_arguments(df)
     df.set_defaults(fn=cmd_diff)
-    g = sub.add_parser("get", help="farms, vms, hosts or vnets known to the manager")
-    g.add_argument("what", choices=["farms", "vms", "hosts", "vnets"])
+    g = sub.add_parser("get", help="farms, vms, hosts, vnets or rebalance plans known to the manager")
+    g.add_argument("what", choices=["farms", "vms", "hosts", "vnets", "plans"])
     add_arguments(g)
     g.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
     g.set_defaults(fn=cmd_get)
@@ -362,6 +364,9 @@ def add_parsers(sub: Any) -> None:
     from softudc.cli.top import add_top_parser
 
     add_top_parser(sub)  # softudc top hosts|vms (softudc/cli/top.py)
+    from softudc.cli.rebalance import add_rebalance_parser
+
+    add_rebalance_parser(sub)  # softudc rebalance [--dry-run|--plan ID|--auto S] (softudc/cli/rebalance.py)
     from softudc.cli.usage import add_usage_parser
 
     add_usage_parser(sub)  # softudc usage (softudc/cli/usage.py)
