@@ -79,7 +79,8 @@ def _volumes(config: GatekeeperConfig) -> VolumeService | None:
     if config.volumes is None:
         return None
     v = config.volumes
-    volumes = VolumeService(Path(v.pool_dir), Path(v.run_dir), Path(v.tls_dir), v.listen, v.port, v.capacity_bytes)
+    volumes = VolumeService(Path(v.pool_dir), Path(v.run_dir), Path(v.tls_dir), v.listen, v.port, v.capacity_bytes,
+                            v.thin)
     volumes.start()
     return volumes
 

@@ -237,7 +237,8 @@ class Hypervisor:
                      "tx_packets": s.get(f"net.{i}.tx.pkts", 0)} for i in range(s.get("net.count", 0))]
             blocks = [{"name": s.get(f"block.{i}.name"), "rd_bytes": s.get(f"block.{i}.rd.bytes", 0),
                        "wr_bytes": s.get(f"block.{i}.wr.bytes", 0)} for i in range(s.get("block.count", 0))]
-            out.append({"name": dom.name(), "state": STATES.get(s.get("state.state", 0), "unknown"),
+            out.append({"name": dom.name(), "uuid": dom.UUIDString(), "id": dom.ID(),  # one start of it (usage)
+                        "state": STATES.get(s.get("state.state", 0), "unknown"),
                         "cpu_time_ns": s.get("cpu.time", 0), "vcpus": s.get("vcpu.current", 0),
                         "memory_kib": s.get("balloon.current", 0), "rss_kib": s.get("balloon.rss", 0),
                         "net": nets, "block": blocks})
