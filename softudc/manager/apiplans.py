@@ -4,6 +4,7 @@
                                max_per_step, max_moves}: compute and store a plan (run at once if dry_run is false)
     GET  /v1/plans            every plan, newest first (without its moves)
     GET  /v1/plans/{id}       the plan: moves with reason, step and state; score and breakdown before/after; progress
+    GET  /v1/plans/{id}/events  its events (Planned, Running, Move, MoveDone, MoveFailed, Failed, Done), oldest first
     POST /v1/plans/{id}/run   run exactly that plan (409 naming what changed if the cluster's fingerprint differs)
 """
 
@@ -67,6 +68,12 @@ def list_plans(m: Mgr, who: Who) -> list[dict[str, Any]]:
             responses=errors(401, 403, 404))
 def get_plan(m: Mgr, who: Who, pid: PlanId) -> dict[str, Any]:
     return plans.show(m, who, pid)
+
+
+@router.get("/v1/plans/{pid}/events", summary="A plan's events, oldest first (admin)",
+            responses=errors(401, 403, 404))
+def plan_events(m: Mgr, who: Who, pid: PlanId) -> list[dict[str, Any]]:
+    return plans.events(m, who, pid)
 
 
 @router.post("/v1/plans/{pid}/run", summary="Run exactly this plan; 409 if the cluster changed since (admin)",

@@ -284,6 +284,13 @@ def listing(m: Manager, who: Principal) -> list[dict[str, Any]]:
             for p in sorted(out, key=lambda p: -float(p.get("created", 0.0)))]
 
 
+def events(m: Manager, who: Principal, pid: str) -> list[dict[str, Any]]:
+    """GET /v1/plans/{id}/events: the plan's events, oldest first."""
+    _admin(who)
+    _get(m, pid)
+    return m.store.events(KIND, pid, limit=1000)
+
+
 def show(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
     _admin(who)
     return view(m, pid)

@@ -31,6 +31,7 @@ def test_plan_routes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         assert [p["id"] for p in listed] == [body["id"]] and listed[0]["moves"] == len(body["moves"])
         assert call("GET", f"/v1/plans/{body['id']}")[1]["fingerprint"] == body["fingerprint"]
         assert call("GET", "/v1/plans/nope")[0] == 404
+        assert [e["type"] for e in call("GET", f"/v1/plans/{body['id']}/events")[1]] == ["Planned"]
         status, ran = call("POST", f"/v1/plans/{body['id']}/run")
         assert status == 200 and ran["state"] == "running" and ran["progress"]["moving"] >= 1, ran
     m.close()
