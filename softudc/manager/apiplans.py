@@ -12,30 +12,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from softudc.manager import plans
+from softudc.manager.apiload import Mgr, Who
 from softudc.manager.apimodels import NAME_PATTERN, errors
-from softudc.manager.auth import Principal
-from softudc.manager.service import Manager
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="token", description="an API token")
-
-
-async def _manager(request: Request) -> Manager:
-    m: Manager = request.app.state.manager
-    return m
-
-
-def _principal(m: Annotated[Manager, Depends(_manager)],
-               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    return m.tokens.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
-
-
-Mgr = Annotated[Manager, Depends(_manager)]
-Who = Annotated[Principal, Depends(_principal)]
 PlanId = Annotated[str, Path(pattern=NAME_PATTERN, description="a plan's id")]
 
 router = APIRouter()

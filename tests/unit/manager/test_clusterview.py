@@ -3,32 +3,16 @@ allocation, group (farm-qualified), measured use and last move."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
-from softudc.manager.auth import Principal
 from softudc.manager.clusterview import cluster_of, hosts_of, last_moves
-from softudc.manager.service import Manager, init
-
-DEMO = (Path(__file__).parents[3] / "configs" / "farms" / "demo.yaml").read_text()
-ADMIN = Principal("admin", "admin")
-
-
-def report(m: Manager, host: str, running: list[str]) -> None:
-    m.host_status(host, host, {"vcpus": 8, "memory_mib": 8192, "running": running,
-                               "sizes": {v: [1, 128] for v in running}})
-    m.settle()
+from softudc.manager.service import Manager
+from tests.unit.manager.test_drain import world as drain_world
 
 
 def world(tmp_path: Path) -> Manager:
-    init(tmp_path, ["127.0.0.1"])
-    m = Manager(tmp_path)
-    for h in ("h1", "h2", "h3"):
-        m.store.put("host", h, {"joined": time.time()})
-        report(m, h, [])
-    m.put_farm(ADMIN, "demo", DEMO, None)
-    return m
+    return drain_world(tmp_path, ("h1", "h2", "h3"))
 
 
 def instances(m: Manager) -> list[dict[str, Any]]:

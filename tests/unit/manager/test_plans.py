@@ -5,29 +5,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from softudc.manager import plans
 from softudc.manager.auth import Principal
 from softudc.manager.service import ApiError, Manager, init
+from tests.unit.manager.test_drain import DEMO, report, where
 
-DEMO = (Path(__file__).parents[3] / "configs" / "farms" / "demo.yaml").read_text()
 ADMIN = Principal("admin", "admin")
-
-
-def report(m: Manager, host: str, running: list[str]) -> None:
-    m.host_status(host, host, {"vcpus": 8, "memory_mib": 8192, "running": running,
-                               "sizes": {v: [1, 128] for v in running}, "migration_uri": "qemu+tcp://127.0.0.1/system"})
-    m.note_address(host, "127.0.0.1")
-    m.settle()
-
-
-def where(m: Manager) -> dict[str, dict[str, Any]]:
-    obj = m.store.get("farm", "demo")
-    assert obj is not None
-    return {i["name"]: i for i in obj.status["instances"]}
 
 
 def busy_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Manager:
