@@ -124,6 +124,10 @@ def _as_admin(ctx: BrowserContext, token: str, lab: Lab) -> None:
     page.goto(f"{BASE}/usage")
     expect(page.locator('tr[data-usage-vm="demo--db-0"]')).to_be_visible()  # the guests' CPU-seconds so far
     page.screenshot(path=str(ARTIFACTS / "usage.png"), full_page=True)
+    page.goto(f"{BASE}/plans")
+    page.click("button:has-text('Preview a rebalance')")  # a dry run: stored, nothing moves
+    expect(page.locator('[data-field="plan-state"]')).to_have_text("planned")
+    page.screenshot(path=str(ARTIFACTS / "plan.png"), full_page=True)
 
 
 def _migrate_from_the_vm_page(vm: Page, farm: Page, lab: Lab) -> str:
