@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from softudc.manager import drain, rollout
+from softudc.manager import drain, plans, rollout
 from softudc.manager.auth import Principal
 from softudc.manager.consolidate import Band, Decision, HostUse, Memory, decide
 from softudc.manager.errors import ApiError
 from softudc.manager.load import load_of
+from softudc.manager.store import NotLeader
 from softudc.power.driver import PowerError
 from softudc.power.fence import fence
 
@@ -152,9 +153,15 @@ def consolidator(m: Manager) -> Consolidator | None:
 
 
 def maintenance_step(m: Manager) -> None:
-    """The leader's pass: rollouts resumed, then consolidation (if on); never raises into the pass
-    but for NotLeader (rollout.resume lets it through)."""
+    """The leader's pass: rollouts and running rebalance plans resumed, then consolidation (if on);
+    never raises into the pass but for NotLeader (rollout.resume lets it through)."""
     rollout.resume(m)
+    try:
+        plans.resume(m)  # a running plan a restarted or new leader inherited (softudc/manager/plans.py)
+    except NotLeader:
+        raise
+    except Exception:
+        log.exception("resuming rebalance plans; the next pass tries again")
     try:
         c = consolidator(m)
         if c is not None:

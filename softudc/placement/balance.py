@@ -91,7 +91,7 @@ class _State:
         idx = {n: i for i, n in enumerate(self.names)}
         self.cap_c = np.array([h.vcpus for h in c.hosts], dtype=np.float64)
         self.cap_m = np.array([h.memory_mib for h in c.hosts], dtype=np.float64)
-        self.ready = np.array([h.state == "ready" for h in c.hosts])
+        self.ready = np.array([h.state == "ready" for h in c.hosts], dtype=bool)
         self.state = [h.state for h in c.hosts]
         self.vm_host = np.array([idx[v.host] for v in c.vms], dtype=np.int64)
         self.vm_c = np.array([v.cpu for v in c.vms], dtype=np.float64)

@@ -58,3 +58,21 @@ def test_an_idle_pool_parks_a_host_and_high_use_wakes_it(tmp_path: Path, monkeyp
     types = [e["type"] for e in m.store.events("host", "h3")]
     assert types.count("Consolidation") == 2 and "ConsolidationFailed" not in types
     m.close()
+
+
+def test_the_leaders_pass_resumes_plans_and_a_failing_resume_does_not_stop_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def broken(m: object) -> None:
+        calls.append("plans")
+        raise RuntimeError("store hiccup")
+
+    monkeypatch.setattr(dpm.rollout, "resume", lambda m: calls.append("rollouts"))
+    monkeypatch.setattr(dpm.plans, "resume", broken)
+    monkeypatch.setattr(dpm, "consolidator", lambda m: calls.append("consolidation"))
+    dpm.maintenance_step(object())  # type: ignore[arg-type]
+    assert calls == ["rollouts", "plans", "consolidation"]
+    monkeypatch.setattr(dpm.plans, "resume", lambda m: (_ for _ in ()).throw(dpm.NotLeader("deposed")))
+    with pytest.raises(dpm.NotLeader):  # a deposed leader's pass stops there
+        dpm.maintenance_step(object())  # type: ignore[arg-type]

@@ -136,3 +136,8 @@ def test_stuck_vms_say_why() -> None:
     plan = balance(Cluster(hosts, vms), now=100.0)
     assert plan.moves == []
     assert plan.stuck["cool"] == "in cooldown" and "no ready host with room" in plan.stuck["big"]
+
+
+def test_a_cluster_with_no_hosts_yet_gets_an_empty_plan() -> None:
+    plan = balance(Cluster([], []))  # a manager before any host reported (POST /v1/plans)
+    assert plan.moves == [] and plan.stuck == {}
