@@ -166,6 +166,12 @@ def test_a_burning_guest_is_charged_its_cpu_seconds_also_across_a_migration(
     for vm in addr:
         assert abs(end[vm] - start[vm] - really[vm]) <= TOLERANCE_S, (vm, end, start, really)
 
+    net_id = status["vnet_ids"]["net"]
+    for f in get(lab, "/v1/usage?farm=us")["farms"]:  # the pages and burns went over the VNET: its bytes counted
+        for v in f["vms"]:
+            row = next(n for n in v["network"] if n["vnet"] == net_id)
+            assert row["rx_bytes"] > 0 and row["tx_bytes"] > 0 and v["memory_gib_hours"] > 0, v
+
     capsys.readouterr()
     cli(["--state-dir", str(lab.state_dir), "usage", "--farm", "us", "-o", "json", "--lab", lab.spec.name])
     shown = {v["vm"]: v["cpu_seconds"] for f in json.loads(capsys.readouterr().out)["farms"] for v in f["vms"]}
