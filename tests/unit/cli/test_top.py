@@ -53,7 +53,9 @@ def test_top_hosts_shows_used_of_capacity(api: Api, capsys: pytest.CaptureFixtur
     a.fn(a)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["HOST", "STATE", "CPU"]
-    assert lines[1].split() == ["h1", "ready", "1.00/4", "25%", "512/2048", "25%", "1", "0s"]
+    row = lines[1].split()
+    assert row[:-1] == ["h1", "ready", "1.00/4", "25%", "512/2048", "25%", "1"]
+    assert row[-1] in ("0s", "1s", "2s")  # the sample's age: seconds since the fixture reported it (a slow CI)
 
 
 def test_top_vms_json_and_watch(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
