@@ -92,7 +92,8 @@ def test_a_plan_previewed_then_run_moves_exactly_its_moves(lab: Lab) -> None:
 
     # Run exactly that plan.
     status, ran = post(lab, f"/v1/plans/{plan['id']}/run", {})
-    assert status == 200 and ran["state"] in ("running", "done"), ran
+    assert status == 200 and ran["state"] in ("running", "done"), \
+        (ran.get("reason"), ran.get("moves"), get(lab, f"/v1/plans/{plan['id']}/events")[-6:])
     assert wait_until(lambda: get(lab, f"/v1/plans/{plan['id']}")["state"] != "running", timeout=120, interval=1)
     done = get(lab, f"/v1/plans/{plan['id']}")
     assert done["state"] == "done", (done, get(lab, "/v1/farms/bl")["events"][-5:])
