@@ -19,11 +19,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict
 
 from softudc.manager import drain
+from softudc.manager.apideps import Mgr, Who
 from softudc.manager.apimodels import NAME_PATTERN, errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
@@ -31,21 +31,6 @@ from softudc.manager.load import load_of
 from softudc.manager.service import Manager
 from softudc.model.hoststate import split_vm_name
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="token", description="an API token")
-
-
-async def _manager(request: Request) -> Manager:
-    m: Manager = request.app.state.manager
-    return m
-
-
-def _principal(m: Annotated[Manager, Depends(_manager)],
-               credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    return m.tokens.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
-
-
-Mgr = Annotated[Manager, Depends(_manager)]
-Who = Annotated[Principal, Depends(_principal)]
 HostName = Annotated[str, Path(pattern=NAME_PATTERN, description="a host")]
 
 router = APIRouter()

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Body, Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from softudc.manager import plans
-from softudc.manager.apiload import Mgr, Who
+from softudc.manager.apideps import Mgr, Who
 from softudc.manager.apimodels import NAME_PATTERN, errors
 
 PlanId = Annotated[str, Path(pattern=NAME_PATTERN, description="a plan's id")]

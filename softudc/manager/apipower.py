@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Body, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field
 
+from softudc.manager.apideps import Mgr, admin_only
 from softudc.manager.apimodels import NAME_PATTERN, errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
@@ -40,23 +40,7 @@ from softudc.power.fence import fence
 
 STANDBY = "standby"
 
-_bearer = HTTPBearer(auto_error=False, scheme_name="token", description="an API token")
-
-
-async def _manager(request: Request) -> Manager:
-    m: Manager = request.app.state.manager
-    return m
-
-
-def _admin(m: Annotated[Manager, Depends(_manager)],
-           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    who = m.tokens.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
-    if who.role != "admin":
-        raise ApiError(403, f"{who.name} ({who.role}) may not power hosts; that takes an admin token")
-    return who
-
-
-Mgr = Annotated[Manager, Depends(_manager)]
+_admin = admin_only("power hosts")
 Admin = Annotated[Principal, Depends(_admin)]
 HostName = Annotated[str, Path(pattern=NAME_PATTERN, description="a host")]
 

@@ -17,25 +17,15 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
 from softudc.manager import rollout
+from softudc.manager.apideps import Mgr, admin_only
 from softudc.manager.apimodels import NAME_PATTERN, errors
-from softudc.manager.apipower import Mgr, _bearer, _manager
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
-from softudc.manager.service import Manager
 
-
-def _admin(m: Annotated[Manager, Depends(_manager)],
-           credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> Principal:
-    who = m.tokens.authenticate(f"Bearer {credentials.credentials}" if credentials else None)
-    if who.role != "admin":
-        raise ApiError(403, f"{who.name} ({who.role}) may not upgrade hosts; that takes an admin token")
-    return who
-
-
+_admin = admin_only("upgrade hosts")
 Admin = Annotated[Principal, Depends(_admin)]
 RolloutName = Annotated[str, Path(pattern=NAME_PATTERN, description="a rollout")]
 Seconds = Annotated[float, Field(gt=0, le=86400)]

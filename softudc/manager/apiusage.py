@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from softudc.manager.apiload import Mgr, Who
+from softudc.manager.apideps import Mgr, Who
 from softudc.manager.apimodels import errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.security import HTTPAuthorizationCredentials
 
-from softudc.manager import apipower
+from softudc.manager import apideps, apipower
 from softudc.manager.apipower import PowerRequest, power, set_power_config
 from softudc.manager.auth import Principal
 from softudc.manager.controller import HOST_DOWN_AFTER_S
@@ -137,7 +137,7 @@ def test_only_an_admin_may_power_hosts(world: tuple[Manager, FakeDriver], monkey
     m, _ = world
     monkeypatch.setattr(m.tokens, "authenticate", lambda header: Principal("ops", "operator", ("shop",)))
     with pytest.raises(ApiError, match="ops \\(operator\\) may not power hosts"):
-        apipower._admin(m, HTTPAuthorizationCredentials(scheme="Bearer", credentials="t"))
+        apipower._admin(apideps.principal(m, HTTPAuthorizationCredentials(scheme="Bearer", credentials="t")))
 
 
 def test_fence_is_for_a_down_host_and_confirmed_puts_it_in_standby(
