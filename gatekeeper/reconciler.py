@@ -70,6 +70,7 @@ class Reconciler:
         self.state = DesiredState()  # the same, as the contract's model
         self._put = threading.Lock()  # one status report at a time (the sync round's or a heartbeat)
         self._last_put = time.monotonic()
+        self._last_report: dict[str, Any] | None = None  # what the last report said (a heartbeat repeats it)
         self._converging = False  # a sync round is carrying out actions (a VM start may take seconds)
 
     def _load_managed(self) -> set[int]:
@@ -176,20 +177,26 @@ class Reconciler:
         return done
 
     def _put_status(self, vms_here: list[dict[str, Any]]) -> None:
-        self.link.call("PUT", f"/v1/hosts/{self.host}/status", self.report(vms_here))
-        self._last_put = time.monotonic()
+        self._send(self.report(vms_here))
+
+    def _send(self, report: dict[str, Any]) -> None:
+        self.link.call("PUT", f"/v1/hosts/{self.host}/status", report)
+        self._last_put, self._last_report = time.monotonic(), report
 
     def heartbeat(self, period: float) -> bool:
-        """While a sync round carries out long actions (VM starts under TCG, several in a row), report
-        this host anyway once `period` seconds have passed since the last report: the manager judges a
-        host down by its silence and would fence a busy, healthy one. Called from another thread; does
-        nothing (False) between rounds, or when a report is on its way."""
-        if not self._converging or time.monotonic() - self._last_put < period:
+        """While a sync round carries out long actions (VM starts under TCG, several in a row), tell
+        the manager this host is alive once `period` seconds have passed since the last report: it
+        judges a host down by its silence and would fence a busy, healthy one. The heartbeat repeats
+        the last report as it was: libvirt holds every listing while it starts a domain (seconds
+        under load), and a report of what the round has half done would be news the round's own
+        next report gives whole. Called from another thread; does nothing (False) between rounds,
+        or when a report is on its way."""
+        if not self._converging or self._last_report is None or time.monotonic() - self._last_put < period:
             return False
         if not self._put.acquire(blocking=False):
             return False
         try:
-            self._put_status(self.vms.hv.domains() if self.vms else [])
+            self._send(self._last_report)
         finally:
             self._put.release()
         return True

@@ -156,15 +156,16 @@ def run(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
     """POST /v1/plans/{id}/run: start a planned plan (refused if the cluster changed), or step a
     running one (a manager restarted meanwhile resumes it here)."""
     _admin(who)
-    obj = _get(m, pid)
-    state = obj.status.get("state")
-    if state == "planned":
-        _check_unchanged(m, obj)
-        m.store.set_status(KIND, pid, {**obj.status, "state": "running", "started": round(time.time(), 3)})
-        m._event(KIND, pid, "Running", f"by {who.name}: {len(obj.spec['moves'])} move(s)")
-    elif state != "running":
-        return view(m, pid)
-    answer = step(m, who, pid)
+    with _step_lock:  # two runs at once start it once
+        obj = _get(m, pid)
+        state = obj.status.get("state")
+        if state == "planned":
+            _check_unchanged(m, obj)
+            m.store.set_status(KIND, pid, {**obj.status, "state": "running", "started": round(time.time(), 3)})
+            m._event(KIND, pid, "Running", f"by {who.name}: {len(obj.spec['moves'])} move(s)")
+        elif state != "running":
+            return view(m, pid)
+        answer = step(m, who, pid)
     if answer["state"] == "running":
         _keep_stepping(m, who, pid)
     return answer
@@ -223,6 +224,9 @@ def _start(m: Manager, who: Principal, pid: str, obj: Any, states: dict[str, str
         try:
             m.migrate(who, mv["farm"], mv["instance"], {"to": mv["destination"]})
         except ApiError as e:
+            if _moving_there(m, mv):  # started by another step (a manager of the group): follow it
+                states[mv["vm"]] = "moving"
+                continue
             states[mv["vm"]] = "failed"
             m._event(KIND, pid, "MoveFailed", f"{mv['vm']} {mv['source']} -> {mv['destination']}: refused: {e}")
             return f"{mv['vm']}: refused: {e}"
@@ -234,8 +238,20 @@ def _start(m: Manager, who: Principal, pid: str, obj: Any, states: dict[str, str
     return None
 
 
+def _moving_there(m: Manager, mv: dict[str, Any]) -> bool:
+    inst = _instances(m).get((mv["farm"], mv["instance"]), {})
+    return bool(inst.get("migrating")) and inst["migrating"].get("to") == mv["destination"]
+
+
 def step(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
-    """Note the moves that ended, start what the current step allows; `done` when every move is."""
+    """Note the moves that ended, start what the current step allows; `done` when every move is.
+    One step at a time in this manager (a run, its stepping thread and the leader's pass would
+    otherwise start the same move twice)."""
+    with _step_lock:
+        return _step(m, who, pid)
+
+
+def _step(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
     obj = _get(m, pid)
     if obj.status.get("state") != "running":
         return view(m, pid)
@@ -298,6 +314,7 @@ def show(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
 
 _stepping: set[str] = set()  # plans a thread of this manager steps
 _stepping_lock = threading.Lock()
+_step_lock = threading.RLock()
 
 
 def _keep_stepping(m: Manager, who: Principal, pid: str) -> None:

@@ -135,3 +135,44 @@ def test_resume_steps_a_running_plan_nobody_steps(tmp_path: Path, monkeypatch: p
         plans.resume(m)  # a new leader's pass
     assert plans.show(m, ADMIN, p["id"])["state"] == "done"
     m.close()
+
+
+def test_steps_at_once_start_each_move_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run, its stepping thread and the leader's pass step one plan at the same moment (CI saw the
+    second start of a move refused, failing the plan): each move starts once, none fails."""
+    import threading
+    m = busy_world(tmp_path, monkeypatch)
+    p = plans.create(m, ADMIN, {"max_per_source": 1})
+    started: list[str] = []
+    migrate = m.migrate
+
+    def slow_migrate(*a: object, **kw: object) -> object:
+        started.append(str(a[2]))
+        time.sleep(0.05)  # the other threads' turn
+        return migrate(*a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(m, "migrate", slow_migrate)
+    m.store.set_status("plan", p["id"], {**m.store.get("plan", p["id"]).status, "state": "running"})  # type: ignore[union-attr]
+    threads = [threading.Thread(target=plans.step, args=(m, ADMIN, p["id"])) for _ in range(3)]
+    threads.append(threading.Thread(target=plans.resume, args=(m,)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = plans.show(m, ADMIN, p["id"])
+    assert state["state"] == "running" and state["progress"]["failed"] == 0, state
+    assert len(started) == len(set(started)) == state["progress"]["moving"], started
+    m.close()
+
+
+def test_a_move_already_under_way_to_its_destination_is_followed(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started by another manager of the group: the refusal ("already moving") is not a failure."""
+    m = busy_world(tmp_path, monkeypatch)
+    p = plans.create(m, ADMIN, {"max_per_step": 4})
+    first = p["moves"][0]
+    m.store.set_status("plan", p["id"], {**m.store.get("plan", p["id"]).status, "state": "running"})  # type: ignore[union-attr]
+    m.migrate(ADMIN, first["farm"], first["instance"], {"to": first["destination"]})
+    state = plans.step(m, ADMIN, p["id"])
+    assert state["state"] == "running" and state["moves"][0]["state"] == "moving", state
+    m.close()
