@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -117,12 +118,15 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
     if vms is not None:  # what the VMs use, sampled at each report (issue 12)
         from gatekeeper.load import LoadMeter
         client.load = LoadMeter(vms.hv.stats, nics=vms.hv.nics).sample  # + usage (issue 15)
+    # Threads of their own: the local API's calls share the default pool, and a few of them held by
+    # libvirt (a domain starting) must not hold this host's reports back (it would be judged down).
+    link_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="manager-link")
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(_heartbeats(client, mc.interval), name="manager-heartbeat")
+        tg.create_task(_heartbeats(client, mc.interval, link_pool), name="manager-heartbeat")
         while True:  # each round waits for a change of what to run, or the interval, on the manager
             wait = min(mc.interval, BUSY_INTERVAL) if client.busy() else mc.interval
             try:
-                done = await loop.run_in_executor(None, client.sync, wait)
+                done = await loop.run_in_executor(link_pool, client.sync, wait)
                 if done:
                     log.info("converged: %s", "; ".join(done))
             except Exception as e:
@@ -130,14 +134,14 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
                 await asyncio.sleep(mc.interval)
 
 
-async def _heartbeats(client: Reconciler, period: float) -> None:
+async def _heartbeats(client: Reconciler, period: float, pool: ThreadPoolExecutor) -> None:
     """Reports sent while a sync round is busy converging, so the host is never judged down (and
     fenced) for starting VMs slowly; each round reports on its own otherwise."""
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(period / 2)
         try:
-            await loop.run_in_executor(None, client.heartbeat, period)
+            await loop.run_in_executor(pool, client.heartbeat, period)
         except Exception as e:  # the manager unreachable: the sync loop says so too
             log.debug("heartbeat: %s", e)
 
