@@ -156,7 +156,7 @@ def run(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
     """POST /v1/plans/{id}/run: start a planned plan (refused if the cluster changed), or step a
     running one (a manager restarted meanwhile resumes it here)."""
     _admin(who)
-    with _step_lock:  # two runs at once start it once
+    with m._reconcile_lock:  # two runs at once start it once
         obj = _get(m, pid)
         state = obj.status.get("state")
         if state == "planned":
@@ -246,8 +246,9 @@ def _moving_there(m: Manager, mv: dict[str, Any]) -> bool:
 def step(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
     """Note the moves that ended, start what the current step allows; `done` when every move is.
     One step at a time in this manager (a run, its stepping thread and the leader's pass would
-    otherwise start the same move twice)."""
-    with _step_lock:
+    otherwise start the same move twice), under the lock the pass holds when it resumes plans and a
+    migration takes (another lock, taken in the other order, would deadlock with them)."""
+    with m._reconcile_lock:
         return _step(m, who, pid)
 
 
@@ -314,7 +315,6 @@ def show(m: Manager, who: Principal, pid: str) -> dict[str, Any]:
 
 _stepping: set[str] = set()  # plans a thread of this manager steps
 _stepping_lock = threading.Lock()
-_step_lock = threading.RLock()
 
 
 def _keep_stepping(m: Manager, who: Principal, pid: str) -> None:
