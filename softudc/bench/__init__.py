@@ -49,6 +49,10 @@ def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: l
         from softudc.bench.balance import run_balance
 
         return run_balance()
+    if name == "ha":
+        from softudc.bench.ha import run_ha
+
+        return run_ha(runs=runs)
     if name == "console":
         from softudc.bench.console import run_console
 
@@ -104,6 +108,15 @@ def _print_balance(result: dict[str, Any]) -> None:
         print(name, r)
 
 
+def _print_ha(result: dict[str, Any]) -> None:
+    r = result["ha_restart"]
+    print(f"kill -> answering elsewhere: median {r['median_s']} s over {r['runs']} run(s) "
+          f"(placed {r['median_placed_s']} s; heartbeat timeout {r['heartbeat_timeout_s']:g} s; "
+          f"target {r['target_s']:g} s)")
+    for run in r["per_run"]:
+        print(" ", run)
+
+
 def _print_console(result: dict[str, Any]) -> None:
     from softudc.bench.console import print_console
 
@@ -120,4 +133,5 @@ _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "images": _print_images,
     "balance": _print_balance,
     "console": _print_console,
+    "ha": _print_ha,
 }

@@ -151,7 +151,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
         raise CliError(f"--hosts {a.hosts}: give host counts separated by commas, e.g. 100,1000") from None
     seconds = a.seconds if a.seconds is not None else (20.0 if a.bench_name == "manager" else 5.0)
     run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=seconds, offloads=a.offloads == "on",
-              designs=designs, runs=a.runs, hosts=hosts, backends=a.backends.split(",") if a.backends else None)
+              designs=designs, runs=a.runs or (3 if a.bench_name == "ha" else 10), hosts=hosts,
+              backends=a.backends.split(",") if a.backends else None)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -250,9 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_parsers(sub)
 
     bench = sub.add_parser("bench", help="benchmarks")
-    bench.add_argument("bench_name", choices=["balance", "console", "dataplane", "images", "manager", "migration",
-                                              "placement", "reconcile"])
-    bench.add_argument("--runs", type=int, default=10, help="migrations per mode (migration)")
+    bench.add_argument("bench_name", choices=["balance", "console", "dataplane", "ha", "images", "manager",
+                                              "migration", "placement", "reconcile"])
+    bench.add_argument("--runs", type=int, help="migrations per mode (migration, default 10); host kills (ha, "
+                                                "default 3)")
     bench.add_argument("--json", action="store_true")
     bench.add_argument("--reps", type=int, default=3)
     bench.add_argument("--seconds", type=float, help="iperf3 duration per test (default 5); manager: the steady "
