@@ -1,6 +1,7 @@
 """The manager's Prometheus metrics, in its own registry: farms, instances, hosts by state and
 migrations, read from the store at scrape time, and the long polls waiting now; API requests and
-observed events as counters; this manager's leadership (leader.py)."""
+observed events as counters; this manager's leadership (leader.py); the cluster's placement score
+and the rebalance plans (PlacementCollector)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from softudc.manager.clusterview import cluster_of
+from softudc.manager.load import load_of
 from softudc.manager.migmetrics import MigrationCollector
 from softudc.manager.store import Store
+from softudc.placement.score import score
 
 
 class ManagerCollector(Collector):
@@ -46,6 +50,53 @@ class ManagerCollector(Collector):
         yield polls
 
 
+PLAN_STATES = ("planned", "running", "done", "failed")
+SCORE_PARTS = ("total", "spread", "spread_cpu", "spread_memory", "penalty")
+BREAKS = ("off_ready", "anti_affinity", "over_capacity")
+
+
+class PlacementCollector(Collector):
+    """`softudc_cluster_score{part}`: the balancer's score of the cluster now (placement/score.py;
+    lower is better) and its parts: `total` = sqrt(spread_cpu^2 + spread_memory^2) + penalty, so
+    the parts do not add up: read one at a time. `softudc_cluster_hard_rule_breaks{rule}`: what the
+    penalty counts. `softudc_plans{state}`: the stored rebalance plans by state;
+    `softudc_plan_moves{state}`: the moves of the running plans by state (`moving`: in flight)."""
+
+    def __init__(self, store: Store, reports: Callable[[], dict[str, dict[str, Any]]],
+                 loads: Callable[[], dict[str, dict[str, Any]]] | None = None) -> None:
+        self.store, self.reports = store, reports
+        self.loads = loads or (lambda: load_of(store))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        b = score(cluster_of(self.store, self.reports(), self.loads())[0])
+        total = GaugeMetricFamily("softudc_cluster_score", "The balancer's cluster score now (lower is better) "
+                                  "and its parts; total = sqrt(spread_cpu^2 + spread_memory^2) + penalty",
+                                  labels=["part"])
+        for part, value in zip(SCORE_PARTS, (b.total, b.spread, b.spread_cpu, b.spread_mem, b.penalty), strict=True):
+            total.add_metric([part], round(value, 6))
+        yield total
+        breaks = GaugeMetricFamily("softudc_cluster_hard_rule_breaks", "Hard placement rules broken now, by rule",
+                                   labels=["rule"])
+        for rule, items in zip(BREAKS, (b.off_ready, b.anti_affinity, b.over_capacity), strict=True):
+            breaks.add_metric([rule], len(items))
+        yield breaks
+        plans = Tally(str(o.status.get("state", "planned")) for o in self.store.objects("plan"))
+        moves: Tally[str] = Tally()
+        for o in self.store.objects("plan"):
+            if o.status.get("state") == "running":
+                states = o.status.get("moves", {})
+                moves.update(str(states.get(mv.get("vm"), "pending")) for mv in o.spec.get("moves", []))
+        by_state = GaugeMetricFamily("softudc_plans", "Stored rebalance plans by state", labels=["state"])
+        for state in PLAN_STATES:
+            by_state.add_metric([state], plans[state])
+        yield by_state
+        in_plans = GaugeMetricFamily("softudc_plan_moves", "Moves of the running plans by state (moving: in flight)",
+                                     labels=["state"])
+        for state in ("pending", "moving", "done", "failed"):
+            in_plans.add_metric([state], moves[state])
+        yield in_plans
+
+
 # Seconds: most answers take milliseconds; long polls wait up to their `wait` (about 30 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -64,6 +115,7 @@ def make_registry(store: Store, reports: Callable[[], dict[str, dict[str, Any]]]
     registry = CollectorRegistry()
     registry.register(ManagerCollector(store, reports, waiting))
     registry.register(MigrationCollector(store, reports))  # migrations and VMs by state (migmetrics.py)
+    registry.register(PlacementCollector(store, reports))
     requests = Counter("softudc_manager_requests", "API requests by route and status", ["route", "status"],
                        registry=registry)
     events = Counter("softudc_manager_events", "Events recorded, by type (Applied, Planned, Migrated, ...)",
