@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from collections import Counter as Tally
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from softudc.images.metrics import ImageStoreCollector
 from softudc.manager.clusterview import cluster_of
 from softudc.manager.load import load_of
 from softudc.manager.migmetrics import MigrationCollector
@@ -110,9 +112,13 @@ def request_latency(registry: CollectorRegistry) -> Histogram:
 
 
 def make_registry(store: Store, reports: Callable[[], dict[str, dict[str, Any]]],
-                  waiting: Callable[[], int] = lambda: 0) -> tuple[CollectorRegistry, Counter, Counter]:
-    """The registry, the API request counter and the event counter (Migrated, MigrationFailed...)."""
+                  waiting: Callable[[], int] = lambda: 0,
+                  images: Path | None = None) -> tuple[CollectorRegistry, Counter, Counter]:
+    """The registry, the API request counter and the event counter (Migrated, MigrationFailed...).
+    `images`: the image store this manager holds (softudc/images/metrics.py), if any."""
     registry = CollectorRegistry()
+    if images is not None:
+        registry.register(ImageStoreCollector(images))
     registry.register(ManagerCollector(store, reports, waiting))
     registry.register(MigrationCollector(store, reports))  # migrations and VMs by state (migmetrics.py)
     registry.register(PlacementCollector(store, reports))

@@ -79,3 +79,15 @@ def test_the_managers_registry_passes_promtool(tmp_path: Path) -> None:
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
     m.close()
+
+
+def test_the_image_store_is_exported_when_the_manager_holds_one(tmp_path: Path) -> None:
+    from softudc.images.store import ImageStore
+
+    m = world(tmp_path, ("h1",))
+    ImageStore.open(tmp_path / "images").close()
+    registry, _, _ = make_registry(m.store, m.reports, images=tmp_path / "images")
+    assert samples(registry, "softudc_image_objects") == {"": 0.0}
+    registry, _, _ = make_registry(m.store, m.reports)
+    assert samples(registry, "softudc_image_objects") == {}
+    m.close()
