@@ -13,6 +13,14 @@ own, one action at a time:
 
 Every action is an event of the host (`Consolidation`, `ConsolidationFailed`). Nothing is decided
 while a rollout runs (its hosts leave and come back on purpose).
+
+HA rebalance (issue 12, item 7), on unless SOFTUDC_HA_REBALANCE=0 (trigger:
+SOFTUDC_HA_REBALANCE_TRIGGER="SPREAD,HOT[,SETTLE_S,WATCH_S]", see placement/overload.Trigger):
+after a host is fenced and its VMs restarted on the others, `ha_rebalance` looks at the cluster
+between SETTLE_S and WATCH_S after the fence; the first time it is overloaded (a host over
+capacity or over HOT, or the spread over SPREAD) it computes a rebalance plan and runs it, within
+the plans' limits and cooldown, and says why in an `HaRebalance` event of the fenced host. Once
+per fence (the fence's record keeps the plan), never while another plan runs.
 """
 
 from __future__ import annotations
@@ -24,12 +32,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from softudc.manager import drain, plans, rollout
+from softudc.manager import drain, harestart, plans, rollout
 from softudc.manager.auth import Principal
 from softudc.manager.consolidate import Band, Decision, HostUse, Memory, decide
 from softudc.manager.errors import ApiError
 from softudc.manager.load import load_of
-from softudc.manager.store import NotLeader
+from softudc.manager.store import Conflict, NotLeader
+from softudc.placement.overload import Trigger, due, overloaded
 from softudc.power.driver import PowerError
 from softudc.power.fence import fence
 
@@ -38,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("softudc.manager.dpm")
 WHO = Principal("consolidation", "admin")
+HA_WHO = Principal("ha-rebalance", "admin")
 
 
 def band_from_env(env: dict[str, str] | None = None) -> Band | None:
@@ -61,6 +71,74 @@ def band_from_env(env: dict[str, str] | None = None) -> Band | None:
     if "min_ready" in fields:
         fields["min_ready"] = int(fields["min_ready"])
     return Band(**fields)  # type: ignore[arg-type]
+
+
+def trigger_from_env(env: dict[str, str] | None = None) -> Trigger | None:
+    """The HA rebalance trigger, None when switched off (SOFTUDC_HA_REBALANCE=0|false|no); a bad
+    SOFTUDC_HA_REBALANCE_TRIGGER ("SPREAD,HOT[,SETTLE_S,WATCH_S]") is a ValueError naming it."""
+    env = dict(os.environ) if env is None else env
+    if env.get("SOFTUDC_HA_REBALANCE", "1").lower() in ("0", "false", "no", "off"):
+        return None
+    text = env.get("SOFTUDC_HA_REBALANCE_TRIGGER", "")
+    if not text:
+        return Trigger()
+    try:
+        values = [float(x) for x in text.split(",")]
+        if not 2 <= len(values) <= 4:
+            raise ValueError
+        return Trigger(*values)
+    except ValueError as e:
+        raise ValueError(f"SOFTUDC_HA_REBALANCE_TRIGGER={text!r}: expected 'SPREAD,HOT[,SETTLE_S,WATCH_S]', e.g. "
+                         f"'0.25,0.85,60,900'{f' ({e})' if str(e) else ''}") from None
+
+
+def ha_rebalance(m: Manager, t: Trigger, now: float | None = None) -> str | None:
+    """After a fence (see the module): the id of the plan started, or None (not due, not
+    overloaded, another plan running, or no move helps: then an event says so, once)."""
+    now = time.time() if now is None else now
+    records = {o.name: o for o in m.store.objects(harestart.KIND)}
+    hosts = due({h: o.spec for h, o in records.items()}, now, t)
+    if not hosts or any(o.status.get("state") == "running" for o in m.store.objects(plans.KIND)):
+        return None  # nothing to look at, or a plan moves VMs now: looked at again after it
+    cluster, _ = plans.current(m, now)
+    why = overloaded(cluster, t)
+    if not why:
+        return None
+    for h in hosts:  # claimed first (compare-and-swap): one plan per fence, whichever manager leads
+        try:
+            m.store.put(harestart.KIND, h, {**records[h].spec, "rebalance": {"at": round(now, 3), "why": why}},
+                        expect=records[h].revision)
+        except Conflict:
+            return None
+    said = f"the hosts left after fencing {', '.join(hosts)} are overloaded ({'; '.join(why)})"
+    try:
+        p = plans.create(m, HA_WHO, {"kind": "rebalance", "dry_run": True})
+        if p["moves"]:
+            p = plans.run(m, HA_WHO, p["id"])
+    except ApiError as e:
+        _say(m, hosts, f"{said}, but no rebalance plan could run: {e}")
+        return None
+    if not p["moves"]:
+        _say(m, hosts, f"{said}, but no move lowers the score (plan {p['id']}): nothing moved; a standby host "
+                       "powered on (`softudc host power H on`) would make room")
+        return None
+    _say(m, hosts, f"{said}: rebalance plan {p['id']} runs {len(p['moves'])} move(s), score "
+                   f"{p['score_before']:.4f} -> {p['score_after']:.4f} (softudc get plans; "
+                   "SOFTUDC_HA_REBALANCE=0 turns this off)")
+    return str(p["id"])
+
+
+def _say(m: Manager, hosts: list[str], message: str) -> None:
+    for h in hosts:
+        m._event("host", h, "HaRebalance", message)
+
+
+def _trigger(m: Manager) -> Trigger | None:
+    """This manager's HA rebalance trigger (read from the environment at first use)."""
+    if "_ha_trigger" not in vars(m):
+        m.__dict__["_ha_trigger"] = trigger_from_env()
+    made: Trigger | None = vars(m)["_ha_trigger"]
+    return made
 
 
 def host_uses(m: Manager) -> list[HostUse]:
@@ -153,7 +231,8 @@ def consolidator(m: Manager) -> Consolidator | None:
 
 
 def maintenance_step(m: Manager) -> None:
-    """The leader's pass: rollouts and running rebalance plans resumed, then consolidation (if on);
+    """The leader's pass: rollouts and running rebalance plans resumed, the HA rebalance (if on), then
+    consolidation (if on);
     never raises into the pass but for NotLeader (rollout.resume lets it through)."""
     rollout.resume(m)
     try:
@@ -162,6 +241,14 @@ def maintenance_step(m: Manager) -> None:
         raise
     except Exception:
         log.exception("resuming rebalance plans; the next pass tries again")
+    try:
+        t = _trigger(m)
+        if t is not None:
+            ha_rebalance(m, t)
+    except NotLeader:
+        raise
+    except Exception:
+        log.exception("HA rebalance; the next pass tries again")
     try:
         c = consolidator(m)
         if c is not None:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
 from softudc.manager.auth import Principal
 from softudc.manager.clusterview import Where, cluster_of
 from softudc.manager.errors import ApiError
+from softudc.manager.harestart import KIND as HA_KIND
 from softudc.manager.load import load_of
 from softudc.placement.balance import Limits, Plan, balance
 from softudc.placement.cluster import Cluster
@@ -57,8 +58,15 @@ def _admin(who: Principal) -> None:
 
 
 def current(m: Manager, now: float | None = None) -> tuple[Cluster, dict[str, Where]]:
-    """The cluster as the balancer sees it now (every manager's load views and this one's)."""
-    return cluster_of(m.store, m.reports(), load_of(m.store, extra=m.load_view.latest()), now)
+    """The cluster as the balancer sees it now (every manager's load views and this one's). A VM
+    still placed on a fenced host (ha: none, or not yet restarted) runs nowhere, so no live
+    migration can move it: it counts as just moved (cooldown), and plans leave it."""
+    now = time.time() if now is None else now
+    c, index = cluster_of(m.store, m.reports(), load_of(m.store, extra=m.load_view.latest()), now)
+    fenced = {o.name for o in m.store.objects(HA_KIND) if o.spec.get("state") == "fenced"}
+    if any(v.host in fenced for v in c.vms):
+        c = Cluster(c.hosts, [replace(v, moved_at=now) if v.host in fenced else v for v in c.vms], c.groups)
+    return c, index
 
 
 def _limits(body: dict[str, Any]) -> Limits:
