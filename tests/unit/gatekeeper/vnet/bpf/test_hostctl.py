@@ -175,6 +175,41 @@ def test_a_miss_is_reported_on_the_ring_buffer_once_per_second(lab: dict[str, Pa
     assert [e for e in events if e["mac"] == unknown] == [{"kind": 1, "vnet": VNET, "mac": unknown, "ip": "0.0.0.0"}]
 
 
+def _features(ns: str, dev: str) -> dict[str, bool]:
+    from gatekeeper.vnet.bpf.gro import parse_features
+
+    return parse_features(sh("ethtool", "-k", dev, ns=ns))
+
+
+@pytest.mark.parametrize("setting", ["on", "auto"])  # auto last: a default veth underlay -> off, the defaults back
+def test_gro_after_decap_either_way_carries_full_mtu_and_tcp(lab: dict[str, Path], setting: str) -> None:
+    """Item 5: with vb0 as the VNET's bridge-side peer, `up` chooses GRO after decap from the
+    underlay (a default veth: off, frames enter vb0 directly) or is forced on (out of vl0, merged
+    by vb0's GRO, vl0 without TSO); both carry full-MTU pings and a TCP stream."""
+    choices = {}
+    for h in HOSTS:
+        spec = json.loads(lab[h].read_text())
+        spec["vnets"][0].update(ingress_ifname="vb0", gro=setting)
+        lab[h].write_text(json.dumps(spec))
+        choices[h] = json.loads(hostctl(f"{PFX}h{h}", "up", lab[h]))["gro"][str(VNET)]
+    want_on = setting == "on"
+    assert [c["gro_after_decap"] for c in choices.values()] == [want_on, want_on], choices
+    if setting == "auto":
+        assert "passes GSO super-frames whole" in choices["A"]["reason"]
+    ns = f"{PFX}hB"
+    assert _features(ns, "vl0")["tx-tcp-segmentation"] is not want_on
+    assert _features(ns, "vb0")["generic-receive-offload"] is want_on
+    sh("ping", "-c2", "-i0.2", "-M", "do", "-s", "1424", "-W2", HOSTS["B"]["ep"], ns=f"{PFX}eA")
+    server = subprocess.Popen(["ip", "netns", "exec", f"{PFX}eB", sys.executable, "-c",
+                               "import socket;s=socket.create_server(('0.0.0.0',5001));c,_=s.accept();n=0\n"
+                               "while (b:=c.recv(65536)): n+=len(b)\nprint(n)"], stdout=subprocess.PIPE, text=True)
+    sh(sys.executable, "-c", "import socket,time\nfor i in range(50):\n try: c=socket.create_connection(("
+       f"{HOSTS['B']['ep']!r},5001));break\n except OSError: time.sleep(0.1)\nc.sendall(bytes(4_000_000));c.close()",
+       ns=f"{PFX}eA")
+    out, _ = server.communicate(timeout=30)
+    assert out.strip() == "4000000"
+
+
 TAP_READER = """
 import fcntl, os, select, struct, sys, time
 fd = os.open("/dev/net/tun", os.O_RDWR)
