@@ -9,8 +9,10 @@ counter went down is a new domain: it counts from 0. A domain that left a host's
 forgotten there (its totals stay). So a migration counts the source's domain up to its last report
 and the destination's from 0: nothing twice; lost is only what a domain used after the last report
 before it stopped (a report interval, 2 s by default). Memory is integrated as what the domain held
-at a report times the time to the next report (GiB-hours). Volume GiB-hours: no report says a
-volume's size per VM yet (the pool report gives a host's totals), so they stay 0 (docs/usage.md).
+at a report times the time to the next report (GiB-hours). Volume GiB-hours the same way: the
+summed sizes of the instance's volumes as its farm defines them (the manager's volumes: what the
+storage host holds for it, thin or not) at a report, times the time to the next report; a VM is
+charged for its volumes while it reports (a stopped VM's volumes are not charged in this version).
 
 Each host's book is one store object of kind `usage` named by the host, written by this manager's
 thread at most every FLUSH_EVERY_S, with the revision it read (`expect`): a host that moved to
@@ -30,10 +32,11 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from softudc.manager.farms import FARMS
 from softudc.manager.flushing import FlushedBook
 from softudc.manager.load import LoadView
 from softudc.manager.store import Conflict, Store
-from softudc.model.hoststate import HostLoad, problems_of, split_vm_name
+from softudc.model.hoststate import HostLoad, problems_of, split_vm_name, vm_name
 
 log = logging.getLogger("softudc.manager.usage")
 
@@ -43,7 +46,24 @@ HOUR_S = 3600
 KEEP_HOURS = 24 * 62  # hourly figures kept this long (totals since the first report are kept forever)
 EXPORT_S = 3600.0  # a VM is exported to Prometheus while it reported within this long
 
-Totals = dict[str, Any]  # {"cpu_s", "mem_gib_h", "net": {vnet: [rx, tx]}, "last"}
+VOLUMES_S = 10.0  # the VMs' volume sizes are read from the farms at most this often
+GIB = float(1 << 30)
+
+Totals = dict[str, Any]  # {"cpu_s", "mem_gib_h", "vol_gib_h", "net": {vnet: [rx, tx]}, "last"}
+
+
+def volume_bytes(store: Store) -> dict[str, int]:
+    """VM (domain name) -> the summed sizes of its instance's volumes, from the stored farms."""
+    out: dict[str, int] = {}
+    for obj in store.objects("farm"):
+        farm = FARMS.for_hosts(obj)
+        if farm is None:
+            continue
+        sizes = {vm.name: sum(v.size_bytes for v in vm.volumes) for vm in farm.vms}
+        for inst in obj.status.get("instances", []):
+            if sizes.get(inst.get("vm", "")):
+                out[vm_name(obj.name, inst["name"])] = sizes[inst["vm"]]
+    return out
 
 
 def _net_of(sample: dict[str, Any]) -> dict[str, list[int]]:
@@ -64,25 +84,31 @@ def is_new(prev: dict[str, Any] | None, sample: dict[str, Any]) -> bool:
     return bool(ident and before and ident != before) or int(sample["cpu_ns"]) < int(prev["cpu_ns"])
 
 
-def advance(prev: dict[str, Any] | None, sample: dict[str, Any], at: float) -> tuple[dict[str, Any], Totals]:
-    """What the domain is now (`seen`) and what it used since `prev` (a delta, as Totals)."""
+def advance(prev: dict[str, Any] | None, sample: dict[str, Any], at: float,
+            vol_bytes: int = 0) -> tuple[dict[str, Any], Totals]:
+    """What the domain is now (`seen`; `vol_bytes`: its volumes' size) and what it used since
+    `prev` (a delta, as Totals)."""
     net = _net_of(sample)
     now = {"id": sample.get("id", ""), "cpu_ns": int(sample["cpu_ns"]), "mem_mib": float(sample.get("memory_mib", 0)),
-           "at": at, "net": net}
+           "at": at, "net": net, "vol_bytes": int(vol_bytes)}
     if is_new(prev, sample):
-        return now, {"cpu_s": now["cpu_ns"] / 1e9, "mem_gib_h": 0.0, "net": net}
+        return now, {"cpu_s": now["cpu_ns"] / 1e9, "mem_gib_h": 0.0, "vol_gib_h": 0.0, "net": net}
     assert prev is not None
     delta_net = {}
     for vnet, (rx, tx) in net.items():
         b_rx, b_tx = prev.get("net", {}).get(vnet, (0, 0))
         delta_net[vnet] = [rx - b_rx if rx >= b_rx else rx, tx - b_tx if tx >= b_tx else tx]  # went down: a new NIC
-    mem = float(prev.get("mem_mib", 0.0)) / 1024.0 * max(at - float(prev.get("at", at)), 0.0) / 3600.0
-    return now, {"cpu_s": (now["cpu_ns"] - int(prev["cpu_ns"])) / 1e9, "mem_gib_h": mem, "net": delta_net}
+    hours = max(at - float(prev.get("at", at)), 0.0) / 3600.0
+    mem = float(prev.get("mem_mib", 0.0)) / 1024.0 * hours
+    vol = float(prev.get("vol_bytes", 0)) / GIB * hours
+    return now, {"cpu_s": (now["cpu_ns"] - int(prev["cpu_ns"])) / 1e9, "mem_gib_h": mem, "vol_gib_h": vol,
+                 "net": delta_net}
 
 
 def add(into: Totals, delta: Totals) -> None:
     into["cpu_s"] = into.get("cpu_s", 0.0) + delta.get("cpu_s", 0.0)
     into["mem_gib_h"] = into.get("mem_gib_h", 0.0) + delta.get("mem_gib_h", 0.0)
+    into["vol_gib_h"] = into.get("vol_gib_h", 0.0) + delta.get("vol_gib_h", 0.0)
     net = into.setdefault("net", {})
     for vnet, (rx, tx) in delta.get("net", {}).items():
         row = net.setdefault(vnet, [0, 0])
@@ -101,13 +127,14 @@ class HostBook:
         self.at = float(spec.get("at", 0.0))
         self.revision, self.dirty = revision, False
 
-    def note(self, usage: dict[str, Any], at: float) -> bool:
-        """A report's usage at wall time `at`; False when it is not newer than the last one."""
+    def note(self, usage: dict[str, Any], at: float, volumes: dict[str, int] | None = None) -> bool:
+        """A report's usage at wall time `at` (`volumes`: VM -> its volumes' bytes); False when it
+        is not newer than the last one."""
         if at <= self.at:
             return False
         hour = str(int(at // HOUR_S * HOUR_S))
         for vm, sample in usage.items():
-            self.seen[vm], delta = advance(self.seen.get(vm), sample, at)
+            self.seen[vm], delta = advance(self.seen.get(vm), sample, at, (volumes or {}).get(vm, 0))
             add(self.totals.setdefault(vm, {}), delta)
             self.totals[vm]["last"] = at
             add(self.hours.setdefault(vm, {}).setdefault(hour, {}), delta)
@@ -140,6 +167,15 @@ class UsageBook(FlushedBook):
         self._lock = threading.Lock()
         self._hosts: dict[str, HostBook] = {}
         self.flushes = self.conflicts = 0
+        self._volumes: tuple[float, dict[str, int]] = (float("-inf"), {})
+
+    def _volume_bytes(self) -> dict[str, int]:
+        """volume_bytes(store), read again after VOLUMES_S (called under the lock)."""
+        at, sizes = self._volumes
+        if time.monotonic() - at >= VOLUMES_S:
+            sizes = volume_bytes(self.store)
+            self._volumes = (time.monotonic(), sizes)
+        return sizes
 
     def note(self, host: str, load: dict[str, Any]) -> None:
         usage = load.get("usage")
@@ -150,7 +186,7 @@ class UsageBook(FlushedBook):
             if book is None:
                 obj = self.store.get(KIND, host)
                 book = self._hosts[host] = HostBook(obj.spec if obj else None, obj.revision if obj else 0)
-            if book.note(usage, float(load.get("at", time.time()))):
+            if book.note(usage, float(load.get("at", time.time())), self._volume_bytes()):
                 self._wake("usage")
 
     def latest(self) -> dict[str, dict[str, Any]]:
@@ -233,7 +269,7 @@ def usage_of(store: Store, extra: dict[str, dict[str, Any]] | None = None, since
         else:
             parts = [(vm, t) for vm, hs in spec.get("hours", {}).items() for h, t in hs.items() if float(h) >= first]
         for vm, t in parts:
-            row = out.setdefault(vm, {"cpu_s": 0.0, "mem_gib_h": 0.0, "net": {}, "last": 0.0})
+            row = out.setdefault(vm, {"cpu_s": 0.0, "mem_gib_h": 0.0, "vol_gib_h": 0.0, "net": {}, "last": 0.0})
             add(row, t)
             row["last"] = max(row["last"], float(t.get("last", 0.0)))
     return out
@@ -251,19 +287,20 @@ def report(usage: dict[str, Totals], readable: Callable[[str], bool]) -> dict[st
         add(farm["totals"], t)
         farm["vms"].append({"vm": vm, **_figures(t)})
     return {"farms": [{"farm": f["farm"], **_figures(f["totals"]), "vms": f["vms"]} for f in farms.values()],
-            "volume_gib_hours": "not accounted yet: no report gives a volume's size per VM (docs/usage.md)"}
+            "volume_gib_hours": "the sizes of each VM's volumes while it runs (docs/usage.md)"}
 
 
 def _figures(t: Totals) -> dict[str, Any]:
     return {"cpu_seconds": round(t.get("cpu_s", 0.0), 3), "memory_gib_hours": round(t.get("mem_gib_h", 0.0), 6),
-            "volume_gib_hours": 0.0,
+            "volume_gib_hours": round(t.get("vol_gib_h", 0.0), 6),
             "network": [{"vnet": int(v), "rx_bytes": rx, "tx_bytes": tx}
                         for v, (rx, tx) in sorted(t.get("net", {}).items(), key=lambda kv: int(kv[0]))]}
 
 
 class UsageCollector(Collector):
     """Prometheus: softudc_usage_cpu_seconds_total{farm,vm}, softudc_usage_memory_byte_seconds_total
-    {farm,vm}, softudc_usage_network_bytes_total{farm,vm,vnet,direction}: the VMs that reported
+    {farm,vm}, softudc_usage_volume_byte_seconds_total{farm,vm},
+    softudc_usage_network_bytes_total{farm,vm,vnet,direction}: the VMs that reported
     within EXPORT_S (bounded by the VMs that run; a stopped VM's series ends an hour later)."""
 
     def __init__(self, store: Store, book: Callable[[], UsageBook]) -> None:
@@ -273,6 +310,8 @@ class UsageCollector(Collector):
         cpu = CounterMetricFamily("softudc_usage_cpu_seconds", "CPU time a VM used", labels=["farm", "vm"])
         mem = CounterMetricFamily("softudc_usage_memory_byte_seconds", "Memory a VM held, integrated over time",
                                   labels=["farm", "vm"])
+        vol = CounterMetricFamily("softudc_usage_volume_byte_seconds", "The sizes of a VM's volumes, "
+                                  "integrated over the time it ran", labels=["farm", "vm"])
         net = CounterMetricFamily("softudc_usage_network_bytes", "Bytes a VM's NICs on a VNET received (rx) or sent",
                                   labels=["farm", "vm", "vnet", "direction"])
         recent = time.time() - EXPORT_S
@@ -281,8 +320,9 @@ class UsageCollector(Collector):
             if owner is None or t["last"] < recent:
                 continue
             cpu.add_metric([owner[0], vm], t["cpu_s"])
-            mem.add_metric([owner[0], vm], t["mem_gib_h"] * (1 << 30) * 3600.0)
+            mem.add_metric([owner[0], vm], t["mem_gib_h"] * GIB * 3600.0)
+            vol.add_metric([owner[0], vm], t.get("vol_gib_h", 0.0) * GIB * 3600.0)
             for vnet, (rx, tx) in sorted(t["net"].items()):
                 net.add_metric([owner[0], vm, vnet, "rx"], float(rx))
                 net.add_metric([owner[0], vm, vnet, "tx"], float(tx))
-        yield from (cpu, mem, net)
+        yield from (cpu, mem, vol, net)

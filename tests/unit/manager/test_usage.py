@@ -14,7 +14,16 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
 from softudc.manager.service import Manager
-from softudc.manager.usage import KIND, HostBook, UsageBook, UsageCollector, advance, report, usage_of
+from softudc.manager.usage import (
+    KIND,
+    HostBook,
+    UsageBook,
+    UsageCollector,
+    advance,
+    report,
+    usage_of,
+    volume_bytes,
+)
 from softudc.model.hoststate import HostLoad, parse
 from tests.unit.lab.test_prometheus import PROMTOOL, needs_promtool
 from tests.unit.manager.test_loop import FakeStore
@@ -163,3 +172,29 @@ def test_a_broken_usage_is_refused_with_the_load() -> None:
     from softudc.model.hoststate import problems_of
     bad = a_load(1.0, {VM: {"cpu_ns": -1}})
     assert any("usage" in p and "cpu_ns" in p for p in problems_of(HostLoad, bad))
+
+
+def test_a_vm_s_volumes_are_charged_their_size_over_the_time_it_runs() -> None:
+    seen, d = advance(None, sample(1), 0.0, vol_bytes=2 << 30)
+    assert d["vol_gib_h"] == 0.0
+    seen, d = advance(seen, sample(2), 1800.0, vol_bytes=4 << 30)  # 2 GiB held for half an hour
+    assert d["vol_gib_h"] == 1.0
+    _, d = advance(seen, sample(3), 3600.0)  # what it held at the last report, to this one
+    assert d["vol_gib_h"] == 2.0
+
+
+def test_volume_gib_hours_reach_the_report_the_cli_and_the_counters(world: tuple[Manager, FakeStore]) -> None:
+    from tests.unit.manager.test_volumes_api import FARM
+
+    m, store = world
+    store.put("farm", "shop", {"descriptor": FARM, "owner": "admin"})
+    store.set_status("farm", "shop", {"instances": [{"name": "db-0", "vm": "db", "host": "h1"}]})
+    assert volume_bytes(store) == {"shop--db-0": (2 << 30) + (64 << 40)}
+    start = time.time() - 3700  # its last report within the hour the counters export
+    for at, cpu in ((start, 1), (start + 3600, 2)):
+        load = a_load(at, {"shop--db-0": sample(cpu)})
+        m.host_status("h1", "h1", {"vcpus": 8, "memory_mib": 8192, "running": ["shop--db-0"], "load": load})
+    shop = report(usage_of(store, extra=m.usage.latest()), lambda f: True)["farms"][0]
+    assert shop["volume_gib_hours"] == shop["vms"][0]["volume_gib_hours"] == 2 + 64 * 1024  # an hour of both
+    counters = {(mf.name, s.value) for mf in UsageCollector(store, lambda: m.usage).collect() for s in mf.samples}
+    assert ("softudc_usage_volume_byte_seconds", float(((2 << 30) + (64 << 40)) * 3600)) in counters
