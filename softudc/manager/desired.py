@@ -17,6 +17,7 @@ from typing import Any
 
 from softudc.manager import migration
 from softudc.manager.reports import ipv4_or_none
+from softudc.manager.volumes import VolumeView
 from softudc.model.farm import Farm, VmDef
 from softudc.model.hoststate import CONTRACT_VERSION, SERVED, DesiredState, nic_mac, parse, vm_name
 
@@ -70,7 +71,7 @@ class FarmIndex:
         return [a for a in ordered if owners[a] != {name}]
 
 
-def _draft(host: str, farms: list[FarmIndex]) -> dict[str, Any]:
+def _draft(host: str, farms: list[FarmIndex], vols: VolumeView | None = None) -> dict[str, Any]:
     vnets: dict[int, dict[str, Any]] = {}
     vms = []
     for index in farms:
@@ -80,9 +81,14 @@ def _draft(host: str, farms: list[FarmIndex]) -> dict[str, Any]:
             vm = index.vm_defs.get(inst["vm"])
             if vm is None or moving.get("cold"):
                 continue  # moving cold: stopped everywhere until it is stopped
+            disks = vols.disks(farm.name, inst["name"], vm) if vols is not None and vm.volumes else []
             vms.append({"name": vm_name(farm.name, inst["name"]), "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-                        "nics": _nics(index, inst, vm, vnets), **_handover(host, inst, vm)})
-    return {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}
+                        "nics": _nics(index, inst, vm, vnets), **_handover(host, inst, vm, farm.name, vols),
+                        **({"disks": disks} if disks else {})})
+    draft = {"vnets": sorted(vnets.values(), key=lambda v: v["id"]), "vms": sorted(vms, key=lambda v: v["name"])}
+    if vols is not None and (held := vols.for_host(host)):
+        draft["volumes"] = held  # contract 3: what this host's storage service holds
+    return draft
 
 
 def _nics(index: FarmIndex, inst: dict[str, Any], vm: VmDef, vnets: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -102,10 +108,13 @@ def _nics(index: FarmIndex, inst: dict[str, Any], vm: VmDef, vnets: dict[int, di
     return nics
 
 
-def _handover(host: str, inst: dict[str, Any], vm: VmDef) -> dict[str, Any]:
-    """What this host does about a moving instance (or one that left by migration)."""
+def _handover(host: str, inst: dict[str, Any], vm: VmDef, farm: str = "",
+              vols: VolumeView | None = None) -> dict[str, Any]:
+    """What this host does about a moving instance (or one that left by migration). The source
+    migrates once the destination has the VNETs and the storage hosts admit it to the disks."""
     moving = inst.get("migrating") or {}
-    if moving and host == inst["host"] and migration.handed_over(moving):  # the destination has the VNETs
+    admitted = vols is None or not vm.volumes or vols.admit(farm, inst["name"], vm, moving.get("to", ""))
+    if moving and host == inst["host"] and migration.handed_over(moving) and admitted:
         return {"migrate_to": {"host": moving["to"], "uri": moving["uri"], "attempt": moving["attempt"],
                                "downtime_ms": vm.max_downtime_ms or 0}}
     if moving and host != inst["host"]:
@@ -144,10 +153,13 @@ class Members:
 
 
 def desired_state(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                  keys: Keys, members: Members | None = None, index: list[FarmIndex] | None = None) -> DesiredState:
+                  keys: Keys, members: Members | None = None, index: list[FarmIndex] | None = None,
+                  vols: VolumeView | None = None) -> DesiredState:
     """What `host` should run, complete and validated (ContractError would be a manager bug).
-    `members`, `index`: shared by the hosts of one read of farms and reports (made here if not given)."""
-    draft = _draft(host, index if index is not None else [FarmIndex(f, st) for f, st in farms])
+    `members`, `index`, `vols`: shared by the hosts of one read of farms and reports (made here if
+    not given)."""
+    vols = vols if vols is not None else VolumeView(farms, reports)
+    draft = _draft(host, index if index is not None else [FarmIndex(f, st) for f, st in farms], vols)
     members = members or Members(farms, reports)
     for v in draft["vnets"]:
         # Every VNET has keys, `none` ones too: they authenticate its VARP (audit R18).
@@ -167,9 +179,10 @@ def served_version(report: dict[str, Any] | None) -> int:
 
 
 def desired_json(host: str, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                 keys: Keys, members: Members | None = None, index: list[FarmIndex] | None = None) -> dict[str, Any]:
+                 keys: Keys, members: Members | None = None, index: list[FarmIndex] | None = None,
+                 vols: VolumeView | None = None) -> dict[str, Any]:
     """`desired_state` as JSON in the version `host` speaks (the etag is a hash of this)."""
-    state = desired_state(host, farms, reports, keys, members, index)
+    state = desired_state(host, farms, reports, keys, members, index, vols)
     return state.for_contract(served_version(reports.get(host)))
 
 
@@ -192,7 +205,8 @@ class DesiredInputs:
         self.keys: Keys = functools.cache(keys)  # each VNET's keys read and derived once for all hosts
         self.members = Members(farms, reports)  # each VNET's members worked out once
         self.index = [FarmIndex(f, status) for f, status in farms]  # each farm's instances by host, once
+        self.vols = VolumeView(farms, reports)  # the volumes placed once
 
     def json(self, host: str) -> dict[str, Any]:
         """`desired_json` of `host` from these inputs."""
-        return desired_json(host, self.farms, self.reports, self.keys, self.members, self.index)
+        return desired_json(host, self.farms, self.reports, self.keys, self.members, self.index, self.vols)

@@ -11,10 +11,11 @@ volumes already are (the volumes' stored placements).
   known. They are exported over NBD+TLS; the allow list is every host an instance of the farm
   runs on or is moving to, so a live migration's destination can open the disk before the
   switch-over, and the list follows the VMs as they move.
-- A clone of a master (`from: <master>`) is a qcow2 whose backing file is the master's: on the
-  master's host when the volume is placed there, else the master's NBD export (creation time does
-  not depend on the master's size). A local clone of a master on another host is therefore served
-  over NBD to its own host too: the master's allow list gets every host with a clone on it.
+- A clone of a master (`from: <master>`) is a qcow2 whose backing file is the master's, made on
+  the master's host (a master is a pool volume a host reports that is not a farm's; creation time
+  does not depend on its size). A `remote` clone is then exported like any remote volume; a
+  `local` one needs the VM on the master's host (else unplaced: make it remote). Cloning over NBD
+  from another host's master is not in this version.
 
 A volume that cannot be placed (no host with room) is named in `unplaced` with the reason; the
 farm's other volumes and VMs are planned all the same.
@@ -26,8 +27,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from softudc.model.farm import Farm
-from softudc.model.volume import VolumeDef, split_volume_id, volume_id
+from softudc.model.farm import Farm, VmDef
+from softudc.model.volume import EMPTY, IMAGE, VolumeDef, split_volume_id, volume_id
 
 
 @dataclass(frozen=True)
@@ -64,10 +65,10 @@ def farm_hosts(status: dict[str, Any]) -> tuple[str, ...]:
 
 
 def plan_volumes(farms: Iterable[tuple[Farm, dict[str, Any]]], free: dict[str, int],
-                 placed: dict[str, str]) -> VolumePlan:
+                 placed: dict[str, str], masters: dict[str, str] | None = None) -> VolumePlan:
     """Place every instance's volumes. `free`: each host's free pool bytes (hosts without a pool
     service are absent and get no remote volume); `placed`: volume id -> host, kept when that
-    host is still in `free`."""
+    host is still in `free`; `masters`: master volume -> the host holding it."""
     plan = VolumePlan()
     room = dict(free)
     wanted = [(farm, status, inst, vol) for farm, status in farms for inst in status.get("instances", [])
@@ -81,7 +82,7 @@ def plan_volumes(farms: Iterable[tuple[Farm, dict[str, Any]]], free: dict[str, i
         vid = volume_id(farm.name, inst["name"], vol.name)
         if vid in plan.volumes:
             continue
-        host, why = _choose(vol, inst["host"], room)
+        host, why = _choose(vol, inst["host"], room, masters or {})
         if host is None:
             plan.unplaced[vid] = why
             continue
@@ -95,7 +96,9 @@ def _placed(vid: str, host: str, vol: VolumeDef, vm_host: str, status: dict[str,
     return PlacedVolume(vid, host, vol.size_bytes, vol.cls, vol.source, vol.keep, vm_host, allowed)
 
 
-def _choose(vol: VolumeDef, vm_host: str, room: dict[str, int]) -> tuple[str | None, str]:
+def _choose(vol: VolumeDef, vm_host: str, room: dict[str, int], masters: dict[str, str]) -> tuple[str | None, str]:
+    if vol.master is not None:
+        return _choose_clone(vol, vol.master, vm_host, room, masters)
     if vol.cls == "local":
         if vm_host not in room:
             return None, f"the VM's host {vm_host} runs no storage service ([volumes] in its gatekeeper file)"
@@ -108,6 +111,21 @@ def _choose(vol: VolumeDef, vm_host: str, room: dict[str, int]) -> tuple[str | N
         return None, (f"no host's pool has {vol.size_bytes} bytes free (the most: {most}); add capacity or "
                       "make the volume smaller")
     return min(fits, key=lambda h: (-room[h], h)), ""
+
+
+def _choose_clone(vol: VolumeDef, master: str, vm_host: str, room: dict[str, int],
+                  masters: dict[str, str]) -> tuple[str | None, str]:
+    """A clone lives on its master's host (its backing file is the master's qcow2)."""
+    host = masters.get(master)
+    if host is None:
+        return None, (f"no host holds the master volume {master}; create it in a host's pool first "
+                      "(gatekeeper local API volume.create)")
+    if vol.cls == "local" and host != vm_host:
+        return None, (f"a local clone of {master} must be on {host}, the master's host, not on the VM's host "
+                      f"{vm_host}; make the volume `class: remote`")
+    if room.get(host, 0) < vol.size_bytes:
+        return None, f"{host} (the master's host) has {room.get(host, 0)} bytes free, the clone needs {vol.size_bytes}"
+    return host, ""
 
 
 def farm_deleted(farm_name: str, volumes: Iterable[PlacedVolume]) -> tuple[list[str], list[str]]:
@@ -130,3 +148,75 @@ def master_readers(plan: VolumePlan, master_host: dict[str, str]) -> dict[str, t
         if v.source in master_host and master_host[v.source] != v.host:
             readers.setdefault(v.source, set()).add(v.host)
     return {m: tuple(sorted(h)) for m, h in readers.items()}
+
+
+TARGETS = "bcdefghi"  # a VM's volumes are vdb, vdc, ... in descriptor order (at most 8)
+
+
+def held(reports: dict[str, dict[str, Any]]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Every pool volume the hosts report (contract 3): name -> (host, {address, port, allowed})."""
+    out: dict[str, tuple[str, dict[str, Any]]] = {}
+    for host, r in sorted(reports.items()):
+        for name, v in (r.get("volumes") or {}).items():
+            out.setdefault(name, (host, v if isinstance(v, dict) else {}))
+    return out
+
+
+def pool_free(reports: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Each host's free pool bytes, from the reports that carry a pool."""
+    out = {}
+    for host, r in reports.items():
+        free = (r.get("pool") or {}).get("free_bytes")
+        if isinstance(free, int) and not isinstance(free, bool):
+            out[host] = free
+    return out
+
+
+class VolumeView:
+    """The volumes' part of every host's desired state, worked out once per read of the farms and
+    reports: what each storage host holds and exports, each VM's disks, and whether a moving VM's
+    disks already admit its destination (the source hands it over only then)."""
+
+    def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]]) -> None:
+        self.held = held(reports)
+        placed = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is not None}
+        masters = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is None}
+        with_volumes = [(f, st) for f, st in farms if any(vm.volumes for vm in f.vms)]
+        self.plan = plan_volumes(with_volumes, pool_free(reports), placed, masters)
+
+    def for_host(self, host: str) -> list[dict[str, Any]]:
+        """The DesiredState `volumes` of `host`."""
+        out = []
+        for v in self.plan.on_host(host):
+            source = v.source if v.source not in (EMPTY, IMAGE) else None
+            out.append({"name": v.id, "size_bytes": v.size_bytes, **({"backing": source} if source else {}),
+                        "allowed": list(v.allowed), "keep": v.keep})
+        return out
+
+    def disks(self, farm: str, instance: str, vm: VmDef) -> list[dict[str, Any]]:
+        """The DesiredVm `disks` of an instance: its placed volumes, vdb onwards."""
+        out = []
+        for target, vol in zip(TARGETS, vm.volumes, strict=False):
+            placed = self.plan.volumes.get(volume_id(farm, instance, vol.name))
+            if placed is None:
+                continue  # unplaced: GET /v1/volumes says why
+            disk: dict[str, Any] = {"volume": placed.id, "target": f"vd{target}", "host": placed.host}
+            if placed.cls == "local":
+                disk["local"] = True
+            else:
+                export = self.held.get(placed.id, ("", {}))[1]
+                if export.get("port") and export.get("address"):
+                    disk.update(address=export["address"], port=export["port"])
+            out.append(disk)
+        return out
+
+    def admit(self, farm: str, instance: str, vm: VmDef, host: str) -> bool:
+        """Every remote volume of the instance is exported to `host` (a live migration's
+        destination opens the disks before the switch-over)."""
+        for vol in vm.volumes:
+            vid = volume_id(farm, instance, vol.name)
+            placed = self.plan.volumes.get(vid)
+            if placed is not None and placed.cls != "local" and host not in self.held.get(vid, ("", {}))[1].get(
+                    "allowed", []):
+                return False
+        return True

@@ -19,20 +19,10 @@ from softudc.manager.apimodels import errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager
-from softudc.manager.volumes import VolumePlan, plan_volumes
+from softudc.manager.volumes import VolumePlan, VolumeView
 from softudc.model.volume import volume_id
 
 router = APIRouter()
-
-
-def pool_free(reports: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Each host's free pool bytes, from the reports that carry a pool."""
-    out = {}
-    for host, r in reports.items():
-        free = (r.get("pool") or {}).get("free_bytes")
-        if isinstance(free, int) and not isinstance(free, bool):
-            out[host] = free
-    return out
 
 
 def listing(plan: VolumePlan, sizes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -51,7 +41,7 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
         raise ApiError(403, f"{who.name} ({who.role}) may not read farm {farm!r}")
     farms = [(f, o.status) for o in m.store.objects("farm")
              if who.can_read(o.name) and farm in (None, o.name) and (f := m.farms.for_hosts(o))]
-    plan = plan_volumes(farms, pool_free(m.reports()), {})
+    plan = VolumeView(farms, m.reports()).plan
     sizes = {}
     for f, status in farms:
         for inst in status.get("instances", []):

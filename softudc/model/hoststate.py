@@ -6,17 +6,22 @@ documents by string key any more (review 1.3).
       {contract, etag,
        vnets: [{id, farm, name, security, mtu, keys: {send_epoch, secrets: {epoch: hex}}, members}],
        vms:   [{name, vcpus, memory_mib, nics: [{vnet, mac, ip, peers}],
-                incoming | outgoing | migrate_to: {host, uri, attempt, downtime_ms} | restart_departed}]}
+                incoming | outgoing | migrate_to: {host, uri, attempt, downtime_ms} | restart_departed,
+                disks: [{volume, target, host, local | address, port}]}],            (contract 3)
+       volumes: [{name, size_bytes, backing, allowed, keep}]}                  (contract 3)
     HostReport     PUT /v1/hosts/{name}/status, gatekeeper -> manager
       {contract, vcpus, memory_mib, state, migration_uri, underlay, vnets, dataplane,
        running, prepared, errors, notes, sizes: {vm: [vCPUs, MiB]},
        migrations: {vm: MigrationJob}, arrivals: {vm: Arrival}, departed: {vm: Departure},
-       load: HostLoad (+ usage: {vm: VmUsage}, cumulative counters)}
+       load: HostLoad (+ usage: {vm: VmUsage}, cumulative counters),
+       volumes: {name: HeldVolume {address, port, allowed}} (contract 3)}
 
 Versions: each document carries `contract` (absent: 1, what gatekeepers before it send and read).
 A side reads every version in SERVED and refuses a newer one, saying which side to upgrade. A rolling
 upgrade goes managers first: a manager serves each host the desired state in the version its report
 claims (`DesiredState.as_json(version)`), so older gatekeepers keep working meanwhile.
+Contract 3 (issue 13) adds the volumes: a storage host's `volumes` to hold and export, a VM's
+`disks`, a report's `volumes`; a version-2 gatekeeper gets neither (its VMs start without disks).
 
 Every document is bounded (entries, string lengths), strict (no "8" for 8, no true for 1) and
 closed (an unknown field is refused, so a typo or a newer peer is noticed, not ignored).
@@ -32,8 +37,8 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
-CONTRACT_VERSION = 2  # what this side speaks
-SERVED = (1, 2)  # what this side reads (a manager serves desired states in each of these too)
+CONTRACT_VERSION = 3  # what this side speaks
+SERVED = (1, 2, 3)  # what this side reads (a manager serves desired states in each of these too)
 MAX_PROBLEMS = 50  # the first fifty say enough
 
 # --- the VM naming rule -----------------------------------------------------------------------
@@ -192,6 +197,15 @@ class StoragePool(_Doc):
     free_bytes: Given[Count] = None
 
 
+class HeldVolume(_Doc):
+    """A volume of this host's pool (contract 3), and its NBD+TLS export if it has one (`port`
+    absent: not exported): the manager tells the VMs' hosts where to connect."""
+
+    address: Given[Address] = None
+    port: Given[Annotated[int, Field(ge=1, le=65535)]] = None
+    allowed: list[Name] = Field(default_factory=list, max_length=MAX_VMS)
+
+
 class LoadWindow(_Doc):
     """A figure smoothed over a short (~1 min) and a long (~10 min) window (gatekeeper/load.py)."""
 
@@ -259,6 +273,7 @@ class HostReport(_Doc):
     departed: Given[dict[Name, Departure]] = Field(None, max_length=MAX_VMS)
     pool: Given[StoragePool] = None  # issue 13: only a host running the storage service says it
     load: Given[HostLoad] = None  # issue 12: changes every report, kept out of the heartbeat comparison
+    volumes: Given[dict[Name, HeldVolume]] = Field(None, max_length=MAX_VMS)  # contract 3: the pool's volumes
 
 
 # --- what a host should run -------------------------------------------------------------------
@@ -297,6 +312,34 @@ class MigrateTo(_Doc):
     downtime_ms: Count = 0  # 0: libvirt's default
 
 
+VolumeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,126}$")]  # gatekeeper/volumes/pool.py
+
+
+class DesiredDisk(_Doc):
+    """A volume the VM sees as a virtio disk (contract 3): this host's pool file (`local`), or the
+    storage `host`'s NBD+TLS export at `address`:`port` (absent while that host has not reported
+    the export: the VM is not started before)."""
+
+    volume: VolumeName
+    target: Annotated[str, StringConstraints(pattern=r"^vd[b-z]$")]
+    host: Name
+    local: bool = False
+    address: Address | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+
+class DesiredVolume(_Doc):
+    """A volume this host's storage service holds (contract 3): made empty, or as a copy-on-write
+    clone of the pool volume `backing`; exported over NBD+TLS to `allowed` (empty: not exported);
+    `keep`: left in the pool when the manager stops wanting it (a farm deleted)."""
+
+    name: VolumeName
+    size_bytes: Positive
+    backing: VolumeName | None = None
+    allowed: list[Name] = Field(default_factory=list, max_length=MAX_VMS)
+    keep: bool = False
+
+
 class DesiredVm(_Doc):
     name: Name
     vcpus: Positive
@@ -306,6 +349,7 @@ class DesiredVm(_Doc):
     outgoing: bool = False  # soon migrated from here: the destination is making its VNETs
     migrate_to: MigrateTo | None = None
     restart_departed: Name | None = None  # it left by this attempt; booting it here again is safe
+    disks: list[DesiredDisk] = Field(default_factory=list, max_length=8)  # contract 3
 
 
 class DesiredState(_Doc):
@@ -313,12 +357,17 @@ class DesiredState(_Doc):
     etag: Annotated[str, StringConstraints(max_length=64)] | None = None
     vnets: list[DesiredVnet] = Field(default_factory=list, max_length=MAX_VNETS)
     vms: list[DesiredVm] = Field(default_factory=list, max_length=MAX_VMS)
+    volumes: list[DesiredVolume] = Field(default_factory=list, max_length=MAX_VMS)  # contract 3
 
     def for_contract(self, version: int) -> dict[str, Any]:
         """The document as a gatekeeper speaking `version` reads it: version 1 knows no `contract`
         (it ignores unknown fields, so sending it would do no harm; leaving it out keeps the
         answer exactly what such a gatekeeper always got)."""
         out = self.as_json()
+        if version < 3:  # volumes and disks are contract 3's: an older gatekeeper would refuse them
+            out.pop("volumes", None)
+            for vm in out.get("vms", []):
+                vm.pop("disks", None)
         if version < 2:
             out.pop("contract", None)
         else:
@@ -386,7 +435,7 @@ _TYPES = {"int_type": "int", "string_type": "str", "list_type": "list", "dict_ty
           "none_required": "null", "int_from_float": "int"}
 # Fields whose value is a list or map of entries: a wrong entry is said as such.
 _ENTRIES = ("running", "prepared", "errors", "notes", "vnets", "sizes", "migrations", "arrivals", "departed",
-            "nics", "peers", "members", "secrets", "workers")
+            "nics", "peers", "members", "secrets", "workers", "volumes", "disks", "allowed")
 
 
 def problem(err: ErrorDetails, version: int, hint: str) -> str:

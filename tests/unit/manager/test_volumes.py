@@ -8,7 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from softudc.manager.volumes import farm_deleted, farm_hosts, master_readers, plan_volumes
+from softudc.manager.desired import desired_json
+from softudc.manager.volumes import VolumeView, farm_deleted, farm_hosts, master_readers, plan_volumes, pool_free
 from softudc.model.farm import Farm, VmDef
 from softudc.model.volume import VolumeDef
 
@@ -68,10 +69,51 @@ def test_deleting_the_farm_keeps_only_keep_volumes() -> None:
     assert farm_deleted("other", plan.volumes.values()) == ([], [])
 
 
-def test_a_master_is_readable_by_the_hosts_with_clones_elsewhere() -> None:
-    plan = plan_volumes([(farm(VolumeDef("c", GiB, source="gold")), status("h1", "h2"))],
-                        {"h1": 4 * GiB, "h2": 4 * GiB}, {})
-    assert master_readers(plan, {"gold": "h2"}) == {"gold": ("h1",)}
+def test_a_clone_lives_on_its_master_host_and_a_local_one_needs_the_vm_there() -> None:
+    free = {"h1": 4 * GiB, "h2": 4 * GiB}
+    remote = plan_volumes([(farm(VolumeDef("c", GiB, "remote", source="gold")), status("h1", "h3"))], free, {},
+                          {"gold": "h2"})
+    assert {v.host for v in remote.volumes.values()} == {"h2"} and remote.unplaced == {}
+    assert master_readers(remote, {"gold": "h2"}) == {}  # every clone beside its master
+    local = plan_volumes([(farm(VolumeDef("c", GiB, source="gold")), status("h1", "h2"))], free, {}, {"gold": "h2"})
+    assert local.volumes["shop--db-1--c"].host == "h2"
+    assert "must be on h2, the master's host" in local.unplaced["shop--db-0--c"]
+    none = plan_volumes([(farm(VolumeDef("c", GiB, "remote", source="gold")), status("h1"))], free, {})
+    assert "no host holds the master volume gold" in none.unplaced["shop--db-0--c"]
+    full = plan_volumes([(farm(VolumeDef("c", 8 * GiB, "remote", source="gold")), status("h1"))], free, {},
+                        {"gold": "h2"})
+    assert "h2 (the master's host) has" in full.unplaced["shop--db-0--c"]
+
+
+def test_the_view_tells_the_storage_host_what_to_hold_and_the_vm_host_where_to_connect() -> None:
+    f = farm(VolumeDef("data", GiB, "remote", source="gold", keep=True), VolumeDef("scratch", GiB), replicas=1)
+    reports: dict[str, dict[str, Any]] = {
+        "h1": {"pool": {"free_bytes": 4 * GiB}, "volumes": {}},
+        "h2": {"pool": {"free_bytes": 4 * GiB}, "volumes": {"gold": {}}}}
+    view = VolumeView([(f, status("h1"))], reports)
+    assert view.for_host("h2") == [{"name": "shop--db-0--data", "size_bytes": GiB, "backing": "gold",
+                                    "allowed": ["h1"], "keep": True}]
+    assert view.for_host("h1") == [{"name": "shop--db-0--scratch", "size_bytes": GiB, "allowed": [], "keep": False}]
+    vm = f.vms[0]
+    assert view.disks("shop", "db-0", vm) == [  # not exported yet: no address, the VM waits
+        {"volume": "shop--db-0--data", "target": "vdb", "host": "h2"},
+        {"volume": "shop--db-0--scratch", "target": "vdc", "host": "h1", "local": True}]
+    reports["h2"]["volumes"]["shop--db-0--data"] = {"address": "10.0.0.2", "port": 10809, "allowed": ["h1"]}
+    view = VolumeView([(f, status("h1", moving={"db-0": "h3"}))], reports)
+    assert view.disks("shop", "db-0", vm)[0] == {"volume": "shop--db-0--data", "target": "vdb", "host": "h2",
+                                                 "address": "10.0.0.2", "port": 10809}
+    assert view.for_host("h2")[0]["allowed"] == ["h1", "h3"]  # the destination is let in ...
+    assert view.admit("shop", "db-0", vm, "h1") and not view.admit("shop", "db-0", vm, "h3")  # ... once h2 says so
+    reports["h2"]["volumes"]["shop--db-0--data"]["allowed"] = ["h1", "h3"]
+    assert VolumeView([(f, status("h1"))], reports).admit("shop", "db-0", vm, "h3")
+
+
+def test_a_volume_a_host_reports_stays_there() -> None:
+    f = farm(VolumeDef("d", GiB, "remote"), replicas=1)
+    reports: dict[str, dict[str, Any]] = {"h1": {"pool": {"free_bytes": GiB}, "volumes": {"shop--db-0--d": {}}},
+                                          "h2": {"pool": {"free_bytes": 9 * GiB}}}
+    assert VolumeView([(f, status("h1"))], reports).plan.volumes["shop--db-0--d"].host == "h1"
+    assert pool_free(reports) == {"h1": GiB, "h2": 9 * GiB}
 
 
 @given(st.lists(st.tuples(st.sampled_from(["local", "remote"]), st.integers(1, 6)), min_size=1, max_size=6),
@@ -88,3 +130,20 @@ def test_placement_never_overfills_a_pool_and_places_or_names_each(
     for v in plan.volumes.values():
         assert v.cls == "remote" or v.host == v.vm_host
         assert v.allowed == (farm_hosts(status(*hosts)) if v.cls == "remote" else ())
+
+
+def test_desired_states_carry_volumes_and_disks_in_contract_3_only() -> None:
+    f = farm(VolumeDef("data", GiB, "remote"), replicas=1)
+    reports: dict[str, dict[str, Any]] = {
+        "h1": {"contract": 3, "pool": {"free_bytes": GiB}},
+        "h2": {"contract": 3, "pool": {"free_bytes": 4 * GiB},
+               "volumes": {"shop--db-0--data": {"address": "10.0.0.2", "port": 10810, "allowed": ["h1"]}}}}
+    farms = [(f, status("h1"))]
+    h2 = desired_json("h2", farms, reports, lambda _f, _v: {})
+    assert h2["volumes"] == [{"name": "shop--db-0--data", "size_bytes": GiB, "allowed": ["h1"], "keep": False}]
+    h1 = desired_json("h1", farms, reports, lambda _f, _v: {})
+    assert "volumes" not in h1 and h1["vms"][0]["disks"] == [
+        {"volume": "shop--db-0--data", "target": "vdb", "host": "h2", "address": "10.0.0.2", "port": 10810}]
+    old = {h: {**r, "contract": 2} for h, r in reports.items()}
+    assert "volumes" not in desired_json("h2", farms, old, lambda _f, _v: {})
+    assert "disks" not in desired_json("h1", farms, old, lambda _f, _v: {})["vms"][0]

@@ -7,7 +7,8 @@ import pytest
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager
-from softudc.manager.volumes_api import pool_free, volumes
+from softudc.manager.volumes import pool_free
+from softudc.manager.volumes_api import volumes
 from tests.unit.manager.test_loop import FakeStore
 
 GiB = 1 << 30

@@ -150,7 +150,7 @@ def test_a_contract_1_report_is_served_and_a_newer_one_is_refused_saying_to_upgr
     with pytest.raises(ContractError) as e:
         parse(HostReport, {**old, "contract": CONTRACT_VERSION + 1, "something_new": {}})
     assert e.value.problems == [f"contract: this gatekeeper speaks contract {CONTRACT_VERSION + 1}, this manager "
-                                "only 1, 2: upgrade the managers first, then the gatekeepers"]
+                                "only 1, 2, 3: upgrade the managers first, then the gatekeepers"]
     assert "no longer served" in problems_of(HostReport, {"contract": 0})[0]
 
 
