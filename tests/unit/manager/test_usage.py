@@ -183,7 +183,7 @@ def test_a_vm_s_volumes_are_charged_their_size_over_the_time_it_runs() -> None:
     assert d["vol_gib_h"] == 2.0
 
 
-def test_volume_gib_hours_reach_the_report_the_cli_and_the_counters(world: tuple[Manager, FakeStore]) -> None:
+def test_volume_gib_hours_reach_the_report_and_the_counters(world: tuple[Manager, FakeStore]) -> None:
     from tests.unit.manager.test_volumes_api import FARM
 
     m, store = world
