@@ -388,6 +388,24 @@ static __always_inline int is_member(__u32 vnet, __be32 ip)
 
 #define NOT_OURS (-2)
 
+/* A GSO skb at the underlay's ingress is either one tunnel super-frame (our encap's, crossing a
+ * veth whole: its inner IPv4 length covers the whole skb) or several 1798 datagrams merged into
+ * one UDP GSO skb (the NIC's GRO for the forwarder's UDP_GRO socket, or a sender's UDP_SEGMENT
+ * batch over a veth). adjust_room would strip only the first header of the latter and deliver
+ * the rest as trailing bytes: such batches go up to the socket, which splits them. */
+static __always_inline int one_superframe(struct __sk_buff *skb)
+{
+	struct {
+		__be16 proto;
+		__u8 vihl, tos;
+		__be16 tot_len;
+	} in;
+
+	if (bpf_skb_load_bytes(skb, OVERHEAD + 12, &in, sizeof(in)))
+		return 0;
+	return in.proto == bpf_htons(ETH_P_IP) && OVERHEAD + 14 + bpf_ntohs(in.tot_len) == skb->len;
+}
+
 /* Returns the VNET id of a frame message this program handles, 0 to pass a 1798 message up
  * (counted), NOT_OURS for other traffic (not counted), -1 to drop (counted by reason). */
 static __always_inline int classify(struct __sk_buff *skb, struct cfg *c)
@@ -411,6 +429,8 @@ static __always_inline int classify(struct __sk_buff *skb, struct cfg *c)
 		return 0; /* VARP, relay, ...: the gatekeeper's socket */
 	if (o.flags) /* CSUM_PARTIAL (slow path) or unknown flags (the socket rejects them) */
 		return 0;
+	if (skb->gso_segs > 1 && !one_superframe(skb))
+		return 0; /* several datagrams merged into one skb: the socket splits them */
 	if (bpf_ntohs(o.udp.len) < 8 + 6 + 14 || skb->len < OVERHEAD + 14) {
 		count(C_DEC_TRUNCATED);
 		return -1;

@@ -146,6 +146,30 @@ def test_bad_frames_are_dropped_and_counted_by_reason(lab: dict[str, Path]) -> N
                      "dec_pass": 2}
 
 
+BATCH = """
+import socket, struct, sys
+seg, n = 200, 4
+eth = bytes.fromhex(sys.argv[1].replace(":", "")) + bytes.fromhex("020000000502") + b"\\x08\\x00"
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, seg - 6 - 14, 1, 0, 64, 17, 0, bytes(4), bytes(4))
+frame = struct.pack("!HHH", 2, 0, 0x3000 | int(sys.argv[2])) + eth + ip
+frame += bytes(seg - len(frame))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[3], 0))
+s.setsockopt(socket.SOL_UDP, 103, seg)  # UDP_SEGMENT: one GSO skb of n datagrams
+s.sendto(frame * n, (sys.argv[4], 1798))
+"""
+
+
+def test_a_batch_of_datagrams_in_one_skb_goes_up_not_half_decapsulated(lab: dict[str, Path]) -> None:
+    """Several frame messages in one UDP GSO skb (a UDP_SEGMENT send over the veth underlay here;
+    a NIC's GRO for the forwarder's UDP_GRO socket on real hardware): decap would strip the first
+    header only, so the batch goes up to the socket (dec_pass), none of it decapsulated (dec_ok)."""
+    before = counters(lab, "A")["counters"]
+    sh(sys.executable, "-c", BATCH, HOSTS["A"]["mac"], str(VNET), HOSTS["B"]["ip"], HOSTS["A"]["ip"], ns=f"{PFX}hB")
+    after = counters(lab, "A")["counters"]
+    assert (after["dec_ok"] - before["dec_ok"], after["dec_pass"] - before["dec_pass"]) == (0, 1)
+
+
 def test_socket_still_receives_varp(lab: dict[str, Path]) -> None:
     code = (
         "import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('10.0.0.1',1798));"
