@@ -115,6 +115,9 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
                         mc.memory_mib, state_file.with_name("gatekeeper-managed.json"),
                         config.hypervisor.migration_uri if config.hypervisor else None,
                         pool=volumes.pool_status if volumes is not None else None)
+    if volumes is not None:  # the volumes the manager wants here (issue 13, contract 3)
+        from gatekeeper.volumes.converge import VolumeConverger
+        client.volumes = VolumeConverger(volumes, state_file.with_name("gatekeeper-volumes.json"))
     if vms is not None:  # what the VMs use, sampled at each report (issue 12)
         from gatekeeper.load import LoadMeter
         client.load = LoadMeter(vms.hv.stats, nics=vms.hv.nics).sample  # + usage (issue 15)

@@ -30,7 +30,7 @@ from softudc.security.keys import keys_fingerprint
 
 @dataclass(frozen=True)
 class Action:
-    op: str  # vnet.create | vm.start | vm.migrate | vm.stop | vnet.delete | vnet.keep
+    op: str  # vnet.create | vm.start | vm.wait | vm.migrate | vm.stop | vnet.delete | vnet.keep
     args: dict[str, Any]
 
     def __str__(self) -> str:
@@ -91,8 +91,11 @@ def _vm_action(vm: DesiredVm, have: dict[str, Any] | None, here: Here) -> Action
     left = here.departed.get(vm.name)
     if left is not None and vm.restart_departed != left:
         return Action("vm.hold", {"name": vm.name, "attempt": left})  # said in the report
+    if waiting := [d.volume for d in vm.disks if not d.local and d.port is None]:
+        return Action("vm.wait", {"name": vm.name, "volumes": waiting})  # their exports not reported yet
+    disks = {"disks": [d.model_dump() for d in vm.disks]} if vm.disks else {}
     return Action("vm.start", {"name": vm.name, "vcpus": vm.vcpus, "memory_mib": vm.memory_mib,
-                               "nics": [n.model_dump() for n in vm.nics]})
+                               "nics": [n.model_dump() for n in vm.nics], **disks})
 
 
 def _stops(wanted: set[str], have_vms: dict[str, dict[str, Any]],

@@ -21,6 +21,7 @@ from gatekeeper.manager_link import ManagerLink
 from gatekeeper.migrations import Migrations
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
+from gatekeeper.volumes.converge import VolumeConverger, disk_specs
 from softudc.atomicfile import move_aside, write_atomic
 from softudc.model.hoststate import (
     CONTRACT_VERSION,
@@ -44,6 +45,7 @@ STRAY_NOTED_S, STRAYS_KEPT = 60.0, 20
 class Reconciler:
     load: Callable[[], dict[str, Any]] | None = None  # the VMs' use (gatekeeper/load.py), set by the agent
     pool: Callable[[], dict[str, int]] | None = None  # the storage service's capacity and free bytes, if it runs
+    volumes: VolumeConverger | None = None  # the storage service, made what the manager wants (contract 3)
 
     def __init__(self, link: ManagerLink, host: str, vnets: VnetService, vms: VmService | None, vcpus: int,
                  memory_mib: int, state_file: Path | None = None, migration_uri: str | None = None,
@@ -120,6 +122,11 @@ class Reconciler:
                 fields["pool"] = self.pool()
             except Exception as e:  # the pool's disk unreadable: the rest of the report still goes
                 log.warning("storage pool: %s; reported without it", e)
+        if self.volumes is not None:
+            try:
+                fields["volumes"] = self.volumes.have()
+            except Exception as e:  # the pool's disk unreadable: the rest of the report still goes
+                log.warning("storage pool's volumes: %s; reported without them", e)
         if self.load is not None:
             try:
                 fields["load"] = self.load()
@@ -170,10 +177,19 @@ class Reconciler:
         self.errors, self.notes = [], []
         self._converging = True
         try:
-            done = self._converge(desired, here)
+            done = self._hold_volumes() + self._converge(desired, here)
         finally:
             self._converging = False
         self._note_strays()
+        return done
+
+    def _hold_volumes(self) -> list[str]:
+        """The storage service holds and exports the volumes the manager wants here (before the
+        VMs: a VM here may use them)."""
+        if self.volumes is None:
+            return []
+        done, errors = self.volumes.converge(self.state.volumes)
+        self.errors.extend(errors)
         return done
 
     def _put_status(self, vms_here: list[dict[str, Any]]) -> None:
@@ -210,6 +226,10 @@ class Reconciler:
                 self.errors.append(f"vm.start {action.args['name']}: not restarted: it left this host by migration "
                                    f"to {left.get('to')} (attempt {action.args['attempt']}); the manager restarts it "
                                    "here once that host has reported holding no copy")
+                continue
+            if action.op == "vm.wait":
+                self.notes.append(f"vm.start {action.args['name']}: waiting for the export of volume(s) "
+                                  f"{', '.join(action.args['volumes'])} (their storage host has not reported it)")
                 continue
             if action.op == "vnet.keep":
                 self.notes.append(f"VNET {action.args['vnet']} is no longer needed here but kept: "
@@ -262,6 +282,9 @@ class Reconciler:
         elif self.vms is None:
             raise RuntimeError("this host has no hypervisor configured ([hypervisor] in the gatekeeper's config)")
         elif op == "vm.start":
+            if vm_disks := next((v.disks for v in self.state.vms if v.name == args["name"]), []):
+                pool = self.volumes.service.pool if self.volumes is not None else None
+                self.vms.hv.attach[args["name"]] = disk_specs(vm_disks, pool)
             self.vms.start(args["name"], args["nics"], args["vcpus"], args["memory_mib"])
             self.migrations.departed.pop(args["name"], None)  # converge starts a departed VM only on the manager's word
         elif op == "vm.stop":

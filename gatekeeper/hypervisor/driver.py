@@ -11,6 +11,7 @@ stops or leaves has its NICs unregistered.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 import libvirt
 
-from gatekeeper.hypervisor.domain import DomainNic, VmSpec, domain_nics, domain_xml
+from gatekeeper.hypervisor.domain import DiskSpec, DomainNic, VmSpec, domain_nics, domain_xml
 from softudc import libvirturi
 
 log = logging.getLogger("gatekeeper.hypervisor")
@@ -77,6 +78,9 @@ class Hypervisor:
         self._lock = threading.Lock()
         self._nics: dict[str, list[DomainNic]] = {}  # domain name -> its VNET NICs while here
         self.migrations: dict[str, dict[str, Any]] = {}
+        # The disks the next start of a domain gets (its volumes: the reconciler sets them before
+        # `vm.start`, whose API has no disks yet); taken by that start.
+        self.attach: dict[str, tuple[DiskSpec, ...]] = {}
 
     # --- connection and events ----------------------------------------------------------------
 
@@ -142,6 +146,8 @@ class Hypervisor:
             raise HypervisorError(f"no VM {name!r} on this host (see `vm.list`)") from None
 
     def start(self, spec: VmSpec) -> dict[str, Any]:
+        if disks := self.attach.pop(spec.name, ()):
+            spec = dataclasses.replace(spec, disks=spec.disks + disks)
         conn = self.conn()
         try:
             existing = conn.lookupByName(spec.name)
