@@ -59,13 +59,8 @@ def band_from_env(env: dict[str, str] | None = None) -> Band | None:
     text = env.get("SOFTUDC_CONSOLIDATE_BAND", "")
     if not text:
         return Band()
-    try:
-        values = [float(x) for x in text.split(",")]
-        if not 2 <= len(values) <= 6:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"SOFTUDC_CONSOLIDATE_BAND={text!r}: expected 'LOW,HIGH[,LOW_HOLD_S,HIGH_HOLD_S,QUIET_S,"
-                         "MIN_READY]', e.g. '0.3,0.75'") from None
+    values = numbers("SOFTUDC_CONSOLIDATE_BAND", text, 6, "LOW,HIGH[,LOW_HOLD_S,HIGH_HOLD_S,QUIET_S,MIN_READY]",
+                     "0.3,0.75")
     names = ("low", "high", "low_hold_s", "high_hold_s", "quiet_s", "min_ready")
     fields: dict[str, float | int] = dict(zip(names, values, strict=False))
     if "min_ready" in fields:
@@ -82,14 +77,22 @@ def trigger_from_env(env: dict[str, str] | None = None) -> Trigger | None:
     text = env.get("SOFTUDC_HA_REBALANCE_TRIGGER", "")
     if not text:
         return Trigger()
+    values = numbers("SOFTUDC_HA_REBALANCE_TRIGGER", text, 4, "SPREAD,HOT[,SETTLE_S,WATCH_S]", "0.25,0.85,60,900")
     try:
-        values = [float(x) for x in text.split(",")]
-        if not 2 <= len(values) <= 4:
-            raise ValueError
         return Trigger(*values)
     except ValueError as e:
-        raise ValueError(f"SOFTUDC_HA_REBALANCE_TRIGGER={text!r}: expected 'SPREAD,HOT[,SETTLE_S,WATCH_S]', e.g. "
-                         f"'0.25,0.85,60,900'{f' ({e})' if str(e) else ''}") from None
+        raise ValueError(f"SOFTUDC_HA_REBALANCE_TRIGGER={text!r}: {e}") from None
+
+
+def numbers(name: str, text: str, most: int, form: str, example: str) -> list[float]:
+    """2 to `most` numbers separated by commas, or a ValueError naming the variable and its form."""
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not 2 <= len(values) <= most:
+        raise ValueError(f"{name}={text!r}: expected '{form}', e.g. '{example}'")
+    return values
 
 
 def ha_rebalance(m: Manager, t: Trigger, now: float | None = None) -> str | None:
