@@ -1,5 +1,7 @@
 """`softudc volume list [--farm F] [-o table|json]`: the farms' volumes as the manager plans them
-(GET /v1/volumes): where each lives, who may open it, and why one could not be placed."""
+(GET /v1/volumes): where each lives, who may open it, and why one could not be placed.
+`softudc volume describe ID [-o text|json]`: one of them, with its export (GET /v1/volumes/ID).
+`softudc volume delete ID`: refused while a farm wants it; the manager's answer says what to do."""
 
 from __future__ import annotations
 
@@ -39,6 +41,41 @@ def cmd_volume_list(a: argparse.Namespace) -> None:
     print(render(ok(*connect(a).call("GET", path)), a.output))
 
 
+DESCRIBED = [("id", "id"), ("farm", "farm"), ("instance", "instance"), ("volume", "volume"), ("class", "class"),
+             ("from", "from"), ("keep", "keep"), ("storage host", "host"), ("VM's host", "vm_host"),
+             ("allowed", "allowed"), ("state", "state")]
+
+
+def describe_text(row: dict[str, Any]) -> str:
+    lines = [f"{label + ':':<14}{_value(row.get(key))}" for label, key in DESCRIBED]
+    lines.insert(5, f"{'size:':<14}{size_text(row['size_bytes'])}")
+    export = row.get("export")
+    lines.append(f"{'export:':<14}" + (f"nbds://{export['address']}:{export['port']}/{row['id']} "
+                                       f"(admits {', '.join(export.get('allowed', [])) or 'nobody'})"
+                                       if export else "-"))
+    if row.get("reason"):
+        lines.append(f"{'reason:':<14}{row['reason']}")
+    return "\n".join(lines)
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, list):
+        return ", ".join(v) or "-"
+    return "-" if v in (None, "") else str(v)
+
+
+def cmd_volume_describe(a: argparse.Namespace) -> None:
+    row = ok(*connect(a).call("GET", f"/v1/volumes/{quote(a.id, safe='')}"))
+    print(json.dumps(row, indent=2) if a.output == "json" else describe_text(row))
+
+
+def cmd_volume_delete(a: argparse.Namespace) -> None:
+    ok(*connect(a).call("DELETE", f"/v1/volumes/{quote(a.id, safe='')}"))
+    print(f"volume {a.id} deleted")
+
+
 def add_volume_parser(sub: Any) -> None:
     v = sub.add_parser("volume", help="the farms' volumes (docs/volumes.md)")
     vsub = v.add_subparsers(dest="volume_command", required=True)
@@ -47,3 +84,12 @@ def add_volume_parser(sub: Any) -> None:
     ls.add_argument("-o", "--output", choices=["table", "json"], default="table")
     add_arguments(ls)
     ls.set_defaults(fn=cmd_volume_list)
+    d = vsub.add_parser("describe", help="one volume: where it is, its export, who may open it")
+    d.add_argument("id", help="<farm>--<instance>--<volume> (softudc volume list)")
+    d.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    add_arguments(d)
+    d.set_defaults(fn=cmd_volume_describe)
+    rm = vsub.add_parser("delete", help="delete a volume (a farm's: edit or delete the farm instead)")
+    rm.add_argument("id", help="<farm>--<instance>--<volume>")
+    add_arguments(rm)
+    rm.set_defaults(fn=cmd_volume_delete)

@@ -1,11 +1,14 @@
 """The farms' volumes as the manager plans them (issue 13 item 2), for `softudc volume list`.
 
     GET /v1/volumes[?farm=F]   [{id, farm, instance, volume, class, size_bytes, from, keep,
-                                 host, vm_host, allowed, state: planned|unplaced, reason}]
+                                 host, vm_host, allowed, state: planned|held|unplaced, reason,
+                                 export: {address, port, allowed} | null}]
+    GET /v1/volumes/{id}       one of them (404 names what to do)
+    DELETE /v1/volumes/{id}    refused while a farm wants it (409 says to edit or delete the farm)
 
 From the farms' stored statuses and each host's latest report (`pool.free_bytes`: hosts without
-a storage service get no volume). A planning view: the hosts' desired states do not carry volumes
-yet (docs/volumes.md, "What is left"). Others than admins see the farms they may read.
+a storage service get no volume; `volumes`: what each storage host holds and exports, contract 3).
+`held`: the planned host reports the volume. Others than admins see the farms they may read.
 """
 
 from __future__ import annotations
@@ -20,19 +23,24 @@ from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager
 from softudc.manager.volumes import VolumePlan, VolumeView
-from softudc.model.volume import volume_id
+from softudc.model.volume import split_volume_id, volume_id
 
 router = APIRouter()
 
 
-def listing(plan: VolumePlan, sizes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The answer's rows, by id. `sizes`: volume id -> its definition's fields (for unplaced ones)."""
+def listing(plan: VolumePlan, sizes: dict[str, dict[str, Any]],
+            held: dict[str, tuple[str, dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """The answer's rows, by id. `sizes`: volume id -> its definition's fields (for unplaced ones);
+    `held`: volume -> (the host reporting it, its export)."""
     rows = []
     for vid, v in plan.volumes.items():
+        host, export = (held or {}).get(vid, (None, {}))
         rows.append({**sizes[vid], "host": v.host, "vm_host": v.vm_host, "allowed": list(v.allowed),
-                     "state": "planned", "reason": ""})
+                     "state": "held" if host == v.host else "planned", "reason": "",
+                     "export": export if host == v.host and export.get("port") else None})
     for vid, why in plan.unplaced.items():
-        rows.append({**sizes[vid], "host": None, "vm_host": None, "allowed": [], "state": "unplaced", "reason": why})
+        rows.append({**sizes[vid], "host": None, "vm_host": None, "allowed": [], "state": "unplaced", "reason": why,
+                     "export": None})
     return sorted(rows, key=lambda r: r["id"])
 
 
@@ -41,7 +49,7 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
         raise ApiError(403, f"{who.name} ({who.role}) may not read farm {farm!r}")
     farms = [(f, o.status) for o in m.store.objects("farm")
              if who.can_read(o.name) and farm in (None, o.name) and (f := m.farms.for_hosts(o))]
-    plan = VolumeView(farms, m.reports()).plan
+    view = VolumeView(farms, m.reports())
     sizes = {}
     for f, status in farms:
         for inst in status.get("instances", []):
@@ -51,7 +59,25 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
                     sizes[vid] = {"id": vid, "farm": f.name, "instance": inst["name"], "volume": vol.name,
                                   "class": vol.cls, "size_bytes": vol.size_bytes, "from": vol.source,
                                   "keep": vol.keep}
-    return listing(plan, sizes)
+    return listing(view.plan, sizes, view.held)
+
+
+def volume(m: Manager, who: Principal, vid: str) -> dict[str, Any]:
+    ids = split_volume_id(vid)
+    if ids is None:
+        raise ApiError(404, f"{vid!r} is not a farm volume's id (<farm>--<instance>--<volume>); "
+                            "`softudc volume list` names them")
+    for row in volumes(m, who, ids[0]) if m.store.get("farm", ids[0]) else []:
+        if row["id"] == vid:
+            return row
+    raise ApiError(404, f"no volume {vid}: farm {ids[0]} has no such instance or volume (`softudc volume list "
+                        f"--farm {ids[0]}` names its volumes)")
+
+
+def delete_volume(m: Manager, who: Principal, vid: str) -> dict[str, Any]:
+    row = volume(m, who, vid)
+    raise ApiError(409, f"volume {vid} belongs to VM {row['instance']} of farm {row['farm']}: remove it from the "
+                        f"farm's descriptor and apply it, or delete the farm (a volume with keep: true stays then)")
 
 
 @router.get("/v1/volumes", summary="The farms' volumes: where each is planned and who may open it",
@@ -60,3 +86,15 @@ def get_volumes(m: Mgr, who: Who,
                 farm: Annotated[str | None, Query(max_length=255, description="only this farm")] = None) \
         -> list[dict[str, Any]]:
     return volumes(m, who, farm)
+
+
+@router.get("/v1/volumes/{vid}", summary="One farm volume: where it is planned, whether its host holds it, its export",
+            responses=errors(401, 403, 404))
+def get_volume(m: Mgr, who: Who, vid: str) -> dict[str, Any]:
+    return volume(m, who, vid)
+
+
+@router.delete("/v1/volumes/{vid}", summary="Refused while a farm wants the volume (409 says what to do)",
+               responses=errors(401, 403, 404, 409))
+def del_volume(m: Mgr, who: Who, vid: str) -> dict[str, Any]:
+    return delete_volume(m, who, vid)

@@ -31,3 +31,19 @@ def test_the_parser() -> None:
     add_volume_parser(p.add_subparsers(dest="command"))
     a = p.parse_args(["volume", "list", "--farm", "shop", "-o", "json"])
     assert (a.farm, a.output, a.fn.__name__) == ("shop", "json", "cmd_volume_list")
+
+
+def test_describe_shows_the_export_and_the_parser_takes_describe_and_delete() -> None:
+    from softudc.cli.volume import describe_text
+
+    row = {**ROWS[1], "farm": "shop", "instance": "db-0", "volume": "data", "vm_host": "h1", "state": "held",
+           "export": {"address": "10.0.0.2", "port": 10810, "allowed": ["h1", "h3"]}}
+    text = describe_text(row)
+    assert "size:         2Gi" in text and "keep:         yes" in text
+    assert "export:       nbds://10.0.0.2:10810/shop--db-0--data (admits h1, h3)" in text
+    assert "reason:" not in text and "export:       -" in describe_text({**row, "export": None})
+    p = argparse.ArgumentParser()
+    add_volume_parser(p.add_subparsers(dest="command"))
+    a = p.parse_args(["volume", "describe", "shop--db-0--data", "-o", "json"])
+    assert (a.id, a.output, a.fn.__name__) == ("shop--db-0--data", "json", "cmd_volume_describe")
+    assert p.parse_args(["volume", "delete", "x--y--z"]).fn.__name__ == "cmd_volume_delete"
