@@ -182,7 +182,10 @@ class VolumeView:
         placed = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is not None}
         masters = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is None}
         with_volumes = [(f, st) for f, st in farms if any(vm.volumes for vm in f.vms)]
-        self.plan = plan_volumes(with_volumes, pool_free(reports), placed, masters)
+        free = pool_free(reports)
+        for host in placed.values():  # a report without its pool (unreadable for a round) keeps what it holds
+            free.setdefault(host, 0)
+        self.plan = plan_volumes(with_volumes, free, placed, masters)
 
     def for_host(self, host: str) -> list[dict[str, Any]]:
         """The DesiredState `volumes` of `host`."""

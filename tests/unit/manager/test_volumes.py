@@ -114,6 +114,8 @@ def test_a_volume_a_host_reports_stays_there() -> None:
                                           "h2": {"pool": {"free_bytes": 9 * GiB}}}
     assert VolumeView([(f, status("h1"))], reports).plan.volumes["shop--db-0--d"].host == "h1"
     assert pool_free(reports) == {"h1": GiB, "h2": 9 * GiB}
+    del reports["h1"]["pool"]  # its pool unreadable for a round: the volume stays
+    assert VolumeView([(f, status("h1"))], reports).plan.volumes["shop--db-0--d"].host == "h1"
 
 
 @given(st.lists(st.tuples(st.sampled_from(["local", "remote"]), st.integers(1, 6)), min_size=1, max_size=6),
