@@ -56,3 +56,20 @@ def test_a_running_vm_of_the_name_is_never_touched() -> None:
     with pytest.raises(HypervisorError, match="already running on this host"):
         hv.start(VmSpec("demo--web-0", "/k", "/i"))  # type: ignore[attr-defined]
     assert running.calls == [] and conn.doms["demo--web-0"] is running
+
+
+def test_the_disks_attached_for_a_start_go_into_its_domain_once() -> None:
+    from gatekeeper.hypervisor.domain import DiskSpec
+
+    class Seeing(DefiningConn):
+        def defineXML(self, xml: str) -> FakeDomain:
+            seen.append(xml)
+            return super().defineXML(xml)
+
+    seen: list[str] = []
+    hv, _ = hypervisor()
+    hv._conn = Seeing()
+    hv.attach["demo--web-0"] = (DiskSpec("vdb", nbd=("10.0.0.2", 10810, "demo--web-0--data")),)
+    hv.start(VmSpec("demo--web-0", "/k", "/i"))
+    assert "<source protocol=\"nbd\" name=\"demo--web-0--data\" tls=\"yes\"><host name=\"10.0.0.2\" port=\"10810\"" \
+        in seen[0] and hv.attach == {}
