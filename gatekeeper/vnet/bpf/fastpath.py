@@ -6,6 +6,10 @@ tc egress and sends known unicast straight to the underlay; misses and floods co
 (`CFG_PUNT`), where the forwarder floods them and VARP resolves them as before. `vnet_decap` on the
 underlay puts frames of eBPF VNETs into the TAP's ingress (the bridge); everything else reaches the
 forwarder's socket. `sync()` (each VARP tick) copies the cache's FDB into `ebs_fdb`.
+
+GRO after decapsulation is chosen once from the underlay's offload features (gro.py) and reported
+(`status()["gro"]`, metrics, log). When it is on, each eBPF VNET gets a veth pair on its bridge
+(grolink.py): decapsulated frames go out of its decap side and are merged by the bridge side's GRO.
 """
 
 from __future__ import annotations
@@ -15,14 +19,16 @@ import socket
 from pathlib import Path
 
 from gatekeeper.config import GatekeeperConfig
-from gatekeeper.vnet.bpf import layouts
+from gatekeeper.vnet.bpf import gro, grolink, layouts
 from gatekeeper.vnet.bpf.libbpf import BpfError
 from gatekeeper.vnet.bpf.loader import Datapath, detach, remove_pins
 from gatekeeper.vnet.bpf.selection import PathChoice, bpf_problem, choose, metrics_lines
+from gatekeeper.vnet.devices import bridge_name
 from gatekeeper.vnet.port import VnetPort
 
 log = logging.getLogger("gatekeeper.vnet.bpf")
 BPF_F_INGRESS = 1
+VSTATS_FIELDS = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")  # Datapath.vnet_stats()
 
 
 class FastPath:
@@ -31,6 +37,8 @@ class FastPath:
         self.pin_dir = state_file.with_name("bpf") if state_file is not None else None
         self.choices: dict[int, PathChoice] = {}
         self._taps: dict[int, int] = {}  # eBPF vnet -> TAP ifindex
+        self._gro_links: dict[int, int] = {}  # eBPF vnet -> ifindex of its GRO veth's decap side
+        self.gro: gro.GroChoice | None = None
         self._ports: dict[int, VnetPort] = {}
         self._folded: dict[int, tuple[int, int, int, int]] = {}  # BPF totals already in port.stats
         self._dp: Datapath | None = None
@@ -54,7 +62,7 @@ class FastPath:
         if choice.path == "ebpf":
             try:
                 self._install(port, tap)
-            except (BpfError, OSError) as e:
+            except (BpfError, OSError, gro.GroError, grolink.GroLinkError) as e:
                 if self.config.datapath == "ebpf":
                     raise
                 choice = PathChoice(port.vnet, "userspace", f"eBPF set-up failed: {e}")
@@ -72,14 +80,21 @@ class FastPath:
             dp.set_cfg(layouts.Cfg(self.config.underlay_address, underlay, layouts.CFG_PUNT))
             dp.attach("vnet_decap", underlay)
             self._dp = dp
+            self.gro = _choose_gro(self.config.underlay_interface)
         return self._dp
 
     def _install(self, port: VnetPort, tap: str) -> None:
         dp = self._datapath()
         ifindex = socket.if_nametoindex(tap)
         dp.set_uplink(ifindex, port.vnet)
-        dp.set_local(port.vnet, layouts.Local(ifindex, BPF_F_INGRESS, port.mtu),
-                     [self.config.underlay_address, *port.members])
+        local = layouts.Local(ifindex, BPF_F_INGRESS, port.mtu)
+        if self.gro is not None and self.gro.on:  # decapsulated frames out of the veth, merged by its peer
+            decap = socket.if_nametoindex(grolink.create(port.vnet, bridge_name(port.vnet), tap, port.mtu, self.gro))
+            self._gro_links[port.vnet] = decap
+            dp.set_uplink(decap, port.vnet)
+            dp.attach("vnet_encap", decap)
+            local = layouts.Local(decap, 0, port.mtu, punt_ifindex=ifindex)
+        dp.set_local(port.vnet, local, [self.config.underlay_address, *port.members])
         dp.attach("vnet_encap", ifindex, egress=True)
         self._taps[port.vnet] = ifindex
         self._ports[port.vnet] = port
@@ -90,10 +105,14 @@ class FastPath:
         self._ports.pop(vnet, None)
         self._folded.pop(vnet, None)
         ifindex = self._taps.pop(vnet, None)
+        decap = self._gro_links.pop(vnet, None)
         if ifindex is not None and self._dp is not None:
             self._dp.delete("ebs_local", layouts.u32(vnet))
             self._dp.delete("ebs_members", layouts.u32(vnet))
             self._dp.delete("ebs_uplink", layouts.u32(ifindex))
+            if decap is not None:
+                self._dp.delete("ebs_uplink", layouts.u32(decap))
+                grolink.delete(vnet)
 
     def sync(self, fdb: dict[tuple[int, bytes], str]) -> None:
         """Make ebs_fdb equal to the VARP cache's entries of eBPF VNETs (called under the service lock)."""
@@ -122,11 +141,20 @@ class FastPath:
         return choice.path if choice else "userspace"
 
     def status(self) -> dict[str, object]:
-        return {"vnets": [c.as_dict() for c in self.choices.values()], "sync_errors": self.sync_errors,
-                "counters": self._dp.counters() if self._dp is not None else {}}
+        """Each VNET's path (eBPF VNETs with what BPF carried for them: `bpf`), the sync errors and
+        the programs' verdict counters (`counters`: every drop by reason)."""
+        vnets: list[dict[str, object]] = []
+        for c in self.choices.values():
+            entry = c.as_dict()
+            if c.path == "ebpf" and self._dp is not None:
+                entry["bpf"] = dict(zip(VSTATS_FIELDS, self._dp.vnet_stats(c.vnet), strict=True))
+            vnets.append(entry)
+        return {"vnets": vnets, "sync_errors": self.sync_errors,
+                "counters": self._dp.counters() if self._dp is not None else {},
+                "gro": self.gro.as_dict() if self.gro is not None else None}
 
     def metrics(self) -> list[str]:
-        lines = metrics_lines(list(self.choices.values()))
+        lines = metrics_lines(list(self.choices.values())) + gro.metrics_lines(self.gro)
         if self._dp is not None:
             lines.append("# TYPE softudc_vnet_ebpf_packets_total counter")
             lines += [f'softudc_vnet_ebpf_packets_total{{verdict="{k}"}} {v}' for k, v in self._dp.counters().items()]
@@ -136,14 +164,26 @@ class FastPath:
         """Take the programs off the devices and drop the pins (the TAPs go with their fds)."""
         if self._dp is None:
             return
-        devices: list[int | str] = [self.config.underlay_interface, *self._taps.values()]
+        devices: list[int | str] = [self.config.underlay_interface, *self._taps.values(), *self._gro_links.values()]
         for ifindex in devices:
             try:
                 detach(ifindex if isinstance(ifindex, int) else socket.if_nametoindex(ifindex))
             except (BpfError, OSError) as e:
                 log.warning("eBPF data path: detach from %s: %s", ifindex, e)
+        for vnet in self._gro_links:
+            grolink.delete(vnet)
+        self._gro_links.clear()
         self._dp.close()
         self._dp = None
         self._taps.clear()
         assert self.pin_dir is not None
         remove_pins(self.pin_dir)
+
+
+def _choose_gro(underlay: str) -> gro.GroChoice:
+    """GRO after decapsulation for this underlay; off (with the reason) when its features cannot be read."""
+    try:
+        return gro.choose_for(underlay)
+    except gro.GroError as e:
+        log.warning("eBPF data path: GRO after decapsulation off: %s", e)
+        return gro.GroChoice(underlay, "", False, f"the underlay's features could not be read: {e}")

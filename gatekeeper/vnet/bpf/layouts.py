@@ -120,19 +120,21 @@ def unpack_fdb_val(raw: bytes) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Local:
-    """Where vnet_decap sends a VNET's frames: an ifindex, BPF_F_INGRESS or 0, the endpoint MTU."""
+    """Where vnet_decap sends a VNET's frames: an ifindex, BPF_F_INGRESS or 0, the endpoint MTU;
+    and where vnet_encap punts from another uplink of the VNET (0: to the uplink's own stack)."""
 
     ifindex: int
     redirect_flags: int = 0
     mtu: int = 1452
+    punt_ifindex: int = 0
 
     def pack(self) -> bytes:
-        return _LOCAL.pack(self.ifindex, self.redirect_flags, self.mtu, 0)
+        return _LOCAL.pack(self.ifindex, self.redirect_flags, self.mtu, self.punt_ifindex)
 
     @classmethod
     def unpack(cls, raw: bytes) -> Local:
-        ifindex, flags, mtu, _ = _LOCAL.unpack(raw)
-        return cls(ifindex, flags, mtu)
+        ifindex, flags, mtu, punt = _LOCAL.unpack(raw)
+        return cls(ifindex, flags, mtu, punt)
 
 
 def pack_members(ips: list[str]) -> bytes:

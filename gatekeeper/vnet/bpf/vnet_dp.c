@@ -60,7 +60,7 @@ struct local_val {	/* ebs_local[vnet]: where decapped frames go */
 	__u32 ifindex;
 	__u32 redirect_flags;
 	__u32 mtu;
-	__u32 pad;
+	__u32 punt_ifindex; /* CFG_PUNT from another uplink of the VNET: redirect to this one's egress */
 };
 
 struct members_val {	/* ebs_members[vnet]: underlay IPs of every member host (self included) */
@@ -318,6 +318,19 @@ static __always_inline int neigh_ready(struct __sk_buff *skb, struct cfg *c, __b
 	return bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_NO_NEIGH;
 }
 
+/* A frame BPF does not send itself (miss, flood, unresolved neighbour) under CFG_PUNT: it goes on
+ * to the uplink's stack (the TAP: the userspace forwarder), or, from a second uplink of the VNET
+ * (the veth pair that merges decapsulated frames by GRO), to the TAP's egress. */
+static __always_inline int punt(struct __sk_buff *skb, __u32 vnet)
+{
+	struct local_val *l = bpf_map_lookup_elem(&ebs_local, &vnet);
+
+	count(C_ENC_PUNT);
+	if (l && l->punt_ifindex && l->punt_ifindex != skb->ifindex)
+		return bpf_redirect(l->punt_ifindex, 0);
+	return TC_ACT_OK;
+}
+
 SEC("tc")
 int vnet_encap(struct __sk_buff *skb)
 {
@@ -346,15 +359,12 @@ int vnet_encap(struct __sk_buff *skb)
 		count(C_ENC_MISS);
 		report(EV_MISS, &k, 0);
 	}
-	if (!f && (c->flags & CFG_PUNT)) {
-		count(C_ENC_PUNT);
-		return TC_ACT_OK;
-	}
+	if (!f && (c->flags & CFG_PUNT))
+		return punt(skb, k.vnet);
 	if (f && (c->flags & CFG_PUNT) && !neigh_ready(skb, c, f->ip)) {
 		/* underlay neighbour unresolved: the forwarder's socket send makes the kernel resolve it */
 		count(C_ENC_NO_NEIGH);
-		count(C_ENC_PUNT);
-		return TC_ACT_OK;
+		return punt(skb, k.vnet);
 	}
 	if (make_room(skb, &inner)) {
 		count(C_ENC_ERR_ROOM);

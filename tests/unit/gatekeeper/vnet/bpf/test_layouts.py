@@ -44,9 +44,9 @@ def test_members_round_trip(members: list[str]) -> None:
     assert layouts.unpack_members(layouts.pack_members(members)) == members
 
 
-@given(st.integers(0, 2**32 - 1), st.integers(0, 1), st.integers(68, 65535))
-def test_local_round_trip(ifindex: int, flags: int, mtu: int) -> None:
-    loc = layouts.Local(ifindex, flags, mtu)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 1), st.integers(68, 65535), st.integers(0, 2**32 - 1))
+def test_local_round_trip(ifindex: int, flags: int, mtu: int, punt: int) -> None:
+    loc = layouts.Local(ifindex, flags, mtu, punt)
     assert layouts.Local.unpack(loc.pack()) == loc
 
 
