@@ -14,6 +14,10 @@ Hard rules are never broken by a move: the destination is ready, has room for th
 allocation, and stays within the VM's anti-affinity limit. VMs of hard affinity groups are not
 moved one by one. A VM moved less than `cooldown_s` ago is not moved; no VM moves twice in a plan.
 
+Then exchanges (`exchange`, every cluster size): two VMs trade hosts where no single move helps
+(the cool hosts lack room for the hot host's VMs, or a whole VM overshoots), each a plan item of
+two moves that lowers the score by at least `min_gain`, the half that fits first in the earlier step.
+
 Small clusters (`exact.Exact`: <= 20 hosts, <= 80 VMs) are planned a second way too: local search
 with exchanges (`localsearch`), CP-SAT for the fewest moves (`exact`), the moves ordered so each
 keeps the hard rules and cut into plan items that each gain >= min_gain (`_sequence`; an item of
@@ -36,6 +40,7 @@ import numpy.typing as npt
 
 from softudc.placement.cluster import Cluster
 from softudc.placement.exact import Exact, solve
+from softudc.placement.exchange import exchanges
 from softudc.placement.score import PENALTY, Breakdown, over_units, score
 
 F = npt.NDArray[np.float64]
@@ -401,7 +406,9 @@ def balance(cluster: Cluster, *, min_gain: float | None = None, cooldown_s: floa
     if min_gain is None:
         min_gain = 0.02 / max(1, sum(h.state == "ready" for h in cluster.hosts))
     b = _Balancer(cluster, min_gain, cooldown_s, now, candidates)
-    plan = _plan(cluster, b, _greedy(b, min_gain, limits.max_moves, patience, rounds), limits)
+    chosen = _greedy(b, min_gain, limits.max_moves, patience, rounds)
+    items = sum(b.st.ready) if limits.max_moves is None else (limits.max_moves - len(chosen)) // 2
+    plan = _plan(cluster, b, chosen + exchanges(b, min_gain, 0, int(items)), limits)
     exact = exact or Exact()
     if not exact.fits(cluster) or plan.score_after < min_gain:  # a score >= 0 cannot fall by min_gain more
         return plan

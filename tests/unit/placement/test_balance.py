@@ -1,4 +1,5 @@
 from collections import Counter
+from dataclasses import replace
 from itertools import pairwise
 
 import pytest
@@ -92,7 +93,7 @@ def test_plans_keep_hard_rules_limits_and_never_raise_the_score(seconds: float, 
     _check(c, plan, src, dst, step)
     greedy = balance(c, limits=limits, now=1000.0, cooldown_s=600.0, exact=Exact(seconds=0))
     assert plan.score_after <= greedy.score_after + 1e-12  # the exact plan is never the worse one
-    assert seconds or all(m.item is None for m in plan.moves)  # the greedy makes no exchanges
+    assert seconds or all(len(i) == 2 for i in _items(plan) if i[0].item is not None)  # the greedy's: exchanges
 
 
 def test_an_exchange_is_one_item_when_no_single_move_helps() -> None:
@@ -101,13 +102,24 @@ def test_an_exchange_is_one_item_when_no_single_move_helps() -> None:
     vms = [BVm("hot", "h1", 4, 2048, cpu_use=4.0), BVm("hot2", "h1", 4, 2048, cpu_use=4.0),
            BVm("cold", "h2", 4, 2048, cpu_use=3.0), BVm("cold2", "h2", 4, 2048, cpu_use=3.0)]
     c = Cluster(hosts, vms)
-    assert balance(c, exact=Exact(seconds=0)).moves == []  # the greedy finds no single move
-    plan = balance(c, exact=Exact(seconds=1.0))
-    assert len(plan.moves) == 2 and plan.score_after < 1e-9
-    assert {m.vm for m in plan.moves} in ({"hot", "cold"}, {"hot", "cold2"}, {"hot2", "cold"}, {"hot2", "cold2"})
-    assert plan.moves[0].item == plan.moves[1].item == 0 and "exchange 1/2 with" in plan.moves[0].reason
-    assert plan.moves[0].score_after > plan.moves[0].score_before  # the first half alone is worse
-    assert [m.step for m in plan.moves] == [0, 1]  # the second half runs once the first is done
+    # exact=0: the greedy finds no single move, and the exchanges after it (any size of cluster) this one
+    for plan in (balance(c, exact=Exact(seconds=0)), balance(c, exact=Exact(seconds=1.0))):
+        assert len(plan.moves) == 2 and plan.score_after < 1e-9
+        assert {m.vm for m in plan.moves} in ({"hot", "cold"}, {"hot", "cold2"}, {"hot2", "cold"}, {"hot2", "cold2"})
+        assert plan.moves[0].item == plan.moves[1].item == 0 and "exchange 1/2 with" in plan.moves[0].reason
+        assert plan.moves[0].score_after > plan.moves[0].score_before  # the first half alone is worse
+        assert [m.step for m in plan.moves] == [0, 1]  # the second half runs once the first is done
+
+
+def test_no_exchange_when_neither_half_fits_first_nor_for_anti_affinity_members() -> None:
+    # both hosts full by allocation: no order of the two moves keeps capacity, so no exchange
+    hosts = [BHost("h1", 8, 16384), BHost("h2", 8, 16384)]
+    vms = [BVm("hot", "h1", 4, 2048, cpu_use=4.0), BVm("hot2", "h1", 4, 2048, cpu_use=4.0),
+           BVm("cold", "h2", 4, 2048, cpu_use=3.0), BVm("cold2", "h2", 4, 2048, cpu_use=3.0)]
+    assert balance(Cluster(hosts, vms), exact=Exact(seconds=0)).moves == []
+    grouped = [replace(v, group="g") for v in vms]
+    c = Cluster([BHost("h1", 8, 16384), BHost("h2", 16, 16384)], grouped, {"g": Group("g", "anti-affinity", 2)})
+    assert balance(c, exact=Exact(seconds=0)).moves == []  # members of a group with a limit are not traded
 
 
 @settings(max_examples=100, deadline=None)
