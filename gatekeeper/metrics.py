@@ -74,6 +74,12 @@ class GatekeeperCollector(Collector):
         for choice in sorted(fastpath.choices.values(), key=lambda c: c.vnet):
             path.add_metric([host, str(choice.vnet), choice.path], 1)
         yield path
+        gro = getattr(fastpath, "gro", None)  # chosen at the first eBPF VNET
+        if gro is not None:
+            chosen = GaugeMetricFamily("softudc_vnet_gro_after_decap", "GRO after decapsulation chosen for the "
+                                       "underlay (1 on, 0 off; gatekeeper/vnet/bpf/gro.py)", labels=["host", "device"])
+            chosen.add_metric([host, gro.device], int(gro.on))
+            yield chosen
         verdicts = CounterMetricFamily("softudc_vnet_ebpf_packets", "eBPF data path packets by verdict or drop "
                                        "reason", labels=["host", "verdict"])
         for verdict, n in sorted(fastpath.status()["counters"].items()):
