@@ -85,7 +85,8 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         self._role_lock = threading.Lock()
         self._started = self._closed = False
         self._compacted_at = 0.0
-        self.registry, self.requests, self.events = make_registry(self.store, self.reports, self.polls.waiting)
+        self.registry, self.requests, self.events = make_registry(self.store, self.reports, self.polls.waiting,
+                                                                  images=state_dir / "images")  # softudc image's
         self.latency = request_latency(self.registry)
         self.registry.register(LoadCollector(self.store, lambda: self.load_view))
         # Usage accounting (issue 15): the load view hands each report's usage to the usage book.
