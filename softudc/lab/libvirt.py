@@ -63,6 +63,8 @@ cgroup_controllers = [ ]
 namespaces = [ ]
 migration_address = "{host.mgmt_ip}"
 migration_host = "{host.mgmt_ip}"
+# NBD+TLS volume disks: the certificate the host joined with (softudc/lab/manager.py)
+nbd_tls_x509_cert_dir = "{lab.dir / host.name / 'nbd'}"
 """)
 
 
