@@ -1,6 +1,6 @@
 """Prometheus for a lab: the project's configuration (configs/prometheus/: scrape jobs by
 file-based service discovery, recording and alerting rules) copied into the lab's state directory,
-with targets/*.json naming this lab's managers and gatekeepers. A real pool writes the same target
+with targets/*.json naming this lab's managers, gatekeepers and vnetds. A real pool writes the same target
 files from its own inventory (docs/monitoring.md)."""
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from softudc.lab.lab import METRICS_PORT as GATEKEEPER_METRICS_PORT
 from softudc.lab.manager import MANAGER_ADDR
 from softudc.lab.manager import METRICS_PORT as MANAGER_METRICS_PORT
 from softudc.lab.state import Lab, LabError
+from softudc.lab.vnetd import METRICS_PORT as VNETD_METRICS_PORT
+from softudc.lab.vnetd import vnetd_mgmt_ip
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "prometheus"
 JOBS = ("manager", "gatekeeper", "vnetd")
@@ -27,8 +29,7 @@ JOBS = ("manager", "gatekeeper", "vnetd")
 
 def targets(lab: Lab) -> dict[str, list[dict[str, Any]]]:
     """Per job, the file_sd groups of this lab: every manager (the HA lab's, or the one manager) and
-    every host's gatekeeper, on the management network. Lab vnetds listen in their segment's
-    namespace, which the management network does not reach: their job is empty."""
+    every host's gatekeeper and every segment's vnetd, on the management network."""
     lab_label = {"lab": lab.spec.name}
     managers: list[str] = []
     if lab.managers:
@@ -40,7 +41,8 @@ def targets(lab: Lab) -> dict[str, list[dict[str, Any]]]:
         if managers else [],
         "gatekeeper": [{"targets": [f"{h.mgmt_ip}:{GATEKEEPER_METRICS_PORT}"], "labels": {**lab_label, "host": h.name}}
                        for h in lab.hosts],
-        "vnetd": [],
+        "vnetd": [{"targets": [f"{vnetd_mgmt_ip(v.segment)}:{VNETD_METRICS_PORT}"],
+                   "labels": {**lab_label, "segment": str(v.segment)}} for v in lab.vnetds],
     }
 
 

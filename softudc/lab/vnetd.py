@@ -1,5 +1,6 @@
 """A vnetd per underlay segment, each in its own namespace on the segment's bridge
-(10.100.<k>.250), peered as a full mesh (a triangle for three segments) or a chain."""
+(10.100.<k>.250), peered as a full mesh (a triangle for three segments) or a chain. Each is on the
+management network too (10.99.0.<240+k>), where it serves its Prometheus metrics (METRICS_PORT)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,16 @@ from softudc.lab.shell import ip, link, set_sysctl
 from softudc.lab.state import Lab, LabError, VnetdInfo
 from softudc.localapi import LocalApiClient, LocalApiError
 
+METRICS_PORT = 9465
+
 
 def vnetd_address(k: int) -> str:
     return f"10.100.{k}.250"
+
+
+def vnetd_mgmt_ip(k: int) -> str:
+    """Segment k's vnetd on the management network (Prometheus scrapes it there)."""
+    return f"10.99.0.{240 + k}"
 
 
 def peers_of(lab: Lab, k: int) -> list[str]:
@@ -38,6 +46,9 @@ def make_vnetd(lab: Lab, k: int) -> VnetdInfo:
     ip("link", "set", "vd0", "up", netns=netns)
     if lab.spec.segments > 1:
         ip("route", "add", "10.100.0.0/16", "via", f"10.100.{k}.1", netns=netns)
+    link(netns, "mg0", lab.mgmt_ns, f"vd{k}", 1500)
+    ip("addr", "add", f"{vnetd_mgmt_ip(k)}/24", "dev", "mg0", netns=netns)
+    ip("link", "set", "mg0", "up", netns=netns)
     d = lab.dir / f"vnetd{k}"
     d.mkdir(parents=True, exist_ok=True)
     info = VnetdInfo(segment=k, netns=netns, address=vnetd_address(k), api_socket=str(d / "vnetd.sock"),
@@ -50,6 +61,9 @@ api_socket = "{info.api_socket}"
 key = "{lab.relay_key}"
 peers = {json.dumps(peers_of(lab, k))}
 hello_interval = 0.5
+
+[metrics]
+listen = "{vnetd_mgmt_ip(k)}:{METRICS_PORT}"
 """)
     return info
 

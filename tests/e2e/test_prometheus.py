@@ -1,6 +1,7 @@
 """A real Prometheus scrapes a lab (issue 15): configs/prometheus/ as `softudc lab prometheus`
 writes it, run in the lab's management namespace. Every target is up, every endpoint passes
-`promtool check metrics`, the series say what the lab is, and killing a host's gatekeeper fires
+`promtool check metrics`, the series say what the lab is (the vnetds peered, the cluster's score
+and plans), and killing a host's gatekeeper fires
 SoftUDCGatekeeperUnreachable and then SoftUDCHostDown."""
 
 from __future__ import annotations
@@ -36,10 +37,11 @@ def firing(lab: Lab) -> set[str]:
 def test_prometheus_scrapes_the_lab_and_fires_the_host_down_alert(make_lab: Callable[..., Lab]) -> None:
     if shutil.which("prometheus") is None:
         pytest.skip("prometheus not installed (Debian package prometheus: make bootstrap)")
-    lab = make_lab(hosts=2, manager=True)
+    started = time.monotonic()
+    lab = make_lab(hosts=2, segments=2, vnetd=True, manager=True)  # a host and a vnetd per segment
     start_prometheus(lab)
     endpoints = [t for groups in targets(lab).values() for g in groups for t in g["targets"]]
-    assert len(endpoints) == 3  # the manager and two gatekeepers
+    assert len(endpoints) == 5  # the manager, two gatekeepers and two vnetds
 
     def all_up() -> bool:
         up = {r["metric"]["instance"]: r["value"][1] for r in query(lab, "up")}
@@ -53,6 +55,14 @@ def test_prometheus_scrapes_the_lab_and_fires_the_host_down_alert(make_lab: Call
     assert wait_until(lambda: [r["value"][1] for r in query(lab, 'softudc:hosts:by_state{state="ready"}')] == ["2"],
                       timeout=30, interval=1), query(lab, "softudc_manager_hosts")
     assert firing(lab) == set()
+    # the vnetds peer with each other (each sees the other up), the manager scores the cluster
+    assert wait_until(lambda: [r["value"][1] for r in query(lab, "softudc_vnetd_peer_up")] == ["1", "1"],
+                      timeout=30, interval=1), query(lab, "softudc_vnetd_peer_up")
+    assert {r["metric"]["job"] for r in query(lab, "softudc_vnetd_peer_messages_total")} == {"softudc-vnetd"}
+    parts = {r["metric"]["part"] for r in query(lab, "softudc_cluster_score")}
+    assert parts == {"total", "spread", "spread_cpu", "spread_memory", "penalty"}, parts
+    assert [r["value"][1] for r in query(lab, "sum(softudc_plans)")] == ["0"]
+    print(f"\nlab up, 5 targets scraped and checked after {time.monotonic() - started:.0f} s")
 
     killed = time.monotonic()
     shell.stop_pid(lab.host("h2").pid or 0)

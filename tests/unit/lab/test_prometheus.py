@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from softudc.lab.prometheus import CONFIG_DIR, JOBS, write_config
-from softudc.lab.state import Host, Lab, LabSpec, ManagerProc
+from softudc.lab.state import Host, Lab, LabSpec, ManagerProc, VnetdInfo
 
 ROOT = Path(__file__).resolve().parents[3]
 PROMTOOL = shutil.which("promtool")
@@ -44,8 +44,13 @@ def test_the_lab_writes_its_targets_for_every_job(tmp_path: Path) -> None:
     assert groups["manager"] == [{"targets": ["10.99.0.1:9465", "10.99.0.2:9465"], "labels": {"lab": "p"}}]
     assert [g["labels"]["host"] for g in groups["gatekeeper"]] == ["h1", "h2"]
     assert groups["gatekeeper"][0]["targets"] == ["10.99.0.11:9464"]
-    one = write_config(lab(tmp_path), tmp_path / "one")
+    assert groups["vnetd"] == []
+    one_lab = lab(tmp_path)
+    one_lab.vnetds = [VnetdInfo(k, f"vd{k}", f"10.100.{k}.250", "s", "c", "l") for k in (0, 1)]
+    one = write_config(one_lab, tmp_path / "one")
     assert json.loads((one.parent / "targets" / "manager.json").read_text())[0]["targets"] == ["10.99.0.1:9465"]
+    assert json.loads((one.parent / "targets" / "vnetd.json").read_text()) == [
+        {"targets": [f"10.99.0.{240 + k}:9465"], "labels": {"lab": "p", "segment": str(k)}} for k in (0, 1)]
 
 
 @needs_promtool
