@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
@@ -113,9 +114,14 @@ def one_run(lab: Lab, netns: str, keep: str, timeout: float = 180.0) -> dict[str
         return all(i["host"] != host for i in _instances(lab) if i["name"] in moved)
 
     placed_s = wait(f"{', '.join(moved)} placed off {host}", placed, timeout)
-    addresses = [i["addresses"]["net"] for i in _instances(lab) if i["name"] in moved]
-    wait(f"{', '.join(moved)} answering", lambda: all(_answers(netns, a) for a in addresses),
-         timeout - placed_s, interval=0.2)
+    now = [i for i in _instances(lab) if i["name"] in moved]
+    addresses = [i["addresses"]["net"] for i in now]
+    try:
+        wait(f"{', '.join(moved)} answering", lambda: all(_answers(netns, a) for a in addresses),
+             timeout - placed_s, interval=0.2)
+    except TimeoutError as e:
+        raise TimeoutError(f"{e}: placed {placed_s:.1f} s after {host} was killed: "
+                           f"{[{k: i.get(k) for k in ('name', 'host', 'state', 'addresses')} for i in now]}") from None
     answering_s = time.monotonic() - t0
     recovered = _recovered(lab, host)
     status, body = call(lab, "POST", f"/v1/hosts/{host}/power", json.dumps({"action": "on"}))
@@ -154,6 +160,16 @@ def _measure(lab: Lab, runs: int) -> list[dict[str, Any]]:
     return out
 
 
+def keep_logs(lab: Lab) -> str:
+    """A copy of the lab's logs (daemons' and guests' consoles), which go with the lab; its path."""
+    keep = tempfile.mkdtemp(prefix="sudcha-logs")
+    for log in lab.dir.rglob("*.log"):
+        to = Path(keep) / log.relative_to(lab.dir)
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, to)
+    return keep
+
+
 def run_ha(runs: int = 3, heartbeat_timeout_s: float = 8.0, power: str = "ipmi",
            state_dir: str | None = None) -> dict[str, Any]:
     if os.geteuid() != 0:
@@ -167,6 +183,9 @@ def run_ha(runs: int = 3, heartbeat_timeout_s: float = 8.0, power: str = "ipmi",
         lab = lab_up(LabSpec("hb" + secrets.token_hex(3), hosts=3, power=power, vms=True, manager=True), state)
         try:
             per_run = _measure(lab, runs)
+        except Exception:
+            print(f"softudc bench ha failed; the lab's logs are kept in {keep_logs(lab)}", file=sys.stderr)
+            raise
         finally:
             lab_down(lab.spec.name, state)
     finally:
