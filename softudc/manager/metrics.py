@@ -16,9 +16,12 @@ from prometheus_client.registry import Collector
 
 from softudc.images.metrics import ImageStoreCollector
 from softudc.manager.clusterview import cluster_of
+from softudc.manager.farms import FARMS
 from softudc.manager.load import load_of
 from softudc.manager.migmetrics import MigrationCollector
 from softudc.manager.store import Store
+from softudc.manager.volumes import VolumeView
+from softudc.model.volume import split_volume_id
 from softudc.placement.score import score
 
 
@@ -99,6 +102,41 @@ class PlacementCollector(Collector):
         yield in_plans
 
 
+VOLUME_STATES = ("held", "planned", "unplaced")
+
+
+class FarmVolumesCollector(Collector):
+    """`softudc_farm_volumes{farm, state}`: each farm's volumes as the manager plans them (the view
+    GET /v1/volumes gives): `held` (its storage host reports it), `planned` (placed, not reported
+    held yet), `unplaced` (no host has room: the farm's status says why). A farm without volumes
+    has no series."""
+
+    def __init__(self, store: Store, reports: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        self.store, self.reports = store, reports
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        farms = [(f, o.status) for o in self.store.objects("farm") if (f := FARMS.for_hosts(o))]
+        counts: dict[str, Tally[str]] = {f.name: Tally() for f, _ in farms if any(vm.volumes for vm in f.vms)}
+        view = VolumeView(farms, self.reports())
+        for vid, v in view.plan.volumes.items():
+            held_on = view.held.get(vid, ("", {}))[0]
+            self._count(counts, vid, "held" if held_on == v.host else "planned")
+        for vid in view.plan.unplaced:
+            self._count(counts, vid, "unplaced")
+        out = GaugeMetricFamily("softudc_farm_volumes", "Each farm's volumes: held by their storage host, "
+                                "planned (not reported held yet) or unplaced (no room)", labels=["farm", "state"])
+        for farm, tally in sorted(counts.items()):
+            for state in VOLUME_STATES:
+                out.add_metric([farm, state], tally[state])
+        yield out
+
+    @staticmethod
+    def _count(counts: dict[str, Tally[str]], vid: str, state: str) -> None:
+        parts = split_volume_id(vid)
+        if parts is not None and parts[0] in counts:
+            counts[parts[0]][state] += 1
+
+
 # Seconds: most answers take milliseconds; long polls wait up to their `wait` (about 30 s).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -122,6 +160,7 @@ def make_registry(store: Store, reports: Callable[[], dict[str, dict[str, Any]]]
     registry.register(ManagerCollector(store, reports, waiting))
     registry.register(MigrationCollector(store, reports))  # migrations and VMs by state (migmetrics.py)
     registry.register(PlacementCollector(store, reports))
+    registry.register(FarmVolumesCollector(store, reports))
     requests = Counter("softudc_manager_requests", "API requests by route and status", ["route", "status"],
                        registry=registry)
     events = Counter("softudc_manager_events", "Events recorded, by type (Applied, Planned, Migrated, ...)",

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from softudc.manager.clusterview import cluster_of
-from softudc.manager.metrics import PlacementCollector, make_registry
+from softudc.manager.metrics import FarmVolumesCollector, PlacementCollector, make_registry
 from softudc.placement.score import score
 from tests.unit.manager.test_drain import world
 
@@ -90,4 +90,23 @@ def test_the_image_store_is_exported_when_the_manager_holds_one(tmp_path: Path) 
     assert samples(registry, "softudc_image_objects") == {"": 0.0}
     registry, _, _ = make_registry(m.store, m.reports)
     assert samples(registry, "softudc_image_objects") == {}
+    m.close()
+
+
+def test_a_farm_s_volumes_by_state_held_planned_or_unplaced(tmp_path: Path) -> None:
+    from tests.unit.manager.test_volumes_api import FARM
+
+    m = world(tmp_path, ("h1",))
+    gib = 1 << 30
+    m.store.put("farm", "shop", {"descriptor": FARM, "owner": "admin"})
+    m.store.set_status("farm", "shop", {"instances": [{"name": "db-0", "vm": "db", "host": "h1"}]})
+    reports = {"h1": {"vcpus": 8, "memory_mib": 8192, "running": [],
+                      "pool": {"capacity_bytes": 10 * gib, "free_bytes": 10 * gib}}}
+    registry = CollectorRegistry()
+    registry.register(FarmVolumesCollector(m.store, lambda: reports))
+    shop = {k: v for k, v in samples(registry, "softudc_farm_volumes").items() if "farm=shop" in k}
+    assert shop == {"farm=shop,state=held": 0.0, "farm=shop,state=planned": 1.0, "farm=shop,state=unplaced": 1.0}
+    reports["h1"]["volumes"] = {"shop--db-0--data": {}}  # h1 holds it (contract 3: not exported yet)
+    held = samples(registry, "softudc_farm_volumes")
+    assert (held["farm=shop,state=held"], held["farm=shop,state=planned"]) == (1.0, 0.0)
     m.close()
