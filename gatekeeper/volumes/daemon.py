@@ -18,6 +18,7 @@ from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError
 from softudc.pids import pid_alive
 
 QSD = "qemu-storage-daemon"
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes with its terminating NUL
 
 
 class DaemonError(RuntimeError):
@@ -61,6 +62,9 @@ class StorageDaemon:
             pid = self.pid()
             assert pid is not None
             return pid
+        if len(bytes(self.qmp_path)) > MAX_SOCKET_PATH:
+            raise DaemonError(f"{self.qmp_path}: {len(bytes(self.qmp_path))} bytes, more than the {MAX_SOCKET_PATH} "
+                              "a Unix socket's path may have; configure a shorter run directory for the volumes")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for stale in (self.qmp_path, self.pid_path):
             stale.unlink(missing_ok=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,8 +50,19 @@ def certs(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def service(tmp_path: Path, certs: Path) -> Iterator[VolumeService]:
-    svc = VolumeService(tmp_path / "pool", tmp_path / "run", certs / "server", "127.0.0.1", free_port())
+def run_dir() -> Iterator[Path]:
+    """A short run directory: QMP sockets live there, and a Unix socket's path has at most 107
+    bytes (pytest-xdist's tmp_path, with a long volume id, is longer)."""
+    made = Path(tempfile.mkdtemp(prefix="sudcq"))
+    try:
+        yield made
+    finally:
+        shutil.rmtree(made, ignore_errors=True)
+
+
+@pytest.fixture
+def service(tmp_path: Path, certs: Path, run_dir: Path) -> Iterator[VolumeService]:
+    svc = VolumeService(tmp_path / "pool", run_dir, certs / "server", "127.0.0.1", free_port())
     try:
         yield svc
     finally:

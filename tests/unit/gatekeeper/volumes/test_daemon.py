@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gatekeeper.volumes.daemon import StorageDaemon
+import pytest
+
+from gatekeeper.volumes.daemon import DaemonError, StorageDaemon
 from softudc.pids import pid_alive
 
 
@@ -32,3 +34,10 @@ def test_stale_pidfile_is_not_adopted(tmp_path: Path) -> None:
         assert pid != 999999999 and pid_alive(pid)
     finally:
         d.stop()
+
+
+def test_a_run_directory_too_long_for_a_socket_is_refused_saying_so(tmp_path: Path) -> None:
+    d = StorageDaemon(tmp_path / ("r" * 120))
+    with pytest.raises(DaemonError, match="a Unix socket's path may have; configure a shorter run directory"):
+        d.start()
+    assert not d.run_dir.exists()  # nothing made, nothing started
