@@ -178,13 +178,17 @@ def test_a_drain_with_power_off_powers_the_host_off_lights_it_and_undrain_brings
     answer = drain.undrain(m, ADMIN, host)
     assert answer["power"] == "starting" and answer["state"] == "maintenance"
     deadline = time.monotonic() + 10
-    while drain.progress(m, host)["state"] != "ready" and time.monotonic() < deadline:
+
+    def said() -> bool:  # the thread sets the state, then writes its event
+        return "powered on through fake" in m.store.events("host", host)[-1]["message"]
+
+    while not said() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert said(), m.store.events("host", host)[-3:]
     assert drain.progress(m, host)["state"] == "ready"
     assert fake.calls[-2:] == ["on", "identify 0"]
     obj = m.store.get("host", host)
     assert obj is not None and "drain" not in obj.spec
-    assert "powered on through fake" in m.store.events("host", host)[-1]["message"]
     m.close()
 
 
