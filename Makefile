@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+TEST_WORKERS ?= 2
 
 GUEST_DIR ?= build/guest
 
@@ -19,7 +20,7 @@ demo: bootstrap guest
 	$(VENV)/bin/softudc demo
 
 test: bootstrap guest lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 unit: bootstrap
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
