@@ -12,13 +12,22 @@ settings.load_profile("softudc")
 pytest_plugins = ["tests.etcd_fixture"]
 
 
+# End-to-end modules with guests, a manager or an etcd cluster (by their markers): one worker runs
+# them one after the other; the network-only ones (namespaces and daemons) go on another.
+HEAVY = {"vm", "images", "console", "metrics", "manager", "balance", "fencing", "power", "volumes", "ha"}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """For `make test` (pytest-xdist, --dist loadgroup): every end-to-end test runs on one worker,
-    one module after the other as without xdist (labs are heavy, and module-scoped), while the
-    unit tests go module by module to whichever worker is free. The e2e tests mostly wait on
-    guests, so the unit tests take the time they leave; run alone (no -n), nothing changes."""
+    """For `make test` (pytest-xdist, --dist loadgroup): the end-to-end tests run in two groups,
+    each on one worker, one module after the other as without xdist (labs are module-scoped):
+    those with guests, and the network-only ones; the unit tests go module by module to whichever
+    worker is free. The e2e tests mostly wait on guests, so the rest takes the time they leave.
+    Run without -n, nothing changes."""
     for item in items:
         module = item.nodeid.split("::", 1)[0]
-        group = "e2e" if module.startswith("tests/e2e/") else module
+        if module.startswith("tests/e2e/"):
+            group = "e2e-guests" if HEAVY & {m.name for m in item.iter_markers()} else "e2e-net"
+        else:
+            group = module
         item.add_marker(pytest.mark.xdist_group(group))
