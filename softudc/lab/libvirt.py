@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+from softudc.atomicfile import private_dir
 from softudc.lab.state import Host, Lab, LabError
 
 DIRS = {"etc": "/etc/libvirt", "run": "/run/libvirt", "lib": "/var/lib/libvirt", "log": "/var/log/libvirt",
@@ -41,6 +42,7 @@ def write_config(lab: Lab, host: Host) -> None:
     base = libvirt_dir(lab, host)
     for d in DIRS:
         (base / d).mkdir(parents=True, exist_ok=True)
+    private_dir(lab.dir / host.name / "nbd")  # libvirtd refuses a missing nbd_tls_x509_cert_dir; the join fills it
     host_uuid = uuid.uuid5(uuid.NAMESPACE_URL, f"softudc-lab/{lab.spec.name}/{host.name}")
     (base / "etc" / "libvirtd.conf").write_text(f"""# Written by softudc lab for {host.name}.
 listen_tcp = 1
