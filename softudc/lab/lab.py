@@ -207,6 +207,13 @@ def _make_host(lab: Lab, host: Host) -> None:
     ip("link", "set", "mg0", "up", netns=ns)
 
 
+def _datapath_line() -> str:
+    """`SOFTUDC_LAB_DATAPATH=userspace|ebpf|auto` pins every lab gatekeeper's data path (docs/ebpf.md:
+    the `vnet` e2e tests run on forced userspace with it); unset, the gatekeeper's default holds."""
+    forced = os.environ.get("SOFTUDC_LAB_DATAPATH", "")
+    return f'datapath = "{forced}"\n' if forced else ""
+
+
 def gatekeeper_config(lab: Lab, host: Host) -> str:
     spec = lab.spec
     varp = "\n".join(f"{k} = {json.dumps(v)}" for k, v in sorted(spec.varp.items()))
@@ -258,7 +265,7 @@ mtu = {spec.underlay_mtu}
 
 [dataplane]
 transport = "{spec.transport}"
-
+{_datapath_line()}
 [varp]
 flood = "{spec.flood}"
 hosts = {json.dumps(members)}

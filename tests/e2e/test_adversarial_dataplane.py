@@ -29,6 +29,9 @@ from tests.e2e.conftest import Capture, create_vnet, endpoints, gk, ns_run, ping
 pytestmark = [pytest.mark.vnet, pytest.mark.adversarial]
 
 SECRET = "a1" * 32
+# The eBPF programs' drop counters (docs/ebpf.md), and which of them stand for a forwarder reason.
+BPF_DROPS = ("dec_malformed", "dec_truncated", "dec_non_member", "dec_err_room")
+BPF_REASONS = {"not_member_host": ("dec_non_member",)}
 TRAFFIC, QUIET, RAW, SECURE, ABSENT = 10, 13, 14, 12, 99  # VNET ids; ABSENT exists on no host
 
 # Runs in the attacker's namespace: reads "<kind> <port> <hex>" lines and sends each, answers
@@ -101,10 +104,19 @@ class Victim:
 
     def accounted(self) -> int:
         """Datagrams the victim has a record of that only the attacker sends: every drop by
-        reason, every VARP message, every frame delivered on the VNETs without traffic."""
+        reason (the forwarder's and, for VNETs on the eBPF path, the tc programs'), every VARP
+        message, every frame delivered on the VNETs without traffic (by either path)."""
         c = self.counters()
         delivered = sum(v["rx_datagrams"] for k, v in c["vnets"].items() if int(k) in (QUIET, RAW))
-        return sum(c["drops"].values()) + c["varp_rx"] + delivered
+        delivered += sum(v["bpf"]["rx_frames"] for v in c["ebpf"]["vnets"] if "bpf" in v and v["vnet"] in (QUIET, RAW))
+        bpf_drops = sum(c["ebpf"]["counters"].get(k, 0) for k in BPF_DROPS)
+        return int(sum(c["drops"].values()) + bpf_drops + c["varp_rx"] + delivered)
+
+    def dropped(self, reason: str) -> int:
+        """Frames dropped for `reason` by the forwarder plus, on the eBPF path, by the programs."""
+        c = self.counters()
+        bpf = sum(c["ebpf"]["counters"].get(k, 0) for k in BPF_REASONS.get(reason, ()))
+        return int(c["drops"].get(reason, 0) + bpf)
 
     def errors(self) -> dict[str, int]:
         return {k: v for k, v in self.counters()["drops"].items() if k.startswith("error_")}
@@ -324,7 +336,7 @@ def test_r18_a_vnet_with_members_refuses_frames_and_varp_from_other_hosts(lab: L
     attacker.send("u", 1798, frame_message(15, frame))
     attacker.send("u", 1798, varp(2, 15, m2_mac, h3.underlay_ip))
     attacker.sync()
-    assert wait_until(lambda: victim.counters()["drops"].get("not_member_host", 0) == 1)
+    assert wait_until(lambda: victim.dropped("not_member_host") == 1), victim.counters()
     assert wait_until(lambda: victim.counters()["varp"].get("not_member_host", 0) == 1)
     assert ping(lab, "m1", "10.5.0.2", count=2).returncode == 0
     assert not any(e["addr"] == h3.underlay_ip for e in gk(lab, "h1").call("varp.cache") if e["vnet"] == 15)

@@ -1,6 +1,7 @@
-"""The eBPF data path in a lab (docs/ebpf.md): gatekeepers restarted with `datapath = auto` put a
-security-none VNET on eBPF; endpoints ping and talk TCP across it, the gatekeeper reports the path
-and the programs' counters, and a secured VNET on the same hosts stays in userspace."""
+"""The eBPF data path in a lab (docs/ebpf.md): gatekeepers on `datapath = auto` (the default,
+pinned here so that a forced-userspace run of the `vnet` tests still tests eBPF) put a security-none
+VNET on eBPF; endpoints ping and talk TCP across it, the gatekeeper reports the path and the
+programs' counters, and a secured VNET on the same hosts stays in userspace."""
 
 from __future__ import annotations
 
@@ -76,11 +77,18 @@ def assert_maps_equal_cache(lab: Lab, host: str, vnets: set[int]) -> None:
     raise AssertionError(f"{host}: ebs_fdb {have} != VARP cache {want}")
 
 
+def _auto_lab(make_lab: Callable[..., Lab], monkeypatch: pytest.MonkeyPatch) -> Lab:
+    """A 2-host lab whose gatekeepers run `datapath = auto`, whatever SOFTUDC_LAB_DATAPATH says."""
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", "auto")
+    return make_lab(hosts=2)
+
+
 def _set_datapath(lab: Lab, monkeypatch: pytest.MonkeyPatch, paths: dict[str, str]) -> None:
     """Restart the gatekeepers named in `paths` with that `dataplane.datapath`."""
+    monkeypatch.delenv("SOFTUDC_LAB_DATAPATH", raising=False)  # the line below sets it instead
     plain = lab_mod.gatekeeper_config
     monkeypatch.setattr(lab_mod, "gatekeeper_config", lambda lab, host: plain(lab, host).replace(
-        "[dataplane]\n", f'[dataplane]\ndatapath = "{paths[host.name]}"\n'))
+        "[dataplane]\n", f'[dataplane]\ndatapath = "{paths.get(host.name, "auto")}"\n'))
     for name in paths:
         lab_mod.stop_gatekeeper(lab.host(name))
         lab_mod.start_gatekeeper(lab, lab.host(name))
@@ -89,8 +97,7 @@ def _set_datapath(lab: Lab, monkeypatch: pytest.MonkeyPatch, paths: dict[str, st
 
 def test_plain_vnet_runs_on_ebpf_and_secured_stays_userspace(make_lab: Callable[..., Lab],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = make_lab(hosts=2)
-    _set_datapath(lab, monkeypatch, {"h1": "auto", "h2": "auto"})
+    lab = _auto_lab(make_lab, monkeypatch)
     create_vnet(lab, 10)
     keys = {"send_epoch": 1, "secrets": {"1": secrets.token_hex(32)}}
     create_vnet(lab, 20, security="conf", keys=keys)
@@ -124,8 +131,8 @@ def test_plain_vnet_runs_on_ebpf_and_secured_stays_userspace(make_lab: Callable[
 
 def test_an_ebpf_host_and_a_userspace_host_share_a_vnet(make_lab: Callable[..., Lab],
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    lab = make_lab(hosts=2)
-    _set_datapath(lab, monkeypatch, {"h1": "auto", "h2": "userspace"})
+    lab = _auto_lab(make_lab, monkeypatch)
+    _set_datapath(lab, monkeypatch, {"h2": "userspace"})
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
     assert [v["path"] for v in gk(lab, "h1").call("counters")["ebpf"]["vnets"]] == ["ebpf"]
@@ -162,8 +169,7 @@ def test_stop_removes_the_programs_and_a_restart_puts_them_back(make_lab: Callab
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """Item 7: a stopped gatekeeper leaves no qdisc/program on the underlay; a restarted one attaches
     again and traffic resumes (the loss across the restart is printed: the TAPs go with the process)."""
-    lab = make_lab(hosts=2)
-    _set_datapath(lab, monkeypatch, {"h1": "auto", "h2": "auto"})
+    lab = _auto_lab(make_lab, monkeypatch)
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
     assert ping(lab, "a1", "10.0.0.2", count=3).returncode == 0
