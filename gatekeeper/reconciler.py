@@ -228,8 +228,9 @@ class Reconciler:
                                    "here once that host has reported holding no copy")
                 continue
             if action.op == "vm.wait":
-                self.notes.append(f"vm.start {action.args['name']}: waiting for the export of volume(s) "
-                                  f"{', '.join(action.args['volumes'])} (their storage host has not reported it)")
+                self.notes.append(f"vm.start {action.args['name']}: waiting for volume(s) "
+                                  f"{', '.join(action.args['volumes'])}: not placed yet, or their storage host "
+                                  "has not reported the export")
                 continue
             if action.op == "vnet.keep":
                 self.notes.append(f"VNET {action.args['vnet']} is no longer needed here but kept: "

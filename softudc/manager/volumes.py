@@ -197,12 +197,15 @@ class VolumeView:
         return out
 
     def disks(self, farm: str, instance: str, vm: VmDef) -> list[dict[str, Any]]:
-        """The DesiredVm `disks` of an instance: its placed volumes, vdb onwards."""
+        """The DesiredVm `disks` of an instance, vdb onwards: one not placed yet, or not exported
+        yet, has no address (the VM is not started without it)."""
         out = []
         for target, vol in zip(TARGETS, vm.volumes, strict=False):
-            placed = self.plan.volumes.get(volume_id(farm, instance, vol.name))
-            if placed is None:
-                continue  # unplaced: GET /v1/volumes says why
+            vid = volume_id(farm, instance, vol.name)
+            placed = self.plan.volumes.get(vid)
+            if placed is None:  # not placed (yet): the VM waits for it; GET /v1/volumes says why
+                out.append({"volume": vid, "target": f"vd{target}"})
+                continue
             disk: dict[str, Any] = {"volume": placed.id, "target": f"vd{target}", "host": placed.host}
             if placed.cls == "local":
                 disk["local"] = True

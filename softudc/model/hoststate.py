@@ -317,12 +317,12 @@ VolumeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,1
 
 class DesiredDisk(_Doc):
     """A volume the VM sees as a virtio disk (contract 3): this host's pool file (`local`), or the
-    storage `host`'s NBD+TLS export at `address`:`port` (absent while that host has not reported
-    the export: the VM is not started before)."""
+    storage `host`'s NBD+TLS export at `address`:`port` (absent while the volume is not placed or
+    its host has not reported the export: the VM is not started before)."""
 
     volume: VolumeName
     target: Annotated[str, StringConstraints(pattern=r"^vd[b-z]$")]
-    host: Name
+    host: Name | None = None  # None: not placed yet (the VM waits)
     local: bool = False
     address: Address | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None

@@ -80,6 +80,9 @@ def test_a_clone_lives_on_its_master_host_and_a_local_one_needs_the_vm_there() -
     assert "must be on h2, the master's host" in local.unplaced["shop--db-0--c"]
     none = plan_volumes([(farm(VolumeDef("c", GiB, "remote", source="gold")), status("h1"))], free, {})
     assert "no host holds the master volume gold" in none.unplaced["shop--db-0--c"]
+    f = farm(VolumeDef("c", GiB, "remote", source="gold"), replicas=1)  # the master not reported yet
+    assert VolumeView([(f, status("h1"))], {"h1": {"pool": {"free_bytes": GiB}}}).disks("shop", "db-0", f.vms[0]) \
+        == [{"volume": "shop--db-0--c", "target": "vdb"}]  # the VM waits for it, it does not start without it
     full = plan_volumes([(farm(VolumeDef("c", 8 * GiB, "remote", source="gold")), status("h1"))], free, {},
                         {"gold": "h2"})
     assert "h2 (the master's host) has" in full.unplaced["shop--db-0--c"]

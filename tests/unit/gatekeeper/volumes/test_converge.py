@@ -107,5 +107,7 @@ def test_a_vm_waits_for_its_disks_exports_then_starts_with_them() -> None:
     exported = {**disk, "address": "10.0.0.2", "port": 10810}
     [start] = converge({"contract": 3, "vms": [{**vm, "disks": [exported]}]}, Here([], []))
     assert start.op == "vm.start" and start.args["disks"] == [{**exported, "local": False}]
+    unplaced = {"contract": 3, "vms": [{**vm, "disks": [{"volume": "f--a--d", "target": "vdb"}]}]}
+    assert [a.op for a in converge(unplaced, Here([], []))] == ["vm.wait"]
     running = Here([], [{"name": "f--a", "state": "running"}])
     assert converge({"contract": 3, "vms": [vm]}, running) == []  # a running VM is left alone
