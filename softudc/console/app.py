@@ -9,7 +9,18 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
-from softudc.console import actions, eventspage, planspage, stream, taskspage, usagepage, views, vmpage, vnetpage
+from softudc.console import (
+    actions,
+    eventspage,
+    planspage,
+    stream,
+    taskspage,
+    usagepage,
+    views,
+    vmpage,
+    vnetpage,
+    volumespage,
+)
 from softudc.console.common import HERE, NotLoggedIn, templates, to_login
 from softudc.console.metrics import attach
 
@@ -24,7 +35,8 @@ def _utc(t: float | int | str | None) -> str:
 def install(app: FastAPI) -> None:
     templates.env.filters["utc"] = _utc
     for router in (views.router, actions.router, stream.router, vmpage.router, vnetpage.router,
-                   eventspage.router, taskspage.router, usagepage.router, planspage.router):
+                   eventspage.router, taskspage.router, usagepage.router, planspage.router,
+                   volumespage.router):
         for route in router.routes:  # the API's metrics label requests by route name: keep ours apart
             if isinstance(route, APIRoute) and not route.name.startswith("console_"):
                 route.name = f"console_{route.name}"

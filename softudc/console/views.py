@@ -14,6 +14,7 @@ from softudc.console.history import LoadHistory, percent, sparkline
 from softudc.console.sessions import COOKIE
 from softudc.console.topology import layout
 from softudc.console.vmpage import farm_def
+from softudc.console.volumespage import volume_rows
 from softudc.manager import drain
 from softudc.manager.apiload import host_loads
 from softudc.manager.apimodels import NAME_PATTERN
@@ -116,7 +117,8 @@ def farm_context(m: Manager, who: Principal, name: str) -> dict[str, Any]:
     nics = {v.name: [n.vnet for n in v.nics] for v in fd.vms} if fd else {}
     topo = layout(farm["status"].get("instances", []), list(farm["spec"].get("vnets", [])), nics)
     return {"farm": farm, "status": farm["status"], "events": farm["events"][-50:][::-1],
-            "hosts_names": hosts, "writable": who.can_write(name), "topo": topo}
+            "hosts_names": hosts, "writable": who.can_write(name), "topo": topo,
+            "farm_name": name, "volumes": volume_rows(m, who, name), "per_vm": False}
 
 
 @router.get("/farms/{name}")

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse
 
 from softudc.console.common import history, view
 from softudc.console.history import LoadHistory, percent, sparkline
+from softudc.console.volumespage import image_of, volume_rows
 from softudc.manager.apimodels import INSTANCE_PATTERN, NAME_PATTERN
 from softudc.manager.auth import Principal
 from softudc.manager.farms import FARMS
@@ -91,7 +92,8 @@ def vm_context(m: Manager, who: Principal, farm: str, instance: str, hist: LoadH
                 "vnet_ids", {})), "load": _load(m, inst["host"], name, hist, vm), "move": move_of(m, inst, name),
             "events": events[-EVENTS_SHOWN:][::-1], "targets": targets,
             "host_state": reports.get(inst["host"], {}).get("state", "?"),
-            "usage": usage_of(m.store, extra=m.usage.latest()).get(name)}
+            "usage": usage_of(m.store, extra=m.usage.latest()).get(name), "image": image_of(vm),
+            "volumes": volume_rows(m, who, farm, instance), "per_vm": True}
 
 
 @router.get("/farms/{farm}/vms/{instance}")
