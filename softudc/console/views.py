@@ -14,7 +14,7 @@ from softudc.console.history import LoadHistory, percent, sparkline
 from softudc.console.sessions import COOKIE
 from softudc.console.topology import layout
 from softudc.console.vmpage import farm_def
-from softudc.console.volumespage import volume_rows
+from softudc.console.volumespage import farm_volumes_context
 from softudc.manager import drain
 from softudc.manager.apiload import host_loads
 from softudc.manager.apimodels import NAME_PATTERN
@@ -117,13 +117,13 @@ def farm_context(m: Manager, who: Principal, name: str) -> dict[str, Any]:
     nics = {v.name: [n.vnet for n in v.nics] for v in fd.vms} if fd else {}
     topo = layout(farm["status"].get("instances", []), list(farm["spec"].get("vnets", [])), nics)
     return {"farm": farm, "status": farm["status"], "events": farm["events"][-50:][::-1],
-            "hosts_names": hosts, "writable": who.can_write(name), "topo": topo,
-            "farm_name": name, "volumes": volume_rows(m, who, name), "per_vm": False}
+            "hosts_names": hosts, "writable": who.can_write(name), "topo": topo}
 
 
 @router.get("/farms/{name}")
 def farm_page(request: Request, name: FarmName) -> HTMLResponse:
-    return view(request, "farm.html", lambda m, who: farm_context(m, who, name))
+    return view(request, "farm.html",
+                lambda m, who: {**farm_context(m, who, name), **farm_volumes_context(m, who, name)})
 
 
 @router.get("/fragments/farms/{name}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from softudc.console.volumespage import image_of
 from softudc.model.farm import VmDef
@@ -91,3 +93,13 @@ def test_a_named_version_is_shown_apart_from_the_image_name(lab: Lab) -> None:
     lab.m.settle()
     html = lab.client(lab.admin).get("/console/fragments/farms/demo/vms/db-0").text
     assert 'data-field="image">test-guest<' in html and 'data-field="image-version">version 7<' in html
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_image_of_splits_without_losing_or_inventing_text(image: str) -> None:
+    got = image_of(VmDef("db", 1, 1, 128, image, ()))
+    assert got is not None and got["name"]
+    if got["version"]:
+        assert image in (f"{got['name']}@{got['version']}", f"{got['name']}:{got['version']}")
+    else:
+        assert got["name"] == image
