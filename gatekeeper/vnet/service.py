@@ -150,6 +150,12 @@ class VnetService:
         if (port.transport, port.security) != (transport, level):
             raise ServiceError(f"vnet {port.vnet} exists with transport {port.transport}, security "
                                f"{port.security}; delete it first to change them")
+        if others != port.members:
+            try:
+                self.fastpath.members_changed(port, others)
+            except (ValueError, OSError) as e:  # LayoutError: too many members; BpfError: the map refused
+                raise ServiceError(f"vnet {port.vnet}: new members not set on its eBPF path: {e}; replace the VNET "
+                                   "(vnet.replace) to carry it in userspace") from None
         port.members = others
         if vnet_keys is not None:
             self._install_keys(port.vnet, vnet_keys)

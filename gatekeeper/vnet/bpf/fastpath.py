@@ -100,6 +100,15 @@ class FastPath:
         self._ports[port.vnet] = port
         self._folded[port.vnet] = dp.vnet_stats(port.vnet)
 
+    def members_changed(self, port: VnetPort, members: tuple[str, ...]) -> None:
+        """The VNET's member hosts are now `members` (a host joined it: an HA restart or a VM placed
+        there). The programs check senders and flood against ebs_members, so an eBPF VNET's entry is
+        rewritten, or frames from the new member are dropped (dec_non_member) and never flooded to
+        it. More members than the map holds: LayoutError (the caller refuses the update)."""
+        if port.vnet in self._taps and self._dp is not None:
+            self._dp.update("ebs_members", layouts.u32(port.vnet),
+                            layouts.pack_members([self.config.underlay_address, *members]))
+
     def remove(self, vnet: int) -> None:
         self.choices.pop(vnet, None)
         self._ports.pop(vnet, None)

@@ -136,3 +136,28 @@ def test_a_migration_moves_the_entry_and_the_stale_entry_stays_until_removed(pin
     finally:
         fp._dp.close()
         fp._dp = None
+
+
+def test_a_new_member_host_is_written_to_the_members_map(pin_dir: Path) -> None:
+    """A host joining an eBPF VNET (an HA restart placed a VM there) must reach ebs_members: the
+    programs drop frames from non-members and flood only to members (found by `softudc bench ha`:
+    the restarted guest never answered over its VNET)."""
+    from gatekeeper.vnet.port import VnetPort
+    fp = FastPath(CONFIG, pin_dir.parent / "state.json")
+    fp._dp = Datapath(pin_dir)
+    fp._taps = {7: 0}
+    port = VnetPort(7, -1, "udp", 1452, ("10.0.0.2",), False, "none")
+    try:
+        fp._dp.set_local(7, layouts.Local(1, 0, 1452), ["10.0.0.1", *port.members])
+        fp.members_changed(port, ("10.0.0.2", "10.0.0.3"))
+        raw = fp._dp.lookup("ebs_members", layouts.u32(7), layouts.SIZES["members"])
+        assert raw is not None and layouts.unpack_members(raw) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
+        with pytest.raises(layouts.LayoutError):
+            fp.members_changed(port, tuple(f"10.0.1.{i}" for i in range(9)))
+        fp.members_changed(VnetPort(9, -1, "udp", 1452, (), False, "none"), ("10.0.0.4",))  # userspace: no-op
+        assert fp._dp.lookup("ebs_members", layouts.u32(9), layouts.SIZES["members"]) is None
+    finally:
+        fp._dp.delete("ebs_members", layouts.u32(7))
+        fp._dp.delete("ebs_local", layouts.u32(7))
+        fp._dp.close()
+        fp._dp = None
