@@ -1,15 +1,22 @@
 """The storage service end to end (issue 13 item 1): a volume on h2 exported over NBD+TLS to the
 hosts on its allow list, checked from the other hosts' namespaces with independent clients
 (nbdinfo from libnbd, qemu-img, qemu-io) with the certificates the hosts got when they joined the
-lab's manager (they serve the exports too). One lab for the module."""
+lab's manager (they serve the exports too). Then most of acceptance item 1: a farm VM on h1 boots
+with a data volume cloned from a master on h2 (served over NBD+TLS), reads the master's data
+through it, writes, and is live-migrated to h3 without a disk copy (reading back there: not yet).
+One lab for the module (3 hosts with libvirtd and a manager)."""
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +24,16 @@ from typing import Any
 
 import pytest
 
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
+from softudc.lab import Lab, LabSpec, lab_down, lab_up, libvirt, shell
+from softudc.lab.endpoint import add_endpoint
+from softudc.lab.guest import http_get
 from softudc.lab.lab import start_gatekeeper, stop_gatekeeper
+from softudc.lab.manager import call
 from softudc.localapi import LocalApiClient, LocalApiError
+from tests.e2e.conftest import wait_until
+from tests.e2e.test_balance import booted
 
-pytestmark = pytest.mark.volumes
+pytestmark = [pytest.mark.volumes, pytest.mark.vm]
 
 MiB = 1 << 20
 
@@ -42,7 +54,7 @@ def world() -> Iterator[World]:
         print("SKIP: end-to-end tests need root (network namespaces)")
         pytest.skip("needs root")
     state = tempfile.mkdtemp(prefix="sudv")
-    lab = lab_up(LabSpec(name="v" + secrets.token_hex(3), hosts=3, manager=True), state)
+    lab = lab_up(LabSpec(name="v" + secrets.token_hex(3), hosts=3, manager=True, vms=True), state)
     try:
         yield World(lab, LocalApiClient(lab.host("h2").api_socket))
     finally:
@@ -140,3 +152,95 @@ def test_delete_leaves_no_export_file_or_daemon(world: World) -> None:
     assert not (hdir / "volumes" / "data1" / "export.json").exists()
     assert not shell.pid_alive(export["pid"])
     assert nbdinfo(w, "h1", export, "h1").returncode != 0
+
+
+FARM = """apiVersion: softudc.io/v1alpha1
+kind: Farm
+metadata: {name: vf}
+spec:
+  vnets: [{name: net, subnet: 10.9.7.0/24}]
+  vms:
+    - {name: d, replicas: 1, memory: 128Mi, image: test-guest, migration: {policy: live},
+       nics: [{vnet: net, address: pool}],
+       volumes: [{name: data, size: 64Mi, class: remote, from: master1}]}
+"""
+CLONE = "vf--d-0--data"
+
+
+def api(w: World, method: str, path: str, body: Any = None) -> Any:
+    status, answer = call(w.lab, method, path, body if body is None or isinstance(body, str) else json.dumps(body))
+    assert status == 200, (method, path, answer)
+    return answer
+
+
+def instance(w: World) -> dict[str, Any]:
+    insts: list[dict[str, Any]] = api(w, "GET", "/v1/farms/vf")["status"]["instances"]
+    return insts[0]
+
+
+def disk_page(ns: str, ip: str, query: str) -> str:
+    return http_get(ns, f"http://{ip}/cgi-bin/disk?{query}")
+
+
+def test_a_vm_with_a_clone_of_a_master_on_h2_boots_writes_and_migrates_live_to_h3(world: World) -> None:
+    w, t0 = world, time.monotonic()
+    w.h2.call("volume.create", name="master1", size_bytes=64 * MiB)
+    master = Path(w.lab.host("h2").config_path).parent / "pool" / "master1.qcow2"
+    wrote = subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x5a 0 1M", str(master)], capture_output=True,
+                           text=True, timeout=30, check=False)
+    assert "wrote" in wrote.stdout, wrote.stderr
+    for h in ("h2", "h3"):  # the VM goes to h1
+        api(w, "PUT", f"/v1/hosts/{h}/state", {"state": "maintenance"})
+    try:
+        api(w, "PUT", "/v1/farms/vf", FARM)
+        assert wait_until(lambda: instance(w)["host"] == "h1", timeout=30, interval=0.5)
+        for h in ("h2", "h3"):
+            api(w, "PUT", f"/v1/hosts/{h}/state", {"state": "ready"})
+        console = w.lab.dir / "h1" / "consoles" / "vf--d-0.log"
+        assert wait_until(functools.partial(booted, console), timeout=150, interval=1), \
+            (api(w, "GET", "/v1/volumes"), _tail(w, "h1"))
+        xml = subprocess.run(["virsh", "-c", libvirt.libvirt_uri(w.lab, w.lab.host("h1")), "dumpxml", "vf--d-0"],
+                             capture_output=True, text=True, timeout=30, check=False).stdout
+        assert f"<source protocol='nbd' name='{CLONE}' tls='yes'" in xml, xml  # the clone, over NBD+TLS
+        clone = w.h2.call("volume.describe", name=CLONE)
+        assert clone["backing"] == "master1.qcow2" and clone["export"]["allowed"] == ["h1"], clone
+        add_endpoint(w.lab, "vola", "h1", api(w, "GET", "/v1/farms/vf")["status"]["vnet_ids"]["net"],
+                     "10.9.7.200/24")
+        ns, ip = w.lab.endpoints["vola"].netns, instance(w)["addresses"]["net"]
+        head = hashlib.md5(b"\x5a" * MiB).hexdigest()  # the guest's md5sum
+        assert wait_until(lambda: f"head md5={head}" in disk_page(ns, ip, "read"), timeout=60, interval=1), \
+            (disk_page(ns, ip, "read"), console.read_text(errors="replace")[-3000:])  # the master's data, via NBD
+        written = disk_page(ns, ip, "write")
+        assert written.startswith("written md5="), written
+
+        t_move = time.monotonic()
+        api(w, "POST", "/v1/farms/vf/instances/d-0/migrate", {"to": "h3"})
+        assert wait_until(lambda: instance(w)["host"] == "h3" and not instance(w).get("migrating"), timeout=120,
+                          interval=0.5), (instance(w), api(w, "GET", "/v1/farms/vf")["events"][-5:])
+        moved_s = time.monotonic() - t_move
+        assert "h3" in w.h2.call("volume.describe", name=CLONE)["export"]["allowed"]
+        state = subprocess.run(["virsh", "-c", libvirt.libvirt_uri(w.lab, w.lab.host("h3")), "domstate", "vf--d-0"],
+                               capture_output=True, text=True, timeout=30, check=False)
+        assert state.stdout.strip() == "running", (state.stdout, state.stderr, _qemu_log(w, "h3")[-800:])
+        # Not yet: reading `data` back on h3 (the guest answers no HTTP from the h1 endpoint after the
+        # move, its disk or its network: docs/volumes.md, "Not done").
+        assert not (w.lab.dir / "h3" / "pool" / f"{CLONE}.qcow2").exists()  # no disk copy: the volume stayed on h2
+        print(f"volume VM: booted, read the master, wrote, migrated in {moved_s:.1f} s; {time.monotonic() - t0:.0f} s")
+    finally:
+        call(w.lab, "DELETE", "/v1/farms/vf")
+        gone = wait_until(lambda: not any(v["name"] == CLONE for v in w.h2.call("volume.list")), timeout=60,
+                          interval=1)
+        for name in (CLONE, "master1"):  # no daemon outlives the lab, whatever happened
+            w.h2.call("volume.unexport", name=name)
+    assert gone, w.h2.call("volume.list")  # the farm's volume removed with the farm (its master stays)
+    assert [v["name"] for v in w.h2.call("volume.list")] == ["master1"]
+
+
+def _qemu_log(w: World, host: str) -> str:
+    log = libvirt.libvirt_dir(w.lab, w.lab.host(host)) / "log" / "qemu" / "vf--d-0.log"
+    return log.read_text(errors="replace")[-1500:] if log.exists() else f"(no {log})"
+
+
+def _tail(w: World, host: str) -> str:
+    log = w.lab.dir / host / "gatekeeper.log"
+    return log.read_text(errors="replace")[-3000:] if log.exists() else f"(no {log})"
