@@ -1,9 +1,9 @@
 """Consolidation with host power on a real lab (3 hosts with libvirtd, a manager run with
-SOFTUDC_CONSOLIDATE=1 and a short band, the `ipmi` driver: ipmitool against each host's ipmi_sim,
-whose chassis commands switch the host's processes): the idle pool parks a host in `standby`
-(drained, its libvirtd and gatekeeper stopped); guests burning CPU raise the load over the band,
-so it is powered on and reports again; a new guest then runs on it (anti-affinity leaves no other
-place). The lab driver's power cycles are test_upgrade's."""
+SOFTUDC_CONSOLIDATE=1 and a short band), once with each driver: `lab` (it stops and starts the
+host's processes) and `ipmi` (ipmitool against each host's ipmi_sim, whose chassis commands switch
+the host's processes): the idle pool parks a host in `standby` (drained, its libvirtd and
+gatekeeper stopped); guests burning CPU raise the load over the band, so it is powered on and
+reports again; a new guest then runs on it (anti-affinity leaves no other place)."""
 
 from __future__ import annotations
 
@@ -29,14 +29,14 @@ pytestmark = [pytest.mark.balance, pytest.mark.vm]
 BAND = "0.02,0.1,10,5,60,2"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["lab", "ipmi"])
 def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
     before = {k: os.environ.get(k) for k in ("SOFTUDC_CONSOLIDATE", "SOFTUDC_CONSOLIDATE_BAND")}
     os.environ.update({"SOFTUDC_CONSOLIDATE": "1", "SOFTUDC_CONSOLIDATE_BAND": BAND})  # the lab's manager's
     try:
         if shutil.which("ipmi_sim") is None or shutil.which("ipmitool") is None:
             pytest.fail("ipmi_sim or ipmitool is missing: run `make bootstrap` (packages openipmi, ipmitool)")
-        yield from three_hosts(request, "dp", power="ipmi")
+        yield from three_hosts(request, "dp", power=request.param)
     finally:
         for k, v in before.items():
             if v is None:
@@ -61,7 +61,9 @@ def test_an_idle_host_is_parked_and_load_wakes_it_and_uses_it(lab: Lab) -> None:
     parked_s = time.monotonic() - t
     assert shell.netns_pids(lab.host(parked).netns) == []  # its libvirtd and gatekeeper stopped
     assert any(e["type"] == "Consolidation" and e["message"].startswith("standby: ") for e in events(lab, parked))
-    assert any("consolidation: " in e["message"] and "ipmi 10.99.0.1" in e["message"] for e in events(lab, parked))
+    driver = "ipmi 10.99.0.1" if lab.spec.power == "ipmi" else f"lab {lab.spec.name}/{parked}"
+    assert any("consolidation: " in e["message"] and driver in e["message"] for e in events(lab, parked)), \
+        events(lab, parked)[-5:]
 
     assert call(lab, "PUT", "/v1/farms/dr", FARM)[0] == 200
     assert wait_until(lambda: get(lab, "/v1/farms/dr")["status"]["conditions"]["Ready"], timeout=120, interval=1)
