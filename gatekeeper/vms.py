@@ -10,7 +10,8 @@ from typing import Any
 from gatekeeper.config import HypervisorConfig
 from gatekeeper.hypervisor.domain import DomainNic, NicSpec, VmSpec
 from gatekeeper.hypervisor.driver import Hypervisor, HypervisorError
-from gatekeeper.vnet.service import VnetService, parse_mac
+from gatekeeper.vnet.requests import parse_mac
+from gatekeeper.vnet.service import VnetService
 
 ANNOUNCE_REPEATS = (0.5, 1.5)  # seconds after the first gratuitous ANNOUNCE
 

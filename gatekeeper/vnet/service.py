@@ -19,6 +19,8 @@ from gatekeeper.vnet.bpf.fastpath import FastPath
 from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
 from gatekeeper.vnet.forwarder import Forwarder
 from gatekeeper.vnet.port import VnetPort, gso_max_size_for, mtu_for
+from gatekeeper.vnet.requests import ServiceError as ServiceError  # re-exported: callers import it from here
+from gatekeeper.vnet.requests import parse_mac as parse_mac
 from gatekeeper.vnet.supervisor import reason_of
 from gatekeeper.vnet.varp_auth import VarpAuth
 from gatekeeper.vnet.varp_cache import Command, Dropped, SendRequest, Transmit, VarpCache
@@ -29,22 +31,6 @@ from softudc.wire import VarpOp, WireError, parse_varp
 from softudc.wire.etherip import MAX_VNET_ID
 
 log = logging.getLogger("gatekeeper.vnet")
-
-
-class ServiceError(RuntimeError):
-    """A request the service refuses; the message says what to do instead."""
-
-
-def parse_mac(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text.replace(":", "").replace("-", ""))
-    except ValueError:
-        raw = b""
-    if len(raw) != 6:
-        raise ServiceError(f"mac: {text!r} is not a MAC address like 52:54:00:12:34:56")
-    if raw[0] & 1:
-        raise ServiceError(f"mac: {text} is a group address; an endpoint needs a unicast MAC")
-    return raw
 
 
 class VnetService:
