@@ -11,8 +11,13 @@
 Each instance gets its own volumes, named `<farm>--<vm>-<replica>--<volume>` (volume_id). `class`
 is `local` (on the VM's host, default) or `remote` (on a host with free pool capacity, served to
 the VM's host over NBD+TLS); `from` is `empty` (default), `image` or the name of a registered master
-volume; `keep: true` leaves the volume when the farm is deleted. Classes mirrored and encrypted,
-QoS and online moves are not in this version.
+volume; `keep: true` leaves the volume when the farm is deleted.
+
+`encrypted: true` (an attribute, with `class: remote`): the qcow2 is LUKS-encrypted
+(`encrypt.format=luks`) with a key the manager makes and keeps (softudc/manager/volume_keys.py);
+the storage host's qemu-storage-daemon gets it as a QMP `secret` object and serves the volume
+decrypted over NBD+TLS only. `iops` / `mbps`: QoS limits of the VM's disk (libvirt `<iotune>`
+total_iops_sec / total_bytes_sec), so a noisy volume cannot starve its neighbours.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ EMPTY, IMAGE = "empty", "image"
 MAX_VOLUMES = 8  # per VM
 MIN_SIZE, MAX_SIZE = 1 << 20, 64 << 40  # 1 MiB .. 64 TiB
 UNITS = {"Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
-FIELDS = {"name", "size", "class", "from", "keep"}
+FIELDS = {"name", "size", "class", "from", "keep", "encrypted", "iops", "mbps"}
+MAX_IOPS, MAX_MBPS = 1_000_000, 100_000  # QoS limits: 1..these
+WRONG = 0  # a QoS limit that was refused (reported at its line)
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,9 @@ class VolumeDef:
     cls: str = "local"
     source: str = EMPTY  # empty | image | a master volume's name
     keep: bool = False
+    encrypted: bool = False  # LUKS qcow2, key kept by the manager (class remote only)
+    iops: int | None = None  # QoS: total I/O operations per second (libvirt iotune total_iops_sec)
+    mbps: int | None = None  # QoS: total MB/s (10^6 bytes; iotune total_bytes_sec)
 
     @property
     def master(self) -> str | None:
@@ -102,13 +112,35 @@ def _volume(c: Checks, node: Node, path: str) -> VolumeDef | None:
                                                "(a whole number and Mi, Gi or Ti)")
     cls = c.choice(m["class"], f"{path}.class", CLASSES) if "class" in m else "local"
     source = _source(c, m["from"], f"{path}.from") if "from" in m else EMPTY
-    keep = m["keep"].value if "keep" in m else False
-    if not isinstance(keep, bool):
-        c.fail(m["keep"].mark, f"{path}.keep", f"{keep!r} must be true or false")
+    keep, encrypted = _flag(c, m, "keep", path), _flag(c, m, "encrypted", path)
+    iops, mbps = _limit(c, m, "iops", MAX_IOPS, path), _limit(c, m, "mbps", MAX_MBPS, path)
+    if encrypted and cls is not None and cls != "remote":
+        c.fail(m["encrypted"].mark, f"{path}.encrypted", "an encrypted volume must be `class: remote` (its "
+               f"storage host's qemu-storage-daemon holds the key), not {cls}")
         return None
-    if name is None or size is None or cls is None or source is None:
+    if name is None or size is None or cls is None or source is None or keep is None or encrypted is None \
+            or iops == WRONG or mbps == WRONG:
         return None
-    return VolumeDef(name, size, cls, source, keep)
+    return VolumeDef(name, size, cls, source, keep, encrypted, iops or None, mbps or None)
+
+
+def _flag(c: Checks, m: dict[str, Node], key: str, path: str) -> bool | None:
+    value = m[key].value if key in m else False
+    if not isinstance(value, bool):
+        c.fail(m[key].mark, f"{path}.{key}", f"{value!r} must be true or false")
+        return None
+    return value
+
+
+def _limit(c: Checks, m: dict[str, Node], key: str, most: int, path: str) -> int | None:
+    """A QoS limit: None when absent, WRONG (0) when wrong (reported)."""
+    if key not in m:
+        return None
+    value = m[key].value
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        c.fail(m[key].mark, f"{path}.{key}", f"{value!r} must be a whole number from 1 to {most}")
+        return WRONG
+    return value
 
 
 def _source(c: Checks, node: Node, path: str) -> str | None:

@@ -45,6 +45,14 @@ def test_volumes_validate_with_their_defaults() -> None:
     assert ref.master == "pg-master" and ref.size_bytes == 1 << 40
 
 
+def test_encrypted_and_qos_attributes_validate() -> None:
+    f = validate(farm("{name: sec, size: 1Gi, class: remote, encrypted: true, iops: 200, mbps: 5}",
+                      "{name: plain, size: 1Gi}"))
+    sec, plain = f.vms[0].volumes
+    assert sec == VolumeDef("sec", 1 << 30, "remote", "empty", False, True, 200, 5)
+    assert (plain.encrypted, plain.iops, plain.mbps) == (False, None, None)
+
+
 def test_a_vm_without_volumes_has_none() -> None:
     text = farm("{name: a, size: 1Mi}").split("      volumes:")[0]
     assert validate(text).vms[0].volumes == ()
@@ -60,6 +68,12 @@ def test_a_vm_without_volumes_has_none() -> None:
     ("{name: a, size: 1Gi, keep: yes please}", "spec.vms[0].volumes[0].keep: 'yes please' must be true or false"),
     ("{name: a, size: 1Gi, qos: gold}", "spec.vms[0].volumes[0].qos: unknown field"),
     ("{size: 1Gi}", "spec.vms[0].volumes[0].name: required field is missing"),
+    ("{name: a, size: 1Gi, encrypted: true}", "spec.vms[0].volumes[0].encrypted: an encrypted volume must be "
+                                              "`class: remote`"),
+    ("{name: a, size: 1Gi, class: remote, encrypted: 1}", "volumes[0].encrypted: 1 must be true or false"),
+    ("{name: a, size: 1Gi, iops: 0}", "spec.vms[0].volumes[0].iops: 0 must be a whole number from 1 to 1000000"),
+    ("{name: a, size: 1Gi, mbps: fast}", "spec.vms[0].volumes[0].mbps: 'fast' must be a whole number from 1"),
+    ("{name: a, size: 1Gi, mbps: true}", "spec.vms[0].volumes[0].mbps: True must be a whole number"),
     ("{name: a--b, size: 1Gi}", "spec.vms[0].volumes[0].name: 'a--b' contains '--'"),
 ])
 def test_each_mistake_is_named_at_its_field(volume: str, expected: str) -> None:
