@@ -32,6 +32,8 @@ class DiskSpec:
     target: str
     path: str | None = None
     nbd: tuple[str, int, str] | None = None
+    iops: int | None = None  # QoS (issue 13): <iotune> total_iops_sec
+    bytes_sec: int | None = None  # QoS: <iotune> total_bytes_sec
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,12 @@ def _disk(dev: ET.Element, disk: DiskSpec) -> None:
         _sub(el, "driver", name="qemu", type="qcow2", cache="none")
         _sub(el, "source", file=disk.path)
     _sub(el, "target", dev=disk.target, bus="virtio")
+    if disk.iops or disk.bytes_sec:  # QEMU's throttling of this disk: a noisy volume cannot starve the others
+        tune = _sub(el, "iotune")
+        if disk.bytes_sec:
+            _sub(tune, "total_bytes_sec", str(disk.bytes_sec))
+        if disk.iops:
+            _sub(tune, "total_iops_sec", str(disk.iops))
 
 
 @dataclass(frozen=True)

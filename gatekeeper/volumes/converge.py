@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence, Set
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from softudc.atomicfile import write_atomic
 from softudc.model.hoststate import DesiredDisk, DesiredVolume
 
 log = logging.getLogger("gatekeeper.volumes")
+MB = 10**6  # a volume's `mbps` limit is in MB/s
 GRACE_S = 15.0  # an unwanted volume is unexported and deleted once unwanted this long
 
 
@@ -39,7 +40,7 @@ GRACE_S = 15.0  # an unwanted volume is unexported and deleted once unwanted thi
 class VolumeAction:
     op: str  # create | export | allow | unexport | delete | forget
     name: str
-    args: dict[str, Any]
+    args: dict[str, Any] = field(repr=False)  # an encrypted volume's key is among them: never shown
 
     def __str__(self) -> str:
         return f"volume.{self.op} {self.name}"
@@ -52,10 +53,12 @@ def volume_actions(wanted: Sequence[DesiredVolume], have: dict[str, dict[str, An
     actions = []
     for w in sorted(wanted, key=lambda v: v.name):
         if w.name not in have:
-            actions.append(VolumeAction("create", w.name, {"size_bytes": w.size_bytes, "backing": w.backing}))
+            actions.append(VolumeAction("create", w.name, {"size_bytes": w.size_bytes, "backing": w.backing,
+                                                           **({"key": w.key} if w.key else {})}))
         exported = "allowed" in have.get(w.name, {})
         if w.allowed and not exported:
-            actions.append(VolumeAction("export", w.name, {"allowed": sorted(set(w.allowed))}))
+            actions.append(VolumeAction("export", w.name, {"allowed": sorted(set(w.allowed)),
+                                                           **({"key": w.key} if w.key else {})}))
         elif w.allowed and sorted(set(w.allowed)) != sorted(have[w.name]["allowed"]):
             actions.append(VolumeAction("allow", w.name, {"allowed": sorted(set(w.allowed))}))
         elif not w.allowed and exported:
@@ -73,15 +76,17 @@ def disk_specs(disks: Sequence[DesiredDisk], pool: Pool | None) -> tuple[DiskSpe
     """A VM's disks for its domain XML: a pool file of this host, or another host's export."""
     out = []
     for d in disks:
+        iops, bytes_sec = d.iops, (d.mbps * MB if d.mbps else None)  # QoS: libvirt iotune
         if d.local:
             if pool is None:
                 raise ValueError(f"disk {d.target}: volume {d.volume} is a pool file of this host, which runs no "
                                  "storage service ([volumes] in the gatekeeper file)")
-            out.append(DiskSpec(d.target, path=str(pool.path(d.volume))))
+            out.append(DiskSpec(d.target, path=str(pool.path(d.volume)), iops=iops, bytes_sec=bytes_sec))
         elif d.address is None or d.port is None:
             raise ValueError(f"disk {d.target}: volume {d.volume}'s export on {d.host} is not known yet")
         else:
-            out.append(DiskSpec(d.target, nbd=(d.address, d.port, d.volume)))
+            out.append(DiskSpec(d.target, nbd=(d.address, d.port, d.volume), iops=iops,
+                                bytes_sec=bytes_sec))
     return tuple(out)
 
 
@@ -140,9 +145,9 @@ class VolumeConverger:
     def _apply(self, a: VolumeAction) -> None:
         s = self.service
         if a.op == "create":
-            s.create(a.name, a.args["size_bytes"], a.args["backing"])
+            s.create(a.name, a.args["size_bytes"], a.args["backing"], a.args.get("key"))
         elif a.op == "export":
-            s.export(a.name, a.args["allowed"])
+            s.export(a.name, a.args["allowed"], a.args.get("key"))
         elif a.op == "allow":
             s.allow(a.name, a.args["allowed"])
         elif a.op == "unexport":

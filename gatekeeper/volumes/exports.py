@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gatekeeper.volumes import crypt
 from gatekeeper.volumes.daemon import DaemonError, StorageDaemon
 from gatekeeper.volumes.pool import Pool, VolumeError, check_name
 from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError, QmpError
@@ -95,23 +96,24 @@ class Exports:
                 return port
         raise VolumeError(f"all {self.max_exports} export ports from {self.base_port} are in use; unexport a volume")
 
-    def export(self, name: str, allowed: Any) -> dict[str, Any]:
-        """Export a pool volume over NBD+TLS to the hosts in `allowed`; its export record."""
+    def export(self, name: str, allowed: Any, key: str | None = None) -> dict[str, Any]:
+        """Export a pool volume over NBD+TLS to the hosts in `allowed`; its export record. `key`:
+        an encrypted volume's (gatekeeper/volumes/crypt.py), handed to its daemon over QMP only."""
         hosts = check_hosts(allowed)
         if not self.pool.exists(name):
             raise VolumeError(f"no volume {name} in {self.pool.directory}")
         if self.exported(name):
             raise VolumeError(f"volume {name} is already exported; use volume.allow to change its hosts")
-        state = {"port": self._free_port(), "allowed": hosts, "volume": name}
+        state = {"port": self._free_port(), "allowed": hosts, "volume": name, "encrypted": key is not None}
         try:
-            self._launch(name, state)
+            self._launch(name, state, key)
         except Exception:
             self.daemon(name).stop()
             raise
         self._state_path(name).write_text(json.dumps(state))
         return self.describe(name)
 
-    def _launch(self, name: str, state: dict[str, Any]) -> None:
+    def _launch(self, name: str, state: dict[str, Any], key: str | None = None) -> None:
         daemon = self.daemon(name)
         daemon.start()
         with daemon.qmp() as q:
@@ -120,7 +122,11 @@ class Exports:
             self._set_authz(q, state["allowed"], replace=False)
             q.execute("blockdev-add", **{"driver": "file", "node-name": "file0",
                                          "filename": str(self.pool.path(name))})
-            q.execute("blockdev-add", **{"driver": "qcow2", "node-name": "vol0", "file": "file0"})
+            encrypt: dict[str, Any] = {}
+            if key is not None:
+                q.execute("object-add", **crypt.secret_object(key))
+                encrypt = {"encrypt": crypt.encrypt_options()}
+            q.execute("blockdev-add", **{"driver": "qcow2", "node-name": "vol0", "file": "file0", **encrypt})
             q.execute("nbd-server-start", addr={"type": "inet", "data": {"host": self.address,
                                                                         "port": str(state["port"])}},
                       **{"tls-creds": "tls0", "tls-authz": "authz0"})
@@ -185,8 +191,8 @@ class Exports:
             if self.daemon(name).adopt():
                 continue
             state = self._state(name)
-            if state is None or not self.pool.exists(name):
-                self.unexport(name)
+            if state is None or not self.pool.exists(name) or state.get("encrypted"):
+                self.unexport(name)  # an encrypted one comes back with the next desired state (its key)
                 continue
             try:
                 self._launch(name, state)

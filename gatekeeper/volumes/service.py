@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gatekeeper.volumes import crypt
 from gatekeeper.volumes.exports import Exports
 from gatekeeper.volumes.pool import Pool, VolumeError, check_name
 
@@ -33,7 +34,11 @@ class VolumeService:
         log.info("volumes: pool %s, %d export(s) (%s restarted)", self.pool.directory, len(self.exports.names()),
                  ", ".join(restarted) or "none")
 
-    def create(self, name: str, size_bytes: int | None = None, backing: str | None = None) -> dict[str, Any]:
+    def create(self, name: str, size_bytes: int | None = None, backing: str | None = None,
+               key: str | None = None) -> dict[str, Any]:
+        """With `key`: a LUKS-encrypted qcow2 (gatekeeper/volumes/crypt.py)."""
+        if key is not None:
+            return crypt.create(self.pool, name, size_bytes, key, backing).as_json()
         return self.pool.create(name, size_bytes, backing).as_json()
 
     def delete(self, name: str) -> None:
@@ -52,8 +57,8 @@ class VolumeService:
         exported = set(self.exports.names())
         return [v.as_json() | {"exported": v.name in exported} for v in self.pool.volumes()]
 
-    def export(self, name: str, allowed: list[str]) -> dict[str, Any]:
-        return self.exports.export(check_name(name), allowed)
+    def export(self, name: str, allowed: list[str], key: str | None = None) -> dict[str, Any]:
+        return self.exports.export(check_name(name), allowed, key)
 
     def allow(self, name: str, allowed: list[str]) -> dict[str, Any]:
         return self.exports.allow(check_name(name), allowed)

@@ -200,12 +200,12 @@ class DesiredInputs:
     thousands of hosts: that was O(hosts^2) per generation). Read it, never change it."""
 
     def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                 keys: Keys) -> None:
+                 keys: Keys, volume_key: Callable[[str], str] | None = None) -> None:
         self.farms, self.reports = farms, reports
         self.keys: Keys = functools.cache(keys)  # each VNET's keys read and derived once for all hosts
         self.members = Members(farms, reports)  # each VNET's members worked out once
         self.index = [FarmIndex(f, status) for f, status in farms]  # each farm's instances by host, once
-        self.vols = VolumeView(farms, reports)  # the volumes placed once
+        self.vols = VolumeView(farms, reports, volume_key)  # the volumes placed once (encrypted ones' keys)
 
     def json(self, host: str) -> dict[str, Any]:
         """`desired_json` of `host` from these inputs."""

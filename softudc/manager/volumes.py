@@ -19,11 +19,15 @@ volumes already are (the volumes' stored placements).
 
 A volume that cannot be placed (no host with room) is named in `unplaced` with the reason; the
 farm's other volumes and VMs are planned all the same.
+
+An `encrypted` volume's storage host gets its key (`key_of`: softudc/manager/volume_keys.py) in
+its desired state; a view without `key_of` (the API's and metrics' views) hands out no volume of
+that kind. A volume's QoS limits (`iops`, `mbps`) go with its disk to the VM's host (libvirt iotune).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +45,7 @@ class PlacedVolume:
     keep: bool
     vm_host: str  # the host the instance runs on (or is placed on)
     allowed: tuple[str, ...] = ()  # hosts that may open its export; empty: not exported
+    encrypted: bool = False
 
 
 @dataclass
@@ -93,7 +98,7 @@ def plan_volumes(farms: Iterable[tuple[Farm, dict[str, Any]]], free: dict[str, i
 
 def _placed(vid: str, host: str, vol: VolumeDef, vm_host: str, status: dict[str, Any]) -> PlacedVolume:
     allowed = farm_hosts(status) if vol.cls == "remote" else ()
-    return PlacedVolume(vid, host, vol.size_bytes, vol.cls, vol.source, vol.keep, vm_host, allowed)
+    return PlacedVolume(vid, host, vol.size_bytes, vol.cls, vol.source, vol.keep, vm_host, allowed, vol.encrypted)
 
 
 def _choose(vol: VolumeDef, vm_host: str, room: dict[str, int], masters: dict[str, str]) -> tuple[str | None, str]:
@@ -177,7 +182,9 @@ class VolumeView:
     reports: what each storage host holds and exports, each VM's disks, and whether a moving VM's
     disks already admit its destination (the source hands it over only then)."""
 
-    def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
+                 key_of: Callable[[str], str] | None = None) -> None:
+        self.key_of = key_of
         self.held = held(reports)
         placed = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is not None}
         masters = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is None}
@@ -191,9 +198,12 @@ class VolumeView:
         """The DesiredState `volumes` of `host`."""
         out = []
         for v in self.plan.on_host(host):
+            if v.encrypted and self.key_of is None:
+                continue  # a view that holds no keys never makes an encrypted volume a plain one
             source = v.source if v.source not in (EMPTY, IMAGE) else None
             out.append({"name": v.id, "size_bytes": v.size_bytes, **({"backing": source} if source else {}),
-                        "allowed": list(v.allowed), "keep": v.keep})
+                        "allowed": list(v.allowed), "keep": v.keep,
+                        **({"key": self.key_of(v.id)} if v.encrypted and self.key_of else {})})
         return out
 
     def disks(self, farm: str, instance: str, vm: VmDef) -> list[dict[str, Any]]:
@@ -206,7 +216,8 @@ class VolumeView:
             if placed is None:  # not placed (yet): the VM waits for it; GET /v1/volumes says why
                 out.append({"volume": vid, "target": f"vd{target}"})
                 continue
-            disk: dict[str, Any] = {"volume": placed.id, "target": f"vd{target}", "host": placed.host}
+            disk: dict[str, Any] = {"volume": placed.id, "target": f"vd{target}", "host": placed.host,
+                                    **{k: v for k, v in (("iops", vol.iops), ("mbps", vol.mbps)) if v}}
             if placed.cls == "local":
                 disk["local"] = True
             else:

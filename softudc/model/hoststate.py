@@ -7,8 +7,8 @@ documents by string key any more (review 1.3).
        vnets: [{id, farm, name, security, mtu, keys: {send_epoch, secrets: {epoch: hex}}, members}],
        vms:   [{name, vcpus, memory_mib, nics: [{vnet, mac, ip, peers}],
                 incoming | outgoing | migrate_to: {host, uri, attempt, downtime_ms} | restart_departed,
-                disks: [{volume, target, host, local | address, port}]}],            (contract 3)
-       volumes: [{name, size_bytes, backing, allowed, keep}]}                  (contract 3)
+                disks: [{volume, target, host, local | address, port, iops, mbps}]}],  (contract 3)
+       volumes: [{name, size_bytes, backing, allowed, keep, key}]}             (contract 3)
     HostReport     PUT /v1/hosts/{name}/status, gatekeeper -> manager
       {contract, vcpus, memory_mib, state, migration_uri, underlay, vnets, dataplane,
        running, prepared, errors, notes, sizes: {vm: [vCPUs, MiB]},
@@ -326,6 +326,8 @@ class DesiredDisk(_Doc):
     local: bool = False
     address: Address | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    iops: Positive | None = None  # QoS: libvirt iotune total_iops_sec
+    mbps: Positive | None = None  # QoS: libvirt iotune total_bytes_sec = mbps * 10^6
 
 
 class DesiredVolume(_Doc):
@@ -338,6 +340,9 @@ class DesiredVolume(_Doc):
     backing: VolumeName | None = None
     allowed: list[Name] = Field(default_factory=list, max_length=MAX_VMS)
     keep: bool = False
+    # An encrypted volume's LUKS passphrase (softudc/manager/volume_keys.py): handed to its qsd as
+    # a QMP secret, never logged nor written to the host's disk. None: a plain volume.
+    key: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(default=None, repr=False)
 
 
 class DesiredVm(_Doc):

@@ -73,3 +73,19 @@ def test_volumes_are_virtio_disks_a_pool_file_or_an_nbd_tls_export(tmp_path: Pat
     assert check.returncode == 0, check.stderr  # libvirt's own schema
     with pytest.raises(ValueError, match="disk vdb: give either"):
         domain_xml(VmSpec("x", "/k", "/i", disks=(DiskSpec("vdb"),)))
+
+
+def test_a_volume_s_qos_limits_are_libvirt_iotune(tmp_path: Path) -> None:
+    spec = VmSpec("shop--db-0", "/k", "/i", disks=(
+        DiskSpec("vdb", nbd=("10.100.0.3", 10810, "shop--db-0--data"), iops=200, bytes_sec=4_000_000),
+        DiskSpec("vdc", path="/pool/v.qcow2", iops=50), DiskSpec("vdd", path="/pool/w.qcow2")))
+    xml = domain_xml(spec)
+    limited, iops_only, free = ET.fromstring(xml).findall("devices/disk")
+    assert limited.findtext("iotune/total_iops_sec") == "200"
+    assert limited.findtext("iotune/total_bytes_sec") == "4000000"
+    assert iops_only.findtext("iotune/total_iops_sec") == "50" and iops_only.find("iotune/total_bytes_sec") is None
+    assert free.find("iotune") is None
+    (tmp_path / "d.xml").write_text(xml)
+    check = subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stderr

@@ -1,0 +1,77 @@
+"""Encrypted volumes against real qemu-img and qsd: a pattern written through the export (NBD+TLS,
+qemu-io with a client certificate) reads back, and is not in the file on disk (in a plain volume it
+is: the check can fail); the key is on no command line, in no state file; a wrong key opens nothing."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gatekeeper.volumes import crypt
+from gatekeeper.volumes.converge import VolumeAction, volume_actions
+from gatekeeper.volumes.pool import VolumeError
+from gatekeeper.volumes.service import VolumeService
+from softudc.model.hoststate import DesiredVolume
+
+MiB = 1 << 20
+KEY = "5e" * 32
+
+
+def qemu_io(export: dict[str, object], client: Path, *commands: str) -> subprocess.CompletedProcess[str]:
+    opts = f"driver=nbd,host=127.0.0.1,port={export['port']},export={export['volume']},tls-creds=t0"
+    argv = ["qemu-io", "--object", f"tls-creds-x509,id=t0,dir={client},endpoint=client", "--image-opts"]
+    for c in commands:
+        argv += ["-c", c]
+    return subprocess.run([*argv, opts], capture_output=True, text=True, timeout=30, check=False)
+
+
+def test_an_encrypted_volume_holds_no_plaintext_and_a_plain_one_does(service: VolumeService, certs: Path) -> None:
+    service.create("sec", 8 * MiB, key=KEY)
+    service.create("plain", 8 * MiB)
+    assert crypt.is_encrypted(service.pool, "sec") and not crypt.is_encrypted(service.pool, "plain")
+    for name, key in (("sec", KEY), ("plain", None)):
+        export = service.export(name, ["h1"], key)
+        w = qemu_io(export, certs / "h1", "write -P 0x53 0 1M")
+        assert w.returncode == 0 and "wrote" in w.stdout, w.stderr
+        r = qemu_io(export, certs / "h1", "read -P 0x53 0 1M")
+        assert "Pattern verification failed" not in r.stdout and "read 1048576/1048576" in r.stdout, r.stdout
+        pid = export["pid"]
+        assert KEY not in Path(f"/proc/{pid}/cmdline").read_text()
+        state = service.exports._state_path(name).read_text()
+        assert KEY not in state and ('"encrypted": true' in state) == (key is not None)
+        service.unexport(name)
+    sec, plain = (service.pool.path(n).read_bytes() for n in ("sec", "plain"))
+    assert b"S" * 4096 in plain and b"S" * 4096 not in sec  # 0x53 = "S": the plain file holds it, the LUKS one not
+    assert KEY.encode() not in sec
+
+
+def test_a_wrong_key_opens_nothing_and_a_bad_key_is_refused(service: VolumeService) -> None:
+    service.create("sec", 8 * MiB, key=KEY)
+    with pytest.raises(Exception, match=r"(?i)invalid password|key"):
+        service.export("sec", ["h1"], "00" * 32)
+    assert not service.exports.exported("sec")
+    with pytest.raises(VolumeError, match="64 lowercase hex digits"):
+        service.create("sec2", 8 * MiB, key="not-a-key")
+    assert not service.pool.exists("sec2")
+
+
+def test_restore_leaves_an_encrypted_export_to_the_next_desired_state(service: VolumeService) -> None:
+    service.create("sec", 8 * MiB, key=KEY)
+    service.export("sec", ["h1"], KEY)
+    pid = service.exports.describe("sec")["pid"]
+    assert pid is not None
+    service.exports.daemon("sec").stop()  # its daemon died while the gatekeeper was down
+    assert service.exports.restore() == [] and not service.exports.exported("sec")
+    service.export("sec", ["h1"], KEY)  # the next round's export, with the key
+    assert service.exports.describe("sec")["running"]
+
+
+def test_the_key_goes_to_create_and_export_and_is_never_shown() -> None:
+    want = [DesiredVolume(name="sec", size_bytes=MiB, allowed=["h1"], key=KEY)]
+    actions = volume_actions(want, {}, {})
+    assert [(a.op, a.args.get("key")) for a in actions] == [("create", KEY), ("export", KEY)]
+    assert all(KEY not in repr(a) and KEY not in str(a) for a in actions)
+    assert KEY not in repr(want[0])
+    assert VolumeAction("create", "x", {}).args == {}
