@@ -1,0 +1,125 @@
+"""External snapshots of pool volumes (issue 13 item 3): the frozen state becomes a pool volume
+of its own, which clones use as their backing file, while the volume goes on in an overlay.
+
+A snapshot `S` of volume `V` is the pool file `V.snap.S.qcow2` (`snapshot_file`): the bytes `V`
+held when it was taken, never written again. Taking it:
+
+1. rename `V.qcow2` to `V.snap.S.qcow2` (an export's daemon keeps its open file: same inode);
+2. `qemu-img create -f qcow2 -u -b V.snap.S.qcow2 -F qcow2 V.qcow2 SIZE`: `V` is now an empty
+   overlay over the frozen file (relative backing name, as every pool clone; `-u`: the backing is
+   not opened, the daemon holds its lock);
+3. if `V` is exported: in its qemu-storage-daemon, `blockdev-add` the new overlay (no backing yet)
+   and QMP `blockdev-snapshot {node: <the export's node>, overlay: <it>}`: QEMU drains and flushes
+   the old top, links it under the overlay and moves the export onto the overlay. A write the
+   guest saw completed before is in the snapshot; later ones go to the overlay. The export goes on
+   (its clients do not reconnect).
+
+Every step is undone if a later one fails (the volume is as it was). The chain grows by one per
+snapshot: `flatten` copies the backing chain's data into the volume (QMP `block-stream` while
+exported, a background job whose progress `flatten_progress` reads; `qemu-img rebase -b ''`
+otherwise) so it no longer depends on its snapshots (they stay, for their clones).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Any
+
+from gatekeeper.volumes.pool import VolumeError, _qemu_img, check_name
+from gatekeeper.volumes.service import VolumeService
+
+log = logging.getLogger("gatekeeper.volumes")
+SNAP_INFIX = ".snap."
+
+
+def snapshot_file(volume: str, snapshot: str) -> str:
+    """The pool volume holding snapshot `snapshot` of `volume` (softudc/model/volume.py backing_name)."""
+    return check_name(f"{check_name(volume)}{SNAP_INFIX}{check_name(snapshot)}")
+
+
+def _node(name: str) -> str:
+    """A QMP node name for an overlay (<= 31 characters, starting with a letter)."""
+    return "ov" + hashlib.sha256(name.encode()).hexdigest()[:20]
+
+
+def export_node(service: VolumeService, volume: str) -> str:
+    """The node the volume's export serves now (vol0, or the overlay of its last snapshot)."""
+    with service.exports.daemon(volume).qmp() as q:
+        for e in q.execute("query-block-exports"):
+            if e.get("id") == volume:
+                return str(e["node-name"])
+    raise VolumeError(f"volume {volume}: its daemon has no export {volume}; unexport and export it again")
+
+
+def take(service: VolumeService, volume: str, frozen: str) -> dict[str, Any]:
+    """Freeze `volume`'s current state into the new pool volume `frozen` (see the module text);
+    the volume goes on in an overlay over it. Its description afterwards."""
+    pool, exports = service.pool, service.exports
+    src, dst = pool.path(volume), pool.path(frozen)
+    if not src.exists():
+        raise VolumeError(f"no volume {volume} in {pool.directory}")
+    if dst.exists():
+        raise VolumeError(f"volume {frozen} already exists in {pool.directory}; pick another snapshot name")
+    exported = exports.exported(volume)
+    if exported and (exports._state(volume) or {}).get("encrypted"):
+        raise VolumeError(f"volume {volume} is encrypted: its snapshots are not supported yet")
+    size = pool.info(volume).size_bytes
+    top = export_node(service, volume) if exported else ""
+    os.rename(src, dst)
+    try:
+        _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", dst.name, "-F", "qcow2", str(src), str(size))
+        if exported:
+            _switch(service, volume, top, frozen)
+    except Exception:
+        src.unlink(missing_ok=True)
+        os.rename(dst, src)
+        raise
+    log.info("volume %s: snapshot %s taken (%s)", volume, frozen, "live" if exported else "offline")
+    return service.describe(volume)
+
+
+def _switch(service: VolumeService, volume: str, top: str, frozen: str) -> None:
+    """The overlay's file as a node of its own (an inline one is reopened by its file name when it
+    becomes a backing later, which after the rename is the next overlay's file), then its qcow2."""
+    node = _node(frozen)
+    with service.exports.daemon(volume).qmp() as q:
+        q.execute("blockdev-add", **{"driver": "file", "node-name": "f" + node,
+                                     "filename": str(service.pool.path(volume))})
+        q.execute("blockdev-add", **{"driver": "qcow2", "node-name": node, "backing": None, "file": "f" + node})
+        try:
+            q.execute("blockdev-snapshot", node=top, overlay=node)
+        except Exception:
+            q.execute("blockdev-del", **{"node-name": node})
+            q.execute("blockdev-del", **{"node-name": "f" + node})
+            raise
+
+
+def flatten(service: VolumeService, volume: str) -> str:
+    """Copy the data of `volume`'s backing chain into it, so it has no backing file any more.
+    Exported: a QMP block-stream job in its daemon (the guest goes on; `flatten_progress` follows
+    it; 'started'); otherwise qemu-img rebase, done when this returns ('done')."""
+    pool = service.pool
+    if pool.info(volume).backing is None:
+        return "done"
+    if not service.exports.exported(volume):
+        _qemu_img("rebase", "-q", "-f", "qcow2", "-b", "", str(pool.path(volume)))
+        return "done"
+    node = export_node(service, volume)
+    with service.exports.daemon(volume).qmp() as q:
+        if any(j.get("device") == f"flatten-{volume}"[:31] for j in q.execute("query-block-jobs")):
+            return "started"
+        q.execute("block-stream", **{"job-id": f"flatten-{volume}"[:31], "device": node})
+    return "started"
+
+
+def flatten_progress(service: VolumeService, volume: str) -> dict[str, int] | None:
+    """A running flatten's {offset, len} bytes (QMP query-block-jobs), None when none runs."""
+    if not service.exports.exported(volume):
+        return None
+    with service.exports.daemon(volume).qmp() as q:
+        for j in q.execute("query-block-jobs"):
+            if j.get("device") == f"flatten-{volume}"[:31]:
+                return {"offset": int(j.get("offset", 0)), "len": int(j.get("len", 0))}
+    return None
