@@ -1,0 +1,106 @@
+"""Mirrored volumes' replicas: placement on two hosts, a lost one replaced under a new name, health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from softudc.manager.volume_replicas import (
+    DEGRADED,
+    FAILED,
+    HEALTHY,
+    PLANNED,
+    REBUILDING,
+    MirroredVolume,
+    ReplicaInputs,
+    admits,
+    choose_replicas,
+    mirrored_disk,
+    split_replica,
+    volume_health,
+)
+
+VID = "shop--db-0--data"
+GiB = 1 << 30
+
+
+def inputs(held: dict[str, str] | None = None, dead: set[str] | None = None, failed: set[str] | None = None,
+           known: set[str] | None = None) -> ReplicaInputs:
+    return ReplicaInputs(held or {}, frozenset(dead or ()), frozenset(failed or ()), frozenset(known or ()))
+
+
+def test_two_replicas_on_two_hosts_not_the_vm_host_when_others_have_room() -> None:
+    room = {"h1": 100 * GiB, "h2": 10 * GiB, "h3": 20 * GiB}
+    chosen, why = choose_replicas(VID, GiB, ["h1"], inputs(), room)
+    assert chosen == [(f"{VID}.r1", "h3"), (f"{VID}.r2", "h2")] and why == ""
+    assert room == {"h1": 100 * GiB, "h2": 9 * GiB, "h3": 19 * GiB}
+    chosen, _ = choose_replicas(VID, GiB, ["h1"], inputs(), {"h1": 5 * GiB, "h2": GiB})  # only two hosts
+    assert chosen == [(f"{VID}.r1", "h2"), (f"{VID}.r2", "h1")]
+
+
+def test_a_lost_replica_is_replaced_under_a_name_never_used_before() -> None:
+    room = {"h1": 9 * GiB, "h2": 9 * GiB, "h3": 9 * GiB, "h4": 9 * GiB}
+    held = {f"{VID}.r1": "h2", f"{VID}.r2": "h3"}
+    assert choose_replicas(VID, GiB, ["h1"], inputs(held), dict(room))[0] == sorted(held.items())
+    dead, _ = choose_replicas(VID, GiB, ["h1"], inputs(held, dead={"h3"}), dict(room))
+    assert dead == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h4")]
+    failed, _ = choose_replicas(VID, GiB, ["h1"], inputs(held, failed={f"{VID}.r1"}), dict(room))
+    assert failed == [(f"{VID}.r2", "h3"), (f"{VID}.r3", "h4")]
+    # h3's report gone altogether: the quorum on h1 still names r2, so r2 is not made again elsewhere
+    gone, _ = choose_replicas(VID, GiB, ["h1"], inputs({f"{VID}.r1": "h2"}, known={f"{VID}.r2"}),
+                              {"h1": GiB, "h2": GiB, "h4": GiB})
+    assert gone == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h4")]
+
+
+def test_fewer_than_two_hosts_with_room_is_said() -> None:
+    chosen, why = choose_replicas(VID, 2 * GiB, ["h1"], inputs(), {"h1": GiB, "h2": 3 * GiB})
+    assert chosen == [(f"{VID}.r1", "h2")] and "1 of 2 replicas placed" in why
+
+
+def test_health_from_the_vm_hosts_quorum_reports() -> None:
+    reps = [(f"{VID}.r1", "h2"), (f"{VID}.r2", "h3")]
+
+    def report(states: dict[str, str], progress: float | None = None) -> dict[str, dict[str, Any]]:
+        m: dict[str, Any] = {"replicas": states, **({"progress": progress} if progress is not None else {})}
+        return {"h1": {"mirrors": {VID: m}}}
+
+    assert volume_health(VID, reps, {}, ["h1"])["state"] == PLANNED
+    ok = volume_health(VID, reps, report({f"{VID}.r1": HEALTHY, f"{VID}.r2": HEALTHY}), ["h1"])
+    assert ok == {"state": HEALTHY, "replicas": [{"name": f"{VID}.r1", "host": "h2", "state": HEALTHY},
+                                                 {"name": f"{VID}.r2", "host": "h3", "state": HEALTHY}]}
+    bad = report({f"{VID}.r1": HEALTHY, f"{VID}.r2": FAILED})
+    assert volume_health(VID, reps, bad, ["h1"])["state"] == DEGRADED
+    new = [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h4")]
+    assert volume_health(VID, new, bad, ["h1"])["state"] == REBUILDING  # r3 not in the quorum yet
+    going = volume_health(VID, new, report({f"{VID}.r1": HEALTHY, f"{VID}.r3": REBUILDING}, 0.25), ["h1"])
+    assert going["state"] == REBUILDING and going["progress"] == 0.25
+
+
+def test_the_disk_waits_for_both_exports_and_a_destination_for_both_allow_lists() -> None:
+    m = MirroredVolume(VID, GiB, False, "h1", ("h1", "h4"), ((f"{VID}.r1", "h2"), (f"{VID}.r2", "h3")))
+    one = {"h2": {"volumes": {f"{VID}.r1": {"address": "10.0.0.2", "port": 10809, "allowed": ["h1", "h4"]}}}}
+    disk = mirrored_disk(m, "vdb", one)
+    assert "port" not in disk and len(disk["replicas"]) == 1
+    both = one | {"h3": {"volumes": {f"{VID}.r2": {"address": "10.0.0.3", "port": 10810, "allowed": ["h1"]}}}}
+    disk = mirrored_disk(m, "vdb", both)
+    assert disk["port"] == 10809 and [r["volume"] for r in disk["replicas"]] == [f"{VID}.r1", f"{VID}.r2"]
+    assert admits(m, both, "h1") and not admits(m, both, "h4")
+
+
+@given(n=st.integers(1, 999_999), vid=st.from_regex(r"[a-z0-9][a-z0-9-]{0,40}", fullmatch=True))
+def test_replica_names_parse_back(n: int, vid: str) -> None:
+    assert split_replica(f"{vid}.r{n}") == (vid, n)
+    assert split_replica(vid) is None
+
+
+@given(rooms=st.dictionaries(st.sampled_from(["h1", "h2", "h3", "h4"]), st.integers(0, 4), min_size=1),
+       dead=st.sets(st.sampled_from(["h1", "h2", "h3", "h4"])))
+def test_replicas_are_on_distinct_live_hosts_with_room(rooms: dict[str, int], dead: set[str]) -> None:
+    room = {h: r * GiB for h, r in rooms.items()}
+    chosen, why = choose_replicas(VID, GiB, ["h1"], inputs(dead=dead), dict(room))
+    hosts = [h for _, h in chosen]
+    assert len(set(hosts)) == len(hosts) <= 2 and not set(hosts) & dead
+    assert all(room[h] >= GiB for h in hosts)
+    assert (why == "") == (len(chosen) == 2)
