@@ -32,6 +32,7 @@ class DiskSpec:
     target: str
     path: str | None = None
     nbd: tuple[str, int, str] | None = None
+    unix: tuple[str, str] | None = None  # NBD over a local socket, export name (a mirrored volume's quorum)
     iops: int | None = None  # QoS (issue 13): <iotune> total_iops_sec
     bytes_sec: int | None = None  # QoS: <iotune> total_bytes_sec
 
@@ -124,9 +125,14 @@ def domain_xml(spec: VmSpec) -> str:
 def _disk(dev: ET.Element, disk: DiskSpec) -> None:
     """cache=none: a live migration with a disk on shared storage (the NBD export) is safe only
     without the host's page cache (libvirt refuses it otherwise)."""
-    if (disk.path is None) == (disk.nbd is None):
-        raise ValueError(f"disk {disk.target}: give either a pool file or an NBD export")
-    if disk.nbd is not None:
+    if [disk.path, disk.nbd, disk.unix].count(None) != 2:
+        raise ValueError(f"disk {disk.target}: give one of a pool file, an NBD export or a local NBD socket")
+    if disk.unix is not None:  # gatekeeper/volumes/mirror.py: the quorum's daemon on this host, no TLS
+        el = _sub(dev, "disk", type="network", device="disk")
+        _sub(el, "driver", name="qemu", type="raw", cache="none")
+        sock, export = disk.unix
+        _sub(_sub(el, "source", protocol="nbd", name=export), "host", transport="unix", socket=sock)
+    elif disk.nbd is not None:
         el = _sub(dev, "disk", type="network", device="disk")
         _sub(el, "driver", name="qemu", type="raw", cache="none")  # the export serves the qcow2 decoded
         address, port, export = disk.nbd

@@ -71,7 +71,7 @@ def test_volumes_are_virtio_disks_a_pool_file_or_an_nbd_tls_export(tmp_path: Pat
     check = subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], capture_output=True, text=True,
                            check=False)
     assert check.returncode == 0, check.stderr  # libvirt's own schema
-    with pytest.raises(ValueError, match="disk vdb: give either"):
+    with pytest.raises(ValueError, match="disk vdb: give one of"):
         domain_xml(VmSpec("x", "/k", "/i", disks=(DiskSpec("vdb"),)))
 
 
@@ -89,3 +89,21 @@ def test_a_volume_s_qos_limits_are_libvirt_iotune(tmp_path: Path) -> None:
     check = subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], capture_output=True, text=True,
                            check=False)
     assert check.returncode == 0, check.stderr
+
+
+def test_a_mirrored_volume_is_nbd_over_the_local_quorum_socket(tmp_path: Path) -> None:
+    sock = "/run/softudc/volumes/m-0123/nbd.sock"
+    xml = domain_xml(VmSpec("shop--db-0", "/k", "/i", disks=(DiskSpec("vdb", unix=(sock, "shop--db-0--data")),)))
+    disk = ET.fromstring(xml).find("devices/disk")
+    assert disk is not None and disk.get("type") == "network"
+    src = disk.find("source")
+    assert src is not None and (src.get("protocol"), src.get("name"), src.get("tls")) == ("nbd", "shop--db-0--data",
+                                                                                           None)
+    host = src.find("host")
+    assert host is not None and (host.get("transport"), host.get("socket")) == ("unix", sock)
+    (tmp_path / "d.xml").write_text(xml)
+    check = subprocess.run(["virt-xml-validate", str(tmp_path / "d.xml"), "domain"], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0, check.stderr
+    with pytest.raises(ValueError, match="give one of"):
+        domain_xml(VmSpec("x", "/k", "/i", disks=(DiskSpec("vdb", path="/p", unix=(sock, "v")),)))
