@@ -72,8 +72,9 @@ class ReplicaInputs:
 def choose_replicas(vid: str, size: int, vm_hosts: Iterable[str], inputs: ReplicaInputs,
                     room: dict[str, int]) -> tuple[list[tuple[str, str]], str]:
     """The volume's replicas as (name, host), at most COPIES, and why fewer (else ""). Keeps the
-    live ones held, adds new ones on other hosts (most room first, the VM's hosts last); takes
-    their room from `room`."""
+    live ones held, adds new ones on other hosts (most room first, the VM's hosts after them and
+    hosts that held a replica of it last: one that lost it may not be down yet); takes their room
+    from `room`."""
     vm = set(vm_hosts)
     mine = sorted((s[1], name) for name in set(inputs.held) | inputs.known
                   if (s := split_replica(name)) is not None and s[0] == vid)
@@ -82,13 +83,13 @@ def choose_replicas(vid: str, size: int, vm_hosts: Iterable[str], inputs: Replic
     keep = keep[:COPIES]
     n = max((k for k, _ in mine), default=0) + 1
     used = {h for _, h in keep}
-    lost = {inputs.held[name] for _, name in mine if name in inputs.held}  # hosts that held one: last but one
+    lost = {inputs.held[name] for _, name in mine if name in inputs.held}  # hosts that held one: last
     while len(keep) < COPIES:
         fits = [h for h, free in room.items() if h not in used and h not in inputs.dead and free >= size]
         if not fits:
             return keep, (f"{len(keep)} of {COPIES} replicas placed: no other live host's pool has {size} bytes "
                           "free; add capacity or a storage host")
-        host = min(fits, key=lambda h: (h in vm, h in lost, -room[h], h))
+        host = min(fits, key=lambda h: (h in lost, h in vm, -room[h], h))
         keep.append((replica_name(vid, n), host))
         used.add(host)
         room[host] -= size

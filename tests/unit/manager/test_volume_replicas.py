@@ -52,6 +52,10 @@ def test_a_lost_replica_is_replaced_under_a_name_never_used_before() -> None:
     gone, _ = choose_replicas(VID, GiB, ["h1"], inputs({f"{VID}.r1": "h2"}, known={f"{VID}.r2"}),
                               {"h1": GiB, "h2": GiB, "h4": GiB})
     assert gone == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h4")]
+    # three hosts: h3 lost its replica but is not down yet; the VM's host h1 gets the new one
+    three, _ = choose_replicas(VID, GiB, ["h1"], inputs(held, failed={f"{VID}.r2"}),
+                               {h: GiB for h in ("h1", "h2", "h3")})
+    assert three == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h1")]
 
 
 def test_fewer_than_two_hosts_with_room_is_said() -> None:
