@@ -54,11 +54,9 @@ class FastPath:
 
     def add(self, port: VnetPort, tap: str) -> PathChoice:
         """Choose the path for a new VNET (raises SelectionError when `ebpf` is forced and impossible)."""
-        members = port.members
         problem = None if self.config.datapath == "userspace" else self.problem()
-        if not members and problem is None:
-            problem = "no member hosts configured (the eBPF path checks senders against them)"
-        choice = choose(port.vnet, self.config.datapath, port.transport, port.security, len(members) + 1, problem)
+        choice = choose(port.vnet, self.config.datapath, port.transport, port.security, len(port.members) + 1,
+                        problem)
         if choice.path == "ebpf":
             try:
                 self._install(port, tap)
@@ -94,7 +92,7 @@ class FastPath:
             dp.set_uplink(decap, port.vnet)
             dp.attach("vnet_encap", decap)
             local = layouts.Local(decap, 0, port.mtu, punt_ifindex=ifindex)
-        dp.set_local(port.vnet, local, [self.config.underlay_address, *port.members])
+        dp.set_local(port.vnet, local, self._member_ips(port.members))
         dp.attach("vnet_encap", ifindex, egress=True)
         self._taps[port.vnet] = ifindex
         self._ports[port.vnet] = port
@@ -106,8 +104,13 @@ class FastPath:
         rewritten, or frames from the new member are dropped (dec_non_member) and never flooded to
         it. More members than the map holds: LayoutError (the caller refuses the update)."""
         if port.vnet in self._taps and self._dp is not None:
-            self._dp.update("ebs_members", layouts.u32(port.vnet),
-                            layouts.pack_members([self.config.underlay_address, *members]))
+            self._dp.update("ebs_members", layouts.u32(port.vnet), layouts.pack_members(self._member_ips(members)))
+
+    def _member_ips(self, others: tuple[str, ...]) -> list[str]:
+        """ebs_members of a VNET whose other member hosts are `others`: this host and them, or none
+        at all when there is no list (the VNET is here only, or no list was configured): then, as
+        on the userspace path, any sender is taken (vnet_dp.c is_member), until members_changed."""
+        return [self.config.underlay_address, *others] if others else []
 
     def remove(self, vnet: int) -> None:
         self.choices.pop(vnet, None)

@@ -386,6 +386,8 @@ static __always_inline int is_member(__u32 vnet, __be32 ip)
 
 	if (!m)
 		return 0;
+	if (m->n == 0) /* no member list (the VNET is on this host only so far): any sender, as in userspace */
+		return 1;
 #pragma unroll
 	for (int i = 0; i < MAX_MEMBERS; i++) {
 		if (i >= m->n)

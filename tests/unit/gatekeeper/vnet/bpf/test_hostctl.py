@@ -146,6 +146,27 @@ def test_bad_frames_are_dropped_and_counted_by_reason(lab: dict[str, Path]) -> N
                      "dec_pass": 2}
 
 
+def test_an_empty_member_list_takes_any_sender(lab: dict[str, Path]) -> None:
+    """No member list (the VNET is on this host only so far): as on the userspace path, frames of
+    any sender are taken; once members are set, a non-member's are dropped again."""
+    spec = json.loads(lab["A"].read_text())
+    members = spec["vnets"][0]["members"]
+    frame = bytes.fromhex("ffffffffffff020000000502") + b"\x08\x06" + bytes(28)
+    sh("ip", "addr", "add", "10.0.0.9/24", "dev", "uB", ns=f"{PFX}hB", check=False)
+    try:
+        spec["vnets"][0]["members"] = []
+        lab["A"].write_text(json.dumps(spec))
+        hostctl(f"{PFX}hA", "up", lab["A"])
+        before = counters(lab, "A")["counters"]
+        _send(b"\x00\x02\x00\x00" + (0x3000 | VNET).to_bytes(2, "big") + frame, src="10.0.0.9")
+        after = counters(lab, "A")["counters"]
+        assert after["dec_non_member"] == before["dec_non_member"] and after["dec_ok"] > before["dec_ok"]
+    finally:
+        spec["vnets"][0]["members"] = members
+        lab["A"].write_text(json.dumps(spec))
+        hostctl(f"{PFX}hA", "up", lab["A"])
+
+
 BATCH = """
 import socket, struct, sys
 seg, n = 200, 4
