@@ -22,6 +22,7 @@ from gatekeeper.migrations import Migrations
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
 from gatekeeper.volumes.converge import VolumeConverger, disk_specs
+from gatekeeper.volumes.move import DiskMover
 from softudc.atomicfile import move_aside, write_atomic
 from softudc.model.hoststate import (
     CONTRACT_VERSION,
@@ -46,6 +47,7 @@ class Reconciler:
     load: Callable[[], dict[str, Any]] | None = None  # the VMs' use (gatekeeper/load.py), set by the agent
     pool: Callable[[], dict[str, int]] | None = None  # the storage service's capacity and free bytes, if it runs
     volumes: VolumeConverger | None = None  # the storage service, made what the manager wants (contract 3)
+    disk_mover: DiskMover | None = None  # online moves of this host's VMs' disks (made at the first one)
 
     def __init__(self, link: ManagerLink, host: str, vnets: VnetService, vms: VmService | None, vcpus: int,
                  memory_mib: int, state_file: Path | None = None, migration_uri: str | None = None,
@@ -127,6 +129,8 @@ class Reconciler:
                 fields["volumes"] = self.volumes.have()
             except Exception as e:  # the pool's disk unreadable: the rest of the report still goes
                 log.warning("storage pool's volumes: %s; reported without them", e)
+        if self.disk_mover is not None and (disk_moves := self.disk_mover.report()):
+            fields["disk_moves"] = disk_moves
         if self.load is not None:
             try:
                 fields["load"] = self.load()
@@ -177,7 +181,7 @@ class Reconciler:
         self.errors, self.notes = [], []
         self._converging = True
         try:
-            done = self._hold_volumes() + self._converge(desired, here)
+            done = self._hold_volumes() + self._converge(desired, here) + self._move_disks(vms_here)
         finally:
             self._converging = False
         self._note_strays()
@@ -191,6 +195,14 @@ class Reconciler:
         done, errors = self.volumes.converge(self.state.volumes)
         self.errors.extend(errors)
         return done
+
+    def _move_disks(self, vms_here: list[dict[str, Any]]) -> list[str]:
+        """The disk moves the manager asks of this host's running VMs (gatekeeper/volumes/move.py)."""
+        if self.vms is None or (self.disk_mover is None and not any(d.move for v in self.state.vms for d in v.disks)):
+            return []
+        if self.disk_mover is None:
+            self.disk_mover = DiskMover(self.vms.hv.conn)
+        return self.disk_mover.step(self.state.vms, {v["name"] for v in vms_here if v["state"] == "running"})
 
     def _put_status(self, vms_here: list[dict[str, Any]]) -> None:
         self._send(self.report(vms_here))

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from softudc.cli.connect import add_arguments, connect
 from softudc.cli.errors import ok
+from softudc.cli.volume_move import add_move_parser, move_text
 
 COLUMNS = ["id", "class", "size", "from", "keep", "host", "allowed", "state"]
 
@@ -55,6 +56,8 @@ def describe_text(row: dict[str, Any]) -> str:
                                        if export else "-"))
     if row.get("reason"):
         lines.append(f"{'reason:':<14}{row['reason']}")
+    if "move" in row:  # its latest move (softudc/cli/volume_move.py)
+        lines.append(f"{'move:':<14}{move_text(row['move'])}")
     return "\n".join(lines)
 
 
@@ -93,3 +96,4 @@ def add_volume_parser(sub: Any) -> None:
     rm.add_argument("id", help="<farm>--<instance>--<volume>")
     add_arguments(rm)
     rm.set_defaults(fn=cmd_volume_delete)
+    add_move_parser(vsub)  # `volume move` (softudc/cli/volume_move.py)

@@ -38,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from softudc.console.app import install as install_console
 from softudc.etcd.client import EtcdError
-from softudc.manager import apiload, apiplans, apipower, apirollout, apiusage, dpm, volumes_api
+from softudc.manager import apiload, apiplans, apipower, apirollout, apiusage, dpm, volume_moves_api, volumes_api
 from softudc.manager.apimodels import (
     INSTANCE_PATTERN,
     NAME_PATTERN,
@@ -409,6 +409,7 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     app.include_router(apirollout.router)  # rolling host maintenance (softudc/manager/apirollout.py)
     app.include_router(apiusage.router)  # usage per farm and VM (softudc/manager/apiusage.py)
     app.include_router(volumes_api.router)  # the farms' volumes (softudc/manager/volumes_api.py)
+    app.include_router(volume_moves_api.router)  # online volume moves (softudc/manager/volume_moves_api.py)
     app.include_router(apiplans.router)  # rebalance plans (softudc/manager/apiplans.py)
     install_console(app)  # the web console under /console (softudc/console/)
     if m is not None:  # HA restart fences through the power drivers (softudc/manager/harestart.py)

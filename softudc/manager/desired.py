@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import functools
 import ipaddress
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from softudc.manager import migration
 from softudc.manager.reports import ipv4_or_none
+from softudc.manager.volume_moves import Move
 from softudc.manager.volumes import VolumeView
 from softudc.model.farm import Farm, VmDef
 from softudc.model.hoststate import CONTRACT_VERSION, SERVED, DesiredState, nic_mac, parse, vm_name
@@ -200,12 +201,13 @@ class DesiredInputs:
     thousands of hosts: that was O(hosts^2) per generation). Read it, never change it."""
 
     def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                 keys: Keys, volume_key: Callable[[str], str] | None = None) -> None:
+                 keys: Keys, volume_key: Callable[[str], str] | None = None,
+                 moves: Mapping[str, Move] | None = None) -> None:
         self.farms, self.reports = farms, reports
         self.keys: Keys = functools.cache(keys)  # each VNET's keys read and derived once for all hosts
         self.members = Members(farms, reports)  # each VNET's members worked out once
         self.index = [FarmIndex(f, status) for f, status in farms]  # each farm's instances by host, once
-        self.vols = VolumeView(farms, reports, volume_key)  # the volumes placed once (encrypted ones' keys)
+        self.vols = VolumeView(farms, reports, volume_key, moves)  # placed once (encrypted ones' keys, moves)
 
     def json(self, host: str) -> dict[str, Any]:
         """`desired_json` of `host` from these inputs."""

@@ -27,10 +27,12 @@ that kind. A volume's QoS limits (`iops`, `mbps`) go with its disk to the VM's h
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from softudc.manager import volume_moves
+from softudc.manager.volume_moves import Move
 from softudc.model.farm import Farm, VmDef
 from softudc.model.volume import EMPTY, IMAGE, VolumeDef, split_volume_id, volume_id
 
@@ -183,10 +185,12 @@ class VolumeView:
     disks already admit its destination (the source hands it over only then)."""
 
     def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                 key_of: Callable[[str], str] | None = None) -> None:
+                 key_of: Callable[[str], str] | None = None, moves: Mapping[str, Move] | None = None) -> None:
         self.key_of = key_of
+        self.reports, self.moves = reports, dict(moves or {})  # moves: softudc/manager/volume_moves.py
         self.held = held(reports)
         placed = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is not None}
+        placed.update(volume_moves.placements(self.moves, reports))  # not whichever host lists it first
         masters = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is None}
         with_volumes = [(f, st) for f, st in farms if any(vm.volumes for vm in f.vms)]
         free = pool_free(reports)
@@ -200,10 +204,15 @@ class VolumeView:
         for v in self.plan.on_host(host):
             if v.encrypted and self.key_of is None:
                 continue  # a view that holds no keys never makes an encrypted volume a plain one
-            source = v.source if v.source not in (EMPTY, IMAGE) else None
+            moved_here = v.id in self.moves and self.moves[v.id].to == host  # a move's copy is flat
+            source = v.source if v.source not in (EMPTY, IMAGE) and not moved_here else None
             out.append({"name": v.id, "size_bytes": v.size_bytes, **({"backing": source} if source else {}),
                         "allowed": list(v.allowed), "keep": v.keep,
                         **({"key": self.key_of(v.id)} if v.encrypted and self.key_of else {})})
+        if self.moves:  # a move's destination holds the volume before the switch-over
+            sizes = {v.id: (v.size_bytes, v.allowed, v.keep) for v in self.plan.volumes.values()}
+            out = sorted(out + volume_moves.destination_volumes(self.moves, self.reports, host, sizes),
+                         key=lambda v: str(v["name"]))
         return out
 
     def disks(self, farm: str, instance: str, vm: VmDef) -> list[dict[str, Any]]:
@@ -221,9 +230,11 @@ class VolumeView:
             if placed.cls == "local":
                 disk["local"] = True
             else:
-                export = self.held.get(placed.id, ("", {}))[1]
+                export = volume_moves.export_of(self.reports, placed.host, placed.id)
                 if export.get("port") and export.get("address"):
                     disk.update(address=export["address"], port=export["port"])
+                if move := volume_moves.disk_move(self.moves.get(vid), self.reports, placed.vm_host):
+                    disk["move"] = move
             out.append(disk)
         return out
 
@@ -233,7 +244,7 @@ class VolumeView:
         for vol in vm.volumes:
             vid = volume_id(farm, instance, vol.name)
             placed = self.plan.volumes.get(vid)
-            if placed is not None and placed.cls != "local" and host not in self.held.get(vid, ("", {}))[1].get(
-                    "allowed", []):
+            if placed is not None and placed.cls != "local" and host not in volume_moves.export_of(
+                    self.reports, placed.host, vid).get("allowed", []):
                 return False
         return True

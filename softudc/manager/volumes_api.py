@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from softudc.manager import volume_moves
 from softudc.manager.apideps import Mgr, Who
 from softudc.manager.apimodels import errors
 from softudc.manager.auth import Principal
@@ -49,7 +50,7 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
         raise ApiError(403, f"{who.name} ({who.role}) may not read farm {farm!r}")
     farms = [(f, o.status) for o in m.store.objects("farm")
              if who.can_read(o.name) and farm in (None, o.name) and (f := m.farms.for_hosts(o))]
-    view = VolumeView(farms, m.reports())
+    view = VolumeView(farms, m.reports(), moves=volume_moves.records(m.store))
     sizes = {}
     for f, status in farms:
         for inst in status.get("instances", []):
@@ -69,7 +70,9 @@ def volume(m: Manager, who: Principal, vid: str) -> dict[str, Any]:
                             "`softudc volume list` names them")
     for row in volumes(m, who, ids[0]) if m.store.get("farm", ids[0]) else []:
         if row["id"] == vid:
-            return row
+            move = m.store.get(volume_moves.KIND, vid)  # its latest move, if any (volume_moves_api.py)
+            return {**row, "move": volume_moves.status(volume_moves.from_obj(move), m.reports())
+                    if move is not None and not move.deleted else None}
     raise ApiError(404, f"no volume {vid}: farm {ids[0]} has no such instance or volume (`softudc volume list "
                         f"--farm {ids[0]}` names its volumes)")
 

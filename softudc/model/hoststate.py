@@ -7,14 +7,16 @@ documents by string key any more (review 1.3).
        vnets: [{id, farm, name, security, mtu, keys: {send_epoch, secrets: {epoch: hex}}, members}],
        vms:   [{name, vcpus, memory_mib, nics: [{vnet, mac, ip, peers}],
                 incoming | outgoing | migrate_to: {host, uri, attempt, downtime_ms} | restart_departed,
-                disks: [{volume, target, host, local | address, port, iops, mbps}]}],  (contract 3)
+                disks: [{volume, target, host, local | address, port, iops, mbps,
+                         move: {id, host, address, port, limit_mbps | adaptive}}]}],  (contract 3)
        volumes: [{name, size_bytes, backing, allowed, keep, key}]}             (contract 3)
     HostReport     PUT /v1/hosts/{name}/status, gatekeeper -> manager
       {contract, vcpus, memory_mib, state, migration_uri, underlay, vnets, dataplane,
        running, prepared, errors, notes, sizes: {vm: [vCPUs, MiB]},
        migrations: {vm: MigrationJob}, arrivals: {vm: Arrival}, departed: {vm: Departure},
        load: HostLoad (+ usage: {vm: VmUsage}, cumulative counters),
-       volumes: {name: HeldVolume {address, port, allowed}} (contract 3)}
+       volumes: {name: HeldVolume {address, port, allowed}} (contract 3),
+       disk_moves: {volume: DiskMoveReport {id, vm, to, state, cur_bytes, end_bytes, ...}} (contract 3)}
 
 Versions: each document carries `contract` (absent: 1, what gatekeepers before it send and read).
 A side reads every version in SERVED and refuses a newer one, saying which side to upgrade. A rolling
@@ -274,6 +276,7 @@ class HostReport(_Doc):
     pool: Given[StoragePool] = None  # issue 13: only a host running the storage service says it
     load: Given[HostLoad] = None  # issue 12: changes every report, kept out of the heartbeat comparison
     volumes: Given[dict[Name, HeldVolume]] = Field(None, max_length=MAX_VMS)  # contract 3: the pool's volumes
+    disk_moves: Given[dict[Name, DiskMoveReport]] = Field(None, max_length=MAX_VMS)  # volume -> its move here
 
 
 # --- what a host should run -------------------------------------------------------------------
@@ -315,6 +318,39 @@ class MigrateTo(_Doc):
 VolumeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,126}$")]  # gatekeeper/volumes/pool.py
 
 
+class DiskMove(_Doc):
+    """A running VM's remote disk being moved to another storage host (issue 13 item 4): the VM's
+    host copies the disk into `host`'s export at `address`:`port` (a libvirt block copy, the guest
+    reading and writing on), at most `limit_mbps` MB/s, or `adaptive`: as fast as the guest's disk
+    latency allows (within `max_latency_inflation_pct` of before the copy); then switches over to it.
+    `id` names the move (softudc/manager/volume_moves.py)."""
+
+    id: Name
+    host: Name
+    address: Address
+    port: Annotated[int, Field(ge=1, le=65535)]
+    limit_mbps: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    adaptive: bool = False
+    max_latency_inflation_pct: Annotated[int, Field(ge=1, le=10_000)] = 50
+
+
+class DiskMoveReport(_Doc):
+    """How a disk move this host carries out stands (gatekeeper/volumes/move.py): `pivoted` once
+    the VM's disk is the destination's export; bytes copied of the disk's, the rate of the last
+    seconds, the speed limit the job runs at, the guest's disk latency inflation (adaptive)."""
+
+    id: Name
+    vm: Name
+    to: Name
+    state: Literal["copying", "ready", "pivoted", "failed"]
+    cur_bytes: Count = 0
+    end_bytes: Count = 0
+    rate_bps: Given[Number] = None
+    speed_bps: Given[Count] = None
+    latency_inflation_pct: Given[Number] = None
+    error: Given[Text] = None
+
+
 class DesiredDisk(_Doc):
     """A volume the VM sees as a virtio disk (contract 3): this host's pool file (`local`), or the
     storage `host`'s NBD+TLS export at `address`:`port` (absent while the volume is not placed or
@@ -326,6 +362,7 @@ class DesiredDisk(_Doc):
     local: bool = False
     address: Address | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    move: DiskMove | None = None  # being moved to another storage host (issue 13 item 4)
     iops: Positive | None = None  # QoS: libvirt iotune total_iops_sec
     mbps: Positive | None = None  # QoS: libvirt iotune total_bytes_sec = mbps * 10^6
 
@@ -343,6 +380,13 @@ class DesiredVolume(_Doc):
     # An encrypted volume's LUKS passphrase (softudc/manager/volume_keys.py): handed to its qsd as
     # a QMP secret, never logged nor written to the host's disk. None: a plain volume.
     key: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(default=None, repr=False)
+    # issue 13 item 3 (gatekeeper/volumes/snapshots.py): made by freezing the pool volume
+    # `snapshot_of` (an external snapshot: that volume goes on in an overlay over this one);
+    # `drop`: unexport and delete it now (a volume the manager deletes); `flatten`: copy its backing
+    # chain into it in the background (the chain reached the manager's soft depth limit).
+    snapshot_of: VolumeName | None = None
+    drop: bool = False
+    flatten: bool = False
 
 
 class DesiredVm(_Doc):
