@@ -57,6 +57,10 @@ def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: l
         from softudc.bench.console import run_console
 
         return run_console()
+    if name == "volumes":
+        from softudc.bench.volumes import run_volumes
+
+        return run_volumes()
     from softudc.bench.reconcile import run_reconcile
 
     return run_reconcile()
@@ -123,6 +127,12 @@ def _print_console(result: dict[str, Any]) -> None:
     print_console(result)
 
 
+def _print_volumes(result: dict[str, Any]) -> None:
+    from softudc.bench.volumes import print_volumes
+
+    print_volumes(result)
+
+
 # the benchmarks by name, with how each prints its result for a reader (--json prints them all alike)
 _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "dataplane": _print_dataplane,
@@ -134,4 +144,5 @@ _PRINTERS: dict[str, Callable[[dict[str, Any]], None]] = {
     "balance": _print_balance,
     "console": _print_console,
     "ha": _print_ha,
+    "volumes": _print_volumes,
 }

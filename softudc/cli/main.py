@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks")
     bench.add_argument("bench_name", choices=["balance", "console", "dataplane", "ha", "images", "manager",
-                                              "migration", "placement", "reconcile"])
+                                              "migration", "placement", "reconcile", "volumes"])
     bench.add_argument("--runs", type=int, help="migrations per mode (migration, default 10); host kills (ha, "
                                                 "default 3)")
     bench.add_argument("--json", action="store_true")
