@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
+from softudc.manager import volume_moves
 from softudc.manager.auth import TokenStore
 from softudc.manager.desired import DesiredInputs
 from softudc.manager.errors import ApiError as ApiError  # raised by the API's operations; importers find it here
@@ -53,6 +54,7 @@ from softudc.manager.planning import _check_vnet_ids as _check_vnet_ids  # tests
 from softudc.manager.planning import _vnet_ids as _vnet_ids
 from softudc.manager.store import SqliteStore, Store
 from softudc.manager.usage import MeteredLoadView, UsageBook, UsageCollector
+from softudc.manager.volume_keys import VolumeKeys
 from softudc.pki import CertificateAuthority
 
 log = logging.getLogger("softudc.manager")
@@ -68,6 +70,7 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
                  leadership: Leadership | None = None) -> None:
         self.state_dir = private_dir(state_dir)  # 0700 even when an older version made it 0755
         self.store: Store = store if store is not None else SqliteStore(state_dir / "state.db")
+        self.volume_keys = VolumeKeys(self.store)  # encrypted volumes' keys (issue 13)
         self.manager_id = manager_id or f"{socket.gethostname()}-{os.getpid()}"
         self.leadership: Leadership = leadership or SoloLeadership(self.manager_id)
         self.tokens = TokenStore(state_dir / "tokens.json")
@@ -274,7 +277,8 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
         with self._reconcile_lock:  # one view of the farms: never a pass half written
             farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.for_hosts(o))]
             reports = self.reports()
-        return DesiredInputs(farms, reports, self._vnet_keys)
+            moves = volume_moves.records(self.store)
+        return DesiredInputs(farms, reports, self._vnet_keys, self.volume_keys, moves=moves)
 
     def _polled(self, name: str) -> dict[str, Any]:
         """A long poll's miss: `name`'s desired state from its generation's inputs."""
