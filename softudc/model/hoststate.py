@@ -8,7 +8,8 @@ documents by string key any more (review 1.3).
        vms:   [{name, vcpus, memory_mib, nics: [{vnet, mac, ip, peers}],
                 incoming | outgoing | migrate_to: {host, uri, attempt, downtime_ms} | restart_departed,
                 disks: [{volume, target, host, local | address, port, iops, mbps,
-                         move: {id, host, address, port, limit_mbps | adaptive}}]}],  (contract 3)
+                         move: {id, host, address, port, limit_mbps | adaptive},
+                         replicas: [{volume, host, address, port}]}]}],  (contract 3; replicas: mirrored)
        volumes: [{name, size_bytes, backing, allowed, keep, key}]}             (contract 3)
     HostReport     PUT /v1/hosts/{name}/status, gatekeeper -> manager
       {contract, vcpus, memory_mib, state, migration_uri, underlay, vnets, dataplane,
@@ -16,7 +17,8 @@ documents by string key any more (review 1.3).
        migrations: {vm: MigrationJob}, arrivals: {vm: Arrival}, departed: {vm: Departure},
        load: HostLoad (+ usage: {vm: VmUsage}, cumulative counters),
        volumes: {name: HeldVolume {address, port, allowed}} (contract 3),
-       disk_moves: {volume: DiskMoveReport {id, vm, to, state, cur_bytes, end_bytes, ...}} (contract 3)}
+       disk_moves: {volume: DiskMoveReport {id, vm, to, state, cur_bytes, end_bytes, ...}} (contract 3),
+       mirrors: {volume: MirrorHealth {replicas: {name: healthy|failed|rebuilding}, progress}} (contract 3)}
 
 Versions: each document carries `contract` (absent: 1, what gatekeepers before it send and read).
 A side reads every version in SERVED and refuses a newer one, saying which side to upgrade. A rolling
@@ -253,6 +255,14 @@ class HostLoad(_Doc):
     usage: Given[dict[Name, VmUsage]] = Field(None, max_length=MAX_VMS)  # issue 15: cumulative, every domain
 
 
+class MirrorHealth(_Doc):
+    """A mirrored volume a VM here opens (gatekeeper/volumes/mirror.py): each replica's health in
+    its quorum, and how far the rebuild of a new one is (0..1)."""
+
+    replicas: dict[Name, Literal["healthy", "failed", "rebuilding"]] = Field(default_factory=dict, max_length=4)
+    progress: Given[Annotated[float, Field(ge=0, le=1)]] = None
+
+
 class HostReport(_Doc):
     """What a gatekeeper says of its host. Every field may be left out (a host that has not said
     something has not said it); none may be null."""
@@ -277,6 +287,7 @@ class HostReport(_Doc):
     load: Given[HostLoad] = None  # issue 12: changes every report, kept out of the heartbeat comparison
     volumes: Given[dict[Name, HeldVolume]] = Field(None, max_length=MAX_VMS)  # contract 3: the pool's volumes
     disk_moves: Given[dict[Name, DiskMoveReport]] = Field(None, max_length=MAX_VMS)  # volume -> its move here
+    mirrors: Given[dict[Name, MirrorHealth]] = Field(None, max_length=MAX_VMS)  # mirrored volumes opened here
 
 
 # --- what a host should run -------------------------------------------------------------------
@@ -351,6 +362,16 @@ class DiskMoveReport(_Doc):
     error: Given[Text] = None
 
 
+class DesiredReplica(_Doc):
+    """A replica of a mirrored volume (softudc/manager/volume_replicas.py): the pool volume
+    `volume` (`<id>.r<N>`) on `host`, exported over NBD+TLS at `address`:`port`."""
+
+    volume: VolumeName
+    host: Name
+    address: Address
+    port: Annotated[int, Field(ge=1, le=65535)]
+
+
 class DesiredDisk(_Doc):
     """A volume the VM sees as a virtio disk (contract 3): this host's pool file (`local`), or the
     storage `host`'s NBD+TLS export at `address`:`port` (absent while the volume is not placed or
@@ -363,6 +384,9 @@ class DesiredDisk(_Doc):
     address: Address | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     move: DiskMove | None = None  # being moved to another storage host (issue 13 item 4)
+    # A mirrored volume (gatekeeper/volumes/mirror.py): its replicas exported so far; the VM's host
+    # serves them as one disk (a quorum); address/port are the first one's once two are exported.
+    replicas: list[DesiredReplica] = Field(default_factory=list, max_length=2)
     iops: Positive | None = None  # QoS: libvirt iotune total_iops_sec
     mbps: Positive | None = None  # QoS: libvirt iotune total_bytes_sec = mbps * 10^6
 
