@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.hypervisor.domain import DiskSpec
+from gatekeeper.volumes import snapshots
 from gatekeeper.volumes.pool import Pool
 from gatekeeper.volumes.service import VolumeService
 from softudc.atomicfile import write_atomic
@@ -38,7 +39,7 @@ GRACE_S = 15.0  # an unwanted volume is unexported and deleted once unwanted thi
 
 @dataclass(frozen=True)
 class VolumeAction:
-    op: str  # create | export | allow | unexport | delete | forget
+    op: str  # create | export | allow | unexport | delete | forget | snapshot | flatten
     name: str
     args: dict[str, Any] = field(repr=False)  # an encrypted volume's key is among them: never shown
 
@@ -52,23 +53,33 @@ def volume_actions(wanted: Sequence[DesiredVolume], have: dict[str, dict[str, An
     manager -> keep; `unwanted`: the managed volumes not wanted for GRACE_S already (removed now)."""
     actions = []
     for w in sorted(wanted, key=lambda v: v.name):
-        if w.name not in have:
-            actions.append(VolumeAction("create", w.name, {"size_bytes": w.size_bytes, "backing": w.backing,
-                                                           **({"key": w.key} if w.key else {})}))
-        exported = "allowed" in have.get(w.name, {})
-        if w.allowed and not exported:
-            actions.append(VolumeAction("export", w.name, {"allowed": sorted(set(w.allowed)),
-                                                           **({"key": w.key} if w.key else {})}))
-        elif w.allowed and sorted(set(w.allowed)) != sorted(have[w.name]["allowed"]):
-            actions.append(VolumeAction("allow", w.name, {"allowed": sorted(set(w.allowed))}))
-        elif not w.allowed and exported:
-            actions.append(VolumeAction("unexport", w.name, {}))
+        special = snapshots.actions(w, have, VolumeAction)  # dropped, a snapshot, flattened (issue 13 item 3)
+        actions += special if special is not None else _wanted(w, have)
     for name in sorted(unwanted & set(managed) - {w.name for w in wanted}):
         if "allowed" in have.get(name, {}):
             actions.append(VolumeAction("unexport", name, {}))
         if name in have and not managed[name]:
             actions.append(VolumeAction("delete", name, {}))
         actions.append(VolumeAction("forget", name, {}))
+    return actions
+
+
+def _wanted(w: DesiredVolume, have: dict[str, dict[str, Any]]) -> list[VolumeAction]:
+    """A wanted volume's actions: create it, export it, follow its allow list, flatten it."""
+    actions = []
+    if w.name not in have:
+        actions.append(VolumeAction("create", w.name, {"size_bytes": w.size_bytes, "backing": w.backing,
+                                                       **({"key": w.key} if w.key else {})}))
+    exported = "allowed" in have.get(w.name, {})
+    if w.allowed and not exported:
+        actions.append(VolumeAction("export", w.name, {"allowed": sorted(set(w.allowed)),
+                                                       **({"key": w.key} if w.key else {})}))
+    elif w.allowed and sorted(set(w.allowed)) != sorted(have[w.name]["allowed"]):
+        actions.append(VolumeAction("allow", w.name, {"allowed": sorted(set(w.allowed))}))
+    elif not w.allowed and exported:
+        actions.append(VolumeAction("unexport", w.name, {}))
+    if w.flatten and w.name in have:  # its chain reached the manager's soft depth limit
+        actions.append(VolumeAction("flatten", w.name, {}))
     return actions
 
 
@@ -154,6 +165,8 @@ class VolumeConverger:
             s.unexport(a.name)
         elif a.op == "delete":
             s.delete(a.name)
+        elif a.op in ("snapshot", "flatten"):
+            snapshots.apply(s, a.op, a.name, a.args)
         elif a.op == "forget":
             self.managed.pop(a.name, None)
             self._unwanted_since.pop(a.name, None)

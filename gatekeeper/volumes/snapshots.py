@@ -25,13 +25,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gatekeeper.volumes.pool import VolumeError, _qemu_img, check_name
 from gatekeeper.volumes.service import VolumeService
+from softudc.model.hoststate import DesiredVolume
 
 log = logging.getLogger("gatekeeper.volumes")
 SNAP_INFIX = ".snap."
+A = TypeVar("A")
 
 
 def snapshot_file(volume: str, snapshot: str) -> str:
@@ -123,3 +126,27 @@ def flatten_progress(service: VolumeService, volume: str) -> dict[str, int] | No
             if j.get("device") == f"flatten-{volume}"[:31]:
                 return {"offset": int(j.get("offset", 0)), "len": int(j.get("len", 0))}
     return None
+
+
+def actions(w: DesiredVolume, have: dict[str, dict[str, Any]],
+            action: Callable[[str, str, dict[str, Any]], A]) -> list[A] | None:
+    """The converger's actions (gatekeeper/volumes/converge.py, made by `action(op, name, args)`)
+    for a wanted volume that is dropped or a snapshot not taken yet; None for any other (the
+    converger's own: create, export, allow, flatten). A snapshot is taken once: while its file
+    is not in the pool."""
+    if w.drop:
+        out = [action("unexport", w.name, {})] if "allowed" in have.get(w.name, {}) else []
+        return out + ([action("delete", w.name, {})] if w.name in have else []) + [action("forget", w.name, {})]
+    if w.snapshot_of and w.name not in have:
+        return [action("snapshot", w.name, {"of": w.snapshot_of})]
+    return None
+
+
+def apply(service: VolumeService, op: str, name: str, args: dict[str, Any]) -> None:
+    """Carry out a `snapshot` or `flatten` action (see `actions`)."""
+    if op == "snapshot":
+        take(service, args["of"], name)
+    else:
+        state = flatten(service, name)
+        if state == "started":
+            log.info("volume %s: flattening, %s", name, flatten_progress(service, name))

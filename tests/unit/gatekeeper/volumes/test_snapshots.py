@@ -7,10 +7,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gatekeeper.volumes import snapshots
+from gatekeeper.volumes.converge import VolumeConverger
 from gatekeeper.volumes.pool import VolumeError
 from gatekeeper.volumes.service import VolumeService
+from softudc.model.hoststate import DesiredVolume
 
 MiB = 1 << 20
 
@@ -100,3 +104,38 @@ def test_a_failed_snapshot_leaves_the_volume_as_it_was(service: VolumeService) -
     with pytest.raises(VolumeError, match="already exists"):
         snapshots.take(service, "z", "z.snap.a")
     assert service.pool.info("z").backing is None
+
+
+def test_the_converger_takes_a_wanted_snapshot_once_and_drops_what_the_manager_deletes(
+        service: VolumeService, certs: Path) -> None:
+    conv = VolumeConverger(service)
+    base = DesiredVolume(name="b", size_bytes=2 * MiB, allowed=["h1"])
+    done, errors = conv.converge([base])
+    assert errors == [] and done == ["volume.create b", "volume.export b"]
+    nbd_io(service.exports.describe("b"), certs, "write -P 0x5a 0 1M")
+    snap = DesiredVolume(name="b.snap.one", size_bytes=2 * MiB, snapshot_of="b")
+    clone = DesiredVolume(name="c1", size_bytes=2 * MiB, backing="b.snap.one")
+    done, errors = conv.converge([base, snap, clone])
+    assert errors == [] and done == ["volume.snapshot b.snap.one", "volume.create c1"]
+    assert conv.converge([base, snap, clone]) == ([], [])  # taken once
+    assert holds(file_io(service.pool.path("c1"), "read -P 0x5a 0 1M"))
+    drop = [DesiredVolume(name=n, size_bytes=2 * MiB, drop=True) for n in ("b", "b.snap.one", "c1")]
+    done, errors = conv.converge(drop)
+    assert "volume.unexport b" in done and "volume.delete c1" in done and "volume.delete b" in done
+    conv.converge(drop)  # the snapshot after what it backed
+    assert service.volumes() == [] and service.exports.names() == [] and conv.managed == {}
+
+
+@given(st.sampled_from(["x", "x.snap.s"]), st.booleans(), st.booleans(), st.booleans())
+def test_actions_drop_everything_of_a_dropped_volume_and_snapshot_only_what_is_missing(
+        name: str, drop: bool, held: bool, exported: bool) -> None:
+    have = {name: ({"allowed": ["h1"]} if exported else {})} if held else {}
+    w = DesiredVolume(name=name, size_bytes=MiB, drop=drop, snapshot_of="x" if name != "x" else None)
+    out = snapshots.actions(w, have, lambda op, n, args: op)
+    if drop:
+        assert out is not None and out[-1] == "forget" and ("delete" in out) == held
+        assert ("unexport" in out) == (held and exported)
+    elif name != "x" and not held:
+        assert out == ["snapshot"]
+    else:
+        assert out is None
