@@ -22,6 +22,7 @@ from gatekeeper.migrations import Migrations
 from gatekeeper.vms import VmService
 from gatekeeper.vnet.service import VnetService
 from gatekeeper.volumes.converge import VolumeConverger, disk_specs
+from gatekeeper.volumes.mirror_hold import mirror_disk
 from gatekeeper.volumes.move import DiskMover
 from softudc.atomicfile import move_aside, write_atomic
 from softudc.model.hoststate import (
@@ -129,6 +130,8 @@ class Reconciler:
                 fields["volumes"] = self.volumes.have()
             except Exception as e:  # the pool's disk unreadable: the rest of the report still goes
                 log.warning("storage pool's volumes: %s; reported without them", e)
+        if self.volumes is not None and (mirrors := self.volumes.service.mirrors.report()):
+            fields["mirrors"] = mirrors  # mirrored volumes opened here: each replica's health
         if self.disk_mover is not None and (disk_moves := self.disk_mover.report()):
             fields["disk_moves"] = disk_moves
         if self.load is not None:
@@ -193,8 +196,9 @@ class Reconciler:
         if self.volumes is None:
             return []
         done, errors = self.volumes.converge(self.state.volumes)
-        self.errors.extend(errors)
-        return done
+        mirrored, mirror_errors = self.volumes.service.mirrors.converge(self.state.vms)  # mirror_hold.py
+        self.errors.extend(errors + mirror_errors)
+        return done + mirrored
 
     def _move_disks(self, vms_here: list[dict[str, Any]]) -> list[str]:
         """The disk moves the manager asks of this host's running VMs (gatekeeper/volumes/move.py)."""
@@ -297,7 +301,9 @@ class Reconciler:
         elif op == "vm.start":
             if vm_disks := next((v.disks for v in self.state.vms if v.name == args["name"]), []):
                 pool = self.volumes.service.pool if self.volumes is not None else None
-                self.vms.hv.attach[args["name"]] = disk_specs(vm_disks, pool)
+                mirrors = self.volumes.service.mirrors.mirrors if self.volumes is not None else None
+                self.vms.hv.attach[args["name"]] = tuple(mirror_disk(d, mirrors) if d.replicas else
+                                                         disk_specs([d], pool)[0] for d in vm_disks)
             self.vms.start(args["name"], args["nics"], args["vcpus"], args["memory_mib"])
             self.migrations.departed.pop(args["name"], None)  # converge starts a departed VM only on the manager's word
         elif op == "vm.stop":

@@ -18,6 +18,8 @@ from typing import Any
 
 from gatekeeper.volumes import crypt
 from gatekeeper.volumes.exports import Exports
+from gatekeeper.volumes.mirror import Mirrors
+from gatekeeper.volumes.mirror_hold import MirrorKeeper
 from gatekeeper.volumes.pool import Pool, VolumeError, check_name
 
 log = logging.getLogger("gatekeeper.volumes")
@@ -28,6 +30,7 @@ class VolumeService:
                  capacity_bytes: int | None = None, thin: bool = False) -> None:
         self.pool = Pool(pool_dir, capacity_bytes, thin)
         self.exports = Exports(self.pool, run_dir, tls_dir, address, base_port)
+        self.mirrors = MirrorKeeper(Mirrors(run_dir, tls_dir))  # quorums of the mirrored volumes VMs here open
 
     def start(self) -> None:
         restarted = self.exports.restore()
