@@ -151,8 +151,11 @@ class MoveJob(threading.Thread):
             if self.move.adaptive:
                 self.speed = ADAPTIVE_START
             params = {libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH: self.speed} if self.speed else {}
+            # TRANSIENT_JOB: libvirt 9.0 refuses a copy job on a persistent domain otherwise; the
+            # pivot changes the live definition only (a start defines the domain again from the
+            # manager's disks, which name the destination by then).
             dom.blockCopy(self.target, dest_xml(self.move, self.volume), params,
-                          libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+                          libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB)
             log.info("%s: copying disk %s of %s to %s at %s B/s", self.volume, self.target, self.vm, self.move.host,
                      self.speed or "full speed")
         self.started = self.clock()

@@ -104,7 +104,8 @@ def test_a_limited_move_copies_at_its_limit_and_pivots_once_in_sync() -> None:
     dom = FakeDom()
     job = run(dom)
     assert dom.calls[0] == ("copy", ("vdb", {libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH: 8 * MB},
-                                     libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT))
+                                     libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
+                                     | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB))
     assert "protocol=\"nbd\"" in dom.dest and "tls=\"yes\"" in dom.dest and "port=\"10809\"" in dom.dest
     pivots = [c for c in dom.calls if c[0] == "abort"]
     assert len(pivots) == 2  # the first refused (not in sync), the second done
