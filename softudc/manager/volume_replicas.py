@@ -138,8 +138,12 @@ class MirroredVolume:
 
 
 class Sized(Protocol):
-    host: str
-    size_bytes: int
+    """A planned volume (softudc/manager/volumes.py PlacedVolume): its host and size."""
+
+    @property
+    def host(self) -> str: ...
+    @property
+    def size_bytes(self) -> int: ...
 
 
 def _farm_hosts(status: dict[str, Any]) -> tuple[str, ...]:
