@@ -13,6 +13,7 @@ from urllib.parse import quote
 from softudc.cli.connect import add_arguments, connect
 from softudc.cli.errors import ok
 from softudc.cli.volume_move import add_move_parser, move_text
+from softudc.cli.volume_ops import add_ops_parsers
 
 COLUMNS = ["id", "class", "size", "from", "keep", "host", "allowed", "state"]
 
@@ -97,3 +98,4 @@ def add_volume_parser(sub: Any) -> None:
     add_arguments(rm)
     rm.set_defaults(fn=cmd_volume_delete)
     add_move_parser(vsub)  # `volume move` (softudc/cli/volume_move.py)
+    add_ops_parsers(vsub)  # `volume create|snapshot|clone` (softudc/cli/volume_ops.py)

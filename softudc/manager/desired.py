@@ -202,12 +202,12 @@ class DesiredInputs:
 
     def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
                  keys: Keys, volume_key: Callable[[str], str] | None = None,
-                 moves: Mapping[str, Move] | None = None) -> None:
+                 moves: Mapping[str, Move] | None = None, objects: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.farms, self.reports = farms, reports
         self.keys: Keys = functools.cache(keys)  # each VNET's keys read and derived once for all hosts
         self.members = Members(farms, reports)  # each VNET's members worked out once
         self.index = [FarmIndex(f, status) for f, status in farms]  # each farm's instances by host, once
-        self.vols = VolumeView(farms, reports, volume_key, moves)  # placed once (encrypted ones' keys, moves)
+        self.vols = VolumeView(farms, reports, volume_key, moves, objects)  # placed once (keys, moves, objects)
 
     def json(self, host: str) -> dict[str, Any]:
         """`desired_json` of `host` from these inputs."""

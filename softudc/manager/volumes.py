@@ -31,10 +31,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from softudc.manager import volume_moves
+from softudc.manager import volume_moves, volume_objects
 from softudc.manager.volume_moves import Move
 from softudc.model.farm import Farm, VmDef
-from softudc.model.volume import EMPTY, IMAGE, VolumeDef, split_volume_id, volume_id
+from softudc.model.volume import EMPTY, IMAGE, SNAP_INFIX, VolumeDef, backing_name, split_volume_id, volume_id
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def _choose(vol: VolumeDef, vm_host: str, room: dict[str, int], masters: dict[st
 def _choose_clone(vol: VolumeDef, master: str, vm_host: str, room: dict[str, int],
                   masters: dict[str, str]) -> tuple[str | None, str]:
     """A clone lives on its master's host (its backing file is the master's qcow2)."""
-    host = masters.get(master)
+    host = masters.get(backing_name(master))  # a master's, or VOLUME@SNAP's snapshot volume
     if host is None:
         return None, (f"no host holds the master volume {master}; create it in a host's pool first "
                       "(gatekeeper local API volume.create)")
@@ -185,18 +185,22 @@ class VolumeView:
     disks already admit its destination (the source hands it over only then)."""
 
     def __init__(self, farms: list[tuple[Farm, dict[str, Any]]], reports: dict[str, dict[str, Any]],
-                 key_of: Callable[[str], str] | None = None, moves: Mapping[str, Move] | None = None) -> None:
+                 key_of: Callable[[str], str] | None = None, moves: Mapping[str, Move] | None = None,
+                 objects: Mapping[str, dict[str, Any]] | None = None) -> None:
         self.key_of = key_of
         self.reports, self.moves = reports, dict(moves or {})  # moves: softudc/manager/volume_moves.py
         self.held = held(reports)
         placed = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is not None}
         placed.update(volume_moves.placements(self.moves, reports))  # not whichever host lists it first
-        masters = {name: host for name, (host, _) in self.held.items() if split_volume_id(name) is None}
+        masters = {name: host for name, (host, _) in self.held.items()  # masters, standalone volumes, snapshots
+                   if split_volume_id(name) is None or SNAP_INFIX in name}
         with_volumes = [(f, st) for f, st in farms if any(vm.volumes for vm in f.vms)]
         free = pool_free(reports)
         for host in placed.values():  # a report without its pool (unreadable for a round) keeps what it holds
             free.setdefault(host, 0)
         self.plan = plan_volumes(with_volumes, free, placed, masters)
+        self.objects = volume_objects.Tree(dict(objects or {}), {n: h for n, (h, _) in self.held.items()},
+                                           {v.id: (v.source, v.size_bytes) for v in self.plan.volumes.values()})
 
     def for_host(self, host: str) -> list[dict[str, Any]]:
         """The DesiredState `volumes` of `host`."""
@@ -205,7 +209,7 @@ class VolumeView:
             if v.encrypted and self.key_of is None:
                 continue  # a view that holds no keys never makes an encrypted volume a plain one
             moved_here = v.id in self.moves and self.moves[v.id].to == host  # a move's copy is flat
-            source = v.source if v.source not in (EMPTY, IMAGE) and not moved_here else None
+            source = backing_name(v.source) if v.source not in (EMPTY, IMAGE) and not moved_here else None
             out.append({"name": v.id, "size_bytes": v.size_bytes, **({"backing": source} if source else {}),
                         "allowed": list(v.allowed), "keep": v.keep,
                         **({"key": self.key_of(v.id)} if v.encrypted and self.key_of else {})})
@@ -213,7 +217,7 @@ class VolumeView:
             sizes = {v.id: (v.size_bytes, v.allowed, v.keep) for v in self.plan.volumes.values()}
             out = sorted(out + volume_moves.destination_volumes(self.moves, self.reports, host, sizes),
                          key=lambda v: str(v["name"]))
-        return out
+        return out + volume_objects.desired(self.objects, host, set(self.plan.volumes))  # standalone, snapshots
 
     def disks(self, farm: str, instance: str, vm: VmDef) -> list[dict[str, Any]]:
         """The DesiredVm `disks` of an instance, vdb onwards: one not placed yet, or not exported

@@ -7,6 +7,7 @@
           - {name: data, size: 10Gi, class: remote, from: empty, keep: true}
           - {name: root, size: 2Gi, class: local, from: image}       # a copy of the VM's image
           - {name: ref, size: 1Gi, from: pg-master}                   # a copy-on-write clone of a master
+          - {name: fork, size: 1Gi, from: gold@v1}                    # ... of snapshot v1 of volume gold
 
 Each instance gets its own volumes, named `<farm>--<vm>-<replica>--<volume>` (volume_id). `class`
 is `local` (on the VM's host, default) or `remote` (on a host with free pool capacity, served to
@@ -22,6 +23,7 @@ total_iops_sec / total_bytes_sec), so a noisy volume cannot starve its neighbour
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +32,8 @@ from softudc.model.source import Mark, Node
 
 CLASSES = ("local", "remote")
 EMPTY, IMAGE = "empty", "image"
+SNAP_INFIX = ".snap."  # snapshot S of volume V is the pool volume V.snap.S (gatekeeper/volumes/snapshots.py)
+REF_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,126}$")  # a pool volume's name (gatekeeper/volumes/pool.py)
 MAX_VOLUMES = 8  # per VM
 MIN_SIZE, MAX_SIZE = 1 << 20, 64 << 40  # 1 MiB .. 64 TiB
 UNITS = {"Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
@@ -43,7 +47,7 @@ class VolumeDef:
     name: str
     size_bytes: int
     cls: str = "local"
-    source: str = EMPTY  # empty | image | a master volume's name
+    source: str = EMPTY  # empty | image | a master volume's name | VOLUME@SNAPSHOT
     keep: bool = False
     encrypted: bool = False  # LUKS qcow2, key kept by the manager (class remote only)
     iops: int | None = None  # QoS: total I/O operations per second (libvirt iotune total_iops_sec)
@@ -146,4 +150,20 @@ def _limit(c: Checks, m: dict[str, Node], key: str, most: int, path: str) -> int
 def _source(c: Checks, node: Node, path: str) -> str | None:
     if node.value in (EMPTY, IMAGE):
         return str(node.value)
+    if isinstance(node.value, str) and "@" in node.value:  # a snapshot: VOLUME@SNAPSHOT
+        volume, _, snap = node.value.partition("@")
+        if not REF_RE.match(volume) or not REF_RE.match(snap) or "@" in snap:
+            c.fail(node.mark, path, f"{node.value!r} is not VOLUME@SNAPSHOT (`softudc volume list` names them)")
+            return None
+        return node.value
+    if isinstance(node.value, str) and split_volume_id(node.value) is not None:
+        c.fail(node.mark, path, f"{node.value!r} is a farm's volume: clone a snapshot of it ({node.value}@SNAPSHOT, "
+                                "`softudc volume snapshot` first)")
+        return None
     return c.name(node, path)  # a master volume's name (`softudc volume create --master`)
+
+
+def backing_name(source: str) -> str:
+    """The pool volume a clone of `source` backs on: a master's own, or VOLUME@SNAP's snapshot volume."""
+    volume, _, snap = source.partition("@")
+    return f"{volume}{SNAP_INFIX}{snap}" if snap else volume

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
+
 from softudc.cli.volume import add_volume_parser, render, size_text
 
 ROWS = [{"id": "shop--db-0--big", "class": "local", "size_bytes": 64 << 40, "from": "empty", "keep": False,
@@ -47,3 +49,20 @@ def test_describe_shows_the_export_and_the_parser_takes_describe_and_delete() ->
     a = p.parse_args(["volume", "describe", "shop--db-0--data", "-o", "json"])
     assert (a.id, a.output, a.fn.__name__) == ("shop--db-0--data", "json", "cmd_volume_describe")
     assert p.parse_args(["volume", "delete", "x--y--z"]).fn.__name__ == "cmd_volume_delete"
+
+
+def test_create_snapshot_and_clone_parse_and_sizes_are_checked() -> None:
+    from softudc.cli.errors import CliError
+    from softudc.cli.volume_ops import create_body
+
+    p = argparse.ArgumentParser()
+    add_volume_parser(p.add_subparsers(dest="command"))
+    a = p.parse_args(["volume", "create", "gold", "--size", "10Gi", "--master", "--host", "h2"])
+    assert create_body(a) == {"name": "gold", "size_bytes": 10 << 30, "master": True, "host": "h2"}
+    a = p.parse_args(["volume", "create", "gold", "--size", "10GB"])
+    with pytest.raises(CliError, match="--size '10GB'"):
+        create_body(a)
+    a = p.parse_args(["volume", "clone", "gold@v1", "b1"])
+    assert (a.source, a.new) == ("gold@v1", "b1")
+    a = p.parse_args(["volume", "snapshot", "shop--db-0--data", "s1"])
+    assert (a.volume, a.snapshot) == ("shop--db-0--data", "s1")

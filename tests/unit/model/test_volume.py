@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from softudc.model.farm import validate
 from softudc.model.source import DescriptorError
-from softudc.model.volume import MAX_SIZE, VolumeDef, parse_size_bytes, split_volume_id, volume_id
+from softudc.model.volume import MAX_SIZE, VolumeDef, backing_name, parse_size_bytes, split_volume_id, volume_id
 
 FARM = """apiVersion: softudc.io/v1alpha1
 kind: Farm
@@ -53,6 +53,13 @@ def test_encrypted_and_qos_attributes_validate() -> None:
     assert (plain.encrypted, plain.iops, plain.mbps) == (False, None, None)
 
 
+def test_a_clone_of_a_snapshot_backs_on_the_snapshot_s_volume() -> None:
+    f = validate(farm("{name: a, size: 1Gi, from: gold@v1}", "{name: b, size: 1Gi, from: shop--db-0--data@s1}"))
+    a, b = f.vms[0].volumes
+    assert (a.master, backing_name(a.source)) == ("gold@v1", "gold.snap.v1")
+    assert backing_name(b.source) == "shop--db-0--data.snap.s1" and backing_name("gold") == "gold"
+
+
 def test_a_vm_without_volumes_has_none() -> None:
     text = farm("{name: a, size: 1Mi}").split("      volumes:")[0]
     assert validate(text).vms[0].volumes == ()
@@ -75,6 +82,10 @@ def test_a_vm_without_volumes_has_none() -> None:
     ("{name: a, size: 1Gi, mbps: fast}", "spec.vms[0].volumes[0].mbps: 'fast' must be a whole number from 1"),
     ("{name: a, size: 1Gi, mbps: true}", "spec.vms[0].volumes[0].mbps: True must be a whole number"),
     ("{name: a--b, size: 1Gi}", "spec.vms[0].volumes[0].name: 'a--b' contains '--'"),
+    ("{name: a, size: 1Gi, from: gold@}", "volumes[0].from: 'gold@' is not VOLUME@SNAPSHOT"),
+    ("{name: a, size: 1Gi, from: g@a@b}", "volumes[0].from: 'g@a@b' is not VOLUME@SNAPSHOT"),
+    ("{name: a, size: 1Gi, from: shop--db-0--data}", "volumes[0].from: 'shop--db-0--data' is a farm's volume: "
+                                                     "clone a snapshot of it"),
 ])
 def test_each_mistake_is_named_at_its_field(volume: str, expected: str) -> None:
     got = problems(volume)
