@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from softudc.atomicfile import create_exclusive, private_dir, write_atomic
-from softudc.manager import volume_moves
+from softudc.manager import volume_moves, volume_objects
 from softudc.manager.auth import TokenStore
 from softudc.manager.desired import DesiredInputs
 from softudc.manager.errors import ApiError as ApiError  # raised by the API's operations; importers find it here
@@ -278,7 +278,8 @@ class Manager(Keys, Planning, FarmOps, Hosts, Moves):
             farms = [(f, o.status) for o in self.store.objects("farm") if (f := self.farms.for_hosts(o))]
             reports = self.reports()
             moves = volume_moves.records(self.store)
-        return DesiredInputs(farms, reports, self._vnet_keys, self.volume_keys, moves=moves)
+            objects = volume_objects.records(self.store)
+        return DesiredInputs(farms, reports, self._vnet_keys, self.volume_keys, moves=moves, objects=objects)
 
     def _polled(self, name: str) -> dict[str, Any]:
         """A long poll's miss: `name`'s desired state from its generation's inputs."""
