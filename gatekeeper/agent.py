@@ -18,6 +18,7 @@ from gatekeeper import api
 from gatekeeper.config import GatekeeperConfig, load_config
 from gatekeeper.metrics import make_registry
 from gatekeeper.vms import VmService
+from gatekeeper.vnet.bpf import handover
 from gatekeeper.vnet.devices import Devices
 from gatekeeper.vnet.service import VnetService
 from gatekeeper.volumes.service import VolumeService
@@ -50,9 +51,10 @@ async def run(config_path: str) -> None:
             from gatekeeper.volumes.metrics import VolumesCollector
             registry.register(VolumesCollector(config.host, volumes))
         start_http_server(int(port), addr=addr, registry=registry)
-    stop = asyncio.Event()
+    stop, restart = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _restart_in_place, restart, stop)  # handover.py
     log.info("gatekeeper %s up: underlay %s, transport %s, flood %s", config.host,
              config.underlay_address, config.transport, config.flood)
     try:
@@ -71,8 +73,15 @@ async def run(config_path: str) -> None:
             for task in tasks:
                 task.cancel()
     finally:
-        service.stop()
+        kept = service.stop(keep_datapath=restart.is_set())
         log.info("gatekeeper %s stopped", config.host)
+    if restart.is_set():
+        handover.reexec(kept)
+
+
+def _restart_in_place(restart: asyncio.Event, stop: asyncio.Event) -> None:
+    restart.set()
+    stop.set()
 
 
 def _volumes(config: GatekeeperConfig) -> VolumeService | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.config import GatekeeperConfig, load_keys, parse_vnet_keys
+from gatekeeper.vnet.bpf import handover
 from gatekeeper.vnet.bpf.fastpath import FastPath
 from gatekeeper.vnet.devices import Devices, bridge_name, open_tap, tap_name
 from gatekeeper.vnet.forwarder import Forwarder
@@ -66,12 +67,16 @@ class VnetService:
     def start(self) -> None:
         self.forwarder.start()
         self._restore()
+        with self.lock:
+            self.fastpath.adopted(self.cache)  # after a restart in place: the pinned FDB (handover.py)
 
-    def stop(self) -> None:
+    def stop(self, keep_datapath: bool = False) -> dict[str, int]:
+        """`keep_datapath`: a restart in place; the eBPF VNETs' TAPs (returned) stay open for the successor."""
         self.forwarder.stop()
-        self.fastpath.stop()
-        for port in list(self.forwarder.vnets.values()):
+        kept = self.fastpath.stop(keep=keep_datapath)
+        for port in [p for p in self.forwarder.vnets.values() if p.fd not in kept.values()]:
             os.close(port.fd)
+        return kept
 
     # --- API operations -----------------------------------------------------------------------
 
@@ -105,7 +110,7 @@ class VnetService:
             mtu = mtu or fits
             self.devices.ensure_bridge(bridge_name(vnet), mtu)
             offload = self.config.offload
-            fd = open_tap(tap_name(vnet), offload=offload)
+            fd = handover.take(tap_name(vnet)) or open_tap(tap_name(vnet), offload=offload)
             try:
                 self.devices.enslave(tap_name(vnet), bridge_name(vnet), mtu)
                 self._install_keys(vnet, vnet_keys)

@@ -19,12 +19,13 @@ import socket
 from pathlib import Path
 
 from gatekeeper.config import GatekeeperConfig
-from gatekeeper.vnet.bpf import gro, grolink, layouts
+from gatekeeper.vnet.bpf import gro, grolink, handover, layouts
 from gatekeeper.vnet.bpf.libbpf import BpfError
 from gatekeeper.vnet.bpf.loader import Datapath, detach, remove_pins
 from gatekeeper.vnet.bpf.selection import PathChoice, bpf_problem, choose, metrics_lines
-from gatekeeper.vnet.devices import bridge_name
+from gatekeeper.vnet.devices import bridge_name, tap_name
 from gatekeeper.vnet.port import VnetPort
+from gatekeeper.vnet.varp_cache import VarpCache
 
 log = logging.getLogger("gatekeeper.vnet.bpf")
 BPF_F_INGRESS = 1
@@ -42,6 +43,7 @@ class FastPath:
         self._ports: dict[int, VnetPort] = {}
         self._folded: dict[int, tuple[int, int, int, int]] = {}  # BPF totals already in port.stats
         self._dp: Datapath | None = None
+        self._adopted: dict[layouts.FdbKey, str] = {}  # ebs_fdb as a predecessor left it (handover.py)
         self._problem: str | None = None
         self._probed = False
         self.sync_errors = 0
@@ -73,6 +75,7 @@ class FastPath:
             assert self.pin_dir is not None
             underlay = socket.if_nametoindex(self.config.underlay_interface)  # before anything is mounted
             dp = Datapath(self.pin_dir)
+            self._adopted = dp.fdb()  # empty unless a gatekeeper restarted in place (or crashed)
             # bpf_fib_lookup needs forwarding on the lookup device (docs/ebpf.md)
             Path(f"/proc/sys/net/ipv4/conf/{self.config.underlay_interface}/forwarding").write_text("1\n")
             dp.set_cfg(layouts.Cfg(self.config.underlay_address, underlay, layouts.CFG_PUNT))
@@ -172,10 +175,28 @@ class FastPath:
             lines += [f'softudc_vnet_ebpf_packets_total{{verdict="{k}"}} {v}' for k, v in self._dp.counters().items()]
         return lines
 
-    def stop(self) -> None:
-        """Take the programs off the devices and drop the pins (the TAPs go with their fds)."""
+    def adopted(self, cache: VarpCache) -> None:
+        """After the restore (under the service lock): the VARP cache starts from the FDB the previous
+        gatekeeper left in the pinned map, so the first sync keeps it; TAPs handed over for VNETs
+        that are gone are closed."""
+        for key, addr in self._adopted.items():
+            if key.vnet in self._taps:
+                cache.announce(key.vnet, bytes.fromhex(key.mac.replace(":", "")), addr)
+        if self._adopted:
+            log.info("eBPF data path: %d FDB entries adopted from the pinned map", len(self._adopted))
+        self._adopted = {}
+        handover.close_rest()
+
+    def stop(self, keep: bool = False) -> dict[str, int]:
+        """Take the programs off the devices and drop the pins (the TAPs go with their fds). With
+        `keep` (a restart in place, handover.py) leave programs, pins and GRO pairs as they are and
+        return the eBPF VNETs' TAPs (name -> descriptor) for the successor to take over."""
         if self._dp is None:
-            return
+            return {}
+        if keep:
+            self._dp.close()
+            self._dp = None
+            return {tap_name(vnet): port.fd for vnet, port in self._ports.items()}
         devices: list[int | str] = [self.config.underlay_interface, *self._taps.values(), *self._gro_links.values()]
         for ifindex in devices:
             try:
@@ -190,6 +211,7 @@ class FastPath:
         self._taps.clear()
         assert self.pin_dir is not None
         remove_pins(self.pin_dir)
+        return {}
 
 
 def _choose_gro(underlay: str) -> gro.GroChoice:
