@@ -57,6 +57,10 @@ def describe_text(row: dict[str, Any]) -> str:
                                        if export else "-"))
     if row.get("reason"):
         lines.append(f"{'reason:':<14}{row['reason']}")
+    for r in row.get("replicas") or []:  # a mirrored volume's (softudc/manager/volume_replicas.py)
+        lines.append(f"{'replica:':<14}{r['name']} on {r['host']}: {r['state']}")
+    if "progress" in row:
+        lines.append(f"{'rebuilt:':<14}{row['progress']:.0%}")
     if "move" in row:  # its latest move (softudc/cli/volume_move.py)
         lines.append(f"{'move:':<14}{move_text(row['move'])}")
     return "\n".join(lines)

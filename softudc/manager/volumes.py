@@ -33,6 +33,7 @@ from typing import Any
 
 from softudc.manager import volume_moves, volume_objects
 from softudc.manager.volume_moves import Move
+from softudc.manager.volume_replicas import MIRRORED, admits, mirrored_disk, place_mirrored, replica_volumes
 from softudc.model.farm import Farm, VmDef
 from softudc.model.volume import EMPTY, IMAGE, SNAP_INFIX, VolumeDef, backing_name, split_volume_id, volume_id
 
@@ -79,7 +80,8 @@ def plan_volumes(farms: Iterable[tuple[Farm, dict[str, Any]]], free: dict[str, i
     plan = VolumePlan()
     room = dict(free)
     wanted = [(farm, status, inst, vol) for farm, status in farms for inst in status.get("instances", [])
-              for vm in farm.vms if vm.name == inst.get("vm") for vol in vm.volumes]
+              for vm in farm.vms if vm.name == inst.get("vm") for vol in vm.volumes
+              if vol.cls != MIRRORED]  # mirrored ones: their replicas (volume_replicas.py)
     for farm, status, inst, vol in wanted:  # kept placements first: they hold their room already
         vid = volume_id(farm.name, inst["name"], vol.name)
         host = placed.get(vid)
@@ -199,6 +201,7 @@ class VolumeView:
         for host in placed.values():  # a report without its pool (unreadable for a round) keeps what it holds
             free.setdefault(host, 0)
         self.plan = plan_volumes(with_volumes, free, placed, masters)
+        self.mirrored = place_mirrored(with_volumes, reports, free, self.plan.volumes.values())  # their replicas
         self.objects = volume_objects.Tree(dict(objects or {}), {n: h for n, (h, _) in self.held.items()},
                                            {v.id: (v.source, v.size_bytes) for v in self.plan.volumes.values()})
 
@@ -217,6 +220,7 @@ class VolumeView:
             sizes = {v.id: (v.size_bytes, v.allowed, v.keep) for v in self.plan.volumes.values()}
             out = sorted(out + volume_moves.destination_volumes(self.moves, self.reports, host, sizes),
                          key=lambda v: str(v["name"]))
+        out += replica_volumes(self.mirrored, host)  # mirrored volumes' replicas (volume_replicas.py)
         return out + volume_objects.desired(self.objects, host, set(self.plan.volumes))  # standalone, snapshots
 
     def disks(self, farm: str, instance: str, vm: VmDef) -> list[dict[str, Any]]:
@@ -225,6 +229,9 @@ class VolumeView:
         out = []
         for target, vol in zip(TARGETS, vm.volumes, strict=False):
             vid = volume_id(farm, instance, vol.name)
+            if vid in self.mirrored:  # its replicas' exports: the VM's host joins them (quorum)
+                out.append(mirrored_disk(self.mirrored[vid], f"vd{target}", self.reports))
+                continue
             placed = self.plan.volumes.get(vid)
             if placed is None:  # not placed (yet): the VM waits for it; GET /v1/volumes says why
                 out.append({"volume": vid, "target": f"vd{target}"})
@@ -247,6 +254,8 @@ class VolumeView:
         destination opens the disks before the switch-over)."""
         for vol in vm.volumes:
             vid = volume_id(farm, instance, vol.name)
+            if vid in self.mirrored and not admits(self.mirrored[vid], self.reports, host):
+                return False
             placed = self.plan.volumes.get(vid)
             if placed is not None and placed.cls != "local" and host not in volume_moves.export_of(
                     self.reports, placed.host, vid).get("allowed", []):

@@ -30,7 +30,7 @@ from typing import Protocol
 from softudc.model.hoststate import SEPARATOR
 from softudc.model.source import Mark, Node
 
-CLASSES = ("local", "remote")
+CLASSES = ("local", "remote", "mirrored")
 EMPTY, IMAGE = "empty", "image"
 SNAP_INFIX = ".snap."  # snapshot S of volume V is the pool volume V.snap.S (gatekeeper/volumes/snapshots.py)
 REF_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,126}$")  # a pool volume's name (gatekeeper/volumes/pool.py)
@@ -121,6 +121,10 @@ def _volume(c: Checks, node: Node, path: str) -> VolumeDef | None:
     if encrypted and cls is not None and cls != "remote":
         c.fail(m["encrypted"].mark, f"{path}.encrypted", "an encrypted volume must be `class: remote` (its "
                f"storage host's qemu-storage-daemon holds the key), not {cls}")
+        return None
+    if cls == "mirrored" and source not in (None, EMPTY):  # softudc/manager/volume_replicas.py
+        c.fail(m["from"].mark, f"{path}.from", "a mirrored volume starts empty (its two replicas are made side "
+               f"by side), not from {source}; use `class: remote` for a clone or an image")
         return None
     if name is None or size is None or cls is None or source is None or keep is None or encrypted is None \
             or iops == WRONG or mbps == WRONG:

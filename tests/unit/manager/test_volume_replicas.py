@@ -108,3 +108,31 @@ def test_replicas_are_on_distinct_live_hosts_with_room(rooms: dict[str, int], de
     assert len(set(hosts)) == len(hosts) <= 2 and not set(hosts) & dead
     assert all(room[h] >= GiB for h in hosts)
     assert (why == "") == (len(chosen) == 2)
+
+
+def test_a_mirrored_volume_through_the_view_and_the_desired_states() -> None:
+    from softudc.manager.desired import desired_json
+    from softudc.manager.volumes import VolumeView
+    from softudc.model.farm import Farm, VmDef
+    from softudc.model.volume import VolumeDef
+
+    def no_keys(farm: str, vnet: str) -> dict[str, Any]:
+        return {}
+
+    f = Farm("shop", (), (VmDef("db", 1, 1, 256, "img", (), volumes=(VolumeDef("data", GiB, "mirrored"),)),))
+    st = {"instances": [{"name": "db-0", "vm": "db", "host": "h1"}]}
+    reports: dict[str, dict[str, Any]] = {h: {"pool": {"free_bytes": 4 * GiB}} for h in ("h1", "h2", "h3")}
+    view = VolumeView([(f, st)], reports)
+    assert [v["name"] for v in view.for_host("h2") + view.for_host("h3")] == [f"{VID}.r1", f"{VID}.r2"]
+    assert view.for_host("h1") == [] and view.plan.volumes == {}  # the VM's host holds no replica
+    assert "port" not in view.disks("shop", "db-0", f.vms[0])[0]  # the VM waits for both exports
+    reports["h2"]["volumes"] = {f"{VID}.r1": {"address": "10.0.0.2", "port": 10809, "allowed": ["h1"]}}
+    reports["h3"]["volumes"] = {f"{VID}.r2": {"address": "10.0.0.3", "port": 10809, "allowed": ["h1"]}}
+    reports["h1"]["mirrors"] = {VID: {"replicas": {f"{VID}.r1": HEALTHY, f"{VID}.r2": FAILED}}}
+    view = VolumeView([(f, st)], reports)
+    disk = view.disks("shop", "db-0", f.vms[0])[0]
+    assert [r["volume"] for r in disk["replicas"]] == [f"{VID}.r1"]  # r2 lost, r3 (on h1) not exported yet
+    assert view.for_host("h1")[0]["name"] == f"{VID}.r3" and not view.admit("shop", "db-0", f.vms[0], "h2")
+    reports["h1"].update(state="ready", contract=3)
+    desired = desired_json("h1", [(f, st)], reports, no_keys)
+    assert desired["volumes"][0]["name"] == f"{VID}.r3" and desired["vms"][0]["disks"][0]["replicas"]

@@ -69,8 +69,10 @@ def test_a_vm_without_volumes_has_none() -> None:
     ("{name: a, size: 10GB}", "f.yaml:13:27: spec.vms[0].volumes[0].size: '10GB' is not a size"),
     ("{name: a, size: 0Mi}", "spec.vms[0].volumes[0].size: '0Mi' is not a size"),
     ("{name: a, size: 65Ti}", "spec.vms[0].volumes[0].size"),
-    ("{name: a, size: 1Gi, class: mirrored}", "spec.vms[0].volumes[0].class: 'mirrored', expected one of: local, "
-                                                "remote"),
+    ("{name: a, size: 1Gi, class: raid5}", "spec.vms[0].volumes[0].class: 'raid5', expected one of: local, "
+                                             "remote, mirrored"),
+    ("{name: a, size: 1Gi, class: mirrored, from: gold}", "spec.vms[0].volumes[0].from: a mirrored volume starts "
+                                                          "empty"),
     ("{name: a, size: 1Gi, from: Bad_Master}", "spec.vms[0].volumes[0].from: 'Bad_Master' is not a name"),
     ("{name: a, size: 1Gi, keep: yes please}", "spec.vms[0].volumes[0].keep: 'yes please' must be true or false"),
     ("{name: a, size: 1Gi, qos: gold}", "spec.vms[0].volumes[0].qos: unknown field"),
