@@ -177,6 +177,7 @@ def request(store: Store, row: dict[str, Any], to: str, limit_mbps: int | None, 
     at = time.time() if now is None else now
     move = Move(f"m{int(at * 1000):x}", vid, row["host"], to, limit_mbps, adaptive, max_pct, at)
     store.put(KIND, vid, {k: v for k, v in move.as_json().items() if k != "volume"})
+    store.set_status(KIND, vid, {"state": "requested"})  # a put keeps the status: the move before was done
     store.event(KIND, vid, "Requested", f"move of {vid} from {move.source} to {to} "
                 + ("(adaptive)" if adaptive else f"at {limit_mbps} MB/s" if limit_mbps else "(no limit)"))
     return move

@@ -149,6 +149,16 @@ def test_request_records_one_move_at_a_time_then_finish_marks_it_done_and_prunes
     assert volume_moves.records(store) == {}  # the source dropped it: nothing left to guard against
 
 
+def test_a_move_after_a_done_one_starts_afresh() -> None:
+    store = cast(Store, FakeStore())
+    free = {"h2": GiB, "h3": 20 * GiB}
+    first = volume_moves.request(store, ROW, "h3", 8, False, 50, free, {}, True, now=1.0)
+    store.set_status(volume_moves.KIND, VID, {"state": "done"})
+    back = volume_moves.request(store, {**ROW, "host": "h3"}, "h2", 8, False, 50, free, {}, True, now=2.0)
+    got = volume_moves.records(store)[VID]
+    assert got == back and not got.done and got.id != first.id and got.to == "h2"
+
+
 def test_a_failed_move_may_be_asked_for_again() -> None:
     store = cast(Store, FakeStore())
     free = {"h2": GiB, "h3": 20 * GiB}
