@@ -50,6 +50,8 @@ async def run(config_path: str) -> None:
         if volumes is not None:
             from gatekeeper.volumes.metrics import VolumesCollector
             registry.register(VolumesCollector(config.host, volumes))
+            from gatekeeper.volumes.mirror_hold import ReplicaCollector
+            registry.register(ReplicaCollector(config.host, volumes.mirrors))  # mirrored volumes opened here
         start_http_server(int(port), addr=addr, registry=registry)
     stop, restart = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
