@@ -411,6 +411,7 @@ class VnetService:
                 self.devices.forget_fdb(bridge_name(msg.vnet), msg.vmac.hex(":"))  # not to the old TAP
                 self.varp_counts["moved_away"] += 1
             commands = self.cache.announce(msg.vnet, msg.vmac, str(msg.addr))
+            self.fastpath.announced(msg.vnet, msg.vmac, self.cache.fdb)  # the eBPF map at once (item 3)
         self._run(commands)
 
     # --- helpers ------------------------------------------------------------------------------

@@ -142,6 +142,18 @@ class FastPath:
             if self.sync_errors & (self.sync_errors - 1) == 0:  # 1st, 2nd, 4th, 8th ...: rate-limited log
                 log.warning("eBPF data path: FDB sync failed (%d so far): %s", self.sync_errors, e)
 
+    def announced(self, vnet: int, mac: bytes, fdb: dict[tuple[int, bytes], str]) -> None:
+        """An ANNOUNCE set (vnet, mac) in the VARP cache (`fdb`): its ebs_fdb entry follows at once,
+        not at the next tick (a migrated VM's frames go to its new host without up to 0.25 s more)."""
+        addr = fdb.get((vnet, mac))
+        if addr is None or vnet not in self._taps or self._dp is None:
+            return
+        try:
+            self._dp.update("ebs_fdb", layouts.FdbKey(vnet, mac.hex(":")).pack(), layouts.pack_fdb_val(addr))
+        except (BpfError, OSError, ValueError) as e:
+            self.sync_errors += 1
+            log.warning("eBPF data path: FDB update for an ANNOUNCE failed: %s", e)
+
     def _fold_stats(self, dp: Datapath) -> None:
         """Add what BPF carried since the last tick to the VNET's frame/byte counters (vnet.list)."""
         for vnet, port in self._ports.items():

@@ -138,6 +138,30 @@ def test_a_migration_moves_the_entry_and_the_stale_entry_stays_until_removed(pin
         fp._dp = None
 
 
+def test_an_announce_moves_the_map_entry_at_once_without_a_tick(pin_dir: Path) -> None:
+    """Item 3: a gratuitous ANNOUNCE (a VM migrated) updates ebs_fdb at once, not at the next sync."""
+    cache = VarpCache(lambda: 0.0, TIMERS)
+    fp = FastPath(CONFIG, pin_dir.parent / "state.json")
+    fp._dp = Datapath(pin_dir)
+    fp._taps = {7: 0}
+    key = layouts.FdbKey(7, MACS[2].hex(":"))
+    try:
+        fp.sync(cache.fdb)
+        cache.announce(7, MACS[2], "10.0.0.2")
+        fp.announced(7, MACS[2], cache.fdb)
+        assert fp._dp.fdb() == {key: "10.0.0.2"}
+        cache.announce(7, MACS[2], "10.0.0.4")  # migrated: its new host announced it
+        fp.announced(7, MACS[2], cache.fdb)
+        assert fp._dp.fdb() == {key: "10.0.0.4"} == cache_view(cache)
+        cache.announce(9, MACS[2], "10.0.0.3")  # a userspace VNET: never in the map
+        fp.announced(9, MACS[2], cache.fdb)
+        assert fp._dp.fdb() == {key: "10.0.0.4"} and fp.sync_errors == 0
+    finally:
+        fp._dp.delete("ebs_fdb", key.pack())
+        fp._dp.close()
+        fp._dp = None
+
+
 def test_a_new_member_host_is_written_to_the_members_map(pin_dir: Path) -> None:
     """A host joining an eBPF VNET (an HA restart placed a VM there) must reach ebs_members: the
     programs drop frames from non-members and flood only to members (found by `softudc bench ha`:
