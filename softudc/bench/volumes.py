@@ -10,7 +10,9 @@ io         in a guest (a lab of 3 hosts with a manager; the VMs on h1), through 
            class exists). seq_mbps: 64 KiB reads of IO_MIB written MiB; seq_write_mbps: writing
            them (fsync); rand_iops: 4 KiB reads at queue depth 1 (one dd: the guest has no fio).
            Ratios to local.
-move       vol-move's measurement when it lands; until then null with the reason.
+move       the remote guest's volume moved between storage hosts at several limits and in adaptive
+           mode while the guest reads (softudc/bench/volumes_move.py); null with the reason if
+           moves fail.
 """
 
 from __future__ import annotations
@@ -193,6 +195,22 @@ def guest_io(lab: Lab, kinds: tuple[str, ...], notes: list[str]) -> dict[str, di
     return out
 
 
+def _moves(lab: Lab, notes: list[str]) -> list[dict[str, Any]] | None:
+    """The remote VM's volume moved h2 -> h3 -> h2 ... at each limit (softudc/bench/volumes_move.py)."""
+    from softudc.bench.volumes_move import measure_moves
+
+    get = _diskrate(lab.endpoints["bva"].netns, _insts(lab)["remote"]["addresses"]["net"])
+    try:
+        moves = measure_moves(lambda method, path, body: _api(lab, method, path, body), "bv--remote-0--data",
+                              ("h2", "h3"), get)
+    except (RuntimeError, ValueError, OSError) as e:
+        notes.append(f"move: null: {e}")
+        return None
+    for m in moves:
+        print(f"bench volumes: move {m}", file=sys.stderr)
+    return moves
+
+
 def run_volumes(state_dir: str | None = None) -> dict[str, Any]:
     if os.geteuid() != 0:
         raise RuntimeError("softudc bench volumes needs root (a lab of network namespaces and guests)")
@@ -206,6 +224,7 @@ def run_volumes(state_dir: str | None = None) -> dict[str, Any]:
         lab = lab_up(LabSpec("bv" + secrets.token_hex(3), hosts=3, manager=True, vms=True), state)
         try:
             io: dict[str, Any] = guest_io(lab, kinds, notes)
+            moves = _moves(lab, notes) if io.get("remote") else None
         finally:
             call(lab, "DELETE", "/v1/farms/bv")
             lab_down(lab.spec.name, state)
@@ -215,13 +234,12 @@ def run_volumes(state_dir: str | None = None) -> dict[str, Any]:
     if "mirrored" not in kinds:
         io["mirrored"] = None
         notes.append("io.mirrored: null: the class `mirrored` is not in this version's descriptor (vol-mirror)")
-    notes.append("move: null: volume moves (vol-move) are not in this version")
     return {"benchmark": "volumes", "accel": lab.accel, "clone_ms": clones,
             "clone_ratio_1TiB_to_1GiB": round(clones["1TiB"] / clones["1GiB"], 2) if clones["1GiB"] else None,
             "clone_target_ms": TARGET_CLONE_MS, "io": io, "io_ratio_to_local": ratios(io),
             "io_method": f"in the guest: {IO_MIB} MiB written (fsync) then read, 64 KiB O_DIRECT; {IOPS_OPS} reads "
                          "of 4 KiB O_DIRECT at queue depth 1",
-            "move": None, "notes": notes}
+            "move": moves, "notes": notes}
 
 
 def print_volumes(result: dict[str, Any]) -> None:
