@@ -4,10 +4,10 @@ of its own, which clones use as their backing file, while the volume goes on in 
 A snapshot `S` of volume `V` is the pool file `V.snap.S.qcow2` (`snapshot_file`): the bytes `V`
 held when it was taken, never written again. Taking it:
 
-1. rename `V.qcow2` to `V.snap.S.qcow2` (an export's daemon keeps its open file: same inode);
-2. `qemu-img create -f qcow2 -u -b V.snap.S.qcow2 -F qcow2 V.qcow2 SIZE`: `V` is now an empty
-   overlay over the frozen file (relative backing name, as every pool clone; `-u`: the backing is
-   not opened, the daemon holds its lock);
+1. `qemu-img create -f qcow2 -u -b V.snap.S.qcow2 -F qcow2 .V.overlay SIZE`: an empty overlay
+   over the name the frozen file will have (relative, as every pool clone; `-u`: not opened);
+2. hard-link `V.qcow2` as `V.snap.S.qcow2` (the file an export's daemon has open: same inode),
+   then rename the overlay to `V.qcow2` (atomic: a pool listing never misses the volume);
 3. if `V` is exported: in its qemu-storage-daemon, `blockdev-add` the new overlay (no backing yet)
    and QMP `blockdev-snapshot {node: <the export's node>, overlay: <it>}`: QEMU drains and flushes
    the old top, links it under the overlay and moves the export onto the overlay. A write the
@@ -70,14 +70,19 @@ def take(service: VolumeService, volume: str, frozen: str) -> dict[str, Any]:
         raise VolumeError(f"volume {volume} is encrypted: its snapshots are not supported yet")
     size = pool.info(volume).size_bytes
     top = export_node(service, volume) if exported else ""
-    os.rename(src, dst)
+    tmp = pool.directory / f".{volume}.overlay"  # not *.qcow2: no listing sees it half made
+    _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", dst.name, "-F", "qcow2", str(tmp), str(size))
     try:
-        _qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", dst.name, "-F", "qcow2", str(src), str(size))
+        os.link(src, dst)  # the frozen name for the file as it is (the daemon's open file)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise VolumeError(f"volume {volume}: snapshot {frozen}: {e}") from None
+    os.rename(tmp, src)  # atomic: the volume's name is never missing from the pool
+    try:
         if exported:
             _switch(service, volume, top, frozen)
     except Exception:
-        src.unlink(missing_ok=True)
-        os.rename(dst, src)
+        os.rename(dst, src)  # the volume's name back on its file; the overlay is gone
         raise
     log.info("volume %s: snapshot %s taken (%s)", volume, frozen, "live" if exported else "offline")
     return service.describe(volume)
