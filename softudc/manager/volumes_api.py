@@ -50,7 +50,12 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
         raise ApiError(403, f"{who.name} ({who.role}) may not read farm {farm!r}")
     farms = [(f, o.status) for o in m.store.objects("farm")
              if who.can_read(o.name) and farm in (None, o.name) and (f := m.farms.for_hosts(o))]
-    view = VolumeView(farms, m.reports(), moves=volume_moves.records(m.store))
+    reports = m.reports()
+    view = VolumeView(farms, reports, moves=volume_moves.records(m.store))
+    held = dict(view.held)
+    for vid, v in view.plan.volumes.items():  # held by its planned host (a moved one: both report it a while)
+        if vid in ((reports.get(v.host) or {}).get("volumes") or {}):
+            held[vid] = (v.host, volume_moves.export_of(reports, v.host, vid))
     sizes = {}
     for f, status in farms:
         for inst in status.get("instances", []):
@@ -60,7 +65,7 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
                     sizes[vid] = {"id": vid, "farm": f.name, "instance": inst["name"], "volume": vol.name,
                                   "class": vol.cls, "size_bytes": vol.size_bytes, "from": vol.source,
                                   "keep": vol.keep}
-    return listing(view.plan, sizes, view.held)
+    return listing(view.plan, sizes, held)
 
 
 def volume(m: Manager, who: Principal, vid: str) -> dict[str, Any]:
