@@ -19,6 +19,8 @@ volume; `keep: true` leaves the volume when the farm is deleted.
 the storage host's qemu-storage-daemon gets it as a QMP `secret` object and serves the volume
 decrypted over NBD+TLS only. `iops` / `mbps`: QoS limits of the VM's disk (libvirt `<iotune>`
 total_iops_sec / total_bytes_sec), so a noisy volume cannot starve its neighbours.
+`migrate: refuse | copy` (local volumes only, default refuse): whether the VM may migrate, its
+volume copied along (softudc/manager/volume_migration.py).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ REF_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,126}$")  # a pool volume's name (ga
 MAX_VOLUMES = 8  # per VM
 MIN_SIZE, MAX_SIZE = 1 << 20, 64 << 40  # 1 MiB .. 64 TiB
 UNITS = {"Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
-FIELDS = {"name", "size", "class", "from", "keep", "encrypted", "iops", "mbps"}
+FIELDS = {"name", "size", "class", "from", "keep", "encrypted", "iops", "mbps", "migrate"}
+MIGRATE = ("refuse", "copy")  # a local volume when its VM migrates (softudc/manager/volume_migration.py)
 MAX_IOPS, MAX_MBPS = 1_000_000, 100_000  # QoS limits: 1..these
 WRONG = 0  # a QoS limit that was refused (reported at its line)
 
@@ -52,6 +55,7 @@ class VolumeDef:
     encrypted: bool = False  # LUKS qcow2, key kept by the manager (class remote only)
     iops: int | None = None  # QoS: total I/O operations per second (libvirt iotune total_iops_sec)
     mbps: int | None = None  # QoS: total MB/s (10^6 bytes; iotune total_bytes_sec)
+    migrate: str = "refuse"  # local: refuse the VM's migration, or copy the volume along (live only)
 
     @property
     def master(self) -> str | None:
@@ -118,6 +122,7 @@ def _volume(c: Checks, node: Node, path: str) -> VolumeDef | None:
     source = _source(c, m["from"], f"{path}.from") if "from" in m else EMPTY
     keep, encrypted = _flag(c, m, "keep", path), _flag(c, m, "encrypted", path)
     iops, mbps = _limit(c, m, "iops", MAX_IOPS, path), _limit(c, m, "mbps", MAX_MBPS, path)
+    migrate = _migrate(c, m, cls, path)
     if encrypted and cls is not None and cls != "remote":
         c.fail(m["encrypted"].mark, f"{path}.encrypted", "an encrypted volume must be `class: remote` (its "
                f"storage host's qemu-storage-daemon holds the key), not {cls}")
@@ -127,9 +132,21 @@ def _volume(c: Checks, node: Node, path: str) -> VolumeDef | None:
                f"by side), not from {source}; use `class: remote` for a clone or an image")
         return None
     if name is None or size is None or cls is None or source is None or keep is None or encrypted is None \
-            or iops == WRONG or mbps == WRONG:
+            or iops == WRONG or mbps == WRONG or migrate is None:
         return None
-    return VolumeDef(name, size, cls, source, keep, encrypted, iops or None, mbps or None)
+    return VolumeDef(name, size, cls, source, keep, encrypted, iops or None, mbps or None, migrate)
+
+
+def _migrate(c: Checks, m: dict[str, Node], cls: str | None, path: str) -> str | None:
+    """`migrate: refuse | copy`, for a local volume only (a network volume stays where it is)."""
+    if "migrate" not in m:
+        return "refuse"
+    migrate = c.choice(m["migrate"], f"{path}.migrate", MIGRATE)
+    if migrate is not None and cls is not None and cls != "local":
+        c.fail(m["migrate"].mark, f"{path}.migrate", f"migrate applies to local volumes; a {cls} volume is "
+               "reached over the network wherever its VM runs (leave migrate out)")
+        return None
+    return migrate
 
 
 def _flag(c: Checks, m: dict[str, Node], key: str, path: str) -> bool | None:
