@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from softudc import libvirturi
-from softudc.manager import migration
+from softudc.manager import migration, volume_migration
 from softudc.manager.auth import Principal
 from softudc.manager.controller import HOST_DOWN_AFTER_S, inventory
 from softudc.manager.errors import ApiError
@@ -80,6 +80,8 @@ class Moves:
                                 "cancel it (POST this route with {\"cancel\": true})")
         if inst["host"] == to:
             raise ApiError(409, f"{instance} already runs on {to}")
+        if refused := volume_migration.refusal(instance, vm, inst["host"], vm.migration == "live"):
+            raise ApiError(409, refused)  # local volumes (issue 13 item 5)
         reports = self.reports()
         source = reports.get(inst["host"], {})
         if source.get("state", "down") == "down":
