@@ -23,6 +23,7 @@ from softudc.manager.apimodels import errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager
+from softudc.manager.volume_replicas import mirrored_rows
 from softudc.manager.volumes import VolumePlan, VolumeView
 from softudc.model.volume import split_volume_id, volume_id
 
@@ -65,7 +66,8 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
                     sizes[vid] = {"id": vid, "farm": f.name, "instance": inst["name"], "volume": vol.name,
                                   "class": vol.cls, "size_bytes": vol.size_bytes, "from": vol.source,
                                   "keep": vol.keep}
-    return listing(view.plan, sizes, held)
+    return sorted(listing(view.plan, sizes, held) + mirrored_rows(view.mirrored, view.reports, sizes),
+                  key=lambda r: str(r["id"]))
 
 
 def volume(m: Manager, who: Principal, vid: str) -> dict[str, Any]:
