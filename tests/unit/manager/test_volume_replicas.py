@@ -136,3 +136,14 @@ def test_a_mirrored_volume_through_the_view_and_the_desired_states() -> None:
     reports["h1"].update(state="ready", contract=3)
     desired = desired_json("h1", [(f, st)], reports, no_keys)
     assert desired["volumes"][0]["name"] == f"{VID}.r3" and desired["vms"][0]["disks"][0]["replicas"]
+
+
+def test_a_mirrored_volume_s_row_names_its_replicas_and_the_rebuild_s_progress() -> None:
+    from softudc.manager.volume_replicas import mirrored_rows
+
+    m = MirroredVolume(VID, GiB, False, "h1", ("h1",), ((f"{VID}.r1", "h2"), (f"{VID}.r3", "h1")))
+    reports = {"h1": {"mirrors": {VID: {"replicas": {f"{VID}.r1": HEALTHY, f"{VID}.r3": REBUILDING},
+                                        "progress": 0.5}}}}
+    row, = mirrored_rows({VID: m}, reports, {VID: {"id": VID, "class": "mirrored"}})
+    assert (row["state"], row["progress"], row["class"]) == (REBUILDING, 0.5, "mirrored")
+    assert [(r["host"], r["state"]) for r in row["replicas"]] == [("h2", HEALTHY), ("h1", REBUILDING)]
