@@ -20,8 +20,10 @@ writes would reach only one replica, which ``x-blockdev-change`` (detach, attach
 job would have: the job's target may not have a second writer while the job runs.
 
 A replica's health: ``failed`` once its storage host stops answering on the export's port (a TCP
-connect, ``PROBE_S``) or once QEMU reported it bad; a failed child stays failed (its NBD client does
-not reconnect: it missed writes) until replaced.
+connect each round, ``PROBE_S``); a failed child stays failed (its NBD client does not reconnect:
+it missed writes) until replaced. QEMU's QUORUM_REPORT_BAD events would name a failed child even
+when its server came back between two probes, but qsd has one QMP monitor, which a listener would
+hold (the commands here connect per call): that needs a second ``--monitor`` (daemon.py).
 
 State per mirror in ``<run_dir>/<dir>/mirror.json`` (replicas, children, the rebuild), so a restarted
 gatekeeper adopts the daemon.
