@@ -36,9 +36,10 @@ def _two_vnet_lab(make_lab: Callable[..., Lab], **kwargs: object) -> Lab:
     return lab
 
 
-@pytest.mark.parametrize("transport", ["udp", "raw"])
+@pytest.mark.parametrize(("transport", "datapath"), [("udp", "auto"), ("udp", "userspace"), ("raw", "auto")])
 def test_same_subnet_vnets_are_isolated(make_lab: Callable[..., Lab], captures: Callable[..., Capture],
-                                        transport: str) -> None:
+                                        transport: str, datapath: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", datapath)  # the default path and the forced userspace one
     lab = _two_vnet_lab(make_lab, transport=transport)
     caps = {name: captures(ep.netns, "eth0", name) for name, ep in lab.endpoints.items()}
     for src, dst in [("a1", "10.0.0.2"), ("a1", "10.0.0.3"), ("a2", "10.0.0.3"), ("b1", "10.0.0.2"),
@@ -56,8 +57,11 @@ def test_same_subnet_vnets_are_isolated(make_lab: Callable[..., Lab], captures: 
                    for p in rdpcap(str(cap.path))), f"{name} saw nothing from its own vnet"
 
 
+@pytest.mark.parametrize("datapath", ["auto", "userspace"])
 def test_broadcast_reaches_every_member_once_and_no_one_else(make_lab: Callable[..., Lab],
-                                                             captures: Callable[..., Capture]) -> None:
+                                                             captures: Callable[..., Capture], datapath: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", datapath)  # the default path and the forced userspace one
     lab = _two_vnet_lab(make_lab)
     caps = {name: captures(ep.netns, "eth0", name, "udp port 9999") for name, ep in lab.endpoints.items()}
     marker = b"softudc-broadcast-marker"
