@@ -44,7 +44,8 @@ def cmd_volume_list(a: argparse.Namespace) -> None:
 
 
 DESCRIBED = [("id", "id"), ("farm", "farm"), ("instance", "instance"), ("volume", "volume"), ("class", "class"),
-             ("from", "from"), ("keep", "keep"), ("storage host", "host"), ("VM's host", "vm_host"),
+             ("from", "from"), ("keep", "keep"), ("encrypted", "encrypted"), ("iops limit", "iops"),
+             ("MB/s limit", "mbps"), ("storage host", "host"), ("VM's host", "vm_host"),
              ("allowed", "allowed"), ("state", "state")]
 
 

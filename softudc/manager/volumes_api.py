@@ -65,7 +65,8 @@ def volumes(m: Manager, who: Principal, farm: str | None = None) -> list[dict[st
                     vid = volume_id(f.name, inst["name"], vol.name)
                     sizes[vid] = {"id": vid, "farm": f.name, "instance": inst["name"], "volume": vol.name,
                                   "class": vol.cls, "size_bytes": vol.size_bytes, "from": vol.source,
-                                  "keep": vol.keep}
+                                  "keep": vol.keep, "encrypted": vol.encrypted, "iops": vol.iops,
+                                  "mbps": vol.mbps}  # never the key (softudc/manager/volume_keys.py)
     return sorted(listing(view.plan, sizes, held) + mirrored_rows(view.mirrored, view.reports, sizes),
                   key=lambda r: str(r["id"]))
 

@@ -23,7 +23,7 @@ spec:
       image: test-guest
       nics: [{vnet: front}]
       volumes:
-        - {name: data, size: 2Gi, class: remote, keep: true}
+        - {name: data, size: 2Gi, class: remote, keep: true, encrypted: true, mbps: 20}
         - {name: big, size: 64Ti}
 """
 
@@ -40,6 +40,7 @@ def test_the_farm_s_volumes_are_listed_planned_or_unplaced(world: tuple[Manager,
                                                                   ("shop--db-0--data", "planned", "h1")]
     data = rows[1]
     assert (data["class"], data["size_bytes"], data["keep"], data["allowed"]) == ("remote", 2 * GiB, True, ["h1"])
+    assert (data["encrypted"], data["iops"], data["mbps"]) == (True, None, 20) and "key" not in data
     assert "h1's pool has 8589934592 bytes free, the volume needs 70368744177664" in rows[0]["reason"]
     assert volumes(m, Principal("v", "viewer", ("other",))) == []
     with pytest.raises(ApiError, match="may not read farm 'shop'"):
