@@ -26,6 +26,7 @@ from softudc.daemonmain import daemon_main
 
 if TYPE_CHECKING:
     from gatekeeper.reconciler import Reconciler
+    from gatekeeper.volumes.move import DiskMover
 
 log = logging.getLogger("gatekeeper")
 TICK = 0.25
@@ -44,6 +45,7 @@ async def run(config_path: str) -> None:
         adopted = await loop.run_in_executor(None, vms.hv.adopt)
         log.info("adopted %d running VM(s): %s", len(adopted), ", ".join(adopted) or "none")
     volumes = await loop.run_in_executor(None, _volumes, config)  # adopts running exports
+    mover = _disk_mover(vms)  # online moves of this host's VMs' disks (issue 13 item 4)
     if config.metrics_listen:
         addr, port = config.metrics_listen.rsplit(":", 1)
         registry = make_registry(service)
@@ -52,6 +54,8 @@ async def run(config_path: str) -> None:
             registry.register(VolumesCollector(config.host, volumes))
             from gatekeeper.volumes.mirror_hold import ReplicaCollector
             registry.register(ReplicaCollector(config.host, volumes.mirrors))  # mirrored volumes opened here
+        from gatekeeper.volumes.move import MovesCollector
+        registry.register(MovesCollector(config.host, mover))  # nothing without a hypervisor
         start_http_server(int(port), addr=addr, registry=registry)
     stop, restart = asyncio.Event(), asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -69,7 +73,7 @@ async def run(config_path: str) -> None:
             tasks = [tg.create_task(api.serve(config.api_socket, ops), name="api"),
                      tg.create_task(_ticker(service), name="varp-timer")]
             if config.manager is not None:
-                tasks.append(tg.create_task(_manager_loop(config, service, vms, state_file, volumes),
+                tasks.append(tg.create_task(_manager_loop(config, service, vms, state_file, volumes, mover),
                                             name="manager-sync"))
             await stop.wait()
             for task in tasks:
@@ -97,6 +101,14 @@ def _volumes(config: GatekeeperConfig) -> VolumeService | None:
     return volumes
 
 
+def _disk_mover(vms: VmService | None) -> DiskMover | None:
+    """Online moves of the VMs' disks (gatekeeper/volumes/move.py): a host with a hypervisor."""
+    if vms is None:
+        return None
+    from gatekeeper.volumes.move import DiskMover
+    return DiskMover(vms.hv.conn)
+
+
 def _status(config: GatekeeperConfig, service: VnetService, started: float) -> Callable[[], dict[str, Any]]:
     """The local API's `status`: what this gatekeeper is and carries."""
     def status() -> dict[str, Any]:
@@ -113,7 +125,7 @@ async def _ticker(service: VnetService) -> None:
 
 
 async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmService | None,
-                        state_file: Path, volumes: VolumeService | None = None) -> None:
+                        state_file: Path, volumes: VolumeService | None = None, mover: DiskMover | None = None) -> None:
     """Report to the manager and converge on what it wants, round after round."""
     assert config.manager is not None
     # Here, not at the top: httpx and the reconciler cost ~0.3 s of start-up that a gatekeeper
@@ -126,6 +138,7 @@ async def _manager_loop(config: GatekeeperConfig, service: VnetService, vms: VmS
                         mc.memory_mib, state_file.with_name("gatekeeper-managed.json"),
                         config.hypervisor.migration_uri if config.hypervisor else None,
                         pool=volumes.pool_status if volumes is not None else None)
+    client.disk_mover = mover
     if volumes is not None:  # the volumes the manager wants here (issue 13, contract 3)
         from gatekeeper.volumes.converge import VolumeConverger
         client.volumes = VolumeConverger(volumes, state_file.with_name("gatekeeper-volumes.json"))

@@ -29,10 +29,12 @@ import logging
 import threading
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import libvirt
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from softudc.model.hoststate import DesiredVm, DiskMove
 
@@ -224,6 +226,7 @@ class DiskMover:
         self.conn, self.clock = conn, clock
         self.job: Factory = job or (lambda vm, target, volume, move: MoveJob(self.conn, vm, target, volume, move))
         self.jobs: dict[str, MoveJob] = {}  # volume -> its latest move here
+        self.forgotten_bytes = 0  # copied by jobs no longer listed (the bytes counter stays monotonic)
 
     def step(self, vms: Iterable[DesiredVm], running: set[str]) -> list[str]:
         """Start the moves asked for that have no job yet; cancel those no longer asked for."""
@@ -237,10 +240,12 @@ class DiskMover:
             if volume not in wanted or wanted[volume][2].id != job.move.id:
                 job.cancelled.set()
                 if not job.is_alive():
+                    self.forgotten_bytes += job.cur
                     del self.jobs[volume]
         for volume, (name, target, move) in sorted(wanted.items()):
             old = self.jobs.get(volume)
             if old is None or (old.state == "failed" and not old.is_alive() and self.clock() - old.ended >= RETRY_S):
+                self.forgotten_bytes += old.cur if old is not None else 0
                 self.jobs[volume] = self.job(name, target, volume, move)
                 self.jobs[volume].start()
                 done.append(f"volume.move {volume} to {move.host}")
@@ -249,3 +254,37 @@ class DiskMover:
     def report(self) -> dict[str, dict[str, Any]]:
         """The reports' `disk_moves`: volume -> its move's state and figures."""
         return {volume: job.report() for volume, job in sorted(self.jobs.items())}
+
+
+class MovesCollector(Collector):
+    """softudc_volume_moves{state} (this host's disk moves by state), softudc_volume_move_bytes_total
+    (bytes copied by them, the guest's rewrites included), softudc_volume_move_rate_bytes{volume}
+    (each copying move's rate over the last seconds) and softudc_volume_move_speed_bytes{volume}
+    (the limit its job runs at: fixed, or as adaptive mode steers it)."""
+
+    def __init__(self, host: str, mover: DiskMover | None) -> None:
+        self.host, self.mover = host, mover
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        if self.mover is None:  # no hypervisor here: no VM disks to move
+            return
+        h, jobs = self.host, list(self.mover.jobs.items())
+        moves = GaugeMetricFamily("softudc_volume_moves", "Disk moves of this host's VMs by state",
+                                  labels=["host", "state"])
+        for state in ("copying", "ready", "pivoted", "failed"):
+            moves.add_metric([h, state], sum(1 for _, j in jobs if j.state == state))
+        yield moves
+        moved = CounterMetricFamily("softudc_volume_move_bytes", "Bytes copied by disk moves", labels=["host"])
+        moved.add_metric([h], self.mover.forgotten_bytes + sum(j.cur for _, j in jobs))
+        yield moved
+        rate = GaugeMetricFamily("softudc_volume_move_rate_bytes", "A copying disk move's bytes per second",
+                                 labels=["host", "volume"])
+        speed = GaugeMetricFamily("softudc_volume_move_speed_bytes", "A copying disk move's speed limit "
+                                  "(bytes per second)", labels=["host", "volume"])
+        for volume, j in jobs:
+            if j.state in ("copying", "ready"):
+                rate.add_metric([h, volume], j.rate() or 0.0)
+                if j.speed is not None:
+                    speed.add_metric([h, volume], j.speed)
+        yield rate
+        yield speed

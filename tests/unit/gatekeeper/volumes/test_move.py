@@ -173,7 +173,7 @@ def test_the_destination_xml_reads_back_as_the_move_s_export() -> None:
 
 class FakeJob:
     def __init__(self, vm: str, target: str, volume: str, move: DiskMove) -> None:
-        self.vm, self.move, self.state, self.ended = vm, move, "copying", 0.0
+        self.vm, self.move, self.state, self.ended, self.cur = vm, move, "copying", 0.0, 0
         self.started = False
         import threading
         self.cancelled = threading.Event()
@@ -205,3 +205,22 @@ def test_the_mover_starts_asked_moves_of_running_vms_and_forgets_dropped_ones() 
     assert mover.step([vm], {"shop--db-0"}) == [f"volume.move {VOL} to h3"]  # retried after RETRY_S
     mover.step([DesiredVm(name="shop--db-0", vcpus=1, memory_mib=128)], {"shop--db-0"})
     assert made[1].cancelled.is_set() and mover.report() == {}
+
+
+def test_the_moves_metrics_count_states_bytes_and_rates() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gatekeeper.volumes.move import MovesCollector
+
+    dom = FakeDom()
+    job = run(dom)
+    mover = DiskMover(lambda: None)
+    mover.jobs[VOL] = job
+    mover.forgotten_bytes = 1000
+    registry = CollectorRegistry()
+    registry.register(MovesCollector("h1", mover))
+    text = generate_latest(registry).decode()
+    assert 'softudc_volume_moves{host="h1",state="pivoted"} 1.0' in text
+    assert 'softudc_volume_move_bytes_total{host="h1"} 1.6001e+07' in text
+    job.state = "copying"
+    assert f'softudc_volume_move_speed_bytes{{host="h1",volume="{VOL}"}} 8e+06' in generate_latest(registry).decode()
