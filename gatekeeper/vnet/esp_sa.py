@@ -29,6 +29,10 @@ import threading
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from gatekeeper.vnet import esp_batch
+from gatekeeper.vnet.offload import Segments
 from softudc.security.keys import VnetKeys, derive_esp_key, parse_spi, secret_fingerprint, spi_for
 from softudc.security.replay import ReplayWindow
 from softudc.security.seqstore import SequenceStore, key_id
@@ -139,12 +143,38 @@ class SecurityAssociations:
     # --- outbound -----------------------------------------------------------------------------
 
     def seal(self, vnet: int, payload: bytes | memoryview) -> bytes:
+        sa, seq, _ = self._reserve(vnet, 1)
+        return esp.seal(sa.key, sa.spi, seq, payload)
+
+    def seal_segments(self, vnet: int, seg: Segments) -> tuple[np.ndarray, int, int]:
+        """Every segment (rows with `esp_batch.TRAILER_ROOM`) sealed into an ESP packet of its own
+        under consecutive sequence numbers: (packets as rows, packet size, bytes used: the last
+        packet may be shorter), ready for one UDP_SEGMENT send."""
+        lengths = esp_batch.add_trailers(seg)
+        ostride = esp_batch.OVERHEAD + lengths[0]
+        out = np.empty((seg.count, ostride), dtype=np.uint8)
+        done = used = 0
+        while done < seg.count:  # more than one round only where a sequence block runs out
+            sa, first, n = self._reserve(vnet, seg.count - done)
+            chunk = (lengths[0], lengths[1] if done + n == seg.count else lengths[0])
+            used = done * ostride + esp_batch.seal_rows(sa.key, sa.spi, first, seg.rows[done:done + n], chunk,
+                                                        out[done:done + n])
+            done += n
+        return out, ostride, used
+
+    def _reserve(self, vnet: int, count: int) -> tuple[OutboundSA, int, int]:
+        """(SA, first, n): 1 <= n <= count consecutive sequence numbers from the VNET's outbound
+        SA, all within a block already on disk."""
         sa = self._out.get(vnet)
         if sa is None:
             raise EspDrop("esp_no_outbound_sa")
-        return esp.seal(sa.key, sa.spi, self._next_seq(sa), payload)
+        seq, n = self._take(sa, count)
+        return sa, seq, n
 
     def _next_seq(self, sa: OutboundSA) -> int:
+        return self._take(sa, 1)[0]
+
+    def _take(self, sa: OutboundSA, count: int) -> tuple[int, int]:
         with sa.lock:
             if sa.next_seq > sa.reserved:
                 try:
@@ -157,8 +187,9 @@ class SecurityAssociations:
                 # Cycling would reuse nonces: stop until the manager hands out a new epoch.
                 self.counts["esp_seq_exhausted"] += 1
                 raise EspDrop("esp_seq_exhausted")
-            sa.next_seq = seq + 1
-            return seq
+            n = min(count, sa.reserved - seq + 1, SEQ_LAST - seq + 1)
+            sa.next_seq = seq + n
+            return seq, n
 
     # --- inbound ------------------------------------------------------------------------------
 
@@ -182,6 +213,65 @@ class SecurityAssociations:
         if fresh:
             self._keep(slot, sa)
         return sa.vnet, payload
+
+    def open_into(self, buf: memoryview, src: str, out: memoryview) -> tuple[int, int]:
+        """`open`, the payload written to out[:n] instead of returned: (vnet, n). A packet under
+        an SA already in the table is decrypted straight into `out`; anything else (a new SA,
+        an ESN resync) takes `open`'s path and is copied there."""
+        slot = (int.from_bytes(buf[:4], "big"), src)
+        with self._table:
+            sa = self._in.get(slot)
+            if sa is not None:
+                self._in.move_to_end(slot)
+        if sa is None or len(buf) < esp_batch.OVERHEAD + 4:
+            vnet, payload = self.open(buf, src)
+            out[:len(payload)] = payload
+            return vnet, len(payload)
+        seq_low = int.from_bytes(buf[4:8], "big")
+        with sa.lock:
+            seq = sa.window.infer(seq_low)
+            why = sa.window.check(seq)
+            if why is not None:
+                raise EspDrop(f"esp_{why}")
+            try:
+                n = esp_batch.open_into(sa.key, buf, seq, out)
+            except esp.AuthError:  # maybe a later high half (ESN): `_verify` tries them
+                seq, payload = self._verify(sa, buf, seq_low)
+                n = len(payload)
+                out[:n] = payload
+            except WireError:
+                raise EspDrop("esp_malformed") from None
+            sa.window.update(seq)
+        return sa.vnet, n
+
+    def open_run(self, batch: memoryview, stride: int, src: str, out: memoryview) -> tuple[int, list[int]]:
+        """The fast path for a batch of packets (`stride` bytes each, the last may be shorter)
+        from one sender under one SA already in the table, with consecutive sequence numbers all
+        above the window: the longest prefix that verifies, decrypted into `out` back to back.
+        Returns (vnet, payload length of each packet opened); (-1, []) when the batch is not
+        such a run. The caller opens whatever follows the prefix one by one (`open_into`), which
+        says why each is dropped."""
+        count = -(-len(batch) // stride)
+        if count < 2 or len(batch) - (count - 1) * stride < esp_batch.OVERHEAD + 4:
+            return -1, []
+        heads = esp_batch.headers(batch, stride, count)
+        spi = int(heads[0, 0])
+        if (heads[:, 0] != spi).any():
+            return -1, []
+        slot = (spi, src)
+        with self._table:
+            sa = self._in.get(slot)
+            if sa is not None:
+                self._in.move_to_end(slot)
+        if sa is None:
+            return -1, []
+        with sa.lock:
+            seq0 = sa.window.infer(int(heads[0, 1]))
+            if seq0 <= sa.window.top or seq0 + count - 1 > SEQ_LAST or not esp_batch.consecutive(heads[:, 1]):
+                return -1, []
+            lengths = esp_batch.open_rows(sa.key, batch, stride, count, heads, seq0, out)
+            mark_run(sa.window, seq0, len(lengths))
+        return sa.vnet, lengths
 
     def _verify(self, sa: InboundSA, buf: bytes | memoryview, seq_low: int) -> tuple[int, bytes]:
         seq = sa.window.infer(seq_low)
@@ -251,3 +341,19 @@ class SecurityAssociations:
             "spi": f"{out.spi:#010x}" if out else None,
             "inbound_sas": inbound,
         }
+
+
+def mark_run(window: ReplayWindow, first: int, count: int) -> None:
+    """`window.update` of first, first + 1, ..., first + count - 1 at once (all above the top)."""
+    if count <= 0:
+        return
+    if first <= window.top:
+        for seq in range(first, first + count):
+            window.update(seq)
+        return
+    top = first + count - 1
+    shift = top - window.top
+    mask = (1 << window.size) - 1
+    older = window.bitmap << shift if shift < window.size else 0
+    window.bitmap = (older | ((1 << count) - 1)) & mask
+    window.top = top

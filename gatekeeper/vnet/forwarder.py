@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from gatekeeper.vnet import offload
+from gatekeeper.vnet import esp_batch, offload
 from gatekeeper.vnet.esp_sa import EspDrop, SecurityAssociations
 from gatekeeper.vnet.offload import VNET_HDR_LEN, OffloadError
 from gatekeeper.vnet.port import (
@@ -289,15 +289,18 @@ class Forwarder(Receiver):
     def _emit_esp(self, port: VnetPort, mv: memoryview, end: int, targets: tuple[str, ...],
                   drops: Counter[str]) -> None:
         """Secured VNET: every frame is sealed into its own ESP packet (EtherIP header + frame,
-        complete checksums: nothing inside ESP can say "partial"). A super-frame's segments seal
-        to equal sizes, so they still leave in one UDP_SEGMENT send."""
+        complete checksums: nothing inside ESP can say "partial"). A super-frame's segments are
+        cut with room for the ESP trailer and sealed in place into one buffer of equal-sized
+        packets (`esp_batch`), which leaves in one UDP_SEGMENT send."""
         start = FRAME_PREFIX_LEN
         etherip = port.prefix[4:]
         try:
             if port.offload and mv[start + 1]:
                 hdr = offload.parse_vnet_hdr(mv[start:])
-                data, stride, count = offload.segment(mv[start + VNET_HDR_LEN:end], hdr, etherip, full_csum=True)
-                sealed = [self.sas.seal(port.vnet, data[k * stride:(k + 1) * stride]) for k in range(count)]
+                seg = offload.segment_rows(mv[start + VNET_HDR_LEN:end], hdr, etherip, full_csum=True,
+                                           room=esp_batch.TRAILER_ROOM)
+                packets, size, used = self.sas.seal_segments(port.vnet, seg)
+                data, count = packets.reshape(-1).data[:used], seg.count
                 port.stats[7] += 1
             else:
                 if port.offload:
@@ -311,7 +314,8 @@ class Forwarder(Receiver):
                             return
                         offload.complete_csum(mv, start + csum_start, csum_offset, end)
                 mv[start - 2:start] = etherip
-                sealed = [self.sas.seal(port.vnet, mv[start - 2:end])]
+                data = memoryview(self.sas.seal(port.vnet, mv[start - 2:end]))
+                size, used, count = len(data), len(data), 1
         except OffloadError:
             drops["gso_unsupported"] += 1
             return
@@ -320,30 +324,11 @@ class Forwarder(Receiver):
             return
         assert self._esp is not None
         for addr in targets:
-            self._send_sealed(port, sealed, addr, drops)
-
-    def _send_sealed(self, port: VnetPort, sealed: list[bytes], addr: str, drops: Counter[str]) -> None:
-        assert self._esp is not None
-        size = len(sealed[0])
-        uniform = len(sealed) > 1 and all(len(p) == size for p in sealed[:-1]) and len(sealed[-1]) <= size
-        per_call = max(1, min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // size)) if uniform else 1
-        sent = 0
-        for first in range(0, len(sealed), per_call):
-            chunk = sealed[first:first + per_call]
-            try:
-                if len(chunk) > 1:
-                    self._esp.sendmsg([b"".join(chunk)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0,
-                                      (addr, self.esp_port))
-                else:
-                    self._esp.sendto(chunk[0], (addr, self.esp_port))
-            except OSError as e:
-                drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
-                continue
-            sent += len(chunk)
-        stats = port.stats
-        stats[0] += sent
-        stats[1] += sum(len(p) for p in sealed)
-        stats[5] += sent
+            sent = self._send_segments(self._esp, self.esp_port, data, size, count, addr, drops)
+            stats = port.stats
+            stats[0] += sent
+            stats[1] += used
+            stats[5] += sent
 
     def _send_each(self, port: VnetPort, data: bytes, stride: int, count: int, addr: str,
                    drops: Counter[str]) -> None:
@@ -378,23 +363,29 @@ class Forwarder(Receiver):
 
     def _send_gso(self, port: VnetPort, data: bytes, stride: int, count: int, addr: str,
                   drops: Counter[str]) -> None:
-        """Equal-sized datagrams in as few sendmsg calls as UDP_SEGMENT allows."""
-        per_call = max(1, min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // stride))
-        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", stride))]
-        mv = memoryview(data)
-        sent = 0
-        for first in range(0, count, per_call):
-            chunk = mv[first * stride:(first + per_call) * stride]
-            try:
-                self._udp.sendmsg([chunk], cmsg if len(chunk) > stride else [], 0, (addr, self.port))
-            except OSError as e:
-                drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
-                continue
-            sent += min(per_call, count - first)
+        sent = self._send_segments(self._udp, self.port, memoryview(data), stride, count, addr, drops)
         stats = port.stats
         stats[0] += sent
         stats[1] += len(data) - count * FRAME_PREFIX_LEN
         stats[5] += sent
+
+    @staticmethod
+    def _send_segments(sock: socket.socket, dport: int, data: memoryview, stride: int, count: int, addr: str,
+                       drops: Counter[str]) -> int:
+        """Equal-sized datagrams (the last may be shorter) in as few sendmsg calls as
+        UDP_SEGMENT allows; returns how many left."""
+        per_call = max(1, min(MAX_GSO_SEGMENTS, MAX_UDP_PAYLOAD // stride))
+        cmsg = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", stride))]
+        sent = 0
+        for first in range(0, count, per_call):
+            chunk = data[first * stride:(first + per_call) * stride]
+            try:
+                sock.sendmsg([chunk], cmsg if len(chunk) > stride else [], 0, (addr, dport))
+            except OSError as e:
+                drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
+                continue
+            sent += min(per_call, count - first)
+        return sent
 
     def send_varp(self, msg: bytes, addr: str) -> None:
         try:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ _OR = np.bitwise_or.reduce
 SCALAR_BATCH = 4  # up to this many datagrams, plain Python beats numpy's fixed cost
 _SEG_FIELDS = np.dtype([("len", ">u2"), ("id", ">u2"), ("csum", ">u2"), ("seq", ">u4")])
 NO_VNET_HDR = bytes(VNET_HDR_LEN)
+_LITTLE = sys.byteorder == "little"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,27 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = Fa
 
     With `full_csum` every segment gets its complete TCP checksum (for peers that must never
     see a partial one: the raw EtherIP transport); otherwise the checksum is left partial."""
+    seg = segment_rows(frame, hdr, prefix, full_csum, room=0)
+    rows = seg.rows if seg.rows.shape[1] == seg.stride else np.ascontiguousarray(seg.rows[:, :seg.stride])
+    size = seg.count * seg.stride - (seg.stride - seg.last)
+    return rows.reshape(-1)[:size].tobytes(), seg.stride, seg.count
+
+
+@dataclass(frozen=True, slots=True)
+class Segments:
+    """A super-frame cut into rows: row k holds `prefix + frame k` in its first `stride` bytes
+    (the last row in its first `last`); the `room` bytes after each are zero."""
+
+    rows: np.ndarray
+    stride: int
+    count: int
+    last: int
+
+
+def segment_rows(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = False,
+                 room: int = 0) -> Segments:
+    """`segment`'s work, as a (count, stride + room) array: the `room` zero bytes behind every
+    segment are where ESP puts its trailer, so each row seals in place without a copy."""
     if hdr.gso_type & ~GSO_ECN != GSO_TCPV4:
         raise OffloadError(f"gso_type {hdr.gso_type:#x} not supported (only TCPV4 is offered)")
     if len(frame) < ETH_LEN + 20 or (frame[12] << 8 | frame[13]) != ETH_P_IP:
@@ -118,6 +141,8 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = Fa
     plen = len(prefix)
     width = plen + hlen
     stride = width + mss
+    if full_csum:
+        room += -(stride + room) % 4  # rows of whole 32-bit words: the checksum sums them so
 
     # The header every segment starts from: full-size length, the first segment's id and seq,
     # ACK-only flags (PSH/FIN go on the last, CWR on the first), IPv4 checksum for that header.
@@ -129,11 +154,12 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = Fa
     template[tcp0 + 13] = flags & ~(TCP_FIN | TCP_PSH | TCP_CWR)
     base = sum(struct.unpack(f"!{ihl // 2}H", template[ip0:ip0 + ihl]))
 
-    out = np.empty((n, stride), dtype=np.uint8)
+    out = np.empty((n, stride + room), dtype=np.uint8)
     out[:, :width] = np.frombuffer(template, dtype=np.uint8)
+    out[:, stride:] = 0
     src = np.frombuffer(frame, dtype=np.uint8)
     if n > 1:
-        out[:n - 1, width:] = src[hlen:hlen + (n - 1) * mss].reshape(n - 1, mss)
+        out[:n - 1, width:stride] = src[hlen:hlen + (n - 1) * mss].reshape(n - 1, mss)
     out[n - 1, width:width + last] = src[hlen + (n - 1) * mss:]
 
     idx = np.arange(n, dtype=np.uint32)
@@ -159,15 +185,24 @@ def segment(frame: memoryview, hdr: VnetHdr, prefix: bytes, full_csum: bool = Fa
     if full_csum:
         out[n - 1, width + last:] = 0  # the padding must not count
         _tcp_checksums(out, tcp0, hlen - l4, mss, last, bytes(frame[ETH_LEN + 12:ETH_LEN + 20]))
-    size = n * stride - (mss - last)
-    return out.reshape(-1)[:size].tobytes(), stride, n
+    return Segments(out, stride, n, width + last)
 
 
 def _tcp_checksums(out: np.ndarray, tcp0: int, thl: int, mss: int, last: int, addrs: bytes) -> None:
-    """Complete TCP checksums of every row of `out` (segments from column tcp0), in place."""
+    """Complete TCP checksums of every row of `out` (segments from column tcp0, zeros after each
+    segment, rows a multiple of 4 bytes wide), in place. The one's-complement sum does not depend
+    on byte order or word width (RFC 1071 2(B), 2(D)): from a 4-aligned column the rows are summed
+    as native 32-bit words, folded and swapped (4x faster than pairs of bytes), else byte by byte."""
     out[:, tcp0 + 16:tcp0 + 18] = 0
-    block = out[:, tcp0:]
-    total = _ADD(block[:, 0::2], axis=1, dtype=np.uint64) * 256 + _ADD(block[:, 1::2], axis=1, dtype=np.uint64)
+    if tcp0 % 4:
+        block = out[:, tcp0:]
+        total = _ADD(block[:, 0::2], axis=1, dtype=np.uint64) * 256 + _ADD(block[:, 1::2], axis=1, dtype=np.uint64)
+    else:
+        total = _ADD(out[:, tcp0:].view(np.uint32), axis=1, dtype=np.uint64)
+        while (total >> 16).any():
+            total = (total & 0xFFFF) + (total >> 16)
+        if _LITTLE:
+            total = ((total & 0xFF) << 8) | (total >> 8)
     lengths = np.full(len(out), thl + mss, dtype=np.uint64)
     lengths[-1] = thl + last
     src_dst = sum(struct.unpack("!4H", addrs))

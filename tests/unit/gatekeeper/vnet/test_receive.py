@@ -231,3 +231,55 @@ def test_r18_esp_from_a_host_outside_the_member_list_is_dropped_before_any_crypt
     tx.set_keys(5, KEYS)
     rx.run_esp([(tx.seal(5, good), PEER)])
     assert opened == [PEER] and len(rx.tap_frames(5)) == 1
+
+
+# --- ESP batches (issue 16 item 6: opened into one buffer, merged) ---------------------------------
+
+def esp_burst(tx: SecurityAssociations, vnet: int, payload: int = 6000, mss: int = 1000) -> list[bytes]:
+    """The ESP packets a sender's TAP thread makes of one TCP super-frame."""
+    from gatekeeper.vnet import esp_batch
+
+    frame = tcp_frame(1000, payload=payload, flags=0x18)
+    seg = offload.segment_rows(memoryview(frame), VnetHdr(1, GSO_TCPV4, 54, mss, 34, 16), bytes([0x30, vnet]),
+                               full_csum=True, room=esp_batch.TRAILER_ROOM)
+    out, size, used = tx.seal_segments(vnet, seg)
+    data = out.reshape(-1).tobytes()[:used]
+    return [data[k:k + size] for k in range(0, used, size)]
+
+
+def test_an_esp_burst_reaches_the_tap_as_one_super_frame(rx: FakeReceiver) -> None:
+    rx.add_port(5, security="conf")
+    rx.sas.set_keys(5, KEYS)
+    tx = SecurityAssociations(PEER)
+    tx.set_keys(5, KEYS)
+    first = esp_burst(tx, 5)  # a new SA: opened one by one, kept with its first packet
+    second = esp_burst(tx, 5)  # an SA in the table: one `open_run`
+    rx.run_esp([(p, PEER) for p in first] + [None] + [(p, PEER) for p in second] + [None])
+    assert errors(rx) == {}
+    frames = rx.tap_frames(5)
+    assert len(frames) == 2
+    for out in frames:
+        hdr = offload.parse_vnet_hdr(out)
+        assert hdr.gso_type == GSO_TCPV4 and hdr.gso_size == 1000
+        assert out[offload.VNET_HDR_LEN:][54:] == bytes(6000)  # the payload, in order
+    assert rx.vnets[5].stats[6] == 12 and rx.vnets[5].stats[8] == 2
+
+
+@pytest.mark.adversarial
+def test_a_tampered_or_replayed_packet_in_an_esp_burst_costs_that_packet_only(rx: FakeReceiver) -> None:
+    rx.add_port(5, security="conf")
+    rx.sas.set_keys(5, KEYS)
+    tx = SecurityAssociations(PEER)
+    tx.set_keys(5, KEYS)
+    rx.run_esp([(tx.seal(5, b"\x30\x05" + tcp_frame(7, payload=50)), PEER)])
+    burst = esp_burst(tx, 5)
+    bad = bytearray(burst[3])
+    bad[-1] ^= 1
+    rx.run_esp([(p if k != 3 else bytes(bad), PEER) for k, p in enumerate(burst)] + [None])
+    assert rx.drops["esp"]["esp_auth_failed"] == 1
+    rx.run_esp([(p, PEER) for p in burst[:2]] + [None])  # replayed
+    assert rx.drops["esp"]["esp_replay"] == 2
+    assert errors(rx) == {} and sum(rx.drops["esp"].values()) == 3
+    frames = rx.tap_frames(5)
+    delivered = sum(len(f) - offload.VNET_HDR_LEN - 54 for f in frames[1:])
+    assert delivered == 5000  # every segment but the tampered one
