@@ -47,6 +47,12 @@ def move_volume(m: Manager, who: Principal, vid: str, req: MoveRequest) -> dict[
     row = volume(m, who, vid)
     if not who.can_write(row["farm"]):
         raise ApiError(403, f"{who.name} ({who.role}) may not change farm {row['farm']!r}")
+    farm = m.store.get("farm", row["farm"])
+    instances: list[dict[str, Any]] = (farm.status if farm else {}).get("instances", [])
+    inst = next((i for i in instances if i["name"] == row["instance"]), {})
+    if inst.get("migrating"):
+        raise ApiError(409, f"volume {vid}'s VM {row['instance']} is migrating to {inst['migrating'].get('to')}: "
+                            "move the volume once it has arrived (libvirt does not copy a disk during a migration)")
     reports = m.reports()
     running = vm_name(row["farm"], row["instance"]) in (reports.get(row["vm_host"] or "") or {}).get("running", [])
     move = volume_moves.request(m.store, row, req.to, req.limit_mbps, req.adaptive, req.max_latency_inflation_pct,

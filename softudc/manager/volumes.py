@@ -251,9 +251,12 @@ class VolumeView:
 
     def admit(self, farm: str, instance: str, vm: VmDef, host: str) -> bool:
         """Every remote volume of the instance is exported to `host` (a live migration's
-        destination opens the disks before the switch-over)."""
+        destination opens the disks before the switch-over), and none is being moved (libvirt
+        refuses to migrate a domain with a block copy job: the migration waits for the move)."""
         for vol in vm.volumes:
             vid = volume_id(farm, instance, vol.name)
+            if vid in self.moves and not volume_moves.pivoted(self.reports, self.moves[vid]):
+                return False
             if vid in self.mirrored and not admits(self.mirrored[vid], self.reports, host):
                 return False
             placed = self.plan.volumes.get(vid)

@@ -166,3 +166,12 @@ def test_a_failed_move_may_be_asked_for_again() -> None:
     failed = {"h1": {"disk_moves": {VID: {"id": first.id, "vm": "v", "to": "h3", "state": "failed"}}}}
     again = volume_moves.request(store, ROW, "h3", None, True, 30, free, failed, True, now=2.0)
     assert again.id != first.id and again.adaptive
+
+
+def test_a_live_migration_waits_for_a_move_in_flight() -> None:
+    vm = farms()[0][0].vms[0]
+    copying = reports(h3=EXPORT3)
+    assert VolumeView(farms(), copying).admit("shop", "db-0", vm, "h1")  # h1 is on the export's list
+    assert not VolumeView(farms(), copying, moves={VID: MOVE}).admit("shop", "db-0", vm, "h1")
+    done = Move("m1", VID, "h2", "h3", done=True)
+    assert VolumeView(farms(), copying, moves={VID: done}).admit("shop", "db-0", vm, "h1")
