@@ -80,6 +80,11 @@ def pivoted(reports: Mapping[str, dict[str, Any]], move: Move) -> bool:
     return move.done or (entry(reports, move) or {}).get("state") == "pivoted"
 
 
+def in_flight(reports: Mapping[str, dict[str, Any]], move: Move) -> bool:
+    """Copying (or about to): neither switched over nor failed on the VM's host."""
+    return not pivoted(reports, move) and (entry(reports, move) or {}).get("state") != "failed"
+
+
 def placements(moves: Mapping[str, Move], reports: Mapping[str, dict[str, Any]]) -> dict[str, str]:
     """Volume id -> its host while moves are recorded: the source until the VM's host has pivoted
     onto the destination, the destination from then on (never what the reports happen to list

@@ -255,7 +255,7 @@ class VolumeView:
         refuses to migrate a domain with a block copy job: the migration waits for the move)."""
         for vol in vm.volumes:
             vid = volume_id(farm, instance, vol.name)
-            if vid in self.moves and not volume_moves.pivoted(self.reports, self.moves[vid]):
+            if vid in self.moves and volume_moves.in_flight(self.reports, self.moves[vid]):
                 return False
             if vid in self.mirrored and not admits(self.mirrored[vid], self.reports, host):
                 return False

@@ -175,3 +175,5 @@ def test_a_live_migration_waits_for_a_move_in_flight() -> None:
     assert not VolumeView(farms(), copying, moves={VID: MOVE}).admit("shop", "db-0", vm, "h1")
     done = Move("m1", VID, "h2", "h3", done=True)
     assert VolumeView(farms(), copying, moves={VID: done}).admit("shop", "db-0", vm, "h1")
+    failed = reports(h3=EXPORT3, h1_moves={VID: {"id": "m1", "vm": "shop--db-0", "to": "h3", "state": "failed"}})
+    assert VolumeView(farms(), failed, moves={VID: MOVE}).admit("shop", "db-0", vm, "h1")  # no job left
