@@ -192,17 +192,31 @@ def _tcp_checksums(out: np.ndarray, tcp0: int, thl: int, mss: int, last: int, ad
     """Complete TCP checksums of every row of `out` (segments from column tcp0, zeros after each
     segment, rows a multiple of 4 bytes wide), in place. The one's-complement sum does not depend
     on byte order or word width (RFC 1071 2(B), 2(D)): from a 4-aligned column the rows are summed
-    as native 32-bit words, folded and swapped (4x faster than pairs of bytes), else byte by byte."""
+    as native 32-bit words, the pseudo-header added in native order, folded with one modulo
+    (few numpy calls: each costs microseconds on 44 rows); else byte by byte."""
     out[:, tcp0 + 16:tcp0 + 18] = 0
     if tcp0 % 4:
-        block = out[:, tcp0:]
-        total = _ADD(block[:, 0::2], axis=1, dtype=np.uint64) * 256 + _ADD(block[:, 1::2], axis=1, dtype=np.uint64)
-    else:
-        total = _ADD(out[:, tcp0:].view(np.uint32), axis=1, dtype=np.uint64)
-        while (total >> 16).any():
-            total = (total & 0xFFFF) + (total >> 16)
-        if _LITTLE:
-            total = ((total & 0xFF) << 8) | (total >> 8)
+        _tcp_checksums_bytewise(out, tcp0, thl, mss, last, addrs)
+        return
+    base = sum(struct.unpack("!4H", addrs)) + IPPROTO_TCP
+    full, short = _native16(base + thl + mss), _native16(base + thl + last)
+    total = _ADD(out[:, tcp0:].view(np.uint32), axis=1, dtype=np.uint64)
+    total += full
+    total[-1] += short + 0xFFFF - full  # the last segment's length (+0xFFFF keeps it positive)
+    folded = (total - 1) % 0xFFFF + 1  # one's-complement fold of a positive sum: 1..0xFFFF
+    csum = (0xFFFF - folded).astype(np.uint16)  # native order: its bytes are the field's bytes
+    out[:, tcp0 + 16:tcp0 + 18] = csum.view(np.uint8).reshape(len(out), 2)
+
+
+def _native16(value: int) -> int:
+    """A network-order one's-complement sum, folded, as the native-order 16-bit sum."""
+    value = (value - 1) % 0xFFFF + 1
+    return ((value & 0xFF) << 8 | value >> 8) if _LITTLE else value
+
+
+def _tcp_checksums_bytewise(out: np.ndarray, tcp0: int, thl: int, mss: int, last: int, addrs: bytes) -> None:
+    block = out[:, tcp0:]
+    total = _ADD(block[:, 0::2], axis=1, dtype=np.uint64) * 256 + _ADD(block[:, 1::2], axis=1, dtype=np.uint64)
     lengths = np.full(len(out), thl + mss, dtype=np.uint64)
     lengths[-1] = thl + last
     src_dst = sum(struct.unpack("!4H", addrs))

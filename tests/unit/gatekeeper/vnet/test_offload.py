@@ -147,13 +147,16 @@ def test_scalar_and_vectorised_grouping_agree(count: int, where: int, kind: str)
         assert all(not first < k < first + length for first, length, _ in results[0])
 
 
-@given(st.integers(1, 20000), st.sampled_from([536, 1000, 1399, 1400]))
-def test_full_checksum_segments_verify_in_scapy(size: int, mss: int) -> None:
+@given(st.integers(1, 20000), st.sampled_from([536, 1000, 1399, 1400]), st.sampled_from([b"\x30\x0a", b"\x30",
+                                                                                           b"\x30\x0a\x00"]))
+def test_full_checksum_segments_verify_in_scapy(size: int, mss: int, prefix: bytes) -> None:
+    """With the 2-byte EtherIP prefix the TCP header is 4-aligned (checksums by 32-bit words);
+    odd prefixes take the byte-wise sum. Both must give scapy's checksum, zero included."""
     payload = bytes((i * 13) & 0xFF for i in range(size))
     buf, stride, n = segment(memoryview(super_frame(payload)), VnetHdr(1, GSO_TCPV4, 66, mss, 34, 16),
-                             b"\x30\x0a", full_csum=True)
+                             prefix, full_csum=True)
     for k in range(n):
-        seg = Ether(buf[k * stride + 2:(k + 1) * stride])
+        seg = Ether(buf[k * stride + len(prefix):(k + 1) * stride])
         got = seg[TCP].chksum
         del seg[TCP].chksum
         assert Ether(bytes(seg))[TCP].chksum == got
