@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 from gatekeeper.volumes.pool import MAX_SIZE, THIN_HEADROOM, Pool, Volume, VolumeError
@@ -27,6 +28,10 @@ from gatekeeper.volumes.pool import MAX_SIZE, THIN_HEADROOM, Pool, Volume, Volum
 KEY_RE = re.compile(r"^[0-9a-f]{64}$")
 SECRET_ID = "key0"
 ITER_TIME_MS = 10
+# QEMU times PBKDF iterations by the thread's CPU clock before it makes a LUKS header; on a busy
+# host the clock can read 0 ms for the first batch and qemu-img gives up with this: tried again.
+CPU_CLOCK_MISS = "Unable to get accurate CPU usage"
+CREATE_ATTEMPTS = 4
 
 
 def check_key(key: Any) -> str:
@@ -65,15 +70,22 @@ def create(pool: Pool, name: str, size_bytes: int | None, key: str, backing: str
         if not pool.exists(backing):
             raise VolumeError(f"volume {name}: backing volume {backing} is not in this pool")
         argv += ["-b", pool.path(backing).name, "-F", "qcow2"]
-    try:
-        done = subprocess.run([*argv, str(path), str(size_bytes)], input=key, capture_output=True, text=True,
-                              timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise VolumeError(f"qemu-img create (encrypted {name}): {e}") from None
-    if done.returncode != 0:
-        path.unlink(missing_ok=True)
-        raise VolumeError(f"qemu-img create (encrypted {name}): {done.stderr.strip() or done.returncode}")
+    _run_create([*argv, str(path), str(size_bytes)], key, name, path)
     return pool.info(name)
+
+
+def _run_create(argv: list[str], key: str, name: str, path: Path) -> None:
+    """qemu-img create with the key on its stdin, tried again when QEMU could not time its PBKDF."""
+    for attempt in range(CREATE_ATTEMPTS):
+        try:
+            done = subprocess.run(argv, input=key, capture_output=True, text=True, timeout=60, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise VolumeError(f"qemu-img create (encrypted {name}): {e}") from None
+        if done.returncode == 0:
+            return
+        path.unlink(missing_ok=True)
+        if CPU_CLOCK_MISS not in done.stderr or attempt == CREATE_ATTEMPTS - 1:
+            raise VolumeError(f"qemu-img create (encrypted {name}): {done.stderr.strip() or done.returncode}")
 
 
 def is_encrypted(pool: Pool, name: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -75,3 +76,22 @@ def test_the_key_goes_to_create_and_export_and_is_never_shown() -> None:
     assert all(KEY not in repr(a) and KEY not in str(a) for a in actions)
     assert KEY not in repr(want[0])
     assert VolumeAction("create", "x", {}).args == {}
+
+
+def test_creating_is_tried_again_when_qemu_cannot_time_its_pbkdf(service: VolumeService, monkeypatch: Any) -> None:
+    real, calls = subprocess.run, []
+
+    def flaky(argv: list[str], **kw: Any) -> Any:
+        if argv[1] != "create":
+            return real(argv, **kw)
+        calls.append(argv[1])
+        if len(calls) < 3:  # what qemu-img says on a busy host, before it writes anything
+            return subprocess.CompletedProcess(argv, 1, "", f"qemu-img: x.qcow2: {crypt.CPU_CLOCK_MISS}\n")
+        return real(argv, **kw)
+
+    monkeypatch.setattr("subprocess.run", flaky)
+    assert service.create("sec", 8 * MiB, key=KEY)["size_bytes"] == 8 * MiB and len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr("subprocess.run", lambda argv, **kw: subprocess.CompletedProcess(argv, 1, "", "other"))
+    with pytest.raises(VolumeError, match="other"):
+        service.create("sec2", 8 * MiB, key=KEY)
