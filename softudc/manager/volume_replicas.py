@@ -78,9 +78,7 @@ def choose_replicas(vid: str, size: int, vm_hosts: Iterable[str], inputs: Replic
     vm = set(vm_hosts)
     mine = sorted((s[1], name) for name in set(inputs.held) | inputs.known
                   if (s := split_replica(name)) is not None and s[0] == vid)
-    keep = [(name, inputs.held[name]) for _, name in mine if name in inputs.held
-            and inputs.held[name] not in inputs.dead and name not in inputs.failed and inputs.held[name] in room]
-    keep = keep[:COPIES]
+    keep = [(name, inputs.held[name]) for k, name in mine if _usable(name, k, vid, inputs, room)][:COPIES]
     n = max((k for k, _ in mine), default=0) + 1
     used = {h for _, h in keep}
     lost = {inputs.held[name] for _, name in mine if name in inputs.held}  # hosts that held one: last
@@ -95,6 +93,17 @@ def choose_replicas(vid: str, size: int, vm_hosts: Iterable[str], inputs: Replic
         room[host] -= size
         n += 1
     return keep, ""
+
+
+def _usable(name: str, n: int, vid: str, inputs: ReplicaInputs, room: dict[str, int]) -> bool:
+    """A held replica on a live host, not failed, and current: once a VM host's quorum names the
+    volume's replicas, one it does not name is current only if newer than all it names (placed,
+    not rebuilt yet); an older one was replaced (its host may still report it until it is down)."""
+    host = inputs.held.get(name)
+    if host is None or host in inputs.dead or name in inputs.failed or host not in room:
+        return False
+    named = [s[1] for k in inputs.known if (s := split_replica(k)) is not None and s[0] == vid]
+    return not named or name in inputs.known or n > max(named)
 
 
 def volume_health(vid: str, replicas: list[tuple[str, str]], reports: dict[str, dict[str, Any]],

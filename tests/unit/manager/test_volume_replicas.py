@@ -49,13 +49,24 @@ def test_a_lost_replica_is_replaced_under_a_name_never_used_before() -> None:
     failed, _ = choose_replicas(VID, GiB, ["h1"], inputs(held, failed={f"{VID}.r1"}), dict(room))
     assert failed == [(f"{VID}.r2", "h3"), (f"{VID}.r3", "h4")]
     # h3's report gone altogether: the quorum on h1 still names r2, so r2 is not made again elsewhere
-    gone, _ = choose_replicas(VID, GiB, ["h1"], inputs({f"{VID}.r1": "h2"}, known={f"{VID}.r2"}),
+    gone, _ = choose_replicas(VID, GiB, ["h1"], inputs({f"{VID}.r1": "h2"}, known={f"{VID}.r1", f"{VID}.r2"}),
                               {"h1": GiB, "h2": GiB, "h4": GiB})
     assert gone == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h4")]
     # three hosts: h3 lost its replica but is not down yet; the VM's host h1 gets the new one
     three, _ = choose_replicas(VID, GiB, ["h1"], inputs(held, failed={f"{VID}.r2"}),
                                {h: GiB for h in ("h1", "h2", "h3")})
     assert three == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h1")]
+
+
+def test_a_replaced_replica_is_not_taken_back_while_its_host_still_reports_it() -> None:
+    """Found by the e2e: r3 replaced the lost r2 in the quorum; h3 (killed) still reported r2 until
+    it was judged down, and r2 was chosen again over r3 (the quorum no longer named it failed)."""
+    room = {h: 9 * GiB for h in ("h1", "h2", "h3")}
+    held = {f"{VID}.r1": "h2", f"{VID}.r2": "h3", f"{VID}.r3": "h1"}
+    rebuilt = inputs(held, known={f"{VID}.r1", f"{VID}.r3"})
+    assert choose_replicas(VID, GiB, ["h1"], rebuilt, dict(room))[0] == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h1")]
+    placed = inputs(held, failed={f"{VID}.r2"}, known={f"{VID}.r1", f"{VID}.r2"})  # r3 placed, not rebuilt yet
+    assert choose_replicas(VID, GiB, ["h1"], placed, dict(room))[0] == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h1")]
 
 
 def test_fewer_than_two_hosts_with_room_is_said() -> None:
