@@ -224,3 +224,10 @@ def test_the_moves_metrics_count_states_bytes_and_rates() -> None:
     assert 'softudc_volume_move_bytes_total{host="h1"} 1.6001e+07' in text
     job.state = "copying"
     assert f'softudc_volume_move_speed_bytes{{host="h1",volume="{VOL}"}} 8e+06' in generate_latest(registry).decode()
+
+
+def test_after_a_gatekeeper_restart_a_copy_under_way_is_followed_not_started_again() -> None:
+    dom = FakeDom()
+    dom.job = {"cur": 8 * MB, "end": 16 * MB, "type": 2}  # libvirt kept the job while the gatekeeper was away
+    job = run(dom)
+    assert not [c for c in dom.calls if c[0] == "copy"] and job.state == "pivoted"
