@@ -197,10 +197,10 @@ def test_an_encrypted_qos_volume_hides_its_data_and_is_held_to_its_limit_beside_
         assert not key_found(w, VOLS["lim"])  # not in any file of the storage host (logs, state, run dirs)
 
         # QoS: free alone, then both at once; lim's IOPS limit.
-        alone = mbps(measured(page(ns, url["free"] + "?read=32")))
+        alone = mbps(measured(page(ns, url["free"] + "?read=48")))
         got: dict[str, dict[str, int]] = {}
         readers = [threading.Thread(target=lambda vm=vm, n=n: got.__setitem__(vm, measured(page(ns, url[vm] + n))))
-                   for vm, n in (("lim", "?read=6"), ("free", "?read=32"))]
+                   for vm, n in (("lim", "?read=6"), ("free", "?read=48"))]
         for t in readers:
             t.start()
         for t in readers:
@@ -214,7 +214,9 @@ def test_an_encrypted_qos_volume_hides_its_data_and_is_held_to_its_limit_beside_
         assert lim <= LIMIT_MBPS * 1.2, lim  # held to its limit (QEMU lets a 1/10 s burst through)
         assert iops <= LIMIT_IOPS * 1.2, iops
         assert alone >= 2 * LIMIT_MBPS, f"free reads {alone:.1f} MB/s alone: too slow a machine to tell"
-        assert beside >= 0.5 * alone, (alone, beside)  # the neighbour is not held back
+        # The neighbour is not held back: far above lim's limit while lim reads. (Two TCG guests
+        # share the host's CPUs, so it may read slower than alone; a run saw 168 -> 86 MB/s.)
+        assert beside >= 5 * LIMIT_MBPS and beside >= 0.3 * alone, (alone, beside)
     finally:
         call(w.lab, "DELETE", "/v1/farms/vq")
         gone = wait_until(lambda: not set(VOLS.values()) & {v["name"] for v in w.h2.call("volume.list")},
