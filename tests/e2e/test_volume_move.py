@@ -145,7 +145,8 @@ def test_a_volume_moved_while_the_guest_writes_keeps_every_block_and_its_limit(l
         rate = (samples[-1][1] - samples[0][1]) / (samples[-1][0] - samples[0][0]) if len(samples) > 2 else None
         limit = LIMIT_MBPS * 1e6
         assert m["rate_bps"] <= limit * 1.15, m  # the whole copy's, measured by the VM's host
-        assert rate is None or rate <= limit * 1.25, (rate, samples)  # polled every 0.5 s: coarser
+        # Polled from the manager: the figures are as old as the VM host's last report (~1 s), so coarser.
+        assert rate is None or rate <= limit * 1.5, (rate, samples)
         assert m["rate_bps"] >= limit * 0.3, m  # it did run at about its limit, not crawl
 
         assert wait_until(lambda: VID not in pool_names(h2), timeout=45, interval=1), pool_names(h2)  # source dropped
