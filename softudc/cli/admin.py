@@ -192,8 +192,10 @@ def _ago(t: Any) -> str:
 
 def cmd_get(a: argparse.Namespace) -> None:
     from softudc.cli.rebalance import plan_rows  # softudc get plans (softudc/cli/rebalance.py)
+    from softudc.cli.volume_ops import volume_rows  # softudc get volumes (softudc/cli/volume_ops.py)
 
-    rows, columns, wide = plan_rows(connect(a)) if a.what == "plans" else get_rows(connect(a), a.what)
+    own = {"plans": plan_rows, "volumes": volume_rows}.get(a.what)
+    rows, columns, wide = own(connect(a)) if own is not None else get_rows(connect(a), a.what)
     if a.output == "json":
         print(json.dumps(rows, indent=2))
     elif a.output == "yaml":
@@ -310,8 +312,8 @@ def add_parsers(sub: Any) -> None:
     df.add_argument("-f", "--file", required=True)
     add_arguments(df)
     df.set_defaults(fn=cmd_diff)
-    g = sub.add_parser("get", help="farms, vms, hosts, vnets or rebalance plans known to the manager")
-    g.add_argument("what", choices=["farms", "vms", "hosts", "vnets", "plans"])
+    g = sub.add_parser("get", help="farms, vms, hosts, vnets, rebalance plans or volumes known to the manager")
+    g.add_argument("what", choices=["farms", "vms", "hosts", "vnets", "plans", "volumes"])
     add_arguments(g)
     g.add_argument("-o", "--output", choices=["table", "wide", "json", "yaml"], default="table")
     g.set_defaults(fn=cmd_get)

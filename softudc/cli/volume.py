@@ -14,15 +14,9 @@ from softudc.cli.connect import add_arguments, connect
 from softudc.cli.errors import ok
 from softudc.cli.volume_move import add_move_parser, move_text
 from softudc.cli.volume_ops import add_ops_parsers
+from softudc.cli.volume_ops import size_text as size_text  # here since volume_ops; the console reads it here
 
 COLUMNS = ["id", "class", "size", "from", "keep", "host", "allowed", "state"]
-
-
-def size_text(n: int) -> str:
-    for unit, shift in (("Ti", 40), ("Gi", 30), ("Mi", 20)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return str(n)
 
 
 def render(rows: list[dict[str, Any]], output: str) -> str:

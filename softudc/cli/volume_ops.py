@@ -11,9 +11,17 @@ import json
 from typing import Any
 from urllib.parse import quote
 
-from softudc.cli.connect import add_arguments, connect
+from softudc.cli.connect import Api, add_arguments, connect
 from softudc.cli.errors import CliError, ok
 from softudc.model.volume import parse_size_bytes
+
+
+def size_text(n: int) -> str:
+    """Bytes in the descriptor's units (10Gi) when whole, else the number."""
+    for unit, shift in (("Ti", 40), ("Gi", 30), ("Mi", 20)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
 
 
 def create_body(a: argparse.Namespace) -> dict[str, Any]:
@@ -39,6 +47,13 @@ def cmd_volume_clone(a: argparse.Namespace) -> None:
     made = ok(*connect(a).call("POST", "/v1/volumes", json.dumps({"name": a.new, "from": a.source})))
     note = " (at the soft depth limit: it is flattened in the background)" if made.get("flatten") else ""
     print(f"volume {a.new}: a clone of {a.source} on {made['host']}, chain depth {made['depth']}{note}")
+
+
+def volume_rows(api: Api) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """`softudc get volumes`: every volume the manager knows (the farms', standalone ones, masters,
+    snapshots), the table's columns and those of `-o wide`."""
+    rows = [{**r, "size": size_text(r["size_bytes"])} for r in ok(*api.call("GET", "/v1/volumes"))]
+    return rows, ["id", "class", "size", "from", "host", "state"], ["allowed", "depth", "snapshots", "reason"]
 
 
 def add_ops_parsers(vsub: Any) -> None:
