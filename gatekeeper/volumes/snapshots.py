@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from gatekeeper.volumes.pool import VolumeError, _qemu_img, check_name
@@ -47,6 +48,13 @@ def _node(name: str) -> str:
     return "ov" + hashlib.sha256(name.encode()).hexdigest()[:20]
 
 
+def encrypted(path: Path) -> bool:
+    """The qcow2 header's crypt_method (big-endian u32 at byte 32) is not 0 (AES or LUKS)."""
+    with open(path, "rb") as f:
+        head = f.read(36)
+    return len(head) == 36 and int.from_bytes(head[32:36], "big") != 0
+
+
 def export_node(service: VolumeService, volume: str) -> str:
     """The node the volume's export serves now (vol0, or the overlay of its last snapshot)."""
     with service.exports.daemon(volume).qmp() as q:
@@ -66,8 +74,9 @@ def take(service: VolumeService, volume: str, frozen: str) -> dict[str, Any]:
     if dst.exists():
         raise VolumeError(f"volume {frozen} already exists in {pool.directory}; pick another snapshot name")
     exported = exports.exported(volume)
-    if exported and (exports._state(volume) or {}).get("encrypted"):
-        raise VolumeError(f"volume {volume} is encrypted: its snapshots are not supported yet")
+    if encrypted(src):
+        raise VolumeError(f"volume {volume} is encrypted: its snapshots are not supported yet (the overlay "
+                          "would need its LUKS options)")
     size = pool.info(volume).size_bytes
     top = export_node(service, volume) if exported else ""
     tmp = pool.directory / f".{volume}.overlay"  # not *.qcow2: no listing sees it half made
