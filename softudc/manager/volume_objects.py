@@ -213,8 +213,8 @@ def delete(store: Store, tree: Tree, name: str, wanted: Iterable[str]) -> list[s
 
 def desired(tree: Tree, host: str, wanted: set[str]) -> list[dict[str, Any]]:
     """The volume objects `host` holds (its DesiredState `volumes`, beside the farms' volumes).
-    A snapshot of a farm volume no farm wants any more is left out (its host deletes it after its
-    grace period) unless a volume backs on it."""
+    A snapshot whose volume is gone (no farm wants it, no host holds it: a kept one is held) is
+    left out (its host deletes it after its grace period) unless a volume backs on it."""
     out = []
     for name, r in sorted(tree.objs.items()):
         if r.get("host") != host:
@@ -232,7 +232,7 @@ def desired(tree: Tree, host: str, wanted: set[str]) -> list[dict[str, Any]]:
 
 def _alive(tree: Tree, of: str, wanted: set[str], name: str) -> bool:
     origin = tree.objs.get(of)
-    return bool(of in wanted or (origin and not origin.get("drop")) or tree.users(name))
+    return bool(of in wanted or of in tree.held or (origin and not origin.get("drop")) or tree.users(name))
 
 
 def prune(store: Store, objs: Iterable[Obj], held: dict[str, str]) -> None:

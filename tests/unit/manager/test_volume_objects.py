@@ -214,3 +214,15 @@ def test_the_routes_answer_for_objects_and_hand_farm_volumes_on(world: tuple[Man
         assert status == 200 and body["name"] == "shop--db-0--data.snap.s1" and body["depth"] == 2, body
         status, body = call("POST", "/v1/volumes", json={"name": "fork", "from": "shop--db-0--data@s1"})
         assert status == 200 and (body["host"], body["depth"]) == ("h1", 3), body
+
+
+def test_a_snapshot_lives_while_its_volume_is_held_or_something_backs_on_it() -> None:
+    objs = {"f--a-0--d.snap.s": {"type": "snapshot", "of": "f--a-0--d", "snapshot": "s", "host": "h1", "depth": 1,
+                                 "size_bytes": GiB}}
+    kept = vo.Tree(objs, {"f--a-0--d": "h1", "f--a-0--d.snap.s": "h1"})  # its farm gone, the volume kept
+    assert [v["name"] for v in vo.desired(kept, "h1", set())] == ["f--a-0--d.snap.s"]
+    gone = vo.Tree(objs, {"f--a-0--d.snap.s": "h1"})
+    assert vo.desired(gone, "h1", set()) == []  # its host deletes it after the grace period
+    used = vo.Tree({**objs, "c": {"type": "volume", "size_bytes": GiB, "host": "h1", "backing": "f--a-0--d.snap.s"}},
+                   {"f--a-0--d.snap.s": "h1"})
+    assert [v["name"] for v in vo.desired(used, "h1", set())] == ["c", "f--a-0--d.snap.s"]
