@@ -127,8 +127,17 @@ def test_a_mirrored_volume_survives_a_replica_host_and_is_rebuilt(lab: Lab) -> N
     second = again.removeprefix("written md5=")
     assert wait_until(lambda: volume(lab)["state"] in ("degraded", "rebuilding"), timeout=30, interval=0.5)
     seen_s = time.monotonic() - t_kill
-    assert wait_until(lambda: volume(lab)["state"] == "healthy", timeout=90, interval=1), (volume(lab),
-                                                                                          _tail(lab, "h1"))
+    steps: list[str] = []
+
+    def healthy() -> bool:  # the states on the way, for the log
+        now = volume(lab)
+        step = now["state"] + " " + ",".join(f"{r['name'][-2:]}@{r['host']}:{r['state']}" for r in now["replicas"])
+        if not steps or not steps[-1].endswith(step):
+            steps.append(f"{time.monotonic() - t_kill:.1f}s {step}")
+        return bool(now["state"] == "healthy")
+
+    assert wait_until(healthy, timeout=90, interval=0.5), (steps, _tail(lab, "h1"))
+    print("mirrored volume after the kill:", "; ".join(steps))
     healed_s = time.monotonic() - t_kill
     v = volume(lab)
     hosts = {r["host"]: r["name"] for r in v["replicas"]}
