@@ -28,7 +28,7 @@ class GatekeeperConfig:
     underlay_mtu: int = 1500
     transport: str = "udp"
     offload: bool = True
-    datapath: str = "userspace"  # auto | ebpf | userspace (gatekeeper/vnet/bpf/selection.py, docs/ebpf.md)
+    datapath: str = "auto"  # auto | ebpf | userspace (gatekeeper/vnet/bpf/selection.py, docs/ebpf.md)
     varp_group: str = "224.10.0.1"
     flood: str = "multicast"
     member_hosts: tuple[str, ...] = ()
@@ -106,7 +106,7 @@ def parse_config(raw: dict[str, Any], where: str = "<config>") -> GatekeeperConf
     transport = _choice(dataplane.get("transport", "udp"), ("udp", "raw"), "'udp' or 'raw'",
                         "dataplane.transport", fail)
     offload = _flag(dataplane.get("offload", True), "dataplane.offload", fail)
-    datapath = _choice(dataplane.get("datapath", "userspace"), ("auto", "ebpf", "userspace"),
+    datapath = _choice(dataplane.get("datapath", "auto"), ("auto", "ebpf", "userspace"),
                        "'auto', 'ebpf' or 'userspace'", "dataplane.datapath", fail)
     group, flood, hosts = _varp_flooding(varp, fail)
     timers = _varp_timers(varp, fail)

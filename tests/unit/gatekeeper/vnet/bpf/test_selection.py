@@ -45,9 +45,8 @@ def test_forcing_ebpf_where_impossible_is_an_error_naming_the_vnet() -> None:
 
 
 def test_config_switch() -> None:
-    # userspace until a VM live-migrated to a host new to its VNET answers from the host it left (docs/ebpf.md)
-    assert parse_config(BASE).datapath == "userspace"
-    assert parse_config({**BASE, "dataplane": {"datapath": "auto"}}).datapath == "auto"
+    assert parse_config(BASE).datapath == "auto"  # the default (docs/ebpf.md)
+    assert parse_config({**BASE, "dataplane": {"datapath": "userspace"}}).datapath == "userspace"
     with pytest.raises(ConfigError, match=r"dataplane\.datapath: 'bpf', expected 'auto', 'ebpf' or 'userspace'"):
         parse_config({**BASE, "dataplane": {"datapath": "bpf"}})
 
