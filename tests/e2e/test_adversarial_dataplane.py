@@ -7,6 +7,7 @@ up in the victim's counters (a drop by reason, a VARP message or a counted deliv
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import signal
 import struct
@@ -133,7 +134,14 @@ class Victim:
 
 
 @pytest.fixture
-def lab(make_lab: Callable[..., Lab]) -> Iterator[Lab]:
+def datapath() -> str:
+    """The lab gatekeepers' `dataplane.datapath`: SOFTUDC_LAB_DATAPATH's, else the default (`auto`)."""
+    return os.environ.get("SOFTUDC_LAB_DATAPATH") or "auto"
+
+
+@pytest.fixture
+def lab(make_lab: Callable[..., Lab], datapath: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", datapath)
     lab = make_lab(hosts=3)
     create_vnet(lab, TRAFFIC, ["h1", "h2"])
     create_vnet(lab, QUIET, ["h1", "h2"])
@@ -241,6 +249,7 @@ def test_r2_the_audits_datagram_pair_against_the_real_socket(lab: Lab, attacker:
                                            "fwd-udp": "running"}, "restarts": 0, "healthy": True}
 
 
+@pytest.mark.parametrize("datapath", ["auto", "userspace"])  # the default path and the forced userspace one
 def test_r2_r3_r18_r19_hostile_datagrams_while_traffic_flows(lab: Lab, attacker: Attacker,
                                                             captures: Callable[..., Capture]) -> None:
     victim = Victim(lab)

@@ -297,7 +297,8 @@ def test_on_a_tap_known_unicast_skips_the_reader_and_misses_are_punted_to_it(lab
     assert reader.stdout is not None and reader.stdout.readline().strip() == "open"
     spec = json.loads(lab["A"].read_text())
     spec["punt"] = True
-    spec["vnets"][0].update(uplink="vt0", hook="egress", ingress_ifname="vt0")
+    spec["vnets"][0].update(uplink="vt0", hook="egress", ingress_ifname="vt0",
+                            fdb={HOSTS["B"]["mac"]: HOSTS["B"]["ip"]})
     lab["A"].write_text(json.dumps(spec))
     hostctl(ns, "up", lab["A"])
     before = counters(lab, "A")["counters"]
