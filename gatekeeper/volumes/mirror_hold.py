@@ -25,6 +25,7 @@ from softudc.model.hoststate import DesiredDisk, DesiredVm
 
 log = logging.getLogger("gatekeeper.volumes")
 GRACE_S = 15.0
+MB = 10**6  # a volume's `mbps` limit is in MB/s (as gatekeeper/volumes/converge.py)
 STATES = (HEALTHY, FAILED, REBUILDING)
 
 
@@ -43,7 +44,8 @@ def mirror_disk(d: DesiredDisk, mirrors: Mirrors | None) -> DiskSpec:
     if mirrors is None:
         raise ValueError(f"disk {d.target}: volume {d.volume} is mirrored, and this host runs no storage service "
                          "([volumes] in the gatekeeper file: its client certificate reaches the replicas)")
-    return DiskSpec(d.target, unix=(str(mirrors.socket_path(d.volume)), d.volume))
+    return DiskSpec(d.target, unix=(str(mirrors.socket_path(d.volume)), d.volume), iops=d.iops,
+                    bytes_sec=d.mbps * MB if d.mbps else None)
 
 
 class MirrorKeeper:

@@ -144,6 +144,8 @@ class MirroredVolume:
     allowed: tuple[str, ...]  # the farm's hosts: every replica's export admits them
     replicas: tuple[tuple[str, str], ...]
     reason: str = ""
+    iops: int | None = None  # QoS of the VM's disk (libvirt iotune), as for any volume
+    mbps: int | None = None
 
 
 class Sized(Protocol):
@@ -178,7 +180,8 @@ def place_mirrored(farms: Iterable[tuple[Farm, dict[str, Any]]], reports: dict[s
                         continue
                     vid = volume_id(farm.name, inst["name"], vol.name)
                     chosen, why = choose_replicas(vid, vol.size_bytes, hosts, inputs, room)
-                    out[vid] = MirroredVolume(vid, vol.size_bytes, vol.keep, inst["host"], hosts, tuple(chosen), why)
+                    out[vid] = MirroredVolume(vid, vol.size_bytes, vol.keep, inst["host"], hosts, tuple(chosen), why,
+                                              vol.iops, vol.mbps)
     return out
 
 
@@ -201,7 +204,8 @@ def mirrored_disk(m: MirroredVolume, target: str, reports: dict[str, dict[str, A
         e = _export(reports, host, name)
         if e.get("address") and e.get("port"):
             replicas.append({"volume": name, "host": host, "address": e["address"], "port": e["port"]})
-    disk: dict[str, Any] = {"volume": m.id, "target": target, "replicas": replicas}
+    disk: dict[str, Any] = {"volume": m.id, "target": target, "replicas": replicas,
+                            **{k: v for k, v in (("iops", m.iops), ("mbps", m.mbps)) if v}}
     if replicas:
         disk["host"] = replicas[0]["host"]
     if len(replicas) >= COPIES:

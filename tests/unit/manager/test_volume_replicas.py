@@ -94,13 +94,14 @@ def test_health_from_the_vm_hosts_quorum_reports() -> None:
 
 
 def test_the_disk_waits_for_both_exports_and_a_destination_for_both_allow_lists() -> None:
-    m = MirroredVolume(VID, GiB, False, "h1", ("h1", "h4"), ((f"{VID}.r1", "h2"), (f"{VID}.r2", "h3")))
+    m = MirroredVolume(VID, GiB, False, "h1", ("h1", "h4"), ((f"{VID}.r1", "h2"), (f"{VID}.r2", "h3")), iops=300)
     one = {"h2": {"volumes": {f"{VID}.r1": {"address": "10.0.0.2", "port": 10809, "allowed": ["h1", "h4"]}}}}
     disk = mirrored_disk(m, "vdb", one)
     assert "port" not in disk and len(disk["replicas"]) == 1
     both = one | {"h3": {"volumes": {f"{VID}.r2": {"address": "10.0.0.3", "port": 10810, "allowed": ["h1"]}}}}
     disk = mirrored_disk(m, "vdb", both)
     assert disk["port"] == 10809 and [r["volume"] for r in disk["replicas"]] == [f"{VID}.r1", f"{VID}.r2"]
+    assert disk["iops"] == 300 and "mbps" not in disk
     assert admits(m, both, "h1") and not admits(m, both, "h4")
 
 

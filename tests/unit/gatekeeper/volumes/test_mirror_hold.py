@@ -18,7 +18,7 @@ VID = "shop--db-0--data"
 
 def vm(replicas: list[dict[str, object]]) -> DesiredVm:
     return DesiredVm.model_validate({"name": "shop--db-0", "vcpus": 1, "memory_mib": 64, "disks": [
-        {"volume": VID, "target": "vdb", "replicas": replicas},
+        {"volume": VID, "target": "vdb", "replicas": replicas, "iops": 500, "mbps": 20},
         {"volume": "shop--db-0--root", "target": "vdc", "local": True, "host": "h1"}]})
 
 
@@ -30,6 +30,7 @@ def test_replicas_and_the_domain_disk_come_from_the_desired_vms(run_dir: Path) -
     mirrors = Mirrors(run_dir, run_dir / "tls")
     disk = mirror_disk(vm(reps).disks[0], mirrors)
     assert disk.unix == (str(mirrors.socket_path(VID)), VID) and disk.target == "vdb"
+    assert (disk.iops, disk.bytes_sec) == (500, 20_000_000)  # QoS as for a remote volume
     with pytest.raises(ValueError, match="runs no storage service"):
         mirror_disk(vm(reps).disks[0], None)
 
