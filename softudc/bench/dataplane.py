@@ -174,9 +174,10 @@ SETUPS: dict[str, tuple[Callable[[Lab], Path], dict[str, Any]]] = {
     "vxlan": (setup_vxlan, {"gatekeepers": False}),
     "openvpn": (setup_openvpn, {"gatekeepers": False}),
     "openvpn_gcm": (lambda lab: setup_openvpn(lab, gcm=True), {"gatekeepers": False}),
-    "ours_udp": (setup_ours, {"transport": "udp"}),
-    "ours_raw": (setup_ours, {"transport": "raw"}),
-    "ours_esp": (lambda lab: setup_ours(lab, "conf"), {"transport": "udp"}),
+    # the userspace forwarder, whatever the gatekeepers' default path (auto: eBPF for plain VNETs)
+    "ours_udp": (setup_ours, {"transport": "udp", "datapath": "userspace"}),
+    "ours_raw": (setup_ours, {"transport": "raw", "datapath": "userspace"}),
+    "ours_esp": (lambda lab: setup_ours(lab, "conf"), {"transport": "udp", "datapath": "userspace"}),
     "ours_ebpf": (setup_ebpf, {"gatekeepers": False}),
     # not in DESIGNS (run with --designs): the eBPF path with GRO after decap forced either way,
     # to show what the automatic choice (ours_ebpf) gains on this underlay

@@ -207,10 +207,11 @@ def _make_host(lab: Lab, host: Host) -> None:
     ip("link", "set", "mg0", "up", netns=ns)
 
 
-def _datapath_line() -> str:
-    """`SOFTUDC_LAB_DATAPATH=userspace|ebpf|auto` pins every lab gatekeeper's data path (docs/ebpf.md:
-    the `vnet` e2e tests run on forced userspace with it); unset, the gatekeeper's default holds."""
-    forced = os.environ.get("SOFTUDC_LAB_DATAPATH", "")
+def _datapath_line(spec: LabSpec) -> str:
+    """The lab's `datapath` (the bench pins userspace for its ours_udp designs), else
+    `SOFTUDC_LAB_DATAPATH=userspace|ebpf|auto` pins every lab gatekeeper's data path (docs/ebpf.md:
+    the `vnet` e2e tests run on forced userspace with it); neither, the gatekeeper's default holds."""
+    forced = spec.datapath or os.environ.get("SOFTUDC_LAB_DATAPATH", "")
     return f'datapath = "{forced}"\n' if forced else ""
 
 
@@ -265,7 +266,7 @@ mtu = {spec.underlay_mtu}
 
 [dataplane]
 transport = "{spec.transport}"
-{_datapath_line()}
+{_datapath_line(spec)}
 [varp]
 flood = "{spec.flood}"
 hosts = {json.dumps(members)}

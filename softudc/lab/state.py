@@ -26,6 +26,12 @@ class LabError(CliError):
     """A lab could not be built, found or used; the message says what to do."""
 
 
+CHOICES: dict[str, tuple[str, ...]] = {  # a LabSpec field's allowed values ("": unset)
+    "transport": ("udp", "raw"), "flood": ("multicast", "members"), "vnetd_peering": ("mesh", "chain"),
+    "power": ("lab", "ipmi"), "datapath": ("", "auto", "ebpf", "userspace"),
+}
+
+
 @dataclass
 class LabSpec:
     name: str
@@ -45,6 +51,7 @@ class LabSpec:
     ha: bool = False  # with manager: 2 managers on a 3-member etcd cluster in the management namespace
     guest_dir: str | None = None  # default: build/guest of this checkout, or $SOFTUDC_GUEST_DIR
     power: str = "lab"  # each host's power driver: lab (its processes) or ipmi (an ipmi_sim BMC per host)
+    datapath: str = ""  # every gatekeeper's dataplane.datapath; "": $SOFTUDC_LAB_DATAPATH, else the default
 
     def validate(self) -> None:
         if not NAME_RE.match(self.name):
@@ -55,14 +62,10 @@ class LabSpec:
             raise LabError(f"segments: {self.segments} must be between 1 and the host count")
         if not 1280 <= self.underlay_mtu <= 9000:
             raise LabError(f"underlay_mtu: {self.underlay_mtu} is out of range 1280..9000")
-        if self.transport not in ("udp", "raw"):
-            raise LabError(f"transport: {self.transport!r}, expected 'udp' or 'raw'")
-        if self.flood not in ("multicast", "members"):
-            raise LabError(f"flood: {self.flood!r}, expected 'multicast' or 'members'")
-        if self.vnetd_peering not in ("mesh", "chain"):
-            raise LabError(f"vnetd_peering: {self.vnetd_peering!r}, expected 'mesh' or 'chain'")
-        if self.power not in ("lab", "ipmi"):
-            raise LabError(f"power: {self.power!r}, expected 'lab' or 'ipmi'")
+        for fld, allowed in CHOICES.items():
+            if getattr(self, fld) not in allowed:
+                expected = " or ".join(repr(a) for a in allowed if a)
+                raise LabError(f"{fld}: {getattr(self, fld)!r}, expected {expected}")
         if self.ha and not self.manager:
             raise LabError("ha: several managers need the manager; add --manager (softudc lab up NAME --manager --ha)")
 

@@ -28,6 +28,7 @@ from softudc.lab.state import (
     (LabSpec("a", transport="tcp"), "expected 'udp' or 'raw'"),
     (LabSpec("a", flood="all"), "expected 'multicast' or 'members'"),
     (LabSpec("a", vnetd_peering="star"), "expected 'mesh' or 'chain'"),
+    (LabSpec("a", datapath="kernel"), "datapath: 'kernel', expected 'auto' or 'ebpf' or 'userspace'"),
     (LabSpec("a", ha=True), r"several managers need the manager; add --manager"),
 ])
 def test_a_bad_spec_is_refused_with_what_is_wrong(spec: LabSpec, message: str) -> None:
