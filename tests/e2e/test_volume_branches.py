@@ -81,7 +81,7 @@ class World:
             try:
                 return [v["name"] for v in self.h2.call("volume.list")]
             except LocalApiError as e:
-                if "no volume" not in str(e):
+                if "no volume" not in str(e) and "No such file" not in str(e):
                     raise
                 time.sleep(0.2)
         return [v["name"] for v in self.h2.call("volume.list")]
