@@ -367,6 +367,7 @@ class VnetService:
         with self.lock:
             self.varp_counts["learned"] += 1
             commands = self.cache.learn(vnet, mac, addr)
+            self.fastpath.announced(vnet, mac, self.cache.fdb)  # a migrated VM's RARP, learned: the map at once
         self._run(commands)
 
     def on_varp(self, buf: bytes, src: str) -> None:
