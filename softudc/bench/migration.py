@@ -34,6 +34,9 @@ def _plain_l2(lab: Lab) -> str:
     """A bridge `brl2` on h1 and h2 joined to the underlay segment, and a pinger namespace on it."""
     seg = lab.segment_ns(0)
     for h in lab.hosts[:2]:
+        # only ul0 answers ARP for the underlay address: else brl2 does too (ARP flux), the peers' frames
+        # come in by l2 and miss the eBPF decapsulation attached to ul0 (docs/ebpf.md)
+        shell.run(["ip", "netns", "exec", h.netns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=1"])
         ip("link", "add", "l2", "netns", h.netns, "type", "veth", "peer", "name", f"l2{h.name}", "netns", seg)
         ip("link", "set", f"l2{h.name}", "master", "br0", "up", netns=seg)
         ip("link", "add", "brl2", "type", "bridge", "stp_state", "0", "forward_delay", "0", netns=h.netns)
