@@ -114,7 +114,14 @@ class Pool:
         return self.info(name)
 
     def volumes(self) -> list[Volume]:
-        return [self.info(p.name.removesuffix(".qcow2")) for p in sorted(self.directory.glob("*.qcow2"))]
+        out = []
+        for p in sorted(self.directory.glob("*.qcow2")):
+            try:
+                out.append(self.info(p.name.removesuffix(".qcow2")))
+            except VolumeError:
+                if p.exists():  # else deleted while listing (the converger drops volumes meanwhile)
+                    raise
+        return out
 
     def delete(self, name: str) -> None:
         path = self.path(name)

@@ -90,7 +90,8 @@ def test_creating_is_tried_again_when_qemu_cannot_time_its_pbkdf(service: Volume
         return real(argv, **kw)
 
     monkeypatch.setattr("subprocess.run", flaky)
-    assert service.create("sec", 8 * MiB, key=KEY)["size_bytes"] == 8 * MiB and len(calls) == 3
+    # two made-up misses, then the real qemu-img: on a busy host it may miss once more itself
+    assert service.create("sec", 8 * MiB, key=KEY)["size_bytes"] == 8 * MiB and len(calls) >= 3
     calls.clear()
     monkeypatch.setattr("subprocess.run", lambda argv, **kw: subprocess.CompletedProcess(argv, 1, "", "other"))
     with pytest.raises(VolumeError, match="other"):

@@ -113,3 +113,19 @@ def test_the_header_size_is_qemu_img_s(size: int) -> None:
         pool = Pool(Path(d), thin=True)
         v = pool.create("v", size)
         assert pool._virtual_size(pool.path("v")) == v.size_bytes  # qemu-img info is the oracle
+
+
+def test_a_volume_deleted_while_listing_is_left_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = Pool(tmp_path)
+    for name in ("a", "b"):
+        pool.create(name, 1 << 20)
+    real = Pool.info
+
+    def racing(self: Pool, name: str) -> object:
+        if name == "a":  # the converger deletes it between the glob and the read
+            (tmp_path / "a.qcow2").unlink()
+        return real(self, name)
+
+    monkeypatch.setattr(Pool, "info", racing)
+    assert [v.name for v in pool.volumes()] == ["b"]
+
