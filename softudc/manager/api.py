@@ -47,7 +47,6 @@ from softudc.manager import (
     dpm,
     volume_moves_api,
     volume_objects_api,
-    volumes_api,
 )
 from softudc.manager.apimodels import (
     INSTANCE_PATTERN,
@@ -418,8 +417,7 @@ def make_app(m: Manager | None, stats: ApiStats | None = None, workers: int = WO
     app.include_router(apiload.router)  # hosts' and VMs' load (softudc/manager/apiload.py)
     app.include_router(apirollout.router)  # rolling host maintenance (softudc/manager/apirollout.py)
     app.include_router(apiusage.router)  # usage per farm and VM (softudc/manager/apiusage.py)
-    app.include_router(volume_objects_api.router)  # volume objects; before volumes_api's (volume_objects_api.py)
-    app.include_router(volumes_api.router)  # the farms' volumes (softudc/manager/volumes_api.py)
+    app.include_router(volume_objects_api.router)  # every volume: the farms' (volumes_api.py) and objects
     app.include_router(volume_moves_api.router)  # online volume moves (softudc/manager/volume_moves_api.py)
     app.include_router(apiplans.router)  # rebalance plans (softudc/manager/apiplans.py)
     install_console(app)  # the web console under /console (softudc/console/)

@@ -1,4 +1,5 @@
-"""The farms' volumes as the manager plans them (issue 13 item 2), for `softudc volume list`.
+"""The farms' volumes as the manager plans them (issue 13 item 2), for `softudc volume list`; the
+routes are volume_objects_api's (it adds standalone volumes, masters and snapshots to these):
 
     GET /v1/volumes[?farm=F]   [{id, farm, instance, volume, class, size_bytes, from, keep,
                                  host, vm_host, allowed, state: planned|held|unplaced, reason,
@@ -13,21 +14,15 @@ a storage service get no volume; `volumes`: what each storage host holds and exp
 
 from __future__ import annotations
 
-from typing import Annotated, Any
-
-from fastapi import APIRouter, Query
+from typing import Any
 
 from softudc.manager import volume_moves
-from softudc.manager.apideps import Mgr, Who
-from softudc.manager.apimodels import errors
 from softudc.manager.auth import Principal
 from softudc.manager.errors import ApiError
 from softudc.manager.service import Manager
 from softudc.manager.volume_replicas import mirrored_rows
 from softudc.manager.volumes import VolumePlan, VolumeView
 from softudc.model.volume import split_volume_id, volume_id
-
-router = APIRouter()
 
 
 def listing(plan: VolumePlan, sizes: dict[str, dict[str, Any]],
@@ -90,22 +85,3 @@ def delete_volume(m: Manager, who: Principal, vid: str) -> dict[str, Any]:
     raise ApiError(409, f"volume {vid} belongs to VM {row['instance']} of farm {row['farm']}: remove it from the "
                         f"farm's descriptor and apply it, or delete the farm (a volume with keep: true stays then)")
 
-
-@router.get("/v1/volumes", summary="The farms' volumes: where each is planned and who may open it",
-            responses=errors(401, 403))
-def get_volumes(m: Mgr, who: Who,
-                farm: Annotated[str | None, Query(max_length=255, description="only this farm")] = None) \
-        -> list[dict[str, Any]]:
-    return volumes(m, who, farm)
-
-
-@router.get("/v1/volumes/{vid}", summary="One farm volume: where it is planned, whether its host holds it, its export",
-            responses=errors(401, 403, 404))
-def get_volume(m: Mgr, who: Who, vid: str) -> dict[str, Any]:
-    return volume(m, who, vid)
-
-
-@router.delete("/v1/volumes/{vid}", summary="Refused while a farm wants the volume (409 says what to do)",
-               responses=errors(401, 403, 404, 409))
-def del_volume(m: Mgr, who: Who, vid: str) -> dict[str, Any]:
-    return delete_volume(m, who, vid)
