@@ -2,10 +2,11 @@
 disks of this host's VMs as libvirt sees them.
 
 `volume_actions` is pure: the volumes wanted, what the pool holds and exports, and the volumes
-made for the manager before (with their `keep`) in; actions out, in this order: create (empty, or
-a copy-on-write clone of a pool volume), export, allow (a VM moved), unexport (no host needs it),
-then for a volume the manager no longer wants: unexport, and delete unless `keep` (a kept one is
-left in the pool and forgotten: made again by name if a farm asks for it later).
+made for the manager before (with their `keep`) in; actions out, in this order: create (empty, a
+copy-on-write clone of a pool volume, or a copy of the VM's image: from_image.py), export, allow
+(a VM moved), unexport (no host needs it), then for a volume the manager no longer wants:
+unexport, and delete unless `keep` (a kept one is left in the pool and forgotten: made again by
+name if a farm asks for it later).
 
 A volume the manager stops wanting is removed only after `GRACE_S` (the manager's plan may lose a
 host's pool for a round; a volume's data is not thrown away for that).
@@ -26,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gatekeeper.hypervisor.domain import DiskSpec
-from gatekeeper.volumes import snapshots
+from gatekeeper.volumes import from_image, snapshots
 from gatekeeper.volumes.pool import Pool
 from gatekeeper.volumes.service import VolumeService
 from softudc.atomicfile import write_atomic
@@ -69,7 +70,8 @@ def _wanted(w: DesiredVolume, have: dict[str, dict[str, Any]]) -> list[VolumeAct
     actions = []
     if w.name not in have:
         actions.append(VolumeAction("create", w.name, {"size_bytes": w.size_bytes, "backing": w.backing,
-                                                       **({"key": w.key} if w.key else {})}))
+                                                       **({"key": w.key} if w.key else {}),
+                                                       **({"image": w.image} if w.image else {})}))
     exported = "allowed" in have.get(w.name, {})
     if w.allowed and not exported:
         actions.append(VolumeAction("export", w.name, {"allowed": sorted(set(w.allowed)),
@@ -155,7 +157,9 @@ class VolumeConverger:
 
     def _apply(self, a: VolumeAction) -> None:
         s = self.service
-        if a.op == "create":
+        if a.op == "create" and "image" in a.args:  # a copy of the VM's image
+            from_image.create(s.pool, a.name, a.args["size_bytes"], a.args["image"])
+        elif a.op == "create":
             s.create(a.name, a.args["size_bytes"], a.args["backing"], a.args.get("key"))
         elif a.op == "export":
             s.export(a.name, a.args["allowed"], a.args.get("key"))

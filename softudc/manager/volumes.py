@@ -181,6 +181,13 @@ def pool_free(reports: dict[str, dict[str, Any]]) -> dict[str, int]:
     return out
 
 
+def image_sources(farms: Iterable[tuple[Farm, dict[str, Any]]]) -> dict[str, str]:
+    """Volume id -> its VM's image, for the volumes `from: image` (gatekeeper/volumes/from_image.py)."""
+    return {volume_id(farm.name, inst["name"], vol.name): vm.image for farm, status in farms
+            for inst in status.get("instances", []) for vm in farm.vms if vm.name == inst.get("vm")
+            for vol in vm.volumes if vol.source == IMAGE}
+
+
 class VolumeView:
     """The volumes' part of every host's desired state, worked out once per read of the farms and
     reports: what each storage host holds and exports, each VM's disks, and whether a moving VM's
@@ -201,6 +208,7 @@ class VolumeView:
         for host in placed.values():  # a report without its pool (unreadable for a round) keeps what it holds
             free.setdefault(host, 0)
         self.plan = plan_volumes(with_volumes, free, placed, masters)
+        self.images = image_sources(with_volumes)  # `from: image`: the VM's image the host copies
         self.mirrored = place_mirrored(with_volumes, reports, free, self.plan.volumes.values())  # their replicas
         self.objects = volume_objects.Tree(dict(objects or {}), {n: h for n, (h, _) in self.held.items()},
                                            {v.id: (v.source, v.size_bytes) for v in self.plan.volumes.values()})
@@ -215,7 +223,8 @@ class VolumeView:
             source = backing_name(v.source) if v.source not in (EMPTY, IMAGE) and not moved_here else None
             out.append({"name": v.id, "size_bytes": v.size_bytes, **({"backing": source} if source else {}),
                         "allowed": list(v.allowed), "keep": v.keep,
-                        **({"key": self.key_of(v.id)} if v.encrypted and self.key_of else {})})
+                        **({"key": self.key_of(v.id)} if v.encrypted and self.key_of else {}),
+                        **({"image": self.images[v.id]} if v.id in self.images and not moved_here else {})})
         if self.moves:  # a move's destination holds the volume before the switch-over
             sizes = {v.id: (v.size_bytes, v.allowed, v.keep) for v in self.plan.volumes.values()}
             out = sorted(out + volume_moves.destination_volumes(self.moves, self.reports, host, sizes),

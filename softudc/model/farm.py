@@ -43,7 +43,7 @@ from typing import Any
 
 from softudc.model.hoststate import SEPARATOR
 from softudc.model.source import DescriptorError, Mark, Node, Problem, load
-from softudc.model.volume import VolumeDef, parse_volumes
+from softudc.model.volume import VolumeDef, check_image_source, parse_volumes
 
 API_VERSION = "softudc.io/v1alpha1"
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]{0,38}[a-z0-9])?$")
@@ -347,8 +347,9 @@ def _vm(c: _Checker, node: Node, path: str, vnets: dict[str, VnetDef], groups: s
     priority = c.integer(m["priority"], f"{path}.priority", -MAX_PRIORITY, MAX_PRIORITY) if "priority" in m else 0
     nics = _vm_nics(c, m, path, vnets, replicas or 0)
     volumes = parse_volumes(c, m["volumes"], f"{path}.volumes") if "volumes" in m else []
+    image_ok = "image" not in m or check_image_source(c, m["image"], f"{path}.image", volumes)
     if nics is None or None in (name, replicas, vcpus, memory, image, migration, ha, priority, volumes) \
-            or not group_ok or not migration_ok:
+            or not group_ok or not migration_ok or not image_ok:
         return None
     assert name and replicas is not None and vcpus and memory and image and migration and ha and priority is not None
     assert volumes is not None

@@ -327,6 +327,7 @@ class MigrateTo(_Doc):
 
 
 VolumeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,126}$")]  # gatekeeper/volumes/pool.py
+ImageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")]  # volumes/from_image.py
 
 
 class DiskMove(_Doc):
@@ -411,6 +412,8 @@ class DesiredVolume(_Doc):
     snapshot_of: VolumeName | None = None
     drop: bool = False
     flatten: bool = False
+    # `from: image` (gatekeeper/volumes/from_image.py): made as a copy of this image, grown to size_bytes.
+    image: ImageName | None = None
 
 
 class DesiredVm(_Doc):

@@ -127,6 +127,10 @@ def _volume(c: Checks, node: Node, path: str) -> VolumeDef | None:
         c.fail(m["encrypted"].mark, f"{path}.encrypted", "an encrypted volume must be `class: remote` (its "
                f"storage host's qemu-storage-daemon holds the key), not {cls}")
         return None
+    if encrypted and source == IMAGE:  # gatekeeper/volumes/from_image.py copies into a plain qcow2
+        c.fail(m["from"].mark, f"{path}.from", "an encrypted volume cannot start from the image (not supported "
+               "yet); use `from: empty`, or leave `encrypted` out")
+        return None
     if cls == "mirrored" and source not in (None, EMPTY):  # softudc/manager/volume_replicas.py
         c.fail(m["from"].mark, f"{path}.from", "a mirrored volume starts empty (its two replicas are made side "
                f"by side), not from {source}; use `class: remote` for a clone or an image")
@@ -182,6 +186,20 @@ def _source(c: Checks, node: Node, path: str) -> str | None:
                                 "`softudc volume snapshot` first)")
         return None
     return c.name(node, path)  # a master volume's name (`softudc volume create --master`)
+
+
+IMAGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")  # hoststate.ImageName: a file name on the host
+
+
+def check_image_source(c: Checks, node: Node, path: str, volumes: list[VolumeDef] | None) -> bool:
+    """A VM with a volume `from: image` needs an image name the storage host can find as a file."""
+    if not any(v.source == IMAGE for v in volumes or []) or not isinstance(node.value, str):
+        return True
+    if IMAGE_RE.match(node.value) and ".." not in node.value:
+        return True
+    c.fail(node.mark, path, f"{node.value!r}: a VM with a volume `from: image` needs an image name of 1-128 "
+                            "A-Z a-z 0-9 _ . : + - (starting with a letter or digit); rename the image")
+    return False
 
 
 def backing_name(source: str) -> str:

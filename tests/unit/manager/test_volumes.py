@@ -111,6 +111,19 @@ def test_the_view_tells_the_storage_host_what_to_hold_and_the_vm_host_where_to_c
     assert VolumeView([(f, status("h1"))], reports).admit("shop", "db-0", vm, "h3")
 
 
+def test_a_volume_from_the_image_carries_the_vm_image_to_its_storage_host() -> None:
+    f = farm(VolumeDef("root", GiB, "remote", source="image"), VolumeDef("data", GiB), replicas=1)
+    reports: dict[str, dict[str, Any]] = {"h2": {"pool": {"free_bytes": 4 * GiB}, "volumes": {}},
+                                          "h1": {"pool": {"free_bytes": GiB}, "volumes": {}}}
+    view = VolumeView([(f, status("h1"))], reports)
+    assert view.for_host("h2") == [{"name": "shop--db-0--root", "size_bytes": GiB, "allowed": ["h1"],
+                                    "keep": False, "image": "img"}]
+    assert view.for_host("h1") == [{"name": "shop--db-0--data", "size_bytes": GiB, "allowed": [], "keep": False}]
+    state = desired_json("h2", [(f, status("h1"))], {**reports, "h2": {**reports["h2"], "contract": 3}},
+                         lambda farm, vnet: {})
+    assert state["volumes"][0]["image"] == "img"  # the contract's DesiredVolume carries it
+
+
 def test_a_volume_a_host_reports_stays_there() -> None:
     f = farm(VolumeDef("d", GiB, "remote"), replicas=1)
     reports: dict[str, dict[str, Any]] = {"h1": {"pool": {"free_bytes": GiB}, "volumes": {"shop--db-0--d": {}}},

@@ -80,6 +80,9 @@ def test_a_vm_without_volumes_has_none() -> None:
     ("{name: a, size: 1Gi, encrypted: true}", "spec.vms[0].volumes[0].encrypted: an encrypted volume must be "
                                               "`class: remote`"),
     ("{name: a, size: 1Gi, class: remote, encrypted: 1}", "volumes[0].encrypted: 1 must be true or false"),
+    ("{name: a, size: 1Gi, class: remote, encrypted: true, from: image}", "f.yaml:13:70: spec.vms[0].volumes[0]"
+                                                                          ".from: an encrypted volume cannot start "
+                                                                          "from the image"),
     ("{name: a, size: 1Gi, iops: 0}", "spec.vms[0].volumes[0].iops: 0 must be a whole number from 1 to 1000000"),
     ("{name: a, size: 1Gi, mbps: fast}", "spec.vms[0].volumes[0].mbps: 'fast' must be a whole number from 1"),
     ("{name: a, size: 1Gi, mbps: true}", "spec.vms[0].volumes[0].mbps: True must be a whole number"),
@@ -92,6 +95,17 @@ def test_a_vm_without_volumes_has_none() -> None:
 def test_each_mistake_is_named_at_its_field(volume: str, expected: str) -> None:
     got = problems(volume)
     assert any(expected in g for g in got), got
+
+
+def test_a_volume_from_the_image_needs_an_image_name_the_host_can_find() -> None:
+    assert validate(farm("{name: root, size: 1Gi, from: image}")).vms[0].volumes[0].source == "image"
+    text = farm("{name: root, size: 1Gi, from: image}").replace("image: test-guest", "image: lib/web")
+    with pytest.raises(DescriptorError) as e:
+        validate(text, "f.yaml")
+    assert "f.yaml:10:14: spec.vms[0].image: 'lib/web': a VM with a volume `from: image` needs an image name" \
+        in str(e.value)
+    assert validate(farm("{name: a, size: 1Gi}").replace("image: test-guest", "image: lib/web")).vms[0].image \
+        == "lib/web"  # without such a volume any image name goes
 
 
 def test_duplicate_and_too_many_volumes_are_refused() -> None:

@@ -97,6 +97,25 @@ def test_the_converger_holds_clones_exports_and_removes_after_the_grace(service:
     assert service.exports.names() == []
 
 
+def test_the_converger_makes_a_volume_from_the_image_once(service: VolumeService) -> None:
+    images = service.pool.directory / "images"
+    images.mkdir()
+    with open(images / "test-guest.img", "wb") as f:
+        f.write(b"\xab" * MiB)
+    root = DesiredVolume(name="f--a-0--root", size_bytes=4 * MiB, image="test-guest")
+    assert volume_actions([root], {}, {})[0].args == {"size_bytes": 4 * MiB, "backing": None, "image": "test-guest"}
+    c = VolumeConverger(service)
+    assert c.converge([root]) == (["volume.create f--a-0--root"], [])
+    assert service.describe("f--a-0--root")["size_bytes"] == 4 * MiB
+    assert c.converge([root]) == ([], [])  # made once: the image is not copied again
+    small = DesiredVolume(name="f--a-1--root", size_bytes=MiB // 2, image="test-guest")
+    done, errors = c.converge([root, small])
+    assert done == [] and errors == ["volume.create f--a-1--root: volume f--a-1--root: image test-guest "
+                                     f"({images}/test-guest.img) is 1048576 bytes, more than the volume's size "
+                                     "524288; set the volume's `size` in the farm descriptor "
+                                     "(vms[].volumes[].size) to at least 1Mi"]
+
+
 def test_a_vm_waits_for_its_disks_exports_then_starts_with_them() -> None:
     from gatekeeper.converge import Here, converge
 
