@@ -20,6 +20,7 @@ from typing import Any
 
 from softudc.cli.connect import add_arguments, connect
 from softudc.cli.errors import CliError, ok
+from softudc.cli.follow import follow_progress
 
 
 def _line(p: dict[str, Any]) -> str:
@@ -38,17 +39,11 @@ def _busy(p: dict[str, Any]) -> bool:
 def follow(a: argparse.Namespace, first: dict[str, Any], clock: Callable[[], float] = time.monotonic,
            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll the drain's progress until the host is in maintenance; a CliError after a.timeout."""
-    api, p, start = connect(a), first, clock()
-    while _busy(p):
-        if clock() - start > a.timeout:
-            raise CliError(f"{_line(p)} after {a.timeout:g} s; left: {', '.join(p['left'])} (the drain goes on: "
-                           f"`softudc host drain {a.name} --wait` follows it again; `softudc events --kind farm` "
-                           "says why a move is slow)")
-        print(f"\r  {_line(p)}", end="", file=sys.stderr, flush=True)
-        sleep(1.0)
-        p = ok(*api.call("GET", f"/v1/hosts/{a.name}/drain"))
-    print(file=sys.stderr)
-    return p
+    api = connect(a)
+    return follow_progress(first, lambda: ok(*api.call("GET", f"/v1/hosts/{a.name}/drain")), _busy, _line,
+                           a.timeout, lambda p: f"; left: {', '.join(p['left'])} (the drain goes on: `softudc host "
+                           f"drain {a.name} --wait` follows it again; `softudc events --kind farm` says why a move "
+                           "is slow)", clock, sleep)
 
 
 def cmd_drain(a: argparse.Namespace) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from softudc.cli.connect import Api, add_arguments, connect
 from softudc.cli.errors import CliError, ok
+from softudc.cli.follow import follow_progress
 
 LIMITS = ("max_per_source", "max_per_destination", "max_per_step", "max_moves")
 
@@ -45,16 +46,10 @@ def _progress(p: dict[str, Any]) -> str:
 def follow(api: Api, p: dict[str, Any], timeout: float, clock: Callable[[], float] = time.monotonic,
            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll a running plan until it is done or failed; a CliError after `timeout` s."""
-    start = clock()
-    while p["state"] == "running":
-        if clock() - start > timeout:
-            raise CliError(f"{_progress(p)} after {timeout:g} s (the plan goes on: `softudc rebalance --plan "
-                           f"{p['id']}` follows it again)")
-        print(f"\r  {_progress(p)}", end="", file=sys.stderr, flush=True)
-        sleep(1.0)
-        p = ok(*api.call("GET", f"/v1/plans/{p['id']}"))
-    print(file=sys.stderr)
-    return p
+    return follow_progress(p, lambda: ok(*api.call("GET", f"/v1/plans/{p['id']}")),
+                           lambda q: bool(q["state"] == "running"), _progress, timeout,
+                           lambda q: f" (the plan goes on: `softudc rebalance --plan {q['id']}` follows it again)",
+                           clock, sleep)
 
 
 def _body(a: argparse.Namespace, dry_run: bool) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +14,7 @@ from urllib.parse import quote
 
 from softudc.cli.connect import add_arguments, connect
 from softudc.cli.errors import CliError, ok
+from softudc.cli.follow import follow_progress
 
 OVER = ("done", "failed")
 
@@ -42,16 +42,10 @@ def line(m: dict[str, Any]) -> str:
 def follow(a: argparse.Namespace, first: dict[str, Any], clock: Callable[[], float] = time.monotonic,
            sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
     """Poll the move until done or failed; a CliError after a.timeout (the move goes on)."""
-    api, m, start = connect(a), first, clock()
-    while m["state"] not in OVER:
-        if clock() - start > a.timeout:
-            raise CliError(f"{line(m)} after {a.timeout:g} s (the move goes on: `softudc volume describe "
-                           f"{a.id}` shows it)")
-        print(f"\r  {line(m)}", end="", file=sys.stderr, flush=True)
-        sleep(1.0)
-        m = ok(*api.call("GET", f"/v1/volumes/{quote(a.id, safe='')}/move"))
-    print(file=sys.stderr)
-    return m
+    api = connect(a)
+    return follow_progress(first, lambda: ok(*api.call("GET", f"/v1/volumes/{quote(a.id, safe='')}/move")),
+                           lambda m: m["state"] not in OVER, line, a.timeout,
+                           lambda m: f" (the move goes on: `softudc volume describe {a.id}` shows it)", clock, sleep)
 
 
 def cmd_volume_move(a: argparse.Namespace) -> None:
