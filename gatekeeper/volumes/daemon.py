@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError
@@ -56,8 +57,9 @@ class StorageDaemon:
         except QmpConnectionError:
             return False
 
-    def start(self, timeout: float = 10.0) -> int:
-        """Start qsd (or adopt the one running); its PID."""
+    def start(self, timeout: float = 10.0, args: Sequence[str] = (), pass_fds: Sequence[int] = ()) -> int:
+        """Start qsd (or adopt the one running); its PID. `args`: more command-line options (after
+        the monitor's); `pass_fds`: descriptors qsd inherits (e.g. a listening socket they name)."""
         if self.adopt():
             pid = self.pid()
             assert pid is not None
@@ -69,11 +71,11 @@ class StorageDaemon:
         for stale in (self.qmp_path, self.pid_path):
             stale.unlink(missing_ok=True)
         argv = [self.binary, "--chardev", f"socket,id=qmp0,path={self.qmp_path},server=on,wait=off",
-                "--monitor", "chardev=qmp0", "--pidfile", str(self.pid_path), "--daemonize"]
+                "--monitor", "chardev=qmp0", "--pidfile", str(self.pid_path), "--daemonize", *args]
         with open(self.run_dir / "qsd.log", "ab") as log:
             try:
                 done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, timeout=timeout,
-                                      check=False)
+                                      check=False, pass_fds=tuple(pass_fds))
             except (OSError, subprocess.TimeoutExpired) as e:
                 raise DaemonError(f"{self.binary} did not start: {e}") from None
         pid = self.pid()

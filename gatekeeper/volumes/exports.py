@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,24 @@ def check_hosts(allowed: Any) -> list[str]:
         if not isinstance(host, str) or not HOST_RE.match(host):
             raise VolumeError(f"allowed: {host!r} is not a host name (the CN of its certificate)")
     return sorted(set(allowed))
+
+
+def nodelay_listener(address: str, port: int) -> socket.socket:
+    """A listening TCP socket with TCP_NODELAY, for qsd's NBD server: on Linux the connections
+    accepted on it inherit TCP_NODELAY. QEMU 7.2's NBD server sends a reply as two TLS records
+    (header, then payload) and sets no TCP_NODELAY (8.0 corks); with Nagle the second waited for
+    the client's delayed ACK, ~40 ms per request (docs/volumes.md "Slow reads")."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((address, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def authz_rules(allowed: list[str]) -> list[dict[str, str]]:
@@ -115,11 +134,13 @@ class Exports:
 
     def _launch(self, name: str, state: dict[str, Any], key: str | None = None) -> None:
         daemon = self.daemon(name)
-        daemon.start()
+        try:
+            listener = nodelay_listener(self.address, int(state["port"]))
+        except OSError as e:
+            raise DaemonError(f"export {name}: cannot listen on {self.address}:{state['port']}: {e}") from None
+        with listener:
+            daemon.start(args=self._server_args(state["allowed"], listener.fileno()), pass_fds=[listener.fileno()])
         with daemon.qmp() as q:
-            q.execute("object-add", **{"qom-type": "tls-creds-x509", "id": "tls0", "dir": str(self.tls_dir),
-                                       "endpoint": "server", "verify-peer": True})
-            self._set_authz(q, state["allowed"], replace=False)
             q.execute("blockdev-add", **{"driver": "file", "node-name": "file0",
                                          "filename": str(self.pool.path(name))})
             encrypt: dict[str, Any] = {}
@@ -127,11 +148,17 @@ class Exports:
                 q.execute("object-add", **crypt.secret_object(key))
                 encrypt = {"encrypt": crypt.encrypt_options()}
             q.execute("blockdev-add", **{"driver": "qcow2", "node-name": "vol0", "file": "file0", **encrypt})
-            q.execute("nbd-server-start", addr={"type": "inet", "data": {"host": self.address,
-                                                                        "port": str(state["port"])}},
-                      **{"tls-creds": "tls0", "tls-authz": "authz0"})
             q.execute("block-export-add", type="nbd", id=name, **{"node-name": "vol0", "name": name,
                                                                    "writable": True})
+
+    def _server_args(self, allowed: list[str], fd: int) -> list[str]:
+        """qsd's options for tls0, authz0 and the NBD server on the inherited listening socket `fd`
+        (qsd takes a socket descriptor on its command line only: QMP's getfd is QEMU's)."""
+        tls = {"qom-type": "tls-creds-x509", "id": "tls0", "dir": str(self.tls_dir), "endpoint": "server",
+               "verify-peer": True}
+        authz = {"qom-type": "authz-list", "id": "authz0", "policy": "deny", "rules": authz_rules(allowed)}
+        return ["--object", json.dumps(tls), "--object", json.dumps(authz),
+                "--nbd-server", f"addr.type=fd,addr.str={fd},tls-creds=tls0,tls-authz=authz0"]
 
     @staticmethod
     def _set_authz(q: QmpClient, allowed: list[str], replace: bool) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.volumes.exports import authz_rules, check_hosts
+from gatekeeper.volumes.daemon import DaemonError
+from gatekeeper.volumes.exports import authz_rules, check_hosts, nodelay_listener
 from gatekeeper.volumes.pool import VolumeError
 from gatekeeper.volumes.service import VolumeService
 from softudc.pids import pid_alive
@@ -125,3 +126,25 @@ def test_a_farm_volume_s_long_id_is_exported_and_restored(service: VolumeService
     service.unexport(vid)
     service.delete(vid)
     assert service.volumes() == [] and service.exports.names() == []
+
+
+def test_the_nbd_server_listens_on_a_nodelay_socket_whose_connections_inherit_it(service: VolumeService) -> None:
+    with nodelay_listener("127.0.0.1", 0) as listener, \
+            socket.create_connection(listener.getsockname()[:2], timeout=5):
+        conn, _ = listener.accept()
+        with conn:  # QEMU 7.2's server sets no TCP_NODELAY itself: Nagle held its replies' 2nd record
+            assert conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    service.create("v1", 8 * MiB)
+    e = service.export("v1", ["h1"])
+    argv = Path(f"/proc/{e['pid']}/cmdline").read_bytes().split(b"\0")
+    assert any(a.startswith(b"addr.type=fd,") for a in argv), argv
+
+
+def test_an_export_whose_port_is_taken_fails_naming_it(service: VolumeService) -> None:
+    service.create("v1", 8 * MiB)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", service.exports.base_port))
+        busy.listen(1)
+        with pytest.raises(DaemonError, match=f"cannot listen on 127.0.0.1:{service.exports.base_port}"):
+            service.export("v1", ["h1"])
+    assert not service.exports.exported("v1")

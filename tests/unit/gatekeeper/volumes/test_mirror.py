@@ -90,6 +90,18 @@ def test_writes_reach_both_replicas_survive_one_and_a_new_one_is_rebuilt(service
     assert mirrors.names() == [] and qsd is not None and not pid_alive(qsd)
 
 
+def test_reads_through_a_mirror_are_not_held_by_delayed_acks(service: VolumeService, mirrors: Mirrors) -> None:
+    """Each 4 KiB read took >= 40 ms (two Nagle waits on the replica export's replies: the block
+    status the quorum asks, then the read) while the export's qsd had no TCP_NODELAY; now < 1 ms."""
+    mirrors.ensure(VOL, [replica(service, 1), replica(service, 2)])
+    assert qemu_io(mirrors, "write -P 0xab 0 1M").returncode == 0
+    started = time.monotonic()
+    io = qemu_io(mirrors, *[f"read -P 0xab {i * 4096} 4k" for i in range(50)])
+    took = time.monotonic() - started
+    assert io.returncode == 0 and "Pattern verification failed" not in io.stdout, io.stdout + io.stderr
+    assert took < 1.5, f"50 reads of 4 KiB took {took:.2f} s (>= 2 s when replies wait for delayed ACKs)"
+
+
 def test_a_mirror_starts_with_two_replicas(mirrors: Mirrors) -> None:
     with pytest.raises(MirrorError, match="starts with two"):
         mirrors.ensure(VOL, [Replica(f"{VOL}.r1", "h2", "127.0.0.1", 1)])
