@@ -8,6 +8,7 @@ for the module (3 hosts with libvirtd and a manager)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -249,3 +250,48 @@ def _qemu_log(w: World, host: str) -> str:
 def _tail(w: World, host: str) -> str:
     log = w.lab.dir / host / "gatekeeper.log"
     return log.read_text(errors="replace")[-3000:] if log.exists() else f"(no {log})"
+
+
+IMAGE_FARM = """apiVersion: softudc.io/v1alpha1
+kind: Farm
+metadata: {name: vi}
+spec:
+  vnets: [{name: net, subnet: 10.9.8.0/24}]
+  vms:
+    - {name: r, replicas: 1, memory: 128Mi, image: test-guest, nics: [{vnet: net, address: pool}],
+       volumes: [{name: root, size: 16Mi, class: remote, from: image}]}
+"""
+ROOT = "vi--r-0--root"
+
+
+def test_a_volume_from_the_image_is_a_copy_of_the_image_grown_to_its_size(world: World) -> None:
+    """`from: image` (gatekeeper/volumes/from_image.py): the storage host copies its
+    images/test-guest.img into the volume; read back from the pool file with qemu-io."""
+    w, t0 = world, time.monotonic()
+    pools = {h: Path(w.lab.host(h).config_path).parent / "pool" for h in ("h1", "h2", "h3")}
+    for pool in pools.values():  # wherever the volume is placed, its host has the image
+        (pool / "images").mkdir(parents=True, exist_ok=True)
+        image = pool / "images" / "test-guest.img"
+        with open(image, "wb") as f:
+            f.truncate(8 * MiB)
+        wrote = subprocess.run(["qemu-io", "-f", "raw", "-c", f"write -P 0xcd {7 * MiB} 1M", str(image)],
+                               capture_output=True, text=True, timeout=30, check=False)
+        assert "wrote" in wrote.stdout, wrote.stderr
+    try:
+        api(w, "PUT", "/v1/farms/vi", IMAGE_FARM)
+        assert wait_until(lambda: any((p / f"{ROOT}.qcow2").exists() for p in pools.values()), timeout=60,
+                          interval=0.5), (api(w, "GET", "/v1/volumes"), _tail(w, "h2"))
+        path = next(p / f"{ROOT}.qcow2" for p in pools.values() if (p / f"{ROOT}.qcow2").exists())
+        info = json.loads(subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], capture_output=True,
+                                         text=True, timeout=30, check=True).stdout)
+        assert info["virtual-size"] == 16 * MiB and "backing-filename" not in info, info
+        read = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c", f"read -P 0xcd {7 * MiB} 1M",
+                               "-c", f"read -P 0 {8 * MiB} 8M", str(path)],
+                              capture_output=True, text=True, timeout=30, check=False)
+        assert read.stdout.count("read ") == 2 and "Pattern verification failed" not in read.stdout, read
+        print(f"volume from the image: made on {path.parent.parent.name} in {time.monotonic() - t0:.1f} s")
+    finally:
+        call(w.lab, "DELETE", "/v1/farms/vi")
+        for h in pools:  # no daemon outlives the lab, whatever happened
+            with contextlib.suppress(LocalApiError, OSError):  # not held or not exported there
+                LocalApiClient(w.lab.host(h).api_socket).call("volume.unexport", name=ROOT)
