@@ -35,11 +35,47 @@ closed (an unknown field is refused, so a typo or a newer peer is noticed, not i
 from __future__ import annotations
 
 import hashlib
-import math
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StringConstraints, ValidationError
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic import Field, StringConstraints, ValidationError
+from pydantic_core import ErrorDetails
+
+from softudc.model.contracttypes import HOST_CAPACITY_MAX as HOST_CAPACITY_MAX  # importers find these here
+from softudc.model.contracttypes import (
+    MAX_MESSAGES,
+    MAX_PEERS,
+    MAX_VNETS,
+    MAX_WORKERS,
+    Address,
+    Count,
+    Document,
+    Epoch,
+    Given,
+    Hex,
+    HostMemoryMib,
+    HostVcpus,
+    Mac,
+    Name,
+    Number,
+    Positive,
+    Size,
+    Text,
+    Uri,
+    VnetId,
+)
+from softudc.model.contracttypes import MAX_NAME as MAX_NAME
+from softudc.model.contracttypes import MAX_TEXT as MAX_TEXT
+from softudc.model.contracttypes import MAX_VMS as MAX_VMS
+from softudc.model.hoststate_volumes import DesiredDisk as DesiredDisk  # contract 3's volumes, found here too
+from softudc.model.hoststate_volumes import DesiredReplica as DesiredReplica
+from softudc.model.hoststate_volumes import DesiredVolume as DesiredVolume
+from softudc.model.hoststate_volumes import DiskMove as DiskMove
+from softudc.model.hoststate_volumes import (
+    DiskMoveReport,
+    HeldVolume,
+    MirrorHealth,
+    StoragePool,
+)
 
 CONTRACT_VERSION = 3  # what this side speaks
 SERVED = (1, 2, 3)  # what this side reads (a manager serves desired states in each of these too)
@@ -78,61 +114,6 @@ def nic_mac(farm: str, instance: str, vnet: str, attempt: int = 0) -> str:
 
 # --- bounds and field types -------------------------------------------------------------------
 
-MAX_NAME = 255  # VM, host and attempt names (farm.py allows 50 for a VM; older data may be longer)
-MAX_TEXT = 2000  # one error or note (gatekeepers cut theirs to this)
-MAX_MESSAGES = 50  # errors or notes in one report (gatekeepers send their last five)
-MAX_VMS = 4096  # entries of each VM-keyed list or map in one document
-MAX_VNETS = 4096  # VNETs in one document (the manager hands out at most 4094 ids)
-MAX_PEERS = 1000  # per NIC (farm.py: at most 1000 instances per farm)
-MAX_WORKERS = 256  # forwarding threads named in a report
-
-Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
-Text = Annotated[str, StringConstraints(max_length=MAX_TEXT)]
-Address = Annotated[str, StringConstraints(min_length=1, max_length=64)]  # an IPv4 address, maybe /prefix
-Uri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
-Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]*$", max_length=256)]
-Epoch = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,5}$")]  # JSON object keys are strings
-Mac = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")]
-VnetId = Annotated[int, Field(gt=0, le=1 << 24)]
-Positive = Annotated[int, Field(gt=0)]
-# A host's capacity: far above any machine (2^16 CPUs, 4 PiB), so a report's figure stays a size.
-HOST_CAPACITY_MAX = {"vcpus": 1 << 16, "memory_mib": 1 << 32}
-HostVcpus = Annotated[int, Field(gt=0, le=HOST_CAPACITY_MAX["vcpus"])]
-HostMemoryMib = Annotated[int, Field(gt=0, le=HOST_CAPACITY_MAX["memory_mib"])]
-Count = Annotated[int, Field(ge=0)]
-T = TypeVar("T")
-
-
-def _no_null(value: Any) -> Any:
-    if value is None:
-        raise PydanticCustomError("null", "null is not allowed (leave the field out)")
-    return value
-
-
-# A field a document may leave out (None) but not send as null: what it says is never "nothing".
-Given = Annotated[T | None, BeforeValidator(_no_null)]
-
-
-def _number(value: Any) -> int | float:
-    """Strict, finite, int or float kept as it came (a float field would turn 1234 into 1234.0)."""
-    if type(value) not in (int, float) or not math.isfinite(value):
-        raise PydanticCustomError("number_type", "expected a finite number")
-    return value  # type: ignore[no-any-return]
-
-
-Number = Annotated[int | float, PlainValidator(_number, json_schema_input_type=int | float)]
-
-
-def _size(value: Any) -> list[int | None]:
-    if type(value) is not list:
-        raise PydanticCustomError("list_type", "expected a list")
-    if len(value) != 2 or not all(v is None or (type(v) is int and v > 0) for v in value):
-        raise PydanticCustomError("size", "expected [vCPUs, memory MiB] (positive integers or null)")
-    return value
-
-
-Size = Annotated[list[int | None], PlainValidator(_size, json_schema_input_type=list[Positive | None])]
-
 # What a host's migration job is in, as its reports say (the manager maps these onto its own
 # migration table): starting (libvirt asked), copying, then completed | failed | unknown (ended with
 # an error while the VM no longer runs here: it may run at the destination), recovered (a job
@@ -143,17 +124,9 @@ JOB_ENDED: tuple[JobState, ...] = ("completed", "failed", "unknown")  # a job in
 WorkerState = Literal["running", "restarting", "dead"]
 
 
-class _Doc(BaseModel):
-    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
-
-    def as_json(self) -> dict[str, Any]:
-        """The document as it goes on the wire: the fields that were set, nothing else."""
-        return self.model_dump(mode="json", exclude_unset=True)
-
-
 # --- what a host reports ----------------------------------------------------------------------
 
-class MigrationJob(_Doc):
+class MigrationJob(Document):
     """An outgoing migration this host was asked for (the latest attempt per VM)."""
 
     attempt: Given[Name] = None
@@ -168,7 +141,7 @@ class MigrationJob(_Doc):
     recovered: Given[bool] = None
 
 
-class Arrival(_Doc):
+class Arrival(Document):
     """libvirt's record of an incoming migration, once the VM runs here."""
 
     downtime_ms: Number | None = None
@@ -177,7 +150,7 @@ class Arrival(_Doc):
     error: Text | None = None
 
 
-class Departure(_Doc):
+class Departure(Document):
     """A VM that left by migration and is not restarted here without the manager's word (R12)."""
 
     attempt: Given[Name] = None
@@ -185,7 +158,7 @@ class Departure(_Doc):
     ago_s: Number | None = None
 
 
-class Dataplane(_Doc):
+class Dataplane(Document):
     """The forwarding threads (audit R2)."""
 
     workers: dict[Annotated[str, StringConstraints(max_length=64)], WorkerState] = Field(
@@ -194,37 +167,21 @@ class Dataplane(_Doc):
     healthy: Given[bool] = None
 
 
-class StoragePool(_Doc):
-    """The host's storage pool (gatekeeper/volumes): what it holds and what it could still take."""
-
-    capacity_bytes: Given[Count] = None
-    free_bytes: Given[Count] = None
-
-
-class HeldVolume(_Doc):
-    """A volume of this host's pool (contract 3), and its NBD+TLS export if it has one (`port`
-    absent: not exported): the manager tells the VMs' hosts where to connect."""
-
-    address: Given[Address] = None
-    port: Given[Annotated[int, Field(ge=1, le=65535)]] = None
-    allowed: list[Name] = Field(default_factory=list, max_length=MAX_VMS)
-
-
-class LoadWindow(_Doc):
+class LoadWindow(Document):
     """A figure smoothed over a short (~1 min) and a long (~10 min) window (gatekeeper/load.py)."""
 
     short: Annotated[float, Field(ge=0, allow_inf_nan=False)]
     long: Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class LoadFigures(_Doc):
+class LoadFigures(Document):
     """CPU cores in use and memory MiB in use, each as a LoadWindow."""
 
     cpu_cores: LoadWindow
     memory_mib: LoadWindow
 
 
-class NetCounters(_Doc):
+class NetCounters(Document):
     """One NIC's cumulative bytes since its domain started, by the VNET it is on (gatekeeper/usage.py)."""
 
     vnet: VnetId
@@ -232,7 +189,7 @@ class NetCounters(_Doc):
     tx_bytes: Count
 
 
-class VmUsage(_Doc):
+class VmUsage(Document):
     """A domain's cumulative counters, for usage accounting (softudc/manager/usage.py): `id` tells
     one start of the domain from the next (uuid/libvirt id; empty when the driver gives none),
     `cpu_ns` its CPU time, `memory_mib` what it holds now, `net` its VNET NICs' bytes."""
@@ -243,7 +200,7 @@ class VmUsage(_Doc):
     net: list[NetCounters] = Field(default_factory=list, max_length=64)
 
 
-class HostLoad(_Doc):
+class HostLoad(Document):
     """What the host's VMs use (issue 12): `at` the sample's wall-clock time, `samples` how many the
     figures are made of, `host` the sum over `vms`. Never part of a heartbeat's comparison
     (softudc/manager/load.py keeps it apart)."""
@@ -255,15 +212,7 @@ class HostLoad(_Doc):
     usage: Given[dict[Name, VmUsage]] = Field(None, max_length=MAX_VMS)  # issue 15: cumulative, every domain
 
 
-class MirrorHealth(_Doc):
-    """A mirrored volume a VM here opens (gatekeeper/volumes/mirror.py): each replica's health in
-    its quorum, and how far the rebuild of a new one is (0..1)."""
-
-    replicas: dict[Name, Literal["healthy", "failed", "rebuilding"]] = Field(default_factory=dict, max_length=4)
-    progress: Given[Annotated[float, Field(ge=0, le=1)]] = None
-
-
-class HostReport(_Doc):
+class HostReport(Document):
     """What a gatekeeper says of its host. Every field may be left out (a host that has not said
     something has not said it); none may be null."""
 
@@ -292,14 +241,14 @@ class HostReport(_Doc):
 
 # --- what a host should run -------------------------------------------------------------------
 
-class VnetKeys(_Doc):
+class VnetKeys(Document):
     """A VNET's master secrets by epoch and the epoch to send with (softudc/manager/vnetkeys.py)."""
 
     send_epoch: Annotated[int, Field(ge=0, le=65535)]
     secrets: dict[Epoch, Hex] = Field(max_length=16)
 
 
-class DesiredVnet(_Doc):
+class DesiredVnet(Document):
     id: VnetId
     farm: Name | None = None
     name: Name | None = None
@@ -310,14 +259,14 @@ class DesiredVnet(_Doc):
     members: list[Address] | None = Field(None, max_length=MAX_VMS)
 
 
-class DesiredNic(_Doc):
+class DesiredNic(Document):
     vnet: VnetId
     mac: Mac
     ip: Address | None = None  # address/prefix; None while the farm's plan has none
     peers: list[Address] = Field(default_factory=list, max_length=MAX_PEERS)  # the other instances on it
 
 
-class MigrateTo(_Doc):
+class MigrateTo(Document):
     """On the source: migrate to `host` at `uri`, once per `attempt`."""
 
     host: Name
@@ -326,97 +275,7 @@ class MigrateTo(_Doc):
     downtime_ms: Count = 0  # 0: libvirt's default
 
 
-VolumeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,126}$")]  # gatekeeper/volumes/pool.py
-ImageName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:+-]{0,127}$")]  # volumes/from_image.py
-
-
-class DiskMove(_Doc):
-    """A running VM's remote disk being moved to another storage host (issue 13 item 4): the VM's
-    host copies the disk into `host`'s export at `address`:`port` (a libvirt block copy, the guest
-    reading and writing on), at most `limit_mbps` MB/s, or `adaptive`: as fast as the guest's disk
-    latency allows (within `max_latency_inflation_pct` of before the copy); then switches over to it.
-    `id` names the move (softudc/manager/volume_moves.py)."""
-
-    id: Name
-    host: Name
-    address: Address
-    port: Annotated[int, Field(ge=1, le=65535)]
-    limit_mbps: Annotated[int, Field(ge=1, le=100_000)] | None = None
-    adaptive: bool = False
-    max_latency_inflation_pct: Annotated[int, Field(ge=1, le=10_000)] = 50
-
-
-class DiskMoveReport(_Doc):
-    """How a disk move this host carries out stands (gatekeeper/volumes/move.py): `pivoted` once
-    the VM's disk is the destination's export; bytes copied of the disk's, the rate of the last
-    seconds, the speed limit the job runs at, the guest's disk latency inflation (adaptive)."""
-
-    id: Name
-    vm: Name
-    to: Name
-    state: Literal["copying", "ready", "pivoted", "failed"]
-    cur_bytes: Count = 0
-    end_bytes: Count = 0
-    rate_bps: Given[Number] = None
-    speed_bps: Given[Count] = None
-    latency_inflation_pct: Given[Number] = None
-    error: Given[Text] = None
-
-
-class DesiredReplica(_Doc):
-    """A replica of a mirrored volume (softudc/manager/volume_replicas.py): the pool volume
-    `volume` (`<id>.r<N>`) on `host`, exported over NBD+TLS at `address`:`port`."""
-
-    volume: VolumeName
-    host: Name
-    address: Address
-    port: Annotated[int, Field(ge=1, le=65535)]
-
-
-class DesiredDisk(_Doc):
-    """A volume the VM sees as a virtio disk (contract 3): this host's pool file (`local`), or the
-    storage `host`'s NBD+TLS export at `address`:`port` (absent while the volume is not placed or
-    its host has not reported the export: the VM is not started before)."""
-
-    volume: VolumeName
-    target: Annotated[str, StringConstraints(pattern=r"^vd[b-z]$")]
-    host: Name | None = None  # None: not placed yet (the VM waits)
-    local: bool = False
-    address: Address | None = None
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    move: DiskMove | None = None  # being moved to another storage host (issue 13 item 4)
-    # A mirrored volume (gatekeeper/volumes/mirror.py): its replicas exported so far; the VM's host
-    # serves them as one disk (a quorum); address/port are the first one's once two are exported.
-    replicas: list[DesiredReplica] = Field(default_factory=list, max_length=2)
-    iops: Positive | None = None  # QoS: libvirt iotune total_iops_sec
-    mbps: Positive | None = None  # QoS: libvirt iotune total_bytes_sec = mbps * 10^6
-
-
-class DesiredVolume(_Doc):
-    """A volume this host's storage service holds (contract 3): made empty, or as a copy-on-write
-    clone of the pool volume `backing`; exported over NBD+TLS to `allowed` (empty: not exported);
-    `keep`: left in the pool when the manager stops wanting it (a farm deleted)."""
-
-    name: VolumeName
-    size_bytes: Positive
-    backing: VolumeName | None = None
-    allowed: list[Name] = Field(default_factory=list, max_length=MAX_VMS)
-    keep: bool = False
-    # An encrypted volume's LUKS passphrase (softudc/manager/volume_keys.py): handed to its qsd as
-    # a QMP secret, never logged nor written to the host's disk. None: a plain volume.
-    key: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = Field(default=None, repr=False)
-    # issue 13 item 3 (gatekeeper/volumes/snapshots.py): made by freezing the pool volume
-    # `snapshot_of` (an external snapshot: that volume goes on in an overlay over this one);
-    # `drop`: unexport and delete it now (a volume the manager deletes); `flatten`: copy its backing
-    # chain into it in the background (the chain reached the manager's soft depth limit).
-    snapshot_of: VolumeName | None = None
-    drop: bool = False
-    flatten: bool = False
-    # `from: image` (gatekeeper/volumes/from_image.py): made as a copy of this image, grown to size_bytes.
-    image: ImageName | None = None
-
-
-class DesiredVm(_Doc):
+class DesiredVm(Document):
     name: Name
     vcpus: Positive
     memory_mib: Positive
@@ -428,7 +287,7 @@ class DesiredVm(_Doc):
     disks: list[DesiredDisk] = Field(default_factory=list, max_length=8)  # contract 3
 
 
-class DesiredState(_Doc):
+class DesiredState(Document):
     contract: Annotated[int, Field(ge=1)] = 1
     etag: Annotated[str, StringConstraints(max_length=64)] | None = None
     vnets: list[DesiredVnet] = Field(default_factory=list, max_length=MAX_VNETS)
@@ -461,7 +320,7 @@ class ContractError(ValueError):
         self.problems = problems
 
 
-Doc = TypeVar("Doc", bound=_Doc)
+Doc = TypeVar("Doc", bound=Document)
 
 # Who sent what, for the advice in messages.
 _SENDER = {"HostReport": ("gatekeeper", "manager"), "DesiredState": ("manager", "gatekeeper")}
@@ -493,7 +352,7 @@ def parse(model: type[Doc], data: Any) -> Doc:
     return doc
 
 
-def problems_of(model: type[_Doc], data: Any) -> list[str]:
+def problems_of(model: type[Document], data: Any) -> list[str]:
     """Everything wrong with `data` as `model` (empty: it follows the contract)."""
     try:
         parse(model, data)
