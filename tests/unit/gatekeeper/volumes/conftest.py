@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import tempfile
@@ -18,10 +19,24 @@ from gatekeeper.volumes.service import VolumeService
 from softudc.pki import CertificateAuthority, write_nbd_tls_dir
 
 
-def free_port() -> int:
+def _free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(span: int = 8) -> int:
+    """A base port with `span` free ports from it, below the kernel's ephemeral range (32768 up):
+    an ephemeral port freed by a stopped export may be taken meanwhile by any client connection
+    (the other test worker's), and the test's restart on that port would fail (seen in CI)."""
+    for _ in range(200):
+        base = random.randrange(20000, 32000)
+        if all(_free(base + i) for i in range(span)):
+            return base
+    raise RuntimeError("no 8 free ports between 20000 and 32000 on 127.0.0.1")
 
 
 def join_tls_dir(ca: CertificateAuthority, host: str, address: str, directory: Path) -> None:
