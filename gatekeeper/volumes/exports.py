@@ -18,11 +18,13 @@ adopts running daemons and restarts missing ones.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +136,7 @@ class Exports:
 
     def _launch(self, name: str, state: dict[str, Any], key: str | None = None) -> None:
         daemon = self.daemon(name)
-        try:
-            listener = nodelay_listener(self.address, int(state["port"]))
-        except OSError as e:
-            raise DaemonError(f"export {name}: cannot listen on {self.address}:{state['port']}: {e}") from None
+        listener = self._listen(name, int(state["port"]))
         with listener:
             daemon.start(args=self._server_args(state["allowed"], listener.fileno()), pass_fds=[listener.fileno()])
         with daemon.qmp() as q:
@@ -150,6 +149,18 @@ class Exports:
             q.execute("blockdev-add", **{"driver": "qcow2", "node-name": "vol0", "file": "file0", **encrypt})
             q.execute("block-export-add", type="nbd", id=name, **{"node-name": "vol0", "name": name,
                                                                    "writable": True})
+
+    def _listen(self, name: str, port: int, wait: float = 2.0) -> socket.socket:
+        """The export's listening socket; a port still held for a moment (its daemon just stopped:
+        seen under load in the unit tests) is tried again for `wait` s before the export fails."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                return nodelay_listener(self.address, port)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                    raise DaemonError(f"export {name}: cannot listen on {self.address}:{port}: {e}") from None
+            time.sleep(0.05)
 
     def _server_args(self, allowed: list[str], fd: int) -> list[str]:
         """qsd's options for tls0, authz0 and the NBD server on the inherited listening socket `fd`
