@@ -3,6 +3,7 @@ nothing a test made survives it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -82,6 +83,23 @@ def make_lab(request: pytest.FixtureRequest) -> Iterator[Callable[..., Lab]]:
         alive = [p for p in pids if shell.pid_alive(p)]
         assert not alive, f"lab down left gatekeepers running: {alive}"
     shutil.rmtree(state, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def module_lab(prefix: str, **spec: Any) -> Iterator[Lab]:
+    """A lab shared by one module's tests (for a module-scoped fixture; skipped without root),
+    removed afterwards with no namespace left."""
+    if os.geteuid() != 0:
+        print("SKIP: end-to-end tests need root (network namespaces)")
+        pytest.skip("needs root")
+    state = tempfile.mkdtemp(prefix="sud" + prefix)
+    lab = lab_up(LabSpec(name=prefix + secrets.token_hex(3), **spec), state)
+    try:
+        yield lab
+    finally:
+        lab_down(lab.spec.name, lab.state_dir)
+        assert not [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def gk(lab: Lab, host: str) -> LocalApiClient:

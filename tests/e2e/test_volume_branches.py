@@ -12,9 +12,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import secrets
-import shutil
 import subprocess
 import tempfile
 import time
@@ -26,12 +23,12 @@ import pytest
 
 from gatekeeper.volumes.exports import Exports
 from gatekeeper.volumes.pool import Pool
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
+from softudc.lab import Lab, shell
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get
 from softudc.lab.manager import call
 from softudc.localapi import LocalApiClient, LocalApiError
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import module_lab, wait_until
 from tests.e2e.test_balance import booted
 
 pytestmark = [pytest.mark.volumes, pytest.mark.vm]
@@ -123,22 +120,15 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    if os.geteuid() != 0:
-        print("SKIP: end-to-end tests need root (network namespaces)")
-        pytest.skip("needs root")
-    state = tempfile.mkdtemp(prefix="sudb")
-    lab = lab_up(LabSpec(name="b" + secrets.token_hex(3), hosts=3, manager=True, vms=True), state)
-    try:
-        yield World(lab)
-    finally:
-        for farm in ("vba", "vbb"):
-            call(lab, "DELETE", f"/v1/farms/{farm}")
-        h2 = LocalApiClient(lab.host("h2").api_socket)
-        for v in h2.call("volume.list"):  # no daemon outlives the lab, whatever happened
-            h2.call("volume.unexport", name=v["name"])
-        lab_down(lab.spec.name, lab.state_dir)
-        assert not [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
-        shutil.rmtree(state, ignore_errors=True)
+    with module_lab("b", hosts=3, manager=True, vms=True) as lab:
+        try:
+            yield World(lab)
+        finally:
+            for farm in ("vba", "vbb"):
+                call(lab, "DELETE", f"/v1/farms/{farm}")
+            h2 = LocalApiClient(lab.host("h2").api_socket)
+            for v in h2.call("volume.list"):  # no daemon outlives the lab, whatever happened
+                h2.call("volume.unexport", name=v["name"])
 
 
 def md5_of_file_region(path: Path, offset: int, length: int) -> str:

@@ -15,11 +15,8 @@ import contextlib
 import functools
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, libvirt, shell
+from softudc.lab import Lab, libvirt, shell
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get
 from softudc.lab.manager import call
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import module_lab, wait_until
 from tests.e2e.test_balance import booted
 
 pytestmark = [pytest.mark.volumes, pytest.mark.vm]
@@ -51,17 +48,8 @@ VID = "mf--d-0--data"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        print("SKIP: end-to-end tests need root (network namespaces)")
-        pytest.skip("needs root")
-    state = tempfile.mkdtemp(prefix="sudm")
-    made = lab_up(LabSpec(name="m" + secrets.token_hex(3), hosts=3, manager=True, vms=True), state)
-    try:
+    with module_lab("m", hosts=3, manager=True, vms=True) as made:
         yield made
-    finally:
-        lab_down(made.spec.name, made.state_dir)
-        assert not [ns for ns in shell.netns_list() if ns.startswith(made.prefix)]
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def api(lab: Lab, method: str, path: str, body: Any = None) -> Any:

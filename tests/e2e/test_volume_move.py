@@ -12,11 +12,7 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
-import secrets
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,12 +21,12 @@ from typing import Any
 import pytest
 
 from softudc.bench.volume_move import move_once
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, libvirt, shell
+from softudc.lab import Lab, libvirt
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get
 from softudc.lab.manager import call
 from softudc.localapi import LocalApiClient, LocalApiError
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import module_lab, wait_until
 from tests.e2e.test_balance import booted
 
 pytestmark = [pytest.mark.volumes, pytest.mark.vm]
@@ -52,17 +48,8 @@ VID = "mv--d-0--data"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
-    if os.geteuid() != 0:
-        print("SKIP: end-to-end tests need root (network namespaces)")
-        pytest.skip("needs root")
-    state = tempfile.mkdtemp(prefix="sudmv")
-    lab = lab_up(LabSpec(name="m" + secrets.token_hex(3), hosts=3, manager=True, vms=True), state)
-    try:
-        yield lab
-    finally:
-        lab_down(lab.spec.name, lab.state_dir)
-        assert not [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
-        shutil.rmtree(state, ignore_errors=True)
+    with module_lab("mv", hosts=3, manager=True, vms=True) as made:
+        yield made
 
 
 def api(lab: Lab, method: str, path: str, body: Any = None) -> Any:

@@ -12,12 +12,8 @@
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -27,13 +23,13 @@ from typing import Any
 
 import pytest
 
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, libvirt, shell
+from softudc.lab import Lab, libvirt
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.manager import call, manager_dir
 from softudc.localapi import LocalApiClient
 from softudc.manager.store import SqliteStore
 from softudc.manager.volume_keys import KIND, MASTER, derive
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import module_lab, wait_until
 from tests.e2e.test_balance import booted
 
 pytestmark = [pytest.mark.volumes, pytest.mark.vm]
@@ -54,20 +50,11 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    if os.geteuid() != 0:
-        print("SKIP: end-to-end tests need root (network namespaces)")
-        pytest.skip("needs root")
-    state = tempfile.mkdtemp(prefix="sudvs")
     t0 = time.monotonic()
-    lab = lab_up(LabSpec(name="vs" + secrets.token_hex(3), hosts=3, manager=True, vms=True), state)
-    print(f"lab up in {time.monotonic() - t0:.1f} s")
-    try:
+    with module_lab("vs", hosts=3, manager=True, vms=True) as lab:
+        print(f"lab up in {time.monotonic() - t0:.1f} s")
         yield World(lab, LocalApiClient(lab.host("h2").api_socket))
-    finally:
-        lab_down(lab.spec.name, lab.state_dir)
-        assert not [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
-        shutil.rmtree(state, ignore_errors=True)
-        print(f"module took {time.monotonic() - t0:.1f} s")
+    print(f"module took {time.monotonic() - t0:.1f} s")
 
 
 def _in(w: World, host: str, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -12,11 +12,7 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
-import secrets
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from softudc.lab import Lab, LabSpec, lab_down, lab_up, libvirt, shell
+from softudc.lab import Lab, libvirt, shell
 from softudc.lab.endpoint import add_endpoint
 from softudc.lab.guest import http_get
 from softudc.lab.lab import start_gatekeeper, stop_gatekeeper
 from softudc.lab.manager import call
 from softudc.localapi import LocalApiClient, LocalApiError
-from tests.e2e.conftest import wait_until
+from tests.e2e.conftest import module_lab, wait_until
 from tests.e2e.test_balance import booted
 
 pytestmark = [pytest.mark.volumes, pytest.mark.vm]
@@ -51,17 +47,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[World]:
-    if os.geteuid() != 0:
-        print("SKIP: end-to-end tests need root (network namespaces)")
-        pytest.skip("needs root")
-    state = tempfile.mkdtemp(prefix="sudv")
-    lab = lab_up(LabSpec(name="v" + secrets.token_hex(3), hosts=3, manager=True, vms=True), state)
-    try:
+    with module_lab("v", hosts=3, manager=True, vms=True) as lab:
         yield World(lab, LocalApiClient(lab.host("h2").api_socket))
-    finally:
-        lab_down(lab.spec.name, lab.state_dir)
-        assert not [ns for ns in shell.netns_list() if ns.startswith(lab.prefix)]
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def _in(w: World, host: str, *argv: str) -> subprocess.CompletedProcess[str]:
