@@ -1,6 +1,7 @@
 """VARP across real hosts: resolution by REQUEST/ANNOUNCE, ageing, and re-learning a moved MAC
 at once through the gratuitous ANNOUNCE. Learning from frames is off here, so only VARP can
-make these pass."""
+make these pass. Every test runs on both data paths: `auto` (the VNET on eBPF, whose FDB map
+the gatekeeper fills from its VARP cache) and forced `userspace`."""
 
 from __future__ import annotations
 
@@ -14,10 +15,24 @@ import pytest
 
 from softudc.lab import Lab
 from softudc.lab.endpoint import move_endpoint
-from tests.e2e.conftest import create_vnet, endpoints, gk, ping, wait_until
+from tests.e2e.conftest import create_vnet, endpoints, gk, ns_run, ping, wait_until
 
 pytestmark = pytest.mark.vnet
 NO_LEARNING = {"learn": False}
+
+
+@pytest.fixture(autouse=True, params=["auto", "userspace"])
+def datapath(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every lab gatekeeper's data path: the default and the forced userspace one."""
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", request.param)
+    return str(request.param)
+
+
+def assert_path(lab: Lab, datapath: str, vnet: int = 10) -> None:
+    want = "ebpf" if datapath == "auto" else "userspace"
+    for h in lab.hosts:
+        paths = {v["vnet"]: v["path"] for v in gk(lab, h.name).call("counters")["ebpf"]["vnets"]}
+        assert paths.get(vnet) == want, (h.name, paths)
 
 
 def cache_entry(lab: Lab, host: str, mac: str) -> dict[str, object] | None:
@@ -27,10 +42,11 @@ def cache_entry(lab: Lab, host: str, mac: str) -> dict[str, object] | None:
     return None
 
 
-def test_a_miss_resolves_through_request_and_announce(make_lab: Callable[..., Lab]) -> None:
+def test_a_miss_resolves_through_request_and_announce(make_lab: Callable[..., Lab], datapath: str) -> None:
     lab = make_lab(hosts=2, varp=NO_LEARNING)
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
+    assert_path(lab, datapath)
     for h in ("h1", "h2"):
         gk(lab, h).call("varp.flush")  # forget the announces sent on attach
     assert cache_entry(lab, "h2", lab.endpoints["a1"].mac) is None
@@ -43,11 +59,11 @@ def test_a_miss_resolves_through_request_and_announce(make_lab: Callable[..., La
     assert entry and entry["state"] == "reachable" and entry["addr"] == lab.host("h1").underlay_ip
 
 
-def test_unanswered_requests_fail_and_count_the_queued_frames(make_lab: Callable[..., Lab]) -> None:
+def test_unanswered_requests_fail_and_count_the_queued_frames(make_lab: Callable[..., Lab], datapath: str) -> None:
     lab = make_lab(hosts=2, varp={**NO_LEARNING, "probe_interval": 0.2, "probe_max": 3})
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24")})
-    from tests.e2e.conftest import ns_run
+    assert_path(lab, datapath)
 
     # A static neighbour entry for a MAC nobody has: frames to it can only wait on VARP.
     ghost = "02:00:00:00:de:ad"
@@ -70,10 +86,11 @@ def test_entries_age_out(make_lab: Callable[..., Lab]) -> None:
     assert wait_until(lambda: cache_entry(lab, "h1", mac) is None, timeout=4)
 
 
-def test_moved_endpoint_is_relearned_at_once(make_lab: Callable[..., Lab]) -> None:
+def test_moved_endpoint_is_relearned_at_once(make_lab: Callable[..., Lab], datapath: str) -> None:
     lab = make_lab(hosts=3, varp=NO_LEARNING)  # default ttl 60 s: expiry cannot rescue this test
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
+    assert_path(lab, datapath)
     assert ping(lab, "a1", "10.0.0.2", count=1).returncode == 0
     interval = 0.01
     pinger = subprocess.Popen(
