@@ -11,6 +11,7 @@ GUEST_DIR ?= build/guest
 bootstrap:
 	@VENV=$(VENV) scripts/bootstrap.sh
 	@scripts/build-bpf.sh
+	@scripts/build-native.sh
 
 # The test guest (Debian cloud kernel + busybox initramfs), cached in $(GUEST_DIR).
 guest: bootstrap

@@ -16,6 +16,7 @@ PACKAGES=(
     debootstrap e2fsprogs fuse3
     libguestfs-tools
     clang llvm libbpf-dev bpftool
+    libssl-dev  # OpenSSL's EVP AES-GCM for the native ESP engine (scripts/build-native.sh)
     openipmi ipmitool
     libnbd-bin
     libxml2-utils  # xmllint: virt-xml-validate checks domain XML against libvirt's schema

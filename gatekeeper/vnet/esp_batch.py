@@ -9,6 +9,9 @@ a caller's buffer (`decrypt_into`), so the packets of a batch land back to back 
 
 Every packet keeps its own sequence number, nonce, AAD and tag: each underlay datagram still
 verifies on its own, and a packet sealed here opens with `esp.open_` and the other way round.
+
+Where the C library is built (`esp_native`, OpenSSL EVP), `esp_sa` hands it whole bursts and
+`open_into` one packet; the numpy/`cryptography` code here is the fallback without it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import struct
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
+from gatekeeper.vnet.esp_native import native_key
 from gatekeeper.vnet.offload import Segments
 from softudc.wire.errors import WireError
 from softudc.wire.esp import HEADER_LEN, ICV_LEN, IV_LEN, NEXT_HEADER_ETHERIP, AuthError, EspKey, padded_len
@@ -93,6 +97,9 @@ def open_into(key: EspKey, buf: memoryview, seq: int, out: memoryview) -> int:
     window inferred, into out[:len(buf) - OVERHEAD]; returns the payload's length (EtherIP +
     frame, the trailer checked and left behind it). Raises AuthError or WireError as
     `esp.open_` does; on AuthError `out` holds garbage (never to be used)."""
+    nk = native_key(key)
+    if nk is not None:
+        return nk.open_one(buf, seq, out)
     clen = len(buf) - OVERHEAD
     if clen < 4:
         raise WireError(f"esp: {len(buf)} bytes is shorter than the smallest ESP packet")

@@ -31,8 +31,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gatekeeper.vnet import esp_batch
-from gatekeeper.vnet.offload import Segments
+from gatekeeper.vnet import esp_batch, offload
+from gatekeeper.vnet.esp_native import engine, native_key, tso_count
+from gatekeeper.vnet.offload import Segments, VnetHdr
 from softudc.security.keys import VnetKeys, derive_esp_key, parse_spi, secret_fingerprint, spi_for
 from softudc.security.replay import ReplayWindow
 from softudc.security.seqstore import SequenceStore, key_id
@@ -142,23 +143,67 @@ class SecurityAssociations:
 
     # --- outbound -----------------------------------------------------------------------------
 
-    def seal(self, vnet: int, payload: bytes | memoryview) -> bytes:
+    def seal(self, vnet: int, payload: bytes | memoryview) -> bytes | bytearray:
         sa, seq, _ = self._reserve(vnet, 1)
-        return esp.seal(sa.key, sa.spi, seq, payload)
+        nk = native_key(sa.key)
+        if nk is None:
+            return esp.seal(sa.key, sa.spi, seq, payload)
+        n = len(payload)
+        out = bytearray(esp_batch.OVERHEAD + esp.padded_len(n))
+        nk.seal_rows(sa.spi, seq, payload, max(n, 1), 1, (n, n), out, len(out))
+        return out
+
+    def seal_super_frame(self, vnet: int, frame: memoryview, hdr: VnetHdr,
+                         prefix: bytes) -> tuple[np.ndarray, int, int, int]:
+        """A TAP's TCPV4 super-frame cut into segments (complete checksums: nothing inside ESP can
+        say "partial"), each behind `prefix` sealed into an ESP packet of its own under
+        consecutive sequence numbers: (packets, packet size, bytes used, packet count), ready for
+        one UDP_SEGMENT send. The C library cuts and seals in one pass, straight from the frame;
+        the Python engine cuts with `offload.segment_rows` and seals with `seal_segments`.
+        OffloadError for a frame that cannot be cut."""
+        if engine() != "native":
+            seg = offload.segment_rows(frame, hdr, prefix, full_csum=True, room=esp_batch.TRAILER_ROOM)
+            packets, size, used = self.seal_segments(vnet, seg)
+            return packets, size, used, seg.count
+        if hdr.gso_type & ~offload.GSO_ECN != offload.GSO_TCPV4:
+            raise offload.OffloadError(f"gso_type {hdr.gso_type:#x} not supported (only TCPV4 is offered)")
+        count = tso_count(frame, hdr.gso_size)  # validates the headers read below
+        ihl = (frame[offload.ETH_LEN] & 0x0F) * 4
+        hlen = offload.ETH_LEN + ihl + (frame[offload.ETH_LEN + ihl + 12] >> 4) * 4
+        ostride = esp_batch.OVERHEAD + esp.padded_len(len(prefix) + hlen + hdr.gso_size)
+        out = np.empty(count * ostride, dtype=np.uint8)
+        done = used = 0
+        while done < count:  # more than one round only where a sequence block runs out
+            sa, first, n = self._reserve(vnet, count - done)
+            nk = native_key(sa.key)
+            assert nk is not None
+            used = done * ostride + nk.seal_tso(sa.spi, first, prefix, frame, hdr.gso_size, done, n,
+                                                out[done * ostride:], ostride)
+            done += n
+        return out, ostride, used, count
 
     def seal_segments(self, vnet: int, seg: Segments) -> tuple[np.ndarray, int, int]:
         """Every segment (rows with `esp_batch.TRAILER_ROOM`) sealed into an ESP packet of its own
         under consecutive sequence numbers: (packets as rows, packet size, bytes used: the last
         packet may be shorter), ready for one UDP_SEGMENT send."""
-        lengths = esp_batch.add_trailers(seg)
-        ostride = esp_batch.OVERHEAD + lengths[0]
+        ostride = esp_batch.OVERHEAD + esp.padded_len(seg.stride)
         out = np.empty((seg.count, ostride), dtype=np.uint8)
         done = used = 0
+        trailers: tuple[int, int] | None = None  # the Python engine's padded lengths, once written
         while done < seg.count:  # more than one round only where a sequence block runs out
             sa, first, n = self._reserve(vnet, seg.count - done)
-            chunk = (lengths[0], lengths[1] if done + n == seg.count else lengths[0])
-            used = done * ostride + esp_batch.seal_rows(sa.key, sa.spi, first, seg.rows[done:done + n], chunk,
-                                                        out[done:done + n])
+            last = done + n == seg.count
+            nk = native_key(sa.key)
+            if nk is not None:  # the C library: trailers, headers and AEAD of the whole chunk in one call
+                rows = seg.rows[done:done + n]
+                used = done * ostride + nk.seal_rows(sa.spi, first, rows, rows.shape[1], n,
+                                                     (seg.stride, seg.last if last else seg.stride),
+                                                     out[done:done + n], ostride)
+            else:
+                trailers = trailers or esp_batch.add_trailers(seg)
+                chunk = (trailers[0], trailers[1] if last else trailers[0])
+                used = done * ostride + esp_batch.seal_rows(sa.key, sa.spi, first, seg.rows[done:done + n], chunk,
+                                                            out[done:done + n])
             done += n
         return out, ostride, used
 
@@ -250,10 +295,13 @@ class SecurityAssociations:
         above the window: the longest prefix that verifies, decrypted into `out` back to back.
         Returns (vnet, payload length of each packet opened); (-1, []) when the batch is not
         such a run. The caller opens whatever follows the prefix one by one (`open_into`), which
-        says why each is dropped."""
+        says why each is dropped. With the C library the run is the longest prefix whose packets
+        carry the first one's SPI and consecutive numbers, checked packet by packet in C."""
         count = -(-len(batch) // stride)
         if count < 2 or len(batch) - (count - 1) * stride < esp_batch.OVERHEAD + 4:
             return -1, []
+        if engine() == "native":
+            return self._open_run_native(batch, stride, count, src, out)
         heads = esp_batch.headers(batch, stride, count)
         spi = int(heads[0, 0])
         if (heads[:, 0] != spi).any():
@@ -272,6 +320,26 @@ class SecurityAssociations:
             lengths = esp_batch.open_rows(sa.key, batch, stride, count, heads, seq0, out)
             mark_run(sa.window, seq0, len(lengths))
         return sa.vnet, lengths
+
+    def _open_run_native(self, batch: memoryview, stride: int, count: int, src: str,
+                         out: memoryview) -> tuple[int, list[int]]:
+        spi = int.from_bytes(batch[:4], "big")
+        slot = (spi, src)
+        with self._table:
+            sa = self._in.get(slot)
+            if sa is not None:
+                self._in.move_to_end(slot)
+        if sa is None:
+            return -1, []
+        nk = native_key(sa.key)
+        assert nk is not None
+        with sa.lock:
+            seq0 = sa.window.infer(int.from_bytes(batch[4:8], "big"))
+            if seq0 <= sa.window.top or seq0 + count - 1 > SEQ_LAST:
+                return -1, []
+            lengths = nk.open_burst(spi, seq0, batch, stride, out)
+            mark_run(sa.window, seq0, len(lengths))
+        return (sa.vnet, lengths) if lengths else (-1, [])
 
     def _verify(self, sa: InboundSA, buf: bytes | memoryview, seq_low: int) -> tuple[int, bytes]:
         seq = sa.window.infer(seq_low)
@@ -324,6 +392,11 @@ class SecurityAssociations:
                 self.counts["esp_sa_evicted"] += 1
 
     # --- introspection ------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> str:
+        """"native" (the C library seals and opens) or "python" (esp_batch's fallback)."""
+        return engine()
 
     def inbound_count(self) -> int:
         return len(self._in)

@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from gatekeeper.vnet import esp_batch, offload
+from gatekeeper.vnet import offload
 from gatekeeper.vnet.esp_sa import EspDrop, SecurityAssociations
 from gatekeeper.vnet.offload import VNET_HDR_LEN, OffloadError
 from gatekeeper.vnet.port import (
@@ -289,18 +289,17 @@ class Forwarder(Receiver):
     def _emit_esp(self, port: VnetPort, mv: memoryview, end: int, targets: tuple[str, ...],
                   drops: Counter[str]) -> None:
         """Secured VNET: every frame is sealed into its own ESP packet (EtherIP header + frame,
-        complete checksums: nothing inside ESP can say "partial"). A super-frame's segments are
-        cut with room for the ESP trailer and sealed in place into one buffer of equal-sized
-        packets (`esp_batch`), which leaves in one UDP_SEGMENT send."""
+        complete checksums: nothing inside ESP can say "partial"). A super-frame is cut and
+        sealed into one buffer of equal-sized packets (`seal_super_frame`: in one C call where
+        the native engine is built), which leaves in one UDP_SEGMENT send."""
         start = FRAME_PREFIX_LEN
         etherip = port.prefix[4:]
         try:
             if port.offload and mv[start + 1]:
                 hdr = offload.parse_vnet_hdr(mv[start:])
-                seg = offload.segment_rows(mv[start + VNET_HDR_LEN:end], hdr, etherip, full_csum=True,
-                                           room=esp_batch.TRAILER_ROOM)
-                packets, size, used = self.sas.seal_segments(port.vnet, seg)
-                data, count = packets.reshape(-1).data[:used], seg.count
+                packets, size, used, count = self.sas.seal_super_frame(port.vnet, mv[start + VNET_HDR_LEN:end], hdr,
+                                                                       etherip)
+                data = packets.reshape(-1).data[:used]
                 port.stats[7] += 1
             else:
                 if port.offload:

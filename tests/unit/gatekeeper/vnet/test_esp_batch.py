@@ -4,11 +4,13 @@ A super-frame sealed by `SecurityAssociations.seal_segments` must open packet by
 `esp.open_` into exactly the segments `offload.segment` makes, and packets sealed one by one
 with `esp.seal` must open in a batch (`open_run`, `open_into`) into the same payloads; anything
 tampered, replayed or malformed ends the fast run where it sits and is dropped for its reason.
+Every test runs on both engines: the C library (`esp_native`) and the Python fallback.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from gatekeeper.vnet import esp_batch
+from gatekeeper.vnet import esp_batch, esp_native
 from gatekeeper.vnet.esp_sa import EspDrop, SecurityAssociations, mark_run
 from gatekeeper.vnet.offload import GSO_TCPV4, VnetHdr, segment, segment_rows
 from softudc.security.keys import VnetKeys
@@ -26,6 +28,21 @@ from softudc.wire import esp
 
 A, B = "10.100.0.11", "10.100.0.12"
 ETHERIP = b"\x30\x0a"
+
+
+@pytest.fixture(autouse=True, scope="module", params=["native", "python"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The module's tests once per engine (module scope: hypothesis allows no function-scoped fixture)."""
+    lib = esp_native._lib
+    if request.param == "native":
+        assert lib is not None, f"the native ESP library is not built: {esp_native.WHY}"
+    else:
+        esp_native._lib = None
+    try:
+        assert esp_native.engine() == request.param
+        yield request.param
+    finally:
+        esp_native._lib = lib
 
 
 def hosts(level: str = "conf") -> tuple[SecurityAssociations, SecurityAssociations]:
@@ -113,7 +130,7 @@ def test_a_tampered_packet_ends_the_run_and_is_dropped_alone() -> None:
     assert rest == [len(r) for r in reference(super_frame(bytes(5000)), 1000)[3:]]
 
 
-def test_a_replayed_or_reordered_batch_is_not_a_run() -> None:
+def test_a_replayed_or_reordered_batch_is_not_a_run(engine: str) -> None:
     a, b = hosts()
     b.open(a.seal(10, ETHERIP + bytes(20)), A)
     packets, stride, data = sealed(a, super_frame(bytes(3000)), 1000)
@@ -121,9 +138,16 @@ def test_a_replayed_or_reordered_batch_is_not_a_run() -> None:
     assert len(b.open_run(memoryview(data), stride, A, out)[1]) == len(packets)
     assert b.open_run(memoryview(data), stride, A, out) == (-1, [])  # replayed: below the window
     later, _, _ = sealed(a, super_frame(bytes(3000)), 1000)
-    swapped = later[1] + later[0] + b"".join(later[2:])
-    assert b.open_run(memoryview(swapped), stride, A, out) == (-1, [])  # not consecutive
     assert b.open_run(memoryview(b"".join(later)), stride, "10.9.9.9", out) == (-1, [])  # no SA for that sender
+    swapped = [later[1], later[0], *later[2:]]
+    _, lengths = b.open_run(memoryview(b"".join(swapped)), stride, A, out)
+    # Python: not consecutive, so not a run; C: the run ends where the order breaks.
+    assert len(lengths) == (1 if engine == "native" else 0)
+    for p in swapped[len(lengths):]:  # the rest one by one: each still fresh, opened once
+        assert b.open_into(memoryview(p), A, out)[0] == 10
+    for p in swapped:  # and all of them replays now
+        with pytest.raises(EspDrop, match="esp_replay"):
+            b.open_into(memoryview(p), A, out)
 
 
 def test_open_into_accepts_long_padding_from_another_sender() -> None:

@@ -1,0 +1,455 @@
+// ESP (RFC 4303) with AES-GCM (RFC 4106, `conf`) or AES-GMAC (RFC 4543, `auth`) for whole bursts,
+// on OpenSSL's EVP: the per-packet loops of gatekeeper/vnet/esp_batch.py in C.
+//
+// The wire format is softudc/wire/esp.py's, byte for byte: SPI | seq low | IV (the 64-bit sequence
+// number) | payload | padding 1, 2, 3 | pad length | next header 97 | 16-byte tag; nonce = salt | IV;
+// AAD = SPI | seq high | seq low (extended sequence numbers). Every packet keeps its own sequence
+// number, nonce, AAD and tag: one AEAD operation per datagram, only the calls around it are batched.
+//
+// One esp_key per SA and direction in use: the key schedule is set once (EVP_CIPHER_CTX per
+// direction), each packet only sets its nonce. A key is not thread-safe: the caller serialises.
+// Every length comes from the caller (Python) and every length read from a packet is bounded by
+// the buffer it arrived in; nothing here allocates per packet.
+#include <openssl/evp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ESP_HDR 8      // SPI + sequence low
+#define ESP_BODY 16    // + explicit IV: where the (cipher)text starts
+#define ESP_ICV 16
+#define ESP_OVERHEAD (ESP_BODY + ESP_ICV)
+#define ESP_MAX 65535  // no ESP-in-UDP datagram is longer
+#define NEXT_HEADER_ETHERIP 97
+
+// Results below zero (esp_batch.py maps each to its exception).
+#define ESP_E_AUTH (-1)      // the tag does not verify
+#define ESP_E_SHORT (-2)     // shorter than the smallest ESP packet, or longer than any
+#define ESP_E_ALIGN (-3)     // encrypted part not a multiple of 4 bytes
+#define ESP_E_SEQ (-4)       // sequence number (low bits) or SPI not the one expected
+#define ESP_E_NEXT (-5)      // next header is not EtherIP
+#define ESP_E_PAD (-6)       // padding is not 1, 2, 3, ...
+#define ESP_E_ROOM (-7)      // the caller's output buffer is too small
+#define ESP_E_CRYPTO (-8)    // OpenSSL refused a call (not expected)
+#define ESP_E_ARG (-9)       // lengths that do not fit together
+
+struct esp_key {
+	EVP_CIPHER_CTX *enc;
+	EVP_CIPHER_CTX *dec;
+	uint8_t salt[4];
+	int conf;  // 1: AES-GCM (payload encrypted), 0: AES-GMAC (payload authenticated only)
+};
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	p[0] = v >> 24;
+	p[1] = v >> 16;
+	p[2] = v >> 8;
+	p[3] = v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static size_t padded_len(size_t len)
+{
+	return (len + 2 + 3) & ~(size_t)3;
+}
+
+static const EVP_CIPHER *gcm_for(int keylen)
+{
+	switch (keylen) {
+	case 16: return EVP_aes_128_gcm();
+	case 24: return EVP_aes_192_gcm();
+	case 32: return EVP_aes_256_gcm();
+	default: return NULL;
+	}
+}
+
+static EVP_CIPHER_CTX *ctx_new(const EVP_CIPHER *cipher, const uint8_t *key, int encrypt)
+{
+	EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+	if (ctx == NULL)
+		return NULL;
+	if (EVP_CipherInit_ex(ctx, cipher, NULL, NULL, NULL, encrypt) != 1
+	    || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, 12, NULL) != 1
+	    || EVP_CipherInit_ex(ctx, NULL, NULL, key, NULL, encrypt) != 1) {
+		EVP_CIPHER_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+void esp_key_free(struct esp_key *k)
+{
+	if (k == NULL)
+		return;
+	EVP_CIPHER_CTX_free(k->enc);
+	EVP_CIPHER_CTX_free(k->dec);
+	OPENSSL_cleanse(k, sizeof(*k));
+	free(k);
+}
+
+// A key for one SA: `keylen` 16, 24 or 32 bytes, a 4-byte salt; NULL on a bad length or no memory.
+struct esp_key *esp_key_new(const uint8_t *key, int keylen, const uint8_t *salt, int conf)
+{
+	const EVP_CIPHER *cipher = gcm_for(keylen);
+	struct esp_key *k;
+
+	if (cipher == NULL || key == NULL || salt == NULL)
+		return NULL;
+	k = calloc(1, sizeof(*k));
+	if (k == NULL)
+		return NULL;
+	k->enc = ctx_new(cipher, key, 1);
+	k->dec = ctx_new(cipher, key, 0);
+	if (k->enc == NULL || k->dec == NULL) {
+		esp_key_free(k);
+		return NULL;
+	}
+	memcpy(k->salt, salt, 4);
+	k->conf = conf != 0;
+	return k;
+}
+
+static void nonce_aad(const struct esp_key *k, uint32_t spi, uint64_t seq, const uint8_t *iv,
+		      uint8_t nonce[12], uint8_t aad[12])
+{
+	memcpy(nonce, k->salt, 4);
+	memcpy(nonce + 4, iv, 8);
+	put32(aad, spi);
+	put32(aad + 4, (uint32_t)(seq >> 32));
+	put32(aad + 8, (uint32_t)seq);
+}
+
+// One packet: `len` payload bytes at `payload` sealed under `seq` into out[0 : ESP_OVERHEAD +
+// padded_len(len)]; returns that length. `out` must not overlap `payload`.
+static long seal_one(struct esp_key *k, uint32_t spi, uint64_t seq, const uint8_t *payload, size_t len,
+		     uint8_t *out)
+{
+	EVP_CIPHER_CTX *ctx = k->enc;
+	size_t plen = padded_len(len);
+	size_t pad = plen - len - 2;
+	uint8_t trailer[5] = {1, 2, 3, 0, 0};
+	uint8_t nonce[12], aad[12];
+	uint8_t *body = out + ESP_BODY;
+	int n;
+
+	trailer[pad] = (uint8_t)pad;
+	trailer[pad + 1] = NEXT_HEADER_ETHERIP;
+	put32(out, spi);
+	put32(out + 4, (uint32_t)seq);
+	put32(out + 8, (uint32_t)(seq >> 32));
+	put32(out + 12, (uint32_t)seq);
+	nonce_aad(k, spi, seq, out + ESP_HDR, nonce, aad);
+	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 || EVP_EncryptUpdate(ctx, NULL, &n, aad, 12) != 1)
+		return ESP_E_CRYPTO;
+	if (k->conf) {
+		if (len && (EVP_EncryptUpdate(ctx, body, &n, payload, (int)len) != 1 || (size_t)n != len))
+			return ESP_E_CRYPTO;
+		if (EVP_EncryptUpdate(ctx, body + len, &n, trailer, (int)(pad + 2)) != 1 || (size_t)n != pad + 2)
+			return ESP_E_CRYPTO;
+	} else {  // GMAC: AAD | IV | payload | trailer authenticated, nothing encrypted
+		if (len)
+			memcpy(body, payload, len);
+		memcpy(body + len, trailer, pad + 2);
+		if (EVP_EncryptUpdate(ctx, NULL, &n, out + ESP_HDR, 8) != 1
+		    || EVP_EncryptUpdate(ctx, NULL, &n, body, (int)plen) != 1)
+			return ESP_E_CRYPTO;
+	}
+	if (EVP_EncryptFinal_ex(ctx, body + plen, &n) != 1 || n != 0
+	    || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ESP_ICV, body + plen) != 1)
+		return ESP_E_CRYPTO;
+	return (long)(ESP_OVERHEAD + plen);
+}
+
+// Seal a burst: payload k is rows[k * width : k * width + len] (the last one `len_last` bytes,
+// len_last <= len), sealed under seq0 + k into out[k * ostride:], ostride >= ESP_OVERHEAD +
+// padded_len(len), `out_cap` bytes in all. Returns the bytes used (the last packet may be shorter
+// than ostride), or an ESP_E_* below zero with nothing promised about `out`.
+long esp_seal_burst(struct esp_key *k, uint32_t spi, uint64_t seq0, const uint8_t *rows, size_t width,
+		    size_t count, size_t len, size_t len_last, uint8_t *out, size_t ostride, size_t out_cap)
+{
+	size_t used, i;
+	long r = 0;
+
+	if (k == NULL || count == 0 || len > ESP_MAX || len_last > len || len > width
+	    || ostride < ESP_OVERHEAD + padded_len(len) || seq0 + (count - 1) < seq0)
+		return ESP_E_ARG;
+	if (count - 1 > out_cap / ostride)
+		return ESP_E_ROOM;
+	used = (count - 1) * ostride + ESP_OVERHEAD + padded_len(len_last);
+	if (used > out_cap)
+		return ESP_E_ROOM;
+	for (i = 0; i < count; i++) {
+		r = seal_one(k, spi, seq0 + i, rows + i * width, i + 1 < count ? len : len_last, out + i * ostride);
+		if (r < 0)
+			return r;
+	}
+	return (long)used;
+}
+
+// One packet `buf[0:len]` under `seq` (the 64-bit number the replay window inferred): verified
+// (and for `conf` decrypted) into out[0:len - ESP_OVERHEAD] (`cap` bytes available); returns the
+// payload's length (the trailer checked and left behind it) or an ESP_E_* below zero. On
+// ESP_E_AUTH, `out` holds garbage the caller must not use.
+long esp_open_one(struct esp_key *k, const uint8_t *buf, size_t len, uint64_t seq, uint8_t *out, size_t cap)
+{
+	EVP_CIPHER_CTX *ctx;
+	uint8_t nonce[12], aad[12], tag[ESP_ICV];
+	size_t clen, pad, i;
+	int n;
+
+	if (k == NULL)
+		return ESP_E_ARG;
+	if (len < ESP_OVERHEAD + 4 || len > ESP_MAX)
+		return ESP_E_SHORT;
+	clen = len - ESP_OVERHEAD;
+	if (clen % 4)
+		return ESP_E_ALIGN;
+	if (get32(buf + 4) != (uint32_t)seq)
+		return ESP_E_SEQ;
+	if (cap < clen)
+		return ESP_E_ROOM;
+	ctx = k->dec;
+	nonce_aad(k, get32(buf), seq, buf + ESP_HDR, nonce, aad);
+	memcpy(tag, buf + ESP_BODY + clen, ESP_ICV);
+	if (EVP_DecryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 || EVP_DecryptUpdate(ctx, NULL, &n, aad, 12) != 1)
+		return ESP_E_CRYPTO;
+	if (k->conf) {
+		if (EVP_DecryptUpdate(ctx, out, &n, buf + ESP_BODY, (int)clen) != 1 || (size_t)n != clen)
+			return ESP_E_CRYPTO;
+	} else if (EVP_DecryptUpdate(ctx, NULL, &n, buf + ESP_HDR, 8) != 1
+		   || EVP_DecryptUpdate(ctx, NULL, &n, buf + ESP_BODY, (int)clen) != 1) {
+		return ESP_E_CRYPTO;
+	}
+	if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, ESP_ICV, tag) != 1)
+		return ESP_E_CRYPTO;
+	if (EVP_DecryptFinal_ex(ctx, out + clen, &n) != 1)
+		return ESP_E_AUTH;
+	if (!k->conf)
+		memcpy(out, buf + ESP_BODY, clen);  // only once it verified
+	pad = out[clen - 2];
+	if (out[clen - 1] != NEXT_HEADER_ETHERIP)
+		return ESP_E_NEXT;
+	if (pad + 2 > clen)
+		return ESP_E_PAD;
+	for (i = 0; i < pad; i++)
+		if (out[clen - 2 - pad + i] != (uint8_t)(i + 1))
+			return ESP_E_PAD;
+	return (long)(clen - 2 - pad);
+}
+
+// Open a GRO batch: packets of `stride` bytes in batch[0:total] (the last may be shorter), packet
+// k expected under SPI `spi` and sequence number seq0 + k. Opens packets 0, 1, ... into `out`
+// back to back (`cap` bytes) up to the first that is not such a packet or does not verify, and
+// writes each payload length to lengths[k] (room for `max_count`). Returns how many were opened
+// (the caller handles the rest one by one, which says why each is dropped), or ESP_E_ARG.
+long esp_open_burst(struct esp_key *k, uint32_t spi, uint64_t seq0, const uint8_t *batch, size_t total,
+		    size_t stride, uint8_t *out, size_t cap, uint32_t *lengths, size_t max_count)
+{
+	size_t count, i, w = 0;
+
+	if (k == NULL || stride == 0 || stride > ESP_MAX || lengths == NULL)
+		return ESP_E_ARG;
+	count = total / stride + (total % stride != 0);
+	if (count > max_count)
+		count = max_count;
+	for (i = 0; i < count; i++) {
+		const uint8_t *p = batch + i * stride;
+		size_t len = total - i * stride < stride ? total - i * stride : stride;
+		long n;
+
+		if (len < ESP_HDR || get32(p) != spi || seq0 + i < seq0)
+			break;
+		n = esp_open_one(k, p, len, seq0 + i, out + w, cap - w);
+		if (n < 0)
+			break;
+		lengths[i] = (uint32_t)n;
+		w += (size_t)n;
+	}
+	return (long)i;
+}
+
+// --- TCP segmentation fused with sealing (the TAP's TSO super-frames) -------------------------
+//
+// A TCPV4 super-frame (Ethernet | IPv4 | TCP | up to 64 KiB of payload, gso_size = mss) is cut
+// into segments exactly as gatekeeper/vnet/offload.py's segment_rows(full_csum=True) cuts it:
+// every segment's IPv4 total length, id (+1 per segment) and header checksum, TCP sequence number
+// (+mss per segment), flags (CWR on the first only, FIN/PSH on the last only) and a complete TCP
+// checksum. Each segment is sealed straight from the super-frame: its few header bytes are built
+// on the stack and the payload is encrypted from where it lies, so nothing is copied twice.
+
+#define ETH_LEN 14
+#define TCP_MIN_MSS 88
+#define TCP_FIN 0x01
+#define TCP_PSH 0x08
+#define TCP_CWR 0x80
+#define MAX_PREFIX 8
+#define MAX_HDRS (MAX_PREFIX + ETH_LEN + 60 + 60)
+
+// Errors of the super-frame itself (esp_native.py raises OffloadError for these).
+#define ESP_E_NOT_TCPV4 (-20)  // not IPv4 + TCP with sane header lengths
+#define ESP_E_MSS (-21)        // gso_size outside TCP_MIN_MSS .. what an IPv4 length can carry
+#define ESP_E_EMPTY (-22)      // no payload to segment
+
+struct tso {
+	size_t ip, l4, hlen, thl, ihl, payload, mss, count, last;
+};
+
+static long tso_parse(const uint8_t *frame, size_t len, size_t mss, struct tso *t)
+{
+	if (frame == NULL || len < ETH_LEN + 20 || frame[12] != 0x08 || frame[13] != 0x00)
+		return ESP_E_NOT_TCPV4;
+	t->ip = ETH_LEN;
+	t->ihl = (size_t)(frame[ETH_LEN] & 0x0F) * 4;
+	t->l4 = ETH_LEN + t->ihl;
+	if (t->ihl < 20 || frame[ETH_LEN + 9] != 6 || len < t->l4 + 20)
+		return ESP_E_NOT_TCPV4;
+	t->thl = (size_t)(frame[t->l4 + 12] >> 4) * 4;
+	t->hlen = t->l4 + t->thl;
+	if (t->thl < 20 || t->hlen > len)
+		return ESP_E_NOT_TCPV4;
+	t->payload = len - t->hlen;
+	if (t->payload == 0)
+		return ESP_E_EMPTY;
+	if (mss < TCP_MIN_MSS || t->hlen - ETH_LEN + mss > 65535)
+		return ESP_E_MSS;
+	t->mss = mss;
+	t->count = (t->payload + mss - 1) / mss;
+	t->last = t->payload - (t->count - 1) * mss;
+	return (long)t->count;
+}
+
+// How many segments the super-frame makes, or an ESP_E_* below zero.
+long esp_tso_count(const uint8_t *frame, size_t len, size_t mss)
+{
+	struct tso t;
+
+	return tso_parse(frame, len, mss, &t);
+}
+
+// The one's-complement sum of data as big-endian 16-bit words (an odd last byte padded with zero),
+// not folded.
+static uint64_t sum16(const uint8_t *p, size_t n)
+{
+	uint64_t s = 0;
+	size_t i;
+
+	for (i = 0; i + 1 < n; i += 2)
+		s += (uint32_t)p[i] << 8 | p[i + 1];
+	if (n & 1)
+		s += (uint32_t)p[n - 1] << 8;
+	return s;
+}
+
+static uint16_t fold(uint64_t s)
+{
+	while (s >> 16)
+		s = (s & 0xFFFF) + (s >> 16);
+	return (uint16_t)s;
+}
+
+// The headers of segment i (prefix + Ethernet + IPv4 + TCP) into hdr[0 : plen + t->hlen].
+static void tso_headers(const struct tso *t, const uint8_t *prefix, size_t plen, const uint8_t *frame, size_t i,
+			uint8_t *hdr)
+{
+	uint8_t *ip = hdr + plen + t->ip, *tcp = hdr + plen + t->l4;
+	size_t seglen = i + 1 < t->count ? t->mss : t->last;
+	const uint8_t *data = frame + t->hlen + i * t->mss;
+	uint32_t seq = get32(frame + t->l4 + 4) + (uint32_t)(i * t->mss);
+	uint16_t id = (uint16_t)((frame[t->ip + 4] << 8 | frame[t->ip + 5]) + i);
+	uint16_t total = (uint16_t)(t->hlen - ETH_LEN + seglen), csum;
+	uint8_t flags = frame[t->l4 + 13] & (uint8_t) ~(TCP_FIN | TCP_PSH | TCP_CWR);
+
+	memcpy(hdr, prefix, plen);
+	memcpy(hdr + plen, frame, t->hlen);
+	ip[2] = total >> 8;
+	ip[3] = total & 0xFF;
+	ip[4] = id >> 8;
+	ip[5] = id & 0xFF;
+	ip[10] = ip[11] = 0;
+	csum = ~fold(sum16(ip, t->ihl));
+	ip[10] = csum >> 8;
+	ip[11] = csum & 0xFF;
+	put32(tcp + 4, seq);
+	if (i == 0)
+		flags |= frame[t->l4 + 13] & TCP_CWR;
+	if (i + 1 == t->count)
+		flags |= frame[t->l4 + 13] & (TCP_FIN | TCP_PSH);
+	tcp[13] = flags;
+	tcp[16] = tcp[17] = 0;
+	// Pseudo-header (addresses, protocol, TCP length) + TCP header + payload. The payload starts
+	// at an even offset of the TCP segment (the header is whole 32-bit words), so its sum adds.
+	csum = ~fold(sum16(ip + 12, 8) + 6 + t->thl + seglen + sum16(tcp, t->thl) + sum16(data, seglen));
+	tcp[16] = csum >> 8;
+	tcp[17] = csum & 0xFF;
+}
+
+// Segments first .. first + n - 1 of a TCPV4 super-frame frame[0:len] (gso_size `mss`), each
+// behind `prefix` (the EtherIP header), sealed under seq0, seq0 + 1, ... into out[k * ostride:]
+// (k from 0), ostride >= ESP_OVERHEAD + padded_len(plen + hlen + mss). Returns the bytes used
+// (the last packet may be shorter), or an ESP_E_* below zero.
+long esp_seal_tso(struct esp_key *k, uint32_t spi, uint64_t seq0, const uint8_t *prefix, size_t plen,
+		  const uint8_t *frame, size_t len, size_t mss, size_t first, size_t n, uint8_t *out, size_t ostride,
+		  size_t out_cap)
+{
+	struct tso t;
+	uint8_t hdr[MAX_HDRS];
+	size_t i, used = 0;
+	long r = tso_parse(frame, len, mss, &t);
+
+	if (r < 0)
+		return r;
+	if (k == NULL || plen > MAX_PREFIX || n == 0 || first > t.count || n > t.count - first
+	    || ostride < ESP_OVERHEAD + padded_len(plen + t.hlen + t.mss) || seq0 + (n - 1) < seq0)
+		return ESP_E_ARG;
+	if (n - 1 > out_cap / ostride)
+		return ESP_E_ROOM;
+	for (i = 0; i < n; i++) {
+		size_t s = first + i;
+		size_t seglen = s + 1 < t.count ? t.mss : t.last;
+		size_t hl = plen + t.hlen, body = hl + seglen, padl = padded_len(body), pad = padl - body - 2;
+		uint8_t trailer[5] = {1, 2, 3, 0, 0};
+		uint8_t nonce[12], aad[12];
+		uint8_t *o = out + i * ostride, *ct = o + ESP_BODY;
+		EVP_CIPHER_CTX *ctx = k->enc;
+		uint64_t seq = seq0 + i;
+		int m;
+
+		used = i * ostride + ESP_OVERHEAD + padl;
+		if (used > out_cap)
+			return ESP_E_ROOM;
+		tso_headers(&t, prefix, plen, frame, s, hdr);
+		trailer[pad] = (uint8_t)pad;
+		trailer[pad + 1] = NEXT_HEADER_ETHERIP;
+		put32(o, spi);
+		put32(o + 4, (uint32_t)seq);
+		put32(o + 8, (uint32_t)(seq >> 32));
+		put32(o + 12, (uint32_t)seq);
+		nonce_aad(k, spi, seq, o + ESP_HDR, nonce, aad);
+		if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 || EVP_EncryptUpdate(ctx, NULL, &m, aad, 12) != 1)
+			return ESP_E_CRYPTO;
+		if (k->conf) {
+			if (EVP_EncryptUpdate(ctx, ct, &m, hdr, (int)hl) != 1 || (size_t)m != hl
+			    || EVP_EncryptUpdate(ctx, ct + hl, &m, frame + t.hlen + s * t.mss, (int)seglen) != 1
+			    || (size_t)m != seglen
+			    || EVP_EncryptUpdate(ctx, ct + body, &m, trailer, (int)(pad + 2)) != 1 || (size_t)m != pad + 2)
+				return ESP_E_CRYPTO;
+		} else {
+			memcpy(ct, hdr, hl);
+			memcpy(ct + hl, frame + t.hlen + s * t.mss, seglen);
+			memcpy(ct + body, trailer, pad + 2);
+			if (EVP_EncryptUpdate(ctx, NULL, &m, o + ESP_HDR, 8) != 1
+			    || EVP_EncryptUpdate(ctx, NULL, &m, ct, (int)padl) != 1)
+				return ESP_E_CRYPTO;
+		}
+		if (EVP_EncryptFinal_ex(ctx, ct + padl, &m) != 1 || m != 0
+		    || EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, ESP_ICV, ct + padl) != 1)
+			return ESP_E_CRYPTO;
+	}
+	return (long)used;
+}
