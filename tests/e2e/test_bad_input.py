@@ -1,5 +1,7 @@
 """Garbage, truncated and oversized datagrams on UDP 1798 and protocol 97 are dropped and
-counted, and the gatekeeper keeps forwarding."""
+counted, and the gatekeeper keeps forwarding: on both data paths (`auto`, where the eBPF programs
+drop what is malformed or truncated for a VNET they carry and pass the rest up, and forced
+`userspace`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ from softudc.lab import Lab
 from tests.e2e.conftest import create_vnet, endpoints, gk, ns_run, ping, wait_until
 
 pytestmark = pytest.mark.vnet
+# The eBPF programs' drops (docs/ebpf.md) by the forwarder's reason for the same datagram.
+BPF_REASONS = {"dec_malformed": "bad_frame", "dec_truncated": "bad_frame"}
 
 SENDER = """
 import os, random, socket, sys
@@ -38,7 +42,10 @@ print(len(bad))
 """
 
 
-def test_garbage_is_dropped_counted_and_forwarding_goes_on(make_lab: Callable[..., Lab]) -> None:
+@pytest.mark.parametrize("datapath", ["auto", "userspace"])
+def test_garbage_is_dropped_counted_and_forwarding_goes_on(make_lab: Callable[..., Lab], datapath: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", datapath)
     lab = make_lab(hosts=2)
     create_vnet(lab, 10)
     create_vnet(lab, 11, transport="raw")
@@ -48,13 +55,24 @@ def test_garbage_is_dropped_counted_and_forwarding_goes_on(make_lab: Callable[..
     ns_run(lab.host("h2").netns, sys.executable, "-c", SENDER, h1.underlay_ip)
 
     def drops() -> dict[str, int]:
+        """h1's drops by reason, the forwarder's and the eBPF programs' together."""
         c = gk(lab, "h1").call("counters")
-        return {**c["drops"], **{f"varp_{k}": v for k, v in c["varp"].items()}}
+        merged = {**c["drops"], **{f"varp_{k}": v for k, v in c["varp"].items()}}
+        for bpf, reason in BPF_REASONS.items():
+            if c["ebpf"]["counters"].get(bpf):
+                merged[reason] = merged.get(reason, 0) + c["ebpf"]["counters"][bpf]
+        return merged
 
     expected = {"bad_message", "bad_frame", "not_member", "oversize", "varp_bad"}
     assert wait_until(lambda: expected <= set(drops()), timeout=5), drops()
+    assert wait_until(lambda: drops()["bad_frame"] >= 7), drops()  # the same count on both paths
     d = drops()
-    assert d["bad_frame"] >= 5 and d["oversize"] >= 2, d
+    assert d["oversize"] >= 2, d
+    bpf = gk(lab, "h1").call("counters")["ebpf"]["counters"]
+    if datapath == "auto":  # VNET 10's bad frames were the programs' to drop; VNET 99's went up
+        assert bpf["dec_malformed"] >= 1 and bpf["dec_truncated"] >= 1 and bpf["dec_unknown_vnet"] >= 1, bpf
+    else:
+        assert bpf == {}, bpf  # no programs loaded: the forwarder saw every datagram
     assert ping(lab, "a1", "10.0.0.2", count=2).returncode == 0
     assert ping(lab, "r1", "10.1.0.2", count=2).returncode == 0
     assert gk(lab, "h1").call("status")["host"] == "h1"
