@@ -78,7 +78,10 @@ class FastPath:
             self._adopted = dp.fdb()  # empty unless a gatekeeper restarted in place (or crashed)
             # bpf_fib_lookup needs forwarding on the lookup device (docs/ebpf.md)
             Path(f"/proc/sys/net/ipv4/conf/{self.config.underlay_interface}/forwarding").write_text("1\n")
-            dp.set_cfg(layouts.Cfg(self.config.underlay_address, underlay, layouts.CFG_PUNT))
+            # with learning on, floods from a MAC new here or moved go up to the forwarder once (vnet_dp.c
+            # learn_first): a migrated VM's RARP redirects its traffic before its new host's ANNOUNCE
+            learn = layouts.CFG_LEARN if self.config.learn else 0
+            dp.set_cfg(layouts.Cfg(self.config.underlay_address, underlay, layouts.CFG_PUNT | learn))
             dp.attach("vnet_decap", underlay)
             self._dp = dp
             self.gro = _choose_gro(self.config.underlay_interface)

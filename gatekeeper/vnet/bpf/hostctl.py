@@ -6,7 +6,8 @@
 SPEC: {"pin_dir", "underlay", "local_ip", "vnets": [{"vnet", "uplink", "members": [ip...],
        "fdb": {mac: ip}, "ingress_ifname": optional, "mtu": optional, "hook": "ingress"|"egress",
        "gro": "auto"|"on"|"off" (optional)}],
-       "punt": bool (misses and floods go on to the uplink instead of being flooded here)}
+       "punt": bool (misses and floods go on to the uplink instead of being flooded here),
+       "learn": bool (floods from a MAC the FDB does not place at its sender go up to the socket)}
 tc programs live on the devices (they outlive this process); maps stay pinned under pin_dir.
 
 A VNET whose uplink is a veth and whose `ingress_ifname` is its bridge-side peer gets GRO after
@@ -42,7 +43,8 @@ def up(spec: dict[str, Any]) -> tuple[Datapath, dict[int, gro.GroChoice]]:
     dp = Datapath(Path(spec["pin_dir"]))
     underlay = _ifindex(spec["underlay"])
     Path(f"/proc/sys/net/ipv4/conf/{spec['underlay']}/forwarding").write_text("1\n")  # bpf_fib_lookup
-    dp.set_cfg(layouts.Cfg(spec["local_ip"], underlay, layouts.CFG_PUNT if spec.get("punt") else 0))
+    flags = (layouts.CFG_PUNT if spec.get("punt") else 0) | (layouts.CFG_LEARN if spec.get("learn") else 0)
+    dp.set_cfg(layouts.Cfg(spec["local_ip"], underlay, flags))
     want: dict[layouts.FdbKey, str] = {}
     choices: dict[int, gro.GroChoice] = {}
     for v in spec["vnets"]:

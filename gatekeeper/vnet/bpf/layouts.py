@@ -26,6 +26,7 @@ COUNTERS = (
 EV_MISS = 1
 EV_NO_NEIGH = 2
 CFG_PUNT = 1  # Cfg.flags: floods/misses continue to the uplink (a TAP read by the userspace forwarder)
+CFG_LEARN = 2  # Cfg.flags: floods from a MAC ebs_fdb does not place at their sender go up to the socket
 
 _U32 = struct.Struct("=I")
 _CFG = struct.Struct("=4sIII")

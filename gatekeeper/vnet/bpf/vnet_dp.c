@@ -29,6 +29,7 @@
 #define EV_NO_NEIGH 2
 #define CFG_PUNT 1 /* cfg.flags: floods and misses go on to the uplink's own stack (a TAP: the userspace
                       * forwarder floods and resolves them) instead of head-end replication here */
+#define CFG_LEARN 2 /* cfg.flags: the socket's reader learns from frames (vnet_decap: learn_first) */
 
 /* Verdict / drop-reason counters: index order = layouts.COUNTERS. */
 enum {
@@ -467,6 +468,29 @@ static __always_inline int classify(struct __sk_buff *skb, struct cfg *c)
 	return vword & 0xfff;
 }
 
+/* Under CFG_LEARN (the gatekeeper's forwarder learns where MACs live from the frames it receives): a
+ * flooded frame (broadcast or multicast destination) whose unicast source MAC ebs_fdb does not place
+ * at its sender, i.e. a MAC new to this host or one that moved (a migrated VM's self-announcing RARP,
+ * flooded by its new host), goes up to the socket: the receiver learns it into the VARP cache, which
+ * writes ebs_fdb at once, and delivers the frame. Later floods from that MAC stay here; unicast
+ * frames are never held back. Without it, a host flooding by unicast copies (varp flood = members)
+ * redirected a migrated VM's traffic only at its new host's ANNOUNCE (docs/ebpf.md, item 3). */
+static __always_inline int learn_first(struct __sk_buff *skb, __u32 vnet, struct ethhdr *inner)
+{
+	struct fdb_key k = {};
+	struct fdb_val *f;
+	__be32 saddr;
+
+	if (!(inner->h_dest[0] & 1) || (inner->h_source[0] & 1))
+		return 0;
+	if (bpf_skb_load_bytes(skb, sizeof(struct ethhdr) + 12, &saddr, sizeof(saddr)))
+		return 0;
+	k.vnet = vnet;
+	__builtin_memcpy(k.mac, inner->h_source, ETH_ALEN_);
+	f = bpf_map_lookup_elem(&ebs_fdb, &k);
+	return !f || f->ip != saddr;
+}
+
 SEC("tc")
 int vnet_decap(struct __sk_buff *skb)
 {
@@ -494,6 +518,10 @@ int vnet_decap(struct __sk_buff *skb)
 	if (!dst || bpf_skb_load_bytes(skb, OVERHEAD, &inner, sizeof(inner))) {
 		count(C_DEC_TRUNCATED);
 		return TC_ACT_SHOT;
+	}
+	if ((c->flags & CFG_LEARN) && learn_first(skb, vnet, &inner)) {
+		count(C_DEC_PASS);
+		return TC_ACT_OK;
 	}
 	if (bpf_skb_adjust_room(skb, -OVERHEAD, BPF_ADJ_ROOM_MAC, fl) ||
 	    bpf_skb_store_bytes(skb, 0, &inner, sizeof(inner), 0)) {
