@@ -15,6 +15,7 @@ import itertools
 import os
 import re
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -34,6 +35,8 @@ from softudc.lab.shell import ip
 from softudc.localapi import LocalApiClient
 
 VM_IP, PINGER_IP = "10.0.0.11", "10.0.0.3"
+NAMES = {"vnet": "migvnet", "plain_l2": "migplainl2"}
+MACS = {"vnet": "52:54:00:00:aa:01", "plain_l2": "52:54:00:00:bb:01"}
 
 
 def _plain_l2(lab: Lab) -> str:
@@ -121,11 +124,36 @@ def _medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
     return out
 
 
-def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any]:
+def _mode(lab: Lab, mode: str, runs: int, pinger: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """`runs` migrations of the mode's VM back and forth between h1 and h2: figures, destinations."""
+    name = NAMES[mode]
+    nic: dict[str, Any] = {"vnet": 10, "mac": MACS[mode], "ip": f"{VM_IP}/24"}
+    if mode == "plain_l2":
+        nic = {"bridge": "brl2", "mac": MACS[mode], "ip": f"{VM_IP}/24", "mtu": 1500}
+    LocalApiClient(lab.host("h1").api_socket, timeout=60).call("vm.start", name=name, nics=[nic])
+    wait_for_page(pinger, f"http://{VM_IP}/counter")
+    where = "h1"
+    out: list[dict[str, Any]] = []
+    dests: list[str] = []
+    for i in range(runs):
+        dst = "h2" if where == "h1" else "h1"
+        r = _one(lab, name, where, dst, pinger)
+        out.append(r)
+        dests.append(dst)
+        print(f"[{mode} {i + 1}/{runs}] {where} -> {dst}: total {r['total_ms']:.0f} ms, downtime "
+              f"{r['downtime_ms']:.0f} ms, lost {r['lost_pings']:.0f}, "
+              f"longest gap {r['longest_gap_ms']:.0f} ms", file=sys.stderr, flush=True)
+        where = dst
+    LocalApiClient(lab.host(where).api_socket, timeout=60).call("vm.stop", name=name, force=True)
+    return out, dests
+
+
+def run_migration(runs: int = 10, state_dir: str | None = None, flood: str = "multicast") -> dict[str, Any]:
+    """`flood`: the lab's VARP flooding, "multicast" or "members" (head-end unicast copies)."""
     if os.geteuid() != 0:
         raise RuntimeError("softudc bench migration needs root (it builds network namespaces)")
     state = state_dir or tempfile.mkdtemp(prefix="sudcb")
-    lab = lab_up(LabSpec("m" + secrets.token_hex(3), hosts=3, vms=True), state)
+    lab = lab_up(LabSpec("m" + secrets.token_hex(3), hosts=3, vms=True, flood=flood), state)
     capture: trace.Capture | None = None
     try:
         for h in lab.hosts:
@@ -136,42 +164,48 @@ def run_migration(runs: int = 10, state_dir: str | None = None) -> dict[str, Any
             capture = trace.Capture(lab.segment_ns(0), Path(state) / "segment.pcap")
         except (OSError, trace.TraceError) as e:
             print(f"no capture of the segment, no timelines: {e}", file=sys.stderr)
-        per: dict[str, list[dict[str, Any]]] = {"vnet": [], "plain_l2": []}
-        names = {"vnet": "migvnet", "plain_l2": "migplainl2"}
-        macs = {"vnet": "52:54:00:00:aa:01", "plain_l2": "52:54:00:00:bb:01"}
-        dests: dict[str, list[str]] = {"vnet": [], "plain_l2": []}
+        per: dict[str, list[dict[str, Any]]] = {}
+        dests: dict[str, list[str]] = {}
         for mode in ("vnet", "plain_l2"):
-            name = names[mode]
-            nic: dict[str, Any] = {"vnet": 10, "mac": macs[mode], "ip": f"{VM_IP}/24"}
-            if mode == "plain_l2":
-                nic = {"bridge": "brl2", "mac": macs[mode], "ip": f"{VM_IP}/24", "mtu": 1500}
-            LocalApiClient(lab.host("h1").api_socket, timeout=60).call("vm.start", name=name, nics=[nic])
             pinger = lab.endpoints["p"].netns if mode == "vnet" else plain_pinger
-            wait_for_page(pinger, f"http://{VM_IP}/counter")
-            where = "h1"
-            for i in range(runs):
-                dst = "h2" if where == "h1" else "h1"
-                r = _one(lab, name, where, dst, pinger)
-                per[mode].append(r)
-                dests[mode].append(dst)
-                print(f"[{mode} {i + 1}/{runs}] {where} -> {dst}: total {r['total_ms']:.0f} ms, downtime "
-                      f"{r['downtime_ms']:.0f} ms, lost {r['lost_pings']:.0f}, "
-                      f"longest gap {r['longest_gap_ms']:.0f} ms", file=sys.stderr, flush=True)
-                where = dst
-            LocalApiClient(lab.host(where).api_socket, timeout=60).call("vm.stop", name=name, force=True)
+            per[mode], dests[mode] = _mode(lab, mode, runs, pinger)
         pcap = None
         if capture is not None:
             capture.stop()
             pcap = capture.path
         try:
-            _explain(lab, per, pcap, names, macs, dests)
+            _explain(lab, per, pcap, NAMES, MACS, dests)
         except (OSError, trace.TraceError) as e:
             print(f"no timelines: {e}", file=sys.stderr)
-        return summarize(per, runs, lab.accel)
+        return {**summarize(per, runs, lab.accel), "flood": flood, "datapath": _datapaths(lab)}
+    except BaseException:
+        kept = keep_logs(lab.dir, Path(state) / "logs")
+        print(f"bench migration failed; the lab's logs are in {kept} (gatekeeper.log, libvirt's qemu/*.log)",
+              file=sys.stderr)
+        raise
     finally:
         if capture is not None:
             capture.stop()
         lab_down(lab.spec.name, state)
+
+
+def _datapaths(lab: Lab) -> dict[str, str]:
+    """Which data path VNET 10 ran on each host (the `counters` call's ebpf view)."""
+    out = {}
+    for h in lab.hosts:
+        status = LocalApiClient(h.api_socket).call("counters")["ebpf"]
+        out[h.name] = next((v["path"] for v in status["vnets"] if v["vnet"] == 10), "userspace")
+    return out
+
+
+def keep_logs(lab_dir: Path, into: Path) -> Path:
+    """Copy the lab's logs (gatekeepers, libvirtds, QEMUs) out of its state, which lab_down deletes."""
+    for f in lab_dir.rglob("*"):
+        if f.is_file() and (f.suffix in (".log", ".stdout") or f.name.endswith(".log.1")):
+            dest = into / f.relative_to(lab_dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, dest)
+    return into
 
 
 def summarize(per: dict[str, list[dict[str, Any]]], runs: int, accel: str) -> dict[str, Any]:
