@@ -98,6 +98,11 @@ class GatekeeperCollector(Collector):
         inbound = GaugeMetricFamily("softudc_esp_inbound_sas", "Inbound ESP SAs held (bounded LRU)", labels=["host"])
         inbound.add_metric([host], sas.inbound_count())
         yield inbound
+        engine = GaugeMetricFamily("softudc_vnet_esp_engine", "1 for the engine that seals and opens ESP: "
+                                   "native (C, OpenSSL EVP: gatekeeper/vnet/native) or python (fallback)",
+                                   labels=["host", "engine"])
+        engine.add_metric([host, sas.engine], 1)
+        yield engine
 
     def _workers(self, host: str) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         """The forwarding threads under their supervisor: a restart means one died (see the log)."""

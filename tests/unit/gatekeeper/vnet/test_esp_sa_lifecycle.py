@@ -290,6 +290,9 @@ def test_r17_evictions_and_the_table_size_are_metrics() -> None:
                for s in m.samples}
     assert samples[("softudc_esp_sa_events_total", "sa_evicted")] == 3
     assert samples[("softudc_esp_inbound_sas", None)] == 2
+    engines = [s.labels["engine"] for m in GatekeeperCollector(service)._esp("h1")  # type: ignore[arg-type]
+               for s in m.samples if s.name == "softudc_vnet_esp_engine"]
+    assert engines == [rx.engine] and rx.engine in ("native", "python")
 
 
 def test_r1_a_key_pruned_from_the_store_while_in_use_still_never_goes_back() -> None:
