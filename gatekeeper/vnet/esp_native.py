@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from gatekeeper.vnet.offload import TCP_MIN_MSS, OffloadError
+from gatekeeper.vnet.offload import TCP_MIN_MSS, VNET_HDR_LEN, OffloadError
 from softudc.wire.errors import WireError
 from softudc.wire.esp import AuthError, EspKey
 
@@ -74,6 +74,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.esp_open_one.restype = lng
     lib.esp_open_burst.argtypes = [vp, u32, u64, vp, sz, sz, vp, sz, vp, sz]
     lib.esp_open_burst.restype = lng
+    lib.esp_coalesce.argtypes = [vp, sz, sz, sz, sz, vp, sz, vp, sz]
+    lib.esp_coalesce.restype = lng
     lib.esp_tso_count.argtypes = [vp, sz, sz]
     lib.esp_tso_count.restype = lng
     lib.esp_seal_tso.argtypes = [vp, u32, u64, ctypes.c_char_p, sz, vp, sz, sz, sz, sz, vp, sz, sz]
@@ -183,6 +185,31 @@ def tso_count(frame: memoryview, mss: int) -> int:
     if r < 0:
         _raise(r)
     return r
+
+
+_rx = threading.local()  # per receive thread: where merged frames are built, and the run table
+
+
+def coalesce(batch: memoryview, stride: int, count: int, prefix_len: int) -> list[tuple[int, int, memoryview | None]]:
+    """`offload.coalesce` + `offload.merge` in one call: (first datagram, datagrams, merged
+    `virtio hdr + super-frame`, or None for a datagram to deliver alone) per run. The merged
+    frames live in a buffer of the calling thread, valid until its next call."""
+    assert _lib is not None
+    need = len(batch) + VNET_HDR_LEN * count
+    out: bytearray | None = getattr(_rx, "out", None)
+    if out is None or len(out) < need or len(_rx.items) < 4 * count:
+        out = _rx.out = bytearray(max(need, 1 << 18))
+        _rx.items = (ctypes.c_uint32 * (4 * max(count, 4096)))()
+        _rx.view = memoryview(out)
+    items = _rx.items
+    n: int = _lib.esp_coalesce(_ptr(batch), len(batch), stride, count, prefix_len, _ptr(out), len(out), items,
+                               len(items) // 4)
+    if n < 0:
+        _raise(n)
+    view: memoryview = _rx.view
+    flat = items[:4 * n]
+    return [(flat[4 * r], flat[4 * r + 1], view[flat[4 * r + 2]:flat[4 * r + 2] + flat[4 * r + 3]]
+             if flat[4 * r + 1] > 1 else None) for r in range(n)]
 
 
 def native_key(key: EspKey) -> NativeKey | None:

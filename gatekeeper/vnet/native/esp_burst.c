@@ -10,6 +10,7 @@
 // direction), each packet only sets its nonce. A key is not thread-safe: the caller serialises.
 // Every length comes from the caller (Python) and every length read from a packet is bounded by
 // the buffer it arrived in; nothing here allocates per packet.
+#include <arpa/inet.h>
 #include <openssl/evp.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -332,25 +333,39 @@ long esp_tso_count(const uint8_t *frame, size_t len, size_t mss)
 	return tso_parse(frame, len, mss, &t);
 }
 
-// The one's-complement sum of data as big-endian 16-bit words (an odd last byte padded with zero),
-// not folded.
-static uint64_t sum16(const uint8_t *p, size_t n)
-{
-	uint64_t s = 0;
-	size_t i;
-
-	for (i = 0; i + 1 < n; i += 2)
-		s += (uint32_t)p[i] << 8 | p[i + 1];
-	if (n & 1)
-		s += (uint32_t)p[n - 1] << 8;
-	return s;
-}
-
 static uint16_t fold(uint64_t s)
 {
 	while (s >> 16)
 		s = (s & 0xFFFF) + (s >> 16);
 	return (uint16_t)s;
+}
+
+// The one's-complement sum of data as big-endian 16-bit words (an odd last byte padded with zero),
+// folded. Summed as native 32-bit words, which gives the same folded sum in native byte order
+// (RFC 1071 2(B), 2(C)); ntohs turns it into the network-order value.
+static uint16_t sum16(const uint8_t *p, size_t n)
+{
+	uint64_t s = 0;
+	uint32_t w;
+	uint16_t h;
+	size_t i = 0;
+
+	for (; i + 4 <= n; i += 4) {
+		memcpy(&w, p + i, 4);
+		s += w;
+	}
+	if (i + 2 <= n) {
+		memcpy(&h, p + i, 2);
+		s += h;
+		i += 2;
+	}
+	if (i < n) {
+		uint8_t last[2] = {p[i], 0};
+
+		memcpy(&h, last, 2);
+		s += h;
+	}
+	return ntohs(fold(s));
 }
 
 // The headers of segment i (prefix + Ethernet + IPv4 + TCP) into hdr[0 : plen + t->hlen].
@@ -372,7 +387,7 @@ static void tso_headers(const struct tso *t, const uint8_t *prefix, size_t plen,
 	ip[4] = id >> 8;
 	ip[5] = id & 0xFF;
 	ip[10] = ip[11] = 0;
-	csum = ~fold(sum16(ip, t->ihl));
+	csum = ~sum16(ip, t->ihl);
 	ip[10] = csum >> 8;
 	ip[11] = csum & 0xFF;
 	put32(tcp + 4, seq);
@@ -384,7 +399,7 @@ static void tso_headers(const struct tso *t, const uint8_t *prefix, size_t plen,
 	tcp[16] = tcp[17] = 0;
 	// Pseudo-header (addresses, protocol, TCP length) + TCP header + payload. The payload starts
 	// at an even offset of the TCP segment (the header is whole 32-bit words), so its sum adds.
-	csum = ~fold(sum16(ip + 12, 8) + 6 + t->thl + seglen + sum16(tcp, t->thl) + sum16(data, seglen));
+	csum = ~fold((uint64_t)sum16(ip + 12, 8) + 6 + t->thl + seglen + sum16(tcp, t->thl) + sum16(data, seglen));
 	tcp[16] = csum >> 8;
 	tcp[17] = csum & 0xFF;
 }
@@ -452,4 +467,172 @@ long esp_seal_tso(struct esp_key *k, uint32_t spi, uint64_t seq0, const uint8_t 
 			return ESP_E_CRYPTO;
 	}
 	return (long)used;
+}
+
+// --- Coalescing the opened frames of a batch (receive) ------------------------------------------
+//
+// offload.py's coalesce() + merge() for a buffer of `prefix + frame` datagrams (the prefix compared
+// whole): runs of consecutive segments of one TCP flow (Linux GRO's checks: same headers but for
+// IPv4 length/id/checksum and TCP seq/checksum, ACK-only flags with PSH ending a run, equal sizes
+// but a shorter last one, consecutive sequence numbers, at most 64 KiB) become one
+// `virtio_net_hdr (NEEDS_CSUM|TCPV4) + super-frame`, its TCP checksum field seeded with the
+// pseudo-header sum. Byte for byte what the Python functions make (tests compare them).
+
+#define TCP_ACK 0x10
+#define VNET_HDR_LEN 10
+#define MAX_IP_LEN 65535
+
+// (l4 offset, header length) of a plain IPv4 TCP segment (no IP options, not a fragment); 0 if not.
+static int tcp_info(const uint8_t *f, size_t len, size_t *l4, size_t *hlen)
+{
+	size_t thl;
+
+	if (len < ETH_LEN + 40 || f[12] != 0x08 || f[13] != 0x00)
+		return 0;
+	if ((f[ETH_LEN] & 0x0F) * 4 != 20 || f[ETH_LEN + 9] != 6)
+		return 0;
+	if ((f[ETH_LEN + 6] & 0x3F) || f[ETH_LEN + 7])
+		return 0;
+	*l4 = ETH_LEN + 20;
+	thl = (size_t)(f[*l4 + 12] >> 4) * 4;
+	if (thl < 20 || len < *l4 + thl)
+		return 0;
+	*hlen = *l4 + thl;
+	return 1;
+}
+
+// Whether the headers at a (prefix + frame) equal ref's where segments of one flow must be equal.
+static int same_flow(const uint8_t *a, const uint8_t *ref, size_t plen, size_t l4, size_t hlen)
+{
+	const uint8_t *fa = a + plen, *fr = ref + plen;
+
+	return memcmp(a, ref, plen) == 0 && memcmp(fa, fr, ETH_LEN + 2) == 0
+	       && memcmp(fa + ETH_LEN + 6, fr + ETH_LEN + 6, 4) == 0
+	       && memcmp(fa + ETH_LEN + 12, fr + ETH_LEN + 12, l4 + 4 - (ETH_LEN + 12)) == 0
+	       && memcmp(fa + l4 + 8, fr + l4 + 8, 5) == 0
+	       && ((fa[l4 + 13] ^ fr[l4 + 13]) & (uint8_t)~TCP_PSH) == 0
+	       && memcmp(fa + l4 + 14, fr + l4 + 14, 2) == 0
+	       && memcmp(fa + l4 + 18, fr + l4 + 18, hlen - (l4 + 18)) == 0;
+}
+
+// The length of the run starting at datagram i (1: deliver it alone) and its mss.
+static size_t run_at(const uint8_t *buf, size_t total, size_t stride, size_t count, size_t plen, size_t i,
+		     size_t *mss_out)
+{
+	size_t full = total / stride, start = i * stride, l4, hlen, mss, j, limit;
+	const uint8_t *ref = buf + start;
+	uint32_t seq0;
+
+	*mss_out = 0;
+	if (i >= full || stride <= plen || !tcp_info(ref + plen, stride - plen, &l4, &hlen) || ref[plen + l4 + 13] != TCP_ACK
+	    || stride <= plen + hlen)
+		return 1;
+	mss = stride - plen - hlen;
+	*mss_out = mss;
+	seq0 = get32(ref + plen + l4 + 4);
+	for (j = i + 1; j < full; j++) {
+		const uint8_t *row = buf + j * stride;
+
+		if (!same_flow(row, ref, plen, l4, hlen) || get32(row + plen + l4 + 4) != seq0 + (uint32_t)((j - i) * mss))
+			break;
+		if (row[plen + l4 + 13] & TCP_PSH) {
+			j++;
+			break;
+		}
+	}
+	// The shorter last datagram continues a run that reached it (and did not end with PSH).
+	if (j == full && full < count && !(buf[(j - 1) * stride + plen + l4 + 13] & TCP_PSH)
+	    && total - full * stride > plen + hlen && same_flow(buf + full * stride, ref, plen, l4, hlen)
+	    && get32(buf + full * stride + plen + l4 + 4) == seq0 + (uint32_t)((j - i) * mss))
+		j++;
+	limit = (MAX_IP_LEN + ETH_LEN - hlen) / mss;
+	if (limit < 1)
+		limit = 1;
+	return j - i < limit ? j - i : limit;
+}
+
+// `virtio hdr + super-frame` of datagrams first .. first + n - 1 into out (cap bytes); its length.
+static long merge_run(const uint8_t *buf, size_t total, size_t stride, size_t plen, size_t first, size_t n,
+		      size_t mss, uint8_t *out, size_t cap)
+{
+	const uint8_t *head = buf + first * stride + plen;
+	size_t l4, hlen, k, w, payload = 0, ip_len;
+	uint8_t flags = 0, *ip, *tcp;
+	uint16_t c, gso = n > 1 ? 1 : 0;
+
+	if (!tcp_info(head, stride - plen, &l4, &hlen))
+		return ESP_E_ARG;
+	for (k = first; k < first + n; k++) {
+		size_t end = (k + 1) * stride < total ? (k + 1) * stride : total;
+
+		payload += end - (k * stride + plen + hlen);
+		flags |= buf[k * stride + plen + l4 + 13];
+	}
+	if (VNET_HDR_LEN + hlen + payload > cap)
+		return ESP_E_ROOM;
+	out[0] = 1;  // NEEDS_CSUM
+	out[1] = (uint8_t)gso;
+	out[2] = hlen & 0xFF;
+	out[3] = (uint8_t)(hlen >> 8);
+	out[4] = n > 1 ? (uint8_t)(mss & 0xFF) : 0;
+	out[5] = n > 1 ? (uint8_t)(mss >> 8) : 0;
+	out[6] = l4 & 0xFF;
+	out[7] = (uint8_t)(l4 >> 8);
+	out[8] = 16;
+	out[9] = 0;
+	memcpy(out + VNET_HDR_LEN, head, hlen);
+	w = VNET_HDR_LEN + hlen;
+	for (k = first; k < first + n; k++) {
+		size_t from = k * stride + plen + hlen, end = (k + 1) * stride < total ? (k + 1) * stride : total;
+
+		memcpy(out + w, buf + from, end - from);
+		w += end - from;
+	}
+	ip = out + VNET_HDR_LEN + ETH_LEN;
+	tcp = out + VNET_HDR_LEN + l4;
+	ip_len = hlen - ETH_LEN + payload;
+	ip[2] = (uint8_t)(ip_len >> 8);
+	ip[3] = ip_len & 0xFF;
+	ip[10] = ip[11] = 0;
+	c = ~sum16(ip, l4 - ETH_LEN);
+	ip[10] = c >> 8;
+	ip[11] = c & 0xFF;
+	tcp[13] = flags;
+	c = fold((uint64_t)sum16(ip + 12, 8) + 6 + ip_len - (l4 - ETH_LEN));
+	tcp[16] = c >> 8;
+	tcp[17] = c & 0xFF;
+	return (long)w;
+}
+
+// Coalesce a batch: datagram k at buf[k * stride:], the last possibly shorter (total bytes, count
+// datagrams). For each run, items[4 * r:] = first datagram, datagrams in the run, offset and length
+// of its merged `virtio hdr + super-frame` in out (0, 0 for a datagram to deliver alone). Returns
+// the number of runs, or an ESP_E_* below zero.
+long esp_coalesce(const uint8_t *buf, size_t total, size_t stride, size_t count, size_t plen, uint8_t *out,
+		  size_t cap, uint32_t *items, size_t max_items)
+{
+	size_t i = 0, r = 0, w = 0;
+
+	if (buf == NULL || stride == 0 || stride > ESP_MAX || plen > MAX_PREFIX || count == 0
+	    || count > max_items || (count - 1) * stride >= total || total > count * stride)
+		return ESP_E_ARG;
+	while (i < count) {
+		size_t mss, n = run_at(buf, total, stride, count, plen, i, &mss);
+		uint32_t *item = items + 4 * r++;
+
+		item[0] = (uint32_t)i;
+		item[1] = (uint32_t)n;
+		item[2] = item[3] = 0;
+		if (n > 1) {
+			long m = merge_run(buf, total, stride, plen, i, n, mss, out + w, cap - w);
+
+			if (m < 0)
+				return m;
+			item[2] = (uint32_t)w;
+			item[3] = (uint32_t)m;
+			w += (size_t)m;
+		}
+		i += n;
+	}
+	return (long)r;
 }
