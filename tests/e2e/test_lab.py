@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from softudc.lab import Lab, LabSpec, lab_down, lab_up, shell
-from tests.e2e.conftest import create_vnet, endpoints, ns_run
+from tests.e2e.conftest import create_vnet, endpoints, gk, ns_run
 
 pytestmark = pytest.mark.vnet
 
@@ -31,12 +31,23 @@ def test_segments_are_joined_by_a_unicast_router(make_lab: Callable[..., Lab]) -
     assert ns_run(lab.router_ns, "cat", "/proc/sys/net/ipv4/conf/all/mc_forwarding").stdout.strip() == "0"
 
 
-def test_head_end_replication_spans_segments(make_lab: Callable[..., Lab]) -> None:
+@pytest.mark.parametrize("datapath", ["auto", "userspace"])
+def test_head_end_replication_spans_segments(make_lab: Callable[..., Lab], datapath: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", datapath)
     lab = make_lab(hosts=2, segments=2, flood="members")
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
+    paths = [v["path"] for v in gk(lab, "h1").call("counters")["ebpf"]["vnets"]]
+    assert paths == ["ebpf" if datapath == "auto" else "userspace"], paths
     out = ns_run(lab.endpoints["a1"].netns, "ping", "-n", "-c", "2", "-W", "2", "10.0.0.2", check=False)
     assert out.returncode == 0, out.stdout
+    # The ARP broadcast goes head-end from the forwarder on both paths (eBPF punts floods to it);
+    # on eBPF the unicast frames are encapsulated and decapsulated by the programs.
+    assert gk(lab, "h1").call("vnet.list")[0]["flooded"] >= 1
+    if datapath == "auto":
+        bpf = {h: gk(lab, h).call("counters")["ebpf"]["counters"] for h in ("h1", "h2")}
+        assert bpf["h1"]["enc_unicast"] >= 2 and bpf["h2"]["dec_ok"] >= 2, bpf
 
 
 def test_down_cleans_up_after_a_crash() -> None:
