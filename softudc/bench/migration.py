@@ -115,12 +115,14 @@ def _explain(lab: Lab, per: dict[str, list[dict[str, Any]]], capture: Path | Non
 
 
 def _medians(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each figure's median over the runs that have it; `gaps_at_switchover` counts the runs whose
+    longest gap was the switchover's (their timelines explain it)."""
     out: dict[str, float | None] = {}
-    for key in runs[0]:
-        if key in ("gap_start", "gap_end"):
-            continue
+    keys = dict.fromkeys(k for r in runs for k in r if k not in ("gap_start", "gap_end", "gap_at_switchover"))
+    for key in keys:
         values = [r[key] for r in runs if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
+    out["gaps_at_switchover"] = float(sum(1 for r in runs if r.get("gap_at_switchover")))
     return out
 
 

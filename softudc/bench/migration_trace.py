@@ -15,8 +15,11 @@ before its longest gap, from ping's own `-D` stamps; tcpdump stamps on the same 
 - `requests_to_old_host_after_guest_announce` (VNET): echo requests still sent to the old host after
   the guest announced itself, i.e. what the pinger's host's FDB costs in pings.
 
-A missing event is None. Only classic pcap files (tcpdump -w) are read; nothing here raises on a
-frame it cannot parse: such frames are skipped (the capture is ours, but it is still bytes off a wire).
+Events are looked for between the gap's start and shortly after its end; when the guest's
+self-announcement is not among them, the longest gap was not the switchover's (a stall while
+copying) and only `gap_at_switchover: false` is given. A missing event is None. Only classic pcap
+files (tcpdump -w) are read; nothing here raises on a frame it cannot parse: such frames are skipped
+(the capture is ours, but it is still bytes off a wire).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ ETH_P_IP, ETH_P_ARP, ETH_P_RARP = 0x0800, 0x0806, 0x8035
 CAPTURE_FILTER = f"udp port {VNET_PORT} or icmp or arp or rarp"
 _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", 1e-6), b"\xa1\xb2\xc3\xd4": (">", 1e-6),
                b"\x4d\x3c\xb2\xa1": ("<", 1e-9), b"\xa1\xb2\x3c\x4d": (">", 1e-9)}
+SLACK = 0.1  # s after the gap's end in which its events are still looked for (an ANNOUNCE may trail)
 MAX_RECORD = 1 << 18  # larger than any snap length we ask for: a bigger record means a corrupt file
 
 
@@ -129,25 +133,29 @@ def events(path: Path, vm_mac: str, vm_ip: str) -> list[Event]:
     return out
 
 
-def timeline(evs: list[Event], gap_start: float, gap_end: float, new_host: str | None) -> dict[str, float | None]:
+def timeline(evs: list[Event], gap_start: float, gap_end: float,
+             new_host: str | None) -> dict[str, float | bool | None]:
     """The events of one migration on its gap's time axis (ms after `gap_start`); `new_host` is
     the destination's underlay address over a VNET, None on plain L2."""
     def first(kind: str, to: str | None = None, frm: str | None = None) -> float | None:
         for ev in evs:
-            if (ev.t > gap_start and ev.kind == kind and (to is None or ev.outer_dst == to)
+            if (gap_start < ev.t <= gap_end + SLACK and ev.kind == kind and (to is None or ev.outer_dst == to)
                     and (frm is None or ev.outer_src == frm)):
                 return round((ev.t - gap_start) * 1000, 1)
         return None
 
     guest = first("self_announce", frm=new_host)
+    if guest is None:  # the longest gap was not the switchover's (a stall while copying): nothing to explain
+        return {"gap_ms": round((gap_end - gap_start) * 1000, 1), "gap_at_switchover": False}
     reply = first("echo_reply", frm=new_host)
-    out = {"gap_ms": round((gap_end - gap_start) * 1000, 1), "announced_by_guest_ms": guest,
+    out: dict[str, float | bool | None] = {
+           "gap_ms": round((gap_end - gap_start) * 1000, 1), "gap_at_switchover": True, "announced_by_guest_ms": guest,
            "varp_announce_ms": first("varp_announce", frm=new_host) if new_host else None,
            "redirected_ms": first("echo_request", to=new_host) if new_host else None,
            "first_reply_ms": reply,
-           "reply_after_guest_announce_ms": round(reply - guest, 1) if reply is not None and guest is not None
-           else None, "requests_to_old_host_after_guest_announce": None}
-    if new_host and guest is not None:  # what the VNET adds, counted in pings: still sent where the VM was
+           "reply_after_guest_announce_ms": round(reply - guest, 1) if reply is not None else None,
+           "requests_to_old_host_after_guest_announce": None}
+    if new_host:  # what the VNET adds, counted in pings: still sent where the VM was
         since = gap_start + guest / 1000
         out["requests_to_old_host_after_guest_announce"] = sum(
             1 for ev in evs if ev.kind == "echo_request" and since <= ev.t <= gap_end and ev.outer_dst != new_host)

@@ -126,13 +126,15 @@ def test_timeline_places_the_vnet_events_after_the_gaps_start(tmp_path: Path) ->
     path.write_bytes(pcap(records, nanos=True))
     evs = trace.events(path, "52:54:00:aa:00:01", VM_IP)
     got = trace.timeline(evs, t0, t0 + 0.0815, H2)
-    assert got == {"gap_ms": 81.5, "announced_by_guest_ms": 40.0, "varp_announce_ms": 70.0,
+    assert got == {"gap_ms": 81.5, "gap_at_switchover": True, "announced_by_guest_ms": 40.0, "varp_announce_ms": 70.0,
                    "redirected_ms": 80.0, "first_reply_ms": 81.0, "reply_after_guest_announce_ms": 41.0,
                    "requests_to_old_host_after_guest_announce": 0}
     late = [*records, (t0 + 0.050, in_vnet(H3, H1, echo(True)))]  # one request after the RARP still to h1
     path.write_bytes(pcap(sorted(late, key=lambda r: r[0]), nanos=True))
     evs_late = trace.events(path, "52:54:00:aa:00:01", VM_IP)
     assert trace.timeline(evs_late, t0, t0 + 0.0815, H2)["requests_to_old_host_after_guest_announce"] == 1
+    stall = trace.timeline(evs, t0 - 1.0, t0 - 0.9, H2)  # a gap a second earlier: not the switchover's
+    assert stall == {"gap_ms": 100.0, "gap_at_switchover": False}
     plain = trace.timeline(evs, t0, t0 + 0.0815, None)
     assert plain["varp_announce_ms"] is None and plain["redirected_ms"] is None
 
@@ -159,3 +161,5 @@ def test_summarize_compares_gaps_and_gaps_beyond_downtime() -> None:
     assert out["ratios"]["gap_vnet_minus_plain_ms"] == 30
     assert out["ratios"]["beyond_downtime_vnet_minus_plain_ms"] == 30 - 30  # 30 (of 40, 30, 20) vs 30
     assert out["vnet"]["varp_announce_ms"] is None and "gap_start" not in out["vnet"]
+    per["vnet"][0]["gap_at_switchover"] = True
+    assert summarize(per, 3, "qemu")["vnet"]["gaps_at_switchover"] == 1  # type: ignore[arg-type]
