@@ -2,12 +2,12 @@
 ping each other across a VNET, a third host sends hypothesis-built garbage, truncated, oversized,
 wrong-VNET, replayed and forged datagrams to UDP 1798, UDP 4500 and IP protocol 97 of one host.
 Forwarding never stops, no worker dies or needs the loop guard, and every hostile datagram shows
-up in the victim's counters (a drop by reason, a VARP message or a counted delivery)."""
+up in the victim's counters (a drop by reason, a VARP message or a counted delivery). Every test
+runs on both data paths: `auto` (the plain UDP VNETs on eBPF) and forced `userspace`."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 import re
 import signal
 import struct
@@ -133,10 +133,11 @@ class Victim:
         return int(fields["RcvbufErrors"]) + int(fields["InErrors"])
 
 
-@pytest.fixture
-def datapath() -> str:
-    """The lab gatekeepers' `dataplane.datapath`: SOFTUDC_LAB_DATAPATH's, else the default (`auto`)."""
-    return os.environ.get("SOFTUDC_LAB_DATAPATH") or "auto"
+@pytest.fixture(params=["auto", "userspace"])
+def datapath(request: pytest.FixtureRequest) -> str:
+    """The lab gatekeepers' `dataplane.datapath`: every test runs on the default path (`auto`: the
+    security-none UDP VNETs on eBPF) and on the forced userspace one."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -155,6 +156,9 @@ def lab(make_lab: Callable[..., Lab], datapath: str, monkeypatch: pytest.MonkeyP
                     "s1": ("h1", SECURE, "10.2.0.1/24"), "s2": ("h2", SECURE, "10.2.0.2/24")})
     for src, dst in (("t1", "10.0.0.2"), ("q1", "10.3.0.2"), ("r1", "10.4.0.2"), ("s1", "10.2.0.2")):
         assert ping(lab, src, dst, count=2).returncode == 0, f"{src} -> {dst} before any attack"
+    plain = "ebpf" if datapath == "auto" else "userspace"
+    paths = {v["vnet"]: v["path"] for v in gk(lab, "h1").call("counters")["ebpf"]["vnets"]}
+    assert paths == {TRAFFIC: plain, QUIET: plain, RAW: "userspace", SECURE: "userspace"}, paths
     yield lab
 
 
@@ -249,7 +253,6 @@ def test_r2_the_audits_datagram_pair_against_the_real_socket(lab: Lab, attacker:
                                            "fwd-udp": "running"}, "restarts": 0, "healthy": True}
 
 
-@pytest.mark.parametrize("datapath", ["auto", "userspace"])  # the default path and the forced userspace one
 def test_r2_r3_r18_r19_hostile_datagrams_while_traffic_flows(lab: Lab, attacker: Attacker,
                                                             captures: Callable[..., Capture]) -> None:
     victim = Victim(lab)
