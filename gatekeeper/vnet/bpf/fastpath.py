@@ -78,14 +78,17 @@ class FastPath:
             self._adopted = dp.fdb()  # empty unless a gatekeeper restarted in place (or crashed)
             # bpf_fib_lookup needs forwarding on the lookup device (docs/ebpf.md)
             Path(f"/proc/sys/net/ipv4/conf/{self.config.underlay_interface}/forwarding").write_text("1\n")
-            # with learning on, floods from a MAC new here or moved go up to the forwarder once (vnet_dp.c
-            # learn_first): a migrated VM's RARP redirects its traffic before its new host's ANNOUNCE
-            learn = layouts.CFG_LEARN if self.config.learn else 0
-            dp.set_cfg(layouts.Cfg(self.config.underlay_address, underlay, layouts.CFG_PUNT | learn))
+            dp.set_cfg(layouts.Cfg(self.config.underlay_address, underlay, self.cfg_flags()))
             dp.attach("vnet_decap", underlay)
             self._dp = dp
             self.gro = _choose_gro(self.config.underlay_interface)
         return self._dp
+
+    def cfg_flags(self) -> int:
+        """ebs_cfg flags: misses and floods go on to the TAP (the forwarder floods and resolves them);
+        with learning on, a flood from a MAC new here or moved goes up to the forwarder once (vnet_dp.c
+        learn_first), so a migrated VM's RARP redirects its traffic before its new host's ANNOUNCE."""
+        return layouts.CFG_PUNT | (layouts.CFG_LEARN if self.config.learn else 0)
 
     def _install(self, port: VnetPort, tap: str) -> None:
         dp = self._datapath()
