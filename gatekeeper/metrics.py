@@ -44,6 +44,13 @@ class GatekeeperCollector(Collector):
             for reason, n in list(counter.items()):
                 drops.add_metric([host, path, reason], n)
         yield drops
+        fixed = CounterMetricFamily("softudc_dataplane_rx_fixed",
+                                    "Frames the userspace receive path finished for their sender (an eBPF "
+                                    "host's partial checksums and whole TCP super-frames), by kind",
+                                    labels=["host", "kind"])
+        for kind, n in list(self.service.forwarder.rx_fixed.items()):
+            fixed.add_metric([host, kind], n)
+        yield fixed
         varp = CounterMetricFamily("softudc_varp_messages", "VARP events by kind", labels=["host", "kind"])
         for kind, n in list(self.service.varp_counts.items()):
             varp.add_metric([host, kind], n)

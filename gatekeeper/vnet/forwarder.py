@@ -92,6 +92,7 @@ class Forwarder(Receiver):
         self.drops: dict[str, Counter[str]] = {"tap": Counter(), "udp": Counter(), "raw": Counter(),
                                                "esp": Counter(), "ctl": Counter()}
         self.varp_rx = 0
+        self.rx_fixed: Counter[str] = Counter()  # frames the receive path finished (unflagged.py)
         self._stopping = False
         # Restarts any worker thread that ends anyway; its health goes into the host report.
         self.supervisor = Supervisor(clock=time.monotonic)

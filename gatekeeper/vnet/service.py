@@ -333,7 +333,9 @@ class VnetService:
                 # SA table evictions (R17), ESN resyncs (R8), senders stopped before a wrap (R1)
                 "esp_sa": {**self.forwarder.sas.counts, "inbound_sas": self.forwarder.sas.inbound_count()},
                 "vnets": {p.vnet: self._describe(p) for p in self.forwarder.vnets.values()},
-                "ebpf": self.fastpath.status()}
+                "ebpf": self.fastpath.status(),
+                # frames the userspace receive path finished for an eBPF sender (gatekeeper/vnet/unflagged.py)
+                "rx_fixed": dict(self.forwarder.rx_fixed)}
 
     def tick(self) -> None:
         """The VARP timer. The lock covers only the cache's decisions (bounded by its limits);
