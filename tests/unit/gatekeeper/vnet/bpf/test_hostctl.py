@@ -303,8 +303,10 @@ def test_on_a_tap_known_unicast_skips_the_reader_and_misses_are_punted_to_it(lab
     hostctl(ns, "up", lab["A"])
     before = counters(lab, "A")["counters"]
     sh("ip", "neigh", "replace", HOSTS["B"]["ep"], "lladdr", HOSTS["B"]["mac"], "dev", "eth0", ns=f"{PFX}eA")
+    # a static neighbour with a MAC no FDB knows: a unicast miss (set here, so the test stands alone)
+    sh("ip", "neigh", "replace", "192.168.5.77", "lladdr", "02:00:00:00:05:77", "dev", "eth0", ns=f"{PFX}eA")
     sh("ping", "-c3", "-i0.2", "-W2", HOSTS["B"]["ep"], ns=f"{PFX}eA")
-    sh("ping", "-c1", "-W1", "192.168.5.77", ns=f"{PFX}eA", check=False)  # static neigh: unknown MAC
+    sh("ping", "-c1", "-W1", "192.168.5.77", ns=f"{PFX}eA", check=False)  # unknown unicast: punted
     out, _ = reader.communicate(timeout=15)
     after = counters(lab, "A")["counters"]
     seen = set(out.split()[1:])
