@@ -67,6 +67,10 @@ def parse_vnet_hdr(buf: bytes | bytearray | memoryview) -> VnetHdr:
     return VnetHdr(*_VNET_HDR.unpack_from(buf))
 
 
+def vnet_hdr(flags: int, gso_type: int, hdr_len: int, gso_size: int, csum_start: int, csum_offset: int) -> bytes:
+    return _VNET_HDR.pack(flags, gso_type, hdr_len, gso_size, csum_start, csum_offset)
+
+
 class OffloadError(ValueError):
     """A frame the offload path cannot handle; the caller drops and counts it."""
 
@@ -262,32 +266,6 @@ def _tcp_info(frame: memoryview) -> tuple[int, int, int] | None:
     if thl < 20 or len(frame) < l4 + thl:
         return None
     return l4, l4 + thl, frame[l4 + 13]
-
-
-def needs_csum_hdr(frame: memoryview, writable: bytearray | memoryview, offset: int) -> bytes:
-    """virtio header for a single frame whose L4 checksum is partial; also seeds the checksum
-    field inside `writable[offset:]` (the same frame) for the frame's own length."""
-    if len(frame) < ETH_LEN + 20 or frame[12] != 0x08 or frame[13] != 0x00:
-        return NO_VNET_HDR
-    ihl = (frame[ETH_LEN] & 0x0F) * 4
-    if ihl < 20:
-        return NO_VNET_HDR  # not a valid IPv4 header: nothing to seed
-    proto = frame[ETH_LEN + 9]
-    l4 = ETH_LEN + ihl
-    total = (frame[ETH_LEN + 2] << 8) | frame[ETH_LEN + 3]
-    if proto == IPPROTO_TCP:
-        csum_off = 16
-    elif proto == IPPROTO_UDP:
-        csum_off = 6
-    else:
-        return NO_VNET_HDR
-    if len(frame) < l4 + csum_off + 2:
-        return NO_VNET_HDR
-    ps = pseudo_sum(bytes(frame[ETH_LEN + 12:ETH_LEN + 16]), bytes(frame[ETH_LEN + 16:ETH_LEN + 20]), proto,
-                    total - ihl)
-    writable[offset + l4 + csum_off] = ps >> 8
-    writable[offset + l4 + csum_off + 1] = ps & 0xFF
-    return _VNET_HDR.pack(F_NEEDS_CSUM, GSO_NONE, 0, 0, l4, csum_off)
 
 
 @functools.lru_cache(maxsize=64)

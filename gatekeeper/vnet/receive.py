@@ -16,7 +16,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 
-from gatekeeper.vnet import offload
+from gatekeeper.vnet import esp_native, offload, unflagged
 from gatekeeper.vnet.esp_sa import EspDrop, SecurityAssociations
 from gatekeeper.vnet.offload import NO_VNET_HDR, VNET_HDR_LEN
 from gatekeeper.vnet.port import (
@@ -72,6 +72,7 @@ class Receiver:
     clock: Callable[[], float]
     local_addr: str
     varp_rx: int
+    rx_fixed: Counter[str]  # frames finished for their sender (`_fixed`)
     _stopping: bool
     _udp: socket.socket
     _raw: socket.socket | None
@@ -201,7 +202,8 @@ class Receiver:
             return
         batch = mv[off:off + n]
         port = self._batch_port(batch, stride, prefix_len)
-        if port is None or not port.offload or port.secure:
+        if port is None or not port.offload or port.secure or stride - prefix_len > port.max_frame:
+            # (whole super-frames, an eBPF host's over a veth: one at a time, never merged further)
             for k in range(count):
                 self._rx_one(mv, off + k * stride, min(off + (k + 1) * stride, off + n), src, drops, prefix_len)
             return
@@ -278,6 +280,13 @@ class Receiver:
         port = self.vnets.get(vnet)
         # Merged only when the EtherIP header names the SA's VNET (runs share the first one's header).
         if port is not None and port.offload and count > 1 and (batch[0] << 8 | batch[1]) & 0x0FFF == vnet:
+            if esp_native.engine() == "native":  # the same runs and frames, built in C
+                for first, length, merged in esp_native.coalesce(batch, stride, count, 2):
+                    if merged is not None:
+                        self._write_merged(port, merged, length, src, drops)
+                    else:
+                        self._deliver_one_plain(vnet, batch[first * stride:(first + 1) * stride], src, drops)
+                return
             for first, length, mss in offload.coalesce(batch, stride, count, 2):
                 if length > 1:
                     self._write_merged(port, offload.merge(batch, stride, first, length, mss, 2), length, src, drops)
@@ -297,7 +306,8 @@ class Receiver:
             return
         self._deliver(vnet, memoryview(buf), VNET_HDR_LEN + 2, len(buf), src, drops, via_esp=True)
 
-    def _write_merged(self, port: VnetPort, out: bytes, segments: int, src: str, drops: Counter[str]) -> None:
+    def _write_merged(self, port: VnetPort, out: bytes | memoryview, segments: int, src: str,
+                      drops: Counter[str]) -> None:
         """One TAP write of a rebuilt super-frame (virtio header + frame) made of `segments` frames."""
         if port.members and src not in port.members:
             drops["not_member_host"] += segments  # R18, as in `_deliver`
@@ -381,14 +391,14 @@ class Receiver:
             drops["plaintext_on_secure_vnet"] += 1  # only ESP may carry this VNET's frames
             return
         if end - off > port.max_frame:
-            drops["oversize"] += 1
+            self._deliver_superframe(port, mv, off, end, src, drops)
             return
         self._learn(vnet, mv[off:end], src)
         if port.offload:
-            mv[off - VNET_HDR_LEN:off] = offload.needs_csum_hdr(mv[off:end], mv, off) if partial else NO_VNET_HDR
+            mv[off - VNET_HDR_LEN:off] = self._tap_hdr(mv, off, end, partial, via_esp)
             off -= VNET_HDR_LEN
-        elif partial:
-            drops["partial_csum_to_plain_tap"] += 1  # a plain TAP cannot finish the checksum
+        elif not via_esp and not self._complete_in_software(mv, off, end, partial):
+            drops["partial_csum_to_plain_tap"] += 1  # flagged partial, but no TCP/UDP checksum found
             return
         try:
             os.write(port.fd, mv[off:end])
@@ -401,3 +411,73 @@ class Receiver:
         if not counted:
             stats[6] += 1
 
+    def _fixed(self) -> Counter[str]:
+        """Frames the receive path finished for their sender (`unflagged.py`), by kind. Only the
+        UDP/1798 thread finds them (the eBPF path sends nothing else), so one counter serves."""
+        fixed: Counter[str] | None = getattr(self, "rx_fixed", None)
+        if fixed is None:
+            fixed = self.rx_fixed = Counter()
+        return fixed
+
+    def _tap_hdr(self, mv: memoryview, off: int, end: int, partial: bool, via_esp: bool) -> bytes:
+        """The virtio header of the frame at mv[off:end] for an offload TAP: NEEDS_CSUM when it is
+        flagged partial or its checksum field holds the pseudo-header sum (an eBPF host's, whose
+        encapsulation cannot flag it; never inside ESP, which seals complete frames)."""
+        if partial:
+            return unflagged.needs_csum_hdr(mv[off:end], mv, off)
+        if not via_esp and (at := unflagged.partial_csum(mv[off:end])) is not None:
+            self._fixed()["partial_csum"] += 1
+            return unflagged.csum_hdr(at[0], at[1])
+        return NO_VNET_HDR
+
+    def _complete_in_software(self, mv: memoryview, off: int, end: int, partial: bool) -> bool:
+        """A plain TAP (no virtio header) takes complete checksums only: a partial one, flagged or
+        found unflagged, is completed here. False: flagged partial, but no TCP/UDP checksum found."""
+        frame = mv[off:end]
+        if partial:
+            loc = unflagged.l4_checksum(frame)
+            if loc is None:
+                return False
+            l4, csum_off, l4_len, ps = loc
+            mv[off + l4 + csum_off:off + l4 + csum_off + 2] = ps.to_bytes(2, "big")
+        else:
+            at = unflagged.partial_csum(frame)
+            if at is None:
+                return True  # complete (or bad: the guest's stack decides), or nothing to check
+            l4, csum_off, l4_len = at
+        offload.complete_csum(mv, off + l4, csum_off, off + l4 + l4_len)
+        self._fixed()["partial_csum_software"] += 1
+        return True
+
+    def _deliver_superframe(self, port: VnetPort, mv: memoryview, off: int, end: int, src: str,
+                            drops: Counter[str]) -> None:
+        """A frame longer than the VNET's MTU: dropped (`oversize`) unless it is a whole IPv4 TCP
+        super-frame, as an eBPF host's cross a software underlay (`unflagged.superframe_hdr`). That
+        goes to an offload TAP in one GSO write, or to a plain TAP cut into MTU-sized segments with
+        complete checksums. Bounded: at most 64 KiB, segments of at least the VNET MTU's MSS."""
+        hdr = None if port.secure else unflagged.superframe_hdr(mv[off:end], mv, off, port.mtu)
+        if hdr is None:
+            drops["oversize"] += 1
+            return
+        self._learn(port.vnet, mv[off:end], src)
+        vh = offload.parse_vnet_hdr(hdr)
+        segments = -(-(end - off - vh.hdr_len) // vh.gso_size)
+        if port.offload:
+            mv[off - VNET_HDR_LEN:off] = hdr
+            writes: list[bytes | memoryview] = [mv[off - VNET_HDR_LEN:end]]
+            self._fixed()["superframe"] += 1
+        else:
+            data, stride, count = offload.segment(mv[off:end], vh, b"", full_csum=True)
+            writes = [data[k * stride:(k + 1) * stride] for k in range(count)]
+            self._fixed()["superframe_segmented"] += 1
+        for w in writes:
+            try:
+                os.write(port.fd, w)
+            except OSError:
+                drops["tap_write_error"] += 1
+                return
+        stats = port.stats
+        stats[2] += segments
+        stats[3] += end - off
+        stats[6] += 1
+        stats[8] += 1

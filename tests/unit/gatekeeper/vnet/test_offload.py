@@ -15,10 +15,10 @@ from gatekeeper.vnet.offload import (
     VnetHdr,
     coalesce,
     merge,
-    needs_csum_hdr,
     parse_vnet_hdr,
     segment,
 )
+from gatekeeper.vnet.unflagged import needs_csum_hdr
 from softudc.wire.udpframe import FLAG_CSUM_PARTIAL, frame_prefix
 
 PREFIX = frame_prefix(10, FLAG_CSUM_PARTIAL)
