@@ -76,9 +76,11 @@ def test_broadcast_reaches_every_member_once_and_no_one_else(make_lab: Callable[
     assert counts == {"a1": 1, "a2": 1, "a3": 1, "b1": 0, "b2": 0}, counts
 
 
-@pytest.mark.parametrize(("transport", "mtu"), [("udp", 1452), ("raw", 1464)])
-def test_mtu_fits_the_underlay_and_nothing_fragments(make_lab: Callable[..., Lab], transport: str,
-                                                     mtu: int) -> None:
+@pytest.mark.parametrize(("transport", "mtu", "datapath"),
+                         [("udp", 1452, "auto"), ("udp", 1452, "userspace"), ("raw", 1464, "auto")])
+def test_mtu_fits_the_underlay_and_nothing_fragments(make_lab: Callable[..., Lab], transport: str, mtu: int,
+                                                     datapath: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", datapath)  # the default path and the forced userspace one
     lab = make_lab(hosts=2, transport=transport)
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
@@ -94,8 +96,10 @@ def test_mtu_fits_the_underlay_and_nothing_fragments(make_lab: Callable[..., Lab
     assert frag_creates(lab.host("h1").netns) == frag_before
 
 
-
-def test_a_vnet_can_ask_for_a_smaller_mtu_but_not_a_larger_one(make_lab: Callable[..., Lab]) -> None:
+@pytest.mark.parametrize("datapath", ["auto", "userspace"])
+def test_a_vnet_can_ask_for_a_smaller_mtu_but_not_a_larger_one(make_lab: Callable[..., Lab], datapath: str,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", datapath)
     lab = make_lab(hosts=2)
     create_vnet(lab, 10, mtu=1400)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
