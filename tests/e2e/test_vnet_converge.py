@@ -50,12 +50,20 @@ def vnet_on(lab: Lab, host: str, vid: int) -> dict[str, Any] | None:
     return next((v for v in gk(lab, host).call("vnet.list") if v["vnet"] == vid), None)
 
 
+def datapath(lab: Lab, host: str, vid: int) -> str | None:
+    """The data path the host runs the VNET on (`counters.ebpf.vnets`)."""
+    return next((str(v["path"]) for v in gk(lab, host).call("counters")["ebpf"]["vnets"] if v["vnet"] == vid), None)
+
+
 def keyed_with_members(lab: Lab, host: str, vid: int, members: list[str]) -> bool:
     v = vnet_on(lab, host, vid)
     return v is not None and v["members"] == members and v["key_fingerprint"] is not None
 
 
-def test_r21_security_and_mtu_changes_reach_hosts_that_have_the_vnet(make_lab: Callable[..., Lab]) -> None:
+@pytest.mark.parametrize("path", ["auto", "userspace"])  # on auto, the VNET moves from eBPF to the forwarder
+def test_r21_security_and_mtu_changes_reach_hosts_that_have_the_vnet(make_lab: Callable[..., Lab], path: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", path)
     lab = make_lab(hosts=2, manager=True)
     apply(lab)
     status, body = call(lab, "GET", "/v1/farms/conv")
@@ -67,6 +75,8 @@ def test_r21_security_and_mtu_changes_reach_hosts_that_have_the_vnet(make_lab: C
     assert wait_until(lambda: keyed_with_members(lab, h1.name, vid, [h2.underlay_ip]), timeout=15)
     assert wait_until(lambda: keyed_with_members(lab, h2.name, vid, [h1.underlay_ip]), timeout=15)
     assert all(vnet_on(lab, h, vid)["security"] == "none" for h in hosts)  # type: ignore[index]
+    plain = "ebpf" if path == "auto" else "userspace"  # auto's choice for a security-none UDP VNET
+    assert all(datapath(lab, h, vid) == plain for h in hosts), [datapath(lab, h, vid) for h in hosts]
     add_endpoint(lab, "e1", "h1", vid, "10.5.0.201/24")
     add_endpoint(lab, "e2", "h2", vid, "10.5.0.202/24")
     assert ping(lab, "e1", "10.5.0.202").returncode == 0
@@ -75,6 +85,7 @@ def test_r21_security_and_mtu_changes_reach_hosts_that_have_the_vnet(make_lab: C
     assert wait_until(lambda: all((vnet_on(lab, h, vid) or {}).get("security") == "conf" for h in hosts),
                       timeout=30), [vnet_on(lab, h, vid) for h in hosts]
     assert wait_until(lambda: ping(lab, "e1", "10.5.0.202", count=1).returncode == 0, timeout=10)
+    assert all(datapath(lab, h, vid) == "userspace" for h in hosts)  # made again, secured: the forwarder's
     esp = {h: gk(lab, h).call("counters")["esp_sa"] for h in hosts}
     assert all(c["inbound_sas"] >= 1 for c in esp.values()), esp  # the ping went as ESP
 
