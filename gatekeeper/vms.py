@@ -23,8 +23,14 @@ class VmService:
         self.hv = Hypervisor(config.uri, self._arrived, self._left)
 
     def _arrived(self, nics: list[DomainNic], _name: str) -> None:
+        # Tell every host first: registering takes milliseconds more (the bridge's FDB is read over
+        # netlink), and until the ANNOUNCE arrives a host that has not learned the guest's RARP
+        # still sends its frames to the old host (docs/ebpf.md, "Migration on the eBPF path").
         for nic in nics:
-            self.vnets.register_local(nic.vnet, nic.mac, nic.tap)  # announces at once
+            if nic.vnet in self.vnets.forwarder.vnets:
+                self.vnets.announce(nic.vnet, nic.mac)
+        for nic in nics:
+            self.vnets.register_local(nic.vnet, nic.mac, nic.tap)  # announces again
         # Repeat, as QEMU repeats its RARPs: the source host may still hold the MAC as local for a
         # moment after the guest resumed here, and would ignore the first announce.
         for delay in ANNOUNCE_REPEATS:
