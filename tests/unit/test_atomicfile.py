@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from softudc import atomicfile
 from softudc.atomicfile import create_exclusive, move_aside, private_dir, write_atomic
 
 
@@ -22,7 +21,7 @@ def test_r22_write_atomic_replaces_whole_private_and_syncs_file_and_directory(
         synced.append("dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file")
         real_fsync(fd)
 
-    monkeypatch.setattr(atomicfile.os, "fsync", fsync)
+    monkeypatch.setattr(os, "fsync", fsync)  # the os module atomicfile calls
     path = tmp_path / "state.json"
     path.write_text("old")
     os.chmod(path, 0o644)
@@ -40,7 +39,7 @@ def test_r22_a_failed_write_leaves_the_old_file_and_no_temporary(
     def disk_full(fd: int, data: object) -> int:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(atomicfile.os, "write", disk_full)
+    monkeypatch.setattr(os, "write", disk_full)
     with pytest.raises(OSError, match="No space"):
         write_atomic(path, b'{"a": 1}')
     assert path.read_text() == "{}" and os.listdir(tmp_path) == ["tokens.json"]

@@ -28,7 +28,7 @@ def test_lab_status_lists_an_ha_labs_managers_and_etcd_members(monkeypatch: pyte
 
 def test_lab_status_of_a_plain_lab_says_nothing_of_managers(monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    status = {"hosts": [], "endpoints": []}
+    status: dict[str, list[object]] = {"hosts": [], "endpoints": []}
     monkeypatch.setattr(cli_main, "lab_status", lambda name, state_dir: status)
     cli_main.cmd_lab_status(argparse.Namespace(name="x", state_dir=None, json=False))
     assert capsys.readouterr().out == ""

@@ -54,7 +54,12 @@ def test_a_new_generation_also_computes_the_hosts_that_asked_in_the_one_before()
     the pass's one read), not a miss of its own; a host that stopped asking is not computed again."""
     world = World()
     many: list[list[str]] = []
-    polls = LongPolls(world.desired, lambda hosts: (many.append(hosts), {h: world.desired(h) for h in hosts})[1])
+
+    def compute_many(hosts: list[str]) -> dict[str, Any]:
+        many.append(hosts)
+        return {h: world.desired(h) for h in hosts}
+
+    polls = LongPolls(world.desired, compute_many)
     polls.current("h1")  # asked, not waiting
     assert polls.new_generation() == [] and many == [["h1"]]
     asked = dict(world.asked)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from softudc.model.contracttypes import MAX_MESSAGES
 from softudc.model.hoststate import (
     CONTRACT_VERSION,
     JOB_STATES,
-    MAX_MESSAGES,
     MAX_PROBLEMS,
     MAX_TEXT,
     MAX_VMS,

@@ -112,7 +112,7 @@ def test_r18_sends_happen_after_the_lock_is_released(service: VnetService) -> No
     """A miss, a tick's probes and an announce's queued frames are sent without the service lock,
     so no forwarding thread waits behind another's sends (and the tick holds it only to decide)."""
     service.on_miss(5, VICTIM, b"frame")
-    service.cache._clock = lambda: time.monotonic() + 1.5  # type: ignore[method-assign]
+    service.cache._clock = lambda: time.monotonic() + 1.5
     service.tick()
     service.on_varp(announce(PEER), PEER)
     sent = service.forwarder.sent  # type: ignore[attr-defined]
@@ -124,7 +124,7 @@ def test_a_failing_tick_is_counted_and_the_timer_lives(service: VnetService, mon
     def boom() -> list[object]:
         raise ValueError("a bug")
 
-    service.forwarder._errlog = lambda *a: True  # type: ignore[attr-defined]
+    monkeypatch.setattr(service.forwarder, "_errlog", lambda *a: True, raising=False)
     monkeypatch.setattr(service.cache, "tick", boom)
     service.tick()
     assert service.forwarder.drops["ctl"]["error_ValueError"] == 1
