@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,8 +95,11 @@ def test_load_is_reported_and_a_drain_empties_a_host_keeping_anti_affinity(lab: 
     src, keep = placed["a-0"], placed["a-1"]
     for n, h in placed.items():  # migrate booted guests (one moved in its first second under TCG can panic)
         console = lab.dir / h / "consoles" / f"dr--{n}.log"
-        assert wait_until(lambda c=console: c.exists() and "GUEST_READY" in c.read_text(errors="replace"),
-                          timeout=120, interval=1), f"{n} did not boot"
+
+        def booted(c: Path = console) -> bool:
+            return c.exists() and "GUEST_READY" in c.read_text(errors="replace")
+
+        assert wait_until(booted, timeout=120, interval=1), f"{n} did not boot"
     add_endpoint(lab, "adm", keep, get(lab, "/v1/farms/dr")["status"]["vnet_ids"]["net"], "10.8.0.200/24")
     ns = lab.endpoints["adm"].netns
     answers(lab, ns)

@@ -106,9 +106,11 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     # The web guests reach each other across hosts: each pings and fetches its two peers.
     for inst in farm(lab)["status"]["instances"]:
         if inst["vm"] == "web":
-            assert wait_until(lambda i=inst: page(ns, i["addresses"]["front"], "probe").count("ping=ok") == 2 and
-                              page(ns, i["addresses"]["front"], "probe").count("http=demo--web-") == 2,
-                              timeout=60, interval=1), page(ns, inst["addresses"]["front"], "probe")
+            def reaches_both(front: str = inst["addresses"]["front"]) -> bool:
+                probe = page(ns, front, "probe")
+                return probe.count("ping=ok") == 2 and probe.count("http=demo--web-") == 2
+
+            assert wait_until(reaches_both, timeout=60, interval=1), page(ns, inst["addresses"]["front"], "probe")
     # get and describe show the same as the hosts.
     vms = json.loads(cli(lab, "get", "vms", "-o", "json"))
     assert {f"demo--{v['name']}": v["host"] for v in vms} == running(lab)
@@ -185,7 +187,11 @@ def test_apply_scale_migrate_restart_and_delete_a_farm(make_lab: Callable[..., L
     assert running(lab) == {k: v for k, v in after.items() if k != "demo--db-0"}
     for n, c in counts.items():
         addr = instances(lab)[n.split("--")[1]]["addresses"]["front"]
-        assert wait_until(lambda a=addr, c=c: int(page(ns, a) or -1) > c >= 0, timeout=30), n  # same guests
+
+        def counted_on(a: str = addr, c: int = c) -> bool:
+            return int(page(ns, a) or -1) > c >= 0
+
+        assert wait_until(counted_on, timeout=30), n  # same guests
 
     # The manager restarts: it loses nothing and changes nothing on the hosts.
     before_restart = farm(lab)

@@ -56,8 +56,13 @@ def test_r5_r13_r27_a_stray_copy_is_stopped_not_adopted_and_a_cold_move_never_ru
     # Its gatekeeper destroys it (never told to run it) and says so in its report; if a report
     # listed it running first, the manager also says it was not adopted.
     assert wait_until(lambda: where_runs(lab, "demo--db-0") == [home], timeout=30)  # the stray copy is stopped
-    assert wait_until(lambda: any("demo--db-0 ran here" in n for h in call(lab, "GET", "/v1/hosts")[1]  # type: ignore[union-attr]
-                                  if h["name"] == stray for n in h.get("notes", [])), timeout=30)
+
+    def noted_on_stray() -> bool:
+        hosts = call(lab, "GET", "/v1/hosts")[1]
+        return isinstance(hosts, list) and any("demo--db-0 ran here" in n for h in hosts if h["name"] == stray
+                                               for n in h.get("notes", []))
+
+    assert wait_until(noted_on_stray, timeout=30)
     assert next(i for i in farm(lab)["status"]["instances"] if i["name"] == "db-0")["host"] == home
     assert back not in [v["vnet"] for v in gk(lab, stray).call("vnet.list")]  # and got no VNET (no keys)
     assert all(f"on {stray}" in e["message"] and "not adopted" in e["message"]
