@@ -425,9 +425,9 @@ def test_the_peer_certificate_is_parsed_once_per_connection_and_forwarded_for_is
     """A gatekeeper's kept-alive connection: its certificate is parsed at the handshake, not per
     request; an X-Forwarded-For from it does not move the address its migrations go to (R20)."""
     import softudc.manager.daemon as daemon
+    from softudc.manager.api import peer_of as real  # the daemon's own name for it is patched below
 
     parsed: list[int] = []
-    real = daemon.peer_of
 
     def counted(chain: list[str]) -> Any:
         parsed.append(len(chain))

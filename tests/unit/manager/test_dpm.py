@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from softudc.manager import dpm, plans
+from softudc.manager import dpm, plans, rollout
+from softudc.manager.clusterview import Where
 from softudc.manager.consolidate import Band
 from softudc.manager.harestart import KIND as HA_KIND
 from softudc.manager.service import Manager
+from softudc.manager.store import NotLeader
 from softudc.placement.balance import Limits
 from softudc.placement.cluster import BHost, BVm, Cluster
 from softudc.placement.overload import Trigger
@@ -77,8 +79,8 @@ def test_the_leaders_pass_resumes_plans_and_a_failing_resume_does_not_stop_it(
         calls.append("plans")
         raise RuntimeError("store hiccup")
 
-    monkeypatch.setattr(dpm.rollout, "resume", lambda m: calls.append("rollouts"))
-    monkeypatch.setattr(dpm.plans, "resume", broken)
+    monkeypatch.setattr(rollout, "resume", lambda m: calls.append("rollouts"))  # the modules dpm calls
+    monkeypatch.setattr(plans, "resume", broken)
     monkeypatch.setattr(dpm, "consolidator", lambda m: calls.append("consolidation"))
     monkeypatch.setattr(dpm, "_trigger", lambda m: Trigger())
     monkeypatch.setattr(dpm, "ha_rebalance", lambda m, t: calls.append("ha"))
@@ -88,8 +90,8 @@ def test_the_leaders_pass_resumes_plans_and_a_failing_resume_does_not_stop_it(
     calls.clear()
     dpm.maintenance_step(object())  # type: ignore[arg-type]
     assert calls == ["rollouts", "plans", "consolidation"]
-    monkeypatch.setattr(dpm.plans, "resume", lambda m: (_ for _ in ()).throw(dpm.NotLeader("deposed")))
-    with pytest.raises(dpm.NotLeader):  # a deposed leader's pass stops there
+    monkeypatch.setattr(plans, "resume", lambda m: (_ for _ in ()).throw(NotLeader("deposed")))
+    with pytest.raises(NotLeader):  # a deposed leader's pass stops there
         dpm.maintenance_step(object())  # type: ignore[arg-type]
 
 
@@ -141,7 +143,7 @@ def test_nothing_before_the_restart_settled_nor_when_the_rest_is_not_overloaded(
     assert dpm.ha_rebalance(m, Trigger(settle_s=60)) is None
     real = plans.current
 
-    def calm(m: Manager, now: float | None = None) -> tuple[Cluster, dict[str, plans.Where]]:
+    def calm(m: Manager, now: float | None = None) -> tuple[Cluster, dict[str, Where]]:
         c, index = real(m, now)  # the same cluster, its VMs idle
         return Cluster(c.hosts, [replace(v, cpu_use=0.1) for v in c.vms], c.groups), index
 
