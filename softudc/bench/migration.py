@@ -177,6 +177,8 @@ def run_migration(runs: int = 10, state_dir: str | None = None, flood: str = "mu
             pcap = capture.path
         try:
             _explain(lab, per, pcap, NAMES, MACS, dests)
+            if pcap is not None:
+                print(f"the segment's capture stays in {pcap} (tshark reads it; remove it when done)", file=sys.stderr)
         except (OSError, trace.TraceError) as e:
             print(f"no timelines: {e}", file=sys.stderr)
         return {**summarize(per, runs, lab.accel), "flood": flood, "datapath": _datapaths(lab)}
