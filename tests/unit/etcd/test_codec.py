@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -55,8 +57,8 @@ def test_garbage_base64_is_an_error_not_garbage(text: str) -> None:
 @given(st.lists(st.fixed_dictionaries({"key": st.binary(min_size=1, max_size=10), "value": st.binary(max_size=10)}),
                 max_size=3))
 def test_a_txn_range_response_decodes_to_kvs(raw: list[dict[str, bytes]]) -> None:
-    wire = [{"response_range": {"kvs": [{"key": b64(r["key"]), "value": b64(r["value"])} for r in raw],
-                                "count": str(len(raw))}}, {"response_put": {}}]
+    kvs = [{"key": b64(r["key"]), "value": b64(r["value"])} for r in raw]
+    wire: list[dict[str, Any]] = [{"response_range": {"kvs": kvs, "count": str(len(raw))}}, {"response_put": {}}]
     got = decode_responses(wire)
     assert [kv.key for kv in got[0]["response_range"]["kvs"]] == [r["key"] for r in raw]
     assert got[0]["response_range"]["count"] == len(raw) and got[1] == {"response_put": {}}

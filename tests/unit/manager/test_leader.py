@@ -306,7 +306,8 @@ def test_a_file_leader_publishes_reconciled_coalesced(tmp_path: Path, monkeypatc
     wait_until(lambda: bool(writes) and writes[-1] == 100, 3)  # the latest value is written
     spent = time.monotonic() - t0
     assert len(writes) <= spent / FILE_PUBLISH_GAP_S + 2, f"{len(writes)} writes in {spent:.1f} s"
-    assert LeaderInfo.load(a.info_path.read_bytes()).reconciled == 100
+    info = LeaderInfo.load(a.info_path.read_bytes())
+    assert info is not None and info.reconciled == 100
     a.resign()
 
 

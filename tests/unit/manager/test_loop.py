@@ -286,7 +286,8 @@ def test_a_watch_that_fails_now_and_then_does_not_end_the_loop(monkeypatch: pyte
 def test_a_loop_whose_manager_no_longer_leads_makes_no_further_pass_and_ends() -> None:
     store = FakeStore()
     store.put("farm", "x", {})
-    controllers, leading, marks = Controllers(store), [True], []
+    controllers, leading = Controllers(store), [True]
+    marks: list[int] = []
     loop = ControllerLoop(store, controllers, 60.0, name="test-controllers", may_run=lambda: leading[0],
                           on_mark=marks.append)
     loop.start()

@@ -3,6 +3,8 @@ over its trigger), and which fences are due a look (in the window, once)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -39,7 +41,8 @@ def test_a_bad_trigger_is_refused_naming_the_values() -> None:
 
 def test_a_fence_is_due_between_settle_and_watch_and_only_until_it_had_its_rebalance() -> None:
     t = Trigger(settle_s=60, watch_s=900)
-    records = {"h1": {"state": "fenced", "at": 1000.0}, "h2": {"state": "fencing", "since": 900.0},
+    records: dict[str, dict[str, Any]] = {"h1": {"state": "fenced", "at": 1000.0},
+               "h2": {"state": "fencing", "since": 900.0},
                "h3": {"state": "fenced", "at": 1000.0, "rebalance": {"at": 1100.0}}, "h4": {"state": "nopower"}}
     assert due(records, 1030.0, t) == []
     assert due(records, 1060.0, t) == ["h1"]

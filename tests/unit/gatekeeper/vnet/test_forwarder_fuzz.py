@@ -49,10 +49,10 @@ def tap_reads(draw: st.DrawFn) -> bytes:
                       flags=draw(st.sampled_from([0x10, 0x18, 0x19, 0x02, 0xFF])),
                       payload=draw(st.sampled_from([0, 1, 100, 1400, 4000, 20000])))
     if draw(st.booleans()):
-        frame = bytearray(frame)
-        frame[14] = 0x40 | draw(st.integers(0, 15))  # any IHL
-        frame[23] = draw(st.sampled_from([6, 6, 17, 1]))
-        frame = bytes(frame)
+        edited = bytearray(frame)
+        edited[14] = 0x40 | draw(st.integers(0, 15))  # any IHL
+        edited[23] = draw(st.sampled_from([6, 6, 17, 1]))
+        frame = bytes(edited)
     if draw(st.booleans()):
         frame = frame[:draw(st.integers(0, len(frame)))]
     hdr = struct.pack("<BBHHHH", flags, gso, draw(st.integers(0, 0xFFFF)),
