@@ -10,11 +10,11 @@ from typing import Any
 
 def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: bool = True,
               designs: list[str] | None = None, runs: int = 10, hosts: list[int] | None = None,
-              backends: list[str] | None = None) -> None:
+              backends: list[str] | None = None, flood: str = "multicast") -> None:
     if name not in _PRINTERS:  # argparse restricts the choices; this is for library callers
         raise ValueError(f"unknown benchmark {name!r}")
     result = _measure(name, reps=reps, seconds=seconds, offloads=offloads, designs=designs, runs=runs,
-                      hosts=hosts, backends=backends)
+                      hosts=hosts, backends=backends, flood=flood)
     if as_json:
         json.dump(result, sys.stdout, indent=2)
         print()
@@ -23,7 +23,8 @@ def run_bench(name: str, *, reps: int, as_json: bool, seconds: float, offloads: 
 
 
 def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: list[str] | None,
-             runs: int, hosts: list[int] | None = None, backends: list[str] | None = None) -> dict[str, Any]:
+             runs: int, hosts: list[int] | None = None, backends: list[str] | None = None,
+             flood: str = "multicast") -> dict[str, Any]:
     # Imported on use: each benchmark pulls in what it drives (a lab, a manager), which the others need not load.
     if name == "dataplane":
         from softudc.bench.dataplane import run_dataplane
@@ -36,7 +37,7 @@ def _measure(name: str, *, reps: int, seconds: float, offloads: bool, designs: l
     if name == "migration":
         from softudc.bench.migration import run_migration
 
-        return run_migration(runs=runs)
+        return run_migration(runs=runs, flood=flood)
     if name == "manager":
         from softudc.bench.manager import run_manager
 

@@ -152,7 +152,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     seconds = a.seconds if a.seconds is not None else (20.0 if a.bench_name == "manager" else 5.0)
     run_bench(a.bench_name, reps=a.reps, as_json=a.json, seconds=seconds, offloads=a.offloads == "on",
               designs=designs, runs=a.runs or (3 if a.bench_name == "ha" else 10), hosts=hosts,
-              backends=a.backends.split(",") if a.backends else None)
+              backends=a.backends.split(",") if a.backends else None, flood=a.flood)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--designs", help="comma-separated subset, e.g. vxlan,ours_udp (default: all)")
     bench.add_argument("--offloads", choices=["on", "off"], default="on",
                        help="TSO/GSO/GRO on the underlay NICs (off: every underlay packet is a real <= MTU packet)")
+    bench.add_argument("--flood", choices=["multicast", "members"], default="multicast",
+                       help="migration: how the lab's VNETs flood (multicast group, or a unicast copy per member host)")
     bench.set_defaults(fn=cmd_bench)
 
     demo = sub.add_parser("demo", help="the main job: a lab, two VNETs, endpoints pinging across hosts")
