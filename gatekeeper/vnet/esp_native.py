@@ -26,6 +26,7 @@ from softudc.wire.esp import AuthError, EspKey
 log = logging.getLogger(__name__)
 
 Engine = Literal["native", "python"]
+_OVERHEAD = 32  # ESP header, IV, tag
 MAX_BURST = 1024  # packets per open_burst call (a 64 KiB GRO batch of 64-byte datagrams is ~1000)
 
 E_AUTH, E_SHORT, E_ALIGN, E_SEQ, E_NEXT, E_PAD, E_ROOM, E_CRYPTO, E_ARG = range(-1, -10, -1)
@@ -80,9 +81,19 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     lib.esp_tso_count.restype = lng
     lib.esp_seal_tso.argtypes = [vp, u32, u64, ctypes.c_char_p, sz, vp, sz, sz, sz, sz, vp, sz, sz]
     lib.esp_seal_tso.restype = lng
+    # The one-frame calls (microseconds) keep the GIL: handing it to the gatekeeper's other busy
+    # thread and back costs more than they do. The same library, called through PyDLL.
+    gil = ctypes.PyDLL(str(path))
+    gil.esp_open_one.argtypes = lib.esp_open_one.argtypes
+    gil.esp_open_one.restype = lng
+    gil.esp_seal_frame.argtypes = [vp, u32, u64, vp, sz, ctypes.c_long, sz, vp, sz]
+    gil.esp_seal_frame.restype = lng
+    global _gil
+    _gil = gil
     return lib, str(path)
 
 
+_gil: ctypes.PyDLL | None = None
 _lib, WHY = _load()
 log.info("ESP engine: %s (%s)", "native" if _lib is not None else "python", WHY)
 
@@ -128,6 +139,8 @@ class NativeKey:
         self._handle: int = handle
         self._lock = threading.Lock()
         self._lengths = (ctypes.c_uint32 * MAX_BURST)()
+        assert _gil is not None
+        self._gil = _gil
 
     def __del__(self) -> None:
         handle = getattr(self, "_handle", None)
@@ -159,10 +172,26 @@ class NativeKey:
             _raise(r)
         return r
 
+    def seal_frame(self, spi: int, seq: int, payload: memoryview | bytearray | bytes,
+                   csum: tuple[int, int] | None = None) -> bytearray:
+        """One packet: `payload` sealed under `seq`. With `csum` = (start, offset), the partial
+        checksum of a NEEDS_CSUM frame at payload[start:] is completed first, in place (so
+        `payload` must then be writable). WireError on offsets outside the payload."""
+        out = bytearray(_OVERHEAD + ((len(payload) + 5) & ~3))
+        start, offset = csum if csum is not None else (-1, 0)
+        if csum is not None and isinstance(payload, bytes):
+            raise WireError("esp: a checksum to complete needs a writable payload")
+        with self._lock:
+            r: int = self._gil.esp_seal_frame(self._handle, spi, seq, _ptr(payload), len(payload), start, offset,
+                                              _ptr(out), len(out))
+        if r < 0:
+            _raise(r)
+        return out
+
     def open_one(self, buf: memoryview | bytes, seq: int, out: memoryview | bytearray) -> int:
         """`esp_batch.open_into`: the payload's length, or AuthError / WireError."""
         with self._lock:
-            r: int = self._lib.esp_open_one(self._handle, _ptr(buf), len(buf), seq, _ptr(out), len(out))
+            r: int = self._gil.esp_open_one(self._handle, _ptr(buf), len(buf), seq, _ptr(out), len(out))
         if r < 0:
             _raise(r)
         return r

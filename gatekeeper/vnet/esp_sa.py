@@ -143,15 +143,19 @@ class SecurityAssociations:
 
     # --- outbound -----------------------------------------------------------------------------
 
-    def seal(self, vnet: int, payload: bytes | memoryview) -> bytes | bytearray:
+    def seal(self, vnet: int, payload: bytes | memoryview, csum: tuple[int, int] | None = None) -> bytes | bytearray:
+        """One ESP packet of `payload`. `csum` = (start, offset): a partial checksum at
+        payload[start:] (a TAP frame with NEEDS_CSUM) is completed in place first (one C call
+        with the seal on the native engine); `payload` must then be writable."""
         sa, seq, _ = self._reserve(vnet, 1)
         nk = native_key(sa.key)
-        if nk is None:
-            return esp.seal(sa.key, sa.spi, seq, payload)
-        n = len(payload)
-        out = bytearray(esp_batch.OVERHEAD + esp.padded_len(n))
-        nk.seal_rows(sa.spi, seq, payload, max(n, 1), 1, (n, n), out, len(out))
-        return out
+        if nk is not None:
+            return nk.seal_frame(sa.spi, seq, payload, csum)
+        if csum is not None:
+            if isinstance(payload, bytes):
+                raise WireError("esp: a checksum to complete needs a writable payload")
+            offload.complete_csum(payload, csum[0], csum[1], len(payload))
+        return esp.seal(sa.key, sa.spi, seq, payload)
 
     def seal_super_frame(self, vnet: int, frame: memoryview, hdr: VnetHdr,
                          prefix: bytes) -> tuple[np.ndarray, int, int, int]:

@@ -303,6 +303,7 @@ class Forwarder(Receiver):
                 data = packets.reshape(-1).data[:used]
                 port.stats[7] += 1
             else:
+                csum = None
                 if port.offload:
                     flags = mv[start]
                     csum_start = mv[start + 6] | mv[start + 7] << 8
@@ -312,9 +313,9 @@ class Forwarder(Receiver):
                         if start + csum_start + csum_offset + 2 > end:
                             drops["bad_csum_offsets"] += 1
                             return
-                        offload.complete_csum(mv, start + csum_start, csum_offset, end)
+                        csum = (csum_start + 2, csum_offset)  # completed by the seal, behind the EtherIP header
                 mv[start - 2:start] = etherip
-                data = memoryview(self.sas.seal(port.vnet, mv[start - 2:end]))
+                data = memoryview(self.sas.seal(port.vnet, mv[start - 2:end], csum))
                 size, used, count = len(data), len(data), 1
         except OffloadError:
             drops["gso_unsupported"] += 1

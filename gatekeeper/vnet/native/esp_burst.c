@@ -636,3 +636,31 @@ long esp_coalesce(const uint8_t *buf, size_t total, size_t stride, size_t count,
 	}
 	return (long)r;
 }
+
+// --- One frame (ACKs and other frames a TAP hands over one at a time) ---------------------------
+
+// Seal payload[0:len] under seq into out (cap bytes); first, when csum_start >= 0, complete the
+// partial checksum of a NEEDS_CSUM frame in place as the kernel's skb_checksum_help does (the field
+// at csum_start + csum_offset holds the pseudo-header seed: sum from csum_start to the end,
+// complement, store; a UDP zero goes out as 0xFFFF). Returns the packet's length or an ESP_E_*.
+long esp_seal_frame(struct esp_key *k, uint32_t spi, uint64_t seq, uint8_t *payload, size_t len, long csum_start,
+		    size_t csum_offset, uint8_t *out, size_t cap)
+{
+	if (k == NULL || len > ESP_MAX || (len && payload == NULL))
+		return ESP_E_ARG;
+	if (cap < ESP_OVERHEAD + padded_len(len))
+		return ESP_E_ROOM;
+	if (csum_start >= 0) {
+		size_t cs = (size_t)csum_start;
+		uint16_t c;
+
+		if (cs > len || csum_offset > len - cs || len - cs - csum_offset < 2)
+			return ESP_E_ARG;
+		c = (uint16_t)~sum16(payload + cs, len - cs);
+		if (c == 0 && csum_offset == 6)
+			c = 0xFFFF;
+		payload[cs + csum_offset] = c >> 8;
+		payload[cs + csum_offset + 1] = c & 0xFF;
+	}
+	return seal_one(k, spi, seq, payload, len, out);
+}

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from gatekeeper.vnet import esp_native
+from gatekeeper.vnet import esp_native, offload
 from gatekeeper.vnet.esp_native import NativeKey
 from gatekeeper.vnet.esp_sa import SecurityAssociations
 from gatekeeper.vnet.offload import GSO_TCPV4, OffloadError, VnetHdr, segment
@@ -266,3 +266,34 @@ def test_super_frames_that_cannot_be_cut_are_refused(frame: bytes, mss: int, mat
         a.seal_super_frame(10, memoryview(bytearray(frame)), VnetHdr(1, GSO_TCPV4, 0, mss, 34, 16), b"\x30\x0a")
     with pytest.raises(OffloadError, match="gso_type"):
         a.seal_super_frame(10, memoryview(bytearray(frame)), VnetHdr(1, 3, 0, mss, 34, 16), b"\x30\x0a")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(min_size=0, max_size=MTU), st.integers(0, 80), st.sampled_from([16, 6]), SEQS, LEVELS)
+def test_a_frame_with_a_partial_checksum_is_completed_and_sealed_as_python_does(body: bytes, start: int,
+                                                                                 offset: int, seq: int,
+                                                                                 level: str) -> None:
+    """One TAP frame with NEEDS_CSUM: the checksum completed in C (as `offload.complete_csum`
+    does it), then sealed, in one call: the same packet as the Python engine's."""
+    payload = b"\x30\x0a" + body
+    key, nk = keys(level)
+    if start + offset + 2 > len(payload):
+        with pytest.raises(WireError, match="fit"):
+            nk.seal_frame(SPI, seq, bytearray(payload), (start, offset))
+        return
+    want = bytearray(payload)
+    offload.complete_csum(want, start, offset, len(want))
+    got_payload = bytearray(payload)
+    sealed = nk.seal_frame(SPI, seq, memoryview(got_payload), (start, offset))
+    assert got_payload == want  # completed in place
+    assert bytes(sealed) == esp.seal(key, SPI, seq, bytes(want))
+    assert bytes(nk.seal_frame(SPI, seq, payload)) == esp.seal(key, SPI, seq, payload)  # no checksum to complete
+
+
+def test_a_udp_checksum_that_sums_to_zero_goes_out_as_all_ones() -> None:
+    _, nk = keys("conf")
+    payload = bytearray(b"\x30\x0a" + bytes(8) + b"\xff\xff" + bytes(4))  # sums to 0xFFFF: complement 0
+    nk.seal_frame(SPI, 1, payload, (2, 6))
+    assert payload[8:10] == b"\xff\xff"
+    with pytest.raises(WireError, match="writable"):
+        nk.seal_frame(SPI, 1, bytes(payload), (2, 6))
