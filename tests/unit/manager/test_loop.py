@@ -91,8 +91,29 @@ class FakeStore:
             return self.rev
 
     def event(self, kind: str, name: str, type_: str, message: str) -> None:
+        self.put_event(kind, name, type_, message, time.time())
+
+    def put_event(self, kind: str, name: str, type_: str, message: str, at: float) -> None:
         with self._written:
-            self.log.append({"time": time.time(), "kind": kind, "name": name, "type": type_, "message": message})
+            self.log.append({"time": at, "kind": kind, "name": name, "type": type_, "message": message})
+
+    def kinds(self) -> list[str]:
+        with self._written:
+            return sorted({k for (k, _), o in self.objs.items() if not o.deleted})
+
+    def dump(self) -> tuple[int, list[Obj], list[dict[str, Any]]]:
+        with self._written:
+            return self.rev, [o for o in self.objs.values() if not o.deleted], list(self.log)
+
+    def load(self, objects: list[tuple[str, str, dict[str, Any], dict[str, Any]]]) -> int:
+        for kind, name, spec, status in objects:
+            self.put(kind, name, spec)
+            self.set_status(kind, name, status)
+        return self.revision()
+
+    def load_events(self, events: list[dict[str, Any]]) -> None:
+        with self._written:
+            self.log.extend(events)
 
     def events(self, kind: str | None = None, name: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         with self._written:
