@@ -5,6 +5,7 @@ second. Pure state machine, fake clock; the refusals come back as `Dropped` comm
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -30,7 +31,7 @@ def make(limits: VarpLimits | None = None, **timers: float) -> tuple[VarpCache, 
     return VarpCache(clock, VarpTimers(**timers), limits), clock  # type: ignore[arg-type]
 
 
-def dropped(out: list[object], reason: str) -> int:
+def dropped(out: Sequence[object], reason: str) -> int:
     return sum(c.count for c in out if isinstance(c, Dropped) and c.reason == reason)
 
 
