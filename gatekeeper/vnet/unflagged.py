@@ -48,7 +48,9 @@ from gatekeeper.vnet.offload import (
 
 IPV6_LEN = 40
 _CSUM_OFFSET = {IPPROTO_TCP: 16, IPPROTO_UDP: 6}
-_V4 = struct.Struct("!2xH4xxB2x4H")  # from the IPv4 header: total length, protocol, source, destination
+# From the EtherType on: EtherType, then IPv4's version/IHL, total length, flags/fragment offset,
+# protocol, source and destination (as 16-bit words).
+_V4 = struct.Struct("!HBxH2xHxB2x4H")
 _V6 = struct.Struct("!4xHBx16H")  # from the IPv6 header: payload length, next header, addresses
 _WORD = struct.Struct("!H")
 
@@ -60,12 +62,12 @@ def l4_checksum(frame: bytes | bytearray | memoryview) -> tuple[int, int, int, i
     n = len(frame)
     if n < ETH_LEN + 20:
         return None
-    kind = frame[12] << 8 | frame[13]
+    # one unpack from the EtherType on: the hot path (IPv4) reads nothing else before the compare
+    kind, vihl, total, frag, proto, s0, s1, d0, d1 = _V4.unpack_from(frame, 12)
     if kind == 0x0800:
-        ihl = (frame[ETH_LEN] & 0x0F) * 4
-        if ihl < 20 or frame[ETH_LEN] >> 4 != 4 or frame[ETH_LEN + 6] & 0x3F or frame[ETH_LEN + 7]:
+        ihl = (vihl & 0x0F) * 4
+        if ihl < 20 or vihl >> 4 != 4 or frag & 0x3FFF:
             return None  # not IPv4, or a fragment (MF or an offset: its checksum spans the datagram)
-        total, proto, s0, s1, d0, d1 = _V4.unpack_from(frame, ETH_LEN)
         l4, l4_len, ps = ETH_LEN + ihl, total - ihl, proto + s0 + s1 + d0 + d1
     elif kind == 0x86DD and n >= ETH_LEN + IPV6_LEN:
         l4_len, proto, *words = _V6.unpack_from(frame, ETH_LEN)
