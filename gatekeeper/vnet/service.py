@@ -345,7 +345,11 @@ class VnetService:
             with self.lock:
                 commands = self.cache.tick()
                 self.fastpath.sync(self.cache.fdb)
+                wanted = self.fastpath.ageing_due(self.cache)
             self._run(commands)
+            if wanted:  # eBPF VNETs: what their bridges saw confirms entries (one netlink dump, unlocked)
+                for vnet, mac in self.fastpath.confirm_from_bridges(wanted, self.cache):
+                    self.on_stale(vnet, mac)
         except Exception as e:
             reason = reason_of(e)
             self.forwarder.drops["ctl"][reason] += 1

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import enum
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 
 Key = tuple[int, bytes]  # (vnet id, 6-byte MAC)
@@ -294,7 +294,27 @@ class VarpCache:
         if age >= t.ttl + t.stale_ttl and not entry.probing:
             self._remove(key)
 
+    def saw(self, vnet: int, mac: bytes, ago: float) -> None:
+        """A frame from (vnet, mac) was seen `ago` seconds ago outside the forwarding threads (the
+        VNET's bridge, for frames the eBPF path carried): like theirs, it confirms the entry at the
+        next tick. Needs no lock (`seen` is filled without it); a later stamp is never replaced."""
+        key = (vnet, mac)
+        at = self._clock() - ago
+        if at > self.seen.get(key, float("-inf")):
+            self.seen[key] = at
+
     # --- views --------------------------------------------------------------------------------
+
+    def aged(self, vnets: Container[int], min_age: float) -> dict[int, set[bytes]]:
+        """MACs of the REACHABLE and STALE entries of `vnets` last confirmed `min_age` seconds ago
+        or more: those worth confirming from elsewhere before they go STALE or are removed."""
+        now = self._clock()
+        out: dict[int, set[bytes]] = {}
+        for (vnet, mac), e in self._entries.items():
+            if (e.state in (State.REACHABLE, State.STALE) and vnet in vnets
+                    and now - e.updated >= min_age):
+                out.setdefault(vnet, set()).add(mac)
+        return out
 
     def entries(self) -> list[dict[str, object]]:
         now = self._clock()

@@ -7,6 +7,15 @@ tc egress and sends known unicast straight to the underlay; misses and floods co
 underlay puts frames of eBPF VNETs into the TAP's ingress (the bridge); everything else reaches the
 forwarder's socket. `sync()` (each VARP tick) copies the cache's FDB into `ebs_fdb`.
 
+Ageing: the frames BPF carries never reach the forwarder, so they cannot confirm VARP entries
+(`VarpCache.seen`) as the forwarder's do; an entry in use would go STALE at ttl and leave the map
+at ttl + stale_ttl, and its next frame would miss. The VNET's bridge learns the remote MACs on the
+port decapsulated frames enter by (the TAP, or the GRO veth's bridge side) and keeps their ages:
+`ageing_due()` picks, at most every ttl/8 s, the eBPF VNETs' entries ttl/2 old or older, and
+`confirm_from_bridges()` (outside the service lock: one netlink dump, bridgefdb.py) feeds what the
+bridge saw from them into `seen`, and names the STALE ones it still forwarded to (re-confirmed by a
+probe, as `use_stale` does for the forwarder's).
+
 GRO after decapsulation is chosen once from the underlay's offload features (gro.py) and reported
 (`status()["gro"]`, metrics, log). When it is on, each eBPF VNET gets a veth pair on its bridge
 (grolink.py): decapsulated frames go out of its decap side and are merged by the bridge side's GRO.
@@ -16,10 +25,12 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from gatekeeper.config import GatekeeperConfig
-from gatekeeper.vnet.bpf import gro, grolink, handover, layouts
+from gatekeeper.vnet.bpf import bridgefdb, gro, grolink, handover, layouts
 from gatekeeper.vnet.bpf.libbpf import BpfError
 from gatekeeper.vnet.bpf.loader import Datapath, detach, remove_pins
 from gatekeeper.vnet.bpf.selection import PathChoice, bpf_problem, choose, metrics_lines
@@ -30,6 +41,8 @@ from gatekeeper.vnet.varp_cache import VarpCache
 log = logging.getLogger("gatekeeper.vnet.bpf")
 BPF_F_INGRESS = 1
 VSTATS_FIELDS = ("tx_frames", "tx_bytes", "rx_frames", "rx_bytes")  # Datapath.vnet_stats()
+AGEING_MIN_AGE = 0.5  # x ttl: entries this old are confirmed from the bridges
+AGEING_INTERVAL = 0.125  # x ttl: at most one bridge dump this often
 
 
 class FastPath:
@@ -47,6 +60,10 @@ class FastPath:
         self._problem: str | None = None
         self._probed = False
         self.sync_errors = 0
+        self.clock: Callable[[], float] = time.monotonic
+        self._bridge_ports: dict[int, int] = {}  # ifindex of a port eBPF frames enter a bridge by -> vnet
+        self._next_ageing = 0.0
+        self.ageing = {"dumps": 0, "confirmed": 0, "reconfirm": 0, "errors": 0}
 
     def problem(self) -> str | None:
         if not self._probed:
@@ -104,6 +121,9 @@ class FastPath:
         dp.set_local(port.vnet, local, self._member_ips(port.members))
         dp.attach("vnet_encap", ifindex, egress=True)
         self._taps[port.vnet] = ifindex
+        self._bridge_ports[ifindex] = port.vnet
+        if port.vnet in self._gro_links:  # frames enter the bridge by the veth's bridge side
+            self._bridge_ports[socket.if_nametoindex(grolink.names(port.vnet)[1])] = port.vnet
         self._ports[port.vnet] = port
         self._folded[port.vnet] = dp.vnet_stats(port.vnet)
 
@@ -127,6 +147,7 @@ class FastPath:
         self._folded.pop(vnet, None)
         ifindex = self._taps.pop(vnet, None)
         decap = self._gro_links.pop(vnet, None)
+        self._bridge_ports = {i: v for i, v in self._bridge_ports.items() if v != vnet}
         if ifindex is not None and self._dp is not None:
             self._dp.delete("ebs_local", layouts.u32(vnet))
             self._dp.delete("ebs_members", layouts.u32(vnet))
@@ -160,6 +181,42 @@ class FastPath:
             self.sync_errors += 1
             log.warning("eBPF data path: FDB update for an ANNOUNCE failed: %s", e)
 
+    def ageing_due(self, cache: VarpCache) -> dict[int, set[bytes]]:
+        """At the VARP tick, under the service lock: the eBPF VNETs' entries to confirm from the
+        bridges now (ttl/2 old or older; looked for at most every ttl/8 s), or {} (nothing to dump)."""
+        now = self.clock()
+        if not self._bridge_ports or now < self._next_ageing:
+            return {}
+        self._next_ageing = now + AGEING_INTERVAL * cache.timers.ttl
+        return cache.aged(self._taps, AGEING_MIN_AGE * cache.timers.ttl)
+
+    def confirm_from_bridges(self, wanted: dict[int, set[bytes]], cache: VarpCache) -> list[tuple[int, bytes]]:
+        """Outside the service lock: one dump of the bridges' FDB. Each wanted entry the bridge
+        learned on its VNET's eBPF port is confirmed as of the last frame from it (`cache.saw`; the
+        next tick applies it). Returns the STALE ones the bridge saw nothing from but forwarded to
+        within ttl/2: in use, so the caller re-confirms them (`use_stale`: a probe)."""
+        try:
+            entries = bridgefdb.dump()
+        except OSError as e:
+            self.ageing["errors"] += 1
+            if self.ageing["errors"] & (self.ageing["errors"] - 1) == 0:
+                log.warning("eBPF data path: reading the bridges' FDB failed (%d so far): %s; VARP entries in "
+                            "use age out and are resolved again", self.ageing["errors"], e)
+            return []
+        self.ageing["dumps"] += 1
+        recent = AGEING_MIN_AGE * cache.timers.ttl
+        reconfirm: list[tuple[int, bytes]] = []
+        for seen in entries:
+            vnet = self._bridge_ports.get(seen.ifindex)
+            if vnet is None or seen.mac not in wanted.get(vnet, ()):
+                continue
+            cache.saw(vnet, seen.mac, seen.updated)
+            self.ageing["confirmed"] += 1
+            if seen.updated >= recent and seen.used < recent and (vnet, seen.mac) in cache.stale:
+                reconfirm.append((vnet, seen.mac))
+        self.ageing["reconfirm"] += len(reconfirm)
+        return reconfirm
+
     def _fold_stats(self, dp: Datapath) -> None:
         """Add what BPF carried since the last tick to the VNET's frame/byte counters (vnet.list)."""
         for vnet, port in self._ports.items():
@@ -182,7 +239,7 @@ class FastPath:
             if c.path == "ebpf" and self._dp is not None:
                 entry["bpf"] = dict(zip(VSTATS_FIELDS, self._dp.vnet_stats(c.vnet), strict=True))
             vnets.append(entry)
-        return {"vnets": vnets, "sync_errors": self.sync_errors,
+        return {"vnets": vnets, "sync_errors": self.sync_errors, "ageing": dict(self.ageing),
                 "counters": self._dp.counters() if self._dp is not None else {},
                 "gro": self.gro.as_dict() if self.gro is not None else None}
 
@@ -191,6 +248,8 @@ class FastPath:
         if self._dp is not None:
             lines.append("# TYPE softudc_vnet_ebpf_packets_total counter")
             lines += [f'softudc_vnet_ebpf_packets_total{{verdict="{k}"}} {v}' for k, v in self._dp.counters().items()]
+            lines.append("# TYPE softudc_vnet_ebpf_ageing_total counter")  # VARP entries confirmed from the bridges
+            lines += [f'softudc_vnet_ebpf_ageing_total{{event="{k}"}} {v}' for k, v in self.ageing.items()]
         return lines
 
     def adopted(self, cache: VarpCache) -> None:
@@ -227,6 +286,7 @@ class FastPath:
         self._dp.close()
         self._dp = None
         self._taps.clear()
+        self._bridge_ports.clear()
         assert self.pin_dir is not None
         remove_pins(self.pin_dir)
         return {}
