@@ -88,6 +88,10 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     gil.esp_open_one.restype = lng
     gil.esp_seal_frame.argtypes = [vp, u32, u64, vp, sz, ctypes.c_long, sz, vp, sz]
     gil.esp_seal_frame.restype = lng
+    gil.esp_tso_count.argtypes = lib.esp_tso_count.argtypes
+    gil.esp_tso_count.restype = lng
+    gil.esp_coalesce.argtypes = lib.esp_coalesce.argtypes
+    gil.esp_coalesce.restype = lng
     global _gil
     _gil = gil
     return lib, str(path)
@@ -209,8 +213,8 @@ class NativeKey:
 
 def tso_count(frame: memoryview, mss: int) -> int:
     """How many segments a TCPV4 super-frame makes (OffloadError if it cannot be cut)."""
-    assert _lib is not None
-    r: int = _lib.esp_tso_count(_ptr(frame), len(frame), mss)
+    assert _gil is not None
+    r: int = _gil.esp_tso_count(_ptr(frame), len(frame), mss)
     if r < 0:
         _raise(r)
     return r
@@ -223,7 +227,7 @@ def coalesce(batch: memoryview, stride: int, count: int, prefix_len: int) -> lis
     """`offload.coalesce` + `offload.merge` in one call: (first datagram, datagrams, merged
     `virtio hdr + super-frame`, or None for a datagram to deliver alone) per run. The merged
     frames live in a buffer of the calling thread, valid until its next call."""
-    assert _lib is not None
+    assert _gil is not None
     need = len(batch) + VNET_HDR_LEN * count
     out: bytearray | None = getattr(_rx, "out", None)
     if out is None or len(out) < need or len(_rx.items) < 4 * count:
@@ -231,7 +235,7 @@ def coalesce(batch: memoryview, stride: int, count: int, prefix_len: int) -> lis
         _rx.items = (ctypes.c_uint32 * (4 * max(count, 4096)))()
         _rx.view = memoryview(out)
     items = _rx.items
-    n: int = _lib.esp_coalesce(_ptr(batch), len(batch), stride, count, prefix_len, _ptr(out), len(out), items,
+    n: int = _gil.esp_coalesce(_ptr(batch), len(batch), stride, count, prefix_len, _ptr(out), len(out), items,
                                len(items) // 4)
     if n < 0:
         _raise(n)
