@@ -88,7 +88,9 @@ READ = ("import socket;from gatekeeper.vnet.bpf import bridgefdb as b;i=socket.i
         "print(*[e.mac.hex() for e in b.dump() if e.ifindex==i])")
 
 
-def test_a_real_dump_names_the_mac_learned_on_the_port() -> None:
+@pytest.mark.parametrize("gro_port", [False, True])
+def test_a_real_dump_names_the_mac_learned_on_the_port(gro_port: bool) -> None:
+    """Also on a port set as grolink sets the GRO veth's bridge side (no floods, isolated): it learns."""
     if os.geteuid() != 0:
         pytest.skip("a network namespace of our own needs root")
 
@@ -102,6 +104,9 @@ def test_a_real_dump_names_the_mac_learned_on_the_port() -> None:
                     ("link", "set", "v0", "master", "br0", "up"), ("link", "set", "br0", "up"),
                     ("link", "set", "v1", "up")):
             sh("ip", "-n", NS, *cmd)
+        if gro_port:
+            sh("ip", "netns", "exec", NS, "bridge", "link", "set", "dev", "v0", "flood", "off", "mcast_flood", "off",
+               "bcast_flood", "off", "isolated", "on")
         sh("ip", "netns", "exec", NS, "python3", "-c", SEND)
         out = subprocess.run(["ip", "netns", "exec", NS, sys.executable, "-c", READ], check=True,
                              capture_output=True, text=True, timeout=30, cwd=Path(__file__).resolve().parents[5]).stdout
