@@ -455,7 +455,7 @@ class Receiver:
         super-frame, as an eBPF host's cross a software underlay (`unflagged.superframe_hdr`). That
         goes to an offload TAP in one GSO write, or to a plain TAP cut into MTU-sized segments with
         complete checksums. Bounded: at most 64 KiB, segments of at least the VNET MTU's MSS."""
-        hdr = None if port.secure else unflagged.superframe_hdr(mv[off:end], mv, off, port.mtu)
+        hdr = None if port.secure else unflagged.superframe_hdr(mv[off:end], port.mtu)
         if hdr is None:
             drops["oversize"] += 1
             return

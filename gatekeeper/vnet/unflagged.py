@@ -142,12 +142,12 @@ def classify(frame: bytes | bytearray | memoryview) -> str:
     return "partial" if field == ps else "bad"
 
 
-def superframe_hdr(frame: memoryview, writable: bytearray | memoryview, offset: int, mtu: int) -> bytes | None:
+def superframe_hdr(frame: bytes | bytearray | memoryview, mtu: int) -> bytes | None:
     """The virtio header for a whole IPv4 TCP super-frame longer than one MTU (NEEDS_CSUM|TCPV4,
-    ECN when CWR is set, gso_size = mtu - IP header - TCP header), its checksum field seeded in
-    `writable[offset:]` (the same frame) for the whole length; None when `frame` is not one:
+    ECN when CWR is set, gso_size = mtu - IP header - TCP header); None when `frame` is not one:
     not IPv4/TCP, a fragment, an IP length that does not cover the frame exactly, over 64 KiB,
-    or no more payload than one segment holds."""
+    no more payload than one segment holds, or a checksum field other than the pseudo-header sum
+    (a GSO frame's is always partial: a complete or bad one would be recomputed, i.e. "fixed")."""
     n = len(frame)
     if n < ETH_LEN + 40 or n > ETH_LEN + MAX_IP_LEN or frame[12] != 0x08 or frame[13] != 0x00:
         return None
@@ -157,11 +157,11 @@ def superframe_hdr(frame: memoryview, writable: bytearray | memoryview, offset: 
     l4, _, l4_len, ps = loc
     if l4 + l4_len != n:
         return None  # trailing bytes the IP length does not cover: not something a kernel built
+    if _WORD.unpack_from(frame, l4 + 16)[0] != ps:
+        return None  # a GSO frame's checksum is partial; anything else there is not ours to "fix"
     thl = (frame[l4 + 12] >> 4) * 4
     mss = mtu - (l4 - ETH_LEN) - thl
     if thl < 20 or l4_len < thl or mss < TCP_MIN_MSS or l4_len - thl <= mss:
         return None
-    writable[offset + l4 + 16] = ps >> 8
-    writable[offset + l4 + 17] = ps & 0xFF
     gso = GSO_TCPV4 | (GSO_ECN if frame[l4 + 13] & TCP_CWR else 0)
     return vnet_hdr(F_NEEDS_CSUM, gso, l4 + thl, mss, l4, 16)
