@@ -25,13 +25,18 @@ def _snapshot(lab: Lab, host: str) -> tuple[int, int]:
     return int(c["ebpf"]["counters"]["enc_miss"]), int(c["varp"].get("request_tx", 0))
 
 
+@pytest.mark.parametrize("offloads", [True, False], ids=["default", "wire-like"])
 def test_a_remote_mac_in_use_stays_in_the_cache_and_the_map(make_lab: Callable[..., Lab],
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch, offloads: bool) -> None:
+    """Default offloads: GRO after decap off, frames enter the bridge by the TAP; wire-like: on, by
+    the GRO veth's bridge side (grolink.py). The bridge learns the MAC on either."""
     monkeypatch.setenv("SOFTUDC_LAB_DATAPATH", "auto")
-    lab = make_lab(hosts=2, varp=TIMERS)
+    lab = make_lab(hosts=2, varp=TIMERS, offloads=offloads)
     create_vnet(lab, 10)
     endpoints(lab, {"a1": ("h1", 10, "10.0.0.1/24"), "a2": ("h2", 10, "10.0.0.2/24")})
-    assert {v["vnet"]: v["path"] for v in gk(lab, "h1").call("counters")["ebpf"]["vnets"]} == {10: "ebpf"}
+    ebpf = gk(lab, "h1").call("counters")["ebpf"]
+    assert {v["vnet"]: v["path"] for v in ebpf["vnets"]} == {10: "ebpf"}
+    assert ebpf["gro"]["gro_after_decap"] is (not offloads), ebpf["gro"]
     assert ping(lab, "a1", "10.0.0.2", count=2).returncode == 0  # resolved both ways
     before = {h: _snapshot(lab, h) for h in ("h1", "h2")}
     r = ping(lab, "a1", "10.0.0.2", count=60, interval=0.2)  # 12 s: three times ttl + stale_ttl
