@@ -1,5 +1,5 @@
 """FastPath's ebs_cfg flags follow varp.learn: with learning on, vnet_decap passes a flood from a
-MAC new here or moved up to the forwarder (test_decap_learn checks the program on real BPF)."""
+MAC new here or moved up to the forwarder (test_hostctl_decap_learn checks the program on real BPF)."""
 
 from __future__ import annotations
 
