@@ -326,16 +326,12 @@ class VnetService:
         return {"flushed": True}
 
     def counters(self) -> dict[str, Any]:
-        drops: Counter[str] = Counter()
-        for c in self.forwarder.drops.values():
-            drops.update(c)
+        drops = sum(self.forwarder.drops.values(), Counter[str]())
         return {"drops": dict(drops), "varp": dict(self.varp_counts), "varp_rx": self.forwarder.varp_rx,
                 # SA table evictions (R17), ESN resyncs (R8), senders stopped before a wrap (R1)
                 "esp_sa": {**self.forwarder.sas.counts, "inbound_sas": self.forwarder.sas.inbound_count()},
                 "vnets": {p.vnet: self._describe(p) for p in self.forwarder.vnets.values()},
-                "ebpf": self.fastpath.status(),
-                # frames the userspace receive path finished for an eBPF sender (gatekeeper/vnet/unflagged.py)
-                "rx_fixed": dict(self.forwarder.rx_fixed)}
+                "ebpf": self.fastpath.status(), "rx_fixed": dict(self.forwarder.rx_fixed)}  # see unflagged.py
 
     def tick(self) -> None:
         """The VARP timer. The lock covers only the cache's decisions (bounded by its limits);
