@@ -197,11 +197,11 @@ def measure_design(design: str, seconds: float, offloads: bool, state_dir: str) 
         p50, p99 = measure.ping_percentiles(path.client_ns, path.server_ip)
         server = measure.IperfServer.start(path.server_ns)
         frags = [measure.frag_creates(h.netns) for h in lab.hosts]
-        tcp = measure.iperf_tcp_mbps(path.client_ns, path.server_ip, seconds)
+        tcp, cpu_per_gbps = measure.iperf_tcp_with_cpu(path.client_ns, path.server_ip, seconds)
         pps = measure.iperf_udp_pps(path.client_ns, path.server_ip, max(2.0, seconds - 1))
         fragments = sum(measure.frag_creates(h.netns) for h in lab.hosts) - sum(frags)
-        return {"tcp_mbps": tcp, "udp64_pps": pps, "ping_p50_us": p50, "ping_p99_us": p99,
-                "fragments": float(fragments), "mtu": float(path.mtu), **path.extra}
+        return {"tcp_mbps": tcp, "tcp_cpu_cores_per_gbps": cpu_per_gbps, "udp64_pps": pps, "ping_p50_us": p50,
+                "ping_p99_us": p99, "fragments": float(fragments), "mtu": float(path.mtu), **path.extra}
     finally:
         if server:
             server.stop()
@@ -233,7 +233,8 @@ def run_dataplane(reps: int = 3, seconds: float = 5.0, offloads: bool = True,
             print(f"[{done}/{total}] rep {rep + 1}/{reps} {design} ... ", end="", file=sys.stderr, flush=True)
             run[design] = measure_design(design, seconds, offloads, state)
             r = run[design]
-            print(f"tcp {r['tcp_mbps']:.0f} Mbit/s, udp64 {r['udp64_pps']:.0f} pps, p50 {r['ping_p50_us']:.0f} us, "
+            print(f"tcp {r['tcp_mbps']:.0f} Mbit/s ({r['tcp_cpu_cores_per_gbps']:.2f} cores/Gbit/s), "
+                  f"udp64 {r['udp64_pps']:.0f} pps, p50 {r['ping_p50_us']:.0f} us, "
                   f"frags {r['fragments']:.0f}  ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
         runs.append(run)
     results = {d: {k: statistics.median(r[d][k] for r in runs) for k in runs[0][d]} for d in designs}

@@ -55,6 +55,32 @@ class IperfServer:
         shell.stop_pid(self.proc.pid)
 
 
+def cpu_busy_seconds(stat: str) -> float:
+    """CPU time the whole machine spent busy (user, nice, system, irq, softirq, steal; not idle or
+    iowait), summed over its CPUs, from the text of /proc/stat; USER_HZ is 100 on Linux."""
+    for line in stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+            return (user + nice + system + irq + softirq + steal) / 100.0
+    raise ValueError("/proc/stat has no aggregate 'cpu' line")
+
+
+def _cpu_now() -> float:
+    with open("/proc/stat") as f:
+        return cpu_busy_seconds(f.read())
+
+
+def iperf_tcp_with_cpu(netns: str, ip: str, seconds: float) -> tuple[float, float]:
+    """(Mbit/s, CPU cores busy per Gbit/s): the machine's busy CPU over the iperf3 run (both ends,
+    the data path, the kernel's softirqs; and whatever else runs, so compare designs of one run)
+    divided by the throughput."""
+    t0, c0 = time.monotonic(), _cpu_now()
+    mbps = iperf_tcp_mbps(netns, ip, seconds)
+    cores = (_cpu_now() - c0) / max(time.monotonic() - t0, 1e-3)
+    return mbps, (cores / (mbps / 1000.0) if mbps > 0 else float("nan"))
+
+
 def iperf_tcp_mbps(netns: str, ip: str, seconds: float) -> float:
     data = _iperf(netns, ip, ["-t", str(seconds), "-O", "1"], seconds)
     return float(data["end"]["sum_received"]["bits_per_second"]) / 1e6
