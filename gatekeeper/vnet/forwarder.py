@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 from gatekeeper.vnet import offload
 from gatekeeper.vnet.esp_sa import EspDrop, SecurityAssociations
+from gatekeeper.vnet.esp_sendbatch import SendBatch
 from gatekeeper.vnet.offload import VNET_HDR_LEN, OffloadError
 from gatekeeper.vnet.port import (
     BATCH,
@@ -60,6 +61,7 @@ from softudc.wire.udpframe import FRAME_PREFIX_LEN
 
 log = logging.getLogger("gatekeeper.vnet.forwarder")
 ControlRequest = tuple[str, VnetPort, threading.Event, list[Exception]]
+Emit = Callable[[VnetPort, memoryview, int, tuple[str, ...], Counter[str]], None]
 
 
 class Forwarder(Receiver):
@@ -288,11 +290,11 @@ class Forwarder(Receiver):
                 self._send_gso(port, data, stride, count, addr, drops)
 
     def _emit_esp(self, port: VnetPort, mv: memoryview, end: int, targets: tuple[str, ...],
-                  drops: Counter[str]) -> None:
+                  drops: Counter[str], batch: SendBatch | None = None) -> None:
         """Secured VNET: every frame is sealed into its own ESP packet (EtherIP header + frame,
         complete checksums: nothing inside ESP can say "partial"). A super-frame is cut and
         sealed into one buffer of equal-sized packets (`seal_super_frame`: in one C call where
-        the native engine is built), which leaves in one UDP_SEGMENT send."""
+        the native engine is built), which leaves in one UDP_SEGMENT send. `_esp_out`: `batch`."""
         start = FRAME_PREFIX_LEN
         etherip = port.prefix[4:]
         try:
@@ -323,6 +325,20 @@ class Forwarder(Receiver):
         except EspDrop as e:
             drops[e.reason] += 1
             return
+        self._esp_out(port, data, size, used, count, targets, drops, batch)
+
+    def _esp_out(self, port: VnetPort, data: memoryview, size: int, used: int, count: int, targets: tuple[str, ...],
+                 drops: Counter[str], batch: SendBatch | None) -> None:
+        """Sealed packets (`count` of `size` bytes, `used` in all) to every target. A single packet
+        to one address joins `batch` (the TAP drain's, `esp_sendbatch`) instead; whatever else
+        leaves flushes the batch first, so the order stays."""
+        if batch is not None:
+            if count == 1 and len(targets) == 1:
+                if not batch.fits(port, targets[0], used):
+                    batch.flush(drops)
+                batch.add(port, targets[0], data)
+                return
+            batch.flush(drops)
         assert self._esp is not None
         for addr in targets:
             sent = self._send_segments(self._esp, self.esp_port, data, size, count, addr, drops)
@@ -330,6 +346,10 @@ class Forwarder(Receiver):
             stats[0] += sent
             stats[1] += used
             stats[5] += sent
+
+    def _esp_send(self, data: memoryview, size: int, count: int, addr: str, drops: Counter[str]) -> int:
+        assert self._esp is not None
+        return self._send_segments(self._esp, self.esp_port, data, size, count, addr, drops)
 
     def _send_each(self, port: VnetPort, data: bytes, stride: int, count: int, addr: str,
                    drops: Counter[str]) -> None:
@@ -401,6 +421,7 @@ class Forwarder(Receiver):
         mv = memoryview(buf)
         body = mv[FRAME_PREFIX_LEN:]
         drops = self.drops["tap"]
+        batch = SendBatch(self._esp_send)  # sealed single frames of one drain (secured VNETs)
         # From the VNETs already registered: after a restart by the supervisor, their TAPs are
         # served at once, not only after the next registration change.
         ports_by_fd: dict[int, VnetPort] = {p.fd: p for p in self.vnets.values()}
@@ -414,13 +435,16 @@ class Forwarder(Receiver):
                 port = ports_by_fd.get(fd)
                 if port is None:
                     continue
-                self._drain_tap(port, buf, mv, body, drops)
+                self._drain_tap(port, buf, mv, body, drops, batch if port.secure else None)
+                batch.flush(drops)  # at the end of every drain: the TAP is empty, nothing waits longer
 
     def _drain_tap(self, port: VnetPort, buf: bytearray, mv: memoryview, body: memoryview,
-                   drops: Counter[str]) -> None:
+                   drops: Counter[str], batch: SendBatch | None = None) -> None:
         """Up to BATCH frames from a readable TAP, each flooded, sent to where the FDB says, or
-        handed to the control side (one call per readiness event, none more per frame)."""
+        handed to the control side (one call per readiness event, none more per frame). ESP
+        packets of single frames wait in `batch` (`esp_sendbatch`), flushed by the caller."""
         fd, vnet, fdb, stale = port.fd, port.vnet, self.fdb, self.stale
+        emit, flush = self._emitters(batch, drops)
         # The Ethernet frame starts after our prefix and, on offload ports, the virtio header.
         eth = FRAME_PREFIX_LEN + (VNET_HDR_LEN if port.offload else 0)
         for _ in range(BATCH):
@@ -443,16 +467,27 @@ class Forwarder(Receiver):
             try:
                 if buf[eth] & 1:  # group bit: broadcast or multicast
                     port.stats[4] += 1
-                    self._emit(port, mv, end, self.flood_targets(port), drops)
+                    emit(port, mv, end, self.flood_targets(port), drops)
                     continue
                 key = (vnet, bytes(buf[eth:eth + 6]))
                 dest = fdb.get(key)
                 if dest is None or key in stale:  # the same two tests as the fast path made before
+                    flush()  # what waits in the batch leaves first
                     self._unicast_slow(port, key, dest, mv, end, body, n, drops)
                     continue
-                self._emit(port, mv, end, (dest,), drops)
+                emit(port, mv, end, (dest,), drops)
             except Exception as e:
                 self._count_error("tap", drops, e)
+
+    def _emitters(self, batch: SendBatch | None, drops: Counter[str]) -> tuple[Emit, Callable[[], None]]:
+        """(emit, flush) for one drain: `_emit` as is, or with a secured port's ESP batch."""
+        if batch is None:
+            return self._emit, lambda: None
+
+        def emit(port: VnetPort, mv: memoryview, end: int, targets: tuple[str, ...], d: Counter[str]) -> None:
+            self._emit_esp(port, mv, end, targets, d, batch)
+
+        return emit, lambda: batch.flush(drops)
 
     def _unicast_slow(self, port: VnetPort, key: tuple[int, bytes], dest: str | None, mv: memoryview, end: int,
                       body: memoryview, n: int, drops: Counter[str]) -> None:
