@@ -242,6 +242,14 @@ class SecurityAssociations:
 
     # --- inbound ------------------------------------------------------------------------------
 
+    def _lookup(self, slot: tuple[int, str]) -> InboundSA | None:
+        """The inbound SA of (SPI, sender) if the table holds it, marked as just used (LRU)."""
+        with self._table:
+            sa = self._in.get(slot)
+            if sa is not None:
+                self._in.move_to_end(slot)
+        return sa
+
     def open(self, buf: bytes | memoryview, src: str) -> tuple[int, bytes]:
         """(vnet, EtherIP header + frame) of a verified packet; EspDrop otherwise."""
         try:
@@ -249,10 +257,7 @@ class SecurityAssociations:
         except WireError:
             raise EspDrop("esp_malformed") from None
         slot = (header.spi, src)
-        with self._table:
-            sa = self._in.get(slot)
-            if sa is not None:
-                self._in.move_to_end(slot)
+        sa = self._lookup(slot)
         fresh = sa is None
         if sa is None:
             sa = self._derive(header.spi, src)  # not kept unless the packet verifies
@@ -268,10 +273,7 @@ class SecurityAssociations:
         an SA already in the table is decrypted straight into `out`; anything else (a new SA,
         an ESN resync) takes `open`'s path and is copied there."""
         slot = (int.from_bytes(buf[:4], "big"), src)
-        with self._table:
-            sa = self._in.get(slot)
-            if sa is not None:
-                self._in.move_to_end(slot)
+        sa = self._lookup(slot)
         if sa is None or len(buf) < esp_batch.OVERHEAD + 4:
             vnet, payload = self.open(buf, src)
             out[:len(payload)] = payload
@@ -311,10 +313,7 @@ class SecurityAssociations:
         if (heads[:, 0] != spi).any():
             return -1, []
         slot = (spi, src)
-        with self._table:
-            sa = self._in.get(slot)
-            if sa is not None:
-                self._in.move_to_end(slot)
+        sa = self._lookup(slot)
         if sa is None:
             return -1, []
         with sa.lock:
@@ -329,10 +328,7 @@ class SecurityAssociations:
                          out: memoryview) -> tuple[int, list[int]]:
         spi = int.from_bytes(batch[:4], "big")
         slot = (spi, src)
-        with self._table:
-            sa = self._in.get(slot)
-            if sa is not None:
-                self._in.move_to_end(slot)
+        sa = self._lookup(slot)
         if sa is None:
             return -1, []
         nk = native_key(sa.key)

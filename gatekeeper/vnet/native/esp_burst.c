@@ -126,17 +126,12 @@ static void nonce_aad(const struct esp_key *k, uint32_t spi, uint64_t seq, const
 	put32(aad + 8, (uint32_t)seq);
 }
 
-// One packet: `len` payload bytes at `payload` sealed under `seq` into out[0 : ESP_OVERHEAD +
-// padded_len(len)]; returns that length. `out` must not overlap `payload`.
-static long seal_one(struct esp_key *k, uint32_t spi, uint64_t seq, const uint8_t *payload, size_t len,
-		     uint8_t *out)
+// A packet's start: its trailer's last two bytes (pad length, next header) into trailer[pad..],
+// the ESP header with its IV (the sequence number) at out, and the cipher started with its nonce and
+// AAD. Returns 0, or ESP_E_CRYPTO.
+static int begin_seal(struct esp_key *k, uint32_t spi, uint64_t seq, uint8_t *out, uint8_t trailer[5], size_t pad)
 {
-	EVP_CIPHER_CTX *ctx = k->enc;
-	size_t plen = padded_len(len);
-	size_t pad = plen - len - 2;
-	uint8_t trailer[5] = {1, 2, 3, 0, 0};
 	uint8_t nonce[12], aad[12];
-	uint8_t *body = out + ESP_BODY;
 	int n;
 
 	trailer[pad] = (uint8_t)pad;
@@ -146,7 +141,24 @@ static long seal_one(struct esp_key *k, uint32_t spi, uint64_t seq, const uint8_
 	put32(out + 8, (uint32_t)(seq >> 32));
 	put32(out + 12, (uint32_t)seq);
 	nonce_aad(k, spi, seq, out + ESP_HDR, nonce, aad);
-	if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 || EVP_EncryptUpdate(ctx, NULL, &n, aad, 12) != 1)
+	if (EVP_EncryptInit_ex(k->enc, NULL, NULL, NULL, nonce) != 1 || EVP_EncryptUpdate(k->enc, NULL, &n, aad, 12) != 1)
+		return ESP_E_CRYPTO;
+	return 0;
+}
+
+// One packet: `len` payload bytes at `payload` sealed under `seq` into out[0 : ESP_OVERHEAD +
+// padded_len(len)]; returns that length. `out` must not overlap `payload`.
+static long seal_one(struct esp_key *k, uint32_t spi, uint64_t seq, const uint8_t *payload, size_t len,
+		     uint8_t *out)
+{
+	EVP_CIPHER_CTX *ctx = k->enc;
+	size_t plen = padded_len(len);
+	size_t pad = plen - len - 2;
+	uint8_t trailer[5] = {1, 2, 3, 0, 0};
+	uint8_t *body = out + ESP_BODY;
+	int n;
+
+	if (begin_seal(k, spi, seq, out, trailer, pad) != 0)
 		return ESP_E_CRYPTO;
 	if (k->conf) {
 		if (len && (EVP_EncryptUpdate(ctx, body, &n, payload, (int)len) != 1 || (size_t)n != len))
@@ -429,24 +441,15 @@ long esp_seal_tso(struct esp_key *k, uint32_t spi, uint64_t seq0, const uint8_t 
 		size_t seglen = s + 1 < t.count ? t.mss : t.last;
 		size_t hl = plen + t.hlen, body = hl + seglen, padl = padded_len(body), pad = padl - body - 2;
 		uint8_t trailer[5] = {1, 2, 3, 0, 0};
-		uint8_t nonce[12], aad[12];
 		uint8_t *o = out + i * ostride, *ct = o + ESP_BODY;
 		EVP_CIPHER_CTX *ctx = k->enc;
-		uint64_t seq = seq0 + i;
 		int m;
 
 		used = i * ostride + ESP_OVERHEAD + padl;
 		if (used > out_cap)
 			return ESP_E_ROOM;
 		tso_headers(&t, prefix, plen, frame, s, hdr);
-		trailer[pad] = (uint8_t)pad;
-		trailer[pad + 1] = NEXT_HEADER_ETHERIP;
-		put32(o, spi);
-		put32(o + 4, (uint32_t)seq);
-		put32(o + 8, (uint32_t)(seq >> 32));
-		put32(o + 12, (uint32_t)seq);
-		nonce_aad(k, spi, seq, o + ESP_HDR, nonce, aad);
-		if (EVP_EncryptInit_ex(ctx, NULL, NULL, NULL, nonce) != 1 || EVP_EncryptUpdate(ctx, NULL, &m, aad, 12) != 1)
+		if (begin_seal(k, spi, seq0 + i, o, trailer, pad) != 0)
 			return ESP_E_CRYPTO;
 		if (k->conf) {
 			if (EVP_EncryptUpdate(ctx, ct, &m, hdr, (int)hl) != 1 || (size_t)m != hl
