@@ -13,6 +13,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -285,14 +286,19 @@ def test_r2_r3_r18_r19_hostile_datagrams_while_traffic_flows(lab: Lab, attacker:
         t2_mac = bytes.fromhex(lab.endpoints["t2"].mac.replace(":", ""))
         attacker.send("u", 1798, varp(2, TRAFFIC, t2_mac, "203.0.113.66"))
         sent = attacker.sync() - sent_before
+        time.sleep(1.0)  # the ping goes on after the attack, so few of its requests are in flight at the stop
     finally:
         background.send_signal(signal.SIGINT)  # ping prints its summary on SIGINT
         out, _ = background.communicate(timeout=5)
-    # Forwarding never stopped: the ping running through the whole attack lost next to nothing.
-    m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+    # Forwarding never stopped: the ping running through the whole attack lost next to nothing. The
+    # requests still in flight when ping is stopped count as lost in its summary (a CI run under load:
+    # 4 of 32 at 12-34 ms round trips), so losses are counted up to the last reply, which must be recent.
+    m = re.search(r"(\d+) packets transmitted", out)
     assert m, out
-    transmitted, received = int(m[1]), int(m[2])
-    assert transmitted >= 10 and received >= transmitted * 0.9, out
+    transmitted = int(m[1])
+    replies = {int(n) for n in re.findall(r"icmp_seq=(\d+) ", out)}
+    last = max(replies, default=0)
+    assert transmitted >= 10 and last >= transmitted - 5 and last - len(replies) <= last * 0.1, out
     # Every hostile datagram is on record: dropped by reason, a VARP message, or delivered and
     # counted on a VNET that carries no other traffic (so far). The kernel's own drops are the
     # only excuse.
