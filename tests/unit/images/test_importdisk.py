@@ -4,6 +4,7 @@ import os
 import shutil
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -75,7 +76,12 @@ def test_other_ext_flavours(tmp_path: Path, tree: Path, kind: str, features: str
 
 
 @pytest.mark.skipif(not FUSE, reason="needs /dev/fuse and qemu-storage-daemon")
+def _qsd_mounts() -> set[str]:
+    return {line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "softudc-qsd-" in line}
+
+
 def test_qcow2_through_a_fuse_export(tmp_path: Path, tree: Path) -> None:
+    mounted_before = _qsd_mounts()
     store = ImageStore.open(tmp_path / "store")
     raw = mkfs(tree, tmp_path / "disk?.raw")  # debugfs cuts names at "?"
     qcow2 = tmp_path / "disk,1.qcow2"  # a comma must be escaped for QEMU
@@ -86,7 +92,12 @@ def test_qcow2_through_a_fuse_export(tmp_path: Path, tree: Path) -> None:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", qcow2.name, "-F", "qcow2", str(overlay)],
                    check=True)
     assert import_disk(store, overlay, name="o").digest == v.digest
-    assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if "softudc-qsd-" in line]
+    # Every FUSE export this test made is unmounted again. Another xdist worker may be importing through
+    # one of its own at this moment (CI saw one): such a mount goes away when its import ends.
+    deadline = time.monotonic() + 20
+    while _qsd_mounts() - mounted_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _qsd_mounts() - mounted_before
 
 
 def test_truncated_qcow2_is_refused(tmp_path: Path, tree: Path) -> None:

@@ -209,11 +209,12 @@ def test_a_stale_leader_cannot_overwrite_the_new_leaders_key(etcd_cluster: EtcdC
         group.one_leader()
         client.lease_revoke(old._lease)  # its key is gone behind its back (a lease that ran out)
         group.add("b")
-        assert wait_until(lambda: group.members["b"].is_leader(), TTL + 2) >= 0
+        # Generous bounds: this is about who wins, not how fast (CI under load took over 5 s here once).
+        assert wait_until(lambda: group.members["b"].is_leader(), TTL * 4) >= 0
         assert not old._write_info(LeaderInfo("a", "", 0, 1, 99))  # its compare fails: b's key stays
         info = group.members["b"].leader()
         assert info is not None and info.id == "b"
-        wait_until(lambda: not old.is_leader(), TTL + 1)  # and it notices
+        wait_until(lambda: not old.is_leader(), TTL * 4)  # and it notices
     finally:
         group.close()
         client.close()
