@@ -14,6 +14,7 @@ import socket
 import struct
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from gatekeeper.vnet.esp_sa import SecurityAssociations
@@ -188,3 +189,19 @@ def raw_packet(vnet: int, frame: bytes, src: str = PEER, dst: str = LOCAL, ident
 def r2_pair(vnet: int = 5) -> list[bytes]:
     """The audit's R2 datagrams: equal-sized frame messages, TCP data offset 0, ACK, seq 1000/1600."""
     return [udp_datagram(vnet, tcp_frame(seq, data_offset=0)) for seq in (1000, 1600)]
+
+
+def use_esp_engine(name: str) -> Iterator[str]:
+    """For a fixture: ESP sealed and opened by `name` ("native" or "python") until it resumes."""
+    from gatekeeper.vnet import esp_native
+
+    lib = esp_native._lib
+    if name == "native":
+        assert lib is not None, f"the native ESP library is not built: {esp_native.WHY}"
+    else:
+        esp_native._lib = None
+    try:
+        assert esp_native.engine() == name
+        yield name
+    finally:
+        esp_native._lib = lib

@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
 
-from gatekeeper.vnet import esp_batch, esp_native
+from gatekeeper.vnet import esp_batch
 from gatekeeper.vnet.esp_sa import EspDrop, SecurityAssociations, mark_run
 from gatekeeper.vnet.offload import GSO_TCPV4, VnetHdr, segment, segment_rows
 from softudc.security.keys import VnetKeys
 from softudc.security.replay import ReplayWindow
 from softudc.wire import esp
+from tests.unit.gatekeeper.vnet.dataplane_fakes import use_esp_engine
 
 A, B = "10.100.0.11", "10.100.0.12"
 ETHERIP = b"\x30\x0a"
@@ -33,16 +34,7 @@ ETHERIP = b"\x30\x0a"
 @pytest.fixture(autouse=True, scope="module", params=["native", "python"])
 def engine(request: pytest.FixtureRequest) -> Iterator[str]:
     """The module's tests once per engine (module scope: hypothesis allows no function-scoped fixture)."""
-    lib = esp_native._lib
-    if request.param == "native":
-        assert lib is not None, f"the native ESP library is not built: {esp_native.WHY}"
-    else:
-        esp_native._lib = None
-    try:
-        assert esp_native.engine() == request.param
-        yield request.param
-    finally:
-        esp_native._lib = lib
+    yield from use_esp_engine(request.param)
 
 
 def hosts(level: str = "conf") -> tuple[SecurityAssociations, SecurityAssociations]:

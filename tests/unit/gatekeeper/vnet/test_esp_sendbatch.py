@@ -15,7 +15,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatekeeper.vnet import esp_native
 from gatekeeper.vnet.esp_sa import SecurityAssociations
 from gatekeeper.vnet.esp_sendbatch import SendBatch
 from gatekeeper.vnet.forwarder import Forwarder
@@ -33,7 +32,14 @@ from gatekeeper.vnet.port import (
 from gatekeeper.vnet.receive import ESP_PREFIX
 from softudc.security.keys import VnetKeys
 from softudc.wire.udpframe import FRAME_PREFIX_LEN
-from tests.unit.gatekeeper.vnet.dataplane_fakes import MAC_B, PEER, FakeControl, FakeReceiver, tcp_frame
+from tests.unit.gatekeeper.vnet.dataplane_fakes import (
+    MAC_B,
+    PEER,
+    FakeControl,
+    FakeReceiver,
+    tcp_frame,
+    use_esp_engine,
+)
 
 KEYS = VnetKeys("conf", {1: bytes(range(32))}, 1)
 VNET = 8
@@ -76,16 +82,7 @@ def test_batches_keep_order_and_are_valid_udp_segment_sends(packets: list[tuple[
 
 @pytest.fixture(scope="module", params=["native", "python"])
 def engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    lib = esp_native._lib
-    if request.param == "native":
-        assert lib is not None, f"the native ESP library is not built: {esp_native.WHY}"
-    else:
-        esp_native._lib = None
-    try:
-        assert esp_native.engine() == request.param
-        yield request.param
-    finally:
-        esp_native._lib = lib
+    yield from use_esp_engine(request.param)
 
 
 @pytest.fixture
