@@ -117,6 +117,9 @@ def _said(inst: str, name: str, src: str, moving: dict[str, Any], step: migratio
           job: dict[str, Any], reports: dict[str, dict[str, Any]], src_runs: bool, now: float) -> list[tuple[str, str]]:
     """The farm's events for one step of a live move."""
     to = moving["to"]
+    if step.event == migration.ARRIVED_STOPPED:
+        return [("Migrated", f"{inst}: {src} -> {to} live, but {name} was not running on {to} when it reported "
+                             f"(it stopped or crashed on arrival: see its console log there); {to} starts it again")]
     if step.after == "done":
         downtime = reports.get(to, {}).get("arrivals", {}).get(name, {}).get("downtime_ms", "?")
         copy = f"copied in {job['wall_ms']} ms, " if job.get("wall_ms") else ""

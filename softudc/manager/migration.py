@@ -12,6 +12,7 @@ Live (the source's gatekeeper migrates peer to peer)::
     prepared, copying, silent ──completed|failed|unknown──► completed | failed | unknown
     silent, failed, unknown ──copying──► copying                (the source (re)started the job)
     prepared, copying, silent, completed, failed, unknown ──arrived──► done
+    completed ──arrived_stopped──► done                         (it crashed or stopped on arrival)
     stalled, silent, completed, failed, unknown ──holds_none──► aborted
 
   - `arrived`: the destination runs it, and the source says completed or no longer runs it. Only
@@ -20,6 +21,11 @@ Live (the source's gatekeeper migrates peer to peer)::
   - `holds_none`: a destination report built after the outcome (see `fresh`) says it holds no
     such domain in any state. Only that ends a move that did not arrive (AWAITING): nothing that
     could leave a second copy running is concluded from silence (audit R12).
+  - `arrived_stopped`: the source said completed (libvirt handed the VM over and undefined it
+    there), runs it nowhere, and a fresh destination report holds the domain but does not run it:
+    the guest stopped or crashed on arrival (seen under TCG: a panic in its first ticks there). The
+    only copy is the destination's, so the move is over and the destination starts it again;
+    without this the instance waited for an arrival that could never come.
   - `cancel`: only from `requested`; later the source has been handed the move (API: 409).
 
 Cold (stopped here, started there)::
@@ -46,8 +52,8 @@ COLD_MOVE_TIMEOUT_S = 300.0  # a cold move whose source never confirmed the VM s
 
 # Events. The manager's: request (begin), cancel (API), stall and timeout (the clock).
 REQUEST, CANCEL, STALL, TIMEOUT = "request", "cancel", "stall", "timeout"
-# The destination's: VNETs made; runs it; freshly holds no such domain.
-PREPARED, ARRIVED, HOLDS_NONE = "prepared", "arrived", "holds_none"
+# The destination's: VNETs made; runs it; freshly holds it, not running; freshly holds no such domain.
+PREPARED, ARRIVED, ARRIVED_STOPPED, HOLDS_NONE = "prepared", "arrived", "arrived_stopped", "holds_none"
 # The source's: its migration job (live), its fresh word that the domain is gone (cold).
 COPYING, COMPLETED, FAILED, UNKNOWN, STOPPED = "copying", "completed", "failed", "unknown", "stopped"
 
@@ -63,7 +69,7 @@ LIVE = Table("live migration", "requested", {
     "prepared": {**_JOB, STALL: "silent", ARRIVED: "done"},
     "copying": {**_JOB, STALL: "silent", ARRIVED: "done"},
     "silent": {**_JOB, **_SETTLE},  # handed over, but the source reports no job
-    "completed": {COMPLETED: "completed", **_SETTLE},
+    "completed": {COMPLETED: "completed", ARRIVED_STOPPED: "done", **_SETTLE},
     "failed": {FAILED: "failed", COPYING: "copying", **_SETTLE},  # copying: the source restarted it
     "unknown": {UNKNOWN: "unknown", COPYING: "copying", **_SETTLE},
     "stalled": {HOLDS_NONE: "aborted"},  # the destination never prepared: the source has nothing
@@ -151,6 +157,12 @@ def holds_none(report: Mapping[str, Any], name: str) -> bool:
     return isinstance(sizes, dict) and name not in sizes and name not in report.get("running", [])
 
 
+def holds_stopped(report: Mapping[str, Any], name: str) -> bool:
+    """The host holds domain `name` (defined, in `sizes`) but does not run it."""
+    sizes = report.get("sizes")
+    return isinstance(sizes, dict) and name in sizes and name not in report.get("running", [])
+
+
 def fresh(marks: dict[str, Any], key: str, report: Mapping[str, Any]) -> bool:
     """True once `report` was built after the first time this was asked for `key`. A report stored
     after that moment may have been built before it, so freshness is proven without comparing
@@ -220,9 +232,11 @@ def observe_live(record: Mapping[str, Any], view: LiveView, dest: Mapping[str, A
         if run.wf.state in ("failed", "unknown") and view.job.get("error") is not None:
             out["error"] = view.job["error"]
     # A source still copying this attempt: whatever the destination says now is not its last word.
-    if run.wf.state in AWAITING and job_event(view.job) != COPYING and \
-            fresh(out["marks"], "destination", dest) and holds_none(dest, name):
-        run.offer(HOLDS_NONE)
+    if run.wf.state in AWAITING and job_event(view.job) != COPYING and fresh(out["marks"], "destination", dest):
+        if holds_none(dest, name):
+            run.offer(HOLDS_NONE)
+        elif run.wf.state == "completed" and not view.src_runs and holds_stopped(dest, name):
+            run.offer(ARRIVED_STOPPED)
     return out, run.wf, run.taken
 
 

@@ -165,6 +165,37 @@ def test_a_failed_migration_leaves_the_vm_where_it_was_and_says_why() -> None:
     assert next(i for i in after["instances"] if i["name"] == "db-0").get("migrating") and events == []
 
 
+def test_a_vm_that_crashed_on_arrival_moves_to_the_destination_which_starts_it_again() -> None:
+    """The source says completed, no host runs it, the destination holds it shut off (a guest that
+    panicked in its first ticks there): once the destination's word is fresh, the instance is the
+    destination's and its gatekeeper starts it; before, it waited for an arrival forever."""
+    farm = validate(DEMO, "demo.yaml")
+    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
+    src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
+    dst = next(h for h in REPORTS if h != src)
+    reports = {h: {**r, "reported": 100.0, "sizes": {v: [1, 128] for v in r["running"]}}
+               for h, r in _running(farm, status).items()}
+    reports[src]["running"].remove("demo--db-0")
+    del reports[src]["sizes"]["demo--db-0"]  # undefined there by the completed migration
+    reports[src]["migrations"] = {"demo--db-0": {"attempt": "a1", "state": "completed", "wall_ms": 600}}
+    reports[dst]["sizes"]["demo--db-0"] = [1, 128]  # defined, not running
+    moving = _move(status, "db-0", dst, uri="x", prepared=True, state="copying")
+    events: list[tuple[str, str]] = []
+    for _ in range(2):  # the first report stored after the completion may have been built before it
+        moving, _, events = reconcile_farm(farm, moving, inventory(REPORTS), {}, reports)
+        assert next(i for i in moving["instances"] if i["name"] == "db-0")["host"] == src and not events
+        _report_again(reports, dst)
+    after, _, events = reconcile_farm(farm, moving, inventory(REPORTS), {}, reports)
+    db = next(i for i in after["instances"] if i["name"] == "db-0")
+    assert db["host"] == dst and "migrating" not in db
+    assert events == [("Migrated", f"db-0: {src} -> {dst} live, but demo--db-0 was not running on {dst} when it "
+                                   f"reported (it stopped or crashed on arrival: see its console log there); "
+                                   f"{dst} starts it again")]
+    on_dst = host_desired(dst, [(farm, after)])
+    here = Here([v["id"] for v in on_dst["vnets"]], [{"name": "demo--db-0", "state": "shutoff"}])
+    assert [a.op for a in converge(on_dst, here) if a.args.get("name") == "demo--db-0"] == ["vm.start"]
+
+
 def test_r5_a_vm_found_running_elsewhere_stays_with_its_host_and_a_cold_move_waits_for_a_fresh_stop() -> None:
     farm = validate(DEMO, "demo.yaml")
     status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)

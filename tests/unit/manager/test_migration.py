@@ -213,6 +213,35 @@ def test_a_destination_holding_the_domain_or_a_source_copying_again_never_aborts
     assert wf.state == "copying"  # the source restarted the attempt: followed
 
 
+def test_a_completed_move_the_destination_holds_stopped_is_done_on_its_second_fresh_report() -> None:
+    """The guest crashed on arrival: the source handed it over (completed), the destination holds
+    the domain shut off. The only copy is there: the move is done (the destination starts it)."""
+    record = _live("copying")
+    states = []
+    for at in (10.0, 10.0, 11.0, 12.0):  # the same report twice, then two new ones
+        record, wf, taken = m.observe_live(record, _view({"state": "completed"}, src_runs=False),
+                                           _dest(at, holds=True), NAME, at)
+        record = m.save(record, wf)
+        states.append(wf.state)
+    assert states == ["completed", "completed", "completed", "done"]
+    assert [t.event for t in taken] == [m.ARRIVED_STOPPED]
+
+
+@pytest.mark.parametrize("job, src_runs", [
+    ({"state": "failed"}, True),  # failed: the source keeps it; a shut-off copy there is no arrival
+    ({"state": "unknown"}, False),  # unknown: the source may still hold it (paused)
+    ({"state": "completed"}, True),  # a source still running it: not handed over after all
+    ({"state": "copying"}, False),  # still copying: the destination's word is not its last
+])
+def test_a_destination_holding_it_stopped_ends_nothing_but_a_completed_move(job: dict[str, Any],
+                                                                            src_runs: bool) -> None:
+    record = _live(m.job_event(job) or "copying")
+    for at in range(1, 6):
+        record, wf, _ = m.observe_live(record, _view(job, src_runs=src_runs), _dest(at, holds=True), NAME, at)
+        record = m.save(record, wf)
+    assert not wf.over
+
+
 def test_a_stall_is_said_and_a_late_preparation_does_not_hand_the_move_over() -> None:
     """Before the table, a `prepared` arriving after a stall handed the source `migrate_to` while
     the manager was about to give the move up; now the stalled move only waits for the
