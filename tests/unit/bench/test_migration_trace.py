@@ -156,10 +156,10 @@ def test_summarize_compares_gaps_and_gaps_beyond_downtime() -> None:
         return {"longest_gap_ms": gap, "downtime_ms": downtime, "beyond_downtime_ms": gap - downtime,
                 "gap_start": 1.0, "gap_end": 2.0, "varp_announce_ms": None}
     per = {"vnet": [run(100, 60), run(80, 50), run(120, 100)], "plain_l2": [run(90, 70), run(70, 40), run(60, 30)]}
-    out = summarize(per, 3, "qemu")  # type: ignore[arg-type]
+    out = summarize(per, 3, "qemu")
     assert out["vnet"]["longest_gap_ms"] == 100 and out["plain_l2"]["longest_gap_ms"] == 70
     assert out["ratios"]["gap_vnet_minus_plain_ms"] == 30
     assert out["ratios"]["beyond_downtime_vnet_minus_plain_ms"] == 30 - 30  # 30 (of 40, 30, 20) vs 30
     assert out["vnet"]["varp_announce_ms"] is None and "gap_start" not in out["vnet"]
     per["vnet"][0]["gap_at_switchover"] = True
-    assert summarize(per, 3, "qemu")["vnet"]["gaps_at_switchover"] == 1  # type: ignore[arg-type]
+    assert summarize(per, 3, "qemu")["vnet"]["gaps_at_switchover"] == 1

@@ -157,7 +157,7 @@ def test_a_host_busy_converging_still_reports_and_an_idle_one_is_left_to_its_rou
         beats.append(r.heartbeat(period=3600.0))  # reported just now: not again before the period
         slow(vnet, **kw)
 
-    r.vnets.create_vnet = create_vnet  # type: ignore[method-assign]
+    r.vnets.create_vnet = create_vnet  # type: ignore[method-assign, assignment]
     assert r.sync() == ["vnet.create 5"]
     assert beats == [True, False]
     puts = [body for method, _, body in link.sent if method == "PUT"]

@@ -22,6 +22,7 @@ from softudc.etcd.cluster import EtcdCluster
 from softudc.manager.auth import AuthError, TokenStore
 from softudc.manager.daemon import serve
 from softudc.manager.service import ApiError, Manager, init
+from softudc.manager.store import SqliteStore
 from softudc.manager.storeurl import open_store
 from softudc.pki import PkiError
 from tests.unit.manager.test_api import DEMO, Api, _csr
@@ -212,6 +213,7 @@ def test_r22_an_existing_loose_state_dir_and_store_are_narrowed(tmp_path: Path) 
 def test_r22_the_store_commits_with_synchronous_full(tmp_path: Path) -> None:
     init(tmp_path, ["127.0.0.1"])
     m = Manager(tmp_path)
+    assert isinstance(m.store, SqliteStore)
     assert m.store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert sqlite3.connect(tmp_path / "state.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

@@ -437,9 +437,9 @@ def test_r5_r12_r13_no_report_moves_an_instance_anywhere_but_where_the_manager_s
         reports: dict[str, dict[str, Any]], insts: list[tuple[str, str, dict[str, Any] | None]], now: float,
         rounds: int) -> None:
     from softudc.manager.controller import observe
-    from softudc.manager.migration import handed_over
+    from softudc.manager.migration import handed_over, holds_stopped, load
 
-    instances = [{"name": n, "vm": n.split("-")[0], "host": h, **({"migrating": m} if m else {})}
+    instances: list[dict[str, Any]] = [{"name": n, "vm": n.split("-")[0], "host": h, **({"migrating": m} if m else {})}
                  for n, h, m in insts]
     for _ in range(rounds):  # marks carry over, as in the stored status
         before = {i["name"]: i for i in instances}
@@ -452,8 +452,12 @@ def test_r5_r12_r13_no_report_moves_an_instance_anywhere_but_where_the_manager_s
                 name = f"demo--{inst['name']}"
                 if moving.get("cold"):  # only on the source's word that it holds no such domain
                     assert "sizes" in reports.get(old["host"], {}) and name not in reports[old["host"]]["sizes"]
-                else:  # only once the source was handed it, and the destination runs it
-                    assert handed_over(moving) and name in reports[moving["to"]]["running"]
+                else:  # only once the source was handed it, and the destination runs it, or its guest
+                    # stopped on arrival: the source said completed, runs it no more, the destination holds it
+                    dest = reports[moving["to"]]
+                    stopped_there = load(moving, now).state == "completed" and holds_stopped(dest, name) and \
+                        name not in reports.get(old["host"], {}).get("running", [])
+                    assert handed_over(moving) and (name in dest["running"] or stopped_there)
             if "migrating" in old and "migrating" not in inst and inst["host"] == old["host"] \
                     and not moving.get("cold"):  # a live move given up: the destination said it holds none
                 dest = reports.get(moving["to"], {})

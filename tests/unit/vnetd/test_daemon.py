@@ -5,8 +5,9 @@ the loop."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -49,8 +50,9 @@ class StubRelaySocket:
         self.sent.append((data, addr))
 
 
-def _vnetd(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Vnetd:
-    """The daemon without its sockets (they need a namespace and root): stubs in their place."""
+def _vnetd(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> tuple[Vnetd, StubRelaySocket, StubRelaySocket]:
+    """The daemon without its sockets (they need a namespace and root): stubs in their place,
+    returned beside it (relay, inject)."""
     monkeypatch.setattr(daemon_module, "time", SimpleNamespace(time_ns=clock.time_ns, monotonic=clock.monotonic,
                                                                time=clock.time))
     config = VnetdConfig("v2", "10.0.0.2", "eth0", "/nonexistent", KEY, peers=(PEER,))
@@ -59,10 +61,11 @@ def _vnetd(clock: Clock, monkeypatch: pytest.MonkeyPatch) -> Vnetd:
     d.core = RelayCore(config.address, seq=1, group=config.group, ports=config.ports)
     d.core.add_peer(PEER)
     d.counts = {}
-    d.relay, d.inject = StubRelaySocket(), StubRelaySocket()
+    relay, inject = StubRelaySocket(), StubRelaySocket()
+    d.relay, d.inject = cast(socket.socket, relay), cast(socket.socket, inject)
     d._error_logged = 0.0
     d.wall_ns, d.monotonic = clock.time_ns, clock.monotonic
-    return d
+    return d, relay, inject
 
 
 def _captured_message(clock: Clock, packet: bytes = PKT, seq: int = 77) -> bytes:
@@ -74,37 +77,37 @@ def _captured_message(clock: Clock, packet: bytes = PKT, seq: int = 77) -> bytes
 @pytest.mark.parametrize("later", [10.0, 31.0, 59.0])
 def test_r23_vnetd_replay_at_plus_31_s_is_refused(later: float, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    d = _vnetd(clock, monkeypatch)
+    d, relay, inject = _vnetd(clock, monkeypatch)
     wire = _captured_message(clock)
-    d.relay.inbox.append(wire)
+    relay.inbox.append(wire)
     d.on_relay()
-    assert len(d.inject.sent) == 1
+    assert len(inject.sent) == 1
     clock.t += later
-    d.relay.inbox.append(wire)  # the same bytes, replayed by someone on the path
+    relay.inbox.append(wire)  # the same bytes, replayed by someone on the path
     d.on_relay()
-    assert len(d.inject.sent) == 1, f"replay at +{later:.0f} s injected again"
+    assert len(inject.sent) == 1, f"replay at +{later:.0f} s injected again"
 
 
 @pytest.mark.adversarial
 def test_r23_injected_packets_go_to_the_group_only(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    d = _vnetd(clock, monkeypatch)
-    d.relay.inbox += [_captured_message(clock, udp_to_group(b"x", dst="10.0.0.9"), 1),
+    d, relay, inject = _vnetd(clock, monkeypatch)
+    relay.inbox += [_captured_message(clock, udp_to_group(b"x", dst="10.0.0.9"), 1),
                       _captured_message(clock, udp_to_group(b"x", dport=53), 2),
                       _captured_message(clock, PKT, 3)]
     d.on_relay()
-    assert d.inject.sent == [(PKT, ("224.10.0.1", 0))]
+    assert inject.sent == [(PKT, ("224.10.0.1", 0))]
     assert d.core.counts["not_relayable"] == 2
 
 
 def test_one_input_that_raises_does_not_end_the_relay_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = Clock()
-    d = _vnetd(clock, monkeypatch)
+    d, relay, _ = _vnetd(clock, monkeypatch)
 
     def boom(*args: Any, **kwargs: Any) -> list[Any]:
         raise IndexError("a bug somewhere")
 
     monkeypatch.setattr(d.core, "relayed", boom)
-    d.relay.inbox += [_captured_message(clock, PKT, 1), _captured_message(clock, PKT, 2)]
+    relay.inbox += [_captured_message(clock, PKT, 1), _captured_message(clock, PKT, 2)]
     d.on_relay()
-    assert d.counts["error_IndexError"] == 2 and d.relay.inbox == []
+    assert d.counts["error_IndexError"] == 2 and relay.inbox == []

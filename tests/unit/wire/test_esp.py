@@ -20,8 +20,8 @@ PAYLOAD = b"\x30\x0a" + bytes.fromhex("020000000002" "020000000001" "0800") + b"
 
 def scapy_sa(level: str, seq_num: int = 1) -> SecurityAssociation:
     algo = "AES-GCM" if level == "conf" else "AES-NULL-GMAC"
-    return SecurityAssociation(ESP, spi=SPI, crypt_algo=algo, crypt_key=KEY + SALT, esn_en=True,
-                               esn=seq_num >> 32, seq_num=seq_num & 0xFFFFFFFF,
+    return SecurityAssociation(ESP, spi=SPI, crypt_algo=algo, crypt_key=KEY + SALT,  # type: ignore[no-untyped-call]
+                               esn_en=True, esn=seq_num >> 32, seq_num=seq_num & 0xFFFFFFFF,
                                nat_t_header=UDP(sport=4500, dport=4500))
 
 
@@ -30,7 +30,7 @@ def scapy_sa(level: str, seq_num: int = 1) -> SecurityAssociation:
 def test_scapy_opens_what_we_seal(level: str, seq: int) -> None:
     packet = seal(EspKey(level, KEY, SALT), SPI, seq, PAYLOAD)  # type: ignore[arg-type]
     outer = IP(src="10.100.0.11", dst="10.100.0.12") / UDP(sport=4500, dport=4500) / ESP(packet)
-    plain = scapy_sa(level, seq).decrypt(IP(bytes(outer)))
+    plain = scapy_sa(level, seq).decrypt(IP(bytes(outer)))  # type: ignore[no-untyped-call]
     assert plain[IP].proto == 97 and bytes(plain[IP].payload) == PAYLOAD
 
 
@@ -38,7 +38,7 @@ def test_scapy_opens_what_we_seal(level: str, seq: int) -> None:
 def test_we_open_what_scapy_seals(level: str) -> None:
     seq = (2 << 32) | 41
     sa = scapy_sa(level, seq)
-    pkt = sa.encrypt(IP(src="10.100.0.11", dst="10.100.0.12", proto=97) / Raw(PAYLOAD))
+    pkt = sa.encrypt(IP(src="10.100.0.11", dst="10.100.0.12", proto=97) / Raw(PAYLOAD))  # type: ignore[no-untyped-call]
     esp_bytes = bytes(pkt[UDP].payload)
     assert open_(EspKey(level, KEY, SALT), esp_bytes, seq) == PAYLOAD  # type: ignore[arg-type]
 

@@ -82,7 +82,7 @@ class FakeConn:
 def hypervisor(*doms: FakeDomain) -> tuple[Hypervisor, list[str]]:
     arrived: list[str] = []
     hv = Hypervisor("test:///fake", lambda nics, name: arrived.append(name), lambda nics, name: None)
-    hv._conn = FakeConn(*doms)  # type: ignore[assignment]
+    hv._conn = FakeConn(*doms)
     return hv, arrived
 
 

@@ -37,8 +37,12 @@ def with_conn(*doms: FakeDomain) -> tuple[object, DefiningConn]:
     hv, _ = hypervisor()
     conn = DefiningConn(*doms)
     for d in doms:
-        d.undefine = lambda d=d: (d.calls.append("undefine"), conn.doms.pop(d.name()))  # type: ignore[method-assign]
-    hv._conn = conn  # type: ignore[assignment]
+        def undefine(d: FakeDomain = d) -> None:
+            d.calls.append("undefine")
+            conn.doms.pop(d.name())
+
+        d.undefine = undefine  # type: ignore[method-assign]
+    hv._conn = conn
     return hv, conn
 
 
