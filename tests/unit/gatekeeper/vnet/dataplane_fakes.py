@@ -14,7 +14,7 @@ import socket
 import struct
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from gatekeeper.vnet.esp_sa import SecurityAssociations
@@ -26,6 +26,9 @@ LOCAL = "10.0.0.2"
 PEER = "10.0.0.1"
 MAC_A = bytes.fromhex("020000000001")
 MAC_B = bytes.fromhex("020000000002")
+
+# What a socket read hands over: (datagram, source address). A sealed ESP packet may be a bytearray.
+Datagram = tuple[bytes | bytearray, str]
 
 
 class FakeControl:
@@ -50,10 +53,10 @@ class FakeControl:
 
 
 class StubSocket:
-    def __init__(self, owner: FakeReceiver, items: list[tuple[bytes, str] | None], raw: bool = False) -> None:
+    def __init__(self, owner: FakeReceiver, items: Sequence[Datagram | None], raw: bool = False) -> None:
         self.owner, self.items, self.raw = owner, list(items), raw
 
-    def _next(self, flags: int) -> tuple[bytes, str]:
+    def _next(self, flags: int) -> Datagram:
         while True:
             if not self.items:
                 if flags & socket.MSG_DONTWAIT:
@@ -80,6 +83,8 @@ class StubSocket:
 
 class FakeReceiver(Receiver):
     """`Receiver` with every attribute it relies on, and TAPs the test can read."""
+
+    control: FakeControl  # what the receive loops called, for the test to read back
 
     def __init__(self, learn: bool = True) -> None:
         self.vnets: dict[int, VnetPort] = {}
@@ -138,18 +143,18 @@ class FakeReceiver(Receiver):
     def rx_datagrams(self) -> int:
         return sum(p.stats[6] for p in self.vnets.values())
 
-    def run_udp(self, items: list[tuple[bytes, str] | None]) -> None:
+    def run_udp(self, items: Sequence[Datagram | None]) -> None:
         """The real UDP/1798 receive loop over `items`; returns when they are used up."""
         self._stopping = False
         self._udp = StubSocket(self, items)  # type: ignore[assignment]
         self._udp_loop()
 
-    def run_esp(self, items: list[tuple[bytes, str] | None]) -> None:
+    def run_esp(self, items: Sequence[Datagram | None]) -> None:
         self._stopping = False
         self._esp = StubSocket(self, items)  # type: ignore[assignment]
         self._esp_loop()
 
-    def run_raw(self, items: list[tuple[bytes, str] | None]) -> None:
+    def run_raw(self, items: Sequence[Datagram | None]) -> None:
         self._stopping = False
         self._raw = StubSocket(self, items, raw=True)  # type: ignore[assignment]
         self._raw_loop()

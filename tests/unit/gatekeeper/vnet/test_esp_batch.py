@@ -94,10 +94,10 @@ def test_a_sealed_super_frame_opens_packet_by_packet_into_the_reference_segments
 def test_packets_sealed_one_by_one_open_in_a_batch(sizes: list[int], level: str) -> None:
     """Old sender, new receiver: equal-sized `esp.seal` packets (the last may be shorter)."""
     a, b = hosts(level)
-    b.open(a.seal(10, ETHERIP + bytes(20)), A)  # the receiver keeps the SA with the first packet
+    b.open(bytes(a.seal(10, ETHERIP + bytes(20))), A)  # the receiver keeps the SA with the first packet
     n = sizes[0]
     payloads = [ETHERIP + bytes([k]) * n for k in range(len(sizes) - 1)] + [ETHERIP + b"\xee" * min(n, sizes[-1])]
-    packets = [a.seal(10, p) for p in payloads]
+    packets = [bytes(a.seal(10, p)) for p in payloads]
     stride = len(packets[0])
     out = memoryview(bytearray(stride * len(packets)))
     vnet, lengths = b.open_run(memoryview(b"".join(packets)), stride, A, out)
@@ -109,7 +109,7 @@ def test_packets_sealed_one_by_one_open_in_a_batch(sizes: list[int], level: str)
 
 def test_a_tampered_packet_ends_the_run_and_is_dropped_alone() -> None:
     a, b = hosts()
-    b.open(a.seal(10, ETHERIP + bytes(20)), A)
+    b.open(bytes(a.seal(10, ETHERIP + bytes(20))), A)
     packets, stride, data = sealed(a, super_frame(bytes(5000)), 1000)
     bad = bytearray(data)
     bad[2 * stride + 40] ^= 1
@@ -124,7 +124,7 @@ def test_a_tampered_packet_ends_the_run_and_is_dropped_alone() -> None:
 
 def test_a_replayed_or_reordered_batch_is_not_a_run(engine: str) -> None:
     a, b = hosts()
-    b.open(a.seal(10, ETHERIP + bytes(20)), A)
+    b.open(bytes(a.seal(10, ETHERIP + bytes(20))), A)
     packets, stride, data = sealed(a, super_frame(bytes(3000)), 1000)
     out = memoryview(bytearray(len(data)))
     assert len(b.open_run(memoryview(data), stride, A, out)[1]) == len(packets)
@@ -145,7 +145,7 @@ def test_a_replayed_or_reordered_batch_is_not_a_run(engine: str) -> None:
 def test_open_into_accepts_long_padding_from_another_sender() -> None:
     """RFC 4303 allows up to 255 bytes of padding; our senders use at most 3."""
     a, b = hosts()
-    b.open(a.seal(10, ETHERIP + bytes(20)), A)
+    b.open(bytes(a.seal(10, ETHERIP + bytes(20))), A)
     sa_key = a._out[10].key
     spi, seq = a._out[10].spi, a._reserve(10, 1)[1]
     payload = ETHERIP + bytes(range(30))

@@ -195,7 +195,7 @@ def test_sas_seal_and_open_between_engines() -> None:
     for h in (a, b):
         h.set_keys(10, VnetKeys("conf", {1: b"k" * 32}, 1))
     payload = b"\x30\x0a" + bytes(range(200))
-    assert b.open(a.seal(10, payload), "10.100.0.11") == (10, payload)  # C seals, Python opens (fresh SA)
+    assert b.open(bytes(a.seal(10, payload)), "10.100.0.11") == (10, payload)  # C seals, Python opens (fresh SA)
     lib = esp_native._lib
     esp_native._lib = None
     try:

@@ -53,9 +53,9 @@ def batch(mss: int, count: int, seq0: int, breaks: list[tuple[int, str]], last: 
         elif kind == "junk":
             row = bytes(range(256)) * 8
         elif kind == "window":
-            row = bytearray(segment(seq, size))
-            row[14 + 20 + 14] ^= 1
-            row = bytes(row)
+            edited = bytearray(segment(seq, size))
+            edited[14 + 20 + 14] ^= 1
+            row = bytes(edited)
         else:
             row = segment(seq, size, ident=k)
         rows.append(PREFIX + row)

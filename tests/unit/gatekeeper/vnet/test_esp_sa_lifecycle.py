@@ -34,6 +34,12 @@ def receiver(keys: VnetKeys = K, **kw: int) -> SecurityAssociations:
     return rx
 
 
+def sealed(tx: SecurityAssociations, vnet: int = 5) -> bytes:
+    """One packet of P from `tx`, as the bytes a receiver gets (the native engine seals into a
+    bytearray, which `open` is not declared to take)."""
+    return bytes(tx.seal(vnet, P))
+
+
 def seq_of(packet: bytes) -> tuple[int, int]:
     return int.from_bytes(packet[:4], "big"), int.from_bytes(packet[8:16], "big")  # SPI, IV = full sequence
 
@@ -43,11 +49,11 @@ def test_r1_a_restarted_sender_never_repeats_a_packet_and_its_peer_drops_nothing
     """The audit's R1 repro: 5,000 packets, a restart (a new SecurityAssociations), 3,000 more."""
     path = tmp_path / "esp-seq.json"
     tx, rx = sender(path), receiver()
-    first = [tx.seal(5, P) for _ in range(5000)]
+    first = [sealed(tx) for _ in range(5000)]
     for x in first:
         rx.open(x, A)
     tx2 = sender(path)  # the gatekeeper restarted: same keys, same address
-    after = [tx2.seal(5, P) for _ in range(3000)]
+    after = [sealed(tx2) for _ in range(3000)]
     assert after[0] != first[0]
     assert not {seq_of(x) for x in first} & {seq_of(x) for x in after}  # no (SPI, sequence) twice under the key
     assert min(seq_of(x)[1] for x in after) > max(seq_of(x)[1] for x in first)
@@ -60,7 +66,7 @@ def test_r1_numbers_are_on_disk_before_they_are_used(tmp_path: Path) -> None:
     tx = sender(path, block=100)
     store = tx.seq_store
     for n in range(1, 251):
-        packet = tx.seal(5, P)
+        packet = sealed(tx)
         mark = max(dict(json.loads(path.read_text())["marks"]).values())
         assert seq_of(packet)[1] == n <= mark  # whatever crashes now, n is below the mark on disk
     assert store.writes == 3  # one write (and fsync) per block of 100, not per packet
@@ -69,10 +75,10 @@ def test_r1_numbers_are_on_disk_before_they_are_used(tmp_path: Path) -> None:
 def test_r1_the_same_key_installed_again_continues_its_count_in_one_process() -> None:
     """A VNET deleted and made again (a VM left and came back) gets the same key: still no reuse."""
     tx = sender(None)
-    before = [tx.seal(5, P) for _ in range(10)]
+    before = [sealed(tx) for _ in range(10)]
     tx.set_keys(5, None)
     tx.set_keys(5, K)
-    assert seq_of(tx.seal(5, P))[1] > max(seq_of(x)[1] for x in before)
+    assert seq_of(sealed(tx))[1] > max(seq_of(x)[1] for x in before)
 
 
 def test_r1_a_corrupt_mark_file_is_kept_aside_and_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -87,7 +93,7 @@ def test_r1_a_corrupt_mark_file_is_kept_aside_and_reported(tmp_path: Path, caplo
 def test_r1_the_counter_stops_rather_than_wrap() -> None:
     tx = sender(None)
     tx.seq_store._marks[key_id(tx._out[5].key)] = SEQ_LAST - 1  # every block before the last one used
-    assert seq_of(tx.seal(5, P))[1] == SEQ_LAST
+    assert seq_of(sealed(tx))[1] == SEQ_LAST
     with pytest.raises(EspDrop, match="esp_seq_exhausted"):
         tx.seal(5, P)
 
@@ -110,7 +116,7 @@ def test_r1_no_sequence_repeats_across_any_run_of_restarts(runs: list[int], bloc
         for count in runs:
             tx = sender(path, block=block)
             for _ in range(count):
-                packet = tx.seal(5, P)
+                packet = sealed(tx)
                 assert seq_of(packet) not in seen
                 seen.add(seq_of(packet))
                 rx.open(packet, A)  # in order after a restart: always accepted
@@ -126,7 +132,7 @@ def test_r7_a_new_secret_under_the_same_epoch_replaces_the_sas() -> None:
     peer_b.set_keys(3, kb)
     former_a.set_keys(3, ka)
     h1.set_keys(3, kb)
-    frame = h1.seal(3, P)
+    frame = sealed(h1, 3)
     assert peer_b.open(frame, A)[0] == 3
     with pytest.raises(EspDrop, match="esp_auth_failed"):
         former_a.open(frame, A)
@@ -138,31 +144,31 @@ def test_r7_a_receivers_sa_is_rebuilt_when_the_secret_changes_under_its_epoch() 
     for h in (tx, rx):
         h.set_keys(3, ka)
     for _ in range(3):
-        rx.open(tx.seal(3, P), A)
+        rx.open(sealed(tx, 3), A)
     for h in (tx, rx):
         h.set_keys(3, kb)
     assert rx.describe(3)["inbound_sas"] == 0
-    packet = tx.seal(3, P)
+    packet = sealed(tx, 3)
     assert seq_of(packet)[1] == 1  # a new key: its own count, from 1
     assert rx.open(packet, A)[0] == 3  # an SA kept from A would call this a replay, or fail the tag
 
 
 def test_r7_removing_a_vnets_keys_removes_its_sas() -> None:
     tx, rx = sender(None), receiver()
-    rx.open(tx.seal(5, P), A)
+    rx.open(sealed(tx), A)
     assert rx.describe(5)["inbound_sas"] == 1
     rx.set_keys(5, None)
     assert rx.describe(5) == {"security": "none", "epochs": [], "send_epoch": None, "key_fingerprint": None,
                               "spi": None, "inbound_sas": 0}
     with pytest.raises(EspDrop, match="esp_unknown_spi"):
-        rx.open(tx.seal(5, P), A)
+        rx.open(sealed(tx), A)
 
 
 def test_r7_a_level_change_under_the_same_secret_rebuilds_the_outbound_sa() -> None:
     tx = sender(None)
     tx.set_keys(5, VnetKeys("auth", {1: bytes(range(32))}, 1))
     rx = receiver(VnetKeys("auth", {1: bytes(range(32))}, 1))
-    assert rx.open(tx.seal(5, P), A)[0] == 5
+    assert rx.open(sealed(tx), A)[0] == 5
 
 
 @pytest.mark.adversarial
@@ -174,24 +180,24 @@ def test_r8_a_late_joiner_follows_a_sender_past_2_to_the_32() -> None:
     sa.reserved += 10_000
     rx = receiver()
     for _ in range(2000):
-        assert rx.open(tx.seal(5, P), A)[0] == 5
+        assert rx.open(sealed(tx), A)[0] == 5
     assert rx.counts["esp_esn_resync"] == 1  # once found, the window carries the high half
 
 
 def test_r8_a_receiver_that_saw_only_part_of_the_traffic_catches_up() -> None:
     """The sender's counter is shared by all its destinations: 2^32 packets went elsewhere."""
     tx, rx = sender(None), receiver()
-    rx.open(tx.seal(5, P), A)
+    rx.open(sealed(tx), A)
     sa = tx._out[5]
     sa.next_seq += 3 << 32
     sa.reserved = sa.next_seq + 100
-    assert rx.open(tx.seal(5, P), A)[0] == 5
+    assert rx.open(sealed(tx), A)[0] == 5
 
 
 @pytest.mark.adversarial
 def test_r8_the_lookahead_is_bounded_for_forged_packets() -> None:
     tx, rx = sender(None), receiver()
-    rx.open(tx.seal(5, P), A)
+    rx.open(sealed(tx), A)
     forged = bytearray(tx.seal(5, P))
     forged[-1] ^= 1
     with mock.patch.object(esp, "open_", wraps=esp.open_) as opened, pytest.raises(EspDrop):
@@ -200,7 +206,7 @@ def test_r8_the_lookahead_is_bounded_for_forged_packets() -> None:
     far = sender(None)
     far._out[5].next_seq = far._out[5].reserved = (ESN_LOOKAHEAD + 1 << 32) + 7
     with pytest.raises(EspDrop, match="esp_auth_failed"):  # beyond the lookahead: key rotation's job
-        receiver().open(far.seal(5, P), A)
+        receiver().open(sealed(far), A)
 
 
 @pytest.mark.adversarial
@@ -211,9 +217,9 @@ def test_r17_spoofed_sources_leave_no_sa_behind() -> None:
     outsider.set_keys(5, VnetKeys("conf", {1: b"x" * 32}, 1))
     for i in range(20_000):
         with pytest.raises(EspDrop, match="esp_auth_failed"):
-            rx.open(outsider.seal(5, P), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
+            rx.open(sealed(outsider), f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}")
     assert rx.inbound_count() == 0
-    assert rx.open(tx.seal(5, P), A)[0] == 5 and rx.inbound_count() == 1
+    assert rx.open(sealed(tx), A)[0] == 5 and rx.inbound_count() == 1
 
 
 def test_r17_the_table_is_a_bounded_lru_and_evictions_are_counted() -> None:
@@ -223,11 +229,11 @@ def test_r17_the_table_is_a_bounded_lru_and_evictions_are_counted() -> None:
         s = SecurityAssociations(f"10.1.{i >> 8}.{i & 255}")
         s.set_keys(5, K)
         senders.append(s)
-        rx.open(s.seal(5, P), s.local_addr)
+        rx.open(sealed(s), s.local_addr)
         assert rx.inbound_count() <= 100
     assert rx.counts["esp_sa_evicted"] == 150
     last = senders[-1]
-    assert rx.open(last.seal(5, P), last.local_addr)[0] == 5  # the recent ones are still there
+    assert rx.open(sealed(last), last.local_addr)[0] == 5  # the recent ones are still there
 
 
 @pytest.mark.adversarial
@@ -246,7 +252,7 @@ def test_r17_any_bytes_from_any_source_only_ever_drop(data: bytes, src: str) -> 
 def test_r17_a_vnet_with_members_derives_no_key_for_anyone_else() -> None:
     tx, rx = sender(None), receiver()
     rx.set_members(5, (A,))
-    packet = tx.seal(5, P)
+    packet = sealed(tx)
     with mock.patch("gatekeeper.vnet.esp_sa.derive_esp_key", wraps=derive_esp_key) as derive:
         for i in range(1000):
             with pytest.raises(EspDrop, match="esp_not_member"):
@@ -257,7 +263,7 @@ def test_r17_a_vnet_with_members_derives_no_key_for_anyone_else() -> None:
     rx.set_members(5, ("10.0.0.9",))  # A left the VNET: its SA goes with it
     assert rx.inbound_count() == 0
     rx.set_members(5, None)  # no list: anyone with the key
-    assert rx.open(tx.seal(5, P), A)[0] == 5
+    assert rx.open(sealed(tx), A)[0] == 5
 
 
 def test_r1_two_sas_for_one_key_never_share_a_number() -> None:
@@ -265,11 +271,11 @@ def test_r1_two_sas_for_one_key_never_share_a_number() -> None:
     seal; its blocks and the new one's are disjoint."""
     tx = sender(None, block=10)
     old = tx._out[5]
-    sent = [seq_of(tx.seal(5, P))[1] for _ in range(5)]
+    sent = [seq_of(sealed(tx))[1] for _ in range(5)]
     tx.set_keys(5, None)
     tx.set_keys(5, K)
     for _ in range(30):  # both objects keep going, across several blocks each
-        sent.append(seq_of(tx.seal(5, P))[1])
+        sent.append(seq_of(sealed(tx))[1])
         sent.append(tx._next_seq(old))
     assert len(sent) == len(set(sent))
 
@@ -283,7 +289,7 @@ def test_r17_evictions_and_the_table_size_are_metrics() -> None:
     for i in range(5):
         s = SecurityAssociations(f"10.2.0.{i + 1}")
         s.set_keys(5, K)
-        rx.open(s.seal(5, P), s.local_addr)
+        rx.open(sealed(s), s.local_addr)
     service = SimpleNamespace(forwarder=SimpleNamespace(sas=rx))
     samples = {(s.name, s.labels.get("event")): s.value
                for m in GatekeeperCollector(service)._esp("h1")  # type: ignore[arg-type]
@@ -299,9 +305,9 @@ def test_r1_a_key_pruned_from_the_store_while_in_use_still_never_goes_back() -> 
     tx = SecurityAssociations(A, SequenceStore(None, block=10, max_entries=1))
     tx.set_keys(5, K)
     tx.set_keys(6, K)
-    sent = [seq_of(tx.seal(5, P))[1] for _ in range(5)]
-    seq_of(tx.seal(6, P))  # VNET 6's key takes the only entry: VNET 5's mark is pruned
-    sent += [seq_of(tx.seal(5, P))[1] for _ in range(20)]
+    sent = [seq_of(sealed(tx))[1] for _ in range(5)]
+    seq_of(sealed(tx, 6))  # VNET 6's key takes the only entry: VNET 5's mark is pruned
+    sent += [seq_of(sealed(tx))[1] for _ in range(20)]
     assert sent == sorted(sent) and len(set(sent)) == len(sent)
 
 
@@ -314,4 +320,4 @@ def test_r8_a_fresh_receiver_follows_any_sender_within_the_lookahead(high: int, 
     sa.reserved = sa.next_seq + n
     rx = receiver()
     for _ in range(n):
-        assert rx.open(tx.seal(5, P), A)[0] == 5
+        assert rx.open(sealed(tx), A)[0] == 5

@@ -5,6 +5,7 @@ super-frames turned back into a GSO write whose segments (cut as the kernel woul
 from __future__ import annotations
 
 import struct
+from typing import cast
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -46,14 +47,14 @@ def packets(draw: st.DrawFn) -> Packet:
         ip: Packet = IP(src=draw(v4), dst=draw(v4), id=draw(st.integers(0, 0xFFFF)), flags="DF")
     else:
         ip = IPv6(src=draw(v6), dst=draw(v6))
-    ports = {"sport": draw(st.integers(1, 0xFFFF)), "dport": draw(st.integers(1, 0xFFFF))}
+    sport, dport = draw(st.integers(1, 0xFFFF)), draw(st.integers(1, 0xFFFF))
     l4: Packet = (TCP(seq=draw(st.integers(0, 2**32 - 1)), flags=draw(st.sampled_from(["A", "PA", "S", "SA", "FA"])),
-                      **ports) if draw(st.booleans()) else UDP(**ports))
+                      sport=sport, dport=dport) if draw(st.booleans()) else UDP(sport=sport, dport=dport))
     return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ip / l4 / Raw(draw(st.binary(max_size=1400)))
 
 
 def l4_of(pkt: Packet) -> Packet:
-    return pkt[TCP] if TCP in pkt else pkt[UDP]
+    return cast(Packet, pkt[TCP] if TCP in pkt else pkt[UDP])  # scapy types a layer lookup as Any
 
 
 def complete(pkt: Packet) -> bytes:
@@ -61,7 +62,7 @@ def complete(pkt: Packet) -> bytes:
     return bytes(pkt)
 
 
-def with_field(frame: bytes, value: int) -> bytearray:
+def with_field(frame: bytes | bytearray, value: int) -> bytearray:
     loc = l4_checksum(frame)
     assert loc is not None
     out = bytearray(frame)

@@ -116,11 +116,11 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         spec = _build(tmp)
         ensure_bpffs(tmp / "bpfA")  # in the root mount namespace, so `ip netns exec` children see it
         for h, me, peer in (("A", A, B), ("B", B, A)):
-            fwds[h] = subprocess.Popen(["ip", "netns", "exec", f"{PFX}h{h}", sys.executable, "-c", FORWARDER, str(VNET),
-                                        me["ip"], peer["ip"], peer["mac"], str(MTU)], stdin=subprocess.PIPE,
-                                       stdout=subprocess.PIPE, text=True, cwd=REPO,
-                                       env={**os.environ, "PYTHONPATH": str(REPO)})
-            assert fwds[h].stdout is not None and fwds[h].stdout.readline().strip() == "up"
+            fwd = fwds[h] = subprocess.Popen(["ip", "netns", "exec", f"{PFX}h{h}", sys.executable, "-c", FORWARDER,
+                                              str(VNET), me["ip"], peer["ip"], peer["mac"], str(MTU)],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                                             env={**os.environ, "PYTHONPATH": str(REPO)})
+            assert fwd.stdout is not None and fwd.stdout.readline().strip() == "up"
             sh("ip", "link", "set", "vt0", "master", "br-v", "mtu", str(MTU), "up", ns=f"{PFX}h{h}")
         sh(sys.executable, "-m", "gatekeeper.vnet.bpf.hostctl", "up", str(spec), ns=f"{PFX}hA")
         sh("ping", "-c1", "-W2", B["ip"], ns=f"{PFX}hA")  # the underlay neighbours, both ways
