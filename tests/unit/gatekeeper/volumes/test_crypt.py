@@ -90,9 +90,19 @@ def test_creating_is_tried_again_when_qemu_cannot_time_its_pbkdf(service: Volume
         return real(argv, **kw)
 
     monkeypatch.setattr("subprocess.run", flaky)
-    # two made-up misses, then the real qemu-img: on a busy host it may miss once more itself
+    # two made-up misses, then the real qemu-img: it may miss a few times itself (1 in 5 here, idle)
     assert service.create("sec", 8 * MiB, key=KEY)["size_bytes"] == 8 * MiB and len(calls) >= 3
     calls.clear()
     monkeypatch.setattr("subprocess.run", lambda argv, **kw: subprocess.CompletedProcess(argv, 1, "", "other"))
     with pytest.raises(VolumeError, match="other"):
         service.create("sec2", 8 * MiB, key=KEY)
+    misses: list[list[str]] = []
+
+    def always_missing(argv: list[str], **kw: Any) -> Any:
+        misses.append(argv)
+        return subprocess.CompletedProcess(argv, 1, "", f"qemu-img: x.qcow2: {crypt.CPU_CLOCK_MISS}\n")
+
+    monkeypatch.setattr("subprocess.run", always_missing)
+    with pytest.raises(VolumeError, match=f"in {crypt.CREATE_ATTEMPTS} attempts: .* when the host is less busy"):
+        service.create("sec3", 8 * MiB, key=KEY)
+    assert len(misses) == crypt.CREATE_ATTEMPTS
