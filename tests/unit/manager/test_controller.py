@@ -6,7 +6,7 @@ from typing import Any
 from gatekeeper.converge import Here, converge
 from softudc.manager.controller import inventory, reconcile_farm
 from softudc.manager.desired import host_desired
-from softudc.model.farm import validate
+from softudc.model.farm import Farm, validate
 from softudc.model.hoststate import vm_name
 
 DEMO = (Path(__file__).parents[3] / "configs" / "farms" / "demo.yaml").read_text()
@@ -133,15 +133,22 @@ def _report_again(reports: dict[str, dict[str, Any]], host: str, **fields: Any) 
     reports[host] = {**reports[host], **fields, "reported": reports[host].get("reported", 100.0) + 1.0}
 
 
-def test_a_failed_migration_leaves_the_vm_where_it_was_and_says_why() -> None:
-    """R12: the failure is said at once, but `migrating` ends only on the destination's fresh word
-    that it holds no copy (a report built after the failure: the second one stored after it)."""
+def _db_placed() -> tuple[Farm, dict[str, Any], str, str, dict[str, dict[str, Any]]]:
+    """The demo farm placed and running: (farm, status, db-0's host, another host, the reports,
+    each stamped and listing its domains)."""
     farm = validate(DEMO, "demo.yaml")
     status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
     src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
     dst = next(h for h in REPORTS if h != src)
     reports = {h: {**r, "reported": 100.0, "sizes": {v: [1, 128] for v in r["running"]}}
                for h, r in _running(farm, status).items()}
+    return farm, status, src, dst, reports
+
+
+def test_a_failed_migration_leaves_the_vm_where_it_was_and_says_why() -> None:
+    """R12: the failure is said at once, but `migrating` ends only on the destination's fresh word
+    that it holds no copy (a report built after the failure: the second one stored after it)."""
+    farm, status, src, dst, reports = _db_placed()
     reports[src]["migrations"] = {"demo--db-0": {"attempt": "a1", "state": "failed", "error": "no route"}}
     after, _, events = reconcile_farm(farm, _move(status, "db-0", dst, uri="x", prepared=True), inventory(REPORTS),
                                       {}, reports)
@@ -169,12 +176,7 @@ def test_a_vm_that_crashed_on_arrival_moves_to_the_destination_which_starts_it_a
     """The source says completed, no host runs it, the destination holds it shut off (a guest that
     panicked in its first ticks there): once the destination's word is fresh, the instance is the
     destination's and its gatekeeper starts it; before, it waited for an arrival forever."""
-    farm = validate(DEMO, "demo.yaml")
-    status, _, _ = reconcile_farm(farm, {}, inventory(REPORTS), {}, REPORTS)
-    src = next(i["host"] for i in status["instances"] if i["name"] == "db-0")
-    dst = next(h for h in REPORTS if h != src)
-    reports = {h: {**r, "reported": 100.0, "sizes": {v: [1, 128] for v in r["running"]}}
-               for h, r in _running(farm, status).items()}
+    farm, status, src, dst, reports = _db_placed()
     reports[src]["running"].remove("demo--db-0")
     del reports[src]["sizes"]["demo--db-0"]  # undefined there by the completed migration
     reports[src]["migrations"] = {"demo--db-0": {"attempt": "a1", "state": "completed", "wall_ms": 600}}
