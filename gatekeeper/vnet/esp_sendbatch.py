@@ -64,7 +64,4 @@ class SendBatch:
         self.port = None
         sent = self.send(memoryview(self.buf)[:used], self.size, count, self.addr, drops)
         assert port is not None
-        stats = port.stats
-        stats[0] += sent
-        stats[1] += used
-        stats[5] += sent
+        port.count_sent(sent, used)

@@ -294,7 +294,8 @@ class Forwarder(Receiver):
         """Secured VNET: every frame is sealed into its own ESP packet (EtherIP header + frame,
         complete checksums: nothing inside ESP can say "partial"). A super-frame is cut and
         sealed into one buffer of equal-sized packets (`seal_super_frame`: in one C call where
-        the native engine is built), which leaves in one UDP_SEGMENT send. `_esp_out`: `batch`."""
+        the native engine is built), which leaves in one UDP_SEGMENT send; a single packet may
+        wait in the TAP drain's `batch` instead (`_esp_out`)."""
         start = FRAME_PREFIX_LEN
         etherip = port.prefix[4:]
         try:
@@ -339,13 +340,9 @@ class Forwarder(Receiver):
                 batch.add(port, targets[0], data)
                 return
             batch.flush(drops)
-        assert self._esp is not None
         for addr in targets:
-            sent = self._send_segments(self._esp, self.esp_port, data, size, count, addr, drops)
-            stats = port.stats
-            stats[0] += sent
-            stats[1] += used
-            stats[5] += sent
+            sent = self._esp_send(data, size, count, addr, drops)
+            port.count_sent(sent, used)
 
     def _esp_send(self, data: memoryview, size: int, count: int, addr: str, drops: Counter[str]) -> int:
         assert self._esp is not None
@@ -362,10 +359,7 @@ class Forwarder(Receiver):
                 sent += 1
             except OSError as e:
                 drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
-        stats = port.stats
-        stats[0] += sent
-        stats[1] += len(data) - count * 2
-        stats[5] += sent
+        port.count_sent(sent, len(data) - count * 2)
 
     def _send(self, port: VnetPort, mv: memoryview, start: int, end: int, addr: str, drops: Counter[str]) -> None:
         try:
@@ -377,18 +371,12 @@ class Forwarder(Receiver):
         except OSError as e:
             drops["send_emsgsize" if e.errno == errno.EMSGSIZE else "send_error"] += 1
             return
-        stats = port.stats
-        stats[0] += 1
-        stats[1] += end - start - FRAME_PREFIX_LEN
-        stats[5] += 1
+        port.count_sent(1, end - start - FRAME_PREFIX_LEN)
 
     def _send_gso(self, port: VnetPort, data: bytes, stride: int, count: int, addr: str,
                   drops: Counter[str]) -> None:
         sent = self._send_segments(self._udp, self.port, memoryview(data), stride, count, addr, drops)
-        stats = port.stats
-        stats[0] += sent
-        stats[1] += len(data) - count * FRAME_PREFIX_LEN
-        stats[5] += sent
+        port.count_sent(sent, len(data) - count * FRAME_PREFIX_LEN)
 
     @staticmethod
     def _send_segments(sock: socket.socket, dport: int, data: memoryview, stride: int, count: int, addr: str,

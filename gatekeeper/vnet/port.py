@@ -55,6 +55,13 @@ class VnetPort:
         self.prefix = frame_prefix(self.vnet)
         self.prefix_partial = frame_prefix(self.vnet, FLAG_CSUM_PARTIAL)
 
+    def count_sent(self, packets: int, nbytes: int) -> None:
+        """`packets` left for the underlay, carrying `nbytes` of frames (tx_frames, tx_bytes, tx_datagrams)."""
+        stats = self.stats
+        stats[0] += packets
+        stats[1] += nbytes
+        stats[5] += packets
+
     @property
     def secure(self) -> bool:
         return self.security != "none"
