@@ -110,24 +110,28 @@ def test_r20_the_source_is_handed_the_uri_the_manager_built(make_lab: Callable[.
                       timeout=120), farm(lab)["events"][-5:]
 
     # It crashes on arrival (as a guest under TCG can: a panic in its first ticks there, and
-    # on_crash destroys it): back home, destroyed the moment it runs there. The destination holds
-    # it shut off; the source completed and undefined it. The manager makes the instance home's,
-    # which starts it again; before, it waited for an arrival that could not come (CI saw it).
+    # on_crash destroys it): back home, destroyed the moment the migration is over (it runs at
+    # home and its source has undefined it; earlier, a destroy races libvirt's last phase and the
+    # move simply fails). Home holds it shut off. If home's report showed it running first, it
+    # arrived and home restarts a VM it should run; if not (the case CI saw), the manager makes
+    # the instance home's on home's word that it holds it stopped, and home starts it again.
     crashed = threading.Event()
     stop = threading.Event()
 
     def crash_on_arrival() -> None:
-        conn = libvirt.open(libvirt_uri(lab, lab.host(home)))
+        conn, source = libvirt.open(libvirt_uri(lab, lab.host(home))), libvirt.open(libvirt_uri(lab, dest))
         try:
             while not stop.is_set():
-                for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING):
-                    if dom.name() == "demo--db-0":
-                        dom.destroy()
+                with contextlib.suppress(libvirt.libvirtError):  # a domain that went while listed
+                    runs = [d.name() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_RUNNING)]
+                    if "demo--db-0" in runs and "demo--db-0" not in [d.name() for d in source.listAllDomains()]:
+                        conn.lookupByName("demo--db-0").destroy()
                         crashed.set()
                         return
                 time.sleep(0.005)
         finally:
             conn.close()
+            source.close()
 
     crasher = threading.Thread(target=crash_on_arrival, daemon=True)
     crasher.start()
