@@ -41,13 +41,16 @@ _PIDS_LOCK = threading.Lock()
 LISTEN_PORTS = (20000, 32767)  # below Linux's ephemeral range (32768-60999), where connections take ports
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on now, picked at random below the ephemeral range: a port the kernel
-    picks for bind(0) lies in the range every outgoing connection draws from (the members' own
-    peer connections among them), so one could take it before the member listens on it."""
+def free_port(host: str = "127.0.0.1", taken: frozenset[int] = frozenset()) -> int:
+    """A port nobody listens on now and not in `taken`, picked at random below the ephemeral
+    range: a port the kernel picks for bind(0) lies in the range every outgoing connection draws
+    from (the members' own peer connections among them), so one could take it before the member
+    listens on it."""
     rng = random.SystemRandom()
     for _ in range(200):
         port = rng.randint(*LISTEN_PORTS)
+        if port in taken:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind((host, port))
@@ -56,6 +59,21 @@ def free_port(host: str = "127.0.0.1") -> int:
             return port
     raise EtcdError(f"no free port on {host} in {LISTEN_PORTS[0]}-{LISTEN_PORTS[1]} after 200 tries; "
                     "what is listening there (ss -ltn)?")
+
+
+def free_port_pairs(hosts: list[str]) -> list[tuple[int, int]]:
+    """A (client, peer) pair of free ports per host, no port twice: a port is only free until a
+    member binds it, so two picks of one start must not land on the same one (CI at 8f72449 drew
+    one port for two members and etcd refused the cluster as having a duplicate URL)."""
+    chosen: set[int] = set()
+    pairs = []
+    for host in hosts:
+        client = free_port(host, frozenset(chosen))
+        chosen.add(client)
+        peer = free_port(host, frozenset(chosen))
+        chosen.add(peer)
+        pairs.append((client, peer))
+    return pairs
 
 
 @dataclass
@@ -101,7 +119,7 @@ class EtcdCluster:
         if ports is None and any(nss):  # a namespace's ports are its own: etcd's usual ones, spaced
             ports = [(2379 + 10 * i, 2380 + 10 * i) for i in range(members)]
         elif ports is None:
-            ports = [(free_port(hosts[i]), free_port(hosts[i])) for i in range(members)]
+            ports = free_port_pairs(hosts)
         if not len(hosts) == len(nss) == len(ports) == members:
             raise ValueError(f"{members} members need as many hosts, netns and ports: got {hosts}, {nss}, {ports}")
         base_dir.mkdir(parents=True, exist_ok=True)

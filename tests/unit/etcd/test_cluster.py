@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from softudc.etcd.client import EtcdClient, EtcdError
-from softudc.etcd.cluster import EtcdCluster, cleanup
+from softudc.etcd.cluster import EtcdCluster, cleanup, free_port_pairs
 
 
 def test_three_members_survive_one_killed_and_it_catches_up(tmp_path: Path) -> None:
@@ -85,3 +86,19 @@ def test_a_cluster_all_down_comes_back_when_its_members_restart_together(tmp_pat
         assert kv is not None and kv.value == b"kept" and kv.mod_revision == rev
     finally:
         cluster.stop()
+
+
+class _Draws:
+    """A SystemRandom stand-in that draws the given ports in order."""
+
+    def __init__(self, ports: list[int]) -> None:
+        self.ports = iter(ports)
+
+    def randint(self, low: int, high: int) -> int:
+        return next(self.ports)
+
+
+def test_one_start_never_gives_two_members_the_same_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    draws = _Draws([24001, 24001, 24002, 24001, 24002, 24003, 24001, 24004])  # a repeat is drawn again
+    monkeypatch.setattr(random, "SystemRandom", lambda: draws)
+    assert free_port_pairs(["127.0.0.1"] * 2) == [(24001, 24002), (24003, 24004)]
