@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import generate_latest
 
+from softudc.etcd.cluster import free_port
 from softudc.manager.daemon import ApiServer, serve
 from softudc.manager.service import Manager, init
 from softudc.pki import CertificateAuthority
@@ -293,12 +294,6 @@ def test_r16_garbage_and_broken_requests_never_stop_the_server(tmp_path: Path) -
         server.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 def _start_daemon(state_dir: Path, metrics_port: int) -> tuple[subprocess.Popen[str], int]:
     """`softudc manager` as its own process (threads counted from /proc); returns it and its port."""
@@ -371,7 +366,7 @@ async def _long_polls_and_admins(port: int, metrics_port: int, gk_tls: ssl.SSLCo
 def test_500_long_polls_wait_on_a_handful_of_threads_and_admins_are_answered_meanwhile(tmp_path: Path) -> None:
     state = tmp_path / "manager"
     admin = init(state, ["127.0.0.1"])
-    metrics_port = _free_port()
+    metrics_port = free_port()  # below the ephemeral range: no other worker's connection takes it meanwhile
     proc, port = _start_daemon(tmp_path, metrics_port)
     try:
         gk_tls = _join_host(state, port, "h1", tmp_path)
