@@ -28,7 +28,7 @@ from typing import Any
 
 from gatekeeper.hypervisor.domain import DiskSpec
 from gatekeeper.volumes import from_image, snapshots
-from gatekeeper.volumes.pool import Pool
+from gatekeeper.volumes.pool import Pool, VolumeError
 from gatekeeper.volumes.service import VolumeService
 from softudc.atomicfile import write_atomic
 from softudc.model.hoststate import DesiredDisk, DesiredVolume
@@ -131,9 +131,13 @@ class VolumeConverger:
         out: dict[str, dict[str, Any]] = {p.name.removesuffix(".qcow2"): {}
                                           for p in self.service.pool.directory.glob("*.qcow2")}
         for name in exports.names():
-            if name in out and exports.exported(name):
+            if name not in out:
+                continue
+            try:
                 e = exports.describe(name)
-                out[name] = {"address": e["address"], "port": e["port"], "allowed": e["allowed"]}
+            except VolumeError:  # unexported meanwhile: still held (one volume's export never drops the rest)
+                continue
+            out[name] = {"address": e["address"], "port": e["port"], "allowed": e["allowed"]}
         return out
 
     def converge(self, wanted: Sequence[DesiredVolume]) -> tuple[list[str], list[str]]:

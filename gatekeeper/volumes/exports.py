@@ -32,6 +32,7 @@ from gatekeeper.volumes import crypt
 from gatekeeper.volumes.daemon import DaemonError, StorageDaemon
 from gatekeeper.volumes.pool import Pool, VolumeError, check_name
 from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError, QmpError
+from softudc.atomicfile import write_atomic
 
 log = logging.getLogger("gatekeeper.volumes")
 SHORT_NAME = 40  # longer export names get a digest for their run directory
@@ -95,6 +96,11 @@ class Exports:
         except (OSError, ValueError):
             return None
 
+    def _save(self, name: str, state: dict[str, Any]) -> None:
+        """Replaced whole (a rename): the host report reads it from another thread, and a half-written
+        file used to read as "not exported", once as no volumes at all (CI at c16d081)."""
+        write_atomic(self._state_path(name), json.dumps(state).encode())
+
     def daemon(self, name: str) -> StorageDaemon:
         return StorageDaemon(self._dir(name))
 
@@ -131,7 +137,7 @@ class Exports:
         except Exception:
             self.daemon(name).stop()
             raise
-        self._state_path(name).write_text(json.dumps(state))
+        self._save(name, state)
         return self.describe(name)
 
     def _launch(self, name: str, state: dict[str, Any], key: str | None = None) -> None:
@@ -187,7 +193,7 @@ class Exports:
         with self.daemon(name).qmp() as q:
             self._set_authz(q, hosts, replace=True)
         state["allowed"] = hosts
-        self._state_path(name).write_text(json.dumps(state))
+        self._save(name, state)
         return self.describe(name)
 
     def unexport(self, name: str) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 
 from gatekeeper.volumes.daemon import StorageDaemon
 from gatekeeper.volumes.qmp import QmpClient, QmpConnectionError, QmpError
+from softudc.atomicfile import write_atomic
 
 log = logging.getLogger("gatekeeper.volumes")
 REPLICA_RE = re.compile(r"\.r([0-9]{1,6})$")
@@ -121,7 +122,7 @@ class Mirrors:
             return None
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
-        (self._dir(name) / "mirror.json").write_text(json.dumps(state, sort_keys=True))
+        write_atomic(self._dir(name) / "mirror.json", json.dumps(state, sort_keys=True).encode())  # read by the report
 
     def names(self) -> list[str]:
         out = []

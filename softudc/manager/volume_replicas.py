@@ -71,16 +71,21 @@ class ReplicaInputs:
 
 def choose_replicas(vid: str, size: int, vm_hosts: Iterable[str], inputs: ReplicaInputs,
                     room: dict[str, int]) -> tuple[list[tuple[str, str]], str]:
-    """The volume's replicas as (name, host), at most COPIES, and why fewer (else ""). Keeps the
-    live ones held, adds new ones on other hosts (most room first, the VM's hosts after them and
-    hosts that held a replica of it last: one that lost it may not be down yet); takes their room
-    from `room`."""
+    """The volume's replicas as (name, host), at most COPIES on as many hosts, and why fewer (else
+    ""). Keeps the live ones held, one per host (two could come to share a host when a report once
+    left its replica out and a new one was placed beside it: CI at c16d081); adds new ones on other
+    hosts (most room first, the VM's hosts after them and hosts that held a replica of it last: one
+    that lost it may not be down yet); takes their room from `room`."""
     vm = set(vm_hosts)
     mine = sorted((s[1], name) for name in set(inputs.held) | inputs.known
                   if (s := split_replica(name)) is not None and s[0] == vid)
-    keep = [(name, inputs.held[name]) for k, name in mine if _usable(name, k, vid, inputs, room)][:COPIES]
+    keep: list[tuple[str, str]] = []
+    used: set[str] = set()
+    for k, name in mine:  # one per host, the oldest first: a second copy on one host protects nothing
+        if len(keep) < COPIES and _usable(name, k, vid, inputs, room) and inputs.held[name] not in used:
+            keep.append((name, inputs.held[name]))
+            used.add(inputs.held[name])
     n = max((k for k, _ in mine), default=0) + 1
-    used = {h for _, h in keep}
     lost = {inputs.held[name] for _, name in mine if name in inputs.held}  # hosts that held one: last
     while len(keep) < COPIES:
         fits = [h for h, free in room.items() if h not in used and h not in inputs.dead and free >= size]

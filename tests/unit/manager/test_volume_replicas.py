@@ -69,6 +69,15 @@ def test_a_replaced_replica_is_not_taken_back_while_its_host_still_reports_it() 
     assert choose_replicas(VID, GiB, ["h1"], placed, dict(room))[0] == [(f"{VID}.r1", "h2"), (f"{VID}.r3", "h1")]
 
 
+def test_two_replicas_held_on_one_host_keep_one_and_a_new_one_goes_elsewhere() -> None:
+    """CI at c16d081: h3 was killed and a round of h2's report left r1 out; r3 went to h2 beside
+    it, and with both kept the volume stayed 'healthy' on one host for good."""
+    held = {f"{VID}.r1": "h2", f"{VID}.r2": "h3", f"{VID}.r3": "h2"}
+    both = inputs(held, dead={"h3"}, failed={f"{VID}.r2"}, known={f"{VID}.r1", f"{VID}.r2"})
+    chosen, why = choose_replicas(VID, GiB, ["h1"], both, {h: GiB for h in ("h1", "h2", "h3")})
+    assert chosen == [(f"{VID}.r1", "h2"), (f"{VID}.r4", "h1")] and why == ""
+
+
 def test_fewer_than_two_hosts_with_room_is_said() -> None:
     chosen, why = choose_replicas(VID, 2 * GiB, ["h1"], inputs(), {"h1": GiB, "h2": 3 * GiB})
     assert chosen == [(f"{VID}.r1", "h2")] and "1 of 2 replicas placed" in why
@@ -111,14 +120,22 @@ def test_replica_names_parse_back(n: int, vid: str) -> None:
     assert split_replica(vid) is None
 
 
-@given(rooms=st.dictionaries(st.sampled_from(["h1", "h2", "h3", "h4"]), st.integers(0, 4), min_size=1),
-       dead=st.sets(st.sampled_from(["h1", "h2", "h3", "h4"])))
-def test_replicas_are_on_distinct_live_hosts_with_room(rooms: dict[str, int], dead: set[str]) -> None:
+HOSTS = ["h1", "h2", "h3", "h4"]
+
+
+@given(rooms=st.dictionaries(st.sampled_from(HOSTS), st.integers(0, 4), min_size=1),
+       dead=st.sets(st.sampled_from(HOSTS)),
+       held=st.dictionaries(st.integers(1, 6), st.sampled_from(HOSTS), max_size=4),
+       failed=st.sets(st.integers(1, 6)), known=st.sets(st.integers(1, 6)))
+def test_replicas_are_on_distinct_live_hosts_with_room(rooms: dict[str, int], dead: set[str], held: dict[int, str],
+                                                       failed: set[int], known: set[int]) -> None:
     room = {h: r * GiB for h, r in rooms.items()}
-    chosen, why = choose_replicas(VID, GiB, ["h1"], inputs(dead=dead), dict(room))
+    given_in = inputs({f"{VID}.r{k}": h for k, h in held.items()}, dead, {f"{VID}.r{k}" for k in failed},
+                      {f"{VID}.r{k}" for k in known})
+    chosen, why = choose_replicas(VID, GiB, ["h1"], given_in, dict(room))
     hosts = [h for _, h in chosen]
-    assert len(set(hosts)) == len(hosts) <= 2 and not set(hosts) & dead
-    assert all(room[h] >= GiB for h in hosts)
+    assert len(set(hosts)) == len(hosts) <= 2 and not set(hosts) & dead and set(hosts) <= set(room)
+    assert all(room[h] >= GiB for name, h in chosen if name not in given_in.held)  # new ones where there is room
     assert (why == "") == (len(chosen) == 2)
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gatekeeper.hypervisor.domain import DiskSpec
 from gatekeeper.volumes import converge as vc
 from gatekeeper.volumes.converge import VolumeConverger, disk_specs, volume_actions
+from gatekeeper.volumes.pool import VolumeError
 from gatekeeper.volumes.service import VolumeService
 from softudc.model.hoststate import DesiredDisk, DesiredVolume
 
@@ -95,6 +96,24 @@ def test_the_converger_holds_clones_exports_and_removes_after_the_grace(service:
                                      "volume.forget f--a--k"]
     assert set(again.have()) == {"gold", "f--a--k"} and again.managed == {}
     assert service.exports.names() == []
+
+
+def test_an_export_gone_between_listing_and_reading_costs_only_its_own_entry(
+        service: VolumeService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI at c16d081: a host report once went without any volumes (so the manager placed a new
+    replica beside one it no longer saw); one unreadable export is now that volume's 'not exported'."""
+    c = VolumeConverger(service, tmp_path / "volumes.json")
+    assert c.converge([want("f--a--d", ("h1",)), want("f--a--e", ("h1",))])[1] == []
+    describe = service.exports.describe
+
+    def unexported_meanwhile(name: str) -> dict[str, object]:
+        if name == "f--a--d":
+            raise VolumeError(f"volume {name} is not exported")
+        return describe(name)
+
+    monkeypatch.setattr(service.exports, "describe", unexported_meanwhile)
+    have = c.have()
+    assert have["f--a--d"] == {} and have["f--a--e"]["allowed"] == ["h1"]
 
 
 def test_the_converger_makes_a_volume_from_the_image_once(service: VolumeService) -> None:

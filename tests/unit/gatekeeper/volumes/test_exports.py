@@ -35,8 +35,12 @@ def test_export_admits_only_allowed_hosts_and_follows_updates(service: VolumeSer
     assert nbdinfo(tls_uri(e, certs / "h3")).returncode != 0  # a valid cert, not on the list
     plain = nbdinfo(tls_uri(e, None))
     assert plain.returncode != 0 and "TLS" in plain.stderr
+    record = next(service.exports.run_dir.glob("*/export.json"))
+    before = record.stat().st_ino
     service.allow("v1", ["h1", "h3"])
     assert nbdinfo(tls_uri(e, certs / "h3")).returncode == 0
+    # replaced by a rename, never rewritten in place: the report's thread reads it meanwhile
+    assert record.stat().st_ino != before and [p.name for p in record.parent.glob(".*tmp")] == []
     service.allow("v1", ["h3"])
     assert nbdinfo(tls_uri(e, certs / "h1")).returncode != 0
     info = subprocess.run(["qemu-img", "info", "--object", f"tls-creds-x509,id=t0,dir={certs / 'h3'},endpoint=client",
