@@ -97,8 +97,8 @@ class Exports:
             return None
 
     def _save(self, name: str, state: dict[str, Any]) -> None:
-        """Replaced whole (a rename): the host report reads it from another thread, and a half-written
-        file used to read as "not exported", once as no volumes at all (CI at c16d081)."""
+        """Replaced whole (a rename), as every state file here: after a crash mid-write, or to a
+        reader meanwhile, a half-written record would read as "not exported"."""
         write_atomic(self._state_path(name), json.dumps(state).encode())
 
     def daemon(self, name: str) -> StorageDaemon:
