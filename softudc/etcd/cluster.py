@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -41,7 +42,7 @@ _PIDS_LOCK = threading.Lock()
 LISTEN_PORTS = (20000, 32767)  # below Linux's ephemeral range (32768-60999), where connections take ports
 
 
-def free_port(host: str = "127.0.0.1", taken: frozenset[int] = frozenset()) -> int:
+def free_port(host: str = "127.0.0.1", taken: Collection[int] = ()) -> int:
     """A port nobody listens on now and not in `taken`, picked at random below the ephemeral
     range: a port the kernel picks for bind(0) lies in the range every outgoing connection draws
     from (the members' own peer connections among them), so one could take it before the member
@@ -65,15 +66,11 @@ def free_port_pairs(hosts: list[str]) -> list[tuple[int, int]]:
     """A (client, peer) pair of free ports per host, no port twice: a port is only free until a
     member binds it, so two picks of one start must not land on the same one (CI at 8f72449 drew
     one port for two members and etcd refused the cluster as having a duplicate URL)."""
-    chosen: set[int] = set()
-    pairs = []
+    chosen: list[int] = []
     for host in hosts:
-        client = free_port(host, frozenset(chosen))
-        chosen.add(client)
-        peer = free_port(host, frozenset(chosen))
-        chosen.add(peer)
-        pairs.append((client, peer))
-    return pairs
+        for _ in ("client", "peer"):
+            chosen.append(free_port(host, chosen))
+    return list(zip(chosen[::2], chosen[1::2], strict=True))
 
 
 @dataclass
