@@ -72,10 +72,10 @@ class ReplicaInputs:
 def choose_replicas(vid: str, size: int, vm_hosts: Iterable[str], inputs: ReplicaInputs,
                     room: dict[str, int]) -> tuple[list[tuple[str, str]], str]:
     """The volume's replicas as (name, host), at most COPIES on as many hosts, and why fewer (else
-    ""). Keeps the live ones held, one per host (two could come to share a host when a report once
-    left its replica out and a new one was placed beside it: CI at c16d081); adds new ones on other
-    hosts (most room first, the VM's hosts after them and hosts that held a replica of it last: one
-    that lost it may not be down yet); takes their room from `room`."""
+    ""). Keeps the live ones held, one per host (two come to share one when a replica placed but not
+    yet reported is forgotten for a round and a new one goes beside it: CI at c16d081); adds new
+    ones on other hosts (most room first, the VM's hosts after them and hosts that held a replica of
+    it last: one that lost it may not be down yet); takes their room from `room`."""
     vm = set(vm_hosts)
     mine = sorted((s[1], name) for name in set(inputs.held) | inputs.known
                   if (s := split_replica(name)) is not None and s[0] == vid)
