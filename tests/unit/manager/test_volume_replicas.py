@@ -70,8 +70,8 @@ def test_a_replaced_replica_is_not_taken_back_while_its_host_still_reports_it() 
 
 
 def test_two_replicas_held_on_one_host_keep_one_and_a_new_one_goes_elsewhere() -> None:
-    """CI at c16d081: h3 was killed and a round of h2's report left r1 out; r3 went to h2 beside
-    it, and with both kept the volume stayed 'healthy' on one host for good."""
+    """CI at c16d081: at start-up h3 reported r2 before h2 reported r1, so r1 was forgotten for a
+    round and r3 went to h2 beside it; once h3 was killed both were kept, 'healthy' on one host."""
     held = {f"{VID}.r1": "h2", f"{VID}.r2": "h3", f"{VID}.r3": "h2"}
     both = inputs(held, dead={"h3"}, failed={f"{VID}.r2"}, known={f"{VID}.r1", f"{VID}.r2"})
     chosen, why = choose_replicas(VID, GiB, ["h1"], both, {h: GiB for h in ("h1", "h2", "h3")})

@@ -100,8 +100,8 @@ def test_the_converger_holds_clones_exports_and_removes_after_the_grace(service:
 
 def test_an_export_gone_between_listing_and_reading_costs_only_its_own_entry(
         service: VolumeService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """CI at c16d081: a host report once went without any volumes (so the manager placed a new
-    replica beside one it no longer saw); one unreadable export is now that volume's 'not exported'."""
+    """One export record that cannot be read (unexported meanwhile) is that volume's 'not
+    exported' in the host report, not an error that leaves every volume out of it."""
     c = VolumeConverger(service, tmp_path / "volumes.json")
     assert c.converge([want("f--a--d", ("h1",)), want("f--a--e", ("h1",))])[1] == []
     describe = service.exports.describe
